@@ -1,0 +1,194 @@
+"""Wire error types, defined once for dcctl, the hub and the agents.
+
+A server raises one of these; the wire layer sends its class name and message
+(never a traceback); the client turns the name back into the same class.
+
+    DcError                               root; .hint is an optional operator hint
+     +-- InvalidArgument (ValueError)     bad name, ref, port, type or arity
+     |    +-- AmbiguousImageRef           an image id prefix matches several images
+     |    +-- InvalidImage                a bad manifest, template or archive member
+     +-- NotFound (LookupError)
+     |    +-- NoSuchContainer
+     |    +-- ImageNotFound
+     |    +-- NoSuchPortMapping
+     |    +-- NoSuchMethod                not in the served method table
+     |    +-- NoSuchHost
+     +-- Conflict
+     |    +-- ContainerExists
+     |    +-- ImageExists
+     |    +-- ImageInUse
+     |    +-- PortInUse
+     +-- InvalidState                     the container is not in a state for this
+     |    +-- ContainerRunning
+     |    +-- ContainerNotRunning
+     +-- NoCapacity                       no host / address / port left
+     |    +-- AddressPoolExhausted
+     |    +-- PortRangeExhausted
+     +-- Busy                             another call holds what this one needs
+     +-- CommandNotFound                  exec of a missing binary in a container
+     +-- ResultTooLarge                   a result or argument over the size cap
+     +-- CallTimeout                      the client gave up waiting (client side)
+     +-- Unreachable                      cannot reach the server at that endpoint
+     +-- LxcFailure                       an LXC tool failed in a way not covered above
+     +-- StoreError                       the image store failed (I/O, digest, disk full)
+     +-- NetworkError                     bridge / netfilter setup failed
+     +-- InternalError                    a bug: details are in the server's log
+"""
+from __future__ import annotations
+
+
+class DcError(Exception):
+    """Root of every dcfleet error that crosses the wire."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str = "", *, hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgument(DcError, ValueError):
+    """An argument failed validation at the boundary; nothing was done."""
+
+
+class AmbiguousImageRef(InvalidArgument):
+    """An image ref's id prefix matches more than one image."""
+
+
+class InvalidImage(InvalidArgument):
+    """An image, its manifest, template or archive member is unacceptable."""
+
+
+class NotFound(DcError, LookupError):
+    """The named thing does not exist."""
+
+
+class NoSuchContainer(NotFound):
+    pass
+
+
+class ImageNotFound(NotFound):
+    pass
+
+
+class NoSuchPortMapping(NotFound):
+    pass
+
+
+class NoSuchMethod(NotFound):
+    pass
+
+
+class NoSuchHost(NotFound):
+    pass
+
+
+class Conflict(DcError):
+    """The thing exists already or is used by something else."""
+
+
+class ContainerExists(Conflict):
+    pass
+
+
+class ImageExists(Conflict):
+    pass
+
+
+class ImageInUse(Conflict):
+    pass
+
+
+class PortInUse(Conflict):
+    pass
+
+
+class InvalidState(DcError):
+    """The container is not in a state that allows this call."""
+
+
+class ContainerRunning(InvalidState):
+    pass
+
+
+class ContainerNotRunning(InvalidState):
+    pass
+
+
+class NoCapacity(DcError):
+    """No host, address or port is left to satisfy the request."""
+
+
+class AddressPoolExhausted(NoCapacity):
+    pass
+
+
+class PortRangeExhausted(NoCapacity):
+    pass
+
+
+class Busy(DcError):
+    """Another call holds what this one needs; try again."""
+
+
+class CommandNotFound(DcError):
+    """The command to exec does not exist in the container."""
+
+
+class ResultTooLarge(DcError):
+    """A result or argument is larger than the wire allows."""
+
+
+class CallTimeout(DcError):
+    """The client stopped waiting for the server's answer."""
+
+
+class Unreachable(DcError):
+    """The server at the endpoint cannot be reached."""
+
+
+class LxcFailure(DcError):
+    """An LXC tool failed in a way no other error describes."""
+
+
+class StoreError(DcError):
+    """The image store failed: I/O error, digest mismatch, disk full."""
+
+
+class NetworkError(DcError):
+    """Bridge, address or netfilter setup failed."""
+
+
+class InternalError(DcError):
+    """An unexpected failure on the server; its log has the traceback."""
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+#: Wire name -> class, for the client side.
+BY_NAME: dict[str, type[DcError]] = {c.__name__: c for c in [DcError, *_all_subclasses(DcError)]}
+
+
+def from_wire(name: str, message: str) -> DcError:
+    """Rebuild the error a server sent as (name, message).
+
+    Unknown names become InternalError with the remote name kept in the text.
+    """
+    cls = BY_NAME.get(name)
+    if cls is None:
+        return InternalError(f"{name}: {message}")
+    return cls(message)
+
+
+__all__ = sorted(BY_NAME) + ["from_wire", "BY_NAME"]

@@ -1,0 +1,437 @@
+"""The wire layer that the hub, the agents and dcctl share.
+
+Server side: ``Service`` serves an explicit table of methods made with
+``@expose``.  Only methods in the table are callable; every call's arity and
+argument types are checked against the method's annotations before any work;
+errors leave as (name, message) with no traceback (the traceback goes to the
+local log); results that msgpack cannot carry become ``ResultTooLarge`` or
+``InternalError`` instead of a silent client timeout; ``_zerorpc_inspect``
+answers correctly on Python 3.11 (zerorpc's own uses the removed
+``inspect.getargspec``).
+
+Client side: ``RpcClient`` wraps ``zerorpc.Client`` with a timeout on every
+call and turns remote error names back into ``dcctl.errors`` classes, so
+callers never catch ``zerorpc.*`` types.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+import re
+import types
+import typing
+import uuid
+from typing import Any, Callable, Iterable
+
+import gevent
+import msgpack
+import zerorpc
+from zerorpc.exceptions import LostRemote, RemoteError, TimeoutExpired
+
+from dcctl import errors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+#: msgpack 1.x refuses messages over 100 MiB; stay well under it.
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+
+_ENDPOINT_RE = re.compile(r"^(ipc://[^\s\x00]+|tcp://[A-Za-z0-9_.:\[\]*-]+:(\d+|\*))$")
+
+
+def validate_endpoint(endpoint: str) -> str:
+    """Return ``endpoint`` if it is ``ipc://PATH`` or ``tcp://HOST:PORT``.
+
+    Raises:
+        InvalidArgument: any other shape.
+    """
+    if not isinstance(endpoint, str) or not _ENDPOINT_RE.match(endpoint):
+        raise errors.InvalidArgument(
+            f"bad endpoint {endpoint!r}: expected ipc:///path or tcp://host:port")
+    return endpoint
+
+
+# ---------------------------------------------------------------- server side
+
+@dataclasses.dataclass
+class Exposed:
+    """What ``@expose`` records about a method."""
+
+    shielded: bool = False  # finish even if the caller goes away
+    stream: bool = False  # a generator streamed to the caller
+
+
+def expose(fn: Callable | None = None, *, shielded: bool = False, stream: bool = False):
+    """Mark a method for the served table.
+
+    Args:
+        shielded: run the body in its own greenlet, so that zerorpc killing the
+            call's greenlet (about two heartbeats after a client gives up) never
+            leaves half-made work: the body runs to completion or rollback.
+        stream: the method is a generator; zerorpc streams its items.
+    """
+
+    def mark(f: Callable) -> Callable:
+        f.__dc_exposed__ = Exposed(shielded=shielded, stream=stream)
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def _type_name(tp: Any) -> str:
+    if tp is inspect.Parameter.empty:
+        return "any"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _accepts(tp: Any, value: Any) -> bool:
+    if tp is inspect.Parameter.empty or tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is not None:
+        tp = origin
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, tp)
+
+
+@dataclasses.dataclass
+class MethodSpec:
+    name: str
+    fn: Callable
+    params: list[inspect.Parameter]
+    hints: dict[str, Any]
+    exposed: Exposed
+
+    @property
+    def doc(self) -> str:
+        return inspect.getdoc(self.fn) or ""
+
+    def usage(self) -> str:
+        parts = []
+        for p in self.params:
+            if p.kind is p.VAR_POSITIONAL:
+                parts.append(f"*{p.name}")
+            elif p.default is p.empty:
+                parts.append(p.name)
+            else:
+                parts.append(f"[{p.name}]")
+        return f"{self.name}({', '.join(parts)})"
+
+    def check(self, args: tuple) -> None:
+        """Raise InvalidArgument unless ``args`` fit the signature and types."""
+        required = [p for p in self.params if p.kind is not p.VAR_POSITIONAL and p.default is p.empty]
+        positional = [p for p in self.params if p.kind is not p.VAR_POSITIONAL]
+        has_var = any(p.kind is p.VAR_POSITIONAL for p in self.params)
+        if len(args) < len(required) or (not has_var and len(args) > len(positional)):
+            raise errors.InvalidArgument(
+                f"{self.usage()} takes {len(required)}"
+                + ("" if len(positional) == len(required) and not has_var
+                   else f" to {'any' if has_var else len(positional)}")
+                + f" arguments; got {len(args)}")
+        for i, value in enumerate(args):
+            p = positional[i] if i < len(positional) else next(
+                q for q in self.params if q.kind is q.VAR_POSITIONAL)
+            tp = self.hints.get(p.name, inspect.Parameter.empty)
+            if p.default is None and value is None:
+                continue
+            if not _accepts(tp, value):
+                raise errors.InvalidArgument(
+                    f"{self.name}: argument {p.name!r} must be {_type_name(tp)}, "
+                    f"got {type(value).__name__}")
+
+    def inspect_args(self) -> list[dict]:
+        out = []
+        for p in self.params:
+            d = {"name": ("*" if p.kind is p.VAR_POSITIONAL else "") + p.name,
+                 "type": _type_name(self.hints.get(p.name, p.empty))}
+            if p.default is not p.empty:
+                d["default"] = p.default
+            out.append(d)
+        return out
+
+
+def method_table(obj: Any) -> dict[str, MethodSpec]:
+    """Collect the ``@expose``-marked methods of ``obj`` into a table."""
+    table = {}
+    for name in dir(type(obj)):
+        if name.startswith("_"):
+            continue
+        fn = getattr(obj, name)
+        exposed = getattr(fn, "__dc_exposed__", None)
+        if exposed is None:
+            continue
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn)
+        hints.pop("return", None)
+        table[name] = MethodSpec(name, fn, list(sig.parameters.values()), hints, exposed)
+    return table
+
+
+def _check_keys(value: Any, depth: int = 0) -> None:
+    if depth > 64:
+        raise errors.ResultTooLarge("result nests deeper than 64 levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise errors.InternalError(f"result has a non-string map key {k!r}")
+            _check_keys(v, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_keys(v, depth + 1)
+
+
+def check_result(method: str, result: Any) -> Any:
+    """Make sure msgpack can carry ``result`` to any peer (string map keys,
+    under MAX_RESULT_BYTES); raise a typed error instead of letting the client
+    time out (msgpack-python#476, #503)."""
+    _check_keys(result)
+    try:
+        size = len(msgpack.packb(result, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise errors.InternalError(f"{method}: result cannot be encoded: {exc}") from exc
+    if size > MAX_RESULT_BYTES:
+        raise errors.ResultTooLarge(
+            f"{method}: result is {size} bytes, over the {MAX_RESULT_BYTES}-byte cap",
+            hint="ask for less (a smaller output cap) or use a streaming method")
+    return result
+
+
+class Service:
+    """Serves the ``@expose`` methods of ``target`` over ZeroRPC.
+
+    Args:
+        target: the object whose marked methods form the table.
+        name: the service name reported by ``_zerorpc_name``.
+        translate: callable mapping a non-DcError exception to a DcError, or
+            None when it is unexpected (then the caller sees InternalError and
+            the traceback is logged here).
+        heartbeat_s: zerorpc heartbeat interval in seconds.
+    """
+
+    def __init__(self, target: Any, name: str, *,
+                 translate: Callable[[BaseException], errors.DcError | None] | None = None,
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS):
+        self.name = name
+        self.table = method_table(target)
+        self._translate = translate or (lambda exc: None)
+        functors: dict[str, Any] = {}
+        for mname, spec in self.table.items():
+            wrapped = self._wrap(spec)
+            functors[mname] = zerorpc.stream(wrapped) if spec.exposed.stream else zerorpc.rep(wrapped)
+        functors.update(self._builtins())
+        self._server = _Server(functors, name=name, heartbeat=heartbeat_s)
+        self._task: gevent.Greenlet | None = None
+
+    # -- builtins answered by our code, not zerorpc's
+    def _builtins(self) -> dict[str, Any]:
+        def lookup(m):
+            if m not in self.table:
+                raise errors.NoSuchMethod(f"no method {m!r}")
+            return self.table[m]
+
+        def argspec(m):
+            spec = lookup(m)
+            names = [p.name for p in spec.params if p.kind is not p.VAR_POSITIONAL]
+            var = next((p.name for p in spec.params if p.kind is p.VAR_POSITIONAL), None)
+            defaults = [p.default for p in spec.params if p.default is not p.empty] or None
+            return [names, var, None, defaults]
+
+        return {
+            "_zerorpc_list": zerorpc.rep(lambda: sorted(self.table)),
+            "_zerorpc_name": zerorpc.rep(lambda: self.name),
+            "_zerorpc_ping": zerorpc.rep(lambda: ["pong", self.name]),
+            "_zerorpc_help": zerorpc.rep(lambda m: lookup(m).doc),
+            "_zerorpc_args": zerorpc.rep(argspec),
+            "_zerorpc_inspect": zerorpc.rep(self.inspect),
+        }
+
+    def inspect(self) -> dict:
+        """The ``_zerorpc_inspect`` answer: {name, methods: {m: {args, doc}}};
+        each arg is {name, type[, default]}."""
+        return {"name": self.name,
+                "methods": {m: {"args": s.inspect_args(), "doc": s.doc}
+                            for m, s in sorted(self.table.items())}}
+
+    def _wrap(self, spec: MethodSpec) -> Callable:
+        translate = self._translate
+
+        def body(*args):
+            try:
+                result = spec.fn(*args)
+                return result if spec.exposed.stream else check_result(spec.name, result)
+            except errors.DcError:
+                raise
+            except Exception as exc:  # translate at the boundary
+                mapped = translate(exc)
+                if mapped is None:
+                    ref = uuid.uuid4().hex[:8]
+                    log.exception("%s failed (ref %s)", spec.name, ref)
+                    raise errors.InternalError(
+                        f"{spec.name} failed unexpectedly (ref {ref}); the server log has details"
+                    ) from exc
+                raise mapped from exc
+
+        def call(*args):
+            spec.check(args)
+            if spec.exposed.shielded:
+                return gevent.spawn(body, *args).get()
+            return body(*args)
+
+        call.__name__ = spec.name
+        call.__doc__ = spec.doc
+        return call
+
+    # -- lifecycle
+    def bind(self, endpoint: str) -> None:
+        """Bind to ``ipc://PATH`` (made mode 0600) or ``tcp://ADDR:PORT``."""
+        validate_endpoint(endpoint)
+        self._server.bind(endpoint)
+        if endpoint.startswith("ipc://"):
+            os.chmod(endpoint[len("ipc://"):], 0o600)
+
+    def start(self) -> gevent.Greenlet:
+        """Serve in a background greenlet; returns it."""
+        self._task = gevent.spawn(self._server.run)
+        return self._task
+
+    def run(self) -> None:
+        """Serve until stopped (blocks the calling greenlet)."""
+        self._server.run()
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._server.close()
+
+
+class _Server(zerorpc.Server):
+    """zerorpc.Server that sends (name, message) without a traceback, and
+    whose ``_zerorpc_*`` builtins are the Service's, not zerorpc's."""
+
+    def _inject_builtins(self):
+        pass  # Service puts its own in the table
+
+    def _print_traceback(self, protocol_v1, exc_infos):
+        exc_type, exc_value, _ = exc_infos
+        if isinstance(exc_value, errors.DcError):
+            name, msg = exc_type.__name__, str(exc_value)
+            log.info("call failed: %s: %s", name, msg)
+        elif isinstance(exc_value, NameError):  # zerorpc: method not in table
+            name, msg = "NoSuchMethod", f"no method {exc_value}"
+        elif isinstance(exc_value, TypeError):  # zerorpc: args not a list, etc.
+            name, msg = "InvalidArgument", f"malformed call: {exc_value}"
+        elif isinstance(exc_value, LostRemote):
+            log.info("caller went away: %s", exc_value)
+            name, msg = "CallTimeout", "caller went away"
+        else:
+            log.error("unexpected failure", exc_info=tuple(exc_infos))
+            name, msg = "InternalError", "unexpected failure; the server log has details"
+        if protocol_v1:
+            return (msg,)
+        return (name, msg, "")
+
+
+# ---------------------------------------------------------------- client side
+
+class _ErrorMapper:
+    """zerorpc middleware: remote error names become dcctl.errors classes."""
+
+    def hook_client_handle_remote_error(self, event):
+        name, msg = "InternalError", ""
+        if isinstance(event.args, (list, tuple)) and len(event.args) >= 2:
+            name, msg = str(event.args[0]), str(event.args[1])
+        elif event.args:
+            msg = str(event.args[0])
+        return errors.from_wire(name, msg)
+
+
+_context: zerorpc.Context | None = None
+
+
+def _client_context() -> zerorpc.Context:
+    global _context
+    if _context is None:
+        _context = zerorpc.Context()
+        _context.register_middleware(_ErrorMapper())
+    return _context
+
+
+class RpcClient:
+    """A client for one dcfleet endpoint; every call has a timeout.
+
+    Args:
+        endpoint: ``ipc://PATH`` or ``tcp://HOST:PORT``.
+        timeout_s: default seconds to wait for each answer.
+        heartbeat_s: zerorpc heartbeat interval in seconds.
+
+    Calls: ``client.call("container_ls")`` or ``client.container_ls()``;
+    ``call(..., timeout_s=S)`` overrides the timeout for one call.
+
+    Raises (from calls): the server's DcError subclass; CallTimeout when no
+    answer comes in time; Unreachable when the ipc socket does not exist or
+    the server was lost mid-call.
+    """
+
+    def __init__(self, endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS):
+        self.endpoint = validate_endpoint(endpoint)
+        self.timeout_s = timeout_s
+        self._client = zerorpc.Client(context=_client_context(), timeout=timeout_s,
+                                      heartbeat=heartbeat_s)
+        self._client.connect(endpoint)
+
+    def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):
+            raise errors.Unreachable(f"no server at {self.endpoint} (socket missing)")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            return self._client(method, *args, timeout=timeout)
+        except TimeoutExpired as exc:
+            raise errors.CallTimeout(
+                f"no answer from {self.endpoint} to {method} within {timeout:g} s",
+                hint="is the server running and reachable?") from exc
+        except LostRemote as exc:
+            raise errors.Unreachable(f"lost {self.endpoint} during {method} (no heartbeat)") from exc
+        except RemoteError as exc:  # not mapped by the middleware (should not happen)
+            raise errors.from_wire(exc.name, exc.msg) from exc
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return lambda *args, **kw: self.call(method, *args, **kw)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "RpcClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> RpcClient:
+    """Open an RpcClient to ``endpoint`` (see RpcClient)."""
+    return RpcClient(endpoint, timeout_s=timeout_s)
+
+
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "MAX_RESULT_BYTES", "Exposed", "MethodSpec", "RpcClient",
+           "Service", "check_result", "connect", "expose", "method_table", "validate_endpoint"]
