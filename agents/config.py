@@ -1,0 +1,138 @@
+"""The host agent's settings: typed defaults, a TOML file, then flags.
+
+``load(argv, environ)`` builds an AgentConfig: defaults, overridden by the
+file named by ``--config`` (or env ``DC_AGENT_CONFIG``), overridden by flags.
+Tests hand it their own argv and environ.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+from typing import Mapping, Sequence
+
+from dcctl.errors import InvalidArgument
+from dcctl.wire import validate_endpoint
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    # ZeroRPC endpoints to serve on (ipc://PATH, made 0600; tcp://ADDR:PORT).
+    listen: list[str] = dataclasses.field(default_factory=lambda: ["ipc:///run/dcfleet/agent.sock"])
+    # The agent's own state: container records, images, enter sockets.
+    state_dir: str = "/var/lib/dcfleet/agent"
+    # LXC's container directory (lxc-* -P); default STATE_DIR/lxc.
+    lxc_path: str = ""
+    # Container bridge this agent creates and owns (at most 15 chars).
+    bridge: str = "dcbr0"
+    # IPv4 subnet of the bridge; the gateway is its first address.
+    subnet: str = "10.217.0.0/24"
+    # Host ports that dynamic port mappings are drawn from (inclusive).
+    port_range: tuple[int, int] = (20000, 29999)
+    # Hub to register with (optional).
+    hub: str | None = None
+    # This host's name in the fleet.
+    host_name: str = dataclasses.field(default_factory=socket.gethostname)
+    # Address where this host's mapped ports answer (reported to clients).
+    advertise_address: str = ""
+    # Most containers this host will hold (scheduler slots).
+    max_containers: int = 200
+    # Memory that container limits may reserve, bytes; 0 = 90% of RAM.
+    reservable_memory_bytes: int = 0
+    # Default graceful stop timeout, seconds, before SIGKILL.
+    stop_timeout_s: float = 10.0
+    # Cap on each of exec's stdout and stderr, bytes.
+    exec_max_output_bytes: int = 16 << 20
+    # How long a call waits for a busy container's lock, seconds.
+    lock_timeout_s: float = 60.0
+    # Seconds an unused container_enter session waits for its client.
+    enter_accept_timeout_s: float = 30.0
+    # Log level name.
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.lxc_path:
+            self.lxc_path = os.path.join(self.state_dir, "lxc")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InvalidArgument naming the first bad setting."""
+        for ep in self.listen:
+            validate_endpoint(ep)
+        if not self.listen:
+            raise InvalidArgument("listen: give at least one endpoint")
+        if not (1 <= len(self.bridge) <= 15) or not self.bridge.replace("-", "").replace("_", "").isalnum():
+            raise InvalidArgument(f"bridge: {self.bridge!r} must be 1-15 letters, digits, '-' or '_'")
+        try:
+            net = ipaddress.IPv4Network(self.subnet, strict=True)
+        except ValueError as exc:
+            raise InvalidArgument(f"subnet: {exc}") from exc
+        if net.prefixlen > 29:
+            raise InvalidArgument("subnet: needs room for containers (prefix /29 or shorter)")
+        low, high = self.port_range
+        if not (1 <= low <= high <= 65535):
+            raise InvalidArgument(f"port_range: {low}-{high} is not within 1-65535")
+        if self.hub is not None:
+            validate_endpoint(self.hub)
+        for path in (self.state_dir, self.lxc_path):
+            if not os.path.isabs(path):
+                raise InvalidArgument(f"{path!r} must be an absolute path")
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(p) for p in str(text).split("-", 1))
+    except ValueError as exc:
+        raise InvalidArgument(f"port range {text!r}: expected LOW-HIGH") from exc
+    return low, high
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dc-agent", description="dcfleet host agent: owns this host's LXC containers "
+                                "and serves them over ZeroRPC.")
+    p.add_argument("--config", help="TOML file with the settings below (flags win)")
+    p.add_argument("--listen", action="append", help="endpoint to serve on (repeatable): ipc://PATH or tcp://ADDR:PORT")
+    p.add_argument("--state-dir")
+    p.add_argument("--lxc-path")
+    p.add_argument("--bridge")
+    p.add_argument("--subnet")
+    p.add_argument("--port-range", help="LOW-HIGH")
+    p.add_argument("--hub", help="hub endpoint to register with")
+    p.add_argument("--host-name")
+    p.add_argument("--advertise-address")
+    p.add_argument("--max-containers", type=int)
+    p.add_argument("--log-level")
+    return p
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Build the config from defaults, the TOML file, then flags.
+
+    Raises:
+        InvalidArgument: a bad setting (the message names it).
+    """
+    environ = os.environ if environ is None else environ
+    args = parser().parse_args(argv)
+    values: dict = {}
+    path = args.config or environ.get("DC_AGENT_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                values.update(tomllib.load(f))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidArgument(f"config file {path}: {exc}") from exc
+    for key, value in vars(args).items():
+        if key != "config" and value is not None:
+            values[key] = value
+    if "port_range" in values and not isinstance(values["port_range"], (tuple, list)):
+        values["port_range"] = _port_range(values["port_range"])
+    if "port_range" in values:
+        values["port_range"] = tuple(values["port_range"])
+    known = {f.name for f in dataclasses.fields(AgentConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidArgument(f"unknown setting(s): {', '.join(unknown)}")
+    return AgentConfig(**values)

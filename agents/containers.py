@@ -1,0 +1,459 @@
+"""Container lifecycle on one host: the agent's model of its containers.
+
+The agent is the single writer of container state.  Each container has one
+lock; slow work (image import) holds none.  A container's record is saved
+before any side effect and carries a ``phase`` ("creating", "ready",
+"destroying"), so a crash mid-create is rolled back and a crash mid-destroy is
+finished by ``recover()`` at the next start.  Containers run under their own
+``lxc-start`` monitor and outlive the agent.
+
+Record keys (JSON, persisted by agents.state):
+    name, image (id), image_name, created (Unix s), address, memory_bytes,
+    cpus, cpu_shares, env, command, ports [{proto, host_port, container_port,
+    dynamic}], desired ("running"|"stopped"), phase, veth.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import time
+
+import gevent
+import gevent.lock
+
+from agents import network as netmod
+from agents.config import AgentConfig
+from agents.state import StateStore
+from dcctl import errors, validate
+from images import busybox, templates
+from images.store import ImageStore
+from lxcwrap import cgroup
+from lxcwrap import errors as lxcerr
+from lxcwrap.config import ContainerConfig
+from lxcwrap.lxc import DEFAULT_EXEC_ENV, Lxc
+
+log = logging.getLogger(__name__)
+
+CREATE_OPTIONS = {
+    "memory_bytes": "hard memory limit, bytes (>= 4 MiB)",
+    "cpus": "CPU quota as a count of CPUs, e.g. 0.5",
+    "cpu_shares": "relative CPU weight, 2-262144 (1024 = normal)",
+    "env": "environment of the container's command, {NAME: value}",
+    "command": "the command init runs (argv list, or a string for /bin/sh -c)",
+}
+EXEC_OPTIONS = {
+    "timeout_s": "seconds before the command is killed (default 300)",
+    "env": "extra environment variables {NAME: value}",
+    "max_output_bytes": "cap on each of stdout and stderr, bytes",
+    "stdin": "bytes fed to the command's standard input",
+}
+MIN_MEMORY_BYTES = 4 << 20
+
+
+def _blocking(fn, *args):
+    """Run blocking file work in gevent's thread pool (heartbeats go on)."""
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+class ContainerManager:
+    """Owns the containers, their records, addresses and port mappings.
+
+    Args:
+        config: the agent's settings.
+        network: the agent's Network (bridge, addresses, netfilter rules).
+        images: the image store.
+        lxc: the LXC tools bound to config.lxc_path.
+    """
+
+    def __init__(self, config: AgentConfig, network: netmod.Network, images: ImageStore, lxc: Lxc):
+        self.config = config
+        self.network = network
+        self.images = images
+        self.lxc = lxc
+        self.layout = cgroup.detect()
+        self.state = StateStore(config.state_dir)
+        self.records: dict[str, dict] = {}
+        self._locks: dict[str, gevent.lock.BoundedSemaphore] = {}
+        self._alloc_lock = gevent.lock.BoundedSemaphore(1)  # addresses, host ports, names
+        self.images_lock = gevent.lock.BoundedSemaphore(1)  # image store mutations
+
+    # ------------------------------------------------------------ plumbing
+    @contextlib.contextmanager
+    def locked(self, name: str):
+        """Hold ``name``'s lock; Busy after config.lock_timeout_s seconds."""
+        lock = self._locks.setdefault(name, gevent.lock.BoundedSemaphore(1))
+        if not lock.acquire(timeout=self.config.lock_timeout_s):
+            raise errors.Busy(f"container {name!r} is busy with another call; try again")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _record(self, name: str, *, ready: bool = True) -> dict:
+        validate.container_name(name)
+        rec = self.records.get(name)
+        if rec is None:
+            raise errors.NoSuchContainer(f"no container {name!r} on this host")
+        if ready and rec["phase"] != "ready":
+            raise errors.Busy(f"container {name!r} is {rec['phase']}")
+        return rec
+
+    def _save(self, rec: dict) -> None:
+        self.records[rec["name"]] = rec
+        self.state.save(rec)
+
+    def _dir(self, name: str) -> str:
+        return os.path.join(self.config.lxc_path, name)
+
+    def _mappings(self, rec: dict) -> list[dict]:
+        return [{"container": rec["name"], "proto": p["proto"], "host_port": p["host_port"],
+                 "container_address": rec["address"], "container_port": p["container_port"]}
+                for p in rec.get("ports", [])]
+
+    def all_mappings(self) -> list[dict]:
+        return [m for rec in self.records.values() if rec["phase"] != "destroying" for m in self._mappings(rec)]
+
+    def _taken_ports(self) -> set[tuple[str, int]]:
+        return {(p["proto"], p["host_port"]) for r in self.records.values() for p in r.get("ports", [])}
+
+    # ------------------------------------------------------------ startup
+    def recover(self) -> dict:
+        """Re-adopt containers after an agent (re)start.
+
+        Loads records, rolls back creates and finishes destroys that a crash
+        interrupted, puts every port mapping back in the kernel (rules that
+        survived are kept, not flushed), and restarts containers whose
+        desired state is running but that are stopped (host reboot).
+
+        Returns: {"adopted": n, "rolled_back": [...], "destroyed": [...],
+                  "restarted": [...], "rules": {"added": n, "removed": n}}
+        """
+        self.records = self.state.load_all()
+        rolled, finished, restarted = [], [], []
+        for name, rec in list(self.records.items()):
+            if rec["phase"] == "creating":
+                self._remove_files(name)
+                self.state.delete(name)
+                del self.records[name]
+                rolled.append(name)
+            elif rec["phase"] == "destroying":
+                self._finish_destroy(rec)
+                finished.append(name)
+        rules = self.network.reconcile(self.all_mappings())
+        live = {c["name"]: c for c in self.lxc.ls()}
+        for name, rec in self.records.items():
+            if rec["desired"] == "running" and live.get(name, {}).get("state") != "RUNNING":
+                try:
+                    self._start(rec)
+                    restarted.append(name)
+                except errors.DcError as exc:
+                    log.error("could not restart %s: %s", name, exc)
+        log.info("recovered %d containers (rolled back %s, finished destroy of %s, restarted %s)",
+                 len(self.records), rolled, finished, restarted)
+        return {"adopted": len(self.records), "rolled_back": rolled, "destroyed": finished,
+                "restarted": restarted, "rules": rules}
+
+    # ------------------------------------------------------------ create
+    def create(self, image_ref: str, name: str, options: dict | None) -> dict:
+        """See AgentService.container_create."""
+        validate.container_name(name)
+        opts = self._create_options(options)
+        manifest = self._resolve(image_ref)
+        with self._alloc_lock:
+            if name in self.records:
+                raise errors.ContainerExists(f"container {name!r} already exists on this host")
+            if len(self.records) >= self.config.max_containers:
+                raise errors.NoCapacity(f"host holds its maximum of {self.config.max_containers} containers")
+            used = {r["address"] for r in self.records.values() if r.get("address")}
+            address = self.network.allocate_address(used)
+            rec = {"name": name, "image": manifest["id"], "image_name": manifest["name"],
+                   "created": time.time(), "address": address, "ports": [], "desired": "stopped",
+                   "phase": "creating", "veth": self.network.veth_name(name),
+                   "memory_bytes": opts.get("memory_bytes"), "cpus": opts.get("cpus"),
+                   "cpu_shares": opts.get("cpu_shares"), "env": {**manifest.get("env", {}), **opts["env"]},
+                   "command": opts.get("command") or manifest.get("command") or []}
+            self.records[name] = rec
+        with self.locked(name):
+            try:
+                self.state.save(rec)
+                self._write_container(rec, manifest)
+                rec["phase"] = "ready"
+                self._save(rec)
+            except BaseException:
+                self._rollback_create(name)
+                raise
+        return self.inspect(name)
+
+    def _create_options(self, options: dict | None) -> dict:
+        opts = validate.options(options, CREATE_OPTIONS, "container_create")
+        if opts.get("memory_bytes") is not None:
+            validate.number(opts["memory_bytes"], "memory_bytes", minimum=MIN_MEMORY_BYTES,
+                            maximum=1 << 50, integer=True)
+        if opts.get("cpus") is not None:
+            validate.number(opts["cpus"], "cpus", minimum=0.01, maximum=os.cpu_count() or 1)
+        if opts.get("cpu_shares") is not None:
+            validate.number(opts["cpu_shares"], "cpu_shares", minimum=2, maximum=262144, integer=True)
+        opts["env"] = validate.env(opts.get("env"))
+        if opts.get("command") is not None:
+            opts["command"] = validate.command(opts["command"])
+        return opts
+
+    def _resolve(self, image_ref: str) -> dict:
+        if not isinstance(image_ref, str) or not image_ref:
+            raise errors.InvalidArgument("image ref must be a non-empty string like 'busybox' or 'busybox@1a2b'")
+        return self.images.resolve(image_ref)
+
+    def _write_container(self, rec: dict, manifest: dict) -> None:
+        name = rec["name"]
+        cdir = self._dir(name)
+        upper = os.path.join(cdir, "delta0")
+        os.makedirs(upper, mode=0o755)
+        os.makedirs(os.path.join(cdir, "olwork"), mode=0o700)
+        context = {"name": name, "hostname": name, "address": rec["address"],
+                   "prefixlen": self.network.prefixlen, "gateway": self.network.gateway,
+                   "host": self.config.host_name, "exposed_ports": manifest.get("exposed_ports", []),
+                   "env": rec["env"]}
+        _blocking(templates.render_templates, self.images, manifest, upper, context)
+        dcdir = os.path.join(upper, "etc", "dcfleet")
+        os.makedirs(dcdir, exist_ok=True)
+        env_text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(rec["env"].items()))
+        with open(os.path.join(dcdir, "env"), "w") as f:
+            f.write(env_text)
+        with open(os.path.join(dcdir, "command"), "w") as f:
+            f.write(shlex.join(rec["command"]) + "\n")
+        cfg = ContainerConfig(
+            name=name, hostname=name, lower_dirs=self.images.layer_dirs(manifest), upper_dir=upper,
+            bridge=self.network.bridge, veth_name=rec["veth"], address=rec["address"],
+            prefixlen=self.network.prefixlen, gateway=self.network.gateway,
+            console_log=os.path.join(cdir, "console.log"), lxc_log=os.path.join(cdir, "lxc.log"),
+            init_cmd=manifest.get("init") or "/sbin/init", halt_signal=manifest.get("stop_signal") or "SIGPWR",
+            memory_bytes=rec["memory_bytes"], cpus=rec["cpus"], cpu_shares=rec["cpu_shares"])
+        with open(os.path.join(cdir, "config"), "w") as f:
+            f.write(cfg.render(self.layout))
+
+    def _rollback_create(self, name: str) -> None:
+        try:
+            self._remove_files(name)
+        finally:
+            self.state.delete(name)
+            self.records.pop(name, None)
+
+    def _remove_files(self, name: str) -> None:
+        cdir = self._dir(name)
+        if os.path.isdir(cdir):
+            _blocking(shutil.rmtree, cdir)
+
+    # ------------------------------------------------------------ start / stop
+    def start(self, name: str) -> dict:
+        """See AgentService.container_start."""
+        with self.locked(name):
+            rec = self._record(name)
+            self._start(rec)
+        return self.inspect(name)
+
+    def _start(self, rec: dict) -> None:
+        name = rec["name"]
+        self.network.remove_stale_veth(rec["veth"])
+        try:
+            self.lxc.start(name)
+        except lxcerr.LxcAlreadyRunning as exc:
+            raise errors.ContainerRunning(f"container {name!r} is already running") from exc
+        for m in self._mappings(rec):
+            self.network.add_mapping(m)
+        if rec["desired"] != "running":
+            rec["desired"] = "running"
+            self._save(rec)
+
+    def stop(self, name: str, timeout_s: float | None) -> dict:
+        """See AgentService.container_stop."""
+        timeout = self.config.stop_timeout_s if timeout_s is None else timeout_s
+        validate.number(timeout, "timeout_s", minimum=0, maximum=3600)
+        with self.locked(name):
+            rec = self._record(name)
+            try:
+                self.lxc.stop(name, timeout_s=timeout)
+            except lxcerr.LxcNotRunning as exc:
+                raise errors.ContainerNotRunning(f"container {name!r} is not running") from exc
+            finally:
+                if rec["desired"] != "stopped":
+                    rec["desired"] = "stopped"
+                    self._save(rec)
+        return self.inspect(name)
+
+    # ------------------------------------------------------------ destroy
+    def destroy(self, name: str, force: bool) -> dict:
+        """See AgentService.container_destroy."""
+        with self.locked(name):
+            rec = self._record(name)
+            state = self._live_state(name)
+            if state == "RUNNING" and not force:
+                raise errors.ContainerRunning(
+                    f"container {name!r} is running", hint="stop it first, or destroy with force")
+            rec["phase"] = "destroying"
+            self._save(rec)
+            self._finish_destroy(rec)
+        return {"name": name, "destroyed": True}
+
+    def _finish_destroy(self, rec: dict) -> None:
+        name = rec["name"]
+        for m in self._mappings(rec):
+            self.network.remove_mapping(m)
+        if os.path.exists(os.path.join(self._dir(name), "config")):
+            try:
+                self.lxc.destroy(name, force=True)
+            except lxcerr.LxcNotFound:
+                pass
+        self._remove_files(name)
+        self.network.remove_stale_veth(rec["veth"])
+        self.state.delete(name)
+        self.records.pop(name, None)
+
+    # ------------------------------------------------------------ exec
+    def exec(self, name: str, command, options: dict | None) -> dict:
+        """See AgentService.container_exec."""
+        argv = validate.command(command)
+        opts = validate.options(options, EXEC_OPTIONS, "container_exec")
+        timeout = validate.number(opts.get("timeout_s", 300), "timeout_s", minimum=0.1, maximum=86400)
+        cap = validate.number(opts.get("max_output_bytes", self.config.exec_max_output_bytes),
+                              "max_output_bytes", minimum=0, maximum=self.config.exec_max_output_bytes,
+                              integer=True)
+        stdin = opts.get("stdin")
+        if stdin is not None and not isinstance(stdin, (bytes, str)):
+            raise errors.InvalidArgument("stdin must be bytes or a string")
+        rec = self._record(name)
+        env = {**DEFAULT_EXEC_ENV, **rec["env"], **validate.env(opts.get("env"))}
+        try:
+            return self.lxc.exec(name, argv, env=env, timeout_s=timeout, max_output_bytes=int(cap),
+                                 input_bytes=stdin.encode() if isinstance(stdin, str) else stdin)
+        except lxcerr.LxcExecNotFound as exc:
+            raise errors.CommandNotFound(str(exc)) from exc
+        except lxcerr.LxcNotRunning as exc:
+            raise errors.ContainerNotRunning(f"container {name!r} is not running") from exc
+
+    # ------------------------------------------------------------ port mappings
+    def connection_add(self, name: str, proto: str, container_port: int, host_port: int | None) -> dict:
+        """See AgentService.container_connection_add."""
+        validate.protocol(proto)
+        validate.port(container_port, "container port")
+        if host_port is not None:
+            validate.port(host_port, "host port")
+        with self.locked(name):
+            rec = self._record(name)
+            for p in rec["ports"]:
+                if p["proto"] == proto and p["container_port"] == container_port:
+                    raise errors.PortInUse(
+                        f"{proto}/{container_port} of {name!r} is already mapped to host port {p['host_port']}")
+            with self._alloc_lock:
+                taken = self._taken_ports()
+                if host_port is None:
+                    port, dynamic = self.network.allocate_port(proto, taken), True
+                else:
+                    self.network.check_port_available(proto, host_port, taken)
+                    port, dynamic = host_port, False
+                entry = {"proto": proto, "host_port": port, "container_port": container_port, "dynamic": dynamic}
+                rec["ports"].append(entry)
+                try:
+                    self._save(rec)
+                except BaseException:
+                    rec["ports"].remove(entry)
+                    raise
+            mapping = next(m for m in self._mappings(rec) if m["host_port"] == port and m["proto"] == proto)
+            try:
+                self.network.add_mapping(mapping)
+            except BaseException:
+                rec["ports"].remove(entry)
+                self._save(rec)
+                raise
+        return {**mapping, "dynamic": dynamic, "host_address": self.config.advertise_address}
+
+    def connection_rm(self, name: str, proto: str, container_port: int) -> dict:
+        """See AgentService.container_connection_rm."""
+        validate.protocol(proto)
+        validate.port(container_port, "container port")
+        with self.locked(name):
+            rec = self._record(name)
+            entry = next((p for p in rec["ports"]
+                          if p["proto"] == proto and p["container_port"] == container_port), None)
+            if entry is None:
+                raise errors.NoSuchPortMapping(f"{name!r} has no mapping for {proto}/{container_port}")
+            mapping = next(m for m in self._mappings(rec)
+                           if m["host_port"] == entry["host_port"] and m["proto"] == proto)
+            self.network.remove_mapping(mapping)
+            rec["ports"].remove(entry)
+            self._save(rec)
+        return mapping
+
+    # ------------------------------------------------------------ views
+    def _live_state(self, name: str) -> str:
+        try:
+            return self.lxc.info(name)["state"]
+        except lxcerr.LxcNotFound:
+            return "MISSING"
+
+    def _view(self, rec: dict, live: dict | None) -> dict:
+        if rec["phase"] != "ready":
+            state = rec["phase"]
+        elif live is None:
+            state = "missing"
+        else:
+            state = live["state"].lower()
+        return {"name": rec["name"], "state": state, "image": rec["image_name"], "image_id": rec["image"],
+                "address": rec["address"], "created": rec["created"], "desired": rec["desired"],
+                "pid": live.get("pid") if live else None,
+                "ports": [{"proto": p["proto"], "host_port": p["host_port"],
+                           "container_port": p["container_port"]} for p in rec["ports"]],
+                "memory_limit_bytes": rec["memory_bytes"], "cpus": rec["cpus"]}
+
+    def ls(self) -> list[dict]:
+        """See AgentService.container_ls."""
+        snapshot = list(self.records.values())  # listing never waits on a lock
+        live = {c["name"]: c for c in self.lxc.ls()}
+        return [self._view(rec, live.get(rec["name"])) for rec in sorted(snapshot, key=lambda r: r["name"])]
+
+    def usage(self, view: dict) -> dict:
+        """Cgroup figures of a running container's view (best effort)."""
+        if view["pid"]:
+            try:
+                return cgroup.usage(self.layout, view["pid"])
+            except OSError:
+                pass
+        return {"memory_bytes": None, "memory_limit_bytes": None, "cpu_seconds": None}
+
+    def inspect(self, name: str) -> dict:
+        """See AgentService.container_inspect."""
+        rec = self._record(name, ready=False)
+        try:
+            live = self.lxc.info(name)
+        except lxcerr.LxcNotFound:
+            live = None
+        view = self._view(rec, live)
+        view.update({"env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
+                     "veth": rec["veth"], "gateway": self.network.gateway,
+                     "prefixlen": self.network.prefixlen, "host": self.config.host_name,
+                     "rootfs_upper": os.path.join(self._dir(name), "delta0"),
+                     "usage": self.usage(view)})
+        return view
+
+    def logs(self, name: str, max_bytes: int) -> dict:
+        """See AgentService.container_logs."""
+        self._record(name, ready=False)
+        path = os.path.join(self._dir(name), "console.log")
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                f.seek(max(0, size - max_bytes))
+                data = f.read(max_bytes)
+        except FileNotFoundError:
+            size, data = 0, b""
+        return {"name": name, "size_bytes": size, "data": data, "truncated": size > len(data)}
+
+    def images_in_use(self, image_id: str) -> list[str]:
+        return sorted(r["name"] for r in self.records.values() if r["image"] == image_id)
+
+    def ensure_base_images(self) -> None:
+        """Build the busybox base image on first use (offline)."""
+        with self.images_lock:
+            _blocking(busybox.ensure_busybox, self.images)

@@ -1,0 +1,178 @@
+"""Interactive sessions for ``container_enter``: a one-time-token PTY relay.
+
+``container_enter`` starts ``lxc-attach`` on a pseudo-terminal (lxc-attach
+then allocates the container-side pty itself) and binds a ZeroMQ PAIR socket
+for one client.  The client proves itself with the one-time token in its
+first message; a session nobody claims in ``accept_timeout_s`` ends.
+
+Messages are msgpack lists:
+    client -> agent: ["hello", token, rows, cols] | ["in", bytes]
+                     | ["resize", rows, cols] | ["ping"] | ["close"]
+    agent -> client: ["out", bytes] | ["exit", code] | ["error", message]
+                     | ["pong"]
+
+The relay lives outside zerorpc because zerorpc has no client-to-server
+stream; ZeroMQ keeps it on the same transport (and, later, the same keys).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pty
+import secrets
+import struct
+import termios
+
+import gevent
+import gevent.socket
+import msgpack
+import zmq.green as zmq
+from gevent import subprocess
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_SECONDS = 60.0  # no message from the client (it pings every 5 s)
+
+
+def _set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class EnterSession:
+    """One relay: PAIR socket + lxc-attach on a PTY."""
+
+    def __init__(self, ctx: zmq.Context, argv: list[str], bind_to: str, accept_timeout_s: float):
+        self.token = secrets.token_hex(16)
+        self.argv = argv
+        self.sock = ctx.socket(zmq.PAIR)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        if bind_to.startswith("tcp://"):
+            port = self.sock.bind_to_random_port(bind_to)
+            self.endpoint = {"transport": "tcp", "port": port}
+        else:
+            self.sock.bind(bind_to)
+            os.chmod(bind_to[len("ipc://"):], 0o600)
+            self.endpoint = {"transport": "ipc", "path": bind_to[len("ipc://"):]}
+        self.bind_to = bind_to
+        self.accept_timeout_s = accept_timeout_s
+        self.task = gevent.spawn(self._run)
+
+    def _send(self, *msg) -> None:
+        self.sock.send(msgpack.packb(list(msg), use_bin_type=True))
+
+    def _recv(self, timeout_s: float):
+        if not self.sock.poll(int(timeout_s * 1000)):
+            return None
+        msg = msgpack.unpackb(self.sock.recv(), raw=False, strict_map_key=True,
+                              max_buffer_size=1 << 20)
+        return msg if isinstance(msg, list) and msg else ["bad"]
+
+    def _run(self) -> None:
+        proc = master = None
+        try:
+            hello = self._recv(self.accept_timeout_s)
+            if not hello or hello[0] != "hello" or len(hello) != 4 or not isinstance(hello[1], str) \
+                    or not secrets.compare_digest(hello[1], self.token):
+                if hello:
+                    self._send("error", "bad or missing token")
+                return
+            master, slave = pty.openpty()
+            rows, cols = (int(hello[2]) or 24, int(hello[3]) or 80)
+            _set_winsize(slave, rows, cols)
+            proc = subprocess.Popen(self.argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                                    preexec_fn=_child_setup)
+            os.close(slave)
+            reader = gevent.spawn(self._pump_out, master)
+            self._pump_in(master, reader)
+            code = proc.wait(timeout=10) if reader.ready() else None
+            self._send("exit", code if code is not None else -1)
+        except Exception:
+            log.exception("enter session failed")
+            try:
+                self._send("error", "session failed on the agent; see its log")
+            except zmq.ZMQError:
+                pass
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if master is not None:
+                os.close(master)
+            self.sock.close()
+            if self.endpoint["transport"] == "ipc":
+                try:
+                    os.unlink(self.endpoint["path"])
+                except FileNotFoundError:
+                    pass
+
+    def _pump_out(self, master: int) -> None:
+        while True:
+            try:
+                gevent.socket.wait_read(master)
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other side of the pty closed
+                return
+            if not data:
+                return
+            self._send("out", data)
+
+    def _pump_in(self, master: int, reader: gevent.Greenlet) -> None:
+        idle_s = 0.0
+        while not reader.ready():
+            msg = self._recv(1.0)
+            if msg is None:
+                idle_s += 1.0
+                if idle_s > IDLE_TIMEOUT_SECONDS:
+                    return
+                continue
+            idle_s = 0.0
+            kind = msg[0]
+            if kind == "in" and len(msg) == 2 and isinstance(msg[1], (bytes, str)):
+                data = msg[1].encode() if isinstance(msg[1], str) else msg[1]
+                while data:
+                    gevent.socket.wait_write(master)
+                    data = data[os.write(master, data):]
+            elif kind == "resize" and len(msg) == 3:
+                _set_winsize(master, int(msg[1]), int(msg[2]))
+            elif kind == "ping":
+                self._send("pong")
+            elif kind == "close":
+                return
+        reader.join(timeout=2)
+
+
+class EnterRelay:
+    """Starts EnterSessions; one ZeroMQ context for all of them.
+
+    Args:
+        listen: the agent's endpoints; a session binds next to the first tcp
+            one (same address, random port) or, with none, in ``run_dir``.
+        run_dir: directory for ipc session sockets (0700).
+        accept_timeout_s: seconds a session waits for its client.
+    """
+
+    def __init__(self, listen: list[str], run_dir: str, accept_timeout_s: float):
+        self.ctx = zmq.Context()
+        tcp = next((ep for ep in listen if ep.startswith("tcp://")), None)
+        self.tcp_bind = tcp.rsplit(":", 1)[0] if tcp else None
+        self.run_dir = run_dir
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        self.accept_timeout_s = accept_timeout_s
+
+    def open(self, argv: list[str], via_tcp: bool) -> dict:
+        """Start a session running ``argv``.
+
+        Returns: {"token": hex, "transport": "tcp"|"ipc", "port"|"path",
+        "expires_s": seconds to connect}."""
+        if via_tcp and self.tcp_bind:
+            bind_to = self.tcp_bind
+        else:
+            bind_to = f"ipc://{os.path.join(self.run_dir, 'enter-' + secrets.token_hex(6) + '.sock')}"
+        session = EnterSession(self.ctx, argv, bind_to, self.accept_timeout_s)
+        return {"token": session.token, **session.endpoint, "expires_s": self.accept_timeout_s}

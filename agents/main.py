@@ -1,0 +1,83 @@
+"""``dc-agent``: the host agent's entry point.
+
+Start-up order: settings, bridge and netfilter chains, image store (busybox
+built on first use), re-adoption of existing containers and their port
+mappings, then serving.  SIGTERM/SIGINT stop serving only: containers and
+port mappings stay up (they belong to their lxc-start monitors and to the
+kernel), and the next start re-adopts them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import gevent
+
+from agents import config as agent_config
+from agents import network as netmod
+from agents.containers import ContainerManager
+from agents.enter import EnterRelay
+from agents.service import AgentService, translate
+from dcctl import errors
+from dcctl.wire import Service
+from images.store import ImageStore
+from lxcwrap.lxc import Lxc
+
+log = logging.getLogger("dc-agent")
+
+
+def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
+    """Assemble the agent from its settings and recover its containers."""
+    for d in (cfg.state_dir, cfg.lxc_path):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+    network = netmod.Network(cfg.bridge, cfg.subnet, tuple(cfg.port_range))
+    network.ensure_bridge()
+    images = ImageStore(os.path.join(cfg.state_dir, "images"))
+    manager = ContainerManager(cfg, network, images, Lxc(cfg.lxc_path))
+    manager.ensure_base_images()
+    manager.recover()
+    relay = EnterRelay(cfg.listen, os.path.join(cfg.state_dir, "run"), cfg.enter_accept_timeout_s)
+    service = Service(AgentService(manager, relay), name=f"dc-agent@{cfg.host_name}", translate=translate)
+    for endpoint in cfg.listen:
+        if endpoint.startswith("ipc://"):
+            sock_dir = os.path.dirname(endpoint[len("ipc://"):])
+            os.makedirs(sock_dir, mode=0o700, exist_ok=True)
+            if os.path.exists(endpoint[len("ipc://"):]):
+                os.unlink(endpoint[len("ipc://"):])  # a stale socket of a previous run
+        service.bind(endpoint)
+    return service, manager
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT. Exit 2 on bad settings."""
+    try:
+        cfg = agent_config.load(argv)
+    except errors.InvalidArgument as exc:
+        print(f"dc-agent: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        service, _ = build(cfg)
+    except errors.DcError as exc:
+        log.error("cannot start: %s: %s", type(exc).__name__, exc)
+        return 1
+    except Exception as exc:
+        mapped = translate(exc)
+        if mapped is None:
+            raise
+        log.error("cannot start: %s: %s", type(mapped).__name__, mapped)
+        return 1
+    task = service.start()
+    gevent.signal_handler(signal.SIGTERM, service.stop)
+    gevent.signal_handler(signal.SIGINT, service.stop)
+    log.info("serving on %s", ", ".join(cfg.listen))
+    task.join()
+    log.info("stopped serving; containers keep running")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""The host agent's RPC surface: the only methods a caller can reach.
+
+Every method checks its arguments before any work (arity and types by the
+wire layer from the annotations below, meaning here), and raises the
+``dcctl.errors`` types named in its docstring.  Mutations are shielded: a
+caller that gives up does not leave half-made work.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import platform
+import time
+
+import gevent
+
+from agents import hostinfo
+from agents.containers import ContainerManager
+from agents.enter import EnterRelay
+from dcctl import errors, validate
+from dcctl.wire import expose
+from lxcwrap import errors as lxcerr
+from lxcwrap.lxc import DEFAULT_EXEC_ENV
+from lxcwrap.run import ToolError
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+LOG_MAX_BYTES = 4 << 20
+_LXC_MAP = {
+    lxcerr.LxcAlreadyRunning: errors.ContainerRunning,
+    lxcerr.LxcNotRunning: errors.ContainerNotRunning,
+    lxcerr.LxcExecNotFound: errors.CommandNotFound,
+}
+
+
+def translate(exc: BaseException) -> errors.DcError | None:
+    """Map images/, lxcwrap/ and network errors onto wire errors.
+
+    Errors whose class name is a wire error name (images.errors.ImageNotFound,
+    agents.network.PortInUse, ...) keep their name; LXC tool failures become
+    LxcFailure; a full disk becomes StoreError.  Anything else is a bug (None).
+    """
+    hint = getattr(exc, "hint", None)
+    name = type(exc).__name__
+    if name in errors.BY_NAME and name != "DcError":
+        return errors.BY_NAME[name](str(exc), hint=hint)
+    for cls, wire in _LXC_MAP.items():
+        if isinstance(exc, cls):
+            return wire(str(exc), hint=hint)
+    if isinstance(exc, lxcerr.LxcError):
+        return errors.LxcFailure(str(exc), hint=hint)
+    if isinstance(exc, ToolError):
+        return errors.NetworkError(str(exc), hint=hint)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errors.StoreError(f"disk full: {exc}", hint="free space in the agent's state dir")
+    base = [c.__name__ for c in type(exc).__mro__]
+    if "ImageError" in base:
+        return errors.StoreError(str(exc), hint=hint)
+    if "NetworkError" in base:
+        return errors.NetworkError(str(exc), hint=hint)
+    return None
+
+
+class AgentService:
+    """The methods served by ``dc-agent`` (see the README's method reference)."""
+
+    def __init__(self, manager: ContainerManager, relay: EnterRelay):
+        self.m = manager
+        self.relay = relay
+        self.started = time.time()
+
+    # ------------------------------------------------------------ images
+    @expose
+    def image_ls(self) -> list:
+        """List local images.
+
+        Returns: [{name, id, created (Unix s), size_bytes, layers (ids,
+        bottom first), exposed_ports [{proto, port}], command}].
+        """
+        return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers",
+                                       "exposed_ports", "command")}
+                for m in self.m.images.ls()]
+
+    @expose(shielded=True)
+    def image_import(self, path: str, name: str, options: dict | None = None) -> dict:
+        """Import a rootfs tarball on this host as a one-layer image.
+
+        Args:
+            path: absolute path of a tar file (plain, gzip, xz or bzip2) on
+                the agent's host.
+            name: image name, ``[a-z0-9][a-z0-9._-]*`` up to 64 chars.
+            options: {exposed_ports: [{proto, port}], env: {K: V},
+                command: [argv], stop_signal: "SIGPWR", init: "/sbin/init",
+                templates: [absolute paths in the rootfs]}.
+
+        Returns: the image manifest {id, name, created, layers, size_bytes, ...}.
+
+        Raises: InvalidArgument (bad path or name), InvalidImage (hostile or
+        broken archive member; nothing is kept), StoreError (I/O, disk full).
+        """
+        if not os.path.isabs(path) or not os.path.isfile(path):
+            raise errors.InvalidArgument(f"image file {path!r} must be an absolute path to a regular file")
+        allowed = {"exposed_ports": "", "env": "", "command": "", "stop_signal": "", "init": "", "templates": ""}
+        opts = validate.options(options, allowed, "image_import")
+        with self.m.images_lock:
+            return gevent.get_hub().threadpool.apply(
+                lambda: self.m.images.import_tar(path, name, **opts))
+
+    @expose(shielded=True)
+    def image_rm(self, ref: str) -> dict:
+        """Remove an image and the layers no other image uses.
+
+        Args: ref: ``name`` or ``name@idprefix``.
+        Returns: the removed manifest.
+        Raises: ImageNotFound, AmbiguousImageRef, ImageInUse (names the
+        containers using it).
+        """
+        with self.m.images_lock:
+            manifest = self.m.images.resolve(ref)
+            return self.m.images.remove(ref, in_use_by=self.m.images_in_use(manifest["id"]))
+
+    # ------------------------------------------------------------ containers
+    @expose(shielded=True)
+    def container_create(self, image: str, name: str, options: dict | None = None) -> dict:
+        """Create a container from an image (not started).
+
+        Args:
+            image: image ref, ``name`` or ``name@idprefix``.
+            name: fleet-unique name, 1-64 chars of [A-Za-z0-9_.-], dotted
+                like ``jerome.awesome.web``; also its hostname.
+            options: {memory_bytes: int (LXC cgroup memory limit; v1
+                memory.limit_in_bytes or v2 memory.max, as the host runs),
+                cpus: float (CPU quota), cpu_shares: int, env: {K: V},
+                command: [argv] or "shell string"}.
+
+        The rootfs is an overlay of the image's layers with a per-container
+        upper dir; the image's templates are rendered into it (Jinja2) with
+        name, hostname, address, prefixlen, gateway, host, exposed_ports, env.
+        A static address on the agent's bridge is allocated and kept.
+
+        Returns: container_inspect's dict.
+
+        Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
+        ContainerExists, NoCapacity, AddressPoolExhausted. On any error
+        nothing is left: no record, directory, address or rule.
+        """
+        return self.m.create(image, name, options)
+
+    @expose(shielded=True)
+    def container_start(self, name: str) -> dict:
+        """Start a container (``lxc-start -d``; its monitor outlives the agent).
+
+        Returns: container_inspect's dict.
+        Raises: NoSuchContainer, ContainerRunning, LxcFailure (with the LXC
+        log's errors), Busy.
+        """
+        return self.m.start(name)
+
+    @expose(shielded=True)
+    def container_stop(self, name: str, timeout_s: float | None = None) -> dict:
+        """Stop a container: its image's halt signal (lxc.signal.halt), then
+        SIGKILL after ``timeout_s`` seconds (default: the agent's
+        stop_timeout_s, 10 s).
+
+        Returns: container_inspect's dict.
+        Raises: NoSuchContainer, ContainerNotRunning, Busy.
+        """
+        return self.m.stop(name, timeout_s)
+
+    @expose(shielded=True)
+    def container_destroy(self, name: str, force: bool = False) -> dict:
+        """Destroy a container: its rootfs upper layer, address, port
+        mappings (kernel rules) and record.
+
+        Args: force: stop (kill) it first if running.
+        Returns: {name, destroyed: True}.
+        Raises: NoSuchContainer, ContainerRunning (unless force), Busy.
+        """
+        return self.m.destroy(name, force)
+
+    @expose
+    def container_ls(self) -> list:
+        """List this host's containers (never waits for a busy container).
+
+        Returns: [{name, state ("running", "stopped", "creating",
+        "destroying", ...), image, image_id, address, created, desired, pid,
+        ports [{proto, host_port, container_port}], memory_limit_bytes, cpus}].
+        """
+        return self.m.ls()
+
+    @expose
+    def container_inspect(self, name: str) -> dict:
+        """Everything about one container: container_ls's keys plus env,
+        command, cpu_shares, veth, gateway, prefixlen, host, rootfs_upper and
+        usage {memory_bytes, memory_limit_bytes, cpu_seconds} read from its
+        cgroup (whole subtree).
+
+        Raises: NoSuchContainer.
+        """
+        return self.m.inspect(name)
+
+    @expose
+    def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:
+        """Run a command in a running container (``lxc-attach --clear-env``).
+
+        Args:
+            command: argv list, or a string run with ``/bin/sh -c``.
+            options: {timeout_s: float (default 300), env: {K: V},
+                max_output_bytes: int per stream (default and cap 16 MiB),
+                stdin: bytes}.
+
+        Returns: {exit_code, stdout (bytes), stderr (bytes),
+        stdout_truncated, stderr_truncated, duration_s, timed_out}.
+
+        Raises: NoSuchContainer, ContainerNotRunning, CommandNotFound,
+        InvalidArgument.
+        """
+        return self.m.exec(name, command, options)
+
+    @expose
+    def container_enter(self, name: str, command: list | str | None = None, options: dict | None = None) -> dict:
+        """Open an interactive session (a TTY, like ``docker exec -it``).
+
+        Args:
+            command: argv list or shell string (default: /bin/sh -l).
+            options: {via: "tcp"|"ipc"} which relay to use (default: the
+                one matching how the caller reached the agent; dcctl sets it).
+
+        Returns: {token, transport ("tcp"|"ipc"), port | path, expires_s}.
+        Connect a ZeroMQ PAIR socket there within expires_s seconds and send
+        ["hello", token, rows, cols]; see agents.enter for the protocol.
+        ``dcctl container_enter NAME`` does all this.
+
+        Raises: NoSuchContainer, ContainerNotRunning.
+        """
+        opts = validate.options(options, {"via": "relay transport"}, "container_enter")
+        argv = validate.command(command) if command is not None else ["/bin/sh", "-l"]
+        rec = self.m._record(name)
+        if self.m._live_state(name) != "RUNNING":
+            raise errors.ContainerNotRunning(f"container {name!r} is not running")
+        env = {**DEFAULT_EXEC_ENV, **rec["env"]}
+        return self.relay.open(self.m.lxc.attach_argv(name, argv, env),
+                               via_tcp=opts.get("via") == "tcp")
+
+    @expose
+    def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
+        """The tail of the container's console log (lxc.console.logfile).
+
+        Returns: {name, size_bytes, data (bytes), truncated}.
+        Raises: NoSuchContainer, InvalidArgument (max_bytes over 4 MiB).
+        """
+        validate.number(max_bytes, "max_bytes", minimum=0, maximum=LOG_MAX_BYTES, integer=True)
+        return self.m.logs(name, max_bytes)
+
+    @expose(shielded=True)
+    def container_connection_add(self, name: str, proto: str, container_port: int,
+                                 host_port: int | None = None) -> dict:
+        """Map a host port to a container port (iptables DNAT in the kernel,
+        so it forwards while the agent is down; reachable on the host's
+        addresses and on 127.0.0.1).
+
+        Args:
+            proto: "tcp" or "udp".
+            container_port: 1-65535.
+            host_port: explicit host port, or None for a free one from the
+                agent's port range (kept across stop/start and agent restarts).
+
+        Returns: {container, proto, host_port, container_address,
+        container_port, dynamic, host_address}.
+
+        Raises: NoSuchContainer, InvalidArgument, PortInUse,
+        PortRangeExhausted.
+        """
+        return self.m.connection_add(name, proto, container_port, host_port)
+
+    @expose(shielded=True)
+    def container_connection_rm(self, name: str, proto: str, container_port: int) -> dict:
+        """Remove a port mapping and its kernel rules.
+
+        Returns: the removed mapping.
+        Raises: NoSuchContainer, NoSuchPortMapping.
+        """
+        return self.m.connection_rm(name, proto, container_port)
+
+    # ------------------------------------------------------------ host
+    @expose
+    def network_ls(self) -> dict:
+        """This host's container network.
+
+        Returns: {bridge, subnet, gateway, port_range [low, high],
+        mappings [{container, proto, host_port, container_address,
+        container_port}], addresses {container: address}}.
+        """
+        net = self.m.network
+        return {"bridge": net.bridge, "subnet": str(self.m.config.subnet), "gateway": net.gateway,
+                "port_range": list(self.m.config.port_range),
+                "mappings": sorted(self.m.all_mappings(), key=lambda m: (m["container"], m["host_port"])),
+                "addresses": {n: r["address"] for n, r in sorted(self.m.records.items())}}
+
+    @expose
+    def hostinfo(self) -> dict:
+        """Host metrics, containers and free capacity (best effort: a figure
+        that cannot be read is None).
+
+        Returns: {host, agent_version, agent_uptime_s, metrics {cpu_count,
+        cpu_percent, load_avg, memory_total_bytes, memory_available_bytes,
+        memory_used_bytes, disk_total_bytes, disk_free_bytes, net_bytes_sent,
+        net_bytes_recv, uptime_s, boot_time}, containers [{name, state,
+        address, memory_bytes, memory_limit_bytes, cpu_seconds}], capacity
+        {memory_reservable_bytes, memory_reserved_bytes,
+        memory_unreserved_bytes, container_slots, containers,
+        container_slots_free}}.
+        """
+        cfg = self.m.config
+        metrics = hostinfo.host_metrics(cfg.state_dir)
+        containers = []
+        for view in self.m.ls():
+            containers.append({"name": view["name"], "state": view["state"], "address": view["address"],
+                               **self.m.usage(view)})
+        limits = [r.get("memory_bytes") for r in self.m.records.values()]
+        return {"host": cfg.host_name, "agent_version": AGENT_VERSION,
+                "agent_uptime_s": round(time.time() - self.started, 3), "metrics": metrics,
+                "containers": containers,
+                "capacity": hostinfo.capacity(metrics["memory_total_bytes"], cfg.reservable_memory_bytes,
+                                              limits, cfg.max_containers)}
+
+    @expose
+    def ops_facts(self) -> dict:
+        """Facts about this host: {host, os, kernel, python, agent_version,
+        lxc_path, bridge, subnet}."""
+        cfg = self.m.config
+        osr = {}
+        try:
+            with open("/etc/os-release") as f:
+                osr = dict(line.rstrip().split("=", 1) for line in f if "=" in line)
+        except OSError:
+            pass
+        return {"host": cfg.host_name, "os": osr.get("PRETTY_NAME", "").strip('"'),
+                "kernel": platform.release(), "python": platform.python_version(),
+                "agent_version": AGENT_VERSION, "lxc_path": cfg.lxc_path, "bridge": cfg.bridge,
+                "subnet": cfg.subnet}

@@ -1,0 +1,113 @@
+"""``dcctl container_enter NAME [COMMAND...]``: an interactive session.
+
+Asks the agent (or the hub, which forwards) for a one-time session, connects
+a ZeroMQ PAIR socket to the relay it names, and shuttles the terminal: raw
+mode when stdin is a TTY (like ``docker exec -it``), plain pipes otherwise
+(like ``docker exec -i``).  The protocol is described in agents.enter.
+"""
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import sys
+import termios
+import tty
+
+import msgpack
+import zmq
+
+from dcctl import errors
+
+PING_INTERVAL_SECONDS = 5.0
+CONNECT_GRACE_SECONDS = 10.0
+
+
+def relay_endpoint(session: dict, via: str) -> str:
+    """Where to connect for ``session`` (container_enter's result) when the
+    agent was reached at ``via`` (an endpoint)."""
+    if session.get("transport") == "ipc":
+        return "ipc://" + session["path"]
+    host = session.get("address") or ""
+    if not host:
+        m = re.match(r"^tcp://(.+):\d+$", via)
+        host = m.group(1) if m else "127.0.0.1"
+        if host in ("*", "0.0.0.0"):
+            host = "127.0.0.1"
+    return f"tcp://{host}:{int(session['port'])}"
+
+
+def _send(sock, *msg) -> None:
+    sock.send(msgpack.packb(list(msg), use_bin_type=True))
+
+
+def run(client, name: str, command: list[str] | None, stdin=None, stdout=None) -> int:
+    """Open a session on ``name`` through ``client`` (an RpcClient) and relay
+    the terminal until the command exits; returns its exit code.
+
+    Raises: the errors of container_enter (NoSuchContainer,
+    ContainerNotRunning, ...); Unreachable when the relay never answers.
+    """
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    via = "ipc" if client.endpoint.startswith("ipc://") else "tcp"
+    session = client.call("container_enter", name, command or None, {"via": via})
+    endpoint = relay_endpoint(session, client.endpoint)
+    in_fd, out_fd = stdin.fileno(), stdout.fileno()
+    is_tty = os.isatty(in_fd)
+    cols, rows = shutil.get_terminal_size((80, 24))
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PAIR)
+    sock.setsockopt(zmq.LINGER, 500)
+    sock.connect(endpoint)
+    _send(sock, "hello", session["token"], rows, cols)
+    saved = termios.tcgetattr(in_fd) if is_tty else None
+    resized = []
+    old_winch = signal.signal(signal.SIGWINCH, lambda *a: resized.append(1)) if is_tty else None
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    stdin_open = True
+    poller.register(in_fd, zmq.POLLIN)
+    code = None
+    silent_s = 0.0
+    try:
+        if is_tty:
+            tty.setraw(in_fd)
+        while code is None:
+            if resized:
+                resized.clear()
+                c, r = shutil.get_terminal_size((80, 24))
+                _send(sock, "resize", r, c)
+            events = dict(poller.poll(int(PING_INTERVAL_SECONDS * 1000)))
+            if not events:
+                _send(sock, "ping")
+                silent_s += PING_INTERVAL_SECONDS
+                if silent_s > 60:
+                    raise errors.Unreachable(f"the enter relay at {endpoint} went silent")
+                continue
+            if sock in events:
+                silent_s = 0.0
+                msg = msgpack.unpackb(sock.recv(), raw=False)
+                if msg[0] == "out":
+                    os.write(out_fd, msg[1])
+                elif msg[0] == "exit":
+                    code = int(msg[1])
+                elif msg[0] == "error":
+                    raise errors.Unreachable(f"enter relay refused the session: {msg[1]}")
+            if stdin_open and in_fd in events:
+                data = os.read(in_fd, 65536)
+                if data:
+                    _send(sock, "in", data)
+                else:  # EOF on a pipe: send ^D so the shell ends, stop reading
+                    poller.unregister(in_fd)
+                    stdin_open = False
+                    _send(sock, "in", b"\x04")
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+        if old_winch is not None:
+            signal.signal(signal.SIGWINCH, old_winch)
+        sock.close()
+    return code

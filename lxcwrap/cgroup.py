@@ -1,0 +1,160 @@
+"""Which cgroup version governs each controller, and reading a container's
+cgroup figures back from the kernel.
+
+A Debian 12 host boots cgroup v2 only by default, but hybrid hosts (v1
+controllers plus a v2 hierarchy, like this project's CI machines) exist, and
+``lxc.cgroup.*`` keys are silently ignored on a v2-only host (lxc/lxc#4049).
+So the version is detected per controller from /proc/self/mountinfo, config
+keys are chosen to match, and tests read the limit back from the container's
+cgroup.
+
+Per-container figures read the container's cgroup directory, whose counters
+cover its whole subtree, including the ``.lxc`` sub-cgroup that lxc-attach
+places processes in on v2 (lxc/lxc#3373).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Mount points: ``v1`` maps controller name -> mount dir; ``v2`` is the
+    unified mount dir (or None) and ``v2_controllers`` what it controls."""
+
+    v1: dict[str, str]
+    v2: str | None
+    v2_controllers: frozenset[str]
+
+    def version(self, controller: str) -> int:
+        """1 or 2: which hierarchy runs ``controller`` ("memory", "cpu")."""
+        if controller in self.v2_controllers:
+            return 2
+        if controller in self.v1:
+            return 1
+        return 2 if self.v2 else 1
+
+
+def detect(mountinfo_text: str | None = None) -> Layout:
+    """Parse mountinfo (this process's by default) into a Layout."""
+    if mountinfo_text is None:
+        with open(MOUNTINFO) as f:
+            mountinfo_text = f.read()
+    v1: dict[str, str] = {}
+    v2 = None
+    for line in mountinfo_text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        fstype, mount, opts = rfields[0], fields[4], rfields[2].split(",")
+        if fstype == "cgroup2":
+            v2 = v2 or mount
+        elif fstype == "cgroup":
+            for opt in opts:
+                if opt in ("cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "devices", "freezer"):
+                    v1.setdefault(opt, mount)
+    controllers: frozenset[str] = frozenset()
+    if v2 and os.path.exists(os.path.join(v2, "cgroup.controllers")):
+        with open(os.path.join(v2, "cgroup.controllers")) as f:
+            controllers = frozenset(f.read().split())
+    return Layout(v1, v2, controllers)
+
+
+def limit_config(layout: Layout, memory_bytes: int | None, cpus: float | None,
+                 cpu_shares: int | None) -> list[tuple[str, str]]:
+    """LXC config keys that apply the limits under ``layout``.
+
+    Args:
+        memory_bytes: hard memory limit in bytes (v1 memory.limit_in_bytes,
+            v2 memory.max).
+        cpus: CPU count as a quota (v1 cpu.cfs_quota_us/cpu.cfs_period_us,
+            v2 cpu.max), e.g. 0.5 for half a CPU.
+        cpu_shares: relative weight, Docker's scale (1024 = normal; v1
+            cpu.shares, v2 cpu.weight converted as runc does).
+    """
+    out: list[tuple[str, str]] = []
+    period_us = 100_000
+    if memory_bytes:
+        if layout.version("memory") == 2:
+            out.append(("lxc.cgroup2.memory.max", str(memory_bytes)))
+        else:
+            out.append(("lxc.cgroup.memory.limit_in_bytes", str(memory_bytes)))
+    if cpus:
+        quota = max(1000, int(cpus * period_us))
+        if layout.version("cpu") == 2:
+            out.append(("lxc.cgroup2.cpu.max", f"{quota} {period_us}"))
+        else:
+            out.append(("lxc.cgroup.cpu.cfs_period_us", str(period_us)))
+            out.append(("lxc.cgroup.cpu.cfs_quota_us", str(quota)))
+    if cpu_shares:
+        if layout.version("cpu") == 2:
+            weight = 1 + ((cpu_shares - 2) * 9999) // 262142
+            out.append(("lxc.cgroup2.cpu.weight", str(max(1, min(10000, weight)))))
+        else:
+            out.append(("lxc.cgroup.cpu.shares", str(cpu_shares)))
+    return out
+
+
+def cgroup_dirs(layout: Layout, pid: int) -> dict[str, str]:
+    """The cgroup dirs of process ``pid`` per controller ("memory", "cpu",
+    "cpuacct", "unified"), taken from /proc/PID/cgroup.  A trailing
+    ``init.scope`` (systemd moving itself) is stripped so the dir is the
+    container's root cgroup."""
+    dirs: dict[str, str] = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if path.endswith("/init.scope"):
+            path = path[: -len("/init.scope")]
+        rel = path.lstrip("/")
+        if ctrls == "" and layout.v2:
+            dirs["unified"] = os.path.join(layout.v2, rel)
+        for c in ctrls.split(","):
+            if c in layout.v1:
+                dirs[c] = os.path.join(layout.v1[c], rel)
+    return dirs
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def usage(layout: Layout, pid: int) -> dict:
+    """Memory and CPU figures of the cgroup that process ``pid`` (a container's
+    init) belongs to, covering its whole subtree.
+
+    Returns:
+        {"memory_bytes": int|None, "memory_limit_bytes": int|None,
+         "cpu_seconds": float|None}; None where the kernel gave no figure.
+
+    Raises:
+        OSError: the process is gone.
+    """
+    dirs = cgroup_dirs(layout, pid)
+    mem = lim = cpu = None
+    if layout.version("memory") == 2 and "unified" in dirs:
+        mem = _read(os.path.join(dirs["unified"], "memory.current"))
+        lim = _read(os.path.join(dirs["unified"], "memory.max"))
+    elif "memory" in dirs:
+        mem = _read(os.path.join(dirs["memory"], "memory.usage_in_bytes"))
+        lim = _read(os.path.join(dirs["memory"], "memory.limit_in_bytes"))
+    if layout.version("cpu") == 2 and "unified" in dirs:
+        stat = _read(os.path.join(dirs["unified"], "cpu.stat")) or ""
+        for line in stat.splitlines():
+            if line.startswith("usage_usec "):
+                cpu = int(line.split()[1]) / 1e6
+    elif "cpuacct" in dirs:
+        ns = _read(os.path.join(dirs["cpuacct"], "cpuacct.usage"))
+        cpu = int(ns) / 1e9 if ns and ns.isdigit() else None
+    limit = int(lim) if lim and lim.isdigit() and int(lim) < (1 << 62) else None
+    return {"memory_bytes": int(mem) if mem and mem.isdigit() else None,
+            "memory_limit_bytes": limit, "cpu_seconds": cpu}

@@ -1,0 +1,80 @@
+"""Render the LXC config file of a dcfleet container (lxc.container.conf(5))."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from lxcwrap import cgroup
+
+_SAFE_VALUE = re.compile(r"^[^\n\r\x00]*$")
+
+
+@dataclasses.dataclass
+class ContainerConfig:
+    """Everything dcfleet puts in a container's LXC config.
+
+    Fields (units in names): ``lower_dirs`` are the image's unpacked layers,
+    topmost first; ``upper_dir`` is the container's own read-write layer (its
+    work dir is the sibling ``olwork``, as LXC's overlay driver expects).
+    """
+
+    name: str
+    hostname: str
+    lower_dirs: list[str]
+    upper_dir: str
+    bridge: str
+    veth_name: str
+    address: str
+    prefixlen: int
+    gateway: str
+    console_log: str
+    lxc_log: str
+    init_cmd: str = "/sbin/init"
+    halt_signal: str = "SIGPWR"
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    cpu_shares: int | None = None
+    hwaddr: str | None = None
+
+    def items(self, layout: cgroup.Layout) -> list[tuple[str, str]]:
+        """The config as ordered (key, value) pairs."""
+        rootfs = "overlay:" + ":".join([*self.lower_dirs, self.upper_dir])
+        items = [
+            ("lxc.uts.name", self.hostname),
+            ("lxc.rootfs.path", rootfs),
+            ("lxc.apparmor.profile", "unconfined"),
+            ("lxc.init.cmd", self.init_cmd),
+            ("lxc.signal.halt", self.halt_signal),
+            ("lxc.mount.auto", "proc:mixed sys:mixed cgroup:mixed"),
+            ("lxc.autodev", "1"),
+            ("lxc.tty.max", "0"),
+            ("lxc.pty.max", "64"),
+            ("lxc.console.path", "none"),
+            ("lxc.console.logfile", self.console_log),
+            ("lxc.log.file", self.lxc_log),
+            ("lxc.log.level", "WARN"),
+            ("lxc.net.0.type", "veth"),
+            ("lxc.net.0.link", self.bridge),
+            ("lxc.net.0.flags", "up"),
+            ("lxc.net.0.veth.pair", self.veth_name),
+            ("lxc.net.0.name", "eth0"),
+            ("lxc.net.0.ipv4.address", f"{self.address}/{self.prefixlen}"),
+            ("lxc.net.0.ipv4.gateway", self.gateway),
+        ]
+        if self.hwaddr:
+            items.append(("lxc.net.0.hwaddr", self.hwaddr))
+        items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares))
+        return items
+
+    def render(self, layout: cgroup.Layout) -> str:
+        """The config file text.
+
+        Raises:
+            ValueError: a value contains a newline or NUL (config injection).
+        """
+        lines = ["# Written by dcfleet's agent; edits are overwritten."]
+        for key, value in self.items(layout):
+            if not _SAFE_VALUE.match(value):
+                raise ValueError(f"unsafe LXC config value for {key}: {value!r}")
+            lines.append(f"{key} = {value}")
+        return "\n".join(lines) + "\n"

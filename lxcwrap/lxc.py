@@ -1,0 +1,283 @@
+"""One function per LXC tool, each with an explicit lxcpath (``-P``), argv
+lists only, run through the cooperative ``lxcwrap.run`` seam.  They return
+plain data and raise ``lxcwrap.errors`` types.
+
+The tools' paths are settings (``Tools``), so a host can point at another LXC
+build; tests can hand a recording ``run``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+from typing import Mapping, Sequence
+
+import gevent
+from gevent import subprocess
+
+from lxcwrap import errors
+from lxcwrap.run import DEFAULT_TIMEOUT_SECONDS, Completed, Runner, ToolNotFound, ToolTimeout, run
+
+#: Environment for processes started inside containers when the caller gives none.
+DEFAULT_EXEC_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "TERM": "xterm",
+}
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tools:
+    """Where the LXC tools live (settings, not constants)."""
+
+    start: str = "lxc-start"
+    stop: str = "lxc-stop"
+    info: str = "lxc-info"
+    ls: str = "lxc-ls"
+    attach: str = "lxc-attach"
+    destroy: str = "lxc-destroy"
+    wait: str = "lxc-wait"
+
+
+class Lxc:
+    """The LXC tools bound to one lxcpath.
+
+    Args:
+        lxcpath: the directory holding the containers (``-P``).
+        run: the tool-running seam (default: lxcwrap.run.run).
+        tools: tool paths.
+    """
+
+    def __init__(self, lxcpath: str, run: Runner = run, tools: Tools = Tools()):
+        self.lxcpath = lxcpath
+        self._run = run
+        self.tools = tools
+
+    # -- helpers
+    def _call(self, tool: str, name: str | None, args: Sequence[str], timeout_s: float) -> Completed:
+        argv = [tool, "-P", self.lxcpath, *(["-n", name] if name is not None else []), *args]
+        try:
+            return self._run(argv, timeout_s)
+        except ToolNotFound as exc:
+            raise errors.LxcToolMissing(f"{tool} is not installed", argv=argv,
+                                        hint="install Debian's lxc package") from exc
+        except ToolTimeout as exc:
+            raise errors.LxcTimeout(f"{tool} on {name} ran past {timeout_s:g} s", argv=argv) from exc
+
+    @staticmethod
+    def _fail(done: Completed, name: str | None, what: str) -> errors.LxcError:
+        err = done.stderr_text
+        low = err.lower()
+        kw = dict(argv=done.argv, returncode=done.returncode, stderr=err)
+        if "doesn't exist" in low or "does not exist" in low or "no container" in low:
+            return errors.LxcNotFound(f"no LXC container {name!r}", **kw)
+        if "not running" in low:
+            return errors.LxcNotRunning(f"container {name!r} is not running", **kw)
+        if "already running" in low:
+            return errors.LxcAlreadyRunning(f"container {name!r} is already running", **kw)
+        return errors.LxcError(f"{what} {name!r} failed (exit {done.returncode}): {err[-400:]}", **kw)
+
+    def log_tail(self, name: str, lines: int = 8) -> str:
+        """The last ERROR lines of the container's LXC log (for hints)."""
+        path = os.path.join(self.lxcpath, name, "lxc.log")
+        try:
+            with open(path, errors="replace") as f:
+                text = f.read()[-16384:]
+        except OSError:
+            return ""
+        errs = [ln.split(" - ", 2)[-1] for ln in text.splitlines() if " ERROR " in ln]
+        return "; ".join(errs[-lines:])
+
+    # -- tools
+    def ls(self, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> list[dict]:
+        """``lxc-ls --fancy``: [{"name", "state", "pid" (int or None)}]."""
+        done = self._call(self.tools.ls, None, ["-f", "-F", "NAME,STATE,PID"], timeout_s)
+        if done.returncode != 0:
+            raise self._fail(done, None, "lxc-ls")
+        return parse_ls(done.stdout_text)
+
+    def info(self, name: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> dict:
+        """``lxc-info``: {"state": "RUNNING"|"STOPPED"|..., "pid": int|None}.
+
+        Raises: LxcNotFound."""
+        done = self._call(self.tools.info, name, ["-s", "-p"], timeout_s)
+        if done.returncode != 0:
+            raise self._fail(done, name, "lxc-info")
+        return parse_info(done.stdout_text)
+
+    def start(self, name: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        """``lxc-start -d``: the container's monitor daemonizes and outlives us.
+
+        Raises: LxcAlreadyRunning, LxcNotFound, LxcStartFailed (with the LXC
+        log's errors as hint)."""
+        done = self._call(self.tools.start, name, ["-d"], timeout_s)
+        if done.returncode == 0:
+            return
+        err = self._fail(done, name, "lxc-start")
+        if type(err) is errors.LxcError:
+            cause = self.log_tail(name)
+            raise errors.LxcStartFailed(
+                f"container {name!r} failed to start" + (f": {cause}" if cause else ""),
+                argv=done.argv, returncode=done.returncode, stderr=done.stderr_text,
+                hint=f"see {os.path.join(self.lxcpath, name, 'lxc.log')}")
+        raise err
+
+    def stop(self, name: str, timeout_s: float = 10.0, kill: bool = False) -> None:
+        """``lxc-stop``: send the halt signal (lxc.signal.halt), wait up to
+        ``timeout_s`` seconds, then SIGKILL; ``kill`` skips the graceful part.
+        Bounded: lxc-stop's own 60 s default never applies (lxc/lxc#2342).
+
+        Raises: LxcNotRunning, LxcNotFound."""
+        args = ["-k"] if kill else ["-t", str(max(0, int(round(timeout_s))))]
+        done = self._call(self.tools.stop, name, args, timeout_s + 30)
+        if done.returncode != 0:
+            raise self._fail(done, name, "lxc-stop")
+
+    def wait(self, name: str, state: str, timeout_s: float) -> bool:
+        """``lxc-wait -s STATE -t T``: True once the container is in STATE."""
+        done = self._call(self.tools.wait, name, ["-s", state, "-t", str(max(0, int(timeout_s)))],
+                          timeout_s + 10)
+        return done.returncode == 0
+
+    def destroy(self, name: str, force: bool = False, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        """``lxc-destroy``: remove the container's definition and its storage
+        (the overlay's upper dir; lower layers are left alone). ``force``
+        stops a running container first.
+
+        Raises: LxcNotFound, LxcError."""
+        done = self._call(self.tools.destroy, name, ["-f"] if force else [], timeout_s)
+        if done.returncode != 0:
+            raise self._fail(done, name, "lxc-destroy")
+
+    def attach_argv(self, name: str, command: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+        """The ``lxc-attach --clear-env`` argv running ``command`` in ``name``
+        with ``env`` (default DEFAULT_EXEC_ENV)."""
+        argv = [self.tools.attach, "-P", self.lxcpath, "-n", name, "--clear-env"]
+        for key, value in (env or DEFAULT_EXEC_ENV).items():
+            if not _ENV_KEY.match(key) or "\x00" in value:
+                raise ValueError(f"bad environment variable {key!r}")
+            argv += ["-v", f"{key}={value}"]
+        return [*argv, "--", *command]
+
+    def exec(self, name: str, command: Sequence[str], *, env: Mapping[str, str] | None = None,
+             timeout_s: float = DEFAULT_TIMEOUT_SECONDS, max_output_bytes: int = 16 << 20,
+             input_bytes: bytes | None = None) -> dict:
+        """Run ``command`` (argv list) in the running container and capture it.
+
+        Output beyond ``max_output_bytes`` per stream is read and dropped, so a
+        chatty command never blocks on a full pipe nor fills our memory.
+
+        Returns:
+            {"exit_code": int, "stdout": bytes, "stderr": bytes,
+             "stdout_truncated": bool, "stderr_truncated": bool,
+             "duration_s": float, "timed_out": bool}
+
+        Raises:
+            LxcExecNotFound: the command does not exist in the container
+                (lxc-attach exits 127 with "Failed to exec").
+            LxcNotRunning, LxcNotFound, LxcToolMissing.
+        """
+        argv = self.attach_argv(name, command, env)
+        started = gevent.get_hub().loop.now()
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
+                                    start_new_session=True)
+        except FileNotFoundError as exc:
+            raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc
+        outs = {"stdout": bytearray(), "stderr": bytearray()}
+        trunc = {"stdout": False, "stderr": False}
+
+        def drain(key: str, stream) -> None:
+            buf = outs[key]
+            while True:
+                chunk = stream.read(65536)
+                if not chunk:
+                    return
+                room = max_output_bytes - len(buf)
+                if room > 0:
+                    buf += chunk[:room]
+                if len(chunk) > room:
+                    trunc[key] = True
+
+        readers = [gevent.spawn(drain, "stdout", proc.stdout), gevent.spawn(drain, "stderr", proc.stderr)]
+        timed_out = False
+        try:
+            if input_bytes is not None:
+                gevent.spawn(_feed, proc.stdin, input_bytes)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _terminate(proc)
+            gevent.joinall(readers, timeout=5)
+        finally:
+            if proc.poll() is None:
+                _terminate(proc)
+            gevent.killall(readers)
+            for s in (proc.stdout, proc.stderr):
+                s.close()
+        duration = gevent.get_hub().loop.now() - started
+        err = bytes(outs["stderr"])
+        code = proc.returncode
+        if code in (127, 1) and b"Failed to exec" in err and b"lxc_attach_run_command" in err:
+            raise errors.LxcExecNotFound(f"{command[0]!r}: no such command in container {name!r}",
+                                         argv=argv, returncode=code, stderr=err.decode(errors="replace"))
+        if code != 0 and (b"Failed to get init pid" in err or b"Connection refused - Failed to get" in err):
+            raise errors.LxcNotRunning(f"container {name!r} is not running", argv=argv, returncode=code)
+        return {"exit_code": code if code is not None else -9, "stdout": bytes(outs["stdout"]), "stderr": err,
+                "stdout_truncated": trunc["stdout"], "stderr_truncated": trunc["stderr"],
+                "duration_s": round(duration, 6), "timed_out": timed_out}
+
+
+def _feed(stdin, data: bytes) -> None:
+    try:
+        stdin.write(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            stdin.close()
+        except OSError:
+            pass
+
+
+def _terminate(proc) -> None:
+    """SIGTERM the attach session (lxc-attach forwards it), then SIGKILL."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=2)
+    except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def parse_ls(text: str) -> list[dict]:
+    """Parse ``lxc-ls -f -F NAME,STATE,PID`` output."""
+    rows = []
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for line in lines[1:]:  # the first line is the header
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        pid = int(parts[2]) if parts[2].isdigit() else None
+        rows.append({"name": parts[0], "state": parts[1], "pid": pid})
+    return rows
+
+
+def parse_info(text: str) -> dict:
+    """Parse ``lxc-info -s -p`` output ("State:   RUNNING", "PID:   123")."""
+    out: dict = {"state": "UNKNOWN", "pid": None}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip().lower(), value.strip()
+        if key == "state":
+            out["state"] = value
+        elif key == "pid" and value.isdigit():
+            out["pid"] = int(value)
+    return out

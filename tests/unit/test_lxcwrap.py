@@ -1,0 +1,93 @@
+"""lxcwrap parsing, config rendering and cgroup detection, on recorded data."""
+import os
+
+import pytest
+
+from lxcwrap import cgroup, lxc
+from lxcwrap.config import ContainerConfig
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "lxc")
+
+
+def _read(name):
+    with open(os.path.join(DATA, name)) as f:
+        return f.read()
+
+
+def test_detect_hybrid_host_puts_memory_on_v1():
+    layout = cgroup.detect(_read("mountinfo-hybrid.txt"))
+    assert layout.v1["memory"] == "/sys/fs/cgroup/memory"
+    assert layout.v2 == "/sys/fs/cgroup/unified"
+
+
+def test_detect_v2_only_host():
+    layout = cgroup.detect(_read("mountinfo-v2.txt"))
+    assert layout.v1 == {}
+    assert layout.v2 == "/sys/fs/cgroup"
+    assert layout.version("memory") == 2
+
+
+def test_limit_keys_follow_the_controller_version():
+    v1 = cgroup.Layout({"memory": "/m", "cpu": "/c"}, "/u", frozenset({"hugetlb"}))
+    v2 = cgroup.Layout({}, "/sys/fs/cgroup", frozenset({"memory", "cpu"}))
+    assert cgroup.limit_config(v1, 64 << 20, 0.5, 512) == [
+        ("lxc.cgroup.memory.limit_in_bytes", str(64 << 20)),
+        ("lxc.cgroup.cpu.cfs_period_us", "100000"), ("lxc.cgroup.cpu.cfs_quota_us", "50000"),
+        ("lxc.cgroup.cpu.shares", "512")]
+    keys = dict(cgroup.limit_config(v2, 64 << 20, 0.5, 1024))
+    assert keys["lxc.cgroup2.memory.max"] == str(64 << 20)
+    assert keys["lxc.cgroup2.cpu.max"] == "50000 100000"
+    assert 30 < int(keys["lxc.cgroup2.cpu.weight"]) < 50  # runc's conversion of 1024
+    assert not any(k.startswith("lxc.cgroup.") for k in keys)
+
+
+def _cfg(**kw):
+    base = dict(name="a.b", hostname="a.b", lower_dirs=["/l/top", "/l/bottom"], upper_dir="/c/a.b/delta0",
+                bridge="br0", veth_name="dcv0123", address="10.0.0.5", prefixlen=24, gateway="10.0.0.1",
+                console_log="/c/console.log", lxc_log="/c/lxc.log", halt_signal="SIGUSR1")
+    base.update(kw)
+    return ContainerConfig(**base)
+
+
+def test_config_renders_overlay_network_and_unconfined():
+    text = _cfg(memory_bytes=1 << 27).render(cgroup.Layout({"memory": "/m"}, None, frozenset()))
+    assert "lxc.rootfs.path = overlay:/l/top:/l/bottom:/c/a.b/delta0\n" in text
+    assert "lxc.apparmor.profile = unconfined\n" in text
+    assert "lxc.net.0.ipv4.address = 10.0.0.5/24\n" in text
+    assert "lxc.net.0.veth.pair = dcv0123\n" in text
+    assert "lxc.signal.halt = SIGUSR1\n" in text
+    assert "lxc.cgroup.memory.limit_in_bytes = 134217728\n" in text
+
+
+def test_config_refuses_injected_newlines():
+    with pytest.raises(ValueError):
+        _cfg(hostname="x\nlxc.apparmor.profile = evil").render(cgroup.Layout({}, None, frozenset()))
+
+
+def test_parse_ls_and_info():
+    text = "NAME        STATE   PID  \nweb.a       RUNNING 4242 \nweb.b       STOPPED -    \n"
+    assert lxc.parse_ls(text) == [{"name": "web.a", "state": "RUNNING", "pid": 4242},
+                                  {"name": "web.b", "state": "STOPPED", "pid": None}]
+    assert lxc.parse_ls(_read("ls-empty.txt")) == []
+    assert lxc.parse_info("State:          RUNNING\nPID:            3468\n") == {"state": "RUNNING", "pid": 3468}
+    assert lxc.parse_info("State:          STOPPED\n") == {"state": "STOPPED", "pid": None}
+
+
+def test_missing_container_maps_to_lxc_not_found():
+    from lxcwrap import errors
+    from lxcwrap.run import Completed
+
+    def recorded(argv, timeout_s=0, **kw):
+        return Completed(tuple(argv), 1, b"", _read("info-missing.txt").encode())
+
+    with pytest.raises(errors.LxcNotFound):
+        lxc.Lxc("/tmp", run=recorded).info("nope")
+
+
+def test_attach_argv_is_a_list_with_clear_env():
+    argv = lxc.Lxc("/p").attach_argv("c", ["sh", "-c", "echo $X; rm -rf /"], {"X": "1; reboot"})
+    assert argv[:6] == ["lxc-attach", "-P", "/p", "-n", "c", "--clear-env"]
+    assert argv[-4:] == ["--", "sh", "-c", "echo $X; rm -rf /"]
+    assert "X=1; reboot" in argv
+    with pytest.raises(ValueError):
+        lxc.Lxc("/p").attach_argv("c", ["true"], {"BAD-KEY": "x"})

@@ -1,0 +1,138 @@
+"""The wire layer over real ZeroMQ sockets on throwaway ipc:// endpoints."""
+import os
+import stat
+
+import gevent
+import pytest
+import zerorpc
+
+from dcctl import errors, wire
+
+
+class Sample:
+    def __init__(self):
+        self.finished = []
+
+    @wire.expose
+    def add(self, a: int, b: int = 2) -> int:
+        """Add two integers."""
+        return a + b
+
+    @wire.expose
+    def echo(self, value: list | str, options: dict | None = None) -> dict:
+        return {"value": value, "options": options}
+
+    @wire.expose
+    def boom(self) -> None:
+        raise RuntimeError("secret detail /etc/shadow")
+
+    @wire.expose
+    def typed(self) -> None:
+        raise errors.NoSuchContainer("no container 'x'")
+
+    @wire.expose
+    def intkeys(self) -> dict:
+        return {1: 2}
+
+    @wire.expose
+    def huge(self) -> bytes:
+        return b"x" * (wire.MAX_RESULT_BYTES + 1)
+
+    @wire.expose(shielded=True)
+    def slow_write(self, tag: str) -> str:
+        gevent.sleep(1.5)
+        self.finished.append(tag)
+        return tag
+
+    def not_exposed(self):
+        return "leak"
+
+
+@pytest.fixture
+def served(tmp_path):
+    target = Sample()
+    svc = wire.Service(target, "sample", heartbeat_s=0.5)
+    endpoint = f"ipc://{tmp_path}/s.sock"
+    svc.bind(endpoint)
+    svc.start()
+    client = wire.connect(endpoint, timeout_s=5)
+    yield svc, client, target, endpoint
+    client.close()
+    svc.stop()
+
+
+def test_calls_and_typed_errors(served):
+    _, c, _, _ = served
+    assert c.add(1) == 3 and c.add(1, 5) == 6
+    with pytest.raises(errors.InvalidArgument, match="'a' must be int"):
+        c.add("1")
+    with pytest.raises(errors.InvalidArgument, match="takes 1 to 2 arguments; got 3"):
+        c.add(1, 2, 3)
+    with pytest.raises(errors.InvalidArgument):
+        c.add(True)
+    with pytest.raises(errors.NoSuchContainer, match="no container 'x'"):
+        c.typed()
+    with pytest.raises(errors.NoSuchMethod):
+        c.not_exposed()
+    with pytest.raises(errors.NoSuchMethod):
+        c.call("__init__")
+
+
+def test_unexpected_errors_leak_no_detail(served):
+    _, c, _, _ = served
+    with pytest.raises(errors.InternalError) as info:
+        c.boom()
+    assert "secret" not in str(info.value) and "Traceback" not in str(info.value)
+
+
+def test_unpackable_and_oversized_results_are_typed(served):
+    _, c, _, _ = served
+    with pytest.raises(errors.InternalError, match="non-string map key"):
+        c.intkeys()
+    with pytest.raises(errors.ResultTooLarge):
+        c.huge()
+
+
+def test_inspect_answers_on_this_python(served):
+    _, c, _, _ = served
+    info = c.call("_zerorpc_inspect")
+    assert set(info["methods"]) == {"add", "echo", "boom", "typed", "intkeys", "huge", "slow_write"}
+    assert info["methods"]["add"]["args"] == [{"name": "a", "type": "int"},
+                                              {"name": "b", "type": "int", "default": 2}]
+    assert info["methods"]["add"]["doc"] == "Add two integers."
+    assert c.call("_zerorpc_list") == sorted(info["methods"])
+    assert c.call("_zerorpc_args", "add") == [["a", "b"], None, None, [2]]
+
+
+def test_ipc_socket_is_root_only(served):
+    _, _, _, endpoint = served
+    mode = os.stat(endpoint[6:]).st_mode
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_shielded_call_finishes_after_the_client_gives_up(served):
+    _, c, target, _ = served
+    with pytest.raises(errors.CallTimeout):
+        c.call("slow_write", "t1", timeout_s=0.3)
+    gevent.sleep(2.5)  # past the heartbeat loss that kills the call's greenlet
+    assert target.finished == ["t1"]
+
+
+def test_garbage_keeps_the_server_answering(served):
+    _, c, _, endpoint = served
+    import zmq.green as zmq
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    for junk in [b"", b"\x00", b"\xc1" * 10, b"\x93\x01\x02\x03", os.urandom(1000)]:
+        sock.send(junk)
+    gevent.sleep(0.2)
+    sock.close(0)
+    assert c.add(2) == 4
+
+
+def test_unreachable_and_timeout(tmp_path):
+    with pytest.raises(errors.Unreachable):
+        wire.connect(f"ipc://{tmp_path}/none.sock", timeout_s=1).call("x")
+    with pytest.raises(errors.InvalidArgument):
+        wire.connect("http://x")
