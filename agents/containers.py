@@ -261,6 +261,7 @@ class ContainerManager:
             self.lxc.start(name)
         except lxcerr.LxcAlreadyRunning as exc:
             raise errors.ContainerRunning(f"container {name!r} is already running") from exc
+        self.network.enable_hairpin(rec["veth"])
         for m in self._mappings(rec):
             self.network.add_mapping(m)
         if rec["desired"] != "running":
