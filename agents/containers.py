@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
 import shutil
 import time
 
@@ -28,7 +27,7 @@ from agents import network as netmod
 from agents.config import AgentConfig
 from agents.state import StateStore
 from dcctl import errors, validate
-from images import busybox, templates
+from images import busybox, rootfs, templates
 from images.store import ImageStore
 from lxcwrap import cgroup
 from lxcwrap import errors as lxcerr
@@ -217,13 +216,8 @@ class ContainerManager:
                    "host": self.config.host_name, "exposed_ports": manifest.get("exposed_ports", []),
                    "env": rec["env"]}
         _blocking(templates.render_templates, self.images, manifest, upper, context)
-        dcdir = os.path.join(upper, "etc", "dcfleet")
-        os.makedirs(dcdir, exist_ok=True)
-        env_text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(rec["env"].items()))
-        with open(os.path.join(dcdir, "env"), "w") as f:
-            f.write(env_text)
-        with open(os.path.join(dcdir, "command"), "w") as f:
-            f.write(shlex.join(rec["command"]) + "\n")
+        rootfs.write_file(upper, rootfs.ENV_PATH, rootfs.env_file_text(rec["env"]))
+        rootfs.write_file(upper, rootfs.COMMAND_PATH, rootfs.command_file_text(rec["command"]))
         cfg = ContainerConfig(
             name=name, hostname=name, lower_dirs=self.images.layer_dirs(manifest), upper_dir=upper,
             bridge=self.network.bridge, veth_name=rec["veth"], address=rec["address"],
@@ -256,7 +250,9 @@ class ContainerManager:
 
     def _start(self, rec: dict) -> None:
         name = rec["name"]
-        self.network.remove_stale_veth(rec["veth"])
+        if self._live_state(name) == "RUNNING":
+            raise errors.ContainerRunning(f"container {name!r} is already running")
+        self.network.remove_stale_veth(rec["veth"])  # left by an interrupted stop
         try:
             self.lxc.start(name)
         except lxcerr.LxcAlreadyRunning as exc:

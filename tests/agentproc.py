@@ -54,6 +54,8 @@ class AgentProcess:
 
     def start(self, timeout_s: float = 60.0) -> "AgentProcess":
         os.makedirs(self.root, exist_ok=True)
+        with open(os.path.join(self.root, "owner"), "w") as f:
+            f.write(str(os.getpid()))  # sweep() leaves roots of live test runs alone
         env = {**os.environ, "PYTHONPATH": REPO}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
@@ -128,9 +130,21 @@ def cleanup_prefix(prefix: str, root: str) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _owner_alive(root: str) -> bool:
+    try:
+        with open(os.path.join(root, "owner")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return False
+    return pid != os.getpid() and os.path.exists(f"/proc/{pid}")
+
+
 def sweep() -> None:
-    """Remove leftovers of earlier runs that died before their cleanup."""
+    """Remove leftovers of earlier runs that died before their cleanup
+    (roots whose owning test process is gone)."""
     for root in glob.glob(f"/tmp/{TEST_PREFIX}-*"):
+        if _owner_alive(root):
+            continue
         prefix = TEST_PREFIX + os.path.basename(root)[len(TEST_PREFIX) + 1:]
         for pid in _agent_pids(root):
             os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,232 @@
+"""The host agent end to end on real LXC: lifecycle, exec, port mappings,
+limits, enter, bad input, and leaving nothing behind."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from dcctl import errors
+from tests.agentproc import REPO
+
+pytestmark = pytest.mark.lxc
+
+
+def snapshot(agent) -> dict:
+    """Everything a failed or completed call could have left behind."""
+    lxc_dirs = sorted(os.listdir(agent.lxc_path)) if os.path.isdir(agent.lxc_path) else []
+    state = sorted(os.listdir(os.path.join(agent.state_dir, "containers")))
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    veths = sorted(ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ": dcv" in ln)
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    ours = sorted(ln for ln in rules.splitlines() if f"DCF-{agent.bridge}" in ln)
+    lxcls = subprocess.run(["lxc-ls", "-P", agent.lxc_path], capture_output=True, text=True).stdout.split()
+    return {"ls": agent.call("container_ls"), "net": agent.call("network_ls"), "lxc_dirs": lxc_dirs,
+            "state": state, "veths": veths, "rules": ours, "lxc_ls": sorted(lxcls)}
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        return r.read().decode()
+
+
+def wait_http(url: str, timeout_s: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return http_get(url, 2)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def agent(shared_agent):
+    """The module's agent; every container a test made is destroyed after it."""
+    before = {c["name"] for c in shared_agent.call("container_ls")}
+    yield shared_agent
+    for c in shared_agent.call("container_ls"):
+        if c["name"] not in before:
+            shared_agent.call("container_destroy", c["name"], True)
+
+
+def test_busybox_image_is_there(agent):
+    images = agent.call("image_ls")
+    assert [i["name"] for i in images] == ["busybox"]
+    assert images[0]["exposed_ports"] == [{"proto": "tcp", "port": 80}]
+
+
+def test_full_lifecycle_leaves_nothing(agent):
+    before = snapshot(agent)
+    c = agent.call("container_create", "busybox", "jerome.awesome.web")
+    assert c["state"] == "stopped" and c["address"].startswith(agent.subnet.rsplit(".", 2)[0])
+    c = agent.call("container_start", "jerome.awesome.web")
+    assert c["state"] == "running" and c["pid"]
+    out = agent.call("container_exec", "jerome.awesome.web", ["hostname"])
+    assert out == {**out, "exit_code": 0, "stdout": b"jerome.awesome.web\n"}
+    hosts = agent.call("container_exec", "jerome.awesome.web", ["cat", "/etc/hosts"])["stdout"].decode()
+    assert f"{c['address']} jerome.awesome.web" in " ".join(hosts.split())
+    started = time.monotonic()
+    c = agent.call("container_stop", "jerome.awesome.web")
+    assert time.monotonic() - started < 3.0, "graceful stop of busybox must end within 3 s"
+    assert c["state"] == "stopped"
+    agent.call("container_destroy", "jerome.awesome.web")
+    assert snapshot(agent) == before
+
+
+def test_port_mapping_serves_http_on_localhost(agent):
+    agent.call("container_create", "busybox", "web.http")
+    agent.call("container_start", "web.http")
+    m = agent.call("container_connection_add", "web.http", "tcp", 80)
+    lo, hi = agent.port_range
+    assert lo <= m["host_port"] <= hi and m["dynamic"] is True
+    page = wait_http(f"http://127.0.0.1:{m['host_port']}/")
+    assert "web.http" in page
+    net = agent.call("network_ls")
+    assert {"container": "web.http", "proto": "tcp", "host_port": m["host_port"],
+            "container_address": m["container_address"], "container_port": 80} in net["mappings"]
+    # the port stays the same across stop/start
+    agent.call("container_stop", "web.http", 5.0)
+    agent.call("container_start", "web.http")
+    assert agent.call("container_inspect", "web.http")["ports"][0]["host_port"] == m["host_port"]
+    assert "web.http" in wait_http(f"http://127.0.0.1:{m['host_port']}/")
+    agent.call("container_connection_rm", "web.http", "tcp", 80)
+    with pytest.raises(OSError):
+        http_get(f"http://127.0.0.1:{m['host_port']}/", 2)
+
+
+def test_explicit_port_is_never_picked_dynamically(agent):
+    lo, hi = agent.port_range
+    agent.call("container_create", "busybox", "web.explicit")
+    m = agent.call("container_connection_add", "web.explicit", "tcp", 80, lo)
+    assert m["host_port"] == lo and m["dynamic"] is False
+    with pytest.raises(errors.PortInUse):
+        agent.call("container_connection_add", "web.explicit", "tcp", 8080, lo)
+    ports = {agent.call("container_connection_add", "web.explicit", "tcp", p)["host_port"] for p in range(81, 101)}
+    assert lo not in ports and len(ports) == 20
+
+
+def test_exec_carries_megabytes_exactly(agent):
+    agent.call("container_create", "busybox", "exec.big")
+    agent.call("container_start", "exec.big")
+    script = "head -c 5242880 /dev/zero | tr '\\0' 'a'; head -c 1048576 /dev/zero | tr '\\0' 'b' >&2; exit 3"
+    out = agent.call("container_exec", "exec.big", ["sh", "-c", script])
+    assert out["exit_code"] == 3
+    assert out["stdout"] == b"a" * 5242880 and out["stderr"] == b"b" * 1048576
+    assert not out["stdout_truncated"]
+    capped = agent.call("container_exec", "exec.big", ["sh", "-c", script], {"max_output_bytes": 1000})
+    assert capped["stdout"] == b"a" * 1000 and capped["stdout_truncated"]
+
+
+def test_memory_limit_is_applied_in_the_cgroup(agent):
+    agent.call("container_create", "busybox", "mem.limited", {"memory_bytes": 64 << 20, "cpus": 0.5})
+    agent.call("container_start", "mem.limited")
+    usage = agent.call("container_inspect", "mem.limited")["usage"]
+    assert usage["memory_limit_bytes"] == 64 << 20
+    assert usage["memory_bytes"] > 0
+    info = agent.call("hostinfo")
+    assert info["capacity"]["memory_reserved_bytes"] >= 64 << 20
+    row = next(c for c in info["containers"] if c["name"] == "mem.limited")
+    assert row["memory_limit_bytes"] == 64 << 20
+
+
+def test_hostinfo_shape(agent):
+    info = agent.call("hostinfo")
+    assert info["metrics"]["cpu_count"] >= 1 and info["metrics"]["memory_total_bytes"] > 0
+    cap = info["capacity"]
+    assert cap["memory_unreserved_bytes"] == cap["memory_reservable_bytes"] - cap["memory_reserved_bytes"]
+    assert cap["container_slots_free"] == cap["container_slots"] - cap["containers"]
+
+
+def test_command_and_env_from_create(agent):
+    agent.call("container_create", "busybox", "env.cmd",
+               {"env": {"GREETING": "hi there"}, "command": "echo \"$GREETING\" > /tmp/out; sleep 1000"})
+    agent.call("container_start", "env.cmd")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        out = agent.call("container_exec", "env.cmd", ["cat", "/tmp/out"])
+        if out["exit_code"] == 0:
+            break
+        time.sleep(0.1)
+    assert out["stdout"] == b"hi there\n"
+    env = agent.call("container_exec", "env.cmd", ["env"])["stdout"].decode()
+    assert "GREETING=hi there" in env
+
+
+BAD_CALLS = [
+    (("container_create", "busybox", "a b"), errors.InvalidArgument),
+    (("container_create", "busybox", "a/b"), errors.InvalidArgument),
+    (("container_create", "busybox", ".."), errors.InvalidArgument),
+    (("container_create", "busybox", ""), errors.InvalidArgument),
+    (("container_create", "busybox", "x" * 65), errors.InvalidArgument),
+    (("container_create", "nosuchimage", "ok.name"), errors.ImageNotFound),
+    (("container_create", "busybox@ffff0000", "ok.name"), errors.ImageNotFound),
+    (("container_create", "busybox", "ok.name", {"memory_bytes": 5}), errors.InvalidArgument),
+    (("container_create", "busybox", "ok.name", {"bogus": 1}), errors.InvalidArgument),
+    (("container_create", "busybox"), errors.InvalidArgument),
+    (("container_create", 1, 2, 3, 4), errors.InvalidArgument),
+    (("container_start", "nosuch"), errors.NoSuchContainer),
+    (("container_stop", "nosuch"), errors.NoSuchContainer),
+    (("container_destroy", "nosuch"), errors.NoSuchContainer),
+    (("container_exec", "nosuch", ["true"]), errors.NoSuchContainer),
+    (("container_connection_add", "nosuch", "tcp", 80), errors.NoSuchContainer),
+    (("no_such_method",), errors.NoSuchMethod),
+]
+
+
+def test_bad_input_is_typed_and_changes_nothing(agent):
+    agent.call("container_create", "busybox", "bad.input")
+    agent.call("container_start", "bad.input")
+    agent.call("container_connection_add", "bad.input", "tcp", 80)
+    before = snapshot(agent)
+    calls = BAD_CALLS + [
+        (("container_create", "busybox", "bad.input"), errors.ContainerExists),
+        (("container_start", "bad.input"), errors.ContainerRunning),
+        (("container_destroy", "bad.input"), errors.ContainerRunning),
+        (("container_exec", "bad.input", ["/no/such/binary"]), errors.CommandNotFound),
+        (("container_connection_add", "bad.input", "sctp", 80), errors.InvalidArgument),
+        (("container_connection_add", "bad.input", "tcp", 0), errors.InvalidArgument),
+        (("container_connection_add", "bad.input", "tcp", 70000), errors.InvalidArgument),
+        (("container_connection_add", "bad.input", "tcp", 80), errors.PortInUse),
+        (("container_connection_add", "bad.input", "tcp", 81, before["net"]["mappings"][0]["host_port"]),
+         errors.PortInUse),
+        (("container_connection_add", "bad.input", "tcp", "80"), errors.InvalidArgument),
+        (("container_connection_rm", "bad.input", "udp", 80), errors.NoSuchPortMapping),
+        (("image_rm", "busybox"), errors.ImageInUse),
+        (("image_import", "relative/path.tar", "x"), errors.InvalidArgument),
+    ]
+    for call, exc in calls:
+        with pytest.raises(exc):
+            agent.call(*call)
+    assert snapshot(agent) == before
+    agent.call("container_stop", "bad.input", 5.0)
+    stopped = snapshot(agent)
+    with pytest.raises(errors.ContainerNotRunning):
+        agent.call("container_stop", "bad.input")
+    with pytest.raises(errors.ContainerNotRunning):
+        agent.call("container_exec", "bad.input", ["true"])
+    assert snapshot(agent) == stopped
+
+
+def test_dcctl_against_the_agent(agent):
+    env = {**os.environ, "PYTHONPATH": REPO, "DCCTL_HOST": agent.endpoint}
+
+    def dcctl(*args):
+        return subprocess.run(["python3", "-m", "dcctl.cli", *args], capture_output=True, env=env, timeout=60)
+
+    assert dcctl("container_create", "busybox", "cli.web", "--memory-bytes", "64M").returncode == 0
+    assert dcctl("container_start", "cli.web").returncode == 0
+    done = dcctl("container_exec", "cli.web", "cat", "/etc/hostname")
+    assert done.returncode == 0 and done.stdout == b"cli.web\n"
+    assert dcctl("container_exec", "cli.web", "sh", "-c", "exit 4").returncode == 4
+    done = dcctl("container_start", "cli.web")
+    assert done.returncode == 1 and done.stderr.decode().startswith("dcctl: ContainerRunning:")
+    done = dcctl("--json", "container_connection_add", "cli.web", "tcp", "80")
+    assert done.returncode == 0 and b'"host_port"' in done.stdout
+    assert b"cli.web" in dcctl("network_ls").stdout
+    assert b"cli.web" in dcctl("container_ls").stdout
+    assert dcctl("hostinfo").returncode == 0

@@ -1,0 +1,113 @@
+"""Containers and port mappings outlive the agent; nothing leaks over many
+cycles; a caller that gives up never leaves half-made work."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from dcctl import errors
+from tests.integration.test_agent_lifecycle import http_get, snapshot, wait_http
+
+pytestmark = pytest.mark.lxc
+
+
+def test_kill9_keeps_containers_and_mappings(agent_factory):
+    agent = agent_factory()
+    names = ["keep.one", "keep.two", "keep.three"]
+    for n in names:
+        agent.call("container_create", "busybox", n)
+        agent.call("container_start", n)
+    m = agent.call("container_connection_add", "keep.one", "tcp", 80)
+    url = f"http://127.0.0.1:{m['host_port']}/"
+    assert "keep.one" in wait_http(url)
+    pids = {c["name"]: c["pid"] for c in agent.call("container_ls")}
+
+    agent.kill9()
+    # while the agent is down, the mapping keeps answering (kernel rules) and
+    # every container keeps running (its lxc-start monitor is its shim)
+    for _ in range(20):
+        assert "keep.one" in http_get(url)
+    for n in names:
+        assert os.path.exists(f"/proc/{pids[n]}")
+
+    agent.start()
+    listed = {c["name"]: c for c in agent.call("container_ls")}
+    assert {n: listed[n]["state"] for n in names} == {n: "running" for n in names}
+    assert {n: listed[n]["pid"] for n in names} == pids  # adopted, not restarted
+    assert listed["keep.one"]["ports"][0]["host_port"] == m["host_port"]
+    assert "keep.one" in http_get(url)
+
+
+def test_restart_restores_deleted_rules_and_keeps_operator_stops(agent_factory):
+    agent = agent_factory()
+    agent.call("container_create", "busybox", "rules.web")
+    agent.call("container_start", "rules.web")
+    agent.call("container_create", "busybox", "rules.stopped")
+    m = agent.call("container_connection_add", "rules.web", "tcp", 80)
+    agent.stop()
+    import subprocess
+    subprocess.run(["iptables", "-w", "-t", "nat", "-F", f"DCF-{agent.bridge}-DNAT"], check=True)
+    agent.start()
+    assert "rules.web" in wait_http(f"http://127.0.0.1:{m['host_port']}/")
+    states = {c["name"]: c["state"] for c in agent.call("container_ls")}
+    assert states == {"rules.web": "running", "rules.stopped": "stopped"}
+
+
+def test_crash_mid_create_is_rolled_back_at_start(agent_factory):
+    agent = agent_factory()
+    agent.call("container_create", "busybox", "half.made")
+    before = snapshot(agent)
+    agent.stop()
+    # forge the record a crash between "reserve" and "ready" leaves behind
+    path = os.path.join(agent.state_dir, "containers", "half.made.json")
+    import json
+    rec = json.load(open(path))
+    rec["phase"] = "creating"
+    json.dump(rec, open(path, "w"))
+    agent.start()
+    after = snapshot(agent)
+    assert [c["name"] for c in after["ls"]] == []
+    assert after["lxc_dirs"] == [] and after["state"] == []
+    assert before["ls"][0]["name"] == "half.made"
+
+
+def test_client_timeout_mid_create_completes_the_create(agent_factory):
+    agent = agent_factory()
+    import gevent
+    with agent.client(timeout_s=0.003) as c:
+        with pytest.raises(errors.CallTimeout):
+            c.call("container_create", "busybox", "timeout.create")
+        gevent.sleep(0.5)  # the request is on the wire; the caller is gone
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        ls = agent.call("container_ls")
+        if ls and ls[0]["state"] != "creating":
+            break
+        time.sleep(0.2)
+    assert [(c["name"], c["state"]) for c in ls] == [("timeout.create", "stopped")]
+    snap = snapshot(agent)
+    assert snap["lxc_dirs"] == ["timeout.create"]
+    agent.call("container_destroy", "timeout.create")
+
+
+def test_many_create_destroy_cycles_leak_nothing(agent_factory):
+    agent = agent_factory()
+    cycles = int(os.environ.get("DCF_CYCLES", "100"))
+    before = snapshot(agent)
+    fds_before = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+    with agent.client() as c:
+        for i in range(cycles):
+            name = f"cycle.{i}"
+            c.call("container_create", "busybox", name)
+            c.call("container_connection_add", name, "tcp", 80)
+            if i % 10 == 0:  # every tenth cycle also runs the container
+                c.call("container_start", name)
+                c.call("container_destroy", name, True)
+            else:
+                c.call("container_destroy", name)
+    after = snapshot(agent)
+    assert after == before
+    fds_after = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+    assert fds_after <= fds_before + 4, (fds_before, fds_after)
