@@ -180,15 +180,15 @@ def _all_subclasses(cls: type) -> list[type]:
 BY_NAME: dict[str, type[DcError]] = {c.__name__: c for c in [DcError, *_all_subclasses(DcError)]}
 
 
-def from_wire(name: str, message: str) -> DcError:
-    """Rebuild the error a server sent as (name, message).
+def from_wire(name: str, message: str, hint: str | None = None) -> DcError:
+    """Rebuild the error a server sent as (name, message[, hint]).
 
     Unknown names become InternalError with the remote name kept in the text.
     """
     cls = BY_NAME.get(name)
     if cls is None:
-        return InternalError(f"{name}: {message}")
-    return cls(message)
+        return InternalError(f"{name}: {message}", hint=hint)
+    return cls(message, hint=hint)
 
 
 __all__ = sorted(BY_NAME) + ["from_wire", "BY_NAME"]

@@ -331,8 +331,9 @@ class _Server(zerorpc.Server):
 
     def _print_traceback(self, protocol_v1, exc_infos):
         exc_type, exc_value, _ = exc_infos
+        hint = None
         if isinstance(exc_value, errors.DcError):
-            name, msg = exc_type.__name__, str(exc_value)
+            name, msg, hint = exc_type.__name__, str(exc_value), exc_value.hint
             log.info("call failed: %s: %s", name, msg)
         elif isinstance(exc_value, NameError):  # zerorpc: method not in table
             name, msg = "NoSuchMethod", f"no method {exc_value}"
@@ -346,7 +347,9 @@ class _Server(zerorpc.Server):
             name, msg = "InternalError", "unexpected failure; the server log has details"
         if protocol_v1:
             return (msg,)
-        return (name, msg, "")
+        # zerorpc puts a traceback in the third field; we put one human line
+        # (what the stock zerorpc CLI prints) and the operator hint, if any.
+        return (name, msg, f"{name}: {msg}" + (f"\nhint: {hint}" if hint else ""))
 
 
 # ---------------------------------------------------------------- client side
@@ -354,13 +357,21 @@ class _Server(zerorpc.Server):
 class _ErrorMapper:
     """zerorpc middleware: remote error names become dcctl.errors classes."""
 
-    def hook_client_handle_remote_error(self, event):
-        name, msg = "InternalError", ""
+    def client_handle_remote_error(self, event):
+        name, msg, detail = "InternalError", "", ""
         if isinstance(event.args, (list, tuple)) and len(event.args) >= 2:
             name, msg = str(event.args[0]), str(event.args[1])
+            detail = str(event.args[2]) if len(event.args) > 2 and event.args[2] else ""
         elif event.args:
             msg = str(event.args[0])
-        return errors.from_wire(name, msg)
+        return errors.from_wire(name, msg, _hint_of(detail))
+
+
+def _hint_of(detail: str) -> str | None:
+    for line in detail.splitlines():
+        if line.startswith("hint: "):
+            return line[len("hint: "):]
+    return None
 
 
 _context: zerorpc.Context | None = None
@@ -411,7 +422,7 @@ class RpcClient:
         except LostRemote as exc:
             raise errors.Unreachable(f"lost {self.endpoint} during {method} (no heartbeat)") from exc
         except RemoteError as exc:  # not mapped by the middleware (should not happen)
-            raise errors.from_wire(exc.name, exc.msg) from exc
+            raise errors.from_wire(exc.name, exc.msg, _hint_of(exc.traceback or "")) from exc
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("__"):

@@ -230,3 +230,27 @@ def test_dcctl_against_the_agent(agent):
     assert b"cli.web" in dcctl("network_ls").stdout
     assert b"cli.web" in dcctl("container_ls").stdout
     assert dcctl("hostinfo").returncode == 0
+
+
+def test_stock_zerorpc_cli_and_dcctl_call_reach_the_agent(agent):
+    from tests import zerorpc39
+    try:
+        zerorpc39.ensure_zerorpc39()
+    except zerorpc39.Python39Missing as exc:
+        pytest.skip(str(exc))
+    listing = zerorpc39.stock_zerorpc(agent.endpoint)
+    assert listing.returncode == 0, listing.stderr
+    assert "container_create" in listing.stdout and "Create a container from an image" in listing.stdout
+    done = zerorpc39.stock_zerorpc(agent.endpoint, "container_ls")
+    assert done.returncode == 0, done.stderr
+    done = zerorpc39.stock_zerorpc(agent.endpoint, "hostinfo")
+    assert done.returncode == 0 and "capacity" in done.stdout
+    done = zerorpc39.stock_zerorpc(agent.endpoint, "container_start", "nosuch")
+    assert done.returncode != 0 and "NoSuchContainer" in done.stderr
+    env = {**os.environ, "PYTHONPATH": REPO}
+    for args in ([], ["hostinfo"], ["container_ls"]):
+        done = subprocess.run(["python3", "-m", "dcctl.cli", "call", agent.endpoint, *args],
+                              capture_output=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert b"container_connection_add" in subprocess.run(
+        ["python3", "-m", "dcctl.cli", "call", agent.endpoint], capture_output=True, env=env).stdout

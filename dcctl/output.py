@@ -1,0 +1,244 @@
+"""How dcctl shows results: readable text by default, JSON with ``--json``.
+
+Readable form (``render``):
+
+- a list of dicts is a table; its columns are the keys in order of first
+  appearance, nested values are shown as compact JSON, None as ``-``;
+- a dict is ``key: value`` lines, nested dicts and lists of dicts indented
+  under their key;
+- a list of scalars is one item per line; a scalar is printed plain (bytes
+  written as they are); None prints nothing;
+- an exec-shaped dict (``exit_code`` plus ``stdout`` and/or ``stderr``, as
+  container_exec returns) writes its stdout bytes to stdout and its stderr
+  bytes to stderr, and ``render`` returns its exit code (like docker exec).
+
+JSON form (``render_json``): bytes that are valid UTF-8 become a string;
+other bytes become ``{"$base64": "<base64 text>"}``; tuples are lists.
+
+Streamed results (an iterator) are shown item by item as they arrive: a dict
+item as one ``key=value ...`` line, or one JSON document per line with
+``--json``.
+"""
+from __future__ import annotations
+
+import base64
+import collections.abc
+import io
+import json
+import sys
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+#: The key that marks bytes that are not UTF-8 in JSON output.
+BASE64_KEY = "$base64"
+EXEC_KEYS = ("stdout", "stderr")
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` with bytes decoded (or base64-marked) and tuples as lists."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return {BASE64_KEY: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any, indent: int | None = 2) -> str:
+    """JSON text of ``value`` (see to_jsonable)."""
+    compact = (",", ":") if indent is None else None
+    return json.dumps(to_jsonable(value), indent=indent, separators=compact, ensure_ascii=False)
+
+
+def is_exec_result(value: Any) -> bool:
+    """True for a container_exec-shaped result: exit_code with stdout/stderr."""
+    return (isinstance(value, dict) and "exit_code" in value
+            and any(k in value for k in EXEC_KEYS))
+
+
+def is_stream(value: Any) -> bool:
+    """True when ``value`` is a streamed result (an iterator of items)."""
+    return isinstance(value, collections.abc.Iterator)
+
+
+def scalar_text(value: Any) -> str:
+    """One value as short text: strings plain, None ``-``, bools lowercase,
+    containers as compact JSON."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        plain = to_jsonable(value)
+        return plain if isinstance(plain, str) else dumps(plain, indent=None)
+    if isinstance(value, (dict, list, tuple)):
+        return dumps(value, indent=None)
+    return str(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, (dict, list, tuple))
+
+
+def kv_lines(value: dict, indent: int = 0) -> list[str]:
+    """``key: value`` lines for a dict; nested dicts and lists of containers
+    are indented two spaces under their key."""
+    pad = " " * indent
+    out = []
+    for key, item in value.items():
+        if isinstance(item, dict) and item:
+            out.append(f"{pad}{key}:")
+            out.extend(kv_lines(item, indent + 2))
+        elif isinstance(item, (list, tuple)) and item and not all(map(_is_scalar, item)):
+            out.append(f"{pad}{key}:")
+            for elem in item:
+                if isinstance(elem, dict) and elem:
+                    sub = kv_lines(elem, indent + 4)
+                    out.append(f"{pad}  - {sub[0].lstrip()}")
+                    out.extend(sub[1:])
+                else:
+                    out.append(f"{pad}  - {scalar_text(elem)}")
+        elif isinstance(item, (list, tuple)):
+            out.append(f"{pad}{key}: {', '.join(scalar_text(e) for e in item) if item else '[]'}")
+        elif isinstance(item, dict):
+            out.append(f"{pad}{key}: {{}}")
+        else:
+            out.append(f"{pad}{key}: {scalar_text(item)}")
+    return out
+
+
+def table_text(rows: list[dict], is_tty: bool = False) -> str:
+    """A table of ``rows`` (dicts); columns are keys in first-seen order;
+    a bold header when ``is_tty``."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold" if is_tty else None)
+    for col in columns:
+        table.add_column(str(col), overflow="fold")
+    for row in rows:
+        table.add_row(*(scalar_text(row.get(c)) for c in columns))
+    buf = io.StringIO()
+    # Never fold cells to the terminal's width: long lines wrap like docker ps's.
+    console = Console(file=buf, width=100_000, force_terminal=is_tty, no_color=not is_tty,
+                      highlight=False, soft_wrap=True)
+    console.print(table)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+def _write_bytes(stream: TextIO, data: Any) -> None:
+    if data is None:
+        return
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    stream.flush()
+    binary = getattr(stream, "buffer", None)
+    if binary is not None:
+        binary.write(bytes(data))
+        binary.flush()
+    else:  # a text-only stream (tests): decode leniently
+        stream.write(bytes(data).decode("utf-8", "replace"))
+
+
+def exec_exit_code(result: dict) -> int:
+    """The process exit code for an exec-shaped result: exit_code when it is
+    an int (taken modulo 256), else 1 (for example when it timed out)."""
+    code = result.get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code % 256
+    return 1
+
+
+def render_exec(result: dict, stdout: TextIO, stderr: TextIO) -> int:
+    """Write an exec result's streams; note truncation and timeouts on
+    stderr; return the exit code to exit with."""
+    _write_bytes(stdout, result.get("stdout"))
+    _write_bytes(stderr, result.get("stderr"))
+    for key in EXEC_KEYS:
+        if result.get(f"{key}_truncated"):
+            print(f"dcctl: note: {key} was truncated", file=stderr)
+    if result.get("timed_out"):
+        print("dcctl: note: the command timed out", file=stderr)
+    return exec_exit_code(result)
+
+
+def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Print ``result`` readably; returns the exit code (0, or an exec
+    result's exit code)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    if is_exec_result(result):
+        return render_exec(result, stdout, stderr)
+    if is_stream(result):
+        for item in result:
+            if isinstance(item, dict):
+                print(" ".join(f"{k}={scalar_text(v)}" for k, v in item.items()), file=stdout)
+            else:
+                render(item, stdout, stderr)
+            stdout.flush()
+        return 0
+    if isinstance(result, (list, tuple)) and result and all(isinstance(r, dict) for r in result):
+        stdout.write(table_text(list(result), is_tty=_isatty(stdout)))
+    elif isinstance(result, (list, tuple)):
+        for item in result:
+            print(scalar_text(item), file=stdout)
+    elif isinstance(result, dict):
+        for line in kv_lines(result):
+            print(line, file=stdout)
+    elif isinstance(result, (bytes, bytearray)):
+        _write_bytes(stdout, result)
+    elif result is not None:
+        print(scalar_text(result), file=stdout)
+    return 0
+
+
+def render_json(result: Any, stdout: TextIO | None = None) -> int:
+    """Print ``result`` as JSON (a stream as one JSON document per line)."""
+    stdout = stdout or sys.stdout
+    if is_stream(result):
+        for item in result:
+            print(dumps(item, indent=None), file=stdout)
+            stdout.flush()
+    else:
+        print(dumps(result), file=stdout)
+    return 0
+
+
+def method_list_lines(methods: dict[str, str]) -> list[str]:
+    """Aligned ``name  first doc line`` lines for {name: doc}."""
+    width = max((len(m) for m in methods), default=0)
+    return [f"{name.ljust(width)}  {first_line(doc)}" for name, doc in methods.items()]
+
+
+def help_text(usage: str, rows: list[tuple[str, str, str]], doc: str) -> str:
+    """A method's help: the usage line, one ``name  type note`` line per
+    parameter, then the docstring."""
+    width = max((len(name) for name, _, _ in rows), default=0)
+    lines = [f"usage: {usage}", ""] + [f"  {n.ljust(width)}  {t}{note}" for n, t, note in rows]
+    return "\n".join(lines + (["", doc.strip()] if doc.strip() else [])) + "\n"
+
+
+def first_line(doc: str | None) -> str:
+    """The first line of a docstring, or ``<undocumented>``."""
+    doc = (doc or "").strip()
+    return doc.splitlines()[0] if doc else "<undocumented>"
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+__all__ = ["BASE64_KEY", "dumps", "exec_exit_code", "first_line", "help_text", "is_exec_result", "is_stream", "kv_lines",
+           "method_list_lines", "render", "render_exec", "render_json", "scalar_text", "table_text",
+           "to_jsonable"]
