@@ -34,6 +34,10 @@ class AgentConfig:
     port_range: tuple[int, int] = (20000, 29999)
     # Hub to register with (optional).
     hub: str | None = None
+    # Seconds between heartbeats to the hub.
+    heartbeat_s: float = 3.0
+    # Labels for placement constraints, {key: value}.
+    labels: dict = dataclasses.field(default_factory=dict)
     # This host's name in the fleet.
     host_name: str = dataclasses.field(default_factory=socket.gethostname)
     # Address where this host's mapped ports answer (reported to clients).
@@ -104,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host-name")
     p.add_argument("--advertise-address")
     p.add_argument("--max-containers", type=int)
+    p.add_argument("--heartbeat-s", type=float)
+    p.add_argument("--label", action="append", help="KEY=VALUE placement label (repeatable)")
     p.add_argument("--log-level")
     return p
 
@@ -125,7 +131,9 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidArgument(f"config file {path}: {exc}") from exc
     for key, value in vars(args).items():
-        if key != "config" and value is not None:
+        if key == "label" and value:
+            values["labels"] = dict(item.partition("=")[::2] for item in value)
+        elif key not in ("config", "label") and value is not None:
             values[key] = value
     if "port_range" in values and not isinstance(values["port_range"], (tuple, list)):
         values["port_range"] = _port_range(values["port_range"])

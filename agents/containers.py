@@ -447,6 +447,28 @@ class ContainerManager:
             size, data = 0, b""
         return {"name": name, "size_bytes": size, "data": data, "truncated": size > len(data)}
 
+    def cleanup(self) -> dict:
+        """See AgentService.ops_cleanup."""
+        live = {c["name"]: c for c in self.lxc.ls()}
+        dropped, stopped, veths = [], [], []
+        for name, rec in list(self.records.items()):
+            if rec["phase"] != "ready":
+                continue
+            if not os.path.exists(os.path.join(self._dir(name), "config")):
+                with self.locked(name):
+                    rec["phase"] = "destroying"
+                    self._save(rec)
+                    self._finish_destroy(rec)
+                dropped.append(name)
+                continue
+            state = live.get(name, {}).get("state")
+            if state != "RUNNING":
+                if rec["desired"] == "running":
+                    stopped.append(name)
+                if self.network.remove_stale_veth(rec["veth"]):
+                    veths.append(rec["veth"])
+        return {"dropped": dropped, "stopped_unexpectedly": stopped, "veths_removed": veths}
+
     def images_in_use(self, image_id: str) -> list[str]:
         return sorted(r["name"] for r in self.records.values() if r["image"] == image_id)
 

@@ -19,6 +19,7 @@ from agents import config as agent_config
 from agents import network as netmod
 from agents.containers import ContainerManager
 from agents.enter import EnterRelay
+from agents.hubclient import HubLink
 from agents.service import AgentService, translate
 from dcctl import errors
 from dcctl.wire import Service
@@ -50,6 +51,21 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
     return service, manager
 
 
+def hub_link(cfg: agent_config.AgentConfig, service: Service) -> HubLink:
+    """The membership loop: register with cfg.hub and send heartbeats."""
+    agent = service.target
+    tcp = next((ep for ep in cfg.listen if ep.startswith("tcp://")), None)
+    identity = {"name": cfg.host_name, "endpoint": tcp or cfg.listen[0],
+                "address": cfg.advertise_address, "labels": cfg.labels}
+
+    def summary() -> dict:
+        info = agent.hostinfo()
+        return {"capacity": info["capacity"], "metrics": info["metrics"],
+                "containers": [{"name": c["name"], "state": c["state"]} for c in info["containers"]]}
+
+    return HubLink(cfg.hub, identity, summary, cfg.heartbeat_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT. Exit 2 on bad settings."""
     try:
@@ -71,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s: %s", type(mapped).__name__, mapped)
         return 1
     task = service.start()
+    if cfg.hub:
+        link = hub_link(cfg, service)
+        link.start()
     gevent.signal_handler(signal.SIGTERM, service.stop)
     gevent.signal_handler(signal.SIGINT, service.stop)
     log.info("serving on %s", ", ".join(cfg.listen))

@@ -18,11 +18,13 @@ import gevent
 from agents import hostinfo
 from agents.containers import ContainerManager
 from agents.enter import EnterRelay
+from agents.transfer import Puller
 from dcctl import errors, validate
-from dcctl.wire import expose
+from dcctl.wire import expose, validate_endpoint
 from lxcwrap import errors as lxcerr
 from lxcwrap.lxc import DEFAULT_EXEC_ENV
-from lxcwrap.run import ToolError
+from lxcwrap.run import ToolError, ToolTimeout
+from lxcwrap.run import run as run_tool
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class AgentService:
         self.m = manager
         self.relay = relay
         self.started = time.time()
+        self.puller = Puller(manager.images, manager.images_lock)
 
     # ------------------------------------------------------------ images
     @expose
@@ -120,6 +123,47 @@ class AgentService:
         with self.m.images_lock:
             manifest = self.m.images.resolve(ref)
             return self.m.images.remove(ref, in_use_by=self.m.images_in_use(manifest["id"]))
+
+    @expose
+    def image_manifest(self, ref: str) -> dict:
+        """An image's manifest and its layer sizes, for a peer pulling it.
+
+        Returns: {manifest, layer_sizes {digest: bytes}}.
+        Raises: ImageNotFound, AmbiguousImageRef.
+        """
+        return self.puller.manifest(ref)
+
+    @expose
+    def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes (at most 4 MiB) of a layer tar from
+        ``offset`` (bytes); b"" past the end. Raises: ImageNotFound."""
+        return self.puller.read_layer(digest, offset, length)
+
+    @expose(shielded=True)
+    def image_pull(self, ref: str, source: str | None = None) -> dict:
+        """Pull an image from ``source`` (an endpoint serving image_manifest
+        and image_layer_read; default: this agent's hub) unless present.
+        Layers move in 4 MiB chunks, each layer is checked against its
+        sha256, and a failed pull leaves nothing; concurrent pulls of one
+        image download it once.
+
+        Returns: {manifest, pulled (bool), bytes (transferred)}.
+        Raises: InvalidArgument (no source), ImageNotFound, StoreError,
+        Unreachable, CallTimeout.
+        """
+        source = source or self.m.config.hub
+        if not source:
+            raise errors.InvalidArgument("no source given and this agent has no hub")
+        validate_endpoint(source)
+        return self.puller.pull(ref, source)
+
+    @expose(shielded=True)
+    def image_gc(self) -> dict:
+        """Remove layers no image uses and staging leftovers.
+
+        Returns: {removed_layers [digests], freed_bytes}."""
+        with self.m.images_lock:
+            return gevent.get_hub().threadpool.apply(self.m.images.gc)
 
     # ------------------------------------------------------------ containers
     @expose(shielded=True)
@@ -327,6 +371,46 @@ class AgentService:
                                               limits, cfg.max_containers)}
 
     @expose
+    def ops_run(self, command: str, timeout_s: float = 30.0, max_output_bytes: int = 1 << 20) -> dict:
+        """Run a shell command on the host (``/bin/sh -c``), for fleet ops by
+        broadcast or queue.
+
+        Args: timeout_s: kill after this many seconds (max 3600);
+        max_output_bytes: cap on each of stdout/stderr (max 16 MiB).
+
+        Returns: {host, exit_code, stdout (str), stderr (str), timed_out,
+        duration_s}.
+        Raises: InvalidArgument.
+        """
+        validate.number(timeout_s, "timeout_s", minimum=0.1, maximum=3600)
+        validate.number(max_output_bytes, "max_output_bytes", minimum=0, maximum=16 << 20, integer=True)
+        if not command.strip() or "\x00" in command:
+            raise errors.InvalidArgument("command must be a non-empty string without NUL")
+        started = time.monotonic()
+        try:
+            done = run_tool(["/bin/sh", "-c", command], timeout_s)
+            code, out, err, timed_out = done.returncode, done.stdout, done.stderr, False
+        except ToolTimeout as exc:
+            c = exc.completed
+            code, out, err, timed_out = -9, c.stdout if c else b"", c.stderr if c else b"", True
+        return {"host": self.m.config.host_name, "exit_code": code,
+                "stdout": out[:max_output_bytes].decode(errors="replace"),
+                "stderr": err[:max_output_bytes].decode(errors="replace"),
+                "timed_out": timed_out, "duration_s": round(time.monotonic() - started, 6)}
+
+    @expose(shielded=True)
+    def ops_cleanup(self) -> dict:
+        """Clean containers stuck in a broken state (the seed's "OOM
+        wrangler"): records whose LXC definition vanished are dropped with
+        their rules; containers whose desired state is running but are
+        stopped are reported; stale veths of stopped containers are removed.
+
+        Returns: {host, dropped [names], stopped_unexpectedly [names],
+        veths_removed [names]}.
+        """
+        return {"host": self.m.config.host_name, **self.m.cleanup()}
+
+    @expose
     def ops_facts(self) -> dict:
         """Facts about this host: {host, os, kernel, python, agent_version,
         lxc_path, bridge, subnet}."""
@@ -339,5 +423,12 @@ class AgentService:
             pass
         return {"host": cfg.host_name, "os": osr.get("PRETTY_NAME", "").strip('"'),
                 "kernel": platform.release(), "python": platform.python_version(),
-                "agent_version": AGENT_VERSION, "lxc_path": cfg.lxc_path, "bridge": cfg.bridge,
-                "subnet": cfg.subnet}
+                "agent_version": AGENT_VERSION, "lxc_version": self._lxc_version(),
+                "lxc_path": cfg.lxc_path, "bridge": cfg.bridge, "subnet": cfg.subnet}
+
+    @staticmethod
+    def _lxc_version() -> str | None:
+        try:
+            return run_tool(["lxc-start", "--version"], 10).stdout_text.strip() or None
+        except ToolError:
+            return None

@@ -29,6 +29,8 @@ A server raises one of these; the wire layer sends its class name and message
      +-- ResultTooLarge                   a result or argument over the size cap
      +-- CallTimeout                      the client gave up waiting (client side)
      +-- Unreachable                      cannot reach the server at that endpoint
+     |    +-- HostLost                     a host died while running a call
+     +-- HubBusy                          another hub holds the same store
      +-- LxcFailure                       an LXC tool failed in a way not covered above
      +-- StoreError                       the image store failed (I/O, digest, disk full)
      +-- NetworkError                     bridge / netfilter setup failed
@@ -150,6 +152,15 @@ class CallTimeout(DcError):
 
 class Unreachable(DcError):
     """The server at the endpoint cannot be reached."""
+
+
+class HostLost(Unreachable):
+    """The host running a call stopped answering; the call may or may not
+    have taken effect there."""
+
+
+class HubBusy(DcError):
+    """Another hub process holds the same state store."""
 
 
 class LxcFailure(DcError):

@@ -231,6 +231,7 @@ class Service:
                  translate: Callable[[BaseException], errors.DcError | None] | None = None,
                  heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS):
         self.name = name
+        self.target = target
         self.table = method_table(target)
         self._translate = translate or (lambda exc: None)
         functors: dict[str, Any] = {}

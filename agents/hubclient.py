@@ -1,0 +1,68 @@
+"""The agent's side of fleet membership: register with the hub, then send a
+heartbeat with a hostinfo summary every ``heartbeat_s`` seconds.
+
+Best effort (DESIGN, failure class 1): a hub that is down or restarting is
+retried quietly; a hub that no longer knows this host (it lost its store, or
+marked the host gone) gets a fresh registration.
+"""
+from __future__ import annotations
+
+import logging
+
+import gevent
+
+from dcctl import errors, wire
+
+log = logging.getLogger(__name__)
+
+
+class HubLink:
+    """Keeps this host registered with the hub at ``endpoint``.
+
+    Args:
+        endpoint: the hub's endpoint.
+        identity: {name, endpoint, address, labels} of this host.
+        summary: callable returning the heartbeat summary (must include
+            "capacity"); called every beat.
+        heartbeat_s: seconds between beats.
+    """
+
+    def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0):
+        self.endpoint = endpoint
+        self.identity = identity
+        self.summary = summary
+        self.heartbeat_s = heartbeat_s
+        self.registered = False
+        self._task: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self._task = gevent.spawn(self._loop)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.kill()
+
+    def _loop(self) -> None:
+        client = wire.connect(self.endpoint, timeout_s=max(2.0, self.heartbeat_s * 2))
+        try:
+            while True:
+                self.beat(client)
+                gevent.sleep(self.heartbeat_s)
+        finally:
+            client.close()
+
+    def beat(self, client: wire.RpcClient) -> None:
+        """One registration or heartbeat; errors are logged, not raised."""
+        try:
+            summary = self.summary()
+            if not self.registered:
+                client.call("host_register", {**self.identity, "capacity": summary["capacity"]})
+                self.registered = True
+                log.info("registered with hub %s as %s", self.endpoint, self.identity["name"])
+            client.call("host_heartbeat", self.identity["name"], summary)
+        except errors.NoSuchHost:
+            self.registered = False  # the hub forgot us: register on the next beat
+        except errors.DcError as exc:
+            if self.registered:
+                log.warning("hub %s: %s: %s", self.endpoint, type(exc).__name__, exc)
+            self.registered = False

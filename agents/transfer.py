@@ -1,0 +1,122 @@
+"""Image transfer between the agent and a source (the hub's registry, or
+another agent): layers move in chunks and are checked against their sha256
+before the store keeps them; a pull that fails leaves nothing.
+
+Both the hub and the agents serve the same two methods, so either can be a
+source: ``image_manifest(ref) -> {manifest, layer_sizes}`` and
+``image_layer_read(digest, offset, length) -> bytes``.
+
+Concurrent pulls of one image on one host download it once: later callers
+wait for the first (single flight).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import gevent
+from gevent.event import AsyncResult
+
+from dcctl import errors, wire
+from images.errors import ImageExists, ImageNotFound
+from images.store import ImageStore
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 4 << 20
+PULL_CALL_TIMEOUT_SECONDS = 120.0
+
+
+def _blocking(fn, *args):
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+class Puller:
+    """Pulls images into ``store``; mutations hold ``store_lock``."""
+
+    def __init__(self, store: ImageStore, store_lock):
+        self.store = store
+        self.store_lock = store_lock
+        self._inflight: dict[str, AsyncResult] = {}
+
+    def manifest(self, ref: str) -> dict:
+        """This host's manifest for ``ref`` and its layer sizes (bytes)."""
+        m = self.store.resolve(ref)
+        sizes = {d: os.path.getsize(self.store.export_layer(d)) for d in m["layers"]}
+        return {"manifest": m, "layer_sizes": sizes}
+
+    def read_layer(self, digest: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` (<= 4 MiB) bytes of a layer tar from ``offset``."""
+        if offset < 0 or length < 0:
+            raise errors.InvalidArgument("offset and length must be >= 0")
+        path = self.store.export_layer(digest)
+
+        def read() -> bytes:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(min(length, CHUNK_BYTES))
+
+        return _blocking(read)
+
+    def pull(self, ref: str, source: str) -> dict:
+        """Pull ``ref`` from ``source`` (an endpoint) unless present.
+
+        Returns: {"manifest": ..., "pulled": bool, "bytes": int transferred}.
+        Raises: ImageNotFound (the source lacks it), StoreError (digest
+        mismatch, disk full), Unreachable / CallTimeout (the source).
+        """
+        with wire.connect(source, timeout_s=PULL_CALL_TIMEOUT_SECONDS) as client:
+            info = client.call("image_manifest", ref)
+            manifest = info["manifest"]
+            image_id = manifest["id"]
+            try:
+                return {"manifest": self.store.get(image_id), "pulled": False, "bytes": 0}
+            except ImageNotFound:
+                pass
+            waiter = self._inflight.get(image_id)
+            if waiter is not None:
+                return {**waiter.get(), "pulled": False}
+            waiter = self._inflight[image_id] = AsyncResult()
+            try:
+                result = self._pull(client, manifest, info["layer_sizes"])
+                waiter.set(result)
+                return result
+            except BaseException as exc:
+                waiter.set_exception(exc)
+                raise
+            finally:
+                del self._inflight[image_id]
+
+    def _pull(self, client: wire.RpcClient, manifest: dict, sizes: dict) -> dict:
+        moved = 0
+        tmp_root = self.store.tmp_dir
+        for digest in manifest["layers"]:
+            if self.store.has_layer(digest):
+                continue
+            size = sizes.get(digest)
+            if not isinstance(size, int) or size < 0:
+                raise errors.InvalidArgument(f"source gave no size for layer {digest[:12]}")
+            fd, path = tempfile.mkstemp(prefix="pull-", dir=tmp_root)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    offset = 0
+                    while offset < size:
+                        chunk = client.call("image_layer_read", digest, offset, min(CHUNK_BYTES, size - offset))
+                        if not chunk:
+                            raise errors.StoreError(f"layer {digest[:12]} ended at {offset} of {size} bytes")
+                        _blocking(out.write, chunk)
+                        offset += len(chunk)
+                moved += size
+                with self.store_lock:
+                    _blocking(self.store.import_layer, path, digest)
+            finally:
+                if os.path.exists(path):
+                    os.unlink(path)
+        with self.store_lock:
+            try:
+                stored = _blocking(self.store.import_manifest, manifest)
+            except ImageExists:
+                stored = self.store.get(manifest["id"])
+        log.info("pulled %s@%s (%d bytes)", manifest["name"], manifest["id"][:12], moved)
+        return {"manifest": stored, "pulled": True, "bytes": moved}

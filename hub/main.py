@@ -1,0 +1,79 @@
+"""``dc-hub``: the fleet hub's entry point.
+
+    dc-hub --listen tcp://ADDR:PORT [--listen ipc://PATH] --state-dir DIR
+           [--heartbeat-s 3] [--missed-heartbeats 3]
+
+The store (SQLite) and the registry live in the state dir; one hub per state
+dir (a second one exits with HubBusy).  SIGTERM/SIGINT stop serving; agents
+keep running and re-register when a hub is back.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+import gevent
+
+from dcctl import errors
+from dcctl.wire import Service, validate_endpoint
+from hub.registry import Registry
+from hub.service import HubService
+from hub.store import HubStore
+
+log = logging.getLogger("dc-hub")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dc-hub", description="dcfleet hub: placement, routing, broadcast, "
+                                "worker queue and image registry for a fleet of dc-agents.")
+    p.add_argument("--listen", action="append", required=True, help="endpoint (repeatable)")
+    p.add_argument("--state-dir", default="/var/lib/dcfleet/hub")
+    p.add_argument("--heartbeat-s", type=float, default=3.0, help="expected seconds between heartbeats")
+    p.add_argument("--missed-heartbeats", type=int, default=3, help="missed beats before 'unreachable'")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def build(args: argparse.Namespace) -> tuple[Service, HubService]:
+    for ep in args.listen:
+        validate_endpoint(ep)
+    if not os.path.isabs(args.state_dir):
+        raise errors.InvalidArgument(f"--state-dir {args.state_dir!r} must be absolute")
+    store = HubStore(args.state_dir)
+    registry = Registry(os.path.join(args.state_dir, "registry"))
+    hub = HubService(store, registry, heartbeat_s=args.heartbeat_s, missed_heartbeats=args.missed_heartbeats)
+    service = Service(hub, name="dc-hub")
+    for ep in args.listen:
+        if ep.startswith("ipc://"):
+            path = ep[len("ipc://"):]
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            if os.path.exists(path):
+                os.unlink(path)
+        service.bind(ep)
+    return service, hub
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        service, hub = build(args)
+    except errors.DcError as exc:
+        print(f"dc-hub: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    hub.start()
+    task = service.start()
+    gevent.signal_handler(signal.SIGTERM, service.stop)
+    gevent.signal_handler(signal.SIGINT, service.stop)
+    log.info("serving on %s", ", ".join(args.listen))
+    task.join()
+    hub.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

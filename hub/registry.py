@@ -1,0 +1,164 @@
+"""The hub's image registry: manifests and content-addressed layer tars.
+
+Layers move in chunks (``CHUNK_BYTES``, well under msgpack's 100 MiB limit),
+each layer checked against its sha256 before it is renamed into place, so a
+partial or corrupt transfer leaves nothing.  The registry stores what agents
+push and serves what they pull; it never unpacks a layer.
+
+Layout: ROOT/layers/<sha256>.tar, ROOT/manifests/<id>.json, ROOT/tmp/.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Callable
+
+from dcctl import errors
+
+CHUNK_BYTES = 4 << 20
+MAX_LAYER_BYTES = 8 << 30
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def manifest_id(manifest: dict) -> str:
+    """sha256 of the canonical JSON of the manifest without ``id`` (the same
+    rule the agents' image store uses)."""
+    body = {k: v for k, v in manifest.items() if k != "id"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def digest(value: object, what: str = "layer digest") -> str:
+    if not isinstance(value, str) or not _DIGEST.match(value):
+        raise errors.InvalidArgument(f"{what} must be 64 lowercase hex characters")
+    return value
+
+
+class Registry:
+    """Images pushed to the hub (see module doc)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        for d in ("layers", "manifests", "tmp"):
+            os.makedirs(os.path.join(root, d), mode=0o700, exist_ok=True)
+        for leftover in os.listdir(os.path.join(root, "tmp")):
+            os.unlink(os.path.join(root, "tmp", leftover))
+
+    def _layer(self, d: str) -> str:
+        return os.path.join(self.root, "layers", digest(d) + ".tar")
+
+    def ls(self) -> list[dict]:
+        """Manifests, by name then creation time."""
+        out = []
+        for entry in os.listdir(os.path.join(self.root, "manifests")):
+            with open(os.path.join(self.root, "manifests", entry)) as f:
+                out.append(json.load(f))
+        return sorted(out, key=lambda m: (m["name"], m.get("created") or 0))
+
+    def resolve(self, ref: str) -> dict:
+        """``name`` (newest of that name) or ``name@idprefix``.
+
+        Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef."""
+        if not isinstance(ref, str):
+            raise errors.InvalidArgument("image ref must be a string")
+        name, _, prefix = ref.partition("@")
+        if not _NAME.match(name) or ".." in name or (prefix and not re.match(r"^[0-9a-f]{4,64}$", prefix)):
+            raise errors.InvalidArgument(f"bad image ref {ref!r}: expected NAME or NAME@IDPREFIX (4+ hex)")
+        found = [m for m in self.ls() if m["name"] == name and m["id"].startswith(prefix)]
+        if not found:
+            raise errors.ImageNotFound(f"no image {ref!r} in the hub's registry",
+                                       hint="push it first: dcctl image_push HOST REF")
+        if prefix and len(found) > 1:
+            raise errors.AmbiguousImageRef(
+                f"{ref!r} matches {len(found)} images: " + ", ".join(m["id"][:12] for m in found))
+        return found[-1]
+
+    def layer_size(self, d: str) -> int:
+        try:
+            return os.path.getsize(self._layer(d))
+        except FileNotFoundError as exc:
+            raise errors.ImageNotFound(f"no layer {d[:12]} in the hub's registry") from exc
+
+    def read_layer(self, d: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes (capped at CHUNK_BYTES) of a layer tar from
+        ``offset``; b"" at the end."""
+        if offset < 0 or length < 0:
+            raise errors.InvalidArgument("offset and length must be >= 0")
+        try:
+            with open(self._layer(d), "rb") as f:
+                f.seek(offset)
+                return f.read(min(length, CHUNK_BYTES))
+        except FileNotFoundError as exc:
+            raise errors.ImageNotFound(f"no layer {d[:12]} in the hub's registry") from exc
+
+    def receive(self, manifest: dict, sizes: dict[str, int],
+                fetch: Callable[[str, int, int], bytes]) -> dict:
+        """Store ``manifest`` and fetch its missing layers with
+        ``fetch(digest, offset, length)``; each is verified before it is
+        kept. ``sizes`` gives each layer's size in bytes.
+
+        Returns: the manifest. Raises: InvalidArgument (bad manifest or
+        sizes), StoreError (digest mismatch, I/O error; nothing kept).
+        """
+        if not isinstance(manifest, dict) or manifest_id(manifest) != manifest.get("id"):
+            raise errors.InvalidArgument("manifest id does not match its content")
+        if not _NAME.match(str(manifest.get("name", ""))):
+            raise errors.InvalidArgument("manifest has a bad name")
+        for d in manifest.get("layers", []):
+            if os.path.exists(self._layer(d)):
+                continue
+            size = sizes.get(d)
+            if not isinstance(size, int) or not 0 <= size <= MAX_LAYER_BYTES:
+                raise errors.InvalidArgument(f"bad size for layer {d[:12]}")
+            self._fetch_layer(d, size, fetch)
+        path = os.path.join(self.root, "manifests", manifest["id"] + ".json")
+        tmp = os.path.join(self.root, "tmp", manifest["id"] + ".json")
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return manifest
+
+    def _fetch_layer(self, d: str, size: int, fetch: Callable[[str, int, int], bytes]) -> None:
+        tmp = os.path.join(self.root, "tmp", d + ".part")
+        sha = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as out:
+                offset = 0
+                while offset < size:
+                    chunk = fetch(d, offset, min(CHUNK_BYTES, size - offset))
+                    if not chunk:
+                        raise errors.StoreError(f"layer {d[:12]} ended at {offset} of {size} bytes")
+                    sha.update(chunk)
+                    out.write(chunk)
+                    offset += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if sha.hexdigest() != d:
+                raise errors.StoreError(f"layer {d[:12]}: digest mismatch (got {sha.hexdigest()[:12]})")
+            os.replace(tmp, self._layer(d))
+        except OSError as exc:
+            raise errors.StoreError(f"cannot store layer {d[:12]}: {exc}") from exc
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def remove(self, ref: str) -> dict:
+        """Remove an image and the layers no other manifest uses."""
+        m = self.resolve(ref)
+        os.unlink(os.path.join(self.root, "manifests", m["id"] + ".json"))
+        used = {d for other in self.ls() for d in other["layers"]}
+        for d in m["layers"]:
+            if d not in used and os.path.exists(self._layer(d)):
+                os.unlink(self._layer(d))
+        return m
+
+    def disk_usage_bytes(self) -> int:
+        return sum(e.stat().st_size for e in os.scandir(os.path.join(self.root, "layers")))
+
+
+__all__ = ["CHUNK_BYTES", "Registry", "manifest_id", "digest"]

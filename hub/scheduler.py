@@ -1,0 +1,86 @@
+"""Placement: feasibility first, then ranking (Nomad's and Kubernetes'
+two-phase shape), as pure functions of the fleet's figures.
+
+A host is feasible when it is alive, matches the label constraints (and the
+pinned host, if any), and has an unreserved container slot and enough
+unreserved memory.  Reserved figures are the larger of what the hub has
+reserved itself (its store, including placements in flight) and what the
+host reports (containers made on it directly).  Feasible hosts are ranked by
+strategy: "spread" (most free memory first, the default) or "binpack"
+(least free memory that still fits first).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from dcctl import errors
+
+STRATEGIES = ("spread", "binpack")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a placement needs: memory in bytes (0 = none reserved), label
+    constraints {key: value}, an optional pinned host, and a strategy."""
+
+    memory_bytes: int = 0
+    labels: dict = dataclasses.field(default_factory=dict)
+    host: str | None = None
+    strategy: str = "spread"
+
+
+def free_figures(host: dict, db_figures: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(free memory bytes, free container slots) of ``host`` (a store row)."""
+    cap = host.get("capacity") or {}
+    db_mem, db_count = db_figures.get(host["name"], (0, 0))
+    reserved = max(db_mem, cap.get("memory_reserved_bytes") or 0)
+    count = max(db_count, cap.get("containers") or 0)
+    return (int(cap.get("memory_reservable_bytes") or 0) - reserved,
+            int(cap.get("container_slots") or 0) - count)
+
+
+def place(hosts: list[dict], request: Request, db_figures: dict[str, tuple[int, int]]) -> tuple[list[str], dict]:
+    """Rank the hosts for ``request``.
+
+    Returns: (feasible host names, best first; {host: why it was rejected}).
+    """
+    ranked, rejected = [], {}
+    for h in hosts:
+        free_mem, free_slots = free_figures(h, db_figures)
+        if request.host is not None and h["name"] != request.host:
+            continue
+        if h["state"] != "alive":
+            rejected[h["name"]] = f"host is {h['state']}"
+        elif any((h.get("labels") or {}).get(k) != v for k, v in request.labels.items()):
+            rejected[h["name"]] = f"labels {h.get('labels') or {}} do not match {request.labels}"
+        elif free_slots < 1:
+            rejected[h["name"]] = "no free container slot"
+        elif free_mem < request.memory_bytes:
+            rejected[h["name"]] = (f"needs {request.memory_bytes} bytes of memory, "
+                                   f"{max(0, free_mem)} unreserved")
+        else:
+            ranked.append((free_mem - request.memory_bytes, free_slots, h["name"]))
+    if request.strategy == "binpack":
+        ranked.sort(key=lambda t: (t[0], t[1], t[2]))
+    else:
+        ranked.sort(key=lambda t: (-t[0], -t[1], t[2]))
+    return [name for _, _, name in ranked], rejected
+
+
+def choose(hosts: list[dict], request: Request, exclude: set[str] = frozenset()):
+    """A chooser for HubStore.claim/move: picks the best feasible host not in
+    ``exclude``, or raises NoCapacity naming each host's reason."""
+
+    def pick(db_figures: dict[str, tuple[int, int]]) -> str:
+        ranked, rejected = place(hosts, request, db_figures)
+        for name in ranked:
+            if name not in exclude:
+                return name
+        for name in exclude:
+            rejected.setdefault(name, "already tried for this placement")
+        if request.host is not None and not any(h["name"] == request.host for h in hosts):
+            raise errors.NoSuchHost(f"no host {request.host!r} in the fleet")
+        reasons = "; ".join(f"{n}: {why}" for n, why in sorted(rejected.items())) or "the fleet has no hosts"
+        raise errors.NoCapacity(f"no host can take it ({reasons})")
+
+    return pick

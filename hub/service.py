@@ -1,0 +1,489 @@
+"""The hub's RPC surface: fleet membership, placement, routing, broadcast,
+the worker queue and the image registry.
+
+Every conversation ends at the hub: it holds one zerorpc client per agent
+and calls agents itself (no ZeroMQ device between a client and an agent,
+whose heartbeats and stream credits would be misrouted).  The hub talks to
+agents over RPC only and never imports agent code.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+
+from dcctl import errors, validate, wire
+from dcctl.wire import expose
+from hub import fanout, scheduler
+from hub.registry import Registry
+from hub.store import HubStore
+
+log = logging.getLogger(__name__)
+
+HUB_VERSION = "0.1.0"
+CREATE_OPTIONS = {
+    "memory_bytes": "memory limit and reservation, bytes",
+    "cpus": "CPU quota", "cpu_shares": "CPU weight", "env": "{NAME: value}",
+    "command": "argv list or shell string",
+    "label": "placement constraints {key: value}", "host": "pin to this host",
+    "no_start": "create only", "strategy": "spread (default) or binpack",
+}
+AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command")
+RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
+             errors.StoreError, errors.NetworkError, errors.Busy)
+PULL_TIMEOUT_SECONDS = 600.0
+VIEW_TIMEOUT_SECONDS = 5.0
+
+
+class HubService:
+    """The methods served by ``dc-hub``.
+
+    Args:
+        store: the fleet's SQLite store.
+        registry: the image registry.
+        heartbeat_s: expected seconds between agent heartbeats.
+        missed_heartbeats: heartbeats missed before a host is unreachable.
+        call_timeout_s: default timeout of a forwarded call, seconds.
+    """
+
+    def __init__(self, store: HubStore, registry: Registry, *, heartbeat_s: float = 3.0,
+                 missed_heartbeats: int = 3, call_timeout_s: float = 60.0):
+        self.store = store
+        self.registry = registry
+        self.heartbeat_s = heartbeat_s
+        self.missed_heartbeats = missed_heartbeats
+        self.call_timeout_s = call_timeout_s
+        self.workers = fanout.WorkQueue()
+        self._clients: dict[str, tuple[str, wire.RpcClient]] = {}
+        self._tasks: list[gevent.Greenlet] = []
+        self.started = time.time()
+
+    # ------------------------------------------------------------ plumbing
+    def start(self) -> None:
+        """Start the membership monitor and the journal recovery."""
+        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations)]
+
+    def stop(self) -> None:
+        gevent.killall(self._tasks)
+        for _, client in self._clients.values():
+            client.close()
+
+    def _monitor(self) -> None:
+        while True:
+            deadline = time.time() - self.heartbeat_s * self.missed_heartbeats
+            for name in self.store.mark_unreachable(deadline):
+                log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
+            self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
+            gevent.sleep(min(1.0, self.heartbeat_s / 2))
+
+    def _recover_reservations(self) -> None:
+        """Finish or roll back placements a hub restart interrupted: after two
+        heartbeat intervals (hosts have re-registered), a "reserved" row whose
+        host has the container becomes placed, otherwise it is dropped."""
+        gevent.sleep(self.heartbeat_s * 2)
+        for row in self.store.containers():
+            if row["state"] != "reserved" or time.time() - row["updated_at"] < self.heartbeat_s * 2:
+                continue
+            try:
+                info = self._call(row["host"], "container_inspect", row["name"], timeout_s=VIEW_TIMEOUT_SECONDS)
+                self.store.set_placed(row["name"], row["image"], info.get("ports", []))
+                log.info("journal: adopted %s on %s", row["name"], row["host"])
+            except errors.NoSuchContainer:
+                self.store.forget(row["name"])
+                log.info("journal: rolled back reservation of %s", row["name"])
+            except errors.DcError as exc:
+                log.warning("journal: %s on %s undecided: %s", row["name"], row["host"], exc)
+
+    def client(self, host: str) -> wire.RpcClient:
+        """The hub's zerorpc client for ``host`` (made on first use)."""
+        endpoint = self.store.host(host)["endpoint"]
+        cached = self._clients.get(host)
+        if cached is None or cached[0] != endpoint:
+            if cached is not None:
+                cached[1].close()
+            cached = (endpoint, wire.connect(endpoint, timeout_s=self.call_timeout_s))
+            self._clients[host] = cached
+        return cached[1]
+
+    def _call(self, host: str, method: str, *args, timeout_s: float | None = None):
+        return self.client(host).call(method, *args, timeout_s=timeout_s)
+
+    def _owner(self, name: str) -> str:
+        validate.container_name(name)
+        return self.store.container(name)["host"]
+
+    def _forward(self, method: str, name: str, *args, timeout_s: float | None = None):
+        return self._call(self._owner(name), method, name, *args, timeout_s=timeout_s)
+
+    # ------------------------------------------------------------ membership
+    @expose
+    def host_register(self, info: dict) -> dict:
+        """Called by agents: join (or re-join) the fleet.
+
+        Args: info: {name, endpoint (tcp:// or ipc:// the hub can reach),
+        address (where its mapped ports answer), labels {k: v}, capacity {...}}.
+
+        Returns: {name, heartbeat_s}.
+        Raises: InvalidArgument.
+        """
+        validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": ""},
+                         "host_register")
+        name = info.get("name")
+        if not isinstance(name, str) or not name:
+            raise errors.InvalidArgument("host name must be a non-empty string")
+        validate.container_name(name)  # same alphabet and length
+        endpoint = wire.validate_endpoint(info.get("endpoint"))
+        labels = info.get("labels") or {}
+        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in labels.items()):
+            raise errors.InvalidArgument("labels must be a map of strings")
+        self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
+                               info.get("capacity") or {})
+        cached = self._clients.pop(name, None)
+        if cached is not None:
+            cached[1].close()
+        log.info("host %s registered at %s", name, endpoint)
+        return {"name": name, "heartbeat_s": self.heartbeat_s}
+
+    @expose
+    def host_heartbeat(self, name: str, summary: dict) -> dict:
+        """Called by agents every heartbeat_s: a hostinfo summary {capacity,
+        metrics, containers [{name, state}]}.
+
+        Returns: {ok: True}. Raises: NoSuchHost (register again).
+        """
+        previous = self.store.heartbeat(name, summary)
+        if previous is None:
+            raise errors.NoSuchHost(f"host {name!r} is not registered")
+        if previous != "alive":
+            log.info("host %s is alive again", name)
+        return {"ok": True}
+
+    @expose
+    def hosts(self) -> list:
+        """Fleet membership.
+
+        Returns: [{name, state ("alive"|"unreachable"), endpoint, address,
+        labels, memory_reservable_bytes, memory_reserved_bytes,
+        memory_free_bytes, container_slots, containers, last_heartbeat (Unix
+        s), heartbeat_age_s}].
+        """
+        out = []
+        with self.store.write() as db:
+            figures = self.store.reserved_memory(db)
+        now = time.time()
+        for h in self.store.hosts():
+            cap = h["capacity"] or {}
+            free_mem, free_slots = scheduler.free_figures(h, figures)
+            out.append({"name": h["name"], "state": h["state"], "endpoint": h["endpoint"],
+                        "address": h["address"], "labels": h["labels"],
+                        "memory_reservable_bytes": cap.get("memory_reservable_bytes"),
+                        "memory_reserved_bytes": (cap.get("memory_reservable_bytes") or 0) - free_mem,
+                        "memory_free_bytes": free_mem, "container_slots": cap.get("container_slots"),
+                        "containers": (cap.get("container_slots") or 0) - free_slots,
+                        "last_heartbeat": h["last_heartbeat"],
+                        "heartbeat_age_s": round(now - h["last_heartbeat"], 3)})
+        return out
+
+    # ------------------------------------------------------------ placement
+    @expose(shielded=True)
+    def create_container(self, image: str, name: str, options: dict | None = None) -> dict:
+        """Place, pull if needed, create, start and connect a container.
+
+        Args:
+            image: ref in the hub's registry, ``name`` or ``name@idprefix``.
+            name: fleet-unique container name (see container_create).
+            options: {memory_bytes, cpus, cpu_shares, env, command (as the
+                agent's container_create), label {k: v} constraints, host
+                (pin), no_start (bool), strategy ("spread"|"binpack")}.
+
+        The name and the capacity are reserved atomically (SQLite BEGIN
+        IMMEDIATE) before any pull, so concurrent creates never over-commit
+        a host and only one create of a name succeeds.  If the chosen host
+        fails, the next feasible one is tried and the reservation moves.
+
+        Returns: {name, host, address (the host's, where mapped ports
+        answer), container_address, image, state, ports [{proto,
+        container_port, host_port}]}.
+
+        Raises: InvalidArgument, ImageNotFound, ContainerExists, NoCapacity
+        (naming each host's reason), NoSuchHost (pinned host unknown).
+        """
+        validate.container_name(name)
+        opts = validate.options(options, CREATE_OPTIONS, "create_container")
+        memory = int(validate.number(opts.get("memory_bytes") or 0, "memory_bytes", minimum=0,
+                                     maximum=1 << 50, integer=True))
+        strategy = opts.get("strategy", "spread")
+        if strategy not in scheduler.STRATEGIES:
+            raise errors.InvalidArgument(f"strategy must be one of {', '.join(scheduler.STRATEGIES)}")
+        labels = opts.get("label") or {}
+        if not isinstance(labels, dict):
+            raise errors.InvalidArgument("label must be a map {key: value}")
+        manifest = self.registry.resolve(image)
+        request = scheduler.Request(memory, {str(k): str(v) for k, v in labels.items()}, opts.get("host"), strategy)
+        agent_opts = {k: opts[k] for k in AGENT_CREATE_KEYS if opts.get(k) is not None}
+        row = self.store.claim(name, manifest["id"], memory, {"options": agent_opts, "image": image},
+                               scheduler.choose(self.store.hosts(), request))
+        host, tried = row["host"], set()
+        while True:
+            tried.add(host)
+            try:
+                result = self._realize(host, manifest, name, agent_opts, bool(opts.get("no_start")))
+            except RETRYABLE as exc:
+                log.warning("create %s on %s failed (%s: %s); trying another host", name, host,
+                            type(exc).__name__, exc)
+                self._undo(host, name)
+                try:
+                    host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
+                except errors.DcError as nc:
+                    self.store.forget(name)
+                    raise type(nc)(f"{nc}; last failure on {host}: {type(exc).__name__}: {exc}") from exc
+                continue
+            except BaseException:
+                self._undo(host, name)
+                self.store.forget(name)
+                raise
+            self.store.set_placed(name, manifest["id"], result["ports"])
+            return result
+
+    def _realize(self, host: str, manifest: dict, name: str, agent_opts: dict, no_start: bool) -> dict:
+        ref = f"{manifest['name']}@{manifest['id']}"
+        self._call(host, "image_pull", ref, None, timeout_s=PULL_TIMEOUT_SECONDS)
+        info = self._call(host, "container_create", ref, name, agent_opts)
+        ports = []
+        if not no_start:
+            info = self._call(host, "container_start", name)
+        for p in manifest.get("exposed_ports", []):
+            m = self._call(host, "container_connection_add", name, p["proto"], p["port"])
+            ports.append({"proto": m["proto"], "container_port": m["container_port"], "host_port": m["host_port"]})
+        return {"name": name, "host": host, "address": self.store.host(host)["address"],
+                "container_address": info["address"], "image": ref, "state": info["state"], "ports": ports}
+
+    def _undo(self, host: str, name: str) -> None:
+        """Best effort: destroy a half-made container (reconciliation cleans
+        up later if the host is unreachable now)."""
+        try:
+            self._call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
+        except errors.DcError:
+            pass
+
+    # ------------------------------------------------------------ routing
+    @expose(shielded=True)
+    def container_start(self, name: str) -> dict:
+        """Forwarded to the owning host (see the agent's container_start)."""
+        return {**self._forward("container_start", name), "host": self._owner(name)}
+
+    @expose(shielded=True)
+    def container_stop(self, name: str, timeout_s: float | None = None) -> dict:
+        """Forwarded to the owning host (see the agent's container_stop)."""
+        return {**self._forward("container_stop", name, timeout_s), "host": self._owner(name)}
+
+    @expose(shielded=True)
+    def container_destroy(self, name: str, force: bool = False) -> dict:
+        """Forwarded to the owning host; the fleet record goes too (see the
+        agent's container_destroy)."""
+        try:
+            result = self._forward("container_destroy", name, force)
+        except errors.NoSuchContainer:
+            self.store.container(name)  # NoSuchContainer if the fleet lacks it too
+            result = {"name": name, "destroyed": True}  # gone from its host already
+        self.store.forget(name)
+        return result
+
+    @expose
+    def container_inspect(self, name: str) -> dict:
+        """Forwarded to the owning host (see the agent's container_inspect)."""
+        return {**self._forward("container_inspect", name), "host": self._owner(name)}
+
+    @expose
+    def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:
+        """Forwarded to the owning host (see the agent's container_exec)."""
+        timeout = float((options or {}).get("timeout_s") or 300) + 30
+        return self._forward("container_exec", name, command, options, timeout_s=timeout)
+
+    @expose
+    def container_enter(self, name: str, command: list | str | None = None, options: dict | None = None) -> dict:
+        """Forwarded to the owning host; the result adds the host's address
+        so the client connects to the relay on that host directly."""
+        host = self.store.host(self._owner(name))
+        session = self._forward("container_enter", name, command, {"via": "tcp"})
+        return {**session, "address": host["address"] or host["endpoint"].split("//")[-1].rsplit(":", 1)[0]}
+
+    @expose
+    def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
+        """Forwarded to the owning host (see the agent's container_logs)."""
+        return self._forward("container_logs", name, max_bytes)
+
+    @expose(shielded=True)
+    def container_connection_add(self, name: str, proto: str, container_port: int,
+                                 host_port: int | None = None) -> dict:
+        """Forwarded to the owning host (see the agent's
+        container_connection_add); adds the host's address."""
+        host = self.store.host(self._owner(name))
+        result = self._forward("container_connection_add", name, proto, container_port, host_port)
+        self._refresh_ports(name)
+        return {**result, "host": host["name"], "host_address": host["address"]}
+
+    @expose(shielded=True)
+    def container_connection_rm(self, name: str, proto: str, container_port: int) -> dict:
+        """Forwarded to the owning host (see the agent's container_connection_rm)."""
+        result = self._forward("container_connection_rm", name, proto, container_port)
+        self._refresh_ports(name)
+        return result
+
+    def _refresh_ports(self, name: str) -> None:
+        try:
+            info = self._forward("container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+            self.store.set_ports(name, info.get("ports", []))
+        except errors.DcError:
+            pass
+
+    # ------------------------------------------------------------ fleet views
+    def _gather(self, method: str, *args) -> dict:
+        hosts = self.store.hosts()
+        return fanout.broadcast(hosts, lambda h: self._call(h["name"], method, *args,
+                                                            timeout_s=VIEW_TIMEOUT_SECONDS),
+                                VIEW_TIMEOUT_SECONDS + 0.5)
+
+    @expose
+    def container_ls(self) -> list:
+        """Every container in the fleet, with a ``host`` column (the agent's
+        container_ls keys).  A container on a host that does not answer is
+        still listed, with state "unknown" (never transiently missing)."""
+        gathered = self._gather("container_ls")["results"]
+        seen, out = set(), []
+        for host, res in gathered.items():
+            if res["status"] == "ok":
+                for c in res["result"]:
+                    out.append({"host": host, **c})
+                    seen.add(c["name"])
+        for row in self.store.containers():
+            if row["name"] not in seen:
+                state = "reserved" if row["state"] == "reserved" else "unknown"
+                out.append({"host": row["host"], "name": row["name"], "state": state, "image_id": row["image"],
+                            "ports": row["ports"]})
+        return sorted(out, key=lambda c: (c["name"], c["host"]))
+
+    @expose
+    def network_ls(self) -> list:
+        """Every host's network_ls, one row per host with a ``host`` column,
+        plus ``address`` (the host's)."""
+        hosts = {h["name"]: h for h in self.store.hosts()}
+        out = []
+        for host, res in self._gather("network_ls")["results"].items():
+            row = {"host": host, "address": hosts[host]["address"]}
+            row.update(res["result"] if res["status"] == "ok" else {"error": res.get("error", "timeout")})
+            out.append(row)
+        return out
+
+    @expose
+    def hostinfo(self) -> list:
+        """Every host's hostinfo, one row per host with a ``host`` column and
+        a ``status`` (ok | error | timeout)."""
+        return [{"host": host, "status": res["status"], **(res.get("result") or {})}
+                for host, res in self._gather("hostinfo")["results"].items()]
+
+    # ------------------------------------------------------------ fan-out
+    @expose
+    def broadcast(self, method: str, args: list | None = None, options: dict | None = None) -> dict:
+        """Call an agent method on every targeted host in parallel.
+
+        Args:
+            method: an agent method name (e.g. hostinfo, ops_run, ops_facts).
+            args: its positional arguments.
+            options: {target: glob on host names or "label:k=v",
+                timeout_s (default 10): per-host deadline, fire_and_forget
+                (bool): return at once, results discarded}.
+
+        Returns: {summary {targeted, ok, error, timeout, duration_s},
+        results {host: {status: ok|error|timeout, result | error, message}}}.
+        A frozen or dead host is reported as timeout; it never delays the
+        answer past timeout_s.
+        """
+        opts = validate.options(options, {"target": "", "timeout_s": "", "fire_and_forget": ""}, "broadcast")
+        timeout = validate.number(opts.get("timeout_s", 10.0), "timeout_s", minimum=0.1, maximum=3600)
+        args = list(args or [])
+        hosts = fanout.targets(self.store.hosts(), opts.get("target"))
+
+        def call(h):
+            return self._call(h["name"], method, *args, timeout_s=timeout)
+
+        if opts.get("fire_and_forget"):
+            gevent.spawn(fanout.broadcast, hosts, call, timeout)
+            return {"summary": {"targeted": len(hosts), "ok": 0, "error": 0, "timeout": 0, "duration_s": 0.0},
+                    "results": {}, "fire_and_forget": True}
+        return fanout.broadcast(hosts, call, timeout)
+
+    @expose
+    def queue(self, method: str, args: list | None = None, options: dict | None = None) -> dict:
+        """Run an agent method on exactly one idle host (worker queue).
+
+        Args:
+            options: {timeout_s (default 60): for waiting for an idle host
+                and, again, for the call; idempotent (bool): retry once on
+                another host if the first one is lost}.
+
+        Returns: {host, result, duration_s, attempts}.
+        Raises: NoCapacity (no idle host in time), HostLost (the host died
+        mid-call; it may or may not have run), or the method's own error.
+        """
+        opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
+        timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
+        args, tried = list(args or []), set()
+        started = time.monotonic()
+        while True:
+            host = self.workers.acquire(timeout, exclude=tried)
+            tried.add(host)
+            try:
+                result = self._call(host, method, *args, timeout_s=timeout)
+                return {"host": host, "result": result, "attempts": len(tried),
+                        "duration_s": round(time.monotonic() - started, 6)}
+            except (errors.Unreachable, errors.CallTimeout) as exc:
+                if not opts.get("idempotent") or len(tried) >= 2:
+                    raise errors.HostLost(f"{host} stopped answering during {method} "
+                                          f"({type(exc).__name__}); it may or may not have run") from exc
+            finally:
+                self.workers.release(host)
+
+    # ------------------------------------------------------------ images
+    @expose
+    def image_ls(self) -> list:
+        """Images in the hub's registry: [{name, id, created, size_bytes,
+        layers, exposed_ports}]."""
+        return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")}
+                for m in self.registry.ls()]
+
+    @expose(shielded=True)
+    def image_push(self, host: str, ref: str) -> dict:
+        """Copy an image from a host's store into the hub's registry (layers
+        in chunks, each checked against its digest; nothing partial is kept).
+
+        Returns: the manifest. Raises: NoSuchHost, ImageNotFound, StoreError.
+        """
+        self.store.host(host)
+        info = self._call(host, "image_manifest", ref)
+        return self.registry.receive(
+            info["manifest"], info["layer_sizes"],
+            lambda d, off, n: self._call(host, "image_layer_read", d, off, n, timeout_s=PULL_TIMEOUT_SECONDS))
+
+    @expose
+    def image_manifest(self, ref: str) -> dict:
+        """For agents pulling: {manifest, layer_sizes {digest: bytes}}."""
+        m = self.registry.resolve(ref)
+        return {"manifest": m, "layer_sizes": {d: self.registry.layer_size(d) for d in m["layers"]}}
+
+    @expose
+    def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
+        """For agents pulling: up to ``length`` bytes (<= 4 MiB) of a layer
+        tar from ``offset``."""
+        return self.registry.read_layer(digest, offset, length)
+
+    @expose
+    def hub_info(self) -> dict:
+        """{version, uptime_s, heartbeat_s, missed_heartbeats, hosts,
+        containers, queue {idle, busy, members}}."""
+        return {"version": HUB_VERSION, "uptime_s": round(time.time() - self.started, 3),
+                "heartbeat_s": self.heartbeat_s, "missed_heartbeats": self.missed_heartbeats,
+                "hosts": len(self.store.hosts()), "containers": len(self.store.containers()),
+                "queue": self.workers.stats()}

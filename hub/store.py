@@ -1,0 +1,221 @@
+"""The hub's durable fleet state in SQLite: hosts, containers, reservations.
+
+WAL mode; every read-modify-write (a name claim, a capacity reservation)
+runs in ``BEGIN IMMEDIATE`` so two writers never interleave a read and a
+write (python/cpython#124510).  The hub is one process on one thread; its
+greenlets never yield inside a transaction (no I/O but SQLite's), so one
+connection serves them all.
+
+An exclusive ``flock`` on ``STATE_DIR/hub.lock`` keeps a second hub off the
+same store (HubBusy).
+
+Container rows carry ``state``: "reserved" while a placement is in flight
+(a journal: a hub restart rolls these back or adopts them), then "placed".
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from typing import Iterator
+
+from dcctl import errors
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    address TEXT NOT NULL DEFAULT '',
+    labels TEXT NOT NULL DEFAULT '{}',
+    capacity TEXT NOT NULL DEFAULT '{}',
+    summary TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL DEFAULT 'alive',
+    registered_at REAL NOT NULL,
+    last_heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS containers (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    image TEXT NOT NULL,
+    memory_bytes INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL DEFAULT '{}',
+    ports TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS containers_host ON containers(host);
+"""
+
+_JSON_COLS = ("labels", "capacity", "summary", "spec", "ports")
+
+
+def _row(cur: sqlite3.Cursor, row: tuple) -> dict:
+    out = {}
+    for (name, *_), value in zip(cur.description, row):
+        out[name] = json.loads(value) if name in _JSON_COLS else value
+    return out
+
+
+class HubStore:
+    """Open (creating if needed) the store under ``state_dir``.
+
+    Raises:
+        HubBusy: another process holds the store's lock.
+    """
+
+    def __init__(self, state_dir: str):
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(state_dir, "hub.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.pread(self._lock_fd, 32, 0).decode(errors="replace").strip()
+            os.close(self._lock_fd)
+            raise errors.HubBusy(f"another hub (pid {holder or '?'}) uses the store in {state_dir}",
+                                 hint="stop it first, or give this hub another --state-dir") from exc
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, str(os.getpid()).encode(), 0)
+        self.db = sqlite3.connect(os.path.join(state_dir, "hub.db"), isolation_level=None, timeout=10)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+        os.close(self._lock_fd)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A BEGIN IMMEDIATE transaction (committed unless an error escapes)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _all(self, sql: str, args: tuple = ()) -> list[dict]:
+        cur = self.db.execute(sql, args)
+        return [_row(cur, r) for r in cur.fetchall()]
+
+    # ------------------------------------------------------------ hosts
+    def upsert_host(self, name: str, endpoint: str, address: str, labels: dict, capacity: dict) -> dict:
+        now = time.time()
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO hosts (name, endpoint, address, labels, capacity, state, registered_at, last_heartbeat)"
+                " VALUES (?, ?, ?, ?, ?, 'alive', ?, ?) ON CONFLICT(name) DO UPDATE SET endpoint=excluded.endpoint,"
+                " address=excluded.address, labels=excluded.labels, capacity=excluded.capacity, state='alive',"
+                " registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat",
+                (name, endpoint, address, json.dumps(labels), json.dumps(capacity), now, now))
+        return self.host(name)
+
+    def heartbeat(self, name: str, summary: dict) -> str | None:
+        """Record a heartbeat; returns the host's previous state, or None when
+        the host is unknown (it must register again)."""
+        with self.write() as db:
+            row = db.execute("SELECT state FROM hosts WHERE name=?", (name,)).fetchone()
+            if row is None:
+                return None
+            capacity = summary.get("capacity")
+            if capacity is not None:
+                db.execute("UPDATE hosts SET summary=?, capacity=?, state='alive', last_heartbeat=? WHERE name=?",
+                           (json.dumps(summary), json.dumps(capacity), time.time(), name))
+            else:
+                db.execute("UPDATE hosts SET summary=?, state='alive', last_heartbeat=? WHERE name=?",
+                           (json.dumps(summary), time.time(), name))
+            return row[0]
+
+    def mark_unreachable(self, deadline: float) -> list[str]:
+        """Mark alive hosts whose last heartbeat is older than ``deadline``
+        (Unix s) unreachable; returns their names."""
+        with self.write() as db:
+            names = [r[0] for r in db.execute(
+                "SELECT name FROM hosts WHERE state='alive' AND last_heartbeat < ?", (deadline,))]
+            db.executemany("UPDATE hosts SET state='unreachable' WHERE name=?", [(n,) for n in names])
+        return names
+
+    def host(self, name: str) -> dict:
+        rows = self._all("SELECT * FROM hosts WHERE name=?", (name,))
+        if not rows:
+            raise errors.NoSuchHost(f"no host {name!r} in the fleet")
+        return rows[0]
+
+    def hosts(self) -> list[dict]:
+        return self._all("SELECT * FROM hosts ORDER BY name")
+
+    def remove_host(self, name: str) -> None:
+        with self.write() as db:
+            db.execute("DELETE FROM hosts WHERE name=?", (name,))
+
+    # ------------------------------------------------------------ containers
+    def container(self, name: str) -> dict:
+        rows = self._all("SELECT * FROM containers WHERE name=?", (name,))
+        if not rows:
+            raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
+        return rows[0]
+
+    def containers(self, host: str | None = None) -> list[dict]:
+        if host is None:
+            return self._all("SELECT * FROM containers ORDER BY name")
+        return self._all("SELECT * FROM containers WHERE host=? ORDER BY name", (host,))
+
+    def reserved_memory(self, db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+        """{host: (memory_bytes reserved, container count)} from the rows."""
+        return {h: (m or 0, n) for h, m, n in db.execute(
+            "SELECT host, SUM(memory_bytes), COUNT(*) FROM containers GROUP BY host")}
+
+    def claim(self, name: str, image: str, memory_bytes: int, spec: dict, choose) -> dict:
+        """Atomically claim ``name`` and reserve capacity on the host that
+        ``choose(db_reservations) -> host`` picks (it raises NoCapacity when
+        none fits).
+
+        Raises: ContainerExists, NoCapacity.
+        """
+        now = time.time()
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM containers WHERE name=?", (name,)).fetchone():
+                raise errors.ContainerExists(f"container {name!r} already exists in the fleet")
+            host = choose(self.reserved_memory(db))
+            db.execute("INSERT INTO containers (name, host, image, memory_bytes, state, spec, created_at, updated_at)"
+                       " VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?)",
+                       (name, host, image, memory_bytes, json.dumps(spec), now, now))
+        return self.container(name)
+
+    def move(self, name: str, choose) -> str:
+        """Move a reservation to the host ``choose(db_reservations)`` picks
+        (its current row is left out of the figures)."""
+        with self.write() as db:
+            row = db.execute("SELECT host, memory_bytes FROM containers WHERE name=?", (name,)).fetchone()
+            figures = self.reserved_memory(db)
+            mem, count = figures.get(row[0], (0, 0))
+            figures[row[0]] = (mem - (row[1] or 0), count - 1)
+            host = choose(figures)
+            db.execute("UPDATE containers SET host=?, updated_at=? WHERE name=?", (host, time.time(), name))
+        return host
+
+    def set_placed(self, name: str, image: str, ports: list[dict]) -> None:
+        with self.write() as db:
+            db.execute("UPDATE containers SET state='placed', image=?, ports=?, updated_at=? WHERE name=?",
+                       (image, json.dumps(ports), time.time(), name))
+
+    def set_ports(self, name: str, ports: list[dict]) -> None:
+        with self.write() as db:
+            db.execute("UPDATE containers SET ports=?, updated_at=? WHERE name=?",
+                       (json.dumps(ports), time.time(), name))
+
+    def adopt(self, name: str, host: str, image: str, ports: list[dict]) -> None:
+        """Record a container found on a host that the store lacks."""
+        now = time.time()
+        with self.write() as db:
+            db.execute("INSERT OR IGNORE INTO containers (name, host, image, state, ports, created_at, updated_at)"
+                       " VALUES (?, ?, ?, 'placed', ?, ?, ?)", (name, host, image, json.dumps(ports), now, now))
+
+    def forget(self, name: str) -> None:
+        with self.write() as db:
+            db.execute("DELETE FROM containers WHERE name=?", (name,))
