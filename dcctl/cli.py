@@ -66,6 +66,11 @@ TRUE_WORDS = {"true", "yes", "on", "1"}
 FALSE_WORDS = {"false", "no", "off", "0"}
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT])(?:I?B)?$", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"^-\.?\d")
+#: Option keys whose KEY=VALUE flags build a map (--env A=1 --env B=2).
+MAP_OPTIONS = ("env", "label")
+#: Hub fan-out methods: dcctl's --timeout is also their per-host deadline
+#: (options timeout_s), and the call waits that long plus a margin.
+DEADLINE_METHODS = ("broadcast", "queue")
 #: Methods whose trailing words are a command (docker exec style): once this
 #: many words follow the method name, the rest is taken literally, dashes and
 #: all (``dcctl container_exec web sh -c 'exit 4'``); dcctl's options go before.
@@ -255,14 +260,14 @@ def build_options(method: str, flags: list[tuple[str, str]]) -> dict:
             options.update(base)
             continue
         key = raw_key.replace("-", "_")
-        if key == "env":
+        if key == "env" or (key in MAP_OPTIONS and "=" in text):
             parsed = _json_value(text)
             if not isinstance(parsed, dict):
                 name, eq, val = text.partition("=")
                 if not eq or not name:
-                    raise UsageError(f"{method}: --env wants NAME=VALUE, got {text!r}")
+                    raise UsageError(f"{method}: --{raw_key} wants NAME=VALUE, got {text!r}")
                 parsed = {name: val}
-            options.setdefault("env", {}).update(parsed)
+            options.setdefault(key, {}).update(parsed)
             continue
         size = parse_size(text) if key.endswith("_bytes") else None
         value = size if size is not None else _json_value(text)
@@ -392,6 +397,8 @@ INTERACTIVE_HANDLERS: dict[str, Callable[[wire.RpcClient, list, dict], int | Non
 def call_timeout(cmd: Command, options: dict | None) -> float:
     """--timeout, else the options' timeout_s plus a margin, else the method's default."""
     if cmd.timeout_s is not None:
+        if cmd.method in DEADLINE_METHODS:
+            return cmd.timeout_s + TIMEOUT_MARGIN_SECONDS
         return cmd.timeout_s
     base = METHOD_TIMEOUT_SECONDS.get(cmd.method or "", wire.DEFAULT_TIMEOUT_SECONDS)
     own = (options or {}).get("timeout_s")
@@ -416,6 +423,8 @@ def run_method(cmd: Command) -> int:
                 raise errors.NoSuchMethod(f"no method {cmd.method!r}")
             sys.stdout.write(method_help(cmd.method, info))
             return 0
+        if cmd.method in DEADLINE_METHODS and cmd.timeout_s is not None:
+            cmd.flags.append(("timeout-s", repr(cmd.timeout_s)))
         if info is None or info.get("args") is None:  # unknown: let the server say so
             args, options, wire_args = list(cmd.words), None, list(cmd.words)
             if cmd.flags:
