@@ -1,0 +1,189 @@
+"""Image manifests and refs: validation and content ids (pure functions).
+
+A manifest is a JSON object with string keys only::
+
+    {
+      "id":            sha256 hex of the canonical JSON of the other keys,
+      "name":          "busybox"   (^[a-z0-9][a-z0-9._-]{0,63}$, no ".."),
+      "created":       Unix seconds (float),
+      "layers":        [layer id, ...]   bottom first; a layer id is the
+                       sha256 hex of the layer's canonical tar,
+      "size_bytes":    sum of the layer tar sizes (int),
+      "exposed_ports": [{"proto": "tcp"|"udp", "port": 1..65535}, ...],
+      "env":           {"KEY": "value", ...},
+      "command":       ["httpd", "-f", ...]  the default command init runs,
+      "stop_signal":   "SIGUSR1" | "SIGRTMIN+3" | "SIGPWR" | ...,
+      "init":          "/sbin/init",
+      "templates":     ["/etc/hostname", ...]  absolute paths in the rootfs,
+      "parent":        image id or None,
+    }
+
+Refs are ``name`` (newest image of that name) or ``name@idprefix`` (at least
+4 lowercase hex digits).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Iterable, Mapping
+
+from images.errors import InvalidImage
+from images.fsutil import split_path
+
+__all__ = [
+    "MANIFEST_FIELDS", "validate_name", "parse_ref", "validate_digest",
+    "normalize_fields", "manifest_id", "short_ref",
+]
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_PREFIX_RE = re.compile(r"^[0-9a-f]{4,64}$")
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_SIGNAL_RE = re.compile(r"^SIG(?:RTMIN\+[0-9]{1,2}|RTMAX-[0-9]{1,2}|[A-Z][A-Z0-9]{1,10})$")
+
+#: Every key of a stored manifest.
+MANIFEST_FIELDS = ("id", "name", "created", "layers", "size_bytes", "exposed_ports", "env",
+                   "command", "stop_signal", "init", "templates", "parent")
+#: Keys a caller may pass to ImageStore.commit() (the others are computed).
+COMMIT_FIELDS = ("exposed_ports", "env", "command", "stop_signal", "init", "templates",
+                 "parent", "created")
+
+
+def validate_name(name: Any) -> str:
+    """Return ``name`` if it is a valid image name, else raise InvalidImage."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise InvalidImage(f"invalid image name {name!r}: want ^[a-z0-9][a-z0-9._-]{{0,63}}$ "
+                           "without '..'")
+    return name
+
+
+def parse_ref(ref: Any) -> tuple[str, str]:
+    """Split ``name`` or ``name@idprefix`` into (name, prefix or "").
+
+    Raises:
+        InvalidImage: bad name, or a prefix that is not 4-64 lowercase hex digits.
+    """
+    if not isinstance(ref, str):
+        raise InvalidImage(f"invalid image ref {ref!r}: not a string")
+    name, sep, prefix = ref.partition("@")
+    validate_name(name)
+    if sep and not _PREFIX_RE.match(prefix):
+        raise InvalidImage(f"invalid image ref {ref!r}: the id prefix after '@' must be "
+                           "4 to 64 lowercase hex digits")
+    return name, prefix
+
+
+def validate_digest(value: Any, what: str = "layer id") -> str:
+    """Return ``value`` if it is 64 lowercase hex digits, else raise InvalidImage."""
+    if not isinstance(value, str) or not _DIGEST_RE.match(value):
+        raise InvalidImage(f"invalid {what} {value!r}: want 64 lowercase hex digits")
+    return value
+
+
+def short_ref(manifest: Mapping[str, Any]) -> str:
+    """``name@<first 12 hex of id>``, the form used in messages and listings."""
+    return f"{manifest['name']}@{manifest['id'][:12]}"
+
+
+def _ports(value: Any) -> list[dict]:
+    ports, seen = [], set()
+    for item in value or ():
+        if not isinstance(item, Mapping) or set(item) != {"proto", "port"}:
+            raise InvalidImage(f"invalid exposed port {item!r}: want {{'proto', 'port'}}")
+        proto, port = item["proto"], item["port"]
+        if proto not in ("tcp", "udp") or type(port) is not int or not 1 <= port <= 65535:
+            raise InvalidImage(f"invalid exposed port {item!r}: proto tcp|udp, port 1-65535")
+        if (proto, port) not in seen:
+            seen.add((proto, port))
+            ports.append({"proto": proto, "port": port})
+    return ports
+
+
+def _env(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidImage(f"invalid env {value!r}: want a dict of str to str")
+    for key, val in value.items():
+        if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
+            raise InvalidImage(f"invalid env variable name {key!r}")
+        if not isinstance(val, str) or "\x00" in val:
+            raise InvalidImage(f"invalid value for env variable {key}: want a string without NUL")
+    return dict(sorted(value.items()))
+
+
+def _command(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise InvalidImage(f"invalid command {value!r}: want a list of strings")
+    for arg in value:
+        if not isinstance(arg, str) or "\x00" in arg:
+            raise InvalidImage(f"invalid command argument {arg!r}: want a string without NUL")
+    return list(value)
+
+
+def _abs_path(value: Any, what: str) -> str:
+    return "/" + "/".join(split_path(value, what=f"{what} {value!r}", absolute=True))
+
+
+def _templates(value: Iterable[Any]) -> list[str]:
+    if isinstance(value, str):
+        raise InvalidImage(f"invalid templates {value!r}: want a list of absolute paths")
+    out: list[str] = []
+    for path in value or ():
+        norm = _abs_path(path, "template path")
+        if norm == "/":
+            raise InvalidImage("invalid template path '/': not a file")
+        if norm not in out:
+            out.append(norm)
+    return out
+
+
+def normalize_fields(fields: Mapping[str, Any]) -> dict:
+    """Validate and normalize the caller-settable manifest fields.
+
+    Args:
+        fields: any of exposed_ports, env, command, stop_signal, init,
+            templates, parent, created (see the module docstring for shapes).
+
+    Returns:
+        a dict with every COMMIT_FIELDS key (defaults filled in, except
+        ``created`` which is left out when not given).
+
+    Raises:
+        InvalidImage: an unknown key or a value of the wrong shape.
+    """
+    unknown = set(fields) - set(COMMIT_FIELDS)
+    if unknown:
+        raise InvalidImage(f"unknown manifest field(s): {', '.join(sorted(unknown))}")
+    stop_signal = fields.get("stop_signal", "SIGPWR")
+    if not isinstance(stop_signal, str) or not _SIGNAL_RE.match(stop_signal):
+        raise InvalidImage(f"invalid stop_signal {stop_signal!r}: want e.g. SIGPWR, SIGRTMIN+3")
+    parent = fields.get("parent")
+    if parent is not None:
+        validate_digest(parent, "parent image id")
+    out = {
+        "exposed_ports": _ports(fields.get("exposed_ports", ())),
+        "env": _env(fields.get("env")),
+        "command": _command(fields.get("command")),
+        "stop_signal": stop_signal,
+        "init": _abs_path(fields.get("init", "/sbin/init"), "init path"),
+        "templates": _templates(fields.get("templates", ())),
+        "parent": parent,
+    }
+    if "created" in fields:
+        created = fields["created"]
+        if type(created) not in (int, float) or created < 0:
+            raise InvalidImage(f"invalid created {created!r}: want Unix seconds")
+        out["created"] = float(created)
+    return out
+
+
+def manifest_id(manifest: Mapping[str, Any]) -> str:
+    """sha256 hex of the canonical JSON (sorted keys, compact) of the
+    manifest without its ``id`` key."""
+    body = {k: v for k, v in manifest.items() if k != "id"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
