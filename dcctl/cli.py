@@ -59,7 +59,8 @@ DEFAULT_ENDPOINT = "ipc:///run/dcfleet/agent.sock"
 HOST_ENV = "DCCTL_HOST"
 #: Call timeouts for methods that run longer than the default by design
 #: (container_exec's own default timeout_s is 300 s).  --timeout wins.
-METHOD_TIMEOUT_SECONDS = {"container_exec": 330.0}
+METHOD_TIMEOUT_SECONDS = {"container_exec": 330.0, "image_build": 1800.0, "image_pull": 600.0,
+                          "image_push": 600.0, "create_container": 660.0, "image_import": 600.0}
 #: Extra seconds to wait beyond an options ``timeout_s`` the server honours.
 TIMEOUT_MARGIN_SECONDS = 30.0
 TRUE_WORDS = {"true", "yes", "on", "1"}

@@ -184,6 +184,9 @@ def ensure_busybox(store, busybox_path: str = "/bin/busybox", name: str = "busyb
             build_busybox_rootfs(rootfs, busybox_path)
         except OSError as exc:
             raise StoreError(f"building the busybox rootfs in {rootfs}: {exc.strerror or exc}") from exc
-        return store.commit_dir(name, rootfs, consume=True, exposed_ports=EXPOSED_PORTS, env={},
+        # created = the binary's mtime: every host with the same busybox
+        # builds the same image id, so fleets share it without transfers
+        created = float(int(os.stat(busybox_path).st_mtime))
+        return store.commit_dir(name, rootfs, consume=True, created=created, exposed_ports=EXPOSED_PORTS, env={},
                                 command=DEFAULT_COMMAND, stop_signal=STOP_SIGNAL,
                                 init="/sbin/init", templates=sorted(TEMPLATES))

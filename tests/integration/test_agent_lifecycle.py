@@ -254,3 +254,27 @@ def test_stock_zerorpc_cli_and_dcctl_call_reach_the_agent(agent):
         assert done.returncode == 0, done.stderr
     assert b"container_connection_add" in subprocess.run(
         ["python3", "-m", "dcctl.cli", "call", agent.endpoint], capture_output=True, env=env).stdout
+
+
+@pytest.mark.slow
+def test_debian_image_build_boots_with_systemd(agent):
+    """image_build debian (debootstrap minbase from apt's mirror), then a
+    container from it boots, runs systemd, execs, and stops gracefully."""
+    manifest = agent.call("image_build", "debian", "debian", timeout_s=1800)
+    try:
+        assert manifest["stop_signal"] == "SIGRTMIN+3"
+        agent.call("container_create", "debian", "deb.box")
+        agent.call("container_start", "deb.box")
+        out = agent.call("container_exec", "deb.box", ["cat", "/etc/os-release"])
+        assert b"Debian" in out["stdout"]
+        assert agent.call("container_exec", "deb.box", ["hostname"])["stdout"] == b"deb.box\n"
+        started = time.monotonic()
+        agent.call("container_stop", "deb.box", 20.0)
+        assert time.monotonic() - started < 20
+        agent.call("container_destroy", "deb.box")
+    finally:
+        try:
+            agent.call("container_destroy", "deb.box", True)
+        except errors.NoSuchContainer:
+            pass
+        agent.call("image_rm", "debian")

@@ -117,3 +117,11 @@ def test_run_script_runs_command_with_env(built, tmp_path):
     out = subprocess.run([shutil.which("chroot"), str(root), "/etc/dcfleet/run"], capture_output=True,
                          text=True, timeout=30, env={"PATH": "/bin"})
     assert (out.returncode, out.stdout) == (0, "")
+
+
+def test_busybox_image_id_is_the_same_on_every_host(tmp_path):
+    """Two stores (two hosts) with the same busybox binary build one image id."""
+    from images import ImageStore, ensure_busybox
+    a = ensure_busybox(ImageStore(str(tmp_path / "a")))
+    b = ensure_busybox(ImageStore(str(tmp_path / "b")))
+    assert a["id"] == b["id"] and a["layers"] == b["layers"]
