@@ -126,11 +126,15 @@ class Lxc:
 
     def stop(self, name: str, timeout_s: float = 10.0, kill: bool = False) -> None:
         """``lxc-stop``: send the halt signal (lxc.signal.halt), wait up to
-        ``timeout_s`` seconds, then SIGKILL; ``kill`` skips the graceful part.
+        ``timeout_s`` seconds (rounded), then SIGKILL; ``kill`` or a timeout
+        under half a second skips the graceful part.
         Bounded: lxc-stop's own 60 s default never applies (lxc/lxc#2342).
 
         Raises: LxcNotRunning, LxcNotFound."""
-        args = ["-k"] if kill else ["-t", str(max(0, int(round(timeout_s))))]
+        # lxc-stop -t 0 asks for a halt and does not wait: a zero timeout
+        # means kill here, as it does for docker stop -t 0.
+        seconds = int(round(timeout_s))
+        args = ["-k"] if kill or seconds <= 0 else ["-t", str(seconds)]
         done = self._call(self.tools.stop, name, args, timeout_s + 30)
         if done.returncode != 0:
             raise self._fail(done, name, "lxc-stop")

@@ -1,0 +1,122 @@
+"""bench/lifecycle: containers per minute through the agent API versus raw
+``lxc-*`` commands, in the same run, sequentially and with 4 concurrent
+clients; then the agent's resident memory idle and with 50 running
+containers.
+
+One cycle = create -> start -> exec (hostname) -> stop (kill) -> destroy.
+API: container_create, container_start, container_exec, container_stop
+(timeout 0: straight to SIGKILL), container_destroy.  Raw: lxc-copy -s -B
+overlay of a busybox base container (the same image layer), lxc-start -d,
+lxc-attach -- hostname, lxc-stop -k, lxc-destroy.
+
+Run as root:  python3 bench/lifecycle.py [--cycles 40] [--workers 4] [--idle-containers 50]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gevent  # noqa: E402
+import psutil  # noqa: E402
+from gevent import subprocess  # noqa: E402
+
+from tests.agentproc import AgentProcess  # noqa: E402
+
+
+def api_cycle(client, tag: str) -> None:
+    client.call("container_create", "busybox", tag)
+    client.call("container_start", tag)
+    out = client.call("container_exec", tag, ["hostname"])
+    assert out["exit_code"] == 0, out
+    client.call("container_stop", tag, 0.0)
+    client.call("container_destroy", tag)
+
+
+def _lxc(*argv: str) -> None:
+    done = subprocess.run(list(argv), capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.decode()[-300:]}")
+
+
+def raw_cycle(lxcpath: str, tag: str) -> None:
+    _lxc("lxc-copy", "-P", lxcpath, "-n", "bench-base", "-N", tag, "-s", "-B", "overlay")
+    _lxc("lxc-start", "-P", lxcpath, "-n", tag, "-d")
+    _lxc("lxc-attach", "-P", lxcpath, "-n", tag, "--clear-env", "--", "hostname")
+    _lxc("lxc-stop", "-P", lxcpath, "-n", tag, "-k")
+    _lxc("lxc-destroy", "-P", lxcpath, "-n", tag)
+
+
+def make_raw_base(agent: AgentProcess, lxcpath: str) -> None:
+    """A stopped base container whose rootfs is the busybox image's layer."""
+    manifest = agent.call("image_ls")[0]
+    layer = os.path.join(agent.state_dir, "images", "layers", manifest["layers"][0])
+    os.makedirs(os.path.join(lxcpath, "bench-base"), exist_ok=True)
+    rootfs = os.path.join(lxcpath, "bench-base", "rootfs")
+    _lxc("cp", "-a", layer, rootfs)
+    with open(os.path.join(lxcpath, "bench-base", "config"), "w") as f:
+        f.write(f"lxc.uts.name = bench-base\nlxc.rootfs.path = dir:{rootfs}\n"
+                "lxc.apparmor.profile = unconfined\nlxc.init.cmd = /sbin/init\n"
+                "lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed\nlxc.autodev = 1\n"
+                "lxc.tty.max = 0\nlxc.pty.max = 16\nlxc.console.path = none\n"
+                f"lxc.net.0.type = veth\nlxc.net.0.link = {agent.bridge}\nlxc.net.0.flags = up\n")
+
+
+def measure(label: str, cycle, cycles: int, workers: int) -> float:
+    """Run ``cycles`` cycles over ``workers`` greenlets; returns containers/min."""
+    counter = iter(range(cycles))
+
+    def worker(w: int) -> None:
+        for i in counter:
+            cycle(w, f"b{label[0]}{w}x{i}")
+
+    started = time.monotonic()
+    gevent.joinall([gevent.spawn(worker, w) for w in range(workers)], raise_error=True)
+    elapsed = time.monotonic() - started
+    rate = cycles / elapsed * 60
+    print(f"  {label:4s} workers={workers}: {cycles} cycles in {elapsed:6.2f} s = {rate:7.1f} containers/min")
+    return rate
+
+
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / (1 << 20)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cycles", type=int, default=40)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--idle-containers", type=int, default=50)
+    args = p.parse_args()
+    agent = AgentProcess().start()
+    lxcpath = os.path.join(agent.root, "raw")
+    try:
+        make_raw_base(agent, lxcpath)
+        clients = [agent.client(120) for _ in range(args.workers)]
+        print(f"bench/lifecycle: {args.cycles} cycles each, busybox, {os.cpu_count()} CPUs")
+        results = {}
+        for workers in (1, args.workers):
+            api = measure("api", lambda w, t: api_cycle(clients[w], t), args.cycles, workers)
+            raw = measure("raw", lambda w, t: raw_cycle(lxcpath, t), args.cycles, workers)
+            results[workers] = (api, raw)
+            print(f"  ratio api/raw at {workers} worker(s): {api / raw:.2f}x")
+        print(f"agent RSS idle: {rss_mib(agent.proc.pid):.1f} MiB")
+        c = clients[0]
+        for i in range(args.idle_containers):
+            c.call("container_create", "busybox", f"rss.{i}")
+            c.call("container_start", f"rss.{i}")
+        c.call("container_ls")
+        c.call("hostinfo")
+        print(f"agent RSS with {args.idle_containers} running containers: {rss_mib(agent.proc.pid):.1f} MiB")
+        for cl in clients:
+            cl.close()
+        return 0
+    finally:
+        agent.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
