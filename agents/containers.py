@@ -184,7 +184,7 @@ class ContainerManager:
             except BaseException:
                 self._rollback_create(name)
                 raise
-        return self.inspect(name)
+            return self._view(rec, {"state": "STOPPED", "pid": None})
 
     def _create_options(self, options: dict | None) -> dict:
         opts = validate.options(options, CREATE_OPTIONS, "container_create")
@@ -245,16 +245,22 @@ class ContainerManager:
         """See AgentService.container_start."""
         with self.locked(name):
             rec = self._record(name)
-            self._start(rec)
-        return self.inspect(name)
+            pid = self._start(rec)
+            return self._view(rec, {"state": "RUNNING", "pid": pid})
 
-    def _start(self, rec: dict) -> None:
+    def _start(self, rec: dict) -> int | None:
         name = rec["name"]
-        if self._live_state(name) == "RUNNING":
-            raise errors.ContainerRunning(f"container {name!r} is already running")
-        self.network.remove_stale_veth(rec["veth"])  # left by an interrupted stop
         try:
-            self.lxc.start(name)
+            try:
+                pid = self.lxc.start(name)
+            except lxcerr.LxcStartFailed as exc:
+                # A veth left behind by an interrupted stop makes the start
+                # fail with "File exists" (PITFALLS); the name is this
+                # container's alone and it is not running: remove it, retry.
+                text = f"{getattr(exc, 'log_errors', '')} {exc.stderr}"
+                if "File exists" not in text or not self.network.remove_stale_veth(rec["veth"]):
+                    raise
+                pid = self.lxc.start(name)
         except lxcerr.LxcAlreadyRunning as exc:
             raise errors.ContainerRunning(f"container {name!r} is already running") from exc
         self.network.enable_hairpin(rec["veth"])
@@ -263,6 +269,7 @@ class ContainerManager:
         if rec["desired"] != "running":
             rec["desired"] = "running"
             self._save(rec)
+        return pid
 
     def stop(self, name: str, timeout_s: float | None) -> dict:
         """See AgentService.container_stop."""
@@ -278,33 +285,43 @@ class ContainerManager:
                 if rec["desired"] != "stopped":
                     rec["desired"] = "stopped"
                     self._save(rec)
-        return self.inspect(name)
+            return self._view(rec, {"state": "STOPPED", "pid": None})
 
     # ------------------------------------------------------------ destroy
     def destroy(self, name: str, force: bool) -> dict:
         """See AgentService.container_destroy."""
         with self.locked(name):
             rec = self._record(name)
-            state = self._live_state(name)
-            if state == "RUNNING" and not force:
+            if self._maybe_running(rec) and not force:
                 raise errors.ContainerRunning(
                     f"container {name!r} is running", hint="stop it first, or destroy with force")
             rec["phase"] = "destroying"
             self._save(rec)
             self._finish_destroy(rec)
+        self._locks.pop(name, None)
         return {"name": name, "destroyed": True}
 
+    def _maybe_running(self, rec: dict) -> bool:
+        """Whether the container runs: a running container always has its
+        host-side veth, so only when the veth exists is LXC asked."""
+        if not self.network.link_present(rec["veth"]):
+            return False
+        return self._live_state(rec["name"]) == "RUNNING"
+
     def _finish_destroy(self, rec: dict) -> None:
+        """Kill it if running, remove its rules, rootfs layer, config, veth
+        and record (the agent owns its LXC path: no lxc-destroy needed)."""
         name = rec["name"]
+        if self._maybe_running(rec):
+            try:
+                self.lxc.stop(name, kill=True)
+            except lxcerr.LxcNotRunning:
+                pass
         for m in self._mappings(rec):
             self.network.remove_mapping(m)
-        if os.path.exists(os.path.join(self._dir(name), "config")):
-            try:
-                self.lxc.destroy(name, force=True)
-            except lxcerr.LxcNotFound:
-                pass
         self._remove_files(name)
-        self.network.remove_stale_veth(rec["veth"])
+        if self.network.link_present(rec["veth"]):
+            self.network.remove_stale_veth(rec["veth"])
         self.state.delete(name)
         self.records.pop(name, None)
 

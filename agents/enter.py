@@ -28,28 +28,23 @@ import gevent
 import gevent.socket
 import msgpack
 import zmq.green as zmq
-from gevent import subprocess
 
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT_SECONDS = 60.0  # no message from the client (it pings every 5 s)
+IDLE_TIMEOUT_SECONDS = 60.0
+MAX_FRAME_BYTES = 1 << 20  # no message from the client (it pings every 5 s)
 
 
 def _set_winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _child_setup() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 class EnterSession:
     """One relay: PAIR socket + lxc-attach on a PTY."""
 
-    def __init__(self, ctx: zmq.Context, argv: list[str], bind_to: str, accept_timeout_s: float):
+    def __init__(self, ctx: zmq.Context, start, bind_to: str, accept_timeout_s: float):
         self.token = secrets.token_hex(16)
-        self.argv = argv
+        self.start = start  # start(tty_path) -> lxcwrap.spawn.Child
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 1000)
         if bind_to.startswith("tcp://"):
@@ -69,8 +64,13 @@ class EnterSession:
     def _recv(self, timeout_s: float):
         if not self.sock.poll(int(timeout_s * 1000)):
             return None
-        msg = msgpack.unpackb(self.sock.recv(), raw=False, strict_map_key=True,
-                              max_buffer_size=1 << 20)
+        frame = self.sock.recv()
+        if len(frame) > MAX_FRAME_BYTES:
+            return ["bad"]
+        try:
+            msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            return ["bad"]
         return msg if isinstance(msg, list) and msg else ["bad"]
 
     def _run(self) -> None:
@@ -85,12 +85,13 @@ class EnterSession:
             master, slave = pty.openpty()
             rows, cols = (int(hello[2]) or 24, int(hello[3]) or 80)
             _set_winsize(slave, rows, cols)
-            proc = subprocess.Popen(self.argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-                                    preexec_fn=_child_setup)
+            # a new session that opens the pty slave: it becomes the child's
+            # controlling terminal (job control, ^C, window size changes)
+            proc = self.start(os.ttyname(slave))
             os.close(slave)
             reader = gevent.spawn(self._pump_out, master)
             self._pump_in(master, reader)
-            code = proc.wait(timeout=10) if reader.ready() else None
+            code = proc.wait(10) if reader.ready() else None
             self._send("exit", code if code is not None else -1)
         except Exception:
             log.exception("enter session failed")
@@ -101,7 +102,7 @@ class EnterSession:
         finally:
             if proc is not None and proc.poll() is None:
                 proc.kill()
-                proc.wait()
+                proc.wait(10)
             if master is not None:
                 os.close(master)
             self.sock.close()
@@ -165,8 +166,9 @@ class EnterRelay:
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         self.accept_timeout_s = accept_timeout_s
 
-    def open(self, argv: list[str], via_tcp: bool) -> dict:
-        """Start a session running ``argv``.
+    def open(self, start, via_tcp: bool) -> dict:
+        """Start a session; ``start(tty_path)`` starts its process on the
+        terminal (e.g. Lxc.attach_tty bound to a container and command).
 
         Returns: {"token": hex, "transport": "tcp"|"ipc", "port"|"path",
         "expires_s": seconds to connect}."""
@@ -174,5 +176,5 @@ class EnterRelay:
             bind_to = self.tcp_bind
         else:
             bind_to = f"ipc://{os.path.join(self.run_dir, 'enter-' + secrets.token_hex(6) + '.sock')}"
-        session = EnterSession(self.ctx, argv, bind_to, self.accept_timeout_s)
+        session = EnterSession(self.ctx, start, bind_to, self.accept_timeout_s)
         return {"token": session.token, **session.endpoint, "expires_s": self.accept_timeout_s}

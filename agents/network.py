@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import random
 import re
 
@@ -286,6 +287,14 @@ class Network:
         digest = hashlib.sha256(f"{self.tag}\0{container_key}".encode()).hexdigest()
         return VETH_PREFIX + digest[:IFNAME_MAX_CHARS - len(VETH_PREFIX)]
 
+    @staticmethod
+    def link_present(name: str) -> bool:
+        """Whether a link of this name exists, read from sysfs
+        (/sys/class/net) without starting a tool: the caller must see the
+        sysfs of its own network namespace (true for the agent; the local
+        fleet mounts one per simulated host)."""
+        return os.path.lexists(os.path.join("/sys/class/net", _ifname(name, "link name")))
+
     def remove_stale_veth(self, name: str) -> bool:
         """Delete a leftover link named ``name`` (an interrupted stop leaves a
         fixed veth name behind and the next start fails with "File exists").
@@ -318,10 +327,14 @@ class Network:
             InvalidArgument: bad interface name.
             NetworkError: no such link, it is not on this bridge, or ip failed.
         """
-        link = self._link(_ifname(veth, "veth name"))
-        if link is None or link.get("master") != self.bridge:
-            raise NetworkError(f"{veth} is not a port of bridge {self.bridge}")
-        self._call(["ip", "link", "set", "dev", veth, "type", "bridge_slave", "hairpin", "on"])
+        _ifname(veth, "veth name")
+        done = self._call(["ip", "link", "set", "dev", veth, "type", "bridge_slave", "hairpin", "on"],
+                          ok=(0, 1, 2))
+        if done.returncode != 0:  # say why in our words (one call on the fast path)
+            link = self._link(veth)
+            if link is None or link.get("master") != self.bridge:
+                raise NetworkError(f"{veth} is not a port of bridge {self.bridge}")
+            raise NetworkError(f"cannot set hairpin on {veth}: {done.stderr_text}")
 
     # ------------------------------------------------------------ host ports
 

@@ -307,7 +307,7 @@ class AgentService:
         if self.m._live_state(name) != "RUNNING":
             raise errors.ContainerNotRunning(f"container {name!r} is not running")
         env = {**DEFAULT_EXEC_ENV, **rec["env"]}
-        return self.relay.open(self.m.lxc.attach_argv(name, argv, env),
+        return self.relay.open(lambda tty: self.m.lxc.attach_tty(name, argv, env, tty),
                                via_tcp=opts.get("via") == "tcp")
 
     @expose

@@ -23,7 +23,7 @@ import re
 import types
 import typing
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import gevent
 import msgpack

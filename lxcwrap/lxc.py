@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import signal
 from typing import Mapping, Sequence
 
 import gevent
-from gevent import subprocess
 
-from lxcwrap import errors
+from lxcwrap import errors, spawn
 from lxcwrap.run import DEFAULT_TIMEOUT_SECONDS, Completed, Runner, ToolNotFound, ToolTimeout, run
 
 #: Environment for processes started inside containers when the caller gives none.
@@ -107,21 +105,34 @@ class Lxc:
             raise self._fail(done, name, "lxc-info")
         return parse_info(done.stdout_text)
 
-    def start(self, name: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-        """``lxc-start -d``: the container's monitor daemonizes and outlives us.
+    def start(self, name: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> int | None:
+        """``lxc-start -d -p PIDFILE``: the container's monitor daemonizes and
+        outlives us.
+
+        Returns: the container init's pid (from the pid file), or None.
 
         Raises: LxcAlreadyRunning, LxcNotFound, LxcStartFailed (with the LXC
-        log's errors as hint)."""
-        done = self._call(self.tools.start, name, ["-d"], timeout_s)
+        log's errors in the message; ``.log_errors`` has them alone)."""
+        pidfile = os.path.join(self.lxcpath, name, "init.pid")
+        done = self._call(self.tools.start, name, ["-d", "-p", pidfile], timeout_s)
+        if "already running" in done.stderr_text.lower():  # lxc-start exits 0 then
+            raise errors.LxcAlreadyRunning(f"container {name!r} is already running", argv=done.argv,
+                                           returncode=done.returncode, stderr=done.stderr_text)
         if done.returncode == 0:
-            return
+            try:
+                with open(pidfile) as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                return None
         err = self._fail(done, name, "lxc-start")
         if type(err) is errors.LxcError:
             cause = self.log_tail(name)
-            raise errors.LxcStartFailed(
+            failed = errors.LxcStartFailed(
                 f"container {name!r} failed to start" + (f": {cause}" if cause else ""),
                 argv=done.argv, returncode=done.returncode, stderr=done.stderr_text,
                 hint=f"see {os.path.join(self.lxcpath, name, 'lxc.log')}")
+            failed.log_errors = cause
+            raise failed
         raise err
 
     def stop(self, name: str, timeout_s: float = 10.0, kill: bool = False) -> None:
@@ -165,6 +176,20 @@ class Lxc:
             argv += ["-v", f"{key}={value}"]
         return [*argv, "--", *command]
 
+    def attach_tty(self, name: str, command: Sequence[str], env: Mapping[str, str] | None,
+                   tty_path: str) -> spawn.Child:
+        """Start ``lxc-attach`` for an interactive session on the terminal at
+        ``tty_path`` (a pty slave), in a new session whose controlling
+        terminal it is; lxc-attach allocates the container-side pty.
+
+        Returns: the running Child (wait/kill it).
+        Raises: LxcToolMissing."""
+        argv = self.attach_argv(name, command, env)
+        try:
+            return spawn.Child(argv, os.environ, ctty=tty_path)
+        except FileNotFoundError as exc:
+            raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc
+
     def exec(self, name: str, command: Sequence[str], *, env: Mapping[str, str] | None = None,
              timeout_s: float = DEFAULT_TIMEOUT_SECONDS, max_output_bytes: int = 16 << 20,
              input_bytes: bytes | None = None) -> dict:
@@ -186,79 +211,21 @@ class Lxc:
         argv = self.attach_argv(name, command, env)
         started = gevent.get_hub().loop.now()
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
-                                    start_new_session=True)
+            child = spawn.Child(argv, os.environ, stdin="pipe" if input_bytes is not None else "null",
+                                setsid=True)
         except FileNotFoundError as exc:
             raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc
-        outs = {"stdout": bytearray(), "stderr": bytearray()}
-        trunc = {"stdout": False, "stderr": False}
-
-        def drain(key: str, stream) -> None:
-            buf = outs[key]
-            while True:
-                chunk = stream.read(65536)
-                if not chunk:
-                    return
-                room = max_output_bytes - len(buf)
-                if room > 0:
-                    buf += chunk[:room]
-                if len(chunk) > room:
-                    trunc[key] = True
-
-        readers = [gevent.spawn(drain, "stdout", proc.stdout), gevent.spawn(drain, "stderr", proc.stderr)]
-        timed_out = False
-        try:
-            if input_bytes is not None:
-                gevent.spawn(_feed, proc.stdin, input_bytes)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _terminate(proc)
-            gevent.joinall(readers, timeout=5)
-        finally:
-            if proc.poll() is None:
-                _terminate(proc)
-            gevent.killall(readers)
-            for s in (proc.stdout, proc.stderr):
-                s.close()
+        out = spawn.communicate(child, timeout_s, max_output_bytes, input_bytes)
         duration = gevent.get_hub().loop.now() - started
-        err = bytes(outs["stderr"])
-        code = proc.returncode
+        err, code = out["stderr"], out["returncode"]
         if code in (127, 1) and b"Failed to exec" in err and b"lxc_attach_run_command" in err:
             raise errors.LxcExecNotFound(f"{command[0]!r}: no such command in container {name!r}",
                                          argv=argv, returncode=code, stderr=err.decode(errors="replace"))
         if code != 0 and (b"Failed to get init pid" in err or b"Connection refused - Failed to get" in err):
             raise errors.LxcNotRunning(f"container {name!r} is not running", argv=argv, returncode=code)
-        return {"exit_code": code if code is not None else -9, "stdout": bytes(outs["stdout"]), "stderr": err,
-                "stdout_truncated": trunc["stdout"], "stderr_truncated": trunc["stderr"],
-                "duration_s": round(duration, 6), "timed_out": timed_out}
-
-
-def _feed(stdin, data: bytes) -> None:
-    try:
-        stdin.write(data)
-    except OSError:
-        pass
-    finally:
-        try:
-            stdin.close()
-        except OSError:
-            pass
-
-
-def _terminate(proc) -> None:
-    """SIGTERM the attach session (lxc-attach forwards it), then SIGKILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=2)
-    except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        return {"exit_code": code, "stdout": out["stdout"], "stderr": err,
+                "stdout_truncated": out["stdout_truncated"], "stderr_truncated": out["stderr_truncated"],
+                "duration_s": round(duration, 6), "timed_out": out["timed_out"]}
 
 
 def parse_ls(text: str) -> list[dict]:

@@ -1,8 +1,10 @@
 """The one seam through which dcfleet starts host tools.
 
 ``run(argv, timeout_s)`` starts a process from an argv list (never a shell
-string) with gevent's cooperative subprocess module, so a slow tool never
-freezes the ZeroRPC heartbeats of the service that called it.  Tests can hand
+string) cooperatively (``lxcwrap.spawn``: posix_spawn, a libev child watcher
+and non-blocking pipes), so a slow tool never freezes the ZeroRPC heartbeats
+of the service that called it.  A tool that outlives its timeout, or whose
+caller goes away, is killed with its whole process group.  Tests can hand
 any caller another ``Runner`` (for instance one that prefixes
 ``ip netns exec NS`` or replays recorded output).
 
@@ -19,8 +21,7 @@ import dataclasses
 import os
 from typing import Callable, Mapping, Sequence
 
-import gevent
-from gevent import subprocess
+from lxcwrap import spawn
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
 
@@ -95,31 +96,13 @@ def run(
     if env is None:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"}
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if input_bytes is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-            env=dict(env),
-        )
+        child = spawn.Child(argv, env, stdin="pipe" if input_bytes is not None else "null", setsid=True)
     except FileNotFoundError as exc:
         raise ToolNotFound(f"{argv[0]}: not installed", argv) from exc
-    try:
-        out, err = proc.communicate(input=input_bytes, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        proc.kill()
-        out, err = proc.communicate()
-        raise ToolTimeout(f"{argv[0]} ran past {timeout_s:g} s and was killed", argv,
-                          Completed(tuple(argv), -9, out or b"", err or b"")) from exc
-    except BaseException:
-        # Our greenlet was killed (e.g. zerorpc gave up on the caller): never
-        # leave the child behind.
-        if proc.poll() is None:
-            proc.kill()
-            gevent.spawn(proc.wait)
-        raise
-    done = Completed(tuple(argv), proc.returncode, out or b"", err or b"")
+    out = spawn.communicate(child, timeout_s, input_bytes=input_bytes)
+    done = Completed(tuple(argv), out["returncode"], out["stdout"], out["stderr"])
+    if out["timed_out"]:
+        raise ToolTimeout(f"{argv[0]} ran past {timeout_s:g} s and was killed", argv, done)
     if check and done.returncode != 0:
         raise ToolFailed(f"{argv[0]} exited {done.returncode}: {done.stderr_text[-500:]}", argv, done)
     return done
