@@ -109,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-address")
     p.add_argument("--max-containers", type=int)
     p.add_argument("--heartbeat-s", type=float)
+    p.add_argument("--reservable-memory-bytes", type=int, help="memory container limits may reserve (0: 90%% of RAM)")
     p.add_argument("--label", action="append", help="KEY=VALUE placement label (repeatable)")
     p.add_argument("--log-level")
     return p

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import collections.abc
 import io
+import time
 import json
 import sys
 from typing import Any, TextIO
@@ -115,6 +116,17 @@ def kv_lines(value: dict, indent: int = 0) -> list[str]:
     return out
 
 
+def cell_text(column: str, value: Any) -> str:
+    """A table cell: sizes (``*_bytes``) in KiB/MiB/GiB, Unix timestamps
+    (``created``, ``last_heartbeat``) as UTC times; else scalar_text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if str(column).endswith("_bytes"):
+            return _size(value)
+        if column in ("created", "last_heartbeat", "boot_time"):
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+    return scalar_text(value)
+
+
 def table_text(rows: list[dict], is_tty: bool = False) -> str:
     """A table of ``rows`` (dicts); columns are keys in first-seen order;
     a bold header when ``is_tty``."""
@@ -125,7 +137,7 @@ def table_text(rows: list[dict], is_tty: bool = False) -> str:
     for col in columns:
         table.add_column(str(col), overflow="fold")
     for row in rows:
-        table.add_row(*(scalar_text(row.get(c)) for c in columns))
+        table.add_row(*(cell_text(c, row.get(c)) for c in columns))
     buf = io.StringIO()
     # Never fold cells to the terminal's width: long lines wrap like docker ps's.
     console = Console(file=buf, width=100_000, force_terminal=is_tty, no_color=not is_tty,
@@ -170,6 +182,53 @@ def render_exec(result: dict, stdout: TextIO, stderr: TextIO) -> int:
     return exec_exit_code(result)
 
 
+def is_fanout_result(value: Any) -> bool:
+    """A hub broadcast answer: {summary, results {host: {status, ...}}}."""
+    return (isinstance(value, dict) and isinstance(value.get("summary"), dict)
+            and isinstance(value.get("results"), dict) and "targeted" in value["summary"])
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def result_digest(result: Any, width: int = 100) -> str:
+    """One line that says what a host answered (ops_run: exit code and the
+    first output line; hostinfo: load, memory, containers; else compact JSON)."""
+    if isinstance(result, dict) and "exit_code" in result and "stdout" in result:
+        out = result["stdout"]
+        out = out.decode(errors="replace") if isinstance(out, (bytes, bytearray)) else str(out)
+        line = (out.strip().splitlines() or [""])[0]
+        return f"exit {result['exit_code']}: {line}"[:width]
+    if isinstance(result, dict) and isinstance(result.get("metrics"), dict):
+        m, cap = result["metrics"], result.get("capacity") or {}
+        load = (m.get("load_avg") or [None])[0]
+        return (f"load {load if load is None else round(load, 2)}, mem {_size(m.get('memory_used_bytes'))}/"
+                f"{_size(m.get('memory_total_bytes'))}, containers {cap.get('containers', '-')}, "
+                f"unreserved {_size(cap.get('memory_unreserved_bytes'))}")[:width]
+    text = dumps(result, indent=None)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render_fanout(result: dict, stdout: TextIO) -> None:
+    s = result["summary"]
+    print(f"targeted {s['targeted']}: {s['ok']} ok, {s['error']} error, {s['timeout']} timeout "
+          f"({s.get('duration_s', 0) * 1000:.0f} ms)", file=stdout)
+    rows = []
+    for host, r in result["results"].items():
+        detail = result_digest(r.get("result")) if r["status"] == "ok" else \
+            f"{r.get('error', '')}: {r.get('message', '')}" if r["status"] == "error" else "no answer in time"
+        rows.append({"host": host, "status": r["status"], "answer": detail})
+    if rows:
+        stdout.write(table_text(rows, is_tty=_isatty(stdout)))
+
+
 def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Print ``result`` readably; returns the exit code (0, or an exec
     result's exit code)."""
@@ -177,6 +236,13 @@ def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = No
     stderr = stderr or sys.stderr
     if is_exec_result(result):
         return render_exec(result, stdout, stderr)
+    if is_fanout_result(result):
+        render_fanout(result, stdout)
+        return 0
+    if isinstance(result, list) and result and all(isinstance(r, dict) and "metrics" in r for r in result):
+        stdout.write(table_text([{"host": r.get("host"), "status": r.get("status", "ok"),
+                                  "summary": result_digest(r)} for r in result], is_tty=_isatty(stdout)))
+        return 0
     if is_stream(result):
         for item in result:
             if isinstance(item, dict):

@@ -221,10 +221,31 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
            "--state-dir", h["state_dir"], "--bridge", h["bridge"], "--subnet", h["subnet"],
            "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
     if state["hub"]:
-        cmd += ["--hub", state["hub"]["tcp"]]
+        cmd += ["--hub", state["hub"]["tcp"], "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
     tmp = f"{state['dirs']['run']}/{h['name']}.cgroup"
     return [*_in_net(h["netns"]), "unshare", "--mount", "--propagation", "slave", "--",
             "sh", "-c", _ENTER_SH, "sh", tmp, *cmd, *agent_args]
+
+
+def seed_hub(state: dict, timeout_s: float) -> None:
+    """Wait until every host has registered with the hub, then push the
+    busybox base image from host-1 into the hub's registry (every host built
+    the same image id offline, so no host needs to pull it)."""
+    from dcctl import errors, wire
+    deadline = time.monotonic() + timeout_s
+    with wire.connect(state["hub"]["ipc"], timeout_s=30) as hub:
+        while True:
+            alive = {h["name"] for h in hub.call("hosts") if h["state"] == "alive"}
+            if alive >= {h["name"] for h in state["hosts"]}:
+                break
+            if time.monotonic() > deadline:
+                raise FleetError(f"hosts did not register with the hub in {timeout_s:g} s "
+                                 f"(registered: {', '.join(sorted(alive)) or 'none'})")
+            time.sleep(0.2)
+        try:
+            hub.call("image_push", state["hosts"][0]["name"], "busybox", timeout_s=120)
+        except errors.DcError as exc:
+            raise FleetError(f"pushing busybox to the hub: {type(exc).__name__}: {exc}") from exc
 
 
 def ping(endpoint: str, timeout_s: float = 2.0) -> bool:
@@ -257,12 +278,13 @@ def _wait_ready(procs: dict, timeout_s: float) -> None:
 
 
 def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
-       agent_args: list[str] = (), timeout_s: float = 60.0) -> dict:
+       agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0) -> dict:
     """Bring a fleet up (see the module docstring) and return its state.
 
     Raises: FleetError (bad arguments, already up, a step failed); on failure
     after the first change everything made is undone."""
     state, p = plan(prefix, n, subnet, hub_port, hub), paths(prefix)
+    state["heartbeat_s"] = heartbeat_s
     if load(prefix) or _netns(prefix) or os.path.exists(f"/sys/class/net/{p['bridge']}") or _root_veths(prefix):
         raise FleetError(f"a fleet with prefix {prefix!r} is already up (or left over): "
                          f"run `ops/fleet down --prefix {prefix}` first")
@@ -292,7 +314,7 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             hd = state["hub"]
             os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
             argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
-                    "--state-dir", hd["state_dir"]]
+                    "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s)]
             procs["hub"] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
             hd["pid"] = procs["hub"][0].pid
         for h in state["hosts"]:
@@ -301,6 +323,8 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             h["pid"] = procs[h["name"]][0].pid
         save(state)
         _wait_ready(procs, timeout_s)
+        if hub:
+            seed_hub(state, timeout_s)
         state["status"] = "up"
         save(state)
         return state
@@ -404,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--no-hub", action="store_true", help="no hub; agents get no --hub")
     u.add_argument("--hub-port", type=int, default=7100)
     u.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the agents and hub")
+    u.add_argument("--heartbeat-s", type=float, default=2.0, help="seconds between agent heartbeats")
     sub.add_parser("status", parents=[common], help="hosts: pid alive, ping ok")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the fleet")
     args = ap.parse_args(argv)
@@ -417,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM undoes like ^C
         try:
             state = up(args.prefix, args.n, args.fleet_subnet, args.hub_port, not args.no_hub,
-                       args.agent_arg, args.timeout)
+                       args.agent_arg, args.timeout, args.heartbeat_s)
         except (Exception, KeyboardInterrupt) as exc:
             why = str(exc) if isinstance(exc, FleetError) else "interrupted; everything made was removed" \
                 if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
