@@ -1,0 +1,272 @@
+"""The hub and a fleet of real agents, each in its own network namespace,
+on real LXC: placement, routing, pulls, broadcast, worker queue, restarts."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+
+import gevent
+import pytest
+
+from dcctl import errors, wire
+from ops import fleet as fleetmod
+
+pytestmark = pytest.mark.lxc
+MiB = 1 << 20
+RESERVABLE = 1024 * MiB
+HEARTBEAT_S = 1.0
+
+
+def _free_subnet() -> str:
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    for _ in range(50):
+        net = ipaddress.IPv4Network(f"10.209.{secrets.randbelow(256)}.0/24")
+        if str(net.network_address)[:-1] not in routes:
+            return str(net)
+    raise RuntimeError("no free test subnet")
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    if os.geteuid() != 0:
+        pytest.skip("needs root, LXC and network namespaces")
+    prefix = "dft" + secrets.token_hex(2)
+    state = fleetmod.up(prefix, 4, _free_subnet(), agent_args=[f"--reservable-memory-bytes={RESERVABLE}"],
+                        heartbeat_s=HEARTBEAT_S)
+    try:
+        yield state
+    finally:
+        left = fleetmod.down(prefix)
+        assert not left, left
+
+
+@pytest.fixture
+def hub(fleet):
+    """A client of the fleet's hub; containers a test made are destroyed after it."""
+    client = wire.connect(fleet["hub"]["ipc"], timeout_s=120)
+    yield client
+    for c in client.call("container_ls"):
+        try:
+            client.call("container_destroy", c["name"], True)
+        except errors.DcError:
+            pass
+    client.close()
+
+
+def agent(fleet, host: str) -> wire.RpcClient:
+    h = next(h for h in fleet["hosts"] if h["name"] == host)
+    return wire.connect(h["ipc"], timeout_s=120)
+
+
+def test_create_spreads_by_free_capacity_and_serves_http(hub, fleet):
+    placed = [hub.call("create_container", "busybox", f"spread.{i}", {"memory_bytes": 256 * MiB})
+              for i in range(4)]
+    assert sorted(p["host"] for p in placed) == ["host-1", "host-2", "host-3", "host-4"]
+    web = placed[0]
+    assert web["ports"][0]["container_port"] == 80
+    url = f"http://{web['address']}:{web['ports'][0]['host_port']}/"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            page = urllib.request.urlopen(url, timeout=2).read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert "spread.0" in page and web["host"] in page
+    listed = {c["name"]: c["host"] for c in hub.call("container_ls")}
+    assert listed == {p["name"]: p["host"] for p in placed}
+    out = hub.call("container_exec", "spread.2", ["hostname"])
+    assert out["stdout"] == b"spread.2\n"
+
+
+def test_full_host_is_never_chosen_and_nocapacity_names_each_host(hub):
+    for i in range(4):
+        assert hub.call("create_container", "busybox", f"full.{i}",
+                        {"memory_bytes": 256 * MiB, "host": "host-1", "no_start": True})["host"] == "host-1"
+    with pytest.raises(errors.NoCapacity, match="host-1"):
+        hub.call("create_container", "busybox", "full.more", {"memory_bytes": 256 * MiB, "host": "host-1"})
+    others = [hub.call("create_container", "busybox", f"other.{i}", {"memory_bytes": 256 * MiB, "no_start": True})
+              for i in range(6)]
+    assert "host-1" not in {p["host"] for p in others}
+    with pytest.raises(errors.NoCapacity) as info:
+        hub.call("create_container", "busybox", "too.big", {"memory_bytes": 2048 * MiB})
+    for host in ("host-1", "host-2", "host-3", "host-4"):
+        assert f"{host}: needs" in str(info.value)
+    rows = {h["name"]: h for h in hub.call("hosts")}
+    assert rows["host-1"]["memory_free_bytes"] == 0
+
+
+def test_concurrent_creates_never_overcommit(hub, fleet):
+    clients = [wire.connect(fleet["hub"]["ipc"], timeout_s=120) for _ in range(20)]
+
+    def create(i):
+        try:
+            return clients[i].call("create_container", "busybox", f"race.{i}",
+                                   {"memory_bytes": 300 * MiB, "no_start": True})["host"]
+        except errors.NoCapacity:
+            return None
+
+    hosts = [g.value for g in gevent.joinall([gevent.spawn(create, i) for i in range(20)])]
+    for c in clients:
+        c.close()
+    placed = [h for h in hosts if h]
+    assert len(placed) == 12  # three 300 MiB containers fit in each host's 1 GiB
+    for host in ("host-1", "host-2", "host-3", "host-4"):
+        assert placed.count(host) == 3
+        with agent(fleet, host) as a:
+            reserved = sum(c["memory_limit_bytes"] or 0 for c in a.call("container_ls"))
+        assert reserved <= RESERVABLE
+
+
+def test_one_name_created_ten_times_succeeds_once(hub, fleet):
+    clients = [wire.connect(fleet["hub"]["ipc"], timeout_s=120) for _ in range(10)]
+    results = []
+
+    def create(i):
+        started = time.monotonic()
+        try:
+            clients[i].call("create_container", "busybox", "same.name", {"no_start": True})
+            results.append(("ok", time.monotonic() - started))
+        except errors.ContainerExists:
+            results.append(("exists", time.monotonic() - started))
+
+    gevent.joinall([gevent.spawn(create, i) for i in range(10)])
+    for c in clients:
+        c.close()
+    assert sorted(r for r, _ in results) == ["exists"] * 9 + ["ok"]
+    assert max(t for r, t in results if r == "exists") < 2.0  # refused at the claim, before any pull
+    assert [c["name"] for c in hub.call("container_ls")] == ["same.name"]
+
+
+def test_a_host_without_the_image_pulls_it(hub, fleet, tmp_path):
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "motd").write_text(f"pulled {secrets.token_hex(4)}\n")
+    tar = tmp_path / "tiny.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(rootfs, arcname=".")
+    with agent(fleet, "host-1") as a1:
+        made = a1.call("image_import", str(tar), "tiny")
+    pushed = hub.call("image_push", "host-1", "tiny")
+    assert pushed["id"] == made["id"]
+    with agent(fleet, "host-3") as a3:
+        assert "tiny" not in [i["name"] for i in a3.call("image_ls")]
+    placed = hub.call("create_container", "tiny", "tiny.one", {"host": "host-3", "no_start": True})
+    assert placed["host"] == "host-3"
+    with agent(fleet, "host-3") as a3:
+        local = {i["name"]: i for i in a3.call("image_ls")}["tiny"]
+    assert local["id"] == made["id"] and local["layers"] == made["layers"]
+    # two pulls of one new image on one host download it once
+    hub.call("image_push", "host-1", "tiny")
+    with agent(fleet, "host-2") as a2:
+        clients = [agent(fleet, "host-2") for _ in range(2)]
+        pulls = [g.value for g in gevent.joinall([gevent.spawn(c.call, "image_pull", "tiny") for c in clients])]
+        for c in clients:
+            c.close()
+        assert sorted(p["pulled"] for p in pulls) == [False, True]
+        assert [i["id"] for i in a2.call("image_ls") if i["name"] == "tiny"] == [made["id"]]
+
+
+def test_broadcast_with_a_frozen_host_returns_within_its_timeout(hub, fleet):
+    frozen = next(h for h in fleet["hosts"] if h["name"] == "host-4")
+    os.kill(frozen["pid"], signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        out = hub.call("broadcast", "ops_facts", [], {"timeout_s": 2.0})
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(frozen["pid"], signal.SIGCONT)
+    assert elapsed < 3.0
+    assert out["results"]["host-4"]["status"] == "timeout"
+    assert [out["results"][h]["status"] for h in ("host-1", "host-2", "host-3")] == ["ok"] * 3
+    assert out["summary"]["targeted"] == 4 and out["summary"]["ok"] == 3 and out["summary"]["timeout"] == 1
+    targeted = hub.call("broadcast", "ops_run", ["hostname"], {"target": "host-[12]"})
+    assert sorted(targeted["results"]) == ["host-1", "host-2"]
+    _wait_all_alive(hub)
+
+
+def _wait_all_alive(hub, timeout_s: float = 10.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        rows = hub.call("hosts")
+        if len(rows) == 4 and all(h["state"] == "alive" for h in rows):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"hosts not all alive: {hub.call('hosts')}")
+
+
+def test_worker_queue_runs_one_call_per_idle_host(hub, fleet):
+    _wait_all_alive(hub)
+    clients = [wire.connect(fleet["hub"]["ipc"], timeout_s=60) for _ in range(8)]
+    started = time.monotonic()
+    runs = [g.value for g in gevent.joinall(
+        [gevent.spawn(c.call, "queue", "ops_run", ["sleep 1; echo done"], {"timeout_s": 30}) for c in clients])]
+    elapsed = time.monotonic() - started
+    for c in clients:
+        c.close()
+    assert all(r["result"]["stdout"] == "done\n" for r in runs)
+    per_host = sorted(r["host"] for r in runs)
+    assert per_host == sorted(["host-1", "host-2", "host-3", "host-4"] * 2)
+    assert 1.9 < elapsed < 3.5, elapsed
+
+
+def test_hub_restart_loses_nothing(hub, fleet):
+    placed = hub.call("create_container", "busybox", "survive.hub", {"no_start": True})
+    hd = fleet["hub"]
+    pid = int(open(hd["pid_file"]).read())
+    os.kill(pid, signal.SIGKILL)
+    argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
+            "--state-dir", hd["state_dir"], "--heartbeat-s", str(HEARTBEAT_S)]
+    with open(hd["log"], "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True,
+                                cwd=fleetmod.REPO, env={**os.environ, "PYTHONPATH": fleetmod.REPO})
+    with open(hd["pid_file"], "w") as f:
+        f.write(str(proc.pid))
+    started = time.monotonic()
+    with wire.connect(hd["ipc"], timeout_s=10) as again:
+        while True:
+            try:
+                hosts = again.call("hosts")
+                listed = again.call("container_ls")
+                if len(hosts) == 4 and all(h["state"] == "alive" for h in hosts) and \
+                        [c["name"] for c in listed] == ["survive.hub"]:
+                    break
+            except errors.DcError:
+                pass
+            assert time.monotonic() - started < 2 * HEARTBEAT_S + 3, "fleet views not whole in time"
+            time.sleep(0.1)
+        assert listed[0]["host"] == placed["host"]
+        # a second hub on the same store is refused
+        done = subprocess.run([sys.executable, "-m", "hub.main", "--listen", "ipc:///tmp/dft-second.sock",
+                               "--state-dir", hd["state_dir"]], capture_output=True, text=True, timeout=30,
+                              cwd=fleetmod.REPO, env={**os.environ, "PYTHONPATH": fleetmod.REPO})
+        assert done.returncode == 1 and "HubBusy" in done.stderr
+
+
+@pytest.mark.parametrize("call, exc", [
+    (("container_start", "no.such"), errors.NoSuchContainer),
+    (("container_exec", "no.such", ["true"]), errors.NoSuchContainer),
+    (("create_container", "busybox", "bad name"), errors.InvalidArgument),
+    (("create_container", "nosuchimage", "ok.name"), errors.ImageNotFound),
+    (("create_container", "busybox", "ok.name", {"host": "host-99"}), errors.NoSuchHost),
+    (("create_container", "busybox", "ok.name", {"strategy": "random"}), errors.InvalidArgument),
+    (("image_push", "host-99", "busybox"), errors.NoSuchHost),
+    (("broadcast", "no_such_method"), None),
+])
+def test_bad_input_through_the_hub(hub, call, exc):
+    if exc is None:
+        out = hub.call(*call)
+        assert {r["error"] for r in out["results"].values()} == {"NoSuchMethod"}
+    else:
+        with pytest.raises(exc):
+            hub.call(*call)
+    assert hub.call("container_ls") == []
