@@ -128,9 +128,11 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
                                                      and name not in ("--json", "--help")):
             if not eq:
                 if i >= len(argv) or argv[i].startswith("--"):
-                    raise UsageError(f"option {name} needs a value",
-                                     hint=f"write {name} VALUE (flags too: {name} true)")
-                inline, i = argv[i], i + 1
+                    if name in ("-H", "--host", "--timeout"):
+                        raise UsageError(f"option {name} needs a value", hint=f"write {name} VALUE")
+                    inline = "true"  # a bare flag (--no-start) at the end or before another flag
+                else:
+                    inline, i = argv[i], i + 1
             if name in ("-H", "--host"):
                 cmd.endpoint = inline
             elif name == "--timeout":

@@ -146,6 +146,11 @@ def test_list_param_takes_remaining_words_and_exec_passthrough(capsys, endpoint)
     assert err.startswith("warn")
 
 
+def test_bare_flag_means_true(capsys, endpoint):
+    code, out, _ = run(capsys, "-H", endpoint, "--json", "echo", "bob", "--no-start", "--x", "2")
+    assert code == 0 and json.loads(out)["options"] == {"no_start": True, "x": 2}
+
+
 def test_command_words_after_the_command_are_literal(capsys, endpoint):
     code, out, _ = run(capsys, "-H", endpoint, "container_exec", "web", "ls", "-l", "--json")
     assert code == 0 and out == "ls -l --json\n"
@@ -208,7 +213,7 @@ def test_unknown_method_is_the_servers_no_such_method(capsys, endpoint):
     (["add", "1", "2", "3"], "too many arguments: 3"),
     (["add", "1", "2", "--x", "1"], "add takes no --options"),
     (["container_start", "web", "-l"], "unknown option -l"),
-    (["echo", "bob", "--flag"], "option --flag needs a value"),
+    (["echo", "bob", "--timeout"], "option --timeout needs a value"),
     (["echo", "bob", "--env", "novalue"], "--env wants NAME=VALUE"),
     (["--timeout", "0", "add", "1", "2"], "--timeout wants a positive number"),
 ])
