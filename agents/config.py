@@ -56,6 +56,9 @@ class AgentConfig:
     enter_accept_timeout_s: float = 30.0
     # Log level name.
     log_level: str = "INFO"
+    # Benchmarks only: serve the real RPC surface but start no tool (no LXC,
+    # no bridge, no netfilter), like kubemark's hollow nodes.
+    hollow: bool = False
 
     def __post_init__(self) -> None:
         if not self.lxc_path:
@@ -112,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reservable-memory-bytes", type=int, help="memory container limits may reserve (0: 90%% of RAM)")
     p.add_argument("--label", action="append", help="KEY=VALUE placement label (repeatable)")
     p.add_argument("--log-level")
+    p.add_argument("--hollow", action="store_true", default=None,
+                   help="benchmarks only: start no tool (no LXC, bridge or netfilter)")
     return p
 
 

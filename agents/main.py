@@ -25,6 +25,7 @@ from dcctl import errors
 from dcctl.wire import Service
 from images.store import ImageStore
 from lxcwrap.lxc import Lxc
+from lxcwrap.run import hollow_run, run
 
 log = logging.getLogger("dc-agent")
 
@@ -33,11 +34,13 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
     """Assemble the agent from its settings and recover its containers."""
     for d in (cfg.state_dir, cfg.lxc_path):
         os.makedirs(d, mode=0o700, exist_ok=True)
-    network = netmod.Network(cfg.bridge, cfg.subnet, tuple(cfg.port_range))
+    runner = hollow_run if cfg.hollow else run
+    network = netmod.Network(cfg.bridge, cfg.subnet, tuple(cfg.port_range), run=runner)
     network.ensure_bridge()
     images = ImageStore(os.path.join(cfg.state_dir, "images"))
-    manager = ContainerManager(cfg, network, images, Lxc(cfg.lxc_path))
-    manager.ensure_base_images()
+    manager = ContainerManager(cfg, network, images, Lxc(cfg.lxc_path, run=runner))
+    if not cfg.hollow:
+        manager.ensure_base_images()
     manager.recover()
     relay = EnterRelay(cfg.listen, os.path.join(cfg.state_dir, "run"), cfg.enter_accept_timeout_s)
     service = Service(AgentService(manager, relay), name=f"dc-agent@{cfg.host_name}", translate=translate)

@@ -108,6 +108,14 @@ def run(
     return done
 
 
+def hollow_run(argv: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_SECONDS, **kw) -> Completed:
+    """A Runner that starts nothing and reports success with no output: the
+    runtime of a "hollow" agent (like Kubernetes' kubemark hollow nodes),
+    which serves the real RPC surface for fan-out benchmarks without
+    touching LXC, links or netfilter."""
+    return Completed(tuple(str(a) for a in argv), 0, b"", b"")
+
+
 def netns_runner(namespace: str, base: Runner = run) -> Runner:
     """A Runner that runs every tool inside network namespace ``namespace``
     (``ip netns exec``); used by tests and the local fleet."""

@@ -1,0 +1,117 @@
+"""bench/fanout: a hub broadcast of a trivial method to N agents, beside a
+plain gevent fan-out of raw zerorpc calls to the same N agents, in the same
+run; median and p99 milliseconds per broadcast for N = 10, 50, 100.
+
+The agents are the real dc-agent in hollow mode (``--hollow``: the real RPC
+surface and code paths, but no LXC, bridge or netfilter, like kubemark's
+hollow nodes), each its own process on an ipc endpoint, registered with a
+real dc-hub.  The method is ``container_ls``.
+
+Run as root:  python3 bench/fanout.py [--sizes 10,50,100] [--rounds 50]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gevent  # noqa: E402
+import gevent.pool  # noqa: E402
+import zerorpc  # noqa: E402
+
+from dcctl import wire  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start(argv: list[str], log: str) -> subprocess.Popen:
+    with open(log, "ab") as f:
+        return subprocess.Popen(argv, stdout=f, stderr=f, start_new_session=True, cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": REPO})
+
+
+def wait_for(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    s = sorted(samples)
+    return statistics.median(s) * 1000, s[min(len(s) - 1, int(len(s) * 0.99))] * 1000
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="10,50,100")
+    p.add_argument("--rounds", type=int, default=50)
+    args = p.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    root = tempfile.mkdtemp(prefix="dcbench-")
+    procs: list[subprocess.Popen] = []
+    try:
+        hub_ep = f"ipc://{root}/hub.sock"
+        procs.append(start([sys.executable, "-m", "hub.main", "--listen", hub_ep, "--state-dir", f"{root}/hub",
+                            "--heartbeat-s", "5"], f"{root}/hub.log"))
+        hub = wire.connect(hub_ep, timeout_s=60)
+        wait_for(lambda: os.path.exists(f"{root}/hub.sock"), 30, "the hub")
+        endpoints: list[str] = []
+        print(f"bench/fanout: {args.rounds} broadcasts of container_ls per size, {os.cpu_count()} CPUs")
+        for n in sizes:
+            while len(endpoints) < n:
+                i = len(endpoints)
+                ep = f"ipc://{root}/a{i}.sock"
+                procs.append(start([sys.executable, "-m", "agents.main", "--hollow", "--listen", ep,
+                                    "--state-dir", f"{root}/a{i}", "--bridge", f"dcbh{i}",
+                                    "--subnet", "10.255.0.0/24", "--host-name", f"hollow-{i:03d}",
+                                    "--hub", hub_ep, "--heartbeat-s", "5"], f"{root}/a{i}.log"))
+                endpoints.append(ep)
+            wait_for(lambda: sum(h["state"] == "alive" for h in hub.call("hosts")) >= n, 300, f"{n} agents")
+            raw_clients = [zerorpc.Client(ep, timeout=30) for ep in endpoints[:n]]
+            pool = gevent.pool.Pool(256)
+
+            def raw_round():
+                gevent.joinall([pool.spawn(c, "container_ls") for c in raw_clients], raise_error=True)
+
+            def hub_round():
+                out = hub.call("broadcast", "container_ls", [], {"timeout_s": 30})
+                assert out["summary"]["ok"] == n, out["summary"]
+
+            for fn in (raw_round, hub_round):  # warm up connections
+                fn()
+            raw_t, hub_t = [], []
+            for _ in range(args.rounds):
+                for fn, acc in ((raw_round, raw_t), (hub_round, hub_t)):
+                    t = time.perf_counter()
+                    fn()
+                    acc.append(time.perf_counter() - t)
+            (rm, rp), (hm, hp) = percentiles(raw_t), percentiles(hub_t)
+            print(f"  N={n:3d}  raw fan-out: median {rm:7.2f} ms  p99 {rp:7.2f} ms   "
+                  f"hub broadcast: median {hm:7.2f} ms  p99 {hp:7.2f} ms   ratio {hm / rm:.2f}x")
+            for c in raw_clients:
+                c.close()
+        hub.close()
+        return 0
+    finally:
+        for pr in procs:
+            try:
+                os.killpg(pr.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pr in procs:
+            pr.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
