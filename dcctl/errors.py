@@ -31,6 +31,8 @@ A server raises one of these; the wire layer sends its class name and message
      +-- Unreachable                      cannot reach the server at that endpoint
      |    +-- HostLost                     a host died while running a call
      +-- HubBusy                          another hub holds the same store
+     +-- Unauthorized                     the caller's key is not (or no longer) allowed
+     +-- PermissionDenied                 the caller's role may not call this method
      +-- LxcFailure                       an LXC tool failed in a way not covered above
      +-- StoreError                       the image store failed (I/O, digest, disk full)
      +-- NetworkError                     bridge / netfilter setup failed
@@ -161,6 +163,15 @@ class HostLost(Unreachable):
 
 class HubBusy(DcError):
     """Another hub process holds the same state store."""
+
+
+class Unauthorized(DcError):
+    """The server does not accept the caller's key (CURVE handshake refused,
+    or the key was removed)."""
+
+
+class PermissionDenied(DcError):
+    """The caller's role (read, agent) may not call this method."""
 
 
 class LxcFailure(DcError):

@@ -26,11 +26,14 @@ import uuid
 from typing import Any, Callable
 
 import gevent
+import gevent.event
 import msgpack
 import zerorpc
+import zerorpc.events
+import zmq
 from zerorpc.exceptions import LostRemote, RemoteError, TimeoutExpired
 
-from dcctl import errors
+from dcctl import auth, errors
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +65,28 @@ class Exposed:
 
     shielded: bool = False  # finish even if the caller goes away
     stream: bool = False  # a generator streamed to the caller
+    access: str = "admin"  # "read", "admin" or "agent" (see dcctl.auth.GRANTS)
 
 
-def expose(fn: Callable | None = None, *, shielded: bool = False, stream: bool = False):
+def expose(fn: Callable | None = None, *, shielded: bool = False, stream: bool = False,
+           access: str = "admin"):
     """Mark a method for the served table.
 
     Args:
+        access: who may call it: "read" (any allowed key: listings,
+            inspection, hostinfo), "admin" (the default), or "agent" (hosts
+            talking to the hub).
         shielded: run the body in its own greenlet, so that zerorpc killing the
             call's greenlet (about two heartbeats after a client gives up) never
             leaves half-made work: the body runs to completion or rollback.
         stream: the method is a generator; zerorpc streams its items.
     """
 
+    if access not in auth.GRANTS["admin"] | {"agent"}:
+        raise ValueError(f"bad access level {access!r}")
+
     def mark(f: Callable) -> Callable:
-        f.__dc_exposed__ = Exposed(shielded=shielded, stream=stream)
+        f.__dc_exposed__ = Exposed(shielded=shielded, stream=stream, access=access)
         return f
 
     return mark(fn) if fn is not None else mark
@@ -215,6 +226,40 @@ def check_result(method: str, result: Any) -> Any:
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who made the current call: ``role`` ("admin", "read", "agent"),
+    ``key`` (Z85 public key; "" on the local endpoint) and ``name`` (the
+    key file's name, or "local")."""
+
+    role: str
+    key: str
+    name: str
+
+
+_LOCAL = "local"
+
+
+def current_caller() -> Caller | None:
+    """The Caller of the call running in this greenlet (or its shielded
+    child), as checked by the Service; None outside a served call."""
+    g = gevent.getcurrent()
+    while g is not None:
+        caller = getattr(g, "dc_caller", None)
+        if caller is not None:
+            return caller
+        g = getattr(g, "dc_parent", None)
+    return None
+
+
+class _CallerMiddleware:
+    """Takes the caller id the socket reader put in the request header and
+    keeps it on the call's greenlet."""
+
+    def load_task_context(self, header):
+        gevent.getcurrent().dc_caller_id = header.get("dc_caller") if isinstance(header, dict) else None
+
+
 class Service:
     """Serves the ``@expose`` methods of ``target`` over ZeroRPC.
 
@@ -225,22 +270,33 @@ class Service:
             None when it is unexpected (then the caller sees InternalError and
             the traceback is logged here).
         heartbeat_s: zerorpc heartbeat interval in seconds.
+        keys_dir: the server's keys and client allowlist (dcctl.auth);
+            required to bind a tcp:// endpoint with CURVE.
+
+    Endpoints: ``ipc://PATH`` (made 0600; callers are local root: admin),
+    ``tcp://`` with CURVE (callers are the allowlist's keys, each call
+    checked against its role), or ``tcp://`` loopback without CURVE when
+    bound with insecure=True (admin; for tests and ad hoc use only).
     """
 
     def __init__(self, target: Any, name: str, *,
                  translate: Callable[[BaseException], errors.DcError | None] | None = None,
-                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS):
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys_dir: str | None = None):
         self.name = name
         self.target = target
         self.table = method_table(target)
         self._translate = translate or (lambda exc: None)
-        functors: dict[str, Any] = {}
+        self.keys_dir = keys_dir
+        self.allowlist = auth.Allowlist(keys_dir) if keys_dir else None
+        self._heartbeat_s = heartbeat_s
+        self._functors: dict[str, Any] = {}
         for mname, spec in self.table.items():
             wrapped = self._wrap(spec)
-            functors[mname] = zerorpc.stream(wrapped) if spec.exposed.stream else zerorpc.rep(wrapped)
-        functors.update(self._builtins())
-        self._server = _Server(functors, name=name, heartbeat=heartbeat_s)
-        self._task: gevent.Greenlet | None = None
+            self._functors[mname] = zerorpc.stream(wrapped) if spec.exposed.stream else zerorpc.rep(wrapped)
+        self._functors.update(self._builtins())
+        self._servers: dict[str, _Server] = {}  # "local", "curve", "insecure"
+        self._zap: auth.ZapHandler | None = None
+        self._tasks: list[gevent.Greenlet] = []
 
     # -- builtins answered by our code, not zerorpc's
     def _builtins(self) -> dict[str, Any]:
@@ -256,21 +312,46 @@ class Service:
             defaults = [p.default for p in spec.params if p.default is not p.empty] or None
             return [names, var, None, defaults]
 
+        def guarded(fn):
+            def call(*args):
+                self._authorize("read", fn.__name__)
+                return fn(*args)
+            return zerorpc.rep(call)
+
         return {
-            "_zerorpc_list": zerorpc.rep(lambda: sorted(self.table)),
-            "_zerorpc_name": zerorpc.rep(lambda: self.name),
-            "_zerorpc_ping": zerorpc.rep(lambda: ["pong", self.name]),
-            "_zerorpc_help": zerorpc.rep(lambda m: lookup(m).doc),
-            "_zerorpc_args": zerorpc.rep(argspec),
-            "_zerorpc_inspect": zerorpc.rep(self.inspect),
+            "_zerorpc_list": guarded(lambda: sorted(self.table)),
+            "_zerorpc_name": guarded(lambda: self.name),
+            "_zerorpc_ping": guarded(lambda: ["pong", self.name]),
+            "_zerorpc_help": guarded(lambda m: lookup(m).doc),
+            "_zerorpc_args": guarded(argspec),
+            "_zerorpc_inspect": guarded(self.inspect),
         }
 
     def inspect(self) -> dict:
         """The ``_zerorpc_inspect`` answer: {name, methods: {m: {args, doc}}};
         each arg is {name, type[, default]}."""
         return {"name": self.name,
-                "methods": {m: {"args": s.inspect_args(), "doc": s.doc}
+                "methods": {m: {"args": s.inspect_args(), "doc": s.doc, "access": s.exposed.access}
                             for m, s in sorted(self.table.items())}}
+
+    def _authorize(self, access: str, method: str) -> Caller:
+        """The call's Caller, if its role may call ``access``-level methods.
+
+        Raises: Unauthorized (key no longer allowed), PermissionDenied."""
+        g = gevent.getcurrent()
+        caller_id = getattr(g, "dc_caller_id", None)
+        if caller_id in (None, _LOCAL):
+            caller = Caller(auth.LOCAL_ROLE, "", "local")
+        else:
+            found = self.allowlist.lookup(caller_id) if self.allowlist else None
+            if found is None:
+                raise errors.Unauthorized("this client's key is not allowed (any more) on this server")
+            caller = Caller(found[0], caller_id, found[1])
+        if access not in auth.GRANTS[caller.role]:
+            raise errors.PermissionDenied(f"role {caller.role!r} ({caller.name}) may not call {method}",
+                                          hint=f"{method} needs the {access!r} access level")
+        g.dc_caller = caller
+        return caller
 
     def _wrap(self, spec: MethodSpec) -> Callable:
         translate = self._translate
@@ -292,9 +373,13 @@ class Service:
                 raise mapped from exc
 
         def call(*args):
+            self._authorize(spec.exposed.access, spec.name)
             spec.check(args)
             if spec.exposed.shielded:
-                return gevent.spawn(body, *args).get()
+                child = gevent.Greenlet(body, *args)
+                child.dc_parent = gevent.getcurrent()
+                child.start()
+                return child.get()
             return body(*args)
 
         call.__name__ = spec.name
@@ -302,25 +387,95 @@ class Service:
         return call
 
     # -- lifecycle
-    def bind(self, endpoint: str) -> None:
-        """Bind to ``ipc://PATH`` (made mode 0600) or ``tcp://ADDR:PORT``."""
+    def _server(self, kind: str) -> "_Server":
+        server = self._servers.get(kind)
+        if server is None:
+            ctx = zerorpc.Context()  # our own: its ZAP handler and middleware
+            ctx.register_middleware(_CallerMiddleware())
+            server = _Server(self._functors, name=self.name, heartbeat=self._heartbeat_s, context=ctx)
+            sock = server._events._socket
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+            if kind == "curve":
+                if self.keys_dir is None:
+                    raise errors.InvalidArgument("a tcp:// endpoint needs CURVE keys (keys_dir)",
+                                                 hint="or bind it insecure, on loopback only")
+                public, secret = auth.ensure_server_pair(self.keys_dir)
+                self._zap = auth.ZapHandler(ctx, self.allowlist)
+                sock.curve_server = True
+                sock.curve_secretkey = secret
+                sock.curve_publickey = public
+            _tag_callers(server._events, curve=(kind == "curve"))
+            self._servers[kind] = server
+        return server
+
+    def bind(self, endpoint: str, *, insecure: bool = False) -> None:
+        """Bind ``ipc://PATH`` (made 0600) or ``tcp://ADDR:PORT`` (CURVE; or,
+        with ``insecure``, plain on a loopback address only, logged).
+
+        Raises: InvalidArgument."""
         validate_endpoint(endpoint)
-        self._server.bind(endpoint)
         if endpoint.startswith("ipc://"):
+            self._server("local").bind(endpoint)
             os.chmod(endpoint[len("ipc://"):], 0o600)
+        elif insecure:
+            host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+            if not (host.startswith("127.") or host in ("::1", "localhost")):
+                raise errors.InvalidArgument(f"refusing plain TCP on {endpoint}: only loopback may go without CURVE")
+            log.warning("serving %s WITHOUT authentication or encryption (asked for)", endpoint)
+            self._server("insecure").bind(endpoint)
+        else:
+            self._server("curve").bind(endpoint)
+
+    @property
+    def public_key(self) -> str | None:
+        """This server's CURVE public key (Z85), once a CURVE endpoint is bound."""
+        if self.keys_dir is None:
+            return None
+        return auth.ensure_server_pair(self.keys_dir)[0].decode()
 
     def start(self) -> gevent.Greenlet:
-        """Serve in a background greenlet; returns it."""
-        self._task = gevent.spawn(self._server.run)
-        return self._task
+        """Serve in background greenlets; returns one that ends when all stop."""
+        self._tasks = [gevent.spawn(srv.run) for srv in self._servers.values()]
+        return gevent.spawn(gevent.joinall, self._tasks)
 
     def run(self) -> None:
         """Serve until stopped (blocks the calling greenlet)."""
-        self._server.run()
+        self.start().join()
 
     def stop(self) -> None:
-        self._server.stop()
-        self._server.close()
+        for srv in self._servers.values():
+            srv.stop()
+            srv.close()
+        if self._zap is not None:
+            self._zap.close()
+
+
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+def _tag_callers(events, curve: bool) -> None:
+    """Make the server's socket reader stamp each request's header with who
+    sent it: the CURVE key ZeroMQ authenticated (the frame's User-Id, set by
+    our ZAP handler), or "local".  Whatever the client put there is
+    overwritten, so it cannot be forged."""
+    receive = events._recv
+
+    def recv(timeout=None):
+        parts = receive(timeout=timeout)
+        blob = parts[-1]
+        event = zerorpc.events.Event.unpack(zerorpc.events.get_pyzmq_frame_buffer(blob))
+        event.identity = parts[:-1] or None
+        if isinstance(event.header, dict):
+            caller = _LOCAL
+            if curve:
+                try:
+                    caller = blob.get("User-Id") or "anonymous"
+                except zmq.ZMQError:
+                    caller = "anonymous"
+            event.header["dc_caller"] = caller
+        return event
+
+    events.recv = recv
 
 
 class _Server(zerorpc.Server):
@@ -386,6 +541,15 @@ def _client_context() -> zerorpc.Context:
     return _context
 
 
+def _capture(fn, *args, **kw):
+    """(True, result) or (False, exception): a greenlet body whose failure is
+    the caller's to raise, not the hub's to print."""
+    try:
+        return True, fn(*args, **kw)
+    except Exception as exc:  # re-raised by the caller
+        return False, exc
+
+
 class RpcClient:
     """A client for one dcfleet endpoint; every call has a timeout.
 
@@ -393,29 +557,74 @@ class RpcClient:
         endpoint: ``ipc://PATH`` or ``tcp://HOST:PORT``.
         timeout_s: default seconds to wait for each answer.
         heartbeat_s: zerorpc heartbeat interval in seconds.
+        keys: CURVE keys (dcctl.auth.ClientKeys) for a tcp:// endpoint that
+            requires them; None for ipc:// and insecure loopback endpoints.
 
     Calls: ``client.call("container_ls")`` or ``client.container_ls()``;
     ``call(..., timeout_s=S)`` overrides the timeout for one call.
 
-    Raises (from calls): the server's DcError subclass; CallTimeout when no
-    answer comes in time; Unreachable when the ipc socket does not exist or
-    the server was lost mid-call.
+    Raises (from calls): the server's DcError subclass; Unauthorized as soon
+    as the server refuses the handshake (ZeroMQ's socket monitor reports it)
+    rather than after the timeout; CallTimeout when no answer comes in time;
+    Unreachable when the ipc socket does not exist or the server was lost
+    mid-call.
     """
 
     def __init__(self, endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
-                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS):
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys: auth.ClientKeys | None = None):
         self.endpoint = validate_endpoint(endpoint)
         self.timeout_s = timeout_s
         self._client = zerorpc.Client(context=_client_context(), timeout=timeout_s,
                                       heartbeat=heartbeat_s)
+        self._refused: str | None = None
+        self._refused_event = gevent.event.Event()
+        self._monitor_task = None
+        sock = self._client._events._socket
+        if keys is not None:
+            sock.curve_serverkey = keys.server_public
+            sock.curve_publickey = keys.public
+            sock.curve_secretkey = keys.secret
+        if endpoint.startswith("tcp://"):
+            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                          | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            self._monitor_task = gevent.spawn(self._watch, mon, keys is not None)
         self._client.connect(endpoint)
+
+    def _watch(self, mon, with_keys: bool) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+        try:
+            while True:
+                event = recv_monitor_message(mon)["event"]
+                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    self._refused = "the server refused this client's key"
+                elif with_keys:
+                    self._refused = "the CURVE handshake failed (wrong server key, or the server is not CURVE)"
+                else:
+                    self._refused = "the server requires CURVE keys (give a key pair and the server's key)"
+                self._refused_event.set()
+        except (zmq.ZMQError, gevent.GreenletExit):
+            pass
+        finally:
+            mon.close(0)
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):
             raise errors.Unreachable(f"no server at {self.endpoint} (socket missing)")
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        if self._refused:
+            raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
         try:
-            return self._client(method, *args, timeout=timeout)
+            if self._monitor_task is None:
+                return self._client(method, *args, timeout=timeout)
+            task = gevent.spawn(_capture, self._client, method, *args, timeout=timeout)
+            gevent.wait([task, self._refused_event], count=1)
+            if not task.ready():
+                task.kill()
+                raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
+            ok, value = task.value
+            if not ok:
+                raise value
+            return value
         except TimeoutExpired as exc:
             raise errors.CallTimeout(
                 f"no answer from {self.endpoint} to {method} within {timeout:g} s",
@@ -431,6 +640,12 @@ class RpcClient:
         return lambda *args, **kw: self.call(method, *args, **kw)
 
     def close(self) -> None:
+        if self._monitor_task is not None:
+            try:
+                self._client._events._socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor_task.kill()
         self._client.close()
 
     def __enter__(self) -> "RpcClient":
@@ -440,9 +655,10 @@ class RpcClient:
         self.close()
 
 
-def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> RpcClient:
+def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
+            keys: auth.ClientKeys | None = None) -> RpcClient:
     """Open an RpcClient to ``endpoint`` (see RpcClient)."""
-    return RpcClient(endpoint, timeout_s=timeout_s)
+    return RpcClient(endpoint, timeout_s=timeout_s, keys=keys)
 
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "MAX_RESULT_BYTES", "Exposed", "MethodSpec", "RpcClient",
