@@ -32,8 +32,14 @@ class AgentConfig:
     subnet: str = "10.217.0.0/24"
     # Host ports that dynamic port mappings are drawn from (inclusive).
     port_range: tuple[int, int] = (20000, 29999)
+    # Loopback tcp:// endpoints served WITHOUT CURVE (tests, ad hoc use).
+    insecure_listen: list[str] = dataclasses.field(default_factory=list)
+    # CURVE keys and client allowlist (dcctl.auth); default STATE_DIR/keys.
+    keys_dir: str = ""
     # Hub to register with (optional).
     hub: str | None = None
+    # The hub's CURVE public key (file or Z85), for a tcp:// hub.
+    hub_key: str | None = None
     # Seconds between heartbeats to the hub.
     heartbeat_s: float = 3.0
     # Labels for placement constraints, {key: value}.
@@ -63,14 +69,18 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if not self.lxc_path:
             self.lxc_path = os.path.join(self.state_dir, "lxc")
+        if not self.keys_dir:
+            self.keys_dir = os.path.join(self.state_dir, "keys")
         self.validate()
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad setting."""
-        for ep in self.listen:
+        for ep in self.listen + self.insecure_listen:
             validate_endpoint(ep)
-        if not self.listen:
+        if not self.listen and not self.insecure_listen:
             raise InvalidArgument("listen: give at least one endpoint")
+        if self.hub and self.hub.startswith("tcp://") and not self.hub_key:
+            raise InvalidArgument("hub_key: a tcp:// hub needs its CURVE public key (--hub-key FILE|Z85)")
         if not (1 <= len(self.bridge) <= 15) or not self.bridge.replace("-", "").replace("_", "").isalnum():
             raise InvalidArgument(f"bridge: {self.bridge!r} must be 1-15 letters, digits, '-' or '_'")
         try:
@@ -107,7 +117,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bridge")
     p.add_argument("--subnet")
     p.add_argument("--port-range", help="LOW-HIGH")
+    p.add_argument("--insecure-listen", action="append",
+                   help="tcp://127.x.x.x:PORT served without CURVE (loopback only)")
+    p.add_argument("--keys-dir", help="CURVE keys and client allowlist (default STATE_DIR/keys)")
     p.add_argument("--hub", help="hub endpoint to register with")
+    p.add_argument("--hub-key", help="the hub's CURVE public key: a .key file or Z85 text")
     p.add_argument("--host-name")
     p.add_argument("--advertise-address")
     p.add_argument("--max-containers", type=int)

@@ -16,6 +16,10 @@ from dcctl import errors, wire
 log = logging.getLogger(__name__)
 
 
+class _Reconnect(Exception):
+    """Start over with a new connection (the hub refused our key)."""
+
+
 class HubLink:
     """Keeps this host registered with the hub at ``endpoint``.
 
@@ -25,10 +29,12 @@ class HubLink:
         summary: callable returning the heartbeat summary (must include
             "capacity"); called every beat.
         heartbeat_s: seconds between beats.
+        keys: CURVE ClientKeys for a tcp:// hub.
     """
 
-    def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0):
+    def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0, keys=None):
         self.endpoint = endpoint
+        self.keys = keys
         self.identity = identity
         self.summary = summary
         self.heartbeat_s = heartbeat_s
@@ -43,13 +49,16 @@ class HubLink:
             self._task.kill()
 
     def _loop(self) -> None:
-        client = wire.connect(self.endpoint, timeout_s=max(2.0, self.heartbeat_s * 2))
-        try:
-            while True:
-                self.beat(client)
-                gevent.sleep(self.heartbeat_s)
-        finally:
-            client.close()
+        while True:
+            client = wire.connect(self.endpoint, timeout_s=max(2.0, self.heartbeat_s * 2), keys=self.keys)
+            try:
+                while True:
+                    self.beat(client)
+                    gevent.sleep(self.heartbeat_s)
+            except _Reconnect:
+                continue
+            finally:
+                client.close()
 
     def beat(self, client: wire.RpcClient) -> None:
         """One registration or heartbeat; errors are logged, not raised."""
@@ -62,6 +71,12 @@ class HubLink:
             client.call("host_heartbeat", self.identity["name"], summary)
         except errors.NoSuchHost:
             self.registered = False  # the hub forgot us: register on the next beat
+        except errors.Unauthorized as exc:
+            log.error("hub %s refuses this host: %s", self.endpoint, exc)
+            self.registered = False
+            client.close()
+            gevent.sleep(self.heartbeat_s * 5)  # a new connection, a new handshake, later
+            raise _Reconnect() from exc
         except errors.DcError as exc:
             if self.registered:
                 log.warning("hub %s: %s: %s", self.endpoint, type(exc).__name__, exc)

@@ -21,7 +21,7 @@ from agents.containers import ContainerManager
 from agents.enter import EnterRelay
 from agents.hubclient import HubLink
 from agents.service import AgentService, translate
-from dcctl import errors
+from dcctl import auth, errors
 from dcctl.wire import Service
 from images.store import ImageStore
 from lxcwrap.lxc import Lxc
@@ -43,7 +43,8 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
         manager.ensure_base_images()
     manager.recover()
     relay = EnterRelay(cfg.listen, os.path.join(cfg.state_dir, "run"), cfg.enter_accept_timeout_s)
-    service = Service(AgentService(manager, relay), name=f"dc-agent@{cfg.host_name}", translate=translate)
+    service = Service(AgentService(manager, relay, hub_keys(cfg)), name=f"dc-agent@{cfg.host_name}",
+                      translate=translate, keys_dir=cfg.keys_dir)
     for endpoint in cfg.listen:
         if endpoint.startswith("ipc://"):
             sock_dir = os.path.dirname(endpoint[len("ipc://"):])
@@ -51,7 +52,19 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
             if os.path.exists(endpoint[len("ipc://"):]):
                 os.unlink(endpoint[len("ipc://"):])  # a stale socket of a previous run
         service.bind(endpoint)
+    for endpoint in cfg.insecure_listen:
+        service.bind(endpoint, insecure=True)
+    log.info("CURVE public key: %s", service.public_key)
     return service, manager
+
+
+def hub_keys(cfg: agent_config.AgentConfig) -> auth.ClientKeys | None:
+    """The keys this agent uses towards its hub: its own key pair (the hub
+    knows the host by it) and the hub's public key."""
+    if not cfg.hub or not cfg.hub.startswith("tcp://"):
+        return None
+    public, secret = auth.ensure_server_pair(cfg.keys_dir)
+    return auth.ClientKeys(public, secret, auth.load_public(cfg.hub_key))
 
 
 def hub_link(cfg: agent_config.AgentConfig, service: Service) -> HubLink:
@@ -66,7 +79,7 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service) -> HubLink:
         return {"capacity": info["capacity"], "metrics": info["metrics"],
                 "containers": [{"name": c["name"], "state": c["state"]} for c in info["containers"]]}
 
-    return HubLink(cfg.hub, identity, summary, cfg.heartbeat_s)
+    return HubLink(cfg.hub, identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,14 +69,15 @@ def translate(exc: BaseException) -> errors.DcError | None:
 class AgentService:
     """The methods served by ``dc-agent`` (see the README's method reference)."""
 
-    def __init__(self, manager: ContainerManager, relay: EnterRelay):
+    def __init__(self, manager: ContainerManager, relay: EnterRelay, hub_keys=None):
         self.m = manager
         self.relay = relay
         self.started = time.time()
         self.puller = Puller(manager.images, manager.images_lock)
+        self.hub_keys = hub_keys  # CURVE keys towards the hub (image pulls)
 
     # ------------------------------------------------------------ images
-    @expose
+    @expose(access="read")
     def image_ls(self) -> list:
         """List local images.
 
@@ -125,7 +126,7 @@ class AgentService:
             manifest = self.m.images.resolve(ref)
             return self.m.images.remove(ref, in_use_by=self.m.images_in_use(manifest["id"]))
 
-    @expose
+    @expose(access="read")
     def image_manifest(self, ref: str) -> dict:
         """An image's manifest and its layer sizes, for a peer pulling it.
 
@@ -134,7 +135,7 @@ class AgentService:
         """
         return self.puller.manifest(ref)
 
-    @expose
+    @expose(access="read")
     def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes (at most 4 MiB) of a layer tar from
         ``offset`` (bytes); b"" past the end. Raises: ImageNotFound."""
@@ -156,7 +157,8 @@ class AgentService:
         if not source:
             raise errors.InvalidArgument("no source given and this agent has no hub")
         validate_endpoint(source)
-        return self.puller.pull(ref, source)
+        keys = self.hub_keys if source == self.m.config.hub else None
+        return self.puller.pull(ref, source, keys)
 
     @expose(shielded=True)
     def image_build(self, kind: str, name: str | None = None, options: dict | None = None) -> dict:
@@ -246,7 +248,7 @@ class AgentService:
         """
         return self.m.destroy(name, force)
 
-    @expose
+    @expose(access="read")
     def container_ls(self) -> list:
         """List this host's containers (never waits for a busy container).
 
@@ -256,7 +258,7 @@ class AgentService:
         """
         return self.m.ls()
 
-    @expose
+    @expose(access="read")
     def container_inspect(self, name: str) -> dict:
         """Everything about one container: container_ls's keys plus env,
         command, cpu_shares, veth, gateway, prefixlen, host, rootfs_upper and
@@ -310,7 +312,7 @@ class AgentService:
         return self.relay.open(lambda tty: self.m.lxc.attach_tty(name, argv, env, tty),
                                via_tcp=opts.get("via") == "tcp")
 
-    @expose
+    @expose(access="read")
     def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
         """The tail of the container's console log (lxc.console.logfile).
 
@@ -351,7 +353,7 @@ class AgentService:
         return self.m.connection_rm(name, proto, container_port)
 
     # ------------------------------------------------------------ host
-    @expose
+    @expose(access="read")
     def network_ls(self) -> dict:
         """This host's container network.
 
@@ -365,7 +367,7 @@ class AgentService:
                 "mappings": sorted(self.m.all_mappings(), key=lambda m: (m["container"], m["host_port"])),
                 "addresses": {n: r["address"] for n, r in sorted(self.m.records.items())}}
 
-    @expose
+    @expose(access="read")
     def hostinfo(self) -> dict:
         """Host metrics, containers and free capacity (best effort: a figure
         that cannot be read is None).
@@ -432,7 +434,7 @@ class AgentService:
         """
         return {"host": self.m.config.host_name, **self.m.cleanup()}
 
-    @expose
+    @expose(access="read")
     def ops_facts(self) -> dict:
         """Facts about this host: {host, os, kernel, python, agent_version,
         lxc_path, bridge, subnet}."""

@@ -59,14 +59,14 @@ class Puller:
 
         return _blocking(read)
 
-    def pull(self, ref: str, source: str) -> dict:
+    def pull(self, ref: str, source: str, keys=None) -> dict:
         """Pull ``ref`` from ``source`` (an endpoint) unless present.
 
         Returns: {"manifest": ..., "pulled": bool, "bytes": int transferred}.
         Raises: ImageNotFound (the source lacks it), StoreError (digest
         mismatch, disk full), Unreachable / CallTimeout (the source).
         """
-        with wire.connect(source, timeout_s=PULL_CALL_TIMEOUT_SECONDS) as client:
+        with wire.connect(source, timeout_s=PULL_CALL_TIMEOUT_SECONDS, keys=keys) as client:
             info = client.call("image_manifest", ref)
             manifest = info["manifest"]
             image_id = manifest["id"]

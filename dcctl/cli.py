@@ -53,10 +53,13 @@ from typing import Any, Callable, Mapping
 
 import zmq
 
-from dcctl import errors, output, wire
+from dcctl import auth, errors, output, wire
 
 DEFAULT_ENDPOINT = "ipc:///run/dcfleet/agent.sock"
 HOST_ENV = "DCCTL_HOST"
+KEY_ENV = "DCCTL_KEY"  # our key pair (.key_secret) for tcp:// endpoints
+SERVER_KEY_ENV = "DCCTL_SERVER_KEY"  # the server's public key (file or Z85)
+CONFIG_DIR_ENV = "DCCTL_CONFIG_DIR"  # default ~/.config/dcfleet
 #: Call timeouts for methods that run longer than the default by design
 #: (container_exec's own default timeout_s is 300 s).  --timeout wins.
 METHOD_TIMEOUT_SECONDS = {"container_exec": 330.0, "image_build": 1800.0, "image_pull": 600.0,
@@ -91,6 +94,8 @@ class Command:
     """A split command line (before any server is asked)."""
 
     endpoint: str
+    key: str | None = None  # our key pair file (.key_secret)
+    server_key: str | None = None  # the server's public key (file or Z85)
     json: bool = False
     timeout_s: float | None = None  # None: the default for the method
     help: bool = False
@@ -115,7 +120,8 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
     Raises:
         UsageError: an option without its value, or an unknown short option.
     """
-    cmd = Command(endpoint=environ.get(HOST_ENV) or DEFAULT_ENDPOINT)
+    cmd = Command(endpoint=environ.get(HOST_ENV) or DEFAULT_ENDPOINT, key=environ.get(KEY_ENV),
+                  server_key=environ.get(SERVER_KEY_ENV))
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -124,11 +130,11 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
             cmd.words.extend(argv[i:])
             break
         name, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
-        if name in ("-H", "--host", "--timeout") or (name.startswith("--") and len(name) > 2
+        if name in ("-H", "--host", "--timeout", "--key", "--server-key") or (name.startswith("--") and len(name) > 2
                                                      and name not in ("--json", "--help")):
             if not eq:
                 if i >= len(argv) or argv[i].startswith("--"):
-                    if name in ("-H", "--host", "--timeout"):
+                    if name in ("-H", "--host", "--timeout", "--key", "--server-key"):
                         raise UsageError(f"option {name} needs a value", hint=f"write {name} VALUE")
                     inline = "true"  # a bare flag (--no-start) at the end or before another flag
                 else:
@@ -137,6 +143,10 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
                 cmd.endpoint = inline
             elif name == "--timeout":
                 cmd.timeout_s = _timeout(inline)
+            elif name == "--key":
+                cmd.key = inline
+            elif name == "--server-key":
+                cmd.server_key = inline
             else:
                 cmd.flags.append((name[2:], inline))
         elif tok == "--json":
@@ -371,11 +381,62 @@ def _print_methods(schema: dict, suffix: str = "") -> int:
     return 0
 
 
-def _connect(endpoint: str, timeout_s: float) -> wire.RpcClient:
+def config_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where dcctl keeps its key pair and known server keys."""
+    environ = os.environ if environ is None else environ
+    return environ.get(CONFIG_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".config", "dcfleet")
+
+
+def known_server_key_path(endpoint: str, environ: Mapping[str, str] | None = None) -> str:
+    """CONFIG_DIR/servers/HOST_PORT.key: the known public key of a tcp://
+    server (like ssh's known_hosts; ops/fleet writes these)."""
+    hostport = endpoint[len("tcp://"):].replace(":", "_").replace("[", "").replace("]", "")
+    return os.path.join(config_dir(environ), "servers", f"{hostport}.key")
+
+
+def client_keys(endpoint: str, key: str | None, server_key: str | None,
+                environ: Mapping[str, str] | None = None) -> auth.ClientKeys | None:
+    """The CURVE keys for ``endpoint``: --key / $DCCTL_KEY or
+    CONFIG_DIR/dcctl.key_secret, and --server-key / $DCCTL_SERVER_KEY or the
+    known key of that endpoint.  None for ipc:// endpoints, or when no key
+    pair exists (the server then says it requires CURVE)."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    key = key or os.path.join(config_dir(environ), "dcctl.key_secret")
+    server_key = server_key or known_server_key_path(endpoint, environ)
+    if not os.path.exists(key):
+        return None
+    if not os.path.exists(server_key) and len(server_key) != 40:
+        raise UsageError(f"no known server key for {endpoint}",
+                         hint=f"give --server-key FILE|Z85 or ${SERVER_KEY_ENV}, or write it to {server_key}")
     try:
-        return wire.connect(wire.validate_endpoint(endpoint), timeout_s=timeout_s)
+        return auth.ClientKeys.from_files(key, server_key)
+    except errors.InvalidArgument as exc:
+        raise UsageError(exc.message) from exc
+
+
+def _connect(endpoint: str, timeout_s: float, key: str | None = None,
+             server_key: str | None = None) -> wire.RpcClient:
+    try:
+        wire.validate_endpoint(endpoint)
     except errors.InvalidArgument as exc:
         raise UsageError(exc.message, hint=f"use -H or ${HOST_ENV}") from exc
+    return wire.connect(endpoint, timeout_s=timeout_s, keys=client_keys(endpoint, key, server_key))
+
+
+def run_keygen(argv: list[str]) -> int:
+    """``dcctl keygen [NAME] [--dir DIR]``: a new CURVE key pair
+    (default CONFIG_DIR/dcctl.key and .key_secret, mode 0600); prints the
+    public key to give to servers (their KEYS_DIR/clients/ROLE/)."""
+    p = argparse.ArgumentParser(prog="dcctl keygen")
+    p.add_argument("name", nargs="?", default="dcctl")
+    p.add_argument("--dir", default=None)
+    ns = p.parse_args(argv)
+    public_file, secret_file = auth.keygen(ns.dir or config_dir(), ns.name)
+    print(f"public key: {auth.load_public(public_file).decode()}")
+    print(f"key pair:   {secret_file}")
+    print(f"give {public_file} to each server: KEYS_DIR/clients/admin/ (or read/)")
+    return 0
 
 
 def _enter(client: wire.RpcClient, args: list, options: dict) -> int | None:
@@ -412,7 +473,7 @@ def call_timeout(cmd: Command, options: dict | None) -> float:
 
 def run_method(cmd: Command) -> int:
     """Run ``dcctl METHOD ...`` (or list/help) against cmd.endpoint."""
-    with _connect(cmd.endpoint, cmd.timeout_s or wire.DEFAULT_TIMEOUT_SECONDS) as client:
+    with _connect(cmd.endpoint, cmd.timeout_s or wire.DEFAULT_TIMEOUT_SECONDS, cmd.key, cmd.server_key) as client:
         schema = fetch_inspect(client)
         methods = schema.get("methods") or {}
         if cmd.method in (None, "methods"):
@@ -460,6 +521,8 @@ def call_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--json", action="store_true", help="parse each argument as JSON")
     p.add_argument("-pj", "--print-json", action="store_true", help="print the result as JSON")
     p.add_argument("--timeout", type=_timeout, default=wire.DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS")
+    p.add_argument("--key", default=os.environ.get(KEY_ENV), help="our CURVE key pair (.key_secret)")
+    p.add_argument("--server-key", default=os.environ.get(SERVER_KEY_ENV), help="the server's public key")
     return p
 
 
@@ -475,7 +538,7 @@ def run_call(argv: list[str]) -> int:
             params = [json.loads(p) for p in params]
         except ValueError as exc:
             raise UsageError(f"--json: argument is not JSON: {exc}") from exc
-    with _connect(ns.endpoint, ns.timeout) as client:
+    with _connect(ns.endpoint, ns.timeout, ns.key, ns.server_key) as client:
         if ns.method is None:
             return _print_methods(fetch_inspect(client))
         result = client.call(ns.method, *params)
@@ -503,6 +566,8 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
     try:
         if argv[:1] == ["call"]:
             return run_call(argv[1:])
+        if argv[:1] == ["keygen"]:
+            return run_keygen(argv[1:])
         cmd = split_argv(argv, environ)
         if (cmd.help and cmd.method is None) or (cmd.method == "help" and not cmd.words):
             print(__doc__.strip().replace("``", ""))

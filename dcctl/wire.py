@@ -238,6 +238,11 @@ class Caller:
 
 
 _LOCAL = "local"
+_REFUSE = "_dc_refuse"
+
+
+def _refuse(*args):
+    raise errors.Unauthorized("this client's key is not allowed (any more) on this server")
 
 
 def current_caller() -> Caller | None:
@@ -325,6 +330,7 @@ class Service:
             "_zerorpc_help": guarded(lambda m: lookup(m).doc),
             "_zerorpc_args": guarded(argspec),
             "_zerorpc_inspect": guarded(self.inspect),
+            _REFUSE: zerorpc.rep(_refuse),
         }
 
     def inspect(self) -> dict:
@@ -404,7 +410,8 @@ class Service:
                 sock.curve_server = True
                 sock.curve_secretkey = secret
                 sock.curve_publickey = public
-            _tag_callers(server._events, curve=(kind == "curve"))
+            _tag_callers(server._events, curve=(kind == "curve"),
+                         allowed=(lambda key: self.allowlist is not None and self.allowlist.lookup(key) is not None))
             self._servers[kind] = server
         return server
 
@@ -453,7 +460,7 @@ class Service:
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
-def _tag_callers(events, curve: bool) -> None:
+def _tag_callers(events, curve: bool, allowed: Callable[[str], bool]) -> None:
     """Make the server's socket reader stamp each request's header with who
     sent it: the CURVE key ZeroMQ authenticated (the frame's User-Id, set by
     our ZAP handler), or "local".  Whatever the client put there is
@@ -473,6 +480,8 @@ def _tag_callers(events, curve: bool) -> None:
                 except zmq.ZMQError:
                     caller = "anonymous"
             event.header["dc_caller"] = caller
+            if curve and not allowed(caller):  # a removed key: refuse whatever it asks
+                event.name = _REFUSE
         return event
 
     events.recv = recv
@@ -605,7 +614,8 @@ class RpcClient:
         except (zmq.ZMQError, gevent.GreenletExit):
             pass
         finally:
-            mon.close(0)
+            mon.linger = 0
+            mon.close()
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):

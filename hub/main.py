@@ -17,7 +17,7 @@ import sys
 
 import gevent
 
-from dcctl import errors
+from dcctl import auth, errors
 from dcctl.wire import Service, validate_endpoint
 from hub.registry import Registry
 from hub.service import HubService
@@ -29,7 +29,11 @@ log = logging.getLogger("dc-hub")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dc-hub", description="dcfleet hub: placement, routing, broadcast, "
                                 "worker queue and image registry for a fleet of dc-agents.")
-    p.add_argument("--listen", action="append", required=True, help="endpoint (repeatable)")
+    p.add_argument("--listen", action="append", default=[], help="endpoint (repeatable): ipc://PATH (local, "
+                   "root only) or tcp://ADDR:PORT (CURVE)")
+    p.add_argument("--insecure-listen", action="append", default=[],
+                   help="tcp://127.x.x.x:PORT without CURVE (loopback only; tests and ad hoc use)")
+    p.add_argument("--keys-dir", help="CURVE keys and client allowlist (default STATE_DIR/keys)")
     p.add_argument("--state-dir", default="/var/lib/dcfleet/hub")
     p.add_argument("--heartbeat-s", type=float, default=3.0, help="expected seconds between heartbeats")
     p.add_argument("--missed-heartbeats", type=int, default=3, help="missed beats before 'unreachable'")
@@ -38,14 +42,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def build(args: argparse.Namespace) -> tuple[Service, HubService]:
-    for ep in args.listen:
+    if not args.listen and not args.insecure_listen:
+        raise errors.InvalidArgument("give at least one --listen endpoint")
+    for ep in args.listen + args.insecure_listen:
         validate_endpoint(ep)
     if not os.path.isabs(args.state_dir):
         raise errors.InvalidArgument(f"--state-dir {args.state_dir!r} must be absolute")
     store = HubStore(args.state_dir)
     registry = Registry(os.path.join(args.state_dir, "registry"))
-    hub = HubService(store, registry, heartbeat_s=args.heartbeat_s, missed_heartbeats=args.missed_heartbeats)
-    service = Service(hub, name="dc-hub")
+    keys_dir = args.keys_dir or os.path.join(args.state_dir, "keys")
+    hub = HubService(store, registry, heartbeat_s=args.heartbeat_s, missed_heartbeats=args.missed_heartbeats,
+                     server_pair=auth.ensure_server_pair(keys_dir))
+    service = Service(hub, name="dc-hub", keys_dir=keys_dir)
     for ep in args.listen:
         if ep.startswith("ipc://"):
             path = ep[len("ipc://"):]
@@ -53,6 +61,9 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
             if os.path.exists(path):
                 os.unlink(path)
         service.bind(ep)
+    for ep in args.insecure_listen:
+        service.bind(ep, insecure=True)
+    log.info("CURVE public key: %s", service.public_key)
     return service, hub
 
 
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     task = service.start()
     gevent.signal_handler(signal.SIGTERM, service.stop)
     gevent.signal_handler(signal.SIGINT, service.stop)
-    log.info("serving on %s", ", ".join(args.listen))
+    log.info("serving on %s", ", ".join(args.listen + args.insecure_listen))
     task.join()
     hub.stop()
     return 0

@@ -13,7 +13,7 @@ import time
 
 import gevent
 
-from dcctl import errors, validate, wire
+from dcctl import auth, errors, validate, wire
 from dcctl.wire import expose
 from hub import fanout, scheduler
 from hub.registry import Registry
@@ -33,6 +33,9 @@ AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command")
 RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
              errors.StoreError, errors.NetworkError, errors.Busy)
 PULL_TIMEOUT_SECONDS = 600.0
+#: Agent methods a read-only key may broadcast.
+READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls", "hostinfo", "image_ls",
+                                "ops_facts"})
 VIEW_TIMEOUT_SECONDS = 5.0
 
 
@@ -42,13 +45,17 @@ class HubService:
     Args:
         store: the fleet's SQLite store.
         registry: the image registry.
+        server_pair: the hub's CURVE key pair (public, secret), used as its
+            client key towards agents; None for a hub without keys.
         heartbeat_s: expected seconds between agent heartbeats.
         missed_heartbeats: heartbeats missed before a host is unreachable.
         call_timeout_s: default timeout of a forwarded call, seconds.
     """
 
     def __init__(self, store: HubStore, registry: Registry, *, heartbeat_s: float = 3.0,
-                 missed_heartbeats: int = 3, call_timeout_s: float = 60.0):
+                 missed_heartbeats: int = 3, call_timeout_s: float = 60.0,
+                 server_pair: tuple[bytes, bytes] | None = None):
+        self.server_pair = server_pair
         self.store = store
         self.registry = registry
         self.heartbeat_s = heartbeat_s
@@ -97,12 +104,17 @@ class HubService:
 
     def client(self, host: str) -> wire.RpcClient:
         """The hub's zerorpc client for ``host`` (made on first use)."""
-        endpoint = self.store.host(host)["endpoint"]
+        row = self.store.host(host)
+        endpoint = row["endpoint"]
         cached = self._clients.get(host)
         if cached is None or cached[0] != endpoint:
             if cached is not None:
                 cached[1].close()
-            cached = (endpoint, wire.connect(endpoint, timeout_s=self.call_timeout_s))
+            keys = None
+            if endpoint.startswith("tcp://") and row["key"] and self.server_pair:
+                # the agent's client key (authenticated at registration) is its server key
+                keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
+            cached = (endpoint, wire.connect(endpoint, timeout_s=self.call_timeout_s, keys=keys))
             self._clients[host] = cached
         return cached[1]
 
@@ -117,7 +129,7 @@ class HubService:
         return self._call(self._owner(name), method, name, *args, timeout_s=timeout_s)
 
     # ------------------------------------------------------------ membership
-    @expose
+    @expose(access="agent")
     def host_register(self, info: dict) -> dict:
         """Called by agents: join (or re-join) the fleet.
 
@@ -138,29 +150,31 @@ class HubService:
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in labels.items()):
             raise errors.InvalidArgument("labels must be a map of strings")
+        caller = wire.current_caller()
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
-                               info.get("capacity") or {})
+                               info.get("capacity") or {}, caller.key if caller else "")
         cached = self._clients.pop(name, None)
         if cached is not None:
             cached[1].close()
         log.info("host %s registered at %s", name, endpoint)
         return {"name": name, "heartbeat_s": self.heartbeat_s}
 
-    @expose
+    @expose(access="agent")
     def host_heartbeat(self, name: str, summary: dict) -> dict:
         """Called by agents every heartbeat_s: a hostinfo summary {capacity,
         metrics, containers [{name, state}]}.
 
         Returns: {ok: True}. Raises: NoSuchHost (register again).
         """
-        previous = self.store.heartbeat(name, summary)
+        caller = wire.current_caller()
+        previous = self.store.heartbeat(name, summary, caller.key if caller else "")
         if previous is None:
             raise errors.NoSuchHost(f"host {name!r} is not registered")
         if previous != "alive":
             log.info("host %s is alive again", name)
         return {"ok": True}
 
-    @expose
+    @expose(access="read")
     def hosts(self) -> list:
         """Fleet membership.
 
@@ -291,7 +305,7 @@ class HubService:
         self.store.forget(name)
         return result
 
-    @expose
+    @expose(access="read")
     def container_inspect(self, name: str) -> dict:
         """Forwarded to the owning host (see the agent's container_inspect)."""
         return {**self._forward("container_inspect", name), "host": self._owner(name)}
@@ -310,7 +324,7 @@ class HubService:
         session = self._forward("container_enter", name, command, {"via": "tcp"})
         return {**session, "address": host["address"] or host["endpoint"].split("//")[-1].rsplit(":", 1)[0]}
 
-    @expose
+    @expose(access="read")
     def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
         """Forwarded to the owning host (see the agent's container_logs)."""
         return self._forward("container_logs", name, max_bytes)
@@ -346,7 +360,7 @@ class HubService:
                                                             timeout_s=VIEW_TIMEOUT_SECONDS),
                                 VIEW_TIMEOUT_SECONDS + 0.5)
 
-    @expose
+    @expose(access="read")
     def container_ls(self) -> list:
         """Every container in the fleet, with a ``host`` column (the agent's
         container_ls keys).  A container on a host that does not answer is
@@ -365,7 +379,7 @@ class HubService:
                             "ports": row["ports"]})
         return sorted(out, key=lambda c: (c["name"], c["host"]))
 
-    @expose
+    @expose(access="read")
     def network_ls(self) -> list:
         """Every host's network_ls, one row per host with a ``host`` column,
         plus ``address`` (the host's)."""
@@ -377,7 +391,7 @@ class HubService:
             out.append(row)
         return out
 
-    @expose
+    @expose(access="read")
     def hostinfo(self) -> list:
         """Every host's hostinfo, one row per host with a ``host`` column and
         a ``status`` (ok | error | timeout)."""
@@ -385,7 +399,7 @@ class HubService:
                 for host, res in self._gather("hostinfo")["results"].items()]
 
     # ------------------------------------------------------------ fan-out
-    @expose
+    @expose(access="read")
     def broadcast(self, method: str, args: list | None = None, options: dict | None = None) -> dict:
         """Call an agent method on every targeted host in parallel.
 
@@ -402,6 +416,10 @@ class HubService:
         answer past timeout_s.
         """
         opts = validate.options(options, {"target": "", "timeout_s": "", "fire_and_forget": ""}, "broadcast")
+        caller = wire.current_caller()
+        if caller is not None and caller.role != "admin" and method not in READ_AGENT_METHODS:
+            raise errors.PermissionDenied(f"role {caller.role!r} may broadcast only read methods "
+                                          f"({', '.join(sorted(READ_AGENT_METHODS))})")
         timeout = validate.number(opts.get("timeout_s", 10.0), "timeout_s", minimum=0.1, maximum=3600)
         args = list(args or [])
         hosts = fanout.targets(self.store.hosts(), opts.get("target"))
@@ -447,7 +465,7 @@ class HubService:
                 self.workers.release(host)
 
     # ------------------------------------------------------------ images
-    @expose
+    @expose(access="read")
     def image_ls(self) -> list:
         """Images in the hub's registry: [{name, id, created, size_bytes,
         layers, exposed_ports}]."""
@@ -467,19 +485,19 @@ class HubService:
             info["manifest"], info["layer_sizes"],
             lambda d, off, n: self._call(host, "image_layer_read", d, off, n, timeout_s=PULL_TIMEOUT_SECONDS))
 
-    @expose
+    @expose(access="read")
     def image_manifest(self, ref: str) -> dict:
         """For agents pulling: {manifest, layer_sizes {digest: bytes}}."""
         m = self.registry.resolve(ref)
         return {"manifest": m, "layer_sizes": {d: self.registry.layer_size(d) for d in m["layers"]}}
 
-    @expose
+    @expose(access="read")
     def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
         """For agents pulling: up to ``length`` bytes (<= 4 MiB) of a layer
         tar from ``offset``."""
         return self.registry.read_layer(digest, offset, length)
 
-    @expose
+    @expose(access="read")
     def hub_info(self) -> dict:
         """{version, uptime_s, heartbeat_s, missed_heartbeats, hosts,
         containers, queue {idle, busy, members}}."""

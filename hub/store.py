@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY,
     endpoint TEXT NOT NULL,
     address TEXT NOT NULL DEFAULT '',
+    key TEXT NOT NULL DEFAULT '',
     labels TEXT NOT NULL DEFAULT '{}',
     capacity TEXT NOT NULL DEFAULT '{}',
     summary TEXT NOT NULL DEFAULT '{}',
@@ -83,6 +84,9 @@ class HubStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(hosts)")}
+        if "key" not in columns:  # a store from before host keys
+            self.db.execute("ALTER TABLE hosts ADD COLUMN key TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self.db.close()
@@ -104,24 +108,38 @@ class HubStore:
         return [_row(cur, r) for r in cur.fetchall()]
 
     # ------------------------------------------------------------ hosts
-    def upsert_host(self, name: str, endpoint: str, address: str, labels: dict, capacity: dict) -> dict:
+    def upsert_host(self, name: str, endpoint: str, address: str, labels: dict, capacity: dict,
+                    key: str = "") -> dict:
+        """Register or re-register a host.  A host's identity is its CURVE
+        key: once a name is bound to a key, only that key may claim it.
+
+        Raises: Unauthorized (the name belongs to another key)."""
         now = time.time()
         with self.write() as db:
+            row = db.execute("SELECT key FROM hosts WHERE name=?", (name,)).fetchone()
+            if row is not None and row[0] and row[0] != key:
+                raise errors.Unauthorized(f"host name {name!r} belongs to another key",
+                                          hint="a host's identity is its key; remove the old host first")
             db.execute(
-                "INSERT INTO hosts (name, endpoint, address, labels, capacity, state, registered_at, last_heartbeat)"
-                " VALUES (?, ?, ?, ?, ?, 'alive', ?, ?) ON CONFLICT(name) DO UPDATE SET endpoint=excluded.endpoint,"
-                " address=excluded.address, labels=excluded.labels, capacity=excluded.capacity, state='alive',"
-                " registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat",
-                (name, endpoint, address, json.dumps(labels), json.dumps(capacity), now, now))
+                "INSERT INTO hosts (name, endpoint, address, key, labels, capacity, state, registered_at,"
+                " last_heartbeat) VALUES (?, ?, ?, ?, ?, ?, 'alive', ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                " endpoint=excluded.endpoint, address=excluded.address, key=excluded.key, labels=excluded.labels,"
+                " capacity=excluded.capacity, state='alive', registered_at=excluded.registered_at,"
+                " last_heartbeat=excluded.last_heartbeat",
+                (name, endpoint, address, key, json.dumps(labels), json.dumps(capacity), now, now))
         return self.host(name)
 
-    def heartbeat(self, name: str, summary: dict) -> str | None:
+    def heartbeat(self, name: str, summary: dict, key: str = "") -> str | None:
         """Record a heartbeat; returns the host's previous state, or None when
-        the host is unknown (it must register again)."""
+        the host is unknown (it must register again).
+
+        Raises: Unauthorized (the host is bound to another key)."""
         with self.write() as db:
-            row = db.execute("SELECT state FROM hosts WHERE name=?", (name,)).fetchone()
+            row = db.execute("SELECT state, key FROM hosts WHERE name=?", (name,)).fetchone()
             if row is None:
                 return None
+            if row[1] and row[1] != key:
+                raise errors.Unauthorized(f"host {name!r} belongs to another key")
             capacity = summary.get("capacity")
             if capacity is not None:
                 db.execute("UPDATE hosts SET summary=?, capacity=?, state='alive', last_heartbeat=? WHERE name=?",

@@ -221,10 +221,44 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
            "--state-dir", h["state_dir"], "--bridge", h["bridge"], "--subnet", h["subnet"],
            "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
     if state["hub"]:
-        cmd += ["--hub", state["hub"]["tcp"], "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
+        cmd += ["--hub", state["hub"]["tcp"], "--hub-key", state["hub"]["public_key"],
+                "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
     tmp = f"{state['dirs']['run']}/{h['name']}.cgroup"
     return [*_in_net(h["netns"]), "unshare", "--mount", "--propagation", "slave", "--",
             "sh", "-c", _ENTER_SH, "sh", tmp, *cmd, *agent_args]
+
+
+def setup_keys(state: dict) -> None:
+    """CURVE keys for the fleet: a key pair per host and for the hub (in
+    their state dirs); each host admits the hub as admin, the hub admits each
+    host as agent; the operator's dcctl key pair (CONFIG_DIR/dcctl.key_secret,
+    made if missing, kept at down) is admin everywhere, and the servers' public
+    keys are written where dcctl looks for them (CONFIG_DIR/servers/), so
+    `export DCCTL_HOST=tcp://...` is all dcctl needs."""
+    from dcctl import auth
+    from dcctl.cli import config_dir, known_server_key_path
+    cfg = config_dir()
+    operator = os.path.join(cfg, "dcctl.key_secret")
+    if not os.path.exists(operator):
+        auth.keygen(cfg, "dcctl")
+    op_public = auth.load_pair(operator)[0].decode()
+    known = []
+    servers = ([state["hub"]] if state["hub"] else []) + state["hosts"]
+    for srv in servers:
+        keys_dir = os.path.join(srv["state_dir"], "keys")
+        srv["public_key"] = auth.ensure_server_pair(keys_dir)[0].decode()
+        auth.Allowlist(keys_dir).add("admin", "operator", op_public)
+        path = known_server_key_path(srv["tcp"])
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f'curve\n    public-key = "{srv["public_key"]}"\n')
+        known.append(path)
+    if state["hub"]:
+        hub_allow = auth.Allowlist(os.path.join(state["hub"]["state_dir"], "keys"))
+        for h in state["hosts"]:
+            hub_allow.add("agent", h["name"], h["public_key"])
+            auth.Allowlist(os.path.join(h["state_dir"], "keys")).add("admin", "hub", state["hub"]["public_key"])
+    state["known_server_keys"] = known
 
 
 def seed_hub(state: dict, timeout_s: float) -> None:
@@ -309,6 +343,8 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             for argv in (["link", "set", "lo", "up"], ["addr", "add", f"{h['address']}/{plen}", "dev", "eth0"],
                          ["link", "set", "eth0", "up"], ["route", "add", "default", "via", state["gateway"]]):
                 _run(["ip", "-n", ns, *argv])
+        setup_keys(state)
+        save(state)
         procs = {}
         if hub:
             hd = state["hub"]
@@ -371,6 +407,11 @@ def _down_once(prefix: str) -> list[str]:
     remove_forward_rule(p["bridge"], prefix)
     if os.path.exists(f"/sys/class/net/{p['bridge']}"):
         _run(["ip", "link", "del", p["bridge"]], ok=(0, 1))
+    for path in state.get("known_server_keys", []):  # what setup_keys wrote for dcctl
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     dirs = [p["state"], p["log"], p["run"]]
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f]

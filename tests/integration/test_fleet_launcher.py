@@ -132,7 +132,10 @@ def wait_http(url: str, timeout_s: float = 15.0) -> str:
 
 
 def call(endpoint: str, method: str, *args, timeout_s: float = 60):
-    with wire.connect(endpoint, timeout_s=timeout_s) as c:
+    """Call as the operator would: tcp:// endpoints with the operator's
+    CURVE key and the server key the fleet recorded for dcctl."""
+    from dcctl.cli import client_keys
+    with wire.connect(endpoint, timeout_s=timeout_s, keys=client_keys(endpoint, None, None)) as c:
         return c.call(method, *args)
 
 
