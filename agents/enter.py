@@ -42,11 +42,17 @@ def _set_winsize(fd: int, rows: int, cols: int) -> None:
 class EnterSession:
     """One relay: PAIR socket + lxc-attach on a PTY."""
 
-    def __init__(self, ctx: zmq.Context, start, bind_to: str, accept_timeout_s: float):
+    def __init__(self, ctx: zmq.Context, start, bind_to: str, accept_timeout_s: float,
+                 curve: tuple[bytes, bytes] | None = None):
         self.token = secrets.token_hex(16)
         self.start = start  # start(tty_path) -> lxcwrap.spawn.Child
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        if bind_to.startswith("tcp://") and curve is not None:
+            # encrypted with the agent's key; the one-time token admits the client
+            self.sock.curve_server = True
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve
         if bind_to.startswith("tcp://"):
             port = self.sock.bind_to_random_port(bind_to)
             self.endpoint = {"transport": "tcp", "port": port}
@@ -156,10 +162,13 @@ class EnterRelay:
             one (same address, random port) or, with none, in ``run_dir``.
         run_dir: directory for ipc session sockets (0700).
         accept_timeout_s: seconds a session waits for its client.
+        curve: the agent's CURVE key pair: tcp relays are encrypted with it.
     """
 
-    def __init__(self, listen: list[str], run_dir: str, accept_timeout_s: float):
+    def __init__(self, listen: list[str], run_dir: str, accept_timeout_s: float,
+                 curve: tuple[bytes, bytes] | None = None):
         self.ctx = zmq.Context()
+        self.curve = curve
         tcp = next((ep for ep in listen if ep.startswith("tcp://")), None)
         self.tcp_bind = tcp.rsplit(":", 1)[0] if tcp else None
         self.run_dir = run_dir
@@ -171,10 +180,14 @@ class EnterRelay:
         terminal (e.g. Lxc.attach_tty bound to a container and command).
 
         Returns: {"token": hex, "transport": "tcp"|"ipc", "port"|"path",
-        "expires_s": seconds to connect}."""
+        "expires_s": seconds to connect, "server_key": Z85 (tcp: connect with
+        CURVE, any client key)}."""
         if via_tcp and self.tcp_bind:
             bind_to = self.tcp_bind
         else:
             bind_to = f"ipc://{os.path.join(self.run_dir, 'enter-' + secrets.token_hex(6) + '.sock')}"
-        session = EnterSession(self.ctx, start, bind_to, self.accept_timeout_s)
-        return {"token": session.token, **session.endpoint, "expires_s": self.accept_timeout_s}
+        session = EnterSession(self.ctx, start, bind_to, self.accept_timeout_s, self.curve)
+        out = {"token": session.token, **session.endpoint, "expires_s": self.accept_timeout_s}
+        if session.endpoint["transport"] == "tcp" and self.curve is not None:
+            out["server_key"] = self.curve[0].decode()
+        return out

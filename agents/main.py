@@ -42,7 +42,8 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
     if not cfg.hollow:
         manager.ensure_base_images()
     manager.recover()
-    relay = EnterRelay(cfg.listen, os.path.join(cfg.state_dir, "run"), cfg.enter_accept_timeout_s)
+    relay = EnterRelay(cfg.listen, os.path.join(cfg.state_dir, "run"), cfg.enter_accept_timeout_s,
+                       curve=auth.ensure_server_pair(cfg.keys_dir))
     service = Service(AgentService(manager, relay, hub_keys(cfg)), name=f"dc-agent@{cfg.host_name}",
                       translate=translate, keys_dir=cfg.keys_dir)
     for endpoint in cfg.listen:

@@ -60,6 +60,9 @@ def run(client, name: str, command: list[str] | None, stdin=None, stdout=None) -
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 500)
+    if endpoint.startswith("tcp://") and session.get("server_key"):
+        sock.curve_serverkey = session["server_key"].encode()
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()  # the token admits us
     sock.connect(endpoint)
     _send(sock, "hello", session["token"], rows, cols)
     saved = termios.tcgetattr(in_fd) if is_tty else None

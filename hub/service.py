@@ -322,7 +322,8 @@ class HubService:
         so the client connects to the relay on that host directly."""
         host = self.store.host(self._owner(name))
         session = self._forward("container_enter", name, command, {"via": "tcp"})
-        return {**session, "address": host["address"] or host["endpoint"].split("//")[-1].rsplit(":", 1)[0]}
+        # the relay listens beside the agent's tcp endpoint
+        return {**session, "address": host["endpoint"].split("//")[-1].rsplit(":", 1)[0].strip("[]")}
 
     @expose(access="read")
     def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
