@@ -24,6 +24,7 @@ import gevent
 import gevent.lock
 
 from agents import network as netmod
+from agents import supervisor
 from agents.config import AgentConfig
 from agents.state import StateStore
 from dcctl import errors, validate
@@ -42,6 +43,7 @@ CREATE_OPTIONS = {
     "cpu_shares": "relative CPU weight, 2-262144 (1024 = normal)",
     "env": "environment of the container's command, {NAME: value}",
     "command": "the command init runs (argv list, or a string for /bin/sh -c)",
+    "restart": "restart policy: no (default), always, on-failure or on-failure:N",
 }
 EXEC_OPTIONS = {
     "timeout_s": "seconds before the command is killed (default 300)",
@@ -50,6 +52,14 @@ EXEC_OPTIONS = {
     "stdin": "bytes fed to the command's standard input",
 }
 MIN_MEMORY_BYTES = 4 << 20
+
+
+def _policy_text(policy: dict | None) -> str:
+    if not policy or policy["policy"] == "no":
+        return "no"
+    if policy["policy"] == "on-failure":
+        return f"on-failure:{policy['max_retries']}"
+    return policy["policy"]
 
 
 def _blocking(fn, *args):
@@ -125,7 +135,9 @@ class ContainerManager:
         Loads records, rolls back creates and finishes destroys that a crash
         interrupted, puts every port mapping back in the kernel (rules that
         survived are kept, not flushed), and restarts containers whose
-        desired state is running but that are stopped (host reboot).
+        hands containers whose desired state is running but that are stopped
+        (host reboot, an exit while the agent was down) to the supervisor,
+        whose restart policy decides ("restarted" lists them).
 
         Returns: {"adopted": n, "rolled_back": [...], "destroyed": [...],
                   "restarted": [...], "rules": {"added": n, "removed": n}}
@@ -142,14 +154,11 @@ class ContainerManager:
                 self._finish_destroy(rec)
                 finished.append(name)
         rules = self.network.reconcile(self.all_mappings())
+        # containers that stopped while the agent was away (or a host reboot)
+        # are left to the supervisor: their restart policy decides
         live = {c["name"]: c for c in self.lxc.ls()}
-        for name, rec in self.records.items():
-            if rec["desired"] == "running" and live.get(name, {}).get("state") != "RUNNING":
-                try:
-                    self._start(rec)
-                    restarted.append(name)
-                except errors.DcError as exc:
-                    log.error("could not restart %s: %s", name, exc)
+        restarted = [n for n, r in self.records.items()
+                     if r["desired"] == "running" and live.get(n, {}).get("state") != "RUNNING"]
         log.info("recovered %d containers (rolled back %s, finished destroy of %s, restarted %s)",
                  len(self.records), rolled, finished, restarted)
         return {"adopted": len(self.records), "rolled_back": rolled, "destroyed": finished,
@@ -173,7 +182,9 @@ class ContainerManager:
                    "phase": "creating", "veth": self.network.veth_name(name),
                    "memory_bytes": opts.get("memory_bytes"), "cpus": opts.get("cpus"),
                    "cpu_shares": opts.get("cpu_shares"), "env": {**manifest.get("env", {}), **opts["env"]},
-                   "command": opts.get("command") or manifest.get("command") or []}
+                   "command": opts.get("command") or manifest.get("command") or [],
+                   "restart": supervisor.parse_policy(opts.get("restart")), "restart_count": 0,
+                   "events": []}
             self.records[name] = rec
         with self.locked(name):
             try:
@@ -196,6 +207,7 @@ class ContainerManager:
         if opts.get("cpu_shares") is not None:
             validate.number(opts["cpu_shares"], "cpu_shares", minimum=2, maximum=262144, integer=True)
         opts["env"] = validate.env(opts.get("env"))
+        supervisor.parse_policy(opts.get("restart"))
         if opts.get("command") is not None:
             opts["command"] = validate.command(opts["command"])
         return opts
@@ -250,6 +262,10 @@ class ContainerManager:
 
     def _start(self, rec: dict) -> int | None:
         name = rec["name"]
+        try:  # the previous run's exit record must not be taken for this run's
+            os.unlink(os.path.join(self._dir(name), "delta0", "etc", "dcfleet", "exit"))
+        except FileNotFoundError:
+            pass
         try:
             try:
                 pid = self.lxc.start(name)
@@ -263,12 +279,12 @@ class ContainerManager:
                 pid = self.lxc.start(name)
         except lxcerr.LxcAlreadyRunning as exc:
             raise errors.ContainerRunning(f"container {name!r} is already running") from exc
+        rec["started_at"] = time.time()
         self.network.enable_hairpin(rec["veth"])
         for m in self._mappings(rec):
             self.network.add_mapping(m)
-        if rec["desired"] != "running":
-            rec["desired"] = "running"
-            self._save(rec)
+        rec["desired"] = "running"
+        self._save(rec)
         return pid
 
     def stop(self, name: str, timeout_s: float | None) -> dict:
@@ -419,7 +435,10 @@ class ContainerManager:
                 "pid": live.get("pid") if live else None,
                 "ports": [{"proto": p["proto"], "host_port": p["host_port"],
                            "container_port": p["container_port"]} for p in rec["ports"]],
-                "memory_limit_bytes": rec["memory_bytes"], "cpus": rec["cpus"]}
+                "memory_limit_bytes": rec["memory_bytes"], "cpus": rec["cpus"],
+                "restart": _policy_text(rec.get("restart")), "restart_count": rec.get("restart_count", 0),
+                "last_exit": rec.get("last_exit"),
+                "oom_killed": bool((rec.get("last_exit") or {}).get("oom_killed")) and state != "running"}
 
     def ls(self) -> list[dict]:
         """See AgentService.container_ls."""
@@ -444,7 +463,8 @@ class ContainerManager:
         except lxcerr.LxcNotFound:
             live = None
         view = self._view(rec, live)
-        view.update({"env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
+        view.update({"events": rec.get("events", []),
+                     "env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
                      "veth": rec["veth"], "gateway": self.network.gateway,
                      "prefixlen": self.network.prefixlen, "host": self.config.host_name,
                      "rootfs_upper": os.path.join(self._dir(name), "delta0"),

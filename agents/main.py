@@ -21,6 +21,7 @@ from agents.containers import ContainerManager
 from agents.enter import EnterRelay
 from agents.hubclient import HubLink
 from agents.service import AgentService, translate
+from agents.supervisor import Supervisor
 from dcctl import auth, errors
 from dcctl.wire import Service
 from images.store import ImageStore
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s: %s", type(mapped).__name__, mapped)
         return 1
     task = service.start()
+    Supervisor(service.target.m).start()
     if cfg.hub:
         link = hub_link(cfg, service)
         link.start()

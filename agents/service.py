@@ -201,7 +201,9 @@ class AgentService:
             options: {memory_bytes: int (LXC cgroup memory limit; v1
                 memory.limit_in_bytes or v2 memory.max, as the host runs),
                 cpus: float (CPU quota), cpu_shares: int, env: {K: V},
-                command: [argv] or "shell string"}.
+                command: [argv] or "shell string", restart: "no" (default) |
+                "always" | "on-failure" | "on-failure:N" (Docker's names; the
+                container lives as long as its command, see agents.supervisor)}.
 
         The rootfs is an overlay of the image's layers with a per-container
         upper dir; the image's templates are rendered into it (Jinja2) with
@@ -254,13 +256,16 @@ class AgentService:
 
         Returns: [{name, state ("running", "stopped", "creating",
         "destroying", ...), image, image_id, address, created, desired, pid,
-        ports [{proto, host_port, container_port}], memory_limit_bytes, cpus}].
+        ports [{proto, host_port, container_port}], memory_limit_bytes, cpus,
+        restart, restart_count, last_exit {status, oom_killed, at, ran_s} |
+        None, oom_killed (stopped by the kernel's OOM killer)}].
         """
         return self.m.ls()
 
     @expose(access="read")
     def container_inspect(self, name: str) -> dict:
-        """Everything about one container: container_ls's keys plus env,
+        """Everything about one container: container_ls's keys plus events
+        [{at, kind (exited|oom|restarted|restart_gave_up|restart_failed), ...}], env,
         command, cpu_shares, veth, gateway, prefixlen, host, rootfs_upper and
         usage {memory_bytes, memory_limit_bytes, cpu_seconds} read from its
         cgroup (whole subtree).

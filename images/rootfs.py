@@ -5,9 +5,10 @@ The contract between an image and the agent that creates a container from it:
 * ``/etc/dcfleet/command`` holds the container's command as ONE shell-quoted
   line (``command_file_text(["httpd", "-f"])``); an empty file runs nothing;
 * ``/etc/dcfleet/env`` holds ``export KEY='value'`` lines (``env_file_text``);
-* ``/etc/dcfleet/run`` (``RUN_SCRIPT``) sources the env file, then execs the
-  command; the image's init runs it once at boot (busybox: an inittab
-  ``once`` line; systemd: ``dcfleet-run.service``).
+* ``/etc/dcfleet/run`` (``RUN_SCRIPT``) sources the env file, runs the
+  command, writes ``/etc/dcfleet/exit`` ("STATUS OOM_KILLS") when it ends and
+  powers the container off; the image's init runs it once at boot (busybox:
+  an inittab ``once`` line; systemd: ``dcfleet-run.service``).
 
 The agent writes the first two files into the container at create, beside the
 rendered templates; each image ships defaults for both.
@@ -21,18 +22,23 @@ from typing import Iterable, Mapping
 
 from images.errors import InvalidImage
 
-__all__ = ["COMMAND_PATH", "ENV_PATH", "RUN_PATH", "RUN_SCRIPT", "command_file_text",
+__all__ = ["COMMAND_PATH", "ENV_PATH", "EXIT_PATH", "RUN_PATH", "RUN_SCRIPT", "command_file_text",
            "env_file_text", "write_file", "set_tree_times"]
 
 COMMAND_PATH = "/etc/dcfleet/command"
 ENV_PATH = "/etc/dcfleet/env"
 RUN_PATH = "/etc/dcfleet/run"
+EXIT_PATH = "/etc/dcfleet/exit"
 
 RUN_SCRIPT = """\
 #!/bin/sh
 # dcfleet: run the container's command once (written by the agent at create).
 # /etc/dcfleet/env: "export KEY='value'" lines.
 # /etc/dcfleet/command: one shell-quoted command line; empty means none.
+# When the command ends, its exit status and the kernel's count of OOM kills
+# in this container's cgroup go to /etc/dcfleet/exit ("STATUS OOM_KILLS"),
+# and the container powers off: it lives as long as its command (the agent's
+# restart policy decides what happens next).
 if [ -r /etc/dcfleet/env ]; then
     . /etc/dcfleet/env
 fi
@@ -41,7 +47,17 @@ if [ -z "$cmd" ]; then
     exit 0
 fi
 cd /
-eval "exec $cmd"
+rm -f /etc/dcfleet/exit
+eval "$cmd"
+status=$?
+ooms=$(cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null \\
+       | sed -n 's/^oom_kill //p' | head -n 1)
+echo "$status ${ooms:-0}" > /etc/dcfleet/exit.tmp && mv /etc/dcfleet/exit.tmp /etc/dcfleet/exit
+sync
+# killed (137: maybe by the OOM killer): give the host's agent a moment to
+# read the cgroup's oom_kill counter before the cgroup goes away
+[ "$status" = 137 ] && sleep 3
+poweroff 2>/dev/null || kill -USR2 1
 """
 
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -158,3 +158,23 @@ def usage(layout: Layout, pid: int) -> dict:
     limit = int(lim) if lim and lim.isdigit() and int(lim) < (1 << 62) else None
     return {"memory_bytes": int(mem) if mem and mem.isdigit() else None,
             "memory_limit_bytes": limit, "cpu_seconds": cpu}
+
+
+def oom_kills(layout: Layout, pid: int) -> int | None:
+    """How many processes the kernel's OOM killer has killed in the cgroup of
+    process ``pid`` (v1 memory.oom_control "oom_kill", v2 memory.events
+    "oom_kill"); None when the kernel gives no figure.
+
+    Raises: OSError when the process is gone."""
+    dirs = cgroup_dirs(layout, pid)
+    if layout.version("memory") == 2 and "unified" in dirs:
+        text = _read(os.path.join(dirs["unified"], "memory.events"))
+    elif "memory" in dirs:
+        text = _read(os.path.join(dirs["memory"], "memory.oom_control"))
+    else:
+        return None
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None

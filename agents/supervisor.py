@@ -1,0 +1,176 @@
+"""Restart policies and exit detection on one host (Docker's names).
+
+A container lives as long as its command: the image's run script records
+``STATUS OOM_KILLS`` in /etc/dcfleet/exit (in the container's own upper
+layer, readable from the host) and powers the container off.  Every
+``interval_s`` the supervisor lists the containers (one ``lxc-ls``) and, for
+each one the agent started (desired "running") that has stopped, records the
+exit and applies the policy:
+
+* ``no``: it stays stopped (desired becomes "stopped");
+* ``always``: restarted whatever the exit;
+* ``on-failure[:N]``: restarted if it failed (non-zero status or OOM kill),
+  at most N times (default 10).
+
+Restarts back off exponentially (1 s, 2 s, 4 s ... at most 60 s); a run that
+lasted ``RESET_AFTER_SECONDS`` resets the backoff.  An OOM kill (status 137
+with the cgroup's oom_kill counter above zero, read inside the container by
+the run script, or by the supervisor from the host while the container
+powers off) is reported as ``oom_killed: true``.  Containers the operator stopped are never touched.
+Best effort (failure class 1): a failed pass is logged and retried.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+import gevent
+
+from dcctl import errors
+from lxcwrap import cgroup
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("no", "always", "on-failure")
+DEFAULT_MAX_RETRIES = 10
+BACKOFF_MAX_SECONDS = 60.0
+RESET_AFTER_SECONDS = 30.0
+MAX_EVENTS = 50
+_POLICY_RE = re.compile(r"^(no|always|on-failure)(?::(\d{1,4}))?$")
+
+
+def parse_policy(value) -> dict:
+    """``"no"``, ``"always"``, ``"on-failure"`` or ``"on-failure:N"`` ->
+    {"policy", "max_retries"}.  Raises InvalidArgument."""
+    if value is None:
+        return {"policy": "no", "max_retries": 0}
+    m = _POLICY_RE.match(value) if isinstance(value, str) else None
+    if not m or (m.group(2) and m.group(1) != "on-failure"):
+        raise errors.InvalidArgument(f"restart policy must be no, always, on-failure or on-failure:N, got {value!r}")
+    retries = int(m.group(2)) if m.group(2) else (DEFAULT_MAX_RETRIES if m.group(1) == "on-failure" else 0)
+    return {"policy": m.group(1), "max_retries": retries}
+
+
+def read_exit(upper_dir: str) -> tuple[int | None, bool]:
+    """(exit status, oom_killed) from the container's /etc/dcfleet/exit, or
+    (None, False) when its command did not record one (killed with the
+    container, or an image without the dcfleet run script)."""
+    try:
+        with open(os.path.join(upper_dir, "etc", "dcfleet", "exit")) as f:
+            parts = f.read().split()
+        status, ooms = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except (OSError, ValueError, IndexError):
+        return None, False
+    return status, status == 137 and ooms > 0
+
+
+def add_event(rec: dict, kind: str, **detail) -> dict:
+    """Append an event {at, kind, ...} to the record (last MAX_EVENTS kept)."""
+    event = {"at": time.time(), "kind": kind, **detail}
+    rec.setdefault("events", []).append(event)
+    del rec["events"][:-MAX_EVENTS]
+    return event
+
+
+class Supervisor:
+    """Watches ``manager``'s containers (see the module doc)."""
+
+    def __init__(self, manager, interval_s: float = 1.0):
+        self.m = manager
+        self.interval_s = interval_s
+        self._due: dict[str, float] = {}  # name -> monotonic time of its next restart
+        self._ooms: dict[str, int] = {}  # name -> oom_kill count seen after its command ended
+        self._task: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self._task = gevent.spawn(self._loop)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.kill()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("supervisor pass failed; retrying")
+            gevent.sleep(self.interval_s)
+
+    def tick(self) -> None:
+        """One pass: record exits, apply policies, start restarts that are due."""
+        live = {c["name"]: c for c in self.m.lxc.ls()}
+        now = time.monotonic()
+        for name, rec in list(self.m.records.items()):
+            if rec["phase"] != "ready" or rec["desired"] != "running":
+                self._due.pop(name, None)
+                continue
+            if live.get(name, {}).get("state") == "RUNNING":
+                self._watch_ending(rec, live[name].get("pid"))
+                continue
+            if name not in self._due:
+                self._exited(rec)
+            due = self._due.get(name)
+            if due is not None and now >= due:
+                self._restart(rec)
+
+    def _watch_ending(self, rec: dict, pid: int | None) -> None:
+        """A running container whose command has ended (its exit record
+        exists) is about to power off: read its cgroup's OOM kill count now,
+        while the cgroup still exists (the run script lingers after 137)."""
+        if not pid or not os.path.exists(os.path.join(self.m._dir(rec["name"]), "delta0", "etc", "dcfleet", "exit")):
+            return
+        try:
+            count = cgroup.oom_kills(self.m.layout, pid)
+        except OSError:
+            return
+        if count:
+            self._ooms[rec["name"]] = count
+
+    def _exited(self, rec: dict) -> None:
+        name = rec["name"]
+        with self.m.locked(name):
+            if rec["desired"] != "running" or self.m._live_state(name) == "RUNNING":
+                return  # the operator stopped it, or it came back, meanwhile
+            status, oom = read_exit(os.path.join(self.m._dir(name), "delta0"))
+            oom = oom or (status == 137 and self._ooms.pop(name, 0) > 0)
+            started = rec.get("started_at") or time.time()
+            ran_s = max(0.0, time.time() - started)
+            rec["last_exit"] = {"status": status, "oom_killed": oom, "at": time.time(), "ran_s": round(ran_s, 3)}
+            add_event(rec, "oom" if oom else "exited", status=status)
+            policy = rec.get("restart") or {"policy": "no", "max_retries": 0}
+            failed = oom or status != 0
+            if ran_s >= RESET_AFTER_SECONDS:
+                rec["restart_count"] = 0
+            count = rec.get("restart_count", 0)
+            wanted = policy["policy"] == "always" or (policy["policy"] == "on-failure" and failed)
+            if wanted and policy["policy"] == "on-failure" and count >= policy["max_retries"]:
+                add_event(rec, "restart_gave_up", restarts=count)
+                wanted = False
+            if not wanted:
+                rec["desired"] = "stopped"
+                self.m._save(rec)
+                log.info("%s exited (status %s, oom %s); policy %s: stays stopped", name, status, oom,
+                         policy["policy"])
+                return
+            delay = min(BACKOFF_MAX_SECONDS, 2.0 ** count)
+            self._due[name] = time.monotonic() + delay
+            self.m._save(rec)
+            log.info("%s exited (status %s, oom %s); restart %d in %.0f s", name, status, oom, count + 1, delay)
+
+    def _restart(self, rec: dict) -> None:
+        name = rec["name"]
+        self._due.pop(name, None)
+        try:
+            with self.m.locked(name):
+                if rec["desired"] != "running" or self.m._live_state(name) == "RUNNING":
+                    return
+                rec["restart_count"] = rec.get("restart_count", 0) + 1
+                add_event(rec, "restarted", count=rec["restart_count"])
+                self.m._start(rec)  # saves the record
+        except errors.DcError as exc:
+            log.warning("restart of %s failed: %s", name, exc)
+            add_event(rec, "restart_failed", error=f"{type(exc).__name__}: {exc}")
+            self._due[name] = time.monotonic() + min(BACKOFF_MAX_SECONDS, 2.0 ** rec.get("restart_count", 1))
