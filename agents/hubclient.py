@@ -32,7 +32,9 @@ class HubLink:
         keys: CURVE ClientKeys for a tcp:// hub.
     """
 
-    def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0, keys=None):
+    def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0, keys=None,
+                 on_beat=None):
+        self.on_beat = on_beat  # called after each heartbeat the hub accepted
         self.endpoint = endpoint
         self.keys = keys
         self.identity = identity
@@ -69,6 +71,8 @@ class HubLink:
                 self.registered = True
                 log.info("registered with hub %s as %s", self.endpoint, self.identity["name"])
             client.call("host_heartbeat", self.identity["name"], summary)
+            if self.on_beat is not None:
+                self.on_beat()
         except errors.NoSuchHost:
             self.registered = False  # the hub forgot us: register on the next beat
         except errors.Unauthorized as exc:

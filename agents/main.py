@@ -69,7 +69,7 @@ def hub_keys(cfg: agent_config.AgentConfig) -> auth.ClientKeys | None:
     return auth.ClientKeys(public, secret, auth.load_public(cfg.hub_key))
 
 
-def hub_link(cfg: agent_config.AgentConfig, service: Service) -> HubLink:
+def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> HubLink:
     """The membership loop: register with cfg.hub and send heartbeats."""
     agent = service.target
     tcp = next((ep for ep in cfg.listen if ep.startswith("tcp://")), None)
@@ -81,7 +81,7 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service) -> HubLink:
         return {"capacity": info["capacity"], "metrics": info["metrics"],
                 "containers": [{"name": c["name"], "state": c["state"]} for c in info["containers"]]}
 
-    return HubLink(cfg.hub, identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg))
+    return HubLink(cfg.hub, identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s: %s", type(mapped).__name__, mapped)
         return 1
     task = service.start()
-    Supervisor(service.target.m).start()
+    supervisor = Supervisor(service.target.m, hold_s=cfg.heartbeat_s * 5 if cfg.hub else 0.0)
+    supervisor.start()
     if cfg.hub:
-        link = hub_link(cfg, service)
+        link = hub_link(cfg, service, on_beat=supervisor.release)
         link.start()
     gevent.signal_handler(signal.SIGTERM, service.stop)
     gevent.signal_handler(signal.SIGINT, service.stop)

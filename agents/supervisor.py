@@ -27,6 +27,7 @@ import re
 import time
 
 import gevent
+import gevent.event
 
 from dcctl import errors
 from lxcwrap import cgroup
@@ -77,9 +78,18 @@ def add_event(rec: dict, kind: str, **detail) -> dict:
 class Supervisor:
     """Watches ``manager``'s containers (see the module doc)."""
 
-    def __init__(self, manager, interval_s: float = 1.0):
+    def __init__(self, manager, interval_s: float = 1.0, hold_s: float = 0.0):
         self.m = manager
         self.interval_s = interval_s
+        # With a hub, restarts wait until the hub has heard from this host
+        # (``release()``) or ``hold_s`` has passed: if the host was lost, the
+        # hub may have re-created its containers elsewhere and will remove
+        # the stale copies instead.
+        self.released = gevent.event.Event()
+        if hold_s <= 0:
+            self.released.set()
+        else:
+            gevent.spawn_later(hold_s, self.released.set)
         self._due: dict[str, float] = {}  # name -> monotonic time of its next restart
         self._ooms: dict[str, int] = {}  # name -> oom_kill count seen after its command ended
         self._task: gevent.Greenlet | None = None
@@ -91,7 +101,12 @@ class Supervisor:
         if self._task is not None:
             self._task.kill()
 
+    def release(self) -> None:
+        """The hub has our inventory: restarts may begin."""
+        self.released.set()
+
     def _loop(self) -> None:
+        self.released.wait()
         while True:
             try:
                 self.tick()

@@ -76,6 +76,15 @@ class Registry:
                 f"{ref!r} matches {len(found)} images: " + ", ".join(m["id"][:12] for m in found))
         return found[-1]
 
+    def get(self, image_id: str) -> dict:
+        """The manifest with this full id. Raises: ImageNotFound."""
+        path = os.path.join(self.root, "manifests", digest(image_id, "image id") + ".json")
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError as exc:
+            raise errors.ImageNotFound(f"no image {image_id[:12]} in the hub's registry") from exc
+
     def layer_size(self, d: str) -> int:
         try:
             return os.path.getsize(self._layer(d))

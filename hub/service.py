@@ -8,6 +8,7 @@ agents over RPC only and never imports agent code.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import time
 
@@ -28,8 +29,12 @@ CREATE_OPTIONS = {
     "command": "argv list or shell string",
     "label": "placement constraints {key: value}", "host": "pin to this host",
     "no_start": "create only", "strategy": "spread (default) or binpack",
+    "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
 }
-AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command")
+AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command", "restart")
+RESCHEDULE_ATTEMPTS = 8
+RESCHEDULE_BACKOFF_MAX_SECONDS = 30.0
+MAX_EVENTS = 500
 RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
              errors.StoreError, errors.NetworkError, errors.Busy)
 PULL_TIMEOUT_SECONDS = 600.0
@@ -64,6 +69,9 @@ class HubService:
         self.workers = fanout.WorkQueue()
         self._clients: dict[str, tuple[str, wire.RpcClient]] = {}
         self._tasks: list[gevent.Greenlet] = []
+        self._moving: set[str] = set()  # containers being re-created elsewhere
+        self._reaping: set[tuple[str, str]] = set()  # (host, name) stale copies being removed
+        self._event_log: collections.deque = collections.deque(maxlen=MAX_EVENTS)
         self.started = time.time()
 
     # ------------------------------------------------------------ plumbing
@@ -81,6 +89,8 @@ class HubService:
             deadline = time.time() - self.heartbeat_s * self.missed_heartbeats
             for name in self.store.mark_unreachable(deadline):
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
+                self._event("host_lost", host=name)
+                gevent.spawn(self._failover, name)
             self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
             gevent.sleep(min(1.0, self.heartbeat_s / 2))
 
@@ -102,6 +112,105 @@ class HubService:
             except errors.DcError as exc:
                 log.warning("journal: %s on %s undecided: %s", row["name"], row["host"], exc)
 
+    def _event(self, kind: str, **detail) -> None:
+        self._event_log.append({"at": time.time(), "kind": kind, **detail})
+
+    # ------------------------------------------------------------ failover
+    def _failover(self, lost: str) -> None:
+        """Re-create the lost host's containers that have a restart policy on
+        other hosts (names kept, exposed ports mapped anew)."""
+        for row in self.store.containers(lost):
+            policy = str((row["spec"].get("options") or {}).get("restart") or "no")
+            if row["state"] == "placed" and policy != "no" and row["name"] not in self._moving:
+                self._moving.add(row["name"])
+                gevent.spawn(self._reschedule, row["name"], lost)
+
+    def _reschedule(self, name: str, lost: str) -> None:
+        """Nomad's reschedule block, in short: exponential backoff (1 s, 2 s,
+        4 s ... 30 s), another host each attempt, and give up after
+        RESCHEDULE_ATTEMPTS; stop as soon as the lost host is back (its
+        copy may still run) or the container was removed."""
+        started, tried = time.monotonic(), {lost}
+        try:
+            for attempt in range(RESCHEDULE_ATTEMPTS):
+                if attempt:
+                    gevent.sleep(min(RESCHEDULE_BACKOFF_MAX_SECONDS, 2.0 ** (attempt - 1)))
+                try:
+                    row = self.store.container(name)
+                except errors.NoSuchContainer:
+                    return
+                if row["host"] != lost or self.store.host(lost)["state"] == "alive":
+                    return
+                spec = row["spec"]
+                opts = spec.get("options") or {}
+                manifest = self.registry.get(row["image"])
+                request = scheduler.Request(row["memory_bytes"] or 0, spec.get("labels") or {}, None,
+                                            spec.get("strategy") or "spread")
+                try:
+                    host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
+                except errors.DcError as exc:
+                    self._event("reschedule_waiting", name=name, reason=str(exc))
+                    continue
+                tried.add(host)
+                try:
+                    result = self._realize(host, manifest, name, opts, False)
+                except errors.DcError as exc:
+                    self._undo(host, name)
+                    self.store.assign(name, lost)
+                    self._event("reschedule_failed", name=name, host=host, error=f"{type(exc).__name__}: {exc}")
+                    continue
+                self.store.set_placed(name, manifest["id"], result["ports"])
+                self._event("rescheduled", name=name, from_host=lost, host=host,
+                            after_s=round(time.monotonic() - started, 3))
+                log.info("rescheduled %s from lost %s to %s", name, lost, host)
+                return
+            self._event("reschedule_gave_up", name=name, host=lost)
+        finally:
+            self._moving.discard(name)
+
+    def _reap_stale(self, host: str, reported: list) -> None:
+        """A host reports containers the fleet placed elsewhere (it was lost
+        and they were re-created): stop and destroy its stale copies, so a
+        name never runs twice."""
+        for c in reported:
+            name = c.get("name") if isinstance(c, dict) else None
+            if not isinstance(name, str) or (host, name) in self._reaping:
+                continue
+            try:
+                owner = self.store.container(name)["host"]
+            except errors.InvalidArgument:
+                continue
+            except errors.NoSuchContainer:  # made on the host directly, or a create the hub lost
+                self._reaping.add((host, name))
+                gevent.spawn(self._adopt, host, name)
+                continue
+            if owner != host and name not in self._moving:
+                self._reaping.add((host, name))
+                gevent.spawn(self._reap_one, host, name)
+
+    def _adopt(self, host: str, name: str) -> None:
+        """Record a container a host has but the fleet store lacks (checked
+        with the host first: a heartbeat may predate a destroy), so names
+        stay fleet-unique and the store matches reality."""
+        try:
+            info = self._call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+            self.store.adopt(name, host, info.get("image_id") or "", info.get("ports") or [])
+            self._event("adopted", name=name, host=host)
+        except errors.DcError:
+            pass
+        finally:
+            self._reaping.discard((host, name))
+
+    def _reap_one(self, host: str, name: str) -> None:
+        try:
+            self._call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
+            self._event("stale_copy_removed", name=name, host=host)
+            log.info("removed stale copy of %s from %s", name, host)
+        except errors.DcError as exc:
+            log.warning("could not remove stale %s from %s: %s", name, host, exc)
+        finally:
+            self._reaping.discard((host, name))
+
     def client(self, host: str) -> wire.RpcClient:
         """The hub's zerorpc client for ``host`` (made on first use)."""
         row = self.store.host(host)
@@ -114,11 +223,17 @@ class HubService:
             if endpoint.startswith("tcp://") and row["key"] and self.server_pair:
                 # the agent's client key (authenticated at registration) is its server key
                 keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
-            cached = (endpoint, wire.connect(endpoint, timeout_s=self.call_timeout_s, keys=keys))
+            cached = (endpoint, wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
+                                               heartbeat_s=max(1.0, self.heartbeat_s)))
             self._clients[host] = cached
         return cached[1]
 
     def _call(self, host: str, method: str, *args, timeout_s: float | None = None):
+        """Call an agent; a host marked unreachable fails at once (Unreachable)
+        instead of making the caller wait out a timeout."""
+        if self.store.host(host)["state"] != "alive":
+            raise errors.Unreachable(f"host {host} is unreachable (missed heartbeats)",
+                                     hint="its containers with a restart policy are re-created elsewhere")
         return self.client(host).call(method, *args, timeout_s=timeout_s)
 
     def _owner(self, name: str) -> str:
@@ -172,6 +287,10 @@ class HubService:
             raise errors.NoSuchHost(f"host {name!r} is not registered")
         if previous != "alive":
             log.info("host %s is alive again", name)
+            self._event("host_back", host=name)
+        containers = summary.get("containers") if isinstance(summary, dict) else None
+        if isinstance(containers, list):
+            self._reap_stale(name, containers)
         return {"ok": True}
 
     @expose(access="read")
@@ -237,7 +356,8 @@ class HubService:
         manifest = self.registry.resolve(image)
         request = scheduler.Request(memory, {str(k): str(v) for k, v in labels.items()}, opts.get("host"), strategy)
         agent_opts = {k: opts[k] for k in AGENT_CREATE_KEYS if opts.get(k) is not None}
-        row = self.store.claim(name, manifest["id"], memory, {"options": agent_opts, "image": image},
+        spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
+        row = self.store.claim(name, manifest["id"], memory, spec,
                                scheduler.choose(self.store.hosts(), request))
         host, tried = row["host"], set()
         while True:
@@ -497,6 +617,13 @@ class HubService:
         """For agents pulling: up to ``length`` bytes (<= 4 MiB) of a layer
         tar from ``offset``."""
         return self.registry.read_layer(digest, offset, length)
+
+    @expose(access="read")
+    def events(self, since: float = 0.0) -> list:
+        """Fleet events after ``since`` (Unix s), oldest first: [{at, kind
+        (host_lost, host_back, rescheduled, reschedule_failed,
+        reschedule_waiting, reschedule_gave_up, stale_copy_removed), ...}]."""
+        return [e for e in self._event_log if e["at"] > since]
 
     @expose(access="read")
     def hub_info(self) -> dict:

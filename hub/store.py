@@ -217,6 +217,11 @@ class HubStore:
             db.execute("UPDATE containers SET host=?, updated_at=? WHERE name=?", (host, time.time(), name))
         return host
 
+    def assign(self, name: str, host: str) -> None:
+        """Point a container's row at ``host`` (a failed move, undone)."""
+        with self.write() as db:
+            db.execute("UPDATE containers SET host=?, updated_at=? WHERE name=?", (host, time.time(), name))
+
     def set_placed(self, name: str, image: str, ports: list[dict]) -> None:
         with self.write() as db:
             db.execute("UPDATE containers SET state='placed', image=?, ports=?, updated_at=? WHERE name=?",

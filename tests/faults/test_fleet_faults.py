@@ -1,0 +1,202 @@
+"""Fault injection on a local fleet: hosts that die or freeze, a hub killed
+during creates, and the invariants that must hold through it all.
+
+Each scenario runs in a short form in CI; DCF_SOAK=1 makes the loops longer
+(a long soak by hand: DCF_SOAK=1 ops/test tests/faults).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import gevent
+import pytest
+
+from dcctl import errors, wire
+from ops import fleet as fleetmod
+from tests.fleet.conftest import HEARTBEAT_S
+
+pytestmark = pytest.mark.lxc
+SOAK = os.environ.get("DCF_SOAK") == "1"
+
+
+def running_names(fleet) -> dict[str, list[str]]:
+    """name -> hosts where it runs, asking every live agent directly."""
+    out: dict[str, list[str]] = {}
+    for h in fleet["hosts"]:
+        if not _alive(h):
+            continue
+        try:
+            with wire.connect(h["ipc"], 5) as c:
+                for ct in c.call("container_ls"):
+                    if ct["state"] == "running":
+                        out.setdefault(ct["name"], []).append(h["name"])
+        except errors.DcError:
+            continue
+    return out
+
+
+def _alive(h) -> bool:
+    try:
+        os.kill(h["pid"], 0)
+        with open(f"/proc/{h['pid']}/stat") as f:
+            return f.read().split()[2] not in ("T", "Z")
+    except (OSError, IndexError):
+        return False
+
+
+def _get(url: str) -> str | None:
+    try:
+        return urllib.request.urlopen(url, timeout=1).read().decode()
+    except OSError:
+        return None
+
+
+def _kill_host(fleet, host: dict) -> None:
+    """The host dies: its agent is SIGKILLed and its containers stop dead."""
+    os.kill(host["pid"], signal.SIGKILL)
+    lxc_path = os.path.join(host["state_dir"], "lxc")
+    for name in os.listdir(lxc_path):
+        subprocess.run(["nsenter", f"--net=/run/netns/{host['netns']}", "lxc-stop", "-P", lxc_path,
+                        "-n", name, "-k"], capture_output=True, timeout=60)
+
+
+def _restart_agent(fleet, host: dict) -> None:
+    proc = fleetmod._spawn(fleetmod.agent_argv(fleet, host, []), host["log"], host["pid_file"])
+    host["pid"] = proc.pid
+    deadline = time.monotonic() + 60
+    while not fleetmod.ping(host["ipc"]):
+        assert time.monotonic() < deadline, "agent did not come back"
+        time.sleep(0.2)
+
+
+def test_killed_host_containers_come_back_elsewhere(hub, fleet):
+    victim = fleet["hosts"][1]
+    names = [f"failover.{i}" for i in range(2)]
+    for n in names:
+        placed = hub.call("create_container", "busybox", n, {"restart": "always", "host": victim["name"]})
+        assert placed["host"] == victim["name"]
+    died = time.monotonic()
+    _kill_host(fleet, victim)
+    back = {}
+    while len(back) < len(names):
+        assert time.monotonic() - died < 60, f"not back in time: {hub.call('events')}"
+        for name, hosts in running_names(fleet).items():
+            assert len(hosts) == 1, f"{name} runs on {hosts}"
+        for n in names:
+            if n in back:
+                continue
+            try:
+                info = hub.call("container_inspect", n, timeout_s=5)
+            except errors.DcError:
+                continue
+            if info["host"] != victim["name"] and info["ports"]:
+                addr = next(h["address"] for h in fleet["hosts"] if h["name"] == info["host"])
+                page = _get(f"http://{addr}:{info['ports'][0]['host_port']}/")
+                if page and n in page:
+                    back[n] = time.monotonic() - died
+        time.sleep(0.2)
+    print(f"\nfailover: host death to containers answering elsewhere: "
+          f"{', '.join(f'{n} {t:.1f} s' for n, t in back.items())}")
+    kinds = [e["kind"] for e in hub.call("events")]
+    assert "host_lost" in kinds and kinds.count("rescheduled") >= 2
+    # the host comes back (a reboot): its stale copies are removed, never run twice
+    _restart_agent(fleet, victim)
+    deadline = time.monotonic() + 10 * HEARTBEAT_S + 10
+    while True:
+        with wire.connect(victim["ipc"], 10) as c:
+            left = [ct["name"] for ct in c.call("container_ls") if ct["name"] in names]
+        for name, hosts in running_names(fleet).items():
+            assert len(hosts) == 1, f"{name} runs on {hosts}"
+        if not left:
+            break
+        assert time.monotonic() < deadline, f"stale copies not removed: {left}"
+        time.sleep(0.2)
+
+
+def test_frozen_host_thawed_never_runs_a_name_twice(hub, fleet):
+    victim = fleet["hosts"][2]
+    name = "frozen.web"
+    assert hub.call("create_container", "busybox", name, {"restart": "always", "host": victim["name"]})["host"] \
+        == victim["name"]
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if hub.call("container_inspect", name, timeout_s=10)["host"] != victim["name"]:
+                    break
+            except (errors.Unreachable, errors.CallTimeout):
+                pass  # the frozen host does not answer
+            assert time.monotonic() < deadline, hub.call("events")
+            time.sleep(0.2)
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+    # after reconciliation (a heartbeat or two), the name runs on one host only
+    deadline = time.monotonic() + 10 * HEARTBEAT_S + 10
+    while True:
+        where = running_names(fleet).get(name, [])
+        if len(where) == 1 and where[0] != victim["name"]:
+            break
+        assert time.monotonic() < deadline, f"{name} runs on {where}"
+        time.sleep(0.2)
+    time.sleep(3 * HEARTBEAT_S)
+    assert len(running_names(fleet).get(name, [])) == 1
+    assert "stale_copy_removed" in [e["kind"] for e in hub.call("events")]
+
+
+def test_hub_killed_during_concurrent_creates_keeps_the_store_true(hub, fleet):
+    count = 50
+    clients = [wire.connect(fleet["hub"]["ipc"], 30) for _ in range(count)]
+    outcome: dict[str, str] = {}
+
+    def create(i):
+        name = f"storm.{i}"
+        try:
+            clients[i].call("create_container", "busybox", name, {"no_start": True})
+            outcome[name] = "ok"
+        except errors.DcError as exc:
+            outcome[name] = type(exc).__name__
+
+    workers = [gevent.spawn(create, i) for i in range(count)]
+    gevent.sleep(0.3)
+    hd = fleet["hub"]
+    os.kill(int(open(hd["pid_file"]).read()), signal.SIGKILL)
+    gevent.joinall(workers, timeout=60)
+    for c in clients:
+        c.close()
+    argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
+            "--state-dir", hd["state_dir"], "--heartbeat-s", str(HEARTBEAT_S)]
+    proc = fleetmod._spawn(argv, hd["log"], hd["pid_file"])
+    hd["pid"] = proc.pid
+    with wire.connect(hd["ipc"], 30) as again:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                rows = {c["name"]: c for c in again.call("container_ls")}
+                reality = {}
+                for h in fleet["hosts"]:
+                    if _alive(h):
+                        with wire.connect(h["ipc"], 10) as a:
+                            for ct in a.call("container_ls"):
+                                reality.setdefault(ct["name"], []).append(h["name"])
+                storm_rows = {n: r for n, r in rows.items() if n.startswith("storm.")}
+                storm_real = {n: hs for n, hs in reality.items() if n.startswith("storm.")}
+                if all(r["state"] not in ("reserved", "unknown") for r in storm_rows.values()) and \
+                        set(storm_rows) == set(storm_real):
+                    break
+            except errors.DcError:
+                pass
+            assert time.monotonic() < deadline, "store and reality never agreed"
+            time.sleep(0.3)
+    assert all(len(hs) == 1 for hs in storm_real.values())
+    assert all(storm_rows[n]["host"] == hs[0] for n, hs in storm_real.items())
+    for name, result in outcome.items():
+        if result == "ok":
+            assert name in storm_real
+    print(f"\nhub killed mid-storm: {sum(r == 'ok' for r in outcome.values())} created, "
+          f"{len(storm_real)} exist, {len(outcome) - sum(r == 'ok' for r in outcome.values())} failed with errors")
