@@ -130,8 +130,10 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
             cmd.words.extend(argv[i:])
             break
         name, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
-        if name in ("-H", "--host", "--timeout", "--key", "--server-key") or (name.startswith("--") and len(name) > 2
-                                                     and name not in ("--json", "--help")):
+        # --host before METHOD is the endpoint (-H); after it, the method's
+        # own option (create_container ... --host H pins a host)
+        if name in ("-H", "--timeout", "--key", "--server-key") or (
+                name.startswith("--") and len(name) > 2 and name not in ("--json", "--help")):
             if not eq:
                 if i >= len(argv) or argv[i].startswith("--"):
                     if name in ("-H", "--host", "--timeout", "--key", "--server-key"):
@@ -139,7 +141,7 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
                     inline = "true"  # a bare flag (--no-start) at the end or before another flag
                 else:
                     inline, i = argv[i], i + 1
-            if name in ("-H", "--host"):
+            if name == "-H" or (name == "--host" and not cmd.words):
                 cmd.endpoint = inline
             elif name == "--timeout":
                 cmd.timeout_s = _timeout(inline)

@@ -24,12 +24,13 @@ from __future__ import annotations
 import base64
 import collections.abc
 import io
-import time
 import json
 import sys
+import time
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 #: The key that marks bytes that are not UTF-8 in JSON output.
@@ -112,7 +113,7 @@ def kv_lines(value: dict, indent: int = 0) -> list[str]:
         elif isinstance(item, dict):
             out.append(f"{pad}{key}: {{}}")
         else:
-            out.append(f"{pad}{key}: {scalar_text(item)}")
+            out.append(f"{pad}{key}: {cell_text(key, item)}")
     return out
 
 
@@ -122,7 +123,7 @@ def cell_text(column: str, value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if str(column).endswith("_bytes"):
             return _size(value)
-        if column in ("created", "last_heartbeat", "boot_time"):
+        if column in ("created", "last_heartbeat", "boot_time", "at", "started_at", "registered_at"):
             return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
     return scalar_text(value)
 
@@ -135,9 +136,9 @@ def table_text(rows: list[dict], is_tty: bool = False) -> str:
         columns.extend(k for k in row if k not in columns)
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold" if is_tty else None)
     for col in columns:
-        table.add_column(str(col), overflow="fold")
+        table.add_column(escape(str(col)), overflow="fold")
     for row in rows:
-        table.add_row(*(cell_text(c, row.get(c)) for c in columns))
+        table.add_row(*(escape(cell_text(c, row.get(c))) for c in columns))
     buf = io.StringIO()
     # Never fold cells to the terminal's width: long lines wrap like docker ps's.
     console = Console(file=buf, width=100_000, force_terminal=is_tty, no_color=not is_tty,
@@ -162,10 +163,11 @@ def _write_bytes(stream: TextIO, data: Any) -> None:
 
 def exec_exit_code(result: dict) -> int:
     """The process exit code for an exec-shaped result: exit_code when it is
-    an int (taken modulo 256), else 1 (for example when it timed out)."""
+    an int (modulo 256; a command killed by signal N gives 128+N, as in a
+    shell), else 1 (for example when it timed out)."""
     code = result.get("exit_code")
     if isinstance(code, int) and not isinstance(code, bool):
-        return code % 256
+        return 128 - code if code < 0 else code % 256
     return 1
 
 
@@ -238,7 +240,8 @@ def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = No
         return render_exec(result, stdout, stderr)
     if is_fanout_result(result):
         render_fanout(result, stdout)
-        return 0
+        summary = result["summary"]
+        return 1 if summary.get("error") or summary.get("timeout") else 0
     if isinstance(result, list) and result and all(isinstance(r, dict) and "metrics" in r for r in result):
         stdout.write(table_text([{"host": r.get("host"), "status": r.get("status", "ok"),
                                   "summary": result_digest(r)} for r in result], is_tty=_isatty(stdout)))
@@ -293,9 +296,14 @@ def help_text(usage: str, rows: list[tuple[str, str, str]], doc: str) -> str:
 
 
 def first_line(doc: str | None) -> str:
-    """The first line of a docstring, or ``<undocumented>``."""
+    """The first sentence of a docstring (up to its first paragraph's
+    period), or ``<undocumented>``."""
     doc = (doc or "").strip()
-    return doc.splitlines()[0] if doc else "<undocumented>"
+    if not doc:
+        return "<undocumented>"
+    para = " ".join(doc.split("\n\n")[0].split())
+    end = para.find(". ")
+    return para if end < 0 else para[: end + 1]
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -64,8 +64,8 @@ class Registry:
         Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef."""
         if not isinstance(ref, str):
             raise errors.InvalidArgument("image ref must be a string")
-        name, _, prefix = ref.partition("@")
-        if not _NAME.match(name) or ".." in name or (prefix and not re.match(r"^[0-9a-f]{4,64}$", prefix)):
+        name, at, prefix = ref.partition("@")
+        if not _NAME.match(name) or ".." in name or (at and not re.match(r"^[0-9a-f]{4,64}$", prefix)):
             raise errors.InvalidArgument(f"bad image ref {ref!r}: expected NAME or NAME@IDPREFIX (4+ hex)")
         found = [m for m in self.ls() if m["name"] == name and m["id"].startswith(prefix)]
         if not found:

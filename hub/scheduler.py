@@ -3,9 +3,8 @@ two-phase shape), as pure functions of the fleet's figures.
 
 A host is feasible when it is alive, matches the label constraints (and the
 pinned host, if any), and has an unreserved container slot and enough
-unreserved memory.  Reserved figures are the larger of what the hub has
-reserved itself (its store, including placements in flight) and what the
-host reports (containers made on it directly).  Feasible hosts are ranked by
+unreserved memory.  Reserved figures are the hub's own (its store, with
+placements in flight and containers adopted from hosts' heartbeats).  Feasible hosts are ranked by
 strategy: "spread" (most free memory first, the default) or "binpack"
 (least free memory that still fits first).
 """
@@ -30,11 +29,14 @@ class Request:
 
 
 def free_figures(host: dict, db_figures: dict[str, tuple[int, int]]) -> tuple[int, int]:
-    """(free memory bytes, free container slots) of ``host`` (a store row)."""
+    """(free memory bytes, free container slots) of ``host`` (a store row).
+
+    Reservations come from the hub's store alone: it holds every container
+    the hub placed and, within a heartbeat, those made on a host directly
+    (adopted from the host's heartbeat).  A host's own figures lag by up to a
+    heartbeat, so they only give the capacity."""
     cap = host.get("capacity") or {}
-    db_mem, db_count = db_figures.get(host["name"], (0, 0))
-    reserved = max(db_mem, cap.get("memory_reserved_bytes") or 0)
-    count = max(db_count, cap.get("containers") or 0)
+    reserved, count = db_figures.get(host["name"], (0, 0))
     return (int(cap.get("memory_reservable_bytes") or 0) - reserved,
             int(cap.get("container_slots") or 0) - count)
 

@@ -194,7 +194,8 @@ class HubService:
         stay fleet-unique and the store matches reality."""
         try:
             info = self._call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
-            self.store.adopt(name, host, info.get("image_id") or "", info.get("ports") or [])
+            self.store.adopt(name, host, info.get("image_id") or "", info.get("ports") or [],
+                             int(info.get("memory_limit_bytes") or 0))
             self._event("adopted", name=name, host=host)
         except errors.DcError:
             pass
@@ -281,6 +282,10 @@ class HubService:
 
         Returns: {ok: True}. Raises: NoSuchHost (register again).
         """
+        cap = summary.get("capacity")
+        if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)
+                                                for k in ("memory_reservable_bytes", "container_slots")):
+            raise errors.InvalidArgument("heartbeat summary needs capacity {memory_reservable_bytes, container_slots}")
         caller = wire.current_caller()
         previous = self.store.heartbeat(name, summary, caller.key if caller else "")
         if previous is None:
@@ -292,6 +297,25 @@ class HubService:
         if isinstance(containers, list):
             self._reap_stale(name, containers)
         return {"ok": True}
+
+    @expose(shielded=True)
+    def host_remove(self, name: str) -> dict:
+        """Forget a host (e.g. decommissioned, or registered by mistake): its
+        membership and its key binding; the fleet's records of containers
+        placed there are dropped too (they are not touched on the host).
+
+        Returns: {name, containers_forgotten}. Raises: NoSuchHost.
+        """
+        self.store.host(name)
+        rows = self.store.containers(name)
+        for row in rows:
+            self.store.forget(row["name"])
+        self.store.remove_host(name)
+        cached = self._clients.pop(name, None)
+        if cached is not None:
+            cached[1].close()
+        self._event("host_removed", host=name)
+        return {"name": name, "containers_forgotten": len(rows)}
 
     @expose(access="read")
     def hosts(self) -> list:
@@ -542,6 +566,10 @@ class HubService:
             raise errors.PermissionDenied(f"role {caller.role!r} may broadcast only read methods "
                                           f"({', '.join(sorted(READ_AGENT_METHODS))})")
         timeout = validate.number(opts.get("timeout_s", 10.0), "timeout_s", minimum=0.1, maximum=3600)
+        if opts.get("target") is not None and not isinstance(opts.get("target"), str):
+            raise errors.InvalidArgument("target must be a glob on host names or label:KEY=VALUE")
+        if not isinstance(method, str) or not method:
+            raise errors.InvalidArgument("method must be an agent method name")
         args = list(args or [])
         hosts = fanout.targets(self.store.hosts(), opts.get("target"))
 
@@ -578,7 +606,10 @@ class HubService:
                 result = self._call(host, method, *args, timeout_s=timeout)
                 return {"host": host, "result": result, "attempts": len(tried),
                         "duration_s": round(time.monotonic() - started, 6)}
-            except (errors.Unreachable, errors.CallTimeout) as exc:
+            except errors.CallTimeout as exc:
+                raise errors.CallTimeout(f"{method} ran past its {timeout:g} s on {host}; it may still be running "
+                                         "there", hint="give a longer --timeout") from exc
+            except errors.Unreachable as exc:
                 if not opts.get("idempotent") or len(tried) >= 2:
                     raise errors.HostLost(f"{host} stopped answering during {method} "
                                           f"({type(exc).__name__}); it may or may not have run") from exc

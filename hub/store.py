@@ -232,12 +232,13 @@ class HubStore:
             db.execute("UPDATE containers SET ports=?, updated_at=? WHERE name=?",
                        (json.dumps(ports), time.time(), name))
 
-    def adopt(self, name: str, host: str, image: str, ports: list[dict]) -> None:
+    def adopt(self, name: str, host: str, image: str, ports: list[dict], memory_bytes: int = 0) -> None:
         """Record a container found on a host that the store lacks."""
         now = time.time()
         with self.write() as db:
-            db.execute("INSERT OR IGNORE INTO containers (name, host, image, state, ports, created_at, updated_at)"
-                       " VALUES (?, ?, ?, 'placed', ?, ?, ?)", (name, host, image, json.dumps(ports), now, now))
+            db.execute("INSERT OR IGNORE INTO containers (name, host, image, memory_bytes, state, ports, created_at,"
+                       " updated_at) VALUES (?, ?, ?, ?, 'placed', ?, ?, ?)",
+                       (name, host, image, memory_bytes, json.dumps(ports), now, now))
 
     def forget(self, name: str) -> None:
         with self.write() as db:

@@ -11,7 +11,7 @@ import urllib.request
 import gevent
 import pytest
 
-from dcctl import errors, wire
+from dcctl import errors
 from tests.agentproc import AgentProcess
 
 pytestmark = pytest.mark.lxc

@@ -19,7 +19,8 @@ def snapshot(agent) -> dict:
     """Everything a failed or completed call could have left behind."""
     lxc_dirs = sorted(os.listdir(agent.lxc_path)) if os.path.isdir(agent.lxc_path) else []
     state = sorted(os.listdir(os.path.join(agent.state_dir, "containers")))
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    # this agent's veths: the ports of its bridge (other tests run beside us)
+    links = subprocess.run(["ip", "-o", "link", "show", "master", agent.bridge], capture_output=True, text=True).stdout
     veths = sorted(ln.split(":")[1].strip().split("@")[0] for ln in links.splitlines() if ": dcv" in ln)
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     ours = sorted(ln for ln in rules.splitlines() if f"DCF-{agent.bridge}" in ln)

@@ -181,7 +181,7 @@ def test_table_output(capsys, endpoint):
 def test_dict_output_and_json_bytes(capsys, endpoint):
     code, out, _ = run(capsys, "-H", endpoint, "hostinfo")
     assert code == 0
-    assert out.splitlines() == ["host: h1", "memory:", "  total_bytes: 2048", "tags: a, b",
+    assert out.splitlines() == ["host: h1", "memory:", "  total_bytes: 2.0 KiB", "tags: a, b",
                                 'raw: {"$base64":"/wA="}', "text: hello"]
     code, out, _ = run(capsys, "-H", endpoint, "--json", "hostinfo")
     data = json.loads(out)

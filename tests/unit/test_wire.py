@@ -4,7 +4,6 @@ import stat
 
 import gevent
 import pytest
-import zerorpc
 
 from dcctl import errors, wire
 
