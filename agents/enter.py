@@ -21,6 +21,7 @@ import logging
 import os
 import pty
 import secrets
+import signal
 import struct
 import termios
 
@@ -29,9 +30,14 @@ import gevent.socket
 import msgpack
 import zmq.green as zmq
 
+from lxcwrap import spawn
+
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT_SECONDS = 60.0
+IDLE_TIMEOUT_SECONDS = 30.0  # the client pings every 5 s; silence means it is gone
+#: Input is held until the session's process has written something (or this
+#: long): lxc-attach flushes its terminal's pending input when it sets it up.
+INPUT_HOLD_SECONDS = 3.0
 MAX_FRAME_BYTES = 1 << 20  # no message from the client (it pings every 5 s)
 
 
@@ -45,6 +51,7 @@ class EnterSession:
     def __init__(self, ctx: zmq.Context, start, bind_to: str, accept_timeout_s: float,
                  curve: tuple[bytes, bytes] | None = None):
         self.token = secrets.token_hex(16)
+        self.output_seen = False
         self.start = start  # start(tty_path) -> lxcwrap.spawn.Child
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 1000)
@@ -107,8 +114,14 @@ class EnterSession:
                 pass
         finally:
             if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+                # hang up: lxc-attach passes SIGHUP to the shell in the
+                # container, so nothing is left running there
+                proc.kill(signal.SIGHUP)
+                try:
+                    proc.wait(3)
+                except spawn.SpawnTimeout:
+                    proc.kill()
+                    proc.wait(10)
             if master is not None:
                 os.close(master)
             self.sock.close()
@@ -127,14 +140,26 @@ class EnterSession:
                 return
             if not data:
                 return
+            self.output_seen = True
             self._send("out", data)
+
+    @staticmethod
+    def _write(master: int, data: bytes) -> None:
+        while data:
+            gevent.socket.wait_write(master)
+            data = data[os.write(master, data):]
 
     def _pump_in(self, master: int, reader: gevent.Greenlet) -> None:
         idle_s = 0.0
+        held: list[bytes] = []
+        started = gevent.get_hub().loop.now()
         while not reader.ready():
-            msg = self._recv(1.0)
+            if held and (self.output_seen or gevent.get_hub().loop.now() - started > INPUT_HOLD_SECONDS):
+                self._write(master, b"".join(held))
+                held.clear()
+            msg = self._recv(0.2)
             if msg is None:
-                idle_s += 1.0
+                idle_s += 0.2
                 if idle_s > IDLE_TIMEOUT_SECONDS:
                     return
                 continue
@@ -142,9 +167,10 @@ class EnterSession:
             kind = msg[0]
             if kind == "in" and len(msg) == 2 and isinstance(msg[1], (bytes, str)):
                 data = msg[1].encode() if isinstance(msg[1], str) else msg[1]
-                while data:
-                    gevent.socket.wait_write(master)
-                    data = data[os.write(master, data):]
+                if self.output_seen and not held:
+                    self._write(master, data)
+                else:
+                    held.append(data)
             elif kind == "resize" and len(msg) == 3:
                 _set_winsize(master, int(msg[1]), int(msg[2]))
             elif kind == "ping":

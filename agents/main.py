@@ -8,6 +8,7 @@ kernel), and the next start re-adopts them.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -35,6 +36,8 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
     """Assemble the agent from its settings and recover its containers."""
     for d in (cfg.state_dir, cfg.lxc_path):
         os.makedirs(d, mode=0o700, exist_ok=True)
+    lock_state_dir(cfg.state_dir)
+    lock_bridge(cfg.bridge)
     runner = hollow_run if cfg.hollow else run
     network = netmod.Network(cfg.bridge, cfg.subnet, tuple(cfg.port_range), run=runner)
     network.ensure_bridge()
@@ -51,13 +54,50 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
         if endpoint.startswith("ipc://"):
             sock_dir = os.path.dirname(endpoint[len("ipc://"):])
             os.makedirs(sock_dir, mode=0o700, exist_ok=True)
-            if os.path.exists(endpoint[len("ipc://"):]):
-                os.unlink(endpoint[len("ipc://"):])  # a stale socket of a previous run
         service.bind(endpoint)
     for endpoint in cfg.insecure_listen:
         service.bind(endpoint, insecure=True)
     log.info("CURVE public key: %s", service.public_key)
     return service, manager
+
+
+_STATE_LOCK: list[int] = []  # held for the life of the process
+
+
+def lock_state_dir(state_dir: str) -> None:
+    """One agent per state dir (DESIGN: one mediator per host): an exclusive
+    flock on STATE_DIR/agent.lock, held until the process ends.
+
+    Raises: Busy (another agent holds it)."""
+    fd = os.open(os.path.join(state_dir, "agent.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise errors.Busy(f"another agent (pid {holder or '?'}) uses the state dir {state_dir}",
+                          hint="stop it first; an agent's state dir is its own") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _STATE_LOCK.append(fd)
+
+
+def lock_bridge(bridge: str, lock_dir: str = "/run/dcfleet/locks") -> None:
+    """One agent per bridge in a network namespace: its netfilter chains
+    are named by the bridge, so a second agent would rewrite the first's
+    port mappings.  An exclusive flock on LOCK_DIR/net-<netns inode>-<bridge>.
+
+    Raises: Busy."""
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    netns = os.stat("/proc/self/ns/net").st_ino
+    fd = os.open(os.path.join(lock_dir, f"net-{netns}-{bridge}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise errors.Busy(f"another agent on this host uses the bridge {bridge}",
+                          hint="give each agent its own --bridge and --subnet") from exc
+    _STATE_LOCK.append(fd)
 
 
 def hub_keys(cfg: agent_config.AgentConfig) -> auth.ClientKeys | None:

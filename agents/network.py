@@ -218,6 +218,10 @@ class Network:
         addrs = json.loads(self._call(["ip", "-j", "addr", "show", "dev", self.bridge]).stdout or b"[]")
         have = {(a.get("local"), a.get("prefixlen")) for i in addrs for a in i.get("addr_info", [])
                 if a.get("family") == "inet"}
+        if have and (self.gateway, self.prefixlen) not in have:
+            raise NetworkError(f"bridge {self.bridge} already carries "
+                               f"{', '.join(f'{a}/{p}' for a, p in sorted(have))}, not {self.gateway}/{self.prefixlen}",
+                               hint="another agent's bridge? give this agent its own --bridge and --subnet")
         if (self.gateway, self.prefixlen) not in have:
             self._call(["ip", "addr", "add", f"{self.gateway}/{self.prefixlen}", "brd", "+",
                         "dev", self.bridge])

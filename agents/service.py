@@ -401,8 +401,9 @@ class AgentService:
 
     @expose
     def ops_run(self, command: str, timeout_s: float = 30.0, max_output_bytes: int = 1 << 20) -> dict:
-        """Run a shell command on the host (``/bin/sh -c``), for fleet ops by
-        broadcast or queue.
+        """Run a shell command on the host (``/bin/sh -c``, with PATH, LANG=C
+        and DC_HOST_NAME, this host's fleet name), for fleet ops by broadcast
+        or queue.
 
         Args: timeout_s: kill after this many seconds (max 3600);
         max_output_bytes: cap on each of stdout/stderr (max 16 MiB).
@@ -417,7 +418,9 @@ class AgentService:
             raise errors.InvalidArgument("command must be a non-empty string without NUL")
         started = time.monotonic()
         try:
-            done = run_tool(["/bin/sh", "-c", command], timeout_s)
+            env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C",
+                   "DC_HOST_NAME": self.m.config.host_name}
+            done = run_tool(["/bin/sh", "-c", command], timeout_s, env=env)
             code, out, err, timed_out = done.returncode, done.stdout, done.stderr, False
         except ToolTimeout as exc:
             c = exc.completed

@@ -20,6 +20,7 @@ import inspect
 import logging
 import os
 import re
+import socket
 import types
 import typing
 import uuid
@@ -382,10 +383,13 @@ class Service:
             self._authorize(spec.exposed.access, spec.name)
             spec.check(args)
             if spec.exposed.shielded:
-                child = gevent.Greenlet(body, *args)
+                child = gevent.Greenlet(_capture, body, *args)
                 child.dc_parent = gevent.getcurrent()
                 child.start()
-                return child.get()
+                ok, value = child.get()
+                if not ok:
+                    raise value
+                return value
             return body(*args)
 
         call.__name__ = spec.name
@@ -422,6 +426,7 @@ class Service:
         Raises: InvalidArgument."""
         validate_endpoint(endpoint)
         if endpoint.startswith("ipc://"):
+            claim_ipc_path(endpoint[len("ipc://"):])
             self._server("local").bind(endpoint)
             os.chmod(endpoint[len("ipc://"):], 0o600)
         elif insecure:
@@ -458,6 +463,28 @@ class Service:
 
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+def claim_ipc_path(path: str) -> None:
+    """Make ``path`` free for a new ipc socket: a stale socket file (no one
+    accepts on it) is removed; a live one is refused, so a second server can
+    never silently take over another's local endpoint.
+
+    Raises: Conflict."""
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # stale: its server is gone
+        return
+    finally:
+        probe.close()
+    raise errors.Conflict(f"ipc://{path} is in use by another running server",
+                          hint="stop it, or give this one another --listen path")
 
 
 def _tag_callers(events, curve: bool, allowed: Callable[[str], bool]) -> None:

@@ -58,8 +58,6 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
         if ep.startswith("ipc://"):
             path = ep[len("ipc://"):]
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            if os.path.exists(path):
-                os.unlink(path)
         service.bind(ep)
     for ep in args.insecure_listen:
         service.bind(ep, insecure=True)

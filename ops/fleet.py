@@ -502,7 +502,9 @@ def main(argv: list[str] | None = None) -> int:
             left = [str(exc)]
         if left:
             print(f"fleet: down left: {', '.join(left)}", file=sys.stderr)
-        return 1 if left else 0
+            return 1
+        print(f"fleet {args.prefix}: down; every namespace, bridge, rule, container, process and dir removed")
+        return 0
     state = status(args.prefix)
     if state is None:
         print(json.dumps(None) if args.json else f"fleet {args.prefix}: not up")

@@ -327,3 +327,17 @@ def test_container_enter_gives_an_interactive_tty(agent):
     assert "enter.me" in text, text
     assert "/dev/pts/" in text, text  # a real terminal inside the container
     assert code == 7, text
+
+
+def test_container_enter_with_piped_input_runs_it_and_ends(agent):
+    agent.call("container_create", "busybox", "enter.pipe")
+    agent.call("container_start", "enter.pipe")
+    env = {**os.environ, "PYTHONPATH": REPO, "DCCTL_HOST": agent.endpoint}
+    done = subprocess.run(["python3", "-m", "dcctl.cli", "container_enter", "enter.pipe"], input=b"hostname\n",
+                          capture_output=True, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert b"enter.pipe" in done.stdout
+    # nothing is left running in the container once the session ends
+    time.sleep(1)
+    ps = agent.call("container_exec", "enter.pipe", ["ps"])["stdout"].decode()
+    assert "/bin/sh -l" not in ps, ps

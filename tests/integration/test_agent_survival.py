@@ -111,3 +111,30 @@ def test_many_create_destroy_cycles_leak_nothing(agent_factory):
     assert after == before
     fds_after = len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
     assert fds_after <= fds_before + 4, (fds_before, fds_after)
+
+
+def test_a_second_agent_cannot_take_over_a_state_dir_endpoint_or_bridge(agent_factory):
+    import subprocess
+    import sys
+    from tests.agentproc import REPO
+    first = agent_factory()
+    first.call("container_create", "busybox", "owned.one")
+    env = {**os.environ, "PYTHONPATH": REPO}
+    cases = {
+        "state dir": ["--state-dir", first.state_dir, "--listen", f"ipc://{first.root}/b.sock",
+                      "--bridge", first.bridge + "b", "--subnet", "10.213.254.0/24"],
+        "endpoint": ["--state-dir", f"{first.root}/other", "--listen", first.endpoint,
+                     "--bridge", first.bridge + "c", "--subnet", "10.213.253.0/24"],
+        "bridge": ["--state-dir", f"{first.root}/third", "--listen", f"ipc://{first.root}/c.sock",
+                   "--bridge", first.bridge, "--subnet", first.subnet],
+    }
+    for what, args in cases.items():
+        done = subprocess.run([sys.executable, "-m", "agents.main", *args, "--port-range", "39900-39910"],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+        assert done.returncode == 1, (what, done.stderr[-500:])
+        assert "Busy" in done.stderr or "Conflict" in done.stderr or "NetworkError" in done.stderr, \
+            (what, done.stderr[-500:])
+    assert [c["name"] for c in first.call("container_ls")] == ["owned.one"]
+    from agents.network import Network
+    for bridge in (first.bridge + "b", first.bridge + "c"):
+        Network(bridge, "10.213.0.0/24", (1, 2)).teardown()
