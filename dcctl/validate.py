@@ -82,8 +82,19 @@ def number(value: Any, what: str, *, minimum: float, maximum: float, integer: bo
     ok_types = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types) or not minimum <= value <= maximum:
         kind = "an integer" if integer else "a number"
-        raise InvalidArgument(f"{what} must be {kind} from {minimum:g} to {maximum:g}, got {value!r}")
+        raise InvalidArgument(f"{what} must be {kind} from {_num(minimum)} to {_num(maximum)}, got {value!r}")
     return value
+
+
+def _num(x: float) -> str:
+    """12582912 -> "12582912 (12 MiB)"; 0.5 -> "0.5"."""
+    if float(x).is_integer():
+        x = int(x)
+        for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+            if x >= size and x % (size // 1024 or 1) == 0:
+                return f"{x} ({x / size:g} {unit})"
+        return str(x)
+    return f"{x:g}"
 
 
 def options(value: Any, allowed: dict[str, str], what: str) -> dict:

@@ -465,6 +465,19 @@ class Service:
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
+def _ipc_listening(path: str) -> bool:
+    """Whether anything accepts connections on the unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def claim_ipc_path(path: str) -> None:
     """Make ``path`` free for a new ipc socket: a stale socket file (no one
     accepts on it) is removed; a live one is refused, so a second server can
@@ -474,15 +487,9 @@ def claim_ipc_path(path: str) -> None:
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1)
-    try:
-        probe.connect(path)
-    except OSError:
+    if not _ipc_listening(path):
         os.unlink(path)  # stale: its server is gone
         return
-    finally:
-        probe.close()
     raise errors.Conflict(f"ipc://{path} is in use by another running server",
                           hint="stop it, or give this one another --listen path")
 
@@ -663,6 +670,8 @@ class RpcClient:
                 raise value
             return value
         except TimeoutExpired as exc:
+            if self.endpoint.startswith("ipc://") and not _ipc_listening(self.endpoint[6:]):
+                raise errors.Unreachable(f"no server listens at {self.endpoint} (a stale socket)") from exc
             raise errors.CallTimeout(
                 f"no answer from {self.endpoint} to {method} within {timeout:g} s",
                 hint="is the server running and reachable?") from exc

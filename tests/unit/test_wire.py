@@ -135,3 +135,18 @@ def test_unreachable_and_timeout(tmp_path):
         wire.connect(f"ipc://{tmp_path}/none.sock", timeout_s=1).call("x")
     with pytest.raises(errors.InvalidArgument):
         wire.connect("http://x")
+
+
+def test_a_stale_ipc_socket_is_unreachable_not_a_timeout(tmp_path):
+    import socket as so
+    path = str(tmp_path / "stale.sock")
+    s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    s.bind(path)
+    s.close()  # the file stays, nobody listens
+    with pytest.raises(errors.Unreachable, match="stale"):
+        wire.connect(f"ipc://{path}", timeout_s=0.5).call("x")
+    svc = wire.Service(Sample(), "again")
+    svc.bind(f"ipc://{path}")  # a stale socket is reclaimed by a new server
+    with pytest.raises(errors.Conflict):
+        wire.Service(Sample(), "third").bind(f"ipc://{path}")  # a live one is not
+    svc.stop()
