@@ -70,6 +70,7 @@ class HubService:
         self._clients: dict[str, tuple[str, wire.RpcClient]] = {}
         self._tasks: list[gevent.Greenlet] = []
         self._moving: set[str] = set()  # containers being re-created elsewhere
+        self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self._reaping: set[tuple[str, str]] = set()  # (host, name) stale copies being removed
         self._event_log: collections.deque = collections.deque(maxlen=MAX_EVENTS)
         self.started = time.time()
@@ -111,6 +112,38 @@ class HubService:
                 log.info("journal: rolled back reservation of %s", row["name"])
             except errors.DcError as exc:
                 log.warning("journal: %s on %s undecided: %s", row["name"], row["host"], exc)
+
+    def _coerce(self, method: str, args: list) -> list:
+        """Arguments typed as text (dcctl, the stock CLI) converted to what the
+        agent method declares (int, float, bool), from an agent's
+        _zerorpc_inspect (asked once); anything unclear is passed as is and
+        the agent's own validation answers."""
+        if not any(isinstance(a, str) for a in args):
+            return args
+        if self._agent_schema is None:
+            for h in self.store.hosts():
+                if h["state"] == "alive":
+                    try:
+                        self._agent_schema = self._call(h["name"], "_zerorpc_inspect", timeout_s=5)["methods"]
+                        break
+                    except errors.DcError:
+                        continue
+        params = ((self._agent_schema or {}).get(method) or {}).get("args") or []
+        out = []
+        for i, value in enumerate(args):
+            kind = params[i]["type"] if i < len(params) else ""
+            if isinstance(value, str):
+                try:
+                    if kind.startswith("int"):
+                        value = int(value)
+                    elif kind.startswith("float"):
+                        value = float(value)
+                    elif kind.startswith("bool") and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                        value = value.lower() in ("true", "yes", "1")
+                except ValueError:
+                    pass
+            out.append(value)
+        return out
 
     def _event(self, kind: str, **detail) -> None:
         self._event_log.append({"at": time.time(), "kind": kind, **detail})
@@ -570,7 +603,7 @@ class HubService:
             raise errors.InvalidArgument("target must be a glob on host names or label:KEY=VALUE")
         if not isinstance(method, str) or not method:
             raise errors.InvalidArgument("method must be an agent method name")
-        args = list(args or [])
+        args = self._coerce(method, list(args or []))
         hosts = fanout.targets(self.store.hosts(), opts.get("target"))
 
         def call(h):
@@ -597,7 +630,7 @@ class HubService:
         """
         opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
         timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
-        args, tried = list(args or []), set()
+        args, tried = self._coerce(method, list(args or [])), set()
         started = time.monotonic()
         while True:
             host = self.workers.acquire(timeout, exclude=tried)
