@@ -24,7 +24,7 @@ import shutil
 
 from images.errors import ImageError, ImageNotFound, InvalidImage, StoreError
 from images.proc import blocking_run
-from images.rootfs import (COMMAND_PATH, ENV_PATH, RUN_PATH, RUN_SCRIPT, command_file_text,
+from images.rootfs import (COMMAND_PATH, ENV_PATH, NETWORK_TEMPLATES, RUN_PATH, RUN_SCRIPT, command_file_text,
                            set_tree_times, write_file)
 
 __all__ = ["ensure_busybox", "busybox_applets", "build_busybox_rootfs", "DEFAULT_COMMAND"]
@@ -68,17 +68,7 @@ _SCRIPTS = {
 }
 #: Jinja2 templates, rendered by the agent at container create.
 TEMPLATES = {
-    "/etc/hostname": "{{ hostname }}\n",
-    "/etc/hosts": ("127.0.0.1\tlocalhost\n"
-                   "::1\tlocalhost ip6-localhost ip6-loopback\n"
-                   "{{ address }}\t{{ hostname }}\n"),
-    "/etc/network/interfaces": (
-        "# dcfleet: LXC configures eth0 before init; this stanza documents it\n"
-        "auto lo\n"
-        "iface lo inet loopback\n\n"
-        "iface eth0 inet static\n"
-        "    address {{ address }}/{{ prefixlen }}\n"
-        "    gateway {{ gateway }}\n"),
+    **NETWORK_TEMPLATES,
     "/var/www/index.html": (
         "<!doctype html>\n"
         "<title>{{ name }}</title>\n"

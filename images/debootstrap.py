@@ -25,7 +25,7 @@ from images.errors import ImageError, InvalidImage, StoreError
 from images.fsutil import safe_rmtree
 from images.manifest import validate_name
 from images.proc import blocking_run
-from images.rootfs import COMMAND_PATH, ENV_PATH, RUN_PATH, RUN_SCRIPT, write_file
+from images.rootfs import COMMAND_PATH, ENV_PATH, NETWORK_TEMPLATES, RUN_PATH, RUN_SCRIPT, write_file
 
 __all__ = ["build_debian", "default_mirror", "DEFAULT_INCLUDE"]
 
@@ -41,20 +41,7 @@ _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,63}$")
 _MIRROR_RE = re.compile(r"^https?://[A-Za-z0-9._~:/@%+-]+$")
 _VARIANTS = ("minbase", "buildd", "fakechroot")
 
-TEMPLATES = {
-    "/etc/hostname": "{{ hostname }}\n",
-    "/etc/hosts": ("127.0.0.1\tlocalhost\n"
-                   "::1\tlocalhost ip6-localhost ip6-loopback\n"
-                   "{{ address }}\t{{ hostname }}\n"),
-    "/etc/network/interfaces": (
-        "# dcfleet: LXC configures eth0 with its static address before init,\n"
-        "# so eth0 is not 'auto' here (ifup would fail on the existing address).\n"
-        "auto lo\n"
-        "iface lo inet loopback\n\n"
-        "iface eth0 inet static\n"
-        "    address {{ address }}/{{ prefixlen }}\n"
-        "    gateway {{ gateway }}\n"),
-}
+TEMPLATES = dict(NETWORK_TEMPLATES)
 _RUN_UNIT = """\
 [Unit]
 Description=dcfleet: the container's command (/etc/dcfleet/command)

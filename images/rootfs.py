@@ -22,7 +22,7 @@ from typing import Iterable, Mapping
 
 from images.errors import InvalidImage
 
-__all__ = ["COMMAND_PATH", "ENV_PATH", "EXIT_PATH", "RUN_PATH", "RUN_SCRIPT", "command_file_text",
+__all__ = ["COMMAND_PATH", "ENV_PATH", "EXIT_PATH", "NETWORK_TEMPLATES", "RUN_PATH", "RUN_SCRIPT", "command_file_text",
            "env_file_text", "write_file", "set_tree_times"]
 
 COMMAND_PATH = "/etc/dcfleet/command"
@@ -59,6 +59,23 @@ sync
 [ "$status" = 137 ] && sleep 3
 poweroff 2>/dev/null || kill -USR2 1
 """
+
+#: Jinja2 templates every dcfleet image carries for its network identity
+#: (rendered by the agent at container create).
+NETWORK_TEMPLATES = {
+    "/etc/hostname": "{{ hostname }}\n",
+    "/etc/hosts": ("127.0.0.1\tlocalhost\n"
+                   "::1\tlocalhost ip6-localhost ip6-loopback\n"
+                   "{{ address }}\t{{ hostname }}\n"),
+    "/etc/network/interfaces": (
+        "# dcfleet: LXC configures eth0 with its static address before init,\n"
+        "# so eth0 is not 'auto' here (ifup would fail on the existing address).\n"
+        "auto lo\n"
+        "iface lo inet loopback\n\n"
+        "iface eth0 inet static\n"
+        "    address {{ address }}/{{ prefixlen }}\n"
+        "    gateway {{ gateway }}\n"),
+}
 
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
