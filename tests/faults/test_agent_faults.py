@@ -83,6 +83,24 @@ def test_disk_full_during_a_pull_leaves_nothing_and_keeps_serving(agent_factory,
         assert [i["name"] for i in small.call("image_ls")] == ["busybox"]
         small.call("container_create", "busybox", "still.works")
         small.call("container_destroy", "still.works")
+        # now fill the disk to the brim: a create fails cleanly and leaves nothing
+        filler = os.path.join(small.state_dir, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        with pytest.raises(errors.StoreError, match="(?i)space|full"):
+            small.call("container_create", "busybox", "no.room")
+        assert small.call("container_ls") == []
+        assert os.listdir(small.lxc_path) == []
+        assert not os.path.exists(os.path.join(small.state_dir, "containers", "no.room.json"))
+        os.unlink(filler)
+        small.call("container_create", "busybox", "room.again")
+        small.call("container_destroy", "room.again")
     finally:
         small.cleanup()
         subprocess.run(["umount", "-l", small.state_dir], capture_output=True)
