@@ -5,6 +5,7 @@ import ipaddress
 import os
 import secrets
 import subprocess
+import time
 
 import pytest
 
@@ -41,8 +42,17 @@ def fleet():
 
 @pytest.fixture
 def hub(fleet):
-    """A client of the fleet's hub; containers a test made are destroyed after it."""
+    """A client of the fleet's hub, once every host is alive (a loaded
+    machine can delay a heartbeat past the deadline: tests start from a
+    whole fleet); containers a test made are destroyed after it."""
     client = wire.connect(fleet["hub"]["ipc"], timeout_s=120)
+    deadline = time.monotonic() + 30
+    while True:
+        rows = client.call("hosts")
+        if len(rows) == len(fleet["hosts"]) and all(h["state"] == "alive" for h in rows):
+            break
+        assert time.monotonic() < deadline, f"fleet not whole: {rows}"
+        time.sleep(0.1)
     yield client
     for c in client.call("container_ls"):
         try:
