@@ -24,7 +24,7 @@ from agents.hubclient import HubLink
 from agents.service import AgentService, translate
 from agents.supervisor import Supervisor
 from dcctl import auth, errors
-from dcctl.wire import Service
+from dcctl.wire import Service, claim_ipc_path
 from images.store import ImageStore
 from lxcwrap.lxc import Lxc
 from lxcwrap.run import hollow_run, run
@@ -38,6 +38,9 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
         os.makedirs(d, mode=0o700, exist_ok=True)
     lock_state_dir(cfg.state_dir)
     lock_bridge(cfg.bridge)
+    for endpoint in cfg.listen:  # refuse a live local endpoint before touching anything
+        if endpoint.startswith("ipc://"):
+            claim_ipc_path(endpoint[len("ipc://"):])
     runner = hollow_run if cfg.hollow else run
     network = netmod.Network(cfg.bridge, cfg.subnet, tuple(cfg.port_range), run=runner)
     network.ensure_bridge()

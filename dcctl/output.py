@@ -112,8 +112,12 @@ def kv_lines(value: dict, indent: int = 0) -> list[str]:
             out.append(f"{pad}{key}: {', '.join(scalar_text(e) for e in item) if item else '[]'}")
         elif isinstance(item, dict):
             out.append(f"{pad}{key}: {{}}")
+        elif isinstance(item, str) and "\n" in item.rstrip("\n"):  # multi-line text: an indented block
+            out.append(f"{pad}{key}: |")
+            out.extend(f"{pad}  {line}" for line in item.rstrip("\n").splitlines())
         else:
-            out.append(f"{pad}{key}: {cell_text(key, item)}")
+            text = cell_text(key, item)
+            out.append(f"{pad}{key}: {text.rstrip(chr(10))}".rstrip())
     return out
 
 
