@@ -17,7 +17,9 @@ lasted ``RESET_AFTER_SECONDS`` resets the backoff.  An OOM kill (status 137
 with the cgroup's oom_kill counter above zero, read inside the container by
 the run script, or by the supervisor from the host while the container
 powers off) is reported as ``oom_killed: true``.  Containers the operator stopped are never touched.
-Best effort (failure class 1): a failed pass is logged and retried.
+About once a minute it also runs the host cleanup (ops_cleanup: records
+whose LXC definition vanished, stale veths).  Best effort (failure class 1):
+a failed pass is logged and retried.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ DEFAULT_MAX_RETRIES = 10
 BACKOFF_MAX_SECONDS = 60.0
 RESET_AFTER_SECONDS = 30.0
 MAX_EVENTS = 50
+CLEANUP_EVERY_PASSES = 60  # ops_cleanup's work, about once a minute
 _POLICY_RE = re.compile(r"^(no|always|on-failure)(?::(\d{1,4}))?$")
 
 
@@ -107,9 +110,15 @@ class Supervisor:
 
     def _loop(self) -> None:
         self.released.wait()
+        passes = 0
         while True:
             try:
                 self.tick()
+                passes += 1
+                if passes % CLEANUP_EVERY_PASSES == 0:  # the seed's "OOM wrangler", periodically
+                    found = self.m.cleanup()
+                    if any(found.values()):
+                        log.info("cleanup: %s", found)
             except Exception:
                 log.exception("supervisor pass failed; retrying")
             gevent.sleep(self.interval_s)
