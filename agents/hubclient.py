@@ -11,6 +11,7 @@ import logging
 
 import gevent
 
+from agents.background import BackgroundLoop
 from dcctl import errors, wire
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ class _Reconnect(Exception):
     """Start over with a new connection (the hub refused our key)."""
 
 
-class HubLink:
+class HubLink(BackgroundLoop):
     """Keeps this host registered with the hub at ``endpoint``.
 
     Args:
@@ -41,14 +42,6 @@ class HubLink:
         self.summary = summary
         self.heartbeat_s = heartbeat_s
         self.registered = False
-        self._task: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        self._task = gevent.spawn(self._loop)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.kill()
 
     def _loop(self) -> None:
         while True:

@@ -31,6 +31,7 @@ import time
 import gevent
 import gevent.event
 
+from agents.background import BackgroundLoop
 from dcctl import errors
 from lxcwrap import cgroup
 
@@ -78,7 +79,7 @@ def add_event(rec: dict, kind: str, **detail) -> dict:
     return event
 
 
-class Supervisor:
+class Supervisor(BackgroundLoop):
     """Watches ``manager``'s containers (see the module doc)."""
 
     def __init__(self, manager, interval_s: float = 1.0, hold_s: float = 0.0):
@@ -95,14 +96,6 @@ class Supervisor:
             gevent.spawn_later(hold_s, self.released.set)
         self._due: dict[str, float] = {}  # name -> monotonic time of its next restart
         self._ooms: dict[str, int] = {}  # name -> oom_kill count seen after its command ended
-        self._task: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        self._task = gevent.spawn(self._loop)
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.kill()
 
     def release(self) -> None:
         """The hub has our inventory: restarts may begin."""
