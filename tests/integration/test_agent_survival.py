@@ -138,3 +138,47 @@ def test_a_second_agent_cannot_take_over_a_state_dir_endpoint_or_bridge(agent_fa
     from agents.network import Network
     for bridge in (first.bridge + "b", first.bridge + "c"):
         Network(bridge, "10.213.0.0/24", (1, 2)).teardown()
+
+
+def test_a_veth_left_behind_does_not_block_the_next_start(agent_factory):
+    """PITFALLS: an interrupted stop can leave the fixed host-side veth name
+    behind, and LXC then fails with "File exists"; the agent clears it."""
+    import subprocess
+    agent = agent_factory()
+    agent.call("container_create", "busybox", "stale.veth")
+    veth = agent.call("container_inspect", "stale.veth")["veth"]
+    peer = "dct" + os.urandom(4).hex()
+    subprocess.run(["ip", "link", "add", veth, "type", "veth", "peer", "name", peer], check=True)
+    try:
+        assert agent.call("container_start", "stale.veth")["state"] == "running"
+        out = agent.call("container_exec", "stale.veth", ["hostname"])
+        assert out["stdout"] == b"stale.veth\n"
+    finally:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
+def test_slow_work_never_stalls_the_agent(agent_factory, tmp_path):
+    """PITFALLS: a blocking call stops heartbeats.  While a large image
+    import runs (hashing, unpacking), listing and pings answer at once."""
+    import subprocess
+    import gevent
+    agent = agent_factory()
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    for i in range(8):
+        (rootfs / f"blob{i}").write_bytes(os.urandom(8 << 20))
+    tar = tmp_path / "big.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
+    with agent.client(120) as slow, agent.client(10) as fast:
+        job = gevent.spawn(slow.call, "image_import", str(tar), "big")
+        gevent.sleep(0.2)
+        worst = 0.0
+        while not job.ready():
+            started = time.monotonic()
+            fast.call("container_ls")
+            fast.call("_zerorpc_ping")
+            worst = max(worst, time.monotonic() - started)
+            gevent.sleep(0.05)
+        assert job.get()["name"] == "big"
+    print(f"\nworst listing+ping round trip during a 64 MiB import: {worst * 1000:.0f} ms")
+    assert worst < 1.0
