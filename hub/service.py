@@ -17,6 +17,7 @@ import gevent
 from dcctl import auth, errors, validate, wire
 from dcctl.wire import expose
 from hub import fanout, scheduler
+from hub.failover import Healer
 from hub.registry import Registry
 from hub.store import HubStore
 
@@ -32,8 +33,6 @@ CREATE_OPTIONS = {
     "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
 }
 AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command", "restart")
-RESCHEDULE_ATTEMPTS = 8
-RESCHEDULE_BACKOFF_MAX_SECONDS = 30.0
 MAX_EVENTS = 500
 RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
              errors.StoreError, errors.NetworkError, errors.Busy)
@@ -69,9 +68,8 @@ class HubService:
         self.workers = fanout.WorkQueue()
         self._clients: dict[str, tuple[str, wire.RpcClient]] = {}
         self._tasks: list[gevent.Greenlet] = []
-        self._moving: set[str] = set()  # containers being re-created elsewhere
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
-        self._reaping: set[tuple[str, str]] = set()  # (host, name) stale copies being removed
+        self.healer = Healer(self)
         self._event_log: collections.deque = collections.deque(maxlen=MAX_EVENTS)
         self.started = time.time()
 
@@ -91,7 +89,7 @@ class HubService:
             for name in self.store.mark_unreachable(deadline):
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self._event("host_lost", host=name)
-                gevent.spawn(self._failover, name)
+                gevent.spawn(self.healer.host_lost, name)
             self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
             gevent.sleep(min(1.0, self.heartbeat_s / 2))
 
@@ -147,103 +145,6 @@ class HubService:
 
     def _event(self, kind: str, **detail) -> None:
         self._event_log.append({"at": time.time(), "kind": kind, **detail})
-
-    # ------------------------------------------------------------ failover
-    def _failover(self, lost: str) -> None:
-        """Re-create the lost host's containers that have a restart policy on
-        other hosts (names kept, exposed ports mapped anew)."""
-        for row in self.store.containers(lost):
-            policy = str((row["spec"].get("options") or {}).get("restart") or "no")
-            if row["state"] == "placed" and policy != "no" and row["name"] not in self._moving:
-                self._moving.add(row["name"])
-                gevent.spawn(self._reschedule, row["name"], lost)
-
-    def _reschedule(self, name: str, lost: str) -> None:
-        """Nomad's reschedule block, in short: exponential backoff (1 s, 2 s,
-        4 s ... 30 s), another host each attempt, and give up after
-        RESCHEDULE_ATTEMPTS; stop as soon as the lost host is back (its
-        copy may still run) or the container was removed."""
-        started, tried = time.monotonic(), {lost}
-        try:
-            for attempt in range(RESCHEDULE_ATTEMPTS):
-                if attempt:
-                    gevent.sleep(min(RESCHEDULE_BACKOFF_MAX_SECONDS, 2.0 ** (attempt - 1)))
-                try:
-                    row = self.store.container(name)
-                except errors.NoSuchContainer:
-                    return
-                if row["host"] != lost or self.store.host(lost)["state"] == "alive":
-                    return
-                spec = row["spec"]
-                opts = spec.get("options") or {}
-                manifest = self.registry.get(row["image"])
-                request = scheduler.Request(row["memory_bytes"] or 0, spec.get("labels") or {}, None,
-                                            spec.get("strategy") or "spread")
-                try:
-                    host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
-                except errors.DcError as exc:
-                    self._event("reschedule_waiting", name=name, reason=str(exc))
-                    continue
-                tried.add(host)
-                try:
-                    result = self._realize(host, manifest, name, opts, False)
-                except errors.DcError as exc:
-                    self._undo(host, name)
-                    self.store.assign(name, lost)
-                    self._event("reschedule_failed", name=name, host=host, error=f"{type(exc).__name__}: {exc}")
-                    continue
-                self.store.set_placed(name, manifest["id"], result["ports"])
-                self._event("rescheduled", name=name, from_host=lost, host=host,
-                            after_s=round(time.monotonic() - started, 3))
-                log.info("rescheduled %s from lost %s to %s", name, lost, host)
-                return
-            self._event("reschedule_gave_up", name=name, host=lost)
-        finally:
-            self._moving.discard(name)
-
-    def _reap_stale(self, host: str, reported: list) -> None:
-        """A host reports containers the fleet placed elsewhere (it was lost
-        and they were re-created): stop and destroy its stale copies, so a
-        name never runs twice."""
-        for c in reported:
-            name = c.get("name") if isinstance(c, dict) else None
-            if not isinstance(name, str) or (host, name) in self._reaping:
-                continue
-            try:
-                owner = self.store.container(name)["host"]
-            except errors.InvalidArgument:
-                continue
-            except errors.NoSuchContainer:  # made on the host directly, or a create the hub lost
-                self._reaping.add((host, name))
-                gevent.spawn(self._adopt, host, name)
-                continue
-            if owner != host and name not in self._moving:
-                self._reaping.add((host, name))
-                gevent.spawn(self._reap_one, host, name)
-
-    def _adopt(self, host: str, name: str) -> None:
-        """Record a container a host has but the fleet store lacks (checked
-        with the host first: a heartbeat may predate a destroy), so names
-        stay fleet-unique and the store matches reality."""
-        try:
-            info = self._call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
-            self.store.adopt(name, host, info.get("image_id") or "", info.get("ports") or [],
-                             int(info.get("memory_limit_bytes") or 0))
-            self._event("adopted", name=name, host=host)
-        except errors.DcError:
-            pass
-        finally:
-            self._reaping.discard((host, name))
-
-    def _reap_one(self, host: str, name: str) -> None:
-        try:
-            self._call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
-            self._event("stale_copy_removed", name=name, host=host)
-            log.info("removed stale copy of %s from %s", name, host)
-        except errors.DcError as exc:
-            log.warning("could not remove stale %s from %s: %s", name, host, exc)
-        finally:
-            self._reaping.discard((host, name))
 
     def client(self, host: str) -> wire.RpcClient:
         """The hub's zerorpc client for ``host`` (made on first use)."""
@@ -328,7 +229,7 @@ class HubService:
             self._event("host_back", host=name)
         containers = summary.get("containers") if isinstance(summary, dict) else None
         if isinstance(containers, list):
-            self._reap_stale(name, containers)
+            self.healer.reconcile(name, containers)
         return {"ok": True}
 
     @expose(shielded=True)

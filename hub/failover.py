@@ -1,0 +1,136 @@
+"""Healing the fleet: re-creating a lost host's containers elsewhere, and
+reconciling what a host reports with the fleet store.
+
+* When a host is lost (missed heartbeats), its containers that have a
+  restart policy are re-created on other hosts with capacity: names kept,
+  exposed ports mapped anew, exponential backoff and another host each
+  attempt, as Nomad's reschedule block does; it stops as soon as the lost
+  host is back.
+* Each heartbeat lists the host's containers.  A container the store places
+  on another host is a stale copy (its host was lost and came back): it is
+  stopped and destroyed, so a name never runs twice.  A container the store
+  does not know (made on the host directly, or a create the hub lost in a
+  restart) is adopted after the host confirms it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+
+from dcctl import errors
+from hub import scheduler
+
+log = logging.getLogger(__name__)
+
+RESCHEDULE_ATTEMPTS = 8
+RESCHEDULE_BACKOFF_MAX_SECONDS = 30.0
+VIEW_TIMEOUT_SECONDS = 5.0
+
+
+class Healer:
+    """Failover and reconciliation for ``hub`` (a HubService): it uses the
+    hub's store, registry, agent calls and event log."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        self.moving: set[str] = set()  # containers being re-created elsewhere
+        self.reaping: set[tuple[str, str]] = set()  # (host, name) stale copies being removed or adopted
+
+    def host_lost(self, lost: str) -> None:
+        """Re-create the lost host's containers that have a restart policy on
+        other hosts (names kept, exposed ports mapped anew)."""
+        for row in self.hub.store.containers(lost):
+            policy = str((row["spec"].get("options") or {}).get("restart") or "no")
+            if row["state"] == "placed" and policy != "no" and row["name"] not in self.moving:
+                self.moving.add(row["name"])
+                gevent.spawn(self._reschedule, row["name"], lost)
+
+    def _reschedule(self, name: str, lost: str) -> None:
+        """Nomad's reschedule block, in short: exponential backoff (1 s, 2 s,
+        4 s ... 30 s), another host each attempt, and give up after
+        RESCHEDULE_ATTEMPTS; stop as soon as the lost host is back (its
+        copy may still run) or the container was removed."""
+        started, tried = time.monotonic(), {lost}
+        try:
+            for attempt in range(RESCHEDULE_ATTEMPTS):
+                if attempt:
+                    gevent.sleep(min(RESCHEDULE_BACKOFF_MAX_SECONDS, 2.0 ** (attempt - 1)))
+                try:
+                    row = self.hub.store.container(name)
+                except errors.NoSuchContainer:
+                    return
+                if row["host"] != lost or self.hub.store.host(lost)["state"] == "alive":
+                    return
+                spec = row["spec"]
+                opts = spec.get("options") or {}
+                manifest = self.hub.registry.get(row["image"])
+                request = scheduler.Request(row["memory_bytes"] or 0, spec.get("labels") or {}, None,
+                                            spec.get("strategy") or "spread")
+                try:
+                    host = self.hub.store.move(name, scheduler.choose(self.hub.store.hosts(), request, exclude=tried))
+                except errors.DcError as exc:
+                    self.hub._event("reschedule_waiting", name=name, reason=str(exc))
+                    continue
+                tried.add(host)
+                try:
+                    result = self.hub._realize(host, manifest, name, opts, False)
+                except errors.DcError as exc:
+                    self.hub._undo(host, name)
+                    self.hub.store.assign(name, lost)
+                    self.hub._event("reschedule_failed", name=name, host=host, error=f"{type(exc).__name__}: {exc}")
+                    continue
+                self.hub.store.set_placed(name, manifest["id"], result["ports"])
+                self.hub._event("rescheduled", name=name, from_host=lost, host=host,
+                            after_s=round(time.monotonic() - started, 3))
+                log.info("rescheduled %s from lost %s to %s", name, lost, host)
+                return
+            self.hub._event("reschedule_gave_up", name=name, host=lost)
+        finally:
+            self.moving.discard(name)
+
+    def reconcile(self, host: str, reported: list) -> None:
+        """A host reports containers the fleet placed elsewhere (it was lost
+        and they were re-created): stop and destroy its stale copies, so a
+        name never runs twice."""
+        for c in reported:
+            name = c.get("name") if isinstance(c, dict) else None
+            if not isinstance(name, str) or (host, name) in self.reaping:
+                continue
+            try:
+                owner = self.hub.store.container(name)["host"]
+            except errors.InvalidArgument:
+                continue
+            except errors.NoSuchContainer:  # made on the host directly, or a create the hub lost
+                self.reaping.add((host, name))
+                gevent.spawn(self._adopt, host, name)
+                continue
+            if owner != host and name not in self.moving:
+                self.reaping.add((host, name))
+                gevent.spawn(self._reap_one, host, name)
+
+    def _adopt(self, host: str, name: str) -> None:
+        """Record a container a host has but the fleet store lacks (checked
+        with the host first: a heartbeat may predate a destroy), so names
+        stay fleet-unique and the store matches reality."""
+        try:
+            info = self.hub._call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+            self.hub.store.adopt(name, host, info.get("image_id") or "", info.get("ports") or [],
+                             int(info.get("memory_limit_bytes") or 0))
+            self.hub._event("adopted", name=name, host=host)
+        except errors.DcError:
+            pass
+        finally:
+            self.reaping.discard((host, name))
+
+    def _reap_one(self, host: str, name: str) -> None:
+        try:
+            self.hub._call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
+            self.hub._event("stale_copy_removed", name=name, host=host)
+            log.info("removed stale copy of %s from %s", name, host)
+        except errors.DcError as exc:
+            log.warning("could not remove stale %s from %s: %s", name, host, exc)
+        finally:
+            self.reaping.discard((host, name))
+
