@@ -143,7 +143,7 @@ class ContainerManager:
                   "restarted": [...], "rules": {"added": n, "removed": n}}
         """
         self.records = self.state.load_all()
-        rolled, finished, restarted = [], [], []
+        rolled, finished = [], []
         for name, rec in list(self.records.items()):
             if rec["phase"] == "creating":
                 self._remove_files(name)

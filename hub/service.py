@@ -146,9 +146,10 @@ class HubService:
     def _event(self, kind: str, **detail) -> None:
         self._event_log.append({"at": time.time(), "kind": kind, **detail})
 
-    def client(self, host: str) -> wire.RpcClient:
-        """The hub's zerorpc client for ``host`` (made on first use)."""
-        row = self.store.host(host)
+    def client(self, host: str, row: dict | None = None) -> wire.RpcClient:
+        """The hub's zerorpc client for ``host`` (made on first use);
+        ``row`` is its store row when the caller has it already."""
+        row = row or self.store.host(host)
         endpoint = row["endpoint"]
         cached = self._clients.get(host)
         if cached is None or cached[0] != endpoint:
@@ -166,10 +167,11 @@ class HubService:
     def _call(self, host: str, method: str, *args, timeout_s: float | None = None):
         """Call an agent; a host marked unreachable fails at once (Unreachable)
         instead of making the caller wait out a timeout."""
-        if self.store.host(host)["state"] != "alive":
+        row = self.store.host(host)  # one store read per call
+        if row["state"] != "alive":
             raise errors.Unreachable(f"host {host} is unreachable (missed heartbeats)",
                                      hint="its containers with a restart policy are re-created elsewhere")
-        return self.client(host).call(method, *args, timeout_s=timeout_s)
+        return self.client(host, row).call(method, *args, timeout_s=timeout_s)
 
     def _owner(self, name: str) -> str:
         validate.container_name(name)
@@ -261,8 +263,7 @@ class HubService:
         s), heartbeat_age_s}].
         """
         out = []
-        with self.store.write() as db:
-            figures = self.store.reserved_memory(db)
+        figures = self.store.reserved_memory(self.store.db)  # a read: no write transaction
         now = time.time()
         for h in self.store.hosts():
             cap = h["capacity"] or {}
