@@ -46,9 +46,11 @@ class HubLink(BackgroundLoop):
         self.heartbeat_s = heartbeat_s
         self.registered = False
         self.last_error: str | None = None  # the last error logged, until a success
+        self.failures = 0  # calls to the hub failed since the last accepted heartbeat
 
     def _failed(self, what: str, exc: errors.DcError) -> None:
         """Log ``exc`` at WARNING unless it is the error logged last."""
+        self.failures += 1
         text = f"{what}: {type(exc).__name__}: {exc}"
         if text != self.last_error:
             self.last_error = text
@@ -87,6 +89,7 @@ class HubLink(BackgroundLoop):
             if self.last_error is not None:
                 log.info("hub %s: heartbeats accepted again", self.endpoint)
                 self.last_error = None
+            self.failures = 0
             if self.on_beat is not None:
                 self.on_beat()
         except errors.NoSuchHost:

@@ -175,7 +175,7 @@ class HubStore:
             if key and bound is None:
                 other = db.execute("SELECT name FROM host_keys WHERE key=?", (key,)).fetchone()
                 if other is not None:
-                    raise errors.Unauthorized(f"this key is host {other[0]!r}'s and may register only that name",
+                    raise errors.Unauthorized(f"this key is {other[0]}'s: it may register only that host name",
                                               hint="a host's key is one host; give each host its own key pair")
                 raise errors.Unauthorized(f"host name {name!r} is not bound to this key",
                                           hint=f"an operator adds the host first: dcctl host_add {name} PUBLIC_KEY")
