@@ -70,7 +70,7 @@ class HubService:
         self.missed_heartbeats = missed_heartbeats
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
-        self._clients: dict[str, tuple[str, wire.RpcClient]] = {}
+        self._clients: dict[str, tuple[tuple[str, str], wire.RpcClient]] = {}  # host: ((endpoint, key), client)
         self._tasks: list[gevent.Greenlet] = []
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.healer = Healer(self)
@@ -84,7 +84,7 @@ class HubService:
 
     def stop(self) -> None:
         gevent.killall(self._tasks)
-        for *_, client in self._clients.values():
+        for _, client in self._clients.values():
             client.close()
 
     def _monitor(self) -> None:
@@ -163,9 +163,9 @@ class HubService:
         row = row or self.store.host(host)
         endpoint = row["endpoint"]
         cached = self._clients.get(host)
-        if cached is None or cached[:2] != (endpoint, row["key"]):
+        if cached is None or cached[0] != (endpoint, row["key"]):
             if cached is not None:
-                cached[2].close()
+                cached[1].close()
                 del self._clients[host]
             keys = None
             if row["key"]:
@@ -175,10 +175,10 @@ class HubService:
                 keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
             elif not endpoint.startswith("ipc://"):
                 raise errors.Unreachable(f"host {host} joined without a key at a non-local endpoint")
-            cached = (endpoint, row["key"], wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
-                                                           heartbeat_s=max(1.0, self.heartbeat_s)))
+            cached = ((endpoint, row["key"]), wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
+                                                             heartbeat_s=max(1.0, self.heartbeat_s)))
             self._clients[host] = cached
-        return cached[2]
+        return cached[1]
 
     def _call(self, host: str, method: str, *args, timeout_s: float | None = None):
         """Call an agent; a host marked unreachable fails at once (Unreachable)
@@ -262,7 +262,7 @@ class HubService:
                                info.get("capacity") or {}, key)
         cached = self._clients.pop(name, None)
         if cached is not None:
-            cached[2].close()
+            cached[1].close()
         log.info("host %s registered at %s", name, endpoint)
         return {"name": name, "heartbeat_s": self.heartbeat_s}
 
@@ -313,7 +313,7 @@ class HubService:
             self.allowlist.remove("agent", name, binding["key"])
         cached = self._clients.pop(name, None)
         if cached is not None:
-            cached[2].close()
+            cached[1].close()
         self._event("host_removed", host=name)
         return {"name": name, "containers_forgotten": len(rows)}
 
