@@ -4,7 +4,8 @@
 gateway address of ``--fleet-subnet``; per host ``i`` a network namespace
 ``<prefix>-host-<i>`` joined to it by a veth (root side ``<prefix>h<i>``,
 namespace side ``eth0`` at subnet+10+i); the hub in the root namespace; and one
-agent per host inside its namespace.  Everything made is recorded in
+agent per host inside its namespace, started once the hub has admitted its key
+(``host_add``, the operator's step, over the hub's local endpoint).  Everything made is recorded in
 ``/run/dcfleet/<prefix>/fleet.json`` (written before the first step and after
 each one), which ``status`` and ``down`` read; ``down`` also finds leftovers by
 prefix alone.
