@@ -571,8 +571,8 @@ def run_call(argv: list[str]) -> int:
         result = client.call(ns.method, *params)
         items = result if output.is_stream(result) else [result]
         for item in items:
-            if ns.print_json:
-                print(output.dumps(item, indent=None))
+            if ns.print_json:  # json.dumps' default separators, as the stock CLI prints
+                print(json.dumps(output.to_jsonable(item), ensure_ascii=False))
             else:
                 pprint.pprint(item)
     return 0
