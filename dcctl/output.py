@@ -185,7 +185,17 @@ def fit_cells(headers: list[str], rows: list[list[str]], width: int = TABLE_WIDT
             i = max(shrinkable, key=lambda j: widths[j])
             widths[i] -= 1
             excess -= 1
-    return [[c if len(c) <= widths[i] else c[: widths[i] - 1] + ELLIPSIS for i, c in enumerate(r)] for r in rows]
+    return [[cut_text(c, widths[i]) for i, c in enumerate(r)] for r in rows]
+
+
+def cut_text(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in ``…`` when cut; a
+    list (``a, b, c``) is cut after its last whole item that fits."""
+    if len(text) <= width:
+        return text
+    head = text[: width - 1]
+    sep = head.rfind(", ")
+    return (head[: sep + 2] if sep > 0 else head) + ELLIPSIS
 
 
 def grid_text(headers: list[str], rows: list[list[str]], is_tty: bool = False) -> str:
@@ -639,6 +649,6 @@ def _isatty(stream: TextIO) -> bool:
 
 
 __all__ = ["BASE64_KEY", "FILTERS", "FilterError", "TABLE_WIDTH", "VIEWS", "dumps", "exec_exit_code", "filter_result",
-           "first_line", "fit_cells", "grid_text", "help_text", "is_exec_result", "is_stream", "kv_lines",
+           "cut_text", "first_line", "fit_cells", "grid_text", "help_text", "is_exec_result", "is_stream", "kv_lines",
            "method_list_lines", "network_text", "parse_filters", "ports_text", "render", "render_exec",
            "render_json", "scalar_text", "short_id", "table_text", "to_jsonable", "view_text"]

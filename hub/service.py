@@ -606,6 +606,9 @@ class HubService:
         """Run an agent method on exactly one idle host (worker queue).
 
         Args:
+            method: an agent method name (e.g. ops_run).
+            args: its positional arguments (text is converted by the
+                method's declared types, as for broadcast).
             options: {timeout_s (default 60): for waiting for an idle host
                 and, again, for the call; idempotent (bool): retry once on
                 another host if the first one is lost}.

@@ -227,6 +227,12 @@ def test_broadcast_results_fit():
     assert list(kept["results"]) == ["dcops-host-3"] and kept["summary"] == result["summary"]
 
 
+def test_cut_text():
+    assert output.cut_text("abcdef", 6) == "abcdef"
+    assert output.cut_text("abcdefg", 6) == "abcde" + output.ELLIPSIS
+    assert output.cut_text("1->1/tcp, 2->2/tcp, 3->3/tcp", 22) == "1->1/tcp, 2->2/tcp, " + output.ELLIPSIS
+
+
 def test_method_list_lines_fit():
     lines = output.method_list_lines({"container_connection_add": "Map a host port " + "and more " * 20})
     assert_fits(lines) and lines[0].endswith(output.ELLIPSIS)
