@@ -1,6 +1,7 @@
 """dcctl: the operator's command line for dcfleet agents and the hub.
 
-    dcctl [-H|--host ENDPOINT] [--json|--wide] [--filter KEY=VALUE] [--timeout SECONDS] METHOD [ARGS...] [--KEY VALUE...]
+    dcctl [-H|--host ENDPOINT] [--json|--wide] [--filter KEY=VALUE] [--timeout SECONDS]
+          METHOD [ARGS...] [--KEY VALUE...]
     dcctl [methods]                  list the server's methods (first doc line)
     dcctl help METHOD | dcctl METHOD --help
     dcctl call ENDPOINT [METHOD [ARGS...]] [-j|--json] [-pj|--print-json] [--timeout S]

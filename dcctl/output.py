@@ -266,6 +266,8 @@ def _image_text(row: dict) -> str:
 
 
 def _fraction(used: Any, total: Any, fmt: Callable[[Any], str] = scalar_text) -> str:
+    if used is None and total is None:
+        return "-"
     return f"{fmt(used)}/{fmt(total)}"
 
 

@@ -179,8 +179,9 @@ def test_image_ls_hostinfo_network_and_events_fit():
     hub_images = [{k: v for k, v in IMAGE_ROW.items() if k != "command"}]  # the hub has no command
     assert view("image_ls", hub_images)[1][0].split()[-1] == "ports"
 
-    code, lines = view("hostinfo", [hostinfo_row(i) for i in range(1, 4)])
+    code, lines = view("hostinfo", [hostinfo_row(i) for i in range(1, 4)] + [{"host": "h4", "status": "timeout"}])
     assert_fits(lines)
+    assert lines[-1].split() == ["h4", "timeout"] + ["-"] * 6
     assert lines[1].split() == ["dcops-host-1", "ok", "0.42", "3.0", "GiB/8.0", "GiB", "60.0", "GiB", "1/100",
                                 "5.8", "GiB", "3d"]
 
