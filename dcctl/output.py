@@ -117,7 +117,8 @@ def _is_scalar(value: Any) -> bool:
 
 def kv_lines(value: dict, indent: int = 0) -> list[str]:
     """``key: value`` lines for a dict; nested dicts and lists of containers
-    are indented two spaces under their key."""
+    are indented two spaces under their key, and so is a list of scalars
+    that would not fit on one TABLE_WIDTH line, one item per line."""
     pad = " " * indent
     out = []
     for key, item in value.items():
@@ -134,7 +135,12 @@ def kv_lines(value: dict, indent: int = 0) -> list[str]:
                 else:
                     out.append(f"{pad}  - {scalar_text(elem)}")
         elif isinstance(item, (list, tuple)):
-            out.append(f"{pad}{key}: {', '.join(scalar_text(e) for e in item) if item else '[]'}")
+            line = f"{pad}{key}: {', '.join(scalar_text(e) for e in item) if item else '[]'}"
+            if len(line) <= TABLE_WIDTH:
+                out.append(line)
+            else:  # a long list of scalars (layer digests): one per line
+                out.append(f"{pad}{key}:")
+                out.extend(f"{pad}  - {scalar_text(e)}" for e in item)
         elif isinstance(item, dict):
             out.append(f"{pad}{key}: {{}}")
         elif isinstance(item, str) and "\n" in item.rstrip("\n"):  # multi-line text: an indented block

@@ -32,6 +32,12 @@ def test_kv_lines_nested():
                      "  - x", "i: -"]
 
 
+def test_kv_lines_long_scalar_lists_go_one_per_line():
+    digests = ["ab" * 32, "cd" * 32]
+    assert output.kv_lines({"id": "x", "removed_layers": digests, "freed_bytes": 3 << 20}) == [
+        "id: x", "removed_layers:", f"  - {digests[0]}", f"  - {digests[1]}", "freed_bytes: 3.0 MiB"]
+
+
 def test_scalars_and_lists():
     assert render("hello") == (0, "hello\n", "")
     assert render(None) == (0, "", "")
