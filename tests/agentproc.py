@@ -115,8 +115,8 @@ def _quiet(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def cleanup_prefix(prefix: str, root: str) -> None:
-    """Stop and destroy containers under ROOT/lxc, remove the bridge and
-    netfilter chains named by ``prefix``, and the dir."""
+    """Stop and destroy containers under ROOT/lxc, remove the bridge,
+    netfilter chains and bridge lock named by ``prefix``, and the dir."""
     lxc_path = os.path.join(root, "lxc")
     for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
         name = os.path.basename(os.path.dirname(cdir))
@@ -127,6 +127,11 @@ def cleanup_prefix(prefix: str, root: str) -> None:
     except Exception as exc:  # keep going: best effort
         print(f"teardown of {prefix}: {exc}", file=sys.stderr)
     _quiet(["ip", "link", "del", prefix])
+    from agents.decommission import bridge_lock_path
+    try:  # agents.main.lock_bridge's lock file (one per bridge, else they pile up)
+        os.unlink(bridge_lock_path(prefix))
+    except FileNotFoundError:
+        pass
     shutil.rmtree(root, ignore_errors=True)
 
 
