@@ -4,10 +4,15 @@ heartbeat with a hostinfo summary every ``heartbeat_s`` seconds.
 Best effort (DESIGN, failure class 1): a hub that is down or restarting is
 retried quietly; a hub that no longer knows this host (it lost its store, or
 marked the host gone) gets a fresh registration.
+
+Registration and every heartbeat carry a boot id, new each time the agent
+process starts: a hub that sees it change knows the calls it had in flight to
+this host died with the previous process, and fails them at once.
 """
 from __future__ import annotations
 
 import logging
+import uuid
 
 import gevent
 
@@ -31,10 +36,12 @@ class HubLink(BackgroundLoop):
             "capacity"); called every beat.
         heartbeat_s: seconds between beats.
         keys: CURVE ClientKeys for a tcp:// hub.
+        boot_id: this process's boot id (default: a new random one).
     """
 
     def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0, keys=None,
-                 on_beat=None):
+                 on_beat=None, boot_id: str | None = None):
+        self.boot_id = boot_id or uuid.uuid4().hex
         self.on_beat = on_beat  # called after each heartbeat the hub accepted
         self.endpoint = endpoint
         self.keys = keys
@@ -60,10 +67,11 @@ class HubLink(BackgroundLoop):
         try:
             summary = self.summary()
             if not self.registered:
-                client.call("host_register", {**self.identity, "capacity": summary["capacity"]})
+                client.call("host_register", {**self.identity, "capacity": summary["capacity"],
+                                              "boot_id": self.boot_id})
                 self.registered = True
                 log.info("registered with hub %s as %s", self.endpoint, self.identity["name"])
-            client.call("host_heartbeat", self.identity["name"], summary)
+            client.call("host_heartbeat", self.identity["name"], {**summary, "boot_id": self.boot_id})
             if self.on_beat is not None:
                 self.on_beat()
         except errors.NoSuchHost:

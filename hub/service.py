@@ -71,11 +71,16 @@ class HubService:
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.healer = Healer(self)
         self._event_log: collections.deque = collections.deque(maxlen=MAX_EVENTS)
+        self._boots: dict[str, str] = {}  # host -> the boot id its agent last reported
         self.started = time.time()
+        self._serving_since = time.monotonic()
 
     # ------------------------------------------------------------ plumbing
     def start(self) -> None:
-        """Start the membership monitor and the journal recovery."""
+        """Start the membership monitor and the journal recovery.  No host is
+        judged before a full grace period (missed_heartbeats heartbeats) from
+        now: a restarted hub gives every host the time to find it again."""
+        self._serving_since = time.monotonic()
         self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations)]
 
     def stop(self) -> None:
@@ -84,9 +89,10 @@ class HubService:
             client.close()
 
     def _monitor(self) -> None:
+        grace_s = self.heartbeat_s * self.missed_heartbeats
         while True:
-            deadline = time.time() - self.heartbeat_s * self.missed_heartbeats
-            for name in self.store.mark_unreachable(deadline):
+            judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
+            for name in self.store.mark_unreachable(time.time() - grace_s) if judged else ():
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self._event("host_lost", host=name)
                 gevent.spawn(self.healer.host_lost, name)
@@ -164,9 +170,35 @@ class HubService:
             self._clients[host] = cached
         return cached[1]
 
+    def _drop_client(self, host: str, reason: str) -> None:
+        """Close the hub's client for ``host``: calls in flight on it fail at
+        once with Unreachable(``reason``); the next call makes a new one."""
+        cached = self._clients.pop(host, None)
+        if cached is not None:
+            cached[1].close(reason)
+
+    def _note_boot(self, host: str, boot_id) -> bool:
+        """Record the boot id an agent reports; True if it differs from the
+        one it reported before (the agent restarted: its calls in flight
+        are dead and fail at once)."""
+        if not isinstance(boot_id, str) or not boot_id:
+            return False
+        before = self._boots.get(host)
+        self._boots[host] = boot_id
+        if before is None or before == boot_id:
+            return False
+        log.warning("host %s restarted (boot id %s, was %s): failing its calls in flight", host, boot_id, before)
+        self._event("host_restarted", host=host)
+        self._drop_client(host, f"the agent on {host} restarted")
+        return True
+
     def _call(self, host: str, method: str, *args, timeout_s: float | None = None):
         """Call an agent; a host marked unreachable fails at once (Unreachable)
-        instead of making the caller wait out a timeout."""
+        instead of making the caller wait out a timeout.  However long
+        ``timeout_s`` is (a pull's), a call to an agent that dies or freezes
+        fails within two heartbeats (zerorpc's per-call heartbeats), and one
+        to an agent that restarts fails as soon as it reports its new boot
+        id (Unreachable)."""
         row = self.store.host(host)  # one store read per call
         if row["state"] != "alive":
             raise errors.Unreachable(f"host {host} is unreachable (missed heartbeats)",
@@ -186,13 +218,17 @@ class HubService:
         """Called by agents: join (or re-join) the fleet.
 
         Args: info: {name, endpoint (tcp:// or ipc:// the hub can reach),
-        address (where its mapped ports answer), labels {k: v}, capacity {...}}.
+        address (where its mapped ports answer), labels {k: v}, capacity {...},
+        boot_id (str, new each time the agent process starts)}.
+
+        A new boot_id means the agent restarted: every call in flight to it
+        is dead, and fails at once (Unreachable) so creates move on.
 
         Returns: {name, heartbeat_s}.
         Raises: InvalidArgument.
         """
-        validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": ""},
-                         "host_register")
+        validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": "",
+                                "boot_id": ""}, "host_register")
         name = info.get("name")
         if not isinstance(name, str) or not name:
             raise errors.InvalidArgument("host name must be a non-empty string")
@@ -205,16 +241,15 @@ class HubService:
         caller = wire.current_caller()
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
                                info.get("capacity") or {}, caller.key if caller else "")
-        cached = self._clients.pop(name, None)
-        if cached is not None:
-            cached[1].close()
+        if not self._note_boot(name, info.get("boot_id")) and not info.get("boot_id"):
+            self._drop_client(name, "the agent registered again")  # an agent without a boot id
         log.info("host %s registered at %s", name, endpoint)
         return {"name": name, "heartbeat_s": self.heartbeat_s}
 
     @expose(access="agent")
     def host_heartbeat(self, name: str, summary: dict) -> dict:
         """Called by agents every heartbeat_s: a hostinfo summary {capacity,
-        metrics, containers [{name, state}]}.
+        metrics, containers [{name, state}], boot_id (as in host_register)}.
 
         Returns: {ok: True}. Raises: NoSuchHost (register again).
         """
@@ -229,6 +264,7 @@ class HubService:
         if previous != "alive":
             log.info("host %s is alive again", name)
             self._event("host_back", host=name)
+        self._note_boot(name, summary.get("boot_id"))
         containers = summary.get("containers") if isinstance(summary, dict) else None
         if isinstance(containers, list):
             self.healer.reconcile(name, containers)
@@ -247,9 +283,8 @@ class HubService:
         for row in rows:
             self.store.forget(row["name"])
         self.store.remove_host(name)
-        cached = self._clients.pop(name, None)
-        if cached is not None:
-            cached[1].close()
+        self._drop_client(name, "the host was removed")
+        self._boots.pop(name, None)
         self._event("host_removed", host=name)
         return {"name": name, "containers_forgotten": len(rows)}
 
@@ -494,6 +529,9 @@ class HubService:
         results {host: {status: ok|error|timeout, result | error, message}}}.
         A frozen or dead host is reported as timeout; it never delays the
         answer past timeout_s.
+
+        Raises: NoSuchHost (the target matches no host), InvalidArgument,
+        PermissionDenied.
         """
         opts = validate.options(options, {"target": "", "timeout_s": "", "fire_and_forget": ""}, "broadcast")
         caller = wire.current_caller()
@@ -505,8 +543,11 @@ class HubService:
             raise errors.InvalidArgument("target must be a glob on host names or label:KEY=VALUE")
         if not isinstance(method, str) or not method:
             raise errors.InvalidArgument("method must be an agent method name")
-        args = self._coerce(method, list(args or []))
         hosts = fanout.targets(self.store.hosts(), opts.get("target"))
+        if not hosts:
+            raise errors.NoSuchHost(f"no host matches the target {opts.get('target') or '*'!r}",
+                                    hint="see `dcctl hosts` for names and labels")
+        args = self._coerce(method, list(args or []))
 
         def call(h):
             return self._call(h["name"], method, *args, timeout_s=timeout)
