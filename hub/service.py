@@ -81,7 +81,8 @@ class HubService:
         judged before a full grace period (missed_heartbeats heartbeats) from
         now: a restarted hub gives every host the time to find it again."""
         self._serving_since = time.monotonic()
-        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations)]
+        journal = {r["name"] for r in self.store.containers() if r["state"] == "reserved"}
+        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations, journal)]
 
     def stop(self) -> None:
         gevent.killall(self._tasks)
@@ -99,23 +100,37 @@ class HubService:
             self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
             gevent.sleep(min(1.0, self.heartbeat_s / 2))
 
-    def _recover_reservations(self) -> None:
-        """Finish or roll back placements a hub restart interrupted: after two
-        heartbeat intervals (hosts have re-registered), a "reserved" row whose
-        host has the container becomes placed, otherwise it is dropped."""
+    def _recover_reservations(self, journal: set[str]) -> None:
+        """Finish or roll back the placements a hub restart interrupted (the
+        ``journal``: rows "reserved" when this hub started): after two
+        heartbeat intervals (hosts have re-registered), a row whose host has
+        the container becomes placed, otherwise it is dropped.  A row whose
+        host does not answer yet stays undecided and is asked again every
+        heartbeat, until each one is decided."""
         gevent.sleep(self.heartbeat_s * 2)
-        for row in self.store.containers():
-            if row["state"] != "reserved" or time.time() - row["updated_at"] < self.heartbeat_s * 2:
-                continue
-            try:
-                info = self._call(row["host"], "container_inspect", row["name"], timeout_s=VIEW_TIMEOUT_SECONDS)
-                self.store.set_placed(row["name"], row["image"], info.get("ports", []))
-                log.info("journal: adopted %s on %s", row["name"], row["host"])
-            except errors.NoSuchContainer:
-                self.store.forget(row["name"])
-                log.info("journal: rolled back reservation of %s", row["name"])
-            except errors.DcError as exc:
-                log.warning("journal: %s on %s undecided: %s", row["name"], row["host"], exc)
+        while journal:
+            for name in sorted(journal):
+                try:
+                    row = self.store.container(name)
+                except errors.NoSuchContainer:
+                    journal.discard(name)
+                    continue
+                if row["state"] != "reserved":
+                    journal.discard(name)
+                    continue
+                try:
+                    info = self._call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+                    self.store.set_placed(name, row["image"], info.get("ports", []))
+                    log.info("journal: adopted %s on %s", name, row["host"])
+                    journal.discard(name)
+                except errors.NoSuchContainer:
+                    self.store.forget(name)
+                    log.info("journal: rolled back reservation of %s", name)
+                    journal.discard(name)
+                except errors.DcError as exc:
+                    log.warning("journal: %s on %s undecided (asking again): %s", name, row["host"], exc)
+            if journal:
+                gevent.sleep(self.heartbeat_s)
 
     def _coerce(self, method: str, args: list) -> list:
         """Arguments typed as text (dcctl, the stock CLI) converted to what the
