@@ -214,16 +214,18 @@ def test_agent_killed_and_restarted_during_creates_never_stalls_them(hub, fleet,
     restarted one, or with a typed error) well under a client's 60 s, and no
     reservation stays "reserved"."""
     image = f"bulky{restart}"  # new each time: the victim has to pull it
-    victim = fleet["hosts"][0]
+    roomiest = max(hub.call("hosts"), key=lambda h: (h["memory_free_bytes"], h["name"]))["name"]
+    victim = next(h for h in fleet["hosts"] if h["name"] == roomiest)  # where spread places first
     rootfs = tmp_path / "rootfs"
     (rootfs / "srv").mkdir(parents=True)
     (rootfs / "srv" / "blob").write_bytes(os.urandom(24 << 20))  # a pull that takes a while
     tar = tmp_path / f"{image}.tar"
     with tarfile.open(tar, "w") as t:
         t.add(rootfs, arcname=".")
-    with agent(fleet, fleet["hosts"][1]["name"]) as a:
+    source = next(h["name"] for h in fleet["hosts"] if h is not victim)
+    with agent(fleet, source) as a:
         a.call("image_import", str(tar), image)
-    hub.call("image_push", fleet["hosts"][1]["name"], image)
+    hub.call("image_push", source, image)
     count = 12
     clients = [wire.connect(fleet["hub"]["ipc"], 120) for _ in range(count)]
     outcome: dict[str, str] = {}
@@ -237,9 +239,10 @@ def test_agent_killed_and_restarted_during_creates_never_stalls_them(hub, fleet,
 
     workers = [gevent.spawn(create, i) for i in range(count)]
     try:
-        wait_for(lambda: [c for c in hub.call("container_ls")
-                          if c["host"] == victim["name"] and c["state"] == "reserved"], 60,
-                 "creates in flight to the victim", interval_s=0.02)
+        wait_for(lambda: all(w.ready() for w in workers) or [
+            c for c in hub.call("container_ls") if c["host"] == victim["name"] and c["state"] == "reserved"],
+            60, "creates in flight to the victim", interval_s=0.02)
+        assert not all(w.ready() for w in workers), f"every create ended before the kill: {outcome}"
         os.kill(victim["pid"], signal.SIGKILL)
         killed = time.monotonic()
         if restart == "now":
