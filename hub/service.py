@@ -108,6 +108,7 @@ class HubService:
         host does not answer yet stays undecided and is asked again every
         heartbeat, until each one is decided."""
         gevent.sleep(self.heartbeat_s * 2)
+        warned: set[str] = set()
         while journal:
             for name in sorted(journal):
                 try:
@@ -128,7 +129,9 @@ class HubService:
                     log.info("journal: rolled back reservation of %s", name)
                     journal.discard(name)
                 except errors.DcError as exc:
-                    log.warning("journal: %s on %s undecided (asking again): %s", name, row["host"], exc)
+                    (log.debug if name in warned else log.warning)(
+                        "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
+                    warned.add(name)
             if journal:
                 gevent.sleep(self.heartbeat_s)
 
@@ -192,11 +195,20 @@ class HubService:
         if cached is not None:
             cached[1].close(reason)
 
-    def _note_boot(self, host: str, boot_id) -> bool:
-        """Record the boot id an agent reports; True if it differs from the
-        one it reported before (the agent restarted: its calls in flight
-        are dead and fail at once)."""
-        if not isinstance(boot_id, str) or not boot_id:
+    @staticmethod
+    def _valid_boot_id(boot_id) -> str | None:
+        """``boot_id`` if it is None or a string of 1 to 128 characters.
+
+        Raises: InvalidArgument."""
+        if boot_id is not None and not (isinstance(boot_id, str) and 0 < len(boot_id) <= 128):
+            raise errors.InvalidArgument("boot_id must be a string of 1 to 128 characters")
+        return boot_id
+
+    def _note_boot(self, host: str, boot_id: str | None) -> bool:
+        """Record the boot id an agent reports (None: an agent that sends
+        none); True if it differs from the one it reported before (the agent
+        restarted: its calls in flight are dead and fail at once)."""
+        if boot_id is None:
             return False
         before = self._boots.get(host)
         self._boots[host] = boot_id
@@ -240,7 +252,8 @@ class HubService:
         is dead, and fails at once (Unreachable) so creates move on.
 
         Returns: {name, heartbeat_s}.
-        Raises: InvalidArgument.
+        Raises: InvalidArgument (also for a boot_id that is not a string of
+        1 to 128 characters).
         """
         validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": "",
                                 "boot_id": ""}, "host_register")
@@ -253,11 +266,14 @@ class HubService:
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in labels.items()):
             raise errors.InvalidArgument("labels must be a map of strings")
+        boot_id = self._valid_boot_id(info.get("boot_id"))
         caller = wire.current_caller()
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
                                info.get("capacity") or {}, caller.key if caller else "")
-        if not self._note_boot(name, info.get("boot_id")) and not info.get("boot_id"):
+        if boot_id is None:
             self._drop_client(name, "the agent registered again")  # an agent without a boot id
+        else:
+            self._note_boot(name, boot_id)
         log.info("host %s registered at %s", name, endpoint)
         return {"name": name, "heartbeat_s": self.heartbeat_s}
 
@@ -272,6 +288,7 @@ class HubService:
         if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)
                                                 for k in ("memory_reservable_bytes", "container_slots")):
             raise errors.InvalidArgument("heartbeat summary needs capacity {memory_reservable_bytes, container_slots}")
+        boot_id = self._valid_boot_id(summary.get("boot_id"))
         caller = wire.current_caller()
         previous = self.store.heartbeat(name, summary, caller.key if caller else "")
         if previous is None:
@@ -279,7 +296,7 @@ class HubService:
         if previous != "alive":
             log.info("host %s is alive again", name)
             self._event("host_back", host=name)
-        self._note_boot(name, summary.get("boot_id"))
+        self._note_boot(name, boot_id)
         containers = summary.get("containers") if isinstance(summary, dict) else None
         if isinstance(containers, list):
             self.healer.reconcile(name, containers)
@@ -644,7 +661,8 @@ class HubService:
     def events(self, since: float = 0.0) -> list:
         """Fleet events after ``since`` (Unix s), oldest first: [{at, kind
         (host_lost, host_back, rescheduled, reschedule_failed,
-        reschedule_waiting, reschedule_gave_up, stale_copy_removed), ...}]."""
+        reschedule_waiting, reschedule_gave_up, stale_copy_removed,
+        host_restarted), ...}]."""
         return [e for e in self._event_log if e["at"] > since]
 
     @expose(access="read")

@@ -117,3 +117,14 @@ def test_a_broadcast_that_targets_no_host_is_an_error(hub, agent, tmp_path, caps
         assert "dcctl: NoSuchHost: no host matches the target 'db-*'" in capsys.readouterr().err
     finally:
         svc.stop()
+
+
+@pytest.mark.parametrize("boot_id", ["", 7, "x" * 129, ["a"]])
+def test_a_bad_boot_id_is_refused_before_any_change(hub, agent, boot_id):
+    with pytest.raises(errors.InvalidArgument, match="boot_id"):
+        register(hub, "host-1", agent, boot_id)
+    with pytest.raises(errors.NoSuchHost):
+        hub.store.host("host-1")
+    register(hub, "host-1", agent, "boot-a")
+    with pytest.raises(errors.InvalidArgument, match="boot_id"):
+        hub.host_heartbeat("host-1", {"capacity": CAPACITY, "boot_id": boot_id})
