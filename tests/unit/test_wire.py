@@ -8,10 +8,9 @@ import uuid
 import gevent
 import msgpack
 import pytest
-import zerorpc.events
 import zmq
 
-from dcctl import auth, errors, wire
+from dcctl import errors, wire
 from tests.waiting import wait_for
 
 
