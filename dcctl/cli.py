@@ -87,11 +87,14 @@ LITERAL_AFTER_WORDS = {"container_exec": 2, "container_enter": 2}
 
 
 class UsageError(Exception):
-    """The command line is wrong; dcctl exits 2."""
+    """The command line is wrong; dcctl exits 2.  ``name`` is what the
+    error line calls it (UsageError, or InvalidArgument for a value the
+    wire cannot carry)."""
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, name: str = "UsageError"):
         super().__init__(message)
         self.hint = hint
+        self.name = name
 
 
 @dataclasses.dataclass
@@ -509,6 +512,10 @@ def run_method(cmd: Command) -> int:
                 wire_args.append(build_options(cmd.method, cmd.flags))
         else:
             args, options, wire_args = build_call(cmd.method, params_of(info), cmd.words, cmd.flags)
+        try:  # the packing boundary: every integer, positional or option
+            wire.check_wire_ints(wire_args, f"{cmd.method}:")
+        except errors.InvalidArgument as exc:
+            raise UsageError(exc.message, hint=exc.hint, name="InvalidArgument") from exc
         handler = INTERACTIVE_HANDLERS.get(cmd.method)
         if handler is not None:
             code = handler(client, args, options or {})
@@ -602,7 +609,7 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
             return 0
         return run_method(cmd)
     except UsageError as exc:
-        _report("UsageError", str(exc), exc.hint)
+        _report(exc.name, str(exc), exc.hint)
         return 2
     except errors.DcError as exc:
         _report(type(exc).__name__, exc.message, exc.hint)

@@ -75,12 +75,18 @@ class HubService:
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.healer = Healer(self)
         self._event_log: collections.deque = collections.deque(maxlen=MAX_EVENTS)
+        self._boots: dict[str, str] = {}  # host -> the boot id its agent last reported
         self.started = time.time()
+        self._serving_since = time.monotonic()
 
     # ------------------------------------------------------------ plumbing
     def start(self) -> None:
-        """Start the membership monitor and the journal recovery."""
-        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations)]
+        """Start the membership monitor and the journal recovery.  No host is
+        judged before a full grace period (missed_heartbeats heartbeats) from
+        now: a restarted hub gives every host the time to find it again."""
+        self._serving_since = time.monotonic()
+        journal = {r["name"] for r in self.store.containers() if r["state"] == "reserved"}
+        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations, journal)]
 
     def stop(self) -> None:
         gevent.killall(self._tasks)
@@ -88,32 +94,50 @@ class HubService:
             client.close()
 
     def _monitor(self) -> None:
+        grace_s = self.heartbeat_s * self.missed_heartbeats
         while True:
-            deadline = time.time() - self.heartbeat_s * self.missed_heartbeats
-            for name in self.store.mark_unreachable(deadline):
+            judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
+            for name in self.store.mark_unreachable(time.time() - grace_s) if judged else ():
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self._event("host_lost", host=name)
                 gevent.spawn(self.healer.host_lost, name)
             self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
             gevent.sleep(min(1.0, self.heartbeat_s / 2))
 
-    def _recover_reservations(self) -> None:
-        """Finish or roll back placements a hub restart interrupted: after two
-        heartbeat intervals (hosts have re-registered), a "reserved" row whose
-        host has the container becomes placed, otherwise it is dropped."""
+    def _recover_reservations(self, journal: set[str]) -> None:
+        """Finish or roll back the placements a hub restart interrupted (the
+        ``journal``: rows "reserved" when this hub started): after two
+        heartbeat intervals (hosts have re-registered), a row whose host has
+        the container becomes placed, otherwise it is dropped.  A row whose
+        host does not answer yet stays undecided and is asked again every
+        heartbeat, until each one is decided."""
         gevent.sleep(self.heartbeat_s * 2)
-        for row in self.store.containers():
-            if row["state"] != "reserved" or time.time() - row["updated_at"] < self.heartbeat_s * 2:
-                continue
-            try:
-                info = self._call(row["host"], "container_inspect", row["name"], timeout_s=VIEW_TIMEOUT_SECONDS)
-                self.store.set_placed(row["name"], row["image"], info.get("ports", []))
-                log.info("journal: adopted %s on %s", row["name"], row["host"])
-            except errors.NoSuchContainer:
-                self.store.forget(row["name"])
-                log.info("journal: rolled back reservation of %s", row["name"])
-            except errors.DcError as exc:
-                log.warning("journal: %s on %s undecided: %s", row["name"], row["host"], exc)
+        warned: set[str] = set()
+        while journal:
+            for name in sorted(journal):
+                try:
+                    row = self.store.container(name)
+                except errors.NoSuchContainer:
+                    journal.discard(name)
+                    continue
+                if row["state"] != "reserved":
+                    journal.discard(name)
+                    continue
+                try:
+                    info = self._call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+                    self.store.set_placed(name, row["image"], info.get("ports", []))
+                    log.info("journal: adopted %s on %s", name, row["host"])
+                    journal.discard(name)
+                except errors.NoSuchContainer:
+                    self.store.forget(name)
+                    log.info("journal: rolled back reservation of %s", name)
+                    journal.discard(name)
+                except errors.DcError as exc:
+                    (log.debug if name in warned else log.warning)(
+                        "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
+                    warned.add(name)
+            if journal:
+                gevent.sleep(self.heartbeat_s)
 
     def _coerce(self, method: str, args: list) -> list:
         """Arguments typed as text (dcctl, the stock CLI) converted to what the
@@ -180,9 +204,44 @@ class HubService:
             self._clients[host] = cached
         return cached[1]
 
+    def _drop_client(self, host: str, reason: str) -> None:
+        """Close the hub's client for ``host``: calls in flight on it fail at
+        once with Unreachable(``reason``); the next call makes a new one."""
+        cached = self._clients.pop(host, None)
+        if cached is not None:
+            cached[1].close(reason)
+
+    @staticmethod
+    def _valid_boot_id(boot_id) -> str | None:
+        """``boot_id`` if it is None or a string of 1 to 128 characters.
+
+        Raises: InvalidArgument."""
+        if boot_id is not None and not (isinstance(boot_id, str) and 0 < len(boot_id) <= 128):
+            raise errors.InvalidArgument("boot_id must be a string of 1 to 128 characters")
+        return boot_id
+
+    def _note_boot(self, host: str, boot_id: str | None) -> bool:
+        """Record the boot id an agent reports (None: an agent that sends
+        none); True if it differs from the one it reported before (the agent
+        restarted: its calls in flight are dead and fail at once)."""
+        if boot_id is None:
+            return False
+        before = self._boots.get(host)
+        self._boots[host] = boot_id
+        if before is None or before == boot_id:
+            return False
+        log.warning("host %s restarted (boot id %s, was %s): failing its calls in flight", host, boot_id, before)
+        self._event("host_restarted", host=host)
+        self._drop_client(host, f"the agent on {host} restarted")
+        return True
+
     def _call(self, host: str, method: str, *args, timeout_s: float | None = None):
         """Call an agent; a host marked unreachable fails at once (Unreachable)
-        instead of making the caller wait out a timeout."""
+        instead of making the caller wait out a timeout.  However long
+        ``timeout_s`` is (a pull's), a call to an agent that dies or freezes
+        fails within two heartbeats (zerorpc's per-call heartbeats), and one
+        to an agent that restarts fails as soon as it reports its new boot
+        id (Unreachable)."""
         row = self.store.host(host)  # one store read per call
         if row["state"] != "alive":
             raise errors.Unreachable(f"host {host} is unreachable (missed heartbeats)",
@@ -228,20 +287,24 @@ class HubService:
         """Called by agents: join (or re-join) the fleet.
 
         Args: info: {name, endpoint, address (where its mapped ports
-        answer), labels {k: v}, capacity {...}}.  Over CURVE the endpoint is
-        the agent's tcp:// endpoint, whose server key must be the
-        registering key (the hub checks it on every call), and the name must
-        be the one host_add bound to that key.  Over the hub's local ipc
+        answer), labels {k: v}, capacity {...}, boot_id (str, new each time
+        the agent process starts)}.  Over CURVE the endpoint is the agent's
+        tcp:// endpoint, whose server key must be the registering key (the
+        hub checks it on every call), and the name must be the one host_add bound to that key.  Over the hub's local ipc
         endpoint (root on the hub's machine) the endpoint is the agent's
         ipc:// endpoint and the name must not be bound to a key.
+
+        A new boot_id means the agent restarted: every call in flight to it
+        is dead, and fails at once (Unreachable) so creates move on.
 
         Returns: {name, heartbeat_s (seconds between heartbeats)}.
         Raises: InvalidArgument (a bad name, endpoint or labels, or an
         endpoint of the wrong kind), Unauthorized (the key is not bound to
-        this name).
+        this name).  A boot_id that is not a string of 1 to 128 characters
+        is InvalidArgument.
         """
-        validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": ""},
-                         "host_register")
+        validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": "",
+                                "boot_id": ""}, "host_register")
         name = info.get("name")
         if not isinstance(name, str) or not name:
             raise errors.InvalidArgument("host name must be a non-empty string")
@@ -251,6 +314,7 @@ class HubService:
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in labels.items()):
             raise errors.InvalidArgument("labels must be a map of strings")
+        boot_id = self._valid_boot_id(info.get("boot_id"))
         caller = wire.current_caller()
         key = caller.key if caller else ""
         if key and not endpoint.startswith("tcp://"):
@@ -261,16 +325,17 @@ class HubService:
                                          hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
                                info.get("capacity") or {}, key)
-        cached = self._clients.pop(name, None)
-        if cached is not None:
-            cached[1].close()
+        if boot_id is None:
+            self._drop_client(name, "the agent registered again")  # an agent without a boot id
+        else:
+            self._note_boot(name, boot_id)
         log.info("host %s registered at %s", name, endpoint)
         return {"name": name, "heartbeat_s": self.heartbeat_s}
 
     @expose(access="agent")
     def host_heartbeat(self, name: str, summary: dict) -> dict:
         """Called by agents every heartbeat_s: a hostinfo summary {capacity,
-        metrics, containers [{name, state}]}.
+        metrics, containers [{name, state}], boot_id (as in host_register)}.
 
         Returns: {ok: True}.
         Raises: InvalidArgument (no capacity {memory_reservable_bytes,
@@ -281,6 +346,7 @@ class HubService:
         if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)
                                                 for k in ("memory_reservable_bytes", "container_slots")):
             raise errors.InvalidArgument("heartbeat summary needs capacity {memory_reservable_bytes, container_slots}")
+        boot_id = self._valid_boot_id(summary.get("boot_id"))
         caller = wire.current_caller()
         previous = self.store.heartbeat(name, summary, caller.key if caller else "")
         if previous is None:
@@ -288,6 +354,7 @@ class HubService:
         if previous != "alive":
             log.info("host %s is alive again", name)
             self._event("host_back", host=name)
+        self._note_boot(name, boot_id)
         containers = summary.get("containers") if isinstance(summary, dict) else None
         if isinstance(containers, list):
             self.healer.reconcile(name, containers)
@@ -315,9 +382,8 @@ class HubService:
         self.store.remove_host(name)
         if binding is not None and self.allowlist is not None:
             self.allowlist.remove("agent", name, binding["key"])
-        cached = self._clients.pop(name, None)
-        if cached is not None:
-            cached[1].close()
+        self._drop_client(name, "the host was removed")
+        self._boots.pop(name, None)
         self._event("host_removed", host=name)
         return {"name": name, "containers_forgotten": len(rows)}
 
@@ -639,7 +705,8 @@ class HubService:
         answer past timeout_s.  Arguments given as text are converted by the
         agent method's declared types.
 
-        Raises: InvalidArgument (bad method, target, timeout_s or option),
+        Raises: NoSuchHost (the target matches no host), InvalidArgument
+        (bad method, target, timeout_s or option),
         PermissionDenied (a read-only key broadcasting a method that is not
         read-only).
         """
@@ -653,8 +720,11 @@ class HubService:
             raise errors.InvalidArgument("target must be a glob on host names or label:KEY=VALUE")
         if not isinstance(method, str) or not method:
             raise errors.InvalidArgument("method must be an agent method name")
-        args = self._coerce(method, list(args or []))
         hosts = fanout.targets(self.store.hosts(), opts.get("target"))
+        if not hosts:
+            raise errors.NoSuchHost(f"no host matches the target {opts.get('target') or '*'!r}",
+                                    hint="see `dcctl hosts` for names and labels")
+        args = self._coerce(method, list(args or []))
 
         def call(h):
             return self._call(h["name"], method, *args, timeout_s=timeout)
@@ -761,8 +831,8 @@ class HubService:
         Returns: [{at, kind
         (host_lost, host_back, rescheduled, reschedule_failed,
         reschedule_waiting, reschedule_gave_up, stale_copy_removed, adopted,
-        host_removed), host | name | ...}], at most the last 500, kept in
-        memory (a hub restart starts a new list).
+        host_removed, host_restarted), host | name | ...}], at most the last
+        500, kept in memory (a hub restart starts a new list).
         """
         return [e for e in self._event_log if e["at"] > since]
 

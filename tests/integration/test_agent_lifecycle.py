@@ -90,8 +90,8 @@ def test_full_lifecycle_leaves_nothing(agent):
     hosts = agent.call("container_exec", "jerome.awesome.web", ["cat", "/etc/hosts"])["stdout"].decode()
     assert f"{c['address']} jerome.awesome.web" in " ".join(hosts.split())
     started = time.monotonic()
-    c = agent.call("container_stop", "jerome.awesome.web")
-    assert time.monotonic() - started < 3.0, "graceful stop of busybox must end within 3 s"
+    c = agent.call("container_stop", "jerome.awesome.web", 120.0)
+    assert time.monotonic() - started < 60, "busybox must stop on the halt signal, not be killed after 120 s"
     assert c["state"] == "stopped"
     agent.call("container_destroy", "jerome.awesome.web")
     assert snapshot(agent) == before

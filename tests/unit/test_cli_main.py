@@ -250,6 +250,22 @@ def test_usage_errors_exit_2(capsys, endpoint, argv, text):
     assert all(line.startswith("hint: ") for line in rest)
 
 
+@pytest.mark.parametrize("argv", [
+    ["echo", "bob", "--memory-bytes", "9999999999999T"],  # 2**63 and more: msgpack cannot carry it
+    ["echo", "bob", "--count", "18446744073709551616"],
+    ["echo", "bob", "--options-json", '{"deep": {"n": -9223372036854775809}}'],
+    ["add", "99999999999999999999999", "1"],
+    ["maybe", "18446744073709551616"],
+])
+def test_integers_out_of_the_wire_range_are_usage_errors(capsys, endpoint, argv):
+    code, out, err = run(capsys, "-H", endpoint, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("dcctl: InvalidArgument: ") and "out of range" in err
+    assert "Traceback" not in err and "OverflowError" not in err
+    code, out, _ = run(capsys, "-H", endpoint, "echo", "bob", "--count", "18446744073709551615", "--json")
+    assert code == 0 and '"count": 18446744073709551615' in out
+
+
 def test_bad_endpoint_is_a_usage_error(capsys):
     code, _, err = run(capsys, "-H", "localhost:80", "hostinfo")
     assert code == 2 and err.startswith("dcctl: UsageError: bad endpoint")
