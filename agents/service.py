@@ -285,7 +285,12 @@ class AgentService:
                 stdin: bytes}.
 
         Returns: {exit_code, stdout (bytes), stderr (bytes),
-        stdout_truncated, stderr_truncated, duration_s, timed_out}.
+        stdout_truncated, stderr_truncated (output over max_output_bytes was
+        dropped), stdout_incomplete, stderr_incomplete (a process the command
+        left running in the background still held the stream open when the
+        command exited: the bytes are those read by then, and that process
+        keeps running), duration_s, timed_out}.  The call returns when the
+        command exits, not when its background children do (as LXD's exec).
 
         Raises: NoSuchContainer, ContainerNotRunning, CommandNotFound,
         InvalidArgument.
