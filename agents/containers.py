@@ -227,7 +227,10 @@ class ContainerManager:
                    "prefixlen": self.network.prefixlen, "gateway": self.network.gateway,
                    "host": self.config.host_name, "exposed_ports": manifest.get("exposed_ports", []),
                    "env": rec["env"]}
-        _blocking(templates.render_templates, self.images, manifest, upper, context)
+        # dcfleet's network templates stand in for those an image lacks (an
+        # imported rootfs lists none): every container's /etc/hostname and
+        # /etc/hosts name it, as for built images
+        _blocking(templates.render_templates, self.images, manifest, upper, context, rootfs.NETWORK_TEMPLATES)
         rootfs.write_file(upper, rootfs.ENV_PATH, rootfs.env_file_text(rec["env"]))
         rootfs.write_file(upper, rootfs.COMMAND_PATH, rootfs.command_file_text(rec["command"]))
         cfg = ContainerConfig(

@@ -208,6 +208,9 @@ class AgentService:
         The rootfs is an overlay of the image's layers with a per-container
         upper dir; the image's templates are rendered into it (Jinja2) with
         name, hostname, address, prefixlen, gateway, host, exposed_ports, env.
+        /etc/hostname, /etc/hosts and /etc/network/interfaces come from
+        dcfleet's own templates when the image has none for them (an
+        imported rootfs), wherever the image has their directory.
         A static address on the agent's bridge is allocated and kept.
 
         Returns: container_inspect's dict.

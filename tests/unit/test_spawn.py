@@ -4,10 +4,17 @@ import os
 import signal
 
 import gevent
+import pytest
 
 from lxcwrap import spawn
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _hub():
+    """gevent's hub (its epoll and eventfd) exists before fds are counted."""
+    gevent.get_hub().loop.install_sigchld()
 
 
 def _alive(pid: int) -> bool:
