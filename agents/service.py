@@ -226,8 +226,13 @@ class AgentService:
         """Start a container (``lxc-start -d``; its monitor outlives the agent).
 
         Returns: container_inspect's dict.
+
+        ``desired: running`` is written before LXC is asked, and put back
+        if the start fails, so the record always tells what LXC does.
+
         Raises: NoSuchContainer, ContainerRunning, LxcFailure (with the LXC
-        log's errors), Busy.
+        log's errors), Busy, StoreError (the disk is full even for the
+        state store's reserve: nothing was started).
         """
         return self.m.start(name)
 
@@ -238,7 +243,9 @@ class AgentService:
         stop_timeout_s, 10 s).
 
         Returns: container_inspect's dict.
-        Raises: NoSuchContainer, ContainerNotRunning, Busy.
+        Raises: NoSuchContainer, ContainerNotRunning, Busy, StoreError (the
+        disk is full even for the state store's reserve: nothing was
+        stopped; container_destroy still works).
         """
         return self.m.stop(name, timeout_s)
 
@@ -249,7 +256,15 @@ class AgentService:
 
         Args: force: stop (kill) it first if running.
         Returns: {name, destroyed: True}.
-        Raises: NoSuchContainer, ContainerRunning (unless force), Busy.
+
+        A destroy needs no disk space (its "destroying" mark is written if
+        the disk takes it), so a container that filled the disk can always
+        be destroyed.  One cut short (the record stays ``destroying``) is
+        finished by the next container_destroy, ops_cleanup or agent start.
+
+        Raises: NoSuchContainer, ContainerRunning (unless force), Busy,
+        StoreError (a file could not be removed; the record stays
+        ``destroying``).
         """
         return self.m.destroy(name, force)
 
@@ -442,11 +457,14 @@ class AgentService:
     def ops_cleanup(self) -> dict:
         """Clean containers stuck in a broken state (the seed's "OOM
         wrangler"): records whose LXC definition vanished are dropped with
-        their rules; containers whose desired state is running but are
-        stopped are reported; stale veths of stopped containers are removed.
+        their rules; destroys cut short (records left ``destroying``, say by
+        a file that could not be removed) are finished; containers whose
+        desired state is running but are stopped are reported; stale veths
+        of stopped containers are removed.
 
-        Returns: {host, dropped [names], stopped_unexpectedly [names],
-        veths_removed [names]}.
+        Returns: {host, dropped [names], destroy_finished [names],
+        destroy_failed {name: "Error: message"} (still stuck; tried again
+        next time), stopped_unexpectedly [names], veths_removed [names]}.
         """
         return {"host": self.m.config.host_name, **self.m.cleanup()}
 

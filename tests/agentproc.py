@@ -117,10 +117,10 @@ def _quiet(argv: list[str]) -> subprocess.CompletedProcess:
 def cleanup_prefix(prefix: str, root: str) -> None:
     """Stop and destroy containers under ROOT/lxc, remove the bridge and
     netfilter chains named by ``prefix``, and the dir."""
-    lxc_path = os.path.join(root, "lxc")
-    for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
-        name = os.path.basename(os.path.dirname(cdir))
-        _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])
+    for lxc_path in (os.path.join(root, "lxc"), os.path.join(root, "state", "lxc")):  # the latter: the default
+        for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
+            name = os.path.basename(os.path.dirname(cdir))
+            _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])
     from agents.network import Network
     try:
         Network(prefix, "10.213.0.0/24", (1, 2)).teardown()
