@@ -96,6 +96,7 @@ class ContainerManager:
         self.state = StateStore(config.state_dir)
         self.records: dict[str, dict] = {}
         self._unsaved: set[str] = set()  # names whose record in memory is newer than on disk
+        self._disk_desired: dict[str, str] = {}  # name -> "desired" as last written
         self._locks: dict[str, gevent.lock.BoundedSemaphore] = {}
         self._alloc_lock = gevent.lock.BoundedSemaphore(1)  # addresses, host ports, names
         self.images_lock = gevent.lock.BoundedSemaphore(1)  # image store mutations
@@ -133,6 +134,7 @@ class ContainerManager:
             self._unsaved.add(name)
             raise
         self._unsaved.discard(name)
+        self._disk_desired[name] = rec["desired"]
 
     def save_soon(self, rec: dict, critical: bool = False) -> bool:
         """Write ``rec`` now if the disk takes it, else leave it to
@@ -149,10 +151,10 @@ class ContainerManager:
             return False
 
     def _set_desired(self, rec: dict, desired: str) -> None:
-        """Write the intent before acting on it; the record is unchanged if
-        the write fails (OSError)."""
+        """Write the intent before acting on it (unless the disk already
+        holds it); the record is unchanged if the write fails (OSError)."""
         old, unsaved = rec["desired"], rec["name"] in self._unsaved
-        if old == desired and not unsaved:
+        if old == desired and self._disk_desired.get(rec["name"]) == desired:
             return
         rec["desired"] = desired
         try:
@@ -215,6 +217,7 @@ class ContainerManager:
                   "restarted": [...], "rules": {"added": n, "removed": n}}
         """
         self.records = self.state.load_all()
+        self._disk_desired = {name: rec["desired"] for name, rec in self.records.items()}
         rolled, finished = [], []
         for name, rec in list(self.records.items()):
             if rec["phase"] == "creating":
@@ -324,6 +327,8 @@ class ContainerManager:
         finally:
             self.state.delete(name)
             self.records.pop(name, None)
+            self._unsaved.discard(name)
+            self._disk_desired.pop(name, None)
 
     def _remove_files(self, name: str) -> None:
         cdir = self._dir(name)
@@ -435,6 +440,7 @@ class ContainerManager:
         self.state.delete(name)
         self.records.pop(name, None)
         self._unsaved.discard(name)
+        self._disk_desired.pop(name, None)
 
     def _kill(self, name: str) -> None:
         """Stop a container at once: ``lxc-stop -k``, or if LXC's tool fails,
