@@ -127,6 +127,9 @@ def cleanup_prefix(prefix: str, root: str) -> None:
     except Exception as exc:  # keep going: best effort
         print(f"teardown of {prefix}: {exc}", file=sys.stderr)
     _quiet(["ip", "link", "del", prefix])
+    state_dir = os.path.join(root, "state")
+    if os.path.ismount(state_dir):  # a small tmpfs of a disk-full test
+        _quiet(["umount", "-l", state_dir])
     shutil.rmtree(root, ignore_errors=True)
 
 
