@@ -119,7 +119,8 @@ class ContainerManager:
         if rec is None:
             raise errors.NoSuchContainer(f"no container {name!r} on this host")
         if ready and rec["phase"] != "ready":
-            raise errors.Busy(f"container {name!r} is {rec['phase']}")
+            hint = "container_destroy or ops_cleanup finishes it" if rec["phase"] == "destroying" else None
+            raise errors.Busy(f"container {name!r} is {rec['phase']}", hint=hint)
         return rec
 
     def _save(self, rec: dict, critical: bool = True) -> None:

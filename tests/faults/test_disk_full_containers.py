@@ -156,6 +156,8 @@ def test_a_destroy_cut_short_is_finished_by_ops_cleanup_and_by_destroy(small_age
                 agent.call("container_destroy", name)
             assert agent.call("container_inspect", name)["state"] == "destroying"
             assert record(agent, name)["phase"] == "destroying"
+            with pytest.raises(errors.Busy, match="destroying"):
+                agent.call("container_start", name)
         # while it is held, a retry fails the same way (not Busy) and cleanup reports it
         with pytest.raises(errors.StoreError):
             agent.call("container_destroy", "stuck.one")
