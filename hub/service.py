@@ -54,19 +54,23 @@ class HubService:
         heartbeat_s: expected seconds between agent heartbeats.
         missed_heartbeats: heartbeats missed before a host is unreachable.
         call_timeout_s: default timeout of a forwarded call, seconds.
+        allowlist: the hub's client allowlist (dcctl.auth.Allowlist), where
+            host_add admits a host's key with the agent role; None for a hub
+            without keys.
     """
 
     def __init__(self, store: HubStore, registry: Registry, *, heartbeat_s: float = 3.0,
                  missed_heartbeats: int = 3, call_timeout_s: float = 60.0,
-                 server_pair: tuple[bytes, bytes] | None = None):
+                 server_pair: tuple[bytes, bytes] | None = None, allowlist: auth.Allowlist | None = None):
         self.server_pair = server_pair
+        self.allowlist = allowlist
         self.store = store
         self.registry = registry
         self.heartbeat_s = heartbeat_s
         self.missed_heartbeats = missed_heartbeats
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
-        self._clients: dict[str, tuple[str, wire.RpcClient]] = {}
+        self._clients: dict[str, tuple[tuple[str, str], wire.RpcClient]] = {}  # host: ((endpoint, key), client)
         self._tasks: list[gevent.Greenlet] = []
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.healer = Healer(self)
@@ -148,19 +152,31 @@ class HubService:
 
     def client(self, host: str, row: dict | None = None) -> wire.RpcClient:
         """The hub's zerorpc client for ``host`` (made on first use);
-        ``row`` is its store row when the caller has it already."""
+        ``row`` is its store row when the caller has it already.
+
+        A host that registered with a key is reached over CURVE with that
+        key as the expected server key (an agent's client key is its server
+        key), so an endpoint of any other server fails the handshake; a host
+        that joined locally (no key) is reached at its ipc endpoint only.
+
+        Raises: Unreachable (the row's endpoint and key do not fit)."""
         row = row or self.store.host(host)
         endpoint = row["endpoint"]
         cached = self._clients.get(host)
-        if cached is None or cached[0] != endpoint:
+        if cached is None or cached[0] != (endpoint, row["key"]):
             if cached is not None:
                 cached[1].close()
+                del self._clients[host]
             keys = None
-            if endpoint.startswith("tcp://") and row["key"] and self.server_pair:
-                # the agent's client key (authenticated at registration) is its server key
+            if row["key"]:
+                if not endpoint.startswith("tcp://") or not self.server_pair:
+                    raise errors.Unreachable(f"host {host} has a key but no CURVE endpoint the hub can verify",
+                                             hint="it registers again with a tcp:// endpoint")
                 keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
-            cached = (endpoint, wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
-                                               heartbeat_s=max(1.0, self.heartbeat_s)))
+            elif not endpoint.startswith("ipc://"):
+                raise errors.Unreachable(f"host {host} joined without a key at a non-local endpoint")
+            cached = ((endpoint, row["key"]), wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
+                                                             heartbeat_s=max(1.0, self.heartbeat_s)))
             self._clients[host] = cached
         return cached[1]
 
@@ -181,15 +197,48 @@ class HubService:
         return self._call(self._owner(name), method, name, *args, timeout_s=timeout_s)
 
     # ------------------------------------------------------------ membership
+    @expose(shielded=True)
+    def host_add(self, name: str, key: str) -> dict:
+        """Admit a new host (the operator's step, like accepting a key in
+        Salt): bind the host ``name`` to its CURVE public ``key`` and allow
+        that key on the hub with the agent role.  Only then may the host
+        register, and under this name only.  Idempotent.
+
+        Args:
+            name: the host's name (its agent's --host-name).
+            key: its agent's public key, 40 Z85 characters (the
+                ``public-key`` of KEYS_DIR/server.key on the host; the agent
+                also logs it at start).
+
+        Returns: {name, key, added_at (Unix s)}.
+        Raises: InvalidArgument, Conflict (the name is bound to another key,
+        or the key to another host: host_remove first).
+        """
+        validate.container_name(name)  # same alphabet and length
+        key = auth.public_key(key)
+        binding = self.store.bind_key(name, key)
+        if self.allowlist is not None:
+            self.allowlist.add("agent", name, key)
+        log.info("host %s added with key %s", name, key)
+        self._event("host_added", host=name)
+        return binding
+
     @expose(access="agent")
     def host_register(self, info: dict) -> dict:
         """Called by agents: join (or re-join) the fleet.
 
-        Args: info: {name, endpoint (tcp:// or ipc:// the hub can reach),
-        address (where its mapped ports answer), labels {k: v}, capacity {...}}.
+        Args: info: {name, endpoint, address (where its mapped ports
+        answer), labels {k: v}, capacity {...}}.  Over CURVE the endpoint is
+        the agent's tcp:// endpoint, whose server key must be the
+        registering key (the hub checks it on every call), and the name must
+        be the one host_add bound to that key.  Over the hub's local ipc
+        endpoint (root on the hub's machine) the endpoint is the agent's
+        ipc:// endpoint and the name must not be bound to a key.
 
-        Returns: {name, heartbeat_s}.
-        Raises: InvalidArgument.
+        Returns: {name, heartbeat_s (seconds between heartbeats)}.
+        Raises: InvalidArgument (a bad name, endpoint or labels, or an
+        endpoint of the wrong kind), Unauthorized (the key is not bound to
+        this name).
         """
         validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": ""},
                          "host_register")
@@ -203,8 +252,15 @@ class HubService:
                                                    for k, v in labels.items()):
             raise errors.InvalidArgument("labels must be a map of strings")
         caller = wire.current_caller()
+        key = caller.key if caller else ""
+        if key and not endpoint.startswith("tcp://"):
+            raise errors.InvalidArgument(f"a host registering with a key gives its tcp:// endpoint, not {endpoint}",
+                                         hint="ipc endpoints join over the hub's local ipc endpoint only")
+        if not key and not endpoint.startswith("ipc://"):
+            raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
+                                         hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
-                               info.get("capacity") or {}, caller.key if caller else "")
+                               info.get("capacity") or {}, key)
         cached = self._clients.pop(name, None)
         if cached is not None:
             cached[1].close()
@@ -216,7 +272,10 @@ class HubService:
         """Called by agents every heartbeat_s: a hostinfo summary {capacity,
         metrics, containers [{name, state}]}.
 
-        Returns: {ok: True}. Raises: NoSuchHost (register again).
+        Returns: {ok: True}.
+        Raises: InvalidArgument (no capacity {memory_reservable_bytes,
+        container_slots} of integers), NoSuchHost (not registered: register
+        again), Unauthorized (the name is bound to another host key).
         """
         cap = summary.get("capacity")
         if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)
@@ -237,16 +296,25 @@ class HubService:
     @expose(shielded=True)
     def host_remove(self, name: str) -> dict:
         """Forget a host (e.g. decommissioned, or registered by mistake): its
-        membership and its key binding; the fleet's records of containers
-        placed there are dropped too (they are not touched on the host).
+        membership, its key binding and the allowlist entry host_add made
+        (it must be added again to rejoin); the fleet's records of
+        containers placed there are dropped too (they are not touched on
+        the host).
 
-        Returns: {name, containers_forgotten}. Raises: NoSuchHost.
+        Returns: {name, containers_forgotten (count)}. Raises: NoSuchHost.
         """
-        self.store.host(name)
+        binding = self.store.binding(name)
+        try:
+            self.store.host(name)
+        except errors.NoSuchHost:
+            if binding is None:  # added, never registered: the binding goes all the same
+                raise
         rows = self.store.containers(name)
         for row in rows:
             self.store.forget(row["name"])
         self.store.remove_host(name)
+        if binding is not None and self.allowlist is not None:
+            self.allowlist.remove("agent", name, binding["key"])
         cached = self._clients.pop(name, None)
         if cached is not None:
             cached[1].close()
@@ -260,7 +328,8 @@ class HubService:
         Returns: [{name, state ("alive"|"unreachable"), endpoint, address,
         labels, memory_reservable_bytes, memory_reserved_bytes,
         memory_free_bytes, container_slots, containers, last_heartbeat (Unix
-        s), heartbeat_age_s}].
+        s), heartbeat_age_s (seconds)}]; sizes in bytes, reserved and free
+        figures from the hub's own reservations.
         """
         out = []
         figures = self.store.reserved_memory(self.store.db)  # a read: no write transaction
@@ -299,8 +368,11 @@ class HubService:
         answer), container_address, image, state, ports [{proto,
         container_port, host_port}]}.
 
-        Raises: InvalidArgument, ImageNotFound, ContainerExists, NoCapacity
-        (naming each host's reason), NoSuchHost (pinned host unknown).
+        Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
+        ContainerExists, NoCapacity (naming each host's reason, and the last
+        failure when every feasible host failed), NoSuchHost (pinned host
+        unknown), or the last host's own error when it is not one worth
+        retrying elsewhere.
         """
         validate.container_name(name)
         opts = validate.options(options, CREATE_OPTIONS, "create_container")
@@ -364,18 +436,37 @@ class HubService:
     # ------------------------------------------------------------ routing
     @expose(shielded=True)
     def container_start(self, name: str) -> dict:
-        """Forwarded to the owning host (see the agent's container_start)."""
+        """Forwarded to the owning host (see the agent's container_start).
+
+        Returns: the agent's answer plus ``host`` (the owner's name).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         return {**self._forward("container_start", name), "host": self._owner(name)}
 
     @expose(shielded=True)
     def container_stop(self, name: str, timeout_s: float | None = None) -> dict:
-        """Forwarded to the owning host (see the agent's container_stop)."""
+        """Forwarded to the owning host (see the agent's container_stop).
+
+        Returns: the agent's answer plus ``host`` (the owner's name).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         return {**self._forward("container_stop", name, timeout_s), "host": self._owner(name)}
 
     @expose(shielded=True)
     def container_destroy(self, name: str, force: bool = False) -> dict:
         """Forwarded to the owning host; the fleet record goes too (see the
-        agent's container_destroy)."""
+        agent's container_destroy).  A container already gone from its host
+        is only forgotten.
+
+        Returns: {name, destroyed: True}.
+        Raises: the agent's errors (then the fleet record stays);
+        NoSuchContainer (in neither the fleet nor on its host); Unreachable
+        (the owner missed its heartbeats, or does not answer); CallTimeout.
+        """
         try:
             result = self._forward("container_destroy", name, force)
         except errors.NoSuchContainer:
@@ -386,19 +477,39 @@ class HubService:
 
     @expose(access="read")
     def container_inspect(self, name: str) -> dict:
-        """Forwarded to the owning host (see the agent's container_inspect)."""
+        """Forwarded to the owning host (see the agent's container_inspect).
+
+        Returns: the agent's answer plus ``host`` (the owner's name).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         return {**self._forward("container_inspect", name), "host": self._owner(name)}
 
     @expose
     def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:
-        """Forwarded to the owning host (see the agent's container_exec)."""
+        """Forwarded to the owning host (see the agent's container_exec); the
+        call waits the command's timeout_s (default 300 s) plus 30 s.
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         timeout = float((options or {}).get("timeout_s") or 300) + 30
         return self._forward("container_exec", name, command, options, timeout_s=timeout)
 
     @expose
     def container_enter(self, name: str, command: list | str | None = None, options: dict | None = None) -> dict:
-        """Forwarded to the owning host; the result adds the host's address
-        so the client connects to the relay on that host directly."""
+        """Forwarded to the owning host (see the agent's container_enter),
+        always with the tcp relay.
+
+        Returns: the agent's answer plus ``address``: the owner's address
+        (from its endpoint), where the client connects to the relay directly.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         host = self.store.host(self._owner(name))
         session = self._forward("container_enter", name, command, {"via": "tcp"})
         # the relay listens beside the agent's tcp endpoint
@@ -406,14 +517,27 @@ class HubService:
 
     @expose(access="read")
     def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
-        """Forwarded to the owning host (see the agent's container_logs)."""
+        """Forwarded to the owning host (see the agent's container_logs).
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         return self._forward("container_logs", name, max_bytes)
 
     @expose(shielded=True)
     def container_connection_add(self, name: str, proto: str, container_port: int,
                                  host_port: int | None = None) -> dict:
         """Forwarded to the owning host (see the agent's
-        container_connection_add); adds the host's address."""
+        container_connection_add); the fleet record's ports are refreshed.
+
+        Returns: the agent's answer plus ``host`` (the owner's name) and
+        ``host_address`` (the owner's address, where the port answers).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         host = self.store.host(self._owner(name))
         result = self._forward("container_connection_add", name, proto, container_port, host_port)
         self._refresh_ports(name)
@@ -421,7 +545,14 @@ class HubService:
 
     @expose(shielded=True)
     def container_connection_rm(self, name: str, proto: str, container_port: int) -> dict:
-        """Forwarded to the owning host (see the agent's container_connection_rm)."""
+        """Forwarded to the owning host (see the agent's
+        container_connection_rm); the fleet record's ports are refreshed.
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         result = self._forward("container_connection_rm", name, proto, container_port)
         self._refresh_ports(name)
         return result
@@ -443,8 +574,13 @@ class HubService:
     @expose(access="read")
     def container_ls(self) -> list:
         """Every container in the fleet, with a ``host`` column (the agent's
-        container_ls keys).  A container on a host that does not answer is
-        still listed, with state "unknown" (never transiently missing)."""
+        container_ls keys).  A container on a host that does not answer
+        within 5 s is still listed from the fleet's records, with state
+        "unknown" (or "reserved" while being placed) and only host, name,
+        state, image_id and ports (never transiently missing).
+
+        Returns: [{host, name, state, ...}] sorted by name and host.
+        """
         gathered = self._gather("container_ls")["results"]
         seen, out = set(), []
         for host, res in gathered.items():
@@ -461,8 +597,12 @@ class HubService:
 
     @expose(access="read")
     def network_ls(self) -> list:
-        """Every host's network_ls, one row per host with a ``host`` column,
-        plus ``address`` (the host's)."""
+        """Every host's network_ls, one row per host.
+
+        Returns: [{host, address (the host's), and the agent's network_ls
+        keys, or error (the error's name, or "timeout") when the host did
+        not answer within 5 s}].
+        """
         hosts = {h["name"]: h for h in self.store.hosts()}
         out = []
         for host, res in self._gather("network_ls")["results"].items():
@@ -473,8 +613,11 @@ class HubService:
 
     @expose(access="read")
     def hostinfo(self) -> list:
-        """Every host's hostinfo, one row per host with a ``host`` column and
-        a ``status`` (ok | error | timeout)."""
+        """Every host's hostinfo, one row per host.
+
+        Returns: [{host, status ("ok" | "error" | "timeout", within 5 s),
+        and the agent's hostinfo keys when ok}].
+        """
         return [{"host": host, "status": res["status"], **(res.get("result") or {})}
                 for host, res in self._gather("hostinfo")["results"].items()]
 
@@ -493,7 +636,12 @@ class HubService:
         Returns: {summary {targeted, ok, error, timeout, duration_s},
         results {host: {status: ok|error|timeout, result | error, message}}}.
         A frozen or dead host is reported as timeout; it never delays the
-        answer past timeout_s.
+        answer past timeout_s.  Arguments given as text are converted by the
+        agent method's declared types.
+
+        Raises: InvalidArgument (bad method, target, timeout_s or option),
+        PermissionDenied (a read-only key broadcasting a method that is not
+        read-only).
         """
         opts = validate.options(options, {"target": "", "timeout_s": "", "fire_and_forget": ""}, "broadcast")
         caller = wire.current_caller()
@@ -522,13 +670,19 @@ class HubService:
         """Run an agent method on exactly one idle host (worker queue).
 
         Args:
+            method: an agent method name (e.g. ops_run).
+            args: its positional arguments (text is converted by the
+                method's declared types, as for broadcast).
             options: {timeout_s (default 60): for waiting for an idle host
                 and, again, for the call; idempotent (bool): retry once on
                 another host if the first one is lost}.
 
-        Returns: {host, result, duration_s, attempts}.
-        Raises: NoCapacity (no idle host in time), HostLost (the host died
-        mid-call; it may or may not have run), or the method's own error.
+        Returns: {host, result (the method's answer), duration_s (seconds),
+        attempts (1, or 2 after an idempotent retry)}.
+        Raises: InvalidArgument (bad option), NoCapacity (no idle host in
+        time), CallTimeout (the call ran past timeout_s; it may still be
+        running), HostLost (the host died mid-call; it may or may not have
+        run), or the method's own error.
         """
         opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
         timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
@@ -554,8 +708,11 @@ class HubService:
     # ------------------------------------------------------------ images
     @expose(access="read")
     def image_ls(self) -> list:
-        """Images in the hub's registry: [{name, id, created, size_bytes,
-        layers, exposed_ports}]."""
+        """Images in the hub's registry.
+
+        Returns: [{name, id (64 hex), created (Unix s), size_bytes, layers
+        (digests, bottom first), exposed_ports [{proto, port}]}].
+        """
         return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")}
                 for m in self.registry.ls()]
 
@@ -564,7 +721,11 @@ class HubService:
         """Copy an image from a host's store into the hub's registry (layers
         in chunks, each checked against its digest; nothing partial is kept).
 
-        Returns: the manifest. Raises: NoSuchHost, ImageNotFound, StoreError.
+        Args: host: a fleet host's name; ref: ``name`` or ``name@idprefix``
+        in that host's store.
+        Returns: the manifest.
+        Raises: NoSuchHost, ImageNotFound, AmbiguousImageRef, StoreError
+        (digest mismatch, I/O), Unreachable, CallTimeout.
         """
         self.store.host(host)
         info = self._call(host, "image_manifest", ref)
@@ -572,29 +733,47 @@ class HubService:
             info["manifest"], info["layer_sizes"],
             lambda d, off, n: self._call(host, "image_layer_read", d, off, n, timeout_s=PULL_TIMEOUT_SECONDS))
 
-    @expose(access="read")
+    @expose(access="read", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
-        """For agents pulling: {manifest, layer_sizes {digest: bytes}}."""
+        """For agents pulling: an image of the registry.
+
+        Returns: {manifest, layer_sizes {digest: size in bytes}}.
+        Raises: InvalidArgument (bad ref), ImageNotFound, AmbiguousImageRef.
+        """
         m = self.registry.resolve(ref)
         return {"manifest": m, "layer_sizes": {d: self.registry.layer_size(d) for d in m["layers"]}}
 
     @expose(access="read")
     def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
         """For agents pulling: up to ``length`` bytes (<= 4 MiB) of a layer
-        tar from ``offset``."""
+        tar from ``offset`` (bytes); b"" past the end.
+
+        Returns: bytes.
+        Raises: InvalidArgument (bad digest, negative offset or length),
+        ImageNotFound (no such layer).
+        """
         return self.registry.read_layer(digest, offset, length)
 
     @expose(access="read")
     def events(self, since: float = 0.0) -> list:
-        """Fleet events after ``since`` (Unix s), oldest first: [{at, kind
+        """Fleet events after ``since`` (Unix s), oldest first.
+
+        Returns: [{at, kind
         (host_lost, host_back, rescheduled, reschedule_failed,
-        reschedule_waiting, reschedule_gave_up, stale_copy_removed), ...}]."""
+        reschedule_waiting, reschedule_gave_up, stale_copy_removed, adopted,
+        host_removed), host | name | ...}], at most the last 500, kept in
+        memory (a hub restart starts a new list).
+        """
         return [e for e in self._event_log if e["at"] > since]
 
     @expose(access="read")
     def hub_info(self) -> dict:
-        """{version, uptime_s, heartbeat_s, missed_heartbeats, hosts,
-        containers, queue {idle, busy, members}}."""
+        """The hub's own state.
+
+        Returns: {version, uptime_s, heartbeat_s, missed_heartbeats, hosts
+        (count), containers (count), queue {idle [hosts, longest idle
+        first], busy [hosts], members [hosts]}}.
+        """
         return {"version": HUB_VERSION, "uptime_s": round(time.time() - self.started, 3),
                 "heartbeat_s": self.heartbeat_s, "missed_heartbeats": self.missed_heartbeats,
                 "hosts": len(self.store.hosts()), "containers": len(self.store.containers()),

@@ -115,9 +115,10 @@ def _quiet(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def cleanup_prefix(prefix: str, root: str) -> None:
-    """Stop and destroy containers under ROOT/lxc, remove the bridge and
-    netfilter chains named by ``prefix``, and the dir."""
-    for lxc_path in (os.path.join(root, "lxc"), os.path.join(root, "state", "lxc")):  # the latter: the default
+    """Stop and destroy containers under ROOT/lxc (and ROOT/state/lxc, the
+    default layout), remove the bridge, netfilter chains and bridge lock
+    named by ``prefix``, and the dir."""
+    for lxc_path in (os.path.join(root, "lxc"), os.path.join(root, "state", "lxc")):
         for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
             name = os.path.basename(os.path.dirname(cdir))
             _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])
@@ -127,6 +128,11 @@ def cleanup_prefix(prefix: str, root: str) -> None:
     except Exception as exc:  # keep going: best effort
         print(f"teardown of {prefix}: {exc}", file=sys.stderr)
     _quiet(["ip", "link", "del", prefix])
+    from agents.decommission import bridge_lock_path
+    try:  # agents.main.lock_bridge's lock file (one per bridge, else they pile up)
+        os.unlink(bridge_lock_path(prefix))
+    except FileNotFoundError:
+        pass
     state_dir = os.path.join(root, "state")
     if os.path.ismount(state_dir):  # a small tmpfs of a disk-full test
         _quiet(["umount", "-l", state_dir])

@@ -44,6 +44,36 @@ def test_create_spreads_by_free_capacity_and_serves_http(hub, fleet):
     assert out["stdout"] == b"spread.2\n"
 
 
+def test_dcctl_listings_fit_100_columns(hub, fleet):
+    """``dcctl container_ls`` and ``dcctl hosts`` against the hub: every line
+    fits 100 columns, with the fleet's real rows (long names, mapped ports)."""
+    names = [f"jerome.awesome.frontend-{i}" for i in range(3)]
+    for name in names:
+        hub.call("create_container", "busybox", name, {"memory_bytes": 64 * MiB})
+    hub.call("container_connection_add", names[0], "udp", 53)
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "DCCTL_HOST": fleet["hub"]["ipc"]}
+
+    def dcctl(*args):
+        done = subprocess.run([sys.executable, "-m", "dcctl.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    for method in ("container_ls", "hosts"):
+        lines = dcctl(method)
+        assert [line for line in lines if len(line) > 100] == [], "\n".join(lines)
+        assert len(lines) > 1
+    rows = dcctl("container_ls")
+    assert rows[0].split() == ["host", "name", "state", "image", "address", "ports", "age"]
+    first = next(line for line in rows if names[0] in line)
+    assert "->80/tcp" in first and "running" in first
+    hosts = dcctl("hosts")
+    assert hosts[0].split()[:2] == ["name", "state"] and len(hosts) == 1 + len(fleet["hosts"])
+    assert max(map(len, dcctl("--wide", "hosts"))) > 100  # every column, uncut
+    picked = dcctl("container_ls", "--filter", f"name={names[1]}", "--filter", "state=running")
+    assert len(picked) == 2 and names[1] in picked[1]
+
+
 def test_full_host_is_never_chosen_and_nocapacity_names_each_host(hub):
     for i in range(4):
         assert hub.call("create_container", "busybox", f"full.{i}",

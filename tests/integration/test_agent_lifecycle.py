@@ -61,6 +61,24 @@ def test_busybox_image_is_there(agent):
     assert images[0]["exposed_ports"] == [{"proto": "tcp", "port": 80}]
 
 
+def test_results_have_the_documented_keys(agent):
+    """container_create/start/stop answer with the container_ls row (as
+    their docstrings say), ops_facts with the keys its docstring names."""
+    name = "docs.keys"
+    made = agent.call("container_create", "busybox", name)
+    row = lambda: next(c for c in agent.call("container_ls") if c["name"] == name)  # noqa: E731
+    assert set(made) == set(row()) and made["state"] == "stopped"
+    started = agent.call("container_start", name)
+    assert set(started) == set(row()) and started["state"] == "running"
+    stopped = agent.call("container_stop", name)
+    assert set(stopped) == set(row()) and stopped["state"] == "stopped"
+    assert "events" not in made and "usage" not in started  # not container_inspect's dict
+    facts = agent.call("ops_facts")
+    assert set(facts) == {"host", "os", "kernel", "python", "agent_version", "lxc_version", "lxc_path",
+                          "bridge", "subnet"}
+    assert facts["lxc_version"] and facts["lxc_version"][0].isdigit()
+
+
 def test_full_lifecycle_leaves_nothing(agent):
     before = snapshot(agent)
     c = agent.call("container_create", "busybox", "jerome.awesome.web")
