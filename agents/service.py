@@ -230,6 +230,9 @@ class AgentService:
         The rootfs is an overlay of the image's layers with a per-container
         upper dir; the image's templates are rendered into it (Jinja2) with
         name, hostname, address, prefixlen, gateway, host, exposed_ports, env.
+        /etc/hostname, /etc/hosts and /etc/network/interfaces come from
+        dcfleet's own templates when the image has none for them (an
+        imported rootfs), wherever the image has their directory.
         A static address on the agent's bridge is allocated and kept.
 
         Returns: the container's container_ls row (name, state "stopped",
@@ -249,11 +252,15 @@ class AgentService:
         """Start a container (``lxc-start -d``; its monitor outlives the agent);
         its port mappings are put (back) in the kernel.
 
+        ``desired: running`` is written before LXC is asked, and put back
+        if the start fails, so the record always tells what LXC does.
+
         Returns: the container's container_ls row, with state "running"
         and pid (its init's pid on the host, or None if LXC did not say).
         Raises: NoSuchContainer, ContainerRunning, LxcFailure (with the LXC
         log's errors), Busy (another call holds it, or it is being created
-        or destroyed).
+        or destroyed), StoreError (the disk is full even for the state
+        store's reserve: nothing was started).
         """
         return self.m.start(name)
 
@@ -263,13 +270,15 @@ class AgentService:
         SIGKILL after ``timeout_s`` seconds (default: the agent's
         stop_timeout_s, 10 s).
 
-        Its desired state becomes "stopped": the supervisor does not restart
-        it, across agent restarts too.
+        Its desired state becomes "stopped" (written before the stop): the
+        supervisor does not restart it, across agent restarts too.
 
         Returns: the container's container_ls row, with state "stopped" and
         pid None.
         Raises: NoSuchContainer, ContainerNotRunning, Busy, InvalidArgument
-        (timeout_s outside 0..3600).
+        (timeout_s outside 0..3600), StoreError (the disk is full even for
+        the state store's reserve: nothing was stopped; container_destroy
+        still works).
         """
         return self.m.stop(name, timeout_s)
 
@@ -280,8 +289,15 @@ class AgentService:
 
         Args: force: stop (kill) it first if running.
         Returns: {name, destroyed: True}.
+
+        A destroy needs no disk space (its "destroying" mark is written if
+        the disk takes it), so a container that filled the disk can always
+        be destroyed.  One cut short (the record stays ``destroying``) is
+        finished by the next container_destroy, ops_cleanup or agent start.
+
         Raises: NoSuchContainer, ContainerRunning (unless force), Busy,
-        NetworkError, LxcFailure.
+        NetworkError, LxcFailure, StoreError (a file could not be removed;
+        the record stays ``destroying``).
         """
         return self.m.destroy(name, force)
 
@@ -324,7 +340,12 @@ class AgentService:
                 stdin: bytes}.
 
         Returns: {exit_code, stdout (bytes), stderr (bytes),
-        stdout_truncated, stderr_truncated, duration_s, timed_out}.
+        stdout_truncated, stderr_truncated (output over max_output_bytes was
+        dropped), stdout_incomplete, stderr_incomplete (a process the command
+        left running in the background still held the stream open when the
+        command exited: the bytes are those read by then, and that process
+        keeps running), duration_s, timed_out}.  The call returns when the
+        command exits, not when its background children do (as LXD's exec).
 
         Raises: NoSuchContainer, ContainerNotRunning, CommandNotFound,
         InvalidArgument (empty command, unknown option, caps exceeded),
@@ -485,11 +506,14 @@ class AgentService:
     def ops_cleanup(self) -> dict:
         """Clean containers stuck in a broken state (the seed's "OOM
         wrangler"): records whose LXC definition vanished are dropped with
-        their rules; containers whose desired state is running but are
-        stopped are reported; stale veths of stopped containers are removed.
+        their rules; destroys cut short (records left ``destroying``, say by
+        a file that could not be removed) are finished; containers whose
+        desired state is running but are stopped are reported; stale veths
+        of stopped containers are removed.
 
-        Returns: {host, dropped [names], stopped_unexpectedly [names],
-        veths_removed [names]}.
+        Returns: {host, dropped [names], destroy_finished [names],
+        destroy_failed {name: "Error: message"} (still stuck; tried again
+        next time), stopped_unexpectedly [names], veths_removed [names]}.
         Raises: NetworkError, LxcFailure.
         """
         return {"host": self.m.config.host_name, **self.m.cleanup()}

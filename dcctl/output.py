@@ -499,6 +499,10 @@ def render_exec(result: dict, stdout: TextIO, stderr: TextIO) -> int:
     for key in EXEC_KEYS:
         if result.get(f"{key}_truncated"):
             print(f"dcctl: note: {key} was truncated", file=stderr)
+    held = [key for key in EXEC_KEYS if result.get(f"{key}_incomplete")]
+    if held:
+        print(f"dcctl: note: a background process still holds the command's {'/'.join(held)}; "
+              "what it writes later is not shown", file=stderr)
     if result.get("timed_out"):
         print("dcctl: note: the command timed out", file=stderr)
     return exec_exit_code(result)

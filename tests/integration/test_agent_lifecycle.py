@@ -141,6 +141,61 @@ def test_exec_carries_megabytes_exactly(agent):
     assert capped["stdout"] == b"a" * 1000 and capped["stdout_truncated"]
 
 
+def test_exec_returns_when_the_command_exits_and_its_background_child_lives_on(agent):
+    agent.call("container_create", "busybox", "exec.bg")
+    agent.call("container_start", "exec.bg")
+    # the child holds stdout and stderr open for 1000 s; the call ends with sh
+    out = agent.call("container_exec", "exec.bg", ["sh", "-c", "sleep 1000 & echo started"])
+    assert out["exit_code"] == 0 and out["stdout"] == b"started\n" and not out["timed_out"]
+    assert out["stdout_incomplete"] and out["stderr_incomplete"]
+    assert out["duration_s"] < 60  # not the sleep's 1000 s
+    ps = agent.call("container_exec", "exec.bg", ["ps", "-o", "args"])["stdout"].decode()
+    assert "sleep 1000" in ps, ps
+    # a command whose streams close with it is read to the end, flags off
+    out = agent.call("container_exec", "exec.bg", ["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo ok; exit 5"])
+    assert out["exit_code"] == 5 and out["stdout"] == b"ok\n"
+    assert not out["stdout_incomplete"] and not out["stderr_incomplete"]
+
+
+def test_eth0_has_the_subnets_broadcast_address(agent):
+    c = agent.call("container_create", "busybox", "net.brd")
+    agent.call("container_start", "net.brd")
+    text = agent.call("container_exec", "net.brd", ["ip", "-4", "addr", "show", "eth0"])["stdout"].decode()
+    prefix = agent.subnet.rsplit(".", 1)[0]
+    assert f"inet {c['address']}/24 brd {prefix}.255 " in text, text
+
+
+def test_an_imported_rootfs_gets_its_hostname_rendered(agent, tmp_path):
+    # a rootfs exported from the busybox image carries the templates' literal
+    # text; this one also sets its hostname from /etc/hostname at boot, as
+    # systemd does
+    busybox = next(i for i in agent.call("image_ls") if i["name"] == "busybox")
+    layer = os.path.join(agent.state_dir, "images", "layers", busybox["layers"][-1])
+    root = tmp_path / "rootfs"
+    subprocess.run(["cp", "-a", layer, str(root)], check=True)
+    assert (root / "etc/hostname").read_text() == "{{ hostname }}\n"
+    with open(root / "etc/init.d/rcS", "r+") as f:
+        text = f.read().replace("exit 0\n", "hostname -F /etc/hostname\nexit 0\n")
+        f.seek(0)
+        f.write(text)
+    tar = tmp_path / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
+    agent.call("image_import", str(tar), "imported.bb", {"command": ["httpd", "-f", "-p", "80", "-h", "/var/www"],
+                                                          "stop_signal": "SIGUSR1"})
+    try:
+        c = agent.call("container_create", "imported.bb", "imp.host")
+        agent.call("container_start", "imp.host")
+        assert agent.call("container_exec", "imp.host", ["hostname"])["stdout"] == b"imp.host\n"
+        assert agent.call("container_exec", "imp.host", ["cat", "/etc/hostname"])["stdout"] == b"imp.host\n"
+        hosts = agent.call("container_exec", "imp.host", ["cat", "/etc/hosts"])["stdout"].decode()
+        assert f"{c['address']}\timp.host" in hosts
+        ifaces = agent.call("container_exec", "imp.host", ["cat", "/etc/network/interfaces"])["stdout"].decode()
+        assert "{{" not in ifaces and f"address {c['address']}/24" in ifaces
+    finally:
+        agent.call("container_destroy", "imp.host", True)
+        agent.call("image_rm", "imported.bb")
+
+
 def test_memory_limit_is_applied_in_the_cgroup(agent):
     agent.call("container_create", "busybox", "mem.limited", {"memory_bytes": 64 << 20, "cpus": 0.5})
     agent.call("container_start", "mem.limited")

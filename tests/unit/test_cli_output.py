@@ -51,6 +51,11 @@ def test_exec_result():
     assert code == 300 % 256 and out == "o\n"
     assert err.splitlines() == ["e", "dcctl: note: stdout was truncated", "dcctl: note: the command timed out"]
     assert output.exec_exit_code({"exit_code": None, "stdout": b""}) == 1
+    code, out, err = render({"exit_code": 0, "stdout": b"started\n", "stderr": b"",
+                             "stdout_incomplete": True, "stderr_incomplete": True})
+    assert (code, out) == (0, "started\n")
+    assert err.splitlines() == ["dcctl: note: a background process still holds the command's stdout/stderr; "
+                                "what it writes later is not shown"]
     assert not output.is_exec_result({"exit_code": 0})
 
 
