@@ -255,11 +255,11 @@ def test_bad_input_through_the_hub(hub, call, exc):
 
 
 def test_enter_through_the_hub_is_a_tty_on_the_owning_host(hub, fleet):
-    from tests.integration.test_agent_lifecycle import _run_in_pty
+    from tests.terminal import run_in_pty
     placed = hub.call("create_container", "busybox", "enter.fleet", {"host": "host-2"})
     assert placed["host"] == "host-2"
     env = {**os.environ, "PYTHONPATH": fleetmod.REPO, "DCCTL_HOST": fleet["hub"]["tcp"], "TERM": "xterm"}
-    code, screen = _run_in_pty([sys.executable, "-m", "dcctl.cli", "container_enter", "enter.fleet"], env,
+    code, screen = run_in_pty([sys.executable, "-m", "dcctl.cli", "container_enter", "enter.fleet"], env,
                                [b"hostname\r", b"exit 3\r"])
     text = screen.decode(errors="replace")
     assert "enter.fleet" in text and code == 3, text

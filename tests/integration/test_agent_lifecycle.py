@@ -11,6 +11,7 @@ import pytest
 
 from dcctl import errors
 from tests.agentproc import REPO
+from tests.terminal import run_in_pty
 
 pytestmark = pytest.mark.lxc
 
@@ -354,47 +355,11 @@ def test_debian_image_build_boots_with_systemd(agent):
         agent.call("image_rm", "debian")
 
 
-def _run_in_pty(argv: list[str], env: dict, keystrokes: list[bytes], timeout_s: float = 20.0) -> tuple[int, bytes]:
-    """Run argv on a fresh pty (as an operator's terminal), type the
-    keystrokes one by one after output settles, and collect the screen."""
-    import pty
-    import select
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + timeout_s
-    pending = list(keystrokes)
-    quiet_since = time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                seen += data
-                quiet_since = time.monotonic()
-            elif pending and time.monotonic() - quiet_since > 0.5:
-                os.write(master, pending.pop(0))
-                quiet_since = time.monotonic()
-            if proc.poll() is not None and not ready:
-                break
-        return proc.wait(timeout=5), seen
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        os.close(master)
-
-
 def test_container_enter_gives_an_interactive_tty(agent):
     agent.call("container_create", "busybox", "enter.me")
     agent.call("container_start", "enter.me")
     env = {**os.environ, "PYTHONPATH": REPO, "DCCTL_HOST": agent.endpoint, "TERM": "xterm"}
-    code, screen = _run_in_pty(["python3", "-m", "dcctl.cli", "container_enter", "enter.me"], env,
+    code, screen = run_in_pty(["python3", "-m", "dcctl.cli", "container_enter", "enter.me"], env,
                                [b"hostname\r", b"tty\r", b"exit 7\r"])
     text = screen.decode(errors="replace")
     assert "enter.me" in text, text
