@@ -115,3 +115,31 @@ def test_hub_answers_while_it_stores_a_large_layer(hub_with_source):
     print(f"\nworst hub_info round trip during a {LAYER_BYTES >> 20} MiB push: {worst * 1000:.0f} ms "
           f"({pings} pings)")
     assert worst < PING_BOUND_SECONDS
+
+
+def test_errors_from_the_pool_stay_typed_and_nothing_partial_is_kept(tmp_path):
+    from hub.registry import Registry
+    reg = Registry(str(tmp_path / "reg"))
+    data = os.urandom(3 * CHUNK_BYTES // 2)
+    good = hashlib.sha256(data).hexdigest()
+    manifest = {"name": "small", "created": 1.0, "layers": [good], "size_bytes": len(data)}
+    manifest["id"] = manifest_id(manifest)
+
+    def corrupt(d, offset, length):
+        return bytes(length)
+
+    with pytest.raises(errors.StoreError, match="digest mismatch"):
+        reg.receive(manifest, {good: len(data)}, corrupt)
+    with pytest.raises(errors.StoreError, match="ended at"):
+        reg.receive(manifest, {good: len(data) + 1}, lambda d, off, n: data[off:off + n])
+    assert os.listdir(tmp_path / "reg" / "tmp") == [] and os.listdir(tmp_path / "reg" / "layers") == []
+    with pytest.raises(errors.ImageNotFound):
+        reg.read_layer(good, 0, 10)
+    with pytest.raises(errors.ImageNotFound):
+        reg.get(manifest["id"])
+    assert reg.receive(manifest, {good: len(data)}, lambda d, off, n: data[off:off + n]) == manifest
+    assert reg.read_layer(good, CHUNK_BYTES, CHUNK_BYTES) == data[CHUNK_BYTES:]
+    assert reg.get(manifest["id"]) == manifest and reg.ls() == [manifest]
+    assert reg.disk_usage_bytes() == len(data)
+    assert reg.remove("small") == manifest
+    assert reg.ls() == [] and os.listdir(tmp_path / "reg" / "layers") == []
