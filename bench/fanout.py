@@ -55,8 +55,8 @@ def main() -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     root = f"/tmp/dcfan-{args.prefix}"
     procs: list[subprocess.Popen] = []
+    os.makedirs(root, mode=0o700)  # before the try: a prefix in use is left alone
     try:
-        os.makedirs(root, mode=0o700)
         hub_ep = f"ipc://{root}/hub.sock"
         procs.append(start([sys.executable, "-m", "hub.main", "--listen", hub_ep, "--state-dir", f"{root}/hub",
                             "--heartbeat-s", "5"], f"{root}/hub.log"))
