@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import time
 
@@ -95,6 +96,8 @@ def hub_with_source(tmp_path):
         proc.wait()
         source.stop()
         serving.kill()
+        os.unlink(layer)  # pytest keeps tmp dirs of recent runs: not 1 GiB each
+        shutil.rmtree(state / "registry", ignore_errors=True)
 
 
 def test_hub_answers_while_it_stores_a_large_layer(hub_with_source):
