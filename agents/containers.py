@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import time
 
@@ -113,7 +112,13 @@ class ContainerManager:
         finally:
             lock.release()
 
-    def _record(self, name: str, *, ready: bool = True) -> dict:
+    def record(self, name: str, *, ready: bool = True) -> dict:
+        """The record of container ``name`` (the live dict: change it under
+        ``locked(name)`` only).
+
+        Args: ready: refuse a container being created or destroyed.
+        Raises: InvalidArgument (bad name), NoSuchContainer, Busy (not
+        ready, when ``ready``)."""
         validate.container_name(name)
         rec = self.records.get(name)
         if rec is None:
@@ -189,8 +194,9 @@ class ContainerManager:
                 lock.release()
         return done
 
-    def _dir(self, name: str) -> str:
-        return os.path.join(self.config.lxc_path, name)
+    def upper_dir(self, name: str) -> str:
+        """The container's own layer (the overlay's upper dir) on the host."""
+        return self.lxc.upper_dir(name)
 
     def _mappings(self, rec: dict) -> list[dict]:
         return [{"container": rec["name"], "proto": p["proto"], "host_port": p["host_port"],
@@ -298,10 +304,7 @@ class ContainerManager:
 
     def _write_container(self, rec: dict, manifest: dict) -> None:
         name = rec["name"]
-        cdir = self._dir(name)
-        upper = os.path.join(cdir, "delta0")
-        os.makedirs(upper, mode=0o755)
-        os.makedirs(os.path.join(cdir, "olwork"), mode=0o700)
+        upper = self.lxc.prepare(name)
         context = {"name": name, "hostname": name, "address": rec["address"],
                    "prefixlen": self.network.prefixlen, "gateway": self.network.gateway,
                    "host": self.config.host_name, "exposed_ports": manifest.get("exposed_ports", []),
@@ -316,11 +319,10 @@ class ContainerManager:
             name=name, hostname=name, lower_dirs=self.images.layer_dirs(manifest), upper_dir=upper,
             bridge=self.network.bridge, veth_name=rec["veth"], address=rec["address"],
             prefixlen=self.network.prefixlen, gateway=self.network.gateway,
-            console_log=os.path.join(cdir, "console.log"), lxc_log=os.path.join(cdir, "lxc.log"),
+            console_log=self.lxc.path(name, "console.log"), lxc_log=self.lxc.path(name, "lxc.log"),
             init_cmd=manifest.get("init") or "/sbin/init", halt_signal=manifest.get("stop_signal") or "SIGPWR",
             memory_bytes=rec["memory_bytes"], cpus=rec["cpus"], cpu_shares=rec["cpu_shares"])
-        with open(os.path.join(cdir, "config"), "w") as f:
-            f.write(cfg.render(self.layout))
+        self.lxc.write_config(name, cfg, self.layout)
 
     def _rollback_create(self, name: str) -> None:
         try:
@@ -332,12 +334,12 @@ class ContainerManager:
             self._disk_desired.pop(name, None)
 
     def _remove_files(self, name: str) -> None:
-        cdir = self._dir(name)
-        if os.path.isdir(cdir):
-            try:
-                _blocking(shutil.rmtree, cdir)
-            except OSError as exc:
-                raise errors.StoreError(f"cannot remove {exc.filename or cdir}: {exc.strerror or exc}",
+        """Remove the container's directory (lxcwrap's ``destroy``, in the
+        thread pool).  Raises StoreError naming the file that stayed."""
+        try:
+            _blocking(self.lxc.destroy, name)
+        except OSError as exc:
+            raise errors.StoreError(f"cannot remove {exc.filename or self.lxc.path(name)}: {exc.strerror or exc}",
                                         hint="something holds it (a mount under it?); "
                                              "container_destroy or ops_cleanup finishes it later") from exc
 
@@ -345,19 +347,26 @@ class ContainerManager:
     def start(self, name: str) -> dict:
         """See AgentService.container_start."""
         with self.locked(name):
-            rec = self._record(name)
-            pid = self._start(rec)
+            rec = self.record(name)
+            pid = self.start_locked(rec)
             return self._view(rec, {"state": "RUNNING", "pid": pid})
 
-    def _start(self, rec: dict) -> int | None:
-        """Start the container: ``desired: running`` is written first (a
-        write that fails starts nothing), and put back if LXC fails."""
+    def start_locked(self, rec: dict) -> int | None:
+        """Start the container of ``rec`` (a ready record; the caller holds
+        its lock, as the supervisor's restarts do): ``desired: running`` is
+        written first (a write that fails starts nothing), and put back if
+        LXC fails; its port mappings go (back) into the kernel.
+
+        Returns: its init's pid, or None if LXC did not say.
+        Raises: OSError (the intent could not be written), lxcwrap errors
+        (LxcAlreadyRunning, LxcStartFailed, ...), agents.network errors;
+        the agent's service boundary maps them (agents.errmap)."""
         name = rec["name"]
         was = rec["desired"]
         self._set_desired(rec, "running")
         try:
             try:  # the previous run's exit record must not be taken for this run's
-                os.unlink(os.path.join(self._dir(name), "delta0", "etc", "dcfleet", "exit"))
+                os.unlink(os.path.join(self.upper_dir(name), "etc", "dcfleet", "exit"))
             except FileNotFoundError:
                 pass
             try:
@@ -370,10 +379,8 @@ class ContainerManager:
                 if "File exists" not in text or not self.network.remove_stale_veth(rec["veth"]):
                     raise
                 pid = self.lxc.start(name)
-        except lxcerr.LxcAlreadyRunning as exc:
-            raise errors.ContainerRunning(f"container {name!r} is already running") from exc
         except BaseException:
-            if was != "running" and self._live_state(name) != "RUNNING":
+            if was != "running" and self.live_state(name) != "RUNNING":
                 rec["desired"] = was
                 self.save_soon(rec, critical=True)
             raise
@@ -389,19 +396,16 @@ class ContainerManager:
         timeout = self.config.stop_timeout_s if timeout_s is None else timeout_s
         validate.number(timeout, "timeout_s", minimum=0, maximum=3600)
         with self.locked(name):
-            rec = self._record(name)
+            rec = self.record(name)
             self._set_desired(rec, "stopped")  # written before the stop: a failed write stops nothing
-            try:
-                self.lxc.stop(name, timeout_s=timeout)
-            except lxcerr.LxcNotRunning as exc:
-                raise errors.ContainerNotRunning(f"container {name!r} is not running") from exc
+            self.lxc.stop(name, timeout_s=timeout)  # LxcNotRunning: ContainerNotRunning at the boundary
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     # ------------------------------------------------------------ destroy
     def destroy(self, name: str, force: bool) -> dict:
         """See AgentService.container_destroy."""
         with self.locked(name):
-            rec = self._record(name, ready=False)
+            rec = self.record(name, ready=False)
             if rec["phase"] == "creating":
                 raise errors.Busy(f"container {name!r} is creating")
             # a destroy cut short (phase destroying) is finished whatever force says
@@ -425,7 +429,7 @@ class ContainerManager:
         host-side veth, so only when the veth exists is LXC asked."""
         if not self.network.link_present(rec["veth"]):
             return False
-        return self._live_state(rec["name"]) == "RUNNING"
+        return self.live_state(rec["name"]) == "RUNNING"
 
     def _finish_destroy(self, rec: dict) -> None:
         """Kill it if running, remove its rules, rootfs layer, config, veth
@@ -477,15 +481,12 @@ class ContainerManager:
         stdin = opts.get("stdin")
         if stdin is not None and not isinstance(stdin, (bytes, str)):
             raise errors.InvalidArgument("stdin must be bytes or a string")
-        rec = self._record(name)
+        rec = self.record(name)
         env = {**DEFAULT_EXEC_ENV, **rec["env"], **validate.env(opts.get("env"))}
-        try:
-            return self.lxc.exec(name, argv, env=env, timeout_s=timeout, max_output_bytes=int(cap),
-                                 input_bytes=stdin.encode() if isinstance(stdin, str) else stdin)
-        except lxcerr.LxcExecNotFound as exc:
-            raise errors.CommandNotFound(str(exc)) from exc
-        except lxcerr.LxcNotRunning as exc:
-            raise errors.ContainerNotRunning(f"container {name!r} is not running") from exc
+        # LxcExecNotFound and LxcNotRunning become CommandNotFound and
+        # ContainerNotRunning at the service boundary (agents.errmap)
+        return self.lxc.exec(name, argv, env=env, timeout_s=timeout, max_output_bytes=int(cap),
+                             input_bytes=stdin.encode() if isinstance(stdin, str) else stdin)
 
     # ------------------------------------------------------------ port mappings
     def connection_add(self, name: str, proto: str, container_port: int, host_port: int | None) -> dict:
@@ -495,7 +496,7 @@ class ContainerManager:
         if host_port is not None:
             validate.port(host_port, "host port")
         with self.locked(name):
-            rec = self._record(name)
+            rec = self.record(name)
             for p in rec["ports"]:
                 if p["proto"] == proto and p["container_port"] == container_port:
                     raise errors.PortInUse(
@@ -529,7 +530,7 @@ class ContainerManager:
         validate.protocol(proto)
         validate.port(container_port, "container port")
         with self.locked(name):
-            rec = self._record(name)
+            rec = self.record(name)
             entry = next((p for p in rec["ports"]
                           if p["proto"] == proto and p["container_port"] == container_port), None)
             if entry is None:
@@ -552,7 +553,10 @@ class ContainerManager:
         return mapping
 
     # ------------------------------------------------------------ views
-    def _live_state(self, name: str) -> str:
+    def live_state(self, name: str) -> str:
+        """What LXC says of the container now: "RUNNING", "STOPPED", ...,
+        or "MISSING" when LXC does not know it.  Raises LxcError (the tool
+        failed)."""
         try:
             return self.lxc.info(name)["state"]
         except lxcerr.LxcNotFound:
@@ -592,7 +596,7 @@ class ContainerManager:
 
     def inspect(self, name: str) -> dict:
         """See AgentService.container_inspect."""
-        rec = self._record(name, ready=False)
+        rec = self.record(name, ready=False)
         try:
             live = self.lxc.info(name)
         except lxcerr.LxcNotFound:
@@ -602,14 +606,14 @@ class ContainerManager:
                      "env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
                      "veth": rec["veth"], "gateway": self.network.gateway,
                      "prefixlen": self.network.prefixlen, "host": self.config.host_name,
-                     "rootfs_upper": os.path.join(self._dir(name), "delta0"),
+                     "rootfs_upper": self.upper_dir(name),
                      "usage": self.usage(view)})
         return view
 
     def logs(self, name: str, max_bytes: int) -> dict:
         """See AgentService.container_logs."""
-        self._record(name, ready=False)
-        path = os.path.join(self._dir(name), "console.log")
+        self.record(name, ready=False)
+        path = self.lxc.path(name, "console.log")
 
         def tail() -> tuple[int, bytes]:  # up to 4 MiB: in the thread pool
             try:
@@ -646,7 +650,7 @@ class ContainerManager:
                 continue
             if rec["phase"] != "ready":
                 continue
-            if not os.path.exists(os.path.join(self._dir(name), "config")):
+            if not self.lxc.has_config(name):
                 with self.locked(name):
                     self._destroy(rec)
                 dropped.append(name)

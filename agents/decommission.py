@@ -42,7 +42,7 @@ from typing import Sequence
 from agents import config as agent_config
 from agents import network as netmod
 from agents.containers import ContainerManager
-from agents.service import translate
+from agents.errmap import translate
 from dcctl import errors
 from dcctl.wire import claim_ipc_path
 from images.store import ImageStore

@@ -69,6 +69,24 @@ def _in_net(ns: str | None) -> list[str]:
     return [] if ns is None else ["nsenter", f"--net=/run/netns/{ns}", "--"]
 
 
+def _kill_container(lxc_path: str, name: str, prefix_argv: list[str]) -> None:
+    """``lxc-stop -k`` (lxcwrap builds it) run under ``prefix_argv`` (an
+    nsenter into the host's netns), best effort: a container already gone
+    is fine.  The runner is this script's blocking subprocess one (no gevent
+    child watcher here, which would reap _run's children)."""
+    from lxcwrap.errors import LxcError
+    from lxcwrap.lxc import Lxc
+    from lxcwrap.run import Completed
+
+    def runner(argv, timeout_s: float = 60, **_kw) -> Completed:
+        done = _run([*prefix_argv, *argv], ok=tuple(range(256)), timeout=timeout_s)
+        return Completed(tuple(argv), done.returncode, done.stdout.encode(), done.stderr.encode())
+    try:
+        Lxc(lxc_path, run=runner).stop(name, kill=True)
+    except LxcError:
+        pass
+
+
 def _listed(directory: str, pattern: str) -> list[str]:
     try:
         return sorted(n for n in os.listdir(directory) if re.fullmatch(pattern, n))
@@ -408,12 +426,11 @@ def _down_once(prefix: str) -> list[str]:
         for cfg in sorted(glob.glob(f"{lxc_path}/*/config")):
             name = os.path.basename(os.path.dirname(cfg))
             if ns in nets:
-                _run([*_in_net(ns), "lxc-stop", "-P", lxc_path, "-n", name, "-k"], ok=tuple(range(256)))
+                _kill_container(lxc_path, name, _in_net(ns))
     for pid in _pids(prefix, anywhere=True):  # monitors whose namespace lost its name
         words = " ".join(_cmdline(pid)).split()
         if len(words) >= 4 and words[:2] == ["[lxc", "monitor]"]:
-            _run(["nsenter", "-t", str(pid), "-n", "lxc-stop", "-P", words[2], "-n", words[3], "-k"],
-                 ok=tuple(range(256)))
+            _kill_container(words[2], words[3], ["nsenter", "-t", str(pid), "-n"])
     _stop(_pids(prefix, anywhere=True), grace_s=2.0)
     for ns in sorted(nets | {h["netns"] for h in state.get("hosts", [])}):
         _run(["ip", "netns", "del", ns], ok=(0, 1))
