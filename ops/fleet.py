@@ -201,10 +201,8 @@ def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = Tru
 
 def save(state: dict) -> None:
     """Write the state file atomically."""
-    path = paths(state["prefix"])["state_file"]
-    with open(path + ".tmp", "w") as f:
-        json.dump(state, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from dcctl.files import atomic_write
+    atomic_write(paths(state["prefix"])["state_file"], json.dumps(state, indent=1), mode=0o600)
 
 
 def load(prefix: str) -> dict | None:
