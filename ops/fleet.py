@@ -72,17 +72,13 @@ def _in_net(ns: str | None) -> list[str]:
 def _kill_container(lxc_path: str, name: str, prefix_argv: list[str]) -> None:
     """``lxc-stop -k`` (lxcwrap builds it) run under ``prefix_argv`` (an
     nsenter into the host's netns), best effort: a container already gone
-    is fine.  The runner is this script's blocking subprocess one (no gevent
-    child watcher here, which would reap _run's children)."""
+    is fine.  A blocking runner: this script runs no gevent loop."""
     from lxcwrap.errors import LxcError
     from lxcwrap.lxc import Lxc
-    from lxcwrap.run import Completed
+    from lxcwrap.run import blocking_runner
 
-    def runner(argv, timeout_s: float = 60, **_kw) -> Completed:
-        done = _run([*prefix_argv, *argv], ok=tuple(range(256)), timeout=timeout_s)
-        return Completed(tuple(argv), done.returncode, done.stdout.encode(), done.stderr.encode())
     try:
-        Lxc(lxc_path, run=runner).stop(name, kill=True)
+        Lxc(lxc_path, run=blocking_runner(prefix_argv)).stop(name, kill=True)
     except LxcError:
         pass
 
