@@ -149,3 +149,18 @@ def test_lxc_owns_the_container_dir(tmp_path):
     assert tools.has_config("a.b") and open(path).read().startswith("# Written by dcfleet")
     assert tools.destroy("a.b") is True and os.listdir(tmp_path) == []
     assert tools.destroy("a.b") is False
+
+
+def test_blocking_runner_prefixes_and_reports_like_run():
+    from lxcwrap import errors
+    from lxcwrap.run import ToolNotFound, blocking_runner
+
+    # the prefix stands in for nsenter: a shell that answers as lxc-stop does for a stopped container
+    answer = blocking_runner(["/bin/sh", "-c", 'echo "$0 $*" >&1; echo "$1 is not running" >&2; exit 2'])
+    with pytest.raises(errors.LxcNotRunning):
+        lxc.Lxc("/p", run=answer).stop("web", kill=True)
+    done = answer(["lxc-stop", "-P", "/p", "-n", "web", "-k"], 10)
+    assert done.argv == ("lxc-stop", "-P", "/p", "-n", "web", "-k") and done.returncode == 2
+    assert done.stdout_text == "lxc-stop -P /p -n web -k\n"
+    with pytest.raises(ToolNotFound):
+        blocking_runner()(["/nonexistent/lxc-stop"], 10)
