@@ -13,11 +13,13 @@ A server raises one of these; the wire layer sends its class name and message
      |    +-- NoSuchPortMapping
      |    +-- NoSuchMethod                not in the served method table
      |    +-- NoSuchHost
+ |    +-- NoSuchRoute                 no such (route name, backend)
      +-- Conflict
      |    +-- ContainerExists
      |    +-- ImageExists
      |    +-- ImageInUse
      |    +-- PortInUse
+ |    +-- RouteExists                 the route has that backend already
      +-- InvalidState                     the container is not in a state for this
      |    +-- ContainerRunning
      |    +-- ContainerNotRunning
@@ -92,6 +94,10 @@ class NoSuchHost(NotFound):
     pass
 
 
+class NoSuchRoute(NotFound):
+    pass
+
+
 class Conflict(DcError):
     """The thing exists already or is used by something else."""
 
@@ -109,6 +115,10 @@ class ImageInUse(Conflict):
 
 
 class PortInUse(Conflict):
+    pass
+
+
+class RouteExists(Conflict):
     pass
 
 

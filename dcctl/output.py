@@ -235,6 +235,24 @@ def render_fanout(result: dict, stdout: TextIO) -> None:
         stdout.write(table_text(rows, is_tty=_isatty(stdout)))
 
 
+def is_route_list(value: Any) -> bool:
+    """A route_ls answer: [{name, backends: [...]}]."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(r, dict) and "name" in r and isinstance(r.get("backends"), list) for r in value)
+
+
+def route_rows(routes: list[dict]) -> list[dict]:
+    """One table row per backend (a route without one gets a row of its own)."""
+    rows = []
+    for r in routes:
+        for b in r["backends"] or [{}]:
+            addr = f"{b['address']}:{b['port']}" if b.get("address") and b.get("port") else "-"
+            rows.append({"name": r["name"], "container": b.get("container", "-"),
+                         "container_port": b.get("container_port", "-"), "host": b.get("host") or "-",
+                         "address": addr, "healthy": b.get("healthy", False), "status": b.get("status", "-")})
+    return rows
+
+
 def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Print ``result`` readably; returns the exit code (0, or an exec
     result's exit code)."""
@@ -249,6 +267,9 @@ def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = No
     if isinstance(result, list) and result and all(isinstance(r, dict) and "metrics" in r for r in result):
         stdout.write(table_text([{"host": r.get("host"), "status": r.get("status", "ok"),
                                   "summary": result_digest(r)} for r in result], is_tty=_isatty(stdout)))
+        return 0
+    if is_route_list(result):
+        stdout.write(table_text(route_rows(result), is_tty=_isatty(stdout)))
         return 0
     if is_stream(result):
         for item in result:

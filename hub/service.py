@@ -16,7 +16,7 @@ import gevent
 
 from dcctl import auth, errors, validate, wire
 from dcctl.wire import expose
-from hub import fanout, scheduler
+from hub import fanout, routes, scheduler
 from hub.failover import Healer
 from hub.registry import Registry
 from hub.store import HubStore
@@ -43,7 +43,7 @@ READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls
 VIEW_TIMEOUT_SECONDS = 5.0
 
 
-class HubService:
+class HubService(routes.RouteMethods):
     """The methods served by ``dc-hub``.
 
     Args:
@@ -288,7 +288,9 @@ class HubService:
             name: fleet-unique container name (see container_create).
             options: {memory_bytes, cpus, cpu_shares, env, command (as the
                 agent's container_create), label {k: v} constraints, host
-                (pin), no_start (bool), strategy ("spread"|"binpack")}.
+                (pin), no_start (bool), strategy ("spread"|"binpack"),
+                route (a host name or a list: the HTTP port's routes; default
+                NAME.<route domain>), no_route (bool)}.
 
         The name and the capacity are reserved atomically (SQLite BEGIN
         IMMEDIATE) before any pull, so concurrent creates never over-commit
@@ -297,11 +299,12 @@ class HubService:
 
         Returns: {name, host, address (the host's, where mapped ports
         answer), container_address, image, state, ports [{proto,
-        container_port, host_port}]}.
+        container_port, host_port}], routes [names]}.
 
         Raises: InvalidArgument, ImageNotFound, ContainerExists, NoCapacity
         (naming each host's reason), NoSuchHost (pinned host unknown).
         """
+        options, route_opts = routes.take_options(options)
         validate.container_name(name)
         opts = validate.options(options, CREATE_OPTIONS, "create_container")
         memory = int(validate.number(opts.get("memory_bytes") or 0, "memory_bytes", minimum=0,
@@ -313,6 +316,7 @@ class HubService:
         if not isinstance(labels, dict):
             raise errors.InvalidArgument("label must be a map {key: value}")
         manifest = self.registry.resolve(image)
+        routes.check_create(manifest, route_opts)
         request = scheduler.Request(memory, {str(k): str(v) for k, v in labels.items()}, opts.get("host"), strategy)
         agent_opts = {k: opts[k] for k in AGENT_CREATE_KEYS if opts.get(k) is not None}
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
@@ -338,7 +342,7 @@ class HubService:
                 self.store.forget(name)
                 raise
             self.store.set_placed(name, manifest["id"], result["ports"])
-            return result
+            return self.connect_routes(result, route_opts)
 
     def _realize(self, host: str, manifest: dict, name: str, agent_opts: dict, no_start: bool) -> dict:
         ref = f"{manifest['name']}@{manifest['id']}"
@@ -386,8 +390,9 @@ class HubService:
 
     @expose(access="read")
     def container_inspect(self, name: str) -> dict:
-        """Forwarded to the owning host (see the agent's container_inspect)."""
-        return {**self._forward("container_inspect", name), "host": self._owner(name)}
+        """Forwarded to the owning host (see the agent's container_inspect);
+        adds ``host`` and ``routes`` (names routed to it)."""
+        return {**self._forward("container_inspect", name), "host": self._owner(name), "routes": self.routes_of(name)}
 
     @expose
     def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:

@@ -145,8 +145,8 @@ def test_two_hosts_answer_over_ipc_and_tcp_and_serve_http(make_fleet):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines == [f"export DCCTL_HOST=tcp://{f.addr(1)}:7000",
-                     f"host-1 {f.addr(1)} tcp://{f.addr(1)}:7000",
-                     f"host-2 {f.addr(2)} tcp://{f.addr(2)}:7000"]
+                     f"# host-1 {f.addr(1)} tcp://{f.addr(1)}:7000",
+                     f"# host-2 {f.addr(2)} tcp://{f.addr(2)}:7000"]
     state = f.state()
     assert state["status"] == "up" and state["bridge"] == f"{f.prefix}fleet0" and state["hub"] is None
     assert [h["netns"] for h in state["hosts"]] == [f"{f.prefix}-host-1", f"{f.prefix}-host-2"]
