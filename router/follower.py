@@ -252,7 +252,8 @@ class Follower:
                 if name in wanted.get(backend, {}) or changes >= MAX_CHANGES_PER_PASS:
                     continue
                 key = (backend, name)
-                if not stat.draining and not stat.maint:
+                # a server that is DOWN shows DOWN, not DRAIN, once drained: remember
+                if key not in self._drain_started and not stat.draining and not stat.maint:
                     rt.drain(backend, name)
                     self._drain_started[key] = now
                     log.info("draining %s/%s", backend, name)
@@ -312,5 +313,5 @@ class Follower:
 def hub_connector(endpoint: str, keys=None, timeout_s: float = 30.0):
     """A ``connect()`` for Follower: a new wire client to the hub."""
     def connect() -> wire.RpcClient:
-        return wire.RpcClient(endpoint, timeout_s=timeout_s, keys=keys, heartbeat_s=2.0)
+        return wire.RpcClient(endpoint, timeout_s=timeout_s, keys=keys)
     return connect
