@@ -238,7 +238,8 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
            "--state-dir", h["state_dir"], "--bridge", h["bridge"], "--subnet", h["subnet"],
            "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
     if state["hub"]:
-        cmd += ["--hub", state["hub"]["tcp"], "--hub-key", state["hub"]["public_key"],
+        # --flag=VALUE: a Z85 key may start with "-"
+        cmd += ["--hub", state["hub"]["tcp"], f"--hub-key={state['hub']['public_key']}",
                 "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
     tmp = f"{state['dirs']['run']}/{h['name']}.cgroup"
     return [*_in_net(h["netns"]), "unshare", "--mount", "--propagation", "slave", "--",
@@ -339,7 +340,7 @@ def router_argv(state: dict) -> list[str]:
     """The command that runs the fleet's router inside its namespace."""
     r, hub = state["router"], state["hub"]
     return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub["tcp"],
-            "--hub-key", hub["public_key"], "--key", r["key"], "--state-dir", r["state_dir"],
+            f"--hub-key={hub['public_key']}", "--key", r["key"], "--state-dir", r["state_dir"],
             "--listen", r["listen"]]
 
 
@@ -512,6 +513,14 @@ def status(prefix: str) -> dict | None:
         pid = proc.get("pid")
         proc["alive"] = bool(pid) and _alive(pid) and pid in _pids(prefix)
         proc["ping"] = ping(proc["ipc"]) if proc["alive"] else False
+    r = state.get("router")
+    if r:  # "ping": it follows the hub (its status file says so)
+        r["alive"] = bool(r.get("pid")) and _alive(r["pid"]) and r["pid"] in _pids(prefix)
+        try:
+            with open(os.path.join(r["state_dir"], "status.json")) as f:
+                r["ping"] = r["alive"] and bool(json.load(f).get("hub_ok"))
+        except (OSError, ValueError):
+            r["ping"] = False
     return state
 
 
@@ -581,14 +590,14 @@ def main(argv: list[str] | None = None) -> int:
     if state is None:
         print(json.dumps(None) if args.json else f"fleet {args.prefix}: not up")
         return 1
-    procs = ([state["hub"]] if state["hub"] else []) + state["hosts"]
+    procs = ([state["hub"]] if state["hub"] else []) + state["hosts"] + ([state["router"]] if state.get("router") else [])
     if args.json:
         print(json.dumps(state, indent=1))
     else:
         print(f"fleet {args.prefix}: {state['status']}, bridge {state['bridge']} {state['gateway']}")
         for pr in procs:
             print(f"{pr['name']:8} pid {pr['pid']} {'alive' if pr['alive'] else 'DEAD':5} "
-                  f"ping {'ok' if pr['ping'] else 'FAIL':4} {pr['tcp']}")
+                  f"ping {'ok' if pr['ping'] else 'FAIL':4} {pr.get('tcp') or 'http://' + pr['listen']}")
     return 0 if all(pr["alive"] and pr["ping"] for pr in procs) else 1
 
 
