@@ -56,7 +56,8 @@ def frontend(name: Any) -> dict:
 
     Returns: {name, kind ("http" | "tcp"), listen_port (tcp) | None}.
     Raises: InvalidArgument (not a host name, upper case, over 253 chars, a
-    bare ``*``, a port outside 1-65535).
+    bare ``*``, a numeric last label (an IP address), a port outside
+    1-65535).
     """
     if not isinstance(name, str) or not name:
         raise errors.InvalidArgument(f"route name must be a non-empty string, got {name!r}")
@@ -64,7 +65,7 @@ def frontend(name: Any) -> dict:
     if m:
         port = validate.port(int(m.group(1)), "tcp route port")
         return {"name": f"tcp:{port}", "kind": "tcp", "listen_port": port}
-    if len(name) > 253 or not _HOST_RE.match(name) or name.replace("*.", "", 1).isdigit():
+    if len(name) > 253 or not _HOST_RE.match(name) or name.rsplit(".", 1)[-1].isdigit():
         raise errors.InvalidArgument(
             f"bad route name {name!r}: want a lower-case host name (www.dcf.test), a wildcard (*.dcf.test) "
             "or tcp:PORT", hint="labels of a-z, 0-9 and '-', dot-separated, at most 63 chars each")
