@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 PASS_SECONDS = 0.5
 WAIT_SECONDS = 20.0
 PROBE_TIMEOUT_SECONDS = 1.0
+#: Before a reload, new servers get this long to answer; the others are
+#: added at runtime once they do, so a new name never waits on a slow one.
+RELOAD_PROBE_TIMEOUT_SECONDS = 0.3
 PROBE_BACKOFF_MAX_SECONDS = 5.0
 MAX_CHANGES_PER_PASS = 16
 #: A drained server still holding connections after this long has them
@@ -205,7 +208,7 @@ class Follower:
                     out[backend].append(server)
                 elif self._probe_due(name):
                     todo.append((backend, server))
-        for (backend, server), ok in zip(todo, self._probe_all(todo, http_backends)):
+        for (backend, server), ok in zip(todo, self._probe_all(todo, http_backends, RELOAD_PROBE_TIMEOUT_SECONDS)):
             if ok:
                 out[backend].append(server)
         return out
@@ -282,11 +285,11 @@ class Follower:
         when, _ = self._next_probe.get(name, (0.0, 0.0))
         return time.monotonic() >= when
 
-    def _probe_all(self, todo, http_backends) -> list[bool]:
+    def _probe_all(self, todo, http_backends, timeout_s: float = PROBE_TIMEOUT_SECONDS) -> list[bool]:
         if not todo:
             return []
         pool = gevent.pool.Pool(8)
-        results = pool.map(lambda item: probe(item[1], item[0] in http_backends), todo)
+        results = pool.map(lambda item: probe(item[1], item[0] in http_backends, timeout_s), todo)
         now = time.monotonic()
         for (_, server), ok in zip(todo, results):
             if not ok:

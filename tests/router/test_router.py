@@ -272,3 +272,40 @@ def test_router_status_names_the_haproxy_it_runs(hub, fleet):
     assert st["haproxy_pid"] in haproxy_pids(fleet) and st["hub_ok"]
     mode = os.stat(os.path.join(fleet["router"]["state_dir"], "admin.sock")).st_mode & 0o777
     assert mode == 0o600
+
+
+def test_a_tcp_route_listens_on_its_port(hub, fleet):
+    hub.call("create_container", "busybox", "tcpr.0", {"no_route": True})
+    hub.call("route_add", "tcp:8500", "tcpr.0", 80)
+    wait_converged(fleet, hub)
+    addr = fleet["router"]["listen"].rsplit(":", 1)[0]
+    conn = __import__("http.client").client.HTTPConnection(addr, 8500, timeout=5)
+    conn.request("GET", "/", headers={"Host": "anything"})
+    assert served_by(conn.getresponse().read().decode()) == "tcpr.0"
+    conn.close()
+    hub.call("route_rm", "tcp:8500", "tcpr.0", 80)
+    wait_converged(fleet, hub)
+    with pytest.raises(OSError):
+        __import__("socket").create_connection((addr, 8500), timeout=2).close()
+
+
+def test_a_backend_is_added_only_once_it_answers(hub, fleet):
+    """A container that does not serve yet (created, not started) is not
+    put behind the name: the name answers 503, never a failed connect,
+    until it serves."""
+    name = f"late.{domain(fleet)}"
+    hub.call("create_container", "busybox", "late.0", {"route": name, "no_start": True})
+    seen = set()
+
+    def served_503():
+        status, body = get(fleet, name)
+        seen.add(status)
+        return status == 503 and "no healthy backend" in body
+    wait_for("the name to answer 503", served_503)
+    wait_for("the router to know it", lambda: router_status(fleet).get("hub_version")
+             == hub.call("route_table", "", 0)["version"])
+    for _ in range(10):
+        assert served_503()
+    assert seen <= {404, 503}  # unknown for a moment, then known without a backend
+    hub.call("container_start", "late.0")
+    assert served_by(wait_page(fleet, name)) == "late.0"

@@ -81,3 +81,29 @@ def _agent_ls(host: dict) -> list[dict]:
     from dcctl import wire
     with wire.connect(host["ipc"], 10) as c:
         return c.call("container_ls")
+
+
+def test_the_hub_restarted_the_router_follows_again(hub, fleet):
+    import sys
+    from dcctl import wire
+    name = f"hubr.{domain(fleet)}"
+    hub.call("create_container", "busybox", "hubr.0", {"route": name})
+    wait_page(fleet, name)
+    h = fleet["hub"]
+    os.kill(h["pid"], signal.SIGKILL)
+    wait_for("the router to miss the hub", lambda: not _status(fleet).get("hub_ok"), 60, 0.2)
+    assert get(fleet, name)[0] == 200  # HAProxy serves on without hub and router's table
+    argv = [sys.executable, "-m", "hub.main", "--listen", h["tcp"], "--listen", h["ipc"], "--state-dir",
+            h["state_dir"], "--heartbeat-s", str(HEARTBEAT_S), "--route-domain", fleet["route_domain"]]
+    h["pid"] = fleetmod._spawn(argv, h["log"], h["pid_file"]).pid
+    wait_for("the hub back", lambda: fleetmod.ping(h["ipc"]), 60, 0.2)
+    with wire.connect(h["ipc"], timeout_s=60) as again:
+        wait_for("the hosts back", lambda: all(x["state"] == "alive" for x in again.call("hosts")), 30)
+        again.call("route_add", f"more.{domain(fleet)}", "hubr.0", 80)
+        assert served_by(wait_page(fleet, f"more.{domain(fleet)}", timeout_s=30)) == "hubr.0"
+        wait_converged(fleet, again)
+
+
+def _status(fleet) -> dict:
+    from tests.router.conftest import router_status
+    return router_status(fleet)
