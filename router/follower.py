@@ -57,6 +57,9 @@ MAX_CHANGES_PER_PASS = 16
 #: shut (a stuck keep-alive client must not keep a dead backend forever).
 DRAIN_TIMEOUT_SECONDS = 30.0
 HUB_RETRY_SECONDS = 1.0
+#: A layout HAProxy refused (a TCP port it cannot bind...) is tried again
+#: after this long; meanwhile the names it has keep being served and changed.
+BAD_LAYOUT_RETRY_SECONDS = 10.0
 MANAGED_PREFIXES = ("h_", "w_", "t_")
 
 
@@ -112,6 +115,7 @@ class Follower:
         self._wake = gevent.event.Event()
         self._next_probe: dict[str, tuple[float, float]] = {}  # server name -> (when, backoff)
         self._drain_started: dict[tuple[str, str], float] = {}
+        self._bad_layout: tuple[hx.Layout, float] | None = None  # (refused layout, retry after)
         self._tasks: list[gevent.Greenlet] = []
 
     def start(self) -> None:
@@ -173,6 +177,11 @@ class Follower:
             return
         table = self.table
         layout, wanted = desired(table)
+        http_port = int(proxy.http_bind.rsplit(":", 1)[1])
+        if http_port in layout.tcp:
+            log.warning("route tcp:%d is the HTTP frontend's port: not listened on", http_port)
+            layout = hx.Layout(layout.http, tuple(p for p in layout.tcp if p != http_port))
+            wanted.pop(hx.backend_name(f"tcp:{http_port}"), None)
         frontends, backends, stats = proxy.runtime.stats()
         current: dict[str, dict[str, hx.ServerStat]] = {}
         for s in stats:
@@ -180,7 +189,29 @@ class Follower:
         managed = {b for b in backends if b.startswith(MANAGED_PREFIXES)}
         tcp_now = {f for f in frontends if f.startswith("tcp_")}
         if managed != layout.backends() or tcp_now != {f"tcp_{p}" for p in layout.tcp}:
-            self._relayout(layout, wanted, current)
+            bad = self._bad_layout
+            if bad is None or bad[0] != layout or time.monotonic() >= bad[1]:
+                try:
+                    self._relayout(layout, wanted, current)
+                    self._bad_layout = None
+                except hx.HaproxyError as exc:
+                    log.warning("haproxy refused the new routes (%s); retrying in %g s",
+                                exc, BAD_LAYOUT_RETRY_SECONDS)
+                    self._bad_layout = (layout, time.monotonic() + BAD_LAYOUT_RETRY_SECONDS)
+                    # most likely a new TCP port it cannot bind: the rest without the new ports
+                    fallback = hx.Layout(layout.http, tuple(p for p in layout.tcp if f"tcp_{p}" in tcp_now))
+                    if fallback != layout:
+                        try:
+                            self._relayout(fallback, wanted, current)
+                        except hx.HaproxyError as again:
+                            log.warning("haproxy refused the new names too: %s", again)
+                    return
+            else:  # the names HAProxy has go on changing at runtime
+                old = proxy.layout_of_config() or hx.Layout()
+                self._runtime_changes(old, {b: v for b, v in wanted.items() if b in managed}, current)
+                self.pending = self._count_pending(wanted)
+                self._write_status()
+                return
         else:
             self._runtime_changes(layout, wanted, current)
         self.applied = table["version"]
@@ -214,10 +245,18 @@ class Follower:
         return out
 
     def _relayout(self, layout, wanted, current) -> None:
+        """Write the new layout and reload; on a refusal the previous files
+        are put back (so a restart still brings up what ran) and
+        HaproxyError is raised."""
         servers = self._keep_and_probe(layout, wanted, current)
+        previous = self.proxy.snapshot()
         self.proxy.write(layout, servers)
         log.info("routes changed (%d http, %d tcp): reloading haproxy", len(layout.http), len(layout.tcp))
-        self.proxy.reload()
+        try:
+            self.proxy.reload()
+        except hx.HaproxyError:
+            self.proxy.restore(previous)
+            raise
         self._drain_started.clear()
         self.proxy.save_state()
 

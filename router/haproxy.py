@@ -365,6 +365,23 @@ class Haproxy:
         _write(self.config, text)
         return True
 
+    def snapshot(self) -> dict[str, str | None]:
+        """The config and maps as they are on disk (for restore)."""
+        out: dict[str, str | None] = {}
+        for path in (self.config, os.path.join(self.state_dir, "hosts.map"),
+                     os.path.join(self.state_dir, "wildcards.map")):
+            try:
+                with open(path) as f:
+                    out[path] = f.read()
+            except FileNotFoundError:
+                out[path] = None
+        return out
+
+    def restore(self, snap: dict[str, str | None]) -> None:
+        for path, text in snap.items():
+            if text is not None:
+                _write(path, text)
+
     def save_state(self) -> None:
         """Dump ``show servers state`` into the server-state file (best
         effort: HAProxy may be restarting)."""
