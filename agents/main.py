@@ -113,10 +113,15 @@ def hub_keys(cfg: agent_config.AgentConfig) -> auth.ClientKeys | None:
 
 
 def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> HubLink:
-    """The membership loop: register with cfg.hub and send heartbeats."""
+    """The membership loop: register with cfg.hub and send heartbeats.
+
+    The endpoint it registers is the one the hub can verify: towards a
+    tcp:// hub (CURVE, our key) our tcp:// endpoint, whose server key is
+    that key; towards the hub's local ipc:// endpoint our ipc:// one."""
     agent = service.target
-    tcp = next((ep for ep in cfg.listen if ep.startswith("tcp://")), None)
-    identity = {"name": cfg.host_name, "endpoint": tcp or cfg.listen[0],
+    kind = "ipc://" if cfg.hub.startswith("ipc://") else "tcp://"
+    endpoint = next((ep for ep in cfg.listen if ep.startswith(kind)), cfg.listen[0])
+    identity = {"name": cfg.host_name, "endpoint": endpoint,
                 "address": cfg.advertise_address, "labels": cfg.labels}
 
     def summary() -> dict:

@@ -126,7 +126,7 @@ class AgentService:
             manifest = self.m.images.resolve(ref)
             return self.m.images.remove(ref, in_use_by=self.m.images_in_use(manifest["id"]))
 
-    @expose(access="read")
+    @expose(access="read", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
         """An image's manifest and its layer sizes, for a peer pulling it.
 

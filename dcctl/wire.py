@@ -67,10 +67,11 @@ class Exposed:
     shielded: bool = False  # finish even if the caller goes away
     stream: bool = False  # a generator streamed to the caller
     access: str = "admin"  # "read", "admin" or "agent" (see dcctl.auth.GRANTS)
+    redact_env: bool = True  # env values hidden from auth.REDACTED_ROLES
 
 
 def expose(fn: Callable | None = None, *, shielded: bool = False, stream: bool = False,
-           access: str = "admin"):
+           access: str = "admin", redact_env: bool = True):
     """Mark a method for the served table.
 
     Args:
@@ -81,13 +82,17 @@ def expose(fn: Callable | None = None, *, shielded: bool = False, stream: bool =
             call's greenlet (about two heartbeats after a client gives up) never
             leaves half-made work: the body runs to completion or rollback.
         stream: the method is a generator; zerorpc streams its items.
+        redact_env: callers of a role in auth.REDACTED_ROLES get the result's
+            env maps with their values redacted (auth.redact_env); False only
+            for results whose env is not a secret but content (an image
+            manifest, whose id hashes it).
     """
 
     if access not in auth.GRANTS["admin"] | {"agent"}:
         raise ValueError(f"bad access level {access!r}")
 
     def mark(f: Callable) -> Callable:
-        f.__dc_exposed__ = Exposed(shielded=shielded, stream=stream, access=access)
+        f.__dc_exposed__ = Exposed(shielded=shielded, stream=stream, access=access, redact_env=redact_env)
         return f
 
     return mark(fn) if fn is not None else mark
@@ -379,9 +384,7 @@ class Service:
                     ) from exc
                 raise mapped from exc
 
-        def call(*args):
-            self._authorize(spec.exposed.access, spec.name)
-            spec.check(args)
+        def run(*args):
             if spec.exposed.shielded:
                 child = gevent.Greenlet(_capture, body, *args)
                 child.dc_parent = gevent.getcurrent()
@@ -391,6 +394,16 @@ class Service:
                     raise value
                 return value
             return body(*args)
+
+        def call(*args):
+            caller = self._authorize(spec.exposed.access, spec.name)
+            spec.check(args)
+            result = run(*args)
+            if spec.exposed.redact_env and caller.role in auth.REDACTED_ROLES:
+                if spec.exposed.stream:
+                    return (auth.redact_env(item) for item in result)
+                return auth.redact_env(result)
+            return result
 
         call.__name__ = spec.name
         call.__doc__ = spec.doc

@@ -54,19 +54,23 @@ class HubService(routes.RouteMethods):
         heartbeat_s: expected seconds between agent heartbeats.
         missed_heartbeats: heartbeats missed before a host is unreachable.
         call_timeout_s: default timeout of a forwarded call, seconds.
+        allowlist: the hub's client allowlist (dcctl.auth.Allowlist), where
+            host_add admits a host's key with the agent role; None for a hub
+            without keys.
     """
 
     def __init__(self, store: HubStore, registry: Registry, *, heartbeat_s: float = 3.0,
                  missed_heartbeats: int = 3, call_timeout_s: float = 60.0,
-                 server_pair: tuple[bytes, bytes] | None = None):
+                 server_pair: tuple[bytes, bytes] | None = None, allowlist: auth.Allowlist | None = None):
         self.server_pair = server_pair
+        self.allowlist = allowlist
         self.store = store
         self.registry = registry
         self.heartbeat_s = heartbeat_s
         self.missed_heartbeats = missed_heartbeats
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
-        self._clients: dict[str, tuple[str, wire.RpcClient]] = {}
+        self._clients: dict[str, tuple[tuple[str, str], wire.RpcClient]] = {}  # host: ((endpoint, key), client)
         self._tasks: list[gevent.Greenlet] = []
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.healer = Healer(self)
@@ -148,19 +152,31 @@ class HubService(routes.RouteMethods):
 
     def client(self, host: str, row: dict | None = None) -> wire.RpcClient:
         """The hub's zerorpc client for ``host`` (made on first use);
-        ``row`` is its store row when the caller has it already."""
+        ``row`` is its store row when the caller has it already.
+
+        A host that registered with a key is reached over CURVE with that
+        key as the expected server key (an agent's client key is its server
+        key), so an endpoint of any other server fails the handshake; a host
+        that joined locally (no key) is reached at its ipc endpoint only.
+
+        Raises: Unreachable (the row's endpoint and key do not fit)."""
         row = row or self.store.host(host)
         endpoint = row["endpoint"]
         cached = self._clients.get(host)
-        if cached is None or cached[0] != endpoint:
+        if cached is None or cached[0] != (endpoint, row["key"]):
             if cached is not None:
                 cached[1].close()
+                del self._clients[host]
             keys = None
-            if endpoint.startswith("tcp://") and row["key"] and self.server_pair:
-                # the agent's client key (authenticated at registration) is its server key
+            if row["key"]:
+                if not endpoint.startswith("tcp://") or not self.server_pair:
+                    raise errors.Unreachable(f"host {host} has a key but no CURVE endpoint the hub can verify",
+                                             hint="it registers again with a tcp:// endpoint")
                 keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
-            cached = (endpoint, wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
-                                               heartbeat_s=max(1.0, self.heartbeat_s)))
+            elif not endpoint.startswith("ipc://"):
+                raise errors.Unreachable(f"host {host} joined without a key at a non-local endpoint")
+            cached = ((endpoint, row["key"]), wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
+                                                             heartbeat_s=max(1.0, self.heartbeat_s)))
             self._clients[host] = cached
         return cached[1]
 
@@ -181,15 +197,47 @@ class HubService(routes.RouteMethods):
         return self._call(self._owner(name), method, name, *args, timeout_s=timeout_s)
 
     # ------------------------------------------------------------ membership
+    @expose(shielded=True)
+    def host_add(self, name: str, key: str) -> dict:
+        """Admit a new host (the operator's step, like accepting a key in
+        Salt): bind the host ``name`` to its CURVE public ``key`` and allow
+        that key on the hub with the agent role.  Only then may the host
+        register, and under this name only.  Idempotent.
+
+        Args:
+            name: the host's name (its agent's --host-name).
+            key: its agent's public key, 40 Z85 characters (the
+                ``public-key`` of KEYS_DIR/server.key on the host; the agent
+                also logs it at start).
+
+        Returns: {name, key, added_at (Unix s)}.
+        Raises: InvalidArgument, Conflict (the name is bound to another key,
+        or the key to another host: host_remove first).
+        """
+        validate.container_name(name)  # same alphabet and length
+        key = auth.public_key(key)
+        binding = self.store.bind_key(name, key)
+        if self.allowlist is not None:
+            self.allowlist.add("agent", name, key)
+        log.info("host %s added with key %s", name, key)
+        self._event("host_added", host=name)
+        return binding
+
     @expose(access="agent")
     def host_register(self, info: dict) -> dict:
         """Called by agents: join (or re-join) the fleet.
 
-        Args: info: {name, endpoint (tcp:// or ipc:// the hub can reach),
-        address (where its mapped ports answer), labels {k: v}, capacity {...}}.
+        Args: info: {name, endpoint, address (where its mapped ports
+        answer), labels {k: v}, capacity {...}}.  Over CURVE the endpoint is
+        the agent's tcp:// endpoint, whose server key must be the
+        registering key (the hub checks it on every call), and the name must
+        be the one host_add bound to that key.  Over the hub's local ipc
+        endpoint (root on the hub's machine) the endpoint is the agent's
+        ipc:// endpoint and the name must not be bound to a key.
 
         Returns: {name, heartbeat_s}.
-        Raises: InvalidArgument.
+        Raises: InvalidArgument (a bad field, or an endpoint of the wrong
+        kind), Unauthorized (the key is not bound to this name).
         """
         validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": ""},
                          "host_register")
@@ -203,8 +251,15 @@ class HubService(routes.RouteMethods):
                                                    for k, v in labels.items()):
             raise errors.InvalidArgument("labels must be a map of strings")
         caller = wire.current_caller()
+        key = caller.key if caller else ""
+        if key and not endpoint.startswith("tcp://"):
+            raise errors.InvalidArgument(f"a host registering with a key gives its tcp:// endpoint, not {endpoint}",
+                                         hint="ipc endpoints join over the hub's local ipc endpoint only")
+        if not key and not endpoint.startswith("ipc://"):
+            raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
+                                         hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
-                               info.get("capacity") or {}, caller.key if caller else "")
+                               info.get("capacity") or {}, key)
         cached = self._clients.pop(name, None)
         if cached is not None:
             cached[1].close()
@@ -237,16 +292,25 @@ class HubService(routes.RouteMethods):
     @expose(shielded=True)
     def host_remove(self, name: str) -> dict:
         """Forget a host (e.g. decommissioned, or registered by mistake): its
-        membership and its key binding; the fleet's records of containers
-        placed there are dropped too (they are not touched on the host).
+        membership, its key binding and the allowlist entry host_add made
+        (it must be added again to rejoin); the fleet's records of
+        containers placed there are dropped too (they are not touched on
+        the host).
 
         Returns: {name, containers_forgotten}. Raises: NoSuchHost.
         """
-        self.store.host(name)
+        binding = self.store.binding(name)
+        try:
+            self.store.host(name)
+        except errors.NoSuchHost:
+            if binding is None:  # added, never registered: the binding goes all the same
+                raise
         rows = self.store.containers(name)
         for row in rows:
             self.store.forget(row["name"])
         self.store.remove_host(name)
+        if binding is not None and self.allowlist is not None:
+            self.allowlist.remove("agent", name, binding["key"])
         cached = self._clients.pop(name, None)
         if cached is not None:
             cached[1].close()
@@ -577,7 +641,7 @@ class HubService(routes.RouteMethods):
             info["manifest"], info["layer_sizes"],
             lambda d, off, n: self._call(host, "image_layer_read", d, off, n, timeout_s=PULL_TIMEOUT_SECONDS))
 
-    @expose(access="read")
+    @expose(access="read", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
         """For agents pulling: {manifest, layer_sizes {digest: bytes}}."""
         m = self.registry.resolve(ref)
