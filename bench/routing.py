@@ -3,10 +3,15 @@
 1. Requests/s and p50/p99 latency through the router (HAProxy 2.6 in its own
    namespace, Host-header routing) beside direct requests to the same
    container's host mapping (host address : mapped port), in the same run,
-   with the same clients (threads, a new connection per request).
+   with the same clients (threads), in alternating slices; once with a new
+   connection per request, once with clients that keep their connection
+   open where the server lets them (HAProxy does; busybox httpd closes).
    Target: the router at 0.8x the direct throughput or better.
 2. Time from ``create_container`` returning to the first 200 through the
    router for the new container's default route.  Target: under 1 s.
+3. Time from a host's death (agent SIGKILLed, containers stopped dead) to
+   the first 200 through the router from the ``--restart always`` container
+   re-created elsewhere (heartbeats every 1 s, a host lost after 3 missed).
 
 A local fleet of 3 hosts with a router, real LXC containers (busybox
 httpd).  Prints figures; asserts nothing.
@@ -21,6 +26,7 @@ import http.client
 import ipaddress
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +48,19 @@ def free_subnet() -> str:
     raise RuntimeError("no free subnet for the bench fleet")
 
 
+def keepalive_get(conn: http.client.HTTPConnection, host: str) -> int:
+    """GET on a kept connection (http.client opens it again when the server
+    closed it)."""
+    try:
+        conn.request("GET", "/", headers={"Host": host})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        raise OSError("request failed")
+
+
 def one_get(addr: str, port: int, host: str | None, timeout_s: float = 5.0) -> int:
     conn = http.client.HTTPConnection(addr, port, timeout=timeout_s)
     try:
@@ -53,25 +72,31 @@ def one_get(addr: str, port: int, host: str | None, timeout_s: float = 5.0) -> i
         conn.close()
 
 
-def load(addr: str, port: int, host: str | None, clients: int, seconds: float) -> dict:
-    """``clients`` threads GET for ``seconds``: {rps, p50_ms, p99_ms, n, errors}."""
-    latencies: list[float] = []
-    errors = [0]
+def load(addr: str, port: int, host: str | None, clients: int, seconds: float,
+         latencies: list[float] | None = None, errors: list[int] | None = None, keepalive: bool = False) -> float:
+    """``clients`` threads GET for ``seconds``; each success's latency (s) is
+    appended to ``latencies``, failures counted in ``errors[0]``; returns the
+    seconds it took."""
+    latencies = [] if latencies is None else latencies
+    errors = [0] if errors is None else errors
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
 
     def client():
         mine, bad = [], 0
+        conn = http.client.HTTPConnection(addr, port, timeout=5) if keepalive else None
         while time.monotonic() < stop_at:
             t0 = time.perf_counter()
             try:
-                ok = one_get(addr, port, host) == 200
+                ok = (keepalive_get(conn, host or f"{addr}:{port}") if keepalive else one_get(addr, port, host)) == 200
             except OSError:
                 ok = False
             if ok:
                 mine.append(time.perf_counter() - t0)
             else:
                 bad += 1
+        if conn is not None:
+            conn.close()
         with lock:
             latencies.extend(mine)
             errors[0] += bad
@@ -82,11 +107,27 @@ def load(addr: str, port: int, host: str | None, clients: int, seconds: float) -
         t.start()
     for t in threads:
         t.join()
-    took = time.monotonic() - started
-    latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0.0  # noqa: E731
-    return {"rps": len(latencies) / took, "p50_ms": pick(0.50), "p99_ms": pick(0.99), "n": len(latencies),
-            "errors": errors[0]}
+    return time.monotonic() - started
+
+
+def interleaved(paths: dict[str, tuple[str, int, str | None]], clients: int, seconds: float, rounds: int,
+                keepalive: bool = False) -> dict:
+    """Load each path for ``seconds`` in all, in ``rounds`` alternating
+    slices (a shared machine's noise falls on both alike):
+    {path: {rps, p50_ms, p99_ms, n, errors}}."""
+    acc = {k: {"lat": [], "err": [0], "took": 0.0} for k in paths}
+    for i in range(rounds):
+        order = list(paths) if i % 2 == 0 else list(reversed(paths))
+        for k in order:
+            a = acc[k]
+            a["took"] += load(*paths[k], clients, seconds / rounds, a["lat"], a["err"], keepalive)
+    out = {}
+    for k, a in acc.items():
+        lat = sorted(a["lat"])
+        pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else 0.0  # noqa: E731
+        out[k] = {"rps": len(lat) / a["took"], "p50_ms": pick(0.50), "p99_ms": pick(0.99), "n": len(lat),
+                  "errors": a["err"][0]}
+    return out
 
 
 def first_200(router: tuple[str, int], host: str, timeout_s: float = 30.0) -> float | None:
@@ -101,15 +142,44 @@ def first_200(router: tuple[str, int], host: str, timeout_s: float = 30.0) -> fl
     return None
 
 
+def failover(hub: wire.RpcClient, fleet: dict, router: tuple[str, int]) -> None:
+    victim = fleet["hosts"][2]
+    made = hub.call("create_container", "busybox", "bench.moved", {"restart": "always", "host": victim["name"]})
+    name = made["routes"][0]
+    first_200(router, name)
+    died = time.monotonic()
+    os.kill(victim["pid"], signal.SIGKILL)
+    lxc_path = os.path.join(victim["state_dir"], "lxc")
+    for c in os.listdir(lxc_path):
+        subprocess.run(["nsenter", f"--net=/run/netns/{victim['netns']}", "lxc-stop", "-P", lxc_path, "-n", c,
+                        "-k"], capture_output=True, timeout=60)
+    while time.monotonic() - died < 60:
+        try:
+            conn = http.client.HTTPConnection(*router, timeout=2)
+            conn.request("GET", "/", headers={"Host": name, "Connection": "close"})
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace")
+            conn.close()
+            if resp.status == 200 and victim["name"] not in body:
+                print(f"  host death -> first 200 via the router from the re-created container: "
+                      f"{time.monotonic() - died:.2f} s (heartbeat 1 s, lost after 3 missed)")
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    print("  host death -> first 200: the re-created container did not answer in 60 s")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=5.0, help="per load run")
+    ap.add_argument("--seconds", type=float, default=6.0, help="of load per path (direct, router)")
     ap.add_argument("--creates", type=int, default=5, help="creates timed to their first 200")
-    ap.add_argument("--quick", action="store_true", help="the tiny form: 2 clients, 1 s, 1 create")
+    ap.add_argument("--no-failover", action="store_true", help="skip figure 3")
+    ap.add_argument("--quick", action="store_true", help="the tiny form: 2 clients, 1 s, 1 create, no failover")
     args = ap.parse_args(argv)
     if args.quick:
-        args.clients, args.seconds, args.creates = 2, 1.0, 1
+        args.clients, args.seconds, args.creates, args.no_failover = 2, 1.0, 1, True
     if os.geteuid() != 0:
         print("bench/routing: run as root", file=sys.stderr)
         return 2
@@ -125,15 +195,18 @@ def main(argv: list[str] | None = None) -> int:
             if first_200(router, name) is None:
                 print("bench/routing: the route never answered", file=sys.stderr)
                 return 1
-            print(f"routing bench: one busybox httpd backend, {args.clients} clients, {args.seconds:g} s per run, "
-                  f"a new connection per request (fleet {prefix}, 3 hosts, this machine)")
-            d = load(*direct, None, args.clients, args.seconds)
-            r = load(*router, name, args.clients, args.seconds)
-            for label, f in (("direct (host mapping)", d), ("via the router (HAProxy)", r)):
-                print(f"  {label:26} {f['rps']:8.0f} req/s   p50 {f['p50_ms']:6.2f} ms   p99 {f['p99_ms']:6.2f} ms"
-                      f"   ({f['n']} requests, {f['errors']} errors)")
-            ratio = r["rps"] / d["rps"] if d["rps"] else 0.0
-            print(f"  router / direct throughput: {ratio:.2f}x (target >= 0.8x)")
+            print(f"routing bench: one busybox httpd backend, {args.clients} client threads, {args.seconds:g} s per "
+                  f"path in alternating slices (fleet {prefix}, 3 hosts, this machine)")
+            for keepalive in (False, True):
+                figures = interleaved({"direct": (*direct, None), "router": (*router, name)}, args.clients,
+                                      args.seconds, 1 if args.quick else 6, keepalive)
+                d, r = figures["direct"], figures["router"]
+                print("  clients keeping connections open:" if keepalive else "  a new connection per request:")
+                for label, f in (("direct (host mapping)", d), ("via the router (HAProxy)", r)):
+                    print(f"    {label:26} {f['rps']:8.0f} req/s   p50 {f['p50_ms']:6.2f} ms   "
+                          f"p99 {f['p99_ms']:6.2f} ms   ({f['n']} requests, {f['errors']} errors)")
+                ratio = r["rps"] / d["rps"] if d["rps"] else 0.0
+                print(f"    router / direct throughput: {ratio:.2f}x (target >= 0.8x)")
             times = []
             for i in range(args.creates):
                 made = hub.call("create_container", "busybox", f"bench.new{i}")
@@ -145,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                       f" max {max(times):.3f} s over {len(times)} creates (target < 1 s)")
             else:
                 print("  create_container -> first 200: no create answered through the router")
+            if not args.no_failover:
+                failover(hub, fleet, router)
     finally:
         left = fleetmod.down(prefix)
         if left:

@@ -46,6 +46,8 @@ from router import haproxy as hx
 log = logging.getLogger(__name__)
 
 PASS_SECONDS = 0.5
+#: The pass interval while something is pending (a probe to retry, a drain).
+BUSY_PASS_SECONDS = 0.1
 WAIT_SECONDS = 20.0
 PROBE_TIMEOUT_SECONDS = 1.0
 #: Before a reload, new servers get this long to answer; the others are
@@ -162,7 +164,7 @@ class Follower:
                 log.warning("haproxy: %s", exc)
             except Exception:  # a bug must not stop the router: log, retry next pass
                 log.exception("apply failed")
-            self._wake.wait(timeout=PASS_SECONDS)
+            self._wake.wait(timeout=BUSY_PASS_SECONDS if self.pending > 0 else PASS_SECONDS)
 
     def apply(self) -> None:
         """One pass (see the module docstring)."""
@@ -333,7 +335,7 @@ class Follower:
         for (_, server), ok in zip(todo, results):
             if not ok:
                 _, backoff = self._next_probe.get(server.name, (0.0, 0.0))
-                backoff = min(PROBE_BACKOFF_MAX_SECONDS, max(0.25, backoff * 2))
+                backoff = min(PROBE_BACKOFF_MAX_SECONDS, max(0.05, backoff * 2))
                 self._next_probe[server.name] = (now + backoff, backoff)
         return results
 

@@ -455,8 +455,7 @@ class Haproxy:
     def start(self) -> int:
         """Start HAProxy (a daemon) from the config on disk; returns its pid.
 
-        Raises: HaproxyError."""
-        self.check_config()
+        Raises: HaproxyError (with HAProxy's complaint about the config)."""
         if os.path.exists(self.socket):
             os.unlink(self.socket)  # a dead process's
         return self._launch([])
@@ -464,9 +463,8 @@ class Haproxy:
     def reload(self) -> int:
         """A seamless reload: the new process takes the listening sockets
         over the admin socket (``-x``, ``expose-fd listeners``) and the old
-        one finishes its connections (``-sf``).  Raises: HaproxyError (the
-        old process keeps serving)."""
-        self.check_config()
+        one finishes its connections (``-sf``), once the new one runs.
+        Raises: HaproxyError (the old process keeps serving)."""
         old = self.pid()
         if old is None:
             return self.start()
