@@ -2,7 +2,8 @@
 runtime API.
 
 HAProxy (Debian 12's 2.6) runs as a daemon of its own (``-D``), so it keeps
-serving while ``dc-router`` is stopped or killed.  Everything lives in the
+serving while ``dc-router`` is stopped or killed.  It drops to Debian's
+``haproxy`` user once its sockets are bound and its files read.  Everything lives in the
 router's state dir::
 
     STATE/haproxy.cfg        the config, rewritten after every change: every
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import grp
 import io
 import logging
 import os
+import pwd
 import re
 import signal
 import time
@@ -109,6 +112,10 @@ global
     server-state-file {{ state }}/server-state
     maxconn {{ maxconn }}
     hard-stop-after 60s
+{% if user %}
+    user {{ user }}
+    group {{ group }}
+{% endif %}
 
 defaults
     mode http
@@ -171,15 +178,26 @@ ERROR_503 = ("HTTP/1.0 503 Service Unavailable\r\nCache-Control: no-cache\r\nCon
              "</body></html>\n")
 
 
+def _service_user() -> tuple[str, str] | None:
+    """Debian's ``haproxy`` user and group, which HAProxy drops to once its
+    sockets are bound and its files read (None where they do not exist)."""
+    try:
+        pw = pwd.getpwnam("haproxy")
+        return pw.pw_name, grp.getgrgid(pw.pw_gid).gr_name
+    except KeyError:
+        return None
+
+
 def render(state_dir: str, http_bind: str, tcp_bind: str, layout: Layout,
            servers: dict[str, list[Server]], maxconn: int = 4096) -> str:
     """The config text for ``layout`` with ``servers`` {backend: [Server]}."""
+    user, group = _service_user() or ("", "")
     http = [{"backend": backend_name(n), "check_host": n[2:] if n.startswith("*.") else n,
              "servers": sorted(servers.get(backend_name(n), []), key=lambda s: s.name)} for n in layout.http]
     tcp = [{"port": p, "backend": backend_name(f"tcp:{p}"),
             "servers": sorted(servers.get(backend_name(f"tcp:{p}"), []), key=lambda s: s.name)} for p in layout.tcp]
     return _TEMPLATE.render(state=state_dir, http_bind=http_bind, tcp_bind=tcp_bind, http=http, tcp=tcp,
-                            keywords=SERVER_KEYWORDS, maxconn=maxconn)
+                            keywords=SERVER_KEYWORDS, maxconn=maxconn, user=user, group=group)
 
 
 def _write(path: str, text: str, mode: int = 0o600) -> None:
