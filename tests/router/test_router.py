@@ -92,7 +92,8 @@ def test_no_healthy_backend_is_a_clear_503(hub, fleet):
 
 def test_load_while_backends_come_and_go_loses_no_request(hub, fleet):
     """4 clients for at most 20 s while 20 backend changes (route_add /
-    route_rm of two containers) go through the router: no request fails."""
+    route_rm of two containers) and 4 new names (4 reloads) go through the
+    router: no request fails."""
     name = f"load.{domain(fleet)}"
     replicas(hub, "load", 2, name)
     for i in (2, 3):
@@ -121,7 +122,8 @@ def test_load_while_backends_come_and_go_loses_no_request(hub, fleet):
     for t in threads:
         t.start()
     try:
-        changes = 0
+        changes = reloads = 0
+        pids = set(haproxy_pids(fleet))
         while changes < 20 and time.monotonic() - started < 18:
             c = f"load.{2 + changes // 2 % 2}"
             if changes % 2 == 0:
@@ -129,13 +131,17 @@ def test_load_while_backends_come_and_go_loses_no_request(hub, fleet):
             else:
                 hub.call("route_rm", name, c, 80)
             changes += 1
+            if changes % 5 == 0:  # and a new name: HAProxy reloads under the load
+                hub.call("route_add", f"load{changes}.{domain(fleet)}", c, 80)
+                reloads += 1
             time.sleep(0.4)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=15)
-    assert changes == 20
+    assert changes == 20 and reloads == 4
     assert counts["failed"] == 0, failures[:5]
+    assert set(haproxy_pids(fleet)) != pids  # it did reload
     assert counts["ok"] > 40, counts
     wait_converged(fleet, hub)
 
