@@ -127,6 +127,9 @@ defaults
     timeout queue 5s
     timeout check 2s
     load-server-state-from-file global
+    # on a reload the old process answers a kept connection's next request
+    # (with Connection: close) instead of closing it under a client
+    option idle-close-on-response
     option redispatch 1
     retries 3
     retry-on conn-failure empty-response response-timeout

@@ -158,3 +158,50 @@ def test_a_killed_haproxy_comes_back_in_one_pass(follower, backends):
     assert get(f.port, "a.test")[0] == 200
     mode = os.stat(f.proxy.socket).st_mode & 0o777
     assert mode == 0o600
+
+
+def test_kept_client_connections_survive_reloads(follower, backends):
+    """Clients that keep their connection open see no error while HAProxy
+    reloads 6 times (the old process answers their next request with
+    Connection: close rather than closing under them)."""
+    import threading
+    f, one = follower, backends["one"]
+    converge(f, table("0", {"a.test": [("one", one)]}))
+    stop, lock = threading.Event(), threading.Lock()
+    counts, why = {"ok": 0, "bad": 0}, []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", f.port, timeout=5)
+        while not stop.is_set():
+            try:
+                conn.request("GET", "/", headers={"Host": "a.test"})
+                r = conn.getresponse()
+                r.read()
+                good, reason = r.status == 200, r.status
+            except (OSError, http.client.HTTPException) as exc:
+                good, reason = False, repr(exc)
+                conn.close()
+            with lock:
+                counts["ok" if good else "bad"] += 1
+                if not good:
+                    why.append(reason)
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        pids = set()
+        for i in range(1, 7):
+            time.sleep(0.5)
+            names = {"a.test": [("one", one)], **{f"n{j}.test": [("one", one)] for j in range(i)}}
+            converge(f, table(str(i), names))
+            pids.add(f.proxy.pid())
+    finally:
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert len(pids) == 6  # six reloads
+    assert counts["bad"] == 0, why[:5]
+    assert counts["ok"] > 100
