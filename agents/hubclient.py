@@ -7,10 +7,15 @@ the host gone) gets a fresh registration.  Every error the hub answers (a
 refused key, a name not added with host_add, a bad endpoint) is logged at
 WARNING once per distinct error, with the hub's hint, and retried; the
 next success is logged too, so the log says what state the link is in.
+
+Registration and every heartbeat carry a boot id, new each time the agent
+process starts: a hub that sees it change knows the calls it had in flight to
+this host died with the previous process, and fails them at once.
 """
 from __future__ import annotations
 
 import logging
+import uuid
 
 import gevent
 
@@ -34,10 +39,12 @@ class HubLink(BackgroundLoop):
             "capacity"); called every beat.
         heartbeat_s: seconds between beats.
         keys: CURVE ClientKeys for a tcp:// hub.
+        boot_id: this process's boot id (default: a new random one).
     """
 
     def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0, keys=None,
-                 on_beat=None):
+                 on_beat=None, boot_id: str | None = None):
+        self.boot_id = boot_id or uuid.uuid4().hex
         self.on_beat = on_beat  # called after each heartbeat the hub accepted
         self.endpoint = endpoint
         self.keys = keys
@@ -80,12 +87,13 @@ class HubLink(BackgroundLoop):
         try:
             if not self.registered:
                 what = "registration"
-                client.call("host_register", {**self.identity, "capacity": summary["capacity"]})
+                client.call("host_register", {**self.identity, "capacity": summary["capacity"],
+                                               "boot_id": self.boot_id})
                 self.registered = True
                 log.info("registered with hub %s as %s at %s", self.endpoint, self.identity["name"],
                          self.identity["endpoint"])
                 what = "heartbeat"
-            client.call("host_heartbeat", self.identity["name"], summary)
+            client.call("host_heartbeat", self.identity["name"], {**summary, "boot_id": self.boot_id})
             if self.last_error is not None:
                 log.info("hub %s: heartbeats accepted again", self.endpoint)
                 self.last_error = None

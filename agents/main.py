@@ -1,5 +1,8 @@
 """``dc-agent``: the host agent's entry point.
 
+``dc-agent decommission`` removes what an agent leaves behind
+(agents.decommission).
+
 Start-up order: settings, bridge and netfilter chains, image store (busybox
 built on first use), re-adoption of existing containers and their port
 mappings, then serving.  SIGTERM/SIGINT stop serving only: containers and
@@ -133,7 +136,12 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the agent until SIGTERM/SIGINT. Exit 2 on bad settings."""
+    """Run the agent until SIGTERM/SIGINT. Exit 2 on bad settings.
+    ``dc-agent decommission ...`` runs agents.decommission instead."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["decommission"]:
+        from agents import decommission
+        return decommission.main(args[1:])
     try:
         cfg = agent_config.load(argv)
     except errors.InvalidArgument as exc:
