@@ -240,9 +240,14 @@ class RouteMethods:
 
     @expose(access="routes")
     def route_ls(self) -> list:
-        """Every route, resolved: [{name, kind ("http"|"tcp"), listen_port,
-        backends: [{container, container_port, host, address, port (mapped
-        host port: address:port is where it answers), healthy, status}]}]."""
+        """Every route, resolved.
+
+        Returns: [{name, kind ("http"|"tcp"), listen_port, backends:
+        [{container, container_port, host, address, port (mapped host port:
+        address:port is where it answers), healthy, status ("up", or why
+        not: no_container, placing, host_gone, host_unreachable,
+        not_mapped, not_running)}]}], by name.
+        """
         return resolve(self.store)
 
     def route_get(self, name: str) -> dict:
@@ -267,6 +272,7 @@ class RouteMethods:
         Returns: {version, routes (as route_ls), domain}.  A router calls
         again with the version it got; any change (a route, a container
         placed, moved, stopped or destroyed, a host lost) answers at once.
+        Raises: InvalidArgument (wait_s out of range).
         """
         wait = validate.number(wait_s, "wait_s", minimum=0, maximum=MAX_WAIT_SECONDS)
         deadline = time.monotonic() + wait
