@@ -5,11 +5,13 @@ config alone."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -137,7 +139,7 @@ def test_a_tcp_port_haproxy_cannot_bind_blocks_nothing_else(follower, backends):
         frontends, backends_now, _ = f.proxy.runtime.stats()
         assert f"tcp_{port}" not in frontends and "h_b.test" in backends_now
         with open(f.status_file) as fh:
-            assert not __import__("json").load(fh)["converged"]
+            assert not json.load(fh)["converged"]
         f.proxy.check_config()  # the config on disk still starts
     finally:
         taken.close()
@@ -164,7 +166,6 @@ def test_kept_client_connections_survive_reloads(follower, backends):
     """Clients that keep their connection open see no error while HAProxy
     reloads 6 times (the old process answers their next request with
     Connection: close rather than closing under them)."""
-    import threading
     f, one = follower, backends["one"]
     converge(f, table("0", {"a.test": [("one", one)]}))
     stop, lock = threading.Event(), threading.Lock()

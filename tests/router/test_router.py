@@ -3,8 +3,10 @@ LXC containers running busybox httpd), the hub's route table, dc-router and
 Debian's HAProxy 2.6 in the router's own namespace."""
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -285,14 +287,14 @@ def test_a_tcp_route_listens_on_its_port(hub, fleet):
     hub.call("route_add", "tcp:8500", "tcpr.0", 80)
     wait_converged(fleet, hub)
     addr = fleet["router"]["listen"].rsplit(":", 1)[0]
-    conn = __import__("http.client").client.HTTPConnection(addr, 8500, timeout=5)
+    conn = http.client.HTTPConnection(addr, 8500, timeout=5)
     conn.request("GET", "/", headers={"Host": "anything"})
     assert served_by(conn.getresponse().read().decode()) == "tcpr.0"
     conn.close()
     hub.call("route_rm", "tcp:8500", "tcpr.0", 80)
     wait_converged(fleet, hub)
     with pytest.raises(OSError):
-        __import__("socket").create_connection((addr, 8500), timeout=2).close()
+        socket.create_connection((addr, 8500), timeout=2).close()
 
 
 def test_a_backend_is_added_only_once_it_answers(hub, fleet):

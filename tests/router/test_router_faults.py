@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
+from dcctl import wire
 from ops import fleet as fleetmod
-from tests.router.conftest import HEARTBEAT_S, domain, get, served_by, wait_converged, wait_for, wait_page
+from tests.router.conftest import (HEARTBEAT_S, domain, get, router_status, served_by, wait_converged, wait_for,
+                                   wait_page)
 
 pytestmark = pytest.mark.lxc
 
@@ -78,14 +81,11 @@ def test_a_container_moved_by_failover_is_routed_at_its_new_host(hub, fleet):
 
 
 def _agent_ls(host: dict) -> list[dict]:
-    from dcctl import wire
     with wire.connect(host["ipc"], 10) as c:
         return c.call("container_ls")
 
 
 def test_the_hub_restarted_the_router_follows_again(hub, fleet):
-    import sys
-    from dcctl import wire
     name = f"hubr.{domain(fleet)}"
     hub.call("create_container", "busybox", "hubr.0", {"route": name})
     wait_page(fleet, name)
@@ -105,5 +105,4 @@ def test_the_hub_restarted_the_router_follows_again(hub, fleet):
 
 
 def _status(fleet) -> dict:
-    from tests.router.conftest import router_status
     return router_status(fleet)
