@@ -610,13 +610,17 @@ class ContainerManager:
         """See AgentService.container_logs."""
         self._record(name, ready=False)
         path = os.path.join(self._dir(name), "console.log")
-        try:
-            size = os.path.getsize(path)
-            with open(path, "rb") as f:
-                f.seek(max(0, size - max_bytes))
-                data = f.read(max_bytes)
-        except FileNotFoundError:
-            size, data = 0, b""
+
+        def tail() -> tuple[int, bytes]:  # up to 4 MiB: in the thread pool
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    f.seek(max(0, size - max_bytes))
+                    return size, f.read(max_bytes)
+            except FileNotFoundError:
+                return 0, b""
+
+        size, data = _blocking(tail)
         return {"name": name, "size_bytes": size, "data": data, "truncated": size > len(data)}
 
     def cleanup(self) -> dict:

@@ -131,7 +131,8 @@ class AgentService:
         """
         with self.m.images_lock:
             manifest = self.m.images.resolve(ref)
-            return self.m.images.remove(ref, in_use_by=self.m.images_in_use(manifest["id"]))
+            return self.m.images.remove(ref, in_use_by=self.m.images_in_use(manifest["id"]),
+                                        offload=lambda fn, *a: gevent.get_hub().threadpool.apply(fn, a))
 
     @expose(access="read", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
