@@ -16,8 +16,9 @@
 A local fleet of 3 hosts with a router, real LXC containers (busybox
 httpd).  Prints figures; asserts nothing.
 
-Run as root:  python3 bench/routing.py [--clients 4] [--seconds 5] [--creates 5]
+Run as root:  python3 bench/routing.py [--clients 4] [--seconds 6] [--creates 5] [--prefix P]
               python3 bench/routing.py --quick     (the tiny form the tests run)
+SIGTERM or Ctrl-C tears the fleet down (bench/_common.py).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import _common  # noqa: E402
 from dcctl import wire  # noqa: E402
 from ops import fleet as fleetmod  # noqa: E402
 
@@ -101,12 +103,14 @@ def load(addr: str, port: int, host: str | None, clients: int, seconds: float,
             latencies.extend(mine)
             errors[0] += bad
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    # daemon threads: a SIGTERM in the main thread must not wait for them
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        while t.is_alive():
+            t.join(timeout=0.2)
     return time.monotonic() - started
 
 
@@ -171,19 +175,19 @@ def failover(hub: wire.RpcClient, fleet: dict, router: tuple[str, int]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=6.0, help="of load per path (direct, router)")
     ap.add_argument("--creates", type=int, default=5, help="creates timed to their first 200")
     ap.add_argument("--no-failover", action="store_true", help="skip figure 3")
-    ap.add_argument("--quick", action="store_true", help="the tiny form: 2 clients, 1 s, 1 create, no failover")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.clients, args.seconds, args.creates, args.no_failover = 2, 1.0, 1, True
+    args = _common.parse(ap, {"clients": 2, "seconds": 1.0, "creates": 1, "no_failover": True},
+                         "dbr" + secrets.token_hex(2), argv)
     if os.geteuid() != 0:
         print("bench/routing: run as root", file=sys.stderr)
         return 2
-    prefix = "dbr" + secrets.token_hex(2)
+    prefix = args.prefix
+    # up() undoes its own steps if it fails or is interrupted, and refuses a
+    # prefix in use (left alone: the finally below is only for our fleet)
     fleet = fleetmod.up(prefix, 3, free_subnet(), heartbeat_s=1.0, router=True)
     try:
         r_addr, r_port = fleet["router"]["listen"].rsplit(":", 1)
@@ -228,4 +232,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _common.run(main)
