@@ -152,7 +152,7 @@ class LayerStore:
 
     def add_layer_from_tar(self, path: str, *, diff_id: str | None = None,
                            max_bytes: int = DEFAULT_MAX_LAYER_BYTES,
-                           max_members: int = 2_000_000) -> tuple[str, bool]:
+                           max_members: int = 2_000_000, opener=None) -> str:
         """Add an untrusted image layer tar (plain or gzip; an OCI or
         docker-save layer: whiteouts ``.wh.NAME`` and ``.wh..wh..opq``),
         re-packed into the canonical layer tar.
@@ -162,10 +162,12 @@ class LayerStore:
             diff_id: if given, the sha256 hex the decompressed tar must have.
             max_bytes: cap on the decompressed size, in bytes.
             max_members: cap on the number of members.
+            opener: read the blob from this callable's file object instead
+                of opening ``path`` (a member of an archive).
 
         Returns:
-            (layer id, whether it was new).  A new layer is pinned (gc and
-            remove keep it) until ``unpin()``.
+            the layer id; the layer is pinned (gc and remove keep it) until
+            ``unpin()`` or ``drop_layer_if_unused()``.
 
         Raises:
             InvalidImage: hostile or corrupt layer (names the member),
@@ -175,21 +177,21 @@ class LayerStore:
         with self.staging("oci-layer") as stage:
             unpacked = self._mkdir(os.path.join(stage, "rootfs"))
             info = safe_extract(path, unpacked, max_bytes=max_bytes, max_members=max_members,
-                                layer=True, sha256=diff_id is not None)
+                                layer=True, sha256=diff_id is not None, opener=opener)
             if diff_id is not None and info["sha256"] != diff_id:
                 raise InvalidImage(f"layer {path}: diff_id mismatch: the config says "
                                    f"sha256:{diff_id}, the tar is sha256:{info['sha256']}")
             tar_tmp = os.path.join(stage, "layer.tar")
             digest, _size = pack_dir(unpacked, tar_tmp)
-            if self.has_layer(digest):
-                return digest, False
             self._pinned.add(digest)
+            if self.has_layer(digest):
+                return digest
             try:
                 self._install_layer(digest, tar_tmp, unpacked)
             except BaseException:
                 self._pinned.discard(digest)
                 raise
-            return digest, True
+            return digest
 
     def unpin(self, layer_id: str) -> None:
         """Let gc/remove consider a layer added by add_layer_from_tar again."""
@@ -202,13 +204,15 @@ class LayerStore:
         if layer_id not in referenced and self.has_layer(layer_id):
             self._remove_layer(layer_id)
 
-    def add_layer_from_dir(self, src_dir: str, *, consume: bool = False) -> str:
+    def add_layer_from_dir(self, src_dir: str, *, consume: bool = False, pin: bool = False) -> str:
         """Pack a directory tree into a layer (a no-op if the layer exists).
 
         Args:
             src_dir: the tree; its root directory itself is not recorded.
             consume: if src_dir lies under ``root/tmp`` (a staging dir), move
                 it into the store instead of copying it.
+            pin: keep the layer from gc and remove until ``unpin()`` (a
+                layer of an image not yet committed).
 
         Returns:
             the layer id (sha256 hex of the canonical tar).
@@ -217,7 +221,10 @@ class LayerStore:
             InvalidImage: the tree holds a device node, fifo or socket.
             StoreError: I/O failure; no partial layer is left.
         """
-        return self._add_layer(src_dir, consume)[0]
+        layer_id = self._add_layer(src_dir, consume)[0]
+        if pin:
+            self._pinned.add(layer_id)
+        return layer_id
 
     def export_layer(self, layer_id: str) -> str:
         """Path of the layer's canonical tar (read it; do not modify it).

@@ -295,7 +295,7 @@ class ImageStore(LayerStore):
 
     def import_tar(self, path: str, name: str, *, exposed_ports=(), env=None, command=None,
                    templates=(), stop_signal: str = "SIGPWR", init: str = "/sbin/init",
-                   max_bytes: int = DEFAULT_MAX_BYTES,
+                   tag: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                    max_members: int = DEFAULT_MAX_MEMBERS) -> dict:
         """Import a rootfs tarball (plain, gzip, xz or bzip2) as a one-layer
         image.  Members are re-packed into the canonical layer tar, so the
@@ -304,8 +304,8 @@ class ImageStore(LayerStore):
         Args:
             path: the tarball.
             name: image name.
-            exposed_ports, env, command, templates, stop_signal, init: manifest
-                fields (see commit()).
+            exposed_ports, env, command, templates, stop_signal, init, tag:
+                manifest fields (see commit()).
             max_bytes: cap on the decompressed size, in bytes (bomb cap).
             max_members: cap on the number of archive members.
 
@@ -320,7 +320,7 @@ class ImageStore(LayerStore):
         """
         validate_name(name)
         fields = dict(exposed_ports=exposed_ports, env=env, command=command,
-                      templates=templates, stop_signal=stop_signal, init=init)
+                      templates=templates, stop_signal=stop_signal, init=init, tag=tag)
         normalize_fields(fields)  # refuse bad fields before the slow part
         with self.staging("import") as stage:
             rootfs = self._mkdir(os.path.join(stage, "rootfs"))

@@ -74,14 +74,19 @@ _MAGIC = [
 _DECODE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError)
 
 
-def detect_compression(path: str) -> str:
+def detect_compression(path: str, opener=None) -> str:
     """Return "gzip", "xz", "bzip2" or "none" from the file's magic bytes.
+
+    Args:
+        path: the file (named in errors).
+        opener: if given, a callable returning a fresh binary file object of
+            the content to read instead of opening ``path``.
 
     Raises:
         InvalidImage: the file cannot be read, or is zstd (not supported).
     """
     try:
-        with open(path, "rb") as f:
+        with (opener() if opener else open(path, "rb")) as f:
             head = f.read(8)
     except OSError as exc:
         raise InvalidImage(f"archive {path}: cannot read ({exc.strerror or exc})") from exc
@@ -350,11 +355,19 @@ class _Extractor:
                 os.close(fd)
 
 
-def _open_stream(path: str, kind: str):
+def _open_stream(path: str, kind: str, opener=None):
+    if opener is None:
+        if kind == "none":
+            return open(path, "rb")
+        cls = next(c for _m, k, c in _MAGIC if k == kind)
+        return cls(path, "rb")
+    raw = opener()
     if kind == "none":
-        return open(path, "rb")
+        return raw
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     cls = next(c for _m, k, c in _MAGIC if k == kind)
-    return cls(path, "rb")
+    return cls(raw, "rb")
 
 
 def _empty_dir(dest_dir: str) -> None:
@@ -364,7 +377,7 @@ def _empty_dir(dest_dir: str) -> None:
 
 def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_members: int = DEFAULT_MAX_MEMBERS, layer: bool = False,
-                 sha256: bool = False) -> dict:
+                 sha256: bool = False, opener=None) -> dict:
     """Unpack a (plain, gzip, xz or bzip2) tarball into an empty directory.
 
     Args:
@@ -376,6 +389,9 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
         layer: read it as an image layer: whiteouts, no duplicate paths
             (see the module docstring).
         sha256: hash the whole decompressed stream.
+        opener: a callable returning a fresh binary file object to read
+            instead of opening archive_path (a member of a bigger archive);
+            archive_path then only names it in messages.
 
     Returns:
         dict with keys ``members`` (int, count) and ``bytes`` (int, sum of
@@ -388,14 +404,14 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
         StoreError: I/O failure writing under dest_dir (disk full...); dest_dir
             is emptied again.
     """
-    kind = detect_compression(archive_path)
+    kind = detect_compression(archive_path, opener)
     if os.listdir(dest_dir):
         raise StoreError(f"unpack target {dest_dir} is not empty")
     root_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     count = total = 0
     hashing = None
     try:
-        with _open_stream(archive_path, kind) as raw:
+        with _open_stream(archive_path, kind, opener) as raw:
             if sha256:
                 raw = hashing = _HashingStream(raw, archive_path)
             reader = _LimitedReader(raw, max_bytes + _HEADER_SLACK_BYTES, archive_path)
@@ -414,7 +430,7 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
                         raise InvalidImage(f"archive {archive_path}: member {member.name!r} takes "
                                            f"the content over {max_bytes} bytes (size cap)")
                     extractor.add(tar, member)
-            if count == 0:
+            if count == 0 and not layer:  # an empty layer is a valid layer
                 raise InvalidImage(f"archive {archive_path}: no members")
             extractor.finish()
             if hashing is not None:
