@@ -18,7 +18,7 @@ import gevent
 from agents import hostinfo
 from agents.containers import ContainerManager
 from agents.enter import EnterRelay
-from agents.transfer import Puller
+from agents.transfer import Puller, fetch_upload
 from images import oci
 from images.debootstrap import build_debian
 from images.manifest import parse_full_ref
@@ -133,6 +133,33 @@ class AgentService:
             return gevent.get_hub().threadpool.apply(
                 lambda: oci.import_image(self.m.images, real, base, tag, select=select, fmt=fmt,
                                          rootfs_options=opts))
+
+    @expose(shielded=True)
+    def image_import_upload(self, upload_id: str, name: str, options: dict | None = None) -> dict:
+        """Called by the hub for ``dcctl image_push FILE NAME``: copy a
+        complete upload from the hub (chunked, sha256-checked), import it as
+        image_import does, and remove the copy.
+
+        Args: upload_id: the file's sha256; name: ``NAME[:TAG]``; options:
+        {select: the tag of one image in a layout holding several, format}.
+        Returns: the manifest.
+        Raises: InvalidArgument (no hub), NoSuchUpload, and image_import's errors.
+        """
+        opts = validate.options(options, {"select": "tag in a layout", "format": "image format"},
+                                "image_import_upload")
+        base, tag, prefix = parse_full_ref(name)
+        if prefix:
+            raise errors.InvalidArgument(f"image name {name!r}: want NAME or NAME:TAG, no @id")
+        if not self.m.config.hub:
+            raise errors.InvalidArgument("this agent has no hub to fetch the upload from")
+        path = fetch_upload(self.m.config.hub, self.hub_keys, upload_id, self.m.images.tmp_dir)
+        try:
+            with self.m.images_lock:
+                return gevent.get_hub().threadpool.apply(
+                    lambda: oci.import_image(self.m.images, path, base, tag, select=opts.get("select"),
+                                             fmt=opts.get("format")))
+        finally:
+            os.unlink(path)
 
     @expose(shielded=True)
     def image_export(self, ref: str, path: str, options: dict | None = None) -> dict:

@@ -452,11 +452,23 @@ def _enter(client: wire.RpcClient, args: list, options: dict) -> int | None:
     return enter.run(client, args[0], args[1] if len(args) > 1 else None) or 0
 
 
+def _push(client: wire.RpcClient, args: list, options: dict) -> int | None:
+    """image_push FILE NAME[:TAG] with a local file: upload it with progress
+    (dcctl.upload); None for the hub's image_push HOST REF."""
+    from dcctl import upload
+    if len(args) != 2 or not all(isinstance(a, str) for a in args) or not upload.looks_local(args[0]):
+        return None
+    result = upload.push_file(
+        lambda method, *a, timeout_s=120.0: client.call(method, *a, timeout_s=timeout_s), args[0], args[1])
+    return output.render(result)
+
+
 #: Methods that take over the terminal: handler(client, args, options) gets
 #: the converted positional args and options and returns the exit code, or
 #: None to fall back to a plain call.
 INTERACTIVE_HANDLERS: dict[str, Callable[[wire.RpcClient, list, dict], int | None]] = {
     "container_enter": _enter,
+    "image_push": _push,
 }
 
 

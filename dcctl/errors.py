@@ -13,6 +13,7 @@ A server raises one of these; the wire layer sends its class name and message
      |    +-- NoSuchPortMapping
      |    +-- NoSuchMethod                not in the served method table
      |    +-- NoSuchHost
+     |    +-- NoSuchUpload                no (complete) image upload with that id on the hub
      +-- Conflict
      |    +-- ContainerExists
      |    +-- ImageExists
@@ -90,6 +91,10 @@ class NoSuchMethod(NotFound):
 
 class NoSuchHost(NotFound):
     pass
+
+
+class NoSuchUpload(NotFound):
+    """No image upload (dcctl image_push FILE) with that id on the hub."""
 
 
 class Conflict(DcError):

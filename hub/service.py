@@ -20,6 +20,7 @@ from hub import fanout, scheduler
 from hub.failover import Healer
 from hub.registry import Registry
 from hub.store import HubStore
+from hub.uploads import UploadMethods
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls
 VIEW_TIMEOUT_SECONDS = 5.0
 
 
-class HubService:
-    """The methods served by ``dc-hub``.
+class HubService(UploadMethods):
+    """The methods served by ``dc-hub`` (image uploads: hub.uploads).
 
     Args:
         store: the fleet's SQLite store.
@@ -554,15 +555,17 @@ class HubService:
     # ------------------------------------------------------------ images
     @expose(access="read")
     def image_ls(self) -> list:
-        """Images in the hub's registry: [{name, id, created, size_bytes,
-        layers, exposed_ports}]."""
-        return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")}
-                for m in self.registry.ls()]
+        """Images in the hub's registry: [{name, tag ("latest" if none), id,
+        created, size_bytes, layers, exposed_ports}]."""
+        return [{**{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")},
+                 "tag": m.get("tag") or "latest"} for m in self.registry.ls()]
 
     @expose(shielded=True)
     def image_push(self, host: str, ref: str) -> dict:
         """Copy an image from a host's store into the hub's registry (layers
         in chunks, each checked against its digest; nothing partial is kept).
+        (``dcctl image_push FILE NAME[:TAG]`` with a local file uploads it
+        instead: see image_upload_begin.)
 
         Returns: the manifest. Raises: NoSuchHost, ImageNotFound, StoreError.
         """
