@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping
 
 import zmq
 
-from dcctl import auth, errors, output, wire
+from dcctl import auth, errors, output, upload, wire
 
 DEFAULT_ENDPOINT = "ipc:///run/dcfleet/agent.sock"
 HOST_ENV = "DCCTL_HOST"
@@ -455,7 +455,6 @@ def _enter(client: wire.RpcClient, args: list, options: dict) -> int | None:
 def _push(client: wire.RpcClient, args: list, options: dict) -> int | None:
     """image_push FILE NAME[:TAG] with a local file: upload it with progress
     (dcctl.upload); None for the hub's image_push HOST REF."""
-    from dcctl import upload
     if len(args) != 2 or not all(isinstance(a, str) for a in args) or not upload.looks_local(args[0]):
         return None
     result = upload.push_file(
@@ -509,6 +508,7 @@ def run_method(cmd: Command) -> int:
                 wire_args.append(build_options(cmd.method, cmd.flags))
         else:
             args, options, wire_args = build_call(cmd.method, params_of(info), cmd.words, cmd.flags)
+        wire_args = upload.absolute_paths(cmd.method, cmd.endpoint, wire_args)
         handler = INTERACTIVE_HANDLERS.get(cmd.method)
         if handler is not None:
             code = handler(client, args, options or {})

@@ -22,7 +22,10 @@ from typing import Callable, Iterator
 
 from dcctl import errors
 
-__all__ = ["looks_local", "push_file", "CHUNK_BYTES"]
+__all__ = ["looks_local", "push_file", "absolute_paths", "CHUNK_BYTES"]
+
+#: Methods whose argument at this index is a path on the server's host.
+HOST_PATH_ARGS = {"image_import": 0, "image_export": 1}
 
 CHUNK_BYTES = 4 << 20
 FINISH_TIMEOUT_SECONDS = 1860.0
@@ -35,6 +38,19 @@ def _split(word: str) -> tuple[str, str | None]:
     if sep and head and "/" not in tag and os.path.exists(head):
         return head, tag
     return word, None
+
+
+def absolute_paths(method: str | None, endpoint: str, args: list) -> list:
+    """For a local ``ipc://`` server (on this machine), make a relative
+    image path absolute (``dcctl image_import ./ubuntu.tar ubuntu``); the
+    agent takes absolute paths only.  Other endpoints: args unchanged."""
+    index = HOST_PATH_ARGS.get(method or "")
+    if index is None or not endpoint.startswith("ipc://") or len(args) <= index:
+        return args
+    word = args[index]
+    if not isinstance(word, str) or os.path.isabs(word) or not word:
+        return args
+    return [*args[:index], os.path.abspath(word), *args[index + 1:]]
 
 
 def looks_local(word: str) -> bool:

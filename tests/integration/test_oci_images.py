@@ -5,6 +5,7 @@ under dcfleet's init; skopeo's docker-archive of it gives the same image id;
 exports are read back by skopeo and umoci."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -171,21 +172,22 @@ def test_export_is_read_back_by_skopeo_and_umoci(shared_agent, layout, work, cle
 
 
 def test_dcctl_image_import_and_export(shared_agent, layout, work, clean):
+    """Relative paths work against a local agent (dcctl makes them absolute)."""
     env = {**os.environ, "PYTHONPATH": REPO, "DCCTL_HOST": shared_agent.endpoint}
 
     def dcctl(*args):
         return subprocess.run([sys.executable, "-m", "dcctl.cli", *args], capture_output=True, text=True,
-                              env=env, timeout=300)
-    done = dcctl("image_import", f"{layout}:v1", "ocicli:v1")
+                              env=env, timeout=300, cwd=work)
+    done = dcctl("image_import", f"{os.path.basename(layout)}:v1", "ocicli:v1")
     assert done.returncode == 0, done.stderr
     dest = os.path.join(work, "cli-export.tar")
     if os.path.exists(dest):
         os.unlink(dest)
-    done = dcctl("image_export", "ocicli:v1", dest, "--format", "docker-archive")
+    done = dcctl("image_export", "ocicli:v1", "cli-export.tar", "--format", "docker-archive")
     assert done.returncode == 0, done.stderr
     assert "sha256:" in run("skopeo", "inspect", f"docker-archive:{dest}", "--format", "{{.Digest}}")
-    listed = dcctl("--json", "image_ls")
-    assert '"tag": "v1"' in listed.stdout and '"name": "ocicli"' in listed.stdout
+    listed = json.loads(dcctl("--json", "image_ls").stdout)
+    assert {"name": "ocicli", "tag": "v1"}.items() <= next(i for i in listed if i["name"] == "ocicli").items()
     bad = dcctl("image_import", layout, "ocicli")
     assert bad.returncode == 1 and "AmbiguousImageRef" in bad.stderr
 

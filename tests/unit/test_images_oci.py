@@ -274,6 +274,14 @@ def _changed_blob(layout):
     open(path, "wb").write(bytes(data))
 
 
+def _changed_gzip_blob(layout):
+    mdesc = write_image(layout, "v1", [layer_tar(BASE), layer_tar(TOP)], gz=True)
+    path = _blob_path(layout, _layer_desc(layout, mdesc, 1))
+    data = bytearray(open(path, "rb").read())
+    data[-12] ^= 1
+    open(path, "wb").write(bytes(data))
+
+
 def _wrong_diff_id(layout):
     mdesc = write_image(layout, "v1", [layer_tar(BASE), layer_tar(TOP)])
     with open(_blob_path(layout, mdesc)) as f:
@@ -311,7 +319,8 @@ def _escaping_blob_link(layout):
 
 HOSTILE = {
     "declared size lies": (_lying_size, "descriptor says"),
-    "blob does not match its digest": (_changed_blob, "does not match its digest"),
+    "blob does not match its digest": (_changed_blob, "does not match its digest|diff_id mismatch"),
+    "gzip blob does not match its digest": (_changed_gzip_blob, "does not match its digest"),
     "layer does not match its diff_id": (_wrong_diff_id, "diff_id mismatch"),
     "missing blob": (_missing_blob, "missing"),
     "config over the cap": (_huge_config, "cap"),
