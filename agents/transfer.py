@@ -143,8 +143,7 @@ def fetch_upload(source: str, keys, upload_id: str, dest_dir: str) -> str:
                     chunk = client.call("image_upload_read", upload_id, offset, min(CHUNK_BYTES, size - offset))
                     if not chunk:
                         raise errors.StoreError(f"upload {upload_id[:12]} ended at {offset} of {size} bytes")
-                    sha.update(chunk)
-                    _blocking(out.write, chunk)
+                    _blocking(lambda c: (sha.update(c), out.write(c)), chunk)
                     offset += len(chunk)
             if sha.hexdigest() != upload_id:
                 raise errors.StoreError(f"upload {upload_id[:12]}: digest mismatch after transfer")

@@ -175,6 +175,7 @@ class _Extractor:
 
     def __init__(self, root_fd: int, path: str, layer: bool = False):
         self.root_fd, self.path, self.layer = root_fd, path, layer
+        self._parent: tuple[tuple[str, ...], int] | None = None
         self.seen: set[tuple[str, ...]] = set()
         self.is_root = os.geteuid() == 0
         self.nondirs: set[tuple[str, ...]] = set()
@@ -186,8 +187,22 @@ class _Extractor:
         return f"archive {self.path}: member {name!r}"
 
     def parent(self, parts: tuple[str, ...], member: tarfile.TarInfo) -> int:
-        return open_dir_beneath(self.root_fd, parts[:-1], what=self.what(member),
-                                create=True, created=self.implied)
+        """A new fd of the member's parent directory.  The last one opened
+        is kept: siblings come one after another, and a directory, once
+        opened beneath the root without following symlinks, is never
+        replaced during the unpack (members cannot replace a directory)."""
+        key = parts[:-1]
+        if self._parent is not None and self._parent[0] == key:
+            return os.dup(self._parent[1])
+        fd = open_dir_beneath(self.root_fd, key, what=self.what(member), create=True, created=self.implied)
+        self.close_cache()
+        self._parent = (key, os.dup(fd))
+        return fd
+
+    def close_cache(self) -> None:
+        if self._parent is not None:
+            os.close(self._parent[1])
+            self._parent = None
 
     def clear(self, pfd: int, parts: tuple[str, ...], member, want_dir: bool) -> bool:
         """Make room for the member; True if a directory is already there."""
@@ -409,7 +424,7 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
         raise StoreError(f"unpack target {dest_dir} is not empty")
     root_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     count = total = 0
-    hashing = None
+    hashing = extractor = None
     try:
         with _open_stream(archive_path, kind, opener) as raw:
             if sha256:
@@ -448,6 +463,8 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
                              f"{exc.strerror or exc}") from exc
         raise InvalidImage(f"archive {archive_path}: corrupt ({exc})") from exc
     finally:
+        if extractor is not None:
+            extractor.close_cache()
         os.close(root_fd)
     out = {"members": count, "bytes": total, "compression": kind}
     if hashing is not None:
