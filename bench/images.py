@@ -94,9 +94,12 @@ def main() -> int:
                 print("building the Debian image (debootstrap, about a minute)...", flush=True)
                 build_debian(store, "debian")
                 ref = "debian"
+        load = os.getloadavg()[0]
         result = measure(store, ref, work, 1 if args.quick else args.repeat)
         for line in report(ref, result):
             print(line)
+        print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+              "(each figure is the best of the runs)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
