@@ -38,9 +38,13 @@ def start(argv: list[str], log: str) -> subprocess.Popen:
                                 env={**os.environ, "PYTHONPATH": REPO})
 
 
-def wait_for(pred, timeout_s: float, what: str) -> None:
+def wait_for(pred, timeout_s: float, what: str, procs: list[subprocess.Popen] = ()) -> None:
+    """Wait for ``pred()``; fail at once when one of ``procs`` exited."""
     deadline = time.monotonic() + timeout_s
     while not pred():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"waiting for {what}: {' '.join(dead[0].args[:4])}... exited {dead[0].returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.2)
@@ -58,6 +62,7 @@ def main() -> int:
     args = p.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     root = tempfile.mkdtemp(prefix="dcbench-")
+    tag = os.urandom(2).hex()  # bridge names (agent locks) of this run, beside any other run
     procs: list[subprocess.Popen] = []
     try:
         hub_ep = f"ipc://{root}/hub.sock"
@@ -72,11 +77,11 @@ def main() -> int:
                 i = len(endpoints)
                 ep = f"ipc://{root}/a{i}.sock"
                 procs.append(start([sys.executable, "-m", "agents.main", "--hollow", "--listen", ep,
-                                    "--state-dir", f"{root}/a{i}", "--bridge", f"dcbh{i}",
+                                    "--state-dir", f"{root}/a{i}", "--bridge", f"dcb{tag}{i}",
                                     "--subnet", "10.255.0.0/24", "--host-name", f"hollow-{i:03d}",
                                     "--hub", hub_ep, "--heartbeat-s", "5"], f"{root}/a{i}.log"))
                 endpoints.append(ep)
-            wait_for(lambda: sum(h["state"] == "alive" for h in hub.call("hosts")) >= n, 300, f"{n} agents")
+            wait_for(lambda: sum(h["state"] == "alive" for h in hub.call("hosts")) >= n, 300, f"{n} agents", procs)
             raw_clients = [zerorpc.Client(ep, timeout=30) for ep in endpoints[:n]]
             pool = gevent.pool.Pool(256)
 
