@@ -253,11 +253,19 @@ class _Extractor:
         try:
             name = parts[-1]
             if member.isdir():
-                if not self.clear(pfd, parts, member, want_dir=True):
+                if self.layer:  # nothing is replaced in a layer: try first, look only if it is there
+                    try:
+                        os.mkdir(name, 0o700, dir_fd=pfd)
+                    except FileExistsError:
+                        self.clear(pfd, parts, member, want_dir=True)
+                elif not self.clear(pfd, parts, member, want_dir=True):
                     os.mkdir(name, 0o700, dir_fd=pfd)
                 self.dirs[parts] = member
                 return 0
-            self.clear(pfd, parts, member, want_dir=False)
+            if not self.layer:
+                self.clear(pfd, parts, member, want_dir=False)
+            # (in a layer, the only thing already there can be a directory
+            # made as a parent: creating the member fails with EEXIST below)
             written = 0
             if member.issym():
                 os.symlink(member.linkname, name, dir_fd=pfd)
@@ -269,6 +277,8 @@ class _Extractor:
                 written = self.regular(tar, member, pfd, name)
             self.nondirs.add(parts)
             return written
+        except FileExistsError as exc:
+            raise InvalidImage(f"{what}: would replace a directory") from exc
         finally:
             os.close(pfd)
 

@@ -328,6 +328,8 @@ HOSTILE = {
     "blob symlinked out of the layout": (_escaping_blob_link, "outside the layout"),
     "duplicate path": (_hostile_layer([("x", b"1"), ("x", b"2")]), "appears twice"),
     "duplicate dir": (_hostile_layer([("d", None), ("d", None)]), "appears twice"),
+    "file over a parent dir": (_hostile_layer([("p/q", b"1"), ("p", b"2")]), "would replace a directory"),
+    "symlink over a parent dir": (_hostile_layer([("p/q", b"1"), ("p", ("sym", "q"))]), "would replace a directory"),
     "whiteout and entry": (_hostile_layer([(".wh.x", b""), ("x", b"2")]), "appears twice"),
     "whiteout of ..": (_hostile_layer([("a", None), ("a/.wh..", b"")]), "names no path"),
     "whiteout of .": (_hostile_layer([(".wh..", b"")]), "names no path"),
