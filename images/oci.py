@@ -40,11 +40,14 @@ is both digest and diff_id), with a config that maps the manifest back.
 """
 from __future__ import annotations
 
+import bz2
 import calendar
 import contextlib
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import platform
 import re
@@ -53,6 +56,7 @@ import signal
 import stat
 import tarfile
 import time
+import zlib
 from typing import Any, BinaryIO, Callable, Mapping
 
 from images import appinit
@@ -68,6 +72,8 @@ EXPORT_FORMATS = ("oci", "oci-archive", "docker-archive")
 #: Cap on index.json, manifest.json, an OCI manifest or an image config, in bytes.
 MAX_JSON_BYTES = 4 * 1024**2
 MAX_ARCHIVE_MEMBERS = 100_000
+#: Cap on a compressed archive's decompressed size (``docker save | gzip``), bytes.
+MAX_ARCHIVE_BYTES = 64 * 1024**3
 MAX_LAYERS = 256
 _CHUNK_BYTES = 1024**2
 _DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -228,7 +234,7 @@ class _TarSource(_Source):
     """Members of an uncompressed tar, read in place (never extracted)."""
 
     def __init__(self, path: str):
-        self.path = path
+        self.path = self.file = path  # path: named in messages; file: read
         self.files: dict[str, tuple[int, int]] = {}
         self.links: dict[str, str] = {}
         try:
@@ -286,7 +292,7 @@ class _TarSource(_Source):
 
     def open(self, rel: str) -> BinaryIO:
         offset, size = self.files[self._resolve(rel)]
-        return io.BufferedReader(_Slice(self.path, offset, size), buffer_size=_CHUNK_BYTES)
+        return io.BufferedReader(_Slice(self.file, offset, size), buffer_size=_CHUNK_BYTES)
 
 
 def _norm(name: str) -> str | None:
@@ -319,20 +325,20 @@ def detect_format(path: str) -> str:
         raise InvalidImage(f"{path}: a directory but not an OCI image layout (no oci-layout)")
     if not os.path.isfile(path):
         raise InvalidImage(f"{path}: not a file or directory")
-    if detect_compression(path) != "none":
-        return "rootfs"
+    compressed = detect_compression(path) != "none"
     names = set()
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            while (member := tar.next()) is not None:  # headers only: data is seeked over
+        # headers only: data is seeked over (a compressed archive is read through)
+        with tarfile.open(path, mode="r:*" if compressed else "r:") as tar:
+            while (member := tar.next()) is not None:
                 tar.members.clear()
                 name = _norm(member.name)
                 if name and "/" not in name and member.isfile():
                     names.add(name)
                     if len(names) > 64:
                         return "rootfs"  # not an image archive's few top-level files
-    except tarfile.TarError:
-        return "rootfs"
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError):
+        return "rootfs"  # import_tar names what is wrong with it
     if "oci-layout" in names or "index.json" in names:
         return "oci-archive"
     if "manifest.json" in names:
@@ -645,7 +651,40 @@ def import_image(store, path: str, name: str, tag: str | None = None, *, select:
     if rootfs_options:
         raise InvalidImage(f"{path}: a {fmt} image brings its own config; options "
                            f"{', '.join(sorted(rootfs_options))} are for rootfs tarballs")
-    src = _DirSource(path) if fmt == "oci" else _TarSource(path)
+    if fmt == "oci":
+        return _import_from(store, _DirSource(path), fmt, name, tag, select, progress)
+    kind = detect_compression(path)
+    if kind == "none":
+        return _import_from(store, _TarSource(path), fmt, name, tag, select, progress)
+    with store.staging("archive") as stage:  # docker save | gzip: read it from a plain copy
+        plain = _decompress(path, kind, os.path.join(stage, "archive.tar"))
+        src = _TarSource(plain)
+        src.path = path
+        return _import_from(store, src, fmt, name, tag, select, progress)
+
+
+def _decompress(path: str, kind: str, out: str) -> str:
+    opener = {"gzip": gzip.open, "xz": lzma.open, "bzip2": bz2.open}[kind]
+    total = 0
+    try:
+        with opener(path, "rb") as src, open(out, "wb") as dst:
+            while chunk := src.read(_CHUNK_BYTES):
+                total += len(chunk)
+                if total > MAX_ARCHIVE_BYTES:
+                    raise InvalidImage(f"archive {path}: decompresses to more than {MAX_ARCHIVE_BYTES} bytes")
+                dst.write(chunk)
+    except (EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+        raise InvalidImage(f"archive {path}: corrupt {kind} ({exc})") from exc
+    except OSError as exc:
+        if exc.errno is None:
+            raise InvalidImage(f"archive {path}: corrupt {kind} ({exc})") from exc
+        raise StoreError(f"decompressing {path}: {exc.strerror or exc}") from exc
+    return out
+
+
+def _import_from(store, src: _Source, fmt: str, name: str, tag: str | None, select: str | None,
+                 progress: Callable[[str, int, int], None] | None) -> dict:
+    """import_image's work once the source is open (see there)."""
     cfg, layers, archive_tag = _plan(src, fmt, select)
     fields = _map_config(cfg, src.path)
     diff_ids = _diff_ids(cfg, src.path)

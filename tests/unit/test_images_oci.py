@@ -190,6 +190,41 @@ def test_legacy_docker_archive_with_symlinked_layers(store, tmp_path):
         oci.import_image(ImageStore(str(tmp_path / "s2")), tar_dir(str(root), str(tmp_path / "e.tar")), "app")
 
 
+def test_docker25_archive_gzipped_with_an_index_and_attestations(store, tmp_path):
+    """docker save (Docker 25+) | gzip: index.json points at an image index
+    holding the linux manifest and an attestation manifest; manifest.json
+    beside it."""
+    layout = str(tmp_path / "d25")
+    mdesc = write_image(layout, None, [layer_tar(BASE)], config={"Cmd": ["echo", "hi"]})
+    attest = {"mediaType": oci.MT_OCI_MANIFEST, **_blob(layout, b"{}"),
+              "platform": {"architecture": "unknown", "os": "unknown"}}
+    nested = {"schemaVersion": 2, "mediaType": oci.MT_OCI_INDEX, "manifests": [
+        {**mdesc, "platform": {"architecture": oci.host_arch(), "os": "linux"}}, attest]}
+    ndesc = {"mediaType": oci.MT_OCI_INDEX, **_blob(layout, json.dumps(nested).encode()),
+             "annotations": {"io.containerd.image.name": "docker.io/library/ubuntu:24.04",
+                             "org.opencontainers.image.ref.name": "24.04"}}
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [ndesc]}, f)
+    with open(os.path.join(layout, "manifest.json"), "w") as f:
+        json.dump([{"Config": "blobs/sha256/x", "RepoTags": ["ubuntu:24.04"], "Layers": []}], f)
+    plain = tar_dir(layout, str(tmp_path / "u.tar"))
+    gz = str(tmp_path / "u.tar.gz")
+    with open(plain, "rb") as src, gzip.open(gz, "wb") as dst:
+        dst.write(src.read())
+    assert oci.detect_format(gz) == "oci-archive"
+    m = oci.import_image(store, gz, "ubuntu")
+    assert m["tag"] == "24.04" and m["command"] == ["echo", "hi"]
+    assert oci.import_image(ImageStore(str(tmp_path / "s2")), plain, "ubuntu", select="24.04")["id"] == m["id"]
+    assert os.listdir(store.tmp_dir) == []
+    with open(gz, "r+b") as f:  # a corrupt gzip is refused, nothing kept
+        f.seek(-30, 2)
+        f.write(b"\0" * 20)
+    s3 = ImageStore(str(tmp_path / "s3"))
+    with pytest.raises(InvalidImage):
+        oci.import_image(s3, gz, "ubuntu", fmt="oci-archive")
+    assert_untouched(s3)
+
+
 def test_rootfs_tarball_still_imports(store, tmp_path):
     path = tmp_path / "r.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
