@@ -12,6 +12,9 @@ Formats read by ``import_image`` (``detect_format`` tells them apart):
   Config / RepoTags / Layers, ``<id>/layer.tar`` members, maybe symlinked);
 * ``rootfs``: any other tarball, imported as before (ImageStore.import_tar).
 
+An archive may itself be gzip, xz or bzip2 compressed (``docker save |
+gzip``): it is then read from a plain copy in the store's staging area.
+
 What is checked, before anything is kept:
 
 * every blob's size against its descriptor and its sha256 against its
