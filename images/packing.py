@@ -112,44 +112,71 @@ def pack_dir(src_dir: str, out_path: str) -> tuple[str, int]:
     try:
         with open(out_path, "wb") as raw:
             writer = _HashingWriter(raw)
-            with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT,
-                              encoding="utf-8", errors="surrogateescape") as tar:
-                for path, st, kind in _walk(src_dir):
-                    # what safe_extract would refuse must not get into a layer
-                    parts = split_path(path, what=f"{src_dir}: {path!r}", absolute=False)
-                    if kind != "entry":
-                        info = tarfile.TarInfo(path)
-                        info.mode, info.uid, info.gid, info.mtime = 0, 0, 0, 0
-                        info.uname = info.gname = ""
-                        tar.addfile(info)
+            for path, st, kind in _walk(src_dir):
+                # what safe_extract would refuse must not get into a layer
+                parts = split_path(path, what=f"{src_dir}: {path!r}", absolute=False)
+                if kind != "entry":
+                    info = tarfile.TarInfo(path)
+                    info.mode, info.uid, info.gid, info.mtime = 0, 0, 0, 0
+                    info.uname = info.gname = ""
+                    _add(writer, info)
+                    continue
+                info = _info(path, st)
+                if stat.S_ISDIR(st.st_mode):
+                    info.type = tarfile.DIRTYPE
+                    _add(writer, info)
+                elif stat.S_ISLNK(st.st_mode):
+                    info.type = tarfile.SYMTYPE
+                    info.linkname = os.readlink(os.path.join(src_dir, path))
+                    if symlink_escapes(parts, info.linkname):
+                        raise InvalidImage(f"{src_dir}/{path}: symlink to {info.linkname!r} "
+                                           "points outside the root")
+                    _add(writer, info)
+                elif stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if st.st_nlink > 1 and key in seen_inodes:
+                        info.type = tarfile.LNKTYPE
+                        info.linkname = seen_inodes[key]
+                        _add(writer, info)
                         continue
-                    info = _info(path, st)
-                    if stat.S_ISDIR(st.st_mode):
-                        info.type = tarfile.DIRTYPE
-                        tar.addfile(info)
-                    elif stat.S_ISLNK(st.st_mode):
-                        info.type = tarfile.SYMTYPE
-                        info.linkname = os.readlink(os.path.join(src_dir, path))
-                        if symlink_escapes(parts, info.linkname):
-                            raise InvalidImage(f"{src_dir}/{path}: symlink to {info.linkname!r} "
-                                               "points outside the root")
-                        tar.addfile(info)
-                    elif stat.S_ISREG(st.st_mode):
-                        key = (st.st_dev, st.st_ino)
-                        if st.st_nlink > 1 and key in seen_inodes:
-                            info.type = tarfile.LNKTYPE
-                            info.linkname = seen_inodes[key]
-                            tar.addfile(info)
-                            continue
-                        seen_inodes[key] = path
-                        info.size = st.st_size
-                        with open(os.path.join(src_dir, path), "rb") as f:
-                            tar.addfile(info, f)
-                    else:
-                        raise InvalidImage(f"{src_dir}/{path}: device node, fifo or socket "
-                                           "refused in a layer")
+                    seen_inodes[key] = path
+                    info.size = st.st_size
+                    with open(os.path.join(src_dir, path), "rb") as f:
+                        _add(writer, info, f)
+                else:
+                    raise InvalidImage(f"{src_dir}/{path}: device node, fifo or socket "
+                                       "refused in a layer")
+            _finish(writer)
             raw.flush()
             os.fsync(raw.fileno())
     except OSError as exc:
         raise StoreError(f"cannot pack {src_dir} into {out_path}: {exc.strerror or exc}") from exc
     return writer.sha.hexdigest(), writer.size
+
+
+def _add(writer: _HashingWriter, info: tarfile.TarInfo, data=None) -> None:
+    """Write one member exactly as ``TarFile.addfile`` does for a PAX,
+    UTF-8/surrogateescape archive (header, data, NUL padding to 512), with
+    large reads (tarfile copies in 16 KiB pieces)."""
+    writer.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+    if data is None:
+        return
+    left = info.size
+    while left:
+        chunk = data.read(min(_CHUNK_BYTES, left))
+        if not chunk:
+            raise OSError("unexpected end of data")
+        writer.write(chunk)
+        left -= len(chunk)
+    remainder = info.size % tarfile.BLOCKSIZE
+    if remainder:
+        writer.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
+
+
+def _finish(writer: _HashingWriter) -> None:
+    """The end of archive as ``TarFile.close`` writes it: two zero blocks,
+    then zeros up to a whole record."""
+    writer.write(tarfile.NUL * (tarfile.BLOCKSIZE * 2))
+    remainder = writer.size % tarfile.RECORDSIZE
+    if remainder:
+        writer.write(tarfile.NUL * (tarfile.RECORDSIZE - remainder))
