@@ -244,12 +244,19 @@ class UploadMethods:
 
     @expose(access="read")
     def image_upload_info(self, upload_id: str) -> dict:
-        """For the importing host: {upload_id, size_bytes, sha256} of a
-        complete upload. Raises: NoSuchUpload."""
+        """For the importing host: a complete upload's size.
+
+        Returns: {upload_id, size_bytes, sha256}.
+        Raises: NoSuchUpload.
+        """
         return self.uploads.info(upload_id)
 
     @expose(access="read")
     def image_upload_read(self, upload_id: str, offset: int, length: int) -> bytes:
-        """For the importing host: up to ``length`` bytes (<= 4 MiB) of a
-        complete upload from ``offset``. Raises: NoSuchUpload."""
+        """For the importing host: a piece of a complete upload.
+
+        Args: offset, length: in bytes (length at most 4 MiB).
+        Returns: up to ``length`` bytes from ``offset`` (b"" past the end).
+        Raises: NoSuchUpload, InvalidArgument.
+        """
         return self.uploads.read(upload_id, offset, length)
