@@ -129,6 +129,22 @@ def test_exit_status_user_and_restart_policy(shared_agent, layout, clean):
     assert info["last_exit"]["status"] == 3 and info["restart_count"] == 2
 
 
+def test_an_oom_kill_of_the_command_is_reported(shared_agent, layout, clean):
+    agent = shared_agent
+    agent.call("image_import", f"{layout}:v1", "ocioom:v1")
+    clean.append("oci.oom")
+    agent.call("container_create", "ocioom:v1", "oci.oom",
+               {"memory_bytes": 32 << 20,
+                "command": ["sh", "-c", "sleep 0.5; dd if=/dev/zero of=/dev/null bs=200M count=1"]})
+    agent.call("container_start", "oci.oom")
+
+    def oomed():
+        info = agent.call("container_inspect", "oci.oom")
+        return info if any(e["kind"] == "oom" for e in info["events"]) and info["state"] == "stopped" else None
+    info = wait_for(oomed, "an oom event", timeout_s=60)
+    assert info["last_exit"]["status"] == 137 and info["oom_killed"] is True
+
+
 def test_skopeo_docker_archive_gives_the_same_image_id(shared_agent, layout, work, clean):
     agent = shared_agent
     first = agent.call("image_import", f"{layout}:v1", "ociskopeo:v1")
