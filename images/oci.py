@@ -36,10 +36,12 @@ SIGTERM); Entrypoint, Cmd, WorkingDir, User, Volumes and Labels are kept in
 make the store image; its init is images.appinit.INIT_PATH.  A failed import
 leaves no layer and no manifest.
 
-``export_image`` writes an image as an OCI layout (``oci``), an OCI archive
-(``oci-archive``) or a legacy ``docker-archive``: the store's canonical layer
-tars are the layers as they are (uncompressed; their sha256, the layer id,
-is both digest and diff_id), with a config that maps the manifest back.
+``export_image`` (images.ociexport, re-exported here) writes an image as an
+OCI layout (``oci``), an OCI archive (``oci-archive``) or a legacy
+``docker-archive``: the store's canonical layer tars are the layers as they
+are (uncompressed; their sha256, the layer id, is both digest and diff_id),
+with a config that maps the manifest back.  images.ocilayout holds the
+formats' vocabulary and the safe readers of layouts and archives.
 """
 from __future__ import annotations
 
@@ -47,46 +49,29 @@ import bz2
 import calendar
 import contextlib
 import gzip
-import hashlib
-import io
-import json
 import lzma
 import os
-import platform
 import re
-import shutil
 import signal
-import stat
-import tarfile
-import time
 import zlib
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from images import appinit
 from images.errors import AmbiguousImageRef, ImageNotFound, InvalidImage, StoreError
 from images.manifest import DEFAULT_TAG, validate_name, validate_tag
+from images.ociexport import export_image, image_config
+from images.ocilayout import (EXPORT_FORMATS, FORMATS, MAX_ARCHIVE_BYTES, MAX_JSON_BYTES, MAX_LAYERS,
+                              MT_DOCKER_LIST, MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX,
+                              MT_OCI_LAYER, MT_OCI_MANIFEST, DirSource, Source, TarSource, detect_format,
+                              host_arch, split_source)
 from images.tarsafe import detect_compression
 
 __all__ = ["FORMATS", "EXPORT_FORMATS", "MAX_JSON_BYTES", "detect_format", "import_image", "export_image",
-           "split_source"]
+           "image_config", "split_source", "host_arch", "MT_OCI_INDEX", "MT_OCI_MANIFEST", "MT_OCI_CONFIG",
+           "MT_OCI_LAYER"]
 
-FORMATS = ("oci", "oci-archive", "docker-archive", "rootfs")
-EXPORT_FORMATS = ("oci", "oci-archive", "docker-archive")
-#: Cap on index.json, manifest.json, an OCI manifest or an image config, in bytes.
-MAX_JSON_BYTES = 4 * 1024**2
-MAX_ARCHIVE_MEMBERS = 100_000
-#: Cap on a compressed archive's decompressed size (``docker save | gzip``), bytes.
-MAX_ARCHIVE_BYTES = 64 * 1024**3
-MAX_LAYERS = 256
 _CHUNK_BYTES = 1024**2
 _DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
-
-MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-MT_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 _INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
 _MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
 _LAYER_TYPES = {
@@ -96,257 +81,6 @@ _LAYER_TYPES = {
 }
 _REF_ANNOTATION = "org.opencontainers.image.ref.name"
 _CONTAINERD_NAME = "io.containerd.image.name"
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
-         "s390x": "s390x", "riscv64": "riscv64"}
-
-
-def host_arch() -> str:
-    """This host's architecture in OCI's words (amd64, arm64...)."""
-    machine = platform.machine()
-    return _ARCH.get(machine, machine)
-
-
-def split_source(path: str) -> tuple[str, str | None]:
-    """Split ``PATH:TAG`` (skopeo's ``oci:PATH:TAG``) into (PATH, TAG), or
-    (PATH, None) when PATH itself exists or has no ``:TAG`` suffix.
-
-    Raises:
-        InvalidImage: the suffix is not a valid tag.
-    """
-    if os.path.lexists(path):
-        return path, None
-    head, sep, tag = path.rpartition(":")
-    if not sep or "/" in tag or not head:
-        return path, None
-    return head, validate_tag(tag)
-
-
-# ------------------------------------------------------------------ sources
-
-class _Source:
-    """Files of a layout or archive, by relative path; every lookup stays
-    inside it (symlinks resolved and checked)."""
-
-    path: str
-
-    def exists(self, rel: str) -> bool:
-        raise NotImplementedError
-
-    def size(self, rel: str) -> int:
-        raise NotImplementedError
-
-    def open(self, rel: str) -> BinaryIO:
-        raise NotImplementedError
-
-    def read_json(self, rel: str, what: str, declared_size: int | None = None,
-                  digest: str | None = None) -> Any:
-        if not self.exists(rel):
-            raise InvalidImage(f"{self.path}: {what} {rel!r} is missing")
-        size = self.size(rel)
-        if size > MAX_JSON_BYTES:
-            raise InvalidImage(f"{self.path}: {what} {rel!r} is {size} bytes, over the "
-                               f"{MAX_JSON_BYTES}-byte cap")
-        if declared_size is not None and size != declared_size:
-            raise InvalidImage(f"{self.path}: {what} {rel!r} is {size} bytes; its descriptor "
-                               f"says {declared_size}")
-        with self.open(rel) as f:
-            data = f.read(MAX_JSON_BYTES + 1)
-        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
-            raise InvalidImage(f"{self.path}: {what} {rel!r} does not match its digest sha256:{digest}")
-        try:
-            return json.loads(data)
-        except ValueError as exc:
-            raise InvalidImage(f"{self.path}: {what} {rel!r} is not valid JSON ({exc})") from exc
-
-    def verify_blob(self, rel: str, digest: str, declared_size: int | None, what: str) -> None:
-        if not self.exists(rel):
-            raise InvalidImage(f"{self.path}: {what} {rel!r} is missing (named by the manifest)")
-        size = self.size(rel)
-        if declared_size is not None and size != declared_size:
-            raise InvalidImage(f"{self.path}: {what} {rel!r} is {size} bytes; its descriptor "
-                               f"says {declared_size}")
-        sha = hashlib.sha256()
-        with self.open(rel) as f:
-            while chunk := f.read(_CHUNK_BYTES):
-                sha.update(chunk)
-        if sha.hexdigest() != digest:
-            raise InvalidImage(f"{self.path}: {what} {rel!r} does not match its digest "
-                               f"sha256:{digest} (it is sha256:{sha.hexdigest()})")
-
-
-class _DirSource(_Source):
-    def __init__(self, path: str):
-        self.path = path
-        self.root = os.path.realpath(path)
-
-    def _real(self, rel: str) -> str | None:
-        if rel.startswith("/") or "\x00" in rel or ".." in rel.split("/"):
-            raise InvalidImage(f"{self.path}: path {rel!r} leaves the layout")
-        real = os.path.realpath(os.path.join(self.root, rel))
-        if not real.startswith(self.root + os.sep):
-            raise InvalidImage(f"{self.path}: {rel!r} leads outside the layout")
-        return real if os.path.isfile(real) else None
-
-    def exists(self, rel: str) -> bool:
-        return self._real(rel) is not None
-
-    def size(self, rel: str) -> int:
-        return os.path.getsize(self._real(rel))
-
-    def open(self, rel: str) -> BinaryIO:
-        return open(self._real(rel), "rb")
-
-
-class _Slice(io.RawIOBase):
-    """A read-only window [offset, offset+size) of a file."""
-
-    def __init__(self, path: str, offset: int, size: int):
-        self.f = open(path, "rb")
-        self.start, self.size, self.pos = offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        n = min(len(buf), self.size - self.pos)
-        if n <= 0:
-            return 0
-        self.f.seek(self.start + self.pos)
-        data = self.f.read(n)
-        buf[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.size}[whence]
-        self.pos = max(0, min(self.size, base + offset))
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def close(self) -> None:
-        self.f.close()
-        super().close()
-
-
-class _TarSource(_Source):
-    """Members of an uncompressed tar, read in place (never extracted)."""
-
-    def __init__(self, path: str):
-        self.path = self.file = path  # path: named in messages; file: read
-        self.files: dict[str, tuple[int, int]] = {}
-        self.links: dict[str, str] = {}
-        try:
-            with tarfile.open(path, mode="r:") as tar:
-                count = 0
-                while (member := tar.next()) is not None:
-                    count += 1
-                    if count > MAX_ARCHIVE_MEMBERS:
-                        raise InvalidImage(f"archive {path}: more than {MAX_ARCHIVE_MEMBERS} members")
-                    tar.members.clear()
-                    name = _norm(member.name)
-                    if name is None:
-                        raise InvalidImage(f"archive {path}: member {member.name[:200]!r} leaves the archive")
-                    if name in self.files or name in self.links:
-                        raise InvalidImage(f"archive {path}: member {name!r} appears twice")
-                    if member.isreg():
-                        self.files[name] = (member.offset_data, member.size)
-                    elif member.issym():
-                        target = _norm(os.path.join(os.path.dirname(name), member.linkname)) \
-                            if not member.linkname.startswith("/") else None
-                        if target is None:
-                            raise InvalidImage(f"archive {path}: symlink {name!r} points outside it")
-                        self.links[name] = target
-                    elif member.islnk():
-                        target = _norm(member.linkname)
-                        if target is None:
-                            raise InvalidImage(f"archive {path}: hard link {name!r} points outside it")
-                        self.links[name] = target
-                    elif not member.isdir():
-                        raise InvalidImage(f"archive {path}: member {name!r}: unsupported type")
-        except tarfile.TarError as exc:
-            raise InvalidImage(f"archive {path}: not a valid tar ({exc})") from exc
-        except OSError as exc:
-            raise InvalidImage(f"archive {path}: cannot read ({exc.strerror or exc})") from exc
-        end = os.path.getsize(path)
-        for name, (offset, size) in self.files.items():
-            if offset + size > end:
-                raise InvalidImage(f"archive {path}: member {name!r} is truncated")
-
-    def _resolve(self, rel: str) -> str | None:
-        name = _norm(rel)
-        for _ in range(16):
-            if name is None:
-                return None
-            if name in self.files:
-                return name
-            name = self.links.get(name)
-        return None
-
-    def exists(self, rel: str) -> bool:
-        return self._resolve(rel) is not None
-
-    def size(self, rel: str) -> int:
-        return self.files[self._resolve(rel)][1]
-
-    def open(self, rel: str) -> BinaryIO:
-        offset, size = self.files[self._resolve(rel)]
-        return io.BufferedReader(_Slice(self.file, offset, size), buffer_size=_CHUNK_BYTES)
-
-
-def _norm(name: str) -> str | None:
-    """A member path without "./" and "", or None if it climbs out."""
-    out: list[str] = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not out:
-                return None
-            out.pop()
-        else:
-            out.append(part)
-    return "/".join(out) if out else None
-
-
-# ------------------------------------------------------------------ detection
-
-def detect_format(path: str) -> str:
-    """"oci", "oci-archive", "docker-archive" or "rootfs" (module doc).
-
-    Raises:
-        InvalidImage: the path is neither a directory nor a readable file,
-            or a directory that is not an OCI layout.
-    """
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "oci-layout")) or os.path.isfile(os.path.join(path, "index.json")):
-            return "oci"
-        raise InvalidImage(f"{path}: a directory but not an OCI image layout (no oci-layout)")
-    if not os.path.isfile(path):
-        raise InvalidImage(f"{path}: not a file or directory")
-    compressed = detect_compression(path) != "none"
-    names = set()
-    try:
-        # headers only: data is seeked over (a compressed archive is read through)
-        with tarfile.open(path, mode="r:*" if compressed else "r:") as tar:
-            while (member := tar.next()) is not None:
-                tar.members.clear()
-                name = _norm(member.name)
-                if name and "/" not in name and member.isfile():
-                    names.add(name)
-                    if len(names) > 64:
-                        return "rootfs"  # not an image archive's few top-level files
-    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError):
-        return "rootfs"  # import_tar names what is wrong with it
-    if "oci-layout" in names or "index.json" in names:
-        return "oci-archive"
-    if "manifest.json" in names:
-        return "docker-archive"
-    return "rootfs"
 
 
 # ------------------------------------------------------------------ selection
@@ -420,7 +154,7 @@ def _blob(digest: str) -> str:
     return f"blobs/sha256/{digest}"
 
 
-def _oci_pick(src: _Source, select: str | None) -> tuple[dict, str | None]:
+def _oci_pick(src: Source, select: str | None) -> tuple[dict, str | None]:
     """(the chosen OCI image manifest, its tag) from index.json."""
     if src.exists("oci-layout"):
         layout = src.read_json("oci-layout", "oci-layout")
@@ -559,7 +293,7 @@ def _diff_ids(cfg: dict, where: str) -> list[str]:
 
 # ------------------------------------------------------------------ import
 
-def _plan(src: _Source, fmt: str, select: str | None) -> tuple[dict, list[tuple[str, str, int | None, str]], str | None]:
+def _plan(src: Source, fmt: str, select: str | None) -> tuple[dict, list[tuple[str, str, int | None, str]], str | None]:
     """(image config, layers [(rel path, compression, declared size or None,
     digest or None)], tag from the archive)."""
     if fmt in ("oci", "oci-archive"):
@@ -655,13 +389,13 @@ def import_image(store, path: str, name: str, tag: str | None = None, *, select:
         raise InvalidImage(f"{path}: a {fmt} image brings its own config; options "
                            f"{', '.join(sorted(rootfs_options))} are for rootfs tarballs")
     if fmt == "oci":
-        return _import_from(store, _DirSource(path), fmt, name, tag, select, progress)
+        return _import_from(store, DirSource(path), fmt, name, tag, select, progress)
     kind = detect_compression(path)
     if kind == "none":
-        return _import_from(store, _TarSource(path), fmt, name, tag, select, progress)
+        return _import_from(store, TarSource(path), fmt, name, tag, select, progress)
     with store.staging("archive") as stage:  # docker save | gzip: read it from a plain copy
         plain = _decompress(path, kind, os.path.join(stage, "archive.tar"))
-        src = _TarSource(plain)
+        src = TarSource(plain)
         src.path = path
         return _import_from(store, src, fmt, name, tag, select, progress)
 
@@ -685,7 +419,7 @@ def _decompress(path: str, kind: str, out: str) -> str:
     return out
 
 
-def _import_from(store, src: _Source, fmt: str, name: str, tag: str | None, select: str | None,
+def _import_from(store, src: Source, fmt: str, name: str, tag: str | None, select: str | None,
                  progress: Callable[[str, int, int], None] | None) -> dict:
     """import_image's work once the source is open (see there)."""
     cfg, layers, archive_tag = _plan(src, fmt, select)
@@ -740,155 +474,3 @@ def _import_from(store, src: _Source, fmt: str, name: str, tag: str | None, sele
     finally:
         for layer_id in made:
             store.unpin(layer_id)
-
-
-# ------------------------------------------------------------------ export
-
-def _rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts or 0))
-
-
-def image_config(manifest: Mapping[str, Any]) -> dict:
-    """The OCI image config for a store manifest (uncompressed layers: the
-    diff_ids are the layer ids)."""
-    extra = manifest.get("config") or {}
-    conf: dict[str, Any] = {}
-    if manifest.get("env"):
-        conf["Env"] = [f"{k}={v}" for k, v in sorted(manifest["env"].items())]
-    if extra:
-        if extra.get("entrypoint"):
-            conf["Entrypoint"] = list(extra["entrypoint"])
-        if extra.get("cmd"):
-            conf["Cmd"] = list(extra["cmd"])
-        for key, out in (("working_dir", "WorkingDir"), ("user", "User")):
-            if extra.get(key):
-                conf[out] = extra[key]
-        if extra.get("volumes"):
-            conf["Volumes"] = {v: {} for v in extra["volumes"]}
-        if extra.get("labels"):
-            conf["Labels"] = dict(extra["labels"])
-    elif manifest.get("command"):
-        conf["Cmd"] = list(manifest["command"])
-    if manifest.get("exposed_ports"):
-        conf["ExposedPorts"] = {f"{p['port']}/{p['proto']}": {} for p in manifest["exposed_ports"]}
-    if manifest.get("stop_signal"):
-        conf["StopSignal"] = manifest["stop_signal"]
-    created = _rfc3339(manifest.get("created") or 0)
-    return {"created": created, "architecture": host_arch(), "os": "linux", "config": conf,
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in manifest["layers"]]},
-            "history": [{"created": created, "created_by": "dcfleet"} for _ in manifest["layers"]]}
-
-
-def _json_bytes(doc: Any) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def _plan_export(store, manifest: Mapping[str, Any], fmt: str) -> list[tuple[str, bytes | str]]:
-    """[(path in the output, bytes or a layer file to copy)]."""
-    tag = manifest.get("tag") or DEFAULT_TAG
-    layers = [(d, store.export_layer(d)) for d in manifest["layers"]]
-    config = _json_bytes(image_config(manifest))
-    config_digest = hashlib.sha256(config).hexdigest()
-    if fmt == "docker-archive":
-        out: list[tuple[str, bytes | str]] = [(f"{config_digest}.json", config)]
-        for d, path in layers:
-            out.append((f"{d}/layer.tar", path))
-        doc = [{"Config": f"{config_digest}.json", "RepoTags": [f"{manifest['name']}:{tag}"],
-                "Layers": [f"{d}/layer.tar" for d, _p in layers]}]
-        out.append(("manifest.json", _json_bytes(doc)))
-        out.append(("repositories", _json_bytes({manifest["name"]: {tag: layers[-1][0]}})))
-        return out
-    oci_manifest = _json_bytes({
-        "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-        "config": {"mediaType": MT_OCI_CONFIG, "digest": f"sha256:{config_digest}", "size": len(config)},
-        "layers": [{"mediaType": MT_OCI_LAYER, "digest": f"sha256:{d}", "size": os.path.getsize(p)}
-                   for d, p in layers]})
-    mdigest = hashlib.sha256(oci_manifest).hexdigest()
-    index = _json_bytes({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": [
-        {"mediaType": MT_OCI_MANIFEST, "digest": f"sha256:{mdigest}", "size": len(oci_manifest),
-         "annotations": {_REF_ANNOTATION: tag}}]})
-    out = [("oci-layout", _json_bytes({"imageLayoutVersion": "1.0.0"}))]
-    out += [(f"blobs/sha256/{d}", p) for d, p in layers]
-    out += [(f"blobs/sha256/{config_digest}", config), (f"blobs/sha256/{mdigest}", oci_manifest),
-            ("index.json", index)]
-    return out
-
-
-def export_image(store, ref: str, dest: str, fmt: str = "oci") -> dict:
-    """Write an image as an OCI layout directory, an OCI archive or a
-    docker-archive (module doc).
-
-    Args:
-        store: the ImageStore.
-        ref: image ref (``name``, ``name:tag``, ``name@idprefix``).
-        dest: the path to create (must not exist; its parent must).
-        fmt: "oci" (a directory), "oci-archive" or "docker-archive" (tars).
-
-    Returns:
-        {"path", "format", "id", "name", "tag", "bytes"} (bytes written).
-
-    Raises:
-        InvalidImage: bad format, dest exists or has no parent dir.
-        ImageNotFound, AmbiguousImageRef: as resolve().
-        StoreError: I/O failure; nothing is left at dest.
-    """
-    if fmt not in EXPORT_FORMATS:
-        raise InvalidImage(f"unknown export format {fmt!r}: one of {', '.join(EXPORT_FORMATS)}")
-    manifest = store.resolve(ref)
-    dest = os.path.abspath(dest)
-    if os.path.lexists(dest):
-        raise InvalidImage(f"export target {dest} already exists")
-    parent = os.path.dirname(dest)
-    if not os.path.isdir(parent):
-        raise InvalidImage(f"export target {dest}: no directory {parent}")
-    items = _plan_export(store, manifest, fmt)
-    tmp = os.path.join(parent, f".{os.path.basename(dest)}.dcfleet-{os.getpid()}")
-    written = 0
-    try:
-        if fmt == "oci":
-            os.mkdir(tmp, 0o755)
-            os.makedirs(os.path.join(tmp, "blobs", "sha256"), 0o755)
-            for rel, content in items:
-                target = os.path.join(tmp, rel)
-                if isinstance(content, bytes):
-                    with open(target, "wb") as f:
-                        f.write(content)
-                    written += len(content)
-                else:
-                    shutil.copyfile(content, target)
-                    written += os.path.getsize(target)
-        else:
-            with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                dirs = sorted({os.path.dirname(rel) for rel, _c in items if os.path.dirname(rel)})
-                for d in sorted({p for d in dirs for p in _parents(d)}):
-                    info = tarfile.TarInfo(d)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(manifest.get("created") or 0)
-                    tar.addfile(info)
-                for rel, content in items:
-                    info = tarfile.TarInfo(rel)
-                    info.mode, info.mtime = 0o644, int(manifest.get("created") or 0)
-                    if isinstance(content, bytes):
-                        info.size = len(content)
-                        tar.addfile(info, io.BytesIO(content))
-                    else:
-                        info.size = os.path.getsize(content)
-                        with open(content, "rb") as f:
-                            tar.addfile(info, f)
-                    written += info.size
-                raw.flush()
-        os.rename(tmp, dest)
-    except BaseException as exc:
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise StoreError(f"exporting {ref} to {dest}: {exc.strerror or exc}") from exc
-        raise
-    return {"path": dest, "format": fmt, "id": manifest["id"], "name": manifest["name"],
-            "tag": manifest.get("tag") or DEFAULT_TAG, "bytes": written}
-
-
-def _parents(d: str) -> list[str]:
-    parts = d.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
