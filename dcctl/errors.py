@@ -13,7 +13,8 @@ A server raises one of these; the wire layer sends its class name and message
      |    +-- NoSuchPortMapping
      |    +-- NoSuchMethod                not in the served method table
      |    +-- NoSuchHost
- |    +-- NoSuchRoute                 no such (route name, backend)
+     |    +-- NoSuchRoute                 no such (route name, backend)
+     |    +-- NoSuchUpload                no (complete) image upload with that id on the hub
      +-- Conflict
      |    +-- ContainerExists
      |    +-- ImageExists
@@ -96,6 +97,10 @@ class NoSuchHost(NotFound):
 
 class NoSuchRoute(NotFound):
     pass
+
+
+class NoSuchUpload(NotFound):
+    """No image upload (dcctl image_push FILE) with that id on the hub."""
 
 
 class Conflict(DcError):

@@ -20,6 +20,7 @@ from hub import fanout, routes, scheduler
 from hub.failover import Healer
 from hub.registry import Registry
 from hub.store import HubStore
+from hub.uploads import UploadMethods
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls
 VIEW_TIMEOUT_SECONDS = 5.0
 
 
-class HubService(routes.RouteMethods):
-    """The methods served by ``dc-hub``.
+class HubService(routes.RouteMethods, UploadMethods):
+    """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
+    hub.uploads).
 
     Args:
         store: the fleet's SQLite store.
@@ -785,16 +787,19 @@ class HubService(routes.RouteMethods):
     def image_ls(self) -> list:
         """Images in the hub's registry.
 
-        Returns: [{name, id (64 hex), created (Unix s), size_bytes, layers
-        (digests, bottom first), exposed_ports [{proto, port}]}].
+        Returns: [{name, tag ("latest" if none), id (64 hex), created (Unix
+        s), size_bytes, layers (digests, bottom first), exposed_ports
+        [{proto, port}]}].
         """
-        return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")}
-                for m in self.registry.ls()]
+        return [{**{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")},
+                 "tag": m.get("tag") or "latest"} for m in self.registry.ls()]
 
     @expose(shielded=True)
     def image_push(self, host: str, ref: str) -> dict:
         """Copy an image from a host's store into the hub's registry (layers
         in chunks, each checked against its digest; nothing partial is kept).
+        (``dcctl image_push FILE NAME[:TAG]`` with a local file uploads it
+        instead: see image_upload_begin.)
 
         Args: host: a fleet host's name; ref: ``name`` or ``name@idprefix``
         in that host's store.
