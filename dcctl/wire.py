@@ -7,11 +7,18 @@ errors leave as (name, message) with no traceback (the traceback goes to the
 local log); results that msgpack cannot carry become ``ResultTooLarge`` or
 ``InternalError`` instead of a silent client timeout; ``_zerorpc_inspect``
 answers correctly on Python 3.11 (zerorpc's own uses the removed
-``inspect.getargspec``).
+``inspect.getargspec``).  Requests are decoded tolerantly (msgpack 1.x's
+strict decoding would drop a request with an integer map key or invalid
+UTF-8 unanswered): any request with a message id that cannot be served
+(non-string map keys, invalid UTF-8, extension types, nesting past
+MAX_NESTING, a broken tail) is answered with ``InvalidArgument``; garbage
+without a message id is logged and dropped, and the server goes on.
 
 Client side: ``RpcClient`` wraps ``zerorpc.Client`` with a timeout on every
-call and turns remote error names back into ``dcctl.errors`` classes, so
-callers never catch ``zerorpc.*`` types.
+call, refuses to send what a server could not read (InvalidArgument, or
+ResultTooLarge over MAX_REQUEST_BYTES, which ZeroMQ would answer by
+dropping the connection), and turns remote error names back into
+``dcctl.errors`` classes, so callers never catch ``zerorpc.*`` types.
 """
 from __future__ import annotations
 
@@ -252,18 +259,25 @@ def _bad_request(problem="malformed request", *args):
 
 
 # ------------------------------------------------ what msgpack may carry
-#: How deep a request's or result's lists and maps may nest.
+#: How deep a request's lists and maps may nest, and how many values it may hold.
 MAX_NESTING = 64
+MAX_VALUES = 1 << 20
 _PLAIN = (type(None), bool, int, float, bytes)
 
 
-def wire_problem(value: Any, what: str = "argument", depth: int = 0) -> str | None:
-    """Why ``value`` cannot travel as a dcfleet request or result, or None.
+def wire_problem(value: Any, what: str = "argument", depth: int = 0, budget: list | None = None) -> str | None:
+    """Why ``value`` cannot travel as a dcfleet request, or None.
 
     Allowed: None, bool, int, float, bytes, valid UTF-8 str, lists and tuples
     of those, and maps whose keys are str (msgpack 1.x refuses any other key
     at the receiving end, so it never leaves or enters here), nested at
-    most MAX_NESTING deep.  Extension types are refused."""
+    most MAX_NESTING deep, MAX_VALUES values in all.  Extension types are
+    refused."""
+    if budget is None:
+        budget = [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        return f"{what}: more than {MAX_VALUES} values"
     if depth > MAX_NESTING:
         return f"{what} nests deeper than {MAX_NESTING} levels"
     if isinstance(value, str):
@@ -276,33 +290,35 @@ def wire_problem(value: Any, what: str = "argument", depth: int = 0) -> str | No
         return None
     if isinstance(value, (list, tuple)):
         for v in value:
-            problem = wire_problem(v, what, depth + 1)
+            problem = wire_problem(v, what, depth + 1, budget)
             if problem:
                 return problem
         return None
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
-                return f"{what} has a map key {k!r} of type {type(k).__name__}; map keys must be strings"
-            problem = wire_problem(k, what, depth + 1) or wire_problem(v, what, depth + 1)
+                return f"{what} has a map key {k!r:.40} of type {type(k).__name__}; map keys must be strings"
+            problem = wire_problem(k, what, depth + 1, budget) or wire_problem(v, what, depth + 1, budget)
             if problem:
                 return problem
         return None
     return f"{what} has a value of type {type(value).__name__}, which the wire cannot carry"
 
 
-def _unpacker() -> msgpack.Unpacker:
+def _unpacker(request: bool) -> msgpack.Unpacker:
     """A tolerant unpacker: integer map keys and invalid UTF-8 are decoded
-    (to be refused by wire_problem with an answer, not dropped unanswered)."""
+    (to be refused by wire_problem with an answer, not dropped unanswered);
+    a request's arrays and maps hold at most MAX_VALUES entries each."""
+    limits = {"max_array_len": MAX_VALUES, "max_map_len": MAX_VALUES} if request else {}
     return msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape",
-                            max_buffer_size=2 * MAX_REQUEST_BYTES)
+                            max_buffer_size=2 * max(MAX_REQUEST_BYTES, MAX_RESULT_BYTES), **limits)
 
 
-def _decode(buf) -> tuple[Any, Any, Any, str | None]:
+def _decode(buf, request: bool = True) -> tuple[Any, Any, Any, str | None]:
     """(header, name, args, problem) of a zerorpc message [header, name,
     args]; ``header`` is None when not even it can be read, ``problem``
     says what is wrong with the rest (None: nothing)."""
-    unpacker = _unpacker()
+    unpacker = _unpacker(request)
     header = name = args = None
     try:
         unpacker.feed(buf)
@@ -316,7 +332,7 @@ def _decode(buf) -> tuple[Any, Any, Any, str | None]:
         return (header, None, None, f"malformed request: {type(exc).__name__}: {exc}"[:500])
     if not isinstance(name, str) or wire_problem(name):
         return header, name, args, "malformed request: the method name must be a string"
-    return header, name, args, wire_problem(args, f"{name}: an argument")
+    return header, name, args, (wire_problem(args, f"{name}: an argument") if request else None)
 
 
 def _clean_header(header: Any) -> dict | None:
@@ -603,8 +619,8 @@ def _tag_callers(events, curve: bool, allowed: Callable[[str], bool]) -> None:
                 if problem:
                     log.warning("dropped a malformed channel event (%s)", problem)
                     continue
-            elif problem:  # a new request: answer it with InvalidArgument, never drop it silently
-                name, args = _BAD_REQUEST, [problem]
+            elif problem or not isinstance(args, list):  # a new request: answer, never drop it silently
+                name, args = _BAD_REQUEST, [problem or "malformed request: the arguments must be a list"]
             event = zerorpc.events.Event(name, args, None, header)
             event.identity = parts[:-1] or None
             caller = _LOCAL
@@ -720,15 +736,14 @@ def _tolerant_replies(events) -> None:
     def recv(timeout=None):
         while True:
             parts = receive(timeout=timeout)
-            header, name, args, problem = _decode(zerorpc.events.get_pyzmq_frame_buffer(parts[-1]))
+            header, name, args, problem = _decode(zerorpc.events.get_pyzmq_frame_buffer(parts[-1]), request=False)
             header = _clean_header(header)
             if header is None or "response_to" not in header:
                 log.warning("dropped an undecodable answer (%s)", problem or "no response_to")
                 continue
             if problem and not isinstance(name, str):
                 name, args = "ERR", ["InternalError", f"the server's answer cannot be decoded: {problem}", ""]
-            event = zerorpc.events.Event(name, args, None, header)
-            return event
+            return zerorpc.events.Event(name, args, None, header)
 
     events.recv = recv
 
@@ -849,5 +864,5 @@ def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
     return RpcClient(endpoint, timeout_s=timeout_s, keys=keys)
 
 
-__all__ = ["DEFAULT_TIMEOUT_SECONDS", "MAX_RESULT_BYTES", "Exposed", "MethodSpec", "RpcClient",
-           "Service", "check_result", "connect", "expose", "method_table", "validate_endpoint"]
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "MAX_REQUEST_BYTES", "MAX_RESULT_BYTES", "Exposed", "MethodSpec", "RpcClient",
+           "Service", "check_result", "connect", "expose", "method_table", "validate_endpoint", "wire_problem"]
