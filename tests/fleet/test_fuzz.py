@@ -11,10 +11,12 @@ failure).
 
 What the fuzz may not do: the agent is a throwaway one (a one-host fleet
 with its own prefix, namespace, state dir and LXC path), and no generated
-value names anything real: no image the hosts have, no host of the fleet, no
-endpoint (a string never contains "://"), no existing path.  ``ops_run``
-(host shell commands, called directly or through broadcast and queue) only
-ever gets a command from HARMLESS_COMMANDS.
+value names anything real but one container, REAL_CONTAINER (so calls get
+past the lookup into LXC): no image the hosts have (nothing new is
+created), no host of the fleet, no endpoint (a string never contains
+"://"), no existing path.  ``ops_run`` (host shell commands, called directly
+or through broadcast and queue) only ever gets a command from
+HARMLESS_COMMANDS; stops and execs are bounded to a few seconds.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.lxc
 SOAK = os.environ.get("DCF_SOAK") == "1"
 CALLS_PER_SERVICE = int(os.environ.get("DCF_FUZZ_CALLS") or (20000 if SOAK else 400))
 CALL_TIMEOUT_SECONDS = 60.0
+REAL_CONTAINER = "fz.real"
 HARMLESS_COMMANDS = ("true", ":", "echo fuzz", "exit 3", "printf '%s' fuzz", "", "   ", "true\x00")
 BUILTINS = ("_zerorpc_list", "_zerorpc_name", "_zerorpc_ping", "_zerorpc_help", "_zerorpc_args",
             "_zerorpc_inspect", "_dc_bad_request", "_dc_refuse")
@@ -77,6 +80,8 @@ def fleet():
     prefix = "dfz" + secrets.token_hex(2)
     state = fleetmod.up(prefix, 1, _free_subnet(), heartbeat_s=1.0)
     try:
+        with wire.connect(state["hub"]["ipc"], timeout_s=120) as hub:
+            hub.call("create_container", "busybox", REAL_CONTAINER, {"memory_bytes": 64 << 20})
         yield state
     finally:
         left = fleetmod.down(prefix)
@@ -90,7 +95,8 @@ class Gen:
 
     TEXTS = ("", " ", "x", "a.b", "..", "-rf", "/", "../../x", "%s%n", "é☃", "\u202e", "\x00", "a" * 70,
              "1", "-1", "0.5", "true", "no", "always", "on-failure:99999", "tcp", "udp", "spread", "binpack",
-             "label:zone=a", "*", "ipc", "SIGPWR", "/nonexistent/fz", "fz.no.such", "fz@1234", "sha256:00")
+             "label:zone=a", "*", "ipc", "SIGPWR", "/nonexistent/fz", "fz.no.such", "fz@1234", "sha256:00",
+             REAL_CONTAINER, REAL_CONTAINER, REAL_CONTAINER)
 
     def __init__(self, rng: random.Random):
         self.r = rng
@@ -172,6 +178,8 @@ class Gen:
             keys = OPTION_KEYS.get((method, p["name"]))
             if keys and r.random() < 0.8:
                 out.append(self.mapping(keys))
+            elif p["name"] == "name" and r.random() < 0.3:
+                out.append(REAL_CONTAINER)
             elif p["name"] == "method" and agent_methods and r.random() < 0.85:
                 out.append(r.choice(sorted(agent_methods)))
             elif p["name"] == "args" and agent_methods and i > 0 and isinstance(out[0], str) \
@@ -198,7 +206,21 @@ def defuse(method: str, args: list) -> list:
         args[0] = "nodebian"
     if method == "image_import" and args and isinstance(args[0], str) and os.path.lexists(args[0]):
         args[0] = "/nonexistent/fz.tar"
+    if method == "container_destroy" and args and args[0] == REAL_CONTAINER:
+        args[0] = "fz.no.such"  # keep it for the calls to come
+    if method == "container_stop" and len(args) > 1 and _number(args[1]) and args[1] > 5:
+        args[1] = 5.0  # a stop waits up to its timeout for the container's init
+    if method == "container_exec" and len(args) >= 2:
+        if len(args) == 2 or args[2] is None:
+            args[2:3] = [{"timeout_s": 10.0}]  # the default is 300 s
+        elif isinstance(args[2], dict) and (args[2].get("timeout_s") is None or (
+                _number(args[2]["timeout_s"]) and args[2]["timeout_s"] > 10)):
+            args[2] = {**args[2], "timeout_s": 10.0}
     return args
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _strings(value):
@@ -258,6 +280,7 @@ def fuzz(endpoint: str, seed: int, calls: int, agent_methods: dict | None = None
     rng = random.Random(seed)
     gen = Gen(rng)
     outcomes: dict[str, int] = {}
+    real: dict[str, int] = {}  # outcomes of the calls naming REAL_CONTAINER
     failures = []
     client = wire.connect(endpoint, timeout_s=CALL_TIMEOUT_SECONDS)
     stock = zerorpc.Client(timeout=CALL_TIMEOUT_SECONDS, heartbeat=5)
@@ -277,6 +300,8 @@ def fuzz(endpoint: str, seed: int, calls: int, agent_methods: dict | None = None
             args = defuse(method, gen.args(method, params, agent_methods))
             outcome = _outcome(client, stock, method, args)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if REAL_CONTAINER in args:
+                real[outcome] = real.get(outcome, 0) + 1
             if outcome in ("InternalError", "CallTimeout", "Unreachable") or outcome.startswith("sent-unsendable"):
                 failures.append((method, args, outcome))
                 if sum(f[2] != "InternalError" for f in failures) >= 3:
@@ -284,7 +309,7 @@ def fuzz(endpoint: str, seed: int, calls: int, agent_methods: dict | None = None
     finally:
         stock.close()
         client.close()
-    return {"outcomes": outcomes, "failures": failures}
+    return {"outcomes": outcomes, "real": real, "failures": failures}
 
 
 def _seed() -> int:
@@ -296,9 +321,18 @@ def _lxc_names(lxc_path: str) -> set[str]:
         if os.path.isdir(lxc_path) else set()
 
 
+def _lxc_state(host: dict, name: str) -> str:
+    """"running" or "stopped", as lxc-info says (in the host's namespaces)."""
+    out = subprocess.run(["ip", "netns", "exec", host["netns"], "lxc-info", "-P", host["lxc_path"], "-n", name,
+                          "-s", "-H"], capture_output=True, text=True, timeout=30).stdout.strip().lower()
+    return out or "unknown"
+
+
 def _assert_up_and_true(fleet) -> None:
     """Both services answer; the host is alive at the hub; the agent's
-    containers are exactly those LXC has; the hub's records are the agent's."""
+    containers are exactly those LXC has, each with the state LXC gives it,
+    and the hub lists every one of them (it may keep a record of one the
+    agent fuzz destroyed behind its back)."""
     host = fleet["hosts"][0]
     with wire.connect(fleet["hub"]["ipc"], timeout_s=30) as hub, wire.connect(host["ipc"], timeout_s=30) as agent:
         assert hub.call("_zerorpc_ping")[0] == "pong" and agent.call("_zerorpc_ping")[0] == "pong"
@@ -309,14 +343,21 @@ def _assert_up_and_true(fleet) -> None:
                 break
             assert time.monotonic() < deadline, f"host not alive after the fuzz: {rows}"
             time.sleep(0.2)
-        on_agent = {c["name"] for c in agent.call("container_ls")}
-        assert on_agent == _lxc_names(host["lxc_path"])
-        assert {c["name"] for c in hub.call("container_ls")} == on_agent
+        deadline = time.monotonic() + 60  # a fire-and-forget broadcast may still be at work
+        while True:
+            agent_view = {c["name"]: c["state"] for c in agent.call("container_ls")}
+            lxc_view = {n: _lxc_state(host, n) for n in _lxc_names(host["lxc_path"])}
+            if agent_view == lxc_view:
+                break
+            assert time.monotonic() < deadline, f"agent {agent_view} but LXC {lxc_view}"
+            time.sleep(0.5)
+        assert set(agent_view) <= {c["name"] for c in hub.call("container_ls")}
         assert [i["name"] for i in agent.call("image_ls")] == ["busybox"]
 
 
 def _report(kind: str, seed: int, result: dict) -> str:
-    lines = [f"{kind} fuzz (DCF_FUZZ_SEED={seed}) outcomes {result['outcomes']}"]
+    lines = [f"{kind} fuzz (DCF_FUZZ_SEED={seed}) outcomes {result['outcomes']}",
+             f"  of the calls naming {REAL_CONTAINER}: {result['real']}"]
     for method, args, outcome in result["failures"][:10]:
         lines.append(f"  {outcome}: {method}{tuple(args)!r}"[:600])
     return "\n".join(lines)
