@@ -403,3 +403,50 @@ def test_generated_calls_never_reach_the_host_shell_with_other_commands():
             if inner and isinstance(inner[0], str):
                 assert inner[0] in HARMLESS_COMMANDS
             assert not any("://" in s for s in _strings(args))
+
+
+@pytest.mark.parametrize("server", ["agent", "hub"])
+def test_real_services_answer_hostile_frames(fleet, server):
+    """Frames no client of ours would send, on a real agent and hub:
+    requests msgpack 1.x would drop (integer map keys, invalid UTF-8,
+    nesting past its stack) are answered with InvalidArgument; garbage
+    without a message id is ignored; the service answers afterwards."""
+    import msgpack
+    import zmq
+
+    endpoint = fleet["hosts"][0]["ipc"] if server == "agent" else fleet["hub"]["ipc"]
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.rcvtimeo = int(CALL_TIMEOUT_SECONDS * 1000)
+    sock.connect(endpoint)
+
+    def header(msgid: bytes) -> bytes:
+        return msgpack.packb({"message_id": msgid, "v": 3})
+
+    def answer(msgid: bytes):
+        while True:
+            blob = sock.recv_multipart()[-1]
+            head, name, args = msgpack.unpackb(blob, raw=False)
+            if head.get("response_to") == msgid and name != "_zpc_hb":
+                return name, args
+
+    try:
+        for junk in (b"", b"\xc1\xc1", os.urandom(512), msgpack.packb([1, 2, 3]), msgpack.packb([{}, "x", []])):
+            sock.send_multipart([b"", junk])
+        requests = {
+            b"f1": b"\x93" + header(b"f1") + msgpack.packb("container_ls") + msgpack.packb([{1: 2}]),
+            b"f2": b"\x93" + header(b"f2") + msgpack.packb("container_inspect") + b"\x91\xa2\xff\xfe",
+            b"f3": b"\x93" + header(b"f3") + msgpack.packb("hostinfo") + b"\x91" * 3000 + b"\xc0",
+            b"f4": b"\x93" + header(b"f4") + msgpack.packb("container_ls") + msgpack.packb({"not": "a list"}),
+        }
+        for msgid, blob in requests.items():
+            sock.send_multipart([b"", blob])
+            name, args = answer(msgid)
+            assert (name, args[0]) == ("ERR", "InvalidArgument"), (msgid, args)
+        sock.send_multipart([b"", msgpack.packb([{"message_id": b"f5", "v": 3}, "_zerorpc_ping", []])])
+        name, args = answer(b"f5")
+        assert name == "OK" and args[0][0] == "pong"
+    finally:
+        sock.close()
+        ctx.term()
