@@ -40,6 +40,8 @@ pytestmark = pytest.mark.lxc
 SOAK = os.environ.get("DCF_SOAK") == "1"
 CALLS_PER_SERVICE = int(os.environ.get("DCF_FUZZ_CALLS") or (20000 if SOAK else 400))
 CALL_TIMEOUT_SECONDS = 60.0
+#: pytest-timeout's limit for one fuzz run (a soak's 20,000 calls take about 5-10 minutes).
+RUN_TIMEOUT_SECONDS = 3600 if SOAK else 300
 REAL_CONTAINER = "fz.real"
 HARMLESS_COMMANDS = ("true", ":", "echo fuzz", "exit 3", "printf '%s' fuzz", "", "   ", "true\x00")
 BUILTINS = ("_zerorpc_list", "_zerorpc_name", "_zerorpc_ping", "_zerorpc_help", "_zerorpc_args",
@@ -363,6 +365,7 @@ def _report(kind: str, seed: int, result: dict) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_SECONDS)
 def test_fuzz_agent_answers_every_call_with_a_typed_error_or_a_result(fleet):
     seed = _seed()
     result = fuzz(fleet["hosts"][0]["ipc"], seed, CALLS_PER_SERVICE)
@@ -373,6 +376,7 @@ def test_fuzz_agent_answers_every_call_with_a_typed_error_or_a_result(fleet):
     _assert_up_and_true(fleet)
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_SECONDS)
 def test_fuzz_hub_answers_every_call_with_a_typed_error_or_a_result(fleet):
     seed = _seed()
     with wire.connect(fleet["hosts"][0]["ipc"], timeout_s=30) as agent:
