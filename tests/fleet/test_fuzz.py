@@ -273,7 +273,11 @@ def _outcome(client: wire.RpcClient, stock: zerorpc.Client, method: str, args: l
         client.call(method, *args)
         return "ok"
     except errors.DcError as exc:
+        _last_message[0] = str(exc)
         return type(exc).__name__
+
+
+_last_message = [""]  # the message of the last typed error, for the report
 
 
 def fuzz(endpoint: str, seed: int, calls: int, agent_methods: dict | None = None) -> dict:
@@ -305,8 +309,8 @@ def fuzz(endpoint: str, seed: int, calls: int, agent_methods: dict | None = None
             if REAL_CONTAINER in args:
                 real[outcome] = real.get(outcome, 0) + 1
             if outcome in ("InternalError", "CallTimeout", "Unreachable") or outcome.startswith("sent-unsendable"):
-                failures.append((method, args, outcome))
-                if sum(f[2] != "InternalError" for f in failures) >= 3:
+                failures.append((method, args, f"{outcome} ({_last_message[0]})"))
+                if sum(not f[2].startswith("InternalError") for f in failures) >= 3:
                     break  # the service is stuck: no point waiting out more timeouts
     finally:
         stock.close()
