@@ -7,6 +7,15 @@ before any side effect and carries a ``phase`` ("creating", "ready",
 finished by ``recover()`` at the next start.  Containers run under their own
 ``lxc-start`` monitor and outlive the agent.
 
+A record never lies about LXC, even when its write fails (a full disk: a
+container's rootfs lives in the state dir by default).  Start and stop write
+their intent (``desired``) before they act and act only once it is written
+(writes that must not fail go through the state store's reserve, see
+agents.state); a write after the act that fails is retried by the
+supervisor (``flush_unsaved``).  Destroy needs no space: its "destroying"
+mark is best effort and the rest only frees; a destroy cut short is finished
+by the next destroy, ``ops_cleanup`` or the next agent start.
+
 Record keys (JSON, persisted by agents.state):
     name, image (id), image_name, created (Unix s), address, memory_bytes,
     cpus, cpu_shares, env, command, ports [{proto, host_port, container_port,
@@ -18,6 +27,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
 
 import gevent
@@ -73,6 +83,8 @@ class ContainerManager:
         self.layout = cgroup.detect()
         self.state = StateStore(config.state_dir)
         self.records: dict[str, dict] = {}
+        self._unsaved: set[str] = set()  # names whose record in memory is newer than on disk
+        self._disk_desired: dict[str, str] = {}  # name -> "desired" as last written
         self._locks: dict[str, gevent.lock.BoundedSemaphore] = {}
         self._alloc_lock = gevent.lock.BoundedSemaphore(1)  # addresses, host ports, names
         self.images_lock = gevent.lock.BoundedSemaphore(1)  # image store mutations
@@ -95,12 +107,75 @@ class ContainerManager:
         if rec is None:
             raise errors.NoSuchContainer(f"no container {name!r} on this host")
         if ready and rec["phase"] != "ready":
-            raise errors.Busy(f"container {name!r} is {rec['phase']}")
+            hint = "container_destroy or ops_cleanup finishes it" if rec["phase"] == "destroying" else None
+            raise errors.Busy(f"container {name!r} is {rec['phase']}", hint=hint)
         return rec
 
-    def _save(self, rec: dict) -> None:
-        self.records[rec["name"]] = rec
-        self.state.save(rec)
+    def _save(self, rec: dict, critical: bool = True) -> None:
+        """Write ``rec`` (and keep it as the record in memory).
+
+        Raises: OSError; the name is then left for flush_unsaved()."""
+        name = rec["name"]
+        self.records[name] = rec
+        try:
+            self.state.save(rec, critical=critical)
+        except BaseException:
+            self._unsaved.add(name)
+            raise
+        self._unsaved.discard(name)
+        self._disk_desired[name] = rec["desired"]
+
+    def save_soon(self, rec: dict, critical: bool = False) -> bool:
+        """Write ``rec`` now if the disk takes it, else leave it to
+        flush_unsaved() (for writes after an act, when the record on disk
+        already tells the truth that matters: a record saying ``desired:
+        running`` of a stopped container is what the supervisor handles as
+        an exit).  ``critical`` lets it use the state store's reserve.
+        Returns whether it was written."""
+        try:
+            self._save(rec, critical=critical)
+            return True
+        except Exception as exc:  # noqa: BLE001 - retried by flush_unsaved
+            log.warning("record of %s not written (%s); retrying later", rec["name"], exc)
+            return False
+
+    def _set_desired(self, rec: dict, desired: str) -> None:
+        """Write the intent before acting on it (unless the disk already
+        holds it); the record is unchanged if the write fails (OSError)."""
+        old, unsaved = rec["desired"], rec["name"] in self._unsaved
+        if old == desired and self._disk_desired.get(rec["name"]) == desired:
+            return
+        rec["desired"] = desired
+        try:
+            self._save(rec)
+        except BaseException:
+            rec["desired"] = old
+            if not unsaved:
+                self._unsaved.discard(rec["name"])
+            raise
+
+    def flush_unsaved(self) -> list[str]:
+        """Write the records whose last write failed (the supervisor calls
+        this every pass); a record whose lock is held is left for the next
+        call.  Returns the names written."""
+        done = []
+        for name in sorted(self._unsaved):
+            lock = self._locks.setdefault(name, gevent.lock.BoundedSemaphore(1))
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                rec = self.records.get(name)
+                if rec is None:
+                    self._unsaved.discard(name)
+                    continue
+                try:
+                    self._save(rec, critical=False)
+                    done.append(name)
+                except Exception as exc:  # noqa: BLE001 - still no room: next pass
+                    log.debug("record of %s still not written: %s", name, exc)
+            finally:
+                lock.release()
+        return done
 
     def _dir(self, name: str) -> str:
         return os.path.join(self.config.lxc_path, name)
@@ -131,6 +206,7 @@ class ContainerManager:
                   "restarted": [...], "rules": {"added": n, "removed": n}}
         """
         self.records = self.state.load_all()
+        self._disk_desired = {name: rec["desired"] for name, rec in self.records.items()}
         rolled, finished = [], []
         for name, rec in list(self.records.items()):
             if rec["phase"] == "creating":
@@ -139,8 +215,11 @@ class ContainerManager:
                 del self.records[name]
                 rolled.append(name)
             elif rec["phase"] == "destroying":
-                self._finish_destroy(rec)
-                finished.append(name)
+                try:
+                    self._finish_destroy(rec)
+                    finished.append(name)
+                except Exception:  # noqa: BLE001 - left for destroy or ops_cleanup
+                    log.exception("finishing the destroy of %s failed; left destroying", name)
         rules = self.network.reconcile(self.all_mappings())
         # containers that stopped while the agent was away (or a host reboot)
         # are left to the supervisor: their restart policy decides
@@ -176,10 +255,10 @@ class ContainerManager:
             self.records[name] = rec
         with self.locked(name):
             try:
-                self.state.save(rec)
+                self.state.save(rec, critical=False)  # a full disk fails the create, keeps the reserve
                 self._write_container(rec, manifest)
                 rec["phase"] = "ready"
-                self._save(rec)
+                self._save(rec, critical=False)
             except BaseException:
                 self._rollback_create(name)
                 raise
@@ -203,7 +282,10 @@ class ContainerManager:
                    "prefixlen": self.network.prefixlen, "gateway": self.network.gateway,
                    "host": self.config.host_name, "exposed_ports": manifest.get("exposed_ports", []),
                    "env": rec["env"]}
-        _blocking(templates.render_templates, self.images, manifest, upper, context)
+        # dcfleet's network templates stand in for those an image lacks (an
+        # imported rootfs lists none): every container's /etc/hostname and
+        # /etc/hosts name it, as for built images
+        _blocking(templates.render_templates, self.images, manifest, upper, context, rootfs.NETWORK_TEMPLATES)
         rootfs.write_file(upper, rootfs.ENV_PATH, rootfs.env_file_text(rec["env"]))
         rootfs.write_file(upper, rootfs.COMMAND_PATH, rootfs.command_file_text(rec["command"]))
         cfg = ContainerConfig(
@@ -222,11 +304,18 @@ class ContainerManager:
         finally:
             self.state.delete(name)
             self.records.pop(name, None)
+            self._unsaved.discard(name)
+            self._disk_desired.pop(name, None)
 
     def _remove_files(self, name: str) -> None:
         cdir = self._dir(name)
         if os.path.isdir(cdir):
-            _blocking(shutil.rmtree, cdir)
+            try:
+                _blocking(shutil.rmtree, cdir)
+            except OSError as exc:
+                raise errors.StoreError(f"cannot remove {exc.filename or cdir}: {exc.strerror or exc}",
+                                        hint="something holds it (a mount under it?); "
+                                             "container_destroy or ops_cleanup finishes it later") from exc
 
     # ------------------------------------------------------------ start / stop
     def start(self, name: str) -> dict:
@@ -237,12 +326,16 @@ class ContainerManager:
             return self._view(rec, {"state": "RUNNING", "pid": pid})
 
     def _start(self, rec: dict) -> int | None:
+        """Start the container: ``desired: running`` is written first (a
+        write that fails starts nothing), and put back if LXC fails."""
         name = rec["name"]
-        try:  # the previous run's exit record must not be taken for this run's
-            os.unlink(os.path.join(self._dir(name), "delta0", "etc", "dcfleet", "exit"))
-        except FileNotFoundError:
-            pass
+        was = rec["desired"]
+        self._set_desired(rec, "running")
         try:
+            try:  # the previous run's exit record must not be taken for this run's
+                os.unlink(os.path.join(self._dir(name), "delta0", "etc", "dcfleet", "exit"))
+            except FileNotFoundError:
+                pass
             try:
                 pid = self.lxc.start(name)
             except lxcerr.LxcStartFailed as exc:
@@ -255,12 +348,16 @@ class ContainerManager:
                 pid = self.lxc.start(name)
         except lxcerr.LxcAlreadyRunning as exc:
             raise errors.ContainerRunning(f"container {name!r} is already running") from exc
+        except BaseException:
+            if was != "running" and self._live_state(name) != "RUNNING":
+                rec["desired"] = was
+                self.save_soon(rec, critical=True)
+            raise
         rec["started_at"] = time.time()
         self.network.enable_hairpin(rec["veth"])
         for m in self._mappings(rec):
             self.network.add_mapping(m)
-        rec["desired"] = "running"
-        self._save(rec)
+        self.save_soon(rec)  # started_at; the intent on disk is already true
         return pid
 
     def stop(self, name: str, timeout_s: float | None) -> dict:
@@ -268,29 +365,35 @@ class ContainerManager:
         timeout = self.config.stop_timeout_s if timeout_s is None else validate.stop_timeout(timeout_s)
         with self.locked(name):
             rec = self._record(name)
+            self._set_desired(rec, "stopped")  # written before the stop: a failed write stops nothing
             try:
                 self.lxc.stop(name, timeout_s=timeout)
             except lxcerr.LxcNotRunning as exc:
                 raise errors.ContainerNotRunning(f"container {name!r} is not running") from exc
-            finally:
-                if rec["desired"] != "stopped":
-                    rec["desired"] = "stopped"
-                    self._save(rec)
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     # ------------------------------------------------------------ destroy
     def destroy(self, name: str, force: bool) -> dict:
         """See AgentService.container_destroy."""
         with self.locked(name):
-            rec = self._record(name)
-            if self._maybe_running(rec) and not force:
+            rec = self._record(name, ready=False)
+            if rec["phase"] == "creating":
+                raise errors.Busy(f"container {name!r} is creating")
+            # a destroy cut short (phase destroying) is finished whatever force says
+            if rec["phase"] == "ready" and not force and self._maybe_running(rec):
                 raise errors.ContainerRunning(
                     f"container {name!r} is running", hint="stop it first, or destroy with force")
-            rec["phase"] = "destroying"
-            self._save(rec)
-            self._finish_destroy(rec)
+            self._destroy(rec)
         self._locks.pop(name, None)
         return {"name": name, "destroyed": True}
+
+    def _destroy(self, rec: dict) -> None:
+        """Mark the record destroying (best effort: a destroy needs no space,
+        it frees some) and finish the destroy.  The caller holds the lock."""
+        if rec["phase"] != "destroying":
+            rec["phase"] = "destroying"
+            self.save_soon(rec, critical=True)
+        self._finish_destroy(rec)
 
     def _maybe_running(self, rec: dict) -> bool:
         """Whether the container runs: a running container always has its
@@ -304,10 +407,7 @@ class ContainerManager:
         and record (the agent owns its LXC path: no lxc-destroy needed)."""
         name = rec["name"]
         if self._maybe_running(rec):
-            try:
-                self.lxc.stop(name, kill=True)
-            except lxcerr.LxcNotRunning:
-                pass
+            self._kill(name)
         for m in self._mappings(rec):
             self.network.remove_mapping(m)
         self._remove_files(name)
@@ -315,6 +415,30 @@ class ContainerManager:
             self.network.remove_stale_veth(rec["veth"])
         self.state.delete(name)
         self.records.pop(name, None)
+        self._unsaved.discard(name)
+        self._disk_desired.pop(name, None)
+
+    def _kill(self, name: str) -> None:
+        """Stop a container at once: ``lxc-stop -k``, or if LXC's tool fails,
+        SIGKILL to its init (its monitor then tears it down)."""
+        try:
+            self.lxc.stop(name, kill=True)
+            return
+        except lxcerr.LxcNotRunning:
+            return
+        except lxcerr.LxcError as exc:
+            log.warning("lxc-stop -k %s failed (%s); killing its init", name, exc)
+        try:
+            pid = self.lxc.info(name)["pid"]
+        except lxcerr.LxcError:
+            pid = None
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not self.lxc.wait(name, "STOPPED", 10):
+            raise errors.LxcFailure(f"container {name!r} did not stop when killed")
 
     # ------------------------------------------------------------ exec
     def exec(self, name: str, command, options: dict | None) -> dict:
@@ -354,9 +478,10 @@ class ContainerManager:
                 entry = {"proto": proto, "host_port": port, "container_port": container_port, "dynamic": dynamic}
                 rec["ports"].append(entry)
                 try:
-                    self._save(rec)
+                    self._save(rec, critical=False)  # a full disk fails the add, keeps the reserve
                 except BaseException:
                     rec["ports"].remove(entry)
+                    self._unsaved.discard(name)
                     raise
             mapping = next(m for m in self._mappings(rec) if m["host_port"] == port and m["proto"] == proto)
             try:
@@ -379,9 +504,19 @@ class ContainerManager:
                 raise errors.NoSuchPortMapping(f"{name!r} has no mapping for {proto}/{container_port}")
             mapping = next(m for m in self._mappings(rec)
                            if m["host_port"] == entry["host_port"] and m["proto"] == proto)
-            self.network.remove_mapping(mapping)
-            rec["ports"].remove(entry)
-            self._save(rec)
+            rec["ports"].remove(entry)  # written before the rule goes: a failed write changes nothing
+            try:
+                self._save(rec)
+            except BaseException:
+                rec["ports"].append(entry)
+                self._unsaved.discard(name)
+                raise
+            try:
+                self.network.remove_mapping(mapping)
+            except BaseException:
+                rec["ports"].append(entry)
+                self.save_soon(rec, critical=True)
+                raise
         return mapping
 
     # ------------------------------------------------------------ views
@@ -443,27 +578,45 @@ class ContainerManager:
         """See AgentService.container_logs."""
         self._record(name, ready=False)
         path = os.path.join(self._dir(name), "console.log")
-        try:
-            size = os.path.getsize(path)
-            with open(path, "rb") as f:
-                f.seek(max(0, size - max_bytes))
-                data = f.read(max_bytes)
-        except FileNotFoundError:
-            size, data = 0, b""
+
+        def tail() -> tuple[int, bytes]:  # up to 4 MiB: in the thread pool
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    f.seek(max(0, size - max_bytes))
+                    return size, f.read(max_bytes)
+            except FileNotFoundError:
+                return 0, b""
+
+        size, data = _blocking(tail)
         return {"name": name, "size_bytes": size, "data": data, "truncated": size > len(data)}
 
     def cleanup(self) -> dict:
         """See AgentService.ops_cleanup."""
         live = {c["name"]: c for c in self.lxc.ls()}
-        dropped, stopped, veths = [], [], []
+        dropped, stopped, veths, finished, failed = [], [], [], [], {}
         for name, rec in list(self.records.items()):
+            if rec["phase"] == "destroying":  # a destroy cut short; one under way holds the lock
+                lock = self._locks.setdefault(name, gevent.lock.BoundedSemaphore(1))
+                if not lock.acquire(blocking=False):
+                    continue
+                try:
+                    if self.records.get(name) is rec:
+                        self._finish_destroy(rec)
+                        finished.append(name)
+                except Exception as exc:  # noqa: BLE001 - reported, tried again next time
+                    log.warning("finishing the destroy of %s failed: %s", name, exc)
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                finally:
+                    lock.release()
+                if name not in self.records:
+                    self._locks.pop(name, None)
+                continue
             if rec["phase"] != "ready":
                 continue
             if not os.path.exists(os.path.join(self._dir(name), "config")):
                 with self.locked(name):
-                    rec["phase"] = "destroying"
-                    self._save(rec)
-                    self._finish_destroy(rec)
+                    self._destroy(rec)
                 dropped.append(name)
                 continue
             state = live.get(name, {}).get("state")
@@ -472,7 +625,8 @@ class ContainerManager:
                     stopped.append(name)
                 if self.network.remove_stale_veth(rec["veth"]):
                     veths.append(rec["veth"])
-        return {"dropped": dropped, "stopped_unexpectedly": stopped, "veths_removed": veths}
+        return {"dropped": dropped, "stopped_unexpectedly": stopped, "veths_removed": veths,
+                "destroy_finished": finished, "destroy_failed": failed}
 
     def images_in_use(self, image_id: str) -> list[str]:
         return sorted(r["name"] for r in self.records.values() if r["image"] == image_id)

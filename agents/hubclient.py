@@ -2,12 +2,20 @@
 heartbeat with a hostinfo summary every ``heartbeat_s`` seconds.
 
 Best effort (DESIGN, failure class 1): a hub that is down or restarting is
-retried quietly; a hub that no longer knows this host (it lost its store, or
-marked the host gone) gets a fresh registration.
+retried; a hub that no longer knows this host (it lost its store, or marked
+the host gone) gets a fresh registration.  Every error the hub answers (a
+refused key, a name not added with host_add, a bad endpoint) is logged at
+WARNING once per distinct error, with the hub's hint, and retried; the
+next success is logged too, so the log says what state the link is in.
+
+Registration and every heartbeat carry a boot id, new each time the agent
+process starts: a hub that sees it change knows the calls it had in flight to
+this host died with the previous process, and fails them at once.
 """
 from __future__ import annotations
 
 import logging
+import uuid
 
 import gevent
 
@@ -31,10 +39,12 @@ class HubLink(BackgroundLoop):
             "capacity"); called every beat.
         heartbeat_s: seconds between beats.
         keys: CURVE ClientKeys for a tcp:// hub.
+        boot_id: this process's boot id (default: a new random one).
     """
 
     def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0, keys=None,
-                 on_beat=None):
+                 on_beat=None, boot_id: str | None = None):
+        self.boot_id = boot_id or uuid.uuid4().hex
         self.on_beat = on_beat  # called after each heartbeat the hub accepted
         self.endpoint = endpoint
         self.keys = keys
@@ -42,6 +52,17 @@ class HubLink(BackgroundLoop):
         self.summary = summary
         self.heartbeat_s = heartbeat_s
         self.registered = False
+        self.last_error: str | None = None  # the last error logged, until a success
+        self.failures = 0  # calls to the hub failed since the last accepted heartbeat
+
+    def _failed(self, what: str, exc: errors.DcError) -> None:
+        """Log ``exc`` at WARNING unless it is the error logged last."""
+        self.failures += 1
+        text = f"{what}: {type(exc).__name__}: {exc}"
+        if text != self.last_error:
+            self.last_error = text
+            hint = f" (hint: {exc.hint})" if getattr(exc, "hint", None) else ""
+            log.warning("hub %s: %s%s; retrying", self.endpoint, text, hint)
 
     def _loop(self) -> None:
         while True:
@@ -59,22 +80,34 @@ class HubLink(BackgroundLoop):
         """One registration or heartbeat; errors are logged, not raised."""
         try:
             summary = self.summary()
+        except errors.DcError as exc:
+            self._failed("hostinfo for the heartbeat", exc)
+            return
+        what = "heartbeat"
+        try:
             if not self.registered:
-                client.call("host_register", {**self.identity, "capacity": summary["capacity"]})
+                what = "registration"
+                client.call("host_register", {**self.identity, "capacity": summary["capacity"],
+                                               "boot_id": self.boot_id})
                 self.registered = True
-                log.info("registered with hub %s as %s", self.endpoint, self.identity["name"])
-            client.call("host_heartbeat", self.identity["name"], summary)
+                log.info("registered with hub %s as %s at %s", self.endpoint, self.identity["name"],
+                         self.identity["endpoint"])
+                what = "heartbeat"
+            client.call("host_heartbeat", self.identity["name"], {**summary, "boot_id": self.boot_id})
+            if self.last_error is not None:
+                log.info("hub %s: heartbeats accepted again", self.endpoint)
+                self.last_error = None
+            self.failures = 0
             if self.on_beat is not None:
                 self.on_beat()
         except errors.NoSuchHost:
             self.registered = False  # the hub forgot us: register on the next beat
         except errors.Unauthorized as exc:
-            log.error("hub %s refuses this host: %s", self.endpoint, exc)
+            self._failed(what, exc)
             self.registered = False
             client.close()
             gevent.sleep(self.heartbeat_s * 5)  # a new connection, a new handshake, later
             raise _Reconnect() from exc
         except errors.DcError as exc:
-            if self.registered:
-                log.warning("hub %s: %s: %s", self.endpoint, type(exc).__name__, exc)
+            self._failed(what, exc)
             self.registered = False

@@ -1,5 +1,8 @@
 """``dc-agent``: the host agent's entry point.
 
+``dc-agent decommission`` removes what an agent leaves behind
+(agents.decommission).
+
 Start-up order: settings, bridge and netfilter chains, image store (busybox
 built on first use), re-adoption of existing containers and their port
 mappings, then serving.  SIGTERM/SIGINT stop serving only: containers and
@@ -113,10 +116,15 @@ def hub_keys(cfg: agent_config.AgentConfig) -> auth.ClientKeys | None:
 
 
 def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> HubLink:
-    """The membership loop: register with cfg.hub and send heartbeats."""
+    """The membership loop: register with cfg.hub and send heartbeats.
+
+    The endpoint it registers is the one the hub can verify: towards a
+    tcp:// hub (CURVE, our key) our tcp:// endpoint, whose server key is
+    that key; towards the hub's local ipc:// endpoint our ipc:// one."""
     agent = service.target
-    tcp = next((ep for ep in cfg.listen if ep.startswith("tcp://")), None)
-    identity = {"name": cfg.host_name, "endpoint": tcp or cfg.listen[0],
+    kind = "ipc://" if cfg.hub.startswith("ipc://") else "tcp://"
+    endpoint = next((ep for ep in cfg.listen if ep.startswith(kind)), cfg.listen[0])
+    identity = {"name": cfg.host_name, "endpoint": endpoint,
                 "address": cfg.advertise_address, "labels": cfg.labels}
 
     def summary() -> dict:
@@ -128,7 +136,12 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the agent until SIGTERM/SIGINT. Exit 2 on bad settings."""
+    """Run the agent until SIGTERM/SIGINT. Exit 2 on bad settings.
+    ``dc-agent decommission ...`` runs agents.decommission instead."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["decommission"]:
+        from agents import decommission
+        return decommission.main(args[1:])
     try:
         cfg = agent_config.load(argv)
     except errors.InvalidArgument as exc:

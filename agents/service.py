@@ -2,8 +2,12 @@
 
 Every method checks its arguments before any work (arity and types by the
 wire layer from the annotations below, meaning here), and raises the
-``dcctl.errors`` types named in its docstring.  Mutations are shielded: a
-caller that gives up does not leave half-made work.
+``dcctl.errors`` types named in its docstring.  Beside those, any method can
+raise InvalidArgument (wrong arity or argument types, from the wire layer)
+and PermissionDenied (the caller's role may not call it; read-only methods
+are marked ``access="read"``).  Mutations are shielded: a caller that gives
+up does not leave half-made work.  Sizes are bytes, durations seconds,
+timestamps Unix seconds; results are maps with string keys.
 """
 from __future__ import annotations
 
@@ -81,8 +85,9 @@ class AgentService:
     def image_ls(self) -> list:
         """List local images.
 
-        Returns: [{name, id, created (Unix s), size_bytes, layers (ids,
-        bottom first), exposed_ports [{proto, port}], command}].
+        Returns: [{name, id (64 hex), created (Unix s), size_bytes, layers
+        (sha256 digests, bottom first), exposed_ports [{proto, port}],
+        command (argv list)}].
         """
         return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers",
                                        "exposed_ports", "command")}
@@ -100,7 +105,8 @@ class AgentService:
                 command: [argv], stop_signal: "SIGPWR", init: "/sbin/init",
                 templates: [absolute paths in the rootfs]}.
 
-        Returns: the image manifest {id, name, created, layers, size_bytes, ...}.
+        Returns: the image manifest {id, name, created, layers, size_bytes,
+        exposed_ports, env, command, stop_signal, init, templates}.
 
         Raises: InvalidArgument (bad path or name), InvalidImage (hostile or
         broken archive member; nothing is kept), StoreError (I/O, disk full).
@@ -117,20 +123,24 @@ class AgentService:
     def image_rm(self, ref: str) -> dict:
         """Remove an image and the layers no other image uses.
 
-        Args: ref: ``name`` or ``name@idprefix``.
-        Returns: the removed manifest.
+        Args: ref: ``name`` or ``name@idprefix`` (4+ hex digits).
+        Returns: {id, name, removed_layers [digests no other image used],
+        freed_bytes}.
         Raises: ImageNotFound, AmbiguousImageRef, ImageInUse (names the
-        containers using it).
+        containers using it), StoreError (I/O).
         """
         with self.m.images_lock:
             manifest = self.m.images.resolve(ref)
-            return self.m.images.remove(ref, in_use_by=self.m.images_in_use(manifest["id"]))
+            return self.m.images.remove(ref, in_use_by=self.m.images_in_use(manifest["id"]),
+                                        offload=lambda fn, *a: gevent.get_hub().threadpool.apply(fn, a))
 
-    @expose(access="read")
+    @expose(access="read", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
         """An image's manifest and its layer sizes, for a peer pulling it.
 
-        Returns: {manifest, layer_sizes {digest: bytes}}.
+        Args: ref: ``name`` or ``name@idprefix``.
+        Returns: {manifest (as image_import returns it), layer_sizes
+        {digest: size in bytes of its tar}}.
         Raises: ImageNotFound, AmbiguousImageRef.
         """
         return self.puller.manifest(ref)
@@ -138,7 +148,13 @@ class AgentService:
     @expose(access="read")
     def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes (at most 4 MiB) of a layer tar from
-        ``offset`` (bytes); b"" past the end. Raises: ImageNotFound."""
+        ``offset`` (bytes); b"" past the end.
+
+        Args: digest: the layer's sha256 (64 hex); offset, length: bytes, >= 0.
+        Returns: bytes.
+        Raises: ImageNotFound (no such layer), InvalidArgument (negative
+        offset or length).
+        """
         return self.puller.read_layer(digest, offset, length)
 
     @expose(shielded=True)
@@ -149,8 +165,13 @@ class AgentService:
         sha256, and a failed pull leaves nothing; concurrent pulls of one
         image download it once.
 
-        Returns: {manifest, pulled (bool), bytes (transferred)}.
-        Raises: InvalidArgument (no source), ImageNotFound, StoreError,
+        Args: ref: ``name`` or ``name@idprefix``; source: ``tcp://host:port``
+        or ``ipc:///path``, or None for the hub.
+
+        Returns: {manifest, pulled (False when it was already here), bytes
+        (transferred)}.
+        Raises: InvalidArgument (no source, bad endpoint), ImageNotFound,
+        AmbiguousImageRef, StoreError (digest mismatch, I/O, disk full),
         Unreachable, CallTimeout.
         """
         source = source or self.m.config.hub
@@ -171,7 +192,8 @@ class AgentService:
             name: image name (default: the kind).
             options: {suite: "bookworm", mirror: URL}.
 
-        Returns: the manifest. Raises: InvalidArgument, StoreError (the
+        Returns: the manifest (as image_import returns it).
+        Raises: InvalidArgument (unknown kind or option), StoreError (the
         build failed; nothing is kept).
         """
         if kind != "debian":
@@ -185,7 +207,8 @@ class AgentService:
     def image_gc(self) -> dict:
         """Remove layers no image uses and staging leftovers.
 
-        Returns: {removed_layers [digests], freed_bytes}."""
+        Returns: {removed_layers [digests], freed_bytes}.
+        Raises: StoreError (I/O)."""
         with self.m.images_lock:
             return gevent.get_hub().threadpool.apply(self.m.images.gc)
 
@@ -208,23 +231,37 @@ class AgentService:
         The rootfs is an overlay of the image's layers with a per-container
         upper dir; the image's templates are rendered into it (Jinja2) with
         name, hostname, address, prefixlen, gateway, host, exposed_ports, env.
+        /etc/hostname, /etc/hosts and /etc/network/interfaces come from
+        dcfleet's own templates when the image has none for them (an
+        imported rootfs), wherever the image has their directory.
         A static address on the agent's bridge is allocated and kept.
 
-        Returns: container_inspect's dict.
+        Returns: the container's container_ls row (name, state "stopped",
+        image, image_id, address, created, desired, pid None, ports [],
+        memory_limit_bytes, cpus, restart, restart_count, last_exit,
+        oom_killed); container_inspect gives more.
 
         Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
-        ContainerExists, NoCapacity, AddressPoolExhausted. On any error
-        nothing is left: no record, directory, address or rule.
+        ContainerExists, NoCapacity (the host's max_containers),
+        AddressPoolExhausted, StoreError, LxcFailure. On any error nothing
+        is left: no record, directory, address or rule.
         """
         return self.m.create(image, name, options)
 
     @expose(shielded=True)
     def container_start(self, name: str) -> dict:
-        """Start a container (``lxc-start -d``; its monitor outlives the agent).
+        """Start a container (``lxc-start -d``; its monitor outlives the agent);
+        its port mappings are put (back) in the kernel.
 
-        Returns: container_inspect's dict.
+        ``desired: running`` is written before LXC is asked, and put back
+        if the start fails, so the record always tells what LXC does.
+
+        Returns: the container's container_ls row, with state "running"
+        and pid (its init's pid on the host, or None if LXC did not say).
         Raises: NoSuchContainer, ContainerRunning, LxcFailure (with the LXC
-        log's errors), Busy.
+        log's errors), Busy (another call holds it, or it is being created
+        or destroyed), StoreError (the disk is full even for the state
+        store's reserve: nothing was started).
         """
         return self.m.start(name)
 
@@ -234,8 +271,15 @@ class AgentService:
         SIGKILL after ``timeout_s`` seconds (default: the agent's
         stop_timeout_s, 10 s).
 
-        Returns: container_inspect's dict.
-        Raises: NoSuchContainer, ContainerNotRunning, Busy.
+        Its desired state becomes "stopped" (written before the stop): the
+        supervisor does not restart it, across agent restarts too.
+
+        Returns: the container's container_ls row, with state "stopped" and
+        pid None.
+        Raises: NoSuchContainer, ContainerNotRunning, Busy, InvalidArgument
+        (timeout_s outside 0..3600), StoreError (the disk is full even for
+        the state store's reserve: nothing was stopped; container_destroy
+        still works).
         """
         return self.m.stop(name, timeout_s)
 
@@ -246,7 +290,15 @@ class AgentService:
 
         Args: force: stop (kill) it first if running.
         Returns: {name, destroyed: True}.
-        Raises: NoSuchContainer, ContainerRunning (unless force), Busy.
+
+        A destroy needs no disk space (its "destroying" mark is written if
+        the disk takes it), so a container that filled the disk can always
+        be destroyed.  One cut short (the record stays ``destroying``) is
+        finished by the next container_destroy, ops_cleanup or agent start.
+
+        Raises: NoSuchContainer, ContainerRunning (unless force), Busy,
+        NetworkError, LxcFailure, StoreError (a file could not be removed;
+        the record stays ``destroying``).
         """
         return self.m.destroy(name, force)
 
@@ -258,19 +310,23 @@ class AgentService:
         "destroying", ...), image, image_id, address, created, desired, pid,
         ports [{proto, host_port, container_port}], memory_limit_bytes, cpus,
         restart, restart_count, last_exit {status, oom_killed, at, ran_s} |
-        None, oom_killed (stopped by the kernel's OOM killer)}].
+        None, oom_killed (stopped by the kernel's OOM killer)}], sorted by
+        name; created and at are Unix s, ran_s seconds.
+        Raises: LxcFailure (lxc-ls failed).
         """
         return self.m.ls()
 
     @expose(access="read")
     def container_inspect(self, name: str) -> dict:
-        """Everything about one container: container_ls's keys plus events
-        [{at, kind (exited|oom|restarted|restart_gave_up|restart_failed), ...}], env,
+        """Everything about one container.
+
+        Returns: container_ls's keys plus events [{at, kind
+        (exited|oom|restarted|restart_gave_up|restart_failed), ...}], env,
         command, cpu_shares, veth, gateway, prefixlen, host, rootfs_upper and
         usage {memory_bytes, memory_limit_bytes, cpu_seconds} read from its
-        cgroup (whole subtree).
+        cgroup (whole subtree; None when it does not run).
 
-        Raises: NoSuchContainer.
+        Raises: NoSuchContainer, LxcFailure.
         """
         return self.m.inspect(name)
 
@@ -285,10 +341,16 @@ class AgentService:
                 stdin: bytes}.
 
         Returns: {exit_code, stdout (bytes), stderr (bytes),
-        stdout_truncated, stderr_truncated, duration_s, timed_out}.
+        stdout_truncated, stderr_truncated (output over max_output_bytes was
+        dropped), stdout_incomplete, stderr_incomplete (a process the command
+        left running in the background still held the stream open when the
+        command exited: the bytes are those read by then, and that process
+        keeps running), duration_s, timed_out}.  The call returns when the
+        command exits, not when its background children do (as LXD's exec).
 
         Raises: NoSuchContainer, ContainerNotRunning, CommandNotFound,
-        InvalidArgument.
+        InvalidArgument (empty command, unknown option, caps exceeded),
+        Busy.
         """
         return self.m.exec(name, command, options)
 
@@ -306,7 +368,8 @@ class AgentService:
         ["hello", token, rows, cols]; see agents.enter for the protocol.
         ``dcctl container_enter NAME`` does all this.
 
-        Raises: NoSuchContainer, ContainerNotRunning.
+        Raises: NoSuchContainer, ContainerNotRunning, InvalidArgument
+        (bad command or option).
         """
         opts = validate.enter_options(options)
         argv = validate.command(command) if command is not None else ["/bin/sh", "-l"]
@@ -321,7 +384,9 @@ class AgentService:
     def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
         """The tail of the container's console log (lxc.console.logfile).
 
-        Returns: {name, size_bytes, data (bytes), truncated}.
+        Args: max_bytes: how much of the log's end to return, 0..4 MiB.
+        Returns: {name, size_bytes (the whole log), data (bytes, the last
+        max_bytes), truncated (data is not the whole log)}.
         Raises: NoSuchContainer, InvalidArgument (max_bytes over 4 MiB).
         """
         return self.m.logs(name, validate.log_bytes(max_bytes))
@@ -340,10 +405,11 @@ class AgentService:
                 agent's port range (kept across stop/start and agent restarts).
 
         Returns: {container, proto, host_port, container_address,
-        container_port, dynamic, host_address}.
+        container_port, dynamic (the host port came from the range),
+        host_address (this host's advertise_address, "" if none)}.
 
         Raises: NoSuchContainer, InvalidArgument, PortInUse,
-        PortRangeExhausted.
+        PortRangeExhausted, Busy, NetworkError (iptables failed).
         """
         return self.m.connection_add(name, proto, container_port, host_port)
 
@@ -351,8 +417,11 @@ class AgentService:
     def container_connection_rm(self, name: str, proto: str, container_port: int) -> dict:
         """Remove a port mapping and its kernel rules.
 
-        Returns: the removed mapping.
-        Raises: NoSuchContainer, NoSuchPortMapping.
+        Args: proto: "tcp" or "udp"; container_port: 1-65535.
+        Returns: the removed mapping {container, proto, host_port,
+        container_address, container_port}.
+        Raises: NoSuchContainer, NoSuchPortMapping, InvalidArgument, Busy,
+        NetworkError.
         """
         return self.m.connection_rm(name, proto, container_port)
 
@@ -361,9 +430,10 @@ class AgentService:
     def network_ls(self) -> dict:
         """This host's container network.
 
-        Returns: {bridge, subnet, gateway, port_range [low, high],
-        mappings [{container, proto, host_port, container_address,
-        container_port}], addresses {container: address}}.
+        Returns: {bridge, subnet (CIDR), gateway, port_range [low, high]
+        (inclusive), mappings [{container, proto, host_port,
+        container_address, container_port}] sorted by container and port,
+        addresses {container: address}}.
         """
         net = self.m.network
         return {"bridge": net.bridge, "subnet": str(self.m.config.subnet), "gateway": net.gateway,
@@ -383,7 +453,9 @@ class AgentService:
         address, memory_bytes, memory_limit_bytes, cpu_seconds}], capacity
         {memory_reservable_bytes, memory_reserved_bytes,
         memory_unreserved_bytes, container_slots, containers,
-        container_slots_free}}.
+        container_slots_free}}.  Sizes are bytes, cpu_percent a percentage
+        of all CPUs, load_avg [1, 5, 15 min], uptime_s and agent_uptime_s
+        seconds, boot_time Unix s, cpu_seconds CPU time used.
         """
         cfg = self.m.config
         metrics = hostinfo.host_metrics(cfg.state_dir)
@@ -407,9 +479,10 @@ class AgentService:
         Args: timeout_s: kill after this many seconds (max 3600);
         max_output_bytes: cap on each of stdout/stderr (max 16 MiB).
 
-        Returns: {host, exit_code, stdout (str), stderr (str), timed_out,
+        Returns: {host, exit_code (-9 when killed at its timeout), stdout
+        (str), stderr (str; undecodable bytes replaced), timed_out,
         duration_s}.
-        Raises: InvalidArgument.
+        Raises: InvalidArgument (empty command, NUL, limits exceeded).
         """
         validate.number(timeout_s, "timeout_s", minimum=0.1, maximum=3600)
         validate.number(max_output_bytes, "max_output_bytes", minimum=0, maximum=16 << 20, integer=True)
@@ -433,18 +506,26 @@ class AgentService:
     def ops_cleanup(self) -> dict:
         """Clean containers stuck in a broken state (the seed's "OOM
         wrangler"): records whose LXC definition vanished are dropped with
-        their rules; containers whose desired state is running but are
-        stopped are reported; stale veths of stopped containers are removed.
+        their rules; destroys cut short (records left ``destroying``, say by
+        a file that could not be removed) are finished; containers whose
+        desired state is running but are stopped are reported; stale veths
+        of stopped containers are removed.
 
-        Returns: {host, dropped [names], stopped_unexpectedly [names],
-        veths_removed [names]}.
+        Returns: {host, dropped [names], destroy_finished [names],
+        destroy_failed {name: "Error: message"} (still stuck; tried again
+        next time), stopped_unexpectedly [names], veths_removed [names]}.
+        Raises: NetworkError, LxcFailure.
         """
         return {"host": self.m.config.host_name, **self.m.cleanup()}
 
     @expose(access="read")
     def ops_facts(self) -> dict:
-        """Facts about this host: {host, os, kernel, python, agent_version,
-        lxc_path, bridge, subnet}."""
+        """Facts about this host.
+
+        Returns: {host, os (PRETTY_NAME of /etc/os-release, "" if unknown),
+        kernel, python, agent_version, lxc_version (``lxc-start --version``,
+        None if it cannot be run), lxc_path, bridge, subnet}.
+        """
         cfg = self.m.config
         osr = {}
         try:

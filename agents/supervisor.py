@@ -18,7 +18,7 @@ with the cgroup's oom_kill counter above zero, read inside the container by
 the run script, or by the supervisor from the host while the container
 powers off) is reported as ``oom_killed: true``.  Containers the operator stopped are never touched.
 About once a minute it also runs the host cleanup (ops_cleanup: records
-whose LXC definition vanished, stale veths).  Best effort (failure class 1):
+whose LXC definition vanished, destroys cut short, stale veths).  Best effort (failure class 1):
 a failed pass is logged and retried.
 """
 from __future__ import annotations
@@ -110,7 +110,9 @@ class Supervisor(BackgroundLoop):
             gevent.sleep(self.interval_s)
 
     def tick(self) -> None:
-        """One pass: record exits, apply policies, start restarts that are due."""
+        """One pass: write records whose last write failed (a full disk),
+        record exits, apply policies, start restarts that are due."""
+        self.m.flush_unsaved()
         live = {c["name"]: c for c in self.m.lxc.ls()}
         now = time.monotonic()
         for name, rec in list(self.m.records.items()):
@@ -161,13 +163,13 @@ class Supervisor(BackgroundLoop):
                 wanted = False
             if not wanted:
                 rec["desired"] = "stopped"
-                self.m._save(rec)
+                self.m.save_soon(rec)
                 log.info("%s exited (status %s, oom %s); policy %s: stays stopped", name, status, oom,
                          policy["policy"])
                 return
             delay = min(BACKOFF_MAX_SECONDS, 2.0 ** count)
             self._due[name] = time.monotonic() + delay
-            self.m._save(rec)
+            self.m.save_soon(rec)
             log.info("%s exited (status %s, oom %s); restart %d in %.0f s", name, status, oom, count + 1, delay)
 
     def _restart(self, rec: dict) -> None:

@@ -7,7 +7,11 @@
 2. Time for a restarted agent to serve again (re-adopting its containers and
    port mappings) with 50 running containers.
 
-Run as root:  python3 bench/failover.py [--sizes 3,10] [--containers 4] [--adopt 50]
+Run as root:  python3 bench/failover.py [--sizes 3,10] [--containers 4] [--adopt 50] [--quick]
+(``--quick``: 2 hosts, 1 container, 2 adopted, for the test suite).  Fleets
+are named ``PREFIX`` + the size (``--prefix``), the agent of part 2
+``dct`` + PREFIX's last 6 characters; all are gone when this exits, also
+after SIGTERM or SIGINT.
 """
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import _common  # noqa: E402
 from dcctl import errors, wire  # noqa: E402
 from ops import fleet as fleetmod  # noqa: E402
-from tests.agentproc import AgentProcess  # noqa: E402
+from tests.agentproc import TEST_PREFIX, AgentProcess  # noqa: E402
 
 
 def answering(hub: wire.RpcClient, fleet: dict, name: str, dead: str) -> bool:
@@ -42,10 +47,9 @@ def answering(hub: wire.RpcClient, fleet: dict, name: str, dead: str) -> bool:
     return name.encode() in page
 
 
-def failover(n_hosts: int, n_containers: int) -> float:
-    prefix = "dbf" + secrets.token_hex(2)
-    fleet = fleetmod.up(prefix, n_hosts, f"10.206.{secrets.randbelow(256)}.0/24", heartbeat_s=1.0)
+def failover(prefix: str, n_hosts: int, n_containers: int) -> float:
     try:
+        fleet = fleetmod.up(prefix, n_hosts, f"10.206.{secrets.randbelow(256)}.0/24", heartbeat_s=1.0)
         victim = fleet["hosts"][0]
         with wire.connect(fleet["hub"]["ipc"], 120) as hub:
             names = [f"fo{i}" for i in range(n_containers)]
@@ -68,9 +72,10 @@ def failover(n_hosts: int, n_containers: int) -> float:
         fleetmod.down(prefix)
 
 
-def adoption(count: int) -> float:
-    agent = AgentProcess().start()
+def adoption(prefix: str, count: int) -> float:
+    agent = AgentProcess(prefix)
     try:
+        agent.start(timeout_s=120)
         with agent.client(120) as c:
             for i in range(count):
                 c.call("container_create", "busybox", f"ad{i}")
@@ -93,16 +98,16 @@ def main() -> int:
     p.add_argument("--sizes", default="3,10")
     p.add_argument("--containers", type=int, default=4)
     p.add_argument("--adopt", type=int, default=50)
-    args = p.parse_args()
+    args = _common.parse(p, {"sizes": "2", "containers": 1, "adopt": 2}, "dbf" + secrets.token_hex(2))
     print("bench/failover (heartbeat 1 s, host lost after 3 missed)")
     for n in (int(x) for x in args.sizes.split(",")):
-        t = failover(n, args.containers)
+        t = failover(f"{args.prefix}{n}", n, args.containers)
         print(f"  {n:2d} hosts: host death -> {args.containers} --restart always containers answering "
               f"elsewhere: {t:5.1f} s")
-    t = adoption(args.adopt)
+    t = adoption(TEST_PREFIX + args.prefix[-6:], args.adopt)
     print(f"  agent restart with {args.adopt} running containers -> serving, all re-adopted: {t:5.2f} s")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _common.run(main)

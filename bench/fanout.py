@@ -7,18 +7,20 @@ surface and code paths, but no LXC, bridge or netfilter, like kubemark's
 hollow nodes), each its own process on an ipc endpoint, registered with a
 real dc-hub.  The method is ``container_ls``.
 
-Run as root:  python3 bench/fanout.py [--sizes 10,50,100] [--rounds 50]
+Run as root:  python3 bench/fanout.py [--sizes 10,50,100] [--rounds 50] [--quick]
+(``--quick``: N = 2, 3 rounds, for the test suite).  Everything it starts
+has ``/tmp/dcfan-PREFIX`` in its argv and is gone when it exits, also after
+SIGTERM or SIGINT.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,20 +29,18 @@ import gevent  # noqa: E402
 import gevent.pool  # noqa: E402
 import zerorpc  # noqa: E402
 
+from bench import _common  # noqa: E402
+from bench._common import spawn as start  # noqa: E402
 from dcctl import wire  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def start(argv: list[str], log: str) -> subprocess.Popen:
-    with open(log, "ab") as f:
-        return subprocess.Popen(argv, stdout=f, stderr=f, start_new_session=True, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": REPO})
-
-
-def wait_for(pred, timeout_s: float, what: str) -> None:
+def wait_for(pred, timeout_s: float, what: str, procs: list[subprocess.Popen] = ()) -> None:
+    """Wait for ``pred()``; fail at once when one of ``procs`` exited."""
     deadline = time.monotonic() + timeout_s
     while not pred():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"waiting for {what}: {' '.join(dead[0].args[:4])}... exited {dead[0].returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.2)
@@ -55,10 +55,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10,50,100")
     p.add_argument("--rounds", type=int, default=50)
-    args = p.parse_args()
+    args = _common.parse(p, {"sizes": "2", "rounds": 3}, "f" + secrets.token_hex(3))
     sizes = [int(x) for x in args.sizes.split(",")]
-    root = tempfile.mkdtemp(prefix="dcbench-")
+    root = f"/tmp/dcfan-{args.prefix}"
     procs: list[subprocess.Popen] = []
+    os.makedirs(root, mode=0o700)  # before the try: a prefix in use is left alone
     try:
         hub_ep = f"ipc://{root}/hub.sock"
         procs.append(start([sys.executable, "-m", "hub.main", "--listen", hub_ep, "--state-dir", f"{root}/hub",
@@ -72,11 +73,11 @@ def main() -> int:
                 i = len(endpoints)
                 ep = f"ipc://{root}/a{i}.sock"
                 procs.append(start([sys.executable, "-m", "agents.main", "--hollow", "--listen", ep,
-                                    "--state-dir", f"{root}/a{i}", "--bridge", f"dcbh{i}",
+                                    "--state-dir", f"{root}/a{i}", "--bridge", f"{args.prefix}b{i}",
                                     "--subnet", "10.255.0.0/24", "--host-name", f"hollow-{i:03d}",
                                     "--hub", hub_ep, "--heartbeat-s", "5"], f"{root}/a{i}.log"))
                 endpoints.append(ep)
-            wait_for(lambda: sum(h["state"] == "alive" for h in hub.call("hosts")) >= n, 300, f"{n} agents")
+            wait_for(lambda: sum(h["state"] == "alive" for h in hub.call("hosts")) >= n, 300, f"{n} agents", procs)
             raw_clients = [zerorpc.Client(ep, timeout=30) for ep in endpoints[:n]]
             pool = gevent.pool.Pool(256)
 
@@ -103,15 +104,10 @@ def main() -> int:
         hub.close()
         return 0
     finally:
-        for pr in procs:
-            try:
-                os.killpg(pr.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pr in procs:
-            pr.wait()
+        _common.reap(procs)
+        _common.kill_marked(root)  # any started but not yet recorded when a signal came
         shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _common.run(main)

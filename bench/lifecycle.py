@@ -9,12 +9,18 @@ API: container_create, container_start, container_exec, container_stop
 overlay of a busybox base container (the same image layer), lxc-start -d,
 lxc-attach -- hostname, lxc-stop -k, lxc-destroy.
 
-Run as root:  python3 bench/lifecycle.py [--cycles 40] [--workers 4] [--idle-containers 50]
+Run as root:  python3 bench/lifecycle.py [--cycles 40] [--workers 4] [--idle-containers 50] [--quick]
+(``--quick``: 2 cycles, 2 workers, 2 idle containers, for the test suite).
+The agent is named by ``--prefix`` (``dct`` + 6 hex, as the tests' agents:
+bridge PREFIX, root /tmp/dct-...); it, its containers and the raw ones are
+gone when this exits, also after SIGTERM or SIGINT.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import secrets
 import sys
 import time
 
@@ -24,7 +30,8 @@ import gevent  # noqa: E402
 import psutil  # noqa: E402
 from gevent import subprocess  # noqa: E402
 
-from tests.agentproc import AgentProcess  # noqa: E402
+from bench import _common  # noqa: E402
+from tests.agentproc import TEST_PREFIX, AgentProcess  # noqa: E402
 
 
 def api_cycle(client, tag: str) -> None:
@@ -90,10 +97,12 @@ def main() -> int:
     p.add_argument("--cycles", type=int, default=40)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--idle-containers", type=int, default=50)
-    args = p.parse_args()
-    agent = AgentProcess().start()
+    args = _common.parse(p, {"cycles": 2, "workers": 2, "idle_containers": 2},
+                         TEST_PREFIX + secrets.token_hex(3))
+    agent = AgentProcess(args.prefix)
     lxcpath = os.path.join(agent.root, "raw")
     try:
+        agent.start()
         make_raw_base(agent, lxcpath)
         clients = [agent.client(120) for _ in range(args.workers)]
         print(f"bench/lifecycle: {args.cycles} cycles each, busybox, {os.cpu_count()} CPUs")
@@ -115,8 +124,11 @@ def main() -> int:
             cl.close()
         return 0
     finally:
+        for cfg in glob.glob(os.path.join(lxcpath, "*", "config")):
+            subprocess.run(["lxc-stop", "-P", lxcpath, "-n", os.path.basename(os.path.dirname(cfg)), "-k"],
+                           capture_output=True)
         agent.cleanup()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _common.run(main)

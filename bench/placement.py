@@ -6,7 +6,10 @@
 2. End to end with 3 real hosts (a local fleet, real LXC): create_container
    with --no-start through the hub, sequentially and with 4 clients.
 
-Run as root:  python3 bench/placement.py [--decisions 2000] [--creates 30]
+Run as root:  python3 bench/placement.py [--decisions 2000] [--creates 30] [--quick]
+(``--quick``: 100 decisions, 2 creates, for the test suite).  The fleet is
+named by ``--prefix`` and is gone when this exits, also after SIGTERM or
+SIGINT.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import gevent  # noqa: E402
 
+from bench import _common  # noqa: E402
 from dcctl import wire  # noqa: E402
 from hub import scheduler  # noqa: E402
 from hub.store import HubStore  # noqa: E402
@@ -71,14 +75,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--decisions", type=int, default=2000)
     p.add_argument("--creates", type=int, default=30)
-    args = p.parse_args()
+    args = _common.parse(p, {"decisions": 100, "creates": 2}, "dbp" + secrets.token_hex(2))
     print("bench/placement")
     for workers in (1, 4):
         rate = decisions(100, args.decisions, workers)
         print(f"  100 hosts, decision + atomic claim, {workers} caller(s): {rate:8.1f} decisions/s")
-    prefix = "dbp" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 3, f"10.208.{secrets.randbelow(256)}.0/24")
+    prefix = args.prefix
     try:
+        state = fleetmod.up(prefix, 3, f"10.208.{secrets.randbelow(256)}.0/24")
         for workers in (1, 4):
             rate = end_to_end(args.creates, workers, state["hub"]["ipc"], str(workers))
             print(f"  3 real hosts, create_container --no-start end to end, {workers} client(s): "
@@ -89,4 +93,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _common.run(main)

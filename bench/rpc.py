@@ -6,28 +6,28 @@ The agent is a real dc-agent in hollow mode (no LXC), serving the same
 method table on a CURVE tcp endpoint and on a plain loopback one; the
 method is ``container_ls``.  Target: CURVE costs at most 20% throughput.
 
-Run as root:  python3 bench/rpc.py [--calls 3000]
+Run as root:  python3 bench/rpc.py [--calls 3000] [--quick]
+(``--quick``: 100 calls per row, for the test suite).  The agent has
+``/tmp/dcrpc-PREFIX`` in its argv and is gone when this exits, also after
+SIGTERM or SIGINT.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import gevent  # noqa: E402
 
+from bench import _common  # noqa: E402
 from dcctl import auth, wire  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port() -> int:
@@ -56,19 +56,25 @@ def measure(client: wire.RpcClient, calls: int, workers: int) -> tuple[float, fl
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=3000)
-    args = p.parse_args()
-    root = tempfile.mkdtemp(prefix="dcrpc-")
+    args = _common.parse(p, {"calls": 100}, "r" + secrets.token_hex(3))
+    root = f"/tmp/dcrpc-{args.prefix}"
+    os.makedirs(root, mode=0o700)
+    try:
+        return _bench(args, root)
+    finally:
+        _common.kill_marked(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _bench(args, root: str) -> int:
     curve_ep, plain_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     keys_dir = os.path.join(root, "state", "keys")
     server_public = auth.ensure_server_pair(keys_dir)[0].decode()
     pub, sec = auth.keygen(os.path.join(root, "client"), "bench")
     auth.Allowlist(keys_dir).add("admin", "bench", auth.load_public(pub).decode())
-    with open(os.path.join(root, "agent.log"), "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agents.main", "--hollow", "--listen", curve_ep,
-                                 "--insecure-listen", plain_ep, "--state-dir", os.path.join(root, "state"),
-                                 "--bridge", "dcbrpc", "--subnet", "10.255.1.0/24"],
-                                stdout=log, stderr=log, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
-                                start_new_session=True)
+    proc = _common.spawn([sys.executable, "-m", "agents.main", "--hollow", "--listen", curve_ep,
+                          "--insecure-listen", plain_ep, "--state-dir", os.path.join(root, "state"),
+                          "--bridge", "dcbrpc", "--subnet", "10.255.1.0/24"], os.path.join(root, "agent.log"))
     try:
         keys = auth.ClientKeys.from_files(sec, server_public)
         deadline = time.monotonic() + 30
@@ -86,7 +92,7 @@ def main() -> int:
             rows = {}
             for label, ep, k in (("plain", plain_ep, None), ("curve", curve_ep, keys)):
                 with wire.connect(ep, 30, k) as c:
-                    measure(c, 200, workers)  # warm up
+                    measure(c, min(200, args.calls), workers)  # warm up
                     rows[label] = measure(c, args.calls, workers)
                 rate, p50, p99 = rows[label]
                 print(f"  {label:5s} callers={workers}: {rate:8.0f} calls/s  p50 {p50:7.0f} us  p99 {p99:7.0f} us")
@@ -94,10 +100,8 @@ def main() -> int:
             print(f"  CURVE throughput cost at {workers} caller(s): {cost * 100:.1f}%")
         return 0
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        _common.reap([proc])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _common.run(main)

@@ -19,7 +19,14 @@ Allowlist layout (a directory, re-read when it changes)::
     KEYS_DIR/clients/agent/*.key    hosts (on the hub): register, heartbeat, pull
 
 The local ``ipc://`` endpoint (mode 0600, root only) has no CURVE; its
-callers are the host's root and get the admin role.
+callers are the host's root and get the admin role.  ``admin`` covers every
+access level, the agent's too: a local agent may join a hub over the hub's
+ipc endpoint (the hub knows it by its name there, see hub.service).
+
+Secrets: ``read`` and ``agent`` callers never see environment values.  A
+result's maps under an ``env`` key (a container's environment, anywhere in
+the result: inspect, broadcast, listings) reach them with each value
+replaced by REDACTED (``redact_env``); the names stay.
 """
 from __future__ import annotations
 
@@ -38,8 +45,12 @@ log = logging.getLogger(__name__)
 
 ROLES = ("admin", "read", "agent")
 #: What each role may call: method access levels it covers.
-GRANTS = {"admin": {"read", "admin"}, "read": {"read"}, "agent": {"agent", "read"}}
+GRANTS = {"admin": {"read", "admin", "agent"}, "read": {"read"}, "agent": {"agent", "read"}}
 LOCAL_ROLE = "admin"
+#: Roles that see env names with their values replaced by REDACTED.
+REDACTED_ROLES = frozenset({"read", "agent"})
+REDACTED = "<redacted>"
+_MAX_REDACT_DEPTH = 64
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
@@ -73,6 +84,40 @@ def load_public(path_or_key: str) -> bytes:
     except (OSError, ValueError) as exc:
         raise errors.InvalidArgument(f"cannot read public key {path_or_key}: {exc}") from exc
     return public
+
+
+def public_key(text: object) -> str:
+    """A Z85 CURVE public key (40 chars, 32 bytes) checked and returned.
+
+    Raises: InvalidArgument."""
+    if not isinstance(text, str) or len(text) != 40:
+        raise errors.InvalidArgument("a public key is 40 characters of Z85 (the public-key of a .key file)")
+    try:
+        raw = zmq.utils.z85.decode(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, KeyError, IndexError) as exc:
+        raise errors.InvalidArgument(f"bad public key {text!r}: not Z85") from exc
+    if len(raw) != 32:
+        raise errors.InvalidArgument(f"bad public key {text!r}: not 32 bytes")
+    return text
+
+
+def redact_env(value, depth: int = 0):
+    """``value`` (a result: dicts, lists, scalars) with every map found under
+    an ``env`` key given REDACTED for each value (names kept).  Makes new
+    containers where it changes something; never mutates ``value``."""
+    if depth > _MAX_REDACT_DEPTH:
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k == "env" and isinstance(v, dict):
+                out[k] = {name: REDACTED for name in v}
+            else:
+                out[k] = redact_env(v, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [redact_env(v, depth + 1) for v in value]
+    return value
 
 
 def load_pair(path: str) -> tuple[bytes, bytes]:
@@ -150,6 +195,19 @@ class Allowlist:
             f.write(f'curve\n    public-key = "{public_z85}"\n')
         os.replace(path + ".tmp", path)
         return path
+
+    def remove(self, role: str, name: str, public_z85: str) -> bool:
+        """Delete the key file ``clients/ROLE/NAME.key`` if it holds
+        ``public_z85``; True when deleted."""
+        path = os.path.join(self.keys_dir, "clients", role, f"{name}.key")
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError):
+            return False
+        if public.decode() != public_z85:
+            return False
+        os.unlink(path)
+        return True
 
 
 class ZapHandler:

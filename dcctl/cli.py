@@ -1,6 +1,7 @@
 """dcctl: the operator's command line for dcfleet agents and the hub.
 
-    dcctl [-H|--host ENDPOINT] [--json] [--timeout SECONDS] METHOD [ARGS...] [--KEY VALUE...]
+    dcctl [-H|--host ENDPOINT] [--json|--wide] [--filter KEY=VALUE] [--timeout SECONDS]
+          METHOD [ARGS...] [--KEY VALUE...]
     dcctl [methods]                  list the server's methods (first doc line)
     dcctl help METHOD | dcctl METHOD --help
     dcctl call ENDPOINT [METHOD [ARGS...]] [-j|--json] [-pj|--print-json] [--timeout S]
@@ -24,11 +25,15 @@ Arguments are converted with the server's ``_zerorpc_inspect`` answer:
   string; keys ending in ``_bytes`` take K/M/G/T suffixes (powers of 1024); a
   repeated key becomes a list; ``--env A=B`` builds a dict; ``--options-json
   '{...}'`` gives a base dict that the flags then update.  Flags always need a
-  value (``--privileged true``).  The names host, json, timeout, help and
-  options-json are dcctl's own; pass such keys with --options-json.
+  value (``--privileged true``).  The names host, json, wide, filter, timeout,
+  help and options-json are dcctl's own; pass such keys with --options-json.
 
 Output: see dcctl.output (tables, ``key: value`` lines, exec passthrough with
 the command's exit code; ``--json`` prints JSON and exits 0 on success).
+Listings (container_ls, hosts, image_ls, network_ls, hostinfo, events,
+broadcast) show a default view that fits 100 columns; ``--wide`` shows every
+column; ``--filter KEY=VALUE`` (repeatable; same key OR, different keys AND)
+keeps the matching rows, in the tables and in ``--json``.
 ``container_enter`` hands the terminal to dcctl.enter.  The call timeout is
 --timeout, else an options ``timeout_s`` + 30 s, else 30 s (330 s for
 container_exec).
@@ -82,11 +87,14 @@ LITERAL_AFTER_WORDS = {"container_exec": 2, "container_enter": 2}
 
 
 class UsageError(Exception):
-    """The command line is wrong; dcctl exits 2."""
+    """The command line is wrong; dcctl exits 2.  ``name`` is what the
+    error line calls it (UsageError, or InvalidArgument for a value the
+    wire cannot carry)."""
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, name: str = "UsageError"):
         super().__init__(message)
         self.hint = hint
+        self.name = name
 
 
 @dataclasses.dataclass
@@ -97,6 +105,8 @@ class Command:
     key: str | None = None  # our key pair file (.key_secret)
     server_key: str | None = None  # the server's public key (file or Z85)
     json: bool = False
+    wide: bool = False  # every column of a listing, uncut
+    filters: list[str] = dataclasses.field(default_factory=list)  # --filter KEY=VALUE specs
     timeout_s: float | None = None  # None: the default for the method
     help: bool = False
     method: str | None = None
@@ -132,11 +142,11 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
         name, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
         # --host before METHOD is the endpoint (-H); after it, the method's
         # own option (create_container ... --host H pins a host)
-        if name in ("-H", "--timeout", "--key", "--server-key") or (
-                name.startswith("--") and len(name) > 2 and name not in ("--json", "--help")):
+        if name in ("-H", "--timeout", "--key", "--server-key", "--filter") or (
+                name.startswith("--") and len(name) > 2 and name not in ("--json", "--wide", "--help")):
             if not eq:
                 if i >= len(argv) or argv[i].startswith("--"):
-                    if name in ("-H", "--host", "--timeout", "--key", "--server-key"):
+                    if name in ("-H", "--host", "--timeout", "--key", "--server-key", "--filter"):
                         raise UsageError(f"option {name} needs a value", hint=f"write {name} VALUE")
                     inline = "true"  # a bare flag (--no-start) at the end or before another flag
                 else:
@@ -149,10 +159,14 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
                 cmd.key = inline
             elif name == "--server-key":
                 cmd.server_key = inline
+            elif name == "--filter":
+                cmd.filters.append(inline)
             else:
                 cmd.flags.append((name[2:], inline))
         elif tok == "--json":
             cmd.json = True
+        elif tok == "--wide":
+            cmd.wide = True
         elif tok in ("-h", "--help"):
             cmd.help = True
         elif tok.startswith("-") and len(tok) > 1 and not _NUMBER_RE.match(tok):
@@ -475,6 +489,7 @@ def call_timeout(cmd: Command, options: dict | None) -> float:
 
 def run_method(cmd: Command) -> int:
     """Run ``dcctl METHOD ...`` (or list/help) against cmd.endpoint."""
+    filters = _filters(cmd.method, cmd.filters) if cmd.method not in (None, "methods", "help") else {}
     with _connect(cmd.endpoint, cmd.timeout_s or wire.DEFAULT_TIMEOUT_SECONDS, cmd.key, cmd.server_key) as client:
         schema = fetch_inspect(client)
         methods = schema.get("methods") or {}
@@ -497,13 +512,31 @@ def run_method(cmd: Command) -> int:
                 wire_args.append(build_options(cmd.method, cmd.flags))
         else:
             args, options, wire_args = build_call(cmd.method, params_of(info), cmd.words, cmd.flags)
+        try:  # the packing boundary: every integer, positional or option
+            wire.check_wire_ints(wire_args, f"{cmd.method}:")
+        except errors.InvalidArgument as exc:
+            raise UsageError(exc.message, hint=exc.hint, name="InvalidArgument") from exc
         handler = INTERACTIVE_HANDLERS.get(cmd.method)
         if handler is not None:
             code = handler(client, args, options or {})
             if code is not None:
                 return code
         result = client.call(cmd.method, *wire_args, timeout_s=call_timeout(cmd, options))
-        return output.render_json(result) if cmd.json else output.render(result)
+        try:
+            result = output.filter_result(cmd.method, result, filters)
+        except output.FilterError as exc:
+            raise UsageError(str(exc)) from exc
+        if cmd.json:
+            return output.render_json(result)
+        return output.render(result, method=cmd.method, wide=cmd.wide)
+
+
+def _filters(method: str | None, specs: list[str]) -> dict[str, list[str]]:
+    """--filter specs checked before any call (see dcctl.output.parse_filters)."""
+    try:
+        return output.parse_filters(method, specs)
+    except output.FilterError as exc:
+        raise UsageError(str(exc), hint=f"dcctl --filter KEY=VALUE {method or 'METHOD'}") from exc
 
 
 # ------------------------------------------------------------ dcctl call
@@ -546,8 +579,8 @@ def run_call(argv: list[str]) -> int:
         result = client.call(ns.method, *params)
         items = result if output.is_stream(result) else [result]
         for item in items:
-            if ns.print_json:
-                print(output.dumps(item, indent=None))
+            if ns.print_json:  # json.dumps' default separators, as the stock CLI prints
+                print(json.dumps(output.to_jsonable(item), ensure_ascii=False))
             else:
                 pprint.pprint(item)
     return 0
@@ -576,7 +609,7 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
             return 0
         return run_method(cmd)
     except UsageError as exc:
-        _report("UsageError", str(exc), exc.hint)
+        _report(exc.name, str(exc), exc.hint)
         return 2
     except errors.DcError as exc:
         _report(type(exc).__name__, exc.message, exc.hint)

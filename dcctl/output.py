@@ -18,24 +18,49 @@ other bytes become ``{"$base64": "<base64 text>"}``; tuples are lists.
 Streamed results (an iterator) are shown item by item as they arrive: a dict
 item as one ``key=value ...`` line, or one JSON document per line with
 ``--json``.
+
+Listings (``VIEWS``): the results of container_ls, hosts, image_ls,
+network_ls, hostinfo, events and broadcast have a default view in the
+manner of ``docker ps``: chosen columns, 12-character ids, ports as
+``20983->80/tcp``, readable sizes and ages, every line at most
+``TABLE_WIDTH`` (100) columns (long cells are cut with ``…``), and the header
+even when there are no rows.  ``wide=True`` (``dcctl --wide``) shows every
+key of every row, uncut, as the generic table above.  ``--json`` always
+prints the full data.
+
+Filters (``parse_filters``, ``filter_result``; ``dcctl --filter KEY=VALUE``)
+keep the rows of a listing that match, with Docker's semantics: values of
+the same key are alternatives (OR), different keys must all match (AND), and
+a key the listing does not know is refused.  ``name`` matches a part of the
+name, ``id`` a prefix, ``label`` ``KEY`` or ``KEY=VALUE``, ``image`` the image
+name or an id prefix; other keys match the whole value (case-insensitive).
 """
 from __future__ import annotations
 
 import base64
 import collections.abc
+import dataclasses
 import io
 import json
+import shlex
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dcctl.units import age_text, size_text
+
 #: The key that marks bytes that are not UTF-8 in JSON output.
 BASE64_KEY = "$base64"
 EXEC_KEYS = ("stdout", "stderr")
+#: The widest line a default view prints, in columns.
+TABLE_WIDTH = 100
+#: How many characters of an id a default view shows (as docker ps).
+SHORT_ID_CHARS = 12
+ELLIPSIS = "\u2026"
 
 
 def to_jsonable(value: Any) -> Any:
@@ -92,7 +117,8 @@ def _is_scalar(value: Any) -> bool:
 
 def kv_lines(value: dict, indent: int = 0) -> list[str]:
     """``key: value`` lines for a dict; nested dicts and lists of containers
-    are indented two spaces under their key."""
+    are indented two spaces under their key, and so is a list of scalars
+    that would not fit on one TABLE_WIDTH line, one item per line."""
     pad = " " * indent
     out = []
     for key, item in value.items():
@@ -109,7 +135,12 @@ def kv_lines(value: dict, indent: int = 0) -> list[str]:
                 else:
                     out.append(f"{pad}  - {scalar_text(elem)}")
         elif isinstance(item, (list, tuple)):
-            out.append(f"{pad}{key}: {', '.join(scalar_text(e) for e in item) if item else '[]'}")
+            line = f"{pad}{key}: {', '.join(scalar_text(e) for e in item) if item else '[]'}"
+            if len(line) <= TABLE_WIDTH:
+                out.append(line)
+            else:  # a long list of scalars (layer digests): one per line
+                out.append(f"{pad}{key}:")
+                out.extend(f"{pad}  - {scalar_text(e)}" for e in item)
         elif isinstance(item, dict):
             out.append(f"{pad}{key}: {{}}")
         elif isinstance(item, str) and "\n" in item.rstrip("\n"):  # multi-line text: an indented block
@@ -134,21 +165,306 @@ def cell_text(column: str, value: Any) -> str:
 
 def table_text(rows: list[dict], is_tty: bool = False) -> str:
     """A table of ``rows`` (dicts); columns are keys in first-seen order;
-    a bold header when ``is_tty``."""
+    a bold header when ``is_tty``.  Cells are never cut (the wide view)."""
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
+    return grid_text([str(c) for c in columns], [[cell_text(c, row.get(c)) for c in columns] for row in rows],
+                     is_tty)
+
+
+def fit_cells(headers: list[str], rows: list[list[str]], width: int = TABLE_WIDTH,
+              flexible: list[int] | None = None) -> list[list[str]]:
+    """``rows`` with the widest cells cut (ending in ``…``) until a line of
+    the table (columns two spaces apart) fits in ``width`` columns.  The
+    columns at the indices in ``flexible`` (ports, labels, free text) are
+    cut first, the others only if that is not enough; headers are never cut,
+    so a table whose headers alone are too wide stays so."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    floors = [max(len(h), 4) for h in headers]
+    excess = sum(widths) + 2 * max(0, len(headers) - 1) - width
+    for group in (list(flexible or []), list(range(len(headers)))):
+        while excess > 0:
+            shrinkable = [j for j in group if widths[j] > floors[j]]
+            if not shrinkable:
+                break
+            i = max(shrinkable, key=lambda j: widths[j])
+            widths[i] -= 1
+            excess -= 1
+    return [[cut_text(c, widths[i]) for i, c in enumerate(r)] for r in rows]
+
+
+def cut_text(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in ``…`` when cut; a
+    list (``a, b, c``) is cut after its last whole item that fits."""
+    if len(text) <= width:
+        return text
+    head = text[: width - 1]
+    sep = head.rfind(", ")
+    return (head[: sep + 2] if sep > 0 else head) + ELLIPSIS
+
+
+def grid_text(headers: list[str], rows: list[list[str]], is_tty: bool = False) -> str:
+    """Aligned columns two spaces apart under ``headers`` (bold when
+    ``is_tty``); lines carry no trailing spaces."""
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold" if is_tty else None)
-    for col in columns:
-        table.add_column(escape(str(col)), overflow="fold")
+    for col in headers:
+        table.add_column(escape(col), overflow="fold")
     for row in rows:
-        table.add_row(*(escape(cell_text(c, row.get(c))) for c in columns))
+        table.add_row(*(escape(c) for c in row))
     buf = io.StringIO()
     # Never fold cells to the terminal's width: long lines wrap like docker ps's.
     console = Console(file=buf, width=100_000, force_terminal=is_tty, no_color=not is_tty,
                       highlight=False, soft_wrap=True)
     console.print(table)
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+# ------------------------------------------------------------ listing views
+
+def short_id(value: Any) -> str:
+    """The first SHORT_ID_CHARS characters of an id (``-`` for none)."""
+    return str(value)[:SHORT_ID_CHARS] if value else "-"
+
+
+def ports_text(ports: Any) -> str:
+    """Port mappings as docker ps shows them: ``20983->80/tcp, 20984->53/udp``;
+    exposed ports ({proto, port}) as ``80/tcp``."""
+    if not isinstance(ports, (list, tuple)):
+        return scalar_text(ports)
+    out = []
+    for p in ports:
+        if isinstance(p, dict) and "host_port" in p:
+            out.append(f"{p.get('host_port')}->{p.get('container_port')}/{p.get('proto')}")
+        elif isinstance(p, dict) and "port" in p:
+            out.append(f"{p.get('port')}/{p.get('proto')}")
+        else:
+            out.append(scalar_text(p))
+    return ", ".join(out) if out else "-"
+
+
+def labels_text(labels: Any) -> str:
+    """{k: v} as ``k=v,k2=v2`` (``-`` for none)."""
+    if isinstance(labels, dict):
+        return ",".join(f"{k}={v}" for k, v in labels.items()) or "-"
+    return scalar_text(labels)
+
+
+def _ago(ts: Any, now: float) -> str:
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        return "-"
+    return age_text(now - ts)
+
+
+def _command_text(cmd: Any) -> str:
+    if isinstance(cmd, (list, tuple)) and all(isinstance(c, str) for c in cmd):
+        return shlex.join(cmd) if cmd else "-"
+    return scalar_text(cmd)
+
+
+def _state_text(row: dict) -> str:
+    state = scalar_text(row.get("state"))
+    return f"{state} (oom)" if row.get("oom_killed") else state
+
+
+def _image_text(row: dict) -> str:
+    return row.get("image") or short_id(row.get("image_id"))
+
+
+def _fraction(used: Any, total: Any, fmt: Callable[[Any], str] = scalar_text) -> str:
+    if used is None and total is None:
+        return "-"
+    return f"{fmt(used)}/{fmt(total)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a default view: its header, its text for a row (given
+    the row and the time now, Unix s) and, when set, the row key whose
+    presence in some row makes the column appear (a hub's ``host``);
+    ``flexible`` columns are cut first when a line is too wide."""
+
+    header: str
+    text: Callable[[dict, float], str]
+    only_with: str | None = None
+    flexible: bool = False
+
+
+def _col(header: str, key: str | None = None, fmt: Callable[[Any], str] | None = None,
+         only_with: str | None = None, flexible: bool = False) -> Column:
+    key = key or header
+    fmt = fmt or scalar_text
+    return Column(header, lambda row, now: fmt(row.get(key)), only_with, flexible)
+
+
+def _hostinfo_fields(row: dict) -> tuple[dict, dict]:
+    return row.get("metrics") or {}, row.get("capacity") or {}
+
+
+def _load_text(row: dict) -> str:
+    load = (_hostinfo_fields(row)[0].get("load_avg") or [None])[0]
+    return "-" if not isinstance(load, (int, float)) else f"{load:.2f}"
+
+
+def _event_detail(row: dict) -> str:
+    return " ".join(f"{k}={scalar_text(v)}" for k, v in row.items() if k not in ("at", "kind", "host", "name"))
+
+
+#: Default views by method: the columns shown without --wide.
+VIEWS: dict[str, tuple[Column, ...]] = {
+    "container_ls": (
+        _col("host", only_with="host"), _col("name"), Column("state", lambda r, now: _state_text(r)),
+        Column("image", lambda r, now: _image_text(r)), _col("address"),
+        _col("ports", fmt=ports_text, flexible=True), Column("age", lambda r, now: _ago(r.get("created"), now)),
+    ),
+    "hosts": (
+        _col("name"), _col("state"), _col("address"),
+        Column("containers", lambda r, now: _fraction(r.get("containers"), r.get("container_slots"))),
+        Column("reserved", lambda r, now: _fraction(r.get("memory_reserved_bytes"),
+                                                    r.get("memory_reservable_bytes"), size_text)),
+        Column("heartbeat", lambda r, now: f"{_ago(r.get('last_heartbeat'), now)} ago"
+               if r.get("last_heartbeat") else "-"),
+        _col("labels", fmt=labels_text, flexible=True),
+    ),
+    "image_ls": (
+        _col("name"), _col("id", fmt=short_id), Column("age", lambda r, now: _ago(r.get("created"), now)),
+        _col("size", "size_bytes", size_text),
+        Column("layers", lambda r, now: str(len(r["layers"])) if isinstance(r.get("layers"), list) else "-"),
+        _col("ports", "exposed_ports", ports_text, flexible=True),
+        _col("command", fmt=_command_text, only_with="command", flexible=True),
+    ),
+    "network_ls": (
+        _col("host"), _col("address"), _col("bridge"), _col("subnet"),
+        _col("port_range", fmt=lambda v: "-".join(map(str, v)) if isinstance(v, list) else scalar_text(v)),
+        Column("mappings", lambda r, now: str(len(r.get("mappings") or []))),
+        Column("containers", lambda r, now: str(len(r.get("addresses") or {}))),
+        _col("error", only_with="error", flexible=True),
+    ),
+    "hostinfo": (
+        _col("host"), _col("status"), Column("load", lambda r, now: _load_text(r)),
+        Column("memory", lambda r, now: _fraction(_hostinfo_fields(r)[0].get("memory_used_bytes"),
+                                                  _hostinfo_fields(r)[0].get("memory_total_bytes"), size_text)),
+        Column("disk_free", lambda r, now: size_text(_hostinfo_fields(r)[0].get("disk_free_bytes"))),
+        Column("containers", lambda r, now: _fraction(_hostinfo_fields(r)[1].get("containers"),
+                                                      _hostinfo_fields(r)[1].get("container_slots"))),
+        Column("unreserved", lambda r, now: size_text(_hostinfo_fields(r)[1].get("memory_unreserved_bytes"))),
+        Column("uptime", lambda r, now: age_text(_hostinfo_fields(r)[0].get("uptime_s"))),
+    ),
+    "events": (
+        _col("at", fmt=lambda v: cell_text("at", v)), _col("kind"), _col("host"), _col("name"),
+        Column("detail", lambda r, now: _event_detail(r) or "-", flexible=True),
+    ),
+}
+#: The columns of a broadcast's per-host table.
+FANOUT_HEADERS = ["host", "status", "answer"]
+
+
+def view_text(method: str, rows: list[dict], is_tty: bool = False, now: float | None = None,
+              width: int = TABLE_WIDTH) -> str:
+    """The default view of ``method``'s listing ``rows`` (see VIEWS): fitted
+    to ``width`` columns; the header alone when there are no rows."""
+    now = time.time() if now is None else now
+    cols = [c for c in VIEWS[method] if c.only_with is None or any(c.only_with in r for r in rows)]
+    cells = [[c.text(r, now) for c in cols] for r in rows]
+    headers = [c.header for c in cols]
+    flexible = [i for i, c in enumerate(cols) if c.flexible]
+    return grid_text(headers, fit_cells(headers, cells, width, flexible), is_tty)
+
+
+# ------------------------------------------------------------ filters
+
+class FilterError(ValueError):
+    """A --filter the listing cannot take (unknown key, no KEY=VALUE, or a
+    result that is not a listing); dcctl makes it a usage error."""
+
+
+def _lower(v: Any) -> str:
+    return scalar_text(v).lower()
+
+
+def _match_exact(key: str) -> Callable[[dict, str], bool]:
+    return lambda row, want: _lower(row.get(key)) == want.lower()
+
+
+def _match_name(row: dict, want: str) -> bool:
+    return want.lower() in _lower(row.get("name"))
+
+
+def _match_id(row: dict, want: str) -> bool:
+    return bool(row.get("id")) and str(row["id"]).lower().startswith(want.lower())
+
+
+def _match_label(row: dict, want: str) -> bool:
+    labels = row.get("labels") or {}
+    key, eq, value = want.partition("=")
+    return isinstance(labels, dict) and key in labels and (not eq or str(labels[key]) == value)
+
+
+def _match_image(row: dict, want: str) -> bool:
+    name, _, prefix = want.partition("@")
+    image_id = str(row.get("image_id") or "").lower()
+    if prefix:
+        return row.get("image") == name and image_id.startswith(prefix.lower())
+    return row.get("image") == want or (len(want) >= 4 and image_id.startswith(want.lower()))
+
+
+#: Filter keys by method: key -> match(row, value).
+FILTERS: dict[str, dict[str, Callable[[dict, str], bool]]] = {
+    "container_ls": {"name": _match_name, "state": _match_exact("state"), "image": _match_image,
+                     "host": _match_exact("host")},
+    "hosts": {"name": _match_name, "state": _match_exact("state"), "label": _match_label},
+    "image_ls": {"name": _match_name, "id": _match_id},
+    "network_ls": {"host": _match_exact("host")},
+    "hostinfo": {"host": _match_exact("host"), "status": _match_exact("status")},
+    "events": {"kind": _match_exact("kind"), "host": _match_exact("host"), "name": _match_name},
+    "broadcast": {"host": _match_exact("host"), "status": _match_exact("status")},
+}
+
+
+def parse_filters(method: str | None, specs: list[str]) -> dict[str, list[str]]:
+    """``["state=running", "name=web"]`` -> {key: [values]} for ``method``.
+
+    Raises:
+        FilterError: the method has no filterable listing, a spec is not
+            KEY=VALUE, or KEY is not one of the method's filter keys.
+    """
+    if not specs:
+        return {}
+    known = FILTERS.get(method or "")
+    if known is None:
+        raise FilterError(f"{method} has no listing to filter; --filter works on {', '.join(sorted(FILTERS))}")
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        key, eq, value = spec.partition("=")
+        if not eq or not key:
+            raise FilterError(f"--filter wants KEY=VALUE, got {spec!r}")
+        if key not in known:
+            raise FilterError(f"{method} cannot filter on {key!r}; keys: {', '.join(sorted(known))}")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _keep(method: str, row: dict, filters: dict[str, list[str]]) -> bool:
+    known = FILTERS[method]
+    return all(any(known[k](row, v) for v in values) for k, values in filters.items())
+
+
+def filter_result(method: str | None, result: Any, filters: dict[str, list[str]]) -> Any:
+    """``result`` with only the rows that pass ``filters`` (from
+    parse_filters): a list's rows, or a broadcast's per-host results.
+
+    Raises:
+        FilterError: ``result`` is not a listing (an agent answers
+            network_ls and hostinfo with one host's map).
+    """
+    if not filters:
+        return result
+    if method == "broadcast" and is_fanout_result(result):
+        kept = {h: r for h, r in result["results"].items() if _keep(method, {"host": h, **r}, filters)}
+        return {**result, "results": kept}
+    if isinstance(result, list) and all(isinstance(r, dict) for r in result):
+        return [r for r in result if _keep(method, r, filters)]
+    raise FilterError(f"{method} here answers with one map, not a listing; drop --filter")
 
 
 def _write_bytes(stream: TextIO, data: Any) -> None:
@@ -183,6 +499,10 @@ def render_exec(result: dict, stdout: TextIO, stderr: TextIO) -> int:
     for key in EXEC_KEYS:
         if result.get(f"{key}_truncated"):
             print(f"dcctl: note: {key} was truncated", file=stderr)
+    held = [key for key in EXEC_KEYS if result.get(f"{key}_incomplete")]
+    if held:
+        print(f"dcctl: note: a background process still holds the command's {'/'.join(held)}; "
+              "what it writes later is not shown", file=stderr)
     if result.get("timed_out"):
         print("dcctl: note: the command timed out", file=stderr)
     return exec_exit_code(result)
@@ -194,14 +514,7 @@ def is_fanout_result(value: Any) -> bool:
             and isinstance(value.get("results"), dict) and "targeted" in value["summary"])
 
 
-def _size(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+_size = size_text
 
 
 def result_digest(result: Any, width: int = 100) -> str:
@@ -222,30 +535,58 @@ def result_digest(result: Any, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def render_fanout(result: dict, stdout: TextIO) -> None:
+def render_fanout(result: dict, stdout: TextIO, wide: bool = False) -> None:
+    """A broadcast's summary line and its per-host table (host, status,
+    answer), fitted to TABLE_WIDTH unless ``wide``."""
     s = result["summary"]
     print(f"targeted {s['targeted']}: {s['ok']} ok, {s['error']} error, {s['timeout']} timeout "
           f"({s.get('duration_s', 0) * 1000:.0f} ms)", file=stdout)
     rows = []
     for host, r in result["results"].items():
-        detail = result_digest(r.get("result")) if r["status"] == "ok" else \
-            f"{r.get('error', '')}: {r.get('message', '')}" if r["status"] == "error" else "no answer in time"
-        rows.append({"host": host, "status": r["status"], "answer": detail})
-    if rows:
-        stdout.write(table_text(rows, is_tty=_isatty(stdout)))
+        detail = result_digest(r.get("result"), width=10_000 if wide else TABLE_WIDTH) if r["status"] == "ok" \
+            else f"{r.get('error', '')}: {r.get('message', '')}" if r["status"] == "error" else "no answer in time"
+        rows.append([host, r["status"], detail])
+    if rows or not wide:
+        stdout.write(grid_text(FANOUT_HEADERS, rows if wide else fit_cells(FANOUT_HEADERS, rows, flexible=[2]),
+                               is_tty=_isatty(stdout)))
 
 
-def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def network_text(result: dict, is_tty: bool = False, width: int = TABLE_WIDTH) -> str:
+    """An agent's network_ls: its bridge, subnet, gateway and port range as
+    ``key: value`` lines, then one row per container (address and ports)."""
+    lines = [f"{k}: {'-'.join(map(str, v)) if k == 'port_range' and isinstance(v, list) else scalar_text(v)}"
+             for k, v in result.items() if k not in ("mappings", "addresses")]
+    ports: dict[str, list] = {}
+    for m in result.get("mappings") or []:
+        ports.setdefault(m.get("container"), []).append(m)
+    names = list(result.get("addresses") or {}) + [n for n in ports if n not in (result.get("addresses") or {})]
+    rows = [[str(n), scalar_text((result.get("addresses") or {}).get(n)), ports_text(ports.get(n, []))]
+            for n in names]
+    headers = ["container", "address", "ports"]
+    return "\n".join(lines) + "\n\n" + grid_text(headers, fit_cells(headers, rows, width, [2]), is_tty)
+
+
+def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = None, *,
+           method: str | None = None, wide: bool = False, now: float | None = None) -> int:
     """Print ``result`` readably; returns the exit code (0, or an exec
-    result's exit code)."""
+    result's exit code).  ``method`` (the method that answered) picks its
+    listing's default view (VIEWS) unless ``wide``; ``now`` (Unix s, default
+    the clock) is what ages are counted from."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     if is_exec_result(result):
         return render_exec(result, stdout, stderr)
     if is_fanout_result(result):
-        render_fanout(result, stdout)
+        render_fanout(result, stdout, wide)
         summary = result["summary"]
         return 1 if summary.get("error") or summary.get("timeout") else 0
+    if method in VIEWS and isinstance(result, list) and all(isinstance(r, dict) for r in result) and (
+            not wide or not result):
+        stdout.write(view_text(method, result, is_tty=_isatty(stdout), now=now))
+        return 0
+    if method == "network_ls" and isinstance(result, dict) and not wide:
+        stdout.write(network_text(result, is_tty=_isatty(stdout)))
+        return 0
     if isinstance(result, list) and result and all(isinstance(r, dict) and "metrics" in r for r in result):
         stdout.write(table_text([{"host": r.get("host"), "status": r.get("status", "ok"),
                                   "summary": result_digest(r)} for r in result], is_tty=_isatty(stdout)))
@@ -285,10 +626,12 @@ def render_json(result: Any, stdout: TextIO | None = None) -> int:
     return 0
 
 
-def method_list_lines(methods: dict[str, str]) -> list[str]:
-    """Aligned ``name  first doc line`` lines for {name: doc}."""
-    width = max((len(m) for m in methods), default=0)
-    return [f"{name.ljust(width)}  {first_line(doc)}" for name, doc in methods.items()]
+def method_list_lines(methods: dict[str, str], width: int = TABLE_WIDTH) -> list[str]:
+    """Aligned ``name  first doc line`` lines for {name: doc}, each cut to
+    ``width`` columns (ending in ``…``)."""
+    name_width = max((len(m) for m in methods), default=0)
+    lines = [f"{name.ljust(name_width)}  {first_line(doc)}" for name, doc in methods.items()]
+    return [line if len(line) <= width else line[: width - 1] + ELLIPSIS for line in lines]
 
 
 def help_text(usage: str, rows: list[tuple[str, str, str]], doc: str) -> str:
@@ -317,6 +660,7 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-__all__ = ["BASE64_KEY", "dumps", "exec_exit_code", "first_line", "help_text", "is_exec_result", "is_stream", "kv_lines",
-           "method_list_lines", "render", "render_exec", "render_json", "scalar_text", "table_text",
-           "to_jsonable"]
+__all__ = ["BASE64_KEY", "FILTERS", "FilterError", "TABLE_WIDTH", "VIEWS", "dumps", "exec_exit_code", "filter_result",
+           "cut_text", "first_line", "fit_cells", "grid_text", "help_text", "is_exec_result", "is_stream", "kv_lines",
+           "method_list_lines", "network_text", "parse_filters", "ports_text", "render", "render_exec",
+           "render_json", "scalar_text", "short_id", "table_text", "to_jsonable", "view_text"]

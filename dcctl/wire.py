@@ -65,6 +65,50 @@ def validate_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+# ---------------------------------------------------------------- zerorpc's noise
+
+#: zerorpc 0.6.3's own log lines that report no problem of ours (PITFALLS,
+#: "zerorpc's own log lines"): (logger name, start of the message).
+#:
+#: * gevent_zmq's "BUG catching up after missing event" (ERROR, every few
+#:   seconds on an idle socket): its poller woke late and caught up; nothing
+#:   was lost.
+#: * the multiplexer's "unable to route event" (WARNING): a reply or
+#:   heartbeat for a call whose caller gave up (a late answer), or for a
+#:   channel of a peer's previous process.
+ZERORPC_NOISE = (
+    ("zerorpc.gevent_zmq", "/!\\ gevent_zeromq BUG /!\\ catching up after missing event"),
+    ("zerorpc.channel", "zerorpc.ChannelMultiplexer, unable to route event"),
+)
+
+
+class ZerorpcNoiseFilter(logging.Filter):
+    """Demotes exactly the messages in ZERORPC_NOISE to DEBUG (dropped
+    unless their logger is enabled for DEBUG); every other record passes
+    unchanged."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not isinstance(record.msg, str) \
+                or not record.msg.startswith(self.prefixes):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_zerorpc_noise() -> None:
+    """Install ZerorpcNoiseFilter on zerorpc's loggers (idempotent).  Every
+    Service and RpcClient calls it, so each server and client entry point
+    has it."""
+    for name in {n for n, _ in ZERORPC_NOISE}:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ZerorpcNoiseFilter) for f in logger.filters):
+            logger.addFilter(ZerorpcNoiseFilter(tuple(m for n, m in ZERORPC_NOISE if n == name)))
+
+
 # ---------------------------------------------------------------- server side
 
 @dataclasses.dataclass
@@ -74,10 +118,11 @@ class Exposed:
     shielded: bool = False  # finish even if the caller goes away
     stream: bool = False  # a generator streamed to the caller
     access: str = "admin"  # "read", "admin" or "agent" (see dcctl.auth.GRANTS)
+    redact_env: bool = True  # env values hidden from auth.REDACTED_ROLES
 
 
 def expose(fn: Callable | None = None, *, shielded: bool = False, stream: bool = False,
-           access: str = "admin"):
+           access: str = "admin", redact_env: bool = True):
     """Mark a method for the served table.
 
     Args:
@@ -88,13 +133,17 @@ def expose(fn: Callable | None = None, *, shielded: bool = False, stream: bool =
             call's greenlet (about two heartbeats after a client gives up) never
             leaves half-made work: the body runs to completion or rollback.
         stream: the method is a generator; zerorpc streams its items.
+        redact_env: callers of a role in auth.REDACTED_ROLES get the result's
+            env maps with their values redacted (auth.redact_env); False only
+            for results whose env is not a secret but content (an image
+            manifest, whose id hashes it).
     """
 
     if access not in auth.GRANTS["admin"] | {"agent"}:
         raise ValueError(f"bad access level {access!r}")
 
     def mark(f: Callable) -> Callable:
-        f.__dc_exposed__ = Exposed(shielded=shielded, stream=stream, access=access)
+        f.__dc_exposed__ = Exposed(shielded=shielded, stream=stream, access=access, redact_env=redact_env)
         return f
 
     return mark(fn) if fn is not None else mark
@@ -391,6 +440,7 @@ class Service:
     def __init__(self, target: Any, name: str, *,
                  translate: Callable[[BaseException], errors.DcError | None] | None = None,
                  heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys_dir: str | None = None):
+        quiet_zerorpc_noise()
         self.name = name
         self.target = target
         self.table = method_table(target)
@@ -483,9 +533,7 @@ class Service:
                     ) from exc
                 raise mapped from exc
 
-        def call(*args):
-            self._authorize(spec.exposed.access, spec.name)
-            spec.check(args)
+        def run(*args):
             if spec.exposed.shielded:
                 child = gevent.Greenlet(_capture, body, *args)
                 child.dc_parent = gevent.getcurrent()
@@ -495,6 +543,16 @@ class Service:
                     raise value
                 return value
             return body(*args)
+
+        def call(*args):
+            caller = self._authorize(spec.exposed.access, spec.name)
+            spec.check(args)
+            result = run(*args)
+            if spec.exposed.redact_env and caller.role in auth.REDACTED_ROLES:
+                if spec.exposed.stream:
+                    return (auth.redact_env(item) for item in result)
+                return auth.redact_env(result)
+            return result
 
         call.__name__ = spec.name
         call.__doc__ = spec.doc
@@ -709,6 +767,31 @@ def _capture(fn, *args, **kw):
         return False, exc
 
 
+#: msgpack's integer range: a value outside it cannot be sent at all.
+WIRE_INT_MIN, WIRE_INT_MAX = -(1 << 63), (1 << 64) - 1
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+
+def check_wire_ints(value: Any, where: str = "argument", depth: int = 0) -> None:
+    """Raise InvalidArgument if ``value`` (arguments of a call: lists, maps,
+    scalars) holds an integer msgpack cannot carry (below -2**63 or at least
+    2**64), so the caller gets a clear error, not OverflowError from the packer.
+
+    Raises: InvalidArgument."""
+    if isinstance(value, bool) or depth > 64:
+        return
+    if isinstance(value, int):
+        if not WIRE_INT_MIN <= value <= WIRE_INT_MAX:
+            raise errors.InvalidArgument(f"{where} {value} is out of range: integers must be "
+                                         f"from -2**63 to 2**64-1", hint="give a smaller value")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_wire_ints(v, f"{where} {k!s}" if isinstance(k, str) else where, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            check_wire_ints(v, where, depth + 1)
+
+
 def _check_request(method: str, args: tuple) -> None:
     """Refuse, before sending, a request the server could not read: a
     non-string map key or another value msgpack cannot carry, or one over
@@ -754,7 +837,9 @@ class RpcClient:
     Args:
         endpoint: ``ipc://PATH`` or ``tcp://HOST:PORT``.
         timeout_s: default seconds to wait for each answer.
-        heartbeat_s: zerorpc heartbeat interval in seconds.
+        heartbeat_s: zerorpc heartbeat interval in seconds: a server that
+            dies or freezes during a call is noticed after two of them
+            (Unreachable), whatever the call's timeout.
         keys: CURVE keys (dcctl.auth.ClientKeys) for a tcp:// endpoint that
             requires them; None for ipc:// and insecure loopback endpoints.
 
@@ -764,20 +849,26 @@ class RpcClient:
     Raises (from calls): the server's DcError subclass; Unauthorized as soon
     as the server refuses the handshake (ZeroMQ's socket monitor reports it)
     rather than after the timeout; CallTimeout when no answer comes in time;
-    Unreachable when the ipc socket does not exist or the server was lost
-    mid-call.
+    Unreachable when the ipc socket does not exist, the server was lost
+    mid-call, or the client was closed (``close(reason)``) while the call
+    waited; InvalidArgument for an integer msgpack cannot carry.
     """
 
     def __init__(self, endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
                  heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys: auth.ClientKeys | None = None):
+        quiet_zerorpc_noise()
         self.endpoint = validate_endpoint(endpoint)
         self.timeout_s = timeout_s
         self._client = zerorpc.Client(context=_client_context(), timeout=timeout_s,
                                       heartbeat=heartbeat_s)
         self._refused: str | None = None
         self._refused_event = gevent.event.Event()
+        self._closed: str | None = None  # why, once closed
+        self._closed_event = gevent.event.Event()
+        self._calls: set[gevent.Greenlet] = set()  # in flight
         self._monitor_task = None
         sock = self._client._events._socket
+        sock.linger = 0  # a close never waits for unsent messages
         if keys is not None:
             sock.curve_serverkey = keys.server_public
             sock.curve_publickey = keys.public
@@ -786,6 +877,7 @@ class RpcClient:
         if endpoint.startswith("tcp://"):
             mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            mon.linger = 0
             self._monitor_task = gevent.spawn(self._watch, mon, keys is not None)
         self._client.connect(endpoint)
 
@@ -808,25 +900,34 @@ class RpcClient:
             mon.close()
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        if self._closed:
+            raise errors.Unreachable(f"{self.endpoint}: {self._closed}")
         if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):
             raise errors.Unreachable(f"no server at {self.endpoint} (socket missing)")
+        check_wire_ints(list(args), f"{method}: argument")
         timeout = self.timeout_s if timeout_s is None else timeout_s
         _check_request(method, args)
         if self._refused:
             raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
+        # The call runs in a task of its own, so that a refused handshake or a
+        # close() ends the wait at once, and stopping the task never throws
+        # into the caller's greenlet.
+        task = gevent.spawn(_capture, self._client, method, *args, timeout=timeout)
+        self._calls.add(task)
         try:
-            if self._monitor_task is None:
-                return self._client(method, *args, timeout=timeout)
-            task = gevent.spawn(_capture, self._client, method, *args, timeout=timeout)
-            gevent.wait([task, self._refused_event], count=1)
+            gevent.wait([task, self._refused_event, self._closed_event], count=1)
             if not task.ready():
-                task.kill()
+                _stop_call(task)
+                if self._closed:
+                    raise errors.Unreachable(f"{self.endpoint}: {self._closed} during {method}")
                 raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
             ok, value = task.value
             if not ok:
                 raise value
             return value
         except TimeoutExpired as exc:
+            if self._closed:
+                raise errors.Unreachable(f"{self.endpoint}: {self._closed} during {method}") from exc
             if self.endpoint.startswith("ipc://") and not _ipc_listening(self.endpoint[6:]):
                 raise errors.Unreachable(f"no server listens at {self.endpoint} (a stale socket)") from exc
             raise errors.CallTimeout(
@@ -836,26 +937,48 @@ class RpcClient:
             raise errors.Unreachable(f"lost {self.endpoint} during {method} (no heartbeat)") from exc
         except RemoteError as exc:  # not mapped by the middleware (should not happen)
             raise errors.from_wire(exc.name, exc.msg, _hint_of(exc.traceback or "")) from exc
+        finally:
+            self._calls.discard(task)
+            if not task.ready():  # the caller itself was killed
+                task.kill(TimeoutExpired(0, "call abandoned"), block=False)
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("__"):
             raise AttributeError(method)
         return lambda *args, **kw: self.call(method, *args, **kw)
 
-    def close(self) -> None:
+    def close(self, reason: str = "client closed") -> None:
+        """Close the connection; never blocks for long (linger 0, each step
+        bounded).  Calls still waiting on this client fail at once with
+        Unreachable(``reason``)."""
+        if self._closed:
+            return
+        self._closed = reason
+        self._closed_event.set()
+        for task in list(self._calls):
+            _stop_call(task)
+        try:
+            self._client._events._socket.linger = 0
+        except zmq.ZMQError:
+            pass
+        self._client.close()  # stops the socket's monitor too
         if self._monitor_task is not None:
-            try:
-                self._client._events._socket.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            self._monitor_task.kill()
-        self._client.close()
+            self._monitor_task.kill(block=True, timeout=CLOSE_TIMEOUT_SECONDS)
 
     def __enter__(self) -> "RpcClient":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stop_call(task: gevent.Greenlet) -> None:
+    """End a call's task: TimeoutExpired, thrown where it waits for the
+    answer, takes zerorpc's own path that closes the call's channel and its
+    heartbeat (a plain kill would leave them behind)."""
+    task.kill(TimeoutExpired(0, "call abandoned"), block=True, timeout=CLOSE_TIMEOUT_SECONDS)
+    if not task.ready():
+        task.kill(block=False)
 
 
 def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
@@ -865,4 +988,5 @@ def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
 
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "MAX_REQUEST_BYTES", "MAX_RESULT_BYTES", "Exposed", "MethodSpec", "RpcClient",
-           "Service", "check_result", "connect", "expose", "method_table", "validate_endpoint", "wire_problem"]
+           "Service", "check_result", "check_wire_ints", "connect", "expose", "method_table",
+           "quiet_zerorpc_noise", "validate_endpoint", "wire_problem"]

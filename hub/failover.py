@@ -8,7 +8,12 @@ reconciling what a host reports with the fleet store.
   host is back.
 * Each heartbeat lists the host's containers.  A container the store places
   on another host is a stale copy (its host was lost and came back): it is
-  stopped and destroyed, so a name never runs twice.  A container the store
+  stopped and destroyed, so a name never runs twice.  What a heartbeat
+  claims is never trusted on its own: a copy is removed only on the host
+  that reported it (reached at its own verified endpoint), and only when
+  the hub's own record places that container, placed and not moving, on
+  another host the hub knows; the record is read again just before the
+  removal.  A container the store
   does not know (made on the host directly, or a create the hub lost in a
   restart) is adopted after the host confirms it.
 """
@@ -99,16 +104,28 @@ class Healer:
             if not isinstance(name, str) or (host, name) in self.reaping:
                 continue
             try:
-                owner = self.hub.store.container(name)["host"]
+                self.hub.store.container(name)
             except errors.InvalidArgument:
                 continue
             except errors.NoSuchContainer:  # made on the host directly, or a create the hub lost
                 self.reaping.add((host, name))
                 gevent.spawn(self._adopt, host, name)
                 continue
-            if owner != host and name not in self.moving:
+            if self._elsewhere(name, host):
                 self.reaping.add((host, name))
                 gevent.spawn(self._reap_one, host, name)
+
+    def _elsewhere(self, name: str, host: str) -> bool:
+        """True when the hub's own record says ``name`` lives on a known
+        host other than ``host`` (placed there, not being moved)."""
+        if name in self.moving:
+            return False
+        try:
+            row = self.hub.store.container(name)
+            self.hub.store.host(row["host"])
+        except errors.DcError:  # no record, or its owner is gone: nothing says it lives elsewhere
+            return False
+        return row["host"] != host and row["state"] == "placed"
 
     def _adopt(self, host: str, name: str) -> None:
         """Record a container a host has but the fleet store lacks (checked
@@ -125,7 +142,11 @@ class Healer:
             self.reaping.discard((host, name))
 
     def _reap_one(self, host: str, name: str) -> None:
+        """Destroy the stale copy of ``name`` on ``host`` (the host that
+        reported it), if the record still places it elsewhere."""
         try:
+            if not self._elsewhere(name, host):
+                return
             self.hub._call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
             self.hub._event("stale_copy_removed", name=name, host=host)
             log.info("removed stale copy of %s from %s", name, host)

@@ -41,6 +41,10 @@ def targets(hosts: list[dict], target: str | None) -> list[dict]:
 def broadcast(hosts: list[dict], call: Callable[[dict], object], timeout_s: float) -> dict:
     """Run ``call(host)`` on every host in parallel for up to ``timeout_s``.
 
+    A call that raises reports ``error`` with the exception's class name
+    (a wire error's, or any other's, e.g. TypeError); only a call still
+    running at the deadline (or raising CallTimeout) is ``timeout``.
+
     Returns: {"summary": {targeted, ok, error, timeout, duration_s},
               "results": {host: {"status": "ok", "result": ...} |
                                  {"status": "error", "error": Name, "message": str} |
@@ -59,7 +63,7 @@ def broadcast(hosts: list[dict], call: Callable[[dict], object], timeout_s: floa
             results[host["name"]] = {"status": "ok", "result": call(host)}
         except errors.CallTimeout:
             results[host["name"]] = {"status": "timeout"}
-        except errors.DcError as exc:
+        except Exception as exc:  # a wire error or any other: the host's error, never a timeout
             results[host["name"]] = {"status": "error", "error": type(exc).__name__, "message": str(exc)}
 
     greenlets = [pool.spawn(one, h) for h in hosts]

@@ -52,7 +52,7 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
     registry = Registry(os.path.join(args.state_dir, "registry"))
     keys_dir = args.keys_dir or os.path.join(args.state_dir, "keys")
     hub = HubService(store, registry, heartbeat_s=args.heartbeat_s, missed_heartbeats=args.missed_heartbeats,
-                     server_pair=auth.ensure_server_pair(keys_dir))
+                     server_pair=auth.ensure_server_pair(keys_dir), allowlist=auth.Allowlist(keys_dir))
     service = Service(hub, name="dc-hub", keys_dir=keys_dir)
     for ep in args.listen:
         if ep.startswith("ipc://"):

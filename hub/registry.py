@@ -6,6 +6,11 @@ partial or corrupt transfer leaves nothing.  The registry stores what agents
 push and serves what they pull; it never unpacks a layer.
 
 Layout: ROOT/layers/<sha256>.tar, ROOT/manifests/<id>.json, ROOT/tmp/.
+
+Every file read, write, hash, fsync, listing and removal runs in gevent's
+thread pool (layers are up to 8 GiB): the hub's loop keeps answering calls
+and heartbeats meanwhile, and errors raised there reach the caller unchanged.
+The chunk source (``fetch``) is called on the loop, since it is an RPC.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import json
 import os
 import re
 from typing import Callable
+
+import gevent
 
 from dcctl import errors
 
@@ -29,6 +36,12 @@ def manifest_id(manifest: dict) -> str:
     body = {k: v for k, v in manifest.items() if k != "id"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _blocking(fn, *args):
+    """Run blocking file or hash work in gevent's thread pool; its exception
+    is raised here."""
+    return gevent.get_hub().threadpool.apply(fn, args)
 
 
 def digest(value: object, what: str = "layer digest") -> str:
@@ -52,6 +65,9 @@ class Registry:
 
     def ls(self) -> list[dict]:
         """Manifests, by name then creation time."""
+        return _blocking(self._ls)
+
+    def _ls(self) -> list[dict]:
         out = []
         for entry in os.listdir(os.path.join(self.root, "manifests")):
             with open(os.path.join(self.root, "manifests", entry)) as f:
@@ -79,13 +95,19 @@ class Registry:
     def get(self, image_id: str) -> dict:
         """The manifest with this full id. Raises: ImageNotFound."""
         path = os.path.join(self.root, "manifests", digest(image_id, "image id") + ".json")
-        try:
+
+        def load() -> dict:
             with open(path) as f:
                 return json.load(f)
+
+        try:
+            return _blocking(load)
         except FileNotFoundError as exc:
             raise errors.ImageNotFound(f"no image {image_id[:12]} in the hub's registry") from exc
 
     def layer_size(self, d: str) -> int:
+        """A stored layer's size in bytes. Raises: InvalidArgument,
+        ImageNotFound."""
         try:
             return os.path.getsize(self._layer(d))
         except FileNotFoundError as exc:
@@ -93,13 +115,21 @@ class Registry:
 
     def read_layer(self, d: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes (capped at CHUNK_BYTES) of a layer tar from
-        ``offset``; b"" at the end."""
+        ``offset``; b"" at the end.
+
+        Raises: InvalidArgument (bad digest, negative offset or length),
+        ImageNotFound."""
         if offset < 0 or length < 0:
             raise errors.InvalidArgument("offset and length must be >= 0")
-        try:
-            with open(self._layer(d), "rb") as f:
+        path = self._layer(d)
+
+        def read() -> bytes:
+            with open(path, "rb") as f:
                 f.seek(offset)
                 return f.read(min(length, CHUNK_BYTES))
+
+        try:
+            return _blocking(read)
         except FileNotFoundError as exc:
             raise errors.ImageNotFound(f"no layer {d[:12]} in the hub's registry") from exc
 
@@ -123,6 +153,13 @@ class Registry:
             if not isinstance(size, int) or not 0 <= size <= MAX_LAYER_BYTES:
                 raise errors.InvalidArgument(f"bad size for layer {d[:12]}")
             self._fetch_layer(d, size, fetch)
+        try:
+            _blocking(self._write_manifest, manifest)
+        except OSError as exc:
+            raise errors.StoreError(f"cannot store manifest {manifest['id'][:12]}: {exc}") from exc
+        return manifest
+
+    def _write_manifest(self, manifest: dict) -> None:
         path = os.path.join(self.root, "manifests", manifest["id"] + ".json")
         tmp = os.path.join(self.root, "tmp", manifest["id"] + ".json")
         with open(tmp, "w") as f:
@@ -130,44 +167,69 @@ class Registry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return manifest
 
     def _fetch_layer(self, d: str, size: int, fetch: Callable[[str, int, int], bytes]) -> None:
         tmp = os.path.join(self.root, "tmp", d + ".part")
         sha = hashlib.sha256()
+
+        def keep(out, chunk: bytes) -> None:  # in the pool: hash and write one chunk
+            sha.update(chunk)
+            out.write(chunk)
+
+        def finish(out) -> None:  # in the pool
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
+            if sha.hexdigest() != d:
+                raise errors.StoreError(f"layer {d[:12]}: digest mismatch (got {sha.hexdigest()[:12]})")
+            os.replace(tmp, self._layer(d))
+
         try:
-            with open(tmp, "wb") as out:
+            out = _blocking(open, tmp, "wb")
+            try:
                 offset = 0
                 while offset < size:
                     chunk = fetch(d, offset, min(CHUNK_BYTES, size - offset))
                     if not chunk:
                         raise errors.StoreError(f"layer {d[:12]} ended at {offset} of {size} bytes")
-                    sha.update(chunk)
-                    out.write(chunk)
+                    if len(chunk) > size - offset:
+                        raise errors.StoreError(f"layer {d[:12]}: source sent more than its {size} bytes")
+                    _blocking(keep, out, chunk)
                     offset += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if sha.hexdigest() != d:
-                raise errors.StoreError(f"layer {d[:12]}: digest mismatch (got {sha.hexdigest()[:12]})")
-            os.replace(tmp, self._layer(d))
+                _blocking(finish, out)
+            finally:
+                out.close()
         except OSError as exc:
             raise errors.StoreError(f"cannot store layer {d[:12]}: {exc}") from exc
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            _blocking(_unlink_if_there, tmp)
 
     def remove(self, ref: str) -> dict:
-        """Remove an image and the layers no other manifest uses."""
+        """Remove an image and the layers no other manifest uses.
+
+        Returns: the removed manifest. Raises: as resolve(); StoreError
+        (I/O error)."""
         m = self.resolve(ref)
-        os.unlink(os.path.join(self.root, "manifests", m["id"] + ".json"))
-        used = {d for other in self.ls() for d in other["layers"]}
-        for d in m["layers"]:
-            if d not in used and os.path.exists(self._layer(d)):
-                os.unlink(self._layer(d))
+        try:
+            _blocking(os.unlink, os.path.join(self.root, "manifests", m["id"] + ".json"))
+            used = {d for other in self.ls() for d in other["layers"]}
+            for d in m["layers"]:
+                if d not in used:
+                    _blocking(_unlink_if_there, self._layer(d))
+        except OSError as exc:
+            raise errors.StoreError(f"cannot remove image {m['id'][:12]}: {exc}") from exc
         return m
 
     def disk_usage_bytes(self) -> int:
-        return sum(e.stat().st_size for e in os.scandir(os.path.join(self.root, "layers")))
+        """Bytes of all stored layers."""
+        return _blocking(lambda: sum(e.stat().st_size for e in os.scandir(os.path.join(self.root, "layers"))))
+
+
+def _unlink_if_there(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 __all__ = ["CHUNK_BYTES", "Registry", "manifest_id", "digest"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from dcctl import errors
+from dcctl.units import size_text
 
 STRATEGIES = ("spread", "binpack")
 
@@ -58,8 +59,8 @@ def place(hosts: list[dict], request: Request, db_figures: dict[str, tuple[int, 
         elif free_slots < 1:
             rejected[h["name"]] = "no free container slot"
         elif free_mem < request.memory_bytes:
-            rejected[h["name"]] = (f"needs {request.memory_bytes} bytes of memory, "
-                                   f"{max(0, free_mem)} unreserved")
+            rejected[h["name"]] = (f"needs {size_text(request.memory_bytes)} of memory, "
+                                   f"{size_text(max(0, free_mem))} unreserved")
         else:
             ranked.append((free_mem - request.memory_bytes, free_slots, h["name"]))
     if request.strategy == "binpack":

@@ -66,29 +66,39 @@ class HubService:
         heartbeat_s: expected seconds between agent heartbeats.
         missed_heartbeats: heartbeats missed before a host is unreachable.
         call_timeout_s: default timeout of a forwarded call, seconds.
+        allowlist: the hub's client allowlist (dcctl.auth.Allowlist), where
+            host_add admits a host's key with the agent role; None for a hub
+            without keys.
     """
 
     def __init__(self, store: HubStore, registry: Registry, *, heartbeat_s: float = 3.0,
                  missed_heartbeats: int = 3, call_timeout_s: float = 60.0,
-                 server_pair: tuple[bytes, bytes] | None = None):
+                 server_pair: tuple[bytes, bytes] | None = None, allowlist: auth.Allowlist | None = None):
         self.server_pair = server_pair
+        self.allowlist = allowlist
         self.store = store
         self.registry = registry
         self.heartbeat_s = heartbeat_s
         self.missed_heartbeats = missed_heartbeats
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
-        self._clients: dict[str, tuple[str, wire.RpcClient]] = {}
+        self._clients: dict[str, tuple[tuple[str, str], wire.RpcClient]] = {}  # host: ((endpoint, key), client)
         self._tasks: list[gevent.Greenlet] = []
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.healer = Healer(self)
         self._event_log: collections.deque = collections.deque(maxlen=MAX_EVENTS)
+        self._boots: dict[str, str] = {}  # host -> the boot id its agent last reported
         self.started = time.time()
+        self._serving_since = time.monotonic()
 
     # ------------------------------------------------------------ plumbing
     def start(self) -> None:
-        """Start the membership monitor and the journal recovery."""
-        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations)]
+        """Start the membership monitor and the journal recovery.  No host is
+        judged before a full grace period (missed_heartbeats heartbeats) from
+        now: a restarted hub gives every host the time to find it again."""
+        self._serving_since = time.monotonic()
+        journal = {r["name"] for r in self.store.containers() if r["state"] == "reserved"}
+        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations, journal)]
 
     def stop(self) -> None:
         gevent.killall(self._tasks)
@@ -96,32 +106,50 @@ class HubService:
             client.close()
 
     def _monitor(self) -> None:
+        grace_s = self.heartbeat_s * self.missed_heartbeats
         while True:
-            deadline = time.time() - self.heartbeat_s * self.missed_heartbeats
-            for name in self.store.mark_unreachable(deadline):
+            judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
+            for name in self.store.mark_unreachable(time.time() - grace_s) if judged else ():
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self._event("host_lost", host=name)
                 gevent.spawn(self.healer.host_lost, name)
             self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
             gevent.sleep(min(1.0, self.heartbeat_s / 2))
 
-    def _recover_reservations(self) -> None:
-        """Finish or roll back placements a hub restart interrupted: after two
-        heartbeat intervals (hosts have re-registered), a "reserved" row whose
-        host has the container becomes placed, otherwise it is dropped."""
+    def _recover_reservations(self, journal: set[str]) -> None:
+        """Finish or roll back the placements a hub restart interrupted (the
+        ``journal``: rows "reserved" when this hub started): after two
+        heartbeat intervals (hosts have re-registered), a row whose host has
+        the container becomes placed, otherwise it is dropped.  A row whose
+        host does not answer yet stays undecided and is asked again every
+        heartbeat, until each one is decided."""
         gevent.sleep(self.heartbeat_s * 2)
-        for row in self.store.containers():
-            if row["state"] != "reserved" or time.time() - row["updated_at"] < self.heartbeat_s * 2:
-                continue
-            try:
-                info = self._call(row["host"], "container_inspect", row["name"], timeout_s=VIEW_TIMEOUT_SECONDS)
-                self.store.set_placed(row["name"], row["image"], info.get("ports", []))
-                log.info("journal: adopted %s on %s", row["name"], row["host"])
-            except errors.NoSuchContainer:
-                self.store.forget(row["name"])
-                log.info("journal: rolled back reservation of %s", row["name"])
-            except errors.DcError as exc:
-                log.warning("journal: %s on %s undecided: %s", row["name"], row["host"], exc)
+        warned: set[str] = set()
+        while journal:
+            for name in sorted(journal):
+                try:
+                    row = self.store.container(name)
+                except errors.NoSuchContainer:
+                    journal.discard(name)
+                    continue
+                if row["state"] != "reserved":
+                    journal.discard(name)
+                    continue
+                try:
+                    info = self._call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+                    self.store.set_placed(name, row["image"], info.get("ports", []))
+                    log.info("journal: adopted %s on %s", name, row["host"])
+                    journal.discard(name)
+                except errors.NoSuchContainer:
+                    self.store.forget(name)
+                    log.info("journal: rolled back reservation of %s", name)
+                    journal.discard(name)
+                except errors.DcError as exc:
+                    (log.debug if name in warned else log.warning)(
+                        "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
+                    warned.add(name)
+            if journal:
+                gevent.sleep(self.heartbeat_s)
 
     def _coerce(self, method: str, args: list) -> list:
         """Arguments typed as text (dcctl, the stock CLI) converted to what the
@@ -160,25 +188,72 @@ class HubService:
 
     def client(self, host: str, row: dict | None = None) -> wire.RpcClient:
         """The hub's zerorpc client for ``host`` (made on first use);
-        ``row`` is its store row when the caller has it already."""
+        ``row`` is its store row when the caller has it already.
+
+        A host that registered with a key is reached over CURVE with that
+        key as the expected server key (an agent's client key is its server
+        key), so an endpoint of any other server fails the handshake; a host
+        that joined locally (no key) is reached at its ipc endpoint only.
+
+        Raises: Unreachable (the row's endpoint and key do not fit)."""
         row = row or self.store.host(host)
         endpoint = row["endpoint"]
         cached = self._clients.get(host)
-        if cached is None or cached[0] != endpoint:
+        if cached is None or cached[0] != (endpoint, row["key"]):
             if cached is not None:
                 cached[1].close()
+                del self._clients[host]
             keys = None
-            if endpoint.startswith("tcp://") and row["key"] and self.server_pair:
-                # the agent's client key (authenticated at registration) is its server key
+            if row["key"]:
+                if not endpoint.startswith("tcp://") or not self.server_pair:
+                    raise errors.Unreachable(f"host {host} has a key but no CURVE endpoint the hub can verify",
+                                             hint="it registers again with a tcp:// endpoint")
                 keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
-            cached = (endpoint, wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
-                                               heartbeat_s=max(1.0, self.heartbeat_s)))
+            elif not endpoint.startswith("ipc://"):
+                raise errors.Unreachable(f"host {host} joined without a key at a non-local endpoint")
+            cached = ((endpoint, row["key"]), wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
+                                                             heartbeat_s=max(1.0, self.heartbeat_s)))
             self._clients[host] = cached
         return cached[1]
 
+    def _drop_client(self, host: str, reason: str) -> None:
+        """Close the hub's client for ``host``: calls in flight on it fail at
+        once with Unreachable(``reason``); the next call makes a new one."""
+        cached = self._clients.pop(host, None)
+        if cached is not None:
+            cached[1].close(reason)
+
+    @staticmethod
+    def _valid_boot_id(boot_id) -> str | None:
+        """``boot_id`` if it is None or a string of 1 to 128 characters.
+
+        Raises: InvalidArgument."""
+        if boot_id is not None and not (isinstance(boot_id, str) and 0 < len(boot_id) <= 128):
+            raise errors.InvalidArgument("boot_id must be a string of 1 to 128 characters")
+        return boot_id
+
+    def _note_boot(self, host: str, boot_id: str | None) -> bool:
+        """Record the boot id an agent reports (None: an agent that sends
+        none); True if it differs from the one it reported before (the agent
+        restarted: its calls in flight are dead and fail at once)."""
+        if boot_id is None:
+            return False
+        before = self._boots.get(host)
+        self._boots[host] = boot_id
+        if before is None or before == boot_id:
+            return False
+        log.warning("host %s restarted (boot id %s, was %s): failing its calls in flight", host, boot_id, before)
+        self._event("host_restarted", host=host)
+        self._drop_client(host, f"the agent on {host} restarted")
+        return True
+
     def _call(self, host: str, method: str, *args, timeout_s: float | None = None):
         """Call an agent; a host marked unreachable fails at once (Unreachable)
-        instead of making the caller wait out a timeout."""
+        instead of making the caller wait out a timeout.  However long
+        ``timeout_s`` is (a pull's), a call to an agent that dies or freezes
+        fails within two heartbeats (zerorpc's per-call heartbeats), and one
+        to an agent that restarts fails as soon as it reports its new boot
+        id (Unreachable)."""
         row = self.store.host(host)  # one store read per call
         if row["state"] != "alive":
             raise errors.Unreachable(f"host {host} is unreachable (missed heartbeats)",
@@ -193,18 +268,55 @@ class HubService:
         return self._call(self._owner(name), method, name, *args, timeout_s=timeout_s)
 
     # ------------------------------------------------------------ membership
+    @expose(shielded=True)
+    def host_add(self, name: str, key: str) -> dict:
+        """Admit a new host (the operator's step, like accepting a key in
+        Salt): bind the host ``name`` to its CURVE public ``key`` and allow
+        that key on the hub with the agent role.  Only then may the host
+        register, and under this name only.  Idempotent.
+
+        Args:
+            name: the host's name (its agent's --host-name).
+            key: its agent's public key, 40 Z85 characters (the
+                ``public-key`` of KEYS_DIR/server.key on the host; the agent
+                also logs it at start).
+
+        Returns: {name, key, added_at (Unix s)}.
+        Raises: InvalidArgument, Conflict (the name is bound to another key,
+        or the key to another host: host_remove first).
+        """
+        validate.container_name(name)  # same alphabet and length
+        key = auth.public_key(key)
+        binding = self.store.bind_key(name, key)
+        if self.allowlist is not None:
+            self.allowlist.add("agent", name, key)
+        log.info("host %s added with key %s", name, key)
+        self._event("host_added", host=name)
+        return binding
+
     @expose(access="agent")
     def host_register(self, info: dict) -> dict:
         """Called by agents: join (or re-join) the fleet.
 
-        Args: info: {name, endpoint (tcp:// or ipc:// the hub can reach),
-        address (where its mapped ports answer), labels {k: v}, capacity {...}}.
+        Args: info: {name, endpoint, address (where its mapped ports
+        answer), labels {k: v}, capacity {...}, boot_id (str, new each time
+        the agent process starts)}.  Over CURVE the endpoint is the agent's
+        tcp:// endpoint, whose server key must be the registering key (the
+        hub checks it on every call), and the name must be the one host_add bound to that key.  Over the hub's local ipc
+        endpoint (root on the hub's machine) the endpoint is the agent's
+        ipc:// endpoint and the name must not be bound to a key.
 
-        Returns: {name, heartbeat_s}.
-        Raises: InvalidArgument.
+        A new boot_id means the agent restarted: every call in flight to it
+        is dead, and fails at once (Unreachable) so creates move on.
+
+        Returns: {name, heartbeat_s (seconds between heartbeats)}.
+        Raises: InvalidArgument (a bad name, endpoint or labels, or an
+        endpoint of the wrong kind), Unauthorized (the key is not bound to
+        this name).  A boot_id that is not a string of 1 to 128 characters
+        is InvalidArgument.
         """
-        validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": ""},
-                         "host_register")
+        validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": "",
+                                "boot_id": ""}, "host_register")
         name = info.get("name")
         if not isinstance(name, str) or not name:
             raise errors.InvalidArgument("host name must be a non-empty string")
@@ -215,26 +327,39 @@ class HubService:
                                                    for k, v in labels.items()):
             raise errors.InvalidArgument("labels must be a map of strings")
         capacity = _capacity(info.get("capacity"))
+        boot_id = self._valid_boot_id(info.get("boot_id"))
         caller = wire.current_caller()
+        key = caller.key if caller else ""
+        if key and not endpoint.startswith("tcp://"):
+            raise errors.InvalidArgument(f"a host registering with a key gives its tcp:// endpoint, not {endpoint}",
+                                         hint="ipc endpoints join over the hub's local ipc endpoint only")
+        if not key and not endpoint.startswith("ipc://"):
+            raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
+                                         hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
-                               capacity, caller.key if caller else "")
-        cached = self._clients.pop(name, None)
-        if cached is not None:
-            cached[1].close()
+                               capacity, key)
+        if boot_id is None:
+            self._drop_client(name, "the agent registered again")  # an agent without a boot id
+        else:
+            self._note_boot(name, boot_id)
         log.info("host %s registered at %s", name, endpoint)
         return {"name": name, "heartbeat_s": self.heartbeat_s}
 
     @expose(access="agent")
     def host_heartbeat(self, name: str, summary: dict) -> dict:
         """Called by agents every heartbeat_s: a hostinfo summary {capacity,
-        metrics, containers [{name, state}]}.
+        metrics, containers [{name, state}], boot_id (as in host_register)}.
 
-        Returns: {ok: True}. Raises: NoSuchHost (register again).
+        Returns: {ok: True}.
+        Raises: InvalidArgument (no capacity {memory_reservable_bytes,
+        container_slots} of integers), NoSuchHost (not registered: register
+        again), Unauthorized (the name is bound to another host key).
         """
         cap = summary.get("capacity")
         if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)
                                                 for k in ("memory_reservable_bytes", "container_slots")):
             raise errors.InvalidArgument("heartbeat summary needs capacity {memory_reservable_bytes, container_slots}")
+        boot_id = self._valid_boot_id(summary.get("boot_id"))
         caller = wire.current_caller()
         previous = self.store.heartbeat(name, summary, caller.key if caller else "")
         if previous is None:
@@ -242,6 +367,7 @@ class HubService:
         if previous != "alive":
             log.info("host %s is alive again", name)
             self._event("host_back", host=name)
+        self._note_boot(name, boot_id)
         containers = summary.get("containers") if isinstance(summary, dict) else None
         if isinstance(containers, list):
             self.healer.reconcile(name, containers)
@@ -250,19 +376,27 @@ class HubService:
     @expose(shielded=True)
     def host_remove(self, name: str) -> dict:
         """Forget a host (e.g. decommissioned, or registered by mistake): its
-        membership and its key binding; the fleet's records of containers
-        placed there are dropped too (they are not touched on the host).
+        membership, its key binding and the allowlist entry host_add made
+        (it must be added again to rejoin); the fleet's records of
+        containers placed there are dropped too (they are not touched on
+        the host).
 
-        Returns: {name, containers_forgotten}. Raises: NoSuchHost.
+        Returns: {name, containers_forgotten (count)}. Raises: NoSuchHost.
         """
-        self.store.host(name)
+        binding = self.store.binding(name)
+        try:
+            self.store.host(name)
+        except errors.NoSuchHost:
+            if binding is None:  # added, never registered: the binding goes all the same
+                raise
         rows = self.store.containers(name)
         for row in rows:
             self.store.forget(row["name"])
         self.store.remove_host(name)
-        cached = self._clients.pop(name, None)
-        if cached is not None:
-            cached[1].close()
+        if binding is not None and self.allowlist is not None:
+            self.allowlist.remove("agent", name, binding["key"])
+        self._drop_client(name, "the host was removed")
+        self._boots.pop(name, None)
         self._event("host_removed", host=name)
         return {"name": name, "containers_forgotten": len(rows)}
 
@@ -273,7 +407,8 @@ class HubService:
         Returns: [{name, state ("alive"|"unreachable"), endpoint, address,
         labels, memory_reservable_bytes, memory_reserved_bytes,
         memory_free_bytes, container_slots, containers, last_heartbeat (Unix
-        s), heartbeat_age_s}].
+        s), heartbeat_age_s (seconds)}]; sizes in bytes, reserved and free
+        figures from the hub's own reservations.
         """
         out = []
         figures = self.store.reserved_memory(self.store.db)  # a read: no write transaction
@@ -312,8 +447,11 @@ class HubService:
         answer), container_address, image, state, ports [{proto,
         container_port, host_port}]}.
 
-        Raises: InvalidArgument, ImageNotFound, ContainerExists, NoCapacity
-        (naming each host's reason), NoSuchHost (pinned host unknown).
+        Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
+        ContainerExists, NoCapacity (naming each host's reason, and the last
+        failure when every feasible host failed), NoSuchHost (pinned host
+        unknown), or the last host's own error when it is not one worth
+        retrying elsewhere.
         """
         validate.container_name(name)
         opts = validate.options(options, CREATE_OPTIONS, "create_container")
@@ -383,19 +521,38 @@ class HubService:
     # ------------------------------------------------------------ routing
     @expose(shielded=True)
     def container_start(self, name: str) -> dict:
-        """Forwarded to the owning host (see the agent's container_start)."""
+        """Forwarded to the owning host (see the agent's container_start).
+
+        Returns: the agent's answer plus ``host`` (the owner's name).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         return {**self._forward("container_start", name), "host": self._owner(name)}
 
     @expose(shielded=True)
     def container_stop(self, name: str, timeout_s: float | None = None) -> dict:
-        """Forwarded to the owning host (see the agent's container_stop)."""
+        """Forwarded to the owning host (see the agent's container_stop).
+
+        Returns: the agent's answer plus ``host`` (the owner's name).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         validate.stop_timeout(timeout_s)
         return {**self._forward("container_stop", name, timeout_s), "host": self._owner(name)}
 
     @expose(shielded=True)
     def container_destroy(self, name: str, force: bool = False) -> dict:
         """Forwarded to the owning host; the fleet record goes too (see the
-        agent's container_destroy)."""
+        agent's container_destroy).  A container already gone from its host
+        is only forgotten.
+
+        Returns: {name, destroyed: True}.
+        Raises: the agent's errors (then the fleet record stays);
+        NoSuchContainer (in neither the fleet nor on its host); Unreachable
+        (the owner missed its heartbeats, or does not answer); CallTimeout.
+        """
         try:
             result = self._forward("container_destroy", name, force)
         except errors.NoSuchContainer:
@@ -406,21 +563,40 @@ class HubService:
 
     @expose(access="read")
     def container_inspect(self, name: str) -> dict:
-        """Forwarded to the owning host (see the agent's container_inspect)."""
+        """Forwarded to the owning host (see the agent's container_inspect).
+
+        Returns: the agent's answer plus ``host`` (the owner's name).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         return {**self._forward("container_inspect", name), "host": self._owner(name)}
 
     @expose
     def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:
         """Forwarded to the owning host (see the agent's container_exec); the
-        options are checked here first, by the agent's rules."""
+        call waits the command's timeout_s (default 300 s) plus 30 s.
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         validate.command(command)
         timeout = validate.exec_options(options)["timeout_s"] + 30
         return self._forward("container_exec", name, command, options, timeout_s=timeout)
 
     @expose
     def container_enter(self, name: str, command: list | str | None = None, options: dict | None = None) -> dict:
-        """Forwarded to the owning host; the result adds the host's address
-        so the client connects to the relay on that host directly."""
+        """Forwarded to the owning host (see the agent's container_enter),
+        always with the tcp relay.
+
+        Returns: the agent's answer plus ``address``: the owner's address
+        (from its endpoint), where the client connects to the relay directly.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         validate.enter_options(options)
         if command is not None:
             validate.command(command)
@@ -431,7 +607,13 @@ class HubService:
 
     @expose(access="read")
     def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
-        """Forwarded to the owning host (see the agent's container_logs)."""
+        """Forwarded to the owning host (see the agent's container_logs).
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         validate.log_bytes(max_bytes)
         return self._forward("container_logs", name, max_bytes)
 
@@ -439,7 +621,14 @@ class HubService:
     def container_connection_add(self, name: str, proto: str, container_port: int,
                                  host_port: int | None = None) -> dict:
         """Forwarded to the owning host (see the agent's
-        container_connection_add); adds the host's address."""
+        container_connection_add); the fleet record's ports are refreshed.
+
+        Returns: the agent's answer plus ``host`` (the owner's name) and
+        ``host_address`` (the owner's address, where the port answers).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         validate.protocol(proto)
         validate.port(container_port, "container port")
         if host_port is not None:
@@ -451,7 +640,14 @@ class HubService:
 
     @expose(shielded=True)
     def container_connection_rm(self, name: str, proto: str, container_port: int) -> dict:
-        """Forwarded to the owning host (see the agent's container_connection_rm)."""
+        """Forwarded to the owning host (see the agent's
+        container_connection_rm); the fleet record's ports are refreshed.
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
         validate.protocol(proto)
         validate.port(container_port, "container port")
         result = self._forward("container_connection_rm", name, proto, container_port)
@@ -475,8 +671,13 @@ class HubService:
     @expose(access="read")
     def container_ls(self) -> list:
         """Every container in the fleet, with a ``host`` column (the agent's
-        container_ls keys).  A container on a host that does not answer is
-        still listed, with state "unknown" (never transiently missing)."""
+        container_ls keys).  A container on a host that does not answer
+        within 5 s is still listed from the fleet's records, with state
+        "unknown" (or "reserved" while being placed) and only host, name,
+        state, image_id and ports (never transiently missing).
+
+        Returns: [{host, name, state, ...}] sorted by name and host.
+        """
         gathered = self._gather("container_ls")["results"]
         seen, out = set(), []
         for host, res in gathered.items():
@@ -493,8 +694,12 @@ class HubService:
 
     @expose(access="read")
     def network_ls(self) -> list:
-        """Every host's network_ls, one row per host with a ``host`` column,
-        plus ``address`` (the host's)."""
+        """Every host's network_ls, one row per host.
+
+        Returns: [{host, address (the host's), and the agent's network_ls
+        keys, or error (the error's name, or "timeout") when the host did
+        not answer within 5 s}].
+        """
         hosts = {h["name"]: h for h in self.store.hosts()}
         out = []
         for host, res in self._gather("network_ls")["results"].items():
@@ -505,8 +710,11 @@ class HubService:
 
     @expose(access="read")
     def hostinfo(self) -> list:
-        """Every host's hostinfo, one row per host with a ``host`` column and
-        a ``status`` (ok | error | timeout)."""
+        """Every host's hostinfo, one row per host.
+
+        Returns: [{host, status ("ok" | "error" | "timeout", within 5 s),
+        and the agent's hostinfo keys when ok}].
+        """
         return [{"host": host, "status": res["status"], **(res.get("result") or {})}
                 for host, res in self._gather("hostinfo")["results"].items()]
 
@@ -525,7 +733,13 @@ class HubService:
         Returns: {summary {targeted, ok, error, timeout, duration_s},
         results {host: {status: ok|error|timeout, result | error, message}}}.
         A frozen or dead host is reported as timeout; it never delays the
-        answer past timeout_s.
+        answer past timeout_s.  Arguments given as text are converted by the
+        agent method's declared types.
+
+        Raises: NoSuchHost (the target matches no host), InvalidArgument
+        (bad method, target, timeout_s or option),
+        PermissionDenied (a read-only key broadcasting a method that is not
+        read-only).
         """
         opts = validate.options(options, {"target": "", "timeout_s": "", "fire_and_forget": ""}, "broadcast")
         caller = wire.current_caller()
@@ -539,8 +753,11 @@ class HubService:
             raise errors.InvalidArgument("method must be an agent method name")
         if not isinstance(opts.get("fire_and_forget", False), bool):
             raise errors.InvalidArgument("fire_and_forget must be true or false")
-        args = self._coerce(method, list(args or []))
         hosts = fanout.targets(self.store.hosts(), opts.get("target"))
+        if not hosts:
+            raise errors.NoSuchHost(f"no host matches the target {opts.get('target') or '*'!r}",
+                                    hint="see `dcctl hosts` for names and labels")
+        args = self._coerce(method, list(args or []))
 
         def call(h):
             return self._call(h["name"], method, *args, timeout_s=timeout)
@@ -556,13 +773,19 @@ class HubService:
         """Run an agent method on exactly one idle host (worker queue).
 
         Args:
+            method: an agent method name (e.g. ops_run).
+            args: its positional arguments (text is converted by the
+                method's declared types, as for broadcast).
             options: {timeout_s (default 60): for waiting for an idle host
                 and, again, for the call; idempotent (bool): retry once on
                 another host if the first one is lost}.
 
-        Returns: {host, result, duration_s, attempts}.
-        Raises: NoCapacity (no idle host in time), HostLost (the host died
-        mid-call; it may or may not have run), or the method's own error.
+        Returns: {host, result (the method's answer), duration_s (seconds),
+        attempts (1, or 2 after an idempotent retry)}.
+        Raises: InvalidArgument (bad option), NoCapacity (no idle host in
+        time), CallTimeout (the call ran past timeout_s; it may still be
+        running), HostLost (the host died mid-call; it may or may not have
+        run), or the method's own error.
         """
         opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
         timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
@@ -592,8 +815,11 @@ class HubService:
     # ------------------------------------------------------------ images
     @expose(access="read")
     def image_ls(self) -> list:
-        """Images in the hub's registry: [{name, id, created, size_bytes,
-        layers, exposed_ports}]."""
+        """Images in the hub's registry.
+
+        Returns: [{name, id (64 hex), created (Unix s), size_bytes, layers
+        (digests, bottom first), exposed_ports [{proto, port}]}].
+        """
         return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")}
                 for m in self.registry.ls()]
 
@@ -602,7 +828,11 @@ class HubService:
         """Copy an image from a host's store into the hub's registry (layers
         in chunks, each checked against its digest; nothing partial is kept).
 
-        Returns: the manifest. Raises: NoSuchHost, ImageNotFound, StoreError.
+        Args: host: a fleet host's name; ref: ``name`` or ``name@idprefix``
+        in that host's store.
+        Returns: the manifest.
+        Raises: NoSuchHost, ImageNotFound, AmbiguousImageRef, StoreError
+        (digest mismatch, I/O), Unreachable, CallTimeout.
         """
         self.store.host(host)
         info = self._call(host, "image_manifest", ref)
@@ -610,29 +840,47 @@ class HubService:
             info["manifest"], info["layer_sizes"],
             lambda d, off, n: self._call(host, "image_layer_read", d, off, n, timeout_s=PULL_TIMEOUT_SECONDS))
 
-    @expose(access="read")
+    @expose(access="read", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
-        """For agents pulling: {manifest, layer_sizes {digest: bytes}}."""
+        """For agents pulling: an image of the registry.
+
+        Returns: {manifest, layer_sizes {digest: size in bytes}}.
+        Raises: InvalidArgument (bad ref), ImageNotFound, AmbiguousImageRef.
+        """
         m = self.registry.resolve(ref)
         return {"manifest": m, "layer_sizes": {d: self.registry.layer_size(d) for d in m["layers"]}}
 
     @expose(access="read")
     def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
         """For agents pulling: up to ``length`` bytes (<= 4 MiB) of a layer
-        tar from ``offset``."""
+        tar from ``offset`` (bytes); b"" past the end.
+
+        Returns: bytes.
+        Raises: InvalidArgument (bad digest, negative offset or length),
+        ImageNotFound (no such layer).
+        """
         return self.registry.read_layer(digest, offset, length)
 
     @expose(access="read")
     def events(self, since: float = 0.0) -> list:
-        """Fleet events after ``since`` (Unix s), oldest first: [{at, kind
+        """Fleet events after ``since`` (Unix s), oldest first.
+
+        Returns: [{at, kind
         (host_lost, host_back, rescheduled, reschedule_failed,
-        reschedule_waiting, reschedule_gave_up, stale_copy_removed), ...}]."""
+        reschedule_waiting, reschedule_gave_up, stale_copy_removed, adopted,
+        host_removed, host_restarted), host | name | ...}], at most the last
+        500, kept in memory (a hub restart starts a new list).
+        """
         return [e for e in self._event_log if e["at"] > since]
 
     @expose(access="read")
     def hub_info(self) -> dict:
-        """{version, uptime_s, heartbeat_s, missed_heartbeats, hosts,
-        containers, queue {idle, busy, members}}."""
+        """The hub's own state.
+
+        Returns: {version, uptime_s, heartbeat_s, missed_heartbeats, hosts
+        (count), containers (count), queue {idle [hosts, longest idle
+        first], busy [hosts], members [hosts]}}.
+        """
         return {"version": HUB_VERSION, "uptime_s": round(time.time() - self.started, 3),
                 "heartbeat_s": self.heartbeat_s, "missed_heartbeats": self.missed_heartbeats,
                 "hosts": len(self.store.hosts()), "containers": len(self.store.containers()),

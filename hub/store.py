@@ -9,6 +9,12 @@ connection serves them all.
 An exclusive ``flock`` on ``STATE_DIR/hub.lock`` keeps a second hub off the
 same store (HubBusy).
 
+Host keys: ``host_keys`` binds each host name to one CURVE public key and
+each key to one name (Salt's accepted keys).  An operator makes a binding
+(``bind_key``, the hub's host_add); a key registers only the name bound to
+it, and a name bound to a key is registered by that key only.  Hosts that
+join over the hub's local ipc endpoint have no key (``key`` "").
+
 Container rows carry ``state``: "reserved" while a placement is in flight
 (a journal: a hub restart rolls these back or adopts them), then "placed".
 """
@@ -50,6 +56,13 @@ CREATE TABLE IF NOT EXISTS containers (
 );
 CREATE INDEX IF NOT EXISTS containers_host ON containers(host);
 """
+KEYS_SCHEMA = """
+CREATE TABLE host_keys (
+    name TEXT PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    added_at REAL NOT NULL
+);
+"""
 
 _JSON_COLS = ("labels", "capacity", "summary", "spec", "ports")
 
@@ -87,6 +100,11 @@ class HubStore:
         columns = {r[1] for r in self.db.execute("PRAGMA table_info(hosts)")}
         if "key" not in columns:  # a store from before host keys
             self.db.execute("ALTER TABLE hosts ADD COLUMN key TEXT NOT NULL DEFAULT ''")
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='host_keys'").fetchone():
+            with self.write() as db:  # a store from before bindings: hosts keep the key they registered with
+                db.execute(KEYS_SCHEMA)
+                db.execute("INSERT OR IGNORE INTO host_keys (name, key, added_at)"
+                           " SELECT name, key, registered_at FROM hosts WHERE key != '' ORDER BY registered_at")
 
     def close(self) -> None:
         self.db.close()
@@ -107,19 +125,60 @@ class HubStore:
         cur = self.db.execute(sql, args)
         return [_row(cur, r) for r in cur.fetchall()]
 
+    # ------------------------------------------------------------ host keys
+    def bind_key(self, name: str, key: str) -> dict:
+        """Bind host ``name`` to the CURVE public ``key`` (Z85); idempotent.
+
+        Returns: {name, key, added_at}.
+        Raises: Conflict (the name is bound to another key, or the key to
+        another name)."""
+        with self.write() as db:
+            for row in db.execute("SELECT name, key FROM host_keys WHERE name=? OR key=?", (name, key)):
+                if row == (name, key):
+                    continue
+                if row[0] == name:
+                    raise errors.Conflict(f"host {name!r} is bound to another key",
+                                          hint="host_remove it first to give it a new key")
+                raise errors.Conflict(f"this key is bound to host {row[0]!r}: a key is one host",
+                                      hint="give each host its own key pair")
+            db.execute("INSERT OR IGNORE INTO host_keys (name, key, added_at) VALUES (?, ?, ?)",
+                       (name, key, time.time()))
+        return self.binding(name)
+
+    def binding(self, name: str) -> dict | None:
+        """{name, key, added_at} of host ``name``, or None when unbound."""
+        rows = self._all("SELECT * FROM host_keys WHERE name=?", (name,))
+        return rows[0] if rows else None
+
+    def name_of_key(self, key: str) -> str | None:
+        """The host name bound to ``key``, or None."""
+        row = self.db.execute("SELECT name FROM host_keys WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
     # ------------------------------------------------------------ hosts
     def upsert_host(self, name: str, endpoint: str, address: str, labels: dict, capacity: dict,
                     key: str = "") -> dict:
         """Register or re-register a host.  A host's identity is its CURVE
-        key: once a name is bound to a key, only that key may claim it.
+        key: a key registers only the name bound to it (bind_key), and a
+        name bound to a key is registered only with it.  ``key`` "" is a
+        host joining locally (ipc), allowed for an unbound name only.
 
-        Raises: Unauthorized (the name belongs to another key)."""
+        Raises: Unauthorized (the key is another host's, or unbound; the
+        name belongs to another key)."""
         now = time.time()
         with self.write() as db:
             row = db.execute("SELECT key FROM hosts WHERE name=?", (name,)).fetchone()
-            if row is not None and row[0] and row[0] != key:
+            bound = db.execute("SELECT key FROM host_keys WHERE name=?", (name,)).fetchone()
+            if (bound is not None and bound[0] != key) or (row is not None and row[0] and row[0] != key):
                 raise errors.Unauthorized(f"host name {name!r} belongs to another key",
                                           hint="a host's identity is its key; remove the old host first")
+            if key and bound is None:
+                other = db.execute("SELECT name FROM host_keys WHERE key=?", (key,)).fetchone()
+                if other is not None:
+                    raise errors.Unauthorized(f"this key is {other[0]}'s: it may register only that host name",
+                                              hint="a host's key is one host; give each host its own key pair")
+                raise errors.Unauthorized(f"host name {name!r} is not bound to this key",
+                                          hint=f"an operator adds the host first: dcctl host_add {name} PUBLIC_KEY")
             db.execute(
                 "INSERT INTO hosts (name, endpoint, address, key, labels, capacity, state, registered_at,"
                 " last_heartbeat) VALUES (?, ?, ?, ?, ?, ?, 'alive', ?, ?) ON CONFLICT(name) DO UPDATE SET"
@@ -168,8 +227,10 @@ class HubStore:
         return self._all("SELECT * FROM hosts ORDER BY name")
 
     def remove_host(self, name: str) -> None:
+        """Forget host ``name``: its row and its key binding."""
         with self.write() as db:
             db.execute("DELETE FROM hosts WHERE name=?", (name,))
+            db.execute("DELETE FROM host_keys WHERE name=?", (name,))
 
     # ------------------------------------------------------------ containers
     def container(self, name: str) -> dict:

@@ -21,7 +21,7 @@ import json
 import os
 import stat
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from images.errors import (AmbiguousImageRef, ImageExists, ImageInUse, ImageNotFound,
                            InvalidImage, StoreError)
@@ -317,13 +317,18 @@ class ImageStore(LayerStore):
         finally:
             self._pinned.discard(layer_id)
 
-    def remove(self, ref: str, in_use_by: list[str]) -> dict:
+    def remove(self, ref: str, in_use_by: list[str],
+               offload: Callable[..., Any] | None = None) -> dict:
         """Remove an image, then the layers no other image references.
 
         Args:
             ref: ``name`` or ``name@idprefix``.
             in_use_by: names of the containers using this image (the agent
                 knows them); a non-empty list refuses the removal.
+            offload: ``offload(fn, *args) -> fn(*args)`` runs each layer
+                tree's removal, e.g. in a thread pool so that an event loop
+                keeps running meanwhile (the manifest is gone before, so
+                no new user can find the image); default: a direct call.
 
         Returns:
             dict with keys ``id``, ``name``, ``removed_layers`` (list of layer
@@ -346,9 +351,10 @@ class ImageStore(LayerStore):
             raise StoreError(f"cannot remove image {short_ref(manifest)}: {exc.strerror}") from exc
         referenced = {layer for m in self.ls() for layer in m["layers"]} | self._pinned
         removed, freed = [], 0
+        run = offload or (lambda fn, *args: fn(*args))
         for layer_id in dict.fromkeys(manifest["layers"]):
             if layer_id not in referenced:
-                freed += self._remove_layer(layer_id)
+                freed += run(self._remove_layer, layer_id)
                 removed.append(layer_id)
         return {"id": manifest["id"], "name": manifest["name"], "removed_layers": removed,
                 "freed_bytes": freed}

@@ -8,6 +8,11 @@ layers and written under the destination without following any symlink.
 
 Context keys the agent passes: name, hostname, address, prefixlen, gateway,
 host (host name), exposed_ports (list of {"proto", "port"}), env (dict).
+
+An image that does not template its network identity (a rootfs imported with
+``image_import`` lists no templates) still gets it: the agent passes
+dcfleet's own templates for /etc/hostname, /etc/hosts and
+/etc/network/interfaces as ``defaults``, rendered as for built images.
 """
 from __future__ import annotations
 
@@ -159,8 +164,35 @@ def _write_beneath(root_fd: int, parts: tuple[str, ...], path: str, data: bytes,
         os.close(pfd)
 
 
+#: Mode and owner of a default template's output when the image has no such file.
+_DEFAULT_STAT = os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, 0, 0, 0, 0))
+
+
+def _default_target(store, manifest: Mapping[str, Any], parts: tuple[str, ...],
+                    path: str) -> os.stat_result | None:
+    """Where a default template may go: its parent is a real directory of
+    the image (nothing is made in an image that lacks it, and a symlinked
+    directory is never shadowed) and the path itself is not a directory.
+
+    Returns: the stat to copy mode and owner from, or None to skip it."""
+    try:
+        if len(parts) > 1:
+            parent = store.find_file(manifest, "/" + "/".join(parts[:-1]))
+            if parent is None or not stat.S_ISDIR(parent[1].st_mode):
+                return None
+        found = store.find_file(manifest, path)
+    except InvalidImage:  # a symlink on the way
+        return None
+    if found is None:
+        return _DEFAULT_STAT
+    if stat.S_ISDIR(found[1].st_mode):
+        return None
+    return found[1] if stat.S_ISREG(found[1].st_mode) else _DEFAULT_STAT
+
+
 def render_templates(store, manifest: Mapping[str, Any], dest_root: str,
-                     context: Mapping[str, Any]) -> list[str]:
+                     context: Mapping[str, Any],
+                     defaults: Mapping[str, str] | None = None) -> list[str]:
     """Render an image's templates into a container's root (or upper) dir.
 
     Args:
@@ -170,6 +202,13 @@ def render_templates(store, manifest: Mapping[str, Any], dest_root: str,
             are created (0755); an existing symlink at a destination is
             replaced, a symlink on the way is refused.
         context: template variables (see the module docstring).
+        defaults: {absolute path: template text} rendered for each path the
+            manifest does not list among its templates (an imported rootfs
+            lists none), as long as the image has the path's parent as a
+            real directory and the path is not a directory; the output takes
+            the mode and owner of the image's file (0644 root when none).
+            The agent passes images.rootfs.NETWORK_TEMPLATES, so every
+            container's /etc/hostname and /etc/hosts name it.
 
     Returns:
         the host paths written, in manifest order.
@@ -191,6 +230,14 @@ def render_templates(store, manifest: Mapping[str, Any], dest_root: str,
                 raise InvalidImage(f"template {path}: not found in the image's layers")
             source, st = _read_template(found[0], parts, path)
             rendered.append((parts, path, render_text(source, path, context).encode("utf-8"), st))
+        listed = {"/" + "/".join(p) for p, *_ in rendered}
+        for path, source in (defaults or {}).items():
+            parts = split_path(path, what=f"default template path {path!r}", absolute=True)
+            if not parts or "/" + "/".join(parts) in listed:
+                continue
+            st = _default_target(store, manifest, parts, path)
+            if st is not None:
+                rendered.append((parts, path, render_text(source, path, context).encode("utf-8"), st))
         root_fd = os.open(dest_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for parts, path, data, st in rendered:

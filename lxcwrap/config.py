@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 
 from lxcwrap import cgroup
@@ -58,13 +59,23 @@ class ContainerConfig:
             ("lxc.net.0.flags", "up"),
             ("lxc.net.0.veth.pair", self.veth_name),
             ("lxc.net.0.name", "eth0"),
-            ("lxc.net.0.ipv4.address", f"{self.address}/{self.prefixlen}"),
+            ("lxc.net.0.ipv4.address", self.ipv4_address_value()),
             ("lxc.net.0.ipv4.gateway", self.gateway),
         ]
         if self.hwaddr:
             items.append(("lxc.net.0.hwaddr", self.hwaddr))
         items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares))
         return items
+
+    def ipv4_address_value(self) -> str:
+        """``lxc.net.0.ipv4.address``: "ADDR/PREFIX BCAST".  The broadcast
+        address is always given: LXC 5.0 computes it from the prefix alone
+        when it is left out (``brd 0.0.0.255`` for a /24).  Point-to-point
+        prefixes (/31, /32) have none."""
+        if self.prefixlen >= 31:
+            return f"{self.address}/{self.prefixlen}"
+        net = ipaddress.IPv4Network(f"{self.address}/{self.prefixlen}", strict=False)
+        return f"{self.address}/{self.prefixlen} {net.broadcast_address}"
 
     def render(self, layout: cgroup.Layout) -> str:
         """The config file text.

@@ -196,11 +196,18 @@ class Lxc:
         """Run ``command`` (argv list) in the running container and capture it.
 
         Output beyond ``max_output_bytes`` per stream is read and dropped, so a
-        chatty command never blocks on a full pipe nor fills our memory.
+        chatty command never blocks on a full pipe nor fills our memory.  The
+        call returns when the command exits, even if a process it started in
+        the background (``sh -c 'sleep 1000 & echo started'``) keeps its
+        stdout/stderr open: that process keeps running, the streams are read
+        for ``spawn.DRAIN_AFTER_EXIT_SECONDS`` more and then left, and
+        ``stdout_incomplete``/``stderr_incomplete`` say so.
 
         Returns:
             {"exit_code": int, "stdout": bytes, "stderr": bytes,
-             "stdout_truncated": bool, "stderr_truncated": bool,
+             "stdout_truncated": bool, "stderr_truncated": bool (over the cap),
+             "stdout_incomplete": bool, "stderr_incomplete": bool (still held
+             open by a background process when reading stopped),
              "duration_s": float, "timed_out": bool}
 
         Raises:
@@ -225,6 +232,7 @@ class Lxc:
             raise errors.LxcNotRunning(f"container {name!r} is not running", argv=argv, returncode=code)
         return {"exit_code": code, "stdout": out["stdout"], "stderr": err,
                 "stdout_truncated": out["stdout_truncated"], "stderr_truncated": out["stderr_truncated"],
+                "stdout_incomplete": out["stdout_incomplete"], "stderr_incomplete": out["stderr_incomplete"],
                 "duration_s": round(duration, 6), "timed_out": out["timed_out"]}
 
 

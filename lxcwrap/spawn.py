@@ -149,25 +149,67 @@ class Child:
                 setattr(self, name, None)
 
 
-def drain(fd: int, cap_bytes: int) -> tuple[bytes, bool]:
-    """Read ``fd`` to EOF cooperatively, keeping at most ``cap_bytes``.
+#: How long a child's pipes are still read after it exits.  A process the
+#: command left in the background (``sleep 1000 &``) holds them open for as
+#: long as it lives; the call ends with the command, as LXD's exec does since
+#: lxd#1677, and what was read by then is kept.
+DRAIN_AFTER_EXIT_SECONDS = 0.5
+_READ_BYTES = 65536
+_FINAL_READS = 16  # at most 1 MiB read in the last non-blocking sweep
 
-    Returns: (data, truncated)."""
-    buf = bytearray()
-    truncated = False
+
+class _Sink:
+    """What a reader has read so far: kept even when the reader is cut short."""
+
+    def __init__(self, cap_bytes: int):
+        self.cap_bytes = cap_bytes
+        self.buf = bytearray()
+        self.truncated = False
+        self.eof = False
+
+    def add(self, chunk: bytes) -> None:
+        room = self.cap_bytes - len(self.buf)
+        if room > 0:
+            self.buf += chunk[:room]
+        if len(chunk) > room:
+            self.truncated = True
+
+
+def _read_into(fd: int, sink: _Sink) -> None:
     while True:
         try:
-            chunk = gevent.os.nb_read(fd, 65536)
+            chunk = gevent.os.nb_read(fd, _READ_BYTES)
         except OSError:
             break
         if not chunk:
             break
-        room = cap_bytes - len(buf)
-        if room > 0:
-            buf += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-    return bytes(buf), truncated
+        sink.add(chunk)
+    sink.eof = True
+
+
+def _read_available(fd: int, sink: _Sink) -> None:
+    """Whatever ``fd`` (non-blocking) holds right now, without waiting."""
+    for _ in range(_FINAL_READS):
+        try:
+            chunk = os.read(fd, _READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            sink.eof = True
+            return
+        if not chunk:
+            sink.eof = True
+            return
+        sink.add(chunk)
+
+
+def drain(fd: int, cap_bytes: int) -> tuple[bytes, bool]:
+    """Read ``fd`` to EOF cooperatively, keeping at most ``cap_bytes``.
+
+    Returns: (data, truncated)."""
+    sink = _Sink(cap_bytes)
+    _read_into(fd, sink)
+    return bytes(sink.buf), sink.truncated
 
 
 def feed(fd: int, data: bytes) -> None:
@@ -188,32 +230,51 @@ def feed(fd: int, data: bytes) -> None:
 
 
 def communicate(child: Child, timeout_s: float, cap_bytes: int = 1 << 62,
-                input_bytes: bytes | None = None) -> dict:
+                input_bytes: bytes | None = None,
+                drain_s: float = DRAIN_AFTER_EXIT_SECONDS) -> dict:
     """Feed stdin, read stdout/stderr (each capped at ``cap_bytes``) and wait
     up to ``timeout_s``; a child past its time gets SIGTERM then SIGKILL.
 
-    Returns: {"returncode", "stdout", "stderr", "stdout_truncated",
-    "stderr_truncated", "timed_out"}.
+    The call ends when the child ends: its pipes are read for ``drain_s``
+    seconds more, then reading stops even if a process it left behind still
+    holds them open (that process keeps running; what it writes later is not
+    captured).
+
+    Returns: {"returncode": int, "stdout": bytes, "stderr": bytes,
+    "stdout_truncated": bool, "stderr_truncated": bool (output over
+    cap_bytes was dropped), "stdout_incomplete": bool, "stderr_incomplete":
+    bool (the stream was still open when reading stopped: the bytes are
+    those read so far), "timed_out": bool}.
     """
     feeder = None
     if child.stdin is not None:
         fd, child.stdin = child.stdin, None
         feeder = gevent.spawn(feed, fd, input_bytes or b"")
-    readers = [gevent.spawn(drain, child.stdout, cap_bytes), gevent.spawn(drain, child.stderr, cap_bytes)]
+    pipes = [child.stdout, child.stderr]
+    sinks = [_Sink(cap_bytes), _Sink(cap_bytes)]
+    readers = [gevent.spawn(_read_into, fd, sink) for fd, sink in zip(pipes, sinks)]
     timed_out = False
     try:
         try:
-            child.wait(timeout_s)
-        except SpawnTimeout:
-            timed_out = True
-            child.terminate_then_kill()
-        gevent.joinall(readers, timeout=5)
-    except BaseException:
-        child.kill()  # our caller went away: never leave the child behind
-        raise
+            try:
+                child.wait(timeout_s)
+            except SpawnTimeout:
+                timed_out = True
+                child.terminate_then_kill()
+            gevent.joinall(readers, timeout=drain_s)
+        except BaseException:
+            child.kill()  # our caller went away: never leave the child behind
+            raise
+        finally:
+            gevent.killall([g for g in readers if not g.ready()] + ([feeder] if feeder else []))
+        for fd, sink in zip(pipes, sinks):
+            if not sink.eof:  # cut short: take what is already in the pipe
+                _read_available(fd, sink)
     finally:
-        gevent.killall([g for g in readers if not g.ready()] + ([feeder] if feeder else []))
         child.close()
-    (out, out_t), (err, err_t) = (g.value if g.successful() and g.value else (b"", False) for g in readers)
-    return {"returncode": child.returncode if child.returncode is not None else -9, "stdout": out,
-            "stderr": err, "stdout_truncated": out_t, "stderr_truncated": err_t, "timed_out": timed_out}
+    (out, err) = sinks
+    return {"returncode": child.returncode if child.returncode is not None else -9,
+            "stdout": bytes(out.buf), "stderr": bytes(err.buf),
+            "stdout_truncated": out.truncated, "stderr_truncated": err.truncated,
+            "stdout_incomplete": not out.eof, "stderr_incomplete": not err.eof,
+            "timed_out": timed_out}

@@ -4,7 +4,8 @@
 gateway address of ``--fleet-subnet``; per host ``i`` a network namespace
 ``<prefix>-host-<i>`` joined to it by a veth (root side ``<prefix>h<i>``,
 namespace side ``eth0`` at subnet+10+i); the hub in the root namespace; and one
-agent per host inside its namespace.  Everything made is recorded in
+agent per host inside its namespace, started once the hub has admitted its key
+(``host_add``, the operator's step, over the hub's local endpoint).  Everything made is recorded in
 ``/run/dcfleet/<prefix>/fleet.json`` (written before the first step and after
 each one), which ``status`` and ``down`` read; ``down`` also finds leftovers by
 prefix alone.
@@ -230,8 +231,8 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
 
 def setup_keys(state: dict) -> None:
     """CURVE keys for the fleet: a key pair per host and for the hub (in
-    their state dirs); each host admits the hub as admin, the hub admits each
-    host as agent; the operator's dcctl key pair (CONFIG_DIR/dcctl.key_secret,
+    their state dirs); each host admits the hub as admin (the hub admits each
+    host later, by the operator's step: add_hosts); the operator's dcctl key pair (CONFIG_DIR/dcctl.key_secret,
     made if missing, kept at down) is admin everywhere, and the servers' public
     keys are written where dcctl looks for them (CONFIG_DIR/servers/), so
     `export DCCTL_HOST=tcp://...` is all dcctl needs."""
@@ -254,11 +255,22 @@ def setup_keys(state: dict) -> None:
             f.write(f'curve\n    public-key = "{srv["public_key"]}"\n')
         known.append(path)
     if state["hub"]:
-        hub_allow = auth.Allowlist(os.path.join(state["hub"]["state_dir"], "keys"))
         for h in state["hosts"]:
-            hub_allow.add("agent", h["name"], h["public_key"])
             auth.Allowlist(os.path.join(h["state_dir"], "keys")).add("admin", "hub", state["hub"]["public_key"])
     state["known_server_keys"] = known
+
+
+def add_hosts(state: dict) -> None:
+    """The operator's step for each host, over the hub's local endpoint:
+    ``host_add NAME PUBLIC_KEY`` binds the host's name to its key (and
+    admits the key), so that each host may register, under its name only."""
+    from dcctl import errors, wire
+    with wire.connect(state["hub"]["ipc"], timeout_s=30) as hub:
+        for h in state["hosts"]:
+            try:
+                hub.call("host_add", h["name"], h["public_key"])
+            except errors.DcError as exc:
+                raise FleetError(f"host_add {h['name']}: {type(exc).__name__}: {exc}") from exc
 
 
 def seed_hub(state: dict, timeout_s: float) -> None:
@@ -353,6 +365,9 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
                     "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s)]
             procs["hub"] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
             hd["pid"] = procs["hub"][0].pid
+            save(state)
+            _wait_ready({"hub": procs["hub"]}, timeout_s)
+            add_hosts(state)  # before the agents start: they register at once
         for h in state["hosts"]:
             procs[h["name"]] = (_spawn(agent_argv(state, h, list(agent_args)), h["log"], h["pid_file"]),
                                 h["ipc"], h["log"])

@@ -115,18 +115,27 @@ def _quiet(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def cleanup_prefix(prefix: str, root: str) -> None:
-    """Stop and destroy containers under ROOT/lxc, remove the bridge and
-    netfilter chains named by ``prefix``, and the dir."""
-    lxc_path = os.path.join(root, "lxc")
-    for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
-        name = os.path.basename(os.path.dirname(cdir))
-        _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])
+    """Stop and destroy containers under ROOT/lxc (and ROOT/state/lxc, the
+    default layout), remove the bridge, netfilter chains and bridge lock
+    named by ``prefix``, and the dir."""
+    for lxc_path in (os.path.join(root, "lxc"), os.path.join(root, "state", "lxc")):
+        for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
+            name = os.path.basename(os.path.dirname(cdir))
+            _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])
     from agents.network import Network
     try:
         Network(prefix, "10.213.0.0/24", (1, 2)).teardown()
     except Exception as exc:  # keep going: best effort
         print(f"teardown of {prefix}: {exc}", file=sys.stderr)
     _quiet(["ip", "link", "del", prefix])
+    from agents.decommission import bridge_lock_path
+    try:  # agents.main.lock_bridge's lock file (one per bridge, else they pile up)
+        os.unlink(bridge_lock_path(prefix))
+    except FileNotFoundError:
+        pass
+    state_dir = os.path.join(root, "state")
+    if os.path.ismount(state_dir):  # a small tmpfs of a disk-full test
+        _quiet(["umount", "-l", state_dir])
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 
@@ -18,7 +19,8 @@ import pytest
 
 from dcctl import errors, wire
 from ops import fleet as fleetmod
-from tests.fleet.conftest import HEARTBEAT_S
+from tests.fleet.conftest import HEARTBEAT_S, agent
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lxc
 SOAK = os.environ.get("DCF_SOAK") == "1"
@@ -174,25 +176,9 @@ def test_hub_killed_during_concurrent_creates_keeps_the_store_true(hub, fleet):
     proc = fleetmod._spawn(argv, hd["log"], hd["pid_file"])
     hd["pid"] = proc.pid
     with wire.connect(hd["ipc"], 30) as again:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                rows = {c["name"]: c for c in again.call("container_ls")}
-                reality = {}
-                for h in fleet["hosts"]:
-                    if _alive(h):
-                        with wire.connect(h["ipc"], 10) as a:
-                            for ct in a.call("container_ls"):
-                                reality.setdefault(ct["name"], []).append(h["name"])
-                storm_rows = {n: r for n, r in rows.items() if n.startswith("storm.")}
-                storm_real = {n: hs for n, hs in reality.items() if n.startswith("storm.")}
-                if all(r["state"] not in ("reserved", "unknown") for r in storm_rows.values()) and \
-                        set(storm_rows) == set(storm_real):
-                    break
-            except errors.DcError:
-                pass
-            assert time.monotonic() < deadline, "store and reality never agreed"
-            time.sleep(0.3)
+        storm_rows, storm_real = wait_for(lambda: _store_and_reality_agree(again, fleet, "storm."), 120,
+                                          "the store and the hosts to agree", interval_s=0.3,
+                                          ignore=(errors.DcError,))
     assert all(len(hs) == 1 for hs in storm_real.values())
     assert all(storm_rows[n]["host"] == hs[0] for n, hs in storm_real.items())
     for name, result in outcome.items():
@@ -200,3 +186,85 @@ def test_hub_killed_during_concurrent_creates_keeps_the_store_true(hub, fleet):
             assert name in storm_real
     print(f"\nhub killed mid-storm: {sum(r == 'ok' for r in outcome.values())} created, "
           f"{len(storm_real)} exist, {len(outcome) - sum(r == 'ok' for r in outcome.values())} failed with errors")
+
+
+def _store_and_reality_agree(hub, fleet, prefix: str):
+    """(store rows, {name: [hosts]}) for names starting with ``prefix``
+    once every row is decided (not reserved or unknown) and the same names
+    exist on the hosts; None before."""
+    rows = {c["name"]: c for c in hub.call("container_ls") if c["name"].startswith(prefix)}
+    reality: dict[str, list[str]] = {}
+    for h in fleet["hosts"]:
+        if _alive(h):
+            with wire.connect(h["ipc"], 10) as a:
+                for ct in a.call("container_ls"):
+                    if ct["name"].startswith(prefix):
+                        reality.setdefault(ct["name"], []).append(h["name"])
+    if all(r["state"] not in ("reserved", "unknown") for r in rows.values()) and set(rows) == set(reality):
+        return rows, reality
+    return None
+
+
+@pytest.mark.parametrize("restart", ["now", "later"])
+def test_agent_killed_and_restarted_during_creates_never_stalls_them(hub, fleet, tmp_path, restart):
+    """kill -9 an agent while creates (pulls of a new image, creates) are
+    in flight to it, and restart it at once (the hub sees a new boot id) or
+    only once the creates ended (the dead agent's calls are known dead by
+    their heartbeats): every create ends (on another host or on the
+    restarted one, or with a typed error) well under a client's 60 s, and no
+    reservation stays "reserved"."""
+    image = f"bulky{restart}"  # new each time: the victim has to pull it
+    roomiest = max(hub.call("hosts"), key=lambda h: (h["memory_free_bytes"], h["name"]))["name"]
+    victim = next(h for h in fleet["hosts"] if h["name"] == roomiest)  # where spread places first
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "srv").mkdir(parents=True)
+    (rootfs / "srv" / "blob").write_bytes(os.urandom(24 << 20))  # a pull that takes a while
+    tar = tmp_path / f"{image}.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(rootfs, arcname=".")
+    source = next(h["name"] for h in fleet["hosts"] if h is not victim)
+    with agent(fleet, source) as a:
+        a.call("image_import", str(tar), image)
+    hub.call("image_push", source, image)
+    count = 12
+    clients = [wire.connect(fleet["hub"]["ipc"], 120) for _ in range(count)]
+    outcome: dict[str, str] = {}
+
+    def create(i):
+        try:
+            outcome[f"restart.{i}"] = clients[i].call("create_container", image, f"restart.{i}",
+                                                           {"no_start": True})["host"]
+        except errors.DcError as exc:
+            outcome[f"restart.{i}"] = f"{type(exc).__name__}: {exc}"
+
+    workers = [gevent.spawn(create, i) for i in range(count)]
+    try:
+        wait_for(lambda: all(w.ready() for w in workers) or [
+            c for c in hub.call("container_ls") if c["host"] == victim["name"] and c["state"] == "reserved"],
+            60, "creates in flight to the victim", interval_s=0.02)
+        assert not all(w.ready() for w in workers), f"every create ended before the kill: {outcome}"
+        os.kill(victim["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        if restart == "now":
+            _restart_agent(fleet, victim)
+        gevent.joinall(workers, timeout=45)
+        ended_s = time.monotonic() - killed
+        if restart == "later":
+            _restart_agent(fleet, victim)
+        waiting = sorted({f"restart.{i}" for i in range(count)} - set(outcome))
+        assert not waiting, f"creates still waiting {ended_s:.0f} s after the kill: {waiting}"
+    finally:
+        gevent.killall(workers)
+        for c in clients:
+            c.close()
+    print(f"\nagent killed mid-create, restarted {restart}: every create ended {ended_s:.1f} s after the kill:",
+          outcome)
+    assert not [r for r in outcome.values() if r.startswith(("CallTimeout", "InternalError"))], outcome
+    rows, reality = wait_for(lambda: _store_and_reality_agree(hub, fleet, "restart."), 60,
+                             "no reservation left and the store true to the hosts", interval_s=0.3,
+                             ignore=(errors.DcError,))
+    assert all(len(hs) == 1 for hs in reality.values()), reality
+    assert all(rows[n]["host"] == hs[0] for n, hs in reality.items())
+    for name, result in outcome.items():
+        if result in {h["name"] for h in fleet["hosts"]}:
+            assert reality.get(name) == [result], (name, result, reality.get(name))

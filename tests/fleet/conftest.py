@@ -5,12 +5,12 @@ import ipaddress
 import os
 import secrets
 import subprocess
-import time
 
 import pytest
 
 from dcctl import errors, wire
 from ops import fleet as fleetmod
+from tests.waiting import wait_for
 
 MiB = 1 << 20
 RESERVABLE = 1024 * MiB
@@ -46,20 +46,19 @@ def hub(fleet):
     machine can delay a heartbeat past the deadline: tests start from a
     whole fleet); containers a test made are destroyed after it."""
     client = wire.connect(fleet["hub"]["ipc"], timeout_s=120)
-    deadline = time.monotonic() + 30
-    while True:
-        rows = client.call("hosts")
-        if len(rows) == len(fleet["hosts"]) and all(h["state"] == "alive" for h in rows):
-            break
-        assert time.monotonic() < deadline, f"fleet not whole: {rows}"
-        time.sleep(0.1)
+    wait_for(lambda: (lambda rows: len(rows) == len(fleet["hosts"]) and all(h["state"] == "alive" for h in rows))(
+        client.call("hosts")), 60, "every host alive", ignore=(errors.Unreachable, errors.CallTimeout))
     yield client
-    for c in client.call("container_ls"):
-        try:
-            client.call("container_destroy", c["name"], True)
-        except errors.DcError:
-            pass
     client.close()
+    # a test may have restarted the hub: a new client, once the hub answers
+    with wire.connect(fleet["hub"]["ipc"], timeout_s=120) as again:
+        (listed,) = wait_for(lambda: (again.call("container_ls"),), 60, "the hub to answer",
+                             ignore=(errors.Unreachable, errors.CallTimeout))
+        for c in listed:
+            try:
+                again.call("container_destroy", c["name"], True)
+            except errors.DcError:
+                pass
 
 
 def agent(fleet, host: str) -> wire.RpcClient:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import tarfile
+import time
 
 import gevent
 import msgpack
@@ -222,3 +224,161 @@ def test_fuzzing_keeps_every_server_answering_and_changes_nothing(fleet):
                 assert isinstance(c.call("container_ls"), list)
             assert seen.get("InvalidArgument", 0) + seen.get("NoSuchMethod", 0) > count // 2, seen
     assert state_of(fleet) == before
+
+
+# ---------------------------------------------------------------- one host's key is one host
+
+def host_key(fleet, i: int) -> auth.ClientKeys:
+    """The real key pair of host ``i`` (1-based), as a client of the hub."""
+    h = fleet["hosts"][i - 1]
+    return auth.ClientKeys.from_files(os.path.join(h["state_dir"], "keys", "server.key_secret"),
+                                      fleet["hub"]["public_key"])
+
+
+def _register_info(name: str, endpoint: str, h: dict) -> dict:
+    return {"name": name, "endpoint": endpoint, "address": h["address"], "labels": {},
+            "capacity": {"memory_reservable_bytes": 1 << 30, "container_slots": 10}}
+
+
+def _wait_log(path: str, offset: int, text: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with open(path, errors="replace") as f:
+            f.seek(offset)
+            if text in f.read():
+                return
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.2)
+
+
+def _victim_untouched(fleet, hub, name: str, since: float) -> None:
+    with wire.connect(fleet["hosts"][0]["ipc"], 30) as host1:
+        assert host1.call("container_inspect", name)["state"] == "running"
+    assert hub.call("container_inspect", name)["host"] == "host-1"
+    removed = [e for e in hub.call("events", since) if e["kind"] == "stale_copy_removed"]
+    assert not [e for e in removed if e.get("name") == name], removed
+
+
+def test_a_host_key_cannot_touch_another_hosts_container(hub, fleet):
+    victim = f"victim.{secrets.token_hex(3)}"
+    since = time.time()
+    assert hub.call("create_container", "busybox", victim, {"host": "host-1"})["host"] == "host-1"
+    h1, h2 = fleet["hosts"][0], fleet["hosts"][1]
+    hub_log = fleet["hub"]["log"]
+    summary = {"capacity": {"memory_reservable_bytes": 1 << 30, "container_slots": 10},
+               "containers": [{"name": victim, "state": "running"}]}
+    with wire.connect(fleet["hub"]["tcp"], 30, host_key(fleet, 2)) as evil:
+        # a new name from a host's key, at another host's local or tcp endpoint
+        with pytest.raises(errors.InvalidArgument, match="tcp://"):
+            evil.call("host_register", _register_info("evil", h1["ipc"], h2))
+        with pytest.raises(errors.Unauthorized, match="host-2"):
+            evil.call("host_register", _register_info("evil", h1["tcp"], h2))
+        with pytest.raises(errors.NoSuchHost):
+            evil.call("host_heartbeat", "evil", summary)
+        # another host's name
+        with pytest.raises(errors.Unauthorized, match="another key"):
+            evil.call("host_register", _register_info("host-1", h1["tcp"], h2))
+        with pytest.raises(errors.Unauthorized):
+            evil.call("host_heartbeat", "host-1", summary)
+        # its own name at another host's ipc endpoint
+        with pytest.raises(errors.InvalidArgument, match="tcp://"):
+            evil.call("host_register", _register_info("host-2", h1["ipc"], h2))
+        # its own name at another host's tcp endpoint: accepted, but the hub
+        # expects host-2's key as that server's key, so it never reaches host-1
+        offset = os.path.getsize(hub_log)
+        try:
+            evil.call("host_register", _register_info("host-2", h1["tcp"], h2))
+            evil.call("host_heartbeat", "host-2", summary)
+            _wait_log(hub_log, offset, f"could not remove stale {victim} from host-2")
+            out = hub.call("broadcast", "container_ls", [], {"target": "host-2", "timeout_s": 3})
+            assert out["results"]["host-2"]["status"] != "ok", out
+        finally:
+            evil.call("host_register", _register_info("host-2", h2["tcp"], h2))
+        _victim_untouched(fleet, hub, victim, since)
+        # its own name, reporting the victim: the hub asks host-2 only
+        offset = os.path.getsize(hub_log)
+        evil.call("host_heartbeat", "host-2", summary)
+        _wait_log(hub_log, offset, f"could not remove stale {victim} from host-2")
+    _victim_untouched(fleet, hub, victim, since)
+    out = hub.call("broadcast", "container_ls", [], {"target": "host-2", "timeout_s": 10})
+    assert out["results"]["host-2"]["status"] == "ok", out
+    assert {h["name"] for h in hub.call("hosts")} == {h["name"] for h in fleet["hosts"]}
+
+
+def test_a_new_host_needs_the_operators_host_add(hub, fleet, tmp_path):
+    name = f"newhost-{secrets.token_hex(2)}"
+    newcomer, public = fresh_keys(tmp_path, "newcomer", fleet["hub"]["public_key"])
+    info = _register_info(name, "tcp://127.0.0.1:9", fleet["hosts"][0])
+    allow = auth.Allowlist(os.path.join(fleet["hub"]["state_dir"], "keys"))
+    path = allow.add("agent", f"pending-{name}", public)  # allowed as agent, but bound to no name
+    try:
+        with wire.connect(fleet["hub"]["tcp"], 30, newcomer) as c:
+            with pytest.raises(errors.Unauthorized, match="not bound"):
+                c.call("host_register", info)
+        with pytest.raises(errors.Conflict, match="host-1"):
+            hub.call("host_add", name, fleet["hosts"][0]["public_key"])  # a key is one host
+        with pytest.raises(errors.Conflict, match="another key"):
+            hub.call("host_add", "host-1", public)
+        with pytest.raises(errors.InvalidArgument):
+            hub.call("host_add", name, "not a key")
+        os.unlink(path)
+        added = hub.call("host_add", name, public)
+        assert added["name"] == name and added["key"] == public
+        assert hub.call("host_add", name, public)["added_at"] == added["added_at"]  # idempotent
+        with wire.connect(fleet["hub"]["tcp"], 30, newcomer) as c:
+            assert c.call("host_register", info)["name"] == name
+            with pytest.raises(errors.Unauthorized, match=name):
+                c.call("host_register", {**info, "name": name + "x"})
+        assert hub.call("host_remove", name)["name"] == name
+        with wire.connect(fleet["hub"]["tcp"], 30, newcomer) as c:  # removed: its key is gone too
+            with pytest.raises(errors.Unauthorized):
+                c.call("host_register", info)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        try:
+            hub.call("host_remove", name)
+        except errors.NoSuchHost:
+            pass
+    assert name not in {h["name"] for h in hub.call("hosts")}
+
+
+# ---------------------------------------------------------------- env values are secrets
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [str(k), *_strings(v)]]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return [value.decode(errors="replace") if isinstance(value, bytes) else str(value)]
+
+
+def test_read_and_agent_keys_see_env_names_not_values(hub, fleet, tmp_path):
+    name, secret = f"secret.{secrets.token_hex(3)}", f"pw-{secrets.token_hex(8)}"
+    hub.call("create_container", "busybox", name, {"host": "host-1", "env": {"DB_PASSWORD": secret, "MODE": "x"}})
+    hub_srv, host1 = fleet["hub"], fleet["hosts"][0]
+    with operator(hub_srv["tcp"]) as admin:  # admin sees the values
+        assert admin.call("container_inspect", name)["env"] == {"DB_PASSWORD": secret, "MODE": "x"}
+    readers = []
+    for srv in (hub_srv, host1):
+        keys, public = fresh_keys(tmp_path, f"ro{random.randrange(1 << 30)}", srv["public_key"])
+        path = auth.Allowlist(os.path.join(srv["state_dir"], "keys")).add("read", f"viewer{len(readers)}", public)
+        readers.append((srv, keys, path))
+    readers.append((hub_srv, host_key(fleet, 2), None))  # a host's key (agent role) at the hub
+    try:
+        for srv, keys, _ in readers:
+            with wire.connect(srv["tcp"], 30, keys) as c:
+                seen = c.call("container_inspect", name)
+                assert seen["env"] == {"DB_PASSWORD": auth.REDACTED, "MODE": auth.REDACTED}, seen
+                results = [seen, c.call("container_ls"), c.call("hostinfo")]
+                if srv is hub_srv:
+                    out = c.call("broadcast", "container_inspect", [name], {"target": "host-1"})
+                    assert out["results"]["host-1"]["result"]["env"] == {"DB_PASSWORD": auth.REDACTED,
+                                                                         "MODE": auth.REDACTED}, out
+                    results += [out, c.call("broadcast", "container_ls"), c.call("network_ls")]
+                leaked = [s for r in results for s in _strings(r) if secret in s]
+                assert not leaked, leaked
+    finally:
+        for _, _, path in readers:
+            if path:
+                os.unlink(path)

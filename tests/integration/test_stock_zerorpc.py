@@ -123,3 +123,38 @@ def test_stock_cli_error_has_no_server_traceback(zerorpc_exe, server_endpoint):
 def test_stock_cli_error_names_the_error(zerorpc_exe, server_endpoint):
     done = zerorpc39.stock_zerorpc(server_endpoint, "fail", "web")
     assert "NoSuchContainer" in done.stderr and "no container 'web'" in done.stderr
+
+
+def dcctl_call(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dcctl.cli", "call", *args], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+
+
+@pytest.mark.parametrize("args", [(), ("add", "1", "2", "--json"), ("greet", "bob", "?"),
+                                  ("greet", "bob", "-pj")])
+def test_dcctl_call_answers_as_the_stock_cli(zerorpc_exe, server_endpoint, args):
+    """``dcctl call`` is the documented ad hoc client: same syntax, same
+    output as the stock CLI where that one runs (Python 3.9)."""
+    stock = zerorpc39.stock_zerorpc(server_endpoint, *args)
+    ours = dcctl_call(server_endpoint, *args)
+    assert stock.returncode == ours.returncode == 0, (stock.stderr, ours.stderr)
+    if args:
+        assert ours.stdout.strip() == stock.stdout.strip()
+    else:  # the listing: same names and first doc lines
+        assert [line.split(None, 1) for line in ours.stdout.splitlines()] == \
+            [line.split(None, 1) for line in stock.stdout.splitlines()]
+
+
+def test_stock_cli_on_this_python_crashes_on_calls(server_endpoint):
+    """What the README says of the stock CLI that set-up installs into
+    python3 (3.10+): it lists methods, and every call dies in the CLI
+    itself (collections.Iterator); a 3.9 one or ``dcctl call`` works."""
+    if sys.version_info < (3, 10):
+        pytest.skip("the stock CLI works on Python <= 3.9")
+    cli = [sys.executable, "-c", "import sys; from zerorpc.cli import main; sys.exit(main())"]
+    listing = subprocess.run([*cli, server_endpoint], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and "add" in listing.stdout, listing.stderr
+    called = subprocess.run([*cli, server_endpoint, "add", "1", "2", "--json"], capture_output=True, text=True,
+                            timeout=60)
+    assert called.returncode != 0 and "collections' has no attribute 'Iterator'" in called.stderr
+    assert dcctl_call(server_endpoint, "add", "1", "2", "--json").stdout == "3\n"

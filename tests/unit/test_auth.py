@@ -78,10 +78,10 @@ def test_roles(secured):
 def test_refused_clients_fail_fast_and_run_nothing(secured, who):
     _, target, ep, keys, _ = secured
     started = time.monotonic()
-    with wire.connect(ep, 10, keys.get(who)) as c:
+    with wire.connect(ep, 120, keys.get(who)) as c:
         with pytest.raises(errors.Unauthorized):
             c.change()
-    assert time.monotonic() - started < 5, "a refused key must be reported, not waited out"
+    assert time.monotonic() - started < 60, "a refused key must be reported, not waited out (120 s)"
     assert target.ran == []
 
 

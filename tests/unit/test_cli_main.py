@@ -170,12 +170,37 @@ def test_global_options_after_method(capsys, endpoint):
 # --------------------------------------------------------------- output
 
 def test_table_output(capsys, endpoint):
-    code, out, _ = run(capsys, "-H", endpoint, "container_ls")
+    code, out, _ = run(capsys, "-H", endpoint, "--wide", "container_ls")
     lines = out.splitlines()
     assert code == 0
     assert lines[0].split() == ["name", "state", "ports", "note"]
     assert lines[1].split() == ["web.app", "RUNNING", "[80,443]", "-"]
     assert lines[2].split() == ["db", "STOPPED", "[]", '{"k":1}']
+
+
+def test_listing_default_view_and_filters(capsys, endpoint):
+    code, out, _ = run(capsys, "-H", endpoint, "container_ls")
+    assert code == 0
+    assert [line.split() for line in out.splitlines()] == [
+        ["name", "state", "image", "address", "ports", "age"],
+        ["web.app", "RUNNING", "-", "-", "80,", "443", "-"], ["db", "STOPPED", "-", "-", "-", "-"]]
+    code, out, _ = run(capsys, "-H", endpoint, "container_ls", "--filter", "name=web", "--filter", "name=db",
+                       "--filter=state=stopped", "--json")
+    assert code == 0 and [r["name"] for r in json.loads(out)] == ["db"]
+    code, out, _ = run(capsys, "-H", endpoint, "--filter", "name=nothing", "container_ls")
+    assert (code, out.split()) == (0, ["name", "state", "image", "address", "ports", "age"])
+
+
+@pytest.mark.parametrize("argv, text", [
+    (("--filter", "colour=red", "container_ls"), "cannot filter on 'colour'"),
+    (("--filter", "state", "container_ls"), "KEY=VALUE"),
+    (("container_ls", "--filter"), "needs a value"),
+    (("--filter", "name=x", "add", "1", "2"), "no listing to filter"),
+    (("--filter", "host=h1", "hostinfo"), "not a listing"),
+])
+def test_bad_filters_are_usage_errors(capsys, endpoint, argv, text):
+    code, out, err = run(capsys, "-H", endpoint, *argv)
+    assert (code, out) == (2, "") and err.startswith("dcctl: UsageError: ") and text in err, err
 
 
 def test_dict_output_and_json_bytes(capsys, endpoint):
@@ -223,6 +248,22 @@ def test_usage_errors_exit_2(capsys, endpoint, argv, text):
     first, *rest = err.splitlines()
     assert first.startswith("dcctl: UsageError: ") and text in first
     assert all(line.startswith("hint: ") for line in rest)
+
+
+@pytest.mark.parametrize("argv", [
+    ["echo", "bob", "--memory-bytes", "9999999999999T"],  # 2**63 and more: msgpack cannot carry it
+    ["echo", "bob", "--count", "18446744073709551616"],
+    ["echo", "bob", "--options-json", '{"deep": {"n": -9223372036854775809}}'],
+    ["add", "99999999999999999999999", "1"],
+    ["maybe", "18446744073709551616"],
+])
+def test_integers_out_of_the_wire_range_are_usage_errors(capsys, endpoint, argv):
+    code, out, err = run(capsys, "-H", endpoint, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("dcctl: InvalidArgument: ") and "out of range" in err
+    assert "Traceback" not in err and "OverflowError" not in err
+    code, out, _ = run(capsys, "-H", endpoint, "echo", "bob", "--count", "18446744073709551615", "--json")
+    assert code == 0 and '"count": 18446744073709551615' in out
 
 
 def test_bad_endpoint_is_a_usage_error(capsys):
@@ -331,7 +372,7 @@ def test_subprocess_exec_passthrough(endpoint):
 
 
 def test_subprocess_table_and_json(endpoint):
-    done = run_subprocess(endpoint, "container_ls")
+    done = run_subprocess(endpoint, "container_ls", "--wide")
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().splitlines()[1].split() == ["web.app", "RUNNING", "[80,443]", "-"]
     done = run_subprocess(endpoint, "add", "1", "2", "--json")

@@ -23,6 +23,14 @@ def test_split_argv_globals_anywhere_and_double_dash():
     assert cmd.flags == [("env", "A=B")]
 
 
+def test_split_argv_wide_and_filters_are_dcctl_own():
+    cmd = cli.split_argv(["--wide", "container_ls", "--filter", "state=running", "--filter=name=a=b"], {})
+    assert (cmd.method, cmd.wide, cmd.filters, cmd.flags, cmd.words) == (
+        "container_ls", True, ["state=running", "name=a=b"], [], [])
+    with pytest.raises(UsageError, match="--filter needs a value"):
+        cli.split_argv(["container_ls", "--filter", "--wide"], {})
+
+
 def test_split_argv_endpoint_from_env_and_default():
     assert cli.split_argv([], {cli.HOST_ENV: "ipc:///x"}).endpoint == "ipc:///x"
     assert cli.split_argv([], {}).endpoint == cli.DEFAULT_ENDPOINT

@@ -33,6 +33,14 @@ def test_reservations_in_the_store_count_and_reasons_are_named():
         scheduler.choose(hosts, scheduler.Request(GiB, {"zone": "y"}))({"a": (2 * GiB, 1)})
 
 
+def test_nocapacity_gives_readable_sizes():
+    hosts = [host("a", 2)]
+    with pytest.raises(errors.NoCapacity) as caught:
+        scheduler.choose(hosts, scheduler.Request(GiB + GiB // 2))({"a": (GiB, 1)})
+    assert "a: needs 1.5 GiB of memory, 1.0 GiB unreserved" in str(caught.value)
+    assert "bytes" not in str(caught.value)
+
+
 def test_the_store_is_the_truth_not_lagging_host_figures():
     # a host's heartbeat still counts containers destroyed a moment ago: only
     # the store's reservations (which adoption keeps whole) decide

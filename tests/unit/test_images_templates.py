@@ -141,3 +141,42 @@ def test_missing_template(store, tmp_path):
     dest.mkdir()
     with pytest.raises(InvalidImage, match="/etc/nope: not found"):
         render_templates(store, dict(m, templates=["/etc/nope"]), str(dest), CONTEXT)
+
+
+def test_an_imported_rootfs_gets_the_network_identity_templates(store, tmp_path):
+    from images.rootfs import NETWORK_TEMPLATES
+    dirs = [("etc", b"", {"type": tarfile.DIRTYPE, "mode": 0o755})]
+    # a rootfs exported from a built image: the templates' literal text, no templates listed
+    m = image(store, tmp_path, {"etc/hostname": "{{ hostname }}\n", "etc/hosts": "127.0.0.1 builder\n"},
+              [], extra=dirs)
+    assert m["templates"] == []
+    dest = tmp_path / "d"
+    dest.mkdir()
+    written = render_templates(store, m, str(dest), CONTEXT, NETWORK_TEMPLATES)
+    assert (dest / "etc/hostname").read_text() == "web\n"
+    assert "10.0.3.17\tweb" in (dest / "etc/hosts").read_text()
+    assert stat.S_IMODE(os.stat(dest / "etc/hostname").st_mode) == 0o640  # the image's own mode
+    # no /etc/network in the image: nothing is made there
+    assert not (dest / "etc/network").exists()
+    assert sorted(written) == [str(dest / "etc/hostname"), str(dest / "etc/hosts")]
+
+
+def test_an_images_own_templates_win_over_the_defaults(store, tmp_path):
+    from images.rootfs import NETWORK_TEMPLATES
+    m = image(store, tmp_path, {"etc/hostname": "own-{{ name }}\n", "etc/network/interfaces": "x\n"},
+              ["/etc/hostname"])
+    dest = tmp_path / "d"
+    dest.mkdir()
+    render_templates(store, m, str(dest), CONTEXT, NETWORK_TEMPLATES)
+    assert (dest / "etc/hostname").read_text() == "own-jerome.web\n"
+    assert "address 10.0.3.17/24" in (dest / "etc/network/interfaces").read_text()
+
+
+def test_defaults_never_shadow_a_symlinked_directory(store, tmp_path):
+    from images.rootfs import NETWORK_TEMPLATES
+    m = image(store, tmp_path, {"real/hostname": "x\n"}, [],
+              extra=[("etc", b"", {"type": tarfile.SYMTYPE, "linkname": "real"})])
+    dest = tmp_path / "d"
+    dest.mkdir()
+    assert render_templates(store, m, str(dest), CONTEXT, NETWORK_TEMPLATES) == []
+    assert os.listdir(dest) == []

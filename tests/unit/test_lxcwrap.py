@@ -53,10 +53,18 @@ def test_config_renders_overlay_network_and_unconfined():
     text = _cfg(memory_bytes=1 << 27).render(cgroup.Layout({"memory": "/m"}, None, frozenset()))
     assert "lxc.rootfs.path = overlay:/l/top:/l/bottom:/c/a.b/delta0\n" in text
     assert "lxc.apparmor.profile = unconfined\n" in text
-    assert "lxc.net.0.ipv4.address = 10.0.0.5/24\n" in text
+    assert "lxc.net.0.ipv4.address = 10.0.0.5/24 10.0.0.255\n" in text
     assert "lxc.net.0.veth.pair = dcv0123\n" in text
     assert "lxc.signal.halt = SIGUSR1\n" in text
     assert "lxc.cgroup.memory.limit_in_bytes = 134217728\n" in text
+
+
+def test_config_gives_the_subnets_broadcast_address():
+    layout = cgroup.Layout({}, None, frozenset())
+    assert "lxc.net.0.ipv4.address = 10.220.1.2/24 10.220.1.255\n" in _cfg(address="10.220.1.2").render(layout)
+    text = _cfg(address="172.16.5.9", prefixlen=20).render(layout)
+    assert "lxc.net.0.ipv4.address = 172.16.5.9/20 172.16.15.255\n" in text
+    assert "lxc.net.0.ipv4.address = 10.0.0.5/32\n" in _cfg(prefixlen=32).render(layout)
 
 
 def test_config_refuses_injected_newlines():

@@ -1,0 +1,98 @@
+"""The agent's hub link against a real hub over its local ipc endpoint
+(real HubService, store and sockets): a local agent joins, and a refusal is
+logged once, clearly, however often it is retried."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import gevent
+import pytest
+
+from agents.hubclient import HubLink
+from dcctl import auth, errors, wire
+from hub.registry import Registry
+from hub.service import HubService
+from hub.store import HubStore
+
+CAPACITY = {"memory_reservable_bytes": 1 << 30, "container_slots": 10}
+
+
+class StandInAgent:
+    """What the hub calls on a host in these tests."""
+
+    @wire.expose(access="read")
+    def container_ls(self) -> list:
+        return []
+
+
+@pytest.fixture
+def local_hub(tmp_path):
+    keys = str(tmp_path / "hub" / "keys")
+    store = HubStore(str(tmp_path / "hub"))
+    hub = HubService(store, Registry(str(tmp_path / "hub" / "registry")), heartbeat_s=0.2,
+                     server_pair=auth.ensure_server_pair(keys), allowlist=auth.Allowlist(keys))
+    svc = wire.Service(hub, "dc-hub", keys_dir=keys, heartbeat_s=1)
+    endpoint = f"ipc://{tmp_path}/hub.sock"
+    svc.bind(endpoint)
+    svc.start()
+    yield hub, endpoint
+    svc.stop()
+    hub.stop()
+    store.close()
+
+
+def _wait(pred, what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, what
+        gevent.sleep(0.05)
+
+
+def test_a_local_agent_joins_over_the_hubs_ipc_endpoint(local_hub, tmp_path, caplog):
+    hub, endpoint = local_hub
+    agent = wire.Service(StandInAgent(), "dc-agent@local-1")
+    agent_ep = f"ipc://{tmp_path}/agent.sock"
+    agent.bind(agent_ep)
+    agent.start()
+    link = HubLink(endpoint, {"name": "local-1", "endpoint": agent_ep, "address": "", "labels": {}},
+                   lambda: {"capacity": CAPACITY, "containers": []}, heartbeat_s=0.1)
+    caplog.set_level(logging.INFO, logger="agents.hubclient")
+    link.start()
+    try:
+        with wire.connect(endpoint, 10) as c:
+            _wait(lambda: [(h["name"], h["state"], h["endpoint"]) for h in c.call("hosts")]
+                  == [("local-1", "alive", agent_ep)], "the local agent never joined")
+            out = c.call("broadcast", "container_ls")
+            assert out["results"]["local-1"] == {"status": "ok", "result": []}, out
+    finally:
+        link.stop()
+        agent.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_refused_registration_is_logged_once_with_its_reason(local_hub, tmp_path, caplog):
+    hub, endpoint = local_hub
+    pub, _ = auth.keygen(str(tmp_path / "k"), "owner")
+    hub.store.bind_key("taken", auth.load_public(pub).decode())  # an operator's host_add for another key
+    link = HubLink(endpoint, {"name": "taken", "endpoint": f"ipc://{tmp_path}/none.sock", "address": "",
+                              "labels": {}}, lambda: {"capacity": CAPACITY, "containers": []}, heartbeat_s=0.02)
+    caplog.set_level(logging.INFO, logger="agents.hubclient")
+    link.start()
+    try:
+        _wait(lambda: link.failures >= 3, "the link did not retry")
+    finally:
+        link.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "registration: Unauthorized" in warnings[0] and "another key" in warnings[0], warnings
+    assert "taken" not in {h["name"] for h in hub.store.hosts()}
+
+
+def test_an_agent_endpoint_of_the_wrong_kind_is_refused(local_hub):
+    hub, endpoint = local_hub
+    with wire.connect(endpoint, 10) as c:
+        with pytest.raises(errors.InvalidArgument, match="ipc://"):
+            c.call("host_register", {"name": "remote-1", "endpoint": "tcp://127.0.0.1:9", "capacity": CAPACITY})
+    assert hub.store.hosts() == []
