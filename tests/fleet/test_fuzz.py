@@ -3,7 +3,9 @@ hub, over their local ipc endpoints: random arity, random types, and nested
 option maps made of each method's real option keys with wrong-typed values.
 The property: every call is answered within its timeout with a result or a
 typed error other than InternalError, and both services are up and true
-to LXC afterwards.
+to LXC afterwards.  (The hub's own Unreachable about an agent it lost
+during a forwarded call is a typed answer; our client losing the service
+under test is a failure.)
 
 CI runs a few hundred calls per service; ``DCF_SOAK=1`` runs tens of
 thousands.  ``DCF_FUZZ_SEED=N`` replays a run (the seed is printed on
@@ -274,6 +276,9 @@ def _outcome(client: wire.RpcClient, stock: zerorpc.Client, method: str, args: l
         return "ok"
     except errors.DcError as exc:
         _last_message[0] = str(exc)
+        if isinstance(exc, errors.Unreachable) and client.endpoint not in str(exc):
+            # the hub's typed answer that it lost an agent (not our client losing the hub)
+            return "Unreachable (forwarded)"
         return type(exc).__name__
 
 
