@@ -69,6 +69,8 @@ def command(value: Any, what: str = "command") -> list[str]:
     if isinstance(value, str):
         if not value.strip():
             raise InvalidArgument(f"{what} is empty")
+        if "\x00" in value:
+            raise InvalidArgument(f"{what} must be a string without NUL bytes")
         return ["/bin/sh", "-c", value]
     if not isinstance(value, (list, tuple)) or not value:
         raise InvalidArgument(f"{what} must be a non-empty list of strings or a string")

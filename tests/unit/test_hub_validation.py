@@ -42,6 +42,8 @@ BAD_CALLS = [
     ("container_exec", "x", ["ls", 5]),
     ("container_exec", "x", []),
     ("container_exec", "x", "   "),
+    ("container_exec", "x", "\x00"),  # the agent's exec crashed on it (found by the fuzz soak)
+    ("create_container", "busybox", "fz.a", {"command": "a\x00b"}),
     ("create_container", "busybox", "fz.a", {"env": {"A": {"nested": 1}}}),
     ("create_container", "busybox", "fz.a", {"cpus": "many"}),
     ("create_container", "busybox", "fz.a", {"cpus": 0}),
