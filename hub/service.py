@@ -16,10 +16,11 @@ import gevent
 
 from dcctl import auth, errors, validate, wire
 from dcctl.wire import expose
-from hub import fanout, scheduler
+from hub import fanout, routes, scheduler
 from hub.failover import Healer
 from hub.registry import Registry
 from hub.store import HubStore
+from hub.uploads import UploadMethods
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ CREATE_OPTIONS = {
     "no_start": "create only", "strategy": "spread (default) or binpack",
     "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
 }
-AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command", "restart")
+AGENT_CREATE_KEYS = tuple(validate.CREATE_OPTIONS)
 MAX_EVENTS = 500
 RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
              errors.StoreError, errors.NetworkError, errors.Busy)
@@ -43,8 +44,21 @@ READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls
 VIEW_TIMEOUT_SECONDS = 5.0
 
 
-class HubService:
-    """The methods served by ``dc-hub``.
+def _capacity(value) -> dict:
+    """A host's capacity figures as registered: {NAME: integer} (None: {}).
+    Raises: InvalidArgument."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) or v is None
+                                              for v in value.values()):
+        raise errors.InvalidArgument("capacity must be a map of figures {memory_reservable_bytes, "
+                                     "container_slots, ...} (integers)")
+    return value
+
+
+class HubService(routes.RouteMethods, UploadMethods):
+    """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
+    hub.uploads).
 
     Args:
         store: the fleet's SQLite store.
@@ -314,6 +328,7 @@ class HubService:
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in labels.items()):
             raise errors.InvalidArgument("labels must be a map of strings")
+        capacity = _capacity(info.get("capacity"))
         boot_id = self._valid_boot_id(info.get("boot_id"))
         caller = wire.current_caller()
         key = caller.key if caller else ""
@@ -324,7 +339,7 @@ class HubService:
             raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
                                          hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
-                               info.get("capacity") or {}, key)
+                               capacity, key)
         if boot_id is None:
             self._drop_client(name, "the agent registered again")  # an agent without a boot id
         else:
@@ -423,7 +438,9 @@ class HubService:
             name: fleet-unique container name (see container_create).
             options: {memory_bytes, cpus, cpu_shares, env, command (as the
                 agent's container_create), label {k: v} constraints, host
-                (pin), no_start (bool), strategy ("spread"|"binpack")}.
+                (pin), no_start (bool), strategy ("spread"|"binpack"),
+                route (a host name or a list: the HTTP port's routes; default
+                NAME.<route domain>), no_route (bool)}.
 
         The name and the capacity are reserved atomically (SQLite BEGIN
         IMMEDIATE) before any pull, so concurrent creates never over-commit
@@ -432,7 +449,7 @@ class HubService:
 
         Returns: {name, host, address (the host's, where mapped ports
         answer), container_address, image, state, ports [{proto,
-        container_port, host_port}]}.
+        container_port, host_port}], routes [names]}.
 
         Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
         ContainerExists, NoCapacity (naming each host's reason, and the last
@@ -440,19 +457,27 @@ class HubService:
         unknown), or the last host's own error when it is not one worth
         retrying elsewhere.
         """
+        options, route_opts = routes.take_options(options)
         validate.container_name(name)
         opts = validate.options(options, CREATE_OPTIONS, "create_container")
-        memory = int(validate.number(opts.get("memory_bytes") or 0, "memory_bytes", minimum=0,
-                                     maximum=1 << 50, integer=True))
+        # the agent's own rules for what it is handed (dcctl.validate), before any reservation
+        agent_opts = validate.create_options({k: opts[k] for k in AGENT_CREATE_KEYS if k in opts})
+        if not agent_opts["env"]:
+            del agent_opts["env"]
+        memory = int(agent_opts.get("memory_bytes") or 0)
         strategy = opts.get("strategy", "spread")
-        if strategy not in scheduler.STRATEGIES:
+        if not isinstance(strategy, str) or strategy not in scheduler.STRATEGIES:
             raise errors.InvalidArgument(f"strategy must be one of {', '.join(scheduler.STRATEGIES)}")
         labels = opts.get("label") or {}
-        if not isinstance(labels, dict):
-            raise errors.InvalidArgument("label must be a map {key: value}")
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise errors.InvalidArgument("label must be a map {key: value} of strings")
+        if opts.get("host") is not None and not isinstance(opts["host"], str):
+            raise errors.InvalidArgument("host must be a host name")
+        if not isinstance(opts.get("no_start", False), bool):
+            raise errors.InvalidArgument("no_start must be true or false")
         manifest = self.registry.resolve(image)
-        request = scheduler.Request(memory, {str(k): str(v) for k, v in labels.items()}, opts.get("host"), strategy)
-        agent_opts = {k: opts[k] for k in AGENT_CREATE_KEYS if opts.get(k) is not None}
+        routes.check_create(manifest, route_opts)
+        request = scheduler.Request(memory, dict(labels), opts.get("host"), strategy)
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
         row = self.store.claim(name, manifest["id"], memory, spec,
                                scheduler.choose(self.store.hosts(), request))
@@ -476,7 +501,7 @@ class HubService:
                 self.store.forget(name)
                 raise
             self.store.set_placed(name, manifest["id"], result["ports"])
-            return result
+            return self.connect_routes(result, route_opts)
 
     def _realize(self, host: str, manifest: dict, name: str, agent_opts: dict, no_start: bool) -> dict:
         ref = f"{manifest['name']}@{manifest['id']}"
@@ -520,6 +545,7 @@ class HubService:
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.stop_timeout(timeout_s)
         return {**self._forward("container_stop", name, timeout_s), "host": self._owner(name)}
 
     @expose(shielded=True)
@@ -545,12 +571,13 @@ class HubService:
     def container_inspect(self, name: str) -> dict:
         """Forwarded to the owning host (see the agent's container_inspect).
 
-        Returns: the agent's answer plus ``host`` (the owner's name).
+        Returns: the agent's answer plus ``host`` (the owner's name) and
+        ``routes`` (the names routed to it).
         Raises: the agent's errors; NoSuchContainer (not in the fleet);
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
-        return {**self._forward("container_inspect", name), "host": self._owner(name)}
+        return {**self._forward("container_inspect", name), "host": self._owner(name), "routes": self.routes_of(name)}
 
     @expose
     def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:
@@ -562,7 +589,8 @@ class HubService:
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
-        timeout = float((options or {}).get("timeout_s") or 300) + 30
+        validate.command(command)
+        timeout = validate.exec_options(options)["timeout_s"] + 30
         return self._forward("container_exec", name, command, options, timeout_s=timeout)
 
     @expose
@@ -576,6 +604,9 @@ class HubService:
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.enter_options(options)
+        if command is not None:
+            validate.command(command)
         host = self.store.host(self._owner(name))
         session = self._forward("container_enter", name, command, {"via": "tcp"})
         # the relay listens beside the agent's tcp endpoint
@@ -590,6 +621,7 @@ class HubService:
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.log_bytes(max_bytes)
         return self._forward("container_logs", name, max_bytes)
 
     @expose(shielded=True)
@@ -604,6 +636,10 @@ class HubService:
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.protocol(proto)
+        validate.port(container_port, "container port")
+        if host_port is not None:
+            validate.port(host_port, "host port")
         host = self.store.host(self._owner(name))
         result = self._forward("container_connection_add", name, proto, container_port, host_port)
         self._refresh_ports(name)
@@ -619,6 +655,8 @@ class HubService:
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.protocol(proto)
+        validate.port(container_port, "container port")
         result = self._forward("container_connection_rm", name, proto, container_port)
         self._refresh_ports(name)
         return result
@@ -720,6 +758,8 @@ class HubService:
             raise errors.InvalidArgument("target must be a glob on host names or label:KEY=VALUE")
         if not isinstance(method, str) or not method:
             raise errors.InvalidArgument("method must be an agent method name")
+        if not isinstance(opts.get("fire_and_forget", False), bool):
+            raise errors.InvalidArgument("fire_and_forget must be true or false")
         hosts = fanout.targets(self.store.hosts(), opts.get("target"))
         if not hosts:
             raise errors.NoSuchHost(f"no host matches the target {opts.get('target') or '*'!r}",
@@ -756,6 +796,10 @@ class HubService:
         """
         opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
         timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
+        if not isinstance(method, str) or not method:
+            raise errors.InvalidArgument("method must be an agent method name")
+        if not isinstance(opts.get("idempotent", False), bool):
+            raise errors.InvalidArgument("idempotent must be true or false")
         args, tried = self._coerce(method, list(args or [])), set()
         started = time.monotonic()
         while True:
@@ -780,16 +824,19 @@ class HubService:
     def image_ls(self) -> list:
         """Images in the hub's registry.
 
-        Returns: [{name, id (64 hex), created (Unix s), size_bytes, layers
-        (digests, bottom first), exposed_ports [{proto, port}]}].
+        Returns: [{name, tag ("latest" if none), id (64 hex), created (Unix
+        s), size_bytes, layers (digests, bottom first), exposed_ports
+        [{proto, port}]}].
         """
-        return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")}
-                for m in self.registry.ls()]
+        return [{**{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")},
+                 "tag": m.get("tag") or "latest"} for m in self.registry.ls()]
 
     @expose(shielded=True)
     def image_push(self, host: str, ref: str) -> dict:
         """Copy an image from a host's store into the hub's registry (layers
         in chunks, each checked against its digest; nothing partial is kept).
+        (``dcctl image_push FILE NAME[:TAG]`` with a local file uploads it
+        instead: see image_upload_begin.)
 
         Args: host: a fleet host's name; ref: ``name`` or ``name@idprefix``
         in that host's store.

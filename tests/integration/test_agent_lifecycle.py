@@ -263,6 +263,7 @@ def test_bad_input_is_typed_and_changes_nothing(agent):
         (("container_start", "bad.input"), errors.ContainerRunning),
         (("container_destroy", "bad.input"), errors.ContainerRunning),
         (("container_exec", "bad.input", ["/no/such/binary"]), errors.CommandNotFound),
+        (("container_exec", "bad.input", "echo a\x00b"), errors.InvalidArgument),  # was InternalError
         (("container_connection_add", "bad.input", "sctp", 80), errors.InvalidArgument),
         (("container_connection_add", "bad.input", "tcp", 0), errors.InvalidArgument),
         (("container_connection_add", "bad.input", "tcp", 70000), errors.InvalidArgument),
@@ -332,12 +333,16 @@ def test_stock_zerorpc_cli_and_dcctl_call_reach_the_agent(agent):
 
 
 @pytest.mark.slow
-def test_debian_image_build_boots_with_systemd(agent):
+def test_debian_image_build_boots_with_systemd(agent, tmp_path):
     """image_build debian (debootstrap minbase from apt's mirror), then a
-    container from it boots, runs systemd, execs, and stops gracefully."""
+    container from it boots, runs systemd, execs, and stops gracefully; its
+    OCI export, unpacked by umoci, is the store's tree (built once, checked
+    here: tests/integration/test_oci_images.py)."""
     manifest = agent.call("image_build", "debian", "debian", timeout_s=1800)
     try:
         assert manifest["stop_signal"] == "SIGRTMIN+3"
+        from tests.integration.test_oci_images import check_debian_export
+        check_debian_export(agent, "debian", str(tmp_path))
         agent.call("container_create", "debian", "deb.box")
         agent.call("container_start", "deb.box")
         out = agent.call("container_exec", "deb.box", ["cat", "/etc/os-release"])
