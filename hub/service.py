@@ -8,7 +8,6 @@ agents over RPC only and never imports agent code.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import time
 
@@ -17,7 +16,10 @@ import gevent
 from dcctl import auth, errors, validate, wire
 from dcctl.wire import expose
 from hub import fanout, scheduler
+from hub.agents import Agents
+from hub.events import EventLog
 from hub.failover import Healer
+from hub.placement import PULL_TIMEOUT_SECONDS, Placer
 from hub.registry import Registry
 from hub.store import HubStore
 
@@ -33,10 +35,6 @@ CREATE_OPTIONS = {
     "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
 }
 AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command", "restart")
-MAX_EVENTS = 500
-RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
-             errors.StoreError, errors.NetworkError, errors.Busy)
-PULL_TIMEOUT_SECONDS = 600.0
 #: Agent methods a read-only key may broadcast.
 READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls", "hostinfo", "image_ls",
                                 "ops_facts"})
@@ -70,12 +68,13 @@ class HubService:
         self.missed_heartbeats = missed_heartbeats
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
-        self._clients: dict[str, tuple[tuple[str, str], wire.RpcClient]] = {}  # host: ((endpoint, key), client)
+        self.events_log = EventLog()
+        self.agents = Agents(store, call_timeout_s=call_timeout_s, heartbeat_s=heartbeat_s, server_pair=server_pair,
+                             on_event=self.events_log.add)
+        self.placer = Placer(store, self.agents)
+        self.healer = Healer(store, registry, self.agents, self.placer, self.events_log)
         self._tasks: list[gevent.Greenlet] = []
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
-        self.healer = Healer(self)
-        self._event_log: collections.deque = collections.deque(maxlen=MAX_EVENTS)
-        self._boots: dict[str, str] = {}  # host -> the boot id its agent last reported
         self.started = time.time()
         self._serving_since = time.monotonic()
 
@@ -86,12 +85,12 @@ class HubService:
         now: a restarted hub gives every host the time to find it again."""
         self._serving_since = time.monotonic()
         journal = {r["name"] for r in self.store.containers() if r["state"] == "reserved"}
-        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover_reservations, journal)]
+        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover, journal)]
 
     def stop(self) -> None:
+        """Stop the hub's tasks and close its clients to agents."""
         gevent.killall(self._tasks)
-        for _, client in self._clients.values():
-            client.close()
+        self.agents.close()
 
     def _monitor(self) -> None:
         grace_s = self.heartbeat_s * self.missed_heartbeats
@@ -99,45 +98,16 @@ class HubService:
             judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
             for name in self.store.mark_unreachable(time.time() - grace_s) if judged else ():
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
-                self._event("host_lost", host=name)
+                self.events_log.add("host_lost", host=name)
                 gevent.spawn(self.healer.host_lost, name)
             self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
             gevent.sleep(min(1.0, self.heartbeat_s / 2))
 
-    def _recover_reservations(self, journal: set[str]) -> None:
-        """Finish or roll back the placements a hub restart interrupted (the
-        ``journal``: rows "reserved" when this hub started): after two
-        heartbeat intervals (hosts have re-registered), a row whose host has
-        the container becomes placed, otherwise it is dropped.  A row whose
-        host does not answer yet stays undecided and is asked again every
-        heartbeat, until each one is decided."""
+    def _recover(self, journal: set[str]) -> None:
+        """The journal recovery (Placer.recover), once hosts have had two
+        heartbeat intervals to re-register."""
         gevent.sleep(self.heartbeat_s * 2)
-        warned: set[str] = set()
-        while journal:
-            for name in sorted(journal):
-                try:
-                    row = self.store.container(name)
-                except errors.NoSuchContainer:
-                    journal.discard(name)
-                    continue
-                if row["state"] != "reserved":
-                    journal.discard(name)
-                    continue
-                try:
-                    info = self._call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
-                    self.store.set_placed(name, row["image"], info.get("ports", []))
-                    log.info("journal: adopted %s on %s", name, row["host"])
-                    journal.discard(name)
-                except errors.NoSuchContainer:
-                    self.store.forget(name)
-                    log.info("journal: rolled back reservation of %s", name)
-                    journal.discard(name)
-                except errors.DcError as exc:
-                    (log.debug if name in warned else log.warning)(
-                        "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
-                    warned.add(name)
-            if journal:
-                gevent.sleep(self.heartbeat_s)
+        self.placer.recover(journal, self.heartbeat_s)
 
     def _coerce(self, method: str, args: list) -> list:
         """Arguments typed as text (dcctl, the stock CLI) converted to what the
@@ -150,7 +120,7 @@ class HubService:
             for h in self.store.hosts():
                 if h["state"] == "alive":
                     try:
-                        self._agent_schema = self._call(h["name"], "_zerorpc_inspect", timeout_s=5)["methods"]
+                        self._agent_schema = self.agents.call(h["name"], "_zerorpc_inspect", timeout_s=5)["methods"]
                         break
                     except errors.DcError:
                         continue
@@ -171,46 +141,6 @@ class HubService:
             out.append(value)
         return out
 
-    def _event(self, kind: str, **detail) -> None:
-        self._event_log.append({"at": time.time(), "kind": kind, **detail})
-
-    def client(self, host: str, row: dict | None = None) -> wire.RpcClient:
-        """The hub's zerorpc client for ``host`` (made on first use);
-        ``row`` is its store row when the caller has it already.
-
-        A host that registered with a key is reached over CURVE with that
-        key as the expected server key (an agent's client key is its server
-        key), so an endpoint of any other server fails the handshake; a host
-        that joined locally (no key) is reached at its ipc endpoint only.
-
-        Raises: Unreachable (the row's endpoint and key do not fit)."""
-        row = row or self.store.host(host)
-        endpoint = row["endpoint"]
-        cached = self._clients.get(host)
-        if cached is None or cached[0] != (endpoint, row["key"]):
-            if cached is not None:
-                cached[1].close()
-                del self._clients[host]
-            keys = None
-            if row["key"]:
-                if not endpoint.startswith("tcp://") or not self.server_pair:
-                    raise errors.Unreachable(f"host {host} has a key but no CURVE endpoint the hub can verify",
-                                             hint="it registers again with a tcp:// endpoint")
-                keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
-            elif not endpoint.startswith("ipc://"):
-                raise errors.Unreachable(f"host {host} joined without a key at a non-local endpoint")
-            cached = ((endpoint, row["key"]), wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
-                                                             heartbeat_s=max(1.0, self.heartbeat_s)))
-            self._clients[host] = cached
-        return cached[1]
-
-    def _drop_client(self, host: str, reason: str) -> None:
-        """Close the hub's client for ``host``: calls in flight on it fail at
-        once with Unreachable(``reason``); the next call makes a new one."""
-        cached = self._clients.pop(host, None)
-        if cached is not None:
-            cached[1].close(reason)
-
     @staticmethod
     def _valid_boot_id(boot_id) -> str | None:
         """``boot_id`` if it is None or a string of 1 to 128 characters.
@@ -220,40 +150,12 @@ class HubService:
             raise errors.InvalidArgument("boot_id must be a string of 1 to 128 characters")
         return boot_id
 
-    def _note_boot(self, host: str, boot_id: str | None) -> bool:
-        """Record the boot id an agent reports (None: an agent that sends
-        none); True if it differs from the one it reported before (the agent
-        restarted: its calls in flight are dead and fail at once)."""
-        if boot_id is None:
-            return False
-        before = self._boots.get(host)
-        self._boots[host] = boot_id
-        if before is None or before == boot_id:
-            return False
-        log.warning("host %s restarted (boot id %s, was %s): failing its calls in flight", host, boot_id, before)
-        self._event("host_restarted", host=host)
-        self._drop_client(host, f"the agent on {host} restarted")
-        return True
-
-    def _call(self, host: str, method: str, *args, timeout_s: float | None = None):
-        """Call an agent; a host marked unreachable fails at once (Unreachable)
-        instead of making the caller wait out a timeout.  However long
-        ``timeout_s`` is (a pull's), a call to an agent that dies or freezes
-        fails within two heartbeats (zerorpc's per-call heartbeats), and one
-        to an agent that restarts fails as soon as it reports its new boot
-        id (Unreachable)."""
-        row = self.store.host(host)  # one store read per call
-        if row["state"] != "alive":
-            raise errors.Unreachable(f"host {host} is unreachable (missed heartbeats)",
-                                     hint="its containers with a restart policy are re-created elsewhere")
-        return self.client(host, row).call(method, *args, timeout_s=timeout_s)
-
     def _owner(self, name: str) -> str:
         validate.container_name(name)
         return self.store.container(name)["host"]
 
     def _forward(self, method: str, name: str, *args, timeout_s: float | None = None):
-        return self._call(self._owner(name), method, name, *args, timeout_s=timeout_s)
+        return self.agents.call(self._owner(name), method, name, *args, timeout_s=timeout_s)
 
     # ------------------------------------------------------------ membership
     @expose(shielded=True)
@@ -279,7 +181,7 @@ class HubService:
         if self.allowlist is not None:
             self.allowlist.add("agent", name, key)
         log.info("host %s added with key %s", name, key)
-        self._event("host_added", host=name)
+        self.events_log.add("host_added", host=name)
         return binding
 
     @expose(access="agent")
@@ -326,9 +228,9 @@ class HubService:
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
                                info.get("capacity") or {}, key)
         if boot_id is None:
-            self._drop_client(name, "the agent registered again")  # an agent without a boot id
+            self.agents.drop(name, "the agent registered again")  # an agent without a boot id
         else:
-            self._note_boot(name, boot_id)
+            self.agents.note_boot(name, boot_id)
         log.info("host %s registered at %s", name, endpoint)
         return {"name": name, "heartbeat_s": self.heartbeat_s}
 
@@ -353,8 +255,8 @@ class HubService:
             raise errors.NoSuchHost(f"host {name!r} is not registered")
         if previous != "alive":
             log.info("host %s is alive again", name)
-            self._event("host_back", host=name)
-        self._note_boot(name, boot_id)
+            self.events_log.add("host_back", host=name)
+        self.agents.note_boot(name, boot_id)
         containers = summary.get("containers") if isinstance(summary, dict) else None
         if isinstance(containers, list):
             self.healer.reconcile(name, containers)
@@ -382,9 +284,8 @@ class HubService:
         self.store.remove_host(name)
         if binding is not None and self.allowlist is not None:
             self.allowlist.remove("agent", name, binding["key"])
-        self._drop_client(name, "the host was removed")
-        self._boots.pop(name, None)
-        self._event("host_removed", host=name)
+        self.agents.forget(name, "the host was removed")
+        self.events_log.add("host_removed", host=name)
         return {"name": name, "containers_forgotten": len(rows)}
 
     @expose(access="read")
@@ -454,50 +355,7 @@ class HubService:
         request = scheduler.Request(memory, {str(k): str(v) for k, v in labels.items()}, opts.get("host"), strategy)
         agent_opts = {k: opts[k] for k in AGENT_CREATE_KEYS if opts.get(k) is not None}
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
-        row = self.store.claim(name, manifest["id"], memory, spec,
-                               scheduler.choose(self.store.hosts(), request))
-        host, tried = row["host"], set()
-        while True:
-            tried.add(host)
-            try:
-                result = self._realize(host, manifest, name, agent_opts, bool(opts.get("no_start")))
-            except RETRYABLE as exc:
-                log.warning("create %s on %s failed (%s: %s); trying another host", name, host,
-                            type(exc).__name__, exc)
-                self._undo(host, name)
-                try:
-                    host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
-                except errors.DcError as nc:
-                    self.store.forget(name)
-                    raise type(nc)(f"{nc}; last failure on {host}: {type(exc).__name__}: {exc}") from exc
-                continue
-            except BaseException:
-                self._undo(host, name)
-                self.store.forget(name)
-                raise
-            self.store.set_placed(name, manifest["id"], result["ports"])
-            return result
-
-    def _realize(self, host: str, manifest: dict, name: str, agent_opts: dict, no_start: bool) -> dict:
-        ref = f"{manifest['name']}@{manifest['id']}"
-        self._call(host, "image_pull", ref, None, timeout_s=PULL_TIMEOUT_SECONDS)
-        info = self._call(host, "container_create", ref, name, agent_opts)
-        ports = []
-        if not no_start:
-            info = self._call(host, "container_start", name)
-        for p in manifest.get("exposed_ports", []):
-            m = self._call(host, "container_connection_add", name, p["proto"], p["port"])
-            ports.append({"proto": m["proto"], "container_port": m["container_port"], "host_port": m["host_port"]})
-        return {"name": name, "host": host, "address": self.store.host(host)["address"],
-                "container_address": info["address"], "image": ref, "state": info["state"], "ports": ports}
-
-    def _undo(self, host: str, name: str) -> None:
-        """Best effort: destroy a half-made container (reconciliation cleans
-        up later if the host is unreachable now)."""
-        try:
-            self._call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
-        except errors.DcError:
-            pass
+        return self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
 
     # ------------------------------------------------------------ routing
     @expose(shielded=True)
@@ -633,7 +491,7 @@ class HubService:
     # ------------------------------------------------------------ fleet views
     def _gather(self, method: str, *args) -> dict:
         hosts = self.store.hosts()
-        return fanout.broadcast(hosts, lambda h: self._call(h["name"], method, *args,
+        return fanout.broadcast(hosts, lambda h: self.agents.call(h["name"], method, *args,
                                                             timeout_s=VIEW_TIMEOUT_SECONDS),
                                 VIEW_TIMEOUT_SECONDS + 0.5)
 
@@ -727,7 +585,7 @@ class HubService:
         args = self._coerce(method, list(args or []))
 
         def call(h):
-            return self._call(h["name"], method, *args, timeout_s=timeout)
+            return self.agents.call(h["name"], method, *args, timeout_s=timeout)
 
         if opts.get("fire_and_forget"):
             gevent.spawn(fanout.broadcast, hosts, call, timeout)
@@ -762,7 +620,7 @@ class HubService:
             host = self.workers.acquire(timeout, exclude=tried)
             tried.add(host)
             try:
-                result = self._call(host, method, *args, timeout_s=timeout)
+                result = self.agents.call(host, method, *args, timeout_s=timeout)
                 return {"host": host, "result": result, "attempts": len(tried),
                         "duration_s": round(time.monotonic() - started, 6)}
             except errors.CallTimeout as exc:
@@ -798,10 +656,11 @@ class HubService:
         (digest mismatch, I/O), Unreachable, CallTimeout.
         """
         self.store.host(host)
-        info = self._call(host, "image_manifest", ref)
+        info = self.agents.call(host, "image_manifest", ref)
         return self.registry.receive(
             info["manifest"], info["layer_sizes"],
-            lambda d, off, n: self._call(host, "image_layer_read", d, off, n, timeout_s=PULL_TIMEOUT_SECONDS))
+            lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
+                                               timeout_s=PULL_TIMEOUT_SECONDS))
 
     @expose(access="read", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
@@ -834,7 +693,7 @@ class HubService:
         host_removed, host_restarted), host | name | ...}], at most the last
         500, kept in memory (a hub restart starts a new list).
         """
-        return [e for e in self._event_log if e["at"] > since]
+        return self.events_log.since(since)
 
     @expose(access="read")
     def hub_info(self) -> dict:
