@@ -19,6 +19,7 @@ from hub import fanout, scheduler
 from hub.agents import Agents
 from hub.events import EventLog
 from hub.failover import Healer
+from hub.heartbeats import DEFAULT_FLUSH_SECONDS, Heartbeats
 from hub.placement import PULL_TIMEOUT_SECONDS, Placer
 from hub.registry import Registry
 from hub.store import HubStore
@@ -55,11 +56,15 @@ class HubService:
         allowlist: the hub's client allowlist (dcctl.auth.Allowlist), where
             host_add admits a host's key with the agent role; None for a hub
             without keys.
+        heartbeat_flush_s: seconds between writes of the heartbeats
+            received (all in one transaction, see hub/heartbeats.py); 0
+            writes each one at once.
     """
 
     def __init__(self, store: HubStore, registry: Registry, *, heartbeat_s: float = 3.0,
                  missed_heartbeats: int = 3, call_timeout_s: float = 60.0,
-                 server_pair: tuple[bytes, bytes] | None = None, allowlist: auth.Allowlist | None = None):
+                 server_pair: tuple[bytes, bytes] | None = None, allowlist: auth.Allowlist | None = None,
+                 heartbeat_flush_s: float = DEFAULT_FLUSH_SECONDS):
         self.server_pair = server_pair
         self.allowlist = allowlist
         self.store = store
@@ -68,6 +73,7 @@ class HubService:
         self.missed_heartbeats = missed_heartbeats
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
+        self.beats = Heartbeats(store, heartbeat_flush_s)
         self.events_log = EventLog()
         self.agents = Agents(store, call_timeout_s=call_timeout_s, heartbeat_s=heartbeat_s, server_pair=server_pair,
                              on_event=self.events_log.add)
@@ -85,18 +91,22 @@ class HubService:
         now: a restarted hub gives every host the time to find it again."""
         self._serving_since = time.monotonic()
         journal = {r["name"] for r in self.store.containers() if r["state"] == "reserved"}
-        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover, journal)]
+        self._tasks = [gevent.spawn(self._monitor), gevent.spawn(self._recover, journal),
+                       gevent.spawn(self.beats.run)]
 
     def stop(self) -> None:
-        """Stop the hub's tasks and close its clients to agents."""
+        """Stop the hub's tasks, write the heartbeats not written yet and
+        close its clients to agents."""
         gevent.killall(self._tasks)
+        self.beats.flush()
         self.agents.close()
 
     def _monitor(self) -> None:
         grace_s = self.heartbeat_s * self.missed_heartbeats
         while True:
             judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
-            for name in self.store.mark_unreachable(time.time() - grace_s) if judged else ():
+            deadline = time.time() - grace_s
+            for name in self.store.mark_unreachable(deadline, self.beats.fresh(deadline)) if judged else ():
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self.events_log.add("host_lost", host=name)
                 gevent.spawn(self.healer.host_lost, name)
@@ -239,6 +249,10 @@ class HubService:
         """Called by agents every heartbeat_s: a hostinfo summary {capacity,
         metrics, containers [{name, state}], boot_id (as in host_register)}.
 
+        The beat is taken in memory and written with every other host's
+        within heartbeat_flush_s (one transaction, see hub/heartbeats.py);
+        the first beat of a host that was unreachable is written at once.
+
         Returns: {ok: True}.
         Raises: InvalidArgument (no capacity {memory_reservable_bytes,
         container_slots} of integers), NoSuchHost (not registered: register
@@ -250,7 +264,7 @@ class HubService:
             raise errors.InvalidArgument("heartbeat summary needs capacity {memory_reservable_bytes, container_slots}")
         boot_id = self._valid_boot_id(summary.get("boot_id"))
         caller = wire.current_caller()
-        previous = self.store.heartbeat(name, summary, caller.key if caller else "")
+        previous = self.beats.beat(name, summary, caller.key if caller else "")
         if previous is None:
             raise errors.NoSuchHost(f"host {name!r} is not registered")
         if previous != "alive":
@@ -285,6 +299,7 @@ class HubService:
         if binding is not None and self.allowlist is not None:
             self.allowlist.remove("agent", name, binding["key"])
         self.agents.forget(name, "the host was removed")
+        self.beats.forget(name)
         self.events_log.add("host_removed", host=name)
         return {"name": name, "containers_forgotten": len(rows)}
 
@@ -304,14 +319,14 @@ class HubService:
         for h in self.store.hosts():
             cap = h["capacity"] or {}
             free_mem, free_slots = scheduler.free_figures(h, figures)
+            last = max(h["last_heartbeat"], self.beats.last(h["name"]) or 0.0)  # beats not yet written count
             out.append({"name": h["name"], "state": h["state"], "endpoint": h["endpoint"],
                         "address": h["address"], "labels": h["labels"],
                         "memory_reservable_bytes": cap.get("memory_reservable_bytes"),
                         "memory_reserved_bytes": (cap.get("memory_reservable_bytes") or 0) - free_mem,
                         "memory_free_bytes": free_mem, "container_slots": cap.get("container_slots"),
                         "containers": (cap.get("container_slots") or 0) - free_slots,
-                        "last_heartbeat": h["last_heartbeat"],
-                        "heartbeat_age_s": round(now - h["last_heartbeat"], 3)})
+                        "last_heartbeat": last, "heartbeat_age_s": round(now - last, 3)})
         return out
 
     # ------------------------------------------------------------ placement
