@@ -16,6 +16,9 @@ from hub.store import HubStore
 
 log = logging.getLogger(__name__)
 
+#: Timeout of the hub's short agent calls (listings, inspection, a destroy's third of it), seconds.
+VIEW_TIMEOUT_SECONDS = 5.0
+
 
 class Agents:
     """Clients to the fleet's agents, made on first use from their store rows.

@@ -26,7 +26,7 @@ import gevent
 
 from dcctl import errors
 from hub import scheduler
-from hub.agents import Agents
+from hub.agents import VIEW_TIMEOUT_SECONDS, Agents
 from hub.events import EventLog
 from hub.placement import Placer
 from hub.registry import Registry
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 RESCHEDULE_ATTEMPTS = 8
 RESCHEDULE_BACKOFF_MAX_SECONDS = 30.0
-VIEW_TIMEOUT_SECONDS = 5.0
 
 
 class Healer:

@@ -17,7 +17,7 @@ import gevent
 
 from dcctl import errors
 from hub import scheduler
-from hub.agents import Agents
+from hub.agents import VIEW_TIMEOUT_SECONDS, Agents
 from hub.store import HubStore
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
              errors.StoreError, errors.NetworkError, errors.Busy)
 PULL_TIMEOUT_SECONDS = 600.0
-VIEW_TIMEOUT_SECONDS = 5.0
 
 
 class Placer:

@@ -16,7 +16,7 @@ import gevent
 from dcctl import auth, errors, validate, wire
 from dcctl.wire import expose
 from hub import fanout, scheduler
-from hub.agents import Agents
+from hub.agents import VIEW_TIMEOUT_SECONDS, Agents
 from hub.events import EventLog
 from hub.failover import Healer
 from hub.heartbeats import DEFAULT_FLUSH_SECONDS, Heartbeats
@@ -39,7 +39,6 @@ AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command", "re
 #: Agent methods a read-only key may broadcast.
 READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls", "hostinfo", "image_ls",
                                 "ops_facts"})
-VIEW_TIMEOUT_SECONDS = 5.0
 
 
 class HubService:
