@@ -28,6 +28,7 @@ CHUNK_BYTES = 4 << 20
 MAX_LAYER_BYTES = 8 << 30
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 def manifest_id(manifest: dict) -> str:
@@ -75,18 +76,23 @@ class Registry:
         return sorted(out, key=lambda m: (m["name"], m.get("created") or 0))
 
     def resolve(self, ref: str) -> dict:
-        """``name`` (newest of that name) or ``name@idprefix``.
+        """``name`` (newest of that name), ``name:tag`` (newest of that name
+        and tag; an untagged image is "latest"), either with ``@idprefix``.
 
         Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef."""
         if not isinstance(ref, str):
             raise errors.InvalidArgument("image ref must be a string")
-        name, at, prefix = ref.partition("@")
-        if not _NAME.match(name) or ".." in name or (at and not re.match(r"^[0-9a-f]{4,64}$", prefix)):
-            raise errors.InvalidArgument(f"bad image ref {ref!r}: expected NAME or NAME@IDPREFIX (4+ hex)")
-        found = [m for m in self.ls() if m["name"] == name and m["id"].startswith(prefix)]
+        head, at, prefix = ref.partition("@")
+        name, colon, tag = head.partition(":")
+        if (not _NAME.match(name) or ".." in name or (at and not re.match(r"^[0-9a-f]{4,64}$", prefix))
+                or (colon and not _TAG.match(tag))):
+            raise errors.InvalidArgument(f"bad image ref {ref!r}: expected NAME[:TAG] or NAME[:TAG]@IDPREFIX "
+                                         "(4+ hex)")
+        found = [m for m in self.ls() if m["name"] == name and m["id"].startswith(prefix)
+                 and (not colon or (m.get("tag") or "latest") == tag)]
         if not found:
             raise errors.ImageNotFound(f"no image {ref!r} in the hub's registry",
-                                       hint="push it first: dcctl image_push HOST REF")
+                                       hint="push it first: dcctl image_push HOST REF, or dcctl image_push FILE NAME")
         if prefix and len(found) > 1:
             raise errors.AmbiguousImageRef(
                 f"{ref!r} matches {len(found)} images: " + ", ".join(m["id"][:12] for m in found))

@@ -15,7 +15,7 @@ import gevent
 
 from dcctl import auth, errors, validate, wire
 from dcctl.wire import expose
-from hub import fanout, scheduler
+from hub import fanout, routes, scheduler
 from hub.agents import VIEW_TIMEOUT_SECONDS, Agents
 from hub.events import EventLog
 from hub.failover import Healer
@@ -23,6 +23,7 @@ from hub.heartbeats import DEFAULT_FLUSH_SECONDS, Heartbeats
 from hub.placement import PULL_TIMEOUT_SECONDS, Placer
 from hub.registry import Registry
 from hub.store import HubStore
+from hub.uploads import UploadMethods
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls
                                 "ops_facts"})
 
 
-class HubService:
-    """The methods served by ``dc-hub``.
+class HubService(routes.RouteMethods, UploadMethods):
+    """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
+    hub.uploads).
 
     Args:
         store: the fleet's SQLite store.
@@ -338,7 +340,9 @@ class HubService:
             name: fleet-unique container name (see container_create).
             options: {memory_bytes, cpus, cpu_shares, env, command (as the
                 agent's container_create), label {k: v} constraints, host
-                (pin), no_start (bool), strategy ("spread"|"binpack")}.
+                (pin), no_start (bool), strategy ("spread"|"binpack"),
+                route (a host name or a list: the HTTP port's routes; default
+                NAME.<route domain>), no_route (bool)}.
 
         The name and the capacity are reserved atomically (SQLite BEGIN
         IMMEDIATE) before any pull, so concurrent creates never over-commit
@@ -347,7 +351,7 @@ class HubService:
 
         Returns: {name, host, address (the host's, where mapped ports
         answer), container_address, image, state, ports [{proto,
-        container_port, host_port}]}.
+        container_port, host_port}], routes [names]}.
 
         Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
         ContainerExists, NoCapacity (naming each host's reason, and the last
@@ -355,6 +359,7 @@ class HubService:
         unknown), or the last host's own error when it is not one worth
         retrying elsewhere.
         """
+        options, route_opts = routes.take_options(options)
         validate.container_name(name)
         opts = validate.options(options, CREATE_OPTIONS, "create_container")
         memory = int(validate.number(opts.get("memory_bytes") or 0, "memory_bytes", minimum=0,
@@ -366,10 +371,12 @@ class HubService:
         if not isinstance(labels, dict):
             raise errors.InvalidArgument("label must be a map {key: value}")
         manifest = self.registry.resolve(image)
+        routes.check_create(manifest, route_opts)
         request = scheduler.Request(memory, {str(k): str(v) for k, v in labels.items()}, opts.get("host"), strategy)
         agent_opts = {k: opts[k] for k in AGENT_CREATE_KEYS if opts.get(k) is not None}
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
-        return self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
+        result = self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
+        return self.connect_routes(result, route_opts)
 
     # ------------------------------------------------------------ routing
     @expose(shielded=True)
@@ -417,12 +424,13 @@ class HubService:
     def container_inspect(self, name: str) -> dict:
         """Forwarded to the owning host (see the agent's container_inspect).
 
-        Returns: the agent's answer plus ``host`` (the owner's name).
+        Returns: the agent's answer plus ``host`` (the owner's name) and
+        ``routes`` (the names routed to it).
         Raises: the agent's errors; NoSuchContainer (not in the fleet);
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
-        return {**self._forward("container_inspect", name), "host": self._owner(name)}
+        return {**self._forward("container_inspect", name), "host": self._owner(name), "routes": self.routes_of(name)}
 
     @expose
     def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:
@@ -652,16 +660,19 @@ class HubService:
     def image_ls(self) -> list:
         """Images in the hub's registry.
 
-        Returns: [{name, id (64 hex), created (Unix s), size_bytes, layers
-        (digests, bottom first), exposed_ports [{proto, port}]}].
+        Returns: [{name, tag ("latest" if none), id (64 hex), created (Unix
+        s), size_bytes, layers (digests, bottom first), exposed_ports
+        [{proto, port}]}].
         """
-        return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")}
-                for m in self.registry.ls()]
+        return [{**{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")},
+                 "tag": m.get("tag") or "latest"} for m in self.registry.ls()]
 
     @expose(shielded=True)
     def image_push(self, host: str, ref: str) -> dict:
         """Copy an image from a host's store into the hub's registry (layers
         in chunks, each checked against its digest; nothing partial is kept).
+        (``dcctl image_push FILE NAME[:TAG]`` with a local file uploads it
+        instead: see image_upload_begin.)
 
         Args: host: a fleet host's name; ref: ``name`` or ``name@idprefix``
         in that host's store.

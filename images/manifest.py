@@ -18,8 +18,18 @@ A manifest is a JSON object with string keys only::
       "parent":        image id or None,
     }
 
-Refs are ``name`` (newest image of that name) or ``name@idprefix`` (at least
-4 lowercase hex digits).
+Two optional keys, present only when set (so the ids of images made before
+them do not change): ``tag`` (Docker's tag grammar, e.g. "24.04"; an image
+without one answers to the tag "latest") and ``config``, what an imported
+OCI/Docker image's config said beyond the fields above::
+
+      "config": {"entrypoint": [...], "cmd": [...], "working_dir": "/app",
+                 "user": "1000:1000" (as the image wrote it), "volumes": [...],
+                 "labels": {...}}
+
+Refs are ``name`` (newest image of that name), ``name:tag`` (newest of that
+name and tag) or ``name@idprefix`` / ``name:tag@idprefix`` (at least 4
+lowercase hex digits).
 """
 from __future__ import annotations
 
@@ -32,22 +42,29 @@ from images.errors import InvalidImage
 from images.fsutil import split_path
 
 __all__ = [
-    "MANIFEST_FIELDS", "validate_name", "parse_ref", "validate_digest",
+    "MANIFEST_FIELDS", "OPTIONAL_FIELDS", "validate_name", "validate_tag", "parse_ref",
+    "parse_full_ref", "ref_matches", "validate_digest",
     "normalize_fields", "manifest_id", "short_ref",
 ]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _PREFIX_RE = re.compile(r"^[0-9a-f]{4,64}$")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+#: The tag an image without one answers to.
+DEFAULT_TAG = "latest"
+_CONFIG_KEYS = ("entrypoint", "cmd", "working_dir", "user", "volumes", "labels")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SIGNAL_RE = re.compile(r"^SIG(?:RTMIN\+[0-9]{1,2}|RTMAX-[0-9]{1,2}|[A-Z][A-Z0-9]{1,10})$")
 
 #: Every key of a stored manifest.
 MANIFEST_FIELDS = ("id", "name", "created", "layers", "size_bytes", "exposed_ports", "env",
                    "command", "stop_signal", "init", "templates", "parent")
+#: Keys a stored manifest may have besides MANIFEST_FIELDS (only when set).
+OPTIONAL_FIELDS = ("tag", "config")
 #: Keys a caller may pass to ImageStore.commit() (the others are computed).
 COMMIT_FIELDS = ("exposed_ports", "env", "command", "stop_signal", "init", "templates",
-                 "parent", "created")
+                 "parent", "created", "tag", "config")
 
 
 def validate_name(name: Any) -> str:
@@ -58,20 +75,51 @@ def validate_name(name: Any) -> str:
     return name
 
 
-def parse_ref(ref: Any) -> tuple[str, str]:
-    """Split ``name`` or ``name@idprefix`` into (name, prefix or "").
+def validate_tag(tag: Any) -> str:
+    """Return ``tag`` if it is a valid tag (Docker's grammar), else raise InvalidImage."""
+    if not isinstance(tag, str) or not _TAG_RE.match(tag):
+        raise InvalidImage(f"invalid image tag {tag!r}: want ^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}$")
+    return tag
+
+
+def parse_full_ref(ref: Any) -> tuple[str, str | None, str]:
+    """Split ``name[:tag][@idprefix]`` into (name, tag or None, prefix or "").
 
     Raises:
-        InvalidImage: bad name, or a prefix that is not 4-64 lowercase hex digits.
+        InvalidImage: bad name or tag, or a prefix that is not 4-64
+            lowercase hex digits.
     """
     if not isinstance(ref, str):
         raise InvalidImage(f"invalid image ref {ref!r}: not a string")
-    name, sep, prefix = ref.partition("@")
+    head, sep, prefix = ref.partition("@")
+    name, colon, tag = head.partition(":")
     validate_name(name)
+    if colon:
+        validate_tag(tag)
     if sep and not _PREFIX_RE.match(prefix):
         raise InvalidImage(f"invalid image ref {ref!r}: the id prefix after '@' must be "
                            "4 to 64 lowercase hex digits")
+    return name, (tag if colon else None), prefix
+
+
+def parse_ref(ref: Any) -> tuple[str, str]:
+    """Split ``name[:tag]`` or ``name[:tag]@idprefix`` into (name, prefix or "")
+    (the tag, if any, is checked and dropped: see parse_full_ref).
+
+    Raises:
+        InvalidImage: bad name or tag, or a prefix that is not 4-64
+            lowercase hex digits.
+    """
+    name, _tag, prefix = parse_full_ref(ref)
     return name, prefix
+
+
+def ref_matches(manifest: Mapping[str, Any], name: str, tag: str | None, prefix: str) -> bool:
+    """Whether a manifest answers to the parsed ref (an untagged image
+    answers to the tag "latest")."""
+    if manifest.get("name") != name or not str(manifest.get("id", "")).startswith(prefix):
+        return False
+    return tag is None or (manifest.get("tag") or DEFAULT_TAG) == tag
 
 
 def validate_digest(value: Any, what: str = "layer id") -> str:
@@ -84,6 +132,39 @@ def validate_digest(value: Any, what: str = "layer id") -> str:
 def short_ref(manifest: Mapping[str, Any]) -> str:
     """``name@<first 12 hex of id>``, the form used in messages and listings."""
     return f"{manifest['name']}@{manifest['id'][:12]}"
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise InvalidImage(f"invalid {what} {value!r}: want a list of strings")
+    for item in value:
+        if not isinstance(item, str) or "\x00" in item or len(item) > 65536:
+            raise InvalidImage(f"invalid {what} item {item!r}: want a string without NUL")
+    return list(value)
+
+
+def _config(value: Any) -> dict:
+    if not isinstance(value, Mapping) or set(value) - set(_CONFIG_KEYS):
+        raise InvalidImage(f"invalid config {value!r}: want a dict with keys among "
+                           f"{', '.join(_CONFIG_KEYS)}")
+    out: dict = {}
+    for key in ("entrypoint", "cmd", "volumes"):
+        out[key] = _str_list(value.get(key), f"config {key}")
+    for key in ("working_dir", "user"):
+        item = value.get(key) or ""
+        if not isinstance(item, str) or "\x00" in item or "\n" in item or len(item) > 4096:
+            raise InvalidImage(f"invalid config {key} {item!r}")
+        out[key] = item
+    if out["working_dir"] and not out["working_dir"].startswith("/"):
+        raise InvalidImage(f"invalid config working_dir {out['working_dir']!r}: not absolute")
+    labels = value.get("labels") or {}
+    if not isinstance(labels, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise InvalidImage("invalid config labels: want a dict of str to str")
+    out["labels"] = dict(sorted(labels.items()))
+    return out
 
 
 def _ports(value: Any) -> list[dict]:
@@ -146,11 +227,13 @@ def normalize_fields(fields: Mapping[str, Any]) -> dict:
 
     Args:
         fields: any of exposed_ports, env, command, stop_signal, init,
-            templates, parent, created (see the module docstring for shapes).
+            templates, parent, created, tag, config (see the module
+            docstring for shapes).
 
     Returns:
-        a dict with every COMMIT_FIELDS key (defaults filled in, except
-        ``created`` which is left out when not given).
+        a dict with every COMMIT_FIELDS key (defaults filled in), except
+        ``created``, ``tag`` and ``config``, which are left out when not
+        given (or None).
 
     Raises:
         InvalidImage: an unknown key or a value of the wrong shape.
@@ -178,6 +261,10 @@ def normalize_fields(fields: Mapping[str, Any]) -> dict:
         if type(created) not in (int, float) or created < 0:
             raise InvalidImage(f"invalid created {created!r}: want Unix seconds")
         out["created"] = float(created)
+    if fields.get("tag") is not None:
+        out["tag"] = validate_tag(fields["tag"])
+    if fields.get("config") is not None:
+        out["config"] = _config(fields["config"])
     return out
 
 

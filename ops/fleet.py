@@ -10,6 +10,12 @@ agent per host inside its namespace, started once the hub has admitted its key
 each one), which ``status`` and ``down`` read; ``down`` also finds leftovers by
 prefix alone.
 
+With ``--router``, one ``dc-router`` runs in its own namespace
+``<prefix>-router`` (veth ``<prefix>r0``, address subnet+5), with its own
+CURVE key in the hub's ``router`` role; its HAProxy answers on port 80 there
+(``export DCF_ROUTER=ADDR:80``).  The hub's route domain is ``<prefix>.test``
+unless ``--route-domain`` names another.
+
 Agents are not started with ``ip netns exec``: it remounts /sys for the
 namespace and so hides the cgroup hierarchies that LXC needs.  They run
 through ``nsenter --net`` and ``unshare --mount``, which mounts a sysfs of the
@@ -31,21 +37,25 @@ import sys
 
 # every name other code reaches as ``fleet.NAME`` (tests use _alive, _run and _spawn too)
 from ops.fleetlib.base import (AGENT_PORT, CONTAINER_BRIDGE, LOG_ROOT, MAX_HOSTS, PORT_RANGE, PREFIX_RE, REPO,
-                               RUN_ROOT, STATE_ROOT, FleetError, _alive, _run, ensure_forward_rule, forward_rule,
-                               load, paths, ping, plan, remove_forward_rule, save)
+                               ROUTER_PORT, RUN_ROOT, STATE_ROOT, FleetError, _alive, _run, ensure_forward_rule,
+                               forward_rule, load, paths, ping, plan, remove_forward_rule, save)
 from ops.fleetlib.down import down, leftovers, status
-from ops.fleetlib.up import _spawn, add_hosts, agent_argv, seed_hub, setup_keys, up
+from ops.fleetlib.up import _spawn, add_hosts, agent_argv, router_argv, seed_hub, setup_keys, up
 
-__all__ = ["AGENT_PORT", "CONTAINER_BRIDGE", "LOG_ROOT", "MAX_HOSTS", "PORT_RANGE", "PREFIX_RE", "REPO", "RUN_ROOT",
-           "STATE_ROOT", "FleetError", "add_hosts", "agent_argv", "cmd_down", "cmd_status", "cmd_up", "down",
-           "ensure_forward_rule", "forward_rule", "leftovers", "load", "main", "parser", "paths", "ping", "plan",
-           "remove_forward_rule", "save", "seed_hub", "setup_keys", "status", "up"]
+__all__ = ["AGENT_PORT", "CONTAINER_BRIDGE", "LOG_ROOT", "MAX_HOSTS", "PORT_RANGE", "PREFIX_RE", "REPO",
+           "ROUTER_PORT", "RUN_ROOT", "STATE_ROOT", "FleetError", "add_hosts", "agent_argv", "cmd_down",
+           "cmd_status", "cmd_up", "down", "ensure_forward_rule", "forward_rule", "leftovers", "load", "main",
+           "parser", "paths", "ping", "plan", "remove_forward_rule", "router_argv", "save", "seed_hub",
+           "setup_keys", "status", "up"]
 
 
 def _print_up(state: dict) -> None:
+    """Shell that ``eval`` takes: the exports, then one comment per host."""
     print(f"export DCCTL_HOST={state['dcctl_host']}")
+    if state.get("router"):
+        print(f"export DCF_ROUTER={state['router']['listen']}")
     for h in state["hosts"]:
-        print(f"{h['name']} {h['address']} {h['tcp']}")
+        print(f"# {h['name']} {h['address']} {h['tcp']}")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -54,7 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM undoes like ^C
     try:
         state = up(args.prefix, args.n, args.fleet_subnet, args.hub_port, not args.no_hub,
-                   args.agent_arg, args.timeout, args.heartbeat_s)
+                   args.agent_arg, args.timeout, args.heartbeat_s, args.router, args.route_domain)
     except (Exception, KeyboardInterrupt) as exc:
         why = str(exc) if isinstance(exc, FleetError) else "interrupted; everything made was removed" \
             if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -89,14 +99,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state is None:
         print(json.dumps(None) if args.json else f"fleet {args.prefix}: not up")
         return 1
-    procs = ([state["hub"]] if state["hub"] else []) + state["hosts"]
+    procs = (([state["hub"]] if state["hub"] else []) + state["hosts"]
+             + ([state["router"]] if state.get("router") else []))
     if args.json:
         print(json.dumps(state, indent=1))
     else:
         print(f"fleet {args.prefix}: {state['status']}, bridge {state['bridge']} {state['gateway']}")
         for pr in procs:
             print(f"{pr['name']:8} pid {pr['pid']} {'alive' if pr['alive'] else 'DEAD':5} "
-                  f"ping {'ok' if pr['ping'] else 'FAIL':4} {pr['tcp']}")
+                  f"ping {'ok' if pr['ping'] else 'FAIL':4} {pr.get('tcp') or 'http://' + pr['listen']}")
     return 0 if all(pr["alive"] and pr["ping"] for pr in procs) else 1
 
 
@@ -116,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--hub-port", type=int, default=7100)
     u.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the agents and hub")
     u.add_argument("--heartbeat-s", type=float, default=2.0, help="seconds between agent heartbeats")
+    u.add_argument("--router", action="store_true", help="also one dc-router (HAProxy) in its own namespace")
+    u.add_argument("--route-domain", help="the hub's route domain (default <prefix>.test)")
     sub.add_parser("status", parents=[common], help="hosts: pid alive, ping ok")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the fleet")
     return ap

@@ -17,6 +17,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_ROOT, STATE_ROOT, LOG_ROOT = "/run/dcfleet", "/var/lib/dcfleet", "/var/log/dcfleet"
 AGENT_PORT, PORT_RANGE, CONTAINER_BRIDGE = 7000, "20000-20999", "dcbr0"
+ROUTER_PORT = 80
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,8}$")  # <prefix>fleet0 fits 15 chars
 MAX_HOSTS = 200
 
@@ -57,11 +58,11 @@ def _listed(directory: str, pattern: str) -> list[str]:
 
 
 def _netns(prefix: str) -> list[str]:
-    return _listed("/run/netns", rf"{re.escape(prefix)}-host-\d+")
+    return _listed("/run/netns", rf"{re.escape(prefix)}-(host-\d+|router)")
 
 
 def _root_veths(prefix: str) -> list[str]:
-    return _listed("/sys/class/net", rf"{re.escape(prefix)}h\d+")
+    return _listed("/sys/class/net", rf"{re.escape(prefix)}(h\d+|r0)")
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -116,7 +117,8 @@ def remove_forward_rule(bridge: str, prefix: str, ns: str | None = None) -> None
             return
 
 
-def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True) -> dict:
+def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True, router: bool = False,
+         route_domain: str | None = None) -> dict:
     """The fleet description (the state file's content) before anything is made.
 
     Raises: FleetError for a bad prefix, host count or subnet."""
@@ -128,6 +130,8 @@ def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = Tru
         raise FleetError(f"bad --fleet-subnet {subnet!r}: {exc}") from exc
     if not 1 <= n <= MAX_HOSTS or net.network_address + 10 + n >= net.broadcast_address:
         raise FleetError(f"cannot place {n} hosts in {net} (1-{MAX_HOSTS}, at subnet+11...)")
+    if router and not hub:
+        raise FleetError("--router needs the hub (drop --no-hub)")
     p, gw = paths(prefix), str(net.network_address + 1)
     hub_d = {"name": "hub", "tcp": f"tcp://{gw}:{hub_port}", "ipc": f"ipc://{p['run']}/hub.sock",
              "state_dir": f"{p['state']}/hub", "log": f"{p['log']}/hub.log", "pid_file": f"{p['run']}/hub.pid",
@@ -140,7 +144,14 @@ def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = Tru
                       "state_dir": f"{p['state']}/{name}", "lxc_path": f"{p['state']}/{name}/lxc",
                       "bridge": CONTAINER_BRIDGE, "subnet": f"10.220.{i}.0/24", "port_range": PORT_RANGE,
                       "log": f"{p['log']}/{name}.log", "pid_file": f"{p['run']}/{name}.pid", "pid": None})
+    router_d = None
+    if router:
+        addr = str(net.network_address + 5)
+        router_d = {"name": "router", "netns": f"{prefix}-router", "veth": f"{prefix}r0", "address": addr,
+                    "listen": f"{addr}:{ROUTER_PORT}", "state_dir": f"{p['state']}/router",
+                    "log": f"{p['log']}/router.log", "pid_file": f"{p['run']}/router.pid", "pid": None}
     return {"version": 1, "prefix": prefix, "status": "starting", "owner_pid": os.getppid(),
+            "route_domain": route_domain or f"{prefix}.test", "router": router_d,
             "created": time.time(), "fleet_subnet": str(net), "gateway": gw, "bridge": p["bridge"],
             "forward_rule": None, "dirs": {k: p[k] for k in ("state", "run", "log")},
             "dcctl_host": hub_d["tcp"] if hub else hosts[0]["tcp"], "hub": hub_d, "hosts": hosts}

@@ -8,6 +8,7 @@ namespaces, veths, the FORWARD rule, the bridge, mounts and directories.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -61,7 +62,7 @@ def _down_once(prefix: str) -> list[str]:
             _run(["nsenter", "-t", str(pid), "-n", "lxc-stop", "-P", words[2], "-n", words[3], "-k"],
                  ok=tuple(range(256)))
     _stop(_pids(prefix, anywhere=True), grace_s=2.0)
-    for ns in sorted(nets | {h["netns"] for h in state.get("hosts", [])}):
+    for ns in sorted(nets | {h["netns"] for h in state.get("hosts", []) + [state.get("router") or {}] if h}):
         _run(["ip", "netns", "del", ns], ok=(0, 1))
     for veth in _root_veths(prefix):
         _run(["ip", "link", "del", veth], ok=(0, 1))
@@ -106,4 +107,12 @@ def status(prefix: str) -> dict | None:
         pid = proc.get("pid")
         proc["alive"] = bool(pid) and _alive(pid) and pid in _pids(prefix)
         proc["ping"] = ping(proc["ipc"]) if proc["alive"] else False
+    r = state.get("router")
+    if r:  # "ping": it follows the hub (its status file says so)
+        r["alive"] = bool(r.get("pid")) and _alive(r["pid"]) and r["pid"] in _pids(prefix)
+        try:
+            with open(os.path.join(r["state_dir"], "status.json")) as f:
+                r["ping"] = r["alive"] and bool(json.load(f).get("hub_ok"))
+        except (OSError, ValueError):
+            r["ping"] = False
     return state

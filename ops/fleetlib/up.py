@@ -50,7 +50,8 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
            "--state-dir", h["state_dir"], "--bridge", h["bridge"], "--subnet", h["subnet"],
            "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
     if state["hub"]:
-        cmd += ["--hub", state["hub"]["tcp"], "--hub-key", state["hub"]["public_key"],
+        # --flag=VALUE: a Z85 key may start with "-"
+        cmd += ["--hub", state["hub"]["tcp"], f"--hub-key={state['hub']['public_key']}",
                 "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
     tmp = f"{state['dirs']['run']}/{h['name']}.cgroup"
     return [*_in_net(h["netns"]), "unshare", "--mount", "--propagation", "slave", "--",
@@ -85,6 +86,14 @@ def setup_keys(state: dict) -> None:
     if state["hub"]:
         for h in state["hosts"]:
             auth.Allowlist(os.path.join(h["state_dir"], "keys")).add("admin", "hub", state["hub"]["public_key"])
+        if state.get("router"):
+            r = state["router"]
+            os.makedirs(r["state_dir"], mode=0o700, exist_ok=True)
+            r["key"] = os.path.join(r["state_dir"], "router.key_secret")
+            if not os.path.exists(r["key"]):
+                auth.keygen(r["state_dir"], "router")
+            auth.Allowlist(os.path.join(state["hub"]["state_dir"], "keys")).add(
+                "router", "router", auth.load_pair(r["key"])[0].decode())
     state["known_server_keys"] = known
 
 
@@ -136,13 +145,41 @@ def _wait_ready(procs: dict, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
+def router_argv(state: dict) -> list[str]:
+    """The command that runs the fleet's router inside its namespace."""
+    r, hub = state["router"], state["hub"]
+    return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub["tcp"],
+            f"--hub-key={hub['public_key']}", "--key", r["key"], "--state-dir", r["state_dir"],
+            "--listen", r["listen"]]
+
+
+def _wait_router(state: dict, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Wait until the router follows the hub and its HAProxy runs."""
+    r, deadline = state["router"], time.monotonic() + timeout_s
+    path = os.path.join(r["state_dir"], "status.json")
+    while True:
+        if proc.poll() is not None:
+            raise FleetError(f"router exited with status {proc.returncode}: {_last_line(r['log'])}")
+        try:
+            with open(path) as f:
+                st = json.load(f)
+            if st.get("converged") and st.get("haproxy_pid"):
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise FleetError(f"router not following the hub within {timeout_s:g} s: {_last_line(r['log'])}")
+        time.sleep(0.2)
+
+
 def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
-       agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0) -> dict:
+       agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0,
+       router: bool = False, route_domain: str | None = None) -> dict:
     """Bring a fleet up (see the module docstring) and return its state.
 
     Raises: FleetError (bad arguments, already up, a step failed); on failure
     after the first change everything made is undone."""
-    state, p = plan(prefix, n, subnet, hub_port, hub), paths(prefix)
+    state, p = plan(prefix, n, subnet, hub_port, hub, router, route_domain), paths(prefix)
     state["heartbeat_s"] = heartbeat_s
     if load(prefix) or _netns(prefix) or os.path.exists(f"/sys/class/net/{p['bridge']}") or _root_veths(prefix):
         raise FleetError(f"a fleet with prefix {prefix!r} is already up (or left over): "
@@ -168,6 +205,14 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             for argv in (["link", "set", "lo", "up"], ["addr", "add", f"{h['address']}/{plen}", "dev", "eth0"],
                          ["link", "set", "eth0", "up"], ["route", "add", "default", "via", state["gateway"]]):
                 _run(["ip", "-n", ns, *argv])
+        if state["router"]:
+            r = state["router"]
+            _run(["ip", "netns", "add", r["netns"]])
+            _run(["ip", "link", "add", r["veth"], "type", "veth", "peer", "name", "eth0", "netns", r["netns"]])
+            _run(["ip", "link", "set", r["veth"], "master", br, "up"])
+            for argv in (["link", "set", "lo", "up"], ["addr", "add", f"{r['address']}/{plen}", "dev", "eth0"],
+                         ["link", "set", "eth0", "up"], ["route", "add", "default", "via", state["gateway"]]):
+                _run(["ip", "-n", r["netns"], *argv])
         setup_keys(state)
         save(state)
         procs = {}
@@ -175,7 +220,8 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             hd = state["hub"]
             os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
             argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
-                    "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s)]
+                    "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
+                    "--route-domain", state["route_domain"]]
             procs["hub"] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
             hd["pid"] = procs["hub"][0].pid
             save(state)
@@ -189,6 +235,12 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
         _wait_ready(procs, timeout_s)
         if hub:
             seed_hub(state, timeout_s)
+        if state["router"]:
+            r = state["router"]
+            proc = _spawn(router_argv(state), r["log"], r["pid_file"])
+            r["pid"] = proc.pid
+            save(state)
+            _wait_router(state, proc, timeout_s)
         state["status"] = "up"
         save(state)
         return state

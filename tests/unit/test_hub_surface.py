@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 from dcctl import wire
+from hub.registry import Registry
 from hub.service import HubService
+from hub.store import HubStore
 
 PINNED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "hub_methods.json")
 
 
 def served() -> dict:
     """The method table of a HubService, as plain data."""
-    table = wire.method_table(HubService.__new__(HubService))
+    with tempfile.TemporaryDirectory() as d:
+        store = HubStore(d)
+        try:
+            table = wire.method_table(HubService(store, Registry(os.path.join(d, "registry"))))
+        finally:
+            store.close()
     return {name: {"args": spec.inspect_args(), "access": spec.exposed.access, "shielded": spec.exposed.shielded,
                    "stream": spec.exposed.stream, "redact_env": spec.exposed.redact_env}
             for name, spec in sorted(table.items())}
