@@ -7,11 +7,18 @@ errors leave as (name, message) with no traceback (the traceback goes to the
 local log); results that msgpack cannot carry become ``ResultTooLarge`` or
 ``InternalError`` instead of a silent client timeout; ``_zerorpc_inspect``
 answers correctly on Python 3.11 (zerorpc's own uses the removed
-``inspect.getargspec``).
+``inspect.getargspec``).  Requests are decoded tolerantly (msgpack 1.x's
+strict decoding would drop a request with an integer map key or invalid
+UTF-8 unanswered): any request with a message id that cannot be served
+(non-string map keys, invalid UTF-8, extension types, nesting past
+MAX_NESTING, a broken tail) is answered with ``InvalidArgument``; garbage
+without a message id is logged and dropped, and the server goes on.
 
 Client side: ``RpcClient`` wraps ``zerorpc.Client`` with a timeout on every
-call and turns remote error names back into ``dcctl.errors`` classes, so
-callers never catch ``zerorpc.*`` types.
+call, refuses to send what a server could not read (InvalidArgument, or
+ResultTooLarge over MAX_REQUEST_BYTES, which ZeroMQ would answer by
+dropping the connection), and turns remote error names back into
+``dcctl.errors`` classes, so callers never catch ``zerorpc.*`` types.
 """
 from __future__ import annotations
 
@@ -289,10 +296,106 @@ class Caller:
 
 _LOCAL = "local"
 _REFUSE = "_dc_refuse"
+_BAD_REQUEST = "_dc_bad_request"
 
 
 def _refuse(*args):
     raise errors.Unauthorized("this client's key is not allowed (any more) on this server")
+
+
+def _bad_request(problem="malformed request", *args):
+    raise errors.InvalidArgument(str(problem))
+
+
+# ------------------------------------------------ what msgpack may carry
+#: How deep a request's lists and maps may nest, and how many values it may hold.
+MAX_NESTING = 64
+MAX_VALUES = 1 << 20
+_PLAIN = (type(None), bool, int, float, bytes)
+
+
+def wire_problem(value: Any, what: str = "argument", depth: int = 0, budget: list | None = None) -> str | None:
+    """Why ``value`` cannot travel as a dcfleet request, or None.
+
+    Allowed: None, bool, int, float, bytes, valid UTF-8 str, lists and tuples
+    of those, and maps whose keys are str (msgpack 1.x refuses any other key
+    at the receiving end, so it never leaves or enters here), nested at
+    most MAX_NESTING deep, MAX_VALUES values in all.  Extension types are
+    refused."""
+    if budget is None:
+        budget = [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        return f"{what}: more than {MAX_VALUES} values"
+    if depth > MAX_NESTING:
+        return f"{what} nests deeper than {MAX_NESTING} levels"
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{what} has a string that is not valid UTF-8"
+        return None
+    if isinstance(value, _PLAIN):
+        return None
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            problem = wire_problem(v, what, depth + 1, budget)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{what} has a map key {k!r:.40} of type {type(k).__name__}; map keys must be strings"
+            problem = wire_problem(k, what, depth + 1, budget) or wire_problem(v, what, depth + 1, budget)
+            if problem:
+                return problem
+        return None
+    return f"{what} has a value of type {type(value).__name__}, which the wire cannot carry"
+
+
+def _unpacker(request: bool) -> msgpack.Unpacker:
+    """A tolerant unpacker: integer map keys and invalid UTF-8 are decoded
+    (to be refused by wire_problem with an answer, not dropped unanswered);
+    a request's arrays and maps hold at most MAX_VALUES entries each."""
+    limits = {"max_array_len": MAX_VALUES, "max_map_len": MAX_VALUES} if request else {}
+    return msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape",
+                            max_buffer_size=2 * max(MAX_REQUEST_BYTES, MAX_RESULT_BYTES), **limits)
+
+
+def _decode(buf, request: bool = True) -> tuple[Any, Any, Any, str | None]:
+    """(header, name, args, problem) of a zerorpc message [header, name,
+    args]; ``header`` is None when not even it can be read, ``problem``
+    says what is wrong with the rest (None: nothing)."""
+    unpacker = _unpacker(request)
+    header = name = args = None
+    try:
+        unpacker.feed(buf)
+        n = unpacker.read_array_header()
+        if n != 3:
+            raise ValueError(f"a message is [header, name, args]; got an array of {n}")
+        header = unpacker.unpack()
+        name = unpacker.unpack()
+        args = unpacker.unpack()
+    except Exception as exc:  # any malformed input: described, never raised
+        return (header, None, None, f"malformed request: {type(exc).__name__}: {exc}"[:500])
+    if not isinstance(name, str) or wire_problem(name):
+        return header, name, args, "malformed request: the method name must be a string"
+    return header, name, args, (wire_problem(args, f"{name}: an argument") if request else None)
+
+
+def _clean_header(header: Any) -> dict | None:
+    """The header's string keys, or None when it has no usable message_id
+    (nothing to answer to).  ``v`` (the protocol version) must be an int."""
+    if not isinstance(header, dict):
+        return None
+    out = {k: v for k, v in header.items() if isinstance(k, str) and not wire_problem(k)}
+    if "v" in out and (not isinstance(out["v"], int) or isinstance(out["v"], bool)):
+        del out["v"]
+    for key in ("message_id", "response_to"):
+        if key in out and (not isinstance(out[key], (bytes, str, int)) or wire_problem(out[key])):
+            del out[key]
+    return out if ("message_id" in out or "response_to" in out) else None
 
 
 def current_caller() -> Caller | None:
@@ -382,6 +485,7 @@ class Service:
             "_zerorpc_args": guarded(argspec),
             "_zerorpc_inspect": guarded(self.inspect),
             _REFUSE: zerorpc.rep(_refuse),
+            _BAD_REQUEST: zerorpc.rep(_bad_request),
         }
 
     def inspect(self) -> dict:
@@ -560,11 +664,23 @@ def _tag_callers(events, curve: bool, allowed: Callable[[str], bool]) -> None:
     receive = events._recv
 
     def recv(timeout=None):
-        parts = receive(timeout=timeout)
-        blob = parts[-1]
-        event = zerorpc.events.Event.unpack(zerorpc.events.get_pyzmq_frame_buffer(blob))
-        event.identity = parts[:-1] or None
-        if isinstance(event.header, dict):
+        while True:
+            parts = receive(timeout=timeout)
+            blob = parts[-1]
+            header, name, args, problem = _decode(zerorpc.events.get_pyzmq_frame_buffer(blob))
+            header = _clean_header(header)
+            if header is None or ("response_to" not in header and "message_id" not in header):
+                # no message id: there is nobody to answer
+                log.warning("dropped an undecodable message (%s)", problem or "no message_id")
+                continue
+            if "response_to" in header:  # an event on a live call's channel (heartbeat, credit)
+                if problem:
+                    log.warning("dropped a malformed channel event (%s)", problem)
+                    continue
+            elif problem or not isinstance(args, list):  # a new request: answer, never drop it silently
+                name, args = _BAD_REQUEST, [problem or "malformed request: the arguments must be a list"]
+            event = zerorpc.events.Event(name, args, None, header)
+            event.identity = parts[:-1] or None
             caller = _LOCAL
             if curve:
                 try:
@@ -574,7 +690,7 @@ def _tag_callers(events, curve: bool, allowed: Callable[[str], bool]) -> None:
             event.header["dc_caller"] = caller
             if curve and not allowed(caller):  # a removed key: refuse whatever it asks
                 event.name = _REFUSE
-        return event
+            return event
 
     events.recv = recv
 
@@ -676,6 +792,45 @@ def check_wire_ints(value: Any, where: str = "argument", depth: int = 0) -> None
             check_wire_ints(v, where, depth + 1)
 
 
+def _check_request(method: str, args: tuple) -> None:
+    """Refuse, before sending, a request the server could not read: a
+    non-string map key or another value msgpack cannot carry, or one over
+    MAX_REQUEST_BYTES (ZeroMQ drops the connection, so it would never be
+    answered).  Raises: InvalidArgument, ResultTooLarge."""
+    problem = wire_problem(method, "the method name") or wire_problem(list(args), f"{method}: an argument")
+    if problem:
+        raise errors.InvalidArgument(problem)
+    try:
+        size = len(msgpack.packb(list(args), use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise errors.InvalidArgument(f"{method}: the arguments cannot be encoded: {exc}") from exc
+    if size > MAX_REQUEST_BYTES - 64 * 1024:
+        raise errors.ResultTooLarge(f"{method}: the arguments are {size} bytes, over the "
+                                    f"{MAX_REQUEST_BYTES}-byte cap of a request",
+                                    hint="send large data in chunks")
+
+
+def _tolerant_replies(events) -> None:
+    """Make a client's socket reader decode answers tolerantly (a stock
+    server's integer map keys arrive as they are) and turn an answer that
+    cannot be decoded into an error for its call instead of a silent drop."""
+    receive = events._recv
+
+    def recv(timeout=None):
+        while True:
+            parts = receive(timeout=timeout)
+            header, name, args, problem = _decode(zerorpc.events.get_pyzmq_frame_buffer(parts[-1]), request=False)
+            header = _clean_header(header)
+            if header is None or "response_to" not in header:
+                log.warning("dropped an undecodable answer (%s)", problem or "no response_to")
+                continue
+            if problem and not isinstance(name, str):
+                name, args = "ERR", ["InternalError", f"the server's answer cannot be decoded: {problem}", ""]
+            return zerorpc.events.Event(name, args, None, header)
+
+    events.recv = recv
+
+
 class RpcClient:
     """A client for one dcfleet endpoint; every call has a timeout.
 
@@ -718,6 +873,7 @@ class RpcClient:
             sock.curve_serverkey = keys.server_public
             sock.curve_publickey = keys.public
             sock.curve_secretkey = keys.secret
+        _tolerant_replies(self._client._events)
         if endpoint.startswith("tcp://"):
             mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -750,6 +906,7 @@ class RpcClient:
             raise errors.Unreachable(f"no server at {self.endpoint} (socket missing)")
         check_wire_ints(list(args), f"{method}: argument")
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        _check_request(method, args)
         if self._refused:
             raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
         # The call runs in a task of its own, so that a refused handshake or a
@@ -830,6 +987,6 @@ def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
     return RpcClient(endpoint, timeout_s=timeout_s, keys=keys)
 
 
-__all__ = ["DEFAULT_TIMEOUT_SECONDS", "MAX_RESULT_BYTES", "Exposed", "MethodSpec", "RpcClient",
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "MAX_REQUEST_BYTES", "MAX_RESULT_BYTES", "Exposed", "MethodSpec", "RpcClient",
            "Service", "check_result", "check_wire_ints", "connect", "expose", "method_table",
-           "quiet_zerorpc_noise", "validate_endpoint"]
+           "quiet_zerorpc_noise", "validate_endpoint", "wire_problem"]
