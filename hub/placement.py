@@ -15,8 +15,9 @@ import logging
 
 import gevent
 
-from dcctl import errors
-from hub import scheduler
+from dcctl import errors, validate
+from dcctl.wire import expose
+from hub import routes, scheduler
 from hub.agents import VIEW_TIMEOUT_SECONDS, Agents
 from hub.store import HubStore
 
@@ -144,3 +145,72 @@ class Placer:
                     warned.add(name)
             if journal:
                 gevent.sleep(interval_s)
+
+
+CREATE_OPTIONS = {
+    "memory_bytes": "memory limit and reservation, bytes",
+    "cpus": "CPU quota", "cpu_shares": "CPU weight", "env": "{NAME: value}",
+    "command": "argv list or shell string",
+    "label": "placement constraints {key: value}", "host": "pin to this host",
+    "no_start": "create only", "strategy": "spread (default) or binpack",
+    "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
+}
+AGENT_CREATE_KEYS = tuple(validate.CREATE_OPTIONS)
+
+
+class PlacementMethods:
+    """The placement method of HubService (a mixin): it validates and
+    delegates to the hub's ``placer``, using its ``registry``."""
+
+    @expose(shielded=True)
+    def create_container(self, image: str, name: str, options: dict | None = None) -> dict:
+        """Place, pull if needed, create, start and connect a container.
+
+        Args:
+            image: ref in the hub's registry, ``name`` or ``name@idprefix``.
+            name: fleet-unique container name (see container_create).
+            options: {memory_bytes, cpus, cpu_shares, env, command (as the
+                agent's container_create), label {k: v} constraints, host
+                (pin), no_start (bool), strategy ("spread"|"binpack"),
+                route (a host name or a list: the HTTP port's routes; default
+                NAME.<route domain>), no_route (bool)}.
+
+        The name and the capacity are reserved atomically (SQLite BEGIN
+        IMMEDIATE) before any pull, so concurrent creates never over-commit
+        a host and only one create of a name succeeds.  If the chosen host
+        fails, the next feasible one is tried and the reservation moves.
+
+        Returns: {name, host, address (the host's, where mapped ports
+        answer), container_address, image, state, ports [{proto,
+        container_port, host_port}], routes [names]}.
+
+        Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
+        ContainerExists, NoCapacity (naming each host's reason, and the last
+        failure when every feasible host failed), NoSuchHost (pinned host
+        unknown), or the last host's own error when it is not one worth
+        retrying elsewhere.
+        """
+        options, route_opts = routes.take_options(options)
+        validate.container_name(name)
+        opts = validate.options(options, CREATE_OPTIONS, "create_container")
+        # the agent's own rules for what it is handed (dcctl.validate), before any reservation
+        agent_opts = validate.create_options({k: opts[k] for k in AGENT_CREATE_KEYS if k in opts})
+        if not agent_opts["env"]:
+            del agent_opts["env"]
+        memory = int(agent_opts.get("memory_bytes") or 0)
+        strategy = opts.get("strategy", "spread")
+        if not isinstance(strategy, str) or strategy not in scheduler.STRATEGIES:
+            raise errors.InvalidArgument(f"strategy must be one of {', '.join(scheduler.STRATEGIES)}")
+        labels = opts.get("label") or {}
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise errors.InvalidArgument("label must be a map {key: value} of strings")
+        if opts.get("host") is not None and not isinstance(opts["host"], str):
+            raise errors.InvalidArgument("host must be a host name")
+        if not isinstance(opts.get("no_start", False), bool):
+            raise errors.InvalidArgument("no_start must be true or false")
+        manifest = self.registry.resolve(image)
+        routes.check_create(manifest, route_opts)
+        request = scheduler.Request(memory, dict(labels), opts.get("host"), strategy)
+        spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
+        result = self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
+        return self.connect_routes(result, route_opts)
