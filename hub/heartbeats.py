@@ -20,11 +20,13 @@ What keeps its meaning:
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 
 import gevent
 
+from dcctl import errors
 from hub.store import HubStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class Heartbeats:
     def __init__(self, store: HubStore, flush_s: float = DEFAULT_FLUSH_SECONDS):
         self.store = store
         self.flush_s = flush_s
-        self._pending: dict[str, tuple[float, dict]] = {}  # host -> (at, summary), not written yet
+        self._pending: dict[str, tuple[float, str, str | None]] = {}  # host -> (at, summary, capacity) as JSON
         self._last: dict[str, float] = {}  # host -> its last heartbeat this hub heard (Unix s)
         self.flushes = 0  # transactions written by flush()
 
@@ -55,7 +57,14 @@ class Heartbeats:
         Returns: the host's state before this beat ("alive" or
         "unreachable"), or None when the host is unknown (it must register
         again).
-        Raises: Unauthorized (the host is bound to another key)."""
+        Raises: InvalidArgument (a summary JSON cannot hold, e.g. bytes;
+        refused here, so it never fails a flush of every host's beats),
+        Unauthorized (the host is bound to another key)."""
+        try:
+            text = json.dumps(summary)
+        except (TypeError, ValueError) as exc:
+            raise errors.InvalidArgument(f"heartbeat summary must hold JSON values only ({exc})") from exc
+        capacity = summary.get("capacity")
         state = self.store.host_state(name, key)
         if state is None:
             return None
@@ -64,7 +73,7 @@ class Heartbeats:
         if state != "alive" or self.flush_s <= 0:
             self._pending.pop(name, None)
             return self.store.heartbeat(name, summary, key, at=now)
-        self._pending[name] = (now, summary)
+        self._pending[name] = (now, text, None if capacity is None else json.dumps(capacity))
         return state
 
     def last(self, name: str) -> float | None:

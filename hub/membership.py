@@ -149,8 +149,9 @@ class MembershipMethods:
 
         Returns: {ok: True}.
         Raises: InvalidArgument (no capacity {memory_reservable_bytes,
-        container_slots} of integers), NoSuchHost (not registered: register
-        again), Unauthorized (the name is bound to another host key).
+        container_slots} of integers, or a summary JSON cannot hold, e.g.
+        bytes), NoSuchHost (not registered: register again), Unauthorized
+        (the name is bound to another host key).
         """
         cap = summary.get("capacity")
         if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)

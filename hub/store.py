@@ -235,18 +235,18 @@ class HubStore:
             raise errors.Unauthorized(f"host {name!r} belongs to another key")
         return row[0]
 
-    def record_beats(self, beats: dict[str, tuple[float, dict]]) -> None:
+    def record_beats(self, beats: dict[str, tuple[float, str, str | None]]) -> None:
         """Write many hosts' heartbeats in one transaction: ``beats`` is
-        {host: (at (Unix s), summary)}; each row gets the summary, its
-        capacity (when it has one) and ``at`` as its last heartbeat.  The
-        state is not touched (a host coming back is written at once, by
-        heartbeat); unknown hosts are skipped."""
+        {host: (at (Unix s), summary as JSON text, capacity as JSON text or
+        None)}; each row gets the summary, its capacity (unless None) and
+        ``at`` as its last heartbeat.  The state is not touched (a host
+        coming back is written at once, by heartbeat); unknown hosts are
+        skipped."""
         if not beats:
             return
-        rows = [(json.dumps(summary), json.dumps(summary.get("capacity")), at, name)
-                for name, (at, summary) in beats.items()]
+        rows = [(summary, capacity, at, name) for name, (at, summary, capacity) in beats.items()]
         with self.write() as db:
-            db.executemany("UPDATE hosts SET summary=?, capacity=COALESCE(NULLIF(?, 'null'), capacity),"
+            db.executemany("UPDATE hosts SET summary=?, capacity=COALESCE(?, capacity),"
                            " last_heartbeat=MAX(last_heartbeat, ?) WHERE name=?", rows)
 
     def mark_unreachable(self, deadline: float, fresh: set[str] | frozenset = frozenset()) -> list[str]:

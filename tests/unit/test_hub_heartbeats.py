@@ -9,6 +9,7 @@ import time
 import gevent
 import pytest
 
+from dcctl import errors
 from hub.registry import Registry
 from hub.service import HubService
 from hub.store import HubStore
@@ -69,6 +70,16 @@ def test_beats_are_written_in_one_transaction_per_flush(made):
     rows = {h["name"]: h for h in store.hosts()}
     assert all(rows[n]["last_heartbeat"] == hub.beats.last(n) for n in HOSTS)
     assert all(rows[n]["capacity"]["container_slots"] == 20 for n in HOSTS)
+
+
+def test_a_summary_json_cannot_hold_is_refused_and_fails_no_flush(made):
+    store, hub = made()
+    hub.host_heartbeat("host-01", {"capacity": CAPACITY, "metrics": {"load": 0.5}})
+    with pytest.raises(errors.InvalidArgument, match="JSON"):
+        hub.host_heartbeat("host-02", {"capacity": CAPACITY, "metrics": {"blob": b"\x00"}})
+    assert hub.beats.flush() == 1
+    assert store.host("host-01")["summary"]["metrics"] == {"load": 0.5}
+    assert store.host("host-02")["summary"] == {}
 
 
 def test_flush_zero_writes_every_beat_at_once(made):
