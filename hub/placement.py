@@ -8,6 +8,10 @@ until the container runs on its host, then "placed".  When the chosen host
 fails with an error worth retrying elsewhere (RETRYABLE), its half-made
 container is destroyed (best effort) and the reservation moves to the next
 feasible host; NoCapacity then names each host's reason.
+
+``Placer`` does that work (the healer uses it too); ``PlacementMethods``
+is the served create_container (a mixin of HubService): its options
+checked, then ``Placer.place``, then the container's routes.
 """
 from __future__ import annotations
 
@@ -26,6 +30,15 @@ log = logging.getLogger(__name__)
 RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
              errors.StoreError, errors.NetworkError, errors.Busy)
 PULL_TIMEOUT_SECONDS = 600.0
+CREATE_OPTIONS = {
+    "memory_bytes": "memory limit and reservation, bytes",
+    "cpus": "CPU quota", "cpu_shares": "CPU weight", "env": "{NAME: value}",
+    "command": "argv list or shell string",
+    "label": "placement constraints {key: value}", "host": "pin to this host",
+    "no_start": "create only", "strategy": "spread (default) or binpack",
+    "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
+}
+AGENT_CREATE_KEYS = tuple(validate.CREATE_OPTIONS)
 
 
 class Placer:
@@ -145,17 +158,6 @@ class Placer:
                     warned.add(name)
             if journal:
                 gevent.sleep(interval_s)
-
-
-CREATE_OPTIONS = {
-    "memory_bytes": "memory limit and reservation, bytes",
-    "cpus": "CPU quota", "cpu_shares": "CPU weight", "env": "{NAME: value}",
-    "command": "argv list or shell string",
-    "label": "placement constraints {key: value}", "host": "pin to this host",
-    "no_start": "create only", "strategy": "spread (default) or binpack",
-    "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
-}
-AGENT_CREATE_KEYS = tuple(validate.CREATE_OPTIONS)
 
 
 class PlacementMethods:
