@@ -26,27 +26,37 @@ import gevent
 
 from dcctl import errors
 from hub import scheduler
+from hub.agents import VIEW_TIMEOUT_SECONDS, Agents
+from hub.events import EventLog
+from hub.placement import Placer
+from hub.registry import Registry
+from hub.store import HubStore
 
 log = logging.getLogger(__name__)
 
 RESCHEDULE_ATTEMPTS = 8
 RESCHEDULE_BACKOFF_MAX_SECONDS = 30.0
-VIEW_TIMEOUT_SECONDS = 5.0
 
 
 class Healer:
-    """Failover and reconciliation for ``hub`` (a HubService): it uses the
-    hub's store, registry, agent calls and event log."""
+    """Failover and reconciliation: reads and writes the fleet ``store``,
+    takes manifests from the ``registry``, calls agents through ``agents``,
+    makes containers on new hosts with ``placer`` and records what it does
+    in ``events``."""
 
-    def __init__(self, hub):
-        self.hub = hub
+    def __init__(self, store: HubStore, registry: Registry, agents: Agents, placer: Placer, events: EventLog):
+        self.store = store
+        self.registry = registry
+        self.agents = agents
+        self.placer = placer
+        self.events = events
         self.moving: set[str] = set()  # containers being re-created elsewhere
         self.reaping: set[tuple[str, str]] = set()  # (host, name) stale copies being removed or adopted
 
     def host_lost(self, lost: str) -> None:
         """Re-create the lost host's containers that have a restart policy on
         other hosts (names kept, exposed ports mapped anew)."""
-        for row in self.hub.store.containers(lost):
+        for row in self.store.containers(lost):
             policy = str((row["spec"].get("options") or {}).get("restart") or "no")
             if row["state"] == "placed" and policy != "no" and row["name"] not in self.moving:
                 self.moving.add(row["name"])
@@ -63,35 +73,35 @@ class Healer:
                 if attempt:
                     gevent.sleep(min(RESCHEDULE_BACKOFF_MAX_SECONDS, 2.0 ** (attempt - 1)))
                 try:
-                    row = self.hub.store.container(name)
+                    row = self.store.container(name)
                 except errors.NoSuchContainer:
                     return
-                if row["host"] != lost or self.hub.store.host(lost)["state"] == "alive":
+                if row["host"] != lost or self.store.host(lost)["state"] == "alive":
                     return
                 spec = row["spec"]
                 opts = spec.get("options") or {}
-                manifest = self.hub.registry.get(row["image"])
+                manifest = self.registry.get(row["image"])
                 request = scheduler.Request(row["memory_bytes"] or 0, spec.get("labels") or {}, None,
                                             spec.get("strategy") or "spread")
                 try:
-                    host = self.hub.store.move(name, scheduler.choose(self.hub.store.hosts(), request, exclude=tried))
+                    host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
                 except errors.DcError as exc:
-                    self.hub._event("reschedule_waiting", name=name, reason=str(exc))
+                    self.events.add("reschedule_waiting", name=name, reason=str(exc))
                     continue
                 tried.add(host)
                 try:
-                    result = self.hub._realize(host, manifest, name, opts, False)
+                    result = self.placer.realize(host, manifest, name, opts, False)
                 except errors.DcError as exc:
-                    self.hub._undo(host, name)
-                    self.hub.store.assign(name, lost)
-                    self.hub._event("reschedule_failed", name=name, host=host, error=f"{type(exc).__name__}: {exc}")
+                    self.placer.undo(host, name)
+                    self.store.assign(name, lost)
+                    self.events.add("reschedule_failed", name=name, host=host, error=f"{type(exc).__name__}: {exc}")
                     continue
-                self.hub.store.set_placed(name, manifest["id"], result["ports"])
-                self.hub._event("rescheduled", name=name, from_host=lost, host=host,
-                            after_s=round(time.monotonic() - started, 3))
+                self.store.set_placed(name, manifest["id"], result["ports"])
+                self.events.add("rescheduled", name=name, from_host=lost, host=host,
+                                after_s=round(time.monotonic() - started, 3))
                 log.info("rescheduled %s from lost %s to %s", name, lost, host)
                 return
-            self.hub._event("reschedule_gave_up", name=name, host=lost)
+            self.events.add("reschedule_gave_up", name=name, host=lost)
         finally:
             self.moving.discard(name)
 
@@ -104,7 +114,7 @@ class Healer:
             if not isinstance(name, str) or (host, name) in self.reaping:
                 continue
             try:
-                self.hub.store.container(name)
+                self.store.container(name)
             except errors.InvalidArgument:
                 continue
             except errors.NoSuchContainer:  # made on the host directly, or a create the hub lost
@@ -121,8 +131,8 @@ class Healer:
         if name in self.moving:
             return False
         try:
-            row = self.hub.store.container(name)
-            self.hub.store.host(row["host"])
+            row = self.store.container(name)
+            self.store.host(row["host"])
         except errors.DcError:  # no record, or its owner is gone: nothing says it lives elsewhere
             return False
         return row["host"] != host and row["state"] == "placed"
@@ -132,10 +142,10 @@ class Healer:
         with the host first: a heartbeat may predate a destroy), so names
         stay fleet-unique and the store matches reality."""
         try:
-            info = self.hub._call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
-            self.hub.store.adopt(name, host, info.get("image_id") or "", info.get("ports") or [],
+            info = self.agents.call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+            self.store.adopt(name, host, info.get("image_id") or "", info.get("ports") or [],
                              int(info.get("memory_limit_bytes") or 0))
-            self.hub._event("adopted", name=name, host=host)
+            self.events.add("adopted", name=name, host=host)
         except errors.DcError:
             pass
         finally:
@@ -147,8 +157,8 @@ class Healer:
         try:
             if not self._elsewhere(name, host):
                 return
-            self.hub._call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
-            self.hub._event("stale_copy_removed", name=name, host=host)
+            self.agents.call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
+            self.events.add("stale_copy_removed", name=name, host=host)
             log.info("removed stale copy of %s from %s", name, host)
         except errors.DcError as exc:
             log.warning("could not remove stale %s from %s: %s", name, host, exc)

@@ -1,7 +1,8 @@
 """``dc-hub``: the fleet hub's entry point.
 
     dc-hub --listen tcp://ADDR:PORT [--listen ipc://PATH] --state-dir DIR
-           [--heartbeat-s 3] [--missed-heartbeats 3] [--route-domain dcf.test]
+           [--heartbeat-s 3] [--heartbeat-flush-s 0.5] [--missed-heartbeats 3]
+           [--route-domain dcf.test]
 
 The store (SQLite) and the registry live in the state dir; one hub per state
 dir (a second one exits with HubBusy).  SIGTERM/SIGINT stop serving; agents
@@ -20,6 +21,7 @@ import gevent
 from dcctl import auth, errors
 from dcctl.wire import Service, validate_endpoint
 from hub import routes
+from hub.heartbeats import DEFAULT_FLUSH_SECONDS
 from hub.registry import Registry
 from hub.service import HubService
 from hub.store import HubStore
@@ -37,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keys-dir", help="CURVE keys and client allowlist (default STATE_DIR/keys)")
     p.add_argument("--state-dir", default="/var/lib/dcfleet/hub")
     p.add_argument("--heartbeat-s", type=float, default=3.0, help="expected seconds between heartbeats")
+    p.add_argument("--heartbeat-flush-s", type=float, default=DEFAULT_FLUSH_SECONDS,
+                   help="seconds between writes of the heartbeats received, all in one transaction (0: each at once)")
     p.add_argument("--missed-heartbeats", type=int, default=3, help="missed beats before 'unreachable'")
     p.add_argument("--route-domain", default=routes.DEFAULT_DOMAIN,
                    help="domain of the default route names, NAME.<domain> (default %(default)s)")
@@ -58,7 +62,8 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
     registry = Registry(os.path.join(args.state_dir, "registry"))
     keys_dir = args.keys_dir or os.path.join(args.state_dir, "keys")
     hub = HubService(store, registry, heartbeat_s=args.heartbeat_s, missed_heartbeats=args.missed_heartbeats,
-                     server_pair=auth.ensure_server_pair(keys_dir), allowlist=auth.Allowlist(keys_dir))
+                     server_pair=auth.ensure_server_pair(keys_dir), allowlist=auth.Allowlist(keys_dir),
+                     heartbeat_flush_s=args.heartbeat_flush_s)
     hub.route_domain = domain["name"]
     service = Service(hub, name="dc-hub", keys_dir=keys_dir)
     for ep in args.listen:

@@ -189,7 +189,7 @@ def version_of(table: list[dict]) -> str:
 
 class RouteMethods:
     """The hub's route methods (a mixin for HubService: it uses
-    ``self.store`` and ``self._forward``).  ``route_domain`` is the domain
+    ``self.store``).  ``route_domain`` is the domain
     of the default route names (dc-hub --route-domain)."""
 
     route_domain: str = DEFAULT_DOMAIN

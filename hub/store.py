@@ -202,9 +202,10 @@ class HubStore:
                 (name, endpoint, address, key, json.dumps(labels), json.dumps(capacity), now, now))
         return self.host(name)
 
-    def heartbeat(self, name: str, summary: dict, key: str = "") -> str | None:
-        """Record a heartbeat; returns the host's previous state, or None when
-        the host is unknown (it must register again).
+    def heartbeat(self, name: str, summary: dict, key: str = "", at: float | None = None) -> str | None:
+        """Record a heartbeat (received at ``at``, Unix s; None: now) and mark
+        the host alive; returns the host's previous state, or None when the
+        host is unknown (it must register again).
 
         Raises: Unauthorized (the host is bound to another key)."""
         with self.write() as db:
@@ -213,21 +214,49 @@ class HubStore:
                 return None
             if row[1] and row[1] != key:
                 raise errors.Unauthorized(f"host {name!r} belongs to another key")
-            capacity = summary.get("capacity")
+            capacity, at = summary.get("capacity"), time.time() if at is None else at
             if capacity is not None:
                 db.execute("UPDATE hosts SET summary=?, capacity=?, state='alive', last_heartbeat=? WHERE name=?",
-                           (json.dumps(summary), json.dumps(capacity), time.time(), name))
+                           (json.dumps(summary), json.dumps(capacity), at, name))
             else:
                 db.execute("UPDATE hosts SET summary=?, state='alive', last_heartbeat=? WHERE name=?",
-                           (json.dumps(summary), time.time(), name))
+                           (json.dumps(summary), at, name))
             return row[0]
 
-    def mark_unreachable(self, deadline: float) -> list[str]:
+    def host_state(self, name: str, key: str = "") -> str | None:
+        """The state of host ``name`` (a read, no transaction), or None when
+        the host is unknown.
+
+        Raises: Unauthorized (the host is bound to another key)."""
+        row = self.db.execute("SELECT state, key FROM hosts WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        if row[1] and row[1] != key:
+            raise errors.Unauthorized(f"host {name!r} belongs to another key")
+        return row[0]
+
+    def record_beats(self, beats: dict[str, tuple[float, str, str | None]]) -> None:
+        """Write many hosts' heartbeats in one transaction: ``beats`` is
+        {host: (at (Unix s), summary as JSON text, capacity as JSON text or
+        None)}; each row gets the summary, its capacity (unless None) and
+        ``at`` as its last heartbeat.  The state is not touched (a host
+        coming back is written at once, by heartbeat); unknown hosts are
+        skipped."""
+        if not beats:
+            return
+        rows = [(summary, capacity, at, name) for name, (at, summary, capacity) in beats.items()]
+        with self.write() as db:
+            db.executemany("UPDATE hosts SET summary=?, capacity=COALESCE(?, capacity),"
+                           " last_heartbeat=MAX(last_heartbeat, ?) WHERE name=?", rows)
+
+    def mark_unreachable(self, deadline: float, fresh: set[str] | frozenset = frozenset()) -> list[str]:
         """Mark alive hosts whose last heartbeat is older than ``deadline``
-        (Unix s) unreachable; returns their names."""
+        (Unix s) unreachable, except those in ``fresh`` (heartbeats newer
+        than the deadline that are not written yet); returns their names."""
         with self.write() as db:
             names = [r[0] for r in db.execute(
-                "SELECT name FROM hosts WHERE state='alive' AND last_heartbeat < ?", (deadline,))]
+                "SELECT name FROM hosts WHERE state='alive' AND last_heartbeat < ?", (deadline,))
+                if r[0] not in fresh]
             db.executemany("UPDATE hosts SET state='unreachable' WHERE name=?", [(n,) for n in names])
         return names
 

@@ -169,7 +169,7 @@ class Uploads:
 
 class UploadMethods:
     """The hub's upload methods (mixed into hub.service.HubService, which
-    gives ``registry``, ``store`` and ``_call``)."""
+    gives ``registry``, ``store`` and ``agents``)."""
 
     @property
     def uploads(self) -> Uploads:
@@ -227,16 +227,17 @@ class UploadMethods:
                 raise errors.NoCapacity("no live host to import the archive")
             host = alive[0]
         try:
-            manifest = self._call(host, "image_import_upload", upload_id, name, opts,
+            manifest = self.agents.call(host, "image_import_upload", upload_id, name, opts,
                                   timeout_s=IMPORT_TIMEOUT_SECONDS)
         except _CONTENT_ERRORS:
             self.uploads.remove(upload_id)
             raise
         ref = f"{manifest['name']}@{manifest['id']}"
-        info = self._call(host, "image_manifest", ref)
+        info = self.agents.call(host, "image_manifest", ref)
         stored = self.registry.receive(
             info["manifest"], info["layer_sizes"],
-            lambda d, off, n: self._call(host, "image_layer_read", d, off, n, timeout_s=IMPORT_TIMEOUT_SECONDS))
+            lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
+                                               timeout_s=IMPORT_TIMEOUT_SECONDS))
         size = os.path.getsize(path)
         self.uploads.remove(upload_id)
         log.info("upload %s imported on %s as %s", upload_id[:12], host, ref[:80])

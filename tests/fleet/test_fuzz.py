@@ -34,7 +34,7 @@ import pytest
 import zerorpc
 
 from dcctl import errors, validate, wire
-from hub import service as hubservice
+from hub import placement as hubplacement
 from ops import fleet as fleetmod
 
 pytestmark = pytest.mark.lxc
@@ -53,7 +53,7 @@ BUILTINS = ("_zerorpc_list", "_zerorpc_name", "_zerorpc_ping", "_zerorpc_help", 
 IMPORT_OPTIONS = ("exposed_ports", "env", "command", "stop_signal", "init", "templates")
 OPTION_KEYS = {
     ("container_create", "options"): tuple(validate.CREATE_OPTIONS),
-    ("create_container", "options"): tuple(hubservice.CREATE_OPTIONS),
+    ("create_container", "options"): tuple(hubplacement.CREATE_OPTIONS),
     ("container_exec", "options"): tuple(validate.EXEC_OPTIONS),
     ("container_enter", "options"): tuple(validate.ENTER_OPTIONS),
     ("image_import", "options"): IMPORT_OPTIONS,

@@ -53,8 +53,8 @@ def register(hub, name, endpoint, boot_id):
 
 def test_a_new_boot_id_fails_the_calls_in_flight_at_once(hub, agent):
     register(hub, "host-1", agent, "boot-a")
-    pull = gevent.spawn(hub._call, "host-1", "image_pull", 300.0, timeout_s=600)
-    wait_for(lambda: hub._clients.get("host-1") and hub._clients["host-1"][1]._calls, 5, "the pull in flight")
+    pull = gevent.spawn(hub.agents.call, "host-1", "image_pull", 300.0, timeout_s=600)
+    wait_for(lambda: hub.agents.cached("host-1") and hub.agents.cached("host-1")._calls, 5, "the pull in flight")
     register(hub, "host-1", agent, "boot-a")  # the same process registering again: nothing is lost
     hub.host_heartbeat("host-1", {"capacity": CAPACITY, "boot_id": "boot-a"})
     gevent.sleep(0.2)
@@ -63,10 +63,10 @@ def test_a_new_boot_id_fails_the_calls_in_flight_at_once(hub, agent):
     wait_for(pull.ready, 5, "the pull to fail")
     assert isinstance(pull.exception, errors.Unreachable) and "restarted" in str(pull.exception)
     assert "host_restarted" in [e["kind"] for e in hub.events()]
-    assert hub._call("host-1", "image_pull", 0.0) == {"pulled": True}  # a new client for the new process
+    assert hub.agents.call("host-1", "image_pull", 0.0) == {"pulled": True}  # a new client for the new process
     # a registration with a new boot id does the same
-    pull = gevent.spawn(hub._call, "host-1", "image_pull", 300.0, timeout_s=600)
-    wait_for(lambda: hub._clients["host-1"][1]._calls, 5, "the second pull in flight")
+    pull = gevent.spawn(hub.agents.call, "host-1", "image_pull", 300.0, timeout_s=600)
+    wait_for(lambda: hub.agents.cached("host-1")._calls, 5, "the second pull in flight")
     register(hub, "host-1", agent, "boot-c")
     wait_for(pull.ready, 5, "the second pull to fail")
     assert isinstance(pull.exception, errors.Unreachable)

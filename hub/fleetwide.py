@@ -1,0 +1,207 @@
+"""The hub's fleet-wide calls: views merged from every host (container_ls,
+network_ls, hostinfo), broadcast of an agent method to many hosts, and the
+worker queue (one idle host runs each call); the fan-out helpers are
+hub/fanout.py.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+
+from dcctl import errors, validate, wire
+from dcctl.wire import expose
+from hub import fanout
+from hub.agents import VIEW_TIMEOUT_SECONDS
+
+
+#: Agent methods a read-only key may broadcast.
+READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls", "hostinfo", "image_ls",
+                                "ops_facts"})
+
+
+class FleetwideMethods:
+    """Fleet-wide methods of HubService (a mixin); they use the hub's
+    ``store``, ``agents`` and ``workers``, and keep an agent's method
+    schema in ``_agent_schema`` (None until asked)."""
+
+    def _coerce(self, method: str, args: list) -> list:
+        """Arguments typed as text (dcctl, the stock CLI) converted to what the
+        agent method declares (int, float, bool), from an agent's
+        _zerorpc_inspect (asked once); anything unclear is passed as is and
+        the agent's own validation answers."""
+        if not any(isinstance(a, str) for a in args):
+            return args
+        if self._agent_schema is None:
+            for h in self.store.hosts():
+                if h["state"] == "alive":
+                    try:
+                        self._agent_schema = self.agents.call(h["name"], "_zerorpc_inspect", timeout_s=5)["methods"]
+                        break
+                    except errors.DcError:
+                        continue
+        params = ((self._agent_schema or {}).get(method) or {}).get("args") or []
+        out = []
+        for i, value in enumerate(args):
+            kind = params[i]["type"] if i < len(params) else ""
+            if isinstance(value, str):
+                try:
+                    if kind.startswith("int"):
+                        value = int(value)
+                    elif kind.startswith("float"):
+                        value = float(value)
+                    elif kind.startswith("bool") and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                        value = value.lower() in ("true", "yes", "1")
+                except ValueError:
+                    pass
+            out.append(value)
+        return out
+
+    def _gather(self, method: str, *args) -> dict:
+        hosts = self.store.hosts()
+        return fanout.broadcast(hosts, lambda h: self.agents.call(h["name"], method, *args,
+                                                            timeout_s=VIEW_TIMEOUT_SECONDS),
+                                VIEW_TIMEOUT_SECONDS + 0.5)
+
+    @expose(access="read")
+    def container_ls(self) -> list:
+        """Every container in the fleet, with a ``host`` column (the agent's
+        container_ls keys).  A container on a host that does not answer
+        within 5 s is still listed from the fleet's records, with state
+        "unknown" (or "reserved" while being placed) and only host, name,
+        state, image_id and ports (never transiently missing).
+
+        Returns: [{host, name, state, ...}] sorted by name and host.
+        """
+        gathered = self._gather("container_ls")["results"]
+        seen, out = set(), []
+        for host, res in gathered.items():
+            if res["status"] == "ok":
+                for c in res["result"]:
+                    out.append({"host": host, **c})
+                    seen.add(c["name"])
+        for row in self.store.containers():
+            if row["name"] not in seen:
+                state = "reserved" if row["state"] == "reserved" else "unknown"
+                out.append({"host": row["host"], "name": row["name"], "state": state, "image_id": row["image"],
+                            "ports": row["ports"]})
+        return sorted(out, key=lambda c: (c["name"], c["host"]))
+
+    @expose(access="read")
+    def network_ls(self) -> list:
+        """Every host's network_ls, one row per host.
+
+        Returns: [{host, address (the host's), and the agent's network_ls
+        keys, or error (the error's name, or "timeout") when the host did
+        not answer within 5 s}].
+        """
+        hosts = {h["name"]: h for h in self.store.hosts()}
+        out = []
+        for host, res in self._gather("network_ls")["results"].items():
+            row = {"host": host, "address": hosts[host]["address"]}
+            row.update(res["result"] if res["status"] == "ok" else {"error": res.get("error", "timeout")})
+            out.append(row)
+        return out
+
+    @expose(access="read")
+    def hostinfo(self) -> list:
+        """Every host's hostinfo, one row per host.
+
+        Returns: [{host, status ("ok" | "error" | "timeout", within 5 s),
+        and the agent's hostinfo keys when ok}].
+        """
+        return [{"host": host, "status": res["status"], **(res.get("result") or {})}
+                for host, res in self._gather("hostinfo")["results"].items()]
+
+    @expose(access="read")
+    def broadcast(self, method: str, args: list | None = None, options: dict | None = None) -> dict:
+        """Call an agent method on every targeted host in parallel.
+
+        Args:
+            method: an agent method name (e.g. hostinfo, ops_run, ops_facts).
+            args: its positional arguments.
+            options: {target: glob on host names or "label:k=v",
+                timeout_s (default 10): per-host deadline, fire_and_forget
+                (bool): return at once, results discarded}.
+
+        Returns: {summary {targeted, ok, error, timeout, duration_s},
+        results {host: {status: ok|error|timeout, result | error, message}}}.
+        A frozen or dead host is reported as timeout; it never delays the
+        answer past timeout_s.  Arguments given as text are converted by the
+        agent method's declared types.
+
+        Raises: NoSuchHost (the target matches no host), InvalidArgument
+        (bad method, target, timeout_s or option),
+        PermissionDenied (a read-only key broadcasting a method that is not
+        read-only).
+        """
+        opts = validate.options(options, {"target": "", "timeout_s": "", "fire_and_forget": ""}, "broadcast")
+        caller = wire.current_caller()
+        if caller is not None and caller.role != "admin" and method not in READ_AGENT_METHODS:
+            raise errors.PermissionDenied(f"role {caller.role!r} may broadcast only read methods "
+                                          f"({', '.join(sorted(READ_AGENT_METHODS))})")
+        timeout = validate.number(opts.get("timeout_s", 10.0), "timeout_s", minimum=0.1, maximum=3600)
+        if opts.get("target") is not None and not isinstance(opts.get("target"), str):
+            raise errors.InvalidArgument("target must be a glob on host names or label:KEY=VALUE")
+        if not isinstance(method, str) or not method:
+            raise errors.InvalidArgument("method must be an agent method name")
+        if not isinstance(opts.get("fire_and_forget", False), bool):
+            raise errors.InvalidArgument("fire_and_forget must be true or false")
+        hosts = fanout.targets(self.store.hosts(), opts.get("target"))
+        if not hosts:
+            raise errors.NoSuchHost(f"no host matches the target {opts.get('target') or '*'!r}",
+                                    hint="see `dcctl hosts` for names and labels")
+        args = self._coerce(method, list(args or []))
+
+        def call(h):
+            return self.agents.call(h["name"], method, *args, timeout_s=timeout)
+
+        if opts.get("fire_and_forget"):
+            gevent.spawn(fanout.broadcast, hosts, call, timeout)
+            return {"summary": {"targeted": len(hosts), "ok": 0, "error": 0, "timeout": 0, "duration_s": 0.0},
+                    "results": {}, "fire_and_forget": True}
+        return fanout.broadcast(hosts, call, timeout)
+
+    @expose
+    def queue(self, method: str, args: list | None = None, options: dict | None = None) -> dict:
+        """Run an agent method on exactly one idle host (worker queue).
+
+        Args:
+            method: an agent method name (e.g. ops_run).
+            args: its positional arguments (text is converted by the
+                method's declared types, as for broadcast).
+            options: {timeout_s (default 60): for waiting for an idle host
+                and, again, for the call; idempotent (bool): retry once on
+                another host if the first one is lost}.
+
+        Returns: {host, result (the method's answer), duration_s (seconds),
+        attempts (1, or 2 after an idempotent retry)}.
+        Raises: InvalidArgument (bad option), NoCapacity (no idle host in
+        time), CallTimeout (the call ran past timeout_s; it may still be
+        running), HostLost (the host died mid-call; it may or may not have
+        run), or the method's own error.
+        """
+        opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
+        timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
+        if not isinstance(method, str) or not method:
+            raise errors.InvalidArgument("method must be an agent method name")
+        if not isinstance(opts.get("idempotent", False), bool):
+            raise errors.InvalidArgument("idempotent must be true or false")
+        args, tried = self._coerce(method, list(args or [])), set()
+        started = time.monotonic()
+        while True:
+            host = self.workers.acquire(timeout, exclude=tried)
+            tried.add(host)
+            try:
+                result = self.agents.call(host, method, *args, timeout_s=timeout)
+                return {"host": host, "result": result, "attempts": len(tried),
+                        "duration_s": round(time.monotonic() - started, 6)}
+            except errors.CallTimeout as exc:
+                raise errors.CallTimeout(f"{method} ran past its {timeout:g} s on {host}; it may still be running "
+                                         "there", hint="give a longer --timeout") from exc
+            except errors.Unreachable as exc:
+                if not opts.get("idempotent") or len(tried) >= 2:
+                    raise errors.HostLost(f"{host} stopped answering during {method} "
+                                          f"({type(exc).__name__}); it may or may not have run") from exc
+            finally:
+                self.workers.release(host)

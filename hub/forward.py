@@ -1,0 +1,168 @@
+"""The hub's forwarded container methods: each ``container_*`` call goes to
+the host that owns the named container (the fleet store says which), through
+``Agents.call``; the hub adds what it knows (``host``, addresses) and keeps
+its records in step (destroy forgets, connection changes refresh ports).
+"""
+from __future__ import annotations
+
+from dcctl import errors, validate
+from dcctl.wire import expose
+from hub.agents import VIEW_TIMEOUT_SECONDS
+
+
+class ForwardMethods:
+    """Forwarded container methods of HubService (a mixin); they use the
+    hub's ``store`` and ``agents``."""
+
+    def _owner(self, name: str) -> str:
+        """The host that owns container ``name``. Raises: InvalidArgument,
+        NoSuchContainer."""
+        validate.container_name(name)
+        return self.store.container(name)["host"]
+
+    def _forward(self, method: str, name: str, *args, timeout_s: float | None = None):
+        """``method(name, *args)`` on the owner of ``name`` (Agents.call)."""
+        return self.agents.call(self._owner(name), method, name, *args, timeout_s=timeout_s)
+
+    @expose(shielded=True)
+    def container_start(self, name: str) -> dict:
+        """Forwarded to the owning host (see the agent's container_start).
+
+        Returns: the agent's answer plus ``host`` (the owner's name).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
+        return {**self._forward("container_start", name), "host": self._owner(name)}
+
+    @expose(shielded=True)
+    def container_stop(self, name: str, timeout_s: float | None = None) -> dict:
+        """Forwarded to the owning host (see the agent's container_stop).
+
+        Returns: the agent's answer plus ``host`` (the owner's name).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
+        validate.stop_timeout(timeout_s)
+        return {**self._forward("container_stop", name, timeout_s), "host": self._owner(name)}
+
+    @expose(shielded=True)
+    def container_destroy(self, name: str, force: bool = False) -> dict:
+        """Forwarded to the owning host; the fleet record goes too (see the
+        agent's container_destroy).  A container already gone from its host
+        is only forgotten.
+
+        Returns: {name, destroyed: True}.
+        Raises: the agent's errors (then the fleet record stays);
+        NoSuchContainer (in neither the fleet nor on its host); Unreachable
+        (the owner missed its heartbeats, or does not answer); CallTimeout.
+        """
+        try:
+            result = self._forward("container_destroy", name, force)
+        except errors.NoSuchContainer:
+            self.store.container(name)  # NoSuchContainer if the fleet lacks it too
+            result = {"name": name, "destroyed": True}  # gone from its host already
+        self.store.forget(name)
+        return result
+
+    @expose(access="read")
+    def container_inspect(self, name: str) -> dict:
+        """Forwarded to the owning host (see the agent's container_inspect).
+
+        Returns: the agent's answer plus ``host`` (the owner's name) and
+        ``routes`` (the names routed to it).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
+        return {**self._forward("container_inspect", name), "host": self._owner(name), "routes": self.routes_of(name)}
+
+    @expose
+    def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:
+        """Forwarded to the owning host (see the agent's container_exec); the
+        call waits the command's timeout_s (default 300 s) plus 30 s.
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
+        validate.command(command)
+        timeout = validate.exec_options(options)["timeout_s"] + 30
+        return self._forward("container_exec", name, command, options, timeout_s=timeout)
+
+    @expose
+    def container_enter(self, name: str, command: list | str | None = None, options: dict | None = None) -> dict:
+        """Forwarded to the owning host (see the agent's container_enter),
+        always with the tcp relay.
+
+        Returns: the agent's answer plus ``address``: the owner's address
+        (from its endpoint), where the client connects to the relay directly.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
+        validate.enter_options(options)
+        if command is not None:
+            validate.command(command)
+        host = self.store.host(self._owner(name))
+        session = self._forward("container_enter", name, command, {"via": "tcp"})
+        # the relay listens beside the agent's tcp endpoint
+        return {**session, "address": host["endpoint"].split("//")[-1].rsplit(":", 1)[0].strip("[]")}
+
+    @expose(access="read")
+    def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
+        """Forwarded to the owning host (see the agent's container_logs).
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
+        validate.log_bytes(max_bytes)
+        return self._forward("container_logs", name, max_bytes)
+
+    @expose(shielded=True)
+    def container_connection_add(self, name: str, proto: str, container_port: int,
+                                 host_port: int | None = None) -> dict:
+        """Forwarded to the owning host (see the agent's
+        container_connection_add); the fleet record's ports are refreshed.
+
+        Returns: the agent's answer plus ``host`` (the owner's name) and
+        ``host_address`` (the owner's address, where the port answers).
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
+        validate.protocol(proto)
+        validate.port(container_port, "container port")
+        if host_port is not None:
+            validate.port(host_port, "host port")
+        host = self.store.host(self._owner(name))
+        result = self._forward("container_connection_add", name, proto, container_port, host_port)
+        self._refresh_ports(name)
+        return {**result, "host": host["name"], "host_address": host["address"]}
+
+    @expose(shielded=True)
+    def container_connection_rm(self, name: str, proto: str, container_port: int) -> dict:
+        """Forwarded to the owning host (see the agent's
+        container_connection_rm); the fleet record's ports are refreshed.
+
+        Returns: the agent's answer, as it is.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout.
+        """
+        validate.protocol(proto)
+        validate.port(container_port, "container port")
+        result = self._forward("container_connection_rm", name, proto, container_port)
+        self._refresh_ports(name)
+        return result
+
+    def _refresh_ports(self, name: str) -> None:
+        try:
+            info = self._forward("container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+            self.store.set_ports(name, info.get("ports", []))
+        except errors.DcError:
+            pass

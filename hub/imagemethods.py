@@ -1,0 +1,64 @@
+"""The hub's image registry methods: listing, pushing from a host, and what
+agents pull (manifests and layer chunks); the storage is hub/registry.py.
+"""
+from __future__ import annotations
+
+from dcctl.wire import expose
+from hub.placement import PULL_TIMEOUT_SECONDS
+
+
+class ImageMethods:
+    """Image registry methods of HubService (a mixin); they use the hub's
+    ``store``, ``registry`` and ``agents``."""
+
+    @expose(access="read")
+    def image_ls(self) -> list:
+        """Images in the hub's registry.
+
+        Returns: [{name, tag ("latest" if none), id (64 hex), created (Unix
+        s), size_bytes, layers (digests, bottom first), exposed_ports
+        [{proto, port}]}].
+        """
+        return [{**{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")},
+                 "tag": m.get("tag") or "latest"} for m in self.registry.ls()]
+
+    @expose(shielded=True)
+    def image_push(self, host: str, ref: str) -> dict:
+        """Copy an image from a host's store into the hub's registry (layers
+        in chunks, each checked against its digest; nothing partial is kept).
+        (``dcctl image_push FILE NAME[:TAG]`` with a local file uploads it
+        instead: see image_upload_begin.)
+
+        Args: host: a fleet host's name; ref: ``name`` or ``name@idprefix``
+        in that host's store.
+        Returns: the manifest.
+        Raises: NoSuchHost, ImageNotFound, AmbiguousImageRef, StoreError
+        (digest mismatch, I/O), Unreachable, CallTimeout.
+        """
+        self.store.host(host)
+        info = self.agents.call(host, "image_manifest", ref)
+        return self.registry.receive(
+            info["manifest"], info["layer_sizes"],
+            lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
+                                               timeout_s=PULL_TIMEOUT_SECONDS))
+
+    @expose(access="read", redact_env=False)
+    def image_manifest(self, ref: str) -> dict:
+        """For agents pulling: an image of the registry.
+
+        Returns: {manifest, layer_sizes {digest: size in bytes}}.
+        Raises: InvalidArgument (bad ref), ImageNotFound, AmbiguousImageRef.
+        """
+        m = self.registry.resolve(ref)
+        return {"manifest": m, "layer_sizes": {d: self.registry.layer_size(d) for d in m["layers"]}}
+
+    @expose(access="read")
+    def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
+        """For agents pulling: up to ``length`` bytes (<= 4 MiB) of a layer
+        tar from ``offset`` (bytes); b"" past the end.
+
+        Returns: bytes.
+        Raises: InvalidArgument (bad digest, negative offset or length),
+        ImageNotFound (no such layer).
+        """
+        return self.registry.read_layer(digest, offset, length)

@@ -1,0 +1,225 @@
+"""The hub's fleet membership: hosts admitted (host_add), registering and
+sending heartbeats (taken in memory, see hub/heartbeats.py), judged lost
+after missed heartbeats (the monitor), removed, and listed (hosts).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+
+from dcctl import auth, errors, validate, wire
+from dcctl.wire import expose
+from hub import scheduler
+
+log = logging.getLogger(__name__)
+
+
+def _capacity(value) -> dict:
+    """A host's capacity figures as registered: {NAME: integer} (None: {}).
+    Raises: InvalidArgument."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) or v is None
+                                              for v in value.values()):
+        raise errors.InvalidArgument("capacity must be a map of figures {memory_reservable_bytes, "
+                                     "container_slots, ...} (integers)")
+    return value
+
+
+class MembershipMethods:
+    """Membership methods of HubService (a mixin); they use the hub's
+    ``store``, ``agents``, ``beats``, ``events_log``, ``healer``,
+    ``workers``, ``allowlist``, ``heartbeat_s``, ``missed_heartbeats`` and
+    ``_serving_since`` (when the hub started serving)."""
+
+    def monitor_hosts(self) -> None:
+        """Judge hosts, for ever (the hub spawns and kills it): an alive host
+        whose last heartbeat (written, or heard and not yet written) is older
+        than missed_heartbeats heartbeats is marked unreachable, told as
+        host_lost and handed to the healer; no host is judged within that
+        grace from the start.  Keeps the worker queue's members (alive
+        hosts) up to date."""
+        grace_s = self.heartbeat_s * self.missed_heartbeats
+        while True:
+            judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
+            deadline = time.time() - grace_s
+            for name in self.store.mark_unreachable(deadline, self.beats.fresh(deadline)) if judged else ():
+                log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
+                self.events_log.add("host_lost", host=name)
+                gevent.spawn(self.healer.host_lost, name)
+            self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
+            gevent.sleep(min(1.0, self.heartbeat_s / 2))
+
+    @staticmethod
+    def _valid_boot_id(boot_id) -> str | None:
+        """``boot_id`` if it is None or a string of 1 to 128 characters.
+
+        Raises: InvalidArgument."""
+        if boot_id is not None and not (isinstance(boot_id, str) and 0 < len(boot_id) <= 128):
+            raise errors.InvalidArgument("boot_id must be a string of 1 to 128 characters")
+        return boot_id
+
+    @expose(shielded=True)
+    def host_add(self, name: str, key: str) -> dict:
+        """Admit a new host (the operator's step, like accepting a key in
+        Salt): bind the host ``name`` to its CURVE public ``key`` and allow
+        that key on the hub with the agent role.  Only then may the host
+        register, and under this name only.  Idempotent.
+
+        Args:
+            name: the host's name (its agent's --host-name).
+            key: its agent's public key, 40 Z85 characters (the
+                ``public-key`` of KEYS_DIR/server.key on the host; the agent
+                also logs it at start).
+
+        Returns: {name, key, added_at (Unix s)}.
+        Raises: InvalidArgument, Conflict (the name is bound to another key,
+        or the key to another host: host_remove first).
+        """
+        validate.container_name(name)  # same alphabet and length
+        key = auth.public_key(key)
+        binding = self.store.bind_key(name, key)
+        if self.allowlist is not None:
+            self.allowlist.add("agent", name, key)
+        log.info("host %s added with key %s", name, key)
+        self.events_log.add("host_added", host=name)
+        return binding
+
+    @expose(access="agent")
+    def host_register(self, info: dict) -> dict:
+        """Called by agents: join (or re-join) the fleet.
+
+        Args: info: {name, endpoint, address (where its mapped ports
+        answer), labels {k: v}, capacity {...}, boot_id (str, new each time
+        the agent process starts)}.  Over CURVE the endpoint is the agent's
+        tcp:// endpoint, whose server key must be the registering key (the
+        hub checks it on every call), and the name must be the one host_add bound to that key.  Over the hub's local ipc
+        endpoint (root on the hub's machine) the endpoint is the agent's
+        ipc:// endpoint and the name must not be bound to a key.
+
+        A new boot_id means the agent restarted: every call in flight to it
+        is dead, and fails at once (Unreachable) so creates move on.
+
+        Returns: {name, heartbeat_s (seconds between heartbeats)}.
+        Raises: InvalidArgument (a bad name, endpoint or labels, or an
+        endpoint of the wrong kind), Unauthorized (the key is not bound to
+        this name).  A boot_id that is not a string of 1 to 128 characters
+        is InvalidArgument.
+        """
+        validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": "",
+                                "boot_id": ""}, "host_register")
+        name = info.get("name")
+        if not isinstance(name, str) or not name:
+            raise errors.InvalidArgument("host name must be a non-empty string")
+        validate.container_name(name)  # same alphabet and length
+        endpoint = wire.validate_endpoint(info.get("endpoint"))
+        labels = info.get("labels") or {}
+        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in labels.items()):
+            raise errors.InvalidArgument("labels must be a map of strings")
+        capacity = _capacity(info.get("capacity"))
+        boot_id = self._valid_boot_id(info.get("boot_id"))
+        caller = wire.current_caller()
+        key = caller.key if caller else ""
+        if key and not endpoint.startswith("tcp://"):
+            raise errors.InvalidArgument(f"a host registering with a key gives its tcp:// endpoint, not {endpoint}",
+                                         hint="ipc endpoints join over the hub's local ipc endpoint only")
+        if not key and not endpoint.startswith("ipc://"):
+            raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
+                                         hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
+        self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
+                               capacity, key)
+        if boot_id is None:
+            self.agents.drop(name, "the agent registered again")  # an agent without a boot id
+        else:
+            self.agents.note_boot(name, boot_id)
+        log.info("host %s registered at %s", name, endpoint)
+        return {"name": name, "heartbeat_s": self.heartbeat_s}
+
+    @expose(access="agent")
+    def host_heartbeat(self, name: str, summary: dict) -> dict:
+        """Called by agents every heartbeat_s: a hostinfo summary {capacity,
+        metrics, containers [{name, state}], boot_id (as in host_register)}.
+
+        The beat is taken in memory and written with every other host's
+        within heartbeat_flush_s (one transaction, see hub/heartbeats.py);
+        the first beat of a host that was unreachable is written at once.
+
+        Returns: {ok: True}.
+        Raises: InvalidArgument (no capacity {memory_reservable_bytes,
+        container_slots} of integers, or a summary JSON cannot hold, e.g.
+        bytes), NoSuchHost (not registered: register again), Unauthorized
+        (the name is bound to another host key).
+        """
+        cap = summary.get("capacity")
+        if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)
+                                                for k in ("memory_reservable_bytes", "container_slots")):
+            raise errors.InvalidArgument("heartbeat summary needs capacity {memory_reservable_bytes, container_slots}")
+        boot_id = self._valid_boot_id(summary.get("boot_id"))
+        caller = wire.current_caller()
+        previous = self.beats.beat(name, summary, caller.key if caller else "")
+        if previous is None:
+            raise errors.NoSuchHost(f"host {name!r} is not registered")
+        if previous != "alive":
+            log.info("host %s is alive again", name)
+            self.events_log.add("host_back", host=name)
+        self.agents.note_boot(name, boot_id)
+        containers = summary.get("containers") if isinstance(summary, dict) else None
+        if isinstance(containers, list):
+            self.healer.reconcile(name, containers)
+        return {"ok": True}
+
+    @expose(shielded=True)
+    def host_remove(self, name: str) -> dict:
+        """Forget a host (e.g. decommissioned, or registered by mistake): its
+        membership, its key binding and the allowlist entry host_add made
+        (it must be added again to rejoin); the fleet's records of
+        containers placed there are dropped too (they are not touched on
+        the host).
+
+        Returns: {name, containers_forgotten (count)}. Raises: NoSuchHost.
+        """
+        binding = self.store.binding(name)
+        try:
+            self.store.host(name)
+        except errors.NoSuchHost:
+            if binding is None:  # added, never registered: the binding goes all the same
+                raise
+        rows = self.store.containers(name)
+        for row in rows:
+            self.store.forget(row["name"])
+        self.store.remove_host(name)
+        if binding is not None and self.allowlist is not None:
+            self.allowlist.remove("agent", name, binding["key"])
+        self.agents.forget(name, "the host was removed")
+        self.beats.forget(name)
+        self.events_log.add("host_removed", host=name)
+        return {"name": name, "containers_forgotten": len(rows)}
+
+    @expose(access="read")
+    def hosts(self) -> list:
+        """Fleet membership.
+
+        Returns: [{name, state ("alive"|"unreachable"), endpoint, address,
+        labels, memory_reservable_bytes, memory_reserved_bytes,
+        memory_free_bytes, container_slots, containers, last_heartbeat (Unix
+        s), heartbeat_age_s (seconds)}]; sizes in bytes, reserved and free
+        figures from the hub's own reservations.
+        """
+        out = []
+        figures = self.store.reserved_memory(self.store.db)  # a read: no write transaction
+        now = time.time()
+        for h in self.store.hosts():
+            cap = h["capacity"] or {}
+            free_mem, free_slots = scheduler.free_figures(h, figures)
+            last = max(h["last_heartbeat"], self.beats.last(h["name"]) or 0.0)  # beats not yet written count
+            out.append({"name": h["name"], "state": h["state"], "endpoint": h["endpoint"],
+                        "address": h["address"], "labels": h["labels"],
+                        "memory_reservable_bytes": cap.get("memory_reservable_bytes"),
+                        "memory_reserved_bytes": (cap.get("memory_reservable_bytes") or 0) - free_mem,
+                        "memory_free_bytes": free_mem, "container_slots": cap.get("container_slots"),
+                        "containers": (cap.get("container_slots") or 0) - free_slots,
+                        "last_heartbeat": last, "heartbeat_age_s": round(now - last, 3)})
+        return out

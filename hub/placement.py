@@ -1,0 +1,218 @@
+"""Placing containers on hosts: the reservation, the agent calls that make a
+container real on the chosen host, the retry on the next feasible host, and
+the journal of placements a hub restart interrupted.
+
+A placement claims the name and reserves capacity atomically (SQLite BEGIN
+IMMEDIATE, HubStore.claim) before any agent call; the row is "reserved"
+until the container runs on its host, then "placed".  When the chosen host
+fails with an error worth retrying elsewhere (RETRYABLE), its half-made
+container is destroyed (best effort) and the reservation moves to the next
+feasible host; NoCapacity then names each host's reason.
+
+``Placer`` does that work (the healer uses it too); ``PlacementMethods``
+is the served create_container (a mixin of HubService): its options
+checked, then ``Placer.place``, then the container's routes.
+"""
+from __future__ import annotations
+
+import logging
+
+import gevent
+
+from dcctl import errors, validate
+from dcctl.wire import expose
+from hub import routes, scheduler
+from hub.agents import VIEW_TIMEOUT_SECONDS, Agents
+from hub.store import HubStore
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
+             errors.StoreError, errors.NetworkError, errors.Busy)
+PULL_TIMEOUT_SECONDS = 600.0
+CREATE_OPTIONS = {
+    "memory_bytes": "memory limit and reservation, bytes",
+    "cpus": "CPU quota", "cpu_shares": "CPU weight", "env": "{NAME: value}",
+    "command": "argv list or shell string",
+    "label": "placement constraints {key: value}", "host": "pin to this host",
+    "no_start": "create only", "strategy": "spread (default) or binpack",
+    "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
+}
+AGENT_CREATE_KEYS = tuple(validate.CREATE_OPTIONS)
+
+
+class Placer:
+    """Makes reserved containers real on hosts, through ``agents``."""
+
+    def __init__(self, store: HubStore, agents: Agents):
+        self.store = store
+        self.agents = agents
+
+    def place(self, name: str, manifest: dict, request: scheduler.Request, spec: dict, agent_opts: dict,
+              no_start: bool = False) -> dict:
+        """Reserve ``name`` on the best feasible host for ``request`` and make
+        it there (see realize); on a RETRYABLE failure, undo it there and try
+        the next feasible host, until one succeeds or none is left.
+
+        Args:
+            name: the container's fleet-unique name (validated by the caller).
+            manifest: the image's registry manifest.
+            request: what the placement needs (memory, labels, pin, strategy).
+            spec: kept in the row for failover: {options, image, labels,
+                strategy}.
+            agent_opts: the agent's container_create options.
+            no_start: create only.
+
+        Returns: realize's dict.
+        Raises: ContainerExists; NoCapacity or NoSuchHost (naming each
+        host's reason, and the last failure when every feasible host
+        failed); the host's own error when it is not worth retrying
+        elsewhere (the reservation is dropped in every failure).
+        """
+        row = self.store.claim(name, manifest["id"], request.memory_bytes, spec,
+                               scheduler.choose(self.store.hosts(), request))
+        host, tried = row["host"], set()
+        while True:
+            tried.add(host)
+            try:
+                result = self.realize(host, manifest, name, agent_opts, no_start)
+            except RETRYABLE as exc:
+                log.warning("create %s on %s failed (%s: %s); trying another host", name, host,
+                            type(exc).__name__, exc)
+                self.undo(host, name)
+                try:
+                    host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
+                except errors.DcError as nc:
+                    self.store.forget(name)
+                    raise type(nc)(f"{nc}; last failure on {host}: {type(exc).__name__}: {exc}") from exc
+                continue
+            except BaseException:
+                self.undo(host, name)
+                self.store.forget(name)
+                raise
+            self.store.set_placed(name, manifest["id"], result["ports"])
+            return result
+
+    def realize(self, host: str, manifest: dict, name: str, agent_opts: dict, no_start: bool) -> dict:
+        """Make container ``name`` on ``host``: pull the image (if the host
+        lacks it), create, start (unless ``no_start``) and map each exposed
+        port.  The store row is not touched.
+
+        Returns: {name, host, address (the host's, where mapped ports
+        answer), container_address, image (``name@id``), state, ports
+        [{proto, container_port, host_port}]}.
+        Raises: the agent's errors; Unreachable; CallTimeout.
+        """
+        ref = f"{manifest['name']}@{manifest['id']}"
+        self.agents.call(host, "image_pull", ref, None, timeout_s=PULL_TIMEOUT_SECONDS)
+        info = self.agents.call(host, "container_create", ref, name, agent_opts)
+        ports = []
+        if not no_start:
+            info = self.agents.call(host, "container_start", name)
+        for p in manifest.get("exposed_ports", []):
+            m = self.agents.call(host, "container_connection_add", name, p["proto"], p["port"])
+            ports.append({"proto": m["proto"], "container_port": m["container_port"], "host_port": m["host_port"]})
+        return {"name": name, "host": host, "address": self.store.host(host)["address"],
+                "container_address": info["address"], "image": ref, "state": info["state"], "ports": ports}
+
+    def undo(self, host: str, name: str) -> None:
+        """Best effort: destroy a half-made container on ``host``
+        (reconciliation cleans up later if the host is unreachable now).
+        Never raises a DcError."""
+        try:
+            self.agents.call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
+        except errors.DcError:
+            pass
+
+    def recover(self, journal: set[str], interval_s: float) -> None:
+        """Finish or roll back the placements a hub restart interrupted (the
+        ``journal``: names of rows "reserved" when this hub started): a row
+        whose host has the container becomes placed, one whose host does not
+        is dropped.  A row whose host does not answer yet stays undecided
+        and is asked again every ``interval_s`` seconds, until each one is
+        decided; ``journal`` is emptied as they are.  Runs until then (the
+        hub spawns it)."""
+        warned: set[str] = set()
+        while journal:
+            for name in sorted(journal):
+                try:
+                    row = self.store.container(name)
+                except errors.NoSuchContainer:
+                    journal.discard(name)
+                    continue
+                if row["state"] != "reserved":
+                    journal.discard(name)
+                    continue
+                try:
+                    info = self.agents.call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+                    self.store.set_placed(name, row["image"], info.get("ports", []))
+                    log.info("journal: adopted %s on %s", name, row["host"])
+                    journal.discard(name)
+                except errors.NoSuchContainer:
+                    self.store.forget(name)
+                    log.info("journal: rolled back reservation of %s", name)
+                    journal.discard(name)
+                except errors.DcError as exc:
+                    (log.debug if name in warned else log.warning)(
+                        "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
+                    warned.add(name)
+            if journal:
+                gevent.sleep(interval_s)
+
+
+class PlacementMethods:
+    """The placement method of HubService (a mixin): it validates and
+    delegates to the hub's ``placer``, using its ``registry``."""
+
+    @expose(shielded=True)
+    def create_container(self, image: str, name: str, options: dict | None = None) -> dict:
+        """Place, pull if needed, create, start and connect a container.
+
+        Args:
+            image: ref in the hub's registry, ``name`` or ``name@idprefix``.
+            name: fleet-unique container name (see container_create).
+            options: {memory_bytes, cpus, cpu_shares, env, command (as the
+                agent's container_create), label {k: v} constraints, host
+                (pin), no_start (bool), strategy ("spread"|"binpack"),
+                route (a host name or a list: the HTTP port's routes; default
+                NAME.<route domain>), no_route (bool)}.
+
+        The name and the capacity are reserved atomically (SQLite BEGIN
+        IMMEDIATE) before any pull, so concurrent creates never over-commit
+        a host and only one create of a name succeeds.  If the chosen host
+        fails, the next feasible one is tried and the reservation moves.
+
+        Returns: {name, host, address (the host's, where mapped ports
+        answer), container_address, image, state, ports [{proto,
+        container_port, host_port}], routes [names]}.
+
+        Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
+        ContainerExists, NoCapacity (naming each host's reason, and the last
+        failure when every feasible host failed), NoSuchHost (pinned host
+        unknown), or the last host's own error when it is not one worth
+        retrying elsewhere.
+        """
+        options, route_opts = routes.take_options(options)
+        validate.container_name(name)
+        opts = validate.options(options, CREATE_OPTIONS, "create_container")
+        # the agent's own rules for what it is handed (dcctl.validate), before any reservation
+        agent_opts = validate.create_options({k: opts[k] for k in AGENT_CREATE_KEYS if k in opts})
+        if not agent_opts["env"]:
+            del agent_opts["env"]
+        memory = int(agent_opts.get("memory_bytes") or 0)
+        strategy = opts.get("strategy", "spread")
+        if not isinstance(strategy, str) or strategy not in scheduler.STRATEGIES:
+            raise errors.InvalidArgument(f"strategy must be one of {', '.join(scheduler.STRATEGIES)}")
+        labels = opts.get("label") or {}
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise errors.InvalidArgument("label must be a map {key: value} of strings")
+        if opts.get("host") is not None and not isinstance(opts["host"], str):
+            raise errors.InvalidArgument("host must be a host name")
+        if not isinstance(opts.get("no_start", False), bool):
+            raise errors.InvalidArgument("no_start must be true or false")
+        manifest = self.registry.resolve(image)
+        routes.check_create(manifest, route_opts)
+        request = scheduler.Request(memory, dict(labels), opts.get("host"), strategy)
+        spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
+        result = self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
+        return self.connect_routes(result, route_opts)

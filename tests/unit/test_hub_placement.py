@@ -1,0 +1,88 @@
+"""Placement on a real store (SQLite) and fake agents on real ipc sockets:
+the chosen host failing moves the reservation to the next feasible host,
+NoCapacity names each host's reason, and the journal of placements a hub
+restart interrupted is adopted or rolled back once each host answers."""
+from __future__ import annotations
+
+import pytest
+
+from dcctl import errors
+from tests.hubfakes import GiB, FakeFleet
+from tests.waiting import wait_for
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    made = FakeFleet(tmp_path, {"h1": 4, "h2": 2, "h3": 1})  # spread ranks h1, h2, h3
+    made.push_image()
+    yield made
+    made.close()
+
+
+def test_the_next_feasible_host_is_tried_when_the_chosen_one_fails(fleet):
+    fleet.agents["h1"].fail["container_start"] = errors.LxcFailure("lxc-start failed on h1")
+    result = fleet.hub.create_container("busybox", "app.web", {"memory_bytes": GiB})
+    assert result["host"] == "h2" and result["state"] == "running" and result["address"] == "addr-h2"
+    assert result["ports"] == [{"proto": "tcp", "container_port": 80, "host_port": 20000}]
+    row = fleet.store.container("app.web")
+    assert (row["host"], row["state"], row["ports"]) == ("h2", "placed", result["ports"])
+    # h1 made it, failed to start it, and had it destroyed again; h3 was never asked
+    assert ("container_destroy", "app.web") in fleet.agents["h1"].calls
+    assert fleet.agents["h1"].containers == {}
+    assert fleet.agents["h2"].containers["app.web"]["state"] == "running"
+    assert fleet.agents["h3"].calls == []
+
+
+def test_no_capacity_names_each_hosts_reason_and_the_last_failure(fleet):
+    for h in ("h1", "h2"):
+        fleet.agents[h].fail["container_create"] = errors.Unreachable(f"{h} went away")
+    with pytest.raises(errors.NoCapacity) as caught:
+        fleet.hub.create_container("busybox", "app.big", {"memory_bytes": 2 * GiB})
+    message = str(caught.value)
+    assert "h1: already tried for this placement" in message
+    assert "h2: already tried for this placement" in message
+    assert "h3: needs 2.0 GiB of memory, 1.0 GiB unreserved" in message
+    assert "last failure on h2: Unreachable: h2 went away" in message
+    with pytest.raises(errors.NoSuchContainer):  # the reservation is gone
+        fleet.store.container("app.big")
+    assert all(not a.containers for a in fleet.agents.values())
+    # the capacity is free again: the same create succeeds once h1 works
+    del fleet.agents["h1"].fail["container_create"]
+    assert fleet.hub.create_container("busybox", "app.big", {"memory_bytes": 2 * GiB})["host"] == "h1"
+
+
+def test_an_error_not_worth_retrying_elsewhere_ends_the_placement(fleet):
+    fleet.agents["h1"].fail["container_create"] = errors.InvalidArgument("bad command on h1")
+    with pytest.raises(errors.InvalidArgument, match="bad command on h1"):
+        fleet.hub.create_container("busybox", "app.bad")
+    assert fleet.agents["h2"].calls == [] and fleet.agents["h3"].calls == []
+    with pytest.raises(errors.NoSuchContainer):
+        fleet.store.container("app.bad")
+
+
+def test_a_pinned_host_that_fails_is_not_replaced(fleet):
+    fleet.agents["h3"].fail["image_pull"] = errors.CallTimeout("pull too slow")
+    with pytest.raises(errors.NoCapacity, match="last failure on h3: CallTimeout"):
+        fleet.hub.create_container("busybox", "app.pinned", {"host": "h3"})
+    assert fleet.agents["h1"].calls == [] and fleet.agents["h2"].calls == []
+
+
+def test_the_journal_adopts_rolls_back_and_waits_for_hosts_that_do_not_answer(fleet):
+    image = fleet.registry.resolve("busybox")["id"]
+    # as a hub that died mid-placement left them: h1 made "kept", never made
+    # "lost"; h2 made "later" but does not answer yet
+    for name, host in (("kept", "h1"), ("lost", "h1"), ("later", "h2")):
+        fleet.store.claim(name, image, 0, {}, lambda figures, host=host: host)
+    for name, host in (("kept", "h1"), ("later", "h2")):
+        fleet.agents[host].containers[name] = {"name": name, "state": "running", "image_id": image,
+                                               "ports": [{"proto": "tcp", "container_port": 80, "host_port": 20001}]}
+    fleet.unserve("h2")
+    fleet.start_beats()
+    fleet.hub.start()  # the journal: every row still "reserved"
+    wait_for(lambda: fleet.store.container("kept")["state"] == "placed", 10, "kept to be adopted")
+    assert fleet.store.container("kept")["ports"] == [{"proto": "tcp", "container_port": 80, "host_port": 20001}]
+    wait_for(lambda: "lost" not in {r["name"] for r in fleet.store.containers()}, 10, "lost to be rolled back")
+    assert fleet.store.container("later")["state"] == "reserved"  # undecided while h2 does not answer
+    assert ("container_inspect", "later") not in fleet.agents["h2"].calls
+    fleet.serve("h2")
+    wait_for(lambda: fleet.store.container("later")["state"] == "placed", 10, "later to be adopted once h2 answers")
