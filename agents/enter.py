@@ -30,6 +30,7 @@ import gevent.socket
 import msgpack
 import zmq.green as zmq
 
+from dcctl.wire.endpoint import parse_endpoint
 from lxcwrap import spawn
 
 log = logging.getLogger(__name__)
@@ -56,17 +57,18 @@ class EnterSession:
         self.sock = ctx.socket(zmq.PAIR)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        if bind_to.startswith("tcp://") and curve is not None:
+        where = parse_endpoint(bind_to)
+        if where.is_tcp and curve is not None:
             # encrypted with the agent's key; the one-time token admits the client
             self.sock.curve_server = True
             self.sock.curve_publickey, self.sock.curve_secretkey = curve
-        if bind_to.startswith("tcp://"):
-            port = self.sock.bind_to_random_port(bind_to)
+        if where.is_tcp:
+            port = self.sock.bind_to_random_port(where.without_port())
             self.endpoint = {"transport": "tcp", "port": port}
         else:
             self.sock.bind(bind_to)
-            os.chmod(bind_to[len("ipc://"):], 0o600)
-            self.endpoint = {"transport": "ipc", "path": bind_to[len("ipc://"):]}
+            os.chmod(where.path, 0o600)
+            self.endpoint = {"transport": "ipc", "path": where.path}
         self.bind_to = bind_to
         self.accept_timeout_s = accept_timeout_s
         self.task = gevent.spawn(self._run)
@@ -195,8 +197,8 @@ class EnterRelay:
                  curve: tuple[bytes, bytes] | None = None):
         self.ctx = zmq.Context()
         self.curve = curve
-        tcp = next((ep for ep in listen if ep.startswith("tcp://")), None)
-        self.tcp_bind = tcp.rsplit(":", 1)[0] if tcp else None
+        tcp = next((parse_endpoint(ep) for ep in listen if parse_endpoint(ep).is_tcp), None)
+        self.tcp_bind = tcp.with_port(0) if tcp else None  # the port is chosen per session
         self.run_dir = run_dir
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         self.accept_timeout_s = accept_timeout_s

@@ -8,7 +8,6 @@ mode when stdin is a TTY (like ``docker exec -it``), plain pipes otherwise
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import sys
@@ -19,6 +18,7 @@ import msgpack
 import zmq
 
 from dcctl import errors
+from dcctl.wire.endpoint import ipc_endpoint, parse_endpoint, tcp_endpoint
 
 PING_INTERVAL_SECONDS = 5.0
 CONNECT_GRACE_SECONDS = 10.0
@@ -28,14 +28,12 @@ def relay_endpoint(session: dict, via: str) -> str:
     """Where to connect for ``session`` (container_enter's result) when the
     agent was reached at ``via`` (an endpoint)."""
     if session.get("transport") == "ipc":
-        return "ipc://" + session["path"]
+        return ipc_endpoint(session["path"])
     host = session.get("address") or ""
     if not host:
-        m = re.match(r"^tcp://(.+):\d+$", via)
-        host = m.group(1) if m else "127.0.0.1"
-        if host in ("*", "0.0.0.0"):
-            host = "127.0.0.1"
-    return f"tcp://{host}:{int(session['port'])}"
+        where = parse_endpoint(via)
+        host = where.host if where.is_tcp and where.host not in ("*", "0.0.0.0") else "127.0.0.1"
+    return tcp_endpoint(host, int(session["port"]))
 
 
 def _send(sock, *msg) -> None:
@@ -51,7 +49,7 @@ def run(client, name: str, command: list[str] | None, stdin=None, stdout=None) -
     """
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    via = "ipc" if client.endpoint.startswith("ipc://") else "tcp"
+    via = parse_endpoint(client.endpoint).kind
     session = client.call("container_enter", name, command or None, {"via": via})
     endpoint = relay_endpoint(session, client.endpoint)
     in_fd, out_fd = stdin.fileno(), stdout.fileno()
@@ -60,7 +58,7 @@ def run(client, name: str, command: list[str] | None, stdin=None, stdout=None) -
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 500)
-    if endpoint.startswith("tcp://") and session.get("server_key"):
+    if parse_endpoint(endpoint).is_tcp and session.get("server_key"):
         sock.curve_serverkey = session["server_key"].encode()
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()  # the token admits us
     sock.connect(endpoint)

@@ -19,7 +19,6 @@ import dataclasses
 import inspect
 import logging
 import os
-import re
 import socket
 import types
 import typing
@@ -43,19 +42,11 @@ DEFAULT_HEARTBEAT_SECONDS = 5.0
 #: msgpack 1.x refuses messages over 100 MiB; stay well under it.
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 
-_ENDPOINT_RE = re.compile(r"^(ipc://[^\s\x00]+|tcp://[A-Za-z0-9_.:\[\]*-]+:(\d+|\*))$")
+# dcctl/wire/ holds the wire layer's parts (endpoint grammar, ...) while this
+# module becomes that package: its submodules import as dcctl.wire.NAME.
+__path__ = [os.path.join(os.path.dirname(__file__), "wire")]
 
-
-def validate_endpoint(endpoint: str) -> str:
-    """Return ``endpoint`` if it is ``ipc://PATH`` or ``tcp://HOST:PORT``.
-
-    Raises:
-        InvalidArgument: any other shape.
-    """
-    if not isinstance(endpoint, str) or not _ENDPOINT_RE.match(endpoint):
-        raise errors.InvalidArgument(
-            f"bad endpoint {endpoint!r}: expected ipc:///path or tcp://host:port")
-    return endpoint
+from dcctl.wire.endpoint import Endpoint, parse_endpoint, validate_endpoint  # noqa: E402
 
 
 # ---------------------------------------------------------------- zerorpc's noise
@@ -482,14 +473,13 @@ class Service:
         with ``insecure``, plain on a loopback address only, logged).
 
         Raises: InvalidArgument."""
-        validate_endpoint(endpoint)
-        if endpoint.startswith("ipc://"):
-            claim_ipc_path(endpoint[len("ipc://"):])
+        ep = parse_endpoint(endpoint)
+        if ep.is_ipc:
+            claim_ipc_path(ep.path)
             self._server("local").bind(endpoint)
-            os.chmod(endpoint[len("ipc://"):], 0o600)
+            os.chmod(ep.path, 0o600)
         elif insecure:
-            host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-            if not (host.startswith("127.") or host in ("::1", "localhost")):
+            if not ep.is_loopback:
                 raise errors.InvalidArgument(f"refusing plain TCP on {endpoint}: only loopback may go without CURVE")
             log.warning("serving %s WITHOUT authentication or encryption (asked for)", endpoint)
             self._server("insecure").bind(endpoint)
@@ -702,7 +692,8 @@ class RpcClient:
     def __init__(self, endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
                  heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys: auth.ClientKeys | None = None):
         quiet_zerorpc_noise()
-        self.endpoint = validate_endpoint(endpoint)
+        self._endpoint = parse_endpoint(endpoint)
+        self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._client = zerorpc.Client(context=_client_context(), timeout=timeout_s,
                                       heartbeat=heartbeat_s)
@@ -718,7 +709,7 @@ class RpcClient:
             sock.curve_serverkey = keys.server_public
             sock.curve_publickey = keys.public
             sock.curve_secretkey = keys.secret
-        if endpoint.startswith("tcp://"):
+        if self._endpoint.is_tcp:
             mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
             mon.linger = 0
@@ -746,7 +737,7 @@ class RpcClient:
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         if self._closed:
             raise errors.Unreachable(f"{self.endpoint}: {self._closed}")
-        if self.endpoint.startswith("ipc://") and not os.path.exists(self.endpoint[6:]):
+        if self._endpoint.is_ipc and not os.path.exists(self._endpoint.path):
             raise errors.Unreachable(f"no server at {self.endpoint} (socket missing)")
         check_wire_ints(list(args), f"{method}: argument")
         timeout = self.timeout_s if timeout_s is None else timeout_s
@@ -771,7 +762,7 @@ class RpcClient:
         except TimeoutExpired as exc:
             if self._closed:
                 raise errors.Unreachable(f"{self.endpoint}: {self._closed} during {method}") from exc
-            if self.endpoint.startswith("ipc://") and not _ipc_listening(self.endpoint[6:]):
+            if self._endpoint.is_ipc and not _ipc_listening(self._endpoint.path):
                 raise errors.Unreachable(f"no server listens at {self.endpoint} (a stale socket)") from exc
             raise errors.CallTimeout(
                 f"no answer from {self.endpoint} to {method} within {timeout:g} s",
@@ -832,4 +823,4 @@ def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "MAX_RESULT_BYTES", "Exposed", "MethodSpec", "RpcClient",
            "Service", "check_result", "check_wire_ints", "connect", "expose", "method_table",
-           "quiet_zerorpc_noise", "validate_endpoint"]
+           "quiet_zerorpc_noise", "validate_endpoint", "Endpoint", "parse_endpoint"]

@@ -18,7 +18,7 @@ import sys
 import gevent
 
 from dcctl import auth, errors
-from dcctl.wire import Service, validate_endpoint
+from dcctl.wire import Service, parse_endpoint, validate_endpoint
 from hub.registry import Registry
 from hub.service import HubService
 from hub.store import HubStore
@@ -55,9 +55,8 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
                      server_pair=auth.ensure_server_pair(keys_dir), allowlist=auth.Allowlist(keys_dir))
     service = Service(hub, name="dc-hub", keys_dir=keys_dir)
     for ep in args.listen:
-        if ep.startswith("ipc://"):
-            path = ep[len("ipc://"):]
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        if parse_endpoint(ep).is_ipc:
+            os.makedirs(os.path.dirname(parse_endpoint(ep).path), mode=0o700, exist_ok=True)
         service.bind(ep)
     for ep in args.insecure_listen:
         service.bind(ep, insecure=True)

@@ -15,7 +15,7 @@ import time
 import gevent
 
 from dcctl import auth, errors, validate, wire
-from dcctl.wire import expose
+from dcctl.wire import coerce, expose
 from hub import fanout, scheduler
 from hub.failover import Healer
 from hub.registry import Registry
@@ -141,9 +141,9 @@ class HubService:
 
     def _coerce(self, method: str, args: list) -> list:
         """Arguments typed as text (dcctl, the stock CLI) converted to what the
-        agent method declares (int, float, bool), from an agent's
-        _zerorpc_inspect (asked once); anything unclear is passed as is and
-        the agent's own validation answers."""
+        agent method declares, by the wire's one coercion (dcctl.wire.coerce),
+        from an agent's _zerorpc_inspect (asked once); anything that fits no
+        declared type is passed as is and the agent's own validation answers."""
         if not any(isinstance(a, str) for a in args):
             return args
         if self._agent_schema is None:
@@ -154,22 +154,7 @@ class HubService:
                         break
                     except errors.DcError:
                         continue
-        params = ((self._agent_schema or {}).get(method) or {}).get("args") or []
-        out = []
-        for i, value in enumerate(args):
-            kind = params[i]["type"] if i < len(params) else ""
-            if isinstance(value, str):
-                try:
-                    if kind.startswith("int"):
-                        value = int(value)
-                    elif kind.startswith("float"):
-                        value = float(value)
-                    elif kind.startswith("bool") and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                        value = value.lower() in ("true", "yes", "1")
-                except ValueError:
-                    pass
-            out.append(value)
-        return out
+        return coerce.coerce_args(args, coerce.params_of((self._agent_schema or {}).get(method) or {}))
 
     def _event(self, kind: str, **detail) -> None:
         self._event_log.append({"at": time.time(), "kind": kind, **detail})
@@ -193,11 +178,11 @@ class HubService:
                 del self._clients[host]
             keys = None
             if row["key"]:
-                if not endpoint.startswith("tcp://") or not self.server_pair:
+                if not wire.parse_endpoint(endpoint).is_tcp or not self.server_pair:
                     raise errors.Unreachable(f"host {host} has a key but no CURVE endpoint the hub can verify",
                                              hint="it registers again with a tcp:// endpoint")
                 keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
-            elif not endpoint.startswith("ipc://"):
+            elif not wire.parse_endpoint(endpoint).is_ipc:
                 raise errors.Unreachable(f"host {host} joined without a key at a non-local endpoint")
             cached = ((endpoint, row["key"]), wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
                                                              heartbeat_s=max(1.0, self.heartbeat_s)))
@@ -309,7 +294,8 @@ class HubService:
         if not isinstance(name, str) or not name:
             raise errors.InvalidArgument("host name must be a non-empty string")
         validate.container_name(name)  # same alphabet and length
-        endpoint = wire.validate_endpoint(info.get("endpoint"))
+        parsed = wire.parse_endpoint(info.get("endpoint"))
+        endpoint = parsed.text
         labels = info.get("labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in labels.items()):
@@ -317,10 +303,10 @@ class HubService:
         boot_id = self._valid_boot_id(info.get("boot_id"))
         caller = wire.current_caller()
         key = caller.key if caller else ""
-        if key and not endpoint.startswith("tcp://"):
+        if key and not parsed.is_tcp:
             raise errors.InvalidArgument(f"a host registering with a key gives its tcp:// endpoint, not {endpoint}",
                                          hint="ipc endpoints join over the hub's local ipc endpoint only")
-        if not key and not endpoint.startswith("ipc://"):
+        if not key and not parsed.is_ipc:
             raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
                                          hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
@@ -579,7 +565,7 @@ class HubService:
         host = self.store.host(self._owner(name))
         session = self._forward("container_enter", name, command, {"via": "tcp"})
         # the relay listens beside the agent's tcp endpoint
-        return {**session, "address": host["endpoint"].split("//")[-1].rsplit(":", 1)[0].strip("[]")}
+        return {**session, "address": wire.parse_endpoint(host["endpoint"]).host}
 
     @expose(access="read")
     def container_logs(self, name: str, max_bytes: int = 65536) -> dict:

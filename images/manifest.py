@@ -19,15 +19,19 @@ A manifest is a JSON object with string keys only::
     }
 
 Refs are ``name`` (newest image of that name) or ``name@idprefix`` (at least
-4 lowercase hex digits).
+4 lowercase hex digits).  The grammar of names, refs, digests and image ids,
+and the env-key rule, are the wire layer's (``dcctl.wire.refs``,
+``dcctl.validate.env_key``), shared with the hub; the functions here raise
+their errors as InvalidImage.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from typing import Any, Iterable, Mapping
 
+from dcctl import validate
+from dcctl.errors import InvalidArgument
+from dcctl.wire import refs
 from images.errors import InvalidImage
 from images.fsutil import split_path
 
@@ -36,10 +40,6 @@ __all__ = [
     "normalize_fields", "manifest_id", "short_ref",
 ]
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_PREFIX_RE = re.compile(r"^[0-9a-f]{4,64}$")
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SIGNAL_RE = re.compile(r"^SIG(?:RTMIN\+[0-9]{1,2}|RTMAX-[0-9]{1,2}|[A-Z][A-Z0-9]{1,10})$")
 
 #: Every key of a stored manifest.
@@ -51,11 +51,11 @@ COMMIT_FIELDS = ("exposed_ports", "env", "command", "stop_signal", "init", "temp
 
 
 def validate_name(name: Any) -> str:
-    """Return ``name`` if it is a valid image name, else raise InvalidImage."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
-        raise InvalidImage(f"invalid image name {name!r}: want ^[a-z0-9][a-z0-9._-]{{0,63}}$ "
-                           "without '..'")
-    return name
+    """Return ``name`` if it is a valid image name (refs.image_name), else raise InvalidImage."""
+    try:
+        return refs.image_name(name)
+    except InvalidArgument as exc:
+        raise InvalidImage(str(exc)) from exc
 
 
 def parse_ref(ref: Any) -> tuple[str, str]:
@@ -64,26 +64,23 @@ def parse_ref(ref: Any) -> tuple[str, str]:
     Raises:
         InvalidImage: bad name, or a prefix that is not 4-64 lowercase hex digits.
     """
-    if not isinstance(ref, str):
-        raise InvalidImage(f"invalid image ref {ref!r}: not a string")
-    name, sep, prefix = ref.partition("@")
-    validate_name(name)
-    if sep and not _PREFIX_RE.match(prefix):
-        raise InvalidImage(f"invalid image ref {ref!r}: the id prefix after '@' must be "
-                           "4 to 64 lowercase hex digits")
-    return name, prefix
+    try:
+        parsed = refs.parse_ref(ref)
+    except InvalidArgument as exc:
+        raise InvalidImage(str(exc)) from exc
+    return parsed.name, parsed.prefix
 
 
 def validate_digest(value: Any, what: str = "layer id") -> str:
     """Return ``value`` if it is 64 lowercase hex digits, else raise InvalidImage."""
-    if not isinstance(value, str) or not _DIGEST_RE.match(value):
-        raise InvalidImage(f"invalid {what} {value!r}: want 64 lowercase hex digits")
-    return value
+    try:
+        return refs.digest(value, what)
+    except InvalidArgument as exc:
+        raise InvalidImage(str(exc)) from exc
 
 
-def short_ref(manifest: Mapping[str, Any]) -> str:
-    """``name@<first 12 hex of id>``, the form used in messages and listings."""
-    return f"{manifest['name']}@{manifest['id'][:12]}"
+short_ref = refs.short_ref
+manifest_id = refs.manifest_id
 
 
 def _ports(value: Any) -> list[dict]:
@@ -106,7 +103,7 @@ def _env(value: Any) -> dict:
     if not isinstance(value, Mapping):
         raise InvalidImage(f"invalid env {value!r}: want a dict of str to str")
     for key, val in value.items():
-        if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
+        if not validate.is_env_key(key):
             raise InvalidImage(f"invalid env variable name {key!r}")
         if not isinstance(val, str) or "\x00" in val:
             raise InvalidImage(f"invalid value for env variable {key}: want a string without NUL")
@@ -179,11 +176,3 @@ def normalize_fields(fields: Mapping[str, Any]) -> dict:
             raise InvalidImage(f"invalid created {created!r}: want Unix seconds")
         out["created"] = float(created)
     return out
-
-
-def manifest_id(manifest: Mapping[str, Any]) -> str:
-    """sha256 hex of the canonical JSON (sorted keys, compact) of the
-    manifest without its ``id`` key."""
-    body = {k: v for k, v in manifest.items() if k != "id"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
