@@ -15,10 +15,13 @@ tests hand it their own.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from dcctl import auth, errors
+from dcctl import errors
 from dcctl.wire.endpoint import parse_endpoint
+
+if TYPE_CHECKING:
+    from dcctl import auth
 
 __all__ = ["DEFAULT_ENDPOINT", "HOST_ENV", "KEY_ENV", "SERVER_KEY_ENV", "CONFIG_DIR_ENV", "config_dir",
            "key_pair_path", "known_server_key_path", "client_keys"]
@@ -72,11 +75,15 @@ def client_keys(endpoint: str, key: str | None = None, server_key: str | None = 
     if not parse_endpoint(endpoint).is_tcp:
         return None
     key = key or environ.get(KEY_ENV) or key_pair_path(environ)
-    server_key = server_key or environ.get(SERVER_KEY_ENV) or known_server_key_path(endpoint, environ)
     if not os.path.exists(key):
         return None
-    if not os.path.exists(server_key) and len(server_key) != _Z85_KEY_CHARS:
+    given = server_key or environ.get(SERVER_KEY_ENV)
+    server_key = given or known_server_key_path(endpoint, environ)
+    # a Z85 key only when given: a default path that happens to be 40
+    # characters long is still a path
+    if not os.path.exists(server_key) and not (given and len(given) == _Z85_KEY_CHARS):
         raise errors.InvalidArgument(
             f"no known server key for {endpoint}",
             hint=f"give --server-key FILE|Z85 or ${SERVER_KEY_ENV}, or write it to {server_key}")
+    from dcctl import auth  # pyzmq's key files: loaded only when keys are needed
     return auth.ClientKeys.from_files(key, server_key)

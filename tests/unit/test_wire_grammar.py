@@ -121,3 +121,36 @@ def test_one_env_key_rule(key, ok):
     if isinstance(key, str):
         with pytest.raises(InvalidImage):
             env_file_text({key: "v"})
+
+
+# ---------------------------------------------------------------- client config
+
+def test_client_config_paths_from_a_given_environment(tmp_path):
+    from dcctl.wire import clientconfig
+    env = {"DCCTL_CONFIG_DIR": str(tmp_path)}
+    assert clientconfig.config_dir(env) == str(tmp_path)
+    assert clientconfig.key_pair_path(env) == f"{tmp_path}/dcctl.key_secret"
+    assert clientconfig.known_server_key_path("tcp://10.0.0.1:7000", env) == f"{tmp_path}/servers/10.0.0.1_7000.key"
+    assert clientconfig.known_server_key_path("tcp://[fd00::1]:7000", env) == f"{tmp_path}/servers/fd00__1_7000.key"
+    with pytest.raises(errors.InvalidArgument):
+        clientconfig.known_server_key_path("ipc:///x", env)
+    assert clientconfig.client_keys("ipc:///x", environ=env) is None
+    assert clientconfig.client_keys("tcp://10.0.0.1:7000", environ=env) is None  # no key pair: no CURVE
+
+
+def test_a_default_server_key_path_of_40_characters_is_not_taken_for_a_z85_key(tmp_path, monkeypatch):
+    """The known key's path is a path even when it happens to be 40 long
+    (the old rule took any 40-character value for a Z85 key)."""
+    from dcctl import auth
+    from dcctl.wire import clientconfig
+    _, pair = auth.keygen(str(tmp_path), "me")
+    monkeypatch.chdir(tmp_path)
+    endpoint = "tcp://" + "h" * 21 + ":7999"
+    env = {"DCCTL_CONFIG_DIR": "c"}
+    assert len(clientconfig.known_server_key_path(endpoint, env)) == 40
+    with pytest.raises(errors.InvalidArgument, match="no known server key") as info:
+        clientconfig.client_keys(endpoint, pair, environ=env)
+    assert "--server-key" in info.value.hint
+    server_public = auth.load_pair(pair)[0].decode()
+    keys = clientconfig.client_keys(endpoint, pair, server_public, environ=env)  # a given Z85 key
+    assert keys.server_public == server_public.encode()
