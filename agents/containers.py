@@ -38,7 +38,7 @@ from agents import supervisor
 from agents.config import AgentConfig
 from agents.state import StateStore
 from dcctl import errors, validate
-from images import busybox, rootfs, templates
+from images import appinit, busybox, rootfs, templates
 from images.store import ImageStore
 from lxcwrap import cgroup
 from lxcwrap import errors as lxcerr
@@ -312,6 +312,8 @@ class ContainerManager:
         _blocking(templates.render_templates, self.images, manifest, upper, context, rootfs.NETWORK_TEMPLATES)
         rootfs.write_file(upper, rootfs.ENV_PATH, rootfs.env_file_text(rec["env"]))
         rootfs.write_file(upper, rootfs.COMMAND_PATH, rootfs.command_file_text(rec["command"]))
+        if manifest.get("init") == appinit.INIT_PATH:  # an application image: dcfleet's init runs its command
+            _blocking(appinit.install, upper, os.path.join(self.images.root, "tools"))
         cfg = ContainerConfig(
             name=name, hostname=name, lower_dirs=self.images.layer_dirs(manifest), upper_dir=upper,
             bridge=self.network.bridge, veth_name=rec["veth"], address=rec["address"],

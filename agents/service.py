@@ -22,8 +22,10 @@ import gevent
 from agents import hostinfo
 from agents.containers import ContainerManager
 from agents.enter import EnterRelay
-from agents.transfer import Puller
+from agents.transfer import Puller, fetch_upload
+from images import oci
 from images.debootstrap import build_debian
+from images.manifest import parse_full_ref
 from dcctl import errors, validate
 from dcctl.wire import expose, validate_endpoint
 from lxcwrap import errors as lxcerr
@@ -85,39 +87,108 @@ class AgentService:
     def image_ls(self) -> list:
         """List local images.
 
-        Returns: [{name, id (64 hex), created (Unix s), size_bytes, layers
-        (sha256 digests, bottom first), exposed_ports [{proto, port}],
-        command (argv list)}].
+        Returns: [{name, tag ("latest" if the image has none), id (64 hex),
+        created (Unix s), size_bytes, layers (sha256 digests, bottom first),
+        exposed_ports [{proto, port}], command (argv list)}].
         """
-        return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers",
-                                       "exposed_ports", "command")}
+        return [{**{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers",
+                                          "exposed_ports", "command")}, "tag": m.get("tag") or "latest"}
                 for m in self.m.images.ls()]
 
     @expose(shielded=True)
     def image_import(self, path: str, name: str, options: dict | None = None) -> dict:
-        """Import a rootfs tarball on this host as a one-layer image.
+        """Import an image file on this host: an OCI image layout
+        (directory), an OCI archive, a ``docker save`` archive (legacy or the
+        OCI form of Docker 25+), or a rootfs tarball (plain, gzip, xz, bzip2;
+        one layer).  Digests, sizes and diff_ids are checked, whiteouts
+        applied; see images.oci.
 
         Args:
-            path: absolute path of a tar file (plain, gzip, xz or bzip2) on
-                the agent's host.
-            name: image name, ``[a-z0-9][a-z0-9._-]*`` up to 64 chars.
-            options: {exposed_ports: [{proto, port}], env: {K: V},
-                command: [argv], stop_signal: "SIGPWR", init: "/sbin/init",
-                templates: [absolute paths in the rootfs]}.
+            path: absolute path on the agent's host; ``PATH:TAG`` picks one
+                image of a layout or archive holding several.
+            name: ``NAME`` or ``NAME:TAG`` (default tag: PATH's, else the
+                archive's own, else "latest").
+            options: {format: "oci"|"oci-archive"|"docker-archive"|"rootfs"
+                (default: detected)}; for a rootfs tarball also
+                {exposed_ports: [{proto, port}], env: {K: V}, command: [argv],
+                stop_signal: "SIGPWR", init: "/sbin/init", templates:
+                [absolute paths in the rootfs]}.
 
-        Returns: the image manifest {id, name, created, layers, size_bytes,
-        exposed_ports, env, command, stop_signal, init, templates}.
+        Returns: the image manifest {id, name, tag, created, layers,
+        size_bytes, exposed_ports, env, command, stop_signal, init,
+        templates, config (OCI/docker formats)}.
 
         Raises: InvalidArgument (bad path or name), InvalidImage (hostile or
-        broken archive member; nothing is kept), StoreError (I/O, disk full).
+        broken archive; nothing is kept), AmbiguousImageRef (several images
+        and no :TAG), ImageNotFound (no such :TAG), StoreError (I/O, disk full).
         """
-        if not os.path.isabs(path) or not os.path.isfile(path):
-            raise errors.InvalidArgument(f"image file {path!r} must be an absolute path to a regular file")
-        allowed = {"exposed_ports": "", "env": "", "command": "", "stop_signal": "", "init": "", "templates": ""}
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise errors.InvalidArgument(f"image path {path!r} must be an absolute path")
+        real, select = oci.split_source(path)
+        if not (os.path.isfile(real) or os.path.isdir(real)):
+            raise errors.InvalidArgument(f"image path {real!r} is not a file or directory on this host")
+        base, tag, prefix = parse_full_ref(name)
+        if prefix:
+            raise errors.InvalidArgument(f"image name {name!r}: want NAME or NAME:TAG, no @id")
+        allowed = {"exposed_ports": "", "env": "", "command": "", "stop_signal": "", "init": "", "templates": "",
+                   "format": "oci, oci-archive, docker-archive or rootfs"}
         opts = validate.options(options, allowed, "image_import")
+        fmt = opts.pop("format", None)
         with self.m.images_lock:
             return gevent.get_hub().threadpool.apply(
-                lambda: self.m.images.import_tar(path, name, **opts))
+                lambda: oci.import_image(self.m.images, real, base, tag, select=select, fmt=fmt,
+                                         rootfs_options=opts))
+
+    @expose(shielded=True)
+    def image_import_upload(self, upload_id: str, name: str, options: dict | None = None) -> dict:
+        """Called by the hub for ``dcctl image_push FILE NAME``: copy a
+        complete upload from the hub (chunked, sha256-checked), import it as
+        image_import does, and remove the copy.
+
+        Args: upload_id: the file's sha256; name: ``NAME[:TAG]``; options:
+        {select: the tag of one image in a layout holding several, format}.
+        Returns: the manifest.
+        Raises: InvalidArgument (no hub), NoSuchUpload, and image_import's errors.
+        """
+        opts = validate.options(options, {"select": "tag in a layout", "format": "image format"},
+                                "image_import_upload")
+        base, tag, prefix = parse_full_ref(name)
+        if prefix:
+            raise errors.InvalidArgument(f"image name {name!r}: want NAME or NAME:TAG, no @id")
+        if not self.m.config.hub:
+            raise errors.InvalidArgument("this agent has no hub to fetch the upload from")
+        path = fetch_upload(self.m.config.hub, self.hub_keys, upload_id, self.m.images.tmp_dir)
+        try:
+            with self.m.images_lock:
+                return gevent.get_hub().threadpool.apply(
+                    lambda: oci.import_image(self.m.images, path, base, tag, select=opts.get("select"),
+                                             fmt=opts.get("format")))
+        finally:
+            os.unlink(path)
+
+    @expose(shielded=True)
+    def image_export(self, ref: str, path: str, options: dict | None = None) -> dict:
+        """Write an image to a file or directory on this host, readable by
+        skopeo, umoci and ``docker load``.
+
+        Args:
+            ref: ``name``, ``name:tag`` or ``name@idprefix``.
+            path: absolute path to create (must not exist).
+            options: {format: "oci" (default: an OCI image layout
+                directory), "oci-archive" (the layout as a tar) or
+                "docker-archive" (``docker save``'s legacy form)}.
+
+        Returns: {path, format, id, name, tag, bytes (written)}.
+
+        Raises: InvalidArgument (bad path), InvalidImage (bad format, path
+        exists), ImageNotFound, AmbiguousImageRef, StoreError (I/O; nothing
+        is left at path).
+        """
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise errors.InvalidArgument(f"export path {path!r} must be an absolute path")
+        opts = validate.options(options, {"format": "oci, oci-archive or docker-archive"}, "image_export")
+        return gevent.get_hub().threadpool.apply(oci.export_image,
+                                                 (self.m.images, ref, path, opts.get("format", "oci")))
 
     @expose(shielded=True)
     def image_rm(self, ref: str) -> dict:

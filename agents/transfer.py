@@ -11,6 +11,7 @@ wait for the first (single flight).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -120,3 +121,33 @@ class Puller:
                 stored = self.store.get(manifest["id"])
         log.info("pulled %s@%s (%d bytes)", manifest["name"], manifest["id"][:12], moved)
         return {"manifest": stored, "pulled": True, "bytes": moved}
+
+
+def fetch_upload(source: str, keys, upload_id: str, dest_dir: str) -> str:
+    """Copy a complete image upload (hub.uploads) from ``source`` into a new
+    file under ``dest_dir``, in CHUNK_BYTES calls, checking its size and its
+    sha256 (the upload id).
+
+    Returns: the file's path (the caller removes it).
+    Raises: NoSuchUpload, StoreError (short or digest mismatch; no file is
+    left), Unreachable, CallTimeout.
+    """
+    with wire.connect(source, timeout_s=PULL_CALL_TIMEOUT_SECONDS, keys=keys) as client:
+        size = client.call("image_upload_info", upload_id)["size_bytes"]
+        fd, path = tempfile.mkstemp(prefix="upload-", dir=dest_dir)
+        sha = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                offset = 0
+                while offset < size:
+                    chunk = client.call("image_upload_read", upload_id, offset, min(CHUNK_BYTES, size - offset))
+                    if not chunk:
+                        raise errors.StoreError(f"upload {upload_id[:12]} ended at {offset} of {size} bytes")
+                    _blocking(lambda c: (sha.update(c), out.write(c)), chunk)
+                    offset += len(chunk)
+            if sha.hexdigest() != upload_id:
+                raise errors.StoreError(f"upload {upload_id[:12]}: digest mismatch after transfer")
+        except BaseException:
+            os.unlink(path)
+            raise
+    return path

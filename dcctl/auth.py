@@ -17,6 +17,7 @@ Allowlist layout (a directory, re-read when it changes)::
     KEYS_DIR/clients/admin/*.key    may call everything
     KEYS_DIR/clients/read/*.key     may list, inspect and read hostinfo
     KEYS_DIR/clients/agent/*.key    hosts (on the hub): register, heartbeat, pull
+    KEYS_DIR/clients/router/*.key   routers (on the hub): read the route table, nothing else
 
 The local ``ipc://`` endpoint (mode 0600, root only) has no CURVE; its
 callers are the host's root and get the admin role.  ``admin`` covers every
@@ -43,9 +44,11 @@ from dcctl import errors
 
 log = logging.getLogger(__name__)
 
-ROLES = ("admin", "read", "agent")
-#: What each role may call: method access levels it covers.
-GRANTS = {"admin": {"read", "admin", "agent"}, "read": {"read"}, "agent": {"agent", "read"}}
+ROLES = ("admin", "read", "agent", "router")
+#: What each role may call: method access levels it covers ("routes": the
+#: route table, the only level a router's key has).
+GRANTS = {"admin": {"read", "admin", "agent", "routes"}, "read": {"read", "routes"}, "agent": {"agent", "read"},
+          "router": {"routes"}}
 LOCAL_ROLE = "admin"
 #: Roles that see env names with their values replaced by REDACTED.
 REDACTED_ROLES = frozenset({"read", "agent"})

@@ -13,11 +13,14 @@ A server raises one of these; the wire layer sends its class name and message
      |    +-- NoSuchPortMapping
      |    +-- NoSuchMethod                not in the served method table
      |    +-- NoSuchHost
+     |    +-- NoSuchRoute                 no such (route name, backend)
+     |    +-- NoSuchUpload                no (complete) image upload with that id on the hub
      +-- Conflict
      |    +-- ContainerExists
      |    +-- ImageExists
      |    +-- ImageInUse
      |    +-- PortInUse
+ |    +-- RouteExists                 the route has that backend already
      +-- InvalidState                     the container is not in a state for this
      |    +-- ContainerRunning
      |    +-- ContainerNotRunning
@@ -92,6 +95,14 @@ class NoSuchHost(NotFound):
     pass
 
 
+class NoSuchRoute(NotFound):
+    pass
+
+
+class NoSuchUpload(NotFound):
+    """No image upload (dcctl image_push FILE) with that id on the hub."""
+
+
 class Conflict(DcError):
     """The thing exists already or is used by something else."""
 
@@ -109,6 +120,10 @@ class ImageInUse(Conflict):
 
 
 class PortInUse(Conflict):
+    pass
+
+
+class RouteExists(Conflict):
     pass
 
 

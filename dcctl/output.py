@@ -24,7 +24,8 @@ network_ls, hostinfo, events and broadcast have a default view in the
 manner of ``docker ps``: chosen columns, 12-character ids, ports as
 ``20983->80/tcp``, readable sizes and ages, every line at most
 ``TABLE_WIDTH`` (100) columns (long cells are cut with ``…``), and the header
-even when there are no rows.  ``wide=True`` (``dcctl --wide``) shows every
+even when there are no rows.  route_ls shows one row per backend (name,
+container, host, address:port, health).  ``wide=True`` (``dcctl --wide``) shows every
 key of every row, uncut, as the generic table above.  ``--json`` always
 prints the full data.
 
@@ -551,6 +552,24 @@ def render_fanout(result: dict, stdout: TextIO, wide: bool = False) -> None:
                                is_tty=_isatty(stdout)))
 
 
+def is_route_list(value: Any) -> bool:
+    """A route_ls answer: [{name, backends: [...]}]."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(r, dict) and "name" in r and isinstance(r.get("backends"), list) for r in value)
+
+
+def route_rows(routes: list[dict]) -> list[dict]:
+    """One table row per backend (a route without one gets a row of its own)."""
+    rows = []
+    for r in routes:
+        for b in r["backends"] or [{}]:
+            addr = f"{b['address']}:{b['port']}" if b.get("address") and b.get("port") else "-"
+            rows.append({"name": r["name"], "container": b.get("container", "-"),
+                         "container_port": b.get("container_port", "-"), "host": b.get("host") or "-",
+                         "address": addr, "healthy": b.get("healthy", False), "status": b.get("status", "-")})
+    return rows
+
+
 def network_text(result: dict, is_tty: bool = False, width: int = TABLE_WIDTH) -> str:
     """An agent's network_ls: its bridge, subnet, gateway and port range as
     ``key: value`` lines, then one row per container (address and ports)."""
@@ -590,6 +609,9 @@ def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = No
     if isinstance(result, list) and result and all(isinstance(r, dict) and "metrics" in r for r in result):
         stdout.write(table_text([{"host": r.get("host"), "status": r.get("status", "ok"),
                                   "summary": result_digest(r)} for r in result], is_tty=_isatty(stdout)))
+        return 0
+    if is_route_list(result) and not wide:
+        stdout.write(table_text(route_rows(result), is_tty=_isatty(stdout)))
         return 0
     if is_stream(result):
         for item in result:

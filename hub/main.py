@@ -1,7 +1,7 @@
 """``dc-hub``: the fleet hub's entry point.
 
     dc-hub --listen tcp://ADDR:PORT [--listen ipc://PATH] --state-dir DIR
-           [--heartbeat-s 3] [--missed-heartbeats 3]
+           [--heartbeat-s 3] [--missed-heartbeats 3] [--route-domain dcf.test]
 
 The store (SQLite) and the registry live in the state dir; one hub per state
 dir (a second one exits with HubBusy).  SIGTERM/SIGINT stop serving; agents
@@ -19,6 +19,7 @@ import gevent
 
 from dcctl import auth, errors
 from dcctl.wire import Service, parse_endpoint, validate_endpoint
+from hub import routes
 from hub.registry import Registry
 from hub.service import HubService
 from hub.store import HubStore
@@ -37,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default="/var/lib/dcfleet/hub")
     p.add_argument("--heartbeat-s", type=float, default=3.0, help="expected seconds between heartbeats")
     p.add_argument("--missed-heartbeats", type=int, default=3, help="missed beats before 'unreachable'")
+    p.add_argument("--route-domain", default=routes.DEFAULT_DOMAIN,
+                   help="domain of the default route names, NAME.<domain> (default %(default)s)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -48,11 +51,15 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
         validate_endpoint(ep)
     if not os.path.isabs(args.state_dir):
         raise errors.InvalidArgument(f"--state-dir {args.state_dir!r} must be absolute")
+    domain = routes.frontend(args.route_domain)
+    if domain["kind"] != "http" or domain["name"].startswith("*."):
+        raise errors.InvalidArgument(f"--route-domain {args.route_domain!r} must be a domain name")
     store = HubStore(args.state_dir)
     registry = Registry(os.path.join(args.state_dir, "registry"))
     keys_dir = args.keys_dir or os.path.join(args.state_dir, "keys")
     hub = HubService(store, registry, heartbeat_s=args.heartbeat_s, missed_heartbeats=args.missed_heartbeats,
                      server_pair=auth.ensure_server_pair(keys_dir), allowlist=auth.Allowlist(keys_dir))
+    hub.route_domain = domain["name"]
     service = Service(hub, name="dc-hub", keys_dir=keys_dir)
     for ep in args.listen:
         if parse_endpoint(ep).is_ipc:

@@ -65,14 +65,15 @@ class Registry:
         return sorted(out, key=lambda m: (m["name"], m.get("created") or 0))
 
     def resolve(self, ref: str) -> dict:
-        """``name`` (newest of that name) or ``name@idprefix``.
+        """``name`` (newest of that name), ``name:tag`` (newest of that name
+        and tag; an untagged image is "latest"), either with ``@idprefix``.
 
         Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef."""
         parsed = refs.parse_ref(ref)
         found = [m for m in self.ls() if parsed.matches(m)]
         if not found:
             raise errors.ImageNotFound(f"no image {ref!r} in the hub's registry",
-                                       hint="push it first: dcctl image_push HOST REF")
+                                       hint="push it first: dcctl image_push HOST REF, or dcctl image_push FILE NAME")
         if parsed.prefix and len(found) > 1:
             raise errors.AmbiguousImageRef(
                 f"{ref!r} matches {len(found)} images: " + ", ".join(m["id"][:12] for m in found))

@@ -16,10 +16,11 @@ import gevent
 
 from dcctl import auth, errors, validate, wire
 from dcctl.wire import coerce, expose
-from hub import fanout, scheduler
+from hub import fanout, routes, scheduler
 from hub.failover import Healer
 from hub.registry import Registry
 from hub.store import HubStore
+from hub.uploads import UploadMethods
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls
 VIEW_TIMEOUT_SECONDS = 5.0
 
 
-class HubService:
-    """The methods served by ``dc-hub``.
+class HubService(routes.RouteMethods, UploadMethods):
+    """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
+    hub.uploads).
 
     Args:
         store: the fleet's SQLite store.
@@ -409,7 +411,9 @@ class HubService:
             name: fleet-unique container name (see container_create).
             options: {memory_bytes, cpus, cpu_shares, env, command (as the
                 agent's container_create), label {k: v} constraints, host
-                (pin), no_start (bool), strategy ("spread"|"binpack")}.
+                (pin), no_start (bool), strategy ("spread"|"binpack"),
+                route (a host name or a list: the HTTP port's routes; default
+                NAME.<route domain>), no_route (bool)}.
 
         The name and the capacity are reserved atomically (SQLite BEGIN
         IMMEDIATE) before any pull, so concurrent creates never over-commit
@@ -418,7 +422,7 @@ class HubService:
 
         Returns: {name, host, address (the host's, where mapped ports
         answer), container_address, image, state, ports [{proto,
-        container_port, host_port}]}.
+        container_port, host_port}], routes [names]}.
 
         Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
         ContainerExists, NoCapacity (naming each host's reason, and the last
@@ -426,6 +430,7 @@ class HubService:
         unknown), or the last host's own error when it is not one worth
         retrying elsewhere.
         """
+        options, route_opts = routes.take_options(options)
         validate.container_name(name)
         opts = validate.options(options, CREATE_OPTIONS, "create_container")
         memory = int(validate.number(opts.get("memory_bytes") or 0, "memory_bytes", minimum=0,
@@ -437,6 +442,7 @@ class HubService:
         if not isinstance(labels, dict):
             raise errors.InvalidArgument("label must be a map {key: value}")
         manifest = self.registry.resolve(image)
+        routes.check_create(manifest, route_opts)
         request = scheduler.Request(memory, {str(k): str(v) for k, v in labels.items()}, opts.get("host"), strategy)
         agent_opts = {k: opts[k] for k in AGENT_CREATE_KEYS if opts.get(k) is not None}
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
@@ -462,7 +468,7 @@ class HubService:
                 self.store.forget(name)
                 raise
             self.store.set_placed(name, manifest["id"], result["ports"])
-            return result
+            return self.connect_routes(result, route_opts)
 
     def _realize(self, host: str, manifest: dict, name: str, agent_opts: dict, no_start: bool) -> dict:
         ref = f"{manifest['name']}@{manifest['id']}"
@@ -531,12 +537,13 @@ class HubService:
     def container_inspect(self, name: str) -> dict:
         """Forwarded to the owning host (see the agent's container_inspect).
 
-        Returns: the agent's answer plus ``host`` (the owner's name).
+        Returns: the agent's answer plus ``host`` (the owner's name) and
+        ``routes`` (the names routed to it).
         Raises: the agent's errors; NoSuchContainer (not in the fleet);
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
-        return {**self._forward("container_inspect", name), "host": self._owner(name)}
+        return {**self._forward("container_inspect", name), "host": self._owner(name), "routes": self.routes_of(name)}
 
     @expose
     def container_exec(self, name: str, command: list | str, options: dict | None = None) -> dict:
@@ -766,16 +773,19 @@ class HubService:
     def image_ls(self) -> list:
         """Images in the hub's registry.
 
-        Returns: [{name, id (64 hex), created (Unix s), size_bytes, layers
-        (digests, bottom first), exposed_ports [{proto, port}]}].
+        Returns: [{name, tag ("latest" if none), id (64 hex), created (Unix
+        s), size_bytes, layers (digests, bottom first), exposed_ports
+        [{proto, port}]}].
         """
-        return [{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")}
-                for m in self.registry.ls()]
+        return [{**{k: m.get(k) for k in ("name", "id", "created", "size_bytes", "layers", "exposed_ports")},
+                 "tag": m.get("tag") or "latest"} for m in self.registry.ls()]
 
     @expose(shielded=True)
     def image_push(self, host: str, ref: str) -> dict:
         """Copy an image from a host's store into the hub's registry (layers
         in chunks, each checked against its digest; nothing partial is kept).
+        (``dcctl image_push FILE NAME[:TAG]`` with a local file uploads it
+        instead: see image_upload_begin.)
 
         Args: host: a fleet host's name; ref: ``name`` or ``name@idprefix``
         in that host's store.

@@ -1,4 +1,5 @@
-"""The hub's durable fleet state in SQLite: hosts, containers, reservations.
+"""The hub's durable fleet state in SQLite: hosts, containers, reservations,
+routes.
 
 WAL mode; every read-modify-write (a name claim, a capacity reservation)
 runs in ``BEGIN IMMEDIATE`` so two writers never interleave a read and a
@@ -17,6 +18,11 @@ join over the hub's local ipc endpoint have no key (``key`` "").
 
 Container rows carry ``state``: "reserved" while a placement is in flight
 (a journal: a hub restart rolls these back or adopts them), then "placed".
+
+Route rows are (name, container, container port): a frontend (an HTTP host
+name or ``tcp:PORT``, see hub/routes.py) and one backend each.  They name
+containers, not addresses, so they follow a container wherever it runs;
+forgetting a container drops its routes.
 """
 from __future__ import annotations
 
@@ -55,6 +61,14 @@ CREATE TABLE IF NOT EXISTS containers (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS containers_host ON containers(host);
+CREATE TABLE IF NOT EXISTS routes (
+    name TEXT NOT NULL,
+    container TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (name, container, port)
+);
+CREATE INDEX IF NOT EXISTS routes_container ON routes(container);
 """
 KEYS_SCHEMA = """
 CREATE TABLE host_keys (
@@ -302,5 +316,45 @@ class HubStore:
                        (name, host, image, memory_bytes, json.dumps(ports), now, now))
 
     def forget(self, name: str) -> None:
+        """Drop a container's record and its routes."""
         with self.write() as db:
             db.execute("DELETE FROM containers WHERE name=?", (name,))
+            db.execute("DELETE FROM routes WHERE container=?", (name,))
+
+    # ------------------------------------------------------------ routes
+    def add_route(self, name: str, container: str, port: int, exist_ok: bool = False) -> bool:
+        """Add backend (container, container ``port``) to route ``name``
+        (validated by the caller); True when a row was added.
+
+        The container must be placed and map ``port`` (tcp).
+        Raises: NoSuchContainer, NoSuchPortMapping, RouteExists (unless
+        ``exist_ok``)."""
+        with self.write() as db:
+            row = db.execute("SELECT ports FROM containers WHERE name=?", (container,)).fetchone()
+            if row is None:
+                raise errors.NoSuchContainer(f"no container {container!r} in the fleet")
+            mapped = sorted(p.get("container_port") for p in json.loads(row[0] or "[]")
+                            if isinstance(p, dict) and p.get("proto") == "tcp")
+            if port not in mapped:
+                raise errors.NoSuchPortMapping(
+                    f"container {container!r} maps no tcp port {port} (mapped: {', '.join(map(str, mapped)) or 'none'})",
+                    hint=f"map it first: container_connection_add {container} tcp {port}")
+            if db.execute("SELECT 1 FROM routes WHERE name=? AND container=? AND port=?",
+                          (name, container, port)).fetchone():
+                if exist_ok:
+                    return False
+                raise errors.RouteExists(f"route {name} already has backend {container}:{port}")
+            db.execute("INSERT INTO routes (name, container, port, created_at) VALUES (?, ?, ?, ?)",
+                       (name, container, port, time.time()))
+        return True
+
+    def remove_route(self, name: str, container: str, port: int) -> None:
+        """Remove one backend of route ``name``.  Raises: NoSuchRoute."""
+        with self.write() as db:
+            if not db.execute("DELETE FROM routes WHERE name=? AND container=? AND port=?",
+                              (name, container, port)).rowcount:
+                raise errors.NoSuchRoute(f"route {name} has no backend {container}:{port}")
+
+    def routes(self) -> list[dict]:
+        """Every route row: [{name, container, port, created_at}], by name."""
+        return self._all("SELECT * FROM routes ORDER BY name, container, port")

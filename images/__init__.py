@@ -10,7 +10,11 @@ Public API (everything else in the package is internal)::
     ensure_busybox(store)            the offline busybox base image
     build_debian(store, ...)         a debootstrap-built Debian image
     render_templates(store, manifest, dest_root, context)
-    safe_extract(archive, dest_dir)  hostile-archive-proof unpacking
+    safe_extract(archive, dest_dir)  hostile-archive-proof unpacking (layer=True:
+                                     whiteouts, no duplicate paths)
+    images.oci: import_image, export_image, detect_format
+                                     OCI layouts/archives and docker-save archives
+    images.appinit                   the init and dcfleet layer of application images
     command_file_text / env_file_text   the /etc/dcfleet/{command,env} format
 
 Errors: see images.errors (root: ImageError).

@@ -20,7 +20,7 @@ import stat
 import tempfile
 from typing import Iterator
 
-from images.errors import ImageNotFound, StoreError
+from images.errors import ImageNotFound, InvalidImage, StoreError
 from images.fsutil import fsync_dir, safe_rmtree
 from images.manifest import validate_digest
 from images.packing import pack_dir
@@ -146,17 +146,73 @@ class LayerStore:
                 unpacked = real
             else:
                 unpacked = self._mkdir(os.path.join(stage, "rootfs"))
-                safe_extract(tar_tmp, unpacked, max_bytes=2**63, max_members=2**63)
+                safe_extract(tar_tmp, unpacked, max_bytes=2**63, max_members=2**63, layer=True)
             self._install_layer(digest, tar_tmp, unpacked)
             return digest, True
 
-    def add_layer_from_dir(self, src_dir: str, *, consume: bool = False) -> str:
+    def add_layer_from_tar(self, path: str, *, diff_id: str | None = None,
+                           max_bytes: int = DEFAULT_MAX_LAYER_BYTES,
+                           max_members: int = 2_000_000, opener=None) -> str:
+        """Add an untrusted image layer tar (plain or gzip; an OCI or
+        docker-save layer: whiteouts ``.wh.NAME`` and ``.wh..wh..opq``),
+        re-packed into the canonical layer tar.
+
+        Args:
+            path: the layer blob.
+            diff_id: if given, the sha256 hex the decompressed tar must have.
+            max_bytes: cap on the decompressed size, in bytes.
+            max_members: cap on the number of members.
+            opener: read the blob from this callable's file object instead
+                of opening ``path`` (a member of an archive).
+
+        Returns:
+            the layer id; the layer is pinned (gc and remove keep it) until
+            ``unpin()`` or ``drop_layer_if_unused()``.
+
+        Raises:
+            InvalidImage: hostile or corrupt layer (names the member),
+                duplicate paths, bad whiteouts, diff_id mismatch.
+            StoreError: I/O failure.  Nothing is left in the store.
+        """
+        with self.staging("oci-layer") as stage:
+            unpacked = self._mkdir(os.path.join(stage, "rootfs"))
+            info = safe_extract(path, unpacked, max_bytes=max_bytes, max_members=max_members,
+                                layer=True, sha256=diff_id is not None, opener=opener)
+            if diff_id is not None and info["sha256"] != diff_id:
+                raise InvalidImage(f"layer {path}: diff_id mismatch: the config says "
+                                   f"sha256:{diff_id}, the tar is sha256:{info['sha256']}")
+            tar_tmp = os.path.join(stage, "layer.tar")
+            digest, _size = pack_dir(unpacked, tar_tmp)
+            self._pinned.add(digest)
+            if self.has_layer(digest):
+                return digest
+            try:
+                self._install_layer(digest, tar_tmp, unpacked)
+            except BaseException:
+                self._pinned.discard(digest)
+                raise
+            return digest
+
+    def unpin(self, layer_id: str) -> None:
+        """Let gc/remove consider a layer added by add_layer_from_tar again."""
+        self._pinned.discard(layer_id)
+
+    def drop_layer_if_unused(self, layer_id: str, referenced: set[str]) -> None:
+        """Remove a layer this caller added, unless ``referenced`` holds it
+        (rollback of a failed multi-layer import)."""
+        self._pinned.discard(layer_id)
+        if layer_id not in referenced and self.has_layer(layer_id):
+            self._remove_layer(layer_id)
+
+    def add_layer_from_dir(self, src_dir: str, *, consume: bool = False, pin: bool = False) -> str:
         """Pack a directory tree into a layer (a no-op if the layer exists).
 
         Args:
             src_dir: the tree; its root directory itself is not recorded.
             consume: if src_dir lies under ``root/tmp`` (a staging dir), move
                 it into the store instead of copying it.
+            pin: keep the layer from gc and remove until ``unpin()`` (a
+                layer of an image not yet committed).
 
         Returns:
             the layer id (sha256 hex of the canonical tar).
@@ -165,7 +221,10 @@ class LayerStore:
             InvalidImage: the tree holds a device node, fifo or socket.
             StoreError: I/O failure; no partial layer is left.
         """
-        return self._add_layer(src_dir, consume)[0]
+        layer_id = self._add_layer(src_dir, consume)[0]
+        if pin:
+            self._pinned.add(layer_id)
+        return layer_id
 
     def export_layer(self, layer_id: str) -> str:
         """Path of the layer's canonical tar (read it; do not modify it).
@@ -216,7 +275,7 @@ class LayerStore:
                 raise StoreError(f"layer tar {tar_path}: digest mismatch: expected "
                                  f"{expected_digest}, got {sha.hexdigest()}")
             unpacked = self._mkdir(os.path.join(stage, "rootfs"))
-            safe_extract(tar_tmp, unpacked, max_bytes=max_bytes, max_members=2**63)
+            safe_extract(tar_tmp, unpacked, max_bytes=max_bytes, max_members=2**63, layer=True)
             self._install_layer(expected_digest, tar_tmp, unpacked)
         return expected_digest
 

@@ -18,11 +18,21 @@ A manifest is a JSON object with string keys only::
       "parent":        image id or None,
     }
 
-Refs are ``name`` (newest image of that name) or ``name@idprefix`` (at least
-4 lowercase hex digits).  The grammar of names, refs, digests and image ids,
-and the env-key rule, are the wire layer's (``dcctl.wire.refs``,
-``dcctl.validate.env_key``), shared with the hub; the functions here raise
-their errors as InvalidImage.
+Two optional keys, present only when set (so the ids of images made before
+them do not change): ``tag`` (Docker's tag grammar, e.g. "24.04"; an image
+without one answers to the tag "latest") and ``config``, what an imported
+OCI/Docker image's config said beyond the fields above::
+
+      "config": {"entrypoint": [...], "cmd": [...], "working_dir": "/app",
+                 "user": "1000:1000" (as the image wrote it), "volumes": [...],
+                 "labels": {...}}
+
+Refs are ``name`` (newest image of that name), ``name:tag`` (newest of that
+name and tag) or ``name@idprefix`` / ``name:tag@idprefix`` (at least 4
+lowercase hex digits).  The grammar of names, tags, refs, digests and image
+ids, and the env-key rule, are the wire layer's (``dcctl.wire.refs``,
+``dcctl.validate.is_env_key``), shared with the hub; the functions here
+raise their errors as InvalidImage.
 """
 from __future__ import annotations
 
@@ -36,51 +46,114 @@ from images.errors import InvalidImage
 from images.fsutil import split_path
 
 __all__ = [
-    "MANIFEST_FIELDS", "validate_name", "parse_ref", "validate_digest",
+    "MANIFEST_FIELDS", "OPTIONAL_FIELDS", "validate_name", "validate_tag", "parse_ref",
+    "parse_full_ref", "ref_matches", "validate_digest",
     "normalize_fields", "manifest_id", "short_ref",
 ]
 
+#: The tag an image without one answers to.
+DEFAULT_TAG = refs.DEFAULT_TAG
+_CONFIG_KEYS = ("entrypoint", "cmd", "working_dir", "user", "volumes", "labels")
 _SIGNAL_RE = re.compile(r"^SIG(?:RTMIN\+[0-9]{1,2}|RTMAX-[0-9]{1,2}|[A-Z][A-Z0-9]{1,10})$")
 
 #: Every key of a stored manifest.
 MANIFEST_FIELDS = ("id", "name", "created", "layers", "size_bytes", "exposed_ports", "env",
                    "command", "stop_signal", "init", "templates", "parent")
+#: Keys a stored manifest may have besides MANIFEST_FIELDS (only when set).
+OPTIONAL_FIELDS = ("tag", "config")
 #: Keys a caller may pass to ImageStore.commit() (the others are computed).
 COMMIT_FIELDS = ("exposed_ports", "env", "command", "stop_signal", "init", "templates",
-                 "parent", "created")
+                 "parent", "created", "tag", "config")
+
+
+def _image_error(check, *args):
+    """``check(*args)`` (a dcctl.wire.refs function) with its InvalidArgument
+    raised as InvalidImage."""
+    try:
+        return check(*args)
+    except InvalidArgument as exc:
+        raise InvalidImage(str(exc)) from exc
 
 
 def validate_name(name: Any) -> str:
     """Return ``name`` if it is a valid image name (refs.image_name), else raise InvalidImage."""
-    try:
-        return refs.image_name(name)
-    except InvalidArgument as exc:
-        raise InvalidImage(str(exc)) from exc
+    return _image_error(refs.image_name, name)
+
+
+def validate_tag(tag: Any) -> str:
+    """Return ``tag`` if it is a valid tag (refs.image_tag: Docker's grammar), else raise InvalidImage."""
+    return _image_error(refs.image_tag, tag)
+
+
+def parse_full_ref(ref: Any) -> tuple[str, str | None, str]:
+    """Split ``name[:tag][@idprefix]`` into (name, tag or None, prefix or "").
+
+    Raises:
+        InvalidImage: bad name or tag, or a prefix that is not 4-64
+            lowercase hex digits.
+    """
+    parsed = _image_error(refs.parse_ref, ref)
+    return parsed.name, parsed.tag, parsed.prefix
 
 
 def parse_ref(ref: Any) -> tuple[str, str]:
-    """Split ``name`` or ``name@idprefix`` into (name, prefix or "").
+    """Split ``name[:tag]`` or ``name[:tag]@idprefix`` into (name, prefix or "")
+    (the tag, if any, is checked and dropped: see parse_full_ref).
 
     Raises:
-        InvalidImage: bad name, or a prefix that is not 4-64 lowercase hex digits.
+        InvalidImage: bad name or tag, or a prefix that is not 4-64
+            lowercase hex digits.
     """
-    try:
-        parsed = refs.parse_ref(ref)
-    except InvalidArgument as exc:
-        raise InvalidImage(str(exc)) from exc
-    return parsed.name, parsed.prefix
+    name, _tag, prefix = parse_full_ref(ref)
+    return name, prefix
+
+
+def ref_matches(manifest: Mapping[str, Any], name: str, tag: str | None, prefix: str) -> bool:
+    """Whether a manifest answers to the parsed ref (an untagged image
+    answers to the tag "latest")."""
+    return refs.ImageRef(name, tag, prefix).matches(manifest)
 
 
 def validate_digest(value: Any, what: str = "layer id") -> str:
     """Return ``value`` if it is 64 lowercase hex digits, else raise InvalidImage."""
-    try:
-        return refs.digest(value, what)
-    except InvalidArgument as exc:
-        raise InvalidImage(str(exc)) from exc
+    return _image_error(refs.digest, value, what)
 
 
 short_ref = refs.short_ref
 manifest_id = refs.manifest_id
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise InvalidImage(f"invalid {what} {value!r}: want a list of strings")
+    for item in value:
+        if not isinstance(item, str) or "\x00" in item or len(item) > 65536:
+            raise InvalidImage(f"invalid {what} item {item!r}: want a string without NUL")
+    return list(value)
+
+
+def _config(value: Any) -> dict:
+    if not isinstance(value, Mapping) or set(value) - set(_CONFIG_KEYS):
+        raise InvalidImage(f"invalid config {value!r}: want a dict with keys among "
+                           f"{', '.join(_CONFIG_KEYS)}")
+    out: dict = {}
+    for key in ("entrypoint", "cmd", "volumes"):
+        out[key] = _str_list(value.get(key), f"config {key}")
+    for key in ("working_dir", "user"):
+        item = value.get(key) or ""
+        if not isinstance(item, str) or "\x00" in item or "\n" in item or len(item) > 4096:
+            raise InvalidImage(f"invalid config {key} {item!r}")
+        out[key] = item
+    if out["working_dir"] and not out["working_dir"].startswith("/"):
+        raise InvalidImage(f"invalid config working_dir {out['working_dir']!r}: not absolute")
+    labels = value.get("labels") or {}
+    if not isinstance(labels, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise InvalidImage("invalid config labels: want a dict of str to str")
+    out["labels"] = dict(sorted(labels.items()))
+    return out
 
 
 def _ports(value: Any) -> list[dict]:
@@ -143,11 +216,13 @@ def normalize_fields(fields: Mapping[str, Any]) -> dict:
 
     Args:
         fields: any of exposed_ports, env, command, stop_signal, init,
-            templates, parent, created (see the module docstring for shapes).
+            templates, parent, created, tag, config (see the module
+            docstring for shapes).
 
     Returns:
-        a dict with every COMMIT_FIELDS key (defaults filled in, except
-        ``created`` which is left out when not given).
+        a dict with every COMMIT_FIELDS key (defaults filled in), except
+        ``created``, ``tag`` and ``config``, which are left out when not
+        given (or None).
 
     Raises:
         InvalidImage: an unknown key or a value of the wrong shape.
@@ -175,4 +250,8 @@ def normalize_fields(fields: Mapping[str, Any]) -> dict:
         if type(created) not in (int, float) or created < 0:
             raise InvalidImage(f"invalid created {created!r}: want Unix seconds")
         out["created"] = float(created)
+    if fields.get("tag") is not None:
+        out["tag"] = validate_tag(fields["tag"])
+    if fields.get("config") is not None:
+        out["config"] = _config(fields["config"])
     return out

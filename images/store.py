@@ -27,11 +27,51 @@ from images.errors import (AmbiguousImageRef, ImageExists, ImageInUse, ImageNotF
                            InvalidImage, StoreError)
 from images.fsutil import O_DIR_NOFOLLOW, atomic_write, fsync_dir, open_dir_beneath, split_path
 from images.layers import LayerStore
-from images.manifest import (MANIFEST_FIELDS, manifest_id, normalize_fields, parse_ref, short_ref,
-                             validate_digest, validate_name)
-from images.tarsafe import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS, safe_extract
+from images.manifest import (MANIFEST_FIELDS, OPTIONAL_FIELDS, manifest_id, normalize_fields,
+                             parse_full_ref, ref_matches, short_ref, validate_digest, validate_name)
+from images.tarsafe import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS, OPAQUE_XATTR, safe_extract
 
 __all__ = ["ImageStore"]
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    """A 0/0 character device: overlayfs's mark of a deleted path."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _lookup_in_layer(layer_dir: str, parts: tuple[str, ...], path: str):
+    """(lstat of the path in this layer or None, whether the lower layers
+    are hidden for it: a directory on the way is opaque or whited out)."""
+    fd = os.open(layer_dir, O_DIR_NOFOLLOW)
+    hidden = False
+    try:
+        for i, part in enumerate(parts[:-1]):
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None, hidden
+            if _is_whiteout(st):
+                return None, True
+            if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+                raise InvalidImage(f"path {path!r} in {layer_dir}: "
+                                   f"'{'/'.join(parts[:i + 1])}' is a symlink or not a directory")
+            nfd = os.open(part, O_DIR_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+            hidden = hidden or _is_opaque(fd)
+        try:
+            return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False), hidden
+        except FileNotFoundError:
+            return None, hidden
+    finally:
+        os.close(fd)
+
+
+def _is_opaque(dir_fd: int) -> bool:
+    try:
+        return os.getxattr(dir_fd, OPAQUE_XATTR) == b"y"
+    except OSError:
+        return False
 
 
 class ImageStore(LayerStore):
@@ -95,8 +135,10 @@ class ImageStore(LayerStore):
         """The manifest an image ref names.
 
         Args:
-            ref: ``name`` (the newest image of that name) or ``name@idprefix``
-                (an id prefix of at least 4 lowercase hex digits).
+            ref: ``name`` (the newest image of that name), ``name:tag`` (the
+                newest of that name and tag; an untagged image is "latest"),
+                or either followed by ``@idprefix`` (an id prefix of at least
+                4 lowercase hex digits).
 
         Returns:
             the manifest dict.
@@ -106,8 +148,8 @@ class ImageStore(LayerStore):
             AmbiguousImageRef: the prefix matches several images (their refs
                 are in the message and in ``.candidates``).
         """
-        name, prefix = parse_ref(ref)
-        found = [m for m in self.ls() if m["name"] == name and m["id"].startswith(prefix)]
+        name, tag, prefix = parse_full_ref(ref)
+        found = [m for m in self.ls() if ref_matches(m, name, tag, prefix)]
         if not found:
             raise ImageNotFound(f"image {ref!r} not found")
         if prefix and len(found) > 1:
@@ -152,19 +194,13 @@ class ImageStore(LayerStore):
         if not parts:
             raise InvalidImage(f"path {path!r}: not a file")
         for layer_dir in self.layer_dirs(manifest):
-            root_fd = os.open(layer_dir, O_DIR_NOFOLLOW)
-            try:
-                pfd = open_dir_beneath(root_fd, parts[:-1], what=f"path {path!r} in {layer_dir}")
-            except FileNotFoundError:
-                continue
-            finally:
-                os.close(root_fd)
-            try:
-                return layer_dir, os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            finally:
-                os.close(pfd)
+            found, hidden = _lookup_in_layer(layer_dir, parts, path)
+            if found is not None:
+                if _is_whiteout(found):
+                    return None  # deleted by this layer
+                return layer_dir, found
+            if hidden:
+                return None  # an opaque dir or a whiteout on the way hides the lower layers
         return None
 
     # ------------------------------------------------------------ layers
@@ -191,7 +227,8 @@ class ImageStore(LayerStore):
                 command (list of str), stop_signal (default "SIGPWR"), init
                 (default "/sbin/init"), templates (absolute paths, each a
                 regular file in the layers), parent (image id or None),
-                created (Unix seconds, default now).
+                created (Unix seconds, default now), tag (optional),
+                config (optional, see images.manifest).
 
         Returns:
             the new manifest dict.
@@ -232,10 +269,13 @@ class ImageStore(LayerStore):
                 the content.  ImageExists: that id is already stored.
             ImageNotFound: a layer is missing.  StoreError: I/O failure.
         """
-        if not isinstance(manifest, Mapping) or set(manifest) != set(MANIFEST_FIELDS):
-            raise InvalidImage(f"manifest must have exactly the keys {', '.join(MANIFEST_FIELDS)}")
+        if (not isinstance(manifest, Mapping) or not set(MANIFEST_FIELDS) <= set(manifest)
+                or set(manifest) - set(MANIFEST_FIELDS) - set(OPTIONAL_FIELDS)):
+            raise InvalidImage(f"manifest must have exactly the keys {', '.join(MANIFEST_FIELDS)} "
+                               f"(and optionally {', '.join(OPTIONAL_FIELDS)})")
         fields = {k: manifest[k] for k in ("exposed_ports", "env", "command", "stop_signal",
-                                           "init", "templates", "parent", "created")}
+                                           "init", "templates", "parent", "created",
+                                           *OPTIONAL_FIELDS) if k in manifest}
         norm = normalize_fields(fields)
         layers = [validate_digest(layer) for layer in manifest["layers"]]
         out = {"name": validate_name(manifest["name"]), "layers": layers,
@@ -255,7 +295,7 @@ class ImageStore(LayerStore):
 
     def import_tar(self, path: str, name: str, *, exposed_ports=(), env=None, command=None,
                    templates=(), stop_signal: str = "SIGPWR", init: str = "/sbin/init",
-                   max_bytes: int = DEFAULT_MAX_BYTES,
+                   tag: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
                    max_members: int = DEFAULT_MAX_MEMBERS) -> dict:
         """Import a rootfs tarball (plain, gzip, xz or bzip2) as a one-layer
         image.  Members are re-packed into the canonical layer tar, so the
@@ -264,8 +304,8 @@ class ImageStore(LayerStore):
         Args:
             path: the tarball.
             name: image name.
-            exposed_ports, env, command, templates, stop_signal, init: manifest
-                fields (see commit()).
+            exposed_ports, env, command, templates, stop_signal, init, tag:
+                manifest fields (see commit()).
             max_bytes: cap on the decompressed size, in bytes (bomb cap).
             max_members: cap on the number of archive members.
 
@@ -280,7 +320,7 @@ class ImageStore(LayerStore):
         """
         validate_name(name)
         fields = dict(exposed_ports=exposed_ports, env=env, command=command,
-                      templates=templates, stop_signal=stop_signal, init=init)
+                      templates=templates, stop_signal=stop_signal, init=init, tag=tag)
         normalize_fields(fields)  # refuse bad fields before the slow part
         with self.staging("import") as stage:
             rootfs = self._mkdir(os.path.join(stage, "rootfs"))

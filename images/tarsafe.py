@@ -22,6 +22,18 @@ streams data); each check below is tested in tests/unit/test_images_tarsafe.py:
 Modes (setuid included), numeric ownership (when root), mtimes, symlinks and
 hard links are preserved.  On any refusal the target is emptied again.
 
+``layer=True`` reads the archive as an image layer (the store's canonical
+layer tar, or an OCI / docker-save layer), as overlayfs wants it on disk:
+
+* ``DIR/.wh.NAME`` becomes a whiteout (a 0/0 character device ``DIR/NAME``,
+  root-owned), ``DIR/.wh..wh..opq`` marks DIR opaque (the xattr
+  ``trusted.overlay.opaque=y``); both need root;
+* a whiteout must be a regular file and name one plain component (``.wh.``,
+  ``.wh..``, ``.wh...`` and other ``.wh..wh.*`` markers are refused);
+* no path may appear twice (a member, or a member and a whiteout of it).
+
+``sha256=True`` also hashes the whole decompressed stream (an OCI diff_id).
+
 tarfile.data_filter is not used: it refuses absolute symlink targets and
 strips setuid bits, both normal in a rootfs; the checks above cover its cases.
 """
@@ -29,6 +41,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import lzma
 import os
 import stat
@@ -38,7 +51,13 @@ import zlib
 from images.errors import InvalidImage, StoreError
 from images.fsutil import open_dir_beneath, safe_rmtree, split_path, symlink_escapes
 
-__all__ = ["safe_extract", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_MEMBERS"]
+__all__ = ["safe_extract", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_MEMBERS", "OPAQUE_XATTR",
+           "WHITEOUT_PREFIX", "OPAQUE_MARKER"]
+
+#: overlayfs's mark of an opaque directory (lower layers hidden beneath it).
+OPAQUE_XATTR = "trusted.overlay.opaque"
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
 
 DEFAULT_MAX_BYTES = 8 * 1024**3
 DEFAULT_MAX_MEMBERS = 200_000
@@ -55,14 +74,19 @@ _MAGIC = [
 _DECODE_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError)
 
 
-def detect_compression(path: str) -> str:
+def detect_compression(path: str, opener=None) -> str:
     """Return "gzip", "xz", "bzip2" or "none" from the file's magic bytes.
+
+    Args:
+        path: the file (named in errors).
+        opener: if given, a callable returning a fresh binary file object of
+            the content to read instead of opening ``path``.
 
     Raises:
         InvalidImage: the file cannot be read, or is zstd (not supported).
     """
     try:
-        with open(path, "rb") as f:
+        with (opener() if opener else open(path, "rb")) as f:
             head = f.read(8)
     except OSError as exc:
         raise InvalidImage(f"archive {path}: cannot read ({exc.strerror or exc})") from exc
@@ -114,11 +138,45 @@ class _LimitedReader:
         return self.pos
 
 
+class _HashingStream:
+    """Hashes every decompressed byte read from ``raw``; a forward seek reads
+    through (so skipped data is hashed too), a backward one is refused."""
+
+    def __init__(self, raw, path: str):
+        self.raw, self.path, self.pos, self.sha = raw, path, 0, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha.update(data)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence != 0 or offset < self.pos:
+            raise InvalidImage(f"archive {self.path}: non-sequential read")
+        while self.pos < offset:
+            if not self.read(min(_CHUNK_BYTES, offset - self.pos)):
+                break
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def drain(self, limit: int) -> None:
+        """Hash the rest of the stream (tar padding after the end blocks)."""
+        while self.read(_CHUNK_BYTES):
+            if self.pos > limit:
+                raise InvalidImage(f"archive {self.path}: decompressed size exceeds "
+                                   f"{limit} bytes (bomb cap)")
+
+
 class _Extractor:
     """Creates members beneath ``root_fd``; see the module docstring."""
 
-    def __init__(self, root_fd: int, path: str):
-        self.root_fd, self.path = root_fd, path
+    def __init__(self, root_fd: int, path: str, layer: bool = False):
+        self.root_fd, self.path, self.layer = root_fd, path, layer
+        self._parent: tuple[tuple[str, ...], int] | None = None
+        self.seen: set[tuple[str, ...]] = set()
         self.is_root = os.geteuid() == 0
         self.nondirs: set[tuple[str, ...]] = set()
         self.dirs: dict[tuple[str, ...], tarfile.TarInfo] = {}
@@ -129,8 +187,22 @@ class _Extractor:
         return f"archive {self.path}: member {name!r}"
 
     def parent(self, parts: tuple[str, ...], member: tarfile.TarInfo) -> int:
-        return open_dir_beneath(self.root_fd, parts[:-1], what=self.what(member),
-                                create=True, created=self.implied)
+        """A new fd of the member's parent directory.  The last one opened
+        is kept: siblings come one after another, and a directory, once
+        opened beneath the root without following symlinks, is never
+        replaced during the unpack (members cannot replace a directory)."""
+        key = parts[:-1]
+        if self._parent is not None and self._parent[0] == key:
+            return os.dup(self._parent[1])
+        fd = open_dir_beneath(self.root_fd, key, what=self.what(member), create=True, created=self.implied)
+        self.close_cache()
+        self._parent = (key, os.dup(fd))
+        return fd
+
+    def close_cache(self) -> None:
+        if self._parent is not None:
+            os.close(self._parent[1])
+            self._parent = None
 
     def clear(self, pfd: int, parts: tuple[str, ...], member, want_dir: bool) -> bool:
         """Make room for the member; True if a directory is already there."""
@@ -168,17 +240,32 @@ class _Extractor:
                 raise InvalidImage(f"{what}: the archive root must be a directory")
             self.dirs[()] = member
             return 0
+        if self.layer:
+            if parts[-1].startswith(WHITEOUT_PREFIX):
+                self.whiteout(parts, member)
+                return 0
+            if parts in self.seen:
+                raise InvalidImage(f"{what}: the path appears twice in the layer")
+            self.seen.add(parts)
         if member.issym():
             self.check_symlink(parts, member)
         pfd = self.parent(parts, member)
         try:
             name = parts[-1]
             if member.isdir():
-                if not self.clear(pfd, parts, member, want_dir=True):
+                if self.layer:  # nothing is replaced in a layer: try first, look only if it is there
+                    try:
+                        os.mkdir(name, 0o700, dir_fd=pfd)
+                    except FileExistsError:
+                        self.clear(pfd, parts, member, want_dir=True)
+                elif not self.clear(pfd, parts, member, want_dir=True):
                     os.mkdir(name, 0o700, dir_fd=pfd)
                 self.dirs[parts] = member
                 return 0
-            self.clear(pfd, parts, member, want_dir=False)
+            if not self.layer:
+                self.clear(pfd, parts, member, want_dir=False)
+            # (in a layer, the only thing already there can be a directory
+            # made as a parent: creating the member fails with EEXIST below)
             written = 0
             if member.issym():
                 os.symlink(member.linkname, name, dir_fd=pfd)
@@ -190,6 +277,42 @@ class _Extractor:
                 written = self.regular(tar, member, pfd, name)
             self.nondirs.add(parts)
             return written
+        except FileExistsError as exc:
+            raise InvalidImage(f"{what}: would replace a directory") from exc
+        finally:
+            os.close(pfd)
+
+    def whiteout(self, parts: tuple[str, ...], member) -> None:
+        """``.wh.NAME`` -> a 0/0 char device NAME; ``.wh..wh..opq`` -> the
+        parent directory's opaque xattr (see the module docstring)."""
+        what = self.what(member)
+        if not member.isreg():
+            raise InvalidImage(f"{what}: a whiteout must be a regular file")
+        base = parts[-1]
+        if base == OPAQUE_MARKER:
+            key = (*parts[:-1], "\x00opaque")
+            if key in self.seen:
+                raise InvalidImage(f"{what}: the opaque marker appears twice in the layer")
+            self.seen.add(key)
+            fd = open_dir_beneath(self.root_fd, parts[:-1], what=what, create=True,
+                                  created=self.implied)
+            try:
+                os.setxattr(fd, OPAQUE_XATTR, b"y")
+            finally:
+                os.close(fd)
+            return
+        name = base[len(WHITEOUT_PREFIX):]
+        if name in ("", ".", "..") or name.startswith(WHITEOUT_PREFIX):
+            raise InvalidImage(f"{what}: whiteout names no path inside the layer")
+        target = (*parts[:-1], name)
+        if target in self.seen:
+            raise InvalidImage(f"{what}: whiteout of a path that appears twice in the layer")
+        self.seen.add(target)
+        pfd = self.parent(target, member)
+        try:
+            os.mknod(name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
+        except FileExistsError as exc:
+            raise InvalidImage(f"{what}: whiteout of a path that appears twice in the layer") from exc
         finally:
             os.close(pfd)
 
@@ -257,11 +380,19 @@ class _Extractor:
                 os.close(fd)
 
 
-def _open_stream(path: str, kind: str):
+def _open_stream(path: str, kind: str, opener=None):
+    if opener is None:
+        if kind == "none":
+            return open(path, "rb")
+        cls = next(c for _m, k, c in _MAGIC if k == kind)
+        return cls(path, "rb")
+    raw = opener()
     if kind == "none":
-        return open(path, "rb")
+        return raw
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     cls = next(c for _m, k, c in _MAGIC if k == kind)
-    return cls(path, "rb")
+    return cls(raw, "rb")
 
 
 def _empty_dir(dest_dir: str) -> None:
@@ -270,7 +401,8 @@ def _empty_dir(dest_dir: str) -> None:
 
 
 def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_members: int = DEFAULT_MAX_MEMBERS) -> dict:
+                 max_members: int = DEFAULT_MAX_MEMBERS, layer: bool = False,
+                 sha256: bool = False, opener=None) -> dict:
     """Unpack a (plain, gzip, xz or bzip2) tarball into an empty directory.
 
     Args:
@@ -279,10 +411,17 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
         max_bytes: cap, in bytes, on the decompressed stream and on the sum of
             member sizes (gzip-bomb cap).
         max_members: cap on the number of archive members.
+        layer: read it as an image layer: whiteouts, no duplicate paths
+            (see the module docstring).
+        sha256: hash the whole decompressed stream.
+        opener: a callable returning a fresh binary file object to read
+            instead of opening archive_path (a member of a bigger archive);
+            archive_path then only names it in messages.
 
     Returns:
         dict with keys ``members`` (int, count) and ``bytes`` (int, sum of
-        regular file sizes) and ``compression`` ("gzip"|"xz"|"bzip2"|"none").
+        regular file sizes) and ``compression`` ("gzip"|"xz"|"bzip2"|"none"),
+        and with sha256=True ``sha256`` (hex of the decompressed stream).
 
     Raises:
         InvalidImage: hostile or corrupt archive (the message names the
@@ -290,15 +429,18 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
         StoreError: I/O failure writing under dest_dir (disk full...); dest_dir
             is emptied again.
     """
-    kind = detect_compression(archive_path)
+    kind = detect_compression(archive_path, opener)
     if os.listdir(dest_dir):
         raise StoreError(f"unpack target {dest_dir} is not empty")
     root_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     count = total = 0
+    hashing = extractor = None
     try:
-        with _open_stream(archive_path, kind) as raw:
+        with _open_stream(archive_path, kind, opener) as raw:
+            if sha256:
+                raw = hashing = _HashingStream(raw, archive_path)
             reader = _LimitedReader(raw, max_bytes + _HEADER_SLACK_BYTES, archive_path)
-            extractor = _Extractor(root_fd, archive_path)
+            extractor = _Extractor(root_fd, archive_path, layer=layer)
             with tarfile.open(fileobj=reader, mode="r:") as tar:
                 while True:
                     member = tar.next()
@@ -313,9 +455,11 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
                         raise InvalidImage(f"archive {archive_path}: member {member.name!r} takes "
                                            f"the content over {max_bytes} bytes (size cap)")
                     extractor.add(tar, member)
-            if count == 0:
+            if count == 0 and not layer:  # an empty layer is a valid layer
                 raise InvalidImage(f"archive {archive_path}: no members")
             extractor.finish()
+            if hashing is not None:
+                hashing.drain(max_bytes + _HEADER_SLACK_BYTES)
     except (InvalidImage, StoreError):
         _empty_dir(dest_dir)
         raise
@@ -329,5 +473,10 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
                              f"{exc.strerror or exc}") from exc
         raise InvalidImage(f"archive {archive_path}: corrupt ({exc})") from exc
     finally:
+        if extractor is not None:
+            extractor.close_cache()
         os.close(root_fd)
-    return {"members": count, "bytes": total, "compression": kind}
+    out = {"members": count, "bytes": total, "compression": kind}
+    if hashing is not None:
+        out["sha256"] = hashing.sha.hexdigest()
+    return out

@@ -10,6 +10,12 @@ agent per host inside its namespace, started once the hub has admitted its key
 each one), which ``status`` and ``down`` read; ``down`` also finds leftovers by
 prefix alone.
 
+With ``--router``, one ``dc-router`` runs in its own namespace
+``<prefix>-router`` (veth ``<prefix>r0``, address subnet+5), with its own
+CURVE key in the hub's ``router`` role; its HAProxy answers on port 80 there
+(``export DCF_ROUTER=ADDR:80``).  The hub's route domain is ``<prefix>.test``
+unless ``--route-domain`` names another.
+
 Agents are not started with ``ip netns exec``: it remounts /sys for the
 namespace and so hides the cgroup hierarchies that LXC needs.  They run
 through ``nsenter --net`` and ``unshare --mount``, which mounts a sysfs of the
@@ -33,6 +39,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_ROOT, STATE_ROOT, LOG_ROOT = "/run/dcfleet", "/var/lib/dcfleet", "/var/log/dcfleet"
 AGENT_PORT, PORT_RANGE, CONTAINER_BRIDGE = 7000, "20000-20999", "dcbr0"
+ROUTER_PORT = 80
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,8}$")  # <prefix>fleet0 fits 15 chars
 MAX_HOSTS = 200
 # Runs inside the host's namespaces: a sysfs of the network namespace, with the
@@ -77,11 +84,11 @@ def _listed(directory: str, pattern: str) -> list[str]:
 
 
 def _netns(prefix: str) -> list[str]:
-    return _listed("/run/netns", rf"{re.escape(prefix)}-host-\d+")
+    return _listed("/run/netns", rf"{re.escape(prefix)}-(host-\d+|router)")
 
 
 def _root_veths(prefix: str) -> list[str]:
-    return _listed("/sys/class/net", rf"{re.escape(prefix)}h\d+")
+    return _listed("/sys/class/net", rf"{re.escape(prefix)}(h\d+|r0)")
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -151,7 +158,8 @@ def remove_forward_rule(bridge: str, prefix: str, ns: str | None = None) -> None
             return
 
 
-def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True) -> dict:
+def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True, router: bool = False,
+         route_domain: str | None = None) -> dict:
     """The fleet description (the state file's content) before anything is made.
 
     Raises: FleetError for a bad prefix, host count or subnet."""
@@ -163,6 +171,8 @@ def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = Tru
         raise FleetError(f"bad --fleet-subnet {subnet!r}: {exc}") from exc
     if not 1 <= n <= MAX_HOSTS or net.network_address + 10 + n >= net.broadcast_address:
         raise FleetError(f"cannot place {n} hosts in {net} (1-{MAX_HOSTS}, at subnet+11...)")
+    if router and not hub:
+        raise FleetError("--router needs the hub (drop --no-hub)")
     p, gw = paths(prefix), str(net.network_address + 1)
     hub_d = {"name": "hub", "tcp": f"tcp://{gw}:{hub_port}", "ipc": f"ipc://{p['run']}/hub.sock",
              "state_dir": f"{p['state']}/hub", "log": f"{p['log']}/hub.log", "pid_file": f"{p['run']}/hub.pid",
@@ -175,7 +185,14 @@ def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = Tru
                       "state_dir": f"{p['state']}/{name}", "lxc_path": f"{p['state']}/{name}/lxc",
                       "bridge": CONTAINER_BRIDGE, "subnet": f"10.220.{i}.0/24", "port_range": PORT_RANGE,
                       "log": f"{p['log']}/{name}.log", "pid_file": f"{p['run']}/{name}.pid", "pid": None})
+    router_d = None
+    if router:
+        addr = str(net.network_address + 5)
+        router_d = {"name": "router", "netns": f"{prefix}-router", "veth": f"{prefix}r0", "address": addr,
+                    "listen": f"{addr}:{ROUTER_PORT}", "state_dir": f"{p['state']}/router",
+                    "log": f"{p['log']}/router.log", "pid_file": f"{p['run']}/router.pid", "pid": None}
     return {"version": 1, "prefix": prefix, "status": "starting", "owner_pid": os.getppid(),
+            "route_domain": route_domain or f"{prefix}.test", "router": router_d,
             "created": time.time(), "fleet_subnet": str(net), "gateway": gw, "bridge": p["bridge"],
             "forward_rule": None, "dirs": {k: p[k] for k in ("state", "run", "log")},
             "dcctl_host": hub_d["tcp"] if hub else hosts[0]["tcp"], "hub": hub_d, "hosts": hosts}
@@ -222,7 +239,8 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
            "--state-dir", h["state_dir"], "--bridge", h["bridge"], "--subnet", h["subnet"],
            "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
     if state["hub"]:
-        cmd += ["--hub", state["hub"]["tcp"], "--hub-key", state["hub"]["public_key"],
+        # --flag=VALUE: a Z85 key may start with "-"
+        cmd += ["--hub", state["hub"]["tcp"], f"--hub-key={state['hub']['public_key']}",
                 "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
     tmp = f"{state['dirs']['run']}/{h['name']}.cgroup"
     return [*_in_net(h["netns"]), "unshare", "--mount", "--propagation", "slave", "--",
@@ -257,6 +275,14 @@ def setup_keys(state: dict) -> None:
     if state["hub"]:
         for h in state["hosts"]:
             auth.Allowlist(os.path.join(h["state_dir"], "keys")).add("admin", "hub", state["hub"]["public_key"])
+        if state.get("router"):
+            r = state["router"]
+            os.makedirs(r["state_dir"], mode=0o700, exist_ok=True)
+            r["key"] = os.path.join(r["state_dir"], "router.key_secret")
+            if not os.path.exists(r["key"]):
+                auth.keygen(r["state_dir"], "router")
+            auth.Allowlist(os.path.join(state["hub"]["state_dir"], "keys")).add(
+                "router", "router", auth.load_pair(r["key"])[0].decode())
     state["known_server_keys"] = known
 
 
@@ -324,13 +350,41 @@ def _wait_ready(procs: dict, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
+def router_argv(state: dict) -> list[str]:
+    """The command that runs the fleet's router inside its namespace."""
+    r, hub = state["router"], state["hub"]
+    return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub["tcp"],
+            f"--hub-key={hub['public_key']}", "--key", r["key"], "--state-dir", r["state_dir"],
+            "--listen", r["listen"]]
+
+
+def _wait_router(state: dict, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Wait until the router follows the hub and its HAProxy runs."""
+    r, deadline = state["router"], time.monotonic() + timeout_s
+    path = os.path.join(r["state_dir"], "status.json")
+    while True:
+        if proc.poll() is not None:
+            raise FleetError(f"router exited with status {proc.returncode}: {_last_line(r['log'])}")
+        try:
+            with open(path) as f:
+                st = json.load(f)
+            if st.get("converged") and st.get("haproxy_pid"):
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise FleetError(f"router not following the hub within {timeout_s:g} s: {_last_line(r['log'])}")
+        time.sleep(0.2)
+
+
 def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
-       agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0) -> dict:
+       agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0,
+       router: bool = False, route_domain: str | None = None) -> dict:
     """Bring a fleet up (see the module docstring) and return its state.
 
     Raises: FleetError (bad arguments, already up, a step failed); on failure
     after the first change everything made is undone."""
-    state, p = plan(prefix, n, subnet, hub_port, hub), paths(prefix)
+    state, p = plan(prefix, n, subnet, hub_port, hub, router, route_domain), paths(prefix)
     state["heartbeat_s"] = heartbeat_s
     if load(prefix) or _netns(prefix) or os.path.exists(f"/sys/class/net/{p['bridge']}") or _root_veths(prefix):
         raise FleetError(f"a fleet with prefix {prefix!r} is already up (or left over): "
@@ -356,6 +410,14 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             for argv in (["link", "set", "lo", "up"], ["addr", "add", f"{h['address']}/{plen}", "dev", "eth0"],
                          ["link", "set", "eth0", "up"], ["route", "add", "default", "via", state["gateway"]]):
                 _run(["ip", "-n", ns, *argv])
+        if state["router"]:
+            r = state["router"]
+            _run(["ip", "netns", "add", r["netns"]])
+            _run(["ip", "link", "add", r["veth"], "type", "veth", "peer", "name", "eth0", "netns", r["netns"]])
+            _run(["ip", "link", "set", r["veth"], "master", br, "up"])
+            for argv in (["link", "set", "lo", "up"], ["addr", "add", f"{r['address']}/{plen}", "dev", "eth0"],
+                         ["link", "set", "eth0", "up"], ["route", "add", "default", "via", state["gateway"]]):
+                _run(["ip", "-n", r["netns"], *argv])
         setup_keys(state)
         save(state)
         procs = {}
@@ -363,7 +425,8 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             hd = state["hub"]
             os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
             argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
-                    "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s)]
+                    "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
+                    "--route-domain", state["route_domain"]]
             procs["hub"] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
             hd["pid"] = procs["hub"][0].pid
             save(state)
@@ -377,6 +440,12 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
         _wait_ready(procs, timeout_s)
         if hub:
             seed_hub(state, timeout_s)
+        if state["router"]:
+            r = state["router"]
+            proc = _spawn(router_argv(state), r["log"], r["pid_file"])
+            r["pid"] = proc.pid
+            save(state)
+            _wait_router(state, proc, timeout_s)
         state["status"] = "up"
         save(state)
         return state
@@ -416,7 +485,7 @@ def _down_once(prefix: str) -> list[str]:
             _run(["nsenter", "-t", str(pid), "-n", "lxc-stop", "-P", words[2], "-n", words[3], "-k"],
                  ok=tuple(range(256)))
     _stop(_pids(prefix, anywhere=True), grace_s=2.0)
-    for ns in sorted(nets | {h["netns"] for h in state.get("hosts", [])}):
+    for ns in sorted(nets | {h["netns"] for h in state.get("hosts", []) + [state.get("router") or {}] if h}):
         _run(["ip", "netns", "del", ns], ok=(0, 1))
     for veth in _root_veths(prefix):
         _run(["ip", "link", "del", veth], ok=(0, 1))
@@ -461,13 +530,24 @@ def status(prefix: str) -> dict | None:
         pid = proc.get("pid")
         proc["alive"] = bool(pid) and _alive(pid) and pid in _pids(prefix)
         proc["ping"] = ping(proc["ipc"]) if proc["alive"] else False
+    r = state.get("router")
+    if r:  # "ping": it follows the hub (its status file says so)
+        r["alive"] = bool(r.get("pid")) and _alive(r["pid"]) and r["pid"] in _pids(prefix)
+        try:
+            with open(os.path.join(r["state_dir"], "status.json")) as f:
+                r["ping"] = r["alive"] and bool(json.load(f).get("hub_ok"))
+        except (OSError, ValueError):
+            r["ping"] = False
     return state
 
 
 def _print_up(state: dict) -> None:
+    """Shell that ``eval`` takes: the exports, then one comment per host."""
     print(f"export DCCTL_HOST={state['dcctl_host']}")
+    if state.get("router"):
+        print(f"export DCF_ROUTER={state['router']['listen']}")
     for h in state["hosts"]:
-        print(f"{h['name']} {h['address']} {h['tcp']}")
+        print(f"# {h['name']} {h['address']} {h['tcp']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--hub-port", type=int, default=7100)
     u.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the agents and hub")
     u.add_argument("--heartbeat-s", type=float, default=2.0, help="seconds between agent heartbeats")
+    u.add_argument("--router", action="store_true", help="also one dc-router (HAProxy) in its own namespace")
+    u.add_argument("--route-domain", help="the hub's route domain (default <prefix>.test)")
     sub.add_parser("status", parents=[common], help="hosts: pid alive, ping ok")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the fleet")
     args = ap.parse_args(argv)
@@ -499,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM undoes like ^C
         try:
             state = up(args.prefix, args.n, args.fleet_subnet, args.hub_port, not args.no_hub,
-                       args.agent_arg, args.timeout, args.heartbeat_s)
+                       args.agent_arg, args.timeout, args.heartbeat_s, args.router, args.route_domain)
         except (Exception, KeyboardInterrupt) as exc:
             why = str(exc) if isinstance(exc, FleetError) else "interrupted; everything made was removed" \
                 if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -525,14 +607,14 @@ def main(argv: list[str] | None = None) -> int:
     if state is None:
         print(json.dumps(None) if args.json else f"fleet {args.prefix}: not up")
         return 1
-    procs = ([state["hub"]] if state["hub"] else []) + state["hosts"]
+    procs = ([state["hub"]] if state["hub"] else []) + state["hosts"] + ([state["router"]] if state.get("router") else [])
     if args.json:
         print(json.dumps(state, indent=1))
     else:
         print(f"fleet {args.prefix}: {state['status']}, bridge {state['bridge']} {state['gateway']}")
         for pr in procs:
             print(f"{pr['name']:8} pid {pr['pid']} {'alive' if pr['alive'] else 'DEAD':5} "
-                  f"ping {'ok' if pr['ping'] else 'FAIL':4} {pr['tcp']}")
+                  f"ping {'ok' if pr['ping'] else 'FAIL':4} {pr.get('tcp') or 'http://' + pr['listen']}")
     return 0 if all(pr["alive"] and pr["ping"] for pr in procs) else 1
 
 

@@ -13,7 +13,7 @@ import pprint
 import sys
 from typing import Any, Callable, Mapping
 
-from dcctl import auth, errors, output, wire
+from dcctl import auth, errors, output, upload, wire
 from dcctl.cli.args import (Command, UsageError, build_call, build_options, method_help, params_of,
                             parse_timeout)
 from dcctl.wire import clientconfig
@@ -101,11 +101,22 @@ def _enter(client: wire.RpcClient, args: list, options: dict) -> int | None:
     return enter.run(client, args[0], args[1] if len(args) > 1 else None) or 0
 
 
+def _push(client: wire.RpcClient, args: list, options: dict) -> int | None:
+    """image_push FILE NAME[:TAG] with a local file: upload it with progress
+    (dcctl.upload); None for the hub's image_push HOST REF."""
+    if len(args) != 2 or not all(isinstance(a, str) for a in args) or not upload.looks_local(args[0]):
+        return None
+    result = upload.push_file(
+        lambda method, *a, timeout_s=120.0: client.call(method, *a, timeout_s=timeout_s), args[0], args[1])
+    return output.render(result)
+
+
 #: Methods that take over the terminal: handler(client, args, options) gets
 #: the converted positional args and options and returns the exit code, or
 #: None to fall back to a plain call.
 INTERACTIVE_HANDLERS: dict[str, Callable[[wire.RpcClient, list, dict], int | None]] = {
     "container_enter": _enter,
+    "image_push": _push,
 }
 
 
@@ -151,6 +162,7 @@ def run_method(cmd: Command) -> int:
             wire.check_wire_ints(wire_args, f"{cmd.method}:")
         except errors.InvalidArgument as exc:
             raise UsageError(exc.message, hint=exc.hint, name="InvalidArgument") from exc
+        wire_args = upload.absolute_paths(cmd.method, cmd.endpoint, wire_args)
         handler = INTERACTIVE_HANDLERS.get(cmd.method)
         if handler is not None:
             code = handler(client, args, options or {})

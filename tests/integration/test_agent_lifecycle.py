@@ -332,12 +332,16 @@ def test_stock_zerorpc_cli_and_dcctl_call_reach_the_agent(agent):
 
 
 @pytest.mark.slow
-def test_debian_image_build_boots_with_systemd(agent):
+def test_debian_image_build_boots_with_systemd(agent, tmp_path):
     """image_build debian (debootstrap minbase from apt's mirror), then a
-    container from it boots, runs systemd, execs, and stops gracefully."""
+    container from it boots, runs systemd, execs, and stops gracefully; its
+    OCI export, unpacked by umoci, is the store's tree (built once, checked
+    here: tests/integration/test_oci_images.py)."""
     manifest = agent.call("image_build", "debian", "debian", timeout_s=1800)
     try:
         assert manifest["stop_signal"] == "SIGRTMIN+3"
+        from tests.integration.test_oci_images import check_debian_export
+        check_debian_export(agent, "debian", str(tmp_path))
         agent.call("container_create", "debian", "deb.box")
         agent.call("container_start", "deb.box")
         out = agent.call("container_exec", "deb.box", ["cat", "/etc/os-release"])

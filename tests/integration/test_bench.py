@@ -34,6 +34,11 @@ FIGURES = {
                    2)],
     "rpc": [(r"^  (plain|curve) callers=[18]: +\d+ calls/s  p50 +\d+ us  p99 +\d+ us$", 4),
             (r"^  CURVE throughput cost at [18] caller\(s\): -?[\d.]+%$", 2)],
+    "routing": [(r"^    (direct \(host mapping\)|via the router \(HAProxy\)) +\d+ req/s   p50 +[\d.]+ ms   "
+                 r"p99 +[\d.]+ ms   \(\d+ requests, \d+ errors\)$", 4),
+                (r"^    router / direct throughput: [\d.]+x \(target >= 0.8x\)$", 2),
+                (r"^  create_container returned -> first 200 via the router: median [\d.]+ s, max [\d.]+ s "
+                 r"over 1 creates \(target < 1 s\)$", 1)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -48,7 +53,7 @@ def _prefix(bench: str) -> str:
     """A prefix in the form each bench names things with (see their docs)."""
     return {"lifecycle": TEST_PREFIX + secrets.token_hex(3), "fanout": "f" + secrets.token_hex(3),
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
-            "failover": "dbf" + secrets.token_hex(2)}[bench]
+            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -83,7 +88,7 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcrpc-{prefix}"]
     elif bench == "lifecycle":
         agents = [prefix]
-    elif bench == "placement":
+    elif bench in ("placement", "routing"):
         fleets = [prefix]
     elif bench == "failover":
         fleets, agents = [prefix + "2"], [TEST_PREFIX + prefix[-6:]]
@@ -170,7 +175,7 @@ def _made_something(bench: str, prefix: str):
     if bench == "lifecycle":  # the agent has made a container
         root = _agent_root(prefix)
         return lambda: bool(glob.glob(f"{root}/lxc/*/config"))
-    fleet = prefix if bench == "placement" else prefix + "2"
+    fleet = prefix if bench in ("placement", "routing") else prefix + "2"
     state = fleetmod.paths(fleet)["state"]
     return lambda: bool(glob.glob(f"{state}/host-*/lxc/*/config"))  # the fleet made a container
 
@@ -178,7 +183,7 @@ def _made_something(bench: str, prefix: str):
 # long runs, so the signal comes mid-run; sizes as in --quick otherwise
 LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "--rounds", "1000000"),
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
-        "failover": ("--quick", "--containers", "30")}
+        "failover": ("--quick", "--containers", "30"), "routing": ("--quick", "--seconds", "100000")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])

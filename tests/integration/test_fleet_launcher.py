@@ -145,8 +145,8 @@ def test_two_hosts_answer_over_ipc_and_tcp_and_serve_http(make_fleet):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines == [f"export DCCTL_HOST=tcp://{f.addr(1)}:7000",
-                     f"host-1 {f.addr(1)} tcp://{f.addr(1)}:7000",
-                     f"host-2 {f.addr(2)} tcp://{f.addr(2)}:7000"]
+                     f"# host-1 {f.addr(1)} tcp://{f.addr(1)}:7000",
+                     f"# host-2 {f.addr(2)} tcp://{f.addr(2)}:7000"]
     state = f.state()
     assert state["status"] == "up" and state["bridge"] == f"{f.prefix}fleet0" and state["hub"] is None
     assert [h["netns"] for h in state["hosts"]] == [f"{f.prefix}-host-1", f"{f.prefix}-host-2"]
@@ -291,3 +291,36 @@ def test_with_hub(make_fleet):
         assert time.monotonic() < deadline, hosts
         time.sleep(0.5)
     assert [hosts[f"host-{i}"]["endpoint"] for i in (1, 2)] == [f"tcp://{f.addr(i)}:7000" for i in (1, 2)]
+
+
+def test_with_router(make_fleet):
+    """--router: a dc-router in its own namespace, announced for eval; the
+    default route domain is <prefix>.test; down removes it and its HAProxy."""
+    f = make_fleet()
+    done = f.up(1, "--router")
+    assert done.returncode == 0, done.stderr
+    gw = f.addr(1).rsplit(".", 1)[0]
+    assert done.stdout.splitlines()[:2] == [f"export DCCTL_HOST=tcp://{gw}.1:7100", f"export DCF_ROUTER={gw}.5:80"]
+    assert all(line.startswith(("export ", "# ")) for line in done.stdout.splitlines())
+    state = f.state()
+    assert state["route_domain"] == f"{f.prefix}.test" and state["router"]["netns"] == f"{f.prefix}-router"
+    st = run_fleet("status", "--prefix", f.prefix)
+    assert st.returncode == 0 and st.stdout.count("alive ping ok") == 3, st.stdout
+    call(state["hub"]["ipc"], "create_container", "busybox", "lr.web")
+    body = wait_http_host(f"http://{gw}.5/", f"lr.web.{f.prefix}.test")
+    assert "lr.web" in body
+    cfg = os.path.join(state["router"]["state_dir"], "haproxy.cfg")
+    assert any(cfg.encode() in open(c, "rb").read() for c in glob.glob("/proc/[0-9]*/cmdline")
+               if os.path.exists(c))
+
+
+def wait_http_host(url: str, host: str, timeout_s: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Host": host}), timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

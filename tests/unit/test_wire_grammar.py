@@ -58,16 +58,21 @@ def test_loopback_and_port_forms():
 # ---------------------------------------------------------------- image refs
 
 def test_refs_and_names():
-    assert refs.parse_ref("busybox") == refs.ImageRef("busybox", "")
-    assert refs.parse_ref("my.app-2@3f2a") == refs.ImageRef("my.app-2", "3f2a")
-    assert str(refs.parse_ref("a@" + "0" * 64)) == "a@" + "0" * 64
-    assert refs.parse_ref("a@beef").matches({"name": "a", "id": "beef" + "0" * 60})
-    assert not refs.parse_ref("a@beef").matches({"name": "b", "id": "beef" + "0" * 60})
-    assert refs.image_name("x" * 64) == "x" * 64
+    assert refs.parse_ref("busybox") == refs.ImageRef("busybox")
+    assert refs.parse_ref("my.app-2@3f2a") == refs.ImageRef("my.app-2", prefix="3f2a")
+    assert refs.parse_ref("ubuntu:24.04@beef") == refs.ImageRef("ubuntu", "24.04", "beef")
+    assert str(refs.parse_ref("a@" + "0" * 64)) == "a@" + "0" * 64 and str(refs.parse_ref("a:v1@beef")) == "a:v1@beef"
+    image = {"name": "a", "id": "beef" + "0" * 60}
+    assert refs.parse_ref("a@beef").matches(image) and not refs.parse_ref("b@beef").matches(image)
+    assert refs.parse_ref("a:latest").matches(image)  # an untagged image answers to "latest"
+    assert not refs.parse_ref("a:v1").matches(image) and refs.parse_ref("a:v1").matches({**image, "tag": "v1"})
+    assert refs.parse_ref("a").matches({**image, "tag": "v1"})  # no tag: any
+    assert refs.image_name("x" * 64) == "x" * 64 and refs.image_tag("_" + "x" * 127) == "_" + "x" * 127
 
 
 @pytest.mark.parametrize("ref", ["", "Busybox", "-x", "a..b", "x" * 65, "a@", "a@abc", "a@ABCD", "a@" + "0" * 65,
-                                 "a@beef@beef", "@beef", "a b", None, 5])
+                                 "a@beef@beef", "@beef", "a b", None, 5, "a:", "a:-x", "a:" + "x" * 129,
+                                 "a:b:c", ":v1"])
 def test_bad_refs_are_invalid_arguments(ref):
     with pytest.raises(errors.InvalidArgument):
         refs.parse_ref(ref)
