@@ -44,7 +44,8 @@ from agents import network as netmod
 from agents.containers import ContainerManager
 from agents.service import translate
 from dcctl import errors
-from dcctl.wire import claim_ipc_path, parse_endpoint
+from dcctl.wire import claim_ipc_path
+from dcctl.wire.endpoint import parse_endpoint
 from images.store import ImageStore
 from lxcwrap.lxc import Lxc
 

@@ -27,7 +27,8 @@ from agents.hubclient import HubLink
 from agents.service import AgentService, translate
 from agents.supervisor import Supervisor
 from dcctl import auth, errors
-from dcctl.wire import Service, claim_ipc_path, parse_endpoint
+from dcctl.wire import Service, claim_ipc_path
+from dcctl.wire.endpoint import parse_endpoint
 from images.store import ImageStore
 from lxcwrap.lxc import Lxc
 from lxcwrap.run import hollow_run, run
