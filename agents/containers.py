@@ -47,21 +47,9 @@ from lxcwrap.lxc import DEFAULT_EXEC_ENV, Lxc
 
 log = logging.getLogger(__name__)
 
-CREATE_OPTIONS = {
-    "memory_bytes": "hard memory limit, bytes (>= 4 MiB)",
-    "cpus": "CPU quota as a count of CPUs, e.g. 0.5",
-    "cpu_shares": "relative CPU weight, 2-262144 (1024 = normal)",
-    "env": "environment of the container's command, {NAME: value}",
-    "command": "the command init runs (argv list, or a string for /bin/sh -c)",
-    "restart": "restart policy: no (default), always, on-failure or on-failure:N",
-}
-EXEC_OPTIONS = {
-    "timeout_s": "seconds before the command is killed (default 300)",
-    "env": "extra environment variables {NAME: value}",
-    "max_output_bytes": "cap on each of stdout and stderr, bytes",
-    "stdin": "bytes fed to the command's standard input",
-}
-MIN_MEMORY_BYTES = 4 << 20
+CREATE_OPTIONS = validate.CREATE_OPTIONS
+EXEC_OPTIONS = validate.EXEC_OPTIONS
+MIN_MEMORY_BYTES = validate.MIN_MEMORY_BYTES
 
 
 def _policy_text(policy: dict | None) -> str:
@@ -277,19 +265,7 @@ class ContainerManager:
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     def _create_options(self, options: dict | None) -> dict:
-        opts = validate.options(options, CREATE_OPTIONS, "container_create")
-        if opts.get("memory_bytes") is not None:
-            validate.number(opts["memory_bytes"], "memory_bytes", minimum=MIN_MEMORY_BYTES,
-                            maximum=1 << 50, integer=True)
-        if opts.get("cpus") is not None:
-            validate.number(opts["cpus"], "cpus", minimum=0.01, maximum=os.cpu_count() or 1)
-        if opts.get("cpu_shares") is not None:
-            validate.number(opts["cpu_shares"], "cpu_shares", minimum=2, maximum=262144, integer=True)
-        opts["env"] = validate.env(opts.get("env"))
-        supervisor.parse_policy(opts.get("restart"))
-        if opts.get("command") is not None:
-            opts["command"] = validate.command(opts["command"])
-        return opts
+        return validate.create_options(options, max_cpus=os.cpu_count() or 1)
 
     def _resolve(self, image_ref: str) -> dict:
         if not isinstance(image_ref, str) or not image_ref:
@@ -388,8 +364,7 @@ class ContainerManager:
 
     def stop(self, name: str, timeout_s: float | None) -> dict:
         """See AgentService.container_stop."""
-        timeout = self.config.stop_timeout_s if timeout_s is None else timeout_s
-        validate.number(timeout, "timeout_s", minimum=0, maximum=3600)
+        timeout = self.config.stop_timeout_s if timeout_s is None else validate.stop_timeout(timeout_s)
         with self.locked(name):
             rec = self._record(name)
             self._set_desired(rec, "stopped")  # written before the stop: a failed write stops nothing
@@ -471,19 +446,12 @@ class ContainerManager:
     def exec(self, name: str, command, options: dict | None) -> dict:
         """See AgentService.container_exec."""
         argv = validate.command(command)
-        opts = validate.options(options, EXEC_OPTIONS, "container_exec")
-        timeout = validate.number(opts.get("timeout_s", 300), "timeout_s", minimum=0.1, maximum=86400)
-        cap = validate.number(opts.get("max_output_bytes", self.config.exec_max_output_bytes),
-                              "max_output_bytes", minimum=0, maximum=self.config.exec_max_output_bytes,
-                              integer=True)
-        stdin = opts.get("stdin")
-        if stdin is not None and not isinstance(stdin, (bytes, str)):
-            raise errors.InvalidArgument("stdin must be bytes or a string")
+        opts = validate.exec_options(options, max_output_bytes=self.config.exec_max_output_bytes)
         rec = self._record(name)
-        env = {**DEFAULT_EXEC_ENV, **rec["env"], **validate.env(opts.get("env"))}
+        env = {**DEFAULT_EXEC_ENV, **rec["env"], **opts["env"]}
         try:
-            return self.lxc.exec(name, argv, env=env, timeout_s=timeout, max_output_bytes=int(cap),
-                                 input_bytes=stdin.encode() if isinstance(stdin, str) else stdin)
+            return self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
+                                 max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
         except lxcerr.LxcExecNotFound as exc:
             raise errors.CommandNotFound(str(exc)) from exc
         except lxcerr.LxcNotRunning as exc:

@@ -36,7 +36,7 @@ from lxcwrap.run import run as run_tool
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
-LOG_MAX_BYTES = 4 << 20
+LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 _LXC_MAP = {
     lxcerr.LxcAlreadyRunning: errors.ContainerRunning,
     lxcerr.LxcNotRunning: errors.ContainerNotRunning,
@@ -442,7 +442,7 @@ class AgentService:
         Raises: NoSuchContainer, ContainerNotRunning, InvalidArgument
         (bad command or option).
         """
-        opts = validate.options(options, {"via": "relay transport"}, "container_enter")
+        opts = validate.enter_options(options)
         argv = validate.command(command) if command is not None else ["/bin/sh", "-l"]
         rec = self.m._record(name)
         if self.m._live_state(name) != "RUNNING":
@@ -460,8 +460,7 @@ class AgentService:
         max_bytes), truncated (data is not the whole log)}.
         Raises: NoSuchContainer, InvalidArgument (max_bytes over 4 MiB).
         """
-        validate.number(max_bytes, "max_bytes", minimum=0, maximum=LOG_MAX_BYTES, integer=True)
-        return self.m.logs(name, max_bytes)
+        return self.m.logs(name, validate.log_bytes(max_bytes))
 
     @expose(shielded=True)
     def container_connection_add(self, name: str, proto: str, container_port: int,

@@ -25,37 +25,30 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 
 import gevent
 import gevent.event
 
 from agents.background import BackgroundLoop
-from dcctl import errors
+from dcctl import errors, validate
 from lxcwrap import cgroup
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("no", "always", "on-failure")
+POLICIES = validate.RESTART_POLICIES
 DEFAULT_MAX_RETRIES = 10
 BACKOFF_MAX_SECONDS = 60.0
 RESET_AFTER_SECONDS = 30.0
 MAX_EVENTS = 50
 CLEANUP_EVERY_PASSES = 60  # ops_cleanup's work, about once a minute
-_POLICY_RE = re.compile(r"^(no|always|on-failure)(?::(\d{1,4}))?$")
 
 
 def parse_policy(value) -> dict:
     """``"no"``, ``"always"``, ``"on-failure"`` or ``"on-failure:N"`` ->
-    {"policy", "max_retries"}.  Raises InvalidArgument."""
-    if value is None:
-        return {"policy": "no", "max_retries": 0}
-    m = _POLICY_RE.match(value) if isinstance(value, str) else None
-    if not m or (m.group(2) and m.group(1) != "on-failure"):
-        raise errors.InvalidArgument(f"restart policy must be no, always, on-failure or on-failure:N, got {value!r}")
-    retries = int(m.group(2)) if m.group(2) else (DEFAULT_MAX_RETRIES if m.group(1) == "on-failure" else 0)
-    return {"policy": m.group(1), "max_retries": retries}
+    {"policy", "max_retries"} (the grammar is dcctl.validate.restart_policy's).
+    Raises InvalidArgument."""
+    return validate.restart_policy(value, DEFAULT_MAX_RETRIES)
 
 
 def read_exit(upper_dir: str) -> tuple[int | None, bool]:

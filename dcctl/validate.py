@@ -85,6 +85,8 @@ def command(value: Any, what: str = "command") -> list[str]:
     if isinstance(value, str):
         if not value.strip():
             raise InvalidArgument(f"{what} is empty")
+        if "\x00" in value:
+            raise InvalidArgument(f"{what} must be a string without NUL bytes")
         return ["/bin/sh", "-c", value]
     if not isinstance(value, (list, tuple)) or not value:
         raise InvalidArgument(f"{what} must be a non-empty list of strings or a string")
@@ -119,8 +121,122 @@ def options(value: Any, allowed: dict[str, str], what: str) -> dict:
         return {}
     if not isinstance(value, dict):
         raise InvalidArgument(f"{what} options must be a map")
-    unknown = sorted(k for k in value if k not in allowed)
+    unknown = sorted((k for k in value if k not in allowed), key=repr)
     if unknown:
         raise InvalidArgument(
             f"unknown {what} option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(allowed))}")
     return dict(value)
+
+
+# ------------------------------------------------ container options (agent and hub)
+# One set of rules for the options of the container methods: the agent
+# applies them, and the hub applies the same ones before it forwards a call
+# or reads an option itself.  Bounds that depend on the host (its CPU count,
+# its exec output cap) are passed in by the agent; the hub checks the
+# host-independent ones.
+
+CREATE_OPTIONS = {
+    "memory_bytes": "hard memory limit, bytes (>= 4 MiB)",
+    "cpus": "CPU quota as a count of CPUs, e.g. 0.5",
+    "cpu_shares": "relative CPU weight, 2-262144 (1024 = normal)",
+    "env": "environment of the container's command, {NAME: value}",
+    "command": "the command init runs (argv list, or a string for /bin/sh -c)",
+    "restart": "restart policy: no (default), always, on-failure or on-failure:N",
+}
+EXEC_OPTIONS = {
+    "timeout_s": "seconds before the command is killed (default 300)",
+    "env": "extra environment variables {NAME: value}",
+    "max_output_bytes": "cap on each of stdout and stderr, bytes",
+    "stdin": "bytes fed to the command's standard input",
+}
+ENTER_OPTIONS = {"via": "relay transport: tcp or ipc"}
+MIN_MEMORY_BYTES = 4 << 20
+MAX_MEMORY_BYTES = 1 << 50
+MAX_CPUS = 4096
+EXEC_DEFAULT_TIMEOUT_SECONDS = 300.0
+EXEC_MAX_TIMEOUT_SECONDS = 86400.0
+EXEC_MAX_OUTPUT_BYTES = 16 << 20
+STOP_MAX_TIMEOUT_SECONDS = 3600.0
+LOG_MAX_BYTES = 4 << 20
+RESTART_POLICIES = ("no", "always", "on-failure")
+_POLICY_RE = re.compile(r"^(no|always|on-failure)(?::(\d{1,4}))?$")
+
+
+def restart_policy(value: Any, default_max_retries: int = 10) -> dict:
+    """``"no"`` (or None), ``"always"``, ``"on-failure"`` or
+    ``"on-failure:N"`` (N up to 9999) -> {"policy", "max_retries"};
+    ``default_max_retries`` is N when ``on-failure`` gives none."""
+    if value is None:
+        return {"policy": "no", "max_retries": 0}
+    m = _POLICY_RE.match(value) if isinstance(value, str) else None
+    if not m or (m.group(2) and m.group(1) != "on-failure"):
+        raise InvalidArgument(f"restart policy must be no, always, on-failure or on-failure:N, got {value!r}")
+    retries = int(m.group(2)) if m.group(2) else (default_max_retries if m.group(1) == "on-failure" else 0)
+    return {"policy": m.group(1), "max_retries": retries}
+
+
+def create_options(value: Any, *, max_cpus: float = MAX_CPUS) -> dict:
+    """container_create's options map, checked and normalised: keys of
+    CREATE_OPTIONS only; memory_bytes an integer from 4 MiB to 2^50; cpus a
+    number from 0.01 to ``max_cpus`` (the agent passes its CPU count);
+    cpu_shares an integer 2-262144; env (see ``env``, always present in the
+    result, {} by default); command (see ``command``, as an argv list);
+    restart (see ``restart_policy``, kept as given).  None values are
+    dropped (as if absent).
+
+    Raises: InvalidArgument naming the first bad option."""
+    opts = {k: v for k, v in options(value, CREATE_OPTIONS, "container_create").items() if v is not None}
+    if "memory_bytes" in opts:
+        number(opts["memory_bytes"], "memory_bytes", minimum=MIN_MEMORY_BYTES, maximum=MAX_MEMORY_BYTES,
+               integer=True)
+    if "cpus" in opts:
+        number(opts["cpus"], "cpus", minimum=0.01, maximum=max_cpus)
+    if "cpu_shares" in opts:
+        number(opts["cpu_shares"], "cpu_shares", minimum=2, maximum=262144, integer=True)
+    opts["env"] = env(opts.get("env"))
+    restart_policy(opts.get("restart"))
+    if "command" in opts:
+        opts["command"] = command(opts["command"])
+    return opts
+
+
+def exec_options(value: Any, *, max_output_bytes: int = EXEC_MAX_OUTPUT_BYTES) -> dict:
+    """container_exec's options map, checked and normalised to {timeout_s
+    (0.1-86400 s, default 300), max_output_bytes (0 to ``max_output_bytes``,
+    default that cap), env (see ``env``; {} by default), stdin (bytes or
+    None; a string is UTF-8 encoded)}.
+
+    Raises: InvalidArgument naming the first bad option."""
+    opts = options(value, EXEC_OPTIONS, "container_exec")
+    timeout = number(opts.get("timeout_s", EXEC_DEFAULT_TIMEOUT_SECONDS), "timeout_s", minimum=0.1,
+                     maximum=EXEC_MAX_TIMEOUT_SECONDS)
+    cap = number(opts.get("max_output_bytes", max_output_bytes), "max_output_bytes", minimum=0,
+                 maximum=max_output_bytes, integer=True)
+    stdin = opts.get("stdin")
+    if stdin is not None and not isinstance(stdin, (bytes, str)):
+        raise InvalidArgument("stdin must be bytes or a string")
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    return {"timeout_s": float(timeout), "max_output_bytes": int(cap), "env": env(opts.get("env")),
+            "stdin": stdin}
+
+
+def enter_options(value: Any) -> dict:
+    """container_enter's options map: {via: "tcp" | "ipc"} (absent: the
+    transport the caller came by).  Raises: InvalidArgument."""
+    opts = options(value, ENTER_OPTIONS, "container_enter")
+    if opts.get("via") is not None and opts["via"] not in ("tcp", "ipc"):
+        raise InvalidArgument(f"via must be tcp or ipc, got {opts['via']!r}")
+    return opts
+
+
+def stop_timeout(value: Any) -> float | None:
+    """container_stop's grace period: None (the agent's default) or 0-3600 s."""
+    if value is None:
+        return None
+    return number(value, "timeout_s", minimum=0, maximum=STOP_MAX_TIMEOUT_SECONDS)
+
+
+def log_bytes(value: Any) -> int:
+    """container_logs' max_bytes: an integer from 0 to 4 MiB."""
+    return int(number(value, "max_bytes", minimum=0, maximum=LOG_MAX_BYTES, integer=True))

@@ -33,7 +33,7 @@ CREATE_OPTIONS = {
     "no_start": "create only", "strategy": "spread (default) or binpack",
     "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
 }
-AGENT_CREATE_KEYS = ("memory_bytes", "cpus", "cpu_shares", "env", "command", "restart")
+AGENT_CREATE_KEYS = tuple(validate.CREATE_OPTIONS)
 MAX_EVENTS = 500
 RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
              errors.StoreError, errors.NetworkError, errors.Busy)
@@ -42,6 +42,18 @@ PULL_TIMEOUT_SECONDS = 600.0
 READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls", "hostinfo", "image_ls",
                                 "ops_facts"})
 VIEW_TIMEOUT_SECONDS = 5.0
+
+
+def _capacity(value) -> dict:
+    """A host's capacity figures as registered: {NAME: integer} (None: {}).
+    Raises: InvalidArgument."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) or v is None
+                                              for v in value.values()):
+        raise errors.InvalidArgument("capacity must be a map of figures {memory_reservable_bytes, "
+                                     "container_slots, ...} (integers)")
+    return value
 
 
 class HubService(routes.RouteMethods, UploadMethods):
@@ -302,6 +314,7 @@ class HubService(routes.RouteMethods, UploadMethods):
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in labels.items()):
             raise errors.InvalidArgument("labels must be a map of strings")
+        capacity = _capacity(info.get("capacity"))
         boot_id = self._valid_boot_id(info.get("boot_id"))
         caller = wire.current_caller()
         key = caller.key if caller else ""
@@ -312,7 +325,7 @@ class HubService(routes.RouteMethods, UploadMethods):
             raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
                                          hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
-                               info.get("capacity") or {}, key)
+                               capacity, key)
         if boot_id is None:
             self._drop_client(name, "the agent registered again")  # an agent without a boot id
         else:
@@ -433,18 +446,24 @@ class HubService(routes.RouteMethods, UploadMethods):
         options, route_opts = routes.take_options(options)
         validate.container_name(name)
         opts = validate.options(options, CREATE_OPTIONS, "create_container")
-        memory = int(validate.number(opts.get("memory_bytes") or 0, "memory_bytes", minimum=0,
-                                     maximum=1 << 50, integer=True))
+        # the agent's own rules for what it is handed (dcctl.validate), before any reservation
+        agent_opts = validate.create_options({k: opts[k] for k in AGENT_CREATE_KEYS if k in opts})
+        if not agent_opts["env"]:
+            del agent_opts["env"]
+        memory = int(agent_opts.get("memory_bytes") or 0)
         strategy = opts.get("strategy", "spread")
-        if strategy not in scheduler.STRATEGIES:
+        if not isinstance(strategy, str) or strategy not in scheduler.STRATEGIES:
             raise errors.InvalidArgument(f"strategy must be one of {', '.join(scheduler.STRATEGIES)}")
         labels = opts.get("label") or {}
-        if not isinstance(labels, dict):
-            raise errors.InvalidArgument("label must be a map {key: value}")
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise errors.InvalidArgument("label must be a map {key: value} of strings")
+        if opts.get("host") is not None and not isinstance(opts["host"], str):
+            raise errors.InvalidArgument("host must be a host name")
+        if not isinstance(opts.get("no_start", False), bool):
+            raise errors.InvalidArgument("no_start must be true or false")
         manifest = self.registry.resolve(image)
         routes.check_create(manifest, route_opts)
-        request = scheduler.Request(memory, {str(k): str(v) for k, v in labels.items()}, opts.get("host"), strategy)
-        agent_opts = {k: opts[k] for k in AGENT_CREATE_KEYS if opts.get(k) is not None}
+        request = scheduler.Request(memory, dict(labels), opts.get("host"), strategy)
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
         row = self.store.claim(name, manifest["id"], memory, spec,
                                scheduler.choose(self.store.hosts(), request))
@@ -512,6 +531,7 @@ class HubService(routes.RouteMethods, UploadMethods):
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.stop_timeout(timeout_s)
         return {**self._forward("container_stop", name, timeout_s), "host": self._owner(name)}
 
     @expose(shielded=True)
@@ -555,7 +575,8 @@ class HubService(routes.RouteMethods, UploadMethods):
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
-        timeout = float((options or {}).get("timeout_s") or 300) + 30
+        validate.command(command)
+        timeout = validate.exec_options(options)["timeout_s"] + 30
         return self._forward("container_exec", name, command, options, timeout_s=timeout)
 
     @expose
@@ -569,6 +590,9 @@ class HubService(routes.RouteMethods, UploadMethods):
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.enter_options(options)
+        if command is not None:
+            validate.command(command)
         host = self.store.host(self._owner(name))
         session = self._forward("container_enter", name, command, {"via": "tcp"})
         # the relay listens beside the agent's tcp endpoint
@@ -583,6 +607,7 @@ class HubService(routes.RouteMethods, UploadMethods):
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.log_bytes(max_bytes)
         return self._forward("container_logs", name, max_bytes)
 
     @expose(shielded=True)
@@ -597,6 +622,10 @@ class HubService(routes.RouteMethods, UploadMethods):
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.protocol(proto)
+        validate.port(container_port, "container port")
+        if host_port is not None:
+            validate.port(host_port, "host port")
         host = self.store.host(self._owner(name))
         result = self._forward("container_connection_add", name, proto, container_port, host_port)
         self._refresh_ports(name)
@@ -612,6 +641,8 @@ class HubService(routes.RouteMethods, UploadMethods):
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
+        validate.protocol(proto)
+        validate.port(container_port, "container port")
         result = self._forward("container_connection_rm", name, proto, container_port)
         self._refresh_ports(name)
         return result
@@ -713,6 +744,8 @@ class HubService(routes.RouteMethods, UploadMethods):
             raise errors.InvalidArgument("target must be a glob on host names or label:KEY=VALUE")
         if not isinstance(method, str) or not method:
             raise errors.InvalidArgument("method must be an agent method name")
+        if not isinstance(opts.get("fire_and_forget", False), bool):
+            raise errors.InvalidArgument("fire_and_forget must be true or false")
         hosts = fanout.targets(self.store.hosts(), opts.get("target"))
         if not hosts:
             raise errors.NoSuchHost(f"no host matches the target {opts.get('target') or '*'!r}",
@@ -749,6 +782,10 @@ class HubService(routes.RouteMethods, UploadMethods):
         """
         opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
         timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
+        if not isinstance(method, str) or not method:
+            raise errors.InvalidArgument("method must be an agent method name")
+        if not isinstance(opts.get("idempotent", False), bool):
+            raise errors.InvalidArgument("idempotent must be true or false")
         args, tried = self._coerce(method, list(args or [])), set()
         started = time.monotonic()
         while True:

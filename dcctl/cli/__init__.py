@@ -49,8 +49,6 @@ import os
 import sys
 from typing import Mapping
 
-import zmq
-
 from dcctl import errors, wire  # noqa: F401  (wire: for callers of cli.wire)
 from dcctl.cli.args import (LITERAL_AFTER_WORDS, MAP_OPTIONS, Command, Param, UsageError, build_call,
                             build_options, convert_word, method_help, options_index, params_of, parse_size,
@@ -97,9 +95,6 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
     except errors.DcError as exc:
         _report(type(exc).__name__, exc.message, exc.hint)
         return 3 if isinstance(exc, (errors.CallTimeout, errors.Unreachable)) else 1
-    except zmq.ZMQError as exc:  # zmq refused the endpoint (e.g. tcp://*:PORT, a bind address)
-        _report("Unreachable", str(exc), None)
-        return 3
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -263,6 +263,7 @@ def test_bad_input_is_typed_and_changes_nothing(agent):
         (("container_start", "bad.input"), errors.ContainerRunning),
         (("container_destroy", "bad.input"), errors.ContainerRunning),
         (("container_exec", "bad.input", ["/no/such/binary"]), errors.CommandNotFound),
+        (("container_exec", "bad.input", "echo a\x00b"), errors.InvalidArgument),  # was InternalError
         (("container_connection_add", "bad.input", "sctp", 80), errors.InvalidArgument),
         (("container_connection_add", "bad.input", "tcp", 0), errors.InvalidArgument),
         (("container_connection_add", "bad.input", "tcp", 70000), errors.InvalidArgument),

@@ -85,7 +85,7 @@ def test_a_call_that_raises_a_non_wire_error_is_an_error_not_a_timeout(workers):
     clients = {w.name: c for w, _, c in workers}
 
     def call(h):
-        if h["name"] == "h1":  # msgpack cannot pack the argument: TypeError, before anything is sent
+        if h["name"] == "h1":  # msgpack cannot carry the argument: InvalidArgument, before anything is sent
             return clients["h1"].call("work", object(), timeout_s=5.0)
         if h["name"] == "h2":
             raise KeyError("no endpoint for h2")  # e.g. a bug on the hub's side
@@ -93,6 +93,6 @@ def test_a_call_that_raises_a_non_wire_error_is_an_error_not_a_timeout(workers):
 
     out = fanout.broadcast(hosts, call, 5.0)
     assert out["results"]["h0"]["status"] == "ok"
-    assert out["results"]["h1"]["status"] == "error" and out["results"]["h1"]["error"] == "TypeError"
+    assert out["results"]["h1"]["status"] == "error" and out["results"]["h1"]["error"] == "InvalidArgument"
     assert out["results"]["h2"] == {"status": "error", "error": "KeyError", "message": "'no endpoint for h2'"}
     assert out["summary"]["error"] == 2 and out["summary"]["timeout"] == 0
