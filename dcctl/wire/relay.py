@@ -86,7 +86,11 @@ class Channel:
         try:
             sock.setsockopt(zmq.LINGER, linger_ms)
             if where.is_tcp and server_key:
-                sock.curve_serverkey = server_key.encode()
+                try:
+                    sock.curve_serverkey = server_key.encode()
+                except zmq.ZMQError as exc:
+                    sock.close(0)
+                    raise errors.InvalidArgument(f"bad relay server key {server_key!r:.60}: {exc}") from exc
                 sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()  # the token admits us
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
