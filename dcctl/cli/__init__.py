@@ -13,10 +13,12 @@ METHOD; everything after ``--`` is a positional word.
 
 Arguments are converted with the server's ``_zerorpc_inspect`` answer:
 
-- positional words fill the method's parameters in order, by type: ``int``,
-  ``float``, ``bool`` (true/false/yes/no/on/off/1/0), ``str``; a parameter
-  whose type includes ``None`` takes the words ``none``/``null`` as None; an
-  int parameter whose name ends in ``_bytes`` accepts sizes like ``512M``;
+- positional words fill the method's parameters in order, by type, with the
+  wire's one coercion (dcctl.wire.coerce; the hub's broadcast and queue use
+  it too): ``int`` (decimal digits, a sign), ``float`` (finite), ``bool``
+  (true/false/yes/no/on/off/1/0), ``str``; a parameter whose type includes
+  ``None`` takes the words ``none``/``null`` as None; an int parameter whose
+  name ends in ``_bytes`` accepts sizes like ``512M``;
 - a ``list`` parameter (e.g. ``list | str``) takes ALL remaining words as a
   list of strings: ``dcctl container_exec web -- ls -l``;
 - the options parameter (typed ``dict``, last) collects ``--key value`` (or
