@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import time
 
@@ -101,7 +100,13 @@ class ContainerManager:
         finally:
             lock.release()
 
-    def _record(self, name: str, *, ready: bool = True) -> dict:
+    def record(self, name: str, *, ready: bool = True) -> dict:
+        """The record of container ``name`` (the live dict: change it under
+        ``locked(name)`` only).
+
+        Args: ready: refuse a container being created or destroyed.
+        Raises: InvalidArgument (bad name), NoSuchContainer, Busy (not
+        ready, when ``ready``)."""
         validate.container_name(name)
         rec = self.records.get(name)
         if rec is None:
@@ -177,8 +182,9 @@ class ContainerManager:
                 lock.release()
         return done
 
-    def _dir(self, name: str) -> str:
-        return os.path.join(self.config.lxc_path, name)
+    def upper_dir(self, name: str) -> str:
+        """The container's own layer (the overlay's upper dir) on the host."""
+        return self.lxc.upper_dir(name)
 
     def _mappings(self, rec: dict) -> list[dict]:
         return [{"container": rec["name"], "proto": p["proto"], "host_port": p["host_port"],
@@ -274,10 +280,7 @@ class ContainerManager:
 
     def _write_container(self, rec: dict, manifest: dict) -> None:
         name = rec["name"]
-        cdir = self._dir(name)
-        upper = os.path.join(cdir, "delta0")
-        os.makedirs(upper, mode=0o755)
-        os.makedirs(os.path.join(cdir, "olwork"), mode=0o700)
+        upper = self.lxc.prepare(name)
         context = {"name": name, "hostname": name, "address": rec["address"],
                    "prefixlen": self.network.prefixlen, "gateway": self.network.gateway,
                    "host": self.config.host_name, "exposed_ports": manifest.get("exposed_ports", []),
@@ -294,11 +297,10 @@ class ContainerManager:
             name=name, hostname=name, lower_dirs=self.images.layer_dirs(manifest), upper_dir=upper,
             bridge=self.network.bridge, veth_name=rec["veth"], address=rec["address"],
             prefixlen=self.network.prefixlen, gateway=self.network.gateway,
-            console_log=os.path.join(cdir, "console.log"), lxc_log=os.path.join(cdir, "lxc.log"),
+            console_log=self.lxc.path(name, "console.log"), lxc_log=self.lxc.path(name, "lxc.log"),
             init_cmd=manifest.get("init") or "/sbin/init", halt_signal=manifest.get("stop_signal") or "SIGPWR",
             memory_bytes=rec["memory_bytes"], cpus=rec["cpus"], cpu_shares=rec["cpu_shares"])
-        with open(os.path.join(cdir, "config"), "w") as f:
-            f.write(cfg.render(self.layout))
+        self.lxc.write_config(name, cfg, self.layout)
 
     def _rollback_create(self, name: str) -> None:
         try:
@@ -310,12 +312,12 @@ class ContainerManager:
             self._disk_desired.pop(name, None)
 
     def _remove_files(self, name: str) -> None:
-        cdir = self._dir(name)
-        if os.path.isdir(cdir):
-            try:
-                _blocking(shutil.rmtree, cdir)
-            except OSError as exc:
-                raise errors.StoreError(f"cannot remove {exc.filename or cdir}: {exc.strerror or exc}",
+        """Remove the container's directory (lxcwrap's ``destroy``, in the
+        thread pool).  Raises StoreError naming the file that stayed."""
+        try:
+            _blocking(self.lxc.destroy, name)
+        except OSError as exc:
+            raise errors.StoreError(f"cannot remove {exc.filename or self.lxc.path(name)}: {exc.strerror or exc}",
                                         hint="something holds it (a mount under it?); "
                                              "container_destroy or ops_cleanup finishes it later") from exc
 
@@ -323,19 +325,26 @@ class ContainerManager:
     def start(self, name: str) -> dict:
         """See AgentService.container_start."""
         with self.locked(name):
-            rec = self._record(name)
-            pid = self._start(rec)
+            rec = self.record(name)
+            pid = self.start_locked(rec)
             return self._view(rec, {"state": "RUNNING", "pid": pid})
 
-    def _start(self, rec: dict) -> int | None:
-        """Start the container: ``desired: running`` is written first (a
-        write that fails starts nothing), and put back if LXC fails."""
+    def start_locked(self, rec: dict) -> int | None:
+        """Start the container of ``rec`` (a ready record; the caller holds
+        its lock, as the supervisor's restarts do): ``desired: running`` is
+        written first (a write that fails starts nothing), and put back if
+        LXC fails; its port mappings go (back) into the kernel.
+
+        Returns: its init's pid, or None if LXC did not say.
+        Raises: OSError (the intent could not be written), lxcwrap errors
+        (LxcAlreadyRunning, LxcStartFailed, ...), agents.network errors;
+        the agent's service boundary maps them (agents.errmap)."""
         name = rec["name"]
         was = rec["desired"]
         self._set_desired(rec, "running")
         try:
             try:  # the previous run's exit record must not be taken for this run's
-                os.unlink(os.path.join(self._dir(name), "delta0", "etc", "dcfleet", "exit"))
+                os.unlink(os.path.join(self.upper_dir(name), "etc", "dcfleet", "exit"))
             except FileNotFoundError:
                 pass
             try:
@@ -348,10 +357,8 @@ class ContainerManager:
                 if "File exists" not in text or not self.network.remove_stale_veth(rec["veth"]):
                     raise
                 pid = self.lxc.start(name)
-        except lxcerr.LxcAlreadyRunning as exc:
-            raise errors.ContainerRunning(f"container {name!r} is already running") from exc
         except BaseException:
-            if was != "running" and self._live_state(name) != "RUNNING":
+            if was != "running" and self.live_state(name) != "RUNNING":
                 rec["desired"] = was
                 self.save_soon(rec, critical=True)
             raise
@@ -366,19 +373,16 @@ class ContainerManager:
         """See AgentService.container_stop."""
         timeout = self.config.stop_timeout_s if timeout_s is None else validate.stop_timeout(timeout_s)
         with self.locked(name):
-            rec = self._record(name)
+            rec = self.record(name)
             self._set_desired(rec, "stopped")  # written before the stop: a failed write stops nothing
-            try:
-                self.lxc.stop(name, timeout_s=timeout)
-            except lxcerr.LxcNotRunning as exc:
-                raise errors.ContainerNotRunning(f"container {name!r} is not running") from exc
+            self.lxc.stop(name, timeout_s=timeout)  # LxcNotRunning: ContainerNotRunning at the boundary
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     # ------------------------------------------------------------ destroy
     def destroy(self, name: str, force: bool) -> dict:
         """See AgentService.container_destroy."""
         with self.locked(name):
-            rec = self._record(name, ready=False)
+            rec = self.record(name, ready=False)
             if rec["phase"] == "creating":
                 raise errors.Busy(f"container {name!r} is creating")
             # a destroy cut short (phase destroying) is finished whatever force says
@@ -402,7 +406,7 @@ class ContainerManager:
         host-side veth, so only when the veth exists is LXC asked."""
         if not self.network.link_present(rec["veth"]):
             return False
-        return self._live_state(rec["name"]) == "RUNNING"
+        return self.live_state(rec["name"]) == "RUNNING"
 
     def _finish_destroy(self, rec: dict) -> None:
         """Kill it if running, remove its rules, rootfs layer, config, veth
@@ -447,15 +451,12 @@ class ContainerManager:
         """See AgentService.container_exec."""
         argv = validate.command(command)
         opts = validate.exec_options(options, max_output_bytes=self.config.exec_max_output_bytes)
-        rec = self._record(name)
+        rec = self.record(name)
         env = {**DEFAULT_EXEC_ENV, **rec["env"], **opts["env"]}
-        try:
-            return self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
-                                 max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
-        except lxcerr.LxcExecNotFound as exc:
-            raise errors.CommandNotFound(str(exc)) from exc
-        except lxcerr.LxcNotRunning as exc:
-            raise errors.ContainerNotRunning(f"container {name!r} is not running") from exc
+        # LxcExecNotFound and LxcNotRunning become CommandNotFound and
+        # ContainerNotRunning at the service boundary (agents.errmap)
+        return self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
+                             max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
 
     # ------------------------------------------------------------ port mappings
     def connection_add(self, name: str, proto: str, container_port: int, host_port: int | None) -> dict:
@@ -465,7 +466,7 @@ class ContainerManager:
         if host_port is not None:
             validate.port(host_port, "host port")
         with self.locked(name):
-            rec = self._record(name)
+            rec = self.record(name)
             for p in rec["ports"]:
                 if p["proto"] == proto and p["container_port"] == container_port:
                     raise errors.PortInUse(
@@ -499,7 +500,7 @@ class ContainerManager:
         validate.protocol(proto)
         validate.port(container_port, "container port")
         with self.locked(name):
-            rec = self._record(name)
+            rec = self.record(name)
             entry = next((p for p in rec["ports"]
                           if p["proto"] == proto and p["container_port"] == container_port), None)
             if entry is None:
@@ -522,7 +523,10 @@ class ContainerManager:
         return mapping
 
     # ------------------------------------------------------------ views
-    def _live_state(self, name: str) -> str:
+    def live_state(self, name: str) -> str:
+        """What LXC says of the container now: "RUNNING", "STOPPED", ...,
+        or "MISSING" when LXC does not know it.  Raises LxcError (the tool
+        failed)."""
         try:
             return self.lxc.info(name)["state"]
         except lxcerr.LxcNotFound:
@@ -562,7 +566,7 @@ class ContainerManager:
 
     def inspect(self, name: str) -> dict:
         """See AgentService.container_inspect."""
-        rec = self._record(name, ready=False)
+        rec = self.record(name, ready=False)
         try:
             live = self.lxc.info(name)
         except lxcerr.LxcNotFound:
@@ -572,14 +576,14 @@ class ContainerManager:
                      "env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
                      "veth": rec["veth"], "gateway": self.network.gateway,
                      "prefixlen": self.network.prefixlen, "host": self.config.host_name,
-                     "rootfs_upper": os.path.join(self._dir(name), "delta0"),
+                     "rootfs_upper": self.upper_dir(name),
                      "usage": self.usage(view)})
         return view
 
     def logs(self, name: str, max_bytes: int) -> dict:
         """See AgentService.container_logs."""
-        self._record(name, ready=False)
-        path = os.path.join(self._dir(name), "console.log")
+        self.record(name, ready=False)
+        path = self.lxc.path(name, "console.log")
 
         def tail() -> tuple[int, bytes]:  # up to 4 MiB: in the thread pool
             try:
@@ -616,7 +620,7 @@ class ContainerManager:
                 continue
             if rec["phase"] != "ready":
                 continue
-            if not os.path.exists(os.path.join(self._dir(name), "config")):
+            if not self.lxc.has_config(name):
                 with self.locked(name):
                     self._destroy(rec)
                 dropped.append(name)

@@ -31,7 +31,6 @@ of a hub is also forgotten there with ``dcctl host_remove NAME``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
 import signal
@@ -42,8 +41,8 @@ from typing import Sequence
 from agents import config as agent_config
 from agents import network as netmod
 from agents.containers import ContainerManager
-from agents.service import translate
-from dcctl import errors
+from agents.errmap import translate
+from dcctl import errors, files
 from dcctl.wire import claim_ipc_path
 from dcctl.wire.endpoint import parse_endpoint
 from images.store import ImageStore
@@ -66,33 +65,11 @@ def bridge_lock_path(bridge: str, lock_dir: str = BRIDGE_LOCK_DIR) -> str:
     return os.path.join(lock_dir, f"net-{os.stat('/proc/self/ns/net').st_ino}-{bridge}.lock")
 
 
-def _try_lock(path: str) -> int | None:
-    """An fd holding an exclusive flock on ``path`` (created if missing),
-    or None when another process holds it."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _holder_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            text = f.read(32).strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def _stop_agent(path: str, timeout_s: float) -> int | None:
     """SIGTERM the agent whose pid is in the state lock ``path``, and wait
     until its lock is free.  Returns the pid, or None when no pid was
     recorded.  Raises: Busy (it did not exit in time)."""
-    pid = _holder_pid(path)
+    pid = files.lock_holder(path)
     if pid is None:
         return None
     try:
@@ -101,7 +78,7 @@ def _stop_agent(path: str, timeout_s: float) -> int | None:
         return pid
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        fd = _try_lock(path)
+        fd = files.take_lock(path, write_pid=False)
         if fd is not None:
             os.close(fd)
             return pid
@@ -117,18 +94,18 @@ def _take_locks(cfg: agent_config.AgentConfig, stop: bool, lock_dir: str) -> tup
     the bridge)."""
     paths = [state_lock_path(cfg), bridge_lock_path(cfg.bridge, lock_dir)]
     stopped = None
-    fd = _try_lock(paths[0])
+    fd = files.take_lock(paths[0], write_pid=False)
     if fd is None:
-        pid = _holder_pid(paths[0])
+        pid = files.lock_holder(paths[0])
         if not stop:
             raise errors.Busy(f"the agent (pid {pid or '?'}) of {cfg.state_dir} is running",
                               hint="stop it first, or give --stop to have decommission stop it")
         stopped = _stop_agent(paths[0], STOP_TIMEOUT_SECONDS)
-        fd = _try_lock(paths[0])
+        fd = files.take_lock(paths[0], write_pid=False)
         if fd is None:
             raise errors.Busy(f"an agent took {cfg.state_dir} again while decommissioning")
     fds = [fd]
-    fd = _try_lock(paths[1])
+    fd = files.take_lock(paths[1], write_pid=False)
     if fd is None:
         os.close(fds[0])
         raise errors.Busy(f"another agent on this host uses the bridge {cfg.bridge}",

@@ -11,7 +11,6 @@ kernel), and the next start re-adopts them.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ from agents.enter import EnterRelay
 from agents.hubclient import HubLink
 from agents.service import AgentService, translate
 from agents.supervisor import Supervisor
-from dcctl import auth, errors
+from dcctl import auth, errors, files
 from dcctl.wire import Service, claim_ipc_path
 from dcctl.wire.endpoint import parse_endpoint
 from images.store import ImageStore
@@ -76,16 +75,11 @@ def lock_state_dir(state_dir: str) -> None:
     flock on STATE_DIR/agent.lock, held until the process ends.
 
     Raises: Busy (another agent holds it)."""
-    fd = os.open(os.path.join(state_dir, "agent.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise errors.Busy(f"another agent (pid {holder or '?'}) uses the state dir {state_dir}",
-                          hint="stop it first; an agent's state dir is its own") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    path = os.path.join(state_dir, "agent.lock")
+    fd = files.take_lock(path)
+    if fd is None:
+        raise errors.Busy(f"another agent (pid {files.lock_holder(path) or '?'}) uses the state dir {state_dir}",
+                          hint="stop it first; an agent's state dir is its own")
     _STATE_LOCK.append(fd)
 
 
@@ -95,15 +89,11 @@ def lock_bridge(bridge: str, lock_dir: str = "/run/dcfleet/locks") -> None:
     port mappings.  An exclusive flock on LOCK_DIR/net-<netns inode>-<bridge>.
 
     Raises: Busy."""
-    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
     netns = os.stat("/proc/self/ns/net").st_ino
-    fd = os.open(os.path.join(lock_dir, f"net-{netns}-{bridge}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
+    fd = files.take_lock(os.path.join(lock_dir, f"net-{netns}-{bridge}.lock"))
+    if fd is None:
         raise errors.Busy(f"another agent on this host uses the bridge {bridge}",
-                          hint="give each agent its own --bridge and --subnet") from exc
+                          hint="give each agent its own --bridge and --subnet")
     _STATE_LOCK.append(fd)
 
 

@@ -6,15 +6,16 @@ Every tool runs through the ``run`` seam of ``lxcwrap.run`` (argv lists,
 gevent-cooperative); pass ``lxcwrap.run.netns_runner(ns)`` to work inside a
 network namespace.  The iptables layout is drawn in ``agents.netfilter``.
 
-Errors (each also subclasses the wire error of the same name in
-``dcctl.errors``, so the agent forwards it to clients under that name)::
+Errors (this module's own tree; none of them is a wire error: the agent's
+service boundary maps each class onto one in ``dcctl.errors`` through the
+table in ``agents.errmap``)::
 
     NetworkError                    a tool failed or the kernel refused
      +-- PortInUse                  host port already mapped or bound on the host
      +-- PortRangeExhausted         no free host port left in port_range
      +-- AddressPoolExhausted       no free address left in the subnet
-     +-- InvalidArgument (ValueError)       bad bridge, subnet, port, proto, mapping
-     +-- NoSuchPortMapping (LookupError)    no such rule (remove_mapping, missing_ok=False)
+     +-- InvalidNetworkArgument (ValueError)  bad bridge, subnet, port, proto, mapping
+     +-- NoSuchPortMapping (LookupError)      no such rule (remove_mapping, missing_ok=False)
 """
 from __future__ import annotations
 
@@ -28,11 +29,10 @@ import re
 from gevent.lock import RLock
 
 from agents import netfilter
-from dcctl import errors as wire
 from lxcwrap.run import Completed, Runner, ToolError, run as default_run
 
 __all__ = [
-    "AddressPoolExhausted", "InvalidArgument", "Network", "NetworkError", "NoSuchPortMapping",
+    "AddressPoolExhausted", "InvalidNetworkArgument", "Network", "NetworkError", "NoSuchPortMapping",
     "PortInUse", "PortRangeExhausted", "PROTOS", "VETH_PREFIX", "validate_mapping",
 ]
 
@@ -47,52 +47,53 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 _CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 
-class NetworkError(wire.NetworkError):
+class NetworkError(Exception):
     """Bridge, address or netfilter work failed; ``.argv``/``.stderr`` name the
-    tool call when one failed."""
+    tool call when one failed; ``.hint`` is an optional operator hint."""
 
     def __init__(self, message: str = "", *, hint: str | None = None,
                  argv: tuple[str, ...] = (), stderr: str = ""):
-        super().__init__(message, hint=hint)
+        super().__init__(message)
+        self.hint = hint
         self.argv = tuple(argv)
         self.stderr = stderr
 
 
-class PortInUse(NetworkError, wire.PortInUse):
+class PortInUse(NetworkError):
     """The host port is already mapped (recorded or in the kernel) or bound."""
 
 
-class PortRangeExhausted(NetworkError, wire.PortRangeExhausted):
+class PortRangeExhausted(NetworkError):
     """Every host port in the agent's range is taken."""
 
 
-class AddressPoolExhausted(NetworkError, wire.AddressPoolExhausted):
+class AddressPoolExhausted(NetworkError):
     """Every host address of the subnet is taken."""
 
 
-class InvalidArgument(NetworkError, wire.InvalidArgument):
+class InvalidNetworkArgument(NetworkError, ValueError):
     """An argument failed validation; nothing was changed."""
 
 
-class NoSuchPortMapping(NetworkError, wire.NoSuchPortMapping):
+class NoSuchPortMapping(NetworkError, LookupError):
     """No rule for that mapping exists in this agent's DNAT chain."""
 
 
 def _ifname(name: str, what: str) -> str:
     if not isinstance(name, str) or not _IFNAME_RE.match(name):
-        raise InvalidArgument(f"bad {what} {name!r}: 1-{IFNAME_MAX_CHARS} of [A-Za-z0-9_.-]")
+        raise InvalidNetworkArgument(f"bad {what} {name!r}: 1-{IFNAME_MAX_CHARS} of [A-Za-z0-9_.-]")
     return name
 
 
 def _proto(proto: str) -> str:
     if proto not in PROTOS:
-        raise InvalidArgument(f"bad proto {proto!r}: expected one of {', '.join(PROTOS)}")
+        raise InvalidNetworkArgument(f"bad proto {proto!r}: expected one of {', '.join(PROTOS)}")
     return proto
 
 
 def _port(port: int, what: str = "port") -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidArgument(f"bad {what} {port!r}: expected an integer in 1..65535")
+        raise InvalidNetworkArgument(f"bad {what} {port!r}: expected an integer in 1..65535")
     return port
 
 
@@ -107,20 +108,20 @@ def validate_mapping(m: dict, subnet: ipaddress.IPv4Network | None = None) -> di
             (neither its network nor broadcast address).
 
     Raises:
-        InvalidArgument: a key is missing or has a bad value.
+        InvalidNetworkArgument: a key is missing or has a bad value.
     """
     if not isinstance(m, dict) or any(k not in m for k in MAPPING_KEYS):
-        raise InvalidArgument(f"a port mapping needs the keys {', '.join(MAPPING_KEYS)}: {m!r}")
+        raise InvalidNetworkArgument(f"a port mapping needs the keys {', '.join(MAPPING_KEYS)}: {m!r}")
     container = m["container"]
     if not isinstance(container, str) or not _CONTAINER_RE.match(container):
-        raise InvalidArgument(f"bad container name {container!r}")
+        raise InvalidNetworkArgument(f"bad container name {container!r}")
     try:
         address = ipaddress.IPv4Address(m["container_address"])
     except (ipaddress.AddressValueError, ValueError) as exc:
-        raise InvalidArgument(f"bad container_address {m['container_address']!r}") from exc
+        raise InvalidNetworkArgument(f"bad container_address {m['container_address']!r}") from exc
     if subnet is not None and (address not in subnet or address in (
             subnet.network_address, subnet.broadcast_address)):
-        raise InvalidArgument(f"container_address {address} is not a host address of {subnet}")
+        raise InvalidNetworkArgument(f"container_address {address} is not a host address of {subnet}")
     return {"container": container, "proto": _proto(m["proto"]),
             "host_port": _port(m["host_port"], "host_port"),
             "container_address": str(address),
@@ -141,7 +142,7 @@ class Network:
             one machine need distinct tags.
 
     Raises:
-        InvalidArgument: any bad argument.
+        InvalidNetworkArgument: any bad argument.
     """
 
     def __init__(self, bridge: str, subnet: str, port_range: tuple[int, int], *,
@@ -151,15 +152,15 @@ class Network:
         try:
             self._net = ipaddress.IPv4Network(subnet, strict=True)
         except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, TypeError) as exc:
-            raise InvalidArgument(f"bad subnet {subnet!r}: expected an IPv4 CIDR like 10.217.3.0/24") from exc
+            raise InvalidNetworkArgument(f"bad subnet {subnet!r}: expected an IPv4 CIDR like 10.217.3.0/24") from exc
         if self._net.prefixlen > 30:
-            raise InvalidArgument(f"subnet {subnet} is too small: at most /30")
+            raise InvalidNetworkArgument(f"subnet {subnet} is too small: at most /30")
         try:
             first, last = (_port(p, "port_range bound") for p in port_range)
         except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"bad port_range {port_range!r}: expected (first, last)") from exc
+            raise InvalidNetworkArgument(f"bad port_range {port_range!r}: expected (first, last)") from exc
         if first > last:
-            raise InvalidArgument(f"bad port_range {port_range!r}: first > last")
+            raise InvalidNetworkArgument(f"bad port_range {port_range!r}: first > last")
         self.port_range = (first, last)
         self.layout = netfilter.Layout(self.tag, self.bridge, str(self._net))
         self._run = run
@@ -270,7 +271,7 @@ class Network:
             ``prefixlen``, its default route via ``gateway``).
 
         Raises:
-            InvalidArgument: an entry of ``used`` is not an IPv4 address.
+            InvalidNetworkArgument: an entry of ``used`` is not an IPv4 address.
             AddressPoolExhausted: no host address is left.
         """
         taken = {self._net.network_address + 1}
@@ -278,7 +279,7 @@ class Network:
             try:
                 taken.add(ipaddress.IPv4Interface(item).ip)
             except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as exc:
-                raise InvalidArgument(f"bad address in used: {item!r}") from exc
+                raise InvalidNetworkArgument(f"bad address in used: {item!r}") from exc
         for host in self._net.hosts():
             if host not in taken:
                 return str(host)
@@ -307,11 +308,11 @@ class Network:
             True when a link was deleted, False when there was none.
 
         Raises:
-            InvalidArgument: ``name`` is not a ``dcv`` veth name.
+            InvalidNetworkArgument: ``name`` is not a ``dcv`` veth name.
             NetworkError: ``ip link del`` failed.
         """
         if not _ifname(name, "veth name").startswith(VETH_PREFIX):
-            raise InvalidArgument(f"refusing to delete {name!r}: not a {VETH_PREFIX}* veth name")
+            raise InvalidNetworkArgument(f"refusing to delete {name!r}: not a {VETH_PREFIX}* veth name")
         if self._link(name) is None:
             return False
         done = self._call(["ip", "link", "del", "dev", name], ok=(0, 1, 2))
@@ -328,7 +329,7 @@ class Network:
         once the host-side veth is on the bridge (after lxc-start).
 
         Raises:
-            InvalidArgument: bad interface name.
+            InvalidNetworkArgument: bad interface name.
             NetworkError: no such link, it is not on this bridge, or ip failed.
         """
         _ifname(veth, "veth name")
@@ -356,7 +357,7 @@ class Network:
             taken: (proto, host_port) pairs the agent has recorded.
 
         Raises:
-            InvalidArgument: bad proto, or port outside 1..65535.
+            InvalidNetworkArgument: bad proto, or port outside 1..65535.
             PortInUse: recorded in ``taken``, in a DNAT rule of the nat table
                 (any agent), or bound by a socket on the host.
         """
@@ -381,7 +382,7 @@ class Network:
             (``ss``) for ``proto``.
 
         Raises:
-            InvalidArgument: bad proto.
+            InvalidNetworkArgument: bad proto.
             PortRangeExhausted: no such port is left.
         """
         _proto(proto)
@@ -416,7 +417,7 @@ class Network:
             True when a rule was added, False when it was already there.
 
         Raises:
-            InvalidArgument: bad mapping, or address outside the subnet.
+            InvalidNetworkArgument: bad mapping, or address outside the subnet.
             PortInUse: this chain maps the host port to somewhere else.
             NetworkError: the chain is missing (call ensure_bridge) or iptables failed.
         """
@@ -440,7 +441,7 @@ class Network:
             True when a rule was deleted, False when there was none.
 
         Raises:
-            InvalidArgument: bad mapping.
+            InvalidNetworkArgument: bad mapping.
             NoSuchPortMapping: there was none and ``missing_ok`` is false.
             NetworkError: iptables failed.
         """
@@ -462,7 +463,7 @@ class Network:
             ``{"added": int, "removed": int}``.
 
         Raises:
-            InvalidArgument: a bad mapping, or two for one (proto, host_port).
+            InvalidNetworkArgument: a bad mapping, or two for one (proto, host_port).
             NetworkError: the chain is missing (call ensure_bridge) or iptables failed.
         """
         wanted = [validate_mapping(m, self._net) for m in mappings]
@@ -470,7 +471,7 @@ class Network:
         for m in wanted:
             other = by_port.setdefault((m["proto"], m["host_port"]), m)
             if other != m:
-                raise InvalidArgument(f"two mappings for {m['proto']} port {m['host_port']}")
+                raise InvalidNetworkArgument(f"two mappings for {m['proto']} port {m['host_port']}")
         want = {self.layout.mapping_spec(m) for m in by_port.values()}
         with self._lock:
             specs = self._existing_dnat_specs()

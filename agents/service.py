@@ -11,7 +11,6 @@ timestamps Unix seconds; results are maps with string keys.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import platform
@@ -21,6 +20,7 @@ import gevent
 
 from agents import hostinfo
 from agents.containers import ContainerManager
+from agents.errmap import translate
 from agents.enter import EnterRelay
 from agents.transfer import Puller, fetch_upload
 from images import oci
@@ -28,48 +28,14 @@ from images.debootstrap import build_debian
 from images.manifest import parse_full_ref
 from dcctl import errors, validate
 from dcctl.wire import expose, validate_endpoint
-from lxcwrap import errors as lxcerr
 from lxcwrap.lxc import DEFAULT_EXEC_ENV
-from lxcwrap.run import ToolError, ToolTimeout
+from lxcwrap.run import ToolTimeout
 from lxcwrap.run import run as run_tool
 
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
-_LXC_MAP = {
-    lxcerr.LxcAlreadyRunning: errors.ContainerRunning,
-    lxcerr.LxcNotRunning: errors.ContainerNotRunning,
-    lxcerr.LxcExecNotFound: errors.CommandNotFound,
-}
-
-
-def translate(exc: BaseException) -> errors.DcError | None:
-    """Map images/, lxcwrap/ and network errors onto wire errors.
-
-    Errors whose class name is a wire error name (images.errors.ImageNotFound,
-    agents.network.PortInUse, ...) keep their name; LXC tool failures become
-    LxcFailure; a full disk becomes StoreError.  Anything else is a bug (None).
-    """
-    hint = getattr(exc, "hint", None)
-    name = type(exc).__name__
-    if name in errors.BY_NAME and name != "DcError":
-        return errors.BY_NAME[name](str(exc), hint=hint)
-    for cls, wire in _LXC_MAP.items():
-        if isinstance(exc, cls):
-            return wire(str(exc), hint=hint)
-    if isinstance(exc, lxcerr.LxcError):
-        return errors.LxcFailure(str(exc), hint=hint)
-    if isinstance(exc, ToolError):
-        return errors.NetworkError(str(exc), hint=hint)
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return errors.StoreError(f"disk full: {exc}", hint="free space in the agent's state dir")
-    base = [c.__name__ for c in type(exc).__mro__]
-    if "ImageError" in base:
-        return errors.StoreError(str(exc), hint=hint)
-    if "NetworkError" in base:
-        return errors.NetworkError(str(exc), hint=hint)
-    return None
 
 
 class AgentService:
@@ -444,8 +410,8 @@ class AgentService:
         """
         opts = validate.enter_options(options)
         argv = validate.command(command) if command is not None else ["/bin/sh", "-l"]
-        rec = self.m._record(name)
-        if self.m._live_state(name) != "RUNNING":
+        rec = self.m.record(name)
+        if self.m.live_state(name) != "RUNNING":
             raise errors.ContainerNotRunning(f"container {name!r} is not running")
         env = {**DEFAULT_EXEC_ENV, **rec["env"]}
         return self.relay.open(lambda tty: self.m.lxc.attach_tty(name, argv, env, tty),
@@ -606,12 +572,8 @@ class AgentService:
             pass
         return {"host": cfg.host_name, "os": osr.get("PRETTY_NAME", "").strip('"'),
                 "kernel": platform.release(), "python": platform.python_version(),
-                "agent_version": AGENT_VERSION, "lxc_version": self._lxc_version(),
+                "agent_version": AGENT_VERSION, "lxc_version": self.m.lxc.version(),
                 "lxc_path": cfg.lxc_path, "bridge": cfg.bridge, "subnet": cfg.subnet}
 
-    @staticmethod
-    def _lxc_version() -> str | None:
-        try:
-            return run_tool(["lxc-start", "--version"], 10).stdout_text.strip() or None
-        except ToolError:
-            return None
+
+__all__ = ["AgentService", "translate"]

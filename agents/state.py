@@ -29,6 +29,8 @@ import threading
 
 import gevent
 
+from dcctl import files
+
 log = logging.getLogger(__name__)
 
 RESERVE_SLOTS = 8
@@ -37,36 +39,10 @@ _SLOT_RE = re.compile(r"^slot-[0-9a-f]{12}$")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _fsync_dir(d: str) -> None:
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` atomically (blocking; see module doc).
-    A failed write leaves no temp file behind."""
-    d = os.path.dirname(path)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp.{os.getpid()}.{threading.get_ident()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(d)
+    A failed write leaves no temp file behind.  (dcctl.files.atomic_write.)"""
+    files.atomic_write(path, data, mode=mode)
 
 
 class StateStore:
@@ -157,8 +133,8 @@ class StateStore:
                 os.close(fd)
             os.chmod(slot, 0o600)
             os.replace(slot, path)
-            _fsync_dir(self.dir)
-            _fsync_dir(self.reserve_dir)
+            files.fsync_dir(self.dir)
+            files.fsync_dir(self.reserve_dir)
         except OSError:
             log.exception("writing %s from the reserve failed", os.path.basename(path))
             try:

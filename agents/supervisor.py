@@ -31,6 +31,7 @@ import gevent
 import gevent.event
 
 from agents.background import BackgroundLoop
+from agents.errmap import translate
 from dcctl import errors, validate
 from lxcwrap import cgroup
 
@@ -132,7 +133,7 @@ class Supervisor(BackgroundLoop):
         """A running container whose command has ended (its exit record
         exists) is about to power off: read its cgroup's OOM kill count now,
         while the cgroup still exists (the run script lingers after 137)."""
-        if not pid or not os.path.exists(os.path.join(self.m._dir(rec["name"]), "delta0", "etc", "dcfleet", "exit")):
+        if not pid or not os.path.exists(os.path.join(self.m.upper_dir(rec["name"]), "etc", "dcfleet", "exit")):
             return
         try:
             count = cgroup.oom_kills(self.m.layout, pid)
@@ -144,9 +145,9 @@ class Supervisor(BackgroundLoop):
     def _exited(self, rec: dict) -> None:
         name = rec["name"]
         with self.m.locked(name):
-            if rec["desired"] != "running" or self.m._live_state(name) == "RUNNING":
+            if rec["desired"] != "running" or self.m.live_state(name) == "RUNNING":
                 return  # the operator stopped it, or it came back, meanwhile
-            status, oom = read_exit(os.path.join(self.m._dir(name), "delta0"))
+            status, oom = read_exit(self.m.upper_dir(name))
             oom = oom or (status == 137 and self._ooms.pop(name, 0) > 0)
             started = rec.get("started_at") or time.time()
             ran_s = max(0.0, time.time() - started)
@@ -177,12 +178,15 @@ class Supervisor(BackgroundLoop):
         self._due.pop(name, None)
         try:
             with self.m.locked(name):
-                if rec["desired"] != "running" or self.m._live_state(name) == "RUNNING":
+                if rec["desired"] != "running" or self.m.live_state(name) == "RUNNING":
                     return
                 rec["restart_count"] = rec.get("restart_count", 0) + 1
                 add_event(rec, "restarted", count=rec["restart_count"])
-                self.m._start(rec)  # saves the record
-        except errors.DcError as exc:
-            log.warning("restart of %s failed: %s", name, exc)
-            add_event(rec, "restart_failed", error=f"{type(exc).__name__}: {exc}")
+                self.m.start_locked(rec)  # saves the record
+        except Exception as exc:  # noqa: BLE001 - a failed restart is retried with backoff
+            wire = exc if isinstance(exc, errors.DcError) else translate(exc)
+            if wire is None:
+                raise
+            log.warning("restart of %s failed: %s", name, wire)
+            add_event(rec, "restart_failed", error=f"{type(wire).__name__}: {wire}")
             self._due[name] = time.monotonic() + min(BACKOFF_MAX_SECONDS, 2.0 ** rec.get("restart_count", 1))

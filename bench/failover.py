@@ -19,7 +19,6 @@ import argparse
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -28,6 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import _common  # noqa: E402
 from dcctl import errors, wire  # noqa: E402
+from lxcwrap.errors import LxcError  # noqa: E402
+from lxcwrap.lxc import Lxc  # noqa: E402
+from lxcwrap.run import blocking_runner  # noqa: E402
 from ops import fleet as fleetmod  # noqa: E402
 from tests.agentproc import TEST_PREFIX, AgentProcess  # noqa: E402
 
@@ -58,9 +60,12 @@ def failover(prefix: str, n_hosts: int, n_containers: int) -> float:
             died = time.monotonic()
             os.kill(victim["pid"], signal.SIGKILL)
             lxc_path = os.path.join(victim["state_dir"], "lxc")
+            lxc = Lxc(lxc_path, run=blocking_runner(["nsenter", f"--net=/run/netns/{victim['netns']}", "--"]))
             for n in names:
-                subprocess.run(["nsenter", f"--net=/run/netns/{victim['netns']}", "lxc-stop", "-P", lxc_path,
-                                "-n", n, "-k"], capture_output=True)
+                try:
+                    lxc.stop(n, kill=True)
+                except LxcError:
+                    pass
             pending = set(names)
             while pending:
                 if time.monotonic() - died > 120:

@@ -31,6 +31,8 @@ import psutil  # noqa: E402
 from gevent import subprocess  # noqa: E402
 
 from bench import _common  # noqa: E402
+from lxcwrap.errors import LxcError  # noqa: E402
+from lxcwrap.lxc import Lxc  # noqa: E402
 from tests.agentproc import TEST_PREFIX, AgentProcess  # noqa: E402
 
 
@@ -124,9 +126,12 @@ def main() -> int:
             cl.close()
         return 0
     finally:
+        lxc = Lxc(lxcpath)  # lxcwrap's gevent seam: this script runs gevent
         for cfg in glob.glob(os.path.join(lxcpath, "*", "config")):
-            subprocess.run(["lxc-stop", "-P", lxcpath, "-n", os.path.basename(os.path.dirname(cfg)), "-k"],
-                           capture_output=True)
+            try:
+                lxc.stop(os.path.basename(os.path.dirname(cfg)), kill=True)
+            except LxcError:
+                pass
         agent.cleanup()
 
 

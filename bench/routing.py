@@ -38,6 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import _common  # noqa: E402
 from dcctl import wire  # noqa: E402
+from lxcwrap.errors import LxcError  # noqa: E402
+from lxcwrap.lxc import Lxc  # noqa: E402
+from lxcwrap.run import blocking_runner  # noqa: E402
 from ops import fleet as fleetmod  # noqa: E402
 
 
@@ -154,9 +157,12 @@ def failover(hub: wire.RpcClient, fleet: dict, router: tuple[str, int]) -> None:
     died = time.monotonic()
     os.kill(victim["pid"], signal.SIGKILL)
     lxc_path = os.path.join(victim["state_dir"], "lxc")
+    lxc = Lxc(lxc_path, run=blocking_runner(["nsenter", f"--net=/run/netns/{victim['netns']}", "--"]))
     for c in os.listdir(lxc_path):
-        subprocess.run(["nsenter", f"--net=/run/netns/{victim['netns']}", "lxc-stop", "-P", lxc_path, "-n", c,
-                        "-k"], capture_output=True, timeout=60)
+        try:
+            lxc.stop(c, kill=True)
+        except LxcError:
+            pass
     while time.monotonic() - died < 60:
         try:
             conn = http.client.HTTPConnection(*router, timeout=2)

@@ -40,7 +40,7 @@ import gevent
 import zmq
 import zmq.auth
 
-from dcctl import errors
+from dcctl import errors, files
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +194,7 @@ class Allowlist:
         if not name or "/" in name or name.startswith("."):
             raise errors.InvalidArgument(f"bad key name {name!r}")
         path = os.path.join(self.keys_dir, "clients", role, f"{name}.key")
-        with open(path + ".tmp", "w") as f:
-            f.write(f'curve\n    public-key = "{public_z85}"\n')
-        os.replace(path + ".tmp", path)
+        files.atomic_write(path, f'curve\n    public-key = "{public_z85}"\n', mode=0o644)
         return path
 
     def remove(self, role: str, name: str, public_z85: str) -> bool:

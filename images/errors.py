@@ -1,7 +1,9 @@
 """Errors raised by the image store.
 
-The agent maps these by class name onto wire errors of the same name, so the
-names below are part of the wire contract: do not rename them.
+None of these is a wire error.  The agent maps each class (by class, never
+by name) onto a wire error in ``dcctl.errors`` through the table in
+``agents.errmap``; a new class here needs its own entry there (a unit test
+walks this tree and insists).
 
 Tree::
 

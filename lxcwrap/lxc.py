@@ -1,20 +1,30 @@
 """One function per LXC tool, each with an explicit lxcpath (``-P``), argv
-lists only, run through the cooperative ``lxcwrap.run`` seam.  They return
-plain data and raise ``lxcwrap.errors`` types.
+lists only, run through the cooperative ``lxcwrap.run`` seam (tools that run
+to completion) or the ``lxcwrap.spawn.Spawner`` seam (``lxc-attach``, which
+stays a live process while we read it or while it holds a terminal).  They
+return plain data and raise ``lxcwrap.errors`` types.
+
+``Lxc`` also owns each container's directory under the lxcpath: it creates
+it (``prepare``), writes its LXC config (``write_config``) and removes it
+(``destroy``).  Layout of ``LXCPATH/NAME/``: ``config``, ``delta0/`` (the
+overlay's upper dir, the container's own layer), ``olwork/`` (the overlay's
+work dir), ``console.log``, ``lxc.log``, ``init.pid``.
 
 The tools' paths are settings (``Tools``), so a host can point at another LXC
-build; tests can hand a recording ``run``.
+build; tests can hand a recording ``run`` and ``spawner``.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+import shutil
 from typing import Mapping, Sequence
 
 import gevent
 
-from lxcwrap import errors, spawn
+from lxcwrap import cgroup, errors, spawn
+from lxcwrap.config import ContainerConfig
 from lxcwrap.run import DEFAULT_TIMEOUT_SECONDS, Completed, Runner, ToolNotFound, ToolTimeout, run
 
 #: Environment for processes started inside containers when the caller gives none.
@@ -24,6 +34,10 @@ DEFAULT_EXEC_ENV = {
     "TERM": "xterm",
 }
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The overlay's upper (read-write) dir and its work dir, inside the container's dir.
+UPPER_DIR = "delta0"
+WORK_DIR = "olwork"
+VERSION_TIMEOUT_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +49,6 @@ class Tools:
     info: str = "lxc-info"
     ls: str = "lxc-ls"
     attach: str = "lxc-attach"
-    destroy: str = "lxc-destroy"
     wait: str = "lxc-wait"
 
 
@@ -46,12 +59,70 @@ class Lxc:
         lxcpath: the directory holding the containers (``-P``).
         run: the tool-running seam (default: lxcwrap.run.run).
         tools: tool paths.
+        spawner: the live-process seam for lxc-attach (default:
+            lxcwrap.spawn.Child).
     """
 
-    def __init__(self, lxcpath: str, run: Runner = run, tools: Tools = Tools()):
+    def __init__(self, lxcpath: str, run: Runner = run, tools: Tools = Tools(),
+                 spawner: spawn.Spawner = spawn.Child):
         self.lxcpath = lxcpath
         self._run = run
         self.tools = tools
+        self._spawn = spawner
+
+    # -- the container's directory
+    def path(self, name: str, *parts: str) -> str:
+        """``LXCPATH/NAME[/PARTS...]`` (see the module doc for the layout)."""
+        return os.path.join(self.lxcpath, name, *parts)
+
+    def upper_dir(self, name: str) -> str:
+        """The container's own layer: the overlay's upper dir."""
+        return self.path(name, UPPER_DIR)
+
+    def prepare(self, name: str) -> str:
+        """Create the container's directory with its overlay upper and work
+        dirs (blocking file work).
+
+        Returns: the upper dir's path.
+        Raises: FileExistsError (the directory exists), OSError."""
+        upper = self.upper_dir(name)
+        os.makedirs(upper, mode=0o755)
+        os.makedirs(self.path(name, WORK_DIR), mode=0o700)
+        return upper
+
+    def write_config(self, name: str, cfg: ContainerConfig, layout: cgroup.Layout) -> str:
+        """Write the container's LXC config (``LXCPATH/NAME/config``) from
+        ``cfg``, with the cgroup keys ``layout`` needs (v1 or v2).  The file
+        is written once, at create, in a directory ``prepare`` made; a
+        failed create removes the whole directory (``destroy``).
+
+        Returns: the config's path.
+        Raises: ValueError (a value with a newline or NUL), OSError."""
+        text = cfg.render(layout)
+        path = self.path(name, "config")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def has_config(self, name: str) -> bool:
+        """Whether LXC can see the container (its config file exists)."""
+        return os.path.exists(self.path(name, "config"))
+
+    def destroy(self, name: str) -> bool:
+        """Remove the container's directory: its LXC definition, config,
+        logs and its own layer (the image's lower layers are the image
+        store's and stay).  The container must not run.  No ``lxc-destroy``:
+        the caller owns the lxcpath and its overlay storage.  Blocking file
+        work (run it in a thread pool from a server).
+
+        Returns: whether there was a directory to remove.
+        Raises: OSError (something under it could not be removed, say a
+        mount; the rest is removed)."""
+        cdir = self.path(name)
+        if not os.path.isdir(cdir):
+            return False
+        shutil.rmtree(cdir)
+        return True
 
     # -- helpers
     def _call(self, tool: str, name: str | None, args: Sequence[str], timeout_s: float) -> Completed:
@@ -89,6 +160,15 @@ class Lxc:
         return "; ".join(errs[-lines:])
 
     # -- tools
+    def version(self, timeout_s: float = VERSION_TIMEOUT_SECONDS) -> str | None:
+        """``lxc-start --version``: LXC's version ("5.0.2"), or None when
+        the tool cannot be run or says nothing (best effort)."""
+        try:
+            done = self._run([self.tools.start, "--version"], timeout_s)
+        except (ToolNotFound, ToolTimeout):
+            return None
+        return (done.stdout_text.strip() or None) if done.returncode == 0 else None
+
     def ls(self, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> list[dict]:
         """``lxc-ls --fancy``: [{"name", "state", "pid" (int or None)}]."""
         done = self._call(self.tools.ls, None, ["-f", "-F", "NAME,STATE,PID"], timeout_s)
@@ -156,16 +236,6 @@ class Lxc:
                           timeout_s + 10)
         return done.returncode == 0
 
-    def destroy(self, name: str, force: bool = False, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-        """``lxc-destroy``: remove the container's definition and its storage
-        (the overlay's upper dir; lower layers are left alone). ``force``
-        stops a running container first.
-
-        Raises: LxcNotFound, LxcError."""
-        done = self._call(self.tools.destroy, name, ["-f"] if force else [], timeout_s)
-        if done.returncode != 0:
-            raise self._fail(done, name, "lxc-destroy")
-
     def attach_argv(self, name: str, command: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
         """The ``lxc-attach --clear-env`` argv running ``command`` in ``name``
         with ``env`` (default DEFAULT_EXEC_ENV)."""
@@ -186,7 +256,7 @@ class Lxc:
         Raises: LxcToolMissing."""
         argv = self.attach_argv(name, command, env)
         try:
-            return spawn.Child(argv, os.environ, ctty=tty_path)
+            return self._spawn(argv, os.environ, ctty=tty_path)
         except FileNotFoundError as exc:
             raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc
 
@@ -218,7 +288,7 @@ class Lxc:
         argv = self.attach_argv(name, command, env)
         started = gevent.get_hub().loop.now()
         try:
-            child = spawn.Child(argv, os.environ, stdin="pipe" if input_bytes is not None else "null",
+            child = self._spawn(argv, os.environ, stdin="pipe" if input_bytes is not None else "null",
                                 setsid=True)
         except FileNotFoundError as exc:
             raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from typing import Callable, Mapping, Sequence
 
 from lxcwrap import spawn
@@ -114,6 +115,34 @@ def hollow_run(argv: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_SECONDS, 
     which serves the real RPC surface for fan-out benchmarks without
     touching LXC, links or netfilter."""
     return Completed(tuple(str(a) for a in argv), 0, b"", b"")
+
+
+def blocking_runner(prefix: Sequence[str] = ()) -> Runner:
+    """A Runner for plain scripts that run no gevent loop (``ops/fleet``,
+    ``bench/``): a blocking ``subprocess.run`` of ``[*prefix, *argv]`` (say
+    ``prefix=["nsenter", "--net=/run/netns/NS", "--"]``).  In a gevent
+    server use ``run``: its child watcher would reap this one's children.
+    ``check`` and ``env`` mean what they mean for ``run``."""
+
+    def runner(argv: Sequence[str], timeout_s: float = DEFAULT_TIMEOUT_SECONDS, *, check: bool = False,
+               input_bytes: bytes | None = None, env: Mapping[str, str] | None = None) -> Completed:
+        argv = [str(a) for a in argv]
+        full = [*prefix, *argv]
+        if env is None:
+            env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"}
+        try:
+            out = subprocess.run(full, input=input_bytes, capture_output=True, timeout=timeout_s, env=env,
+                                 stdin=None if input_bytes is not None else subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise ToolNotFound(f"{full[0]}: not installed", argv) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ToolTimeout(f"{full[0]} ran past {timeout_s:g} s and was killed", argv) from exc
+        done = Completed(tuple(argv), out.returncode, out.stdout, out.stderr)
+        if check and done.returncode != 0:
+            raise ToolFailed(f"{argv[0]} exited {done.returncode}: {done.stderr_text[-500:]}", argv, done)
+        return done
+
+    return runner
 
 
 def netns_runner(namespace: str, base: Runner = run) -> Runner:

@@ -6,12 +6,20 @@ running tool never stalls ZeroRPC heartbeats.
 
 Exit statuses come from gevent's SIGCHLD handling (``loop.child``), which
 coexists with gevent.subprocess; only the main thread's hub may spawn.
+
+Seams: tools that run to completion go through ``lxcwrap.run.run`` (the
+``Runner`` seam).  Tools that must stay a live process while we talk to them
+(``lxc-attach`` for exec with capped output, or on a terminal for enter)
+go through the second seam, ``Spawner``: any callable with ``Child``'s
+signature that returns a ``Child``.  ``Child`` itself is the default; a test
+hands ``lxcwrap.lxc.Lxc`` another one the same way it hands it a Runner
+(for instance one that starts a recorded-output script instead of the tool).
 """
 from __future__ import annotations
 
 import os
 import signal
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import gevent
 import gevent.os
@@ -201,6 +209,10 @@ def _read_available(fd: int, sink: _Sink) -> None:
             sink.eof = True
             return
         sink.add(chunk)
+
+
+#: The live-process seam: ``spawner(argv, env, *, stdin=, capture=, setsid=, ctty=) -> Child``.
+Spawner = Callable[..., Child]
 
 
 def drain(fd: int, cap_bytes: int) -> tuple[bytes, bool]:

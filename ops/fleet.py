@@ -76,6 +76,20 @@ def _in_net(ns: str | None) -> list[str]:
     return [] if ns is None else ["nsenter", f"--net=/run/netns/{ns}", "--"]
 
 
+def _kill_container(lxc_path: str, name: str, prefix_argv: list[str]) -> None:
+    """``lxc-stop -k`` (lxcwrap builds it) run under ``prefix_argv`` (an
+    nsenter into the host's netns), best effort: a container already gone
+    is fine.  A blocking runner: this script runs no gevent loop."""
+    from lxcwrap.errors import LxcError
+    from lxcwrap.lxc import Lxc
+    from lxcwrap.run import blocking_runner
+
+    try:
+        Lxc(lxc_path, run=blocking_runner(prefix_argv)).stop(name, kill=True)
+    except LxcError:
+        pass
+
+
 def _listed(directory: str, pattern: str) -> list[str]:
     try:
         return sorted(n for n in os.listdir(directory) if re.fullmatch(pattern, n))
@@ -200,10 +214,8 @@ def plan(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = Tru
 
 def save(state: dict) -> None:
     """Write the state file atomically."""
-    path = paths(state["prefix"])["state_file"]
-    with open(path + ".tmp", "w") as f:
-        json.dump(state, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from dcctl.files import atomic_write
+    atomic_write(paths(state["prefix"])["state_file"], json.dumps(state, indent=1), mode=0o600)
 
 
 def load(prefix: str) -> dict | None:
@@ -478,12 +490,11 @@ def _down_once(prefix: str) -> list[str]:
         for cfg in sorted(glob.glob(f"{lxc_path}/*/config")):
             name = os.path.basename(os.path.dirname(cfg))
             if ns in nets:
-                _run([*_in_net(ns), "lxc-stop", "-P", lxc_path, "-n", name, "-k"], ok=tuple(range(256)))
+                _kill_container(lxc_path, name, _in_net(ns))
     for pid in _pids(prefix, anywhere=True):  # monitors whose namespace lost its name
         words = " ".join(_cmdline(pid)).split()
         if len(words) >= 4 and words[:2] == ["[lxc", "monitor]"]:
-            _run(["nsenter", "-t", str(pid), "-n", "lxc-stop", "-P", words[2], "-n", words[3], "-k"],
-                 ok=tuple(range(256)))
+            _kill_container(words[2], words[3], ["nsenter", "-t", str(pid), "-n"])
     _stop(_pids(prefix, anywhere=True), grace_s=2.0)
     for ns in sorted(nets | {h["netns"] for h in state.get("hosts", []) + [state.get("router") or {}] if h}):
         _run(["ip", "netns", "del", ns], ok=(0, 1))

@@ -40,7 +40,7 @@ import gevent.event
 import gevent.pool
 import gevent.socket
 
-from dcctl import errors, wire
+from dcctl import errors, files, wire
 from router import haproxy as hx
 
 log = logging.getLogger(__name__)
@@ -348,10 +348,7 @@ class Follower:
                   "converged": bool(hub_version) and self.applied == hub_version and self.pending == 0,
                   "hub_ok": self.hub_ok, "hub_error": self.hub_error, "haproxy_pid": self.proxy.pid(),
                   "at": time.time()}
-        tmp = self.status_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(status, f)
-        os.replace(tmp, self.status_file)
+        files.atomic_write(self.status_file, json.dumps(status), mode=0o644)
 
 
 def hub_connector(endpoint: str, keys=None, timeout_s: float = 30.0):

@@ -44,6 +44,8 @@ import gevent.socket
 import gevent.subprocess
 import jinja2
 
+from dcctl import files
+
 log = logging.getLogger(__name__)
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -204,13 +206,7 @@ def render(state_dir: str, http_bind: str, tcp_bind: str, layout: Layout,
 
 
 def _write(path: str, text: str, mode: int = 0o600) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    files.atomic_write(path, text, mode=mode)
 
 
 # ---------------------------------------------------------------- runtime API

@@ -99,3 +99,68 @@ def test_attach_argv_is_a_list_with_clear_env():
     assert "X=1; reboot" in argv
     with pytest.raises(ValueError):
         lxc.Lxc("/p").attach_argv("c", ["true"], {"BAD-KEY": "x"})
+
+
+def test_version_through_the_run_seam():
+    from lxcwrap.run import Completed, ToolNotFound
+
+    def recorded(argv, timeout_s=0, **kw):
+        assert list(argv) == ["lxc-start", "--version"]
+        return Completed(tuple(argv), 0, b"5.0.2\n", b"")
+
+    def missing(argv, timeout_s=0, **kw):
+        raise ToolNotFound("lxc-start: not installed", argv)
+
+    assert lxc.Lxc("/p", run=recorded).version() == "5.0.2"
+    assert lxc.Lxc("/p", run=missing).version() is None
+
+
+def test_exec_goes_through_the_spawner_seam():
+    """lxc-attach's recorded failure for a missing command, replayed by a
+    real process that the spawner seam starts in its place."""
+    from lxcwrap import errors, spawn
+
+    seen = []
+
+    def replay(stderr: bytes, code: int):
+        def spawner(argv, env, **kw):
+            seen.append(list(argv))
+            script = f"printf '%s' '{stderr.decode()}' >&2; exit {code}"
+            return spawn.Child(["/bin/sh", "-c", script], {"PATH": "/usr/bin:/bin"}, **kw)
+        return spawner
+
+    missing = b"lxc-attach: web: attach.c: lxc_attach_run_command: 1841 Failed to exec \"nope\"\n"
+    with pytest.raises(errors.LxcExecNotFound, match="'nope'"):
+        lxc.Lxc("/p", spawner=replay(missing, 127)).exec("web", ["nope"], timeout_s=10)
+    assert seen[0][:5] == ["lxc-attach", "-P", "/p", "-n", "web"] and seen[0][-2:] == ["--", "nope"]
+    stopped = b"lxc-attach: web: attach.c: get_attach_context: 405 Connection refused - Failed to get init pid\n"
+    with pytest.raises(errors.LxcNotRunning):
+        lxc.Lxc("/p", spawner=replay(stopped, 1)).exec("web", ["true"], timeout_s=10)
+
+
+def test_lxc_owns_the_container_dir(tmp_path):
+    tools = lxc.Lxc(str(tmp_path))
+    upper = tools.prepare("a.b")
+    assert upper == str(tmp_path / "a.b" / "delta0") and os.path.isdir(tmp_path / "a.b" / "olwork")
+    with pytest.raises(FileExistsError):
+        tools.prepare("a.b")
+    assert not tools.has_config("a.b")
+    path = tools.write_config("a.b", _cfg(upper_dir=upper), cgroup.Layout({}, None, frozenset()))
+    assert tools.has_config("a.b") and open(path).read().startswith("# Written by dcfleet")
+    assert tools.destroy("a.b") is True and os.listdir(tmp_path) == []
+    assert tools.destroy("a.b") is False
+
+
+def test_blocking_runner_prefixes_and_reports_like_run():
+    from lxcwrap import errors
+    from lxcwrap.run import ToolNotFound, blocking_runner
+
+    # the prefix stands in for nsenter: a shell that answers as lxc-stop does for a stopped container
+    answer = blocking_runner(["/bin/sh", "-c", 'echo "$0 $*" >&1; echo "$1 is not running" >&2; exit 2'])
+    with pytest.raises(errors.LxcNotRunning):
+        lxc.Lxc("/p", run=answer).stop("web", kill=True)
+    done = answer(["lxc-stop", "-P", "/p", "-n", "web", "-k"], 10)
+    assert done.argv == ("lxc-stop", "-P", "/p", "-n", "web", "-k") and done.returncode == 2
+    assert done.stdout_text == "lxc-stop -P /p -n web -k\n"
+    with pytest.raises(ToolNotFound):
+        blocking_runner()(["/nonexistent/lxc-stop"], 10)

@@ -7,8 +7,9 @@ import re
 import pytest
 
 from agents import network
-from agents.network import (AddressPoolExhausted, InvalidArgument, Network, NetworkError,
+from agents.network import (AddressPoolExhausted, InvalidNetworkArgument, Network, NetworkError,
                             NoSuchPortMapping, PortInUse, PortRangeExhausted, validate_mapping)
+from agents import errmap
 from dcctl import errors as wire
 
 
@@ -26,7 +27,7 @@ GOOD = {"container": "jerome.awesome.ubuntu", "proto": "tcp", "host_port": 20080
 
 def test_public_api():
     assert sorted(network.__all__) == [
-        "AddressPoolExhausted", "InvalidArgument", "Network", "NetworkError", "NoSuchPortMapping",
+        "AddressPoolExhausted", "InvalidNetworkArgument", "Network", "NetworkError", "NoSuchPortMapping",
         "PROTOS", "PortInUse", "PortRangeExhausted", "VETH_PREFIX", "validate_mapping"]
 
 
@@ -34,14 +35,15 @@ def test_public_api():
     (PortInUse, wire.PortInUse, Exception),
     (PortRangeExhausted, wire.PortRangeExhausted, Exception),
     (AddressPoolExhausted, wire.AddressPoolExhausted, Exception),
-    (InvalidArgument, wire.InvalidArgument, ValueError),
+    (InvalidNetworkArgument, wire.InvalidArgument, ValueError),
     (NoSuchPortMapping, wire.NoSuchPortMapping, LookupError),
 ])
-def test_error_tree_keeps_wire_names(cls, wire_cls, builtin):
-    assert issubclass(cls, NetworkError) and issubclass(cls, wire_cls) and issubclass(cls, builtin)
-    assert cls.__name__ == wire_cls.__name__
-    assert issubclass(NetworkError, wire.NetworkError) and NetworkError.__name__ == "NetworkError"
-    assert wire.BY_NAME[cls.__name__] is wire_cls  # the client side is unchanged
+def test_error_tree_is_its_own_and_mapped_by_class(cls, wire_cls, builtin):
+    assert issubclass(cls, NetworkError) and issubclass(cls, builtin)
+    assert not issubclass(cls, wire.DcError) and not issubclass(NetworkError, wire.DcError)
+    assert errmap.TABLE[cls] is wire_cls
+    mapped = errmap.translate(cls("no room", hint="free one"))
+    assert type(mapped) is wire_cls and mapped.message == "no room" and mapped.hint == "free one"
 
 
 def test_properties():
@@ -63,7 +65,7 @@ def test_constructor_validates(kwargs):
     args = {"bridge": "dcbr0", "subnet": "10.217.3.0/24", "port_range": (20000, 20999)}
     tag = kwargs.pop("tag", None)
     args.update(kwargs)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidNetworkArgument):
         Network(args["bridge"], args["subnet"], args["port_range"], run=refuse_to_run, tag=tag)
 
 
@@ -87,7 +89,7 @@ def test_allocate_address_never_network_or_broadcast_and_exhausts():
 
 
 def test_allocate_address_rejects_garbage():
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidNetworkArgument):
         net().allocate_address({"10.217.3.999"})
 
 
@@ -104,21 +106,21 @@ def test_validate_mapping_normalises():
     {"container": "x" * 201}, {"container": None},
 ])
 def test_validate_mapping_rejects(change):
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidNetworkArgument):
         validate_mapping(dict(GOOD, **change))
 
 
 @pytest.mark.parametrize("address", ["10.217.4.2", "10.217.3.0", "10.217.3.255"])
 def test_validate_mapping_keeps_targets_in_the_subnet(address):
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidNetworkArgument):
         validate_mapping(dict(GOOD, container_address=address), net()._net)
 
 
 def test_validate_mapping_needs_every_key():
     for key in GOOD:
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidNetworkArgument):
             validate_mapping({k: v for k, v in GOOD.items() if k != key})
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidNetworkArgument):
         validate_mapping(["not", "a", "dict"])
 
 
@@ -134,5 +136,5 @@ def test_veth_names_are_short_deterministic_and_distinct():
 
 @pytest.mark.parametrize("name", ["eth0", "dcbr0", "dcv" + "0" * 13, "dcv 1", ""])
 def test_remove_stale_veth_refuses_other_links(name):
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidNetworkArgument):
         net().remove_stale_veth(name)

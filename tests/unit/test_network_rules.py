@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from agents import netfilter
-from agents.network import (InvalidArgument, Network, NetworkError, PortInUse,
+from agents.network import (InvalidNetworkArgument, Network, NetworkError, PortInUse,
                             PortRangeExhausted)
 from lxcwrap.run import Completed, ToolNotFound
 
@@ -105,7 +105,7 @@ def test_allocate_port_exhausted():
     with pytest.raises(PortRangeExhausted):
         net(recorded_host(), port_range=(20300, 20301)).allocate_port(
             "udp", {("udp", 20300), ("udp", 20301)})
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidNetworkArgument):
         n.allocate_port("icmp", set())
 
 
@@ -126,7 +126,7 @@ def test_check_port_available_ok_and_invalid():
     n = net(recorded_host())
     n.check_port_available("tcp", 20053, {("udp", 20500)})  # 20053 is mapped for udp only
     for proto, port in [("tcp", 0), ("tcp", 65536), ("tcp", "80"), ("sctp", 80)]:
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidNetworkArgument):
             n.check_port_available(proto, port, set())
 
 
@@ -148,7 +148,7 @@ def test_reconcile_deletes_rule_by_rule_then_appends_without_flushing():
 
 def test_reconcile_refuses_two_targets_for_one_port_before_any_call():
     run = recorded_host()
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidNetworkArgument):
         net(run).reconcile([JEROME_TCP, dict(JEROME_TCP, container_port=81)])
     assert run.calls == []
 

@@ -1,0 +1,51 @@
+"""agents.config: typed defaults, then a TOML file, then flags (flags win)."""
+from __future__ import annotations
+
+import pytest
+
+from agents import config
+from dcctl import errors
+
+
+def _toml(tmp_path, text: str) -> str:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_derive_their_paths():
+    cfg = config.load(["--state-dir", "/srv/agent"], environ={})
+    assert cfg.lxc_path == "/srv/agent/lxc" and cfg.keys_dir == "/srv/agent/keys"
+    assert cfg.bridge == "dcbr0" and cfg.port_range == (20000, 29999) and cfg.stop_timeout_s == 10.0
+
+
+def test_file_then_flags(tmp_path):
+    path = _toml(tmp_path, 'state_dir = "/srv/a"\nbridge = "filebr"\nport_range = [21000, 21999]\n'
+                           'max_containers = 7\nlabels = { zone = "a" }\nstop_timeout_s = 3.5\n')
+    cfg = config.load(["--config", path, "--bridge", "flagbr", "--label", "disk=ssd"], environ={})
+    assert cfg.state_dir == "/srv/a" and cfg.bridge == "flagbr"  # the flag wins over the file
+    assert cfg.port_range == (21000, 21999) and cfg.max_containers == 7 and cfg.stop_timeout_s == 3.5
+    assert cfg.labels == {"disk": "ssd"}  # --label replaces the file's labels
+    env_cfg = config.load([], environ={"DC_AGENT_CONFIG": path})
+    assert env_cfg.bridge == "filebr" and env_cfg.labels == {"zone": "a"}
+    assert config.load(["--config", path, "--port-range", "22000-22010"], environ={}).port_range == (22000, 22010)
+
+
+@pytest.mark.parametrize("text, flags, match", [
+    ('bogus = 1\n', [], "unknown setting"),
+    ('subnet = "10.0.0.0/30"\n', [], "subnet"),
+    ('port_range = [5, 1]\n', [], "port_range"),
+    ('bridge = "a-name-far-too-long"\n', [], "bridge"),
+    ('state_dir = "relative"\n', [], "absolute"),
+    ('hub = "tcp://127.0.0.1:7100"\n', [], "hub_key"),
+    ('not toml ==\n', [], "config file"),
+    ('', ["--port-range", "20000"], "LOW-HIGH"),
+])
+def test_bad_settings_are_named(tmp_path, text, flags, match):
+    with pytest.raises(errors.InvalidArgument, match=match):
+        config.load(["--config", _toml(tmp_path, text), *flags], environ={})
+
+
+def test_missing_file_is_invalid_argument(tmp_path):
+    with pytest.raises(errors.InvalidArgument, match="config file"):
+        config.load(["--config", str(tmp_path / "none.toml")], environ={})
