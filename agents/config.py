@@ -15,7 +15,7 @@ import tomllib
 from typing import Mapping, Sequence
 
 from dcctl.errors import InvalidArgument
-from dcctl.wire import validate_endpoint
+from dcctl.wire import parse_endpoint, validate_endpoint
 
 
 @dataclasses.dataclass
@@ -79,7 +79,7 @@ class AgentConfig:
             validate_endpoint(ep)
         if not self.listen and not self.insecure_listen:
             raise InvalidArgument("listen: give at least one endpoint")
-        if self.hub and self.hub.startswith("tcp://") and not self.hub_key:
+        if self.hub and parse_endpoint(self.hub).is_tcp and not self.hub_key:
             raise InvalidArgument("hub_key: a tcp:// hub needs its CURVE public key (--hub-key FILE|Z85)")
         if not (1 <= len(self.bridge) <= 15) or not self.bridge.replace("-", "").replace("_", "").isalnum():
             raise InvalidArgument(f"bridge: {self.bridge!r} must be 1-15 letters, digits, '-' or '_'")

@@ -44,6 +44,7 @@ from agents.containers import ContainerManager
 from agents.errmap import translate
 from dcctl import errors, files
 from dcctl.wire import claim_ipc_path
+from dcctl.wire.endpoint import parse_endpoint
 from images.store import ImageStore
 from lxcwrap.lxc import Lxc
 
@@ -164,9 +165,10 @@ def decommission(cfg: agent_config.AgentConfig, *, containers: bool = False, sto
         network.teardown()
         result["chains"] = [chain for _, chain in network.layout.chains()]
         for endpoint in cfg.listen:
-            if endpoint.startswith("ipc://") and os.path.exists(endpoint[len("ipc://"):]):
-                claim_ipc_path(endpoint[len("ipc://"):])  # Conflict if someone serves on it
-                result["sockets_removed"].append(endpoint[len("ipc://"):])
+            path = parse_endpoint(endpoint).path
+            if path and os.path.exists(path):
+                claim_ipc_path(path)  # Conflict if someone serves on it
+                result["sockets_removed"].append(path)
         shutil.rmtree(os.path.join(cfg.state_dir, "run"), ignore_errors=True)
         if os.path.isdir(cfg.lxc_path) and not os.listdir(cfg.lxc_path):
             os.rmdir(cfg.lxc_path)

@@ -27,9 +27,10 @@ import termios
 
 import gevent
 import gevent.socket
-import msgpack
-import zmq.green as zmq
 
+from dcctl import errors
+from dcctl.wire.endpoint import parse_endpoint
+from dcctl.wire.relay import Channel
 from lxcwrap import spawn
 
 log = logging.getLogger(__name__)
@@ -46,45 +47,25 @@ def _set_winsize(fd: int, rows: int, cols: int) -> None:
 
 
 class EnterSession:
-    """One relay: PAIR socket + lxc-attach on a PTY."""
+    """One relay: a relay channel (dcctl.wire.relay) + lxc-attach on a PTY."""
 
-    def __init__(self, ctx: zmq.Context, start, bind_to: str, accept_timeout_s: float,
-                 curve: tuple[bytes, bytes] | None = None):
+    def __init__(self, start, bind_to: str, accept_timeout_s: float, curve: tuple[bytes, bytes] | None = None):
         self.token = secrets.token_hex(16)
         self.output_seen = False
         self.start = start  # start(tty_path) -> lxcwrap.spawn.Child
-        self.sock = ctx.socket(zmq.PAIR)
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
-        if bind_to.startswith("tcp://") and curve is not None:
-            # encrypted with the agent's key; the one-time token admits the client
-            self.sock.curve_server = True
-            self.sock.curve_publickey, self.sock.curve_secretkey = curve
-        if bind_to.startswith("tcp://"):
-            port = self.sock.bind_to_random_port(bind_to)
-            self.endpoint = {"transport": "tcp", "port": port}
-        else:
-            self.sock.bind(bind_to)
-            os.chmod(bind_to[len("ipc://"):], 0o600)
-            self.endpoint = {"transport": "ipc", "path": bind_to[len("ipc://"):]}
+        # over tcp encrypted with the agent's key; the one-time token admits the client
+        self.channel = Channel.bind(bind_to, curve=curve if parse_endpoint(bind_to).is_tcp else None,
+                                    max_frame_bytes=MAX_FRAME_BYTES)
+        self.endpoint = dict(self.channel.address)
         self.bind_to = bind_to
         self.accept_timeout_s = accept_timeout_s
         self.task = gevent.spawn(self._run)
 
     def _send(self, *msg) -> None:
-        self.sock.send(msgpack.packb(list(msg), use_bin_type=True))
+        self.channel.send(*msg)
 
     def _recv(self, timeout_s: float):
-        if not self.sock.poll(int(timeout_s * 1000)):
-            return None
-        frame = self.sock.recv()
-        if len(frame) > MAX_FRAME_BYTES:
-            return ["bad"]
-        try:
-            msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-            return ["bad"]
-        return msg if isinstance(msg, list) and msg else ["bad"]
+        return self.channel.recv(timeout_s)
 
     def _run(self) -> None:
         proc = master = None
@@ -110,7 +91,7 @@ class EnterSession:
             log.exception("enter session failed")
             try:
                 self._send("error", "session failed on the agent; see its log")
-            except zmq.ZMQError:
+            except errors.Unreachable:
                 pass
         finally:
             if proc is not None and proc.poll() is None:
@@ -124,7 +105,7 @@ class EnterSession:
                     proc.wait(10)
             if master is not None:
                 os.close(master)
-            self.sock.close()
+            self.channel.close()
             if self.endpoint["transport"] == "ipc":
                 try:
                     os.unlink(self.endpoint["path"])
@@ -181,7 +162,7 @@ class EnterSession:
 
 
 class EnterRelay:
-    """Starts EnterSessions; one ZeroMQ context for all of them.
+    """Starts EnterSessions.
 
     Args:
         listen: the agent's endpoints; a session binds next to the first tcp
@@ -193,10 +174,9 @@ class EnterRelay:
 
     def __init__(self, listen: list[str], run_dir: str, accept_timeout_s: float,
                  curve: tuple[bytes, bytes] | None = None):
-        self.ctx = zmq.Context()
         self.curve = curve
-        tcp = next((ep for ep in listen if ep.startswith("tcp://")), None)
-        self.tcp_bind = tcp.rsplit(":", 1)[0] if tcp else None
+        tcp = next((parse_endpoint(ep) for ep in listen if parse_endpoint(ep).is_tcp), None)
+        self.tcp_bind = tcp.with_port(0) if tcp else None  # the port is chosen per session
         self.run_dir = run_dir
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         self.accept_timeout_s = accept_timeout_s
@@ -212,7 +192,7 @@ class EnterRelay:
             bind_to = self.tcp_bind
         else:
             bind_to = f"ipc://{os.path.join(self.run_dir, 'enter-' + secrets.token_hex(6) + '.sock')}"
-        session = EnterSession(self.ctx, start, bind_to, self.accept_timeout_s, self.curve)
+        session = EnterSession(start, bind_to, self.accept_timeout_s, self.curve)
         out = {"token": session.token, **session.endpoint, "expires_s": self.accept_timeout_s}
         if session.endpoint["transport"] == "tcp" and self.curve is not None:
             out["server_key"] = self.curve[0].decode()

@@ -27,6 +27,7 @@ from agents.service import AgentService, translate
 from agents.supervisor import Supervisor
 from dcctl import auth, errors, files
 from dcctl.wire import Service, claim_ipc_path
+from dcctl.wire.endpoint import parse_endpoint
 from images.store import ImageStore
 from lxcwrap.lxc import Lxc
 from lxcwrap.run import hollow_run, run
@@ -41,8 +42,8 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
     lock_state_dir(cfg.state_dir)
     lock_bridge(cfg.bridge)
     for endpoint in cfg.listen:  # refuse a live local endpoint before touching anything
-        if endpoint.startswith("ipc://"):
-            claim_ipc_path(endpoint[len("ipc://"):])
+        if parse_endpoint(endpoint).is_ipc:
+            claim_ipc_path(parse_endpoint(endpoint).path)
     runner = hollow_run if cfg.hollow else run
     network = netmod.Network(cfg.bridge, cfg.subnet, tuple(cfg.port_range), run=runner)
     network.ensure_bridge()
@@ -56,8 +57,8 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
     service = Service(AgentService(manager, relay, hub_keys(cfg)), name=f"dc-agent@{cfg.host_name}",
                       translate=translate, keys_dir=cfg.keys_dir)
     for endpoint in cfg.listen:
-        if endpoint.startswith("ipc://"):
-            sock_dir = os.path.dirname(endpoint[len("ipc://"):])
+        if parse_endpoint(endpoint).is_ipc:
+            sock_dir = os.path.dirname(parse_endpoint(endpoint).path)
             os.makedirs(sock_dir, mode=0o700, exist_ok=True)
         service.bind(endpoint)
     for endpoint in cfg.insecure_listen:
@@ -99,7 +100,7 @@ def lock_bridge(bridge: str, lock_dir: str = "/run/dcfleet/locks") -> None:
 def hub_keys(cfg: agent_config.AgentConfig) -> auth.ClientKeys | None:
     """The keys this agent uses towards its hub: its own key pair (the hub
     knows the host by it) and the hub's public key."""
-    if not cfg.hub or not cfg.hub.startswith("tcp://"):
+    if not cfg.hub or not parse_endpoint(cfg.hub).is_tcp:
         return None
     public, secret = auth.ensure_server_pair(cfg.keys_dir)
     return auth.ClientKeys(public, secret, auth.load_public(cfg.hub_key))
@@ -112,8 +113,8 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
     tcp:// hub (CURVE, our key) our tcp:// endpoint, whose server key is
     that key; towards the hub's local ipc:// endpoint our ipc:// one."""
     agent = service.target
-    kind = "ipc://" if cfg.hub.startswith("ipc://") else "tcp://"
-    endpoint = next((ep for ep in cfg.listen if ep.startswith(kind)), cfg.listen[0])
+    kind = parse_endpoint(cfg.hub).kind
+    endpoint = next((ep for ep in cfg.listen if parse_endpoint(ep).kind == kind), cfg.listen[0])
     identity = {"name": cfg.host_name, "endpoint": endpoint,
                 "address": cfg.advertise_address, "labels": cfg.labels}
 

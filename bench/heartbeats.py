@@ -89,7 +89,7 @@ def over_ipc(n_hosts: int, beats: int, flush_s: float, root: str, procs: list) -
     procs.append(proc)
     try:
         deadline = time.monotonic() + 60
-        while not os.path.exists(endpoint[len("ipc://"):]):
+        while not os.path.exists(wire.parse_endpoint(endpoint).path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"dc-hub did not start (see {run}/hub.log)")
             time.sleep(0.1)

@@ -21,6 +21,7 @@ import time
 from typing import Callable, Iterator
 
 from dcctl import errors
+from dcctl.wire.endpoint import parse_endpoint
 
 __all__ = ["looks_local", "push_file", "absolute_paths", "CHUNK_BYTES"]
 
@@ -45,7 +46,7 @@ def absolute_paths(method: str | None, endpoint: str, args: list) -> list:
     image path absolute (``dcctl image_import ./ubuntu.tar ubuntu``); the
     agent takes absolute paths only.  Other endpoints: args unchanged."""
     index = HOST_PATH_ARGS.get(method or "")
-    if index is None or not endpoint.startswith("ipc://") or len(args) <= index:
+    if index is None or not parse_endpoint(endpoint).is_ipc or len(args) <= index:
         return args
     word = args[index]
     if not isinstance(word, str) or os.path.isabs(word) or not word:

@@ -12,6 +12,9 @@ from dcctl.errors import InvalidArgument
 
 NAME_MAX_CHARS = 64
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: The one env-key rule (container env, image manifests, /etc/dcfleet/env):
+#: a shell variable name of at most ENV_KEY_MAX_CHARS characters.
+ENV_KEY_MAX_CHARS = 128
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROTOCOLS = ("tcp", "udp")
 
@@ -47,6 +50,20 @@ def protocol(value: Any) -> str:
     return value
 
 
+def is_env_key(key: Any) -> bool:
+    """Whether ``key`` is an environment variable name: ``[A-Za-z_]`` then
+    ``[A-Za-z0-9_]``, 1 to ENV_KEY_MAX_CHARS characters."""
+    return isinstance(key, str) and len(key) <= ENV_KEY_MAX_CHARS and bool(_ENV_KEY_RE.match(key))
+
+
+def env_key(key: Any) -> str:
+    """Return ``key`` if is_env_key.  Raises: InvalidArgument."""
+    if not is_env_key(key):
+        raise InvalidArgument(f"bad environment variable name {key!r:.80}: want [A-Za-z_][A-Za-z0-9_]*, "
+                              f"at most {ENV_KEY_MAX_CHARS} characters")
+    return key
+
+
 def env(value: Any) -> dict[str, str]:
     """An environment mapping of str -> str with shell-safe keys."""
     if value is None:
@@ -56,8 +73,7 @@ def env(value: Any) -> dict[str, str]:
     if len(value) > 256:
         raise InvalidArgument("env has more than 256 variables")
     for k, v in value.items():
-        if not isinstance(k, str) or not _ENV_KEY_RE.match(k):
-            raise InvalidArgument(f"bad environment variable name {k!r}")
+        env_key(k)
         if not isinstance(v, str) or "\x00" in v or len(v) > 65536:
             raise InvalidArgument(f"environment variable {k} must be a string without NUL, under 64 KiB")
     return dict(value)

@@ -63,11 +63,11 @@ class Agents:
                 del self._clients[host]
             keys = None
             if row["key"]:
-                if not endpoint.startswith("tcp://") or not self.server_pair:
+                if not wire.parse_endpoint(endpoint).is_tcp or not self.server_pair:
                     raise errors.Unreachable(f"host {host} has a key but no CURVE endpoint the hub can verify",
                                              hint="it registers again with a tcp:// endpoint")
                 keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
-            elif not endpoint.startswith("ipc://"):
+            elif not wire.parse_endpoint(endpoint).is_ipc:
                 raise errors.Unreachable(f"host {host} joined without a key at a non-local endpoint")
             cached = ((endpoint, row["key"]), wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
                                                              heartbeat_s=max(1.0, self.heartbeat_s)))

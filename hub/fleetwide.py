@@ -10,7 +10,7 @@ import time
 import gevent
 
 from dcctl import errors, validate, wire
-from dcctl.wire import expose
+from dcctl.wire import coerce, expose
 from hub import fanout
 from hub.agents import VIEW_TIMEOUT_SECONDS
 
@@ -27,9 +27,9 @@ class FleetwideMethods:
 
     def _coerce(self, method: str, args: list) -> list:
         """Arguments typed as text (dcctl, the stock CLI) converted to what the
-        agent method declares (int, float, bool), from an agent's
-        _zerorpc_inspect (asked once); anything unclear is passed as is and
-        the agent's own validation answers."""
+        agent method declares, by the wire's one coercion (dcctl.wire.coerce),
+        from an agent's _zerorpc_inspect (asked once); anything that fits no
+        declared type is passed as is and the agent's own validation answers."""
         if not any(isinstance(a, str) for a in args):
             return args
         if self._agent_schema is None:
@@ -40,22 +40,7 @@ class FleetwideMethods:
                         break
                     except errors.DcError:
                         continue
-        params = ((self._agent_schema or {}).get(method) or {}).get("args") or []
-        out = []
-        for i, value in enumerate(args):
-            kind = params[i]["type"] if i < len(params) else ""
-            if isinstance(value, str):
-                try:
-                    if kind.startswith("int"):
-                        value = int(value)
-                    elif kind.startswith("float"):
-                        value = float(value)
-                    elif kind.startswith("bool") and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                        value = value.lower() in ("true", "yes", "1")
-                except ValueError:
-                    pass
-            out.append(value)
-        return out
+        return coerce.coerce_args(args, coerce.params_of((self._agent_schema or {}).get(method) or {}))
 
     def _gather(self, method: str, *args) -> dict:
         hosts = self.store.hosts()

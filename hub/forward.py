@@ -5,7 +5,7 @@ its records in step (destroy forgets, connection changes refresh ports).
 """
 from __future__ import annotations
 
-from dcctl import errors, validate
+from dcctl import errors, validate, wire
 from dcctl.wire import expose
 from hub.agents import VIEW_TIMEOUT_SECONDS
 
@@ -109,7 +109,7 @@ class ForwardMethods:
         host = self.store.host(self._owner(name))
         session = self._forward("container_enter", name, command, {"via": "tcp"})
         # the relay listens beside the agent's tcp endpoint
-        return {**session, "address": host["endpoint"].split("//")[-1].rsplit(":", 1)[0].strip("[]")}
+        return {**session, "address": wire.parse_endpoint(host["endpoint"]).host}
 
     @expose(access="read")
     def container_logs(self, name: str, max_bytes: int = 65536) -> dict:

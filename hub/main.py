@@ -19,7 +19,7 @@ import sys
 import gevent
 
 from dcctl import auth, errors
-from dcctl.wire import Service, validate_endpoint
+from dcctl.wire import Service, parse_endpoint, validate_endpoint
 from hub import routes
 from hub.heartbeats import DEFAULT_FLUSH_SECONDS
 from hub.registry import Registry
@@ -67,9 +67,8 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
     hub.route_domain = domain["name"]
     service = Service(hub, name="dc-hub", keys_dir=keys_dir)
     for ep in args.listen:
-        if ep.startswith("ipc://"):
-            path = ep[len("ipc://"):]
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        if parse_endpoint(ep).is_ipc:
+            os.makedirs(os.path.dirname(parse_endpoint(ep).path), mode=0o700, exist_ok=True)
         service.bind(ep)
     for ep in args.insecure_listen:
         service.bind(ep, insecure=True)

@@ -114,7 +114,8 @@ class MembershipMethods:
         if not isinstance(name, str) or not name:
             raise errors.InvalidArgument("host name must be a non-empty string")
         validate.container_name(name)  # same alphabet and length
-        endpoint = wire.validate_endpoint(info.get("endpoint"))
+        parsed = wire.parse_endpoint(info.get("endpoint"))
+        endpoint = parsed.text
         labels = info.get("labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in labels.items()):
@@ -123,10 +124,10 @@ class MembershipMethods:
         boot_id = self._valid_boot_id(info.get("boot_id"))
         caller = wire.current_caller()
         key = caller.key if caller else ""
-        if key and not endpoint.startswith("tcp://"):
+        if key and not parsed.is_tcp:
             raise errors.InvalidArgument(f"a host registering with a key gives its tcp:// endpoint, not {endpoint}",
                                          hint="ipc endpoints join over the hub's local ipc endpoint only")
-        if not key and not endpoint.startswith("ipc://"):
+        if not key and not parsed.is_ipc:
             raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
                                          hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
         self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,

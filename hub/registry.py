@@ -17,26 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from typing import Callable
 
 import gevent
 
 from dcctl import errors
+from dcctl.wire import refs
+from dcctl.wire.refs import manifest_id
 
 CHUNK_BYTES = 4 << 20
 MAX_LAYER_BYTES = 8 << 30
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-
-
-def manifest_id(manifest: dict) -> str:
-    """sha256 of the canonical JSON of the manifest without ``id`` (the same
-    rule the agents' image store uses)."""
-    body = {k: v for k, v in manifest.items() if k != "id"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def _blocking(fn, *args):
@@ -46,9 +36,8 @@ def _blocking(fn, *args):
 
 
 def digest(value: object, what: str = "layer digest") -> str:
-    if not isinstance(value, str) or not _DIGEST.match(value):
-        raise errors.InvalidArgument(f"{what} must be 64 lowercase hex characters")
-    return value
+    """``value`` if it is a digest (dcctl.wire.refs.digest).  Raises: InvalidArgument."""
+    return refs.digest(value, what)
 
 
 class Registry:
@@ -80,20 +69,12 @@ class Registry:
         and tag; an untagged image is "latest"), either with ``@idprefix``.
 
         Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef."""
-        if not isinstance(ref, str):
-            raise errors.InvalidArgument("image ref must be a string")
-        head, at, prefix = ref.partition("@")
-        name, colon, tag = head.partition(":")
-        if (not _NAME.match(name) or ".." in name or (at and not re.match(r"^[0-9a-f]{4,64}$", prefix))
-                or (colon and not _TAG.match(tag))):
-            raise errors.InvalidArgument(f"bad image ref {ref!r}: expected NAME[:TAG] or NAME[:TAG]@IDPREFIX "
-                                         "(4+ hex)")
-        found = [m for m in self.ls() if m["name"] == name and m["id"].startswith(prefix)
-                 and (not colon or (m.get("tag") or "latest") == tag)]
+        parsed = refs.parse_ref(ref)
+        found = [m for m in self.ls() if parsed.matches(m)]
         if not found:
             raise errors.ImageNotFound(f"no image {ref!r} in the hub's registry",
                                        hint="push it first: dcctl image_push HOST REF, or dcctl image_push FILE NAME")
-        if prefix and len(found) > 1:
+        if parsed.prefix and len(found) > 1:
             raise errors.AmbiguousImageRef(
                 f"{ref!r} matches {len(found)} images: " + ", ".join(m["id"][:12] for m in found))
         return found[-1]
@@ -150,8 +131,7 @@ class Registry:
         """
         if not isinstance(manifest, dict) or manifest_id(manifest) != manifest.get("id"):
             raise errors.InvalidArgument("manifest id does not match its content")
-        if not _NAME.match(str(manifest.get("name", ""))):
-            raise errors.InvalidArgument("manifest has a bad name")
+        refs.image_name(manifest.get("name"))
         for d in manifest.get("layers", []):
             if os.path.exists(self._layer(d)):
                 continue

@@ -29,15 +29,19 @@ OCI/Docker image's config said beyond the fields above::
 
 Refs are ``name`` (newest image of that name), ``name:tag`` (newest of that
 name and tag) or ``name@idprefix`` / ``name:tag@idprefix`` (at least 4
-lowercase hex digits).
+lowercase hex digits).  The grammar of names, tags, refs, digests and image
+ids, and the env-key rule, are the wire layer's (``dcctl.wire.refs``,
+``dcctl.validate.is_env_key``), shared with the hub; the functions here
+raise their errors as InvalidImage.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from typing import Any, Iterable, Mapping
 
+from dcctl import validate
+from dcctl.errors import InvalidArgument
+from dcctl.wire import refs
 from images.errors import InvalidImage
 from images.fsutil import split_path
 
@@ -47,14 +51,9 @@ __all__ = [
     "normalize_fields", "manifest_id", "short_ref",
 ]
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_PREFIX_RE = re.compile(r"^[0-9a-f]{4,64}$")
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 #: The tag an image without one answers to.
-DEFAULT_TAG = "latest"
+DEFAULT_TAG = refs.DEFAULT_TAG
 _CONFIG_KEYS = ("entrypoint", "cmd", "working_dir", "user", "volumes", "labels")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SIGNAL_RE = re.compile(r"^SIG(?:RTMIN\+[0-9]{1,2}|RTMAX-[0-9]{1,2}|[A-Z][A-Z0-9]{1,10})$")
 
 #: Every key of a stored manifest.
@@ -67,19 +66,23 @@ COMMIT_FIELDS = ("exposed_ports", "env", "command", "stop_signal", "init", "temp
                  "parent", "created", "tag", "config")
 
 
+def _image_error(check, *args):
+    """``check(*args)`` (a dcctl.wire.refs function) with its InvalidArgument
+    raised as InvalidImage."""
+    try:
+        return check(*args)
+    except InvalidArgument as exc:
+        raise InvalidImage(str(exc)) from exc
+
+
 def validate_name(name: Any) -> str:
-    """Return ``name`` if it is a valid image name, else raise InvalidImage."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
-        raise InvalidImage(f"invalid image name {name!r}: want ^[a-z0-9][a-z0-9._-]{{0,63}}$ "
-                           "without '..'")
-    return name
+    """Return ``name`` if it is a valid image name (refs.image_name), else raise InvalidImage."""
+    return _image_error(refs.image_name, name)
 
 
 def validate_tag(tag: Any) -> str:
-    """Return ``tag`` if it is a valid tag (Docker's grammar), else raise InvalidImage."""
-    if not isinstance(tag, str) or not _TAG_RE.match(tag):
-        raise InvalidImage(f"invalid image tag {tag!r}: want ^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}$")
-    return tag
+    """Return ``tag`` if it is a valid tag (refs.image_tag: Docker's grammar), else raise InvalidImage."""
+    return _image_error(refs.image_tag, tag)
 
 
 def parse_full_ref(ref: Any) -> tuple[str, str | None, str]:
@@ -89,17 +92,8 @@ def parse_full_ref(ref: Any) -> tuple[str, str | None, str]:
         InvalidImage: bad name or tag, or a prefix that is not 4-64
             lowercase hex digits.
     """
-    if not isinstance(ref, str):
-        raise InvalidImage(f"invalid image ref {ref!r}: not a string")
-    head, sep, prefix = ref.partition("@")
-    name, colon, tag = head.partition(":")
-    validate_name(name)
-    if colon:
-        validate_tag(tag)
-    if sep and not _PREFIX_RE.match(prefix):
-        raise InvalidImage(f"invalid image ref {ref!r}: the id prefix after '@' must be "
-                           "4 to 64 lowercase hex digits")
-    return name, (tag if colon else None), prefix
+    parsed = _image_error(refs.parse_ref, ref)
+    return parsed.name, parsed.tag, parsed.prefix
 
 
 def parse_ref(ref: Any) -> tuple[str, str]:
@@ -117,21 +111,16 @@ def parse_ref(ref: Any) -> tuple[str, str]:
 def ref_matches(manifest: Mapping[str, Any], name: str, tag: str | None, prefix: str) -> bool:
     """Whether a manifest answers to the parsed ref (an untagged image
     answers to the tag "latest")."""
-    if manifest.get("name") != name or not str(manifest.get("id", "")).startswith(prefix):
-        return False
-    return tag is None or (manifest.get("tag") or DEFAULT_TAG) == tag
+    return refs.ImageRef(name, tag, prefix).matches(manifest)
 
 
 def validate_digest(value: Any, what: str = "layer id") -> str:
     """Return ``value`` if it is 64 lowercase hex digits, else raise InvalidImage."""
-    if not isinstance(value, str) or not _DIGEST_RE.match(value):
-        raise InvalidImage(f"invalid {what} {value!r}: want 64 lowercase hex digits")
-    return value
+    return _image_error(refs.digest, value, what)
 
 
-def short_ref(manifest: Mapping[str, Any]) -> str:
-    """``name@<first 12 hex of id>``, the form used in messages and listings."""
-    return f"{manifest['name']}@{manifest['id'][:12]}"
+short_ref = refs.short_ref
+manifest_id = refs.manifest_id
 
 
 def _str_list(value: Any, what: str) -> list[str]:
@@ -187,7 +176,7 @@ def _env(value: Any) -> dict:
     if not isinstance(value, Mapping):
         raise InvalidImage(f"invalid env {value!r}: want a dict of str to str")
     for key, val in value.items():
-        if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
+        if not validate.is_env_key(key):
             raise InvalidImage(f"invalid env variable name {key!r}")
         if not isinstance(val, str) or "\x00" in val:
             raise InvalidImage(f"invalid value for env variable {key}: want a string without NUL")
@@ -266,11 +255,3 @@ def normalize_fields(fields: Mapping[str, Any]) -> dict:
     if fields.get("config") is not None:
         out["config"] = _config(fields["config"])
     return out
-
-
-def manifest_id(manifest: Mapping[str, Any]) -> str:
-    """sha256 hex of the canonical JSON (sorted keys, compact) of the
-    manifest without its ``id`` key."""
-    body = {k: v for k, v in manifest.items() if k != "id"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()

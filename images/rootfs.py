@@ -16,10 +16,10 @@ rendered templates; each image ships defaults for both.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from typing import Iterable, Mapping
 
+from dcctl import validate
 from images.errors import InvalidImage
 
 __all__ = ["COMMAND_PATH", "ENV_PATH", "EXIT_PATH", "NETWORK_TEMPLATES", "RUN_PATH", "RUN_SCRIPT", "command_file_text",
@@ -77,8 +77,6 @@ NETWORK_TEMPLATES = {
         "    gateway {{ gateway }}\n"),
 }
 
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 def command_file_text(command: Iterable[str]) -> str:
     """The content of /etc/dcfleet/command for an argv list (may be empty).
@@ -103,7 +101,7 @@ def env_file_text(env: Mapping[str, str]) -> str:
     lines = []
     for key in sorted(env):
         value = env[key]
-        if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
+        if not validate.is_env_key(key):
             raise InvalidImage(f"invalid env variable name {key!r}")
         if not isinstance(value, str) or "\x00" in value:
             raise InvalidImage(f"invalid value for env variable {key}")

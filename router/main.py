@@ -25,7 +25,7 @@ import sys
 import gevent
 
 from dcctl import auth, errors
-from dcctl.wire import validate_endpoint
+from dcctl.wire import parse_endpoint, quiet_zerorpc_noise, validate_endpoint
 from router import haproxy as hx
 from router.follower import Follower, hub_connector
 
@@ -62,7 +62,7 @@ def build(args: argparse.Namespace) -> Follower:
         raise errors.InvalidArgument(f"no haproxy at {args.haproxy}", hint="apt-get install haproxy (ops/setup)")
     os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
     keys = None
-    if args.hub.startswith("tcp://"):
+    if parse_endpoint(args.hub).is_tcp:
         if not args.hub_key:
             raise errors.InvalidArgument("--hub tcp://... needs --hub-key (the hub's public key)")
         pair = args.key or os.path.join(args.state_dir, "router.key_secret")
@@ -74,23 +74,11 @@ def build(args: argparse.Namespace) -> Follower:
     return Follower(proxy, hub_connector(args.hub, keys), args.state_dir)
 
 
-class _ZerorpcNoise(logging.Filter):
-    """zerorpc 0.6.3 logs "gevent_zeromq BUG catching up after missing
-    event" at ERROR every few seconds on idle sockets (PITFALLS.md): it is
-    no bug of ours and nothing is lost; keep it at debug level."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "catching up after missing event" in record.getMessage():
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("zerorpc.gevent_zmq").addFilter(_ZerorpcNoise())
+    quiet_zerorpc_noise()  # zerorpc's "BUG catching up" lines at debug level (PITFALLS.md)
     try:
         follower = build(args)
     except errors.DcError as exc:

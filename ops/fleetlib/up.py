@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from dcctl.wire.endpoint import parse_endpoint
 from ops.fleetlib.base import (FleetError, REPO, _in_net, _last_line, _netns, _root_veths, _run,
                                ensure_forward_rule, forward_rule, load, paths, ping, plan, save)
 from ops.fleetlib.down import down
@@ -66,9 +67,9 @@ def setup_keys(state: dict) -> None:
     keys are written where dcctl looks for them (CONFIG_DIR/servers/), so
     `export DCCTL_HOST=tcp://...` is all dcctl needs."""
     from dcctl import auth
-    from dcctl.cli import config_dir, known_server_key_path
+    from dcctl.wire.clientconfig import config_dir, key_pair_path, known_server_key_path
     cfg = config_dir()
-    operator = os.path.join(cfg, "dcctl.key_secret")
+    operator = key_pair_path()
     if not os.path.exists(operator):
         auth.keygen(cfg, "dcctl")
     op_public = auth.load_pair(operator)[0].decode()
@@ -138,7 +139,7 @@ def _wait_ready(procs: dict, timeout_s: float) -> None:
         for name, (proc, endpoint, log) in list(pending.items()):
             if proc.poll() is not None:
                 raise FleetError(f"{name} exited with status {proc.returncode}: {_last_line(log)}")
-            if os.path.exists(endpoint[len("ipc://"):]) and ping(endpoint):
+            if os.path.exists(parse_endpoint(endpoint).path) and ping(endpoint):
                 del pending[name]
         if pending and time.monotonic() > deadline:
             raise FleetError(f"no answer within {timeout_s:g} s from {', '.join(sorted(pending))}")

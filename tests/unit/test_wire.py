@@ -116,7 +116,7 @@ def test_inspect_answers_on_this_python(served):
 
 def test_ipc_socket_is_root_only(served):
     _, _, _, endpoint = served
-    mode = os.stat(endpoint[6:]).st_mode
+    mode = os.stat(wire.parse_endpoint(endpoint).path).st_mode
     assert stat.S_IMODE(mode) == 0o600
 
 

@@ -1,0 +1,211 @@
+"""The client side of the wire: ``RpcClient`` / ``connect``.
+
+``RpcClient`` wraps zerorpc's client with a timeout on every call, refuses
+to send what a server could not read (InvalidArgument, or ResultTooLarge
+over MAX_REQUEST_BYTES, which ZeroMQ would answer by dropping the
+connection), and turns remote error names back into ``dcctl.errors``
+classes, so callers never catch ``zerorpc.*`` or ``zmq.*`` types.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+import gevent
+import gevent.event
+
+from dcctl import auth, errors
+from dcctl.wire import codec, zrpc
+from dcctl.wire.endpoint import parse_endpoint
+from dcctl.wire.server import DEFAULT_HEARTBEAT_SECONDS, ipc_listening
+
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "RpcClient", "connect"]
+
+log = logging.getLogger("dcctl.wire")
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+
+class _ErrorMapper:
+    """zerorpc middleware: remote error names become dcctl.errors classes."""
+
+    def client_handle_remote_error(self, event):
+        name, msg, detail = "InternalError", "", ""
+        if isinstance(event.args, (list, tuple)) and len(event.args) >= 2:
+            name, msg = str(event.args[0]), str(event.args[1])
+            detail = str(event.args[2]) if len(event.args) > 2 and event.args[2] else ""
+        elif event.args:
+            msg = str(event.args[0])
+        return errors.from_wire(name, msg, _hint_of(detail))
+
+
+def _hint_of(detail: str) -> str | None:
+    for line in detail.splitlines():
+        if line.startswith("hint: "):
+            return line[len("hint: "):]
+    return None
+
+
+_context: zrpc.Context | None = None
+
+
+def _client_context() -> zrpc.Context:
+    global _context
+    if _context is None:
+        _context = zrpc.Context()
+        _context.register_middleware(_ErrorMapper())
+    return _context
+
+
+def _read_reply(parts: list):
+    """The client's socket reader: answers decoded tolerantly (a stock
+    server's integer map keys arrive as they are); an answer that cannot be
+    decoded becomes an error for its call instead of a silent drop."""
+    header, name, args, problem = codec.decode(zrpc.frame_buffer(parts[-1]), request=False)
+    header = codec.clean_header(header)
+    if header is None or "response_to" not in header:
+        log.warning("dropped an undecodable answer (%s)", problem or "no response_to")
+        return None
+    if problem and not isinstance(name, str):
+        name, args = "ERR", ["InternalError", f"the server's answer cannot be decoded: {problem}", ""]
+    return zrpc.make_event(name, args, header)
+
+
+class RpcClient:
+    """A client for one dcfleet endpoint; every call has a timeout.
+
+    Args:
+        endpoint: ``ipc://PATH`` or ``tcp://HOST:PORT``.
+        timeout_s: default seconds to wait for each answer.
+        heartbeat_s: zerorpc heartbeat interval in seconds: a server that
+            dies or freezes during a call is noticed after two of them
+            (Unreachable), whatever the call's timeout.
+        keys: CURVE keys (dcctl.auth.ClientKeys) for a tcp:// endpoint that
+            requires them; None for ipc:// and insecure loopback endpoints.
+
+    Calls: ``client.call("container_ls")`` or ``client.container_ls()``;
+    ``call(..., timeout_s=S)`` overrides the timeout for one call.
+
+    Raises (from calls): the server's DcError subclass; Unauthorized as soon
+    as the server refuses the handshake (ZeroMQ's socket monitor reports it)
+    rather than after the timeout; CallTimeout when no answer comes in time;
+    Unreachable when the ipc socket does not exist, the server was lost
+    mid-call, or the client was closed (``close(reason)``) while the call
+    waited; InvalidArgument for an integer msgpack cannot carry.  Raises
+    (from the constructor): InvalidArgument (a bad endpoint or CURVE key),
+    Unreachable (an endpoint ZeroMQ cannot connect to, e.g. ``tcp://*:PORT``).
+    """
+
+    def __init__(self, endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys: auth.ClientKeys | None = None):
+        zrpc.quiet_zerorpc_noise()
+        self._endpoint = parse_endpoint(endpoint)
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._client = zrpc.Client(context=_client_context(), timeout=timeout_s,
+                                      heartbeat=heartbeat_s)
+        self._refused: str | None = None
+        self._refused_event = gevent.event.Event()
+        self._closed: str | None = None  # why, once closed
+        self._closed_event = gevent.event.Event()
+        self._calls: set[gevent.Greenlet] = set()  # in flight
+        self._monitor_task = None
+        zrpc.set_linger(self._client, 0)  # a close never waits for unsent messages
+        try:
+            if keys is not None:
+                zrpc.set_client_curve(self._client, keys.public, keys.secret, keys.server_public)
+            zrpc.intercept_recv(self._client, _read_reply)
+            if self._endpoint.is_tcp:
+                self._monitor_task = zrpc.watch_handshake_failures(
+                    self._client, lambda refused: self._handshake_failed(refused, keys is not None))
+            zrpc.connect(self._client, endpoint)
+        except errors.DcError:
+            self.close()
+            raise
+
+    def _handshake_failed(self, refused: bool, with_keys: bool) -> None:
+        if refused:
+            self._refused = "the server refused this client's key"
+        elif with_keys:
+            self._refused = "the CURVE handshake failed (wrong server key, or the server is not CURVE)"
+        else:
+            self._refused = "the server requires CURVE keys (give a key pair and the server's key)"
+        self._refused_event.set()
+
+    def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call ``method`` with ``args``; wait ``timeout_s`` (default the
+        client's) seconds for the answer.  Raises: see the class doc."""
+        if self._closed:
+            raise errors.Unreachable(f"{self.endpoint}: {self._closed}")
+        if self._endpoint.is_ipc and not os.path.exists(self._endpoint.path):
+            raise errors.Unreachable(f"no server at {self.endpoint} (socket missing)")
+        codec.check_wire_ints(list(args), f"{method}: argument")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        codec.check_request(method, args)
+        if self._refused:
+            raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
+        # The call runs in a task of its own, so that a refused handshake or a
+        # close() ends the wait at once, and stopping the task never throws
+        # into the caller's greenlet.
+        task = gevent.spawn(zrpc.capture, self._client, method, *args, timeout=timeout)
+        self._calls.add(task)
+        try:
+            gevent.wait([task, self._refused_event, self._closed_event], count=1)
+            if not task.ready():
+                zrpc.stop_call(task)
+                if self._closed:
+                    raise errors.Unreachable(f"{self.endpoint}: {self._closed} during {method}")
+                raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
+            ok, value = task.value
+            if not ok:
+                raise value
+            return value
+        except zrpc.TimeoutExpired as exc:
+            if self._closed:
+                raise errors.Unreachable(f"{self.endpoint}: {self._closed} during {method}") from exc
+            if self._endpoint.is_ipc and not ipc_listening(self._endpoint.path):
+                raise errors.Unreachable(f"no server listens at {self.endpoint} (a stale socket)") from exc
+            raise errors.CallTimeout(
+                f"no answer from {self.endpoint} to {method} within {timeout:g} s",
+                hint="is the server running and reachable?") from exc
+        except zrpc.LostRemote as exc:
+            raise errors.Unreachable(f"lost {self.endpoint} during {method} (no heartbeat)") from exc
+        except zrpc.RemoteError as exc:  # not mapped by the middleware (should not happen)
+            raise errors.from_wire(exc.name, exc.msg, _hint_of(exc.traceback or "")) from exc
+        finally:
+            self._calls.discard(task)
+            if not task.ready():  # the caller itself was killed
+                zrpc.abandon_call(task)
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("__"):
+            raise AttributeError(method)
+        return lambda *args, **kw: self.call(method, *args, **kw)
+
+    def close(self, reason: str = "client closed") -> None:
+        """Close the connection; never blocks for long (linger 0, each step
+        bounded).  Calls still waiting on this client fail at once with
+        Unreachable(``reason``)."""
+        if self._closed:
+            return
+        self._closed = reason
+        self._closed_event.set()
+        for task in list(self._calls):
+            zrpc.stop_call(task)
+        zrpc.set_linger(self._client, 0)
+        self._client.close()  # stops the socket's monitor too
+        if self._monitor_task is not None:
+            self._monitor_task.kill(block=True, timeout=zrpc.CLOSE_TIMEOUT_SECONDS)
+
+    def __enter__(self) -> "RpcClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(endpoint: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
+            keys: auth.ClientKeys | None = None) -> RpcClient:
+    """Open an RpcClient to ``endpoint`` (see RpcClient)."""
+    return RpcClient(endpoint, timeout_s=timeout_s, keys=keys)

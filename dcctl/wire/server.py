@@ -1,0 +1,372 @@
+"""The server side of the wire: ``Service`` serves an explicit table of
+``@expose`` methods (dcctl.wire.methods) over ZeroRPC.
+
+Only methods in the table are callable; every call's arity and argument
+types are checked before any work; each call is authorized by its caller's
+role (``current_caller``); errors leave as (name, message) with no
+traceback (the traceback goes to the local log); results that msgpack
+cannot carry become ``ResultTooLarge`` or ``InternalError`` instead of a
+silent client timeout; ``_zerorpc_inspect`` answers correctly on Python
+3.11 (zerorpc's own uses the removed ``inspect.getargspec``).  Requests are
+decoded tolerantly (dcctl.wire.codec): any request with a message id that
+cannot be served (non-string map keys, invalid UTF-8, extension types,
+nesting past MAX_NESTING, a broken tail) is answered with
+``InvalidArgument``; garbage without a message id is logged and dropped,
+and the server goes on.  ``claim_ipc_path`` keeps a second server off a
+live local endpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import uuid
+from typing import Any, Callable
+
+import gevent
+
+from dcctl import auth, errors
+from dcctl.wire import codec, zrpc
+from dcctl.wire.codec import MAX_REQUEST_BYTES
+from dcctl.wire.endpoint import parse_endpoint
+from dcctl.wire.methods import MethodSpec, check_result, method_table
+
+__all__ = ["DEFAULT_HEARTBEAT_SECONDS", "Caller", "current_caller", "Service", "claim_ipc_path", "ipc_listening",
+           "describe_failure"]
+
+log = logging.getLogger("dcctl.wire")
+
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who made the current call: ``role`` ("admin", "read", "agent"),
+    ``key`` (Z85 public key; "" on the local endpoint) and ``name`` (the
+    key file's name, or "local")."""
+
+    role: str
+    key: str
+    name: str
+
+
+_LOCAL = "local"
+_REFUSE = "_dc_refuse"
+_BAD_REQUEST = "_dc_bad_request"
+
+
+def _refuse(*args):
+    raise errors.Unauthorized("this client's key is not allowed (any more) on this server")
+
+
+def _bad_request(problem="malformed request", *args):
+    raise errors.InvalidArgument(str(problem))
+
+
+def current_caller() -> Caller | None:
+    """The Caller of the call running in this greenlet (or its shielded
+    child), as checked by the Service; None outside a served call."""
+    g = gevent.getcurrent()
+    while g is not None:
+        caller = getattr(g, "dc_caller", None)
+        if caller is not None:
+            return caller
+        g = getattr(g, "dc_parent", None)
+    return None
+
+
+class _CallerMiddleware:
+    """Takes the caller id the socket reader put in the request header and
+    keeps it on the call's greenlet."""
+
+    def load_task_context(self, header):
+        gevent.getcurrent().dc_caller_id = header.get("dc_caller") if isinstance(header, dict) else None
+
+
+class Service:
+    """Serves the ``@expose`` methods of ``target`` over ZeroRPC.
+
+    Args:
+        target: the object whose marked methods form the table.
+        name: the service name reported by ``_zerorpc_name``.
+        translate: callable mapping a non-DcError exception to a DcError, or
+            None when it is unexpected (then the caller sees InternalError and
+            the traceback is logged here).
+        heartbeat_s: zerorpc heartbeat interval in seconds.
+        keys_dir: the server's keys and client allowlist (dcctl.auth);
+            required to bind a tcp:// endpoint with CURVE.
+
+    Endpoints: ``ipc://PATH`` (made 0600; callers are local root: admin),
+    ``tcp://`` with CURVE (callers are the allowlist's keys, each call
+    checked against its role), or ``tcp://`` loopback without CURVE when
+    bound with insecure=True (admin; for tests and ad hoc use only).
+    """
+
+    def __init__(self, target: Any, name: str, *,
+                 translate: Callable[[BaseException], errors.DcError | None] | None = None,
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys_dir: str | None = None):
+        zrpc.quiet_zerorpc_noise()
+        self.name = name
+        self.target = target
+        self.table = method_table(target)
+        self._translate = translate or (lambda exc: None)
+        self.keys_dir = keys_dir
+        self.allowlist = auth.Allowlist(keys_dir) if keys_dir else None
+        self._heartbeat_s = heartbeat_s
+        self._functors: dict[str, Any] = {}
+        for mname, spec in self.table.items():
+            wrapped = self._wrap(spec)
+            self._functors[mname] = zrpc.stream(wrapped) if spec.exposed.stream else zrpc.rep(wrapped)
+        self._functors.update(self._builtins())
+        self._servers: dict[str, zrpc.Server] = {}  # "local", "curve", "insecure"
+        self._zap: auth.ZapHandler | None = None
+        self._tasks: list[gevent.Greenlet] = []
+
+    # -- builtins answered by our code, not zerorpc's
+    def _builtins(self) -> dict[str, Any]:
+        def lookup(m):
+            if m not in self.table:
+                raise errors.NoSuchMethod(f"no method {m!r}")
+            return self.table[m]
+
+        def argspec(m):
+            spec = lookup(m)
+            names = [p.name for p in spec.params if p.kind is not p.VAR_POSITIONAL]
+            var = next((p.name for p in spec.params if p.kind is p.VAR_POSITIONAL), None)
+            defaults = [p.default for p in spec.params if p.default is not p.empty] or None
+            return [names, var, None, defaults]
+
+        def guarded(fn):
+            def call(*args):
+                self._authorize("read", fn.__name__)
+                return fn(*args)
+            return zrpc.rep(call)
+
+        return {
+            "_zerorpc_list": guarded(lambda: sorted(self.table)),
+            "_zerorpc_name": guarded(lambda: self.name),
+            "_zerorpc_ping": guarded(lambda: ["pong", self.name]),
+            "_zerorpc_help": guarded(lambda m: lookup(m).doc),
+            "_zerorpc_args": guarded(argspec),
+            "_zerorpc_inspect": guarded(self.inspect),
+            _REFUSE: zrpc.rep(_refuse),
+            _BAD_REQUEST: zrpc.rep(_bad_request),
+        }
+
+    def inspect(self) -> dict:
+        """The ``_zerorpc_inspect`` answer: {name, methods: {m: {args, doc}}};
+        each arg is {name, type[, default]}."""
+        return {"name": self.name,
+                "methods": {m: {"args": s.inspect_args(), "doc": s.doc, "access": s.exposed.access}
+                            for m, s in sorted(self.table.items())}}
+
+    def _authorize(self, access: str, method: str) -> Caller:
+        """The call's Caller, if its role may call ``access``-level methods.
+
+        Raises: Unauthorized (key no longer allowed), PermissionDenied."""
+        g = gevent.getcurrent()
+        caller_id = getattr(g, "dc_caller_id", None)
+        if caller_id in (None, _LOCAL):
+            caller = Caller(auth.LOCAL_ROLE, "", "local")
+        else:
+            found = self.allowlist.lookup(caller_id) if self.allowlist else None
+            if found is None:
+                raise errors.Unauthorized("this client's key is not allowed (any more) on this server")
+            caller = Caller(found[0], caller_id, found[1])
+        if access not in auth.GRANTS[caller.role]:
+            raise errors.PermissionDenied(f"role {caller.role!r} ({caller.name}) may not call {method}",
+                                          hint=f"{method} needs the {access!r} access level")
+        g.dc_caller = caller
+        return caller
+
+    def _wrap(self, spec: MethodSpec) -> Callable:
+        translate = self._translate
+
+        def body(*args):
+            try:
+                result = spec.fn(*args)
+                return result if spec.exposed.stream else check_result(spec.name, result)
+            except errors.DcError:
+                raise
+            except Exception as exc:  # translate at the boundary
+                mapped = translate(exc)
+                if mapped is None:
+                    ref = uuid.uuid4().hex[:8]
+                    log.exception("%s failed (ref %s)", spec.name, ref)
+                    raise errors.InternalError(
+                        f"{spec.name} failed unexpectedly (ref {ref}); the server log has details"
+                    ) from exc
+                raise mapped from exc
+
+        def run(*args):
+            if spec.exposed.shielded:
+                child = gevent.Greenlet(zrpc.capture, body, *args)
+                child.dc_parent = gevent.getcurrent()
+                child.start()
+                ok, value = child.get()
+                if not ok:
+                    raise value
+                return value
+            return body(*args)
+
+        def call(*args):
+            caller = self._authorize(spec.exposed.access, spec.name)
+            spec.check(args)
+            result = run(*args)
+            if spec.exposed.redact_env and caller.role in auth.REDACTED_ROLES:
+                if spec.exposed.stream:
+                    return (auth.redact_env(item) for item in result)
+                return auth.redact_env(result)
+            return result
+
+        call.__name__ = spec.name
+        call.__doc__ = spec.doc
+        return call
+
+    # -- lifecycle
+    def _server(self, kind: str) -> zrpc.Server:
+        server = self._servers.get(kind)
+        if server is None:
+            ctx = zrpc.Context()  # our own: its ZAP handler and middleware
+            ctx.register_middleware(_CallerMiddleware())
+            server = zrpc.Server(self._functors, name=self.name, heartbeat=self._heartbeat_s, context=ctx,
+                                 describe=describe_failure)
+            zrpc.set_max_message_bytes(server, MAX_REQUEST_BYTES)
+            if kind == "curve":
+                if self.keys_dir is None:
+                    raise errors.InvalidArgument("a tcp:// endpoint needs CURVE keys (keys_dir)",
+                                                 hint="or bind it insecure, on loopback only")
+                public, secret = auth.ensure_server_pair(self.keys_dir)
+                self._zap = auth.ZapHandler(ctx, self.allowlist)
+                zrpc.set_server_curve(server, public, secret)
+            _tag_callers(server, curve=(kind == "curve"),
+                         allowed=(lambda key: self.allowlist is not None and self.allowlist.lookup(key) is not None))
+            self._servers[kind] = server
+        return server
+
+    def bind(self, endpoint: str, *, insecure: bool = False) -> None:
+        """Bind ``ipc://PATH`` (made 0600) or ``tcp://ADDR:PORT`` (CURVE; or,
+        with ``insecure``, plain on a loopback address only, logged).
+
+        Raises: InvalidArgument."""
+        ep = parse_endpoint(endpoint)
+        if ep.is_ipc:
+            claim_ipc_path(ep.path)
+            self._server("local").bind(endpoint)
+            os.chmod(ep.path, 0o600)
+        elif insecure:
+            if not ep.is_loopback:
+                raise errors.InvalidArgument(f"refusing plain TCP on {endpoint}: only loopback may go without CURVE")
+            log.warning("serving %s WITHOUT authentication or encryption (asked for)", endpoint)
+            self._server("insecure").bind(endpoint)
+        else:
+            self._server("curve").bind(endpoint)
+
+    @property
+    def public_key(self) -> str | None:
+        """This server's CURVE public key (Z85), once a CURVE endpoint is bound."""
+        if self.keys_dir is None:
+            return None
+        return auth.ensure_server_pair(self.keys_dir)[0].decode()
+
+    def start(self) -> gevent.Greenlet:
+        """Serve in background greenlets; returns one that ends when all stop."""
+        self._tasks = [gevent.spawn(srv.run) for srv in self._servers.values()]
+        return gevent.spawn(gevent.joinall, self._tasks)
+
+    def run(self) -> None:
+        """Serve until stopped (blocks the calling greenlet)."""
+        self.start().join()
+
+    def stop(self) -> None:
+        for srv in self._servers.values():
+            srv.stop()
+            srv.close()
+        if self._zap is not None:
+            self._zap.close()
+
+
+def ipc_listening(path: str) -> bool:
+    """Whether anything accepts connections on the unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def claim_ipc_path(path: str) -> None:
+    """Make ``path`` free for a new ipc socket: a stale socket file (no one
+    accepts on it) is removed; a live one is refused, so a second server can
+    never silently take over another's local endpoint.
+
+    Raises: Conflict."""
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        return
+    if not ipc_listening(path):
+        os.unlink(path)  # stale: its server is gone
+        return
+    raise errors.Conflict(f"ipc://{path} is in use by another running server",
+                          hint="stop it, or give this one another --listen path")
+
+
+def _tag_callers(server: zrpc.Server, curve: bool, allowed: Callable[[str], bool]) -> None:
+    """Make the server's socket reader decode each message tolerantly
+    (codec.decode) and stamp each request's header with who sent it: the
+    CURVE key ZeroMQ authenticated (the frame's User-Id, set by our ZAP
+    handler), or "local".  Whatever the client put there is overwritten, so
+    it cannot be forged.  A request that cannot be served is answered with
+    InvalidArgument; a message without an id (nobody to answer) is dropped."""
+
+    def read(parts: list):
+        blob = parts[-1]
+        header, name, args, problem = codec.decode(zrpc.frame_buffer(blob))
+        header = codec.clean_header(header)
+        if header is None or ("response_to" not in header and "message_id" not in header):
+            # no message id: there is nobody to answer
+            log.warning("dropped an undecodable message (%s)", problem or "no message_id")
+            return None
+        if "response_to" in header:  # an event on a live call's channel (heartbeat, credit)
+            if problem:
+                log.warning("dropped a malformed channel event (%s)", problem)
+                return None
+        elif problem or not isinstance(args, list):  # a new request: answer, never drop it silently
+            name, args = _BAD_REQUEST, [problem or "malformed request: the arguments must be a list"]
+        caller = (zrpc.frame_user_id(blob) or "anonymous") if curve else _LOCAL
+        header["dc_caller"] = caller
+        if curve and not allowed(caller):  # a removed key: refuse whatever it asks
+            name = _REFUSE
+        return zrpc.make_event(name, args, header, parts[:-1] or None)
+
+    zrpc.intercept_recv(server, read)
+
+
+def describe_failure(exc_infos: tuple) -> tuple[str, str, str]:
+    """(name, message, detail) sent for a failed call: a DcError keeps its
+    class name and hint; zerorpc's own failures become NoSuchMethod,
+    InvalidArgument or CallTimeout (the caller went away); anything else is
+    InternalError, its traceback logged here.  ``detail`` (zerorpc's
+    traceback field) is one human line, what the stock zerorpc CLI prints,
+    and the operator hint, if any."""
+    exc_type, exc_value, _ = exc_infos
+    hint = None
+    if isinstance(exc_value, errors.DcError):
+        name, msg, hint = exc_type.__name__, str(exc_value), exc_value.hint
+        log.info("call failed: %s: %s", name, msg)
+    elif isinstance(exc_value, NameError):  # zerorpc: method not in table
+        name, msg = "NoSuchMethod", f"no method {exc_value}"
+    elif isinstance(exc_value, TypeError):  # zerorpc: args not a list, etc.
+        name, msg = "InvalidArgument", f"malformed call: {exc_value}"
+    elif isinstance(exc_value, zrpc.LostRemote):
+        log.info("caller went away: %s", exc_value)
+        name, msg = "CallTimeout", "caller went away"
+    else:
+        log.error("unexpected failure", exc_info=exc_infos)
+        name, msg = "InternalError", "unexpected failure; the server log has details"
+    return name, msg, f"{name}: {msg}" + (f"\nhint: {hint}" if hint else "")
