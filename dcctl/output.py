@@ -20,12 +20,12 @@ item as one ``key=value ...`` line, or one JSON document per line with
 ``--json``.
 
 Listings (``VIEWS``): the results of container_ls, hosts, image_ls,
-network_ls, hostinfo, events and broadcast have a default view in the
+network_ls, hostinfo, events, route_ls and broadcast have a default view in the
 manner of ``docker ps``: chosen columns, 12-character ids, ports as
 ``20983->80/tcp``, readable sizes and ages, every line at most
 ``TABLE_WIDTH`` (100) columns (long cells are cut with ``…``), and the header
 even when there are no rows.  route_ls shows one row per backend (name,
-container, host, address:port, health).  ``wide=True`` (``dcctl --wide``) shows every
+container, port, host, address:port, health), fitted the same way.  ``wide=True`` (``dcctl --wide``) shows every
 key of every row, uncut, as the generic table above.  ``--json`` always
 prints the full data.
 
@@ -62,6 +62,9 @@ TABLE_WIDTH = 100
 #: How many characters of an id a default view shows (as docker ps).
 SHORT_ID_CHARS = 12
 ELLIPSIS = "\u2026"
+#: A flexible column keeps its first item (one port mapping) up to this
+#: many characters before other columns are cut.
+FIRST_ITEM_MAX_CHARS = 20
 
 
 def to_jsonable(value: Any) -> Any:
@@ -175,18 +178,27 @@ def table_text(rows: list[dict], is_tty: bool = False) -> str:
 
 
 def fit_cells(headers: list[str], rows: list[list[str]], width: int = TABLE_WIDTH,
-              flexible: list[int] | None = None) -> list[list[str]]:
-    """``rows`` with the widest cells cut (ending in ``…``) until a line of
-    the table (columns two spaces apart) fits in ``width`` columns.  The
-    columns at the indices in ``flexible`` (ports, labels, free text) are
-    cut first, the others only if that is not enough; headers are never cut,
-    so a table whose headers alone are too wide stays so."""
+              flexible: list[int] | None = None, last: list[int] | None = None) -> list[list[str]]:
+    """``rows`` with cells cut (ending in ``…``) until a line of the table
+    (columns two spaces apart) fits in ``width`` columns.  Each column is
+    as wide as its widest cell.  When a line is too wide, the columns at
+    the indices in ``flexible`` (ports, labels, free text) are cut first,
+    but not below their first item (``20983->80/tcp`` of a list, at most
+    FIRST_ITEM_MAX_CHARS); then the
+    columns in ``last`` (the name) are cut; then the flexible ones below
+    their first item; then any column, widest first.  Headers are never
+    cut, so a table whose headers alone are too wide stays so."""
+    flexible, last = list(flexible or []), list(last or [])
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     floors = [max(len(h), 4) for h in headers]
+    first_item = {j: min(FIRST_ITEM_MAX_CHARS, max([floors[j]] + [len(r[j].split(", ")[0]) for r in rows]))
+                  for j in flexible}
     excess = sum(widths) + 2 * max(0, len(headers) - 1) - width
-    for group in (list(flexible or []), list(range(len(headers)))):
+    passes = [(flexible, first_item), (last, {}), (flexible, {}),
+              ([j for j in range(len(headers)) if j not in last], {}), (last, {})]
+    for group, group_floors in passes:
         while excess > 0:
-            shrinkable = [j for j in group if widths[j] > floors[j]]
+            shrinkable = [j for j in group if widths[j] > group_floors.get(j, floors[j])]
             if not shrinkable:
                 break
             i = max(shrinkable, key=lambda j: widths[j])
@@ -328,7 +340,7 @@ VIEWS: dict[str, tuple[Column, ...]] = {
         _col("labels", fmt=labels_text, flexible=True),
     ),
     "image_ls": (
-        _col("name"), _col("id", fmt=short_id), Column("age", lambda r, now: _ago(r.get("created"), now)),
+        _col("name"), _col("tag"), _col("id", fmt=short_id), Column("age", lambda r, now: _ago(r.get("created"), now)),
         _col("size", "size_bytes", size_text),
         Column("layers", lambda r, now: str(len(r["layers"])) if isinstance(r.get("layers"), list) else "-"),
         _col("ports", "exposed_ports", ports_text, flexible=True),
@@ -355,7 +367,16 @@ VIEWS: dict[str, tuple[Column, ...]] = {
         _col("at", fmt=lambda v: cell_text("at", v)), _col("kind"), _col("host"), _col("name"),
         Column("detail", lambda r, now: _event_detail(r) or "-", flexible=True),
     ),
+    # route_ls: one row per backend (route_rows flattens the answer first)
+    "route_ls": (
+        _col("name", flexible=True), _col("container", flexible=True), _col("port", "container_port"),
+        _col("host"), _col("address"),
+        Column("health", lambda r, now: "healthy" if r.get("healthy") is True else scalar_text(r.get("status"))),
+    ),
 }
+#: route_ls --wide: every key of route_rows, uncut.
+ROUTE_WIDE_HEADERS = ["name", "kind", "listen_port", "container", "container_port", "host", "address", "healthy",
+                      "status"]
 #: The columns of a broadcast's per-host table.
 FANOUT_HEADERS = ["host", "status", "answer"]
 
@@ -369,7 +390,8 @@ def view_text(method: str, rows: list[dict], is_tty: bool = False, now: float | 
     cells = [[c.text(r, now) for c in cols] for r in rows]
     headers = [c.header for c in cols]
     flexible = [i for i, c in enumerate(cols) if c.flexible]
-    return grid_text(headers, fit_cells(headers, cells, width, flexible), is_tty)
+    last = [i for i, c in enumerate(cols) if c.header == "name"]
+    return grid_text(headers, fit_cells(headers, cells, width, flexible, last), is_tty)
 
 
 # ------------------------------------------------------------ filters
@@ -564,7 +586,8 @@ def route_rows(routes: list[dict]) -> list[dict]:
     for r in routes:
         for b in r["backends"] or [{}]:
             addr = f"{b['address']}:{b['port']}" if b.get("address") and b.get("port") else "-"
-            rows.append({"name": r["name"], "container": b.get("container", "-"),
+            rows.append({"name": r["name"], "kind": r.get("kind", "-"), "listen_port": r.get("listen_port"),
+                         "container": b.get("container", "-"),
                          "container_port": b.get("container_port", "-"), "host": b.get("host") or "-",
                          "address": addr, "healthy": b.get("healthy", False), "status": b.get("status", "-")})
     return rows
@@ -599,6 +622,12 @@ def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = No
         render_fanout(result, stdout, wide)
         summary = result["summary"]
         return 1 if summary.get("error") or summary.get("timeout") else 0
+    if method == "route_ls" and isinstance(result, list) and (is_route_list(result) or not result):
+        rows = route_rows(result)
+        stdout.write(view_text(method, rows, is_tty=_isatty(stdout), now=now) if not wide or not rows
+                     else grid_text(ROUTE_WIDE_HEADERS, [[cell_text(c, r[c]) for c in ROUTE_WIDE_HEADERS]
+                                                         for r in rows], _isatty(stdout)))
+        return 0
     if method in VIEWS and isinstance(result, list) and all(isinstance(r, dict) for r in result) and (
             not wide or not result):
         stdout.write(view_text(method, result, is_tty=_isatty(stdout), now=now))
@@ -684,5 +713,5 @@ def _isatty(stream: TextIO) -> bool:
 
 __all__ = ["BASE64_KEY", "FILTERS", "FilterError", "TABLE_WIDTH", "VIEWS", "dumps", "exec_exit_code", "filter_result",
            "cut_text", "first_line", "fit_cells", "grid_text", "help_text", "is_exec_result", "is_stream", "kv_lines",
-           "method_list_lines", "network_text", "parse_filters", "ports_text", "render", "render_exec",
+           "method_list_lines", "network_text", "parse_filters", "ports_text", "render", "render_exec", "route_rows",
            "render_json", "scalar_text", "short_id", "table_text", "to_jsonable", "view_text"]

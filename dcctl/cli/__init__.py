@@ -33,7 +33,7 @@ Arguments are converted with the server's ``_zerorpc_inspect`` answer:
 Output: see dcctl.output (tables, ``key: value`` lines, exec passthrough with
 the command's exit code; ``--json`` prints JSON and exits 0 on success).
 Listings (container_ls, hosts, image_ls, network_ls, hostinfo, events,
-broadcast) show a default view that fits 100 columns; ``--wide`` shows every
+route_ls, broadcast) show a default view that fits 100 columns; ``--wide`` shows every
 column; ``--filter KEY=VALUE`` (repeatable; same key OR, different keys AND)
 keeps the matching rows, in the tables and in ``--json``.
 ``container_enter`` hands the terminal to dcctl.enter.  The call timeout is

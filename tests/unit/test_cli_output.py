@@ -113,7 +113,7 @@ def hostinfo_row(i):
                          "containers": 1, "container_slots_free": 99}}
 
 
-IMAGE_ROW = {"name": "busybox", "id": IMAGE_ID, "created": NOW - 7200, "size_bytes": 2_345_678,
+IMAGE_ROW = {"name": "busybox", "tag": "latest", "id": IMAGE_ID, "created": NOW - 7200, "size_bytes": 2_345_678,
              "layers": [LAYER], "exposed_ports": [{"proto": "tcp", "port": 80}],
              "command": ["/bin/sh", "-c", "httpd -f -p 80 -h /www && echo 'a long command line' > /dev/null"]}
 NETWORK_AGENT = {"bridge": "dcbr0", "subnet": "10.217.0.0/24", "gateway": "10.217.0.1",
@@ -185,8 +185,8 @@ def test_hosts_fit_with_readable_sizes():
 def test_image_ls_hostinfo_network_and_events_fit():
     code, lines = view("image_ls", [IMAGE_ROW, {**IMAGE_ROW, "name": "debian", "layers": [LAYER, LAYER]}])
     assert_fits(lines)
-    assert lines[0].split() == ["name", "id", "age", "size", "layers", "ports", "command"]
-    assert lines[1].split()[:7] == ["busybox", IMAGE_ID[:12], "2h", "2.2", "MiB", "1", "80/tcp"]
+    assert lines[0].split() == ["name", "tag", "id", "age", "size", "layers", "ports", "command"]
+    assert lines[1].split()[:8] == ["busybox", "latest", IMAGE_ID[:12], "2h", "2.2", "MiB", "1", "80/tcp"]
     hub_images = [{k: v for k, v in IMAGE_ROW.items() if k != "command"}]  # the hub has no command
     assert view("image_ls", hub_images)[1][0].split()[-1] == "ports"
 
