@@ -175,6 +175,26 @@ def restart_policy(value: Any, default_max_retries: int = 10) -> dict:
     return {"policy": m.group(1), "max_retries": retries}
 
 
+MIN_CPUS = 0.01
+
+
+def cpus_option(value: Any, max_cpus: float = MAX_CPUS) -> float:
+    """The ``cpus`` create option: a number from MIN_CPUS to ``max_cpus``.
+    The agent passes its CPU count; the hub, which checks before it knows
+    the host, passes MAX_CPUS, and then the message names the bound that is
+    real (the host's CPU count), not MAX_CPUS.
+
+    Raises: InvalidArgument giving the bound the value passes."""
+    upper = _num(max_cpus) + " (this host's CPU count)" if max_cpus != MAX_CPUS else "the host's CPU count"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise InvalidArgument(f"cpus must be a number from {_num(MIN_CPUS)} to {upper}, got {value!r}")
+    if value < MIN_CPUS:
+        raise InvalidArgument(f"cpus must be at least {_num(MIN_CPUS)}, got {value!r}")
+    if value > max_cpus:
+        raise InvalidArgument(f"cpus must be at most {upper}, got {value!r}")
+    return value
+
+
 def create_options(value: Any, *, max_cpus: float = MAX_CPUS) -> dict:
     """container_create's options map, checked and normalised: keys of
     CREATE_OPTIONS only; memory_bytes an integer from 4 MiB to 2^50; cpus a
@@ -190,7 +210,7 @@ def create_options(value: Any, *, max_cpus: float = MAX_CPUS) -> dict:
         number(opts["memory_bytes"], "memory_bytes", minimum=MIN_MEMORY_BYTES, maximum=MAX_MEMORY_BYTES,
                integer=True)
     if "cpus" in opts:
-        number(opts["cpus"], "cpus", minimum=0.01, maximum=max_cpus)
+        cpus_option(opts["cpus"], max_cpus)
     if "cpu_shares" in opts:
         number(opts["cpu_shares"], "cpu_shares", minimum=2, maximum=262144, integer=True)
     opts["env"] = env(opts.get("env"))

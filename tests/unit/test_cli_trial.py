@@ -109,3 +109,21 @@ def test_a_long_name_does_not_cut_every_rows_ports():
     # short names: nothing is cut
     short = view("container_ls", [container_row("web", 1), container_row("db", 3)])
     assert output.ELLIPSIS not in "".join(short)
+
+
+# ------------------------------------------------------------ 6. the cpus bound
+
+def test_cpus_messages_give_the_bound_that_is_real():
+    with pytest.raises(errors.InvalidArgument) as low:  # the hub's check (host not known yet)
+        validate.create_options({"cpus": 0})
+    assert "at least 0.01" in low.value.message and "4096" not in low.value.message
+    with pytest.raises(errors.InvalidArgument) as high:  # an agent's, with its CPU count
+        validate.create_options({"cpus": 1000}, max_cpus=2)
+    assert "at most 2 (this host's CPU count)" in high.value.message and "got 1000" in high.value.message
+    with pytest.raises(errors.InvalidArgument) as hub_high:
+        validate.create_options({"cpus": 5000})
+    assert "at most the host's CPU count" in hub_high.value.message
+    with pytest.raises(errors.InvalidArgument) as low_agent:
+        validate.create_options({"cpus": 0.001}, max_cpus=2)
+    assert "at least 0.01" in low_agent.value.message
+    assert validate.create_options({"cpus": 0.5}, max_cpus=2)["cpus"] == 0.5
