@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import tarfile
 import tempfile
@@ -22,8 +23,19 @@ from typing import Callable, Iterator
 
 from dcctl import errors
 from dcctl.wire.endpoint import parse_endpoint
+from dcctl.wire.refs import parse_ref
 
-__all__ = ["looks_local", "push_file", "absolute_paths", "CHUNK_BYTES"]
+__all__ = ["looks_local", "push_file", "absolute_paths", "user_path_error", "CHUNK_BYTES", "PUSH_OPTIONS",
+           "PUSH_USAGE"]
+
+#: The options of the upload form, as image_upload_finish takes them
+#: (select comes from FILE:TAG).
+PUSH_OPTIONS = {"host": "the host that imports the archive (default: the first live host by name)",
+                "format": "the archive's format, as image_import's --format"}
+PUSH_USAGE = "dcctl image_push FILE[:TAG] NAME[:TAG] [--host HOST] [--format FORMAT]"
+#: The importing agent's copy of the upload (agents.transfer.fetch_upload:
+#: mkstemp("upload-") under its state dir), as error messages name it.
+_AGENT_COPY_RE = re.compile(r"(?:/[^\s'\":,()]+)*/upload-[A-Za-z0-9_]{8}\b")
 
 #: Methods whose argument at this index is a path on the server's host.
 HOST_PATH_ARGS = {"image_import": 0, "image_export": 1}
@@ -117,19 +129,24 @@ class _Progress:
         self.stream.flush()
 
 
-def push_file(call: Callable, word: str, name: str, *, stream=None) -> dict:
+def push_file(call: Callable, word: str, name: str, *, stream=None, options: dict | None = None) -> dict:
     """Upload ``word`` (FILE or FILE:TAG) as image ``name`` (NAME[:TAG]).
 
     Args:
         call: ``call(method, *args, timeout_s=...)`` on the hub.
         word: the local path, maybe with ``:TAG``.
-        name: the image name and tag to give it.
+        name: the image name and tag to give it (checked by the ref
+            grammar, dcctl.wire.refs.parse_ref, before anything is sent).
         stream: where progress goes (default stderr).
+        options: image_upload_finish's options (PUSH_OPTIONS: host, format).
 
     Returns: image_upload_finish's result {manifest, host, bytes}.
-    Raises: InvalidArgument (no such file), and the hub's errors.
+    Raises: InvalidArgument (a bad NAME, no such file), and the hub's
+    errors, whose messages name ``word``'s path where the importing agent's
+    would name its temporary copy.
     """
     path, select = _split(word)
+    parse_ref(name)  # the one ref grammar, before a byte is sent
     if not os.path.exists(path):
         raise errors.InvalidArgument(f"no such file {path!r} on this machine")
     with _as_file(path) as file:
@@ -154,5 +171,18 @@ def push_file(call: Callable, word: str, name: str, *, stream=None) -> dict:
                 progress.update(offset)
         progress.update(size, final=True)
         progress.note("verifying and importing on the fleet...")
-        options = {"select": select} if select else {}
-        return call("image_upload_finish", sha, name, options, timeout_s=FINISH_TIMEOUT_SECONDS)
+        options = {**(options or {}), **({"select": select} if select else {})}
+        try:
+            return call("image_upload_finish", sha, name, options, timeout_s=FINISH_TIMEOUT_SECONDS)
+        except errors.DcError as exc:
+            raise user_path_error(exc, path) from exc
+
+
+def user_path_error(exc: errors.DcError, path: str) -> errors.DcError:
+    """``exc`` with the importing agent's temporary copy of the upload
+    (``.../images/tmp/upload-xxxxxxxx``) named as the user's ``path``
+    instead; ``exc`` itself when its message names no such copy."""
+    message = _AGENT_COPY_RE.sub(lambda m: path, exc.message)
+    if message == exc.message:
+        return exc
+    return type(exc)(message, hint=exc.hint)

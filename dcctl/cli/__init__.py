@@ -26,8 +26,11 @@ Arguments are converted with the server's ``_zerorpc_inspect`` answer:
   JSON number, bool, list or object is sent as such, anything else as a
   string; keys ending in ``_bytes`` take K/M/G/T suffixes (powers of 1024); a
   repeated key becomes a list; ``--env A=B`` builds a dict; ``--options-json
-  '{...}'`` gives a base dict that the flags then update.  Flags always need a
-  value (``--privileged true``).  The names host, json, wide, filter, timeout,
+  '{...}'`` gives a base dict that the flags then update.  A bare flag (at
+  the end, or before another flag) is ``true`` (``--no-start``);
+- a method without an options map takes ``--NAME VALUE`` (or a bare
+  ``--NAME``: true) for its parameter NAME, the earlier optional ones taking
+  their defaults: ``dcctl container_destroy web --force``.  The names host, json, wide, filter, timeout,
   help and options-json are dcctl's own; pass such keys with --options-json.
 
 Output: see dcctl.output (tables, ``key: value`` lines, exec passthrough with
@@ -42,8 +45,9 @@ container_exec).
 
 Exit codes: 0 ok; 1 a typed error from the server; 2 a usage error; 3 the
 call timed out or the server is unreachable; an exec's own code for
-container_exec-shaped results.  Errors print ``dcctl: Name: message`` (and a
-``hint:`` line) on stderr, never a traceback.
+container_exec-shaped results.  An error prints one line ``dcctl: Name:
+message`` on stderr, then ``hint: ...`` on a second line when the error
+carries a hint; never a traceback.
 """
 from __future__ import annotations
 

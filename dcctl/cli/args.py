@@ -196,7 +196,19 @@ def build_call(method: str, params: list[Param], words: list[str],
     leading = params if opt_i is None else params[:opt_i]
     values: list[Any] = []
     words = list(words)
+    named: dict[str, str] = {}
+    if opt_i is None and flags:  # no options map: --NAME [VALUE] gives the parameter NAME
+        by_name = {p.name: p for p in leading if not p.var and not p.is_list}
+        for raw_key, text in flags:
+            key = raw_key.replace("-", "_")
+            if key not in by_name or key in named:
+                break
+            named[key] = text
+        else:
+            flags = []
     for p in leading:
+        if p.name in named:
+            break
         if not words:
             break
         if p.is_list:
@@ -209,6 +221,17 @@ def build_call(method: str, params: list[Param], words: list[str],
             values.append(convert_word(method, p, words.pop(0)))
     if words:
         raise UsageError(f"{method}: too many arguments: {' '.join(words)}", hint=f"dcctl help {method}")
+    if named:
+        for p in leading[len(values):]:
+            if p.name in named:
+                values.append(convert_word(method, p, named.pop(p.name)))
+            elif p.has_default and named:
+                values.append(p.default)
+            else:
+                break
+        if named:
+            raise UsageError(f"{method}: --{next(iter(named)).replace('_', '-')} given twice or before a "
+                             "missing argument", hint=f"usage: {usage(method, params)}")
     missing = [p.name for p in leading[len(values):] if not p.has_default and not p.var]
     if missing:
         raise UsageError(f"{method}: missing argument {missing[0]!r}", hint=f"usage: {usage(method, params)}")

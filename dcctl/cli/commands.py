@@ -17,6 +17,7 @@ from dcctl import auth, errors, output, upload, wire
 from dcctl.cli.args import (Command, UsageError, build_call, build_options, method_help, params_of,
                             parse_timeout)
 from dcctl.wire import clientconfig
+from dcctl.wire.refs import parse_ref
 
 __all__ = ["METHOD_TIMEOUT_SECONDS", "TIMEOUT_MARGIN_SECONDS", "DEADLINE_METHODS", "INTERACTIVE_HANDLERS",
            "fetch_inspect", "client_keys", "run_keygen", "call_timeout", "run_method", "call_parser", "run_call"]
@@ -101,14 +102,37 @@ def _enter(client: wire.RpcClient, args: list, options: dict) -> int | None:
     return enter.run(client, args[0], args[1] if len(args) > 1 else None) or 0
 
 
-def _push(client: wire.RpcClient, args: list, options: dict) -> int | None:
+def _push(client: wire.RpcClient, args: list, options: dict, as_json: bool = False) -> int | None:
     """image_push FILE NAME[:TAG] with a local file: upload it with progress
-    (dcctl.upload); None for the hub's image_push HOST REF."""
+    (dcctl.upload), with ``options`` (upload.PUSH_OPTIONS); the result as
+    JSON when ``as_json``.  None for the hub's image_push HOST REF."""
     if len(args) != 2 or not all(isinstance(a, str) for a in args) or not upload.looks_local(args[0]):
         return None
+    unknown = sorted(set(options) - set(upload.PUSH_OPTIONS))
+    if unknown:
+        raise UsageError(f"image_push FILE takes no --{unknown[0].replace('_', '-')}; "
+                         f"its options: {', '.join('--' + k for k in upload.PUSH_OPTIONS)}",
+                         hint=f"usage: {upload.PUSH_USAGE}")
+    try:
+        parse_ref(args[1])
+    except errors.InvalidArgument as exc:
+        raise UsageError(exc.message, hint=f"usage: {upload.PUSH_USAGE}", name="InvalidArgument") from exc
     result = upload.push_file(
-        lambda method, *a, timeout_s=120.0: client.call(method, *a, timeout_s=timeout_s), args[0], args[1])
-    return output.render(result)
+        lambda method, *a, timeout_s=120.0: client.call(method, *a, timeout_s=timeout_s), args[0], args[1],
+        options=options)
+    return output.render_json(result) if as_json else output.render(result)
+
+
+def _push_upload(client: wire.RpcClient, cmd: Command) -> int | None:
+    """``dcctl image_push FILE[:TAG] NAME[:TAG] [--host H] [--format F]``:
+    the upload form, parsed here rather than by the hub's image_push(host,
+    ref) signature; None when the first word is not a local file."""
+    if not cmd.words or not upload.looks_local(cmd.words[0]):
+        return None
+    if len(cmd.words) != 2:
+        what = "missing argument 'NAME'" if len(cmd.words) < 2 else f"too many arguments: {' '.join(cmd.words[2:])}"
+        raise UsageError(f"image_push: {what}", hint=f"usage: {upload.PUSH_USAGE}")
+    return _push(client, list(cmd.words), build_options(cmd.method, cmd.flags), as_json=cmd.json)
 
 
 #: Methods that take over the terminal: handler(client, args, options) gets
@@ -152,6 +176,10 @@ def run_method(cmd: Command) -> int:
             return 0
         if cmd.method in DEADLINE_METHODS and cmd.timeout_s is not None:
             cmd.flags.append(("timeout-s", repr(cmd.timeout_s)))
+        if cmd.method == "image_push":
+            code = _push_upload(client, cmd)
+            if code is not None:
+                return code
         if info is None or info.get("args") is None:  # unknown: let the server say so
             args, options, wire_args = list(cmd.words), None, list(cmd.words)
             if cmd.flags:

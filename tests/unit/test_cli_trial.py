@@ -5,6 +5,7 @@ endpoint.  No root needed."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -127,3 +128,159 @@ def test_cpus_messages_give_the_bound_that_is_real():
         validate.create_options({"cpus": 0.001}, max_cpus=2)
     assert "at least 0.01" in low_agent.value.message
     assert validate.create_options({"cpus": 0.5}, max_cpus=2)["cpus"] == 0.5
+
+
+# ------------------------------------------------------------ a served stand-in for the hub's surface
+
+class HubSurface:
+    """Methods with the hub's signatures (image_push, the upload protocol,
+    container_destroy/stop, create_container's option check by
+    dcctl.validate), recording what dcctl sent."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.received = bytearray()
+        self.fail_finish: str | None = None
+
+    @wire.expose
+    def image_push(self, host: str, ref: str) -> dict:
+        """Copy an image from a host into the registry."""
+        self.calls.append(("image_push", host, ref))
+        return {"host": host, "ref": ref}
+
+    @wire.expose
+    def image_upload_begin(self, size_bytes: int, sha256: str) -> dict:
+        """Begin an upload."""
+        self.calls.append(("image_upload_begin", size_bytes, sha256))
+        return {"upload_id": sha256, "offset": len(self.received), "complete": False}
+
+    @wire.expose
+    def image_upload_chunk(self, upload_id: str, offset: int, data: bytes) -> dict:
+        """One chunk."""
+        self.calls.append(("image_upload_chunk", offset, len(data)))
+        self.received[offset:] = data
+        return {"offset": len(self.received)}
+
+    @wire.expose
+    def image_upload_finish(self, upload_id: str, name: str, options: dict | None = None) -> dict:
+        """Import it (as the hub's: options host, select, format)."""
+        opts = validate.options(options, {"host": "", "select": "", "format": ""}, "image_upload_finish")
+        self.calls.append(("image_upload_finish", name, opts))
+        if self.fail_finish:
+            raise errors.InvalidImage(self.fail_finish)
+        return {"manifest": {"name": name.partition(":")[0], "tag": "1.0", "id": IMAGE_ID},
+                "host": opts.get("host", "host-1"), "bytes": len(self.received)}
+
+    @wire.expose
+    def container_destroy(self, name: str, force: bool = False) -> dict:
+        """Destroy (force: kill a running container)."""
+        self.calls.append(("container_destroy", name, force))
+        return {"name": name, "force": force}
+
+    @wire.expose
+    def container_stop(self, name: str, timeout_s: float | None = None) -> dict:
+        """Stop."""
+        self.calls.append(("container_stop", name, timeout_s))
+        return {"name": name, "timeout_s": timeout_s}
+
+    @wire.expose
+    def create_container(self, image: str, name: str, options: dict | None = None) -> dict:
+        """Options checked by the agent's rules, as the hub does."""
+        validate.create_options(options)
+        return {"name": name}
+
+
+@pytest.fixture
+def hub():
+    tmp = tempfile.mkdtemp(prefix="dcctl-trial-")
+    surface = HubSurface()
+    service = wire.Service(surface, "hub")
+    service.bind(f"ipc://{tmp}/hub.sock")
+    task = service.start()
+    yield surface, f"ipc://{tmp}/hub.sock", tmp
+    service.stop()
+    task.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(capsys, ep, *argv):
+    code = cli.run(list(argv), environ={cli.HOST_ENV: ep})
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------ 4, 5. error lines and exit codes
+
+def test_error_lines_and_exit_codes_are_as_the_readme_says(capsys, hub):
+    surface, ep, _ = hub
+    code, out, err = run(capsys, ep, "create_container", "busybox", "web", "--cpus", "0")
+    assert code == 1 and err.splitlines() == ["dcctl: InvalidArgument: cpus must be at least 0.01, got 0"]
+    code, out, err = run(capsys, ep, "create_container", "busybox", "web", "--env", "NOEQUALS")
+    assert code == 2 and err.splitlines() == ["dcctl: UsageError: create_container: --env wants NAME=VALUE, "
+                                              "got 'NOEQUALS'"]
+    code, out, err = run(capsys, ep, "create_container", "busybox", "web", "extra")
+    assert code == 2 and err.splitlines() == ["dcctl: UsageError: create_container: too many arguments: extra",
+                                              "hint: dcctl help create_container"]
+    readme = " ".join(open(README).read().split())
+    assert "then a second line `hint: ...` when the error carries a hint" in readme
+    assert "1 for a typed error from the server. That includes an argument or option the server refuses" in readme
+    assert "2 for a usage error dcctl finds before it calls" in readme and "`--env` without `=`" in readme
+
+
+# ------------------------------------------------------------ 7. container_destroy NAME --force
+
+def test_parameters_by_flag_for_methods_without_options(capsys, hub):
+    surface, ep, _ = hub
+    assert run(capsys, ep, "container_destroy", "web", "--force")[0] == 0
+    assert run(capsys, ep, "container_destroy", "web", "--force", "false")[0] == 0
+    assert run(capsys, ep, "container_destroy", "web")[0] == 0
+    assert run(capsys, ep, "container_stop", "web", "--timeout-s", "5")[0] == 0
+    assert surface.calls == [("container_destroy", "web", True), ("container_destroy", "web", False),
+                             ("container_destroy", "web", False), ("container_stop", "web", 5.0)]
+    code, out, err = run(capsys, ep, "container_destroy", "web", "--nosuch")
+    assert code == 2 and "takes no --options" in err
+    readme = open(README).read()
+    assert "container_destroy\n  NAME --force" in readme and "NAME force`" not in readme
+
+
+# ------------------------------------------------------------ 8. image_push FILE NAME
+
+def archive(tmp, size=3 * 1024 * 1024 + 17):
+    path = os.path.join(tmp, "app.tar")
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    return path
+
+
+def test_image_push_checks_the_name_before_uploading(capsys, hub):
+    surface, ep, tmp = hub
+    code, out, err = run(capsys, ep, "image_push", archive(tmp), "Bad Name!")
+    assert code == 2 and err.startswith("dcctl: InvalidArgument: ") and "Bad Name!" in err
+    assert "usage: dcctl image_push FILE[:TAG] NAME[:TAG]" in err
+    assert surface.calls == [] and not surface.received
+
+
+def test_image_push_options_json_and_the_users_path_in_errors(capsys, hub):
+    surface, ep, tmp = hub
+    path = archive(tmp)
+    code, out, err = run(capsys, ep, "image_push", path, "umociapp:1.0", "--host", "host-2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["host"] == "host-2" and json.loads(out)["bytes"] == os.path.getsize(path)
+    assert surface.calls[-1] == ("image_upload_finish", "umociapp:1.0", {"host": "host-2"})
+    assert bytes(surface.received) == open(path, "rb").read()
+
+    surface.received.clear()
+    surface.fail_finish = ("cannot read /var/lib/dcfleet/agent/images/tmp/upload-k3x_9aQz as an image: "
+                           "not a tar archive")
+    code, out, err = run(capsys, ep, "image_push", path, "umociapp:1.0")
+    assert code == 1
+    assert err.splitlines()[-1] == f"dcctl: InvalidImage: cannot read {path} as an image: not a tar archive"
+    assert "upload-" not in err
+
+    code, out, err = run(capsys, ep, "image_push", path, "umociapp:1.0", "--nosuch", "x")
+    assert code == 2 and "image_push FILE takes no --nosuch" in err and "--host" in err
+    code, out, err = run(capsys, ep, "image_push", path)
+    assert code == 2 and "usage: dcctl image_push FILE[:TAG] NAME[:TAG] [--host HOST]" in err
+    # a host name as the first word is still the hub's image_push HOST REF
+    assert run(capsys, ep, "image_push", "host-1", "busybox")[0] == 0
+    assert surface.calls[-1] == ("image_push", "host-1", "busybox")
