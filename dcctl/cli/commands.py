@@ -172,7 +172,11 @@ def run_method(cmd: Command) -> int:
             if info is None:
                 client.call("_zerorpc_help", cmd.method)  # the server's NoSuchMethod
                 raise errors.NoSuchMethod(f"no method {cmd.method!r}")
-            sys.stdout.write(method_help(cmd.method, info))
+            text = method_help(cmd.method, info)
+            if cmd.method == "image_push":  # dcctl's upload form beside the hub's signature
+                first, _, rest = text.partition("\n")
+                text = f"{first}\n   or: {upload.PUSH_USAGE}  (FILE: a local archive or layout to upload)\n{rest}"
+            sys.stdout.write(text)
             return 0
         if cmd.method in DEADLINE_METHODS and cmd.timeout_s is not None:
             cmd.flags.append(("timeout-s", repr(cmd.timeout_s)))

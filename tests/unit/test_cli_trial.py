@@ -284,3 +284,12 @@ def test_image_push_options_json_and_the_users_path_in_errors(capsys, hub):
     # a host name as the first word is still the hub's image_push HOST REF
     assert run(capsys, ep, "image_push", "host-1", "busybox")[0] == 0
     assert surface.calls[-1] == ("image_push", "host-1", "busybox")
+
+
+def test_image_push_help_shows_both_forms(capsys, hub):
+    surface, ep, tmp = hub
+    code, out, err = run(capsys, ep, "help", "image_push")
+    assert code == 0
+    assert out.splitlines()[:2] == ["usage: dcctl image_push HOST REF",
+                                    "   or: dcctl image_push FILE[:TAG] NAME[:TAG] [--host HOST] [--format FORMAT]"
+                                    "  (FILE: a local archive or layout to upload)"]
