@@ -19,6 +19,11 @@ join over the hub's local ipc endpoint have no key (``key`` "").
 Container rows carry ``state``: "reserved" while a placement is in flight
 (a journal: a hub restart rolls these back or adopts them), then "placed".
 
+``abandoned`` rows (name, host) record a copy a failed create may have left
+on a host the hub could not reach to undo it: that copy is destroyed once
+the host answers (never adopted), and while such a row exists the name
+stays claimed.
+
 Route rows are (name, container, container port): a frontend (an HTTP host
 name or ``tcp:PORT``, see hub/routes.py) and one backend each.  They name
 containers, not addresses, so they follow a container wherever it runs;
@@ -69,6 +74,12 @@ CREATE TABLE IF NOT EXISTS routes (
     PRIMARY KEY (name, container, port)
 );
 CREATE INDEX IF NOT EXISTS routes_container ON routes(container);
+CREATE TABLE IF NOT EXISTS abandoned (
+    name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (name, host)
+);
 """
 KEYS_SCHEMA = """
 CREATE TABLE host_keys (
@@ -274,6 +285,7 @@ class HubStore:
         with self.write() as db:
             db.execute("DELETE FROM hosts WHERE name=?", (name,))
             db.execute("DELETE FROM host_keys WHERE name=?", (name,))
+            db.execute("DELETE FROM abandoned WHERE host=?", (name,))
 
     # ------------------------------------------------------------ containers
     def container(self, name: str) -> dict:
@@ -303,6 +315,12 @@ class HubStore:
         with self.write() as db:
             if db.execute("SELECT 1 FROM containers WHERE name=?", (name,)).fetchone():
                 raise errors.ContainerExists(f"container {name!r} already exists in the fleet")
+            left = [h for (h,) in db.execute("SELECT host FROM abandoned WHERE name=? ORDER BY host", (name,))]
+            if left:
+                raise errors.ContainerExists(
+                    f"container {name!r} is still claimed: a failed create may have left a copy on"
+                    f" {', '.join(left)}",
+                    hint=f"the hub destroys that copy once {', '.join(left)} answers; create it again then")
             host = choose(self.reserved_memory(db))
             db.execute("INSERT INTO containers (name, host, image, memory_bytes, state, spec, created_at, updated_at)"
                        " VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?)",
@@ -343,6 +361,26 @@ class HubStore:
             db.execute("INSERT OR IGNORE INTO containers (name, host, image, memory_bytes, state, ports, created_at,"
                        " updated_at) VALUES (?, ?, ?, ?, 'placed', ?, ?, ?)",
                        (name, host, image, memory_bytes, json.dumps(ports), now, now))
+
+    def abandon(self, name: str, host: str) -> None:
+        """Record that a failed create may have left ``name`` on ``host``."""
+        with self.write() as db:
+            db.execute("INSERT OR REPLACE INTO abandoned (name, host, at) VALUES (?, ?, ?)", (name, host, time.time()))
+
+    def abandoned(self, host: str | None = None) -> list[dict]:
+        """The abandoned copies [{name, host, at}], all or ``host``'s."""
+        if host is None:
+            return self._all("SELECT * FROM abandoned ORDER BY name, host")
+        return self._all("SELECT * FROM abandoned WHERE host=? ORDER BY name", (host,))
+
+    def is_abandoned(self, name: str, host: str) -> bool:
+        """True when a failed create may have left ``name`` on ``host``."""
+        return self.db.execute("SELECT 1 FROM abandoned WHERE name=? AND host=?", (name, host)).fetchone() is not None
+
+    def unabandon(self, name: str, host: str) -> None:
+        """Forget the record of ``name``'s copy on ``host`` (it is gone)."""
+        with self.write() as db:
+            db.execute("DELETE FROM abandoned WHERE name=? AND host=?", (name, host))
 
     def forget(self, name: str) -> None:
         """Drop a container's record and its routes."""
