@@ -112,6 +112,11 @@ class Healer:
         says does not live there (placed elsewhere after the host was lost,
         or left by a create the hub gave up on: ``_not_here``), so a name
         never runs twice; adopt one the store does not know at all."""
+        listed = {c.get("name") for c in reported if isinstance(c, dict)}
+        for name in self.store.destroying(host):
+            if name not in listed and (host, name) not in self.reaping:
+                self.reaping.add((host, name))
+                gevent.spawn(self._forget_destroyed, host, name)
         for c in reported:
             name = c.get("name") if isinstance(c, dict) else None
             if not isinstance(name, str) or (host, name) in self.reaping:
@@ -156,6 +161,26 @@ class Healer:
             self.store.adopt(name, host, info.get("image_id") or "", info.get("ports") or [],
                              int(info.get("memory_limit_bytes") or 0))
             self.events.add("adopted", name=name, host=host)
+        except errors.DcError:
+            pass
+        finally:
+            self.reaping.discard((host, name))
+
+    def _forget_destroyed(self, host: str, name: str) -> None:
+        """Forget ``name``'s "destroying" row when ``host`` (whose heartbeat
+        no longer lists it) confirms it has no such container: the destroy
+        the hub lost track of was finished there."""
+        try:
+            self.agents.call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+        except errors.NoSuchContainer:
+            try:
+                row = self.store.container(name)
+                if row["host"] == host and row["state"] == "destroying":
+                    self.store.forget(name)
+                    self.events.add("destroy_finished", name=name, host=host)
+                    log.info("%s is gone from %s: its destroying row is forgotten", name, host)
+            except errors.DcError:
+                pass
         except errors.DcError:
             pass
         finally:

@@ -17,7 +17,10 @@ it, and a name bound to a key is registered by that key only.  Hosts that
 join over the hub's local ipc endpoint have no key (``key`` "").
 
 Container rows carry ``state``: "reserved" while a placement is in flight
-(a journal: a hub restart rolls these back or adopts them), then "placed".
+(a journal: a hub restart rolls these back or adopts them), then "placed";
+"destroying" while a destroy is forwarded, and after one whose outcome the
+hub did not learn (its host went away): a heartbeat of that host that no
+longer lists it (confirmed with the host) forgets the row.
 
 ``abandoned`` rows (name, host) record a copy a failed create may have left
 on a host the hub could not reach to undo it: that copy is destroyed once
@@ -348,6 +351,20 @@ class HubStore:
         with self.write() as db:
             db.execute("UPDATE containers SET state='placed', image=?, ports=?, updated_at=? WHERE name=?",
                        (image, json.dumps(ports), time.time(), name))
+
+    def set_state(self, name: str, state: str, was: str) -> bool:
+        """Set a container row's state to ``state`` if it is ``was``;
+        returns True when it was (and is changed)."""
+        with self.write() as db:
+            cur = db.execute("UPDATE containers SET state=?, updated_at=? WHERE name=? AND state=?",
+                             (state, time.time(), name, was))
+        return cur.rowcount > 0
+
+    def destroying(self, host: str) -> list[str]:
+        """Names of ``host``'s rows in state "destroying" (a destroy whose
+        outcome the hub did not learn)."""
+        return [n for (n,) in self.db.execute(
+            "SELECT name FROM containers WHERE host=? AND state='destroying' ORDER BY name", (host,))]
 
     def set_ports(self, name: str, ports: list[dict]) -> None:
         with self.write() as db:

@@ -63,3 +63,31 @@ def test_a_copy_left_on_a_host_when_the_create_succeeded_elsewhere_is_removed(fl
     assert (row["host"], row["state"]) == ("h2", "placed")
     assert fleet.agents["h2"].containers["kill.mid"]["state"] == "running"
     assert "adopted" not in kinds(fleet)
+
+
+def test_a_destroy_whose_outcome_was_lost_is_forgotten_when_the_host_no_longer_lists_it(fleet):
+    assert fleet.hub.create_container("busybox", "kill.gone", {"host": "h1"})["host"] == "h1"
+    assert fleet.hub.create_container("busybox", "kill.kept", {"host": "h1"})["host"] == "h1"
+    fleet.agents["h1"].fail["container_destroy"] = errors.Unreachable("lost h1 during container_destroy")
+    for name in ("kill.gone", "kill.kept"):
+        with pytest.raises(errors.Unreachable):
+            fleet.hub.container_destroy(name, True)
+    assert fleet.store.container("kill.gone")["state"] == "destroying"
+    fleet.agents["h1"].fail.clear()
+    del fleet.agents["h1"].containers["kill.gone"]  # the restarted agent finished this destroy, not the other
+    fleet.start_beats()
+    fleet.hub.start()
+    wait_for(lambda: "kill.gone" not in {r["name"] for r in fleet.store.containers()}, 10,
+             "the ghost row to be forgotten")
+    assert "destroy_finished" in kinds(fleet)
+    assert fleet.store.container("kill.kept")["state"] == "destroying"  # still on h1: kept until destroyed
+    assert fleet.hub.container_destroy("kill.kept", True)["destroyed"]
+    assert not fleet.store.containers() and not fleet.agents["h1"].containers
+
+
+def test_an_agents_refusal_to_destroy_keeps_the_row_placed(fleet):
+    fleet.hub.create_container("busybox", "kill.busy", {"host": "h1"})
+    fleet.agents["h1"].fail["container_destroy"] = errors.Busy("h1 is busy")
+    with pytest.raises(errors.Busy):
+        fleet.hub.container_destroy("kill.busy", True)
+    assert fleet.store.container("kill.busy")["state"] == "placed"
