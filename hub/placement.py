@@ -54,6 +54,9 @@ class Placer:
         #: names of undecided "reserved" rows the journal pass (recover) decides
         self.journal: set[str] = set()
         self.placing: set[str] = set()  # names whose place() is under way
+        #: failed creates whose record could not be written (StoreError):
+        #: {name: hosts it may have been left on}; the journal pass finishes them
+        self.pending: dict[str, set[str]] = {}
 
     def place(self, name: str, manifest: dict, request: scheduler.Request, spec: dict, agent_opts: dict,
               no_start: bool = False) -> dict:
@@ -96,21 +99,71 @@ class Placer:
             except RETRYABLE as exc:
                 log.warning("create %s on %s failed (%s: %s); trying another host", name, host,
                             type(exc).__name__, exc)
-                if not self.undo(host, name):
-                    self.store.abandon(name, host)
+                self._leave(name, host)
                 try:
                     host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
                 except errors.DcError as nc:
-                    self.store.forget(name)
+                    self._drop(name)
                     raise type(nc)(f"{nc}; last failure on {host}: {type(exc).__name__}: {exc}") from exc
                 continue
             except BaseException:
-                if not self.undo(host, name):
-                    self.store.abandon(name, host)
-                self.store.forget(name)
+                self._leave(name, host)
+                self._drop(name)
                 raise
-            self.store.set_placed(name, manifest["id"], result["ports"])
+            try:
+                self.store.set_placed(name, manifest["id"], result["ports"])
+            except errors.StoreError:  # made, but not recorded: the caller is told it failed, so undo it
+                self._leave(name, host)
+                self._drop(name)
+                raise
             return result
+
+    def _leave(self, name: str, host: str) -> None:
+        """Undo ``name`` on ``host``; when the host does not answer, record
+        the copy as abandoned (or, when that write fails too, keep it in
+        ``pending`` for the journal pass)."""
+        if self.undo(host, name):
+            return
+        try:
+            self.store.abandon(name, host)
+        except errors.StoreError as exc:
+            log.warning("could not record the copy of %s left on %s (%s): retried each round", name, host, exc)
+            self.pending.setdefault(name, set()).add(host)
+
+    def _drop(self, name: str) -> None:
+        """Forget the reservation of a create that failed; when the store
+        cannot write that (StoreError), the journal pass (recover) forgets
+        it later, so no row stays "reserved" for ever."""
+        try:
+            self.store.forget(name)
+        except errors.StoreError as exc:
+            log.warning("could not forget the failed reservation of %s (%s): retried each round", name, exc)
+            self.pending.setdefault(name, set())
+
+    def _retry_pending(self, name: str) -> None:
+        """One round for a failed create whose record could not be written:
+        record each copy it may have left (abandoned), then forget its
+        reservation unless a placement of the name is under way again."""
+        hosts = self.pending[name]
+        for host in sorted(hosts):
+            try:
+                row = self.store.container(name)
+                if row["host"] == host and row["state"] != "reserved":
+                    hosts.discard(host)  # it lives there now
+                    continue
+            except errors.NoSuchContainer:
+                pass
+            if not self.undo(host, name):
+                self.store.abandon(name, host)
+            hosts.discard(host)
+        if name not in self.placing:
+            try:
+                if self.store.container(name)["state"] == "reserved":
+                    self.store.forget(name)
+                    log.info("journal: forgot the failed reservation of %s", name)
+            except errors.NoSuchContainer:
+                pass
+        del self.pending[name]
 
     def realize(self, host: str, manifest: dict, name: str, agent_opts: dict, no_start: bool) -> dict:
         """Make container ``name`` on ``host``: pull the image (if the host
@@ -173,12 +226,19 @@ class Placer:
         (names of rows "reserved" when this hub started, and rows a failed
         create could not forget, see ``journal``) and the copies failed
         creates left on hosts (``sweep``).  A journal row whose host has the
-        container becomes placed, one whose host does not is dropped; one
+        container becomes placed, one whose host does not is dropped (a
+        failed create whose forget could not be written, ``pending``, is
+        undone and dropped); one
         whose host does not answer yet stays undecided and is asked again
         next round; ``journal`` is emptied as they are decided."""
         self.journal = journal
         warned: set[str] = set()
         while True:
+            for name in sorted(self.pending):
+                try:
+                    self._retry_pending(name)
+                except errors.DcError as exc:  # e.g. StoreError again: next round
+                    log.warning("journal: failed create of %s still unrecorded: %s", name, exc)
             for name in sorted(journal):
                 try:
                     self._decide(name, warned)
