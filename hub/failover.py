@@ -193,15 +193,17 @@ class Healer:
         try:
             if not self._not_here(name, host):
                 return
-            try:
-                self.agents.call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
-            except errors.NoSuchContainer:
-                pass
+            self.agents.call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
             self.store.unabandon(name, host)
             self.events.add("stale_copy_removed", name=name, host=host)
             log.info("removed stale copy of %s from %s", name, host)
         except errors.DcError as exc:
             log.warning("could not remove stale %s from %s: %s", name, host, exc)
+            if isinstance(exc, errors.NoSuchContainer):  # not there (any more): nothing is left to remove
+                try:
+                    self.store.unabandon(name, host)
+                except errors.DcError:
+                    pass
         finally:
             self.reaping.discard((host, name))
 
