@@ -15,8 +15,8 @@ Allowlist layout (a directory, re-read when it changes)::
 
     KEYS_DIR/server.key_secret      this server's own key pair (made on first start)
     KEYS_DIR/clients/admin/*.key    may call everything
-    KEYS_DIR/clients/read/*.key     may list, inspect and read hostinfo
-    KEYS_DIR/clients/agent/*.key    hosts (on the hub): register, heartbeat, pull
+    KEYS_DIR/clients/read/*.key     may list, inspect, read hostinfo and pull images
+    KEYS_DIR/clients/agent/*.key    hosts (on the hub): register, heartbeat, pull images; nothing else
     KEYS_DIR/clients/router/*.key   routers (on the hub): read the route table, nothing else
 
 The local ``ipc://`` endpoint (mode 0600, root only) has no CURVE; its
@@ -47,8 +47,10 @@ log = logging.getLogger(__name__)
 ROLES = ("admin", "read", "agent", "router")
 #: What each role may call: method access levels it covers ("routes": the
 #: route table, the only level a router's key has).
-GRANTS = {"admin": {"read", "admin", "agent", "routes"}, "read": {"read", "routes"}, "agent": {"agent", "read"},
-          "router": {"routes"}}
+#: "pull": reading images to pull them (image_manifest, image_layer_read, an
+#: upload's chunks), all an agent reads at the hub besides its own membership calls.
+GRANTS = {"admin": {"read", "admin", "agent", "routes", "pull"}, "read": {"read", "routes", "pull"},
+          "agent": {"agent", "pull"}, "router": {"routes"}}
 LOCAL_ROLE = "admin"
 #: Roles that see env names with their values replaced by REDACTED.
 REDACTED_ROLES = frozenset({"read", "agent"})

@@ -13,7 +13,8 @@ reconciling what a host reports with the fleet store.
   that reported it (reached at its own verified endpoint), and only when
   the hub's own record places that container, placed and not moving, on
   another host the hub knows; the record is read again just before the
-  removal.  A container the store
+  removal.  The same rule removes a copy a failed create left on a host it
+  could not undo on (an abandoned row, hub/placement.py).  A container the store
   does not know (made on the host directly, or a create the hub lost in a
   restart) is adopted after the host confirms it.
 """
@@ -92,7 +93,8 @@ class Healer:
                 try:
                     result = self.placer.realize(host, manifest, name, opts, False)
                 except errors.DcError as exc:
-                    self.placer.undo(host, name)
+                    if not self.placer.undo(host, name):
+                        self.store.abandon(name, host)
                     self.store.assign(name, lost)
                     self.events.add("reschedule_failed", name=name, host=host, error=f"{type(exc).__name__}: {exc}")
                     continue
@@ -106,9 +108,15 @@ class Healer:
             self.moving.discard(name)
 
     def reconcile(self, host: str, reported: list) -> None:
-        """A host reports containers the fleet placed elsewhere (it was lost
-        and they were re-created): stop and destroy its stale copies, so a
-        name never runs twice."""
+        """A host reports its containers: destroy each copy the hub's record
+        says does not live there (placed elsewhere after the host was lost,
+        or left by a create the hub gave up on: ``_not_here``), so a name
+        never runs twice; adopt one the store does not know at all."""
+        listed = {c.get("name") for c in reported if isinstance(c, dict)}
+        for name in self.store.destroying(host):
+            if name not in listed and (host, name) not in self.reaping:
+                self.reaping.add((host, name))
+                gevent.spawn(self._forget_destroyed, host, name)
         for c in reported:
             name = c.get("name") if isinstance(c, dict) else None
             if not isinstance(name, str) or (host, name) in self.reaping:
@@ -118,12 +126,19 @@ class Healer:
             except errors.InvalidArgument:
                 continue
             except errors.NoSuchContainer:  # made on the host directly, or a create the hub lost
-                self.reaping.add((host, name))
-                gevent.spawn(self._adopt, host, name)
-                continue
-            if self._elsewhere(name, host):
+                if not self.store.is_abandoned(name, host):
+                    self.reaping.add((host, name))
+                    gevent.spawn(self._adopt, host, name)
+                    continue
+            if self._not_here(name, host):
                 self.reaping.add((host, name))
                 gevent.spawn(self._reap_one, host, name)
+
+    def _not_here(self, name: str, host: str) -> bool:
+        """The one rule for removing a host's copy: True when the hub's own
+        record says ``name`` does not live on ``host``: a failed create left
+        it there (an abandoned row), or it is placed on another known host."""
+        return self.store.is_abandoned(name, host) or self._elsewhere(name, host)
 
     def _elsewhere(self, name: str, host: str) -> bool:
         """True when the hub's own record says ``name`` lives on a known
@@ -151,17 +166,44 @@ class Healer:
         finally:
             self.reaping.discard((host, name))
 
+    def _forget_destroyed(self, host: str, name: str) -> None:
+        """Forget ``name``'s "destroying" row when ``host`` (whose heartbeat
+        no longer lists it) confirms it has no such container: the destroy
+        the hub lost track of was finished there."""
+        try:
+            self.agents.call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+        except errors.NoSuchContainer:
+            try:
+                row = self.store.container(name)
+                if row["host"] == host and row["state"] == "destroying":
+                    self.store.forget(name)
+                    self.events.add("destroy_finished", name=name, host=host)
+                    log.info("%s is gone from %s: its destroying row is forgotten", name, host)
+            except errors.DcError:
+                pass
+        except errors.DcError:
+            pass
+        finally:
+            self.reaping.discard((host, name))
+
     def _reap_one(self, host: str, name: str) -> None:
         """Destroy the stale copy of ``name`` on ``host`` (the host that
-        reported it), if the record still places it elsewhere."""
+        reported it), if the record still says it does not live there
+        (``_not_here``); an abandoned row is forgotten once it is gone."""
         try:
-            if not self._elsewhere(name, host):
+            if not self._not_here(name, host):
                 return
             self.agents.call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
+            self.store.unabandon(name, host)
             self.events.add("stale_copy_removed", name=name, host=host)
             log.info("removed stale copy of %s from %s", name, host)
         except errors.DcError as exc:
             log.warning("could not remove stale %s from %s: %s", name, host, exc)
+            if isinstance(exc, errors.NoSuchContainer):  # not there (any more): nothing is left to remove
+                try:
+                    self.store.unabandon(name, host)
+                except errors.DcError:
+                    pass
         finally:
             self.reaping.discard((host, name))
 

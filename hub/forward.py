@@ -53,16 +53,30 @@ class ForwardMethods:
         agent's container_destroy).  A container already gone from its host
         is only forgotten.
 
+        The row is "destroying" meanwhile; when the outcome is unknown
+        (Unreachable, CallTimeout) it stays so, and the owner's next
+        heartbeat that no longer lists the container forgets it
+        (Healer.reconcile); the agent's own refusal makes it "placed" again.
+
         Returns: {name, destroyed: True}.
         Raises: the agent's errors (then the fleet record stays);
         NoSuchContainer (in neither the fleet nor on its host); Unreachable
         (the owner missed its heartbeats, or does not answer); CallTimeout.
         """
+        marked = False
         try:
+            self._owner(name)
+            marked = self.store.set_state(name, "destroying", "placed")
             result = self._forward("container_destroy", name, force)
+        except (errors.Unreachable, errors.CallTimeout):
+            raise  # the outcome is unknown: the row stays "destroying"
         except errors.NoSuchContainer:
             self.store.container(name)  # NoSuchContainer if the fleet lacks it too
             result = {"name": name, "destroyed": True}  # gone from its host already
+        except errors.DcError:
+            if marked:
+                self.store.set_state(name, "placed", "destroying")
+            raise
         self.store.forget(name)
         return result
 

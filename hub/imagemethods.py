@@ -42,7 +42,7 @@ class ImageMethods:
             lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
                                                timeout_s=PULL_TIMEOUT_SECONDS))
 
-    @expose(access="read", redact_env=False)
+    @expose(access="pull", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
         """For agents pulling: an image of the registry.
 
@@ -52,7 +52,7 @@ class ImageMethods:
         m = self.registry.resolve(ref)
         return {"manifest": m, "layer_sizes": {d: self.registry.layer_size(d) for d in m["layers"]}}
 
-    @expose(access="read")
+    @expose(access="pull")
     def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
         """For agents pulling: up to ``length`` bytes (<= 4 MiB) of a layer
         tar from ``offset`` (bytes); b"" past the end.

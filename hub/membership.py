@@ -45,7 +45,12 @@ class MembershipMethods:
         while True:
             judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
             deadline = time.time() - grace_s
-            for name in self.store.mark_unreachable(deadline, self.beats.fresh(deadline)) if judged else ():
+            try:
+                lost = self.store.mark_unreachable(deadline, self.beats.fresh(deadline)) if judged else []
+            except errors.StoreError as exc:  # e.g. a full disk: judged again next round
+                log.warning("could not judge hosts: %s", exc)
+                lost = []
+            for name in lost:
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self.events_log.add("host_lost", host=name)
                 gevent.spawn(self.healer.host_lost, name)
@@ -130,8 +135,11 @@ class MembershipMethods:
         if not key and not parsed.is_ipc:
             raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
                                          hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
-        self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
-                               capacity, key)
+        row = self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
+                                     capacity, key)
+        if row["previous_state"] == "unreachable":  # e.g. its beats failed to write and it registered again
+            log.info("host %s is alive again (registered)", name)
+            self.events_log.add("host_back", host=name)
         if boot_id is None:
             self.agents.drop(name, "the agent registered again")  # an agent without a boot id
         else:

@@ -7,7 +7,11 @@ IMMEDIATE, HubStore.claim) before any agent call; the row is "reserved"
 until the container runs on its host, then "placed".  When the chosen host
 fails with an error worth retrying elsewhere (RETRYABLE), its half-made
 container is destroyed (best effort) and the reservation moves to the next
-feasible host; NoCapacity then names each host's reason.
+feasible host; NoCapacity then names each host's reason.  When that undo
+cannot reach the host, the copy it may hold is recorded as abandoned
+(HubStore.abandon): the name stays claimed, and the copy is destroyed, never
+adopted, once the host answers (``sweep``, and the healer's reconcile on the
+host's heartbeat), whether or not the create succeeded elsewhere.
 
 ``Placer`` does that work (the healer uses it too); ``PlacementMethods``
 is the served create_container (a mixin of HubService): its options
@@ -47,6 +51,12 @@ class Placer:
     def __init__(self, store: HubStore, agents: Agents):
         self.store = store
         self.agents = agents
+        #: names of undecided "reserved" rows the journal pass (recover) decides
+        self.journal: set[str] = set()
+        self.placing: set[str] = set()  # names whose place() is under way
+        #: failed creates whose record could not be written (StoreError):
+        #: {name: hosts it may have been left on}; the journal pass finishes them
+        self.pending: dict[str, set[str]] = {}
 
     def place(self, name: str, manifest: dict, request: scheduler.Request, spec: dict, agent_opts: dict,
               no_start: bool = False) -> dict:
@@ -67,11 +77,21 @@ class Placer:
         Raises: ContainerExists; NoCapacity or NoSuchHost (naming each
         host's reason, and the last failure when every feasible host
         failed); the host's own error when it is not worth retrying
-        elsewhere (the reservation is dropped in every failure).
+        elsewhere (the reservation is dropped in every failure; a copy an
+        undo could not reach is recorded as abandoned, see sweep).
         """
         row = self.store.claim(name, manifest["id"], request.memory_bytes, spec,
                                scheduler.choose(self.store.hosts(), request))
-        host, tried = row["host"], set()
+        self.placing.add(name)
+        try:
+            return self._place(name, row["host"], manifest, request, agent_opts, no_start)
+        finally:
+            self.placing.discard(name)
+
+    def _place(self, name: str, host: str, manifest: dict, request: scheduler.Request, agent_opts: dict,
+               no_start: bool) -> dict:
+        """place's work once ``name`` is reserved on ``host``."""
+        tried = set()
         while True:
             tried.add(host)
             try:
@@ -79,19 +99,71 @@ class Placer:
             except RETRYABLE as exc:
                 log.warning("create %s on %s failed (%s: %s); trying another host", name, host,
                             type(exc).__name__, exc)
-                self.undo(host, name)
+                self._leave(name, host)
                 try:
                     host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
                 except errors.DcError as nc:
-                    self.store.forget(name)
+                    self._drop(name)
                     raise type(nc)(f"{nc}; last failure on {host}: {type(exc).__name__}: {exc}") from exc
                 continue
             except BaseException:
-                self.undo(host, name)
-                self.store.forget(name)
+                self._leave(name, host)
+                self._drop(name)
                 raise
-            self.store.set_placed(name, manifest["id"], result["ports"])
+            try:
+                self.store.set_placed(name, manifest["id"], result["ports"])
+            except errors.StoreError:  # made, but not recorded: the caller is told it failed, so undo it
+                self._leave(name, host)
+                self._drop(name)
+                raise
             return result
+
+    def _leave(self, name: str, host: str) -> None:
+        """Undo ``name`` on ``host``; when the host does not answer, record
+        the copy as abandoned (or, when that write fails too, keep it in
+        ``pending`` for the journal pass)."""
+        if self.undo(host, name):
+            return
+        try:
+            self.store.abandon(name, host)
+        except errors.StoreError as exc:
+            log.warning("could not record the copy of %s left on %s (%s): retried each round", name, host, exc)
+            self.pending.setdefault(name, set()).add(host)
+
+    def _drop(self, name: str) -> None:
+        """Forget the reservation of a create that failed; when the store
+        cannot write that (StoreError), the journal pass (recover) forgets
+        it later, so no row stays "reserved" for ever."""
+        try:
+            self.store.forget(name)
+        except errors.StoreError as exc:
+            log.warning("could not forget the failed reservation of %s (%s): retried each round", name, exc)
+            self.pending.setdefault(name, set())
+
+    def _retry_pending(self, name: str) -> None:
+        """One round for a failed create whose record could not be written:
+        record each copy it may have left (abandoned), then forget its
+        reservation unless a placement of the name is under way again."""
+        hosts = self.pending[name]
+        for host in sorted(hosts):
+            try:
+                row = self.store.container(name)
+                if row["host"] == host and row["state"] != "reserved":
+                    hosts.discard(host)  # it lives there now
+                    continue
+            except errors.NoSuchContainer:
+                pass
+            if not self.undo(host, name):
+                self.store.abandon(name, host)
+            hosts.discard(host)
+        if name not in self.placing:
+            try:
+                if self.store.container(name)["state"] == "reserved":
+                    self.store.forget(name)
+                    log.info("journal: forgot the failed reservation of %s", name)
+            except errors.NoSuchContainer:
+                pass
+        del self.pending[name]
 
     def realize(self, host: str, manifest: dict, name: str, agent_opts: dict, no_start: bool) -> dict:
         """Make container ``name`` on ``host``: pull the image (if the host
@@ -115,49 +187,95 @@ class Placer:
         return {"name": name, "host": host, "address": self.store.host(host)["address"],
                 "container_address": info["address"], "image": ref, "state": info["state"], "ports": ports}
 
-    def undo(self, host: str, name: str) -> None:
-        """Best effort: destroy a half-made container on ``host``
-        (reconciliation cleans up later if the host is unreachable now).
-        Never raises a DcError."""
+    def undo(self, host: str, name: str) -> bool:
+        """Best effort: destroy a half-made container on ``host``.
+
+        Returns: True when the host answered (destroyed, or it has no such
+        container), False when it did not (the caller records the copy as
+        abandoned: see sweep).  Never raises a DcError."""
         try:
             self.agents.call(host, "container_destroy", name, True, timeout_s=VIEW_TIMEOUT_SECONDS * 3)
-        except errors.DcError:
-            pass
+        except errors.NoSuchContainer:
+            return True
+        except errors.DcError as exc:
+            log.warning("could not undo %s on %s (%s: %s): it is destroyed once %s answers", name, host,
+                        type(exc).__name__, exc, host)
+            return False
+        return True
+
+    def sweep(self) -> None:
+        """Destroy each copy a failed create may have left on a host that
+        did not answer then (the store's abandoned rows), and forget the row
+        of each one destroyed or found absent; hosts that still do not
+        answer keep theirs for the next sweep.  Never raises a DcError."""
+        for row in self.store.abandoned():
+            try:
+                self.agents.call(row["host"], "container_destroy", row["name"], True,
+                                 timeout_s=VIEW_TIMEOUT_SECONDS * 3)
+                log.info("destroyed the copy of %s a failed create left on %s", row["name"], row["host"])
+            except errors.NoSuchContainer:
+                pass
+            except errors.DcError as exc:
+                log.debug("abandoned %s on %s still undecided: %s", row["name"], row["host"], exc)
+                continue
+            self.store.unabandon(row["name"], row["host"])
 
     def recover(self, journal: set[str], interval_s: float) -> None:
-        """Finish or roll back the placements a hub restart interrupted (the
-        ``journal``: names of rows "reserved" when this hub started): a row
-        whose host has the container becomes placed, one whose host does not
-        is dropped.  A row whose host does not answer yet stays undecided
-        and is asked again every ``interval_s`` seconds, until each one is
-        decided; ``journal`` is emptied as they are.  Runs until then (the
-        hub spawns it)."""
+        """Finish or roll back undecided placements, for ever (the hub
+        spawns and kills it), every ``interval_s`` seconds: the ``journal``
+        (names of rows "reserved" when this hub started, and rows a failed
+        create could not forget, see ``journal``) and the copies failed
+        creates left on hosts (``sweep``).  A journal row whose host has the
+        container becomes placed, one whose host does not is dropped (a
+        failed create whose forget could not be written, ``pending``, is
+        undone and dropped); one
+        whose host does not answer yet stays undecided and is asked again
+        next round; ``journal`` is emptied as they are decided."""
+        self.journal = journal
         warned: set[str] = set()
-        while journal:
+        while True:
+            for name in sorted(self.pending):
+                try:
+                    self._retry_pending(name)
+                except errors.DcError as exc:  # e.g. StoreError again: next round
+                    log.warning("journal: failed create of %s still unrecorded: %s", name, exc)
             for name in sorted(journal):
                 try:
-                    row = self.store.container(name)
-                except errors.NoSuchContainer:
-                    journal.discard(name)
-                    continue
-                if row["state"] != "reserved":
-                    journal.discard(name)
-                    continue
-                try:
-                    info = self.agents.call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
-                    self.store.set_placed(name, row["image"], info.get("ports", []))
-                    log.info("journal: adopted %s on %s", name, row["host"])
-                    journal.discard(name)
-                except errors.NoSuchContainer:
-                    self.store.forget(name)
-                    log.info("journal: rolled back reservation of %s", name)
-                    journal.discard(name)
-                except errors.DcError as exc:
-                    (log.debug if name in warned else log.warning)(
-                        "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
-                    warned.add(name)
-            if journal:
-                gevent.sleep(interval_s)
+                    self._decide(name, warned)
+                except errors.DcError as exc:  # e.g. StoreError: asked again next round
+                    log.warning("journal: %s undecided: %s", name, exc)
+            try:
+                self.sweep()
+            except errors.DcError as exc:
+                log.warning("journal: sweep of abandoned copies failed: %s", exc)
+            gevent.sleep(interval_s)
+
+    def _decide(self, name: str, warned: set[str]) -> None:
+        """One journal row: adopted, rolled back, or left for next round."""
+        journal = self.journal
+        try:
+            row = self.store.container(name)
+        except errors.NoSuchContainer:
+            journal.discard(name)
+            return
+        if row["state"] != "reserved" or name in self.placing:
+            journal.discard(name)
+            return
+        try:
+            info = self.agents.call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+            self.store.set_placed(name, row["image"], info.get("ports", []))
+            log.info("journal: adopted %s on %s", name, row["host"])
+            journal.discard(name)
+        except errors.NoSuchContainer:
+            self.store.forget(name)
+            log.info("journal: rolled back reservation of %s", name)
+            journal.discard(name)
+        except errors.StoreError:
+            raise
+        except errors.DcError as exc:
+            (log.debug if name in warned else log.warning)(
+                "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
+            warned.add(name)
 
 
 class PlacementMethods:

@@ -7,6 +7,9 @@ write (python/cpython#124510).  The hub is one process on one thread; its
 greenlets never yield inside a transaction (no I/O but SQLite's), so one
 connection serves them all.
 
+Every SQLite error of the disk (full, I/O, unwritable) reaches callers as a
+typed StoreError (``_Connection``, the one place that maps them).
+
 An exclusive ``flock`` on ``STATE_DIR/hub.lock`` keeps a second hub off the
 same store (HubBusy).
 
@@ -17,7 +20,15 @@ it, and a name bound to a key is registered by that key only.  Hosts that
 join over the hub's local ipc endpoint have no key (``key`` "").
 
 Container rows carry ``state``: "reserved" while a placement is in flight
-(a journal: a hub restart rolls these back or adopts them), then "placed".
+(a journal: a hub restart rolls these back or adopts them), then "placed";
+"destroying" while a destroy is forwarded, and after one whose outcome the
+hub did not learn (its host went away): a heartbeat of that host that no
+longer lists it (confirmed with the host) forgets the row.
+
+``abandoned`` rows (name, host) record a copy a failed create may have left
+on a host the hub could not reach to undo it: that copy is destroyed once
+the host answers (never adopted), and while such a row exists the name
+stays claimed.
 
 Route rows are (name, container, container port): a frontend (an HTTP host
 name or ``tcp:PORT``, see hub/routes.py) and one backend each.  They name
@@ -69,6 +80,12 @@ CREATE TABLE IF NOT EXISTS routes (
     PRIMARY KEY (name, container, port)
 );
 CREATE INDEX IF NOT EXISTS routes_container ON routes(container);
+CREATE TABLE IF NOT EXISTS abandoned (
+    name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (name, host)
+);
 """
 KEYS_SCHEMA = """
 CREATE TABLE host_keys (
@@ -79,6 +96,52 @@ CREATE TABLE host_keys (
 """
 
 _JSON_COLS = ("labels", "capacity", "summary", "spec", "ports")
+#: SQLite primary result codes that mean the store's disk failed us: SQLITE_READONLY,
+#: SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB.
+_DISK_CODES = frozenset({8, 10, 11, 13, 14, 26})
+_DISK_WORDS = ("disk is full", "disk i/o error", "unable to open database file", "readonly database",
+               "malformed", "not a database")
+
+
+def _store_error(exc: sqlite3.Error) -> errors.DcError | None:
+    """The typed StoreError for a SQLite error of the disk (full, I/O,
+    unwritable), or None for any other."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc)
+    if (code is not None and code & 0xFF in _DISK_CODES) or any(w in text.lower() for w in _DISK_WORDS):
+        return errors.StoreError(f"the hub's store cannot be written: {text}",
+                                 hint="free space (or fix the disk) of the hub's --state-dir; nothing was changed")
+    return None
+
+
+class _Connection:
+    """The store's one SQLite connection, seen through the store boundary:
+    a disk error (full, I/O, unwritable) of any statement becomes a typed
+    StoreError; everything else is the connection's own."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def _run(self, fn, *args):
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            typed = _store_error(exc)
+            if typed is None:
+                raise
+            raise typed from exc
+
+    def execute(self, sql: str, args=()):
+        return self._run(self._conn.execute, sql, args)
+
+    def executemany(self, sql: str, rows):
+        return self._run(self._conn.executemany, sql, rows)
+
+    def executescript(self, script: str):
+        return self._run(self._conn.executescript, script)
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
 
 
 def _row(cur: sqlite3.Cursor, row: tuple) -> dict:
@@ -107,7 +170,7 @@ class HubStore:
                                  hint="stop it first, or give this hub another --state-dir") from exc
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, str(os.getpid()).encode(), 0)
-        self.db = sqlite3.connect(os.path.join(state_dir, "hub.db"), isolation_level=None, timeout=10)
+        self.db = _Connection(sqlite3.connect(os.path.join(state_dir, "hub.db"), isolation_level=None, timeout=10))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
@@ -126,14 +189,21 @@ class HubStore:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A BEGIN IMMEDIATE transaction (committed unless an error escapes)."""
+        """A BEGIN IMMEDIATE transaction (committed unless an error escapes;
+        a COMMIT that fails, e.g. StoreError on a full disk, rolls back).
+
+        Raises: StoreError (the disk failed: nothing was written)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                try:
+                    self.db.execute("ROLLBACK")
+                except errors.StoreError:
+                    pass
             raise
-        self.db.execute("COMMIT")
 
     def _all(self, sql: str, args: tuple = ()) -> list[dict]:
         cur = self.db.execute(sql, args)
@@ -177,11 +247,13 @@ class HubStore:
         name bound to a key is registered only with it.  ``key`` "" is a
         host joining locally (ipc), allowed for an unbound name only.
 
+        Returns: the host's row plus ``previous_state`` (its state before,
+        None for a new host).
         Raises: Unauthorized (the key is another host's, or unbound; the
         name belongs to another key)."""
         now = time.time()
         with self.write() as db:
-            row = db.execute("SELECT key FROM hosts WHERE name=?", (name,)).fetchone()
+            row = db.execute("SELECT key, state FROM hosts WHERE name=?", (name,)).fetchone()
             bound = db.execute("SELECT key FROM host_keys WHERE name=?", (name,)).fetchone()
             if (bound is not None and bound[0] != key) or (row is not None and row[0] and row[0] != key):
                 raise errors.Unauthorized(f"host name {name!r} belongs to another key",
@@ -200,7 +272,7 @@ class HubStore:
                 " capacity=excluded.capacity, state='alive', registered_at=excluded.registered_at,"
                 " last_heartbeat=excluded.last_heartbeat",
                 (name, endpoint, address, key, json.dumps(labels), json.dumps(capacity), now, now))
-        return self.host(name)
+        return {**self.host(name), "previous_state": row[1] if row is not None else None}
 
     def heartbeat(self, name: str, summary: dict, key: str = "", at: float | None = None) -> str | None:
         """Record a heartbeat (received at ``at``, Unix s; None: now) and mark
@@ -274,6 +346,7 @@ class HubStore:
         with self.write() as db:
             db.execute("DELETE FROM hosts WHERE name=?", (name,))
             db.execute("DELETE FROM host_keys WHERE name=?", (name,))
+            db.execute("DELETE FROM abandoned WHERE host=?", (name,))
 
     # ------------------------------------------------------------ containers
     def container(self, name: str) -> dict:
@@ -303,6 +376,12 @@ class HubStore:
         with self.write() as db:
             if db.execute("SELECT 1 FROM containers WHERE name=?", (name,)).fetchone():
                 raise errors.ContainerExists(f"container {name!r} already exists in the fleet")
+            left = [h for (h,) in db.execute("SELECT host FROM abandoned WHERE name=? ORDER BY host", (name,))]
+            if left:
+                raise errors.ContainerExists(
+                    f"container {name!r} is still claimed: a failed create may have left a copy on"
+                    f" {', '.join(left)}",
+                    hint=f"the hub destroys that copy once {', '.join(left)} answers; create it again then")
             host = choose(self.reserved_memory(db))
             db.execute("INSERT INTO containers (name, host, image, memory_bytes, state, spec, created_at, updated_at)"
                        " VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?)",
@@ -331,6 +410,20 @@ class HubStore:
             db.execute("UPDATE containers SET state='placed', image=?, ports=?, updated_at=? WHERE name=?",
                        (image, json.dumps(ports), time.time(), name))
 
+    def set_state(self, name: str, state: str, was: str) -> bool:
+        """Set a container row's state to ``state`` if it is ``was``;
+        returns True when it was (and is changed)."""
+        with self.write() as db:
+            cur = db.execute("UPDATE containers SET state=?, updated_at=? WHERE name=? AND state=?",
+                             (state, time.time(), name, was))
+        return cur.rowcount > 0
+
+    def destroying(self, host: str) -> list[str]:
+        """Names of ``host``'s rows in state "destroying" (a destroy whose
+        outcome the hub did not learn)."""
+        return [n for (n,) in self.db.execute(
+            "SELECT name FROM containers WHERE host=? AND state='destroying' ORDER BY name", (host,))]
+
     def set_ports(self, name: str, ports: list[dict]) -> None:
         with self.write() as db:
             db.execute("UPDATE containers SET ports=?, updated_at=? WHERE name=?",
@@ -343,6 +436,26 @@ class HubStore:
             db.execute("INSERT OR IGNORE INTO containers (name, host, image, memory_bytes, state, ports, created_at,"
                        " updated_at) VALUES (?, ?, ?, ?, 'placed', ?, ?, ?)",
                        (name, host, image, memory_bytes, json.dumps(ports), now, now))
+
+    def abandon(self, name: str, host: str) -> None:
+        """Record that a failed create may have left ``name`` on ``host``."""
+        with self.write() as db:
+            db.execute("INSERT OR REPLACE INTO abandoned (name, host, at) VALUES (?, ?, ?)", (name, host, time.time()))
+
+    def abandoned(self, host: str | None = None) -> list[dict]:
+        """The abandoned copies [{name, host, at}], all or ``host``'s."""
+        if host is None:
+            return self._all("SELECT * FROM abandoned ORDER BY name, host")
+        return self._all("SELECT * FROM abandoned WHERE host=? ORDER BY name", (host,))
+
+    def is_abandoned(self, name: str, host: str) -> bool:
+        """True when a failed create may have left ``name`` on ``host``."""
+        return self.db.execute("SELECT 1 FROM abandoned WHERE name=? AND host=?", (name, host)).fetchone() is not None
+
+    def unabandon(self, name: str, host: str) -> None:
+        """Forget the record of ``name``'s copy on ``host`` (it is gone)."""
+        with self.write() as db:
+            db.execute("DELETE FROM abandoned WHERE name=? AND host=?", (name, host))
 
     def forget(self, name: str) -> None:
         """Drop a container's record and its routes."""

@@ -243,7 +243,7 @@ class UploadMethods:
         log.info("upload %s imported on %s as %s", upload_id[:12], host, ref[:80])
         return {"manifest": stored, "host": host, "bytes": size}
 
-    @expose(access="read")
+    @expose(access="pull")
     def image_upload_info(self, upload_id: str) -> dict:
         """For the importing host: a complete upload's size.
 
@@ -252,7 +252,7 @@ class UploadMethods:
         """
         return self.uploads.info(upload_id)
 
-    @expose(access="read")
+    @expose(access="pull")
     def image_upload_read(self, upload_id: str, offset: int, length: int) -> bytes:
         """For the importing host: a piece of a complete upload.
 

@@ -39,7 +39,7 @@ import sys
 from ops.fleetlib.base import (AGENT_PORT, CONTAINER_BRIDGE, LOG_ROOT, MAX_HOSTS, PORT_RANGE, PREFIX_RE, REPO,
                                ROUTER_PORT, RUN_ROOT, STATE_ROOT, FleetError, _alive, _run, ensure_forward_rule,
                                forward_rule, load, paths, ping, plan, remove_forward_rule, save)
-from ops.fleetlib.down import down, leftovers, status
+from ops.fleetlib.down import down, exists, leftovers, status
 from ops.fleetlib.up import _spawn, add_hosts, agent_argv, router_argv, seed_hub, setup_keys, up
 
 __all__ = ["AGENT_PORT", "CONTAINER_BRIDGE", "LOG_ROOT", "MAX_HOSTS", "PORT_RANGE", "PREFIX_RE", "REPO",
@@ -80,15 +80,20 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     """``ops/fleet down``: remove everything of the fleet; 1 when something
-    is left (named on stderr)."""
+    is left (named on stderr).  A fleet of which nothing exists (no state
+    file, nothing found by its prefix) is said to be no such fleet, exit 0
+    (down is idempotent)."""
     try:
+        if not exists(args.prefix):
+            print(f"fleet {args.prefix}: no such fleet (no state file, nothing named by the prefix); nothing removed")
+            return 0
         left = down(args.prefix)
     except FleetError as exc:
         left = [str(exc)]
     if left:
         print(f"fleet: down left: {', '.join(left)}", file=sys.stderr)
         return 1
-    print(f"fleet {args.prefix}: down; every namespace, bridge, rule, container, process and dir removed")
+    print(f"fleet {args.prefix}: down; every namespace, bridge, rule, container, process, lock file and dir removed")
     return 0
 
 

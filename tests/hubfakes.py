@@ -25,16 +25,20 @@ LAYER = b"a layer that is not a tar, for a registry that never unpacks one"
 
 class FakeAgent:
     """The agent methods the hub calls while placing, healing and
-    recovering; ``fail[method] = error`` makes ``method`` raise it."""
+    recovering; ``fail[method] = error`` makes ``method`` raise it;
+    ``before[method] = fn`` calls ``fn()`` as ``method`` starts."""
 
     def __init__(self, name: str):
         self.name = name
         self.containers: dict[str, dict] = {}
         self.fail: dict[str, errors.DcError] = {}
         self.calls: list[tuple[str, str]] = []  # (method, container name)
+        self.before: dict[str, object] = {}
 
     def _enter(self, method: str, name: str = "") -> None:
         self.calls.append((method, name))
+        if method in self.before:
+            self.before[method]()
         if method in self.fail:
             raise self.fail[method]
 

@@ -26,7 +26,7 @@ class Exposed:
 
     shielded: bool = False  # finish even if the caller goes away
     stream: bool = False  # a generator streamed to the caller
-    access: str = "admin"  # "read", "admin" or "agent" (see dcctl.auth.GRANTS)
+    access: str = "admin"  # "read", "admin", "agent", "pull" or "routes" (see dcctl.auth.GRANTS)
     redact_env: bool = True  # env values hidden from auth.REDACTED_ROLES
 
 
@@ -36,8 +36,9 @@ def expose(fn: Callable | None = None, *, shielded: bool = False, stream: bool =
 
     Args:
         access: who may call it: "read" (any allowed key: listings,
-            inspection, hostinfo), "admin" (the default), or "agent" (hosts
-            talking to the hub).
+            inspection, hostinfo), "admin" (the default), "agent" (hosts
+            talking to the hub), "pull" (reading images to pull them:
+            agents, read and admin keys) or "routes" (the route table).
         shielded: run the body in its own greenlet, so that zerorpc killing the
             call's greenlet (about two heartbeats after a client gives up) never
             leaves half-made work: the body runs to completion or rollback.

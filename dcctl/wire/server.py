@@ -137,19 +137,20 @@ class Service:
             defaults = [p.default for p in spec.params if p.default is not p.empty] or None
             return [names, var, None, defaults]
 
-        def guarded(fn):
+        def guarded(builtin: str, fn):
+            # every allowed role may call the builtins (a router's key lists the table too)
             def call(*args):
-                self._authorize("read", fn.__name__)
+                self._authorize(None, builtin)
                 return fn(*args)
             return zrpc.rep(call)
 
         return {
-            "_zerorpc_list": guarded(lambda: sorted(self.table)),
-            "_zerorpc_name": guarded(lambda: self.name),
-            "_zerorpc_ping": guarded(lambda: ["pong", self.name]),
-            "_zerorpc_help": guarded(lambda m: lookup(m).doc),
-            "_zerorpc_args": guarded(argspec),
-            "_zerorpc_inspect": guarded(self.inspect),
+            "_zerorpc_list": guarded("_zerorpc_list", lambda: sorted(self.table)),
+            "_zerorpc_name": guarded("_zerorpc_name", lambda: self.name),
+            "_zerorpc_ping": guarded("_zerorpc_ping", lambda: ["pong", self.name]),
+            "_zerorpc_help": guarded("_zerorpc_help", lambda m: lookup(m).doc),
+            "_zerorpc_args": guarded("_zerorpc_args", argspec),
+            "_zerorpc_inspect": guarded("_zerorpc_inspect", self.inspect),
             _REFUSE: zrpc.rep(_refuse),
             _BAD_REQUEST: zrpc.rep(_bad_request),
         }
@@ -161,8 +162,9 @@ class Service:
                 "methods": {m: {"args": s.inspect_args(), "doc": s.doc, "access": s.exposed.access}
                             for m, s in sorted(self.table.items())}}
 
-    def _authorize(self, access: str, method: str) -> Caller:
-        """The call's Caller, if its role may call ``access``-level methods.
+    def _authorize(self, access: str | None, method: str) -> Caller:
+        """The call's Caller, if its role may call ``access``-level methods
+        (None: any allowed key may, as for the builtins).
 
         Raises: Unauthorized (key no longer allowed), PermissionDenied."""
         g = gevent.getcurrent()
@@ -174,7 +176,7 @@ class Service:
             if found is None:
                 raise errors.Unauthorized("this client's key is not allowed (any more) on this server")
             caller = Caller(found[0], caller_id, found[1])
-        if access not in auth.GRANTS[caller.role]:
+        if access is not None and access not in auth.GRANTS[caller.role]:
             raise errors.PermissionDenied(f"role {caller.role!r} ({caller.name}) may not call {method}",
                                           hint=f"{method} needs the {access!r} access level")
         g.dc_caller = caller

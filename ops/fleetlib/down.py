@@ -3,7 +3,9 @@ its state file and by its prefix alone, and report what runs.
 
 Containers are stopped with ``lxc-stop -k`` (through lxcwrap) inside their host's namespace
 (or the namespace of their monitor, when the name is gone); then processes,
-namespaces, veths, the FORWARD rule, the bridge, mounts and directories.
+namespaces (and the bridge lock file each agent took in its namespace,
+``/run/dcfleet/locks/net-<netns inode>-<bridge>.lock``, agents/main.py),
+veths, the FORWARD rule, the bridge, mounts and directories.
 """
 from __future__ import annotations
 
@@ -14,8 +16,25 @@ import shutil
 import signal
 import time
 
+from agents.decommission import BRIDGE_LOCK_DIR  # agents.main.lock_bridge's lock dir
 from ops.fleetlib.base import (_alive, _cmdline, _in_net, _netns, _pids, _root_veths, _run, forward_rule,
                                kill_container, load, paths, ping, remove_forward_rule)
+
+
+def netns_locks(ns: str, lock_dir: str = BRIDGE_LOCK_DIR) -> list[str]:
+    """The bridge lock files agents took in network namespace ``ns``
+    (LOCK_DIR/net-<its inode>-<bridge>.lock); [] when ``ns`` is gone."""
+    try:
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+    except OSError:
+        return []
+    return sorted(glob.glob(os.path.join(lock_dir, f"net-{inode}-*.lock")))
+
+
+def exists(prefix: str) -> bool:
+    """True when anything of fleet ``prefix`` exists (its state file, or a
+    leftover found by prefix)."""
+    return load(prefix) is not None or bool(leftovers(prefix))
 
 
 def _stop(pids: list[int], grace_s: float = 5.0) -> None:
@@ -62,6 +81,11 @@ def _down_once(prefix: str) -> list[str]:
             kill_container(words[2], words[3], ["nsenter", "-t", str(pid), "-n"])
     _stop(_pids(prefix, anywhere=True), grace_s=2.0)
     for ns in sorted(nets | {h["netns"] for h in state.get("hosts", []) + [state.get("router") or {}] if h}):
+        for lock in netns_locks(ns):  # named by the namespace's inode: only findable while it exists
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
         _run(["ip", "netns", "del", ns], ok=(0, 1))
     for veth in _root_veths(prefix):
         _run(["ip", "link", "del", veth], ok=(0, 1))
@@ -88,6 +112,7 @@ def leftovers(prefix: str) -> list[str]:
     """What of fleet ``prefix`` still exists, one description per thing."""
     p = paths(prefix)
     left = [f"netns {n}" for n in _netns(prefix)] + [f"link {v}" for v in _root_veths(prefix)]
+    left += [f"lock {path}" for n in _netns(prefix) for path in netns_locks(n)]
     left += [f"link {p['bridge']}"] if os.path.exists(f"/sys/class/net/{p['bridge']}") else []
     left += [f"process {pid}" for pid in _pids(prefix, anywhere=True)]
     left += [f"dir {d}" for d in (p["state"], p["log"], p["run"]) if os.path.exists(d)]

@@ -360,7 +360,7 @@ def _strings(value) -> list[str]:
     return [value.decode(errors="replace") if isinstance(value, bytes) else str(value)]
 
 
-def test_read_and_agent_keys_see_env_names_not_values(hub, fleet, tmp_path):
+def test_read_keys_see_env_names_not_values_and_a_hosts_key_reads_nothing(hub, fleet, tmp_path):
     name, secret = f"secret.{secrets.token_hex(3)}", f"pw-{secrets.token_hex(8)}"
     hub.call("create_container", "busybox", name, {"host": "host-1", "env": {"DB_PASSWORD": secret, "MODE": "x"}})
     hub_srv, host1 = fleet["hub"], fleet["hosts"][0]
@@ -371,7 +371,13 @@ def test_read_and_agent_keys_see_env_names_not_values(hub, fleet, tmp_path):
         keys, public = fresh_keys(tmp_path, f"ro{random.randrange(1 << 30)}", srv["public_key"])
         path = auth.Allowlist(os.path.join(srv["state_dir"], "keys")).add("read", f"viewer{len(readers)}", public)
         readers.append((srv, keys, path))
-    readers.append((hub_srv, host_key(fleet, 2), None))  # a host's key (agent role) at the hub
+    with wire.connect(hub_srv["tcp"], 30, host_key(fleet, 2)) as c:  # a host's key (agent role) at the hub
+        assert c.call("image_manifest", "busybox")["manifest"]["name"] == "busybox"  # it pulls
+        for method, *args in (("container_inspect", name), ("container_ls",), ("container_logs", name),
+                              ("hosts",), ("events",), ("hub_info",), ("image_ls",), ("hostinfo",),
+                              ("broadcast", "container_inspect", [name], {"target": "host-1"})):
+            with pytest.raises(errors.PermissionDenied, match=f"may not call {method}"):
+                c.call(method, *args)
     try:
         for srv, keys, _ in readers:
             with wire.connect(srv["tcp"], 30, keys) as c:

@@ -20,6 +20,7 @@ import pytest
 
 from dcctl import wire
 from ops import fleet as fleetmod
+from ops.fleetlib.down import netns_locks
 from tests.agentproc import REPO
 
 FLEET = os.path.join(REPO, "ops", "fleet")
@@ -114,9 +115,19 @@ def make_fleet():
 
     yield make
     for f in made:
+        locks = fleet_locks(f.prefix)
         done = run_fleet("down", "--prefix", f.prefix)
         assert done.returncode == 0, f"down left things behind: {done.stderr}"
         assert_nothing_left(f.prefix)
+        assert not [path for path in locks if os.path.exists(path)], "down left the agents' bridge lock files"
+
+
+def fleet_locks(prefix: str) -> list[str]:
+    """The bridge lock files the agents of fleet ``prefix`` took
+    (/run/dcfleet/locks/net-<netns inode>-<bridge>.lock), found while its
+    namespaces exist."""
+    names = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    return [path for n in names if n.startswith(f"{prefix}-") for path in netns_locks(n)]
 
 
 def wait_http(url: str, timeout_s: float = 15.0) -> str:
@@ -202,6 +213,7 @@ def test_down_on_nothing_exits_0():
     prefix = f"{TEST_PREFIX}{random.randbytes(2).hex()[:3]}"
     done = run_fleet("down", "--prefix", prefix)
     assert done.returncode == 0, done.stderr
+    assert "no such fleet" in done.stdout and "removed" not in done.stdout.replace("nothing removed", "")
     assert_nothing_left(prefix)
 
 
@@ -306,6 +318,7 @@ def test_with_router(make_fleet):
     assert state["route_domain"] == f"{f.prefix}.test" and state["router"]["netns"] == f"{f.prefix}-router"
     st = run_fleet("status", "--prefix", f.prefix)
     assert st.returncode == 0 and st.stdout.count("alive ping ok") == 3, st.stdout
+    assert netns_locks(state["hosts"][0]["netns"])  # the agent's bridge lock: down must remove it (make_fleet)
     call(state["hub"]["ipc"], "create_container", "busybox", "lr.web")
     body = wait_http_host(f"http://{gw}.5/", f"lr.web.{f.prefix}.test")
     assert "lr.web" in body
