@@ -310,6 +310,8 @@ class PlacementMethods:
         unknown), or the last host's own error when it is not one worth
         retrying elsewhere.
         """
+        # every option the hub takes, its own and the routes', named in one error
+        validate.options(options, {**CREATE_OPTIONS, **routes.CREATE_OPTIONS}, "create_container")
         options, route_opts = routes.take_options(options)
         validate.container_name(name)
         opts = validate.options(options, CREATE_OPTIONS, "create_container")

@@ -99,3 +99,13 @@ def test_good_options_get_as_far_as_the_lookup(hub):
                                                          "env": {"A": "1"}, "label": {"zone": "a"}})
     with pytest.raises(errors.NoSuchContainer):
         hub.call("container_stop", "x", 2.5)
+
+
+def test_an_unknown_create_option_names_every_option_the_hub_takes(hub):
+    with pytest.raises(errors.InvalidArgument) as info:
+        hub.call("create_container", "busybox", "fz.a", {"nosuchoption": 1})
+    known = str(info.value).split("known: ", 1)[1].split(", ")
+    assert {"route", "no_route", "memory_bytes", "restart", "strategy"} <= set(known), known
+    with pytest.raises(errors.InvalidArgument) as info:  # with a route option beside it too
+        hub.call("create_container", "busybox", "fz.a", {"route": "a.dcf.test", "nosuchoption": 1})
+    assert "'nosuchoption'" in str(info.value)
