@@ -299,7 +299,12 @@ class ContainerManager:
             prefixlen=self.network.prefixlen, gateway=self.network.gateway,
             console_log=self.lxc.path(name, "console.log"), lxc_log=self.lxc.path(name, "lxc.log"),
             init_cmd=manifest.get("init") or "/sbin/init", halt_signal=manifest.get("stop_signal") or "SIGPWR",
-            memory_bytes=rec["memory_bytes"], cpus=rec["cpus"], cpu_shares=rec["cpu_shares"])
+            memory_bytes=rec["memory_bytes"], cpus=rec["cpus"], cpu_shares=rec["cpu_shares"],
+            # a system image's init (busybox's rcS, systemd) expects tmpfs /tmp,
+            # /run, /run/lock and /dev/shm, and cannot mount them itself (no
+            # CAP_SYS_ADMIN; systemd refuses to boot without /run/lock)
+            tmpfs_dirs=(("/tmp", "/run", "/run/lock", "/dev/shm")
+                        if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()))
         self.lxc.write_config(name, cfg, self.layout)
 
     def _rollback_create(self, name: str) -> None:

@@ -25,7 +25,8 @@ from agents.enter import EnterRelay
 from agents.transfer import Puller, fetch_upload
 from images import oci
 from images.debootstrap import build_debian
-from images.manifest import parse_full_ref
+from images.errors import InvalidImage
+from images.manifest import normalize_fields, parse_full_ref
 from dcctl import errors, validate
 from dcctl.wire import expose, validate_endpoint
 from lxcwrap.lxc import DEFAULT_EXEC_ENV
@@ -76,7 +77,9 @@ class AgentService:
                 archive's own, else "latest").
             options: {format: "oci"|"oci-archive"|"docker-archive"|"rootfs"
                 (default: detected)}; for a rootfs tarball also
-                {exposed_ports: [{proto, port}], env: {K: V}, command: [argv],
+                {exposed_ports: a port or a list of ports, each 80 (tcp),
+                "80/tcp", "53/udp" or {proto, port} (stored as [{proto,
+                port}]), env: {K: V}, command: [argv],
                 stop_signal: "SIGPWR", init: "/sbin/init", templates:
                 [absolute paths in the rootfs]}.
 
@@ -84,7 +87,8 @@ class AgentService:
         size_bytes, exposed_ports, env, command, stop_signal, init,
         templates, config (OCI/docker formats)}.
 
-        Raises: InvalidArgument (bad path or name), InvalidImage (hostile or
+        Raises: InvalidArgument (bad path, name or option, before any
+        work), InvalidImage (hostile or
         broken archive; nothing is kept), AmbiguousImageRef (several images
         and no :TAG), ImageNotFound (no such :TAG), StoreError (I/O, disk full).
         """
@@ -100,6 +104,14 @@ class AgentService:
                    "format": "oci, oci-archive, docker-archive or rootfs"}
         opts = validate.options(options, allowed, "image_import")
         fmt = opts.pop("format", None)
+        if fmt is not None and fmt not in ("oci", "oci-archive", "docker-archive", "rootfs"):
+            raise errors.InvalidArgument(f"invalid image_import format {fmt!r}: want oci, oci-archive, "
+                                         "docker-archive or rootfs")
+        try:  # every manifest field checked (and normalized) before any work
+            fields = normalize_fields(opts)
+        except InvalidImage as exc:
+            raise errors.InvalidArgument(f"image_import option: {exc}") from exc
+        opts = {k: fields[k] for k in opts}
         with self.m.images_lock:
             return gevent.get_hub().threadpool.apply(
                 lambda: oci.import_image(self.m.images, real, base, tag, select=select, fmt=fmt,

@@ -60,8 +60,9 @@ _SCRIPTS = {
         "#!/bin/sh\n"
         "# dcfleet: early boot.  LXC has mounted /proc and /sys and configured\n"
         "# eth0 with its static address: no DHCP here.\n"
-        "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp\n"
-        "mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run\n"
+        "# LXC mounts tmpfs on /tmp and /run (init has no CAP_SYS_ADMIN).\n"
+        "mountpoint -q /tmp || mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp\n"
+        "mountpoint -q /run || mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run\n"
         "ip link set lo up 2>/dev/null\n"
         "exit 0\n"),
     RUN_PATH: RUN_SCRIPT,

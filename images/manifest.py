@@ -156,14 +156,40 @@ def _config(value: Any) -> dict:
     return out
 
 
-def _ports(value: Any) -> list[dict]:
-    ports, seen = [], set()
-    for item in value or ():
-        if not isinstance(item, Mapping) or set(item) != {"proto", "port"}:
-            raise InvalidImage(f"invalid exposed port {item!r}: want {{'proto', 'port'}}")
+_PORT_RE = re.compile(r"^([0-9]{1,5})(?:/(tcp|udp))?$")
+
+
+def _port_item(item: Any) -> tuple[str, int]:
+    """One exposed port as (proto, port): ``80`` (tcp), ``"80"``,
+    ``"80/tcp"``, ``"53/udp"`` (Docker's ExposedPorts key) or
+    ``{"proto": "tcp", "port": 80}``."""
+    if type(item) is int:
+        proto, port = "tcp", item
+    elif isinstance(item, str):
+        m = _PORT_RE.match(item)
+        if not m:
+            raise InvalidImage(f"invalid exposed port {item!r}: want PORT or PORT/tcp|udp, e.g. 80/tcp")
+        proto, port = m.group(2) or "tcp", int(m.group(1))
+    elif isinstance(item, Mapping) and set(item) == {"proto", "port"}:
         proto, port = item["proto"], item["port"]
-        if proto not in ("tcp", "udp") or type(port) is not int or not 1 <= port <= 65535:
+        if proto not in ("tcp", "udp") or type(port) is not int:
             raise InvalidImage(f"invalid exposed port {item!r}: proto tcp|udp, port 1-65535")
+    else:
+        raise InvalidImage(f"invalid exposed port {item!r}: want 80, '80/tcp' or {{'proto', 'port'}}")
+    if not 1 <= port <= 65535:
+        raise InvalidImage(f"invalid exposed port {item!r}: port 1-65535")
+    return proto, port
+
+
+def _ports(value: Any) -> list[dict]:
+    """exposed_ports: one port (see _port_item) or a list of them, as
+    [{proto, port}] without duplicates, in the order given."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    ports, seen = [], set()
+    for item in items:
+        proto, port = _port_item(item)
         if (proto, port) not in seen:
             seen.add((proto, port))
             ports.append({"proto": proto, "port": port})
@@ -199,7 +225,7 @@ def _abs_path(value: Any, what: str) -> str:
 
 
 def _templates(value: Iterable[Any]) -> list[str]:
-    if isinstance(value, str):
+    if value is not None and not isinstance(value, (list, tuple)):
         raise InvalidImage(f"invalid templates {value!r}: want a list of absolute paths")
     out: list[str] = []
     for path in value or ():

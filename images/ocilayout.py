@@ -191,6 +191,13 @@ class TarSource(Source):
                         raise InvalidImage(f"archive {path}: more than {MAX_ARCHIVE_MEMBERS} members")
                     tar.members.clear()
                     name = _norm(member.name)
+                    if name is None and _is_root(member.name):
+                        # "." or "./", as `tar -C DIR -cf X .` writes first:
+                        # the archive's own root, which holds no blob
+                        if not member.isdir():
+                            raise InvalidImage(f"archive {path}: member {member.name[:200]!r}: "
+                                               "the archive root must be a directory")
+                        continue
                     if name is None:
                         raise InvalidImage(f"archive {path}: member {member.name[:200]!r} leaves the archive")
                     if name in self.files or name in self.links:
@@ -238,6 +245,11 @@ class TarSource(Source):
     def open(self, rel: str) -> BinaryIO:
         offset, size = self.files[self._resolve(rel)]
         return io.BufferedReader(_Slice(self.file, offset, size), buffer_size=_CHUNK_BYTES)
+
+
+def _is_root(name: str) -> bool:
+    """Whether a member path names the archive's root ("", ".", "./", ".//.")."""
+    return all(part in ("", ".") for part in name.split("/"))
 
 
 def _norm(name: str) -> str | None:

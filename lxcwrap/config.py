@@ -9,6 +9,22 @@ from lxcwrap import cgroup
 
 _SAFE_VALUE = re.compile(r"^[^\n\r\x00]*$")
 
+#: The capabilities a container keeps (``lxc.cap.keep``): Docker's default
+#: set, plus SYS_BOOT.  Every other one (SYS_ADMIN, SYS_MODULE, SYS_RAWIO,
+#: NET_ADMIN, SYS_PTRACE, ...) is dropped from the bounding set of init and of
+#: every attached process.  SYS_BOOT is kept because the system images' inits
+#: (busybox init, systemd) end the container with reboot(2); in a child PID
+#: namespace that call only ends the namespace's init (pid_namespaces(7)).
+DEFAULT_CAPS = ("chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw", "setgid", "setuid",
+                "setfcap", "setpcap", "net_bind_service", "sys_chroot", "kill", "audit_write", "sys_boot")
+
+#: Device rules (devices cgroup, as Docker's): creating any node is allowed
+#: (``m``), but opening one is allowed only for these character devices:
+#: null, zero, full, random, urandom, tty, console, ptmx, the pty slaves and
+#: /dev/net/tun.  A block device made with mknod cannot be read or written.
+DEVICE_ALLOW = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+                "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm")
+
 
 @dataclasses.dataclass
 class ContainerConfig:
@@ -36,6 +52,10 @@ class ContainerConfig:
     cpus: float | None = None
     cpu_shares: int | None = None
     hwaddr: str | None = None
+    #: directories LXC mounts a fresh tmpfs on, in order (mode 1777 for /tmp,
+    #: /run/lock and /dev/shm, else
+    #: 0755) before init starts: init cannot mount without CAP_SYS_ADMIN
+    tmpfs_dirs: tuple[str, ...] = ()
 
     def items(self, layout: cgroup.Layout) -> list[tuple[str, str]]:
         """The config as ordered (key, value) pairs."""
@@ -64,6 +84,14 @@ class ContainerConfig:
         ]
         if self.hwaddr:
             items.append(("lxc.net.0.hwaddr", self.hwaddr))
+        items.append(("lxc.cap.keep", " ".join(DEFAULT_CAPS)))
+        prefix = "lxc.cgroup2" if layout.version("devices") == 2 else "lxc.cgroup"
+        items.append((f"{prefix}.devices.deny", "a"))
+        items.extend((f"{prefix}.devices.allow", rule) for rule in DEVICE_ALLOW)
+        for d in self.tmpfs_dirs:
+            mode = "1777" if d in ("/tmp", "/run/lock", "/dev/shm") else "0755"
+            items.append(("lxc.mount.entry",
+                          f"tmpfs {d.lstrip('/')} tmpfs mode={mode},nosuid,nodev,create=dir 0 0"))
         items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares))
         return items
 

@@ -67,6 +67,19 @@ def test_config_gives_the_subnets_broadcast_address():
     assert "lxc.net.0.ipv4.address = 10.0.0.5/32\n" in _cfg(prefixlen=32).render(layout)
 
 
+def test_config_keeps_docker_caps_and_device_rules_for_the_devices_hierarchy():
+    v1 = _cfg().render(cgroup.Layout({"devices": "/d"}, None, frozenset()))
+    caps = [ln for ln in v1.splitlines() if ln.startswith("lxc.cap.")]
+    assert caps == ["lxc.cap.keep = chown dac_override fsetid fowner mknod net_raw setgid setuid setfcap "
+                    "setpcap net_bind_service sys_chroot kill audit_write sys_boot"]
+    assert "lxc.cgroup.devices.deny = a\n" in v1 and "lxc.cgroup.devices.allow = b *:* m\n" in v1
+    assert "lxc.cgroup.devices.allow = c 1:3 rwm\n" in v1 and "b 254" not in v1
+    v2 = _cfg(tmpfs_dirs=("/tmp", "/run")).render(cgroup.Layout({}, "/sys/fs/cgroup", frozenset({"memory"})))
+    assert "lxc.cgroup2.devices.deny = a\n" in v2 and "lxc.cgroup.devices" not in v2
+    assert "lxc.mount.entry = tmpfs tmp tmpfs mode=1777,nosuid,nodev,create=dir 0 0\n" in v2
+    assert "lxc.mount.entry = tmpfs run tmpfs mode=0755,nosuid,nodev,create=dir 0 0\n" in v2
+
+
 def test_config_refuses_injected_newlines():
     with pytest.raises(ValueError):
         _cfg(hostname="x\nlxc.apparmor.profile = evil").render(cgroup.Layout({}, None, frozenset()))
