@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import ipaddress
 import os
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -42,15 +40,6 @@ from lxcwrap.errors import LxcError  # noqa: E402
 from lxcwrap.lxc import Lxc  # noqa: E402
 from lxcwrap.run import blocking_runner  # noqa: E402
 from ops import fleet as fleetmod  # noqa: E402
-
-
-def free_subnet() -> str:
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    for _ in range(50):
-        net = ipaddress.IPv4Network(f"10.205.{secrets.randbelow(256)}.0/24")
-        if str(net.network_address)[:-1] not in routes:
-            return str(net)
-    raise RuntimeError("no free subnet for the bench fleet")
 
 
 def keepalive_get(conn: http.client.HTTPConnection, host: str) -> int:
@@ -194,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = args.prefix
     # up() undoes its own steps if it fails or is interrupted, and refuses a
     # prefix in use (left alone: the finally below is only for our fleet)
-    fleet = fleetmod.up(prefix, 3, free_subnet(), heartbeat_s=1.0, router=True)
+    fleet = fleetmod.up(prefix, 3, fleetmod.free_subnet(205), heartbeat_s=1.0, router=True)
     try:
         r_addr, r_port = fleet["router"]["listen"].rsplit(":", 1)
         router = (r_addr, int(r_port))

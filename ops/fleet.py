@@ -38,7 +38,8 @@ import sys
 # every name other code reaches as ``fleet.NAME`` (tests use _alive, _run and _spawn too)
 from ops.fleetlib.base import (AGENT_PORT, CONTAINER_BRIDGE, LOG_ROOT, MAX_HOSTS, PORT_RANGE, PREFIX_RE, REPO,
                                ROUTER_PORT, RUN_ROOT, STATE_ROOT, FleetError, _alive, _run, ensure_forward_rule,
-                               forward_rule, load, paths, ping, plan, remove_forward_rule, save)
+                               forward_rule, free_subnet, load, paths, ping, plan, remove_forward_rule,
+                               save)
 from ops.fleetlib.down import down, exists, leftovers, status
 from ops.fleetlib.up import _spawn, add_hosts, agent_argv, router_argv, seed_hub, setup_keys, up
 

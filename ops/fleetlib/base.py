@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import subprocess
 import time
 
@@ -48,6 +49,19 @@ def _run(argv: list[str], ok: tuple[int, ...] = (0,), timeout: float = 60) -> su
 
 def _in_net(ns: str | None) -> list[str]:
     return [] if ns is None else ["nsenter", f"--net=/run/netns/{ns}", "--"]
+
+
+def free_subnet(second_octet: int) -> str:
+    """A /24 under ``10.<second_octet>.0.0/16`` that no route on this machine
+    uses yet, picked at random (so fleets of parallel runs do not collide).
+
+    Raises: FleetError (none free after 50 tries)."""
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    for _ in range(50):
+        net = ipaddress.IPv4Network(f"10.{second_octet}.{secrets.randbelow(256)}.0/24")
+        if str(net.network_address)[:-1] not in routes:
+            return str(net)
+    raise FleetError(f"no free /24 under 10.{second_octet}.0.0/16")
 
 
 def kill_container(lxc_path: str, name: str, prefix_argv: list[str]) -> None:

@@ -1,10 +1,8 @@
 """A module-scoped local fleet (4 simulated hosts and a hub) for fleet tests."""
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
-import subprocess
 
 import pytest
 
@@ -17,21 +15,12 @@ RESERVABLE = 1024 * MiB
 HEARTBEAT_S = 1.0
 
 
-def _free_subnet() -> str:
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    for _ in range(50):
-        net = ipaddress.IPv4Network(f"10.209.{secrets.randbelow(256)}.0/24")
-        if str(net.network_address)[:-1] not in routes:
-            return str(net)
-    raise RuntimeError("no free test subnet")
-
-
 @pytest.fixture(scope="module")
 def fleet():
     if os.geteuid() != 0:
         pytest.skip("needs root, LXC and network namespaces")
     prefix = "dft" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 4, _free_subnet(), agent_args=[f"--reservable-memory-bytes={RESERVABLE}"],
+    state = fleetmod.up(prefix, 4, fleetmod.free_subnet(209), agent_args=[f"--reservable-memory-bytes={RESERVABLE}"],
                         heartbeat_s=HEARTBEAT_S)
     try:
         yield state

@@ -15,7 +15,6 @@ import pytest
 from dcctl import errors, wire
 from ops import fleet as fleetmod
 from tests.agentproc import REPO
-from tests.fleet.conftest import _free_subnet
 from tests.ocikit import make_umoci_image, need_tools, run
 
 
@@ -25,7 +24,7 @@ def small_fleet():
         pytest.skip("needs root, LXC and network namespaces")
     need_tools()
     prefix = "dfo" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 2, _free_subnet(), heartbeat_s=1.0)
+    state = fleetmod.up(prefix, 2, fleetmod.free_subnet(209), heartbeat_s=1.0)
     try:
         yield state
     finally:

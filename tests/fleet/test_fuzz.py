@@ -22,7 +22,6 @@ HARMLESS_COMMANDS; stops and execs are bounded to a few seconds.
 """
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import random
@@ -67,22 +66,13 @@ NESTED_KEYS = ("env", "label", "labels", "capacity", "metrics", "memory_reservab
                "proto", "port", "name", "state", "containers")
 
 
-def _free_subnet() -> str:
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    for _ in range(50):
-        net = ipaddress.IPv4Network(f"10.207.{secrets.randbelow(256)}.0/24")
-        if str(net.network_address)[:-1] not in routes:
-            return str(net)
-    raise RuntimeError("no free test subnet")
-
-
 @pytest.fixture(scope="module")
 def fleet():
     """A throwaway one-host fleet (hub and agent) of its own prefix."""
     if os.geteuid() != 0:
         pytest.skip("needs root, LXC and network namespaces")
     prefix = "dfz" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 1, _free_subnet(), heartbeat_s=1.0)
+    state = fleetmod.up(prefix, 1, fleetmod.free_subnet(207), heartbeat_s=1.0)
     try:
         with wire.connect(state["hub"]["ipc"], timeout_s=120) as hub:
             hub.call("create_container", "busybox", REAL_CONTAINER, {"memory_bytes": 64 << 20})

@@ -12,7 +12,6 @@ import pytest
 
 from dcctl import errors, wire
 from ops import fleet as fleetmod
-from tests.fleet.conftest import _free_subnet
 
 HEARTBEAT_S = 1.0
 
@@ -22,7 +21,7 @@ def fleet():
     if os.geteuid() != 0 or not os.path.exists("/usr/sbin/haproxy"):
         pytest.skip("needs root, LXC, network namespaces and haproxy (ops/setup)")
     prefix = "drt" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 3, _free_subnet(), heartbeat_s=HEARTBEAT_S, router=True)
+    state = fleetmod.up(prefix, 3, fleetmod.free_subnet(209), heartbeat_s=HEARTBEAT_S, router=True)
     try:
         yield state
     finally:
