@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Callable
 
+from dcctl import procs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -88,18 +90,7 @@ def spawn(argv: list[str], log: str) -> subprocess.Popen:
 def marked_pids(marker: str) -> list[int]:
     """Pids of processes (not this one) with ``marker`` in one of their
     argv words, e.g. a run's temporary root."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                words = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(marker.encode() in w for w in words):
-            out.append(int(entry))
-    return out
+    return procs.pids_with(marker)
 
 
 def kill_marked(marker: str, timeout_s: float = 10.0) -> list[int]:

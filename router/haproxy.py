@@ -44,7 +44,7 @@ import gevent.socket
 import gevent.subprocess
 import jinja2
 
-from dcctl import files
+from dcctl import files, procs
 
 log = logging.getLogger(__name__)
 
@@ -430,34 +430,17 @@ class Haproxy:
                 pid = int(f.read().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{pid}/stat") as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except (OSError, IndexError):
-            return None
-        if zombie or not argv or not os.path.basename(argv[0].decode(errors="replace")).startswith("haproxy") \
-                or self.config.encode() not in argv:
-            return None
-        return pid
+        return pid if procs.alive(pid) and self._is_ours(procs.cmdline(pid)) else None
+
+    def _is_ours(self, argv: list[bytes]) -> bool:
+        """Whether ``argv`` is an HAProxy running this router's config."""
+        return bool(argv) and os.path.basename(argv[0].decode(errors="replace")).startswith("haproxy") \
+            and self.config.encode() in argv
 
     def all_pids(self) -> list[int]:
         """Every HAProxy process of this config (old ones finishing their
         connections after a reload too)."""
-        out = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and os.path.basename(argv[0].decode(errors="replace")).startswith("haproxy") \
-                    and self.config.encode() in argv:
-                out.append(int(entry))
-        return out
+        return [pid for pid, argv in procs.processes() if self._is_ours(argv)]
 
     def running(self) -> bool:
         return self.pid() is not None and self.runtime.alive()

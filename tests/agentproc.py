@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from dcctl import errors, wire
+from dcctl import errors, procs, wire
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_PREFIX = "dct"  # bridges dctXXXX, chains DCF-dctXXXX-*, dirs /tmp/dct-*
@@ -161,13 +161,5 @@ def sweep() -> None:
 
 
 def _agent_pids(root: str) -> list[int]:
-    out = []
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmdline, "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"agents.main" in args and root.encode() + b"/state" in args:
-            out.append(int(cmdline.split("/")[2]))
-    return out
+    return [pid for pid, args in procs.processes()
+            if b"agents.main" in args and root.encode() + b"/state" in args]

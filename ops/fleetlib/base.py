@@ -15,6 +15,8 @@ import secrets
 import subprocess
 import time
 
+from dcctl import procs
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_ROOT, STATE_ROOT, LOG_ROOT = "/run/dcfleet", "/var/lib/dcfleet", "/var/log/dcfleet"
 AGENT_PORT, PORT_RANGE, CONTAINER_BRIDGE = 7000, "20000-20999", "dcbr0"
@@ -94,19 +96,10 @@ def _root_veths(prefix: str) -> list[str]:
 
 
 def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return []
+    return [w.decode(errors="replace") for w in procs.cmdline(pid)]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+_alive = procs.alive
 
 
 def _pids(prefix: str, anywhere: bool = False) -> list[int]:
@@ -115,8 +108,8 @@ def _pids(prefix: str, anywhere: bool = False) -> list[int]:
     roots = [paths(prefix)["state"], paths(prefix)["run"]]
     def hit(a: str) -> bool:
         return any(r + "/" in a if anywhere else a == r or a.startswith((r + "/", f"ipc://{r}/")) for r in roots)
-    pids = [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()]
-    return [pid for pid in pids if any(hit(a) for a in _cmdline(pid)) and _alive(pid)]
+    return [pid for pid, words in procs.processes()
+            if any(hit(w.decode(errors="replace")) for w in words) and procs.alive(pid)]
 
 
 def forward_rule(bridge: str, prefix: str) -> list[str]:

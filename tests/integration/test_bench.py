@@ -18,6 +18,7 @@ import pytest
 
 from ops import fleet as fleetmod
 from tests.agentproc import REPO, TEST_PREFIX
+from dcctl import procs
 
 pytestmark = [pytest.mark.lxc, pytest.mark.timeout(300)]
 
@@ -62,17 +63,7 @@ def _start(bench: str, *args: str) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": REPO})
 
 
-def _pids_with(marker: str) -> list[int]:
-    out = []
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmdline, "rb") as f:
-                words = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(marker.encode() in w for w in words):
-            out.append(int(cmdline.split("/")[2]))
-    return out
+_pids_with = procs.pids_with
 
 
 def _agent_root(prefix: str) -> str:

@@ -3,7 +3,6 @@ port mapping: refused while the agent runs, then the network and locks go
 (containers kept), then the containers and the state dir; nothing is left."""
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 from agents import decommission
 from tests.agentproc import REPO
 from tests.integration.test_agent_lifecycle import http_get, wait_http
+from dcctl import procs
 
 pytestmark = pytest.mark.lxc
 
@@ -32,16 +32,7 @@ def our_rules(agent) -> list[str]:
 def processes_of(agent) -> list[str]:
     """Processes whose command line names the agent's root (the agent, the
     containers' lxc-start monitors)."""
-    out = []
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmdline, "rb") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if agent.root.encode() + b"/" in text:
-            out.append(text.replace(b"\0", b" ").decode(errors="replace"))
-    return out
+    return [b" ".join(procs.cmdline(pid)).decode(errors="replace") for pid in procs.pids_with(agent.root + "/")]
 
 
 def wait_gone(path: str, timeout_s: float = 15.0) -> bool:

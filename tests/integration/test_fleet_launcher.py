@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from dcctl import wire
+from dcctl import procs, wire
 from ops import fleet as fleetmod
 from ops.fleetlib.down import netns_locks
 from tests.agentproc import REPO
@@ -90,16 +90,7 @@ def assert_nothing_left(prefix: str) -> None:
     if os.path.isdir("/run/netns"):
         assert not [n for n in os.listdir("/run/netns") if n.startswith(f"{prefix}-")]
     assert not [n for n in os.listdir("/sys/class/net") if n.startswith(prefix)]
-    procs = []
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmdline, "rb") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if p["state"].encode() + b"/" in text or p["run"].encode() + b"/" in text:
-            procs.append((cmdline, text))
-    assert not procs
+    assert not (procs.pids_with(p["state"] + "/") + procs.pids_with(p["run"] + "/"))
     assert not [d for d in (p["state"], p["run"], p["log"]) if os.path.exists(d)]
     assert fleetmod.leftovers(prefix) == []
 
@@ -323,8 +314,7 @@ def test_with_router(make_fleet):
     body = wait_http_host(f"http://{gw}.5/", f"lr.web.{f.prefix}.test")
     assert "lr.web" in body
     cfg = os.path.join(state["router"]["state_dir"], "haproxy.cfg")
-    assert any(cfg.encode() in open(c, "rb").read() for c in glob.glob("/proc/[0-9]*/cmdline")
-               if os.path.exists(c))
+    assert procs.pids_with(cfg)
 
 
 def wait_http_host(url: str, host: str, timeout_s: float = 20.0) -> str:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dcctl import errors, wire
+from dcctl import errors, procs, wire
 from ops import fleet as fleetmod
 
 HEARTBEAT_S = 1.0
@@ -72,17 +72,7 @@ def router_status(fleet) -> dict:
 
 def haproxy_pids(fleet) -> list[int]:
     cfg = os.path.join(fleet["router"]["state_dir"], "haproxy.cfg").encode()
-    out = []
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                with open(f"/proc/{e}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"haproxy") and cfg in argv:
-                out.append(int(e))
-    return out
+    return [pid for pid, argv in procs.processes() if argv[0].endswith(b"haproxy") and cfg in argv]
 
 
 def router_alive(fleet) -> bool:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from dcctl import auth, errors, wire
+from dcctl import auth, errors, procs, wire
 from tests.router.conftest import (domain, ensure_router, get, haproxy_pids, router_alive, router_status,
                                    served_by, start_router, wait_converged, wait_for, wait_page)
 
@@ -261,18 +261,10 @@ def test_several_routers_converge_on_the_table(hub, fleet, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        left = [p for p in os.listdir("/proc") if p.isdigit() and _cmd_has(p, state)]
+        left = procs.pids_with(state)
         for p in left:
             os.kill(int(p), signal.SIGKILL)
         assert not left, "the second router's haproxy outlived --stop-haproxy"
-
-
-def _cmd_has(pid: str, text: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return text.encode() in f.read()
-    except OSError:
-        return False
 
 
 def test_router_status_names_the_haproxy_it_runs(hub, fleet):

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from dcctl import procs
 from tests.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,16 +20,7 @@ FIGURE = re.compile(r"^   100 hosts (in process|over ipc  )  each beat written: 
                     r"batched: +\d+ beats/s   ratio [\d.]+x$")
 
 
-def pids_with(marker: str) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    out.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return out
+pids_with = procs.pids_with
 
 
 @pytest.fixture
