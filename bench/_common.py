@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,3 +129,12 @@ def reap(procs: list[subprocess.Popen]) -> None:
             pass
     for p in procs:
         p.wait()
+
+
+def teardown(procs: list[subprocess.Popen], root: str) -> None:
+    """End a run that started helper processes under the temporary dir
+    ``root``: reap the recorded ones, kill any started but not yet recorded
+    when a signal came (found by ``root`` in their argv), remove ``root``."""
+    reap(procs)
+    kill_marked(root)
+    shutil.rmtree(root, ignore_errors=True)

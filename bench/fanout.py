@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -104,9 +103,7 @@ def main() -> int:
         hub.close()
         return 0
     finally:
-        _common.reap(procs)
-        _common.kill_marked(root)  # any started but not yet recorded when a signal came
-        shutil.rmtree(root, ignore_errors=True)
+        _common.teardown(procs, root)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,9 +142,7 @@ def main() -> int:
         print(f"bench/heartbeats: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
-        _common.reap(procs)
-        _common.kill_marked(root)  # any started but not yet recorded when a signal came
-        shutil.rmtree(root, ignore_errors=True)
+        _common.teardown(procs, root)
 
 
 if __name__ == "__main__":
