@@ -12,7 +12,7 @@ own module, over the parts they share, which this module builds.
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
 * here: events and hub_info, start and stop.
 
-The shared parts: ``store`` (SQLite, hub/store.py), ``registry``,
+The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
 ``agents`` (every agent call, hub/agents.py), ``placer``, ``healer``
 (hub/failover.py), ``beats`` (hub/heartbeats.py), ``events_log``
 (hub/events.py) and ``workers`` (the queue's idle hosts, hub/fanout.py).
