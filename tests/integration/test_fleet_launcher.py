@@ -357,7 +357,7 @@ def test_kill_and_start_one_host_keeps_its_containers_and_arguments(make_fleet):
     out = json.loads(s.stdout)
     assert out["started"] is True and out["pid"] != old and f.state()["hosts"][0]["pid"] == out["pid"]
     assert "--label=zone=obs" in [w.decode() for w in procs.cmdline(out["pid"])]
-    assert [c["state"] for c in call(h1["ipc"], "container_ls") if c["name"] == name] == ["RUNNING"]
+    assert [c["state"] for c in call(h1["ipc"], "container_ls") if c["name"] == name] == ["running"]
     assert json.loads(run_fleet("start", "host-1", "--prefix", f.prefix, "--json").stdout)["started"] is False
 
     bad = run_fleet("kill", "host-9", "--prefix", f.prefix)
