@@ -430,15 +430,39 @@ class AgentService:
                                via_tcp=opts.get("via") == "tcp")
 
     @expose(access="read")
-    def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
-        """The tail of the container's console log (lxc.console.logfile).
+    def container_logs(self, name: str, options: dict | None = None) -> dict:
+        """The container's log: its command's stdout and stderr, one record
+        per line, as its log writer (agents.logger, a process that outlives
+        the agent) wrote them, oldest first.
 
-        Args: max_bytes: how much of the log's end to return, 0..4 MiB.
-        Returns: {name, size_bytes (the whole log), data (bytes, the last
-        max_bytes), truncated (data is not the whole log)}.
-        Raises: NoSuchContainer, InvalidArgument (max_bytes over 4 MiB).
+        Args: options: {since: Unix s or an age "90s"/"10m"/"2h"/"1d" (only
+        records from then on), tail: 0..100000 (only the last N),
+        timestamps: bool (for dcctl's display), follow: bool (refused here:
+        use container_logs_follow, which dcctl calls for --follow)}.
+        Returns: {name, lines: [{at (Unix s), stream ("stdout"|"stderr"),
+        text}], truncated (more than 10000 matched: the newest are given),
+        dropped_records, dropped_bytes (lost by the writer: a full disk)}.
+        Raises: NoSuchContainer, InvalidArgument (an unknown option, a since
+        in the future, a tail out of range, follow).
         """
-        return self.m.logs(name, validate.log_bytes(max_bytes))
+        if (options or {}).get("follow"):
+            raise errors.InvalidArgument("container_logs does not follow; call container_logs_follow (a stream)",
+                                         hint="dcctl container_logs NAME --follow does")
+        return self.m.logs(name, options)
+
+    @expose(access="read", stream=True)
+    def container_logs_follow(self, name: str, options: dict | None = None):
+        """A stream of the container's log: the records on disk (as
+        container_logs selects them, in items of at most 500), then each
+        record as it is written, across rotations; it ends when the
+        container no longer runs, or is destroyed.
+
+        Args: options: as container_logs' (follow is implied).
+        Returns: a stream; each item {name, lines: [{at, stream, text}]}; the first at once
+        (maybe with no lines).
+        Raises: NoSuchContainer, InvalidArgument (before the first item).
+        """
+        return self.m.logs_follow(name, {k: v for k, v in (options or {}).items() if k != "follow"})
 
     @expose(shielded=True)
     def container_connection_add(self, name: str, proto: str, container_port: int,

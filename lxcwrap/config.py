@@ -25,6 +25,10 @@ DEFAULT_CAPS = ("chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw",
 DEVICE_ALLOW = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                 "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm")
 
+#: Where a container sees its log FIFOs (the run scripts of images/rootfs.py
+#: and images/appinit.py redirect the command's stdout and stderr there).
+LOG_FIFO_TARGETS = ("/dev/dcfleet.stdout", "/dev/dcfleet.stderr")
+
 
 @dataclasses.dataclass
 class ContainerConfig:
@@ -56,6 +60,10 @@ class ContainerConfig:
     #: /run/lock and /dev/shm, else
     #: 0755) before init starts: init cannot mount without CAP_SYS_ADMIN
     tmpfs_dirs: tuple[str, ...] = ()
+    #: host paths of the FIFOs that the container's stdout and stderr go
+    #: into (agents.logger reads them), bind-mounted one file each at
+    #: LOG_FIFO_TARGETS (a file mount point cannot be removed from inside)
+    log_fifos: tuple[str, str] | None = None
 
     def items(self, layout: cgroup.Layout) -> list[tuple[str, str]]:
         """The config as ordered (key, value) pairs."""
@@ -92,6 +100,8 @@ class ContainerConfig:
             mode = "1777" if d in ("/tmp", "/run/lock", "/dev/shm") else "0755"
             items.append(("lxc.mount.entry",
                           f"tmpfs {d.lstrip('/')} tmpfs mode={mode},nosuid,nodev,create=dir 0 0"))
+        for src, target in zip(self.log_fifos or (), LOG_FIFO_TARGETS):
+            items.append(("lxc.mount.entry", f"{src} {target.lstrip('/')} none bind,create=file 0 0"))
         items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares))
         return items
 

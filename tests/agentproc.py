@@ -122,6 +122,12 @@ def cleanup_prefix(prefix: str, root: str) -> None:
         for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
             name = os.path.basename(os.path.dirname(cdir))
             _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])
+    for pid, args in procs.processes():  # containers' log writers (agents.logger) under ROOT
+        if b"agents.logger" in args and any(a.startswith(root.encode() + b"/") for a in args):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     from agents.network import Network
     try:
         Network(prefix, "10.213.0.0/24", (1, 2)).teardown()
