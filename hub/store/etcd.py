@@ -24,6 +24,8 @@ Keys, under ``prefix`` (default ``/dcfleet/``), values JSON:
                              row is "reserved": a row whose key is gone is orphaned
   abandoned/<name>/<host>    {at}
   routes/<route>/<container>/<port>   {created_at}
+  registry/<image id>        {manifest, sizes, source}: the image registry's index
+                             (layers stay on each hub's disk, see hub/registry.py)
   members/<hub>              {name, endpoint, since}, on the hub's lease
   leader                     the leading hub's name, on its lease (election:
                              create_revision == 0, lost when the lease expires)
@@ -713,3 +715,23 @@ class EtcdStore(Store):
             name, container, port = key[len(base):].split("/")
             rows.append({"name": name, "container": container, "port": int(port), "created_at": value["created_at"]})
         return sorted(rows, key=lambda r: (r["name"], r["container"], r["port"]))
+
+    # ------------------------------------------------------------ the registry's index
+    def registry_put(self, manifest: dict, sizes: dict[str, int], source: str | None) -> None:
+        """Index image ``manifest`` with its layers' ``sizes`` (bytes) and
+        the host it came from (None: an upload to one hub)."""
+        self.etcd.txn([], [self.etcd.put(self._k("registry", manifest["id"]),
+                                          {"manifest": manifest, "sizes": sizes, "source": source})])
+
+    def registry_manifests(self) -> list[dict]:
+        """Every indexed manifest."""
+        return [v["manifest"] for _, v, _ in self.etcd.range(self._k("registry", ""))]
+
+    def registry_entry(self, image_id: str) -> dict | None:
+        """{manifest, sizes, source} of ``image_id``, or None."""
+        got = self.etcd.get(self._k("registry", image_id))
+        return got[0] if got else None
+
+    def registry_remove(self, image_id: str) -> None:
+        """Drop ``image_id`` from the index."""
+        self.etcd.txn([], [self.etcd.delete(self._k("registry", image_id))])
