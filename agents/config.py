@@ -72,8 +72,9 @@ class AgentConfig:
     log_max_size_bytes: int = 10 << 20
     log_max_files: int = 3
     # Prometheus metrics endpoint (agents.metrics): "ADDR:PORT" (HTTP, GET
-    # /metrics); "" = 127.0.0.1:9100 - the agent's port offset is not known
-    # here, so a fleet gives each agent its own address; "off" serves none.
+    # /metrics); "" = 127.0.0.1:9323 (loopback only); port 0 picks a free
+    # one; "off" serves none.  A local fleet gives each agent its namespace
+    # address.
     metrics_listen: str = ""
 
     def __post_init__(self) -> None:
@@ -160,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", help="containers' logs (default STATE_DIR/logs)")
     p.add_argument("--log-max-size-bytes", type=int, help="rotate a container's log at this size")
     p.add_argument("--log-max-files", type=int, help="log files kept per container (with the current one)")
-    p.add_argument("--metrics-listen", help="ADDR:PORT of the Prometheus endpoint (default 127.0.0.1:9100; off)")
+    p.add_argument("--metrics-listen", help="ADDR:PORT of the Prometheus endpoint (default 127.0.0.1:9323; off)")
     p.add_argument("--hollow", action="store_true", default=None,
                    help="benchmarks only: start no tool (no LXC, bridge or netfilter)")
     return p

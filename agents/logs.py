@@ -141,6 +141,12 @@ class ContainerLogs:
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.dir(name), ignore_errors=True)
 
+    def status_counts(self, name: str) -> dict:
+        """The writer's counters alone (one small file read): {records,
+        bytes, dropped_records, dropped_bytes}."""
+        st = writer.read_status(self.dir(name))
+        return {k: st.get(k, 0) for k in ("records", "bytes", "dropped_records", "dropped_bytes")}
+
     def status(self, name: str) -> dict:
         """{writer_pid (or None), records, bytes, dropped_records,
         dropped_bytes, last_error, size_bytes (the log files on disk)}."""

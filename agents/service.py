@@ -59,6 +59,7 @@ class AgentService:
         self.started = time.time()
         self.puller = Puller(manager.images, manager.images_lock)
         self.hub_keys = hub_keys  # CURVE keys towards the hub (image pulls)
+        self.metrics_url: str | None = None  # the Prometheus endpoint's URL (agents/metrics.py), once served
 
     # ------------------------------------------------------------ images
     @expose(access="read")
@@ -537,7 +538,8 @@ class AgentService:
         address, memory_bytes, memory_limit_bytes, cpu_seconds}], capacity
         {memory_reservable_bytes, memory_reserved_bytes,
         memory_unreserved_bytes, container_slots, containers,
-        container_slots_free}}.  Sizes are bytes, cpu_percent a percentage
+        container_slots_free}, metrics_url (the Prometheus endpoint, or
+        None)}.  Sizes are bytes, cpu_percent a percentage
         of all CPUs, load_avg [1, 5, 15 min], uptime_s and agent_uptime_s
         seconds, boot_time Unix s, cpu_seconds CPU time used.
         """
@@ -552,7 +554,8 @@ class AgentService:
                 "agent_uptime_s": round(time.time() - self.started, 3), "metrics": metrics,
                 "containers": containers,
                 "capacity": hostinfo.capacity(metrics["memory_total_bytes"], cfg.reservable_memory_bytes,
-                                              limits, cfg.max_containers)}
+                                              limits, cfg.max_containers),
+                "metrics_url": self.metrics_url}
 
     @expose
     def ops_run(self, command: str, timeout_s: float = 30.0, max_output_bytes: int = 1 << 20) -> dict:

@@ -9,6 +9,7 @@ import time
 
 from dcctl import errors, validate, wire
 from dcctl.wire import expose
+from hub import streams
 from hub.agents import VIEW_TIMEOUT_SECONDS
 
 
@@ -155,17 +156,8 @@ class ForwardMethods:
         """
         validate.log_options(options, time.time())
         host = self._owner(name)
-        upstream = self._forward("container_logs_follow", name, options)
-
-        def relay():
-            try:
-                for item in upstream:
-                    yield {**item, "host": host}
-            finally:
-                close = getattr(upstream, "close", None)
-                if close:
-                    close()
-        return relay()
+        return streams.relay(self.agents, host, "container_logs_follow", name, options,
+                             annotate=lambda item: {**item, "host": host})
 
     @expose(shielded=True)
     def container_connection_add(self, name: str, proto: str, container_port: int,

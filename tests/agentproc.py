@@ -50,7 +50,7 @@ class AgentProcess:
         return [sys.executable, "-m", "agents.main", "--listen", self.endpoint,
                 "--state-dir", self.state_dir, "--lxc-path", self.lxc_path, "--bridge", self.bridge,
                 "--subnet", self.subnet, "--port-range", f"{self.port_range[0]}-{self.port_range[1]}",
-                "--host-name", self.prefix, *self.extra_args]
+                "--host-name", self.prefix, "--metrics-listen=127.0.0.1:0", *self.extra_args]
 
     def start(self, timeout_s: float = 60.0) -> "AgentProcess":
         os.makedirs(self.root, exist_ok=True)

@@ -54,9 +54,16 @@ def run(client: wire.RpcClient, name: str, options: dict, as_json: bool, timeout
             print(f"dcctl: the log writer dropped {result['dropped_records']} records "
                   f"({result['dropped_bytes']} bytes; disk full?)", file=err)
         return 0
+    stream = getattr(client, "stream", None)  # a follower waits as long as it takes (no per-item timeout)
+    items = stream("container_logs_follow", name, opts) if stream else \
+        client.call("container_logs_follow", name, opts, timeout_s=timeout_s)
     try:
-        for item in client.call("container_logs_follow", name, opts, timeout_s=timeout_s):
+        for item in items:
             _print(item["lines"], timestamps, as_json, out, err)
     except KeyboardInterrupt:
         return 130
+    finally:
+        close = getattr(items, "close", None)
+        if close:
+            close()
     return 0

@@ -27,6 +27,10 @@ _ENTER_SH = ('set -e; t=$1; shift; mkdir -p "$t"; mount --rbind /sys/fs/cgroup "
              'mount -t sysfs sysfs /sys; mount --move "$t" /sys/fs/cgroup; rmdir "$t"; exec "$@"')
 
 
+#: Each agent's Prometheus endpoint, on its namespace address (agents/metrics.py).
+METRICS_PORT = 9323
+
+
 def _check_subnet_free(subnet: str) -> None:
     net = ipaddress.IPv4Network(subnet)
     for r in json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]"):
@@ -49,7 +53,8 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
     """The command that runs host ``h``'s agent inside its namespaces."""
     cmd = [sys.executable, "-m", "agents.main", "--listen", h["tcp"], "--listen", h["ipc"],
            "--state-dir", h["state_dir"], "--bridge", h["bridge"], "--subnet", h["subnet"],
-           "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
+           "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"],
+           f"--metrics-listen={h['address']}:{METRICS_PORT}"]
     if state["hub"]:
         # --flag=VALUE: a Z85 key may start with "-"
         cmd += ["--hub", state["hub"]["tcp"], f"--hub-key={state['hub']['public_key']}",
