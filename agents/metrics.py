@@ -44,6 +44,7 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from agents import hostinfo
 from lxcwrap import cgroup
 
 log = logging.getLogger(__name__)
@@ -59,18 +60,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     """"ADDR:PORT" -> (addr, port); "" is DEFAULT_METRICS_LISTEN."""
     host, _, port = (text or DEFAULT_METRICS_LISTEN).rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _veth_bytes(veth: str) -> tuple[int | None, int | None]:
-    """(received by the container, sent by it): the host side's tx and rx."""
-    out = []
-    for key in ("tx_bytes", "rx_bytes"):
-        try:
-            with open(f"/sys/class/net/{veth}/statistics/{key}") as f:
-                out.append(int(f.read()))
-        except (OSError, ValueError):
-            out.append(None)
-    return out[0], out[1]
 
 
 class AgentCollector:
@@ -137,7 +126,7 @@ class AgentCollector:
             if fig["working_set_bytes"] is not None:
                 fam["ws"].add_metric(lv, fig["working_set_bytes"])
             fam["lim"].add_metric(lv, fig["memory_limit_bytes"] or rec.get("memory_bytes") or 0)
-            rx, tx = _veth_bytes(rec["veth"])
+            rx, tx = hostinfo.veth_bytes(rec["veth"])
             if rx is not None:
                 fam["rx"].add_metric(lv + ["eth0"], rx)
             if tx is not None:

@@ -535,7 +535,8 @@ class AgentService:
         cpu_percent, load_avg, memory_total_bytes, memory_available_bytes,
         memory_used_bytes, disk_total_bytes, disk_free_bytes, net_bytes_sent,
         net_bytes_recv, uptime_s, boot_time}, containers [{name, state,
-        address, memory_bytes, memory_limit_bytes, cpu_seconds}], capacity
+        address, memory_bytes, memory_limit_bytes, cpu_seconds, net_rx_bytes,
+        net_tx_bytes (received and sent by the container)}], capacity
         {memory_reservable_bytes, memory_reserved_bytes,
         memory_unreserved_bytes, container_slots, containers,
         container_slots_free}, metrics_url (the Prometheus endpoint, or
@@ -547,8 +548,10 @@ class AgentService:
         metrics = hostinfo.host_metrics(cfg.state_dir)
         containers = []
         for view in self.m.ls():
+            rec = self.m.records.get(view["name"]) or {}
+            rx, tx = hostinfo.veth_bytes(rec["veth"]) if rec.get("veth") and view["pid"] else (None, None)
             containers.append({"name": view["name"], "state": view["state"], "address": view["address"],
-                               **self.m.usage(view)})
+                               **self.m.usage(view), "net_rx_bytes": rx, "net_tx_bytes": tx})
         limits = [r.get("memory_bytes") for r in self.m.records.values()]
         return {"host": cfg.host_name, "agent_version": AGENT_VERSION,
                 "agent_uptime_s": round(time.time() - self.started, 3), "metrics": metrics,

@@ -3,6 +3,13 @@ parses (prometheus_client's own parser) with cAdvisor's container names,
 node_exporter's host names and the agent's RPC counts by method and outcome."""
 from __future__ import annotations
 
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -15,6 +22,7 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.lxc
 
 MiB = 1 << 20
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONTAINER_NAMES = {"container_cpu_usage_seconds", "container_memory_usage_bytes",
                    "container_memory_working_set_bytes", "container_spec_memory_limit_bytes",
                    "container_network_receive_bytes", "container_network_transmit_bytes",
@@ -78,3 +86,56 @@ def test_metrics_off_and_a_bad_address(agent_factory):
     assert agent.call("hostinfo")["metrics_url"] is None
     with pytest.raises(RuntimeError):  # a bad setting: the agent refuses to start (exit 2)
         agent_factory(extra_args=("--metrics-listen=nowhere",))
+
+
+def _dcctl(agent, *args):
+    env = {**os.environ, "PYTHONPATH": REPO, "DCCTL_HOST": agent.endpoint}
+    return subprocess.run([sys.executable, "-m", "dcctl.cli", *args], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=REPO)
+
+
+def test_dcctl_stats_snapshot_and_live_table(agent_factory):
+    """``dcctl --json stats``: the running containers' CPU %, memory against
+    its limit and network bytes; ``--no-stream`` one table; on a terminal a
+    table that refreshes until ^C."""
+    agent = agent_factory()
+    agent.call("container_create", "busybox", "st.busy",
+               {"memory_bytes": 32 * MiB, "command": ["sh", "-c", "while true; do :; done"]})
+    agent.call("container_start", "st.busy")
+    agent.call("container_create", "busybox", "st.off")
+    done = _dcctl(agent, "--json", "stats", "--interval", "1")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["name"] for r in rows] == ["st.busy"]
+    r = rows[0]
+    assert r["host"] == agent.prefix and r["memory_limit_bytes"] == 32 * MiB and 0 < r["memory_bytes"] <= 32 * MiB
+    assert r["cpu_percent"] > 20, r  # a busy loop: most of a CPU, on a loaded machine still a good part
+    assert isinstance(r["net_rx_bytes"], int) and isinstance(r["net_tx_bytes"], int)
+    plain = _dcctl(agent, "stats", "--no-stream")
+    assert plain.returncode == 0 and plain.stdout.splitlines()[0].split()[:2] == ["NAME", "HOST"]
+    assert "st.busy" in plain.stdout and "st.off" not in plain.stdout
+    assert _dcctl(agent, "stats", "--colour", "red").returncode == 2
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "dcctl.cli", "stats", "--interval", "0.5"], stdin=slave,
+                            stdout=slave, stderr=slave, cwd=REPO, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": REPO, "DCCTL_HOST": agent.endpoint, "TERM": "xterm"})
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while seen.count(b"st.busy") < 2 and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        assert seen.count(b"st.busy") >= 2, seen[-2000:]  # drawn, then refreshed in place
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+    agent.call("container_destroy", "st.busy", True)
+    agent.call("container_destroy", "st.off")
