@@ -180,15 +180,16 @@ def oom_kills(layout: Layout, pid: int) -> int | None:
     return None
 
 
-def figures(layout: Layout, pid: int) -> dict:
+def figures(layout: Layout, pid: int, dirs: dict[str, str] | None = None) -> dict:
     """Everything a metrics scrape wants of the cgroup of process ``pid`` (a
     container's init), its whole subtree, read with one look at
     /proc/PID/cgroup: ``usage``'s keys plus ``working_set_bytes`` (usage
     less inactive file pages, as cAdvisor counts it) and ``oom_kills``
     (``oom_kills``'s figure).  None where the kernel gave no figure.
+    ``dirs``: the process's ``cgroup_dirs``, when the caller kept them.
 
     Raises: OSError when the process is gone."""
-    dirs = cgroup_dirs(layout, pid)
+    dirs = cgroup_dirs(layout, pid) if dirs is None else dirs
     v2 = layout.version("memory") == 2 and "unified" in dirs
     mem_dir = dirs.get("unified") if v2 else dirs.get("memory")
     out = {"memory_bytes": None, "memory_limit_bytes": None, "cpu_seconds": None, "working_set_bytes": None,

@@ -40,6 +40,12 @@ FIGURES = {
                 (r"^    router / direct throughput: [\d.]+x \(target >= 0.8x\)$", 2),
                 (r"^  create_container returned -> first 200 via the router: median [\d.]+ s, max [\d.]+ s "
                  r"over 1 creates \(target < 1 s\)$", 1)],
+    "observe": [(r"^  scrape /metrics with 3 running containers: median +[\d.]+ ms  p95 +[\d.]+ ms  max +[\d.]+ ms  "
+                 r"\(5 scrapes, \d+ bytes, \d+ samples; target < 100 ms\)$", 1),
+                (r"^  of which in the agent \(collect and format\): median [\d.]+ ms; load average [\d.]+$", 1),
+                (r"^  agent CPU idle: [\d.]+% of a CPU over 10 s$", 1),
+                (r"^  agent CPU with a scrape every 5 s: [\d.]+% of a CPU over 10 s$", 1),
+                (r"^  log writers: 3 processes, RSS median [\d.]+ MiB, total [\d.]+ MiB$", 1)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -54,7 +60,8 @@ def _prefix(bench: str) -> str:
     """A prefix in the form each bench names things with (see their docs)."""
     return {"lifecycle": TEST_PREFIX + secrets.token_hex(3), "fanout": "f" + secrets.token_hex(3),
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
-            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2)}[bench]
+            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
+            "observe": TEST_PREFIX + secrets.token_hex(3)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -77,7 +84,7 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcfan-{prefix}"]
     elif bench == "rpc":
         roots = [f"/tmp/dcrpc-{prefix}"]
-    elif bench == "lifecycle":
+    elif bench in ("lifecycle", "observe"):
         agents = [prefix]
     elif bench in ("placement", "routing"):
         fleets = [prefix]
@@ -163,7 +170,7 @@ def _made_something(bench: str, prefix: str):
         return lambda: len(_pids_with(f"/tmp/dcfan-{prefix}/")) >= 3
     if bench == "rpc":  # the hollow agent runs; the calls go on for minutes
         return lambda: bool(_pids_with(f"/tmp/dcrpc-{prefix}/"))
-    if bench == "lifecycle":  # the agent has made a container
+    if bench in ("lifecycle", "observe"):  # the agent has made a container
         root = _agent_root(prefix)
         return lambda: bool(glob.glob(f"{root}/lxc/*/config"))
     fleet = prefix if bench in ("placement", "routing") else prefix + "2"
@@ -174,7 +181,8 @@ def _made_something(bench: str, prefix: str):
 # long runs, so the signal comes mid-run; sizes as in --quick otherwise
 LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "--rounds", "1000000"),
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
-        "failover": ("--quick", "--containers", "30"), "routing": ("--quick", "--seconds", "100000")}
+        "failover": ("--quick", "--containers", "30"), "routing": ("--quick", "--seconds", "100000"),
+        "observe": ("--quick", "--containers", "30")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])
