@@ -35,6 +35,7 @@ import gevent.lock
 from agents import network as netmod
 from agents import supervisor
 from agents.config import AgentConfig
+from agents import logwriter
 from agents.logs import ContainerLogs
 from agents.state import StateStore
 from dcctl import errors, validate
@@ -653,6 +654,11 @@ class ContainerManager:
         return sorted(r["name"] for r in self.records.values() if r["image"] == image_id)
 
     def ensure_base_images(self) -> None:
-        """Build the busybox base image on first use (offline)."""
+        """Build the busybox base image on first use (offline), and the
+        compiled log writer (agents/logwriter.py; without a compiler the
+        containers' logs are written by agents/logger.py)."""
         with self.images_lock:
             _blocking(busybox.ensure_busybox, self.images)
+        self.log_store.writer_binary = _blocking(logwriter.build_writer, os.path.join(self.images.root, "tools"))
+        if self.log_store.writer_binary is None:
+            log.warning("no compiled log writer (gcc failed?): containers' logs go through agents/logger.py")

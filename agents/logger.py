@@ -196,7 +196,8 @@ def _pump(log_dir: str, fds: dict[int, str], writer: Writer) -> None:
                 buf = buf[MAX_RECORD_BYTES:]
             partial[stream] = buf
             for line in lines:
-                writer.record(stream, line, now)
+                for i in range(0, max(1, len(line)), MAX_RECORD_BYTES):  # a long line: records of 16 KiB
+                    writer.record(stream, line[i:i + MAX_RECORD_BYTES], now)
         mono = time.monotonic()
         if mono - last_status >= STATUS_EVERY_SECONDS:
             writer.write_status()

@@ -26,7 +26,7 @@ from dcctl import errors, procs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_RECORDS", "BATCH_RECORDS", "FOLLOW_POLL_SECONDS", "ContainerLogs", "parse_lines"]
+__all__ = ["MAX_RECORDS", "BATCH_RECORDS", "FOLLOW_POLL_SECONDS", "ContainerLogs", "is_writer", "parse_lines"]
 
 #: Most records one answer (or a follow's history) carries; the newest are kept.
 MAX_RECORDS = 10000
@@ -37,6 +37,11 @@ FOLLOW_POLL_SECONDS = 0.1
 FOLLOW_STATE_SECONDS = 2.0
 WRITER_START_TIMEOUT_SECONDS = 20.0
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def is_writer(argv: list[bytes]) -> bool:
+    """Whether a process's argv is a log writer's (compiled or Python)."""
+    return b"agents.logger" in argv or (bool(argv) and os.path.basename(argv[0]).startswith(b"dcfleet-logwriter"))
 
 
 def parse_lines(data: bytes) -> list[dict]:
@@ -69,6 +74,8 @@ class ContainerLogs:
 
     def __init__(self, log_dir: str, max_size_bytes: int, max_files: int, hollow: bool = False):
         self.root, self.max_size, self.max_files, self.hollow = log_dir, max_size_bytes, max_files, hollow
+        #: the compiled writer (agents/logwriter.py), once built; None: agents/logger.py
+        self.writer_binary: str | None = None
 
     def dir(self, name: str) -> str:
         """The log dir of container ``name``."""
@@ -95,7 +102,7 @@ class ContainerLogs:
         except (OSError, ValueError):
             return None
         words = procs.cmdline(pid)
-        if b"agents.logger" in words and self.dir(name).encode() in words and procs.alive(pid):
+        if is_writer(words) and self.dir(name).encode() in words and procs.alive(pid):
             return pid
         return None
 
@@ -110,8 +117,8 @@ class ContainerLogs:
         if pid or self.hollow:
             return pid or 0
         self.prepare(name)
-        argv = [sys.executable, "-m", "agents.logger", self.dir(name), "--max-size-bytes", str(self.max_size),
-                "--max-files", str(self.max_files)]
+        head = [self.writer_binary] if self.writer_binary else [sys.executable, "-m", "agents.logger"]
+        argv = [*head, self.dir(name), "--max-size-bytes", str(self.max_size), "--max-files", str(self.max_files)]
         env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
         try:
             done = gevent.subprocess.run(argv, capture_output=True, text=True, timeout=WRITER_START_TIMEOUT_SECONDS,

@@ -1,8 +1,8 @@
 """bench/observe: what watching costs.  With N running containers on one
 real agent: the duration of a Prometheus scrape of its /metrics (target
 under 100 ms at 50 containers), the agent's CPU idle and with a scrape every
-5 s, and the containers' log writers' memory (one agents.logger process
-each).
+5 s, and the containers' log writers' memory (one process each: the
+compiled agents/logwriter.py).
 
 Run as root:  python3 bench/observe.py [--containers 50] [--scrapes 20] [--cpu-seconds 60] [--quick]
 (``--quick``: 3 containers, 5 scrapes, 10 s per CPU figure, for the test suite).
@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psutil  # noqa: E402
 
+from agents.logs import is_writer  # noqa: E402
 from bench import _common  # noqa: E402
 from dcctl import procs  # noqa: E402
 from tests.agentproc import TEST_PREFIX, AgentProcess  # noqa: E402
@@ -100,7 +101,7 @@ def main() -> int:
         print(f"  agent CPU with a scrape every {SCRAPE_EVERY_SECONDS:g} s: {busy:.2f}% of a CPU "
               f"over {args.cpu_seconds:g} s")
         writers = [pid for pid, words in procs.processes()
-                   if b"agents.logger" in words and any(w.startswith(agent.root.encode()) for w in words)]
+                   if is_writer(words) and any(w.startswith(agent.root.encode()) for w in words)]
         rss = [psutil.Process(w).memory_info().rss / (1 << 20) for w in writers if procs.alive(w)]
         print(f"  log writers: {len(rss)} processes, RSS median {statistics.median(rss) if rss else 0:.1f} MiB, "
               f"total {sum(rss):.1f} MiB")

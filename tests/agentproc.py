@@ -122,8 +122,9 @@ def cleanup_prefix(prefix: str, root: str) -> None:
         for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
             name = os.path.basename(os.path.dirname(cdir))
             _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])
-    for pid, args in procs.processes():  # containers' log writers (agents.logger) under ROOT
-        if b"agents.logger" in args and any(a.startswith(root.encode() + b"/") for a in args):
+    from agents.logs import is_writer
+    for pid, args in procs.processes():  # containers' log writers (agents/logger.py, logwriter.py) under ROOT
+        if is_writer(args) and any(a.startswith(root.encode() + b"/") for a in args):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
