@@ -99,7 +99,8 @@ def main() -> int:
         print(f"  agent CPU idle: {idle:.2f}% of a CPU over {args.cpu_seconds:g} s")
         busy = cpu_percent(pid, args.cpu_seconds, url)
         print(f"  agent CPU with a scrape every {SCRAPE_EVERY_SECONDS:g} s: {busy:.2f}% of a CPU "
-              f"over {args.cpu_seconds:g} s")
+              f"over {args.cpu_seconds:g} s = {max(0.0, busy - idle) / 100 * SCRAPE_EVERY_SECONDS * 1000:.1f} ms "
+              "of CPU per scrape")
         writers = [pid for pid, words in procs.processes()
                    if is_writer(words) and any(w.startswith(agent.root.encode()) for w in words)]
         rss = [psutil.Process(w).memory_info().rss / (1 << 20) for w in writers if procs.alive(w)]

@@ -109,7 +109,7 @@ def test_dcctl_stats_snapshot_and_live_table(agent_factory):
     assert [r["name"] for r in rows] == ["st.busy"]
     r = rows[0]
     assert r["host"] == agent.prefix and r["memory_limit_bytes"] == 32 * MiB and 0 < r["memory_bytes"] <= 32 * MiB
-    assert r["cpu_percent"] > 20, r  # a busy loop: most of a CPU, on a loaded machine still a good part
+    assert r["cpu_percent"] > 5, r  # a busy loop: most of a CPU when idle; a part of one on a loaded machine
     assert isinstance(r["net_rx_bytes"], int) and isinstance(r["net_tx_bytes"], int)
     plain = _dcctl(agent, "stats", "--no-stream")
     assert plain.returncode == 0 and plain.stdout.splitlines()[0].split()[:2] == ["NAME", "HOST"]

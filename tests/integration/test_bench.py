@@ -44,7 +44,7 @@ FIGURES = {
                  r"\(5 scrapes, \d+ bytes, \d+ samples; target < 100 ms\)$", 1),
                 (r"^  of which in the agent \(collect and format\): median [\d.]+ ms; load average [\d.]+$", 1),
                 (r"^  agent CPU idle: [\d.]+% of a CPU over 10 s$", 1),
-                (r"^  agent CPU with a scrape every 5 s: [\d.]+% of a CPU over 10 s$", 1),
+                (r"^  agent CPU with a scrape every 5 s: [\d.]+% of a CPU over 10 s = [\d.]+ ms of CPU per scrape$", 1),
                 (r"^  log writers: 3 processes, RSS median [\d.]+ MiB, total [\d.]+ MiB$", 1)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
