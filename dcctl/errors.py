@@ -39,6 +39,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- LxcFailure                       an LXC tool failed in a way not covered above
      +-- StoreError                       the image store failed (I/O, digest, disk full)
      +-- NetworkError                     bridge / netfilter setup failed
+     +-- BuildFailed                      a build step (RUN, COPY) failed or ran past the build timeout
      +-- InternalError                    a bug: details are in the server's log
 """
 from __future__ import annotations
@@ -199,6 +200,13 @@ class StoreError(DcError):
 
 class NetworkError(DcError):
     """Bridge, address or netfilter setup failed."""
+
+
+class BuildFailed(DcError):
+    """A build step failed (a RUN exited non-zero, a COPY could not be
+    written) or the build ran past its timeout; the message ends with the
+    tail of the build log.  Nothing of the build is left (no container, no
+    layer, no image)."""
 
 
 class InternalError(DcError):

@@ -56,6 +56,12 @@ class ContainerConfig:
     #: /run/lock and /dev/shm, else
     #: 0755) before init starts: init cannot mount without CAP_SYS_ADMIN
     tmpfs_dirs: tuple[str, ...] = ()
+    #: no network at all (``lxc.net.0.type = empty``: loopback only); the
+    #: address, bridge and veth fields are then ignored (a build container)
+    no_network: bool = False
+    #: overlay mount options (``lxc.rootfs.options``), e.g.
+    #: "redirect_dir=off,metacopy=off" so that the upper dir is a plain diff
+    rootfs_options: str | None = None
 
     def items(self, layout: cgroup.Layout) -> list[tuple[str, str]]:
         """The config as ordered (key, value) pairs."""
@@ -63,6 +69,7 @@ class ContainerConfig:
         items = [
             ("lxc.uts.name", self.hostname),
             ("lxc.rootfs.path", rootfs),
+            *([("lxc.rootfs.options", self.rootfs_options)] if self.rootfs_options else []),
             ("lxc.apparmor.profile", "unconfined"),
             ("lxc.init.cmd", self.init_cmd),
             ("lxc.signal.halt", self.halt_signal),
@@ -74,15 +81,20 @@ class ContainerConfig:
             ("lxc.console.logfile", self.console_log),
             ("lxc.log.file", self.lxc_log),
             ("lxc.log.level", "WARN"),
-            ("lxc.net.0.type", "veth"),
-            ("lxc.net.0.link", self.bridge),
-            ("lxc.net.0.flags", "up"),
-            ("lxc.net.0.veth.pair", self.veth_name),
-            ("lxc.net.0.name", "eth0"),
-            ("lxc.net.0.ipv4.address", self.ipv4_address_value()),
-            ("lxc.net.0.ipv4.gateway", self.gateway),
         ]
-        if self.hwaddr:
+        if self.no_network:
+            items.append(("lxc.net.0.type", "empty"))
+        else:
+            items += [
+                ("lxc.net.0.type", "veth"),
+                ("lxc.net.0.link", self.bridge),
+                ("lxc.net.0.flags", "up"),
+                ("lxc.net.0.veth.pair", self.veth_name),
+                ("lxc.net.0.name", "eth0"),
+                ("lxc.net.0.ipv4.address", self.ipv4_address_value()),
+                ("lxc.net.0.ipv4.gateway", self.gateway),
+            ]
+        if self.hwaddr and not self.no_network:
             items.append(("lxc.net.0.hwaddr", self.hwaddr))
         items.append(("lxc.cap.keep", " ".join(DEFAULT_CAPS)))
         prefix = "lxc.cgroup2" if layout.version("devices") == 2 else "lxc.cgroup"
