@@ -273,7 +273,7 @@ class AgentService:
                 1800, the whole build), dockerfile (path in the context,
                 default "Dockerfile"), max_context_bytes (default 256 MiB)}.
 
-        Yields: {"log": line} items as the build runs (RUN output as it
+        Returns: a stream of {"log": line} items as the build runs (RUN output as it
         comes), then one {"result": {image ("name@id12"), id, name, tag,
         layer (the new layer's digest), layer_bytes (its tar's size),
         size_bytes (the image's), base (image id), duration_s,
