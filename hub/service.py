@@ -10,6 +10,7 @@ own module, over the parts they share, which this module builds.
 * hub/imagemethods.py: image_ls, image_push, image_manifest,
   image_layer_read (the registry itself is hub/registry.py);
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
+* hub/buildmethods.py: build (a Dockerfile build on one idle host);
 * here: events and hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
@@ -35,6 +36,7 @@ from dcctl import auth
 from dcctl.wire import expose
 from hub import fanout, routes
 from hub.agents import Agents
+from hub.buildmethods import BuildMethods
 from hub.events import EventLog
 from hub.failover import Healer
 from hub.fleetwide import FleetwideMethods
@@ -53,7 +55,7 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods):
+                 routes.RouteMethods, UploadMethods, BuildMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 

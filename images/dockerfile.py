@@ -19,13 +19,10 @@ leave the context refused, the total size capped.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import io
 import json
-import os
 import re
 import shlex
-import stat
 
 from dcctl import validate
 from images.errors import InvalidImage
@@ -35,8 +32,6 @@ __all__ = ["Step", "Plan", "parse", "context_files", "read_dockerignore", "DEFAU
 
 SUPPORTED = ("FROM", "RUN", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "EXPOSE", "CMD", "ENTRYPOINT",
              "USER", "LABEL", "VOLUME")
-#: Cap on a build context (its regular files), bytes.
-DEFAULT_MAX_CONTEXT_BYTES = 256 << 20
 _MAX_DOCKERFILE_BYTES = 1 << 20
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 _ARCHIVE = re.compile(r"\.(tar|tgz|tar\.gz|tar\.bz2|tbz2|tar\.xz|txz)$")
@@ -275,68 +270,5 @@ def parse(text: str | bytes, build_args: dict | None = None) -> Plan:
 
 
 # ------------------------------------------------------------ contexts
-
-def read_dockerignore(root: str) -> list[tuple[bool, str]]:
-    """The patterns of ``root/.dockerignore``: [(negated, pattern)]."""
-    try:
-        with open(os.path.join(root, ".dockerignore"), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for raw in lines:
-        p = raw.strip()
-        if not p or p.startswith("#"):
-            continue
-        neg = p.startswith("!")
-        p = os.path.normpath(p.lstrip("!").strip()).lstrip("/")
-        out.append((neg, p))
-    return out
-
-
-def _ignored(rel: str, patterns: list[tuple[bool, str]]) -> bool:
-    hit = False
-    for neg, p in patterns:
-        # a pattern matches the path or any directory above it
-        parts = rel.split("/")
-        if any(fnmatch.fnmatchcase("/".join(parts[:i]), p) for i in range(1, len(parts) + 1)):
-            hit = not neg
-    return hit
-
-
-def context_files(root: str, max_bytes: int = DEFAULT_MAX_CONTEXT_BYTES) -> list[str]:
-    """The context's paths (relative, directories before their contents),
-    without those .dockerignore excludes (the Dockerfile is always kept).
-
-    Raises:
-        InvalidImage: a symlink that points out of the context (absolute, or
-            climbing above it), a device node, fifo or socket, or regular
-            files totalling over ``max_bytes``.
-    """
-    root = os.path.realpath(root)
-    patterns = read_dockerignore(root)
-    out, total = [], 0
-    for top, dirs, files in os.walk(root):
-        dirs.sort()
-        rel_top = os.path.relpath(top, root)
-        for name in sorted(dirs + files):
-            rel = name if rel_top == "." else f"{rel_top}/{name}"
-            if rel != "Dockerfile" and _ignored(rel, patterns):
-                if name in dirs:
-                    dirs.remove(name)
-                continue
-            path = os.path.join(top, name)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(path)
-                resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
-                if os.path.isabs(target) or resolved == ".." or resolved.startswith("../"):
-                    raise InvalidImage(f"context: {rel} is a symlink to {target!r}, out of the context")
-            elif stat.S_ISREG(st.st_mode):
-                total += st.st_size
-                if total > max_bytes:
-                    raise InvalidImage(f"context is over its cap of {max_bytes} bytes (at {rel})")
-            elif not stat.S_ISDIR(st.st_mode):
-                raise InvalidImage(f"context: {rel} is a device node, fifo or socket")
-            out.append(rel)
-    return out
+# (one implementation, shared with dcctl build, which packs the context)
+from dcctl.buildctx import DEFAULT_MAX_CONTEXT_BYTES, context_files, read_dockerignore  # noqa: E402,F401

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Mapping
 
 from dcctl import auth, errors, output, upload, wire
+from dcctl import build as dcbuild
 from dcctl.cli.args import (Command, UsageError, build_call, build_options, method_help, params_of,
                             parse_timeout)
 from dcctl.wire import clientconfig, failover
@@ -193,6 +194,13 @@ def run_method(cmd: Command) -> int:
             code = _push_upload(client, cmd)
             if code is not None:
                 return code
+        if cmd.method == "build" and info is not None:  # the hub's build: pack, upload, stream (dcctl.build)
+            try:
+                return dcbuild.run_build(client, list(cmd.words), list(cmd.flags), cmd.json)
+            except errors.InvalidArgument as exc:
+                if exc.hint and "usage:" in exc.hint:
+                    raise UsageError(exc.message, hint=exc.hint) from exc
+                raise
         if info is None or info.get("args") is None:  # unknown: let the server say so
             args, options, wire_args = list(cmd.words), None, list(cmd.words)
             if cmd.flags:

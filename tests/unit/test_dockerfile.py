@@ -5,10 +5,11 @@ naming its line; contexts refuse symlinks out of them and honour
 from __future__ import annotations
 
 import os
+import tarfile
 
 import pytest
 
-from dcctl import errors
+from dcctl import buildctx, errors
 from images import dockerfile
 from images.errors import InvalidImage
 
@@ -102,14 +103,18 @@ def test_context_refuses_symlinks_out_and_honours_dockerignore_and_cap(tmp_path)
     files = dockerfile.context_files(str(ctx))
     assert "src/app.py" in files and "src/inside" in files and "Dockerfile" in files
     assert "src/cache.pyc" not in files and "logs/big.log" not in files
-    with pytest.raises(InvalidImage, match="cap"):
+    with pytest.raises(errors.InvalidImage, match="cap"):
         dockerfile.context_files(str(ctx), max_bytes=20)
+    packed = tmp_path / "ctx.tar"
+    assert buildctx.pack_context(str(ctx), str(packed)) == len(files)
+    with tarfile.open(packed) as tar:
+        assert sorted(tar.getnames()) == sorted(files)
     os.symlink("../../outside", ctx / "src" / "escape")
-    with pytest.raises(InvalidImage, match="out of the context"):
+    with pytest.raises(errors.InvalidImage, match="out of the context"):
         dockerfile.context_files(str(ctx))
     os.unlink(ctx / "src" / "escape")
     os.symlink("/etc/passwd", ctx / "abs")
-    with pytest.raises(InvalidImage, match="out of the context"):
+    with pytest.raises(errors.InvalidImage, match="out of the context"):
         dockerfile.context_files(str(ctx))
 
 
