@@ -40,6 +40,11 @@ FIGURES = {
                 (r"^    router / direct throughput: [\d.]+x \(target >= 0.8x\)$", 2),
                 (r"^  create_container returned -> first 200 via the router: median [\d.]+ s, max [\d.]+ s "
                  r"over 1 creates \(target < 1 s\)$", 1)],
+    "build": [(r"^  build, one RUN, end to end \(upload, build, layer, registry\): median [\d.]+ s over 1 build\(s\)$", 1),
+              (r"^  same RUN by hand: lxc-attach alone [\d.]+ s; create\+start\+attach\+destroy [\d.]+ s$", 1),
+              (r"^  shipped into the registry: \d+ bytes; pulled by the other host: \d+ bytes; new layer \d+ bytes; "
+               r"image \d+ bytes$", 1),
+              (r"^  shipped / layer: (0\.9\d\d|1\.0\d\d|1\.100) \(target <= 1.10\); shipped / image: [\d.]+$", 1)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -54,7 +59,8 @@ def _prefix(bench: str) -> str:
     """A prefix in the form each bench names things with (see their docs)."""
     return {"lifecycle": TEST_PREFIX + secrets.token_hex(3), "fanout": "f" + secrets.token_hex(3),
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
-            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2)}[bench]
+            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
+            "build": "bld" + secrets.token_hex(2)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -79,8 +85,9 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcrpc-{prefix}"]
     elif bench == "lifecycle":
         agents = [prefix]
-    elif bench in ("placement", "routing"):
+    elif bench in ("placement", "routing", "build"):
         fleets = [prefix]
+        roots = [f"/tmp/dcbld-{prefix}"] if bench == "build" else []
     elif bench == "failover":
         fleets, agents = [prefix + "2"], [TEST_PREFIX + prefix[-6:]]
     roots += [_agent_root(a) for a in agents]
@@ -128,7 +135,7 @@ def bench_run(request):
 
 def _force_cleanup(bench: str, prefix: str) -> None:
     from tests.agentproc import cleanup_prefix
-    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}"):
+    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}", f"/tmp/dcbld-{prefix}"):
         for pid in _pids_with(marker):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(marker, ignore_errors=True)
@@ -166,15 +173,17 @@ def _made_something(bench: str, prefix: str):
     if bench == "lifecycle":  # the agent has made a container
         root = _agent_root(prefix)
         return lambda: bool(glob.glob(f"{root}/lxc/*/config"))
-    fleet = prefix if bench in ("placement", "routing") else prefix + "2"
+    fleet = prefix if bench in ("placement", "routing", "build") else prefix + "2"
     state = fleetmod.paths(fleet)["state"]
+    if bench == "build":  # the hub keeps the log of each build it finished
+        return lambda: bool(glob.glob(f"{state}/*/registry/builds/*.log"))
     return lambda: bool(glob.glob(f"{state}/host-*/lxc/*/config"))  # the fleet made a container
 
 
 # long runs, so the signal comes mid-run; sizes as in --quick otherwise
 LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "--rounds", "1000000"),
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
-        "failover": ("--quick", "--containers", "30"), "routing": ("--quick", "--seconds", "100000")}
+        "failover": ("--quick", "--containers", "30"), "build": ("--quick", "--builds", "100000"), "routing": ("--quick", "--seconds", "100000")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])
