@@ -17,8 +17,9 @@ also after SIGTERM or SIGINT):
   target: within 10% of the layer).
 
 The base is busybox (``--quick``, the test suite's form) or the Debian
-image (debootstrap minbase on host-1 from the host's apt mirror, about a
-minute, then pushed to the registry).
+image (debootstrap minbase here, from the host's apt mirror, about a
+minute, then uploaded into the registry as a rootfs tar); both hosts pull
+the base before the builds.
 
 Run as root:  python3 bench/build.py [--quick] [--builds N] [--prefix P]
 """
@@ -39,7 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import _common  # noqa: E402
 from dcctl import build as dcbuild  # noqa: E402
-from dcctl import wire  # noqa: E402
+from dcctl import upload, wire  # noqa: E402
+from images import ImageStore, build_debian  # noqa: E402
 from ops import fleet as fleetmod  # noqa: E402
 
 RUN = ("adduser -D -u 1234 app 2>/dev/null || useradd -u 1234 app; mkdir -p /srv/app "
@@ -52,6 +54,16 @@ def _build(hub, ctx: str, name: str) -> tuple[float, dict]:
     dcbuild.run_build(hub, [ctx], [("t", name)], True, out=out, err=io.StringIO())
     elapsed = time.perf_counter() - started
     return elapsed, json.loads(out.getvalue().splitlines()[-1])
+
+
+def _debian_into_registry(hub, work: str, name: str) -> None:
+    """debootstrap the Debian image here (the hosts' namespaces have no
+    route to the mirror), then upload its rootfs tar into the registry."""
+    store = ImageStore(os.path.join(work, "store"))
+    manifest = build_debian(store, name)
+    tar = store.export_layer(manifest["layers"][0])
+    upload.push_file(lambda m, *a, timeout_s=120.0: hub.call(m, *a, timeout_s=timeout_s), tar, name,
+                     stream=io.StringIO(), options={"format": "rootfs"})
 
 
 def _by_hand(state, host: dict, base: str, tag: str) -> tuple[float, float]:
@@ -89,15 +101,16 @@ def main() -> int:
     work = f"/tmp/dcbld-{prefix}"
     print(f"bench/build (base {base}, {args.builds} build(s))")
     try:
-        state = fleetmod.up(prefix, 2, fleetmod.free_subnet(210), heartbeat_s=1.0)
+        state = fleetmod.up(prefix, 2, fleetmod.free_subnet(210))
         h1, h2 = state["hosts"]
         hub = wire.connect(state["hub"]["ipc"], timeout_s=600)
         try:
-            if base != "busybox":
-                with wire.connect(h1["ipc"], timeout_s=900) as a1:
-                    a1.call("image_build", base, base)
-                hub.call("image_push", h1["name"], base, timeout_s=600)
             os.makedirs(work, mode=0o700)
+            if base != "busybox":
+                _debian_into_registry(hub, work, base)
+            for h in (h1, h2):  # both hosts hold the base, as a fleet that ran it before
+                with wire.connect(h["ipc"], timeout_s=900) as a:
+                    a.call("image_pull", base)
             ctx = os.path.join(work, "ctx")
             os.mkdir(ctx)
             with open(os.path.join(ctx, "Dockerfile"), "w") as f:
