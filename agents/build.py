@@ -15,7 +15,7 @@ reading (or disconnects) changes nothing about the clean-up:
    (``STATE/builds``, never listed as a container): an overlay over the
    base's layers mounted with ``redirect_dir=off,metacopy=off`` (so its
    upper dir is a plain diff, PITFALLS.md), no network (loopback only),
-   init ``/bin/sleep`` so that nothing but the build writes to it;
+   init ``sleep`` so that nothing but the build writes to it;
 4. each RUN runs through lxc-attach (the exec path), its output streamed
    line by line as it comes and kept as the build log; COPY/ADD stream a tar
    of the context files into ``tar -x`` inside the container (owners 0:0 or
@@ -73,7 +73,9 @@ MAX_QUEUED_ITEMS = 10000
 BUILD_OPTIONS = {"tag": "image tag", "build_args": "{NAME: value}", "timeout_s": "build timeout, seconds",
                  "dockerfile": "path of the Dockerfile in the context", "max_context_bytes": "context cap"}
 _OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off"
-_SLEEP = "/bin/sleep"
+#: Where the build container's init (sleep) may be, first found wins
+#: (merged-/usr images have /bin as a symlink).
+_SLEEP = ("/usr/bin/sleep", "/bin/sleep")
 _END = object()
 
 
@@ -303,8 +305,7 @@ class _Job:
         with open(path, "rb") as f:
             plan = dockerfile.parse(f.read(), self.build_args)
         base = self._base(plan.base)
-        if self.b.m.images.find_file(base, _SLEEP) is None:
-            raise errors.InvalidImage(f"base image {plan.base!r} has no {_SLEEP} (a build needs a shell image)")
+        self.sleep = _find_sleep(self.b.m.images, base, plan.base)
         self.env = dict(base.get("env") or {})
         self.config = dict(base.get("config") or {})
         self.config.setdefault("labels", {})
@@ -369,7 +370,7 @@ class _Job:
             name=self.cname, hostname=self.cname, lower_dirs=m.images.layer_dirs(base), upper_dir=upper,
             bridge="", veth_name="", address="127.0.0.1", prefixlen=32, gateway="",
             console_log=lxc.path(self.cname, "console.log"), lxc_log=lxc.path(self.cname, "lxc.log"),
-            init_cmd=f"{_SLEEP} 2147483647", halt_signal="SIGKILL", no_network=True,
+            init_cmd=f"{self.sleep} 2147483647", halt_signal="SIGKILL", no_network=True,
             rootfs_options=_OVERLAY_OPTIONS)
         lxc.write_config(self.cname, cfg, m.layout)
         lxc.start(self.cname)
@@ -461,6 +462,18 @@ class _Job:
                 "tag": manifest.get("tag") or "latest", "layer": layer_id, "layer_bytes": layer_bytes,
                 "size_bytes": manifest["size_bytes"], "base": base["id"],
                 "duration_s": round(time.monotonic() - self.started, 3), "log_bytes": self.log.total}
+
+
+def _find_sleep(store, manifest: dict, ref: str) -> str:
+    """The path of ``sleep`` in the image (the build container's init).
+    Raises: InvalidImage (none: a build needs a shell image)."""
+    for path in _SLEEP:
+        try:
+            if store.find_file(manifest, path) is not None:
+                return path
+        except Exception:  # noqa: BLE001 - a symlink on the way (merged /usr): try the next
+            continue
+    raise errors.InvalidImage(f"base image {ref!r} has no {' or '.join(_SLEEP)} (a build needs a shell image)")
 
 
 def _manifest_config(cfg: dict) -> dict:

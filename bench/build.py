@@ -18,7 +18,7 @@ also after SIGTERM or SIGINT):
 
 The base is busybox (``--quick``, the test suite's form) or the Debian
 image (debootstrap minbase here, from the host's apt mirror, about a
-minute, then uploaded into the registry as a rootfs tar); both hosts pull
+minute, imported on host-1 as a rootfs tar and pushed to the registry); both hosts pull
 the base before the builds.
 
 Run as root:  python3 bench/build.py [--quick] [--builds N] [--prefix P]
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import _common  # noqa: E402
 from dcctl import build as dcbuild  # noqa: E402
-from dcctl import upload, wire  # noqa: E402
+from dcctl import wire  # noqa: E402
 from images import ImageStore, build_debian  # noqa: E402
 from ops import fleet as fleetmod  # noqa: E402
 
@@ -56,14 +56,16 @@ def _build(hub, ctx: str, name: str) -> tuple[float, dict]:
     return elapsed, json.loads(out.getvalue().splitlines()[-1])
 
 
-def _debian_into_registry(hub, work: str, name: str) -> None:
+def _debian_into_registry(hub, host: dict, work: str, name: str) -> None:
     """debootstrap the Debian image here (the hosts' namespaces have no
-    route to the mirror), then upload its rootfs tar into the registry."""
+    route to the mirror), import its rootfs tar on ``host`` (the file
+    system is shared) and copy it into the registry."""
     store = ImageStore(os.path.join(work, "store"))
     manifest = build_debian(store, name)
     tar = store.export_layer(manifest["layers"][0])
-    upload.push_file(lambda m, *a, timeout_s=120.0: hub.call(m, *a, timeout_s=timeout_s), tar, name,
-                     stream=io.StringIO(), options={"format": "rootfs"})
+    with wire.connect(host["ipc"], timeout_s=1800) as agent:
+        agent.call("image_import", tar, name, {"format": "rootfs"})
+    hub.call("image_push", host["name"], name, timeout_s=900)
 
 
 def _by_hand(state, host: dict, base: str, tag: str) -> tuple[float, float]:
@@ -107,7 +109,7 @@ def main() -> int:
         try:
             os.makedirs(work, mode=0o700)
             if base != "busybox":
-                _debian_into_registry(hub, work, base)
+                _debian_into_registry(hub, h1, work, base)
             for h in (h1, h2):  # both hosts hold the base, as a fleet that ran it before
                 with wire.connect(h["ipc"], timeout_s=900) as a:
                     a.call("image_pull", base)
