@@ -3,7 +3,8 @@ context is uploaded in chunks, built on one idle host with its output
 streamed, and the image lands in the registry with only its new layer
 shipped (the base is there already); another host that holds the base
 pulls only that layer.  A failed build leaves no upload, no image, and
-gives its host back to the worker queue."""
+gives its host back to the worker queue; a host lost mid-build gives
+Unreachable, and its restarted agent removes the build container."""
 from __future__ import annotations
 
 import json
@@ -110,3 +111,35 @@ def test_failed_build_through_the_hub_leaves_nothing(small_fleet, hub, tmp_path)
     uploads = os.path.join(small_fleet["hub"]["state_dir"], "registry", "uploads")
     if os.path.isdir(uploads):
         assert os.listdir(uploads) == []
+
+
+def test_host_lost_mid_build(small_fleet, hub, tmp_path):
+    """The builder's agent is killed during a RUN: the caller gets Unreachable
+    naming the host, the upload is gone, and the restarted agent removes the
+    build container it left."""
+    from dcctl import buildctx, upload
+    host = small_fleet["hosts"][0]
+    ctx = tmp_path / "hang"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo started; sleep 600\n")
+    tar = str(tmp_path / "ctx.tar")
+    buildctx.pack_context(str(ctx), tar)
+    upload_id = upload.send_file(lambda m, *a: hub.call(m, *a, timeout_s=60), tar)
+    items = hub.stream("build", upload_id, "bldlost", {"host": host["name"]})
+    try:
+        assert next(items)["log"].startswith("Step 1/1")
+        assert next(items) == {"log": "started"}
+        builds = os.path.join(host["state_dir"], "builds")
+        assert len(os.listdir(builds)) == 1
+        fleetmod.kill_host(small_fleet["prefix"], host["name"])
+        with pytest.raises(errors.Unreachable) as exc:
+            list(items)
+        assert host["name"] in str(exc.value)
+    finally:
+        items.close()
+    with pytest.raises(errors.NoSuchUpload):
+        hub.call("image_upload_info", upload_id)
+    fleetmod.start_host(small_fleet["prefix"], host["name"])
+    assert os.listdir(builds) == []
+    wait_for(lambda: all(h["state"] == "alive" for h in hub.call("hosts")), 60, "the host back")
+    assert not [i for i in hub.call("image_ls") if i["name"] == "bldlost"]
