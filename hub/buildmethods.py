@@ -77,6 +77,36 @@ class BuildMethods:
         self.uploads.complete(upload_id)  # size and sha256 checked (NoSuchUpload...), before a host is taken
         return self._build(upload_id, name, opts, pinned, wait)
 
+    @expose(access="read")
+    def build_log(self, ref: str, max_bytes: int = 1 << 20) -> dict:
+        """The kept log of the build that made an image of the registry.
+
+        Args: ref: ``name``, ``name:tag`` or ``name[:tag]@idprefix``;
+        max_bytes: at most this many bytes from the log's end (1 to 4 MiB).
+        Returns: {id, image ("name@id12"), log (text), truncated (bool)}.
+        Raises: InvalidArgument, ImageNotFound (no such image, or it was not
+        built here: imported or pushed images have no build log),
+        AmbiguousImageRef.
+        """
+        limit = validate.number(max_bytes, "max_bytes", minimum=1, maximum=LOG_KEEP_BYTES, integer=True)
+        m = self.registry.resolve(ref)
+        path = os.path.join(self.registry.root, "builds", f"{m['id']}.log")
+
+        def tail() -> tuple[bytes, bool]:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - limit))
+                return f.read(), size > limit
+
+        try:
+            data, cut = gevent.get_hub().threadpool.apply(tail)
+        except FileNotFoundError:
+            raise errors.ImageNotFound(f"image {m['name']}@{m['id'][:12]} has no build log "
+                                       "(it was imported or pushed, not built)") from None
+        return {"id": m["id"], "image": f"{m['name']}@{m['id'][:12]}", "log": data.decode("utf-8", "replace"),
+                "truncated": cut}
+
     def _build(self, upload_id: str, name: str, opts: dict, pinned: str | None, wait_s: float):
         host = None
         try:
