@@ -50,7 +50,7 @@ import gevent
 import gevent.queue
 
 from agents.errmap import translate
-from dcctl import errors, validate
+from dcctl import buildctx, errors, validate
 from images import dockerfile, layerdiff
 from images.errors import ImageNotFound as StoreImageNotFound
 from images.tarsafe import safe_extract
@@ -262,12 +262,12 @@ class _Job:
     def _context(self, stage: str) -> str:
         """The context unpacked (or pointed at) as a directory."""
         src = self.context
-        if os.path.isdir(src):
-            dockerfile.context_files(src, self.cap)  # symlinks out, size cap
-            return os.path.realpath(src)
         ctx = os.path.join(stage, "ctx")
         os.mkdir(ctx, 0o755)
         fetched = None
+        if os.path.isdir(src):  # packed as dcctl build packs it: .dockerignore, symlinks out, size cap
+            fetched = src = os.path.join(stage, "ctx.tar")
+            _blocking(buildctx.pack_context, self.context, src, self.cap, self.dfile)
         if _is_sha(src):
             if not self.b.m.config.hub:
                 raise errors.InvalidArgument("an upload id needs a hub, and this agent has none")

@@ -89,7 +89,8 @@ def context_files(root: str, max_bytes: int = DEFAULT_MAX_CONTEXT_BYTES) -> list
     return out
 
 
-def pack_context(root: str, out_path: str, max_bytes: int = DEFAULT_MAX_CONTEXT_BYTES) -> int:
+def pack_context(root: str, out_path: str, max_bytes: int = DEFAULT_MAX_CONTEXT_BYTES,
+                 dockerfile: str = "Dockerfile") -> int:
     """Write the context's files (context_files) into a plain tar at
     ``out_path``, owners and modes as they are.
 
@@ -99,8 +100,8 @@ def pack_context(root: str, out_path: str, max_bytes: int = DEFAULT_MAX_CONTEXT_
     if not os.path.isdir(root):
         raise errors.InvalidArgument(f"build context {root!r} is not a directory")
     files = context_files(root, max_bytes)
-    if "Dockerfile" not in files:
-        raise errors.InvalidArgument(f"no Dockerfile in {root}")
+    if not os.path.isfile(os.path.join(root, dockerfile)):
+        raise errors.InvalidArgument(f"no {dockerfile} in {root}")
     with tarfile.open(out_path, "w", format=tarfile.PAX_FORMAT) as tar:
         for rel in files:
             tar.add(os.path.join(root, rel), arcname=rel, recursive=False)

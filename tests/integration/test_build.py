@@ -171,6 +171,13 @@ def test_bad_builds_typed_and_leave_nothing(shared_agent, tmp_path, clean, text,
     assert leftovers(shared_agent) == before
 
 
+def test_dir_context_honours_dockerignore(shared_agent, tmp_path, clean):
+    ctx = context(tmp_path, "FROM busybox\nCOPY . /ctx/\nRUN test -e /ctx/keep && test ! -e /ctx/drop.log\n",
+                  {"keep": "k", "drop.log": "d", ".dockerignore": "*.log\n"})
+    _lines, res = build(shared_agent, ctx, "bldignore")
+    assert res["name"] == "bldignore"
+
+
 def test_context_with_symlink_out_refused(shared_agent, tmp_path, clean):
     ctx = context(tmp_path, "FROM busybox\nCOPY . /x\n")
     os.symlink("/etc/shadow", os.path.join(ctx, "leak"))
