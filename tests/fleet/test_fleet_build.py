@@ -92,6 +92,17 @@ def test_build_through_the_hub_ships_only_the_new_layer(small_fleet, hub, tmp_pa
     text = dcctl(small_fleet, "build", str(ctx), "-t", "bldapp:v2")
     assert text.returncode == 0, text.stderr
     assert text.stdout.strip().startswith("bldapp@") and "Step 2/5 : COPY" in text.stderr
+    # a FROM image the builder lacks comes through the hub
+    with agent(small_fleet, other) as a:
+        for i in a.call("image_ls"):
+            if i["name"] == "bldapp":
+                a.call("image_rm", f"bldapp@{i['id']}")
+    child = tmp_path / "child"
+    child.mkdir()
+    (child / "Dockerfile").write_text("FROM bldapp:v1\nRUN test -e /srv/page.txt\n")
+    done = dcctl(small_fleet, "build", str(child), "-t", "bldchild", "--host", other)
+    assert done.returncode == 0, done.stderr
+    assert "pulling bldapp:v1 from the hub" in done.stderr
 
 
 def test_failed_build_through_the_hub_leaves_nothing(small_fleet, hub, tmp_path):
