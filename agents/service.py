@@ -23,6 +23,7 @@ from agents.containers import ContainerManager
 from agents.errmap import translate
 from agents.enter import EnterRelay
 from agents.transfer import Puller, fetch_upload
+from agents.volumes import VolumeMethods
 from images import oci
 from images.debootstrap import build_debian
 from images.errors import InvalidImage
@@ -39,8 +40,9 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService:
-    """The methods served by ``dc-agent`` (see the README's method reference)."""
+class AgentService(VolumeMethods):
+    """The methods served by ``dc-agent`` (see the README's method reference;
+    volumes: agents.volumes)."""
 
     def __init__(self, manager: ContainerManager, relay: EnterRelay, hub_keys=None):
         self.m = manager

@@ -10,6 +10,7 @@ own module, over the parts they share, which this module builds.
 * hub/imagemethods.py: image_ls, image_push, image_manifest,
   image_layer_read (the registry itself is hub/registry.py);
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
+* hub/volumes.py: volume_ls and the volume placement rule;
 * here: events and hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
@@ -46,6 +47,7 @@ from hub.placement import PlacementMethods, Placer
 from hub.registry import Registry
 from hub.store import HubStore
 from hub.uploads import UploadMethods
+from hub.volumes import VolumeMethods
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods):
+                 routes.RouteMethods, UploadMethods, VolumeMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 

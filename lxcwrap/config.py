@@ -56,6 +56,10 @@ class ContainerConfig:
     #: /run/lock and /dev/shm, else
     #: 0755) before init starts: init cannot mount without CAP_SYS_ADMIN
     tmpfs_dirs: tuple[str, ...] = ()
+    #: (host directory, absolute container path) pairs bind-mounted by LXC
+    #: before init starts (named volumes); the container path is made if
+    #: missing.  Neither may hold whitespace (lxc.mount.entry is fstab-like).
+    bind_mounts: tuple[tuple[str, str], ...] = ()
 
     def items(self, layout: cgroup.Layout) -> list[tuple[str, str]]:
         """The config as ordered (key, value) pairs."""
@@ -92,6 +96,11 @@ class ContainerConfig:
             mode = "1777" if d in ("/tmp", "/run/lock", "/dev/shm") else "0755"
             items.append(("lxc.mount.entry",
                           f"tmpfs {d.lstrip('/')} tmpfs mode={mode},nosuid,nodev,create=dir 0 0"))
+        for source, dest in self.bind_mounts:
+            if not source.startswith("/") or not dest.startswith("/") or any(
+                    c.isspace() for c in source + dest):
+                raise ValueError(f"unsafe bind mount {source!r} -> {dest!r}")
+            items.append(("lxc.mount.entry", f"{source} {dest.lstrip('/')} none bind,create=dir 0 0"))
         items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares))
         return items
 
