@@ -60,6 +60,12 @@ def _policy_text(policy: dict | None) -> str:
     return policy["policy"]
 
 
+def mac_for(address: str) -> str:
+    """A container's MAC from its IPv4 address: ``02:dc:`` (locally
+    administered, unicast) and the address's four bytes."""
+    return "02:dc:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
+
+
 def _blocking(fn, *args):
     """Run blocking file work in gevent's thread pool (heartbeats go on)."""
     return gevent.get_hub().threadpool.apply(fn, args)
@@ -309,7 +315,11 @@ class ContainerManager:
             # CAP_SYS_ADMIN; systemd refuses to boot without /run/lock)
             tmpfs_dirs=(("/tmp", "/run", "/run/lock", "/dev/shm")
                         if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()),
-            bind_mounts=tuple((self.volumes.data_dir(v["name"]), v["path"]) for v in rec.get("volumes") or []))
+            bind_mounts=tuple((self.volumes.data_dir(v["name"]), v["path"]) for v in rec.get("volumes") or []),
+            # the MAC follows the address: a container that gets the address of
+            # one just destroyed (a deploy's churn) is reached at once, not
+            # after the host's neighbour entry for the old MAC goes stale
+            hwaddr=mac_for(rec["address"]))
         self.lxc.write_config(name, cfg, self.layout)
 
     def _rollback_create(self, name: str) -> None:

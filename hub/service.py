@@ -11,6 +11,8 @@ own module, over the parts they share, which this module builds.
   image_layer_read (the registry itself is hub/registry.py);
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
 * hub/volumes.py: volume_ls and the volume placement rule;
+* hub/apps.py: deploy, releases, rollback, apps, app_rm (the deploy
+  orchestration and its journal: hub/deploy.py);
 * here: events and hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
@@ -36,6 +38,7 @@ from dcctl import auth
 from dcctl.wire import expose
 from hub import fanout, routes
 from hub.agents import Agents
+from hub.apps import AppMethods
 from hub.events import EventLog
 from hub.failover import Healer
 from hub.fleetwide import FleetwideMethods
@@ -55,7 +58,7 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods, VolumeMethods):
+                 routes.RouteMethods, UploadMethods, VolumeMethods, AppMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 
@@ -107,7 +110,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self._serving_since = time.monotonic()
         journal = {r["name"] for r in self.store.containers() if r["state"] == "reserved"}
         self._tasks = [gevent.spawn(self.monitor_hosts), gevent.spawn(self._recover, journal),
-                       gevent.spawn(self.beats.run)]
+                       gevent.spawn(self.beats.run), gevent.spawn(self.recover_deploys)]
 
     def stop(self) -> None:
         """Stop the hub's tasks, write the heartbeats not written yet and
