@@ -40,6 +40,12 @@ FIGURES = {
                 (r"^    router / direct throughput: [\d.]+x \(target >= 0.8x\)$", 2),
                 (r"^  create_container returned -> first 200 via the router: median [\d.]+ s, max [\d.]+ s "
                  r"over 1 creates \(target < 1 s\)$", 1)],
+    "deploy": [(r"^  deploy v2: start -> switched [\d.]+ s, whole call [\d.]+ s \(retire [\d.]+ s\), \d+ requests, "
+                r"0 failed$", 1),
+               (r"^  deploy time start -> switched: median [\d.]+ s, max [\d.]+ s over 1 deploys$", 1),
+               (r"^  failed requests during deploys: 0 of \d+ \(target 0\)$", 1),
+               (r"^  volume app \(one writer, stop-first\): gap without a serving container [\d.]+ s, "
+                r"start -> switched [\d.]+ s$", 1)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -54,7 +60,8 @@ def _prefix(bench: str) -> str:
     """A prefix in the form each bench names things with (see their docs)."""
     return {"lifecycle": TEST_PREFIX + secrets.token_hex(3), "fanout": "f" + secrets.token_hex(3),
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
-            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2)}[bench]
+            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
+            "deploy": "dpl" + secrets.token_hex(2)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -79,7 +86,7 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcrpc-{prefix}"]
     elif bench == "lifecycle":
         agents = [prefix]
-    elif bench in ("placement", "routing"):
+    elif bench in ("placement", "routing", "deploy"):
         fleets = [prefix]
     elif bench == "failover":
         fleets, agents = [prefix + "2"], [TEST_PREFIX + prefix[-6:]]
@@ -166,7 +173,7 @@ def _made_something(bench: str, prefix: str):
     if bench == "lifecycle":  # the agent has made a container
         root = _agent_root(prefix)
         return lambda: bool(glob.glob(f"{root}/lxc/*/config"))
-    fleet = prefix if bench in ("placement", "routing") else prefix + "2"
+    fleet = prefix if bench in ("placement", "routing", "deploy") else prefix + "2"
     state = fleetmod.paths(fleet)["state"]
     return lambda: bool(glob.glob(f"{state}/host-*/lxc/*/config"))  # the fleet made a container
 
@@ -174,7 +181,8 @@ def _made_something(bench: str, prefix: str):
 # long runs, so the signal comes mid-run; sizes as in --quick otherwise
 LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "--rounds", "1000000"),
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
-        "failover": ("--quick", "--containers", "30"), "routing": ("--quick", "--seconds", "100000")}
+        "failover": ("--quick", "--containers", "30"), "routing": ("--quick", "--seconds", "100000"),
+        "deploy": ("--quick", "--deploys", "100000")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])
