@@ -160,11 +160,12 @@ class AppMethods:
         return self._app_locks.setdefault(app, gevent.lock.BoundedSemaphore(1))
 
     def recover_deploys(self) -> None:
-        """Finish or roll back the deploys a hub restart interrupted, once
-        hosts have had three heartbeat intervals to re-register (the
-        placement journal goes first)."""
+        """Finish or roll back the deploys a hub restart (or, with several
+        hubs, a hub's death) interrupted, on the leading hub, once hosts
+        have had three heartbeat intervals to re-register (the placement
+        journal goes first); see Deployer.recover."""
         gevent.sleep(self.heartbeat_s * 3)
-        self.deployer.recover(self.heartbeat_s)
+        self.deployer.recover(self.heartbeat_s * 2, leading=self.store.is_leader)
 
     def _releases(self, app: str) -> list[dict]:
         return [d for _, d in self.store.deploy_docs(f"releases/{app}/")]
@@ -230,6 +231,7 @@ class AppMethods:
                 "created": time.time(), "containers": [], "rollback_of": rollback_of})
         except BaseException:
             self.store.deploy_doc_delete(journal_key(app))
+            self.deployer.running.discard(app)
             raise
         result = self.deployer.run(journal, config, self._prune)
         return {**result, "rollback_of": rollback_of}

@@ -128,8 +128,10 @@ class Deployer:
         doc = {"app": app, "release": n, "image": image, "phase": "starting", "new": [],
                "old": list((old or {}).get("containers") or []), "old_release": (old or {}).get("release"),
                "stateful": bool(config["volumes"]), "started": time.time(), "stopped_at": None,
-               "routes": config["routes"]}
+               "routes": config["routes"], "hub": getattr(self.svc, "name", None)}
+        self.running.add(app)  # before the journal exists: recovery never takes a deploy of this hub's
         if not self.store.deploy_doc_put(journal_key(app), doc, create_only=True):
+            self.running.discard(app)
             raise errors.DeployInProgress(f"app {app} has a deploy under way",
                                           hint="wait for it (or for the hub to finish one a restart cut short)")
         return doc
@@ -167,9 +169,8 @@ class Deployer:
                 try:
                     self.rollback(doc)
                     self.store.deploy_doc_delete(journal_key(app))
-                except errors.DcError as undo:  # a host does not answer: asked again until it does
-                    log.warning("rollback of %s v%s unfinished (%s); retrying", app, n, undo)
-                    gevent.spawn(self.recover_docs, [doc], 1.0)
+                except errors.DcError as undo:  # a host does not answer: recover() asks again
+                    log.warning("rollback of %s v%s unfinished (%s); the journal stays for recovery", app, n, undo)
                 if isinstance(exc, errors.DeployFailed):
                     raise
                 if isinstance(exc, errors.DcError):
@@ -182,7 +183,10 @@ class Deployer:
                           hosts={m["name"]: m["host"] for m in made}, deploy_s=deploy_s, gap_s=gap_s,
                           switched=time.time())
             self._set_current(app, n)
-            self.finish(doc, config["retire_s"])
+            try:
+                self.finish(doc, config["retire_s"])
+            except errors.DcError as exc:  # switched: the journal stays, recover() retires the rest
+                log.warning("retiring %s v%s's predecessors unfinished (%s); left to recovery", app, n, exc)
             on_done(app, n)
             return {"app": app, "release": n, "version": f"v{n}", "image": image,
                     "containers": [m["name"] for m in made], "routes": config["routes"],
@@ -330,12 +334,29 @@ class Deployer:
             self._destroy(name)
         self.store.deploy_doc_delete(journal_key(doc["app"]))
 
-    def recover(self, interval_s: float) -> None:
-        """Finish or roll back every deploy a hub restart interrupted (the
-        journals present now), asking again every ``interval_s`` seconds
-        while a host does not answer."""
-        self.recover_docs([d for _, d in self.store.deploy_docs("deploys/") if d["app"] not in self.running],
-                          interval_s)
+    def orphans(self) -> list[dict]:
+        """The journals no running hub is working on: not a deploy of this
+        hub's, and not one of another hub that is a member of the store
+        (several hubs on etcd) — a journal of this hub's name that this
+        process does not run is from before a restart."""
+        me = getattr(self.svc, "name", None)
+        others = {m.get("name") for m in self.store.members()} - {me}
+        return [d for _, d in self.store.deploy_docs("deploys/")
+                if d["app"] not in self.running and d.get("hub") not in others]
+
+    def recover(self, interval_s: float, leading=lambda: True) -> None:
+        """For ever (the hub spawns and kills it): every ``interval_s``
+        seconds, while this hub leads, finish or roll back the deploys a
+        hub restart (or a hub's death) interrupted (``orphans``)."""
+        while True:
+            try:
+                if leading():
+                    docs = self.orphans()
+                    if docs:
+                        self.recover_docs(docs, interval_s)
+            except errors.DcError as exc:
+                log.warning("deploy journals: %s; asking again", exc)
+            gevent.sleep(interval_s)
 
     def recover_docs(self, pending: list[dict], interval_s: float) -> None:
         """recover's work for the journals ``pending``."""
