@@ -20,6 +20,7 @@ removed by a prune.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -154,10 +155,20 @@ class AppMethods:
             self._deployer = Deployer(self)
         return self._deployer
 
-    def _app_lock(self, app: str) -> gevent.lock.BoundedSemaphore:
+    @contextlib.contextmanager
+    def _app_lock(self, app: str):
+        """Hold ``app``'s lock in this hub (a deploy, rollback or app_rm);
+        DeployInProgress at once when another call holds it (the journal
+        excludes deploys of other hubs)."""
         if self._app_locks is None:
             self._app_locks = {}
-        return self._app_locks.setdefault(app, gevent.lock.BoundedSemaphore(1))
+        lock = self._app_locks.setdefault(app, gevent.lock.BoundedSemaphore(1))
+        if not lock.acquire(blocking=False):
+            raise errors.DeployInProgress(f"app {app} has a deploy, rollback or app_rm under way")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def recover_deploys(self) -> None:
         """Finish or roll back the deploys a hub restart (or, with several

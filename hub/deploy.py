@@ -17,7 +17,8 @@ A deploy of release vN of app APP (``Deployer.run``):
    connect to the HTTP port (or, with no HTTP port, the container running).
    Dokku's CHECKS defaults: 5 s, 30 s, 5 attempts.
 4. The switch: the app's routes get the new backends; after ``settle_s``
-   (the routers probe and add them) the journal says "switched" (the commit
+   (the routers probe and add them; not for an app with volumes, whose old
+   containers are stopped already) the journal says "switched" (the commit
    point) and the old backends are removed (the routers drain them).
 5. After ``retire_s`` the old containers are stopped and destroyed; the
    release is "active", the previous one "superseded"; old releases beyond
@@ -111,7 +112,11 @@ class Deployer:
         return doc
 
     def _release(self, app: str, n: int, **changes) -> dict:
-        doc = self.store.deploy_doc_get(release_key(app, n)) or {}
+        """Update release ``n``'s document (one the caller never wrote, say
+        a hub killed between the journal and the release, is left absent)."""
+        doc = self.store.deploy_doc_get(release_key(app, n))
+        if doc is None:
+            return {}
         doc.update(changes)
         self.store.deploy_doc_put(release_key(app, n), doc)
         return doc
@@ -162,7 +167,8 @@ class Deployer:
                 self._check_all(made, config)
                 self._journal(doc, phase="switching")
                 self._add_backends(made, config["routes"])
-                gevent.sleep(config["settle_s"])
+                if not doc["stopped_at"]:  # the old backends serve until the routers have the new ones
+                    gevent.sleep(config["settle_s"])
                 self._journal(doc, phase="switched")
             except BaseException as exc:
                 self._release(app, n, state="failed", error=_why(exc), finished=time.time())
@@ -326,12 +332,18 @@ class Deployer:
         if doc.get("phase") != "retiring":
             self._journal(doc, phase="retiring", retire_at=time.time() + retire_s)
         gevent.sleep(max(0.0, doc["retire_at"] - time.time()))
-        for name in sorted(old):
+
+        def retire(name: str) -> None:
             try:
                 self._stop(name)
             except errors.DcError as exc:
                 log.info("retiring %s: stop failed (%s); destroying", name, exc)
             self._destroy(name)
+        jobs = [gevent.spawn(retire, name) for name in sorted(old)]
+        gevent.joinall(jobs)
+        for job in jobs:
+            if not job.successful():
+                raise job.exception
         self.store.deploy_doc_delete(journal_key(doc["app"]))
 
     def orphans(self) -> list[dict]:

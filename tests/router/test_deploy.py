@@ -238,6 +238,10 @@ def test_a_hub_killed_mid_deploy_rolls_back_before_the_switch_and_finishes_after
     # killed while v2's containers wait for their check: v2 is rolled back
     _deploy_in_background(fleet, app, {"env": {"REL": "v2"}, "check_wait_s": 30})
     wait_until(lambda: f"{app}.v2.1" in names_of(hub, app), 60, "v2's container made")
+    with pytest.raises(errors.DeployInProgress):  # one deploy of an app at a time
+        hub.call("deploy", app, "busybox", {"env": {"REL": "v9"}})
+    with pytest.raises(errors.DeployInProgress):
+        hub.call("app_rm", app)
     _restart_hub(fleet)
     with wire.connect(fleet["hub"]["ipc"], timeout_s=60) as again:
         wait_until(lambda: _journal_state(fleet, app).get(2) == "failed", 90, "v2 rolled back",
