@@ -228,7 +228,7 @@ class AppMethods:
         latest = max(self._releases(app), key=lambda d: d["release"], default=None)
         config = release_config(app, options, (base or current or latest or {}).get("config"), self.route_domain)
         exposed = [{"proto": p.get("proto"), "container_port": p.get("port")} for p in manifest.get("exposed_ports") or []]
-        if routes._http_port(exposed) is None and "route" not in (options or {}):
+        if routes.http_port(exposed) is None and "route" not in (options or {}):
             config["routes"] = []  # nothing to route: no route unless one is asked for (refused below)
         routes.check_create(manifest, {"routes": config["routes"]})
         n = max(doc.get("next_release", 1), (latest or {}).get("release", 0) + 1)

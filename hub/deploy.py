@@ -223,7 +223,7 @@ class Deployer:
                                           f"created: {type(exc).__name__}: {exc}",
                                           hint="the previous release keeps serving") from exc
             r = job.value
-            port = routes._http_port(r.get("ports") or [])  # the container port routes point at
+            port = routes.http_port(r.get("ports") or [])  # the container port routes point at
             mapped = next((p["host_port"] for p in r.get("ports") or []
                            if p["proto"] == "tcp" and p["container_port"] == port), None)
             made.append({"name": name, "host": r["host"], "address": r["address"], "port": port,

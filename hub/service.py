@@ -141,7 +141,8 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
 
         Returns: [{at, kind
         (host_lost, host_back, rescheduled, reschedule_failed,
-        reschedule_waiting, reschedule_gave_up, stale_copy_removed, adopted,
+        reschedule_waiting, reschedule_gave_up, reschedule_skipped (a container
+        with volumes stays on its lost host), stale_copy_removed, adopted,
         host_removed, host_restarted), host | name | ...}], at most the last
         500, kept in memory (a hub restart starts a new list).
         """

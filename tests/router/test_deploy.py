@@ -309,3 +309,32 @@ def test_twenty_deploys_are_pruned_to_the_kept_count(hub, fleet, app, tmp_path):
                 assert ids <= kept, h["name"]
         print(f"\n20 deploys: {len(rels)} releases kept, {len(registry)} images and {len(app_layers)} app layers "
               f"in the registry")
+
+
+def test_a_container_with_a_volume_stays_on_its_lost_host(hub, fleet, app):
+    """Last in the module: it takes a host down (and brings it back)."""
+    victim = fleet["hosts"][2]
+    made = hub.call("create_container", "busybox", f"{app}.db",
+                    {"volumes": [f"{app}-db:/srv/db"], "restart": "always", "host": victim["name"], "no_route": True})
+    control = hub.call("create_container", "busybox", f"{app}.free",
+                       {"restart": "always", "host": victim["name"], "no_route": True})
+    assert made["host"] == control["host"] == victim["name"]
+    since = time.time()
+    os.kill(victim["pid"], signal.SIGKILL)  # the agent dies; its host is judged lost after 3 missed heartbeats
+    try:
+        wait_until(lambda: any(e["kind"] == "rescheduled" and e.get("name") == f"{app}.free"
+                               for e in hub.call("events", since)), 60, "the container without volumes moved")
+        skipped = [e for e in hub.call("events", since) if e.get("name") == f"{app}.db"]
+        assert [e["kind"] for e in skipped] == ["reschedule_skipped"]
+        assert hub.call("container_inspect", f"{app}.free")["host"] != victim["name"]
+        assert [c["host"] for c in hub.call("container_ls") if c["name"] == f"{app}.db"] == [victim["name"]]
+    finally:
+        proc = fleetmod._spawn(fleetmod.agent_argv(fleet, victim, []), victim["log"], victim["pid_file"])
+        victim["pid"] = proc.pid
+        fleetmod.save(fleet)
+        wait_until(lambda: fleetmod.ping(victim["ipc"]), 60, "the agent back")
+        wait_until(lambda: [h["state"] for h in hub.call("hosts") if h["name"] == victim["name"]] == ["alive"], 60,
+                   "the host alive again")
+    for name in (f"{app}.db", f"{app}.free"):
+        hub.call("container_destroy", name, True)
+    hub.call("broadcast", "volume_rm", [f"{app}-db"], {"target": victim["name"]})
