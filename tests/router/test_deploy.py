@@ -311,6 +311,34 @@ def test_twenty_deploys_are_pruned_to_the_kept_count(hub, fleet, app, tmp_path):
               f"in the registry")
 
 
+def _dcctl(fleet, *argv: str) -> tuple[int, str, str]:
+    import subprocess
+    done = subprocess.run([sys.executable, "-m", "dcctl.cli", "-H", fleet["hub"]["ipc"], *argv],
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_the_dcctl_interface_of_deploys(hub, fleet, app):
+    import json
+    code, out, err = _dcctl(fleet, "--json", "deploy", app, "busybox", "--replicas", "1", "--check", "/health",
+                            "--env", "REL=v1", "--command", COMMAND, "--check-wait-s", "0.3", "--settle-s", "1",
+                            "--retire-s", "1")
+    assert code == 0, err
+    made = json.loads(out)
+    assert {"app", "release", "containers", "routes"} <= set(made) and made["release"] == 1
+    assert made["routes"] == [f"{app}.{fleet['route_domain']}"]
+    code, out, err = _dcctl(fleet, "deploy", app, "busybox", "--env", "REL=v2", "--env", "HEALTH=bad",
+                            "--check-attempts", "1")
+    assert code != 0 and "DeployFailed" in err and f"{app}.v2.1" in err, (out, err)
+    code, out, err = _dcctl(fleet, "--json", "releases", app)
+    assert code == 0 and [(r["release"], r["state"]) for r in json.loads(out)] == [(2, "failed"), (1, "active")]
+    assert all({"release", "image", "state"} <= set(r) for r in json.loads(out))
+    code, out, err = _dcctl(fleet, "releases", app)
+    assert code == 0 and out.split("\n")[0].split()[:3] == ["version", "state", "image"] and "failed" in out
+    code, out, err = _dcctl(fleet, "apps")
+    assert code == 0 and app in out
+
+
 def test_a_container_with_a_volume_stays_on_its_lost_host(hub, fleet, app):
     """Last in the module: it takes a host down (and brings it back)."""
     victim = fleet["hosts"][2]
