@@ -138,7 +138,8 @@ def _release_row(doc: dict) -> dict:
     return {"app": doc["app"], "release": doc["release"], "version": f"v{doc['release']}", "image": doc["image"],
             "state": doc["state"], "created": doc["created"], "containers": doc.get("containers") or [],
             "hosts": doc.get("hosts") or {}, "config": doc["config"], "deploy_s": doc.get("deploy_s"),
-            "gap_s": doc.get("gap_s"), "error": doc.get("error"), "rollback_of": doc.get("rollback_of")}
+            "gap_s": doc.get("gap_s"), "error": doc.get("error"), "rollback_of": doc.get("rollback_of"),
+            "steps": doc.get("steps") or []}
 
 
 class AppMethods:
@@ -283,7 +284,9 @@ class AppMethods:
         Returns: [{app, release (N), version ("vN"), image (``name@id``),
         state ("deploying", "active", "superseded", "failed"), created
         (Unix s), containers [names], hosts {container: host}, config,
-        deploy_s, gap_s, error (why it failed), rollback_of (N | None)}].
+        deploy_s, gap_s, error (why it failed), rollback_of (N | None),
+        steps [{phase (starting, stopping_old, creating, checking,
+        switching, switched), at (Unix s)}] from the deploy's journal}].
         Raises: InvalidArgument, NoSuchApp.
         """
         self._app(app)

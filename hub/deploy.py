@@ -107,6 +107,10 @@ class Deployer:
 
     # ------------------------------------------------------------ journal
     def _journal(self, doc: dict, **changes) -> dict:
+        """Write the journal with ``changes``; each new phase is appended
+        to its ``steps`` [{phase, at (Unix s)}]."""
+        if changes.get("phase") and changes["phase"] != doc.get("phase"):
+            doc.setdefault("steps", []).append({"phase": changes["phase"], "at": round(time.time(), 3)})
         doc.update(changes)
         self.store.deploy_doc_put(journal_key(doc["app"]), doc)
         return doc
@@ -131,6 +135,7 @@ class Deployer:
         Raises: DeployInProgress (the app has a journal: a deploy runs, or
         one a restart interrupted is being finished)."""
         doc = {"app": app, "release": n, "image": image, "phase": "starting", "new": [],
+               "steps": [{"phase": "starting", "at": round(time.time(), 3)}],
                "old": list((old or {}).get("containers") or []), "old_release": (old or {}).get("release"),
                "stateful": bool(config["volumes"]), "started": time.time(), "stopped_at": None,
                "routes": config["routes"], "hub": getattr(self.svc, "name", None)}
@@ -171,7 +176,8 @@ class Deployer:
                     gevent.sleep(config["settle_s"])
                 self._journal(doc, phase="switched")
             except BaseException as exc:
-                self._release(app, n, state="failed", error=_why(exc), finished=time.time())
+                self._release(app, n, state="failed", error=_why(exc), finished=time.time(),
+                              steps=doc.get("steps", []))
                 try:
                     self.rollback(doc)
                     self.store.deploy_doc_delete(journal_key(app))
@@ -187,7 +193,7 @@ class Deployer:
             gap_s = round(time.time() - doc["stopped_at"], 3) if doc["stopped_at"] else 0.0
             self._release(app, n, state="active", containers=[m["name"] for m in made],
                           hosts={m["name"]: m["host"] for m in made}, deploy_s=deploy_s, gap_s=gap_s,
-                          switched=time.time())
+                          switched=time.time(), steps=doc["steps"])
             self._set_current(app, n)
             try:
                 self.finish(doc, config["retire_s"])

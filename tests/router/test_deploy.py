@@ -144,6 +144,8 @@ def test_zero_downtime_deploy_a_failed_check_and_a_rollback(hub, fleet, app):
     rels = hub.call("releases", app)
     assert [(r["release"], r["state"]) for r in rels] == [(3, "failed"), (2, "active"), (1, "superseded")]
     assert "v3" in rels[0]["error"] and rels[0]["image"].startswith("busybox@")
+    assert [s["phase"] for s in rels[0]["steps"]] == ["starting", "creating", "checking"]
+    assert [s["phase"] for s in rels[1]["steps"]] == ["starting", "creating", "checking", "switching", "switched"]
 
     # rollback to v1: a new release v4 with v1's image and config
     v4 = hub.call("rollback", app, "v1", timeout_s=300)
@@ -278,6 +280,27 @@ def _rootfs_archive(tmp_path, i: int, base: str) -> str:
     return path
 
 
+def _tree_bytes(root: str) -> int:
+    total = 0
+    for d, _, files in os.walk(root):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(d, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _fleet_disk_bytes(fleet) -> dict:
+    """Bytes of the hub's registry and every host's image store and LXC
+    dir, by directory (and "total")."""
+    roots = [os.path.join(fleet["hub"]["state_dir"], "registry")]
+    for h in fleet["hosts"]:
+        roots += [os.path.join(h["state_dir"], "images"), h["lxc_path"]]
+    sizes = {r: _tree_bytes(r) for r in roots}
+    return {**sizes, "total": sum(sizes.values())}
+
+
 def test_twenty_deploys_are_pruned_to_the_kept_count(hub, fleet, app, tmp_path):
     base = str(tmp_path / "rootfs")
     os.makedirs(base)
@@ -285,6 +308,7 @@ def test_twenty_deploys_are_pruned_to_the_kept_count(hub, fleet, app, tmp_path):
     host = fleet["hosts"][0]
     opts = {"exposed_ports": [80], "command": ["httpd", "-f", "-p", "80", "-h", "/var/www"],
             "init": "/sbin/init", "stop_signal": "SIGUSR1"}
+    disk = {}
     with wire.connect(host["ipc"], timeout_s=120) as agent:
         for i in range(1, 21):
             path = _rootfs_archive(tmp_path, i, base)
@@ -293,6 +317,8 @@ def test_twenty_deploys_are_pruned_to_the_kept_count(hub, fleet, app, tmp_path):
             hub.call("image_push", host["name"], f"{app}@{m['id']}", timeout_s=120)
             hub.call("deploy", app, f"{app}@{m['id']}", {"check_wait_s": 0.2, "check_timeout_s": 3, "settle_s": 0.3,
                                                          "retire_s": 0.2}, timeout_s=300)
+            if i in (5, 20):
+                disk[i] = _fleet_disk_bytes(fleet)
         rels = hub.call("releases", app)
         assert [r["release"] for r in rels] == [20, 19, 18, 17, 16] and rels[0]["state"] == "active"
         kept = {r["image"].split("@")[1] for r in rels}
@@ -305,10 +331,21 @@ def test_twenty_deploys_are_pruned_to_the_kept_count(hub, fleet, app, tmp_path):
         assert len(app_layers) == 5 and stored == referenced  # no layer left that no image references
         for h in fleet["hosts"]:
             with wire.connect(h["ipc"], timeout_s=60) as a:
-                ids = {i["id"] for i in a.call("image_ls") if i["name"] == app}
-                assert ids <= kept, h["name"]
+                images = a.call("image_ls")
+            assert {i["id"] for i in images if i["name"] == app} <= kept, h["name"]
+            # and no layer on the host that none of its images uses
+            used = {d.split(":")[-1] for i in images for d in i["layers"]}
+            on_disk = {e[:-len(".tar")] for e in os.listdir(os.path.join(h["state_dir"], "images", "layers"))
+                       if e.endswith(".tar")}
+            assert on_disk == used, h["name"]
+            assert os.listdir(h["lxc_path"]) == [] or set(os.listdir(h["lxc_path"])) <= {
+                c["name"] for c in hub.call("container_ls")}, h["name"]  # no container dir of a pruned release
+        # the disk a deploy uses stays bounded: what 20 deploys leave is what 5 did, give or take which
+        # host holds which of the kept images (each about the size of the busybox rootfs)
+        image_bytes = max(i["size_bytes"] for i in registry)
+        assert disk[20]["total"] <= disk[5]["total"] + len(fleet["hosts"]) * image_bytes, disk
         print(f"\n20 deploys: {len(rels)} releases kept, {len(registry)} images and {len(app_layers)} app layers "
-              f"in the registry")
+              f"in the registry; fleet disk after 5 deploys {disk[5]['total']} B, after 20 {disk[20]['total']} B")
 
 
 def _dcctl(fleet, *argv: str) -> tuple[int, str, str]:
