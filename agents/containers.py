@@ -34,6 +34,7 @@ import gevent.lock
 
 from agents import network as netmod
 from agents import supervisor
+from agents import volumes as volmod
 from agents.config import AgentConfig
 from agents.state import StateStore
 from dcctl import errors, validate
@@ -57,6 +58,12 @@ def _policy_text(policy: dict | None) -> str:
     if policy["policy"] == "on-failure":
         return f"on-failure:{policy['max_retries']}"
     return policy["policy"]
+
+
+def mac_for(address: str) -> str:
+    """A container's MAC from its IPv4 address: ``02:dc:`` (locally
+    administered, unicast) and the address's four bytes."""
+    return "02:dc:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
 
 
 def _blocking(fn, *args):
@@ -87,6 +94,7 @@ class ContainerManager:
         self._locks: dict[str, gevent.lock.BoundedSemaphore] = {}
         self._alloc_lock = gevent.lock.BoundedSemaphore(1)  # addresses, host ports, names
         self.images_lock = gevent.lock.BoundedSemaphore(1)  # image store mutations
+        self.volumes = volmod.Volumes(os.path.join(config.state_dir, "volumes"))
 
     # ------------------------------------------------------------ plumbing
     @contextlib.contextmanager
@@ -248,6 +256,8 @@ class ContainerManager:
                 raise errors.ContainerExists(f"container {name!r} already exists on this host")
             if len(self.records) >= self.config.max_containers:
                 raise errors.NoCapacity(f"host holds its maximum of {self.config.max_containers} containers")
+            for v in opts.get("volumes") or []:  # a missing volume is made (as docker run -v does)
+                _blocking(self.volumes.create, v["name"])
             used = {r["address"] for r in self.records.values() if r.get("address")}
             address = self.network.allocate_address(used)
             rec = {"name": name, "image": manifest["id"], "image_name": manifest["name"],
@@ -257,7 +267,7 @@ class ContainerManager:
                    "cpu_shares": opts.get("cpu_shares"), "env": {**manifest.get("env", {}), **opts["env"]},
                    "command": opts.get("command") or manifest.get("command") or [],
                    "restart": supervisor.parse_policy(opts.get("restart")), "restart_count": 0,
-                   "events": []}
+                   "events": [], "volumes": opts.get("volumes") or []}
             self.records[name] = rec
         with self.locked(name):
             try:
@@ -304,7 +314,12 @@ class ContainerManager:
             # /run, /run/lock and /dev/shm, and cannot mount them itself (no
             # CAP_SYS_ADMIN; systemd refuses to boot without /run/lock)
             tmpfs_dirs=(("/tmp", "/run", "/run/lock", "/dev/shm")
-                        if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()))
+                        if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()),
+            bind_mounts=tuple((self.volumes.data_dir(v["name"]), v["path"]) for v in rec.get("volumes") or []),
+            # the MAC follows the address: a container that gets the address of
+            # one just destroyed (a deploy's churn) is reached at once, not
+            # after the host's neighbour entry for the old MAC goes stale
+            hwaddr=mac_for(rec["address"]))
         self.lxc.write_config(name, cfg, self.layout)
 
     def _rollback_create(self, name: str) -> None:
@@ -451,6 +466,24 @@ class ContainerManager:
         if not self.lxc.wait(name, "STOPPED", 10):
             raise errors.LxcFailure(f"container {name!r} did not stop when killed")
 
+    # ------------------------------------------------------------ volumes
+    def create_volume(self, name: str) -> dict:
+        """See agents.volumes.VolumeMethods.volume_create."""
+        validate.volume_name(name)
+        with self._alloc_lock:
+            return _blocking(self.volumes.create, name)
+
+    def remove_volume(self, name: str) -> dict:
+        """See agents.volumes.VolumeMethods.volume_rm (refused while a
+        container record names the volume; creates hold the same lock)."""
+        validate.volume_name(name)
+        with self._alloc_lock:
+            using = volmod.users(self.records, name)
+            if using:
+                raise errors.VolumeInUse(f"volume {name!r} is used by {', '.join(using)}",
+                                         hint="destroy those containers first")
+            return _blocking(self.volumes.remove, name)
+
     # ------------------------------------------------------------ exec
     def exec(self, name: str, command, options: dict | None) -> dict:
         """See AgentService.container_exec."""
@@ -581,7 +614,7 @@ class ContainerManager:
                      "env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
                      "veth": rec["veth"], "gateway": self.network.gateway,
                      "prefixlen": self.network.prefixlen, "host": self.config.host_name,
-                     "rootfs_upper": self.upper_dir(name),
+                     "rootfs_upper": self.upper_dir(name), "volumes": rec.get("volumes") or [],
                      "usage": self.usage(view)})
         return view
 

@@ -24,6 +24,7 @@ from agents.containers import ContainerManager
 from agents.errmap import translate
 from agents.enter import EnterRelay
 from agents.transfer import Puller, fetch_upload
+from agents.volumes import VolumeMethods
 from images import oci
 from images.debootstrap import build_debian
 from images.errors import InvalidImage
@@ -40,8 +41,9 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService:
-    """The methods served by ``dc-agent`` (see the README's method reference)."""
+class AgentService(VolumeMethods):
+    """The methods served by ``dc-agent`` (see the README's method reference;
+    volumes: agents.volumes)."""
 
     #: the membership link (agents.hubclient.HubLink) once dc-agent runs one
     hub_link = None

@@ -11,6 +11,9 @@ own module, over the parts they share, which this module builds.
   image_layer_read (the registry itself is hub/registry.py);
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
 * hub/buildmethods.py: build (a Dockerfile build on one idle host);
+* hub/volumes.py: volume_ls and the volume placement rule;
+* hub/apps.py: deploy, releases, rollback, apps, app_rm (the deploy
+  orchestration and its journal: hub/deploy.py);
 * here: events and hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
@@ -36,6 +39,7 @@ from dcctl import auth
 from dcctl.wire import expose
 from hub import fanout, routes
 from hub.agents import Agents
+from hub.apps import AppMethods
 from hub.buildmethods import BuildMethods
 from hub.events import EventLog
 from hub.failover import Healer
@@ -48,6 +52,7 @@ from hub.placement import PlacementMethods, Placer
 from hub.registry import Registry
 from hub.store import HubStore
 from hub.uploads import UploadMethods
+from hub.volumes import VolumeMethods
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods, BuildMethods):
+                 routes.RouteMethods, UploadMethods, BuildMethods, VolumeMethods, AppMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 
@@ -114,7 +119,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.store.join(self.name, self.endpoint)
         journal = set(self.store.orphaned_reservations()) if self.store.is_leader() else set()
         self._tasks = [gevent.spawn(self.monitor_hosts), gevent.spawn(self._recover, journal),
-                       gevent.spawn(self.beats.run)]
+                       gevent.spawn(self.beats.run), gevent.spawn(self.recover_deploys)]
 
     def stop(self) -> None:
         """Stop the hub's tasks, write the heartbeats not written yet and
@@ -138,7 +143,8 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
 
         Returns: [{at, kind
         (host_lost, host_back, rescheduled, reschedule_failed,
-        reschedule_waiting, reschedule_gave_up, stale_copy_removed, adopted,
+        reschedule_waiting, reschedule_gave_up, reschedule_skipped (a container
+        with volumes stays on its lost host), stale_copy_removed, adopted,
         host_removed, host_restarted), host | name | ...}], at most the last
         500, kept in memory (a hub restart starts a new list).
         """

@@ -62,6 +62,10 @@ class ContainerConfig:
     #: overlay mount options (``lxc.rootfs.options``), e.g.
     #: "redirect_dir=off,metacopy=off" so that the upper dir is a plain diff
     rootfs_options: str | None = None
+    #: (host directory, absolute container path) pairs bind-mounted by LXC
+    #: before init starts (named volumes); the container path is made if
+    #: missing.  Neither may hold whitespace (lxc.mount.entry is fstab-like).
+    bind_mounts: tuple[tuple[str, str], ...] = ()
 
     def items(self, layout: cgroup.Layout) -> list[tuple[str, str]]:
         """The config as ordered (key, value) pairs."""
@@ -104,6 +108,11 @@ class ContainerConfig:
             mode = "1777" if d in ("/tmp", "/run/lock", "/dev/shm") else "0755"
             items.append(("lxc.mount.entry",
                           f"tmpfs {d.lstrip('/')} tmpfs mode={mode},nosuid,nodev,create=dir 0 0"))
+        for source, dest in self.bind_mounts:
+            if not source.startswith("/") or not dest.startswith("/") or any(
+                    c.isspace() for c in source + dest):
+                raise ValueError(f"unsafe bind mount {source!r} -> {dest!r}")
+            items.append(("lxc.mount.entry", f"{source} {dest.lstrip('/')} none bind,create=dir 0 0"))
         items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares))
         return items
 

@@ -529,3 +529,48 @@ class HubStore(Store):
     def routes(self) -> list[dict]:
         """Every route row: [{name, container, port, created_at}], by name."""
         return self._all("SELECT * FROM routes ORDER BY name, container, port")
+
+    # ------------------------------------------------------------ deploy: apps, releases, journal
+    # (owned by the deploy work, hub/apps.py and hub/deploy.py)  JSON
+    # documents by key, so that a key-value store (etcd) keeps them as is:
+    #   apps/APP                  {name, created, next_release, current}
+    #   releases/APP/NNNNNN       {app, release, image, config, state, ...}
+    #   deploys/APP               the journal of the deploy under way
+    _deploy_ready = False
+
+    def _deploy_docs(self) -> _Connection:
+        if not self._deploy_ready:
+            self.db.execute("CREATE TABLE IF NOT EXISTS deploy_docs (key TEXT PRIMARY KEY, doc TEXT NOT NULL,"
+                            " updated_at REAL NOT NULL)")
+            self._deploy_ready = True
+        return self.db
+
+    def deploy_doc_get(self, key: str) -> dict | None:
+        """The document at ``key``, or None."""
+        row = self._deploy_docs().execute("SELECT doc FROM deploy_docs WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def deploy_doc_put(self, key: str, doc: dict, create_only: bool = False) -> bool:
+        """Write ``doc`` at ``key``; with ``create_only``, only if there is
+        none (then False when one exists).  Returns whether it was written.
+        Raises: StoreError (the disk failed: nothing was written)."""
+        self._deploy_docs()
+        with self.write() as db:
+            if create_only and db.execute("SELECT 1 FROM deploy_docs WHERE key=?", (key,)).fetchone():
+                return False
+            db.execute("INSERT OR REPLACE INTO deploy_docs (key, doc, updated_at) VALUES (?, ?, ?)",
+                       (key, json.dumps(doc, sort_keys=True), time.time()))
+        return True
+
+    def deploy_doc_delete(self, key: str) -> bool:
+        """Remove the document at ``key``; whether there was one."""
+        self._deploy_docs()
+        with self.write() as db:
+            return bool(db.execute("DELETE FROM deploy_docs WHERE key=?", (key,)).rowcount)
+
+    def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
+        """Every (key, document) whose key starts with ``prefix``, by key."""
+        rows = self._deploy_docs().execute(
+            "SELECT key, doc FROM deploy_docs WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix)).fetchall()
+        return [(k, json.loads(d)) for k, d in rows]

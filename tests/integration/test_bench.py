@@ -45,6 +45,12 @@ FIGURES = {
               (r"^  shipped into the registry: \d+ bytes; pulled by the other host: \d+ bytes; new layer \d+ bytes; "
                r"image \d+ bytes$", 1),
               (r"^  shipped / layer: (0\.9\d\d|1\.0\d\d|1\.100) \(target <= 1.10\); shipped / image: [\d.]+$", 1)],
+    "deploy": [(r"^  deploy v2: start -> switched [\d.]+ s, whole call [\d.]+ s \(retire [\d.]+ s\), \d+ requests, "
+                r"0 failed$", 1),
+               (r"^  deploy time start -> switched: median [\d.]+ s, max [\d.]+ s over 1 deploys$", 1),
+               (r"^  failed requests during deploys: 0 of \d+ \(target 0\)$", 1),
+               (r"^  volume app \(one writer, stop-first\): gap without a serving container [\d.]+ s, "
+                r"start -> switched [\d.]+ s$", 1)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -60,7 +66,7 @@ def _prefix(bench: str) -> str:
     return {"lifecycle": TEST_PREFIX + secrets.token_hex(3), "fanout": "f" + secrets.token_hex(3),
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
             "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
-            "build": "bld" + secrets.token_hex(2)}[bench]
+            "build": "bld" + secrets.token_hex(2), "deploy": "dpl" + secrets.token_hex(2)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -85,7 +91,7 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcrpc-{prefix}"]
     elif bench == "lifecycle":
         agents = [prefix]
-    elif bench in ("placement", "routing", "build"):
+    elif bench in ("placement", "routing", "build", "deploy"):
         fleets = [prefix]
         roots = [f"/tmp/dcbld-{prefix}"] if bench == "build" else []
     elif bench == "failover":
@@ -173,7 +179,7 @@ def _made_something(bench: str, prefix: str):
     if bench == "lifecycle":  # the agent has made a container
         root = _agent_root(prefix)
         return lambda: bool(glob.glob(f"{root}/lxc/*/config"))
-    fleet = prefix if bench in ("placement", "routing", "build") else prefix + "2"
+    fleet = prefix if bench in ("placement", "routing", "build", "deploy") else prefix + "2"
     state = fleetmod.paths(fleet)["state"]
     if bench == "build":  # the hub keeps the log of each build it finished
         return lambda: bool(glob.glob(f"{state}/*/registry/builds/*.log"))
@@ -183,7 +189,8 @@ def _made_something(bench: str, prefix: str):
 # long runs, so the signal comes mid-run; sizes as in --quick otherwise
 LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "--rounds", "1000000"),
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
-        "failover": ("--quick", "--containers", "30"), "build": ("--quick", "--builds", "100000"), "routing": ("--quick", "--seconds", "100000")}
+        "failover": ("--quick", "--containers", "30"), "build": ("--quick", "--builds", "100000"),
+        "routing": ("--quick", "--seconds", "100000"), "deploy": ("--quick", "--deploys", "100000")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])
