@@ -21,6 +21,7 @@ import gevent
 from agents import hostinfo
 from agents.containers import ContainerManager
 from agents.errmap import translate
+from agents.events import EventMethods
 from agents.enter import EnterRelay
 from agents.transfer import Puller, fetch_upload
 from images import oci
@@ -39,8 +40,9 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService:
-    """The methods served by ``dc-agent`` (see the README's method reference)."""
+class AgentService(EventMethods):
+    """The methods served by ``dc-agent`` (see the README's method reference;
+    container events: agents.events)."""
 
     def __init__(self, manager: ContainerManager, relay: EnterRelay, hub_keys=None):
         self.m = manager

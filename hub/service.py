@@ -10,7 +10,8 @@ own module, over the parts they share, which this module builds.
 * hub/imagemethods.py: image_ls, image_push, image_manifest,
   image_layer_read (the registry itself is hub/registry.py);
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
-* here: events and hub_info, start and stop.
+* hub/eventmethods.py: events, events_follow, host_events (the log: hub/events.py);
+* here: hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
 ``agents`` (every agent call, hub/agents.py), ``placer``, ``healer``
@@ -35,6 +36,7 @@ from dcctl import auth
 from dcctl.wire import expose
 from hub import fanout, routes
 from hub.agents import Agents
+from hub.eventmethods import EventMethods
 from hub.events import EventLog
 from hub.failover import Healer
 from hub.fleetwide import FleetwideMethods
@@ -53,7 +55,7 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods):
+                 routes.RouteMethods, UploadMethods, EventMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 
@@ -86,7 +88,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
         self.beats = Heartbeats(store, heartbeat_flush_s)
-        self.events_log = EventLog()
+        self.events_log = EventLog(store)  # fleet events, persisted (hub/events.py, hub/eventmethods.py)
         self.agents = Agents(store, call_timeout_s=call_timeout_s, heartbeat_s=heartbeat_s, server_pair=server_pair,
                              on_event=self.events_log.add)
         self.placer = Placer(store, self.agents)
@@ -119,18 +121,6 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         heartbeat intervals to re-register."""
         gevent.sleep(self.heartbeat_s * 2)
         self.placer.recover(journal, self.heartbeat_s)
-
-    @expose(access="read")
-    def events(self, since: float = 0.0) -> list:
-        """Fleet events after ``since`` (Unix s), oldest first.
-
-        Returns: [{at, kind
-        (host_lost, host_back, rescheduled, reschedule_failed,
-        reschedule_waiting, reschedule_gave_up, stale_copy_removed, adopted,
-        host_removed, host_restarted), host | name | ...}], at most the last
-        500, kept in memory (a hub restart starts a new list).
-        """
-        return self.events_log.since(since)
 
     @expose(access="read")
     def hub_info(self) -> dict:
