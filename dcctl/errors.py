@@ -40,6 +40,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- PermissionDenied                 the caller's role may not call this method
      +-- LxcFailure                       an LXC tool failed in a way not covered above
      +-- StoreError                       the image store failed (I/O, digest, disk full)
+     |    +-- StoreUnavailable            the hub's shared fleet store (etcd) cannot be reached
      +-- NetworkError                     bridge / netfilter setup failed
      +-- InternalError                    a bug: details are in the server's log
 """
@@ -208,6 +209,12 @@ class LxcFailure(DcError):
 
 class StoreError(DcError):
     """The image store failed: I/O error, digest mismatch, disk full."""
+
+
+class StoreUnavailable(StoreError):
+    """The hub's shared fleet store (etcd) did not answer in time: nothing
+    was changed by the call that got it (or, for a write whose answer was
+    lost, the store's own record says whether it happened)."""
 
 
 class NetworkError(DcError):

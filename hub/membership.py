@@ -40,10 +40,14 @@ class MembershipMethods:
         than missed_heartbeats heartbeats is marked unreachable, told as
         host_lost and handed to the healer; no host is judged within that
         grace from the start.  Keeps the worker queue's members (alive
-        hosts) up to date."""
+        hosts) up to date.  With several hubs only the leader judges."""
         grace_s = self.heartbeat_s * self.missed_heartbeats
         while True:
             judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
+            try:
+                judged = judged and self.store.is_leader()
+            except errors.StoreError:
+                judged = False
             deadline = time.time() - grace_s
             try:
                 lost = self.store.mark_unreachable(deadline, self.beats.fresh(deadline)) if judged else []
@@ -54,7 +58,10 @@ class MembershipMethods:
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self.events_log.add("host_lost", host=name)
                 gevent.spawn(self.healer.host_lost, name)
-            self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
+            try:
+                self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
+            except errors.StoreUnavailable as exc:  # etcd away: the queue keeps the members it had
+                log.warning("could not read hosts: %s", exc)
             gevent.sleep(min(1.0, self.heartbeat_s / 2))
 
     @staticmethod
@@ -218,7 +225,7 @@ class MembershipMethods:
         figures from the hub's own reservations.
         """
         out = []
-        figures = self.store.reserved_memory(self.store.db)  # a read: no write transaction
+        figures = self.store.reserved_memory()  # a read: no write transaction
         now = time.time()
         for h in self.store.hosts():
             cap = h["capacity"] or {}
