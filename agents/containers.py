@@ -36,6 +36,7 @@ from agents import network as netmod
 from agents import supervisor
 from agents import volumes as volmod
 from agents.config import AgentConfig
+from agents.events import EventJournal
 from agents.state import StateStore
 from dcctl import errors, validate
 from images import appinit, busybox, rootfs, templates
@@ -88,6 +89,7 @@ class ContainerManager:
         self.lxc = lxc
         self.layout = cgroup.detect()
         self.state = StateStore(config.state_dir)
+        self.events = EventJournal(config.state_dir, config.host_name)  # container events (agents.events)
         self.records: dict[str, dict] = {}
         self._unsaved: set[str] = set()  # names whose record in memory is newer than on disk
         self._disk_desired: dict[str, str] = {}  # name -> "desired" as last written
@@ -278,6 +280,7 @@ class ContainerManager:
             except BaseException:
                 self._rollback_create(name)
                 raise
+            self.events.record("created", name, image=rec["image_name"])
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     def _create_options(self, options: dict | None) -> dict:
@@ -383,6 +386,7 @@ class ContainerManager:
                 self.save_soon(rec, critical=True)
             raise
         rec["started_at"] = time.time()
+        self.events.record("started", name, image=rec.get("image_name"))
         self.network.enable_hairpin(rec["veth"])
         for m in self._mappings(rec):
             self.network.add_mapping(m)
@@ -396,6 +400,7 @@ class ContainerManager:
             rec = self.record(name)
             self._set_desired(rec, "stopped")  # written before the stop: a failed write stops nothing
             self.lxc.stop(name, timeout_s=timeout)  # LxcNotRunning: ContainerNotRunning at the boundary
+            self.events.record("stopped", name, image=rec.get("image_name"))
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     # ------------------------------------------------------------ destroy
@@ -410,6 +415,7 @@ class ContainerManager:
                 raise errors.ContainerRunning(
                     f"container {name!r} is running", hint="stop it first, or destroy with force")
             self._destroy(rec)
+            self.events.record("destroyed", name, image=rec.get("image_name"))
         self._locks.pop(name, None)
         return {"name": name, "destroyed": True}
 
@@ -493,8 +499,15 @@ class ContainerManager:
         env = {**DEFAULT_EXEC_ENV, **rec["env"], **opts["env"]}
         # LxcExecNotFound and LxcNotRunning become CommandNotFound and
         # ContainerNotRunning at the service boundary (agents.errmap)
-        return self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
-                             max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
+        self.events.record("exec_started", name, command=argv[:16])
+        result = None
+        try:
+            result = self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
+                                   max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
+            return result
+        finally:
+            self.events.record("exec_ended", name, exit_code=result.get("exit_code") if isinstance(result, dict)
+                               else None)
 
     # ------------------------------------------------------------ port mappings
     def connection_add(self, name: str, proto: str, container_port: int, host_port: int | None) -> dict:

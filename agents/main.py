@@ -22,6 +22,7 @@ from agents import config as agent_config
 from agents import network as netmod
 from agents.containers import ContainerManager
 from agents.enter import EnterRelay
+from agents.events import EventShipper
 from agents.hubclient import HubLink
 from agents.service import AgentService, translate
 from agents.supervisor import Supervisor
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.hub:
         link = hub_link(cfg, service, on_beat=supervisor.release)
         link.start()
+        EventShipper(service.target.m.events, cfg.hub, cfg.host_name, keys=hub_keys(cfg)).start()
     gevent.signal_handler(signal.SIGTERM, service.stop)
     gevent.signal_handler(signal.SIGINT, service.stop)
     log.info("serving on %s", ", ".join(cfg.listen))

@@ -23,6 +23,7 @@ from agents.build import Builder
 from agents.containers import ContainerManager
 from agents.errmap import translate
 from agents.enter import EnterRelay
+from agents.events import EventMethods
 from agents.transfer import Puller, fetch_upload
 from agents.volumes import VolumeMethods
 from images import oci
@@ -41,9 +42,9 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService(VolumeMethods):
+class AgentService(VolumeMethods, EventMethods):
     """The methods served by ``dc-agent`` (see the README's method reference;
-    volumes: agents.volumes)."""
+    volumes: agents.volumes; container events: agents.events)."""
 
     #: the membership link (agents.hubclient.HubLink) once dc-agent runs one
     hub_link = None

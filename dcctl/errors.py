@@ -7,6 +7,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- InvalidArgument (ValueError)     bad name, ref, port, type or arity
      |    +-- AmbiguousImageRef           an image id prefix matches several images
      |    +-- InvalidImage                a bad manifest, template or archive member
+     |    +-- EventsExpired               events after that index or time are gone (retention)
      +-- NotFound (LookupError)
      |    +-- NoSuchContainer
      |    +-- ImageNotFound
@@ -78,6 +79,11 @@ class AmbiguousImageRef(InvalidArgument):
 
 class InvalidImage(InvalidArgument):
     """An image, its manifest, template or archive member is unacceptable."""
+
+
+class EventsExpired(InvalidArgument):
+    """Events after the index or time asked for were dropped by retention:
+    resuming from there would miss some; the hint names where to resume."""
 
 
 class NotFound(DcError, LookupError):

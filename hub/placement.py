@@ -353,4 +353,5 @@ class PlacementMethods:
         request = scheduler.Request(memory, dict(labels), pin, strategy)
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
         result = self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
+        self.events_log.add("placed", name=name, host=result.get("host"), image=manifest.get("name"))
         return self.connect_routes(result, route_opts)

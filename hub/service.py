@@ -14,7 +14,8 @@ own module, over the parts they share, which this module builds.
 * hub/volumes.py: volume_ls and the volume placement rule;
 * hub/apps.py: deploy, releases, rollback, apps, app_rm (the deploy
   orchestration and its journal: hub/deploy.py);
-* here: events and hub_info, start and stop.
+* hub/eventmethods.py: events, events_follow, host_events (the log: hub/events.py);
+* here: hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
 ``agents`` (every agent call, hub/agents.py), ``placer``, ``healer``
@@ -41,6 +42,7 @@ from hub import fanout, routes
 from hub.agents import Agents
 from hub.apps import AppMethods
 from hub.buildmethods import BuildMethods
+from hub.eventmethods import EventMethods
 from hub.events import EventLog
 from hub.failover import Healer
 from hub.fleetwide import FleetwideMethods
@@ -60,7 +62,7 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods, BuildMethods, VolumeMethods, AppMethods):
+                 routes.RouteMethods, UploadMethods, BuildMethods, VolumeMethods, AppMethods, EventMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 
@@ -93,7 +95,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
         self.beats = Heartbeats(store, heartbeat_flush_s)
-        self.events_log = EventLog()
+        self.events_log = EventLog(store)  # fleet events, persisted (hub/events.py, hub/eventmethods.py)
         self.agents = Agents(store, call_timeout_s=call_timeout_s, heartbeat_s=heartbeat_s, server_pair=server_pair,
                              on_event=self.events_log.add)
         self.placer = Placer(store, self.agents)
@@ -136,19 +138,6 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         gevent.sleep(self.heartbeat_s * 2)
         self.placer.recover(journal, self.heartbeat_s, leading=self.store.is_leader,
                             orphans=self.store.orphaned_reservations)
-
-    @expose(access="read")
-    def events(self, since: float = 0.0) -> list:
-        """Fleet events after ``since`` (Unix s), oldest first.
-
-        Returns: [{at, kind
-        (host_lost, host_back, rescheduled, reschedule_failed,
-        reschedule_waiting, reschedule_gave_up, reschedule_skipped (a container
-        with volumes stays on its lost host), stale_copy_removed, adopted,
-        host_removed, host_restarted), host | name | ...}], at most the last
-        500, kept in memory (a hub restart starts a new list).
-        """
-        return self.events_log.since(since)
 
     @expose(access="read")
     def hub_info(self) -> dict:
