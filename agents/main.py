@@ -121,12 +121,31 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
 
     def summary() -> dict:
         info = agent.hostinfo()
-        return {"capacity": info["capacity"], "metrics": info["metrics"],
+        return {"capacity": info["capacity"], "metrics": info["metrics"], "metrics_url": info.get("metrics_url"),
                 "containers": [{"name": c["name"], "state": c["state"]} for c in info["containers"]]}
 
     link = HubLink(cfg.hub_endpoints(), identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat)
     agent.hub_link = link  # image pulls and uploads come from the hub the link uses now
     return link
+
+
+def start_metrics(cfg: agent_config.AgentConfig, service: Service):
+    """Serve the Prometheus endpoint (agents/metrics.py) at cfg.metrics_listen
+    and count every RPC call there; best effort: an address that cannot be
+    bound is logged, and the agent serves on without metrics.  Returns the
+    AgentMetrics, or None."""
+    if cfg.metrics_listen == "off":
+        return None
+    from agents.metrics import AgentMetrics
+    metrics = AgentMetrics(service.target.m, cfg.metrics_listen)
+    try:
+        service.target.metrics_url = metrics.start()
+    except OSError as exc:
+        log.error("metrics endpoint %s: %s; serving without metrics", cfg.metrics_listen or "default", exc)
+        return None
+    service.observer = metrics.observe
+    log.info("metrics at %s", service.target.metrics_url)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s: %s", type(mapped).__name__, mapped)
         return 1
     task = service.start()
+    start_metrics(cfg, service)
     supervisor = Supervisor(service.target.m, hold_s=cfg.heartbeat_s * 5 if cfg.hub else 0.0)
     supervisor.start()
     if cfg.hub:

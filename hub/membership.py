@@ -221,7 +221,8 @@ class MembershipMethods:
         Returns: [{name, state ("alive"|"unreachable"), endpoint, address,
         labels, memory_reservable_bytes, memory_reserved_bytes,
         memory_free_bytes, container_slots, containers, last_heartbeat (Unix
-        s), heartbeat_age_s (seconds)}]; sizes in bytes, reserved and free
+        s), heartbeat_age_s (seconds), metrics_url (the agent's Prometheus
+        endpoint, as its heartbeats report it, or None)}]; sizes in bytes, reserved and free
         figures from the hub's own reservations.
         """
         out = []
@@ -237,5 +238,6 @@ class MembershipMethods:
                         "memory_reserved_bytes": (cap.get("memory_reservable_bytes") or 0) - free_mem,
                         "memory_free_bytes": free_mem, "container_slots": cap.get("container_slots"),
                         "containers": (cap.get("container_slots") or 0) - free_slots,
-                        "last_heartbeat": last, "heartbeat_age_s": round(now - last, 3)})
+                        "last_heartbeat": last, "heartbeat_age_s": round(now - last, 3),
+                        "metrics_url": (h.get("summary") or {}).get("metrics_url")})
         return out

@@ -87,6 +87,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
                  server_pair: tuple[bytes, bytes] | None = None, allowlist: auth.Allowlist | None = None,
                  heartbeat_flush_s: float = DEFAULT_FLUSH_SECONDS):
         self.server_pair = server_pair
+        self.metrics_url: str | None = None  # set by hub.metrics.started once served
         self.allowlist = allowlist
         self.store = store
         self.registry = registry
@@ -147,11 +148,12 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         missed_heartbeats, hosts (count), containers (count), queue {idle
         [hosts, longest idle first], busy [hosts], members [hosts]}, store
         ("sqlite"|"etcd"), leader (the leading hub's name, None while
-        there is none), members [{name, endpoint, since}] (the hubs alive)}.
+        there is none), members [{name, endpoint, since}] (the hubs alive),
+        metrics_url (the hub's Prometheus endpoint, hub/metrics.py, or None)}.
         Raises: StoreUnavailable (etcd does not answer).
         """
         return {"version": HUB_VERSION, "name": self.name, "uptime_s": round(time.time() - self.started, 3),
                 "heartbeat_s": self.heartbeat_s, "missed_heartbeats": self.missed_heartbeats,
                 "hosts": len(self.store.hosts()), "containers": len(self.store.containers()),
                 "queue": self.workers.stats(), "store": self.store.kind, "leader": self.store.leader(),
-                "members": self.store.members()}
+                "members": self.store.members(), "metrics_url": self.metrics_url}

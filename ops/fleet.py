@@ -56,6 +56,8 @@ def _print_up(state: dict) -> None:
     print(f"export DCCTL_HOST={state['dcctl_host']}")
     if state.get("router"):
         print(f"export DCF_ROUTER={state['router']['listen']}")
+    if state.get("prometheus"):
+        print(f"export DCF_PROMETHEUS={state['prometheus']['url']}")
     for h in state["hosts"]:
         print(f"# {h['name']} {h['address']} {h['tcp']}")
 
@@ -66,7 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM undoes like ^C
     try:
         state = up(args.prefix, args.n, args.fleet_subnet, args.hub_port, not args.no_hub,
-                   args.agent_arg, args.timeout, args.heartbeat_s, args.router, args.route_domain)
+                   args.agent_arg, args.timeout, args.heartbeat_s, args.router, args.route_domain,
+                   prometheus=args.prometheus)
     except (Exception, KeyboardInterrupt) as exc:
         why = str(exc) if isinstance(exc, FleetError) else "interrupted; everything made was removed" \
             if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -162,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--heartbeat-s", type=float, default=2.0, help="seconds between agent heartbeats")
     u.add_argument("--router", action="store_true", help="also one dc-router (HAProxy) in its own namespace")
     u.add_argument("--route-domain", help="the hub's route domain (default <prefix>.test)")
+    u.add_argument("--prometheus", action="store_true",
+                   help="also Debian's Prometheus scraping the hub and every agent (export DCF_PROMETHEUS=...)")
     sub.add_parser("status", parents=[common], help="hosts: pid alive, ping ok")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the fleet")
     k = sub.add_parser("kill", parents=[common], help="SIGKILL one host's agent (a fault drill)")

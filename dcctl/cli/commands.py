@@ -218,6 +218,9 @@ def run_method(cmd: Command) -> int:
             code = handler(client, args, options or {})
             if code is not None:
                 return code
+        if cmd.method == "container_logs" and len(args) == 1 and not filters:  # text lines, --follow a stream
+            from dcctl.cli import logs
+            return logs.run(client, args[0], options or {}, cmd.json, call_timeout(cmd, options))
         result = client.call(cmd.method, *wire_args, timeout_s=call_timeout(cmd, options))
         try:
             result = output.filter_result(cmd.method, result, filters)

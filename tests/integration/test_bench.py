@@ -51,6 +51,12 @@ FIGURES = {
                (r"^  failed requests during deploys: 0 of \d+ \(target 0\)$", 1),
                (r"^  volume app \(one writer, stop-first\): gap without a serving container [\d.]+ s, "
                 r"start -> switched [\d.]+ s$", 1)],
+    "observe": [(r"^  scrape /metrics with 3 running containers: median +[\d.]+ ms  p95 +[\d.]+ ms  max +[\d.]+ ms  "
+                 r"\(5 scrapes, \d+ bytes, \d+ samples; target < 100 ms\)$", 1),
+                (r"^  of which in the agent \(collect and format\): median [\d.]+ ms; load average [\d.]+$", 1),
+                (r"^  agent CPU idle: [\d.]+% of a CPU over 10 s$", 1),
+                (r"^  agent CPU with a scrape every 5 s: [\d.]+% of a CPU over 10 s$", 1),
+                (r"^  log writers: 3 processes, RSS median [\d.]+ MiB, total [\d.]+ MiB$", 1)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -66,7 +72,8 @@ def _prefix(bench: str) -> str:
     return {"lifecycle": TEST_PREFIX + secrets.token_hex(3), "fanout": "f" + secrets.token_hex(3),
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
             "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
-            "build": "bld" + secrets.token_hex(2), "deploy": "dpl" + secrets.token_hex(2)}[bench]
+            "build": "bld" + secrets.token_hex(2), "deploy": "dpl" + secrets.token_hex(2),
+            "observe": TEST_PREFIX + secrets.token_hex(3)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -89,7 +96,7 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcfan-{prefix}"]
     elif bench == "rpc":
         roots = [f"/tmp/dcrpc-{prefix}"]
-    elif bench == "lifecycle":
+    elif bench in ("lifecycle", "observe"):
         agents = [prefix]
     elif bench in ("placement", "routing", "build", "deploy"):
         fleets = [prefix]
@@ -176,7 +183,7 @@ def _made_something(bench: str, prefix: str):
         return lambda: len(_pids_with(f"/tmp/dcfan-{prefix}/")) >= 3
     if bench == "rpc":  # the hollow agent runs; the calls go on for minutes
         return lambda: bool(_pids_with(f"/tmp/dcrpc-{prefix}/"))
-    if bench == "lifecycle":  # the agent has made a container
+    if bench in ("lifecycle", "observe"):  # the agent has made a container
         root = _agent_root(prefix)
         return lambda: bool(glob.glob(f"{root}/lxc/*/config"))
     fleet = prefix if bench in ("placement", "routing", "build", "deploy") else prefix + "2"
@@ -190,7 +197,8 @@ def _made_something(bench: str, prefix: str):
 LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "--rounds", "1000000"),
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
         "failover": ("--quick", "--containers", "30"), "build": ("--quick", "--builds", "100000"),
-        "routing": ("--quick", "--seconds", "100000"), "deploy": ("--quick", "--deploys", "100000")}
+        "routing": ("--quick", "--seconds", "100000"), "deploy": ("--quick", "--deploys", "100000"),
+        "observe": ("--quick", "--containers", "30")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])
