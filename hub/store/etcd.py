@@ -36,6 +36,12 @@ anyway, at one request per host per beat.  Records let the hub batch every
 host's beats in a few transactions and let the leader judge with the same
 rule (and code) as SQLite.
 
+While etcd is unavailable, the single-row reads that route calls
+(``host``, ``host_state``, ``container``) answer from the last rows this
+hub read (every read refreshes them), so calls to existing containers
+still reach their hosts; every write, and every listing, fails with
+StoreUnavailable.
+
 The store never fills: etcd runs with auto-compaction and an explicit
 backend quota (tests/etcdkit.py, ops/fleet), and the leader compacts the
 history itself every ``COMPACT_EVERY_SECONDS`` (keeping the last
@@ -228,6 +234,9 @@ class EtcdStore(Store):
         self._leading = False
         self._task: gevent.Greenlet | None = None
         self._compacted = time.monotonic()
+        #: the last host and container rows read: routing reads while etcd is away
+        self._seen_hosts: dict[str, dict] = {}
+        self._seen_containers: dict[str, dict] = {}
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
 
     def _k(self, *parts: str) -> str:
@@ -414,7 +423,12 @@ class EtcdStore(Store):
         return self._cas(once)[0]
 
     def host_state(self, name: str, key: str = "") -> str | None:
-        got = self.etcd.get(self._k("hosts", name))
+        try:
+            got = self.etcd.get(self._k("hosts", name))
+        except errors.StoreUnavailable:
+            if name not in self._seen_hosts:
+                raise
+            got = (self._seen_hosts[name], 0)
         if got is None:
             return None
         if got[0]["key"] and got[0]["key"] != key:
@@ -456,15 +470,24 @@ class EtcdStore(Store):
         return out
 
     def host(self, name: str) -> dict:
-        got = self.etcd.get(self._k("hosts", name))
+        try:
+            got = self.etcd.get(self._k("hosts", name))
+            beat = self.etcd.get(self._k("beats", name)) if got is not None else None
+        except errors.StoreUnavailable:
+            if name in self._seen_hosts:
+                return dict(self._seen_hosts[name])
+            raise
         if got is None:
+            self._seen_hosts.pop(name, None)
             raise errors.NoSuchHost(f"no host {name!r} in the fleet")
-        beat = self.etcd.get(self._k("beats", name))
-        return self._host_row(got[0], beat[0] if beat else None)
+        row = self._seen_hosts[name] = self._host_row(got[0], beat[0] if beat else None)
+        return dict(row)
 
     def hosts(self) -> list[dict]:
         beats = {k.rsplit("/", 1)[1]: v for k, v, _ in self.etcd.range(self._k("beats", ""))}
-        return [self._host_row(v, beats.get(v["name"])) for _, v, _ in self.etcd.range(self._k("hosts", ""))]
+        rows = [self._host_row(v, beats.get(v["name"])) for _, v, _ in self.etcd.range(self._k("hosts", ""))]
+        self._seen_hosts = {r["name"]: r for r in rows}
+        return [dict(r) for r in rows]
 
     def remove_host(self, name: str) -> None:
         binding = self.binding(name)
@@ -480,14 +503,24 @@ class EtcdStore(Store):
         return self.etcd.get(self._k("containers", name))
 
     def container(self, name: str) -> dict:
-        got = self._row(name)
+        try:
+            got = self._row(name)
+        except errors.StoreUnavailable:
+            if name in self._seen_containers:
+                return dict(self._seen_containers[name])
+            raise
         if got is None:
+            self._seen_containers.pop(name, None)
             raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
-        return got[0]
+        self._seen_containers[name] = got[0]
+        return dict(got[0])
 
     def containers(self, host: str | None = None) -> list[dict]:
         rows = [v for _, v, _ in self.etcd.range(self._k("containers", ""))]
-        return rows if host is None else [r for r in rows if r["host"] == host]
+        if host is None:
+            self._seen_containers = {r["name"]: r for r in rows}
+            return rows
+        return [r for r in rows if r["host"] == host]
 
     def _reservations(self) -> dict[str, tuple[dict, int]]:
         """{host: (its reservation record's names {name: memory_bytes}, mod revision)}."""
