@@ -36,11 +36,11 @@ anyway, at one request per host per beat.  Records let the hub batch every
 host's beats in a few transactions and let the leader judge with the same
 rule (and code) as SQLite.
 
-While etcd is unavailable, the single-row reads that route calls
-(``host``, ``host_state``, ``container``) answer from the last rows this
-hub read (every read refreshes them), so calls to existing containers
-still reach their hosts; every write, and every listing, fails with
-StoreUnavailable.
+While etcd is unavailable, the reads that route calls (``host``,
+``host_state``, ``container``, and ``routes``, the route table) answer from
+the last rows this hub read (every read refreshes them), so calls to
+existing containers still reach their hosts and routers keep their table;
+every write, and every other listing, fails with StoreUnavailable.
 
 The store never fills: etcd runs with auto-compaction and an explicit
 backend quota (tests/etcdkit.py, ops/fleet), and the leader compacts the
@@ -237,6 +237,7 @@ class EtcdStore(Store):
         #: the last host and container rows read: routing reads while etcd is away
         self._seen_hosts: dict[str, dict] = {}
         self._seen_containers: dict[str, dict] = {}
+        self._seen_routes: list[dict] | None = None
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
 
     def _k(self, *parts: str) -> str:
@@ -744,10 +745,17 @@ class EtcdStore(Store):
     def routes(self) -> list[dict]:
         rows = []
         base = self._k("routes", "")
-        for key, value, _ in self.etcd.range(base):
+        try:
+            found = self.etcd.range(base)
+        except errors.StoreUnavailable:
+            if self._seen_routes is None:
+                raise
+            return [dict(r) for r in self._seen_routes]
+        for key, value, _ in found:
             name, container, port = key[len(base):].split("/")
             rows.append({"name": name, "container": container, "port": int(port), "created_at": value["created_at"]})
-        return sorted(rows, key=lambda r: (r["name"], r["container"], r["port"]))
+        self._seen_routes = sorted(rows, key=lambda r: (r["name"], r["container"], r["port"]))
+        return [dict(r) for r in self._seen_routes]
 
     # ------------------------------------------------------------ the registry's index
     def registry_put(self, manifest: dict, sizes: dict[str, int], source: str | None) -> None:
