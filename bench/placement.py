@@ -3,10 +3,13 @@
 1. With 100 hosts: the hub's real decision path (scheduler ranking over 100
    hosts + the atomic SQLite claim of name and capacity), in process, with no
    agent calls: decisions per second, and the same with 4 concurrent callers.
+   ``--store etcd`` adds the same on a local etcd (hub/store/etcd.py: the
+   claim is a transaction on the name's create revision and the host's
+   reservation record), beside SQLite in the same run.
 2. End to end with 3 real hosts (a local fleet, real LXC): create_container
    with --no-start through the hub, sequentially and with 4 clients.
 
-Run as root:  python3 bench/placement.py [--decisions 2000] [--creates 30] [--quick]
+Run as root:  python3 bench/placement.py [--decisions 2000] [--creates 30] [--store etcd] [--quick]
 (``--quick``: 100 decisions, 2 creates, for the test suite).  The fleet is
 named by ``--prefix`` and is gone when this exits, also after SIGTERM or
 SIGINT.
@@ -33,9 +36,13 @@ from ops import fleet as fleetmod  # noqa: E402
 GiB = 1 << 30
 
 
-def decisions(n_hosts: int, count: int, workers: int) -> float:
+def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = None) -> float:
     with tempfile.TemporaryDirectory() as d:
-        store = HubStore(d)
+        if etcd_url is None:
+            store = HubStore(d)
+        else:
+            from hub.store.etcd import EtcdStore
+            store = EtcdStore(etcd_url, f"/bench-{secrets.token_hex(4)}/")
         for i in range(n_hosts):
             store.upsert_host(f"h{i:03d}", f"ipc:///nonexistent/{i}", "", {"zone": "abc"[i % 3]},
                               {"memory_reservable_bytes": 64 * GiB, "container_slots": 10_000, "containers": 0})
@@ -75,11 +82,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--decisions", type=int, default=2000)
     p.add_argument("--creates", type=int, default=30)
+    p.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
+                   help="etcd: also measure decisions on a local etcd, beside SQLite")
     args = _common.parse(p, {"decisions": 100, "creates": 2}, "dbp" + secrets.token_hex(2))
     print("bench/placement")
     for workers in (1, 4):
         rate = decisions(100, args.decisions, workers)
         print(f"  100 hosts, decision + atomic claim, {workers} caller(s): {rate:8.1f} decisions/s")
+    if args.store == "etcd":
+        from ops.fleetlib.etcd import local_etcd
+        with tempfile.TemporaryDirectory() as d, local_etcd(d) as etcd:
+            for workers in (1, 4):
+                rate = decisions(100, args.decisions, workers, etcd.url)
+                print(f"  100 hosts, decision + atomic claim on etcd, {workers} caller(s): {rate:8.1f} decisions/s")
     prefix = args.prefix
     try:
         state = fleetmod.up(prefix, 3, f"10.208.{secrets.randbelow(256)}.0/24")

@@ -71,6 +71,7 @@ DEFAULT_LEASE_SECONDS = 5
 BREAKER_SECONDS = 1.0
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 CAS_ATTEMPTS = 200
+HOSTS_READ_SECONDS = 0.5  # hosts() reads etcd at most this often (this hub's own changes: at once)
 COMPACT_EVERY_SECONDS = 300.0
 KEEP_REVISIONS = 10000
 
@@ -163,6 +164,15 @@ class EtcdClient:
         return [(_unb64(kv["key"]), json.loads(_unb64(kv.get("value"))), int(kv["mod_revision"]))
                 for kv in out.get("kvs") or []]
 
+    def ranges(self, *prefixes: str) -> list[list[tuple[str, dict, int]]]:
+        """``range`` of each prefix (a prefix ending in "/"; any other
+        string is one key), all read at one revision in one request."""
+        ops = [{"request_range": {"key": _b64(p), **({"range_end": _prefix_end(p)} if p.endswith("/") else {})}}
+               for p in prefixes]
+        _, out = self.txn([], ops)
+        return [[(_unb64(kv["key"]), json.loads(_unb64(kv.get("value"))), int(kv["mod_revision"]))
+                 for kv in (r.get("response_range") or {}).get("kvs") or []] for r in out.get("responses") or []]
+
     def count(self, prefix: str) -> int:
         """How many keys are under ``prefix``."""
         out = self.post("kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix), "count_only": True})
@@ -238,6 +248,10 @@ class EtcdStore(Store):
         self._seen_hosts: dict[str, dict] = {}
         self._seen_containers: dict[str, dict] = {}
         self._seen_routes: list[dict] | None = None
+        self._hosts_read: tuple[float, list[dict]] | None = None  # (monotonic time, rows): see hosts()
+        self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
+        self._resv_read_at: float | None = None
+        self._claiming: dict[str, dict[str, int]] = {}  # host -> {name: memory_bytes} claims in flight here
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
 
     def _k(self, *parts: str) -> str:
@@ -378,6 +392,7 @@ class EtcdStore(Store):
 
     def upsert_host(self, name: str, endpoint: str, address: str, labels: dict, capacity: dict,
                     key: str = "") -> dict:
+        self._hosts_read = None
         hkey = self._k("hosts", name)
 
         def once():
@@ -404,6 +419,7 @@ class EtcdStore(Store):
         return self._cas(once)
 
     def heartbeat(self, name: str, summary: dict, key: str = "", at: float | None = None) -> str | None:
+        self._hosts_read = None
         hkey = self._k("hosts", name)
         at = time.time() if at is None else at
 
@@ -440,8 +456,9 @@ class EtcdStore(Store):
         """See Store.record_beats: puts of beats/<host>, MAX_TXN_OPS a
         transaction (a beat of a host removed meanwhile is dropped by the
         next registration or removal)."""
-        known = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in self.etcd.range(self._k("beats", ""))}
-        hosts = {k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("hosts", ""))}
+        hosts, known = self.etcd.ranges(self._k("hosts", ""), self._k("beats", ""))
+        known = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in known}
+        hosts = {k.rsplit("/", 1)[1] for k, _, _ in hosts}
         ops = []
         for name, (at, summary, capacity) in sorted(beats.items()):
             if name not in hosts:
@@ -456,6 +473,7 @@ class EtcdStore(Store):
             self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
 
     def mark_unreachable(self, deadline: float, fresh: set[str] | frozenset = frozenset()) -> list[str]:
+        self._hosts_read = None
         beats = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in self.etcd.range(self._k("beats", ""))}
         out = []
         for key, row, rev in self.etcd.range(self._k("hosts", "")):
@@ -485,12 +503,22 @@ class EtcdStore(Store):
         return dict(row)
 
     def hosts(self) -> list[dict]:
-        beats = {k.rsplit("/", 1)[1]: v for k, v, _ in self.etcd.range(self._k("beats", ""))}
-        rows = [self._host_row(v, beats.get(v["name"])) for _, v, _ in self.etcd.range(self._k("hosts", ""))]
+        """See Store.hosts: read at most every HOSTS_READ_SECONDS (a
+        placement reads them for each decision; its capacity check is the
+        reservation records', always fresh), and at once after this hub
+        changed a host."""
+        cached = self._hosts_read
+        if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
+            return [dict(r) for r in cached[1]]
+        hosts, beats = self.etcd.ranges(self._k("hosts", ""), self._k("beats", ""))
+        beats = {k.rsplit("/", 1)[1]: v for k, v, _ in beats}
+        rows = [self._host_row(v, beats.get(v["name"])) for _, v, _ in hosts]
         self._seen_hosts = {r["name"]: r for r in rows}
+        self._hosts_read = (time.monotonic(), rows)
         return [dict(r) for r in rows]
 
     def remove_host(self, name: str) -> None:
+        self._hosts_read = None
         binding = self.binding(name)
         ops = [self.etcd.delete(self._k(p, name)) for p in ("hosts", "beats", "keys", "resv")]
         if binding is not None:
@@ -543,40 +571,79 @@ class EtcdStore(Store):
             names.pop(drop, None)
         names.update(add or {})
         key = self._k("resv", host)
+        self._resv_read_at = None  # this hub changes a record: claims read them all again
         return self.etcd.at(key, rev), self.etcd.put(key, {"names": names})
 
     def _abandoned_of(self, name: str) -> list[str]:
         return sorted(k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("abandoned", name, "")))
 
+    def _claim_figures(self) -> dict[str, tuple[dict, int]]:
+        """The reservation records a claim decides on: read at most every
+        HOSTS_READ_SECONDS (a stale one only costs a lost compare, then a
+        fresh read of that record), with this hub's claims in flight added."""
+        if self._resv_read_at is None or time.monotonic() - self._resv_read_at >= HOSTS_READ_SECONDS:
+            self._resv_cache = self._reservations()
+            self._resv_read_at = time.monotonic()
+        resv = dict(self._resv_cache)
+        for host, names in self._claiming.items():
+            if names:
+                old, rev = resv.get(host, ({}, 0))
+                resv[host] = ({**old, **names}, rev)
+        return resv
+
     def claim(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
         """See Store.claim: one transaction compares the name's
-        create_revision (0) and the chosen host's reservation record's mod
-        revision, and writes the row, the record and the in-flight key (on
-        this hub's lease); a lost race reads again and chooses again."""
-        ckey = self._k("containers", name)
+        create_revision (0), that no abandoned copy holds the name, and the
+        chosen host's reservation record's mod revision, and writes the row,
+        the record and the in-flight key (on this hub's lease).  A lost race
+        reads that record again and chooses again.  Decisions read the
+        records this hub last saw (see _claim_figures), so a claim is
+        usually one request; claims in flight on this hub count, so
+        concurrent ones pick different hosts instead of racing for one."""
+        ckey, akey = self._k("containers", name), self._k("abandoned", name, "")
         if self._lease is None and self._member is not None:
             self._renew()
 
         def once():
-            if self._row(name) is not None:
-                raise errors.ContainerExists(f"container {name!r} already exists in the fleet")
-            left = self._abandoned_of(name)
-            if left:
-                raise errors.ContainerExists(
-                    f"container {name!r} is still claimed: a failed create may have left a copy on"
-                    f" {', '.join(left)}",
-                    hint=f"the hub destroys that copy once {', '.join(left)} answers; create it again then")
-            resv = self._reservations()
+            resv = self._claim_figures()
             host = choose(self._figures(resv))
             now = time.time()
             row = {"name": name, "host": host, "image": image, "memory_bytes": memory_bytes, "state": "reserved",
                    "spec": spec, "ports": [], "created_at": now, "updated_at": now}
-            cmp, put = self._resv_ops(resv, host, add={name: memory_bytes})
-            ops = [self.etcd.put(ckey, row), put]
+            names, rev = self._resv_cache.get(host, ({}, 0))
+            names = {**names, name: memory_bytes}
+            rkey = self._k("resv", host)
+            ops = [self.etcd.put(ckey, row), self.etcd.put(rkey, {"names": names})]
             if self._lease:
                 ops.append(self.etcd.put(self._k("inflight", name), self.hub_name, self._lease))
-            ok, _ = self.etcd.txn([self.etcd.at(ckey, 0), cmp], ops)
-            return row if ok else None
+            no_copy = {"key": _b64(akey), "range_end": _prefix_end(akey), "target": "CREATE", "result": "EQUAL",
+                       "create_revision": "0"}
+            self._claiming.setdefault(host, {})[name] = memory_bytes
+            try:
+                ok, out = self.etcd.txn([self.etcd.at(ckey, 0), no_copy, self.etcd.at(rkey, rev)], ops,
+                                        [self.etcd.read(ckey), {"request_range": {"key": _b64(akey),
+                                                                                  "range_end": _prefix_end(akey)}},
+                                         self.etcd.read(rkey)])
+            finally:
+                self._claiming[host].pop(name, None)
+            if ok:
+                self._resv_cache[host] = (names, int(out["header"]["revision"]))
+                return row
+            found = [r["response_range"].get("kvs") or [] for r in out["responses"]]
+            if found[0]:
+                raise errors.ContainerExists(f"container {name!r} already exists in the fleet")
+            if found[1]:
+                left = sorted(_unb64(kv["key"]).rsplit("/", 1)[1] for kv in found[1])
+                raise errors.ContainerExists(
+                    f"container {name!r} is still claimed: a failed create may have left a copy on"
+                    f" {', '.join(left)}",
+                    hint=f"the hub destroys that copy once {', '.join(left)} answers; create it again then")
+            if found[2]:  # the record changed: take the one read, choose again
+                self._resv_cache[host] = (json.loads(_unb64(found[2][0].get("value")))["names"],
+                                          int(found[2][0]["mod_revision"]))
+            else:
+                self._resv_cache.pop(host, None)
+            return None
 
         return self._cas(once)
 
@@ -693,17 +760,16 @@ class EtcdStore(Store):
         ckey = self._k("containers", name)
 
         def once():
-            got = self._row(name)
-            if got is None:
+            got, resv, routes = self.etcd.ranges(ckey, self._k("resv", ""), self._k("routes", ""))
+            if not got:
                 return (False,)
-            row, rev = got
-            resv = self._reservations()
+            _, row, rev = got[0]
+            resv = {k.rsplit("/", 1)[1]: (v["names"], r) for k, v, r in resv}
             cmps, ops = [self.etcd.at(ckey, rev)], [self.etcd.delete(ckey), self.etcd.delete(self._k("inflight", name))]
             if name in resv.get(row["host"], ({}, 0))[0]:
                 cmp, put = self._resv_ops(resv, row["host"], drop=name)
                 cmps.append(cmp), ops.append(put)
-            ops += [self.etcd.delete(self._route_key(r["name"], name, r["port"]))
-                    for r in self.routes() if r["container"] == name]
+            ops += [self.etcd.delete(k) for k, _, _ in routes if k.split("/")[-2] == name]
             ok, _ = self.etcd.txn(cmps, ops[:MAX_TXN_OPS])
             if ok and len(ops) > MAX_TXN_OPS:
                 for i in range(MAX_TXN_OPS, len(ops), MAX_TXN_OPS):
