@@ -20,6 +20,7 @@ from dcctl.wire.endpoint import parse_endpoint
 from ops.fleetlib.base import (FleetError, REPO, _in_net, _last_line, _netns, _root_veths, _run,
                                ensure_forward_rule, forward_rule, load, paths, ping, plan, save)
 from ops.fleetlib.down import down
+from ops.fleetlib.hubs import hub_args, hub_endpoints, plan_hubs, share_keys, start_etcd
 
 # Runs inside the host's namespaces: a sysfs of the network namespace, with the
 # machine's cgroup mounts moved onto it, then exec of the command.
@@ -52,7 +53,7 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
            "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
     if state["hub"]:
         # --flag=VALUE: a Z85 key may start with "-"
-        cmd += ["--hub", state["hub"]["tcp"], f"--hub-key={state['hub']['public_key']}",
+        cmd += ["--hub", hub_endpoints(state), f"--hub-key={state['hub']['public_key']}",
                 "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
     tmp = f"{state['dirs']['run']}/{h['name']}.cgroup"
     return [*_in_net(h["netns"]), "unshare", "--mount", "--propagation", "slave", "--",
@@ -149,7 +150,7 @@ def _wait_ready(procs: dict, timeout_s: float) -> None:
 def router_argv(state: dict) -> list[str]:
     """The command that runs the fleet's router inside its namespace."""
     r, hub = state["router"], state["hub"]
-    return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub["tcp"],
+    return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub_endpoints(state),
             f"--hub-key={hub['public_key']}", "--key", r["key"], "--state-dir", r["state_dir"],
             "--listen", r["listen"]]
 
@@ -175,12 +176,15 @@ def _wait_router(state: dict, proc: subprocess.Popen, timeout_s: float) -> None:
 
 def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
        agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0,
-       router: bool = False, route_domain: str | None = None) -> dict:
-    """Bring a fleet up (see the module docstring) and return its state.
+       router: bool = False, route_domain: str | None = None, store: str = "sqlite", hubs: int = 1) -> dict:
+    """Bring a fleet up (see the module docstring) and return its state;
+    ``store`` "etcd" runs a local etcd and ``hubs`` hubs on it
+    (ops.fleetlib.hubs).
 
     Raises: FleetError (bad arguments, already up, a step failed); on failure
     after the first change everything made is undone."""
     state, p = plan(prefix, n, subnet, hub_port, hub, router, route_domain), paths(prefix)
+    plan_hubs(state, store, hubs, hub_port)
     state["heartbeat_s"] = heartbeat_s
     if load(prefix) or _netns(prefix) or os.path.exists(f"/sys/class/net/{p['bridge']}") or _root_veths(prefix):
         raise FleetError(f"a fleet with prefix {prefix!r} is already up (or left over): "
@@ -215,19 +219,27 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
                          ["link", "set", "eth0", "up"], ["route", "add", "default", "via", state["gateway"]]):
                 _run(["ip", "-n", r["netns"], *argv])
         setup_keys(state)
+        share_keys(state)
         save(state)
+        if state.get("etcd"):
+            start_etcd(state, timeout_s)
+            save(state)
         procs = {}
         if hub:
-            hd = state["hub"]
-            os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
-            argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
-                    "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
-                    "--route-domain", state["route_domain"]]
-            procs["hub"] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
-            hd["pid"] = procs["hub"][0].pid
-            save(state)
-            _wait_ready({"hub": procs["hub"]}, timeout_s)
-            add_hosts(state)  # before the agents start: they register at once
+            for i, hd in enumerate(state["hubs"]):
+                os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
+                argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
+                        "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
+                        "--route-domain", state["route_domain"], *hub_args(state, hd)]
+                key = "hub" if i == 0 else hd["name"]
+                procs[key] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
+                hd["pid"] = procs[key][0].pid
+                if i == 0:
+                    state["hub"]["pid"] = hd["pid"]
+                save(state)
+                _wait_ready({key: procs[key]}, timeout_s)
+                if i == 0:
+                    add_hosts(state)  # before the agents start: they register at once
         for h in state["hosts"]:
             procs[h["name"]] = (_spawn(agent_argv(state, h, list(agent_args)), h["log"], h["pid_file"]),
                                 h["ipc"], h["log"])
