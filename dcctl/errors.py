@@ -31,6 +31,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- CommandNotFound                  exec of a missing binary in a container
      +-- ResultTooLarge                   a result or argument over the size cap
      +-- CallTimeout                      the client gave up waiting (client side)
+     +-- SlowConsumer                     a stream's reader stopped taking items; the server dropped it
      +-- Unreachable                      cannot reach the server at that endpoint
      |    +-- HostLost                     a host died while running a call
      +-- HubBusy                          another hub holds the same store
@@ -166,6 +167,12 @@ class ResultTooLarge(DcError):
 
 class CallTimeout(DcError):
     """The client stopped waiting for the server's answer."""
+
+
+class SlowConsumer(DcError):
+    """A stream's reader kept its window full (took no items) for longer
+    than the server's stall limit, so the server ended the stream rather
+    than buffer for it; a follower resumes from the last item it saw."""
 
 
 class Unreachable(DcError):

@@ -13,7 +13,11 @@ here, and why we touch it:
   with the authenticated caller;
 - ``Server._inject_builtins`` and ``Server._print_traceback``: overridden
   (``Server``) so the ``_zerorpc_*`` builtins are ours and no traceback is
-  ever sent.
+  ever sent;
+- ``BufferedChannel._remote_queue_open_slots`` / ``_remote_can_recv`` (a
+  stream's credit) and ``HeartBeatOnChannel._lost_remote`` /
+  ``_heartbeat_freq``: bounded stream sends and readers that notice a dead
+  server (``bounded_stream``, ``ClientStream``; see "streams" below).
 
 It also quiets zerorpc's own log lines that report no problem of ours
 (PITFALLS, "zerorpc's own log lines").
@@ -25,7 +29,9 @@ from typing import Any, Callable, Iterable
 
 import gevent
 import zerorpc
+import zerorpc.decorators
 import zerorpc.events
+import zerorpc.patterns
 import zmq
 from zerorpc.exceptions import LostRemote, RemoteError, TimeoutExpired
 
@@ -35,7 +41,8 @@ __all__ = ["Client", "Context", "Event", "LostRemote", "RemoteError", "Server", 
            "ZERORPC_NOISE", "ZerorpcNoiseFilter", "abandon_call", "capture", "connect", "frame_buffer", "make_event", "frame_user_id", "intercept_recv",
            "quiet_zerorpc_noise", "rep", "set_client_curve", "set_linger", "set_max_message_bytes",
            "set_server_curve", "socket_of", "stop_call", "stream", "watch_handshake_failures",
-           "CLOSE_TIMEOUT_SECONDS"]
+           "CLOSE_TIMEOUT_SECONDS", "STREAM_STALL_SECONDS", "STREAM_WINDOW_ITEMS", "NOTHING_YET", "ClientStream",
+           "StreamPatterns", "bounded_stream"]
 
 Client = zerorpc.Client
 Context = zerorpc.Context
@@ -252,3 +259,179 @@ def stop_call(task: gevent.Greenlet) -> None:
 def abandon_call(task: gevent.Greenlet) -> None:
     """Stop a call's task without waiting (its caller was itself killed)."""
     task.kill(TimeoutExpired(0, "call abandoned"), block=False)
+
+
+# ---------------------------------------------------------------- streams
+#
+# zerorpc streams flow under credit (the reader grants slots, ``_zpc_more``,
+# up to its window).  zerorpc 0.6.3's sender waits for a slot for ever (a
+# reader that stops taking items holds its server greenlet for ever), and
+# its reader's iterator misses a lost heartbeat (a dead server hangs it for
+# ever).  ``bounded_stream`` waits at most ``stall_s``, then ends the stream
+# with SlowConsumer; ``ClientStream`` polls and raises LostRemote.  After
+# its first item the sender keeps one slot of the window free, so the final
+# event (STREAM_DONE or ERR) always fits the reader's queue (past its window
+# zerorpc's reader loses it, "queue overflow") and never waits for credit.
+# The protocol is zerorpc's own: the stock client reads these streams.
+
+#: How long a stream's sender waits for its reader to take items (its
+#: window full) before ending the stream with SlowConsumer, seconds.
+STREAM_STALL_SECONDS = 30.0
+
+#: A reader's window: items the sender may have in flight (zerorpc's default).
+STREAM_WINDOW_ITEMS = 100
+
+
+def _slots(bufchan: Any) -> int:
+    return bufchan._remote_queue_open_slots
+
+
+def _reserve_final_slot(bufchan: Any) -> None:
+    """Let the final event go at once: the reader keeps room for it (see above)."""
+    if bufchan._remote_queue_open_slots < 1:
+        bufchan._remote_queue_open_slots = 1
+        bufchan._remote_can_recv.set()
+
+
+def _wait_for_slots(bufchan: Any, need: int, stall_s: float, method: str) -> None:
+    """Wait until the reader has granted ``need`` slots, at most ``stall_s``.
+
+    Raises: SlowConsumer."""
+    if bufchan._remote_queue_open_slots >= need:
+        return
+    deadline = gevent.get_hub().loop.now() + stall_s
+    while bufchan._remote_queue_open_slots < need:
+        left = deadline - gevent.get_hub().loop.now()
+        if left <= 0:
+            raise errors.SlowConsumer(
+                f"{method}: the reader took no item for {stall_s:g} s with its window full; stream dropped",
+                hint="read the stream as it comes; a follower resumes from the last index it saw")
+        bufchan._remote_can_recv.clear()
+        bufchan._remote_can_recv.wait(timeout=left)
+
+
+class _BoundedReqStream(zerorpc.patterns.ReqStream):
+    """Server side of a stream whose sender waits at most ``stall_s`` for
+    credit, and which always closes the method's generator (its finally
+    blocks run: a relayed agent stream is closed) however the call ends:
+    done, failed, the reader dropped or lost (LostRemote)."""
+
+    def __init__(self, stall_s: float):
+        self.stall_s = stall_s
+
+    def process_call(self, context, channel, req_event, functor):
+        context.hook_server_before_exec(req_event)
+        xheader = context.hook_get_task_context()
+        items = iter(functor(*req_event.args))
+        sent = 0
+        try:
+            for item in items:
+                # after the first item, keep one slot free for the final event
+                _wait_for_slots(channel, 1 if sent == 0 else 2, self.stall_s, req_event.name)
+                channel.emit(u"STREAM", item, xheader)
+                sent += 1
+            done_event = channel.new_event(u"STREAM_DONE", None, xheader)
+            context.hook_server_after_exec(req_event, done_event)
+            _reserve_final_slot(channel)
+            channel.emit_event(done_event)
+        except Exception:
+            _reserve_final_slot(channel)  # zerorpc sends the ERR next
+            raise
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+
+class _BoundedStreamDecorator(zerorpc.decorators.DecoratorBase):
+    def __init__(self, functor, pattern):
+        super().__init__(functor)
+        self.pattern = pattern
+
+
+def bounded_stream(functor: Callable, stall_s: float = STREAM_STALL_SECONDS) -> Any:
+    """A zerorpc stream functor (``functor`` returns an iterable) whose
+    sender waits at most ``stall_s`` seconds for its reader's credit, then
+    ends the stream with SlowConsumer (see the notes above)."""
+    return _BoundedStreamDecorator(functor, _BoundedReqStream(stall_s))
+
+
+#: What ``ClientStream.next_item`` returns when nothing came within its timeout.
+NOTHING_YET = object()
+
+
+class ClientStream:
+    """The reading end of a stream (what a call of a stream method returns
+    to a client whose context has ``StreamPatterns``): zerorpc's iterator,
+    with a timeout per wait and heartbeat loss noticed.
+
+    ``next_item(timeout_s)``: the next item; NOTHING_YET if none came in
+    ``timeout_s``; raises StopIteration at the end, the server's error
+    (mapped by the context's middleware), or LostRemote (no heartbeat from
+    the server for two intervals).  Iterating waits as long as it takes
+    (heartbeats tell a dead server).  ``close()`` ends it (the server sees
+    the reader gone within two heartbeats)."""
+
+    def __init__(self, context, bufchan, req_event, first_event, handle_remote_error):
+        self._context = context
+        self._bufchan = bufchan
+        self._hbchan = bufchan.channel
+        self._req_event = req_event
+        self._pending = first_event
+        self._handle_remote_error = handle_remote_error
+        self._done = False
+        freq = getattr(self._hbchan, "_heartbeat_freq", None) or 5.0
+        self._poll_s = max(0.05, min(1.0, freq / 2))
+        bufchan.on_close_if = lambda event: event.name == u"STREAM_DONE"
+
+    def _lost(self) -> bool:
+        return bool(getattr(self._hbchan, "_lost_remote", False))
+
+    def next_item(self, timeout_s: float | None = None) -> Any:
+        if self._done:
+            raise StopIteration
+        event, self._pending = self._pending, None
+        if event is None:
+            try:
+                event = self._bufchan.recv(timeout=timeout_s)
+            except TimeoutExpired:
+                if self._lost():
+                    self.close()
+                    raise LostRemote(f"lost the server during {self._req_event.name} (no heartbeat)") from None
+                return NOTHING_YET
+        if event.name == u"STREAM":
+            return event.args
+        self.close()
+        if event.name == u"ERR":
+            exception = self._handle_remote_error(event)
+            self._context.hook_client_after_request(self._req_event, event, exception)
+            raise exception
+        self._context.hook_client_after_request(self._req_event, event)
+        raise StopIteration
+
+    def __iter__(self) -> "ClientStream":
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            item = self.next_item(self._poll_s)
+            if item is not NOTHING_YET:
+                return item
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._bufchan.close()
+
+
+class _ClientReqStream(zerorpc.patterns.ReqStream):
+    def process_answer(self, context, channel, req_event, rep_event, handle_remote_error):
+        return ClientStream(context, channel, req_event, rep_event, handle_remote_error)
+
+
+class StreamPatterns:
+    """Client middleware: stream answers become ClientStream objects instead
+    of zerorpc's iterator (register it on the client's Context)."""
+
+    def client_patterns_list(self, patterns: list) -> list:
+        return [_ClientReqStream() if isinstance(p, zerorpc.patterns.ReqStream) else p for p in patterns]
