@@ -17,6 +17,7 @@ SIGINT.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import sys
@@ -60,6 +61,43 @@ def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = Non
     return count / elapsed
 
 
+def etcd_costs(etcd_url: str, n_hosts: int, n_containers: int) -> dict:
+    """What the fleet costs etcd (hub/store/etcd.py's keys): logical bytes
+    (keys + values) per host (row, beat, key binding, reservation record)
+    and per container (row, its share of the record), and one flush of
+    every host's heartbeat (requests, ms).  A beat is a summary the size of
+    a real agent's with 5 containers."""
+    from hub.store.etcd import EtcdStore
+    store = EtcdStore(etcd_url, f"/cost-{secrets.token_hex(4)}/")
+
+    def stored() -> int:
+        return sum(len(k) + len(json.dumps(v, sort_keys=True)) for k, v, _ in store.etcd.range(store.prefix))
+
+    summary = {"capacity": {"memory_reservable_bytes": 64 * GiB, "container_slots": 200},
+               "metrics": {"load1": 0.42, "cpu_percent": 12.5, "memory_used_bytes": 3 * GiB,
+                           "memory_total_bytes": 64 * GiB, "disk_free_bytes": 400 * GiB, "containers_running": 5},
+               "containers": [{"name": f"app{i}.web", "state": "running"} for i in range(5)],
+               "boot_id": secrets.token_hex(16)}
+    for i in range(n_hosts):
+        key = secrets.token_urlsafe(30)[:40]
+        store.bind_key(f"host-{i:04d}", key)
+        store.upsert_host(f"host-{i:04d}", f"tcp://10.{i // 250}.{i % 250}.1:7000", f"10.{i // 250}.{i % 250}.1",
+                          {"zone": "abc"[i % 3]}, summary["capacity"], key)
+    text, cap = json.dumps(summary), json.dumps(summary["capacity"])
+    before, started = store.etcd.requests, time.perf_counter()
+    store.record_beats({f"host-{i:04d}": (time.time(), text, cap) for i in range(n_hosts)})
+    flush_ms, flush_requests = (time.perf_counter() - started) * 1000, store.etcd.requests - before
+    hosts_bytes = stored()
+    for i in range(n_containers):
+        store.claim(f"app{i}.web", "4ff31ed5fc786ef04d3d0b6a85c9c9f128dbd2da5c54129d040dc0b98e0f1ec0", 256 << 20,
+                    {"options": {"memory_bytes": 256 << 20}, "image": "busybox", "labels": {}, "strategy": "spread"},
+                    scheduler.choose(store.hosts(), scheduler.Request(256 << 20)))
+    containers_bytes = stored() - hosts_bytes
+    store.close()
+    return {"host_bytes": hosts_bytes / n_hosts, "container_bytes": containers_bytes / max(1, n_containers),
+            "flush_requests": flush_requests, "flush_ms": flush_ms}
+
+
 def end_to_end(creates: int, workers: int, hub_ipc: str, tag: str) -> float:
     clients = [wire.connect(hub_ipc, timeout_s=120) for _ in range(workers)]
     counter = iter(range(creates))
@@ -95,6 +133,12 @@ def main() -> int:
             for workers in (1, 4):
                 rate = decisions(100, args.decisions, workers, etcd.url)
                 print(f"  100 hosts, decision + atomic claim on etcd, {workers} caller(s): {rate:8.1f} decisions/s")
+            n_hosts = 100 if args.quick else 1000
+            cost = etcd_costs(etcd.url, n_hosts, n_hosts)
+            print(f"  etcd per host: {cost['host_bytes']:.0f} B stored (row, beat, key, reservation record); "
+                  f"per container: {cost['container_bytes']:.0f} B")
+            print(f"  etcd heartbeat flush of {n_hosts} hosts: {cost['flush_requests']} requests, "
+                  f"{cost['flush_ms']:.0f} ms")
     prefix = args.prefix
     try:
         state = fleetmod.up(prefix, 3, f"10.208.{secrets.randbelow(256)}.0/24")

@@ -139,7 +139,12 @@ class EtcdClient:
         client = self._client()
         try:
             return client.post(client.get_url(path), json=body)
-        except (ex.ConnectionFailedError, ex.ConnectionTimeoutError, requests.RequestException) as exc:
+        except ex.ConnectionTimeoutError as exc:  # sent, no answer: a write may still be applied
+            raise errors.StoreUnavailable(
+                f"etcd at {self.url} did not answer within {self.timeout_s:g} s",
+                hint="a write may still be applied: a claim left \"reserved\" is decided by the leader's "
+                     "journal once etcd answers") from exc
+        except (ex.ConnectionFailedError, requests.RequestException) as exc:
             raise errors.StoreUnavailable(f"etcd at {self.url} is unreachable ({type(exc).__name__})",
                                           hint="start etcd (or fix its endpoint); nothing was changed") from exc
         except ex.Etcd3Exception as exc:
@@ -252,6 +257,7 @@ class EtcdStore(Store):
         self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
         self._resv_read_at: float | None = None
         self._claiming: dict[str, dict[str, int]] = {}  # host -> {name: memory_bytes} claims in flight here
+        self._beats_written: dict[str, float] = {}  # host -> the last beat this hub wrote (record_beats)
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
 
     def _k(self, *parts: str) -> str:
@@ -454,23 +460,22 @@ class EtcdStore(Store):
 
     def record_beats(self, beats: dict[str, tuple[float, str, str | None]]) -> None:
         """See Store.record_beats: puts of beats/<host>, MAX_TXN_OPS a
-        transaction (a beat of a host removed meanwhile is dropped by the
-        next registration or removal)."""
-        hosts, known = self.etcd.ranges(self._k("hosts", ""), self._k("beats", ""))
-        known = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in known}
-        hosts = {k.rsplit("/", 1)[1] for k, _, _ in hosts}
-        ops = []
+        transaction, no read: the hub takes beats only from hosts it found
+        registered (Heartbeats.beat), and a host beats to one hub at a time,
+        so this hub's own last write per host keeps each one from going
+        back in time (a beat of a host removed meanwhile is dropped by the
+        next registration or removal, and hosts() ignores it)."""
+        ops, written = [], {}
         for name, (at, summary, capacity) in sorted(beats.items()):
-            if name not in hosts:
-                continue
-            old = known.get(name)
-            if old is not None and old[0]["at"] >= at:
+            if at <= self._beats_written.get(name, 0.0):
                 continue
             ops.append(self.etcd.put(self._k("beats", name), {
                 "at": at, "summary": json.loads(summary),
                 "capacity": json.loads(capacity) if capacity is not None else None}))
+            written[name] = at
         for i in range(0, len(ops), MAX_TXN_OPS):
             self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+        self._beats_written.update(written)
 
     def mark_unreachable(self, deadline: float, fresh: set[str] | frozenset = frozenset()) -> list[str]:
         self._hosts_read = None

@@ -64,8 +64,12 @@ def test_a_stopped_or_hung_etcd_is_store_unavailable_fast_and_then_recovers(tmp_
             store.hosts()
         server.start()
         assert _wait(lambda: _try(lambda: store.container("u.1")["state"] == "reserved"))
-        assert _claim(store, "u.2")["host"] == "h1"  # nothing was half-written while etcd was away
-        assert store.reserved_memory() == {"h1": (2 * GiB, 2)}
+        # the claim sent to the hung etcd may have been applied when it woke: then it is a whole
+        # claim (row and reservation), "reserved" with no live hub: an orphan for the leader's journal
+        applied = "u.2" in {r["name"] for r in store.containers()}
+        assert store.orphaned_reservations() == (["u.1", "u.2"] if applied else ["u.1"])
+        assert _claim(store, "u.3")["host"] == "h1"  # nothing was half-written while etcd was away
+        assert store.reserved_memory() == {"h1": ((3 if applied else 2) * GiB, 3 if applied else 2)}
         store.close()
 
 
@@ -93,7 +97,7 @@ def test_many_beats_go_in_transactions_of_at_most_128_operations(tmp_path):
         now = time.time()
         before = store.etcd.requests
         store.record_beats({f"h{i:03d}": (now + 60, '{"i": %d}' % i, None) for i in range(300)})
-        assert store.etcd.requests - before == 1 + -(-300 // MAX_TXN_OPS)  # one read, three transactions
+        assert store.etcd.requests - before == -(-300 // MAX_TXN_OPS)  # three transactions, no read
         assert all(h["last_heartbeat"] == pytest.approx(now + 60) for h in store.hosts())
         assert store.mark_unreachable(now + 30) == []
         store.close()
