@@ -509,6 +509,16 @@ class EtcdStore(Store):
         return self._cas(once)[0]
 
     def host_state(self, name: str, key: str = "") -> str | None:
+        """See Store.host_state: every heartbeat asks it, so it answers from
+        the hosts read within HOSTS_READ_SECONDS when there is such a read
+        (this hub's own changes clear it at once)."""
+        cached = self._hosts_read
+        if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
+            row = self._seen_hosts.get(name)
+            if row is not None:
+                if row["key"] and row["key"] != key:
+                    raise errors.Unauthorized(f"host {name!r} belongs to another key")
+                return row["state"]
         try:
             got = self.etcd.get(self._k("hosts", name))
         except errors.StoreUnavailable:
