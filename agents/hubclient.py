@@ -11,10 +11,22 @@ next success is logged too, so the log says what state the link is in.
 Registration and every heartbeat carry a boot id, new each time the agent
 process starts: a hub that sees it change knows the calls it had in flight to
 this host died with the previous process, and fails them at once.
+
+Rejoining without a stampede (Salt's ``random_reauth_delay``): when a call
+to the hub fails (the hub is down, restarting, or answers an error), the
+link drops its connection, so the requests ZeroMQ queued for a hub that was
+gone are never delivered in one burst when it is back.  It then pings the
+hub on a fresh connection until it answers (a ping costs the hub no store
+write), waits a random delay in [0, ``rejoin_jitter_s``] and only then
+registers again.  A hub that answers NoSuchHost (it lost its store, or
+another hub took over) gets the same random delay before the registration.
+So a hub restart with 1,000 agents sees their registrations spread evenly
+over the jitter window instead of all at once.
 """
 from __future__ import annotations
 
 import logging
+import random
 import uuid
 
 import gevent
@@ -40,11 +52,17 @@ class HubLink(BackgroundLoop):
         heartbeat_s: seconds between beats.
         keys: CURVE ClientKeys for a tcp:// hub.
         boot_id: this process's boot id (default: a new random one).
+        rejoin_jitter_s: seconds over which a re-registration after a lost
+            hub is spread (a random delay in [0, this]); None or negative:
+            one heartbeat_s, which a hub's start-up grace (missed heartbeats,
+            3 by default) covers.
     """
 
     def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0, keys=None,
-                 on_beat=None, boot_id: str | None = None):
+                 on_beat=None, boot_id: str | None = None, rejoin_jitter_s: float | None = None):
         self.boot_id = boot_id or uuid.uuid4().hex
+        self.rejoin_jitter_s = heartbeat_s if rejoin_jitter_s is None or rejoin_jitter_s < 0 else rejoin_jitter_s
+        self.rejoins = 0  # registrations after a lost hub (each after its random delay)
         self.on_beat = on_beat  # called after each heartbeat the hub accepted
         self.endpoint = endpoint
         self.keys = keys
@@ -64,20 +82,47 @@ class HubLink(BackgroundLoop):
             hint = f" (hint: {exc.hint})" if getattr(exc, "hint", None) else ""
             log.warning("hub %s: %s%s; retrying", self.endpoint, text, hint)
 
-    def _loop(self) -> None:
+    def _connect(self) -> wire.RpcClient:
+        return wire.connect(self.endpoint, timeout_s=max(2.0, self.heartbeat_s * 2), keys=self.keys)
+
+    def rejoin_delay(self) -> float:
+        """A random delay in [0, rejoin_jitter_s] seconds before registering
+        again after a lost hub."""
+        return random.uniform(0.0, self.rejoin_jitter_s)
+
+    def _wait_for_hub(self) -> wire.RpcClient:
+        """A fresh connection to a hub that answers a ping (tried every
+        heartbeat_s); then the random rejoin delay.  Returns the connection."""
         while True:
-            client = wire.connect(self.endpoint, timeout_s=max(2.0, self.heartbeat_s * 2), keys=self.keys)
+            client = self._connect()
+            try:
+                client.call("_zerorpc_ping")
+            except errors.DcError as exc:
+                client.close()
+                self._failed("ping", exc)
+                gevent.sleep(self.heartbeat_s * (5 if isinstance(exc, errors.Unauthorized) else 1))
+                continue
+            gevent.sleep(self.rejoin_delay())
+            self.rejoins += 1
+            return client
+
+    def _loop(self) -> None:
+        client = self._connect()
+        while True:
             try:
                 while True:
                     self.beat(client)
                     gevent.sleep(self.heartbeat_s)
             except _Reconnect:
-                continue
-            finally:
+                client.close()  # requests queued for a hub that is gone are dropped with it
+                client = self._wait_for_hub()
+            except BaseException:
                 client.close()
+                raise
 
     def beat(self, client: wire.RpcClient) -> None:
-        """One registration or heartbeat; errors are logged, not raised."""
+        """One registration or heartbeat; errors are logged, not raised,
+        except that a failed call ends this connection (_Reconnect)."""
         try:
             summary = self.summary()
         except errors.DcError as exc:
@@ -101,7 +146,9 @@ class HubLink(BackgroundLoop):
             if self.on_beat is not None:
                 self.on_beat()
         except errors.NoSuchHost:
-            self.registered = False  # the hub forgot us: register on the next beat
+            self.registered = False  # the hub forgot us: register after the random delay
+            gevent.sleep(self.rejoin_delay())  # then the beat's own sleep, then the registration
+            self.rejoins += 1
         except errors.Unauthorized as exc:
             self._failed(what, exc)
             self.registered = False
@@ -111,3 +158,4 @@ class HubLink(BackgroundLoop):
         except errors.DcError as exc:
             self._failed(what, exc)
             self.registered = False
+            raise _Reconnect() from exc  # a fresh connection, once the hub answers, after the random delay

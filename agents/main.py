@@ -123,7 +123,44 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
         return {"capacity": info["capacity"], "metrics": info["metrics"],
                 "containers": [{"name": c["name"], "state": c["state"]} for c in info["containers"]]}
 
-    return HubLink(cfg.hub, identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat)
+    return HubLink(cfg.hub, identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat,
+                   rejoin_jitter_s=cfg.rejoin_jitter_s)
+
+
+class Running:
+    """One agent serving in this process (``start``): ``service`` (its
+    wire.Service), ``task`` (ends when serving stops), ``link`` (its
+    HubLink, or None without a hub), ``supervisor`` (or None)."""
+
+    def __init__(self, service: Service, task: gevent.Greenlet, link: HubLink | None, supervisor: Supervisor | None):
+        self.service, self.task, self.link, self.supervisor = service, task, link, supervisor
+
+    def stop(self) -> None:
+        """Stop the hub link, the supervisor and serving (containers stay)."""
+        for loop in (self.link, self.supervisor):
+            if loop is not None:
+                loop.stop()
+        self.service.stop()
+
+
+def start(cfg: agent_config.AgentConfig, *, supervise: bool = True) -> Running:
+    """Build the agent (``build``), serve it, start its supervisor (unless
+    ``supervise`` is False: a hollow agent has no containers to watch) and
+    its hub link.  What ``main`` runs, and what bench/hollow.py runs many
+    times in one process for hollow fleets.
+
+    Raises: what ``build`` raises (DcError, or an untranslated exception)."""
+    service, _ = build(cfg)
+    task = service.start()
+    supervisor = None
+    if supervise:
+        supervisor = Supervisor(service.target.m, hold_s=cfg.heartbeat_s * 5 if cfg.hub else 0.0)
+        supervisor.start()
+    link = None
+    if cfg.hub:
+        link = hub_link(cfg, service, on_beat=supervisor.release if supervisor else None)
+        link.start()
+    return Running(service, task, link, supervisor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        service, _ = build(cfg)
+        agent = start(cfg)
     except errors.DcError as exc:
         log.error("cannot start: %s: %s", type(exc).__name__, exc)
         return 1
@@ -151,16 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         log.error("cannot start: %s: %s", type(mapped).__name__, mapped)
         return 1
-    task = service.start()
-    supervisor = Supervisor(service.target.m, hold_s=cfg.heartbeat_s * 5 if cfg.hub else 0.0)
-    supervisor.start()
-    if cfg.hub:
-        link = hub_link(cfg, service, on_beat=supervisor.release)
-        link.start()
-    gevent.signal_handler(signal.SIGTERM, service.stop)
-    gevent.signal_handler(signal.SIGINT, service.stop)
+    gevent.signal_handler(signal.SIGTERM, agent.service.stop)
+    gevent.signal_handler(signal.SIGINT, agent.service.stop)
     log.info("serving on %s", ", ".join(cfg.listen))
-    task.join()
+    agent.task.join()
     log.info("stopped serving; containers keep running")
     return 0
 

@@ -40,6 +40,13 @@ FIGURES = {
                 (r"^    router / direct throughput: [\d.]+x \(target >= 0.8x\)$", 2),
                 (r"^  create_container returned -> first 200 via the router: median [\d.]+ s, max [\d.]+ s "
                  r"over 1 creates \(target < 1 s\)$", 1)],
+    "scale": [(r"^  hub CPU with 0 hosts: +[\d.]+% of a core over [\d.]+ s$", 1),
+              (r"^    20 hosts: hub CPU +[\d.]+% of a core over [\d.]+ s \(0 hosts: [\d.]+%; target < 25% at 1000\)$",
+               1),
+              (r"^    20 hosts: broadcast container_ls median +[\d.]+ ms p99 +[\d.]+ ms   raw fan-out median +[\d.]+ ms "
+               r"p99 +[\d.]+ ms   \(target < 1000 ms median\)$", 1),
+              (r"^  hub restart, (jitter 1 s|no jitter \(reference\)): 20 hosts registered again +[\d.]+ s to +[\d.]+ s "
+               r"after the start \(spread +[\d.]+ s\), peak \d+ registrations/s$", 2)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -54,7 +61,8 @@ def _prefix(bench: str) -> str:
     """A prefix in the form each bench names things with (see their docs)."""
     return {"lifecycle": TEST_PREFIX + secrets.token_hex(3), "fanout": "f" + secrets.token_hex(3),
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
-            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2)}[bench]
+            "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
+            "scale": "scl" + secrets.token_hex(3)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -77,6 +85,8 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcfan-{prefix}"]
     elif bench == "rpc":
         roots = [f"/tmp/dcrpc-{prefix}"]
+    elif bench == "scale":
+        roots = [f"/tmp/dcscale-{prefix}"]
     elif bench == "lifecycle":
         agents = [prefix]
     elif bench in ("placement", "routing"):
@@ -128,7 +138,7 @@ def bench_run(request):
 
 def _force_cleanup(bench: str, prefix: str) -> None:
     from tests.agentproc import cleanup_prefix
-    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}"):
+    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}", f"/tmp/dcscale-{prefix}"):
         for pid in _pids_with(marker):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(marker, ignore_errors=True)
@@ -161,6 +171,8 @@ def _made_something(bench: str, prefix: str):
     """A condition true once the run is in the middle of its work."""
     if bench == "fanout":  # the hub and both hollow agents run
         return lambda: len(_pids_with(f"/tmp/dcfan-{prefix}/")) >= 3
+    if bench == "scale":  # the hub and a hollow fleet process run
+        return lambda: len(_pids_with(f"/tmp/dcscale-{prefix}/")) >= 2
     if bench == "rpc":  # the hollow agent runs; the calls go on for minutes
         return lambda: bool(_pids_with(f"/tmp/dcrpc-{prefix}/"))
     if bench == "lifecycle":  # the agent has made a container
@@ -174,6 +186,7 @@ def _made_something(bench: str, prefix: str):
 # long runs, so the signal comes mid-run; sizes as in --quick otherwise
 LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "--rounds", "1000000"),
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
+        "scale": ("--quick", "--rounds", "1000000"),
         "failover": ("--quick", "--containers", "30"), "routing": ("--quick", "--seconds", "100000")}
 
 
