@@ -13,19 +13,23 @@ here, and why we touch it:
   with the authenticated caller;
 - ``Server._inject_builtins`` and ``Server._print_traceback``: overridden
   (``Server``) so the ``_zerorpc_*`` builtins are ours and no traceback is
-  ever sent.
+  ever sent;
+- ``zerorpc.gevent_zmq.Socket``'s send, recv and state check: replaced (on
+  import) by the same logic on plain integers, for speed (the last section).
 
 It also quiets zerorpc's own log lines that report no problem of ours
 (PITFALLS, "zerorpc's own log lines").
 """
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any, Callable, Iterable
 
 import gevent
 import zerorpc
 import zerorpc.events
+from zerorpc import gevent_zmq
 import zmq
 from zerorpc.exceptions import LostRemote, RemoteError, TimeoutExpired
 
@@ -35,6 +39,7 @@ __all__ = ["Client", "Context", "Event", "LostRemote", "RemoteError", "Server", 
            "ZERORPC_NOISE", "ZerorpcNoiseFilter", "abandon_call", "capture", "connect", "frame_buffer", "make_event", "frame_user_id", "intercept_recv",
            "quiet_zerorpc_noise", "rep", "set_client_curve", "set_linger", "set_max_message_bytes",
            "set_server_curve", "socket_of", "stop_call", "stream", "watch_handshake_failures",
+           "fast_sockets_installed", "install_fast_sockets",
            "CLOSE_TIMEOUT_SECONDS"]
 
 Client = zerorpc.Client
@@ -252,3 +257,106 @@ def stop_call(task: gevent.Greenlet) -> None:
 def abandon_call(task: gevent.Greenlet) -> None:
     """Stop a call's task without waiting (its caller was itself killed)."""
     task.kill(TimeoutExpired(0, "call abandoned"), block=False)
+
+
+# ---------------------------------------------------------------- zerorpc's gevent socket, without enum arithmetic
+#
+# pyzmq 23+ made its constants ``IntFlag`` members: every ``events & POLLIN``
+# and ``flags | NOBLOCK`` in zerorpc 0.6.3's gevent socket (send, recv and
+# the state check after each) is a Python-level enum operation, about a tenth
+# of the CPU of a trivial call at each end (bench/rpc, bench/scale).  The
+# three methods below are zerorpc's own logic on plain integers: the same
+# non-blocking tries, the same forced state check after each send and recv,
+# the same 1 s catch-up wait and log line.
+
+_gevent_zmq_log = logging.getLogger("zerorpc.gevent_zmq")  # zerorpc's logger: its noise filter applies
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+_EVENTS = int(zmq.EVENTS)
+_RETRY = (int(zmq.EAGAIN), errno.EINTR)
+_BASE = zmq.Socket  # what zerorpc's gevent socket's own methods call up to
+
+
+def _fast_on_state_changed(self, event=None, _evtype=None):
+    if self.closed:
+        self._writable.set()
+        self._readable.set()
+        return
+    while True:
+        try:
+            events = int(self.getsockopt(_EVENTS))
+            break
+        except zmq.ZMQError as e:
+            if e.errno not in _RETRY:
+                raise
+    if events & _POLLOUT:
+        self._writable.set()
+    if events & _POLLIN:
+        self._readable.set()
+
+
+def _fast_send(self, data, flags=0, copy=True, track=False):
+    flags = int(flags)
+    if flags & _NOBLOCK:
+        return _BASE.send(self, data, flags, copy, track)
+    flags |= _NOBLOCK
+    while True:
+        try:
+            msg = _BASE.send(self, data, flags, copy, track)
+            self._on_state_changed()  # zerorpc's forced poll: a POLLIN is often missed while sending
+            return msg
+        except zmq.ZMQError as e:
+            if e.errno not in _RETRY:
+                raise
+        self._writable.clear()
+        gevent.sleep(0)
+        while not self._writable.wait(timeout=1):
+            try:
+                if int(self.getsockopt(_EVENTS)) & _POLLOUT:
+                    _gevent_zmq_log.error("/!\\ gevent_zeromq BUG /!\\ catching up after missing event (SEND) /!\\")
+                    break
+            except zmq.ZMQError as e:
+                if e.errno not in _RETRY:
+                    raise
+
+
+def _fast_recv(self, flags=0, copy=True, track=False):
+    flags = int(flags)
+    if flags & _NOBLOCK:
+        return _BASE.recv(self, flags, copy, track)
+    flags |= _NOBLOCK
+    while True:
+        try:
+            msg = _BASE.recv(self, flags, copy, track)
+            self._on_state_changed()  # zerorpc's forced poll: a POLLOUT is often missed while receiving
+            return msg
+        except zmq.ZMQError as e:
+            if e.errno not in _RETRY:
+                raise
+        self._readable.clear()
+        gevent.sleep(0)
+        while not self._readable.wait(timeout=1):
+            try:
+                if int(self.getsockopt(_EVENTS)) & _POLLIN:
+                    _gevent_zmq_log.error("/!\\ gevent_zeromq BUG /!\\ catching up after missing event (RECV) /!\\")
+                    break
+            except zmq.ZMQError as e:
+                if e.errno not in _RETRY:
+                    raise
+
+
+def fast_sockets_installed() -> bool:
+    """Whether zerorpc's gevent socket runs the integer versions above."""
+    return gevent_zmq.Socket.recv is _fast_recv
+
+
+def install_fast_sockets() -> None:
+    """Put the integer send, recv and state check on zerorpc's gevent
+    socket class (idempotent; done when this module is imported)."""
+    gevent_zmq.Socket._on_state_changed = _fast_on_state_changed
+    gevent_zmq.Socket.send = _fast_send
+    gevent_zmq.Socket.recv = _fast_recv
+
+
+install_fast_sockets()
