@@ -36,7 +36,8 @@ class AgentConfig:
     insecure_listen: list[str] = dataclasses.field(default_factory=list)
     # CURVE keys and client allowlist (dcctl.auth); default STATE_DIR/keys.
     keys_dir: str = ""
-    # Hub to register with (optional).
+    # Hub to register with (optional); several hubs of one fleet: A,B,...
+    # (the link moves to the next when one fails).
     hub: str | None = None
     # The hub's CURVE public key (file or Z85), for a tcp:// hub.
     hub_key: str | None = None
@@ -76,13 +77,21 @@ class AgentConfig:
             self.keys_dir = os.path.join(self.state_dir, "keys")
         self.validate()
 
+    def hub_endpoints(self) -> list[str]:
+        """The hub endpoints of ``hub`` (``A,B,...``), validated; [] without one.
+        Raises: InvalidArgument."""
+        if not self.hub:
+            return []
+        from dcctl.wire.failover import split_endpoints
+        return split_endpoints(self.hub)
+
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad setting."""
         for ep in self.listen + self.insecure_listen:
             validate_endpoint(ep)
         if not self.listen and not self.insecure_listen:
             raise InvalidArgument("listen: give at least one endpoint")
-        if self.hub and parse_endpoint(self.hub).is_tcp and not self.hub_key:
+        if self.hub and parse_endpoint(self.hub_endpoints()[0]).is_tcp and not self.hub_key:
             raise InvalidArgument("hub_key: a tcp:// hub needs its CURVE public key (--hub-key FILE|Z85)")
         if not (1 <= len(self.bridge) <= 15) or not self.bridge.replace("-", "").replace("_", "").isalnum():
             raise InvalidArgument(f"bridge: {self.bridge!r} must be 1-15 letters, digits, '-' or '_'")
@@ -96,7 +105,9 @@ class AgentConfig:
         if not (1 <= low <= high <= 65535):
             raise InvalidArgument(f"port_range: {low}-{high} is not within 1-65535")
         if self.hub is not None:
-            validate_endpoint(self.hub)
+            kinds = {parse_endpoint(ep).kind for ep in self.hub_endpoints()}
+            if len(kinds) > 1:
+                raise InvalidArgument(f"hub: {self.hub!r} mixes endpoint kinds; give one kind")
         for path in (self.state_dir, self.lxc_path):
             if not os.path.isabs(path):
                 raise InvalidArgument(f"{path!r} must be an absolute path")
@@ -123,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-listen", action="append",
                    help="tcp://127.x.x.x:PORT served without CURVE (loopback only)")
     p.add_argument("--keys-dir", help="CURVE keys and client allowlist (default STATE_DIR/keys)")
-    p.add_argument("--hub", help="hub endpoint to register with")
+    p.add_argument("--hub", help="hub endpoint to register with (several hubs of one fleet: A,B,...)")
     p.add_argument("--hub-key", help="the hub's CURVE public key: a .key file or Z85 text")
     p.add_argument("--host-name")
     p.add_argument("--advertise-address")

@@ -12,16 +12,20 @@ Registration and every heartbeat carry a boot id, new each time the agent
 process starts: a hub that sees it change knows the calls it had in flight to
 this host died with the previous process, and fails them at once.
 
-Rejoining without a stampede (Salt's ``random_reauth_delay``): when a call
-to the hub fails (the hub is down, restarting, or answers an error), the
-link drops its connection, so the requests ZeroMQ queued for a hub that was
-gone are never delivered in one burst when it is back.  It then pings the
-hub on a fresh connection until it answers (a ping costs the hub no store
-write), waits a random delay in [0, ``rejoin_jitter_s``] and only then
-registers again.  A hub that answers NoSuchHost (it lost its store, or
-another hub took over) gets the same random delay before the registration.
-So a hub restart with 1,000 agents sees their registrations spread evenly
-over the jitter window instead of all at once.
+Several hubs (``--hub A,B``, hubs sharing an etcd store): after
+``FAILOVER_AFTER`` calls in a row that got no answer (Unreachable,
+CallTimeout), the link moves to the next hub.
+
+Rejoining without a stampede (Salt's ``random_reauth_delay``): a call that
+got no answer ends its connection, so the requests ZeroMQ queued for a hub
+that was gone are never delivered in one burst when it is back.  The link
+then pings the hub on a fresh connection until one answers (a ping costs
+the hub no store write; the next hub after FAILOVER_AFTER unanswered
+tries), waits a random delay in [0, ``jitter_s``] (default one heartbeat)
+and only then registers again.  A hub that answers NoSuchHost (it lost its
+store, or forgot the host) gets the same random delay before the
+registration.  So a hub restart with 1,000 agents sees their registrations
+spread evenly over the jitter window instead of all at once (bench/scale).
 """
 from __future__ import annotations
 
@@ -37,34 +41,42 @@ from dcctl import errors, wire
 log = logging.getLogger(__name__)
 
 
+FAILOVER_AFTER = 2  # beats in a row without an answer before the next hub is tried
+
+
 class _Reconnect(Exception):
-    """Start over with a new connection (the hub refused our key)."""
+    """Start over with a new connection (the hub refused our key, or a call
+    got no answer)."""
 
 
 class HubLink(BackgroundLoop):
     """Keeps this host registered with the hub at ``endpoint``.
 
     Args:
-        endpoint: the hub's endpoint.
+        endpoint: the hub's endpoint, or a list of the endpoints of a
+            fleet's hubs (tried in turn, see the module doc).
         identity: {name, endpoint, address, labels} of this host.
         summary: callable returning the heartbeat summary (must include
             "capacity"); called every beat.
         heartbeat_s: seconds between beats.
         keys: CURVE ClientKeys for a tcp:// hub.
         boot_id: this process's boot id (default: a new random one).
-        rejoin_jitter_s: seconds over which a re-registration after a lost
-            hub is spread (a random delay in [0, this]); None or negative:
-            one heartbeat_s, which a hub's start-up grace (missed heartbeats,
-            3 by default) covers.
+        jitter_s: the longest random delay (seconds) before registering
+            again after the hub was lost (None or negative: heartbeat_s,
+            which a hub's start-up grace of missed heartbeats covers).
     """
 
-    def __init__(self, endpoint: str, identity: dict, summary, heartbeat_s: float = 3.0, keys=None,
-                 on_beat=None, boot_id: str | None = None, rejoin_jitter_s: float | None = None):
+    def __init__(self, endpoint: str | list[str], identity: dict, summary, heartbeat_s: float = 3.0, keys=None,
+                 on_beat=None, boot_id: str | None = None, jitter_s: float | None = None):
         self.boot_id = boot_id or uuid.uuid4().hex
-        self.rejoin_jitter_s = heartbeat_s if rejoin_jitter_s is None or rejoin_jitter_s < 0 else rejoin_jitter_s
-        self.rejoins = 0  # registrations after a lost hub (each after its random delay)
         self.on_beat = on_beat  # called after each heartbeat the hub accepted
-        self.endpoint = endpoint
+        self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        self._index = 0
+        self.jitter_s = heartbeat_s if jitter_s is None or jitter_s < 0 else jitter_s
+        self.rejoins = 0  # registrations after a lost hub (each after its random delay)
+        self.unanswered = 0  # beats in a row that got no answer (Unreachable, CallTimeout)
+        self.switches = 0  # moves to another hub
+        self.lost_hub = False  # a call got no answer since the last accepted heartbeat
         self.keys = keys
         self.identity = identity
         self.summary = summary
@@ -72,6 +84,11 @@ class HubLink(BackgroundLoop):
         self.registered = False
         self.last_error: str | None = None  # the last error logged, until a success
         self.failures = 0  # calls to the hub failed since the last accepted heartbeat
+
+    @property
+    def endpoint(self) -> str:
+        """The hub endpoint the link uses now."""
+        return self.endpoints[self._index]
 
     def _failed(self, what: str, exc: errors.DcError) -> None:
         """Log ``exc`` at WARNING unless it is the error logged last."""
@@ -86,43 +103,57 @@ class HubLink(BackgroundLoop):
         return wire.connect(self.endpoint, timeout_s=max(2.0, self.heartbeat_s * 2), keys=self.keys)
 
     def rejoin_delay(self) -> float:
-        """A random delay in [0, rejoin_jitter_s] seconds before registering
-        again after a lost hub."""
-        return random.uniform(0.0, self.rejoin_jitter_s)
+        """A random delay in [0, jitter_s] seconds before registering again
+        after a lost hub."""
+        return random.uniform(0.0, self.jitter_s)
 
-    def _wait_for_hub(self) -> wire.RpcClient:
+    def _next_hub(self) -> None:
+        old = self.endpoint
+        self._index = (self._index + 1) % len(self.endpoints)
+        self.switches += 1
+        self.unanswered = 0 if self._index else self.unanswered  # a full round keeps counting
+        log.warning("hub %s does not answer: moving to hub %s", old, self.endpoint)
+
+    def _rejoin(self) -> wire.RpcClient:
         """A fresh connection to a hub that answers a ping (tried every
-        heartbeat_s); then the random rejoin delay.  Returns the connection."""
+        heartbeat_s; the next hub after FAILOVER_AFTER unanswered tries),
+        then the random delay.  Returns the connection; the registration is
+        the next beat's."""
         while True:
+            if self.unanswered >= FAILOVER_AFTER and len(self.endpoints) > 1:
+                self._next_hub()
             client = self._connect()
             try:
                 client.call("_zerorpc_ping")
             except errors.DcError as exc:
                 client.close()
                 self._failed("ping", exc)
+                if isinstance(exc, (errors.Unreachable, errors.CallTimeout)):
+                    self.unanswered += 1
                 gevent.sleep(self.heartbeat_s * (5 if isinstance(exc, errors.Unauthorized) else 1))
                 continue
-            gevent.sleep(self.rejoin_delay())
+            gevent.sleep(self.rejoin_delay())  # no stampede of registrations
             self.rejoins += 1
             return client
 
     def _loop(self) -> None:
         client = self._connect()
-        while True:
-            try:
-                while True:
-                    self.beat(client)
-                    gevent.sleep(self.heartbeat_s)
-            except _Reconnect:
-                client.close()  # requests queued for a hub that is gone are dropped with it
-                client = self._wait_for_hub()
-            except BaseException:
-                client.close()
-                raise
+        try:
+            while True:
+                try:
+                    while True:
+                        self.beat(client)
+                        gevent.sleep(self.heartbeat_s)
+                except _Reconnect:
+                    client.close()  # requests queued for a hub that is gone are dropped with it
+                    client = self._rejoin()
+        finally:
+            client.close()
 
     def beat(self, client: wire.RpcClient) -> None:
         """One registration or heartbeat; errors are logged, not raised,
-        except that a failed call ends this connection (_Reconnect)."""
+        except that a call with no answer (or a refused key) ends this
+        connection (_Reconnect)."""
         try:
             summary = self.summary()
         except errors.DcError as exc:
@@ -143,11 +174,12 @@ class HubLink(BackgroundLoop):
                 log.info("hub %s: heartbeats accepted again", self.endpoint)
                 self.last_error = None
             self.failures = 0
+            self.unanswered, self.lost_hub = 0, False
             if self.on_beat is not None:
                 self.on_beat()
         except errors.NoSuchHost:
-            self.registered = False  # the hub forgot us: register after the random delay
-            gevent.sleep(self.rejoin_delay())  # then the beat's own sleep, then the registration
+            self.registered = False  # the hub forgot us: register after the random delay and the beat's sleep
+            gevent.sleep(self.rejoin_delay())
             self.rejoins += 1
         except errors.Unauthorized as exc:
             self._failed(what, exc)
@@ -158,4 +190,7 @@ class HubLink(BackgroundLoop):
         except errors.DcError as exc:
             self._failed(what, exc)
             self.registered = False
-            raise _Reconnect() from exc  # a fresh connection, once the hub answers, after the random delay
+            if isinstance(exc, (errors.Unreachable, errors.CallTimeout)):
+                self.unanswered += 1
+                self.lost_hub = True
+                raise _Reconnect() from exc  # a fresh connection, once a hub answers, after the random delay

@@ -100,7 +100,7 @@ def lock_bridge(bridge: str, lock_dir: str = "/run/dcfleet/locks") -> None:
 def hub_keys(cfg: agent_config.AgentConfig) -> auth.ClientKeys | None:
     """The keys this agent uses towards its hub: its own key pair (the hub
     knows the host by it) and the hub's public key."""
-    if not cfg.hub or not parse_endpoint(cfg.hub).is_tcp:
+    if not cfg.hub or not parse_endpoint(cfg.hub_endpoints()[0]).is_tcp:
         return None
     public, secret = auth.ensure_server_pair(cfg.keys_dir)
     return auth.ClientKeys(public, secret, auth.load_public(cfg.hub_key))
@@ -113,7 +113,7 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
     tcp:// hub (CURVE, our key) our tcp:// endpoint, whose server key is
     that key; towards the hub's local ipc:// endpoint our ipc:// one."""
     agent = service.target
-    kind = parse_endpoint(cfg.hub).kind
+    kind = parse_endpoint(cfg.hub_endpoints()[0]).kind
     endpoint = next((ep for ep in cfg.listen if parse_endpoint(ep).kind == kind), cfg.listen[0])
     identity = {"name": cfg.host_name, "endpoint": endpoint,
                 "address": cfg.advertise_address, "labels": cfg.labels}
@@ -123,8 +123,10 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
         return {"capacity": info["capacity"], "metrics": info["metrics"],
                 "containers": [{"name": c["name"], "state": c["state"]} for c in info["containers"]]}
 
-    return HubLink(cfg.hub, identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat,
-                   rejoin_jitter_s=cfg.rejoin_jitter_s)
+    link = HubLink(cfg.hub_endpoints(), identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat,
+                   jitter_s=cfg.rejoin_jitter_s)
+    agent.hub_link = link  # image pulls and uploads come from the hub the link uses now
+    return link
 
 
 class Running:

@@ -42,6 +42,17 @@ LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 class AgentService:
     """The methods served by ``dc-agent`` (see the README's method reference)."""
 
+    #: the membership link (agents.hubclient.HubLink) once dc-agent runs one
+    hub_link = None
+
+    def current_hub(self) -> str | None:
+        """The hub endpoint this agent uses now: its link's, else the first
+        of --hub (None without a hub)."""
+        if self.hub_link is not None:
+            return self.hub_link.endpoint
+        hubs = self.m.config.hub_endpoints()
+        return hubs[0] if hubs else None
+
     def __init__(self, manager: ContainerManager, relay: EnterRelay, hub_keys=None):
         self.m = manager
         self.relay = relay
@@ -135,7 +146,7 @@ class AgentService:
             raise errors.InvalidArgument(f"image name {name!r}: want NAME or NAME:TAG, no @id")
         if not self.m.config.hub:
             raise errors.InvalidArgument("this agent has no hub to fetch the upload from")
-        path = fetch_upload(self.m.config.hub, self.hub_keys, upload_id, self.m.images.tmp_dir)
+        path = fetch_upload(self.current_hub(), self.hub_keys, upload_id, self.m.images.tmp_dir)
         try:
             with self.m.images_lock:
                 return gevent.get_hub().threadpool.apply(
@@ -223,11 +234,11 @@ class AgentService:
         AmbiguousImageRef, StoreError (digest mismatch, I/O, disk full),
         Unreachable, CallTimeout.
         """
-        source = source or self.m.config.hub
+        source = source or self.current_hub()
         if not source:
             raise errors.InvalidArgument("no source given and this agent has no hub")
         validate_endpoint(source)
-        keys = self.hub_keys if source == self.m.config.hub else None
+        keys = self.hub_keys if source in self.m.config.hub_endpoints() else None
         return self.puller.pull(ref, source, keys)
 
     @expose(shielded=True)

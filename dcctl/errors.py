@@ -31,6 +31,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- CommandNotFound                  exec of a missing binary in a container
      +-- ResultTooLarge                   a result or argument over the size cap
      +-- CallTimeout                      the client gave up waiting (client side)
+     +-- SlowConsumer                     a stream's reader stopped taking items; the server dropped it
      +-- Unreachable                      cannot reach the server at that endpoint
      |    +-- HostLost                     a host died while running a call
      +-- HubBusy                          another hub holds the same store
@@ -38,6 +39,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- PermissionDenied                 the caller's role may not call this method
      +-- LxcFailure                       an LXC tool failed in a way not covered above
      +-- StoreError                       the image store failed (I/O, digest, disk full)
+     |    +-- StoreUnavailable            the hub's shared fleet store (etcd) cannot be reached
      +-- NetworkError                     bridge / netfilter setup failed
      +-- InternalError                    a bug: details are in the server's log
 """
@@ -167,6 +169,12 @@ class CallTimeout(DcError):
     """The client stopped waiting for the server's answer."""
 
 
+class SlowConsumer(DcError):
+    """A stream's reader kept its window full (took no items) for longer
+    than the server's stall limit, so the server ended the stream rather
+    than buffer for it; a follower resumes from the last item it saw."""
+
+
 class Unreachable(DcError):
     """The server at the endpoint cannot be reached."""
 
@@ -195,6 +203,12 @@ class LxcFailure(DcError):
 
 class StoreError(DcError):
     """The image store failed: I/O error, digest mismatch, disk full."""
+
+
+class StoreUnavailable(StoreError):
+    """The hub's shared fleet store (etcd) did not answer in time: nothing
+    was changed by the call that got it (or, for a write whose answer was
+    lost, the store's own record says whether it happened)."""
 
 
 class NetworkError(DcError):

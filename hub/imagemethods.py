@@ -3,6 +3,7 @@ agents pull (manifests and layer chunks); the storage is hub/registry.py.
 """
 from __future__ import annotations
 
+from dcctl import errors
 from dcctl.wire import expose
 from hub.placement import PULL_TIMEOUT_SECONDS
 
@@ -40,7 +41,7 @@ class ImageMethods:
         return self.registry.receive(
             info["manifest"], info["layer_sizes"],
             lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
-                                               timeout_s=PULL_TIMEOUT_SECONDS))
+                                               timeout_s=PULL_TIMEOUT_SECONDS), source=host)
 
     @expose(access="pull", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
@@ -50,7 +51,22 @@ class ImageMethods:
         Raises: InvalidArgument (bad ref), ImageNotFound, AmbiguousImageRef.
         """
         m = self.registry.resolve(ref)
+        if self.registry.missing(m):
+            self._fetch_layers(m)
         return {"manifest": m, "layer_sizes": {d: self.registry.layer_size(d) for d in m["layers"]}}
+
+    def _fetch_layers(self, m: dict) -> None:
+        """Several hubs: bring the layers of ``m`` this hub lacks from the
+        host the image was pushed from (the shared index names it).
+        Raises: ImageNotFound (no host to fetch from), the host's errors."""
+        entry = self.registry.entry(m["id"]) or {}
+        host = entry.get("source")
+        if not host:
+            raise errors.ImageNotFound(f"image {m['id'][:12]}'s layers are not on this hub and no host holds them",
+                                       hint="push it again through this hub")
+        self.registry.receive(m, entry.get("sizes") or {},
+                              lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
+                                                                 timeout_s=PULL_TIMEOUT_SECONDS), source=host)
 
     @expose(access="pull")
     def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:

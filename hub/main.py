@@ -3,9 +3,16 @@
     dc-hub --listen tcp://ADDR:PORT [--listen ipc://PATH] --state-dir DIR
            [--heartbeat-s 3] [--heartbeat-flush-s 0.5] [--missed-heartbeats 3]
            [--route-domain dcf.test]
+           [--store sqlite|etcd --etcd http://ADDR:PORT [--etcd-prefix /dcfleet/]
+            --hub-name NAME [--lease-s 5]]
 
-The store (SQLite) and the registry live in the state dir; one hub per state
-dir (a second one exits with HubBusy).  SIGTERM/SIGINT stop serving; agents
+The store (SQLite by default) and the registry live in the state dir; one
+hub per state dir (a second one exits with HubBusy).  With ``--store etcd``
+the fleet's state is in etcd, shared by every hub given the same etcd and
+prefix: each hub serves everything, one leader among them (an etcd lease)
+judges hosts, fails containers over and runs the journal, and the image
+registry's index is in etcd too (layers stay on disk, fetched from the
+host an image came from when a hub lacks them).  SIGTERM/SIGINT stop serving; agents
 keep running and re-register when a hub is back.
 """
 from __future__ import annotations
@@ -18,7 +25,7 @@ import sys
 
 import gevent
 
-from dcctl import auth, errors
+from dcctl import auth, errors, validate
 from dcctl.wire import Service, parse_endpoint, validate_endpoint
 from hub import routes
 from hub.heartbeats import DEFAULT_FLUSH_SECONDS
@@ -44,8 +51,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--missed-heartbeats", type=int, default=3, help="missed beats before 'unreachable'")
     p.add_argument("--route-domain", default=routes.DEFAULT_DOMAIN,
                    help="domain of the default route names, NAME.<domain> (default %(default)s)")
+    p.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
+                   help="where the fleet's state lives: sqlite in the state dir (one hub, the default) or etcd "
+                   "(several hubs)")
+    p.add_argument("--etcd", help="etcd client endpoint http://ADDR:PORT (with --store etcd)")
+    p.add_argument("--etcd-prefix", default="/dcfleet/", help="key prefix of this fleet in etcd (default %(default)s)")
+    p.add_argument("--hub-name", help="this hub's name among the fleet's hubs (default: hub-<pid>)")
+    p.add_argument("--lease-s", type=int, default=5,
+                   help="seconds of the hub's etcd lease: a dead leader is replaced within it (default %(default)s)")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def open_store(args: argparse.Namespace):
+    """The store ``args`` name: HubStore in the state dir, or EtcdStore.
+    Raises: InvalidArgument, HubBusy, StoreUnavailable."""
+    if args.store == "sqlite":
+        if args.etcd:
+            raise errors.InvalidArgument("--etcd needs --store etcd")
+        return HubStore(args.state_dir)
+    if not args.etcd:
+        raise errors.InvalidArgument("--store etcd needs --etcd http://ADDR:PORT")
+    if args.hub_name is not None:
+        validate.container_name(args.hub_name)  # same alphabet: it is a key in etcd
+    from hub.store.etcd import EtcdStore
+    return EtcdStore(args.etcd, args.etcd_prefix, lease_s=args.lease_s)
 
 
 def build(args: argparse.Namespace) -> tuple[Service, HubService]:
@@ -58,13 +88,16 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
     domain = routes.frontend(args.route_domain)
     if domain["kind"] != "http" or domain["name"].startswith("*."):
         raise errors.InvalidArgument(f"--route-domain {args.route_domain!r} must be a domain name")
-    store = HubStore(args.state_dir)
-    registry = Registry(os.path.join(args.state_dir, "registry"))
+    store = open_store(args)
+    registry = Registry(os.path.join(args.state_dir, "registry"), index=store if store.kind == "etcd" else None)
     keys_dir = args.keys_dir or os.path.join(args.state_dir, "keys")
     hub = HubService(store, registry, heartbeat_s=args.heartbeat_s, missed_heartbeats=args.missed_heartbeats,
                      server_pair=auth.ensure_server_pair(keys_dir), allowlist=auth.Allowlist(keys_dir),
                      heartbeat_flush_s=args.heartbeat_flush_s)
     hub.route_domain = domain["name"]
+    hub.name = args.hub_name or f"hub-{os.getpid()}"
+    hub.endpoint = next((ep for ep in args.listen + args.insecure_listen if parse_endpoint(ep).is_tcp),
+                        (args.listen + args.insecure_listen)[0])
     service = Service(hub, name="dc-hub", keys_dir=keys_dir)
     for ep in args.listen:
         if parse_endpoint(ep).is_ipc:
@@ -91,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     gevent.signal_handler(signal.SIGINT, service.stop)
     log.info("serving on %s", ", ".join(args.listen + args.insecure_listen))
     task.join()
-    hub.stop()
+    try:
+        hub.stop()
+    finally:
+        hub.store.close()
     return 0
 
 

@@ -43,11 +43,15 @@ class MembershipMethods:
         than missed_heartbeats heartbeats is marked unreachable, told as
         host_lost and handed to the healer; no host is judged within that
         grace from the start.  Keeps the worker queue's members (alive
-        hosts) up to date."""
+        hosts) up to date.  With several hubs only the leader judges."""
         grace_s = self.heartbeat_s * self.missed_heartbeats
         passes = 0
         while True:
             judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
+            try:
+                judged = judged and self.store.is_leader()
+            except errors.StoreError:
+                judged = False
             deadline = time.time() - grace_s
             try:
                 lost = self.store.mark_unreachable(deadline, self.beats.fresh(deadline)) if judged else []
@@ -58,11 +62,21 @@ class MembershipMethods:
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self.events_log.add("host_lost", host=name)
                 gevent.spawn(self.healer.host_lost, name)
-            if lost or self.members_changed() or passes % MEMBERS_REFRESH_PASSES == 0:
+            if lost or self.members_changed() or passes % self._members_refresh_passes() == 0:
                 # every host row read and parsed: only when the membership changed (1,000 hosts: ~20 ms)
-                self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
+                try:
+                    self.workers.set_members({h["name"] for h in self.store.hosts() if h["state"] == "alive"})
+                except errors.StoreUnavailable as exc:  # etcd away: the queue keeps the members it had
+                    log.warning("could not read hosts: %s", exc)
+                    self.members_changed(True)  # read again next pass
             passes += 1
             gevent.sleep(min(1.0, self.heartbeat_s / 2))
+
+    def _members_refresh_passes(self) -> int:
+        """Passes between two reads of the alive hosts when this hub saw no
+        change: MEMBERS_REFRESH_PASSES with a store of its own; every pass
+        with a shared store (etcd), where other hubs register hosts too."""
+        return MEMBERS_REFRESH_PASSES if getattr(self.store, "kind", "sqlite") == "sqlite" else 1
 
     def members_changed(self, changed: bool = False) -> bool:
         """Note (``changed``) that a host may have joined, come back or left
@@ -239,7 +253,7 @@ class MembershipMethods:
         figures from the hub's own reservations.
         """
         out = []
-        figures = self.store.reserved_memory(self.store.db)  # a read: no write transaction
+        figures = self.store.reserved_memory()  # a read: no write transaction
         now = time.time()
         for h in self.store.hosts():
             cap = h["capacity"] or {}

@@ -220,7 +220,7 @@ class Placer:
                 continue
             self.store.unabandon(row["name"], row["host"])
 
-    def recover(self, journal: set[str], interval_s: float) -> None:
+    def recover(self, journal: set[str], interval_s: float, leading=None, orphans=None) -> None:
         """Finish or roll back undecided placements, for ever (the hub
         spawns and kills it), every ``interval_s`` seconds: the ``journal``
         (names of rows "reserved" when this hub started, and rows a failed
@@ -230,10 +230,22 @@ class Placer:
         failed create whose forget could not be written, ``pending``, is
         undone and dropped); one
         whose host does not answer yet stays undecided and is asked again
-        next round; ``journal`` is emptied as they are decided."""
+        next round; ``journal`` is emptied as they are decided.
+
+        With several hubs: ``leading() -> bool`` says whether this hub leads
+        (a round runs only then), and ``orphans() -> [names]`` adds, each
+        round, reservations whose hub died mid-placement."""
         self.journal = journal
         warned: set[str] = set()
         while True:
+            if leading is not None and not leading():
+                gevent.sleep(interval_s)
+                continue
+            if orphans is not None:
+                try:
+                    journal.update(orphans())
+                except errors.DcError as exc:  # e.g. StoreUnavailable: next round
+                    log.warning("journal: cannot list orphaned reservations: %s", exc)
             for name in sorted(self.pending):
                 try:
                     self._retry_pending(name)

@@ -7,6 +7,13 @@ push and serves what they pull; it never unpacks a layer.
 
 Layout: ROOT/layers/<sha256>.tar, ROOT/manifests/<id>.json, ROOT/tmp/.
 
+Several hubs (an etcd store): the registry's index is shared (``index``,
+the EtcdStore: each manifest with its layers' sizes and the host it was
+pushed from), and it alone says which images exist; each hub keeps the
+layers it has on its own disk.  A hub asked for an image whose layers it
+lacks fetches them from that host (``missing``/``receive``, see
+hub/imagemethods.py), verified like any push.
+
 Every file read, write, hash, fsync, listing and removal runs in gevent's
 thread pool (layers are up to 8 GiB): the hub's loop keeps answering calls
 and heartbeats meanwhile, and errors raised there reach the caller unchanged.
@@ -43,8 +50,11 @@ def digest(value: object, what: str = "layer digest") -> str:
 class Registry:
     """Images pushed to the hub (see module doc)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, index=None):
         self.root = root
+        #: the shared index (registry_put, registry_manifests, registry_entry,
+        #: registry_remove: hub/store/etcd.py), or None for a hub of its own
+        self.index = index
         for d in ("layers", "manifests", "tmp"):
             os.makedirs(os.path.join(root, d), mode=0o700, exist_ok=True)
         for leftover in os.listdir(os.path.join(root, "tmp")):
@@ -54,8 +64,21 @@ class Registry:
         return os.path.join(self.root, "layers", digest(d) + ".tar")
 
     def ls(self) -> list[dict]:
-        """Manifests, by name then creation time."""
+        """Manifests, by name then creation time (the shared index's, when
+        there is one)."""
+        if self.index is not None:
+            return sorted(self.index.registry_manifests(), key=lambda m: (m["name"], m.get("created") or 0))
         return _blocking(self._ls)
+
+    def entry(self, image_id: str) -> dict | None:
+        """{manifest, sizes {digest: bytes}, source (the host it was pushed
+        from, or None)} from the shared index, or None (no index, or no
+        such image)."""
+        return self.index.registry_entry(image_id) if self.index is not None else None
+
+    def missing(self, manifest: dict) -> list[str]:
+        """The manifest's layers not on this hub's disk."""
+        return [d for d in manifest.get("layers", []) if not os.path.exists(self._layer(d))]
 
     def _ls(self) -> list[dict]:
         out = []
@@ -81,6 +104,11 @@ class Registry:
 
     def get(self, image_id: str) -> dict:
         """The manifest with this full id. Raises: ImageNotFound."""
+        if self.index is not None:
+            found = self.entry(digest(image_id, "image id"))
+            if found is None:
+                raise errors.ImageNotFound(f"no image {image_id[:12]} in the hub's registry")
+            return found["manifest"]
         path = os.path.join(self.root, "manifests", digest(image_id, "image id") + ".json")
 
         def load() -> dict:
@@ -121,10 +149,11 @@ class Registry:
             raise errors.ImageNotFound(f"no layer {d[:12]} in the hub's registry") from exc
 
     def receive(self, manifest: dict, sizes: dict[str, int],
-                fetch: Callable[[str, int, int], bytes]) -> dict:
+                fetch: Callable[[str, int, int], bytes], source: str | None = None) -> dict:
         """Store ``manifest`` and fetch its missing layers with
         ``fetch(digest, offset, length)``; each is verified before it is
-        kept. ``sizes`` gives each layer's size in bytes.
+        kept. ``sizes`` gives each layer's size in bytes; ``source`` is the
+        host they came from (kept in the shared index, for other hubs).
 
         Returns: the manifest. Raises: InvalidArgument (bad manifest or
         sizes), StoreError (digest mismatch, I/O error; nothing kept).
@@ -143,6 +172,11 @@ class Registry:
             _blocking(self._write_manifest, manifest)
         except OSError as exc:
             raise errors.StoreError(f"cannot store manifest {manifest['id'][:12]}: {exc}") from exc
+        if self.index is not None:
+            known = self.entry(manifest["id"])
+            if known is None or (source is not None and known.get("source") is None):
+                self.index.registry_put(manifest, {d: sizes[d] for d in manifest.get("layers", []) if d in sizes},
+                                        source)
         return manifest
 
     def _write_manifest(self, manifest: dict) -> None:
@@ -196,8 +230,10 @@ class Registry:
         Returns: the removed manifest. Raises: as resolve(); StoreError
         (I/O error)."""
         m = self.resolve(ref)
+        if self.index is not None:  # other hubs keep their copies of its layers on disk
+            self.index.registry_remove(m["id"])
         try:
-            _blocking(os.unlink, os.path.join(self.root, "manifests", m["id"] + ".json"))
+            _blocking(_unlink_if_there, os.path.join(self.root, "manifests", m["id"] + ".json"))
             used = {d for other in self.ls() for d in other["layers"]}
             for d in m["layers"]:
                 if d not in used:

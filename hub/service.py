@@ -91,6 +91,10 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
                              on_event=self.events_log.add)
         self.placer = Placer(store, self.agents)
         self.healer = Healer(store, registry, self.agents, self.placer, self.events_log)
+        #: this hub's name among the hubs of its store (hub_info's leader and
+        #: members) and the endpoint clients reach it at; dc-hub sets both
+        self.name = "hub"
+        self.endpoint = ""
         self._tasks: list[gevent.Greenlet] = []
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.started = time.time()
@@ -98,27 +102,33 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
 
     # ------------------------------------------------------------ plumbing
     def start(self) -> None:
-        """Start the membership monitor, the heartbeat writer and the journal
-        recovery.  No host is judged before a full grace period
-        (missed_heartbeats heartbeats) from now: a restarted hub gives every
-        host the time to find it again."""
+        """Join the store's hubs (as ``name`` at ``endpoint``), then start the
+        membership monitor, the heartbeat writer and the journal recovery.
+        No host is judged before a full grace period (missed_heartbeats
+        heartbeats) from now: a restarted hub gives every host the time to
+        find it again.  With several hubs (an etcd store) only the leader
+        judges hosts, fails containers over and runs the journal."""
         self._serving_since = time.monotonic()
-        journal = {r["name"] for r in self.store.containers() if r["state"] == "reserved"}
+        self.store.join(self.name, self.endpoint)
+        journal = set(self.store.orphaned_reservations()) if self.store.is_leader() else set()
         self._tasks = [gevent.spawn(self.monitor_hosts), gevent.spawn(self._recover, journal),
                        gevent.spawn(self.beats.run)]
 
     def stop(self) -> None:
         """Stop the hub's tasks, write the heartbeats not written yet and
-        close its clients to agents."""
+        close its clients to agents (the caller closes the store, which
+        leaves the store's hubs)."""
         gevent.killall(self._tasks)
         self.beats.flush()
         self.agents.close()
 
     def _recover(self, journal: set[str]) -> None:
         """The journal recovery (Placer.recover), once hosts have had two
-        heartbeat intervals to re-register."""
+        heartbeat intervals to re-register; on the leader only, which also
+        takes each round the reservations of hubs that died mid-placement."""
         gevent.sleep(self.heartbeat_s * 2)
-        self.placer.recover(journal, self.heartbeat_s)
+        self.placer.recover(journal, self.heartbeat_s, leading=self.store.is_leader,
+                            orphans=self.store.orphaned_reservations)
 
     @expose(access="read")
     def events(self, since: float = 0.0) -> list:
@@ -136,11 +146,15 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
     def hub_info(self) -> dict:
         """The hub's own state.
 
-        Returns: {version, uptime_s, heartbeat_s, missed_heartbeats, hosts
-        (count), containers (count), queue {idle [hosts, longest idle
-        first], busy [hosts], members [hosts]}}.
+        Returns: {version, name (this hub's), uptime_s, heartbeat_s,
+        missed_heartbeats, hosts (count), containers (count), queue {idle
+        [hosts, longest idle first], busy [hosts], members [hosts]}, store
+        ("sqlite"|"etcd"), leader (the leading hub's name, None while
+        there is none), members [{name, endpoint, since}] (the hubs alive)}.
+        Raises: StoreUnavailable (etcd does not answer).
         """
-        return {"version": HUB_VERSION, "uptime_s": round(time.time() - self.started, 3),
+        return {"version": HUB_VERSION, "name": self.name, "uptime_s": round(time.time() - self.started, 3),
                 "heartbeat_s": self.heartbeat_s, "missed_heartbeats": self.missed_heartbeats,
                 "hosts": len(self.store.hosts()), "containers": len(self.store.containers()),
-                "queue": self.workers.stats()}
+                "queue": self.workers.stats(), "store": self.store.kind, "leader": self.store.leader(),
+                "members": self.store.members()}

@@ -237,7 +237,7 @@ class UploadMethods:
         stored = self.registry.receive(
             info["manifest"], info["layer_sizes"],
             lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
-                                               timeout_s=IMPORT_TIMEOUT_SECONDS))
+                                               timeout_s=IMPORT_TIMEOUT_SECONDS), source=host)
         size = os.path.getsize(path)
         self.uploads.remove(upload_id)
         log.info("upload %s imported on %s as %s", upload_id[:12], host, ref[:80])

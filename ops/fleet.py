@@ -41,13 +41,14 @@ from ops.fleetlib.base import (AGENT_PORT, CONTAINER_BRIDGE, LOG_ROOT, MAX_HOSTS
                                forward_rule, free_subnet, load, paths, ping, plan, remove_forward_rule,
                                save)
 from ops.fleetlib.down import down, exists, leftovers, status
+from ops.fleetlib.hostctl import kill_host, start_host
 from ops.fleetlib.up import _spawn, add_hosts, agent_argv, router_argv, seed_hub, setup_keys, up
 
 __all__ = ["AGENT_PORT", "CONTAINER_BRIDGE", "LOG_ROOT", "MAX_HOSTS", "PORT_RANGE", "PREFIX_RE", "REPO",
            "ROUTER_PORT", "RUN_ROOT", "STATE_ROOT", "FleetError", "add_hosts", "agent_argv", "cmd_down",
-           "cmd_status", "cmd_up", "down", "ensure_forward_rule", "forward_rule", "leftovers", "load", "main",
+           "cmd_status", "cmd_up", "down", "ensure_forward_rule", "forward_rule", "kill_host", "leftovers", "load", "main",
            "parser", "paths", "ping", "plan", "remove_forward_rule", "router_argv", "save", "seed_hub",
-           "setup_keys", "status", "up"]
+           "setup_keys", "start_host", "status", "up"]
 
 
 def _print_up(state: dict) -> None:
@@ -117,6 +118,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(pr["alive"] and pr["ping"] for pr in procs) else 1
 
 
+def cmd_kill(args: argparse.Namespace) -> int:
+    """``ops/fleet kill HOST``: SIGKILL that host's agent (its containers run
+    on); 1 when the fleet or host is unknown."""
+    try:
+        out = kill_host(args.prefix, args.host)
+    except FleetError as exc:
+        print(f"fleet: kill: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out) if args.json else
+          f"{out['host']}: agent pid {out['pid']} " + ("killed (SIGKILL)" if out["killed"] else "was not running"))
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """``ops/fleet start HOST``: run that host's agent again with the
+    arguments ``up`` gave it; 1 when it does not answer."""
+    try:
+        out = start_host(args.prefix, args.host, args.timeout)
+    except FleetError as exc:
+        print(f"fleet: start: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out) if args.json else
+          f"{out['host']}: agent pid {out['pid']} " + ("started" if out["started"] else "was already running"))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``ops/fleet`` command line: up N | status | down."""
     common = argparse.ArgumentParser(add_help=False)
@@ -137,11 +164,16 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--route-domain", help="the hub's route domain (default <prefix>.test)")
     sub.add_parser("status", parents=[common], help="hosts: pid alive, ping ok")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the fleet")
+    k = sub.add_parser("kill", parents=[common], help="SIGKILL one host's agent (a fault drill)")
+    k.add_argument("host", help="host-N (or N)")
+    st = sub.add_parser("start", parents=[common], help="start one host's agent again, as up did")
+    st.add_argument("host", help="host-N (or N)")
+    st.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to answer")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``ops/fleet up N | status | down`` (see --help)."""
+    """``ops/fleet up N | status | down | kill HOST | start HOST`` (see --help)."""
     args = parser().parse_args(argv)
     if os.geteuid() != 0:
         print("fleet: must run as root", file=sys.stderr)
@@ -149,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if not PREFIX_RE.match(args.prefix):
         print(f"fleet: bad prefix {args.prefix!r}: 1-9 chars of a-z0-9, starting with a letter", file=sys.stderr)
         return 2
-    return {"up": cmd_up, "down": cmd_down, "status": cmd_status}[args.cmd](args)
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "kill": cmd_kill,
+            "start": cmd_start}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -352,7 +352,15 @@ class Follower:
 
 
 def hub_connector(endpoint: str, keys=None, timeout_s: float = 30.0):
-    """A ``connect()`` for Follower: a new wire client to the hub."""
+    """A ``connect()`` for Follower: a new wire client to the hub; for
+    ``A,B,...`` (several hubs of one fleet, one key) a
+    dcctl.wire.failover.FailoverClient that moves to the next hub when one
+    does not answer (route_table is a read)."""
+    if "," in endpoint:
+        from dcctl.wire.failover import FailoverClient, split_endpoints
+        endpoints = split_endpoints(endpoint)
+        return lambda: FailoverClient(endpoints, lambda ep: wire.RpcClient(ep, timeout_s=timeout_s, keys=keys))
+
     def connect() -> wire.RpcClient:
         return wire.RpcClient(endpoint, timeout_s=timeout_s, keys=keys)
     return connect

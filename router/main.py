@@ -25,7 +25,8 @@ import sys
 import gevent
 
 from dcctl import auth, errors
-from dcctl.wire import parse_endpoint, quiet_zerorpc_noise, validate_endpoint
+from dcctl.wire import parse_endpoint, quiet_zerorpc_noise
+from dcctl.wire.failover import split_endpoints
 from router import haproxy as hx
 from router.follower import Follower, hub_connector
 
@@ -37,7 +38,8 @@ _BIND_RE = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|\*|\[[0-9a-fA-F:]+\]):(\d{1,5})$
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dc-router", description="dcfleet router: HAProxy following the hub's "
                                 "route table.")
-    p.add_argument("--hub", required=True, help="the hub: tcp://ADDR:PORT (CURVE) or ipc://PATH")
+    p.add_argument("--hub", required=True, help="the hub: tcp://ADDR:PORT (CURVE) or ipc://PATH; several hubs "
+                   "of one fleet: A,B,...")
     p.add_argument("--hub-key", help="the hub's public key (file or Z85) for tcp://")
     p.add_argument("--key", help="this router's key pair (.key_secret) for tcp://; default STATE_DIR/router.key_secret")
     p.add_argument("--state-dir", default="/var/lib/dcfleet/router")
@@ -51,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
 def build(args: argparse.Namespace) -> Follower:
     """Raises: InvalidArgument."""
-    validate_endpoint(args.hub)
+    hubs = split_endpoints(args.hub)  # several hubs of one fleet: A,B,...
     if not os.path.isabs(args.state_dir):
         raise errors.InvalidArgument(f"--state-dir {args.state_dir!r} must be absolute")
     m = _BIND_RE.match(args.listen)
@@ -62,7 +64,7 @@ def build(args: argparse.Namespace) -> Follower:
         raise errors.InvalidArgument(f"no haproxy at {args.haproxy}", hint="apt-get install haproxy (ops/setup)")
     os.makedirs(args.state_dir, mode=0o700, exist_ok=True)
     keys = None
-    if parse_endpoint(args.hub).is_tcp:
+    if parse_endpoint(hubs[0]).is_tcp:
         if not args.hub_key:
             raise errors.InvalidArgument("--hub tcp://... needs --hub-key (the hub's public key)")
         pair = args.key or os.path.join(args.state_dir, "router.key_secret")

@@ -85,18 +85,19 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
             cmd.words.extend(argv[i:])
             break
         name, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
-        # --host before METHOD is the endpoint (-H); after it, the method's
-        # own option (create_container ... --host H pins a host)
+        # --host (or --hub) before METHOD is the endpoint (-H; A,B,... for
+        # several hubs); after it, the method's own option (create_container
+        # ... --host H pins a host)
         if name in ("-H", "--timeout", "--key", "--server-key", "--filter") or (
                 name.startswith("--") and len(name) > 2 and name not in ("--json", "--wide", "--help")):
             if not eq:
                 if i >= len(argv) or argv[i].startswith("--"):
-                    if name in ("-H", "--host", "--timeout", "--key", "--server-key", "--filter"):
+                    if name in ("-H", "--host", "--hub", "--timeout", "--key", "--server-key", "--filter"):
                         raise UsageError(f"option {name} needs a value", hint=f"write {name} VALUE")
                     inline = "true"  # a bare flag (--no-start) at the end or before another flag
                 else:
                     inline, i = argv[i], i + 1
-            if name == "-H" or (name == "--host" and not cmd.words):
+            if name == "-H" or (name in ("--host", "--hub") and not cmd.words):
                 cmd.endpoint = inline
             elif name == "--timeout":
                 cmd.timeout_s = parse_timeout(inline)

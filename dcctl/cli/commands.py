@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from dcctl import auth, errors, output, upload, wire
 from dcctl.cli.args import (Command, UsageError, build_call, build_options, method_help, params_of,
                             parse_timeout)
-from dcctl.wire import clientconfig
+from dcctl.wire import clientconfig, failover
 from dcctl.wire.refs import parse_ref
 
 __all__ = ["METHOD_TIMEOUT_SECONDS", "TIMEOUT_MARGIN_SECONDS", "DEADLINE_METHODS", "INTERACTIVE_HANDLERS",
@@ -69,6 +69,15 @@ def client_keys(endpoint: str, key: str | None, server_key: str | None,
 
 def _connect(endpoint: str, timeout_s: float, key: str | None = None,
              server_key: str | None = None) -> wire.RpcClient:
+    """A client for ``endpoint``; for ``A,B,...`` (several hubs of one
+    fleet) a dcctl.wire.failover.FailoverClient over them."""
+    if "," in endpoint:
+        try:
+            endpoints = failover.split_endpoints(endpoint)
+        except errors.InvalidArgument as exc:
+            raise UsageError(exc.message, hint=f"use -H or ${clientconfig.HOST_ENV}") from exc
+        keys = {ep: client_keys(ep, key, server_key) for ep in endpoints}
+        return failover.FailoverClient(endpoints, lambda ep: wire.connect(ep, timeout_s=timeout_s, keys=keys[ep]))
     try:
         wire.validate_endpoint(endpoint)
     except errors.InvalidArgument as exc:
@@ -194,7 +203,7 @@ def run_method(cmd: Command) -> int:
             wire.check_wire_ints(wire_args, f"{cmd.method}:")
         except errors.InvalidArgument as exc:
             raise UsageError(exc.message, hint=exc.hint, name="InvalidArgument") from exc
-        wire_args = upload.absolute_paths(cmd.method, cmd.endpoint, wire_args)
+        wire_args = upload.absolute_paths(cmd.method, client.endpoint, wire_args)
         handler = INTERACTIVE_HANDLERS.get(cmd.method)
         if handler is not None:
             code = handler(client, args, options or {})

@@ -5,6 +5,12 @@ to send what a server could not read (InvalidArgument, or ResultTooLarge
 over MAX_REQUEST_BYTES, which ZeroMQ would answer by dropping the
 connection), and turns remote error names back into ``dcctl.errors``
 classes, so callers never catch ``zerorpc.*`` or ``zmq.*`` types.
+
+A call of a stream method (``@expose(stream=True)``) returns a
+``StreamIter``: iterate it (no timeout per item; a server that dies is
+noticed by its lost heartbeat, Unreachable), and close it (or use it in a
+``with``) to stop early.  ``RpcClient.stream`` waits for the first item
+without a timeout too (a follower of events that may not come for a while).
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from dcctl.wire import codec, zrpc
 from dcctl.wire.endpoint import parse_endpoint
 from dcctl.wire.server import DEFAULT_HEARTBEAT_SECONDS, ipc_listening
 
-__all__ = ["DEFAULT_TIMEOUT_SECONDS", "RpcClient", "connect"]
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "RpcClient", "StreamIter", "connect"]
 
 log = logging.getLogger("dcctl.wire")
 
@@ -55,6 +61,7 @@ def _client_context() -> zrpc.Context:
     if _context is None:
         _context = zrpc.Context()
         _context.register_middleware(_ErrorMapper())
+        _context.register_middleware(zrpc.StreamPatterns())
     return _context
 
 
@@ -110,6 +117,7 @@ class RpcClient:
         self._closed: str | None = None  # why, once closed
         self._closed_event = gevent.event.Event()
         self._calls: set[gevent.Greenlet] = set()  # in flight
+        self._streams: set[StreamIter] = set()  # open
         self._monitor_task = None
         zrpc.set_linger(self._client, 0)  # a close never waits for unsent messages
         try:
@@ -135,13 +143,27 @@ class RpcClient:
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """Call ``method`` with ``args``; wait ``timeout_s`` (default the
-        client's) seconds for the answer.  Raises: see the class doc."""
+        client's) seconds for the answer (for a stream method: its first
+        item; the result is then a StreamIter).  Raises: see the class doc."""
+        return self._call(method, args, self.timeout_s if timeout_s is None else timeout_s)
+
+    def stream(self, method: str, *args: Any) -> "StreamIter":
+        """Call the stream method ``method`` with ``args`` and return its
+        StreamIter, waiting for the first item as long as it takes (a dead
+        or frozen server is noticed by its heartbeat: Unreachable).  A
+        method that answers with a plain result gives a StreamIter of that
+        one item.  Raises: see the class doc (never CallTimeout)."""
+        result = self._call(method, args, None)
+        if isinstance(result, StreamIter):
+            return result
+        return StreamIter(self, method, iter([result]))
+
+    def _call(self, method: str, args: tuple, timeout: float | None) -> Any:
         if self._closed:
             raise errors.Unreachable(f"{self.endpoint}: {self._closed}")
         if self._endpoint.is_ipc and not os.path.exists(self._endpoint.path):
             raise errors.Unreachable(f"no server at {self.endpoint} (socket missing)")
         codec.check_wire_ints(list(args), f"{method}: argument")
-        timeout = self.timeout_s if timeout_s is None else timeout_s
         codec.check_request(method, args)
         if self._refused:
             raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
@@ -160,6 +182,8 @@ class RpcClient:
             ok, value = task.value
             if not ok:
                 raise value
+            if isinstance(value, zrpc.ClientStream):
+                return StreamIter(self, method, value)
             return value
         except zrpc.TimeoutExpired as exc:
             if self._closed:
@@ -193,12 +217,74 @@ class RpcClient:
         self._closed_event.set()
         for task in list(self._calls):
             zrpc.stop_call(task)
+        for stream in list(self._streams):
+            stream.close()
         zrpc.set_linger(self._client, 0)
         self._client.close()  # stops the socket's monitor too
         if self._monitor_task is not None:
             self._monitor_task.kill(block=True, timeout=zrpc.CLOSE_TIMEOUT_SECONDS)
 
     def __enter__(self) -> "RpcClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StreamIter:
+    """The items of a stream method's answer, as they come.
+
+    Iterating waits as long as it takes for each item.  Raises (from
+    ``next``): the server's DcError (SlowConsumer when the server dropped
+    this reader for taking no items past its stall limit); Unreachable when
+    the server's heartbeat was lost (it died or froze) or the client was
+    closed.  ``close()`` stops early (the server notices within two of its
+    heartbeats and closes its end); a StreamIter is a context manager."""
+
+    def __init__(self, client: RpcClient, method: str, raw: Any):
+        self._client = client
+        self.method = method
+        self._raw = raw
+        self._poll_s = 0.5
+        client._streams.add(self)
+
+    def __iter__(self) -> "StreamIter":
+        return self
+
+    def __next__(self) -> Any:
+        client = self._client
+        while True:
+            if client._closed:
+                self.close()
+                raise errors.Unreachable(f"{client.endpoint}: {client._closed} during {self.method}")
+            try:
+                if isinstance(self._raw, zrpc.ClientStream):
+                    item = self._raw.next_item(self._poll_s)
+                else:
+                    item = next(self._raw)
+            except StopIteration:
+                self.close()
+                raise
+            except errors.DcError:
+                self.close()
+                raise
+            except zrpc.LostRemote as exc:
+                self.close()
+                raise errors.Unreachable(f"lost {client.endpoint} during {self.method} (no heartbeat)") from exc
+            except zrpc.RemoteError as exc:  # not mapped by the middleware (should not happen)
+                self.close()
+                raise errors.from_wire(exc.name, exc.msg, _hint_of(exc.traceback or "")) from exc
+            if item is not zrpc.NOTHING_YET:
+                return item
+
+    def close(self) -> None:
+        """Stop reading; idempotent."""
+        self._client._streams.discard(self)
+        close = getattr(self._raw, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "StreamIter":
         return self
 
     def __exit__(self, *exc) -> None:

@@ -96,6 +96,18 @@ class Service:
         heartbeat_s: zerorpc heartbeat interval in seconds.
         keys_dir: the server's keys and client allowlist (dcctl.auth);
             required to bind a tcp:// endpoint with CURVE.
+        stream_stall_s: how long a stream method's sender waits for a
+            reader that takes no items (its window of
+            zrpc.STREAM_WINDOW_ITEMS full) before it drops that reader with
+            SlowConsumer, seconds.
+
+    Stream methods (``@expose(stream=True)``, generators) send each item as
+    the reader takes it: at most a window of items is in flight per
+    reader, nothing is buffered for a reader beyond that, and one reader's
+    pace never holds another's.  Each item is checked like a result
+    (check_result); an error raised while iterating ends the stream with
+    that error, translated like a call's; the generator is always closed
+    (its finally blocks run), also when the reader goes away.
 
     Endpoints: ``ipc://PATH`` (made 0600; callers are local root: admin),
     ``tcp://`` with CURVE (callers are the allowlist's keys, each call
@@ -105,7 +117,8 @@ class Service:
 
     def __init__(self, target: Any, name: str, *,
                  translate: Callable[[BaseException], errors.DcError | None] | None = None,
-                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys_dir: str | None = None):
+                 heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys_dir: str | None = None,
+                 stream_stall_s: float = zrpc.STREAM_STALL_SECONDS):
         zrpc.quiet_zerorpc_noise()
         self.name = name
         self.target = target
@@ -117,7 +130,8 @@ class Service:
         self._functors: dict[str, Any] = {}
         for mname, spec in self.table.items():
             wrapped = self._wrap(spec)
-            self._functors[mname] = zrpc.stream(wrapped) if spec.exposed.stream else zrpc.rep(wrapped)
+            self._functors[mname] = (zrpc.bounded_stream(wrapped, stream_stall_s) if spec.exposed.stream
+                                     else zrpc.rep(wrapped))
         self._functors.update(self._builtins())
         self._servers: dict[str, zrpc.Server] = {}  # "local", "curve", "insecure"
         self._zap: auth.ZapHandler | None = None
@@ -185,21 +199,42 @@ class Service:
     def _wrap(self, spec: MethodSpec) -> Callable:
         translate = self._translate
 
+        def failed(exc: Exception) -> errors.DcError:
+            mapped = translate(exc)
+            if mapped is None:
+                ref = uuid.uuid4().hex[:8]
+                log.exception("%s failed (ref %s)", spec.name, ref)
+                return errors.InternalError(
+                    f"{spec.name} failed unexpectedly (ref {ref}); the server log has details")
+            return mapped
+
+        def items(result):
+            # a stream's items, each checked; errors translated as a call's
+            iterator = iter(result)
+            try:
+                while True:
+                    try:
+                        item = next(iterator)
+                    except StopIteration:
+                        return
+                    except (errors.DcError, zrpc.LostRemote):
+                        raise
+                    except Exception as exc:  # translate at the boundary
+                        raise failed(exc) from exc
+                    yield check_result(spec.name, item)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+
         def body(*args):
             try:
                 result = spec.fn(*args)
-                return result if spec.exposed.stream else check_result(spec.name, result)
+                return items(result) if spec.exposed.stream else check_result(spec.name, result)
             except errors.DcError:
                 raise
             except Exception as exc:  # translate at the boundary
-                mapped = translate(exc)
-                if mapped is None:
-                    ref = uuid.uuid4().hex[:8]
-                    log.exception("%s failed (ref %s)", spec.name, ref)
-                    raise errors.InternalError(
-                        f"{spec.name} failed unexpectedly (ref {ref}); the server log has details"
-                    ) from exc
-                raise mapped from exc
+                raise failed(exc) from exc
 
         def run(*args):
             if spec.exposed.shielded:

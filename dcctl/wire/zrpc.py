@@ -14,33 +14,40 @@ here, and why we touch it:
 - ``Server._inject_builtins`` and ``Server._print_traceback``: overridden
   (``Server``) so the ``_zerorpc_*`` builtins are ours and no traceback is
   ever sent;
-- ``zerorpc.gevent_zmq.Socket``'s send, recv and state check: replaced (on
-  import) by the same logic on plain integers, for speed (the last section).
+- ``BufferedChannel._remote_queue_open_slots`` / ``_remote_can_recv`` (a
+  stream's credit) and ``HeartBeatOnChannel._lost_remote`` /
+  ``_heartbeat_freq``: bounded stream sends and readers that notice a dead
+  server (``bounded_stream``, ``ClientStream``; see "streams" below);
+- ``zerorpc.gevent_zmq.Socket``'s send, recv and state check: replaced on
+  import by the same logic on plain integers, for speed (dcctl.wire.zrpcfast).
 
 It also quiets zerorpc's own log lines that report no problem of ours
 (PITFALLS, "zerorpc's own log lines").
 """
 from __future__ import annotations
 
-import errno
 import logging
 from typing import Any, Callable, Iterable
 
 import gevent
 import zerorpc
+import zerorpc.decorators
 import zerorpc.events
-from zerorpc import gevent_zmq
+import zerorpc.patterns
 import zmq
 from zerorpc.exceptions import LostRemote, RemoteError, TimeoutExpired
 
 from dcctl import errors
+from dcctl.wire import zrpcfast
+
+zrpcfast.install_fast_sockets()  # zerorpc's gevent socket without pyzmq's enum arithmetic
 
 __all__ = ["Client", "Context", "Event", "LostRemote", "RemoteError", "Server", "TimeoutExpired",
            "ZERORPC_NOISE", "ZerorpcNoiseFilter", "abandon_call", "capture", "connect", "frame_buffer", "make_event", "frame_user_id", "intercept_recv",
            "quiet_zerorpc_noise", "rep", "set_client_curve", "set_linger", "set_max_message_bytes",
            "set_server_curve", "socket_of", "stop_call", "stream", "watch_handshake_failures",
-           "fast_sockets_installed", "install_fast_sockets",
-           "CLOSE_TIMEOUT_SECONDS"]
+           "CLOSE_TIMEOUT_SECONDS", "STREAM_STALL_SECONDS", "STREAM_WINDOW_ITEMS", "NOTHING_YET", "ClientStream",
+           "StreamPatterns", "bounded_stream"]
 
 Client = zerorpc.Client
 Context = zerorpc.Context
@@ -259,104 +266,177 @@ def abandon_call(task: gevent.Greenlet) -> None:
     task.kill(TimeoutExpired(0, "call abandoned"), block=False)
 
 
-# ---------------------------------------------------------------- zerorpc's gevent socket, without enum arithmetic
+# ---------------------------------------------------------------- streams
 #
-# pyzmq 23+ made its constants ``IntFlag`` members: every ``events & POLLIN``
-# and ``flags | NOBLOCK`` in zerorpc 0.6.3's gevent socket (send, recv and
-# the state check after each) is a Python-level enum operation, about a tenth
-# of the CPU of a trivial call at each end (bench/rpc, bench/scale).  The
-# three methods below are zerorpc's own logic on plain integers: the same
-# non-blocking tries, the same forced state check after each send and recv,
-# the same 1 s catch-up wait and log line.
+# zerorpc streams flow under credit (the reader grants slots, ``_zpc_more``,
+# up to its window).  zerorpc 0.6.3's sender waits for a slot for ever (a
+# reader that stops taking items holds its server greenlet for ever), and
+# its reader's iterator misses a lost heartbeat (a dead server hangs it for
+# ever).  ``bounded_stream`` waits at most ``stall_s``, then ends the stream
+# with SlowConsumer; ``ClientStream`` polls and raises LostRemote.  After
+# its first item the sender keeps one slot of the window free, so the final
+# event (STREAM_DONE or ERR) always fits the reader's queue (past its window
+# zerorpc's reader loses it, "queue overflow") and never waits for credit.
+# The protocol is zerorpc's own: the stock client reads these streams.
 
-_gevent_zmq_log = logging.getLogger("zerorpc.gevent_zmq")  # zerorpc's logger: its noise filter applies
-_NOBLOCK = int(zmq.NOBLOCK)
-_POLLIN = int(zmq.POLLIN)
-_POLLOUT = int(zmq.POLLOUT)
-_EVENTS = int(zmq.EVENTS)
-_RETRY = (int(zmq.EAGAIN), errno.EINTR)
-_BASE = zmq.Socket  # what zerorpc's gevent socket's own methods call up to
+#: How long a stream's sender waits for its reader to take items (its
+#: window full) before ending the stream with SlowConsumer, seconds.
+STREAM_STALL_SECONDS = 30.0
+
+#: A reader's window: items the sender may have in flight (zerorpc's default).
+STREAM_WINDOW_ITEMS = 100
 
 
-def _fast_on_state_changed(self, event=None, _evtype=None):
-    if self.closed:
-        self._writable.set()
-        self._readable.set()
+def _slots(bufchan: Any) -> int:
+    return bufchan._remote_queue_open_slots
+
+
+def _reserve_final_slot(bufchan: Any) -> None:
+    """Let the final event go at once: the reader keeps room for it (see above)."""
+    if bufchan._remote_queue_open_slots < 1:
+        bufchan._remote_queue_open_slots = 1
+        bufchan._remote_can_recv.set()
+
+
+def _wait_for_slots(bufchan: Any, need: int, stall_s: float, method: str) -> None:
+    """Wait until the reader has granted ``need`` slots, at most ``stall_s``.
+
+    Raises: SlowConsumer."""
+    if bufchan._remote_queue_open_slots >= need:
         return
-    while True:
-        try:
-            events = int(self.getsockopt(_EVENTS))
-            break
-        except zmq.ZMQError as e:
-            if e.errno not in _RETRY:
-                raise
-    if events & _POLLOUT:
-        self._writable.set()
-    if events & _POLLIN:
-        self._readable.set()
+    deadline = gevent.get_hub().loop.now() + stall_s
+    while bufchan._remote_queue_open_slots < need:
+        left = deadline - gevent.get_hub().loop.now()
+        if left <= 0:
+            raise errors.SlowConsumer(
+                f"{method}: the reader took no item for {stall_s:g} s with its window full; stream dropped",
+                hint="read the stream as it comes; a follower resumes from the last index it saw")
+        bufchan._remote_can_recv.clear()
+        bufchan._remote_can_recv.wait(timeout=left)
 
 
-def _fast_send(self, data, flags=0, copy=True, track=False):
-    flags = int(flags)
-    if flags & _NOBLOCK:
-        return _BASE.send(self, data, flags, copy, track)
-    flags |= _NOBLOCK
-    while True:
+class _BoundedReqStream(zerorpc.patterns.ReqStream):
+    """Server side of a stream whose sender waits at most ``stall_s`` for
+    credit, and which always closes the method's generator (its finally
+    blocks run: a relayed agent stream is closed) however the call ends:
+    done, failed, the reader dropped or lost (LostRemote)."""
+
+    def __init__(self, stall_s: float):
+        self.stall_s = stall_s
+
+    def process_call(self, context, channel, req_event, functor):
+        context.hook_server_before_exec(req_event)
+        xheader = context.hook_get_task_context()
+        items = iter(functor(*req_event.args))
+        sent = 0
         try:
-            msg = _BASE.send(self, data, flags, copy, track)
-            self._on_state_changed()  # zerorpc's forced poll: a POLLIN is often missed while sending
-            return msg
-        except zmq.ZMQError as e:
-            if e.errno not in _RETRY:
-                raise
-        self._writable.clear()
-        gevent.sleep(0)
-        while not self._writable.wait(timeout=1):
+            for item in items:
+                # after the first item, keep one slot free for the final event
+                _wait_for_slots(channel, 1 if sent == 0 else 2, self.stall_s, req_event.name)
+                channel.emit(u"STREAM", item, xheader)
+                sent += 1
+            done_event = channel.new_event(u"STREAM_DONE", None, xheader)
+            context.hook_server_after_exec(req_event, done_event)
+            _reserve_final_slot(channel)
+            channel.emit_event(done_event)
+        except Exception:
+            _reserve_final_slot(channel)  # zerorpc sends the ERR next
+            raise
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+
+class _BoundedStreamDecorator(zerorpc.decorators.DecoratorBase):
+    def __init__(self, functor, pattern):
+        super().__init__(functor)
+        self.pattern = pattern
+
+
+def bounded_stream(functor: Callable, stall_s: float = STREAM_STALL_SECONDS) -> Any:
+    """A zerorpc stream functor (``functor`` returns an iterable) whose
+    sender waits at most ``stall_s`` seconds for its reader's credit, then
+    ends the stream with SlowConsumer (see the notes above)."""
+    return _BoundedStreamDecorator(functor, _BoundedReqStream(stall_s))
+
+
+#: What ``ClientStream.next_item`` returns when nothing came within its timeout.
+NOTHING_YET = object()
+
+
+class ClientStream:
+    """The reading end of a stream (what a call of a stream method returns
+    to a client whose context has ``StreamPatterns``): zerorpc's iterator,
+    with a timeout per wait and heartbeat loss noticed.
+
+    ``next_item(timeout_s)``: the next item; NOTHING_YET if none came in
+    ``timeout_s``; raises StopIteration at the end, the server's error
+    (mapped by the context's middleware), or LostRemote (no heartbeat from
+    the server for two intervals).  Iterating waits as long as it takes
+    (heartbeats tell a dead server).  ``close()`` ends it (the server sees
+    the reader gone within two heartbeats)."""
+
+    def __init__(self, context, bufchan, req_event, first_event, handle_remote_error):
+        self._context = context
+        self._bufchan = bufchan
+        self._hbchan = bufchan.channel
+        self._req_event = req_event
+        self._pending = first_event
+        self._handle_remote_error = handle_remote_error
+        self._done = False
+        freq = getattr(self._hbchan, "_heartbeat_freq", None) or 5.0
+        self._poll_s = max(0.05, min(1.0, freq / 2))
+        bufchan.on_close_if = lambda event: event.name == u"STREAM_DONE"
+
+    def _lost(self) -> bool:
+        return bool(getattr(self._hbchan, "_lost_remote", False))
+
+    def next_item(self, timeout_s: float | None = None) -> Any:
+        if self._done:
+            raise StopIteration
+        event, self._pending = self._pending, None
+        if event is None:
             try:
-                if int(self.getsockopt(_EVENTS)) & _POLLOUT:
-                    _gevent_zmq_log.error("/!\\ gevent_zeromq BUG /!\\ catching up after missing event (SEND) /!\\")
-                    break
-            except zmq.ZMQError as e:
-                if e.errno not in _RETRY:
-                    raise
+                event = self._bufchan.recv(timeout=timeout_s)
+            except TimeoutExpired:
+                if self._lost():
+                    self.close()
+                    raise LostRemote(f"lost the server during {self._req_event.name} (no heartbeat)") from None
+                return NOTHING_YET
+        if event.name == u"STREAM":
+            return event.args
+        self.close()
+        if event.name == u"ERR":
+            exception = self._handle_remote_error(event)
+            self._context.hook_client_after_request(self._req_event, event, exception)
+            raise exception
+        self._context.hook_client_after_request(self._req_event, event)
+        raise StopIteration
+
+    def __iter__(self) -> "ClientStream":
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            item = self.next_item(self._poll_s)
+            if item is not NOTHING_YET:
+                return item
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._bufchan.close()
 
 
-def _fast_recv(self, flags=0, copy=True, track=False):
-    flags = int(flags)
-    if flags & _NOBLOCK:
-        return _BASE.recv(self, flags, copy, track)
-    flags |= _NOBLOCK
-    while True:
-        try:
-            msg = _BASE.recv(self, flags, copy, track)
-            self._on_state_changed()  # zerorpc's forced poll: a POLLOUT is often missed while receiving
-            return msg
-        except zmq.ZMQError as e:
-            if e.errno not in _RETRY:
-                raise
-        self._readable.clear()
-        gevent.sleep(0)
-        while not self._readable.wait(timeout=1):
-            try:
-                if int(self.getsockopt(_EVENTS)) & _POLLIN:
-                    _gevent_zmq_log.error("/!\\ gevent_zeromq BUG /!\\ catching up after missing event (RECV) /!\\")
-                    break
-            except zmq.ZMQError as e:
-                if e.errno not in _RETRY:
-                    raise
+class _ClientReqStream(zerorpc.patterns.ReqStream):
+    def process_answer(self, context, channel, req_event, rep_event, handle_remote_error):
+        return ClientStream(context, channel, req_event, rep_event, handle_remote_error)
 
 
-def fast_sockets_installed() -> bool:
-    """Whether zerorpc's gevent socket runs the integer versions above."""
-    return gevent_zmq.Socket.recv is _fast_recv
+class StreamPatterns:
+    """Client middleware: stream answers become ClientStream objects instead
+    of zerorpc's iterator (register it on the client's Context)."""
 
-
-def install_fast_sockets() -> None:
-    """Put the integer send, recv and state check on zerorpc's gevent
-    socket class (idempotent; done when this module is imported)."""
-    gevent_zmq.Socket._on_state_changed = _fast_on_state_changed
-    gevent_zmq.Socket.send = _fast_send
-    gevent_zmq.Socket.recv = _fast_recv
-
-
-install_fast_sockets()
+    def client_patterns_list(self, patterns: list) -> list:
+        return [_ClientReqStream() if isinstance(p, zerorpc.patterns.ReqStream) else p for p in patterns]

@@ -4,6 +4,7 @@
 the default for a single hub.  Other implementations (etcd, for several
 hubs) live beside it in this package and keep the same methods.
 """
+from hub.store.base import Store
 from hub.store.sqlite import HubStore
 
-__all__ = ["HubStore"]
+__all__ = ["HubStore", "Store"]

@@ -46,6 +46,7 @@ import time
 from typing import Iterator
 
 from dcctl import errors
+from hub.store.base import Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -151,14 +152,17 @@ def _row(cur: sqlite3.Cursor, row: tuple) -> dict:
     return out
 
 
-class HubStore:
+class HubStore(Store):
     """Open (creating if needed) the store under ``state_dir``.
 
     Raises:
         HubBusy: another process holds the store's lock.
     """
 
+    kind = "sqlite"
+
     def __init__(self, state_dir: str):
+        self._hub: dict | None = None  # {name, endpoint, since}: the one hub (join)
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self._lock_fd = os.open(os.path.join(state_dir, "hub.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -182,10 +186,34 @@ class HubStore:
                 db.execute(KEYS_SCHEMA)
                 db.execute("INSERT OR IGNORE INTO host_keys (name, key, added_at)"
                            " SELECT name, key, registered_at FROM hosts WHERE key != '' ORDER BY registered_at")
+        self._orphans: set[str] = set()  # rows reserved when the hub joined (orphaned_reservations)
 
     def close(self) -> None:
         self.db.close()
         os.close(self._lock_fd)
+
+    # ------------------------------------------------------------ hubs (one: its lock says so)
+    def join(self, name: str, endpoint: str) -> None:
+        """The one hub starts: every row still "reserved" is a placement its
+        previous run left undecided (orphaned_reservations)."""
+        self._hub = {"name": name, "endpoint": endpoint, "since": time.time()}
+        self._orphans = {n for (n,) in self.db.execute("SELECT name FROM containers WHERE state='reserved'")}
+
+    def is_leader(self) -> bool:
+        return True
+
+    def leader(self) -> str | None:
+        return self._hub["name"] if self._hub else None
+
+    def members(self) -> list[dict]:
+        return [dict(self._hub)] if self._hub else []
+
+    def orphaned_reservations(self) -> list[str]:
+        """The rows "reserved" when the hub joined (one hub: the run that
+        made them is gone), handed out once; rows reserved since are this
+        process's own placements in flight."""
+        out, self._orphans = sorted(self._orphans), set()
+        return out
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -360,9 +388,10 @@ class HubStore:
             return self._all("SELECT * FROM containers ORDER BY name")
         return self._all("SELECT * FROM containers WHERE host=? ORDER BY name", (host,))
 
-    def reserved_memory(self, db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-        """{host: (memory_bytes reserved, container count)} from the rows."""
-        return {h: (m or 0, n) for h, m, n in db.execute(
+    def reserved_memory(self, db: sqlite3.Connection | None = None) -> dict[str, tuple[int, int]]:
+        """{host: (memory_bytes reserved, container count)} from the rows
+        (read in transaction ``db``, or outside one)."""
+        return {h: (m or 0, n) for h, m, n in (db or self.db).execute(
             "SELECT host, SUM(memory_bytes), COUNT(*) FROM containers GROUP BY host")}
 
     def claim(self, name: str, image: str, memory_bytes: int, spec: dict, choose) -> dict:

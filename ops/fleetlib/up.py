@@ -182,6 +182,7 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
     after the first change everything made is undone."""
     state, p = plan(prefix, n, subnet, hub_port, hub, router, route_domain), paths(prefix)
     state["heartbeat_s"] = heartbeat_s
+    state["agent_args"] = list(agent_args)  # `ops/fleet start HOST` runs the agent with them again
     if load(prefix) or _netns(prefix) or os.path.exists(f"/sys/class/net/{p['bridge']}") or _root_veths(prefix):
         raise FleetError(f"a fleet with prefix {prefix!r} is already up (or left over): "
                          f"run `ops/fleet down --prefix {prefix}` first")

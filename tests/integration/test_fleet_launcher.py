@@ -327,3 +327,38 @@ def wait_http_host(url: str, host: str, timeout_s: float = 20.0) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_kill_and_start_one_host_keeps_its_containers_and_arguments(make_fleet):
+    """``ops/fleet kill HOST`` SIGKILLs that agent only (its container runs
+    on); ``ops/fleet start HOST`` runs it again with up's agent arguments."""
+    f = make_fleet()
+    done = f.up(2, "--no-hub", "--agent-arg=--label=zone=obs")
+    assert done.returncode == 0, done.stderr
+    h1, h2 = f.state()["hosts"]
+    name = f"{f.prefix}.k"
+    call(h1["ipc"], "container_create", "busybox", name)
+    call(h1["ipc"], "container_start", name)
+    old = h1["pid"]
+
+    k = run_fleet("kill", "host-1", "--prefix", f.prefix, "--json")
+    assert k.returncode == 0, k.stderr
+    assert json.loads(k.stdout) == {"host": "host-1", "pid": old, "killed": True}
+    assert not procs.alive(old) and not fleetmod.ping(h1["ipc"], timeout_s=1)
+    assert fleetmod.ping(h2["ipc"]) and procs.alive(h2["pid"])  # the other host is untouched
+    lxc = subprocess.run(["nsenter", f"--net=/run/netns/{h1['netns']}", "lxc-info", "-P", h1["lxc_path"],
+                          "-n", name, "-s"], capture_output=True, text=True)
+    assert "RUNNING" in lxc.stdout, lxc.stdout + lxc.stderr
+    again = run_fleet("kill", "1", "--prefix", f.prefix, "--json")  # N names host-N; a dead agent is no error
+    assert again.returncode == 0 and json.loads(again.stdout)["killed"] is False
+
+    s = run_fleet("start", "host-1", "--prefix", f.prefix, "--json")
+    assert s.returncode == 0, s.stderr
+    out = json.loads(s.stdout)
+    assert out["started"] is True and out["pid"] != old and f.state()["hosts"][0]["pid"] == out["pid"]
+    assert "--label=zone=obs" in [w.decode() for w in procs.cmdline(out["pid"])]
+    assert [c["state"] for c in call(h1["ipc"], "container_ls") if c["name"] == name] == ["running"]
+    assert json.loads(run_fleet("start", "host-1", "--prefix", f.prefix, "--json").stdout)["started"] is False
+
+    bad = run_fleet("kill", "host-9", "--prefix", f.prefix)
+    assert bad.returncode == 1 and "no host 'host-9'" in bad.stderr

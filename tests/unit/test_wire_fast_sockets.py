@@ -1,5 +1,5 @@
 """zerorpc's gevent socket runs without pyzmq's enum arithmetic
-(dcctl.wire.zrpc, its last section): real calls over a real ipc socket make
+(dcctl.wire.zrpcfast, installed by dcctl.wire.zrpc): real calls over a real ipc socket make
 no Flag operation (``&``, ``|``) from zerorpc's socket code, and behave as
 before (answers, a missing server's timeout)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dcctl import errors, wire
-from dcctl.wire import zrpc
+from dcctl.wire import zrpc, zrpcfast
 
 FLAG_OPS = {"__and__", "__or__", "__rand__", "__ror__", "__xor__", "__invert__"}
 
@@ -51,7 +51,7 @@ def _flag_ops_from_sockets(fn) -> int:
 
 
 def test_calls_make_no_flag_arithmetic_in_the_socket_code(echo_endpoint):
-    assert zrpc.fast_sockets_installed()
+    assert zrpcfast.fast_sockets_installed()
     with wire.connect(echo_endpoint, timeout_s=10) as c:
         c.call("echo", "warm")
 
@@ -63,9 +63,9 @@ def test_calls_make_no_flag_arithmetic_in_the_socket_code(echo_endpoint):
 
 
 def test_install_is_idempotent_and_a_dead_server_still_times_out(echo_endpoint, tmp_path):
-    zrpc.install_fast_sockets()
-    zrpc.install_fast_sockets()
-    assert zrpc.fast_sockets_installed()
+    zrpcfast.install_fast_sockets()
+    zrpcfast.install_fast_sockets()
+    assert zrpcfast.fast_sockets_installed()
     with wire.connect(echo_endpoint, timeout_s=10) as c:
         assert c.call("echo", "x") == "x"
     stale = tmp_path / "stale.sock"

@@ -1,0 +1,737 @@
+"""The fleet store in etcd 3.4, shared by several hubs (hub/store/base.py
+is the interface; docs/SCALING.md the design).
+
+It speaks etcd's v3 JSON gateway through ``etcd3gw``'s HTTP client: no
+grpc, and each request runs in gevent's thread pool, so a hub's loop keeps
+serving while etcd answers.  Every request has a timeout
+(``timeout_s``); a connection refused, a timeout or an etcd that has no
+leader becomes a typed StoreUnavailable at once, and for ``BREAKER_SECONDS``
+after one every call fails the same way without waiting again (fast
+failure while etcd is down; the first call after that tries again).
+
+Keys, under ``prefix`` (default ``/dcfleet/``), values JSON:
+
+  hosts/<host>               a host's row without its beats (CAS on mod revision)
+  beats/<host>               {at, summary, capacity}: written in batches
+                             (<= 128 puts a transaction) by the hub the host beats to
+  keys/<host>, keyidx/<key>  the host's CURVE key binding, both ways
+  containers/<name>          a container's row; a name claim is a transaction on
+                             create_revision == 0
+  resv/<host>                the host's reservation record {names: {name: memory_bytes}};
+                             every claim, move, adopt and forget compares its mod
+                             revision (compare-and-swap), so two hubs never over-commit
+  inflight/<name>            the claiming hub's name, on that hub's lease, while the
+                             row is "reserved": a row whose key is gone is orphaned
+  abandoned/<name>/<host>    {at}
+  routes/<route>/<container>/<port>   {created_at}
+  registry/<image id>        {manifest, sizes, source}: the image registry's index
+                             (layers stay on each hub's disk, see hub/registry.py)
+  members/<hub>              {name, endpoint, since}, on the hub's lease
+  leader                     the leading hub's name, on its lease (election:
+                             create_revision == 0, lost when the lease expires)
+
+Host liveness is heartbeat records, not leases: agents talk to a hub, never
+to etcd, so a lease per host would be kept alive by whichever hub hears it
+anyway, at one request per host per beat.  Records let the hub batch every
+host's beats in a few transactions and let the leader judge with the same
+rule (and code) as SQLite.
+
+The store never fills: etcd runs with auto-compaction and an explicit
+backend quota (tests/etcdkit.py, ops/fleet), and the leader compacts the
+history itself every ``COMPACT_EVERY_SECONDS`` (keeping the last
+``KEEP_REVISIONS``), in case the server's own setting is off.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import threading
+import time
+import urllib.parse
+
+import gevent
+import requests
+
+from dcctl import errors
+from hub.store.base import Chooser, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/dcfleet/"
+DEFAULT_TIMEOUT_SECONDS = 2.0
+DEFAULT_LEASE_SECONDS = 5
+BREAKER_SECONDS = 1.0
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+CAS_ATTEMPTS = 200
+COMPACT_EVERY_SECONDS = 300.0
+KEEP_REVISIONS = 10000
+
+_UNAVAILABLE_WORDS = ("no leader", "request timed out", "leader changed", "too many requests",
+                      "not capable", "stopped")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str | None) -> str:
+    return base64.b64decode(text or "").decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    """The range_end that makes a range over every key starting with ``prefix``."""
+    raw = prefix.encode()
+    return base64.b64encode(raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+class EtcdClient:
+    """The few v3 gateway calls the store needs, typed at this boundary.
+
+    Args:
+        url: ``http://HOST:PORT`` of an etcd client endpoint.
+        timeout_s: seconds each request may take.
+
+    Raises (every call): StoreUnavailable, StoreError (etcd refused the
+    request, e.g. "database space exceeded").
+    """
+
+    def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_SECONDS):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise errors.InvalidArgument(f"etcd endpoint {url!r} must be http://HOST:PORT")
+        self.url = f"http://{parts.hostname}:{parts.port}"
+        self.host, self.port, self.timeout_s = parts.hostname, parts.port, timeout_s
+        self._local = threading.local()
+        self._down_until = 0.0
+        self.requests = 0  # requests sent (figures for bench and docs)
+
+    def _client(self):
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import etcd3gw  # imported here: a SQLite hub never needs it
+            client = self._local.client = etcd3gw.Etcd3Client(self.host, self.port, timeout=self.timeout_s,
+                                                              api_path="/v3/")
+        return client
+
+    def post(self, path: str, body: dict) -> dict:
+        """POST ``body`` to /v3/``path``; returns the decoded answer."""
+        if time.monotonic() < self._down_until:
+            raise errors.StoreUnavailable(f"etcd at {self.url} did not answer just now",
+                                          hint="start etcd (or fix its endpoint); nothing was changed")
+        self.requests += 1
+        try:
+            return gevent.get_hub().threadpool.apply(self._post, (path, body))
+        except errors.StoreUnavailable:
+            self._down_until = time.monotonic() + BREAKER_SECONDS
+            raise
+
+    def _post(self, path: str, body: dict) -> dict:
+        from etcd3gw import exceptions as ex
+        client = self._client()
+        try:
+            return client.post(client.get_url(path), json=body)
+        except (ex.ConnectionFailedError, ex.ConnectionTimeoutError, requests.RequestException) as exc:
+            raise errors.StoreUnavailable(f"etcd at {self.url} is unreachable ({type(exc).__name__})",
+                                          hint="start etcd (or fix its endpoint); nothing was changed") from exc
+        except ex.Etcd3Exception as exc:
+            text = str(exc.detail_text or exc)
+            if any(w in text.lower() for w in _UNAVAILABLE_WORDS):
+                raise errors.StoreUnavailable(f"etcd at {self.url} cannot serve: {text[:200]}") from exc
+            hint = ("compact and defragment etcd, then disarm its alarm" if "space exceeded" in text
+                    else None)
+            raise errors.StoreError(f"etcd refused the request: {text[:200]}", hint=hint) from exc
+
+    # -------------------------------------------------------------- kv
+    def get(self, key: str) -> tuple[dict, int] | None:
+        """(value, mod_revision) of ``key``, or None."""
+        kvs = self.post("kv/range", {"key": _b64(key)}).get("kvs") or []
+        if not kvs:
+            return None
+        return json.loads(_unb64(kvs[0].get("value"))), int(kvs[0]["mod_revision"])
+
+    def range(self, prefix: str) -> list[tuple[str, dict, int]]:
+        """[(key, value, mod_revision)] of every key under ``prefix``, by key."""
+        out = self.post("kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+        return [(_unb64(kv["key"]), json.loads(_unb64(kv.get("value"))), int(kv["mod_revision"]))
+                for kv in out.get("kvs") or []]
+
+    def count(self, prefix: str) -> int:
+        """How many keys are under ``prefix``."""
+        out = self.post("kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix), "count_only": True})
+        return int(out.get("count") or 0)
+
+    def txn(self, compare: list[dict], success: list[dict], failure: list[dict] = ()) -> tuple[bool, dict]:
+        """One transaction; returns (succeeded, the answer)."""
+        out = self.post("kv/txn", {"compare": compare, "success": success, "failure": list(failure)})
+        return bool(out.get("succeeded")), out
+
+    def revision(self) -> int:
+        """The store's current revision."""
+        return int(self.post("kv/range", {"key": _b64("\0"), "count_only": True})["header"]["revision"])
+
+    @staticmethod
+    def put(key: str, value, lease: int | None = None) -> dict:
+        req = {"key": _b64(key), "value": _b64(json.dumps(value, sort_keys=True))}
+        if lease:
+            req["lease"] = str(lease)
+        return {"request_put": req}
+
+    @staticmethod
+    def delete(key: str, prefix: bool = False) -> dict:
+        req = {"key": _b64(key)}
+        if prefix:
+            req["range_end"] = _prefix_end(key)
+        return {"request_delete_range": req}
+
+    @staticmethod
+    def read(key: str) -> dict:
+        return {"request_range": {"key": _b64(key)}}
+
+    @staticmethod
+    def at(key: str, mod_revision: int) -> dict:
+        """Compare: ``key`` is at ``mod_revision`` (0: ``key`` is absent)."""
+        if not mod_revision:
+            return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
+
+
+class EtcdStore(Store):
+    """The fleet store in etcd (see the module doc).
+
+    Args:
+        url: ``http://HOST:PORT`` of etcd.
+        prefix: the key prefix of this fleet (hub groups use one each).
+        lease_s: seconds of the hubs' leases: a hub killed loses its
+            membership, its leadership and its in-flight claims within
+            that time.
+        timeout_s: seconds each etcd request may take.
+
+    Raises: InvalidArgument (a bad url or prefix), StoreUnavailable (etcd
+    does not answer at open).
+    """
+
+    kind = "etcd"
+
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, *, lease_s: int = DEFAULT_LEASE_SECONDS,
+                 timeout_s: float = DEFAULT_TIMEOUT_SECONDS):
+        if not prefix.startswith("/") or not prefix.endswith("/"):
+            raise errors.InvalidArgument(f"etcd prefix {prefix!r} must start and end with '/'")
+        self.etcd = EtcdClient(url, timeout_s)
+        self.prefix = prefix
+        self.lease_s = max(2, int(lease_s))
+        self.hub_name: str | None = None
+        self._member: dict | None = None
+        self._lease: int | None = None
+        self._renewed = 0.0  # monotonic time of the last renewal of the lease
+        self._leading = False
+        self._task: gevent.Greenlet | None = None
+        self._compacted = time.monotonic()
+        self.etcd.revision()  # StoreUnavailable now rather than at the first call
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + "/".join(parts)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.kill()
+            self._task = None
+        if self._lease:
+            try:
+                self.etcd.post("lease/revoke", {"ID": str(self._lease)})  # leadership moves at once
+            except errors.StoreError:
+                pass
+        self._lease, self._leading = None, False
+
+    # ------------------------------------------------------------ hubs
+    def join(self, name: str, endpoint: str) -> None:
+        """See Store.join; keeps the lease alive and campaigns every
+        lease_s/4 seconds in a greenlet until close()."""
+        self.hub_name = name
+        self._member = {"name": name, "endpoint": endpoint, "since": time.time()}
+        try:
+            self._renew()
+        except errors.StoreError as exc:
+            log.warning("etcd: cannot join yet (%s); trying again", exc)
+        if self._task is None:
+            self._task = gevent.spawn(self._keep)
+
+    def _keep(self) -> None:
+        while True:
+            gevent.sleep(self.lease_s / 4)
+            try:
+                self._renew()
+                if self._leading and time.monotonic() - self._compacted > COMPACT_EVERY_SECONDS:
+                    self.compact()
+            except errors.StoreError as exc:
+                log.warning("etcd: lease renewal failed (%s)", exc)
+
+    def _renew(self) -> None:
+        """Keep (or get) this hub's lease and member key; take the
+        leadership when nobody holds it."""
+        if self._lease is not None:
+            out = self.etcd.post("lease/keepalive", {"ID": str(self._lease)})
+            if int((out.get("result") or {}).get("TTL") or 0) <= 0:
+                log.warning("etcd: this hub's lease expired: joining again")
+                self._lease, self._leading = None, False
+        if self._lease is None:
+            self._lease = int(self.etcd.post("lease/grant", {"TTL": str(self.lease_s)})["ID"])
+            self.etcd.txn([], [self.etcd.put(self._k("members", self.hub_name), self._member, self._lease)])
+        self._renewed = time.monotonic()
+        key = self._k("leader")
+        ok, out = self.etcd.txn([self.etcd.at(key, 0)], [self.etcd.put(key, self.hub_name, self._lease)],
+                                [self.etcd.read(key)])
+        if ok:
+            log.info("etcd: hub %s leads", self.hub_name)
+            self._leading = True
+            return
+        kvs = out["responses"][0]["response_range"].get("kvs") or []
+        self._leading = bool(kvs) and int(kvs[0].get("lease") or 0) == self._lease
+
+    def is_leader(self) -> bool:
+        # a lease not renewed for a whole TTL may have expired: never act as leader on it
+        return self._leading and time.monotonic() - self._renewed < self.lease_s
+
+    def leader(self) -> str | None:
+        got = self.etcd.get(self._k("leader"))
+        return got[0] if got else None
+
+    def members(self) -> list[dict]:
+        return sorted((v for _, v, _ in self.etcd.range(self._k("members", ""))), key=lambda m: m["name"])
+
+    def orphaned_reservations(self) -> list[str]:
+        inflight = {k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("inflight", ""))}
+        return [r["name"] for r in self.containers() if r["state"] == "reserved" and r["name"] not in inflight]
+
+    def compact(self) -> int:
+        """Compact etcd's history to KEEP_REVISIONS back; returns the
+        revision compacted to (0: nothing to do)."""
+        self._compacted = time.monotonic()
+        rev = self.etcd.revision() - KEEP_REVISIONS
+        if rev <= 0:
+            return 0
+        try:
+            self.etcd.post("kv/compaction", {"revision": str(rev)})
+        except errors.StoreError as exc:
+            if "compacted" not in str(exc):
+                raise
+        return rev
+
+    def _cas(self, fn):
+        """Run ``fn()`` until it returns something other than None (its
+        transaction's compares held), with a short random pause between
+        attempts.  Raises: StoreUnavailable after CAS_ATTEMPTS lost races."""
+        for attempt in range(CAS_ATTEMPTS):
+            out = fn()
+            if out is not None:
+                return out
+            gevent.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+        raise errors.StoreUnavailable("the fleet store is too busy: a write lost every race", hint="try again")
+
+    # ------------------------------------------------------------ host keys
+    def bind_key(self, name: str, key: str) -> dict:
+        kname, kkey = self._k("keys", name), self._k("keyidx", key)
+        while True:
+            mine, theirs = self.etcd.get(kname), self.etcd.get(kkey)
+            if mine is not None and mine[0]["key"] != key:
+                raise errors.Conflict(f"host {name!r} is bound to another key",
+                                      hint="host_remove it first to give it a new key")
+            if theirs is not None and theirs[0] != name:
+                raise errors.Conflict(f"this key is bound to host {theirs[0]!r}: a key is one host",
+                                      hint="give each host its own key pair")
+            if mine is not None and theirs is not None:
+                return mine[0]
+            row = {"name": name, "key": key, "added_at": time.time()}
+            ok, _ = self.etcd.txn([self.etcd.at(kname, 0), self.etcd.at(kkey, 0)],
+                                  [self.etcd.put(kname, row), self.etcd.put(kkey, name)])
+            if ok:
+                return row
+
+    def binding(self, name: str) -> dict | None:
+        got = self.etcd.get(self._k("keys", name))
+        return got[0] if got else None
+
+    def name_of_key(self, key: str) -> str | None:
+        got = self.etcd.get(self._k("keyidx", key))
+        return got[0] if got else None
+
+    # ------------------------------------------------------------ hosts
+    def _host_row(self, rec: dict, beat: dict | None) -> dict:
+        row = dict(rec)
+        if beat is not None:
+            row["summary"] = json.loads(beat["summary"]) if isinstance(beat.get("summary"), str) else beat["summary"]
+            if beat.get("capacity") is not None:
+                row["capacity"] = beat["capacity"]
+            row["last_heartbeat"] = max(row["last_heartbeat"], beat["at"])
+        return row
+
+    def upsert_host(self, name: str, endpoint: str, address: str, labels: dict, capacity: dict,
+                    key: str = "") -> dict:
+        hkey = self._k("hosts", name)
+
+        def once():
+            got, bound = self.etcd.get(hkey), self.binding(name)
+            row = got[0] if got else None
+            if (bound is not None and bound["key"] != key) or (row is not None and row["key"] and row["key"] != key):
+                raise errors.Unauthorized(f"host name {name!r} belongs to another key",
+                                          hint="a host's identity is its key; remove the old host first")
+            if key and bound is None:
+                other = self.name_of_key(key)
+                if other is not None:
+                    raise errors.Unauthorized(f"this key is {other}'s: it may register only that host name",
+                                              hint="a host's key is one host; give each host its own key pair")
+                raise errors.Unauthorized(f"host name {name!r} is not bound to this key",
+                                          hint=f"an operator adds the host first: dcctl host_add {name} PUBLIC_KEY")
+            now = time.time()
+            new = {"name": name, "endpoint": endpoint, "address": address, "key": key, "labels": labels,
+                   "capacity": capacity, "summary": row["summary"] if row else {}, "state": "alive",
+                   "registered_at": now, "last_heartbeat": now}
+            ok, _ = self.etcd.txn([self.etcd.at(hkey, got[1] if got else 0)],
+                                  [self.etcd.put(hkey, new), self.etcd.delete(self._k("beats", name))])
+            return ({**new, "previous_state": row["state"] if row else None}) if ok else None
+
+        return self._cas(once)
+
+    def heartbeat(self, name: str, summary: dict, key: str = "", at: float | None = None) -> str | None:
+        hkey = self._k("hosts", name)
+        at = time.time() if at is None else at
+
+        def once():
+            got = self.etcd.get(hkey)
+            if got is None:
+                return (None,)
+            row, rev = got
+            if row["key"] and row["key"] != key:
+                raise errors.Unauthorized(f"host {name!r} belongs to another key")
+            beat = {"at": at, "summary": summary, "capacity": summary.get("capacity")}
+            ops = [self.etcd.put(self._k("beats", name), beat)]
+            if row["state"] != "alive":
+                ops.append(self.etcd.put(hkey, {**row, "state": "alive", "last_heartbeat": max(row["last_heartbeat"], at)}))
+            ok, _ = self.etcd.txn([self.etcd.at(hkey, rev)], ops)
+            return (row["state"],) if ok else None
+
+        return self._cas(once)[0]
+
+    def host_state(self, name: str, key: str = "") -> str | None:
+        got = self.etcd.get(self._k("hosts", name))
+        if got is None:
+            return None
+        if got[0]["key"] and got[0]["key"] != key:
+            raise errors.Unauthorized(f"host {name!r} belongs to another key")
+        return got[0]["state"]
+
+    def record_beats(self, beats: dict[str, tuple[float, str, str | None]]) -> None:
+        """See Store.record_beats: puts of beats/<host>, MAX_TXN_OPS a
+        transaction (a beat of a host removed meanwhile is dropped by the
+        next registration or removal)."""
+        known = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in self.etcd.range(self._k("beats", ""))}
+        hosts = {k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("hosts", ""))}
+        ops = []
+        for name, (at, summary, capacity) in sorted(beats.items()):
+            if name not in hosts:
+                continue
+            old = known.get(name)
+            if old is not None and old[0]["at"] >= at:
+                continue
+            ops.append(self.etcd.put(self._k("beats", name), {
+                "at": at, "summary": json.loads(summary),
+                "capacity": json.loads(capacity) if capacity is not None else None}))
+        for i in range(0, len(ops), MAX_TXN_OPS):
+            self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+
+    def mark_unreachable(self, deadline: float, fresh: set[str] | frozenset = frozenset()) -> list[str]:
+        beats = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in self.etcd.range(self._k("beats", ""))}
+        out = []
+        for key, row, rev in self.etcd.range(self._k("hosts", "")):
+            name = row["name"]
+            beat, brev = beats.get(name, (None, 0))
+            last = max(row["last_heartbeat"], beat["at"] if beat else 0.0)
+            if row["state"] != "alive" or last >= deadline or name in fresh:
+                continue
+            ok, _ = self.etcd.txn([self.etcd.at(key, rev), self.etcd.at(self._k("beats", name), brev)],
+                                  [self.etcd.put(key, {**row, "state": "unreachable"})])
+            if ok:  # else it changed meanwhile (a beat, a registration): judged next round
+                out.append(name)
+        return out
+
+    def host(self, name: str) -> dict:
+        got = self.etcd.get(self._k("hosts", name))
+        if got is None:
+            raise errors.NoSuchHost(f"no host {name!r} in the fleet")
+        beat = self.etcd.get(self._k("beats", name))
+        return self._host_row(got[0], beat[0] if beat else None)
+
+    def hosts(self) -> list[dict]:
+        beats = {k.rsplit("/", 1)[1]: v for k, v, _ in self.etcd.range(self._k("beats", ""))}
+        return [self._host_row(v, beats.get(v["name"])) for _, v, _ in self.etcd.range(self._k("hosts", ""))]
+
+    def remove_host(self, name: str) -> None:
+        binding = self.binding(name)
+        ops = [self.etcd.delete(self._k(p, name)) for p in ("hosts", "beats", "keys", "resv")]
+        if binding is not None:
+            ops.append(self.etcd.delete(self._k("keyidx", binding["key"])))
+        ops += [self.etcd.delete(self._k("abandoned", r["name"], name)) for r in self.abandoned(name)]
+        for i in range(0, len(ops), MAX_TXN_OPS):
+            self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+
+    # ------------------------------------------------------------ containers
+    def _row(self, name: str) -> tuple[dict, int] | None:
+        return self.etcd.get(self._k("containers", name))
+
+    def container(self, name: str) -> dict:
+        got = self._row(name)
+        if got is None:
+            raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
+        return got[0]
+
+    def containers(self, host: str | None = None) -> list[dict]:
+        rows = [v for _, v, _ in self.etcd.range(self._k("containers", ""))]
+        return rows if host is None else [r for r in rows if r["host"] == host]
+
+    def _reservations(self) -> dict[str, tuple[dict, int]]:
+        """{host: (its reservation record's names {name: memory_bytes}, mod revision)}."""
+        return {k.rsplit("/", 1)[1]: (v["names"], rev) for k, v, rev in self.etcd.range(self._k("resv", ""))}
+
+    @staticmethod
+    def _figures(resv: dict[str, tuple[dict, int]]) -> dict[str, tuple[int, int]]:
+        return {h: (sum(names.values()), len(names)) for h, (names, _) in resv.items()}
+
+    def reserved_memory(self, db=None) -> dict[str, tuple[int, int]]:
+        return self._figures(self._reservations())
+
+    def _resv_ops(self, resv: dict, host: str, add: dict | None = None, drop: str | None = None):
+        """(compare, put) of the reservation record of ``host`` with
+        ``add`` {name: memory_bytes} added and ``drop`` taken out."""
+        names, rev = resv.get(host, ({}, 0))
+        names = dict(names)
+        if drop is not None:
+            names.pop(drop, None)
+        names.update(add or {})
+        key = self._k("resv", host)
+        return self.etcd.at(key, rev), self.etcd.put(key, {"names": names})
+
+    def _abandoned_of(self, name: str) -> list[str]:
+        return sorted(k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("abandoned", name, "")))
+
+    def claim(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
+        """See Store.claim: one transaction compares the name's
+        create_revision (0) and the chosen host's reservation record's mod
+        revision, and writes the row, the record and the in-flight key (on
+        this hub's lease); a lost race reads again and chooses again."""
+        ckey = self._k("containers", name)
+        if self._lease is None and self._member is not None:
+            self._renew()
+
+        def once():
+            if self._row(name) is not None:
+                raise errors.ContainerExists(f"container {name!r} already exists in the fleet")
+            left = self._abandoned_of(name)
+            if left:
+                raise errors.ContainerExists(
+                    f"container {name!r} is still claimed: a failed create may have left a copy on"
+                    f" {', '.join(left)}",
+                    hint=f"the hub destroys that copy once {', '.join(left)} answers; create it again then")
+            resv = self._reservations()
+            host = choose(self._figures(resv))
+            now = time.time()
+            row = {"name": name, "host": host, "image": image, "memory_bytes": memory_bytes, "state": "reserved",
+                   "spec": spec, "ports": [], "created_at": now, "updated_at": now}
+            cmp, put = self._resv_ops(resv, host, add={name: memory_bytes})
+            ops = [self.etcd.put(ckey, row), put]
+            if self._lease:
+                ops.append(self.etcd.put(self._k("inflight", name), self.hub_name, self._lease))
+            ok, _ = self.etcd.txn([self.etcd.at(ckey, 0), cmp], ops)
+            return row if ok else None
+
+        return self._cas(once)
+
+    def _rehost(self, name: str, pick) -> str:
+        """Move ``name``'s row and reservation to ``pick(resv, row)``'s host."""
+        ckey = self._k("containers", name)
+
+        def once():
+            got = self._row(name)
+            if got is None:
+                raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
+            row, rev = got
+            resv = self._reservations()
+            host = pick(resv, row)
+            cmps, ops = [self.etcd.at(ckey, rev)], [self.etcd.put(ckey, {**row, "host": host, "updated_at": time.time()})]
+            if host == row["host"]:
+                cmp, put = self._resv_ops(resv, host, add={name: row["memory_bytes"]})
+                cmps.append(cmp), ops.append(put)
+            else:
+                for h, kw in ((row["host"], {"drop": name}), (host, {"add": {name: row["memory_bytes"]}})):
+                    cmp, put = self._resv_ops(resv, h, **kw)
+                    cmps.append(cmp), ops.append(put)
+            ok, _ = self.etcd.txn(cmps, ops)
+            return host if ok else None
+
+        return self._cas(once)
+
+    def move(self, name: str, choose: Chooser) -> str:
+        def pick(resv, row):
+            figures = self._figures(resv)
+            mem, count = figures.get(row["host"], (0, 0))
+            if name in resv.get(row["host"], ({}, 0))[0]:
+                figures[row["host"]] = (mem - (row["memory_bytes"] or 0), count - 1)
+            return choose(figures)
+
+        return self._rehost(name, pick)
+
+    def assign(self, name: str, host: str) -> None:
+        try:
+            self._rehost(name, lambda resv, row: host)
+        except errors.NoSuchContainer:
+            pass
+
+    def _update(self, name: str, change) -> bool:
+        """CAS ``change(row) -> new row | None (leave it)`` on ``name``'s
+        row; returns True when written.  A row in state "placed" loses its
+        in-flight key."""
+        ckey = self._k("containers", name)
+
+        def once():
+            got = self._row(name)
+            if got is None:
+                return (False,)
+            new = change(dict(got[0]))
+            if new is None:
+                return (False,)
+            new["updated_at"] = time.time()
+            ops = [self.etcd.put(ckey, new)]
+            if new["state"] != "reserved":
+                ops.append(self.etcd.delete(self._k("inflight", name)))
+            ok, _ = self.etcd.txn([self.etcd.at(ckey, got[1])], ops)
+            return (True,) if ok else None
+
+        return self._cas(once)[0]
+
+    def set_placed(self, name: str, image: str, ports: list[dict]) -> None:
+        self._update(name, lambda r: {**r, "state": "placed", "image": image, "ports": ports})
+
+    def set_state(self, name: str, state: str, was: str) -> bool:
+        return self._update(name, lambda r: {**r, "state": state} if r["state"] == was else None)
+
+    def destroying(self, host: str) -> list[str]:
+        return sorted(r["name"] for r in self.containers(host) if r["state"] == "destroying")
+
+    def set_ports(self, name: str, ports: list[dict]) -> None:
+        self._update(name, lambda r: {**r, "ports": ports})
+
+    def adopt(self, name: str, host: str, image: str, ports: list[dict], memory_bytes: int = 0) -> None:
+        ckey = self._k("containers", name)
+
+        def once():
+            if self._row(name) is not None:
+                return (False,)
+            resv = self._reservations()
+            now = time.time()
+            row = {"name": name, "host": host, "image": image, "memory_bytes": memory_bytes, "state": "placed",
+                   "spec": {}, "ports": ports, "created_at": now, "updated_at": now}
+            cmp, put = self._resv_ops(resv, host, add={name: memory_bytes})
+            ok, _ = self.etcd.txn([self.etcd.at(ckey, 0), cmp], [self.etcd.put(ckey, row), put])
+            return (True,) if ok else None
+
+        self._cas(once)
+
+    def abandon(self, name: str, host: str) -> None:
+        self.etcd.txn([], [self.etcd.put(self._k("abandoned", name, host), {"at": time.time()})])
+
+    def abandoned(self, host: str | None = None) -> list[dict]:
+        rows = []
+        for key, value, _ in self.etcd.range(self._k("abandoned", "")):
+            name, h = key[len(self._k("abandoned", "")):].split("/", 1)
+            if host is None or h == host:
+                rows.append({"name": name, "host": h, "at": value["at"]})
+        return sorted(rows, key=lambda r: (r["name"], r["host"]))
+
+    def is_abandoned(self, name: str, host: str) -> bool:
+        return self.etcd.get(self._k("abandoned", name, host)) is not None
+
+    def unabandon(self, name: str, host: str) -> None:
+        self.etcd.txn([], [self.etcd.delete(self._k("abandoned", name, host))])
+
+    def forget(self, name: str) -> None:
+        """See Store.forget: the row, its reservation (compare-and-swap),
+        its in-flight key and its routes, in one transaction."""
+        ckey = self._k("containers", name)
+
+        def once():
+            got = self._row(name)
+            if got is None:
+                return (False,)
+            row, rev = got
+            resv = self._reservations()
+            cmps, ops = [self.etcd.at(ckey, rev)], [self.etcd.delete(ckey), self.etcd.delete(self._k("inflight", name))]
+            if name in resv.get(row["host"], ({}, 0))[0]:
+                cmp, put = self._resv_ops(resv, row["host"], drop=name)
+                cmps.append(cmp), ops.append(put)
+            ops += [self.etcd.delete(self._route_key(r["name"], name, r["port"]))
+                    for r in self.routes() if r["container"] == name]
+            ok, _ = self.etcd.txn(cmps, ops[:MAX_TXN_OPS])
+            if ok and len(ops) > MAX_TXN_OPS:
+                for i in range(MAX_TXN_OPS, len(ops), MAX_TXN_OPS):
+                    self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+            return (True,) if ok else None
+
+        self._cas(once)
+
+    # ------------------------------------------------------------ routes
+    def _route_key(self, name: str, container: str, port: int) -> str:
+        return self._k("routes", name, container, str(port))
+
+    def add_route(self, name: str, container: str, port: int, exist_ok: bool = False) -> bool:
+        rkey, ckey = self._route_key(name, container, port), self._k("containers", container)
+        while True:
+            got = self._row(container)
+            if got is None:
+                raise errors.NoSuchContainer(f"no container {container!r} in the fleet")
+            mapped = sorted(p.get("container_port") for p in got[0].get("ports") or []
+                            if isinstance(p, dict) and p.get("proto") == "tcp")
+            if port not in mapped:
+                raise errors.NoSuchPortMapping(
+                    f"container {container!r} maps no tcp port {port} (mapped: {', '.join(map(str, mapped)) or 'none'})",
+                    hint=f"map it first: container_connection_add {container} tcp {port}")
+            ok, out = self.etcd.txn([self.etcd.at(rkey, 0), self.etcd.at(ckey, got[1])],
+                                    [self.etcd.put(rkey, {"created_at": time.time()})], [self.etcd.read(rkey)])
+            if ok:
+                return True
+            if out["responses"][0]["response_range"].get("kvs"):
+                if exist_ok:
+                    return False
+                raise errors.RouteExists(f"route {name} already has backend {container}:{port}")
+
+    def remove_route(self, name: str, container: str, port: int) -> None:
+        out = self.etcd.post("kv/deleterange", {"key": _b64(self._route_key(name, container, port))})
+        if not int(out.get("deleted") or 0):
+            raise errors.NoSuchRoute(f"route {name} has no backend {container}:{port}")
+
+    def routes(self) -> list[dict]:
+        rows = []
+        base = self._k("routes", "")
+        for key, value, _ in self.etcd.range(base):
+            name, container, port = key[len(base):].split("/")
+            rows.append({"name": name, "container": container, "port": int(port), "created_at": value["created_at"]})
+        return sorted(rows, key=lambda r: (r["name"], r["container"], r["port"]))
+
+    # ------------------------------------------------------------ the registry's index
+    def registry_put(self, manifest: dict, sizes: dict[str, int], source: str | None) -> None:
+        """Index image ``manifest`` with its layers' ``sizes`` (bytes) and
+        the host it came from (None: an upload to one hub)."""
+        self.etcd.txn([], [self.etcd.put(self._k("registry", manifest["id"]),
+                                          {"manifest": manifest, "sizes": sizes, "source": source})])
+
+    def registry_manifests(self) -> list[dict]:
+        """Every indexed manifest."""
+        return [v["manifest"] for _, v, _ in self.etcd.range(self._k("registry", ""))]
+
+    def registry_entry(self, image_id: str) -> dict | None:
+        """{manifest, sizes, source} of ``image_id``, or None."""
+        got = self.etcd.get(self._k("registry", image_id))
+        return got[0] if got else None
+
+    def registry_remove(self, image_id: str) -> None:
+        """Drop ``image_id`` from the index."""
+        self.etcd.txn([], [self.etcd.delete(self._k("registry", image_id))])

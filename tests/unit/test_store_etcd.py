@@ -1,0 +1,90 @@
+"""etcd-only behaviour of hub/store/etcd.py on a real etcd: an unreachable
+or hung etcd is a typed StoreUnavailable within the request timeout (and at
+once while the breaker is open), everything works again when etcd is back,
+and transactions stay under etcd's 128 operations."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from dcctl import errors
+from hub import scheduler
+from hub.store.etcd import BREAKER_SECONDS, MAX_TXN_OPS, EtcdClient, EtcdStore
+from tests.etcdkit import running_etcd
+
+GiB = 1 << 30
+
+
+def _wait(cond, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _claim(store, name):
+    return store.claim(name, "img", GiB, {}, scheduler.choose(store.hosts(), scheduler.Request(GiB)))
+
+
+def test_a_stopped_or_hung_etcd_is_store_unavailable_fast_and_then_recovers(tmp_path):
+    with running_etcd(str(tmp_path)) as server:
+        store = EtcdStore(server.url, f"/etc-{uuid.uuid4().hex[:8]}/", timeout_s=1.0)
+        store.upsert_host("h1", "ipc:///x", "", {}, {"memory_reservable_bytes": 8 * GiB, "container_slots": 9})
+        _claim(store, "u.1")
+        server.pause()  # hung: holds its socket, answers nothing
+        try:
+            started = time.monotonic()
+            with pytest.raises(errors.StoreUnavailable):
+                _claim(store, "u.2")
+            assert time.monotonic() - started < 1.0 + 0.5  # the request timeout, not the caller's
+            started = time.monotonic()
+            with pytest.raises(errors.StoreUnavailable):
+                store.hosts()
+            assert time.monotonic() - started < 0.2  # the breaker: no second wait
+        finally:
+            server.resume()
+        server.stop()  # gone: connection refused
+        time.sleep(BREAKER_SECONDS)
+        started = time.monotonic()
+        with pytest.raises(errors.StoreUnavailable):
+            store.container("u.1")
+        assert time.monotonic() - started < 1.0
+        server.start()
+        assert _wait(lambda: _try(lambda: store.container("u.1")["state"] == "reserved"))
+        assert _claim(store, "u.2")["host"] == "h1"  # nothing was half-written while etcd was away
+        assert store.reserved_memory() == {"h1": (2 * GiB, 2)}
+        store.close()
+
+
+def _try(fn):
+    try:
+        return fn()
+    except errors.StoreUnavailable:
+        return False
+
+
+def test_an_etcd_that_never_ran_fails_at_open():
+    with pytest.raises(errors.StoreUnavailable):
+        EtcdStore("http://127.0.0.1:23799", timeout_s=0.5)
+    with pytest.raises(errors.InvalidArgument):
+        EtcdClient("https://127.0.0.1:2379")
+    with pytest.raises(errors.InvalidArgument):
+        EtcdStore("http://127.0.0.1:23799", "no-slashes")
+
+
+def test_many_beats_go_in_transactions_of_at_most_128_operations(tmp_path):
+    with running_etcd(str(tmp_path)) as server:
+        store = EtcdStore(server.url, f"/etc-{uuid.uuid4().hex[:8]}/")
+        for i in range(300):
+            store.upsert_host(f"h{i:03d}", "ipc:///x", "", {}, {})
+        now = time.time()
+        before = store.etcd.requests
+        store.record_beats({f"h{i:03d}": (now + 60, '{"i": %d}' % i, None) for i in range(300)})
+        assert store.etcd.requests - before == 2 + -(-300 // MAX_TXN_OPS)  # two reads, three transactions
+        assert all(h["last_heartbeat"] == pytest.approx(now + 60) for h in store.hosts())
+        assert store.mark_unreachable(now + 30) == []
+        store.close()
