@@ -145,10 +145,41 @@ class _Connection:
         return getattr(self._conn, name)
 
 
-def _row(cur: sqlite3.Cursor, row: tuple) -> dict:
-    out = {}
-    for (name, *_), value in zip(cur.description, row):
-        out[name] = json.loads(value) if name in _JSON_COLS else value
+#: JSON text -> the flat map parsed from it (labels, capacity: scalar values);
+#: a placement reads every host row, and these rarely change between two reads
+_FLAT_MAPS: dict[str, dict] = {}
+_FLAT_MAPS_MAX = 8192
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json(text: str):
+    """``json.loads(text)``, a fresh value each call; a flat map (scalar
+    values only) is parsed once per distinct text and handed out as a copy."""
+    flat = _FLAT_MAPS.get(text)
+    if flat is not None:
+        return dict(flat)
+    if text == "[]":
+        return []
+    value = json.loads(text)
+    if type(value) is dict and all(type(v) in _SCALARS for v in value.values()):
+        if len(_FLAT_MAPS) >= _FLAT_MAPS_MAX:
+            _FLAT_MAPS.clear()
+        _FLAT_MAPS[text] = value
+        return dict(value)
+    return value
+
+
+def _rows(cur: sqlite3.Cursor, rows: list[tuple]) -> list[dict]:
+    """Rows as dicts by column name, JSON columns parsed (the column names
+    looked up once per query, not per row)."""
+    names = [d[0] for d in cur.description]
+    parsed = [(i, n) for i, n in enumerate(names) if n in _JSON_COLS]
+    out = []
+    for row in rows:
+        d = dict(zip(names, row))
+        for i, n in parsed:
+            d[n] = _json(row[i])
+        out.append(d)
     return out
 
 
@@ -235,7 +266,7 @@ class HubStore(Store):
 
     def _all(self, sql: str, args: tuple = ()) -> list[dict]:
         cur = self.db.execute(sql, args)
-        return [_row(cur, r) for r in cur.fetchall()]
+        return _rows(cur, cur.fetchall())
 
     # ------------------------------------------------------------ host keys
     def bind_key(self, name: str, key: str) -> dict:

@@ -57,6 +57,13 @@ FIGURES = {
                 (r"^  agent CPU idle: [\d.]+% of a CPU over 10 s$", 1),
                 (r"^  agent CPU with a scrape every 5 s: [\d.]+% of a CPU over 10 s$", 1),
                 (r"^  log writers: 3 processes, RSS median [\d.]+ MiB, total [\d.]+ MiB$", 1)],
+    "scale": [(r"^  hub CPU with 0 hosts: +[\d.]+% of a core over [\d.]+ s$", 1),
+              (r"^    20 hosts: hub CPU +[\d.]+% of a core over [\d.]+ s \(0 hosts: [\d.]+%; target < 25% at 1000\)$",
+               1),
+              (r"^    20 hosts: broadcast container_ls median +[\d.]+ ms p99 +[\d.]+ ms   raw fan-out median +[\d.]+ ms "
+               r"p99 +[\d.]+ ms   \(target < 1000 ms median\)$", 1),
+              (r"^  hub restart, (jitter 1 s|no jitter \(reference\)): 20 hosts registered again +[\d.]+ s to +[\d.]+ s "
+               r"after the start \(spread +[\d.]+ s\), peak \d+ registrations/s$", 2)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -73,7 +80,7 @@ def _prefix(bench: str) -> str:
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
             "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
             "build": "bld" + secrets.token_hex(2), "deploy": "dpl" + secrets.token_hex(2),
-            "observe": TEST_PREFIX + secrets.token_hex(3)}[bench]
+            "observe": TEST_PREFIX + secrets.token_hex(3), "scale": "scl" + secrets.token_hex(3)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -96,6 +103,8 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcfan-{prefix}"]
     elif bench == "rpc":
         roots = [f"/tmp/dcrpc-{prefix}"]
+    elif bench == "scale":
+        roots = [f"/tmp/dcscale-{prefix}"]
     elif bench in ("lifecycle", "observe"):
         agents = [prefix]
     elif bench in ("placement", "routing", "build", "deploy"):
@@ -148,7 +157,7 @@ def bench_run(request):
 
 def _force_cleanup(bench: str, prefix: str) -> None:
     from tests.agentproc import cleanup_prefix
-    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}", f"/tmp/dcbld-{prefix}"):
+    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}", f"/tmp/dcbld-{prefix}", f"/tmp/dcscale-{prefix}"):
         for pid in _pids_with(marker):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(marker, ignore_errors=True)
@@ -181,6 +190,8 @@ def _made_something(bench: str, prefix: str):
     """A condition true once the run is in the middle of its work."""
     if bench == "fanout":  # the hub and both hollow agents run
         return lambda: len(_pids_with(f"/tmp/dcfan-{prefix}/")) >= 3
+    if bench == "scale":  # the hub and a hollow fleet process run
+        return lambda: len(_pids_with(f"/tmp/dcscale-{prefix}/")) >= 2
     if bench == "rpc":  # the hollow agent runs; the calls go on for minutes
         return lambda: bool(_pids_with(f"/tmp/dcrpc-{prefix}/"))
     if bench in ("lifecycle", "observe"):  # the agent has made a container
@@ -198,7 +209,8 @@ LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "-
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
         "failover": ("--quick", "--containers", "30"), "build": ("--quick", "--builds", "100000"),
         "routing": ("--quick", "--seconds", "100000"), "deploy": ("--quick", "--deploys", "100000"),
-        "observe": ("--quick", "--containers", "30")}
+        "observe": ("--quick", "--containers", "30"),
+        "scale": ("--quick", "--rounds", "1000000")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])
