@@ -43,6 +43,9 @@ class AgentConfig:
     hub_key: str | None = None
     # Seconds between heartbeats to the hub.
     heartbeat_s: float = 3.0
+    # Re-registration after a lost hub waits a random delay in [0, this]
+    # seconds (no stampede when a hub restarts); negative: one heartbeat_s.
+    rejoin_jitter_s: float = -1.0
     # Labels for placement constraints, {key: value}.
     labels: dict = dataclasses.field(default_factory=dict)
     # This host's name in the fleet.
@@ -155,6 +158,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-address")
     p.add_argument("--max-containers", type=int)
     p.add_argument("--heartbeat-s", type=float)
+    p.add_argument("--rejoin-jitter-s", type=float,
+                   help="spread re-registration after a lost hub over [0, this] s (default: one heartbeat)")
     p.add_argument("--reservable-memory-bytes", type=int, help="memory container limits may reserve (0: 90%% of RAM)")
     p.add_argument("--label", action="append", help="KEY=VALUE placement label (repeatable)")
     p.add_argument("--log-level")

@@ -34,7 +34,9 @@ import gevent.lock
 
 from agents import network as netmod
 from agents import supervisor
+from agents import volumes as volmod
 from agents.config import AgentConfig
+from agents.events import EventJournal
 from agents import logwriter
 from agents.logs import ContainerLogs
 from agents.state import StateStore
@@ -61,6 +63,12 @@ def _policy_text(policy: dict | None) -> str:
     return policy["policy"]
 
 
+def mac_for(address: str) -> str:
+    """A container's MAC from its IPv4 address: ``02:dc:`` (locally
+    administered, unicast) and the address's four bytes."""
+    return "02:dc:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
+
+
 def _blocking(fn, *args):
     """Run blocking file work in gevent's thread pool (heartbeats go on)."""
     return gevent.get_hub().threadpool.apply(fn, args)
@@ -83,12 +91,14 @@ class ContainerManager:
         self.lxc = lxc
         self.layout = cgroup.detect()
         self.state = StateStore(config.state_dir)
+        self.events = EventJournal(config.state_dir, config.host_name)  # container events (agents.events)
         self.records: dict[str, dict] = {}
         self._unsaved: set[str] = set()  # names whose record in memory is newer than on disk
         self._disk_desired: dict[str, str] = {}  # name -> "desired" as last written
         self._locks: dict[str, gevent.lock.BoundedSemaphore] = {}
         self._alloc_lock = gevent.lock.BoundedSemaphore(1)  # addresses, host ports, names
         self.images_lock = gevent.lock.BoundedSemaphore(1)  # image store mutations
+        self.volumes = volmod.Volumes(os.path.join(config.state_dir, "volumes"))
         self.log_store = ContainerLogs(config.log_dir, config.log_max_size_bytes, config.log_max_files,
                                   hollow=config.hollow)
 
@@ -258,6 +268,8 @@ class ContainerManager:
                 raise errors.ContainerExists(f"container {name!r} already exists on this host")
             if len(self.records) >= self.config.max_containers:
                 raise errors.NoCapacity(f"host holds its maximum of {self.config.max_containers} containers")
+            for v in opts.get("volumes") or []:  # a missing volume is made (as docker run -v does)
+                _blocking(self.volumes.create, v["name"])
             used = {r["address"] for r in self.records.values() if r.get("address")}
             address = self.network.allocate_address(used)
             rec = {"name": name, "image": manifest["id"], "image_name": manifest["name"],
@@ -267,7 +279,7 @@ class ContainerManager:
                    "cpu_shares": opts.get("cpu_shares"), "env": {**manifest.get("env", {}), **opts["env"]},
                    "command": opts.get("command") or manifest.get("command") or [],
                    "restart": supervisor.parse_policy(opts.get("restart")), "restart_count": 0,
-                   "events": []}
+                   "events": [], "volumes": opts.get("volumes") or []}
             self.records[name] = rec
         with self.locked(name):
             try:
@@ -278,6 +290,7 @@ class ContainerManager:
             except BaseException:
                 self._rollback_create(name)
                 raise
+            self.events.record("created", name, image=rec["image_name"])
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     def _create_options(self, options: dict | None) -> dict:
@@ -315,7 +328,12 @@ class ContainerManager:
             # /run, /run/lock and /dev/shm, and cannot mount them itself (no
             # CAP_SYS_ADMIN; systemd refuses to boot without /run/lock)
             tmpfs_dirs=(("/tmp", "/run", "/run/lock", "/dev/shm")
-                        if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()))
+                        if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()),
+            bind_mounts=tuple((self.volumes.data_dir(v["name"]), v["path"]) for v in rec.get("volumes") or []),
+            # the MAC follows the address: a container that gets the address of
+            # one just destroyed (a deploy's churn) is reached at once, not
+            # after the host's neighbour entry for the old MAC goes stale
+            hwaddr=mac_for(rec["address"]))
         self.lxc.write_config(name, cfg, self.layout)
 
     def _rollback_create(self, name: str) -> None:
@@ -382,6 +400,7 @@ class ContainerManager:
                 self.save_soon(rec, critical=True)
             raise
         rec["started_at"] = time.time()
+        self.events.record("started", name, image=rec.get("image_name"))
         self.network.enable_hairpin(rec["veth"])
         for m in self._mappings(rec):
             self.network.add_mapping(m)
@@ -395,6 +414,7 @@ class ContainerManager:
             rec = self.record(name)
             self._set_desired(rec, "stopped")  # written before the stop: a failed write stops nothing
             self.lxc.stop(name, timeout_s=timeout)  # LxcNotRunning: ContainerNotRunning at the boundary
+            self.events.record("stopped", name, image=rec.get("image_name"))
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     # ------------------------------------------------------------ destroy
@@ -409,6 +429,7 @@ class ContainerManager:
                 raise errors.ContainerRunning(
                     f"container {name!r} is running", hint="stop it first, or destroy with force")
             self._destroy(rec)
+            self.events.record("destroyed", name, image=rec.get("image_name"))
         self._locks.pop(name, None)
         return {"name": name, "destroyed": True}
 
@@ -465,6 +486,24 @@ class ContainerManager:
         if not self.lxc.wait(name, "STOPPED", 10):
             raise errors.LxcFailure(f"container {name!r} did not stop when killed")
 
+    # ------------------------------------------------------------ volumes
+    def create_volume(self, name: str) -> dict:
+        """See agents.volumes.VolumeMethods.volume_create."""
+        validate.volume_name(name)
+        with self._alloc_lock:
+            return _blocking(self.volumes.create, name)
+
+    def remove_volume(self, name: str) -> dict:
+        """See agents.volumes.VolumeMethods.volume_rm (refused while a
+        container record names the volume; creates hold the same lock)."""
+        validate.volume_name(name)
+        with self._alloc_lock:
+            using = volmod.users(self.records, name)
+            if using:
+                raise errors.VolumeInUse(f"volume {name!r} is used by {', '.join(using)}",
+                                         hint="destroy those containers first")
+            return _blocking(self.volumes.remove, name)
+
     # ------------------------------------------------------------ exec
     def exec(self, name: str, command, options: dict | None) -> dict:
         """See AgentService.container_exec."""
@@ -474,8 +513,15 @@ class ContainerManager:
         env = {**DEFAULT_EXEC_ENV, **rec["env"], **opts["env"]}
         # LxcExecNotFound and LxcNotRunning become CommandNotFound and
         # ContainerNotRunning at the service boundary (agents.errmap)
-        return self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
-                             max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
+        self.events.record("exec_started", name, command=argv[:16])
+        result = None
+        try:
+            result = self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
+                                   max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
+            return result
+        finally:
+            self.events.record("exec_ended", name, exit_code=result.get("exit_code") if isinstance(result, dict)
+                               else None)
 
     # ------------------------------------------------------------ port mappings
     def connection_add(self, name: str, proto: str, container_port: int, host_port: int | None) -> dict:
@@ -595,7 +641,7 @@ class ContainerManager:
                      "env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
                      "veth": rec["veth"], "gateway": self.network.gateway,
                      "prefixlen": self.network.prefixlen, "host": self.config.host_name,
-                     "rootfs_upper": self.upper_dir(name),
+                     "rootfs_upper": self.upper_dir(name), "volumes": rec.get("volumes") or [],
                      "usage": self.usage(view)})
         return view
 

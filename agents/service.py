@@ -19,10 +19,13 @@ import time
 import gevent
 
 from agents import hostinfo
+from agents.build import Builder
 from agents.containers import ContainerManager
 from agents.errmap import translate
 from agents.enter import EnterRelay
+from agents.events import EventMethods
 from agents.transfer import Puller, fetch_upload
+from agents.volumes import VolumeMethods
 from images import oci
 from images.debootstrap import build_debian
 from images.errors import InvalidImage
@@ -39,8 +42,9 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService:
-    """The methods served by ``dc-agent`` (see the README's method reference)."""
+class AgentService(VolumeMethods, EventMethods):
+    """The methods served by ``dc-agent`` (see the README's method reference;
+    volumes: agents.volumes; container events: agents.events)."""
 
     #: the membership link (agents.hubclient.HubLink) once dc-agent runs one
     hub_link = None
@@ -59,6 +63,10 @@ class AgentService:
         self.started = time.time()
         self.puller = Puller(manager.images, manager.images_lock)
         self.hub_keys = hub_keys  # CURVE keys towards the hub (image pulls)
+        self.builder = Builder(manager, self.puller, hub_keys)  # Dockerfile builds (agents/build.py)
+        left = self.builder.recover()
+        if left:
+            log.warning("removed build containers an earlier run left: %s", ", ".join(left))
         self.metrics_url: str | None = None  # the Prometheus endpoint's URL (agents/metrics.py), once served
 
     # ------------------------------------------------------------ images
@@ -263,6 +271,39 @@ class AgentService:
         with self.m.images_lock:
             return gevent.get_hub().threadpool.apply(
                 build_debian, (self.m.images,), {"name": name or kind, **opts})
+
+    @expose(stream=True)
+    def image_build_dockerfile(self, context: str, name: str, options: dict | None = None):
+        """Build an image from a Dockerfile in a throwaway container on this
+        host (see agents/build.py): its overlay upper dir becomes one new
+        layer on top of the FROM image's layers.  A stream.
+
+        Args:
+            context: the build context: an absolute path on this host (a
+                directory, or a tar: plain, gzip, xz, bzip2), or the
+                sha256 of a context tar uploaded to the hub
+                (image_upload_begin/chunk; fetched and digest-checked).
+            name: the new image's name.
+            options: {tag, build_args {NAME: value}, timeout_s (default
+                1800, the whole build), dockerfile (path in the context,
+                default "Dockerfile"), max_context_bytes (default 256 MiB)}.
+
+        Returns: a stream of {"log": line} items as the build runs (RUN output as it
+        comes), then one {"result": {image ("name@id12"), id, name, tag,
+        layer (the new layer's digest), layer_bytes (its tar's size),
+        size_bytes (the image's), base (image id), duration_s,
+        log_bytes}}.
+
+        Raises: InvalidArgument (bad context, name or option, before any
+        work), InvalidImage (an unsupported or malformed Dockerfile
+        instruction, named by line; a hostile context: a symlink out of it,
+        over its size cap), ImageNotFound (the FROM image is neither here
+        nor in the hub's registry), BuildFailed (a RUN exited non-zero or
+        the build ran past timeout_s: the message ends with the log's
+        tail), StoreError (disk full during the commit), NoSuchUpload.  In
+        every error case no build container, layer or image is left.
+        """
+        return self.builder.start(context, name, options)
 
     @expose(shielded=True)
     def image_gc(self) -> dict:

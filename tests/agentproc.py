@@ -118,7 +118,8 @@ def cleanup_prefix(prefix: str, root: str) -> None:
     """Stop and destroy containers under ROOT/lxc (and ROOT/state/lxc, the
     default layout), remove the bridge, netfilter chains and bridge lock
     named by ``prefix``, and the dir."""
-    for lxc_path in (os.path.join(root, "lxc"), os.path.join(root, "state", "lxc")):
+    for lxc_path in (os.path.join(root, "lxc"), os.path.join(root, "state", "lxc"),
+                     os.path.join(root, "state", "builds")):  # agents/build.py's build containers
         for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
             name = os.path.basename(os.path.dirname(cdir))
             _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])

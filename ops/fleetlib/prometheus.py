@@ -42,9 +42,10 @@ def scrape_config(state: dict) -> str:
     hub's job and the agents' job, every ``SCRAPE_INTERVAL_SECONDS``; the
     series keep their own ``host`` labels (honor_labels)."""
     jobs = []
-    if state.get("hub") and state["hub"].get("metrics_url"):
+    hubs = [hd for hd in state.get("hubs") or [state.get("hub")] if hd and hd.get("metrics_url")]
+    if hubs:
         jobs.append({"job_name": "dcfleet-hub", "honor_labels": True,
-                     "static_configs": [{"targets": [_hostport(state["hub"]["metrics_url"])]}]})
+                     "static_configs": [{"targets": [_hostport(hd["metrics_url"]) for hd in hubs]}]})
     jobs.append({"job_name": "dcfleet-agents", "honor_labels": True,
                  "static_configs": [{"targets": [_hostport(h["metrics_url"]) for h in state["hosts"]]}]})
     return json.dumps({"global": {"scrape_interval": f"{SCRAPE_INTERVAL_SECONDS}s",

@@ -20,6 +20,7 @@ from dcctl.wire.endpoint import parse_endpoint
 from ops.fleetlib.base import (FleetError, REPO, _in_net, _last_line, _netns, _root_veths, _run,
                                ensure_forward_rule, forward_rule, load, paths, ping, plan, save)
 from ops.fleetlib.down import down
+from ops.fleetlib.hubs import hub_args, hub_endpoints, plan_hubs, share_keys, start_etcd
 
 # Runs inside the host's namespaces: a sysfs of the network namespace, with the
 # machine's cgroup mounts moved onto it, then exec of the command.
@@ -58,7 +59,7 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
            f"--metrics-listen={h['address']}:{METRICS_PORT}"]
     if state["hub"]:
         # --flag=VALUE: a Z85 key may start with "-"
-        cmd += ["--hub", state["hub"]["tcp"], f"--hub-key={state['hub']['public_key']}",
+        cmd += ["--hub", hub_endpoints(state), f"--hub-key={state['hub']['public_key']}",
                 "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
     tmp = f"{state['dirs']['run']}/{h['name']}.cgroup"
     return [*_in_net(h["netns"]), "unshare", "--mount", "--propagation", "slave", "--",
@@ -155,7 +156,7 @@ def _wait_ready(procs: dict, timeout_s: float) -> None:
 def router_argv(state: dict) -> list[str]:
     """The command that runs the fleet's router inside its namespace."""
     r, hub = state["router"], state["hub"]
-    return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub["tcp"],
+    return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub_endpoints(state),
             f"--hub-key={hub['public_key']}", "--key", r["key"], "--state-dir", r["state_dir"],
             "--listen", r["listen"]]
 
@@ -181,20 +182,23 @@ def _wait_router(state: dict, proc: subprocess.Popen, timeout_s: float) -> None:
 
 def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
        agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0,
-       router: bool = False, route_domain: str | None = None, prometheus: bool = False) -> dict:
+       router: bool = False, route_domain: str | None = None, store: str = "sqlite", hubs: int = 1,
+       prometheus: bool = False) -> dict:
     """Bring a fleet up (see the module docstring) and return its state;
-    with ``prometheus``, Debian's Prometheus scraping the hub and every agent
-    (ops/fleetlib/prometheus.py).
+    ``store`` "etcd" runs a local etcd and ``hubs`` hubs on it
+    (ops.fleetlib.hubs); with ``prometheus``, Debian's Prometheus scraping
+    every hub and agent (ops/fleetlib/prometheus.py).
 
     Raises: FleetError (bad arguments, already up, a step failed); on failure
     after the first change everything made is undone."""
     state, p = plan(prefix, n, subnet, hub_port, hub, router, route_domain), paths(prefix)
+    plan_hubs(state, store, hubs, hub_port)
     state["heartbeat_s"] = heartbeat_s
     state["agent_args"] = list(agent_args)  # `ops/fleet start HOST` runs the agent with them again
     for h in state["hosts"]:
         h["metrics_url"] = f"http://{h['address']}:{METRICS_PORT}/metrics"
-    if state["hub"]:
-        state["hub"]["metrics_url"] = f"http://{state['gateway']}:{HUB_METRICS_PORT}/metrics"
+    for i, hd in enumerate(state["hubs"]):
+        hd["metrics_url"] = f"http://{state['gateway']}:{HUB_METRICS_PORT + i}/metrics"
     state["prometheus"] = None
     if prometheus:
         from ops.fleetlib import prometheus as prom
@@ -234,19 +238,28 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
                          ["link", "set", "eth0", "up"], ["route", "add", "default", "via", state["gateway"]]):
                 _run(["ip", "-n", r["netns"], *argv])
         setup_keys(state)
+        share_keys(state)
         save(state)
+        if state.get("etcd"):
+            start_etcd(state, timeout_s)
+            save(state)
         procs = {}
         if hub:
-            hd = state["hub"]
-            os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
-            argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
-                    "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
-                    "--route-domain", state["route_domain"], f"--metrics-listen={state['gateway']}:{HUB_METRICS_PORT}"]
-            procs["hub"] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
-            hd["pid"] = procs["hub"][0].pid
-            save(state)
-            _wait_ready({"hub": procs["hub"]}, timeout_s)
-            add_hosts(state)  # before the agents start: they register at once
+            for i, hd in enumerate(state["hubs"]):
+                os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
+                argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
+                        "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
+                        "--route-domain", state["route_domain"], *hub_args(state, hd),
+                        f"--metrics-listen={state['gateway']}:{HUB_METRICS_PORT + i}"]
+                key = "hub" if i == 0 else hd["name"]
+                procs[key] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
+                hd["pid"] = procs[key][0].pid
+                if i == 0:
+                    state["hub"]["pid"] = hd["pid"]
+                save(state)
+                _wait_ready({key: procs[key]}, timeout_s)
+                if i == 0:
+                    add_hosts(state)  # before the agents start: they register at once
         for h in state["hosts"]:
             procs[h["name"]] = (_spawn(agent_argv(state, h, list(agent_args)), h["log"], h["pid_file"]),
                                 h["ipc"], h["log"])
