@@ -22,6 +22,7 @@ from agents import config as agent_config
 from agents import network as netmod
 from agents.containers import ContainerManager
 from agents.enter import EnterRelay
+from agents.events import EventShipper
 from agents.hubclient import HubLink
 from agents.service import AgentService, translate
 from agents.supervisor import Supervisor
@@ -120,7 +121,7 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
 
     def summary() -> dict:
         info = agent.hostinfo()
-        return {"capacity": info["capacity"], "metrics": info["metrics"],
+        return {"capacity": info["capacity"], "metrics": info["metrics"], "metrics_url": info.get("metrics_url"),
                 "containers": [{"name": c["name"], "state": c["state"]} for c in info["containers"]]}
 
     link = HubLink(cfg.hub_endpoints(), identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat,
@@ -129,17 +130,37 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
     return link
 
 
+def start_metrics(cfg: agent_config.AgentConfig, service: Service):
+    """Serve the Prometheus endpoint (agents/metrics.py) at cfg.metrics_listen
+    and count every RPC call there; best effort: an address that cannot be
+    bound is logged, and the agent serves on without metrics.  Returns the
+    AgentMetrics, or None."""
+    if cfg.metrics_listen == "off":
+        return None
+    from agents.metrics import AgentMetrics
+    metrics = AgentMetrics(service.target.m, cfg.metrics_listen)
+    try:
+        service.target.metrics_url = metrics.start()
+    except OSError as exc:
+        log.error("metrics endpoint %s: %s; serving without metrics", cfg.metrics_listen or "default", exc)
+        return None
+    service.observer = metrics.observe
+    log.info("metrics at %s", service.target.metrics_url)
+    return metrics
 class Running:
     """One agent serving in this process (``start``): ``service`` (its
     wire.Service), ``task`` (ends when serving stops), ``link`` (its
-    HubLink, or None without a hub), ``supervisor`` (or None)."""
+    HubLink, or None without a hub), ``supervisor`` and ``shipper`` (the
+    EventShipper; each None when not run)."""
 
-    def __init__(self, service: Service, task: gevent.Greenlet, link: HubLink | None, supervisor: Supervisor | None):
-        self.service, self.task, self.link, self.supervisor = service, task, link, supervisor
+    def __init__(self, service: Service, task: gevent.Greenlet, link: HubLink | None, supervisor: Supervisor | None,
+                 shipper: EventShipper | None = None):
+        self.service, self.task, self.link, self.supervisor, self.shipper = service, task, link, supervisor, shipper
 
     def stop(self) -> None:
-        """Stop the hub link, the supervisor and serving (containers stay)."""
-        for loop in (self.link, self.supervisor):
+        """Stop the hub link, the supervisor, the event shipper and serving
+        (containers stay)."""
+        for loop in (self.link, self.supervisor, self.shipper):
             if loop is not None:
                 loop.stop()
         self.service.stop()
@@ -154,15 +175,20 @@ def start(cfg: agent_config.AgentConfig, *, supervise: bool = True) -> Running:
     Raises: what ``build`` raises (DcError, or an untranslated exception)."""
     service, _ = build(cfg)
     task = service.start()
+    if not cfg.hollow:  # many hollow agents share a process and an address
+        start_metrics(cfg, service)
     supervisor = None
     if supervise:
         supervisor = Supervisor(service.target.m, hold_s=cfg.heartbeat_s * 5 if cfg.hub else 0.0)
         supervisor.start()
-    link = None
+    link = shipper = None
     if cfg.hub:
         link = hub_link(cfg, service, on_beat=supervisor.release if supervisor else None)
         link.start()
-    return Running(service, task, link, supervisor)
+        if not cfg.hollow:  # container events go to the hub the link uses now (several hubs: the one answering)
+            shipper = EventShipper(service.target.m.events, lambda: link.endpoint, cfg.host_name, keys=hub_keys(cfg))
+            shipper.start()
+    return Running(service, task, link, supervisor, shipper)
 
 
 def main(argv: list[str] | None = None) -> int:

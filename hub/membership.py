@@ -43,21 +43,28 @@ class MembershipMethods:
         than missed_heartbeats heartbeats is marked unreachable, told as
         host_lost and handed to the healer; no host is judged within that
         grace from the start.  Keeps the worker queue's members (alive
-        hosts) up to date.  With several hubs only the leader judges."""
+        hosts) up to date.  With several hubs only the leader judges, and
+        a hub that becomes the leader, like a store that comes back from
+        being unavailable, gives every host a full grace again (hosts that
+        beat to a dead hub need the time to find another; beats heard during
+        an etcd outage were not written)."""
         grace_s = self.heartbeat_s * self.missed_heartbeats
+        leading = False
         passes = 0
         while True:
-            judged = time.monotonic() - self._serving_since >= grace_s  # else still in the start-up grace
-            try:
-                judged = judged and self.store.is_leader()
-            except errors.StoreError:
-                judged = False
+            now_leading = self.store.is_leader()
+            if now_leading and not leading:
+                self._serving_since = time.monotonic()
+            leading = now_leading
+            judged = leading and time.monotonic() - self._serving_since >= grace_s  # else in a grace
             deadline = time.time() - grace_s
             try:
                 lost = self.store.mark_unreachable(deadline, self.beats.fresh(deadline)) if judged else []
             except errors.StoreError as exc:  # e.g. a full disk: judged again next round
                 log.warning("could not judge hosts: %s", exc)
                 lost = []
+                if isinstance(exc, errors.StoreUnavailable):
+                    self._serving_since = time.monotonic()
             for name in lost:
                 log.warning("host %s missed %d heartbeats: unreachable", name, self.missed_heartbeats)
                 self.events_log.add("host_lost", host=name)
@@ -249,7 +256,8 @@ class MembershipMethods:
         Returns: [{name, state ("alive"|"unreachable"), endpoint, address,
         labels, memory_reservable_bytes, memory_reserved_bytes,
         memory_free_bytes, container_slots, containers, last_heartbeat (Unix
-        s), heartbeat_age_s (seconds)}]; sizes in bytes, reserved and free
+        s), heartbeat_age_s (seconds), metrics_url (the agent's Prometheus
+        endpoint, as its heartbeats report it, or None)}]; sizes in bytes, reserved and free
         figures from the hub's own reservations.
         """
         out = []
@@ -265,5 +273,6 @@ class MembershipMethods:
                         "memory_reserved_bytes": (cap.get("memory_reservable_bytes") or 0) - free_mem,
                         "memory_free_bytes": free_mem, "container_slots": cap.get("container_slots"),
                         "containers": (cap.get("container_slots") or 0) - free_slots,
-                        "last_heartbeat": last, "heartbeat_age_s": round(now - last, 3)})
+                        "last_heartbeat": last, "heartbeat_age_s": round(now - last, 3),
+                        "metrics_url": (h.get("summary") or {}).get("metrics_url")})
         return out
