@@ -53,8 +53,9 @@ import base64
 import http.client
 import json
 import logging
-import socket
 import random
+import select
+import socket
 import threading
 import time
 import urllib.parse
@@ -117,8 +118,9 @@ class _KeptSession:
     ``http.client`` connection (one session per thread): the same requests,
     errors (requests' Timeout and ConnectionError, which etcd3gw maps to
     its own) and answers, at a third of requests' cost per call.  A request
-    is never sent twice; a connection idle for IDLE_RECONNECT_SECONDS is
-    replaced before use, so a stale one is not the cause of a failure."""
+    is never sent twice; a connection etcd closed (a restart), or idle for
+    IDLE_RECONNECT_SECONDS, is replaced before use, so a stale one is not
+    the cause of a failure."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
@@ -130,10 +132,23 @@ class _KeptSession:
             self._conn.close()
             self._conn = None
 
+    def _dropped(self) -> bool:
+        """True when etcd closed the kept connection (it restarted): with no
+        answer pending, a readable socket means its end of stream."""
+        sock = self._conn.sock
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def post(self, url: str, json=None, data=None, timeout=None) -> _Response:
         body = data if data is not None else _json_dumps(json)
         path = urllib.parse.urlsplit(url).path
-        if self._conn is not None and time.monotonic() - self._used > IDLE_RECONNECT_SECONDS:
+        if self._conn is not None and (time.monotonic() - self._used > IDLE_RECONNECT_SECONDS
+                                       or self._dropped()):
             self._close()
         try:
             if self._conn is None:
@@ -651,9 +666,6 @@ class EtcdStore(Store):
         key = self._k("resv", host)
         self._resv_read_at = None  # this hub changes a record: claims read them all again
         return self.etcd.at(key, rev), self.etcd.put(key, {"names": names})
-
-    def _abandoned_of(self, name: str) -> list[str]:
-        return sorted(k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("abandoned", name, "")))
 
     def _claim_figures(self) -> dict[str, tuple[dict, int]]:
         """The reservation records a claim decides on: read at most every
