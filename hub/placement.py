@@ -41,6 +41,7 @@ CREATE_OPTIONS = {
     "label": "placement constraints {key: value}", "host": "pin to this host",
     "no_start": "create only", "strategy": "spread (default) or binpack",
     "restart": "no (default), always, on-failure[:N]: on the host, and re-created elsewhere if the host is lost",
+    "volumes": "[\"NAME:/path\"]: named volumes; placed on the host holding them",
 }
 AGENT_CREATE_KEYS = tuple(validate.CREATE_OPTIONS)
 
@@ -309,6 +310,8 @@ class PlacementMethods:
             options: {memory_bytes, cpus, cpu_shares, env, command (as the
                 agent's container_create), label {k: v} constraints, host
                 (pin), no_start (bool), strategy ("spread"|"binpack"),
+                volumes (["NAME:/path"]: placed on the host that holds
+                them, see hub/volumes.py),
                 route (a host name or a list: the HTTP port's routes; default
                 NAME.<route domain>), no_route (bool)}.
 
@@ -349,7 +352,11 @@ class PlacementMethods:
             raise errors.InvalidArgument("no_start must be true or false")
         manifest = self.registry.resolve(image)
         routes.check_create(manifest, route_opts)
-        request = scheduler.Request(memory, dict(labels), opts.get("host"), strategy)
+        pin = opts.get("host")
+        if agent_opts.get("volumes"):  # the host that holds its volumes (hub/volumes.py)
+            pin = self.volume_host([v["name"] for v in agent_opts["volumes"]], pin)
+        request = scheduler.Request(memory, dict(labels), pin, strategy)
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
         result = self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
+        self.events_log.add("placed", name=name, host=result.get("host"), image=manifest.get("name"))
         return self.connect_routes(result, route_opts)

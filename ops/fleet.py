@@ -59,6 +59,8 @@ def _print_up(state: dict) -> None:
     print(f"export DCCTL_HOST={state['dcctl_host']}")
     if state.get("router"):
         print(f"export DCF_ROUTER={state['router']['listen']}")
+    if state.get("prometheus"):
+        print(f"export DCF_PROMETHEUS={state['prometheus']['url']}")
     if state.get("store") == "etcd":  # the acceptance interface: one "hub NAME PID ENDPOINT" line per hub
         print(f"# etcd {state['etcd']['pid']} {state['etcd']['url']}")
         for hd in state["hubs"]:
@@ -74,7 +76,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         state = up(args.prefix, args.n, args.fleet_subnet, args.hub_port, not args.no_hub,
                    args.agent_arg, args.timeout, args.heartbeat_s, args.router, args.route_domain,
-                   args.store, args.hubs)
+                   args.store, args.hubs, prometheus=args.prometheus)
     except (Exception, KeyboardInterrupt) as exc:
         why = str(exc) if isinstance(exc, FleetError) else "interrupted; everything made was removed" \
             if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -170,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--heartbeat-s", type=float, default=2.0, help="seconds between agent heartbeats")
     u.add_argument("--router", action="store_true", help="also one dc-router (HAProxy) in its own namespace")
     u.add_argument("--route-domain", help="the hub's route domain (default <prefix>.test)")
+    u.add_argument("--prometheus", action="store_true",
+                   help="also Debian's Prometheus scraping the hub and every agent (export DCF_PROMETHEUS=...)")
     u.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
                    help="the hubs' store: sqlite (one hub, default) or etcd (a local etcd on the fleet bridge)")
     u.add_argument("--hubs", type=int, default=1, help="how many hubs (more than 1 needs --store etcd)")

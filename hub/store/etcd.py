@@ -932,3 +932,22 @@ class EtcdStore(Store):
     def registry_remove(self, image_id: str) -> None:
         """Drop ``image_id`` from the index."""
         self.etcd.txn([], [self.etcd.delete(self._k("registry", image_id))])
+
+    # ------------------------------------------------------------ deploy: apps, releases, journal
+    # (see Store: JSON documents by key, under PREFIX/deploy/)
+    def deploy_doc_get(self, key: str) -> dict | None:
+        got = self.etcd.get(self._k("deploy", key))
+        return got[0] if got else None
+
+    def deploy_doc_put(self, key: str, doc: dict, create_only: bool = False) -> bool:
+        k = self._k("deploy", key)
+        ok, _ = self.etcd.txn([self.etcd.at(k, 0)] if create_only else [], [self.etcd.put(k, doc)])
+        return ok
+
+    def deploy_doc_delete(self, key: str) -> bool:
+        out = self.etcd.post("kv/deleterange", {"key": _b64(self._k("deploy", key))})
+        return bool(int(out.get("deleted") or 0))
+
+    def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
+        base = self._k("deploy", "")
+        return [(key[len(base):], value) for key, value, _ in self.etcd.range(self._k("deploy", prefix))]

@@ -69,7 +69,8 @@ def _down_once(prefix: str) -> list[str]:
     p, state = paths(prefix), load(prefix) or {}
     _stop(_pids(prefix))
     nets = set(_netns(prefix))
-    for lxc_path in sorted(glob.glob(f"{p['state']}/host-*/lxc")):
+    # each host's containers, and its build containers (agents/build.py: STATE/builds)
+    for lxc_path in sorted(glob.glob(f"{p['state']}/host-*/lxc") + glob.glob(f"{p['state']}/host-*/builds")):
         ns = f"{prefix}-{os.path.basename(os.path.dirname(lxc_path))}"
         for cfg in sorted(glob.glob(f"{lxc_path}/*/config")):
             name = os.path.basename(os.path.dirname(cfg))

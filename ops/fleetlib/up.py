@@ -28,6 +28,11 @@ _ENTER_SH = ('set -e; t=$1; shift; mkdir -p "$t"; mount --rbind /sys/fs/cgroup "
              'mount -t sysfs sysfs /sys; mount --move "$t" /sys/fs/cgroup; rmdir "$t"; exec "$@"')
 
 
+#: Each agent's Prometheus endpoint, on its namespace address (agents/metrics.py).
+METRICS_PORT = 9323
+HUB_METRICS_PORT = 9324
+
+
 def _check_subnet_free(subnet: str) -> None:
     net = ipaddress.IPv4Network(subnet)
     for r in json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]"):
@@ -50,7 +55,8 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
     """The command that runs host ``h``'s agent inside its namespaces."""
     cmd = [sys.executable, "-m", "agents.main", "--listen", h["tcp"], "--listen", h["ipc"],
            "--state-dir", h["state_dir"], "--bridge", h["bridge"], "--subnet", h["subnet"],
-           "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
+           "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"],
+           f"--metrics-listen={h['address']}:{METRICS_PORT}"]
     if state["hub"]:
         # --flag=VALUE: a Z85 key may start with "-"
         cmd += ["--hub", hub_endpoints(state), f"--hub-key={state['hub']['public_key']}",
@@ -176,10 +182,12 @@ def _wait_router(state: dict, proc: subprocess.Popen, timeout_s: float) -> None:
 
 def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
        agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0,
-       router: bool = False, route_domain: str | None = None, store: str = "sqlite", hubs: int = 1) -> dict:
+       router: bool = False, route_domain: str | None = None, store: str = "sqlite", hubs: int = 1,
+       prometheus: bool = False) -> dict:
     """Bring a fleet up (see the module docstring) and return its state;
     ``store`` "etcd" runs a local etcd and ``hubs`` hubs on it
-    (ops.fleetlib.hubs).
+    (ops.fleetlib.hubs); with ``prometheus``, Debian's Prometheus scraping
+    every hub and agent (ops/fleetlib/prometheus.py).
 
     Raises: FleetError (bad arguments, already up, a step failed); on failure
     after the first change everything made is undone."""
@@ -187,6 +195,16 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
     plan_hubs(state, store, hubs, hub_port)
     state["heartbeat_s"] = heartbeat_s
     state["agent_args"] = list(agent_args)  # `ops/fleet start HOST` runs the agent with them again
+    for h in state["hosts"]:
+        h["metrics_url"] = f"http://{h['address']}:{METRICS_PORT}/metrics"
+    for i, hd in enumerate(state["hubs"]):
+        hd["metrics_url"] = f"http://{state['gateway']}:{HUB_METRICS_PORT + i}/metrics"
+    state["prometheus"] = None
+    if prometheus:
+        from ops.fleetlib import prometheus as prom
+        if not os.path.exists(prom.PROMETHEUS):
+            raise FleetError(f"--prometheus: {prom.PROMETHEUS} is not installed (ops/setup installs it)")
+        state["prometheus"] = prom.plan_prometheus(state)
     if load(prefix) or _netns(prefix) or os.path.exists(f"/sys/class/net/{p['bridge']}") or _root_veths(prefix):
         raise FleetError(f"a fleet with prefix {prefix!r} is already up (or left over): "
                          f"run `ops/fleet down --prefix {prefix}` first")
@@ -231,7 +249,8 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
                 os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
                 argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
                         "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
-                        "--route-domain", state["route_domain"], *hub_args(state, hd)]
+                        "--route-domain", state["route_domain"], *hub_args(state, hd),
+                        f"--metrics-listen={state['gateway']}:{HUB_METRICS_PORT + i}"]
                 key = "hub" if i == 0 else hd["name"]
                 procs[key] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
                 hd["pid"] = procs[key][0].pid
@@ -255,6 +274,14 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             r["pid"] = proc.pid
             save(state)
             _wait_router(state, proc, timeout_s)
+        if state["prometheus"]:
+            from ops.fleetlib import prometheus as prom
+            pr = state["prometheus"]
+            prom.write_config(pr, state)
+            proc = _spawn(prom.prometheus_argv(pr), pr["log"], pr["pid_file"])
+            pr["pid"] = proc.pid
+            save(state)
+            prom.wait_ready(pr, proc, timeout_s)
         state["status"] = "up"
         save(state)
         return state

@@ -131,3 +131,35 @@ def test_agents_that_lost_their_hub_register_again_spread_over_the_jitter(local_
         agent.stop()
         if svc is not None:
             svc.stop()
+def _hub(root, name: str):
+    store = HubStore(str(root / name))
+    hub = HubService(store, Registry(str(root / name / "registry")), heartbeat_s=0.1)
+    svc = wire.Service(hub, "dc-hub", heartbeat_s=1)
+    endpoint = f"ipc://{root}/{name}.sock"
+    svc.bind(endpoint)
+    svc.start()
+    return store, hub, svc, endpoint
+
+
+def test_a_link_whose_hub_stops_moves_to_the_next_and_rejoins_after_a_ping_and_its_delay(tmp_path):
+    agent = wire.Service(StandInAgent(), "dc-agent@local-2")
+    agent_ep = f"ipc://{tmp_path}/agent.sock"
+    agent.bind(agent_ep)
+    agent.start()
+    hubs = [_hub(tmp_path, "a"), _hub(tmp_path, "b")]
+    link = HubLink([hubs[0][3], hubs[1][3]], {"name": "local-2", "endpoint": agent_ep, "address": "", "labels": {}},
+                   lambda: {"capacity": CAPACITY, "containers": []}, heartbeat_s=0.1, jitter_s=0.3)
+    link.start()
+    try:
+        _wait(lambda: [h["name"] for h in hubs[0][0].hosts()] == ["local-2"], "joined the first hub")
+        hubs[0][2].stop()  # the first hub goes away
+        _wait(lambda: [h["name"] for h in hubs[1][0].hosts()] == ["local-2"], "joined the second hub")
+        assert link.endpoint == hubs[1][3] and link.switches == 1 and link.rejoins >= 1
+        _wait(lambda: link.registered and link.failures == 0, "heartbeats accepted by the second hub")
+    finally:
+        link.stop()
+        agent.stop()
+        for store, hub, svc, _ in hubs:
+            svc.stop()
+            hub.stop()
+            store.close()
