@@ -244,6 +244,10 @@ def test_a_hub_killed_mid_deploy_rolls_back_before_the_switch_and_finishes_after
         hub.call("deploy", app, "busybox", {"env": {"REL": "v9"}})
     with pytest.raises(errors.DeployInProgress):
         hub.call("app_rm", app)
+    with wire.connect(fleet["hub"]["ipc"], timeout_s=60) as follower:  # the deploy's steps, live
+        items = follower.call("deploy_follow", app)
+        first = [next(items), next(items)]
+        assert [(i["release"], i["phase"]) for i in first] == [(2, "starting"), (2, "creating")]
     _restart_hub(fleet)
     with wire.connect(fleet["hub"]["ipc"], timeout_s=60) as again:
         wait_until(lambda: _journal_state(fleet, app).get(2) == "failed", 90, "v2 rolled back",
@@ -374,6 +378,9 @@ def test_the_dcctl_interface_of_deploys(hub, fleet, app):
     assert code == 0 and out.split("\n")[0].split()[:3] == ["version", "state", "image"] and "failed" in out
     code, out, err = _dcctl(fleet, "apps")
     assert code == 0 and app in out
+    # with no deploy under way, deploy_follow gives the latest release and ends
+    (latest,) = list(hub.call("deploy_follow", app))
+    assert latest["release"] == 2 and latest["state"] == "failed"
 
 
 def test_a_container_with_a_volume_stays_on_its_lost_host(hub, fleet, app):
