@@ -36,6 +36,9 @@ from agents import network as netmod
 from agents import supervisor
 from agents import volumes as volmod
 from agents.config import AgentConfig
+from agents.events import EventJournal
+from agents import logwriter
+from agents.logs import ContainerLogs
 from agents.state import StateStore
 from dcctl import errors, validate
 from images import appinit, busybox, rootfs, templates
@@ -88,6 +91,7 @@ class ContainerManager:
         self.lxc = lxc
         self.layout = cgroup.detect()
         self.state = StateStore(config.state_dir)
+        self.events = EventJournal(config.state_dir, config.host_name)  # container events (agents.events)
         self.records: dict[str, dict] = {}
         self._unsaved: set[str] = set()  # names whose record in memory is newer than on disk
         self._disk_desired: dict[str, str] = {}  # name -> "desired" as last written
@@ -95,6 +99,8 @@ class ContainerManager:
         self._alloc_lock = gevent.lock.BoundedSemaphore(1)  # addresses, host ports, names
         self.images_lock = gevent.lock.BoundedSemaphore(1)  # image store mutations
         self.volumes = volmod.Volumes(os.path.join(config.state_dir, "volumes"))
+        self.log_store = ContainerLogs(config.log_dir, config.log_max_size_bytes, config.log_max_files,
+                                  hollow=config.hollow)
 
     # ------------------------------------------------------------ plumbing
     @contextlib.contextmanager
@@ -238,6 +244,12 @@ class ContainerManager:
         # containers that stopped while the agent was away (or a host reboot)
         # are left to the supervisor: their restart policy decides
         live = {c["name"]: c for c in self.lxc.ls()}
+        for n in self.records:  # a running container's log writer died with the host, or was killed
+            if live.get(n, {}).get("state") == "RUNNING" and not self.log_store.writer_pid(n):
+                try:
+                    self.log_store.ensure_writer(n)
+                except errors.DcError as exc:
+                    log.warning("container %s: %s", n, exc)
         restarted = [n for n, r in self.records.items()
                      if r["desired"] == "running" and live.get(n, {}).get("state") != "RUNNING"]
         log.info("recovered %d containers (rolled back %s, finished destroy of %s, restarted %s)",
@@ -278,6 +290,7 @@ class ContainerManager:
             except BaseException:
                 self._rollback_create(name)
                 raise
+            self.events.record("created", name, image=rec["image_name"])
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     def _create_options(self, options: dict | None) -> dict:
@@ -308,6 +321,7 @@ class ContainerManager:
             bridge=self.network.bridge, veth_name=rec["veth"], address=rec["address"],
             prefixlen=self.network.prefixlen, gateway=self.network.gateway,
             console_log=self.lxc.path(name, "console.log"), lxc_log=self.lxc.path(name, "lxc.log"),
+            log_fifos=self.log_store.prepare(name),
             init_cmd=manifest.get("init") or "/sbin/init", halt_signal=manifest.get("stop_signal") or "SIGPWR",
             memory_bytes=rec["memory_bytes"], cpus=rec["cpus"], cpu_shares=rec["cpu_shares"],
             # a system image's init (busybox's rcS, systemd) expects tmpfs /tmp,
@@ -333,7 +347,9 @@ class ContainerManager:
 
     def _remove_files(self, name: str) -> None:
         """Remove the container's directory (lxcwrap's ``destroy``, in the
-        thread pool).  Raises StoreError naming the file that stayed."""
+        thread pool), and its log dir (its log writer stopped first).
+        Raises StoreError naming the file that stayed."""
+        _blocking(self.log_store.remove, name)
         try:
             _blocking(self.lxc.destroy, name)
         except OSError as exc:
@@ -367,6 +383,7 @@ class ContainerManager:
                 os.unlink(os.path.join(self.upper_dir(name), "etc", "dcfleet", "exit"))
             except FileNotFoundError:
                 pass
+            self.log_store.ensure_writer(name)  # the command's output needs its reader first
             try:
                 pid = self.lxc.start(name)
             except lxcerr.LxcStartFailed as exc:
@@ -383,6 +400,7 @@ class ContainerManager:
                 self.save_soon(rec, critical=True)
             raise
         rec["started_at"] = time.time()
+        self.events.record("started", name, image=rec.get("image_name"))
         self.network.enable_hairpin(rec["veth"])
         for m in self._mappings(rec):
             self.network.add_mapping(m)
@@ -396,6 +414,7 @@ class ContainerManager:
             rec = self.record(name)
             self._set_desired(rec, "stopped")  # written before the stop: a failed write stops nothing
             self.lxc.stop(name, timeout_s=timeout)  # LxcNotRunning: ContainerNotRunning at the boundary
+            self.events.record("stopped", name, image=rec.get("image_name"))
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     # ------------------------------------------------------------ destroy
@@ -410,6 +429,7 @@ class ContainerManager:
                 raise errors.ContainerRunning(
                     f"container {name!r} is running", hint="stop it first, or destroy with force")
             self._destroy(rec)
+            self.events.record("destroyed", name, image=rec.get("image_name"))
         self._locks.pop(name, None)
         return {"name": name, "destroyed": True}
 
@@ -493,8 +513,15 @@ class ContainerManager:
         env = {**DEFAULT_EXEC_ENV, **rec["env"], **opts["env"]}
         # LxcExecNotFound and LxcNotRunning become CommandNotFound and
         # ContainerNotRunning at the service boundary (agents.errmap)
-        return self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
-                             max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
+        self.events.record("exec_started", name, command=argv[:16])
+        result = None
+        try:
+            result = self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
+                                   max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
+            return result
+        finally:
+            self.events.record("exec_ended", name, exit_code=result.get("exit_code") if isinstance(result, dict)
+                               else None)
 
     # ------------------------------------------------------------ port mappings
     def connection_add(self, name: str, proto: str, container_port: int, host_port: int | None) -> dict:
@@ -618,22 +645,19 @@ class ContainerManager:
                      "usage": self.usage(view)})
         return view
 
-    def logs(self, name: str, max_bytes: int) -> dict:
-        """See AgentService.container_logs."""
+    def logs(self, name: str, options: dict | None) -> dict:
+        """See AgentService.container_logs (not following)."""
+        opts = validate.log_options(options, time.time())
         self.record(name, ready=False)
-        path = self.lxc.path(name, "console.log")
+        return _blocking(self.log_store.read, name, opts["since"], opts["tail"])
 
-        def tail() -> tuple[int, bytes]:  # up to 4 MiB: in the thread pool
-            try:
-                with open(path, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    f.seek(max(0, size - max_bytes))
-                    return size, f.read(max_bytes)
-            except FileNotFoundError:
-                return 0, b""
-
-        size, data = _blocking(tail)
-        return {"name": name, "size_bytes": size, "data": data, "truncated": size > len(data)}
+    def logs_follow(self, name: str, options: dict | None):
+        """See AgentService.container_logs_follow: the stream's iterator
+        (arguments checked before the first item)."""
+        opts = validate.log_options(options, time.time())
+        self.record(name, ready=False)
+        return self.log_store.follow(name, opts["since"], opts["tail"],
+                                lambda: name in self.records and self.live_state(name) == "RUNNING", _blocking)
 
     def cleanup(self) -> dict:
         """See AgentService.ops_cleanup."""
@@ -676,6 +700,11 @@ class ContainerManager:
         return sorted(r["name"] for r in self.records.values() if r["image"] == image_id)
 
     def ensure_base_images(self) -> None:
-        """Build the busybox base image on first use (offline)."""
+        """Build the busybox base image on first use (offline), and the
+        compiled log writer (agents/logwriter.py; without a compiler the
+        containers' logs are written by agents/logger.py)."""
         with self.images_lock:
             _blocking(busybox.ensure_busybox, self.images)
+        self.log_store.writer_binary = _blocking(logwriter.build_writer, os.path.join(self.images.root, "tools"))
+        if self.log_store.writer_binary is None:
+            log.warning("no compiled log writer (gcc failed?): containers' logs go through agents/logger.py")

@@ -7,6 +7,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- InvalidArgument (ValueError)     bad name, ref, port, type or arity
      |    +-- AmbiguousImageRef           an image id prefix matches several images
      |    +-- InvalidImage                a bad manifest, template or archive member
+     |    +-- EventsExpired               events after that index or time are gone (retention)
      +-- NotFound (LookupError)
      |    +-- NoSuchContainer
      |    +-- ImageNotFound
@@ -46,6 +47,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- StoreError                       the image store failed (I/O, digest, disk full)
      |    +-- StoreUnavailable            the hub's shared fleet store (etcd) cannot be reached
      +-- NetworkError                     bridge / netfilter setup failed
+     +-- BuildFailed                      a build step (RUN, COPY) failed or ran past the build timeout
      +-- DeployFailed                     a deploy's new container failed its check (the old release serves)
      +-- InternalError                    a bug: details are in the server's log
 """
@@ -77,6 +79,11 @@ class AmbiguousImageRef(InvalidArgument):
 
 class InvalidImage(InvalidArgument):
     """An image, its manifest, template or archive member is unacceptable."""
+
+
+class EventsExpired(InvalidArgument):
+    """Events after the index or time asked for were dropped by retention:
+    resuming from there would miss some; the hint names where to resume."""
 
 
 class NotFound(DcError, LookupError):
@@ -239,6 +246,13 @@ class StoreUnavailable(StoreError):
 
 class NetworkError(DcError):
     """Bridge, address or netfilter setup failed."""
+
+
+class BuildFailed(DcError):
+    """A build step failed (a RUN exited non-zero, a COPY could not be
+    written) or the build ran past its timeout; the message ends with the
+    tail of the build log.  Nothing of the build is left (no container, no
+    layer, no image)."""
 
 
 class DeployFailed(DcError):

@@ -321,3 +321,43 @@ def volume_specs(value: Any) -> list[dict]:
     if len(set(paths)) != len(paths):
         raise InvalidArgument("volumes: a container path is given twice")
     return specs
+LOG_OPTIONS = {"follow": "stream what is written as it comes (ends when the container stops)",
+               "since": "only records from then on: Unix seconds, or an age like 90s, 10m, 2h, 1d",
+               "tail": "only the last N records (0-100000)",
+               "timestamps": "dcctl prints each record's time (the JSON always has at)"}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+LOG_MAX_TAIL = 100000
+
+
+def since_time(value: Any, now: float, what: str = "since") -> float:
+    """A ``--since``: Unix seconds (a number, not in the future), or an age
+    ("90s", "10m", "2h", "1d", counted back from ``now``).  Returns Unix s.
+    Raises: InvalidArgument."""
+    if isinstance(value, str):
+        text = value.strip()
+        unit = _AGE_UNITS.get(text[-1:])
+        try:
+            amount = float(text[:-1]) if unit else float(text)
+        except ValueError:
+            amount = -1.0
+        if amount < 0 or amount != amount or amount == float("inf"):
+            raise InvalidArgument(f"{what} {value!r}: give Unix seconds or an age like 90s, 10m, 2h, 1d")
+        value = now - amount * unit if unit else amount
+    at = number(value, what, minimum=0, maximum=now + 1)  # a second's slack for clocks read apart
+    return float(at)
+
+
+def log_options(value: Any, now: float) -> dict:
+    """container_logs' options: {follow: bool, since: Unix s or None, tail:
+    int or None, timestamps: bool}.  Raises: InvalidArgument (an unknown
+    option, a since in the future, a tail out of 0..100000)."""
+    opts = options(value, LOG_OPTIONS, "container_logs")
+    for key in ("follow", "timestamps"):
+        if not isinstance(opts.get(key, False), bool):
+            raise InvalidArgument(f"{key} must be true or false, got {opts[key]!r}")
+    since = opts.get("since")
+    tail = opts.get("tail")
+    return {"follow": opts.get("follow", False), "timestamps": opts.get("timestamps", False),
+            "since": None if since is None else since_time(since, now),
+            "tail": None if tail is None else int(number(tail, "tail", minimum=0, maximum=LOG_MAX_TAIL,
+                                                         integer=True))}

@@ -81,8 +81,13 @@ class Placer:
         elsewhere (the reservation is dropped in every failure; a copy an
         undo could not reach is recorded as abandoned, see sweep).
         """
-        row = self.store.claim(name, manifest["id"], request.memory_bytes, spec,
-                               scheduler.choose(self.store.hosts(), request))
+        try:
+            row = self.store.claim(name, manifest["id"], request.memory_bytes, spec,
+                                   scheduler.choose(self.store.hosts(), request))
+        except errors.StoreUnavailable:  # etcd may have applied it unanswered: the journal pass forgets it
+            if name not in self.placing:
+                self.pending.setdefault(name, set())
+            raise
         self.placing.add(name)
         try:
             return self._place(name, row["host"], manifest, request, agent_opts, no_start)
@@ -239,6 +244,11 @@ class Placer:
         self.journal = journal
         warned: set[str] = set()
         while True:
+            for name in sorted(self.pending):  # this hub's own failed creates: on every hub
+                try:
+                    self._retry_pending(name)
+                except errors.DcError as exc:  # e.g. StoreError again: next round
+                    log.warning("journal: failed create of %s still unrecorded: %s", name, exc)
             if leading is not None and not leading():
                 gevent.sleep(interval_s)
                 continue
@@ -247,11 +257,6 @@ class Placer:
                     journal.update(orphans())
                 except errors.DcError as exc:  # e.g. StoreUnavailable: next round
                     log.warning("journal: cannot list orphaned reservations: %s", exc)
-            for name in sorted(self.pending):
-                try:
-                    self._retry_pending(name)
-                except errors.DcError as exc:  # e.g. StoreError again: next round
-                    log.warning("journal: failed create of %s still unrecorded: %s", name, exc)
             for name in sorted(journal):
                 try:
                     self._decide(name, warned)
@@ -353,4 +358,5 @@ class PlacementMethods:
         request = scheduler.Request(memory, dict(labels), pin, strategy)
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
         result = self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
+        self.events_log.add("placed", name=name, host=result.get("host"), image=manifest.get("name"))
         return self.connect_routes(result, route_opts)

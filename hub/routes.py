@@ -227,6 +227,7 @@ class RouteMethods:
         validate.port(port, "container port")
         self.store.add_route(name, container, port)
         self._routes_changed()
+        self.events_log.add("route_added", route=name, container=container, port=port)
         return self.route_get(name)
 
     @expose(shielded=True)
@@ -242,6 +243,7 @@ class RouteMethods:
         validate.port(port, "container port")
         self.store.remove_route(name, container, port)
         self._routes_changed()
+        self.events_log.add("route_removed", route=name, container=container, port=port)
         return {"name": name, "container": container, "port": port, "removed": True}
 
     @expose(access="routes")

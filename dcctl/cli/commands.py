@@ -14,8 +14,10 @@ import sys
 from typing import Any, Callable, Mapping
 
 from dcctl import auth, errors, output, upload, wire
+from dcctl import build as dcbuild
 from dcctl.cli.args import (Command, UsageError, build_call, build_options, method_help, params_of,
                             parse_timeout)
+from dcctl.cli.events import run_events
 from dcctl.wire import clientconfig, failover
 from dcctl.wire.refs import parse_ref
 
@@ -169,7 +171,7 @@ def call_timeout(cmd: Command, options: dict | None) -> float:
 
 def run_method(cmd: Command) -> int:
     """Run ``dcctl METHOD ...`` (or list/help) against cmd.endpoint."""
-    filters = _filters(cmd.method, cmd.filters) if cmd.method not in (None, "methods", "help") else {}
+    filters = _filters(cmd.method, cmd.filters) if cmd.method not in (None, "methods", "help", "events") else {}
     with _connect(cmd.endpoint, cmd.timeout_s or wire.DEFAULT_TIMEOUT_SECONDS, cmd.key, cmd.server_key) as client:
         schema = fetch_inspect(client)
         methods = schema.get("methods") or {}
@@ -194,6 +196,16 @@ def run_method(cmd: Command) -> int:
             code = _push_upload(client, cmd)
             if code is not None:
                 return code
+        if cmd.method == "build" and info is not None:  # the hub's build: pack, upload, stream (dcctl.build)
+            try:
+                return dcbuild.run_build(client, list(cmd.words), list(cmd.flags), cmd.json)
+            except errors.InvalidArgument as exc:
+                if exc.hint and "usage:" in exc.hint:
+                    raise UsageError(exc.message, hint=exc.hint) from exc
+                raise
+        if cmd.method == "events" and "filters" in [a.get("name") for a in (info or {}).get("args") or []]:
+            # the hub's events (dcctl/cli/events.py)
+            return run_events(client, cmd)
         if info is None or info.get("args") is None:  # unknown: let the server say so
             args, options, wire_args = list(cmd.words), None, list(cmd.words)
             if cmd.flags:
@@ -210,6 +222,9 @@ def run_method(cmd: Command) -> int:
             code = handler(client, args, options or {})
             if code is not None:
                 return code
+        if cmd.method == "container_logs" and len(args) == 1 and not filters:  # text lines, --follow a stream
+            from dcctl.cli import logs
+            return logs.run(client, args[0], options or {}, cmd.json, call_timeout(cmd, options))
         result = client.call(cmd.method, *wire_args, timeout_s=call_timeout(cmd, options))
         try:
             result = output.filter_result(cmd.method, result, filters)
