@@ -22,6 +22,7 @@ from agents import hostinfo
 from agents.containers import ContainerManager
 from agents.errmap import translate
 from agents.events import EventMethods
+from agents.progress import ProgressMethods
 from agents.enter import EnterRelay
 from agents.transfer import Puller, fetch_upload
 from images import oci
@@ -40,7 +41,7 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService(EventMethods):
+class AgentService(EventMethods, ProgressMethods):
     """The methods served by ``dc-agent`` (see the README's method reference;
     container events: agents.events)."""
 

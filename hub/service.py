@@ -11,6 +11,7 @@ own module, over the parts they share, which this module builds.
   image_layer_read (the registry itself is hub/registry.py);
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
 * hub/eventmethods.py: events, events_follow, host_events (the log: hub/events.py);
+* hub/progressmethods.py: image_pull on a host, its progress as a stream;
 * here: hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
@@ -37,6 +38,7 @@ from dcctl.wire import expose
 from hub import fanout, routes
 from hub.agents import Agents
 from hub.eventmethods import EventMethods
+from hub.progressmethods import ProgressMethods
 from hub.events import EventLog
 from hub.failover import Healer
 from hub.fleetwide import FleetwideMethods
@@ -55,7 +57,7 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods, EventMethods):
+                 routes.RouteMethods, UploadMethods, EventMethods, ProgressMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 
