@@ -90,8 +90,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
         self.beats = Heartbeats(store, heartbeat_flush_s)
-        # fleet events, persisted where the store has the events methods (hub/events.py, hub/eventmethods.py)
-        self.events_log = EventLog(store if hasattr(store, "events_append") else None)
+        self.events_log = EventLog(store)  # fleet events, persisted (hub/events.py, hub/eventmethods.py)
         self.agents = Agents(store, call_timeout_s=call_timeout_s, heartbeat_s=heartbeat_s, server_pair=server_pair,
                              on_event=self.events_log.add)
         self.placer = Placer(store, self.agents)

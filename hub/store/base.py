@@ -229,3 +229,42 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def routes(self) -> list[dict]:
         """Every route row, by name, container, port."""
+
+    # ------------------------------------------------------------ fleet events (section of `events`)
+    # Fleet events (hub/events.py): JSON documents {at, type, ...} by a
+    # fleet index that is never reused (also once pruned); a per-host
+    # cursor of the agent events taken in, written with them.
+    @abc.abstractmethod
+    def events_append(self, docs: list[dict], host: str | None = None,
+                      agent_index: int | None = None) -> list[dict]:
+        """Append events, each given the next ``index``; with ``host`` and
+        ``agent_index``, that host's cursor becomes ``agent_index`` with
+        them.  Returns the documents with their index."""
+
+    @abc.abstractmethod
+    def events_after(self, index: int, limit: int) -> list[dict]:
+        """Events above ``index``, oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    def events_index_at(self, at: float) -> int:
+        """The newest index of an event at or before ``at`` (Unix s); the
+        last pruned index when no kept event is that old."""
+
+    @abc.abstractmethod
+    def events_bounds(self) -> dict:
+        """{first (oldest kept, or last + 1), last (newest given, 0 before
+        any), pruned_index, pruned_at}."""
+
+    @abc.abstractmethod
+    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
+        """Drop the oldest beyond ``max_count`` and those older than
+        ``max_age_s``; returns how many went."""
+
+    @abc.abstractmethod
+    def event_cursor(self, host: str) -> int:
+        """The last agent event index taken in from ``host`` (0: none)."""
+
+    @abc.abstractmethod
+    def set_event_cursor(self, host: str, agent_index: int) -> None:
+        """Set ``host``'s cursor (0: its agent's journal started over)."""
+    # ------------------------------------------------------------ end of the `events` section

@@ -735,3 +735,115 @@ class EtcdStore(Store):
     def registry_remove(self, image_id: str) -> None:
         """Drop ``image_id`` from the index."""
         self.etcd.txn([], [self.etcd.delete(self._k("registry", image_id))])
+
+    # ------------------------------------------------------------ fleet events (section of `events`)
+    # The same methods as HubStore's events section (hub/store/sqlite.py):
+    # each event a JSON document under events/e/<index, 16 digits>; the
+    # next index in events/seq (a CAS on it orders concurrent appends of
+    # several hubs); per-host cursors under events/cursor/<host>, put in
+    # the same transaction as the events they cover; events/marks holds
+    # what pruning dropped last.  At most EVENTS_PER_TXN events a
+    # transaction (etcd allows 128 operations).
+    EVENTS_PER_TXN = 100
+
+    def _ev(self, *parts: str) -> str:
+        return self._k("events", *parts)
+
+    def _ev_key(self, index: int) -> str:
+        return self._ev("e", f"{index:016d}")
+
+    def _ev_range(self, start: int, limit: int, keys_only: bool = False) -> list[tuple[str, dict | None]]:
+        body = {"key": _b64(self._ev_key(start)), "range_end": _prefix_end(self._ev("e", "")), "limit": limit}
+        if keys_only:
+            body["keys_only"] = True
+        kvs = self.etcd.post("kv/range", body).get("kvs") or []
+        return [(_unb64(kv["key"]), None if keys_only else json.loads(_unb64(kv.get("value")))) for kv in kvs]
+
+    def events_append(self, docs: list[dict], host: str | None = None,
+                      agent_index: int | None = None) -> list[dict]:
+        """See HubStore.events_append (several transactions past
+        EVENTS_PER_TXN events, each moving the host's cursor to its own
+        last agent event)."""
+        out: list[dict] = []
+        chunks = [docs[i:i + self.EVENTS_PER_TXN] for i in range(0, len(docs), self.EVENTS_PER_TXN)] or [[]]
+        for n, chunk in enumerate(chunks):
+            final = n == len(chunks) - 1
+            cursor = agent_index if final else chunk[-1].get("agent_index", agent_index)
+
+            def once(chunk=chunk, cursor=cursor):
+                got = self.etcd.get(self._ev("seq"))
+                last, rev = (got[0]["last"], got[1]) if got else (0, 0)
+                made = [{**d, "index": last + i + 1} for i, d in enumerate(chunk)]
+                ops = [self.etcd.put(self._ev_key(e["index"]), e) for e in made]
+                if made:
+                    ops.append(self.etcd.put(self._ev("seq"), {"last": made[-1]["index"]}))
+                if host is not None and cursor is not None:
+                    ops.append(self.etcd.put(self._ev("cursor", host), {"agent_index": cursor}))
+                if not ops:
+                    return []
+                ok, _ = self.etcd.txn([self.etcd.at(self._ev("seq"), rev)], ops)
+                return made if ok else None
+
+            out += self._cas(once)
+        return out
+
+    def events_after(self, index: int, limit: int) -> list[dict]:
+        """See HubStore.events_after."""
+        return [doc for _, doc in self._ev_range(index + 1, limit)]
+
+    def events_index_at(self, at: float) -> int:
+        """See HubStore.events_index_at (reads the kept events in pages)."""
+        best, start = 0, 0
+        while True:
+            page = self._ev_range(start, 500)
+            for _, doc in page:
+                if doc["at"] <= at:
+                    best = max(best, doc["index"])
+            if len(page) < 500:
+                return best or int(self.events_bounds()["pruned_index"])
+            start = page[-1][1]["index"] + 1
+
+    def events_bounds(self) -> dict:
+        """See HubStore.events_bounds."""
+        got = self.etcd.get(self._ev("seq"))
+        last = got[0]["last"] if got else 0
+        first = self._ev_range(0, 1, keys_only=True)
+        marks = (self.etcd.get(self._ev("marks")) or ({},))[0]
+        return {"first": int(first[0][0].rsplit("/", 1)[1]) if first else last + 1, "last": last,
+                "pruned_index": int(marks.get("pruned_index", 0)), "pruned_at": marks.get("pruned_at", 0.0)}
+
+    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
+        """See HubStore.events_prune."""
+        now = time.time() if now is None else now
+        total = self.etcd.count(self._ev("e", ""))
+        cut, cut_at = 0, 0.0
+        if total > max_count:
+            keys = self._ev_range(0, total - max_count)
+            cut, cut_at = keys[-1][1]["index"], keys[-1][1]["at"]
+        start = cut + 1
+        while True:  # the old ones, oldest first, in pages
+            page = self._ev_range(start, 200)
+            old = [doc for _, doc in page if doc["at"] < now - max_age_s]
+            if old:
+                cut, cut_at = old[-1]["index"], old[-1]["at"]
+            if len(old) < len(page) or len(page) < 200:
+                break
+            start = page[-1][1]["index"] + 1
+        if not cut:
+            return 0
+        marks = (self.etcd.get(self._ev("marks")) or ({},))[0]
+        self.etcd.post("kv/deleterange", {"key": _b64(self._ev_key(0)), "range_end": _b64(self._ev_key(cut + 1))})
+        self.etcd.txn([], [self.etcd.put(self._ev("marks"), {
+            "pruned_index": max(cut, int(marks.get("pruned_index", 0))),
+            "pruned_at": max(cut_at, marks.get("pruned_at", 0.0))})])
+        return min(total, cut - int(marks.get("pruned_index", 0)))
+
+    def event_cursor(self, host: str) -> int:
+        """See HubStore.event_cursor."""
+        got = self.etcd.get(self._ev("cursor", host))
+        return int(got[0]["agent_index"]) if got else 0
+
+    def set_event_cursor(self, host: str, agent_index: int) -> None:
+        """See HubStore.set_event_cursor."""
+        self.etcd.txn([], [self.etcd.put(self._ev("cursor", host), {"agent_index": agent_index})])
+    # ------------------------------------------------------------ end of the `events` section
