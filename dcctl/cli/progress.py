@@ -13,7 +13,7 @@ from dcctl import output
 __all__ = ["PROGRESS_METHODS", "is_progress", "show"]
 
 #: Methods whose stream is progress (the hub's).
-PROGRESS_METHODS = ("image_pull",)
+PROGRESS_METHODS = ("image_pull", "image_push_progress")
 
 
 def is_progress(item: Any) -> bool:
@@ -49,7 +49,8 @@ def show(items: Iterable[dict], stdout: TextIO | None = None) -> int:
                 if not is_progress(item):
                     continue
                 if task is None:
-                    task = bar.add_task(f"pull on {item.get('host', '')}".strip(), total=item["bytes_total"] or None)
+                    task = bar.add_task(f"{item.get('host', '')}".strip() or "progress",
+                                        total=item["bytes_total"] or None)
                 bar.update(task, completed=item["bytes_done"], total=item["bytes_total"] or None)
     else:
         for item in items:
@@ -58,8 +59,8 @@ def show(items: Iterable[dict], stdout: TextIO | None = None) -> int:
                 print(_line(item), file=stdout, flush=True)
     result = (last or {}).get("result")
     if isinstance(result, dict):
-        summary = {k: v for k, v in result.items() if k != "manifest"}
-        manifest = result.get("manifest") or {}
+        manifest = result.get("manifest") or (result if "layers" in result else {})
+        summary = {k: v for k, v in result.items() if k != "manifest"} if manifest is not result else {}
         summary.update({"image": manifest.get("name"), "id": manifest.get("id")})
         for line in output.kv_lines(summary):
             print(line, file=stdout)
