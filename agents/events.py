@@ -33,6 +33,8 @@ import logging
 import os
 import re
 import time
+from typing import Callable
+
 import gevent
 import gevent.event
 
@@ -330,14 +332,20 @@ class EventShipper(BackgroundLoop):
     follows in batches, then waits for new ones.  Best effort: a hub that
     is down is retried; nothing is lost while the journal keeps it."""
 
-    def __init__(self, journal: EventJournal, hub: str, host: str, keys=None, retry_s: float = 2.0):
+    def __init__(self, journal: EventJournal, hub: "str | Callable[[], str]", host: str, keys=None,
+                 retry_s: float = 2.0):
         self.journal = journal
-        self.hub = hub
+        self._hub = hub  # an endpoint, or what gives the endpoint to use now (HubLink.endpoint)
         self.host = host
         self.keys = keys
         self.retry_s = retry_s
         self.cursor: int | None = None
         self._last_error: str | None = None
+
+    @property
+    def hub(self) -> str:
+        """The hub endpoint events go to now."""
+        return self._hub() if callable(self._hub) else self._hub
 
     def _loop(self) -> None:
         while True:

@@ -16,12 +16,17 @@ A server raises one of these; the wire layer sends its class name and message
      |    +-- NoSuchHost
      |    +-- NoSuchRoute                 no such (route name, backend)
      |    +-- NoSuchUpload                no (complete) image upload with that id on the hub
+     |    +-- NoSuchVolume                no volume of that name on the host
+     |    +-- NoSuchApp                   no app of that name in the fleet
+     |    +-- NoSuchRelease               the app has no such release
      +-- Conflict
      |    +-- ContainerExists
      |    +-- ImageExists
      |    +-- ImageInUse
      |    +-- PortInUse
  |    +-- RouteExists                 the route has that backend already
+     |    +-- VolumeInUse                 a container on the host mounts the volume
+     |    +-- DeployInProgress            the app has a deploy under way already
      +-- InvalidState                     the container is not in a state for this
      |    +-- ContainerRunning
      |    +-- ContainerNotRunning
@@ -42,6 +47,8 @@ A server raises one of these; the wire layer sends its class name and message
      +-- StoreError                       the image store failed (I/O, digest, disk full)
      |    +-- StoreUnavailable            the hub's shared fleet store (etcd) cannot be reached
      +-- NetworkError                     bridge / netfilter setup failed
+     +-- BuildFailed                      a build step (RUN, COPY) failed or ran past the build timeout
+     +-- DeployFailed                     a deploy's new container failed its check (the old release serves)
      +-- InternalError                    a bug: details are in the server's log
 """
 from __future__ import annotations
@@ -111,6 +118,18 @@ class NoSuchUpload(NotFound):
     """No image upload (dcctl image_push FILE) with that id on the hub."""
 
 
+class NoSuchVolume(NotFound):
+    pass
+
+
+class NoSuchApp(NotFound):
+    pass
+
+
+class NoSuchRelease(NotFound):
+    pass
+
+
 class Conflict(DcError):
     """The thing exists already or is used by something else."""
 
@@ -133,6 +152,14 @@ class PortInUse(Conflict):
 
 class RouteExists(Conflict):
     pass
+
+
+class VolumeInUse(Conflict):
+    """A volume is mounted by (configured into) a container on its host."""
+
+
+class DeployInProgress(Conflict):
+    """Another deploy, rollback or app_rm of the app is under way."""
 
 
 class InvalidState(DcError):
@@ -219,6 +246,19 @@ class StoreUnavailable(StoreError):
 
 class NetworkError(DcError):
     """Bridge, address or netfilter setup failed."""
+
+
+class BuildFailed(DcError):
+    """A build step failed (a RUN exited non-zero, a COPY could not be
+    written) or the build ran past its timeout; the message ends with the
+    tail of the build log.  Nothing of the build is left (no container, no
+    layer, no image)."""
+
+
+class DeployFailed(DcError):
+    """A deploy was rolled back: a new container failed (its check, its
+    create or start); the previous release keeps serving and the new
+    containers are gone.  The message names the container and the check."""
 
 
 class InternalError(DcError):

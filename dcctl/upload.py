@@ -25,7 +25,7 @@ from dcctl import errors
 from dcctl.wire.endpoint import parse_endpoint
 from dcctl.wire.refs import parse_ref
 
-__all__ = ["looks_local", "push_file", "absolute_paths", "user_path_error", "CHUNK_BYTES", "PUSH_OPTIONS",
+__all__ = ["looks_local", "push_file", "send_file", "absolute_paths", "user_path_error", "CHUNK_BYTES", "PUSH_OPTIONS",
            "PUSH_USAGE"]
 
 #: The options of the upload form, as image_upload_finish takes them
@@ -129,6 +129,37 @@ class _Progress:
         self.stream.flush()
 
 
+def send_file(call: Callable, file: str, progress: "_Progress | None" = None) -> str:
+    """Upload ``file`` to the hub in CHUNK_BYTES chunks (image_upload_begin,
+    image_upload_chunk), resuming where an earlier upload of the same
+    content stopped; progress on ``progress`` (a _Progress) if given.
+
+    Returns: the upload id (the file's sha256), complete on the hub.
+    Raises: the hub's errors (InvalidArgument, StoreError: disk full)."""
+    size = os.path.getsize(file)
+    sha = _sha256(file)
+    state = call("image_upload_begin", size, sha)
+    offset = state["offset"]
+    if offset and not state.get("complete") and progress is not None:
+        progress.note(f"resuming at {offset / 2**20:.1f} MiB")
+    with open(file, "rb") as f:
+        while offset < size:
+            f.seek(offset)
+            data = f.read(CHUNK_BYTES)
+            try:
+                offset = call("image_upload_chunk", sha, offset, data)["offset"]
+            except errors.InvalidArgument:
+                state = call("image_upload_begin", size, sha)  # lost our place: ask where
+                if state["offset"] == offset:
+                    raise
+                offset = state["offset"]
+            if progress is not None:
+                progress.update(offset)
+    if progress is not None:
+        progress.update(size, final=True)
+    return sha
+
+
 def push_file(call: Callable, word: str, name: str, *, stream=None, options: dict | None = None) -> dict:
     """Upload ``word`` (FILE or FILE:TAG) as image ``name`` (NAME[:TAG]).
 
@@ -150,26 +181,8 @@ def push_file(call: Callable, word: str, name: str, *, stream=None, options: dic
     if not os.path.exists(path):
         raise errors.InvalidArgument(f"no such file {path!r} on this machine")
     with _as_file(path) as file:
-        size = os.path.getsize(file)
-        progress = _Progress(f"pushing {os.path.basename(path.rstrip('/'))}", size, stream)
-        sha = _sha256(file)
-        state = call("image_upload_begin", size, sha)
-        offset = state["offset"]
-        if offset and not state.get("complete"):
-            progress.note(f"resuming at {offset / 2**20:.1f} MiB")
-        with open(file, "rb") as f:
-            while offset < size:
-                f.seek(offset)
-                data = f.read(CHUNK_BYTES)
-                try:
-                    offset = call("image_upload_chunk", sha, offset, data)["offset"]
-                except errors.InvalidArgument:
-                    state = call("image_upload_begin", size, sha)  # lost our place: ask where
-                    if state["offset"] == offset:
-                        raise
-                    offset = state["offset"]
-                progress.update(offset)
-        progress.update(size, final=True)
+        progress = _Progress(f"pushing {os.path.basename(path.rstrip('/'))}", os.path.getsize(file), stream)
+        sha = send_file(call, file, progress)
         progress.note("verifying and importing on the fleet...")
         options = {**(options or {}), **({"select": select} if select else {})}
         try:

@@ -125,6 +125,12 @@ def _http_port(ports: list[dict]) -> int | None:
     return None
 
 
+def http_port(ports: list[dict]) -> int | None:
+    """The container port a container's routes point at: the first tcp
+    port among HTTP_PORTS in ``ports`` ([{proto, container_port}]), or None."""
+    return _http_port(ports)
+
+
 def resolve(store) -> list[dict]:
     """The route table from the store, resolved.
 

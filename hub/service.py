@@ -10,6 +10,10 @@ own module, over the parts they share, which this module builds.
 * hub/imagemethods.py: image_ls, image_push, image_manifest,
   image_layer_read (the registry itself is hub/registry.py);
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
+* hub/buildmethods.py: build (a Dockerfile build on one idle host);
+* hub/volumes.py: volume_ls and the volume placement rule;
+* hub/apps.py: deploy, releases, rollback, apps, app_rm (the deploy
+  orchestration and its journal: hub/deploy.py);
 * hub/eventmethods.py: events, events_follow, host_events (the log: hub/events.py);
 * hub/progressmethods.py: image_pull on a host, its progress as a stream;
 * here: hub_info, start and stop.
@@ -37,6 +41,8 @@ from dcctl import auth
 from dcctl.wire import expose
 from hub import fanout, routes
 from hub.agents import Agents
+from hub.apps import AppMethods
+from hub.buildmethods import BuildMethods
 from hub.eventmethods import EventMethods
 from hub.progressmethods import ProgressMethods
 from hub.events import EventLog
@@ -50,6 +56,7 @@ from hub.placement import PlacementMethods, Placer
 from hub.registry import Registry
 from hub.store import HubStore
 from hub.uploads import UploadMethods
+from hub.volumes import VolumeMethods
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,8 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods, EventMethods, ProgressMethods):
+                 routes.RouteMethods, UploadMethods, BuildMethods, VolumeMethods, AppMethods, EventMethods,
+                 ProgressMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 
@@ -82,6 +90,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
                  server_pair: tuple[bytes, bytes] | None = None, allowlist: auth.Allowlist | None = None,
                  heartbeat_flush_s: float = DEFAULT_FLUSH_SECONDS):
         self.server_pair = server_pair
+        self.metrics_url: str | None = None  # set by hub.metrics.started once served
         self.allowlist = allowlist
         self.store = store
         self.registry = registry
@@ -116,7 +125,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.store.join(self.name, self.endpoint)
         journal = set(self.store.orphaned_reservations()) if self.store.is_leader() else set()
         self._tasks = [gevent.spawn(self.monitor_hosts), gevent.spawn(self._recover, journal),
-                       gevent.spawn(self.beats.run)]
+                       gevent.spawn(self.beats.run), gevent.spawn(self.recover_deploys)]
 
     def stop(self) -> None:
         """Stop the hub's tasks, write the heartbeats not written yet and
@@ -142,11 +151,12 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         missed_heartbeats, hosts (count), containers (count), queue {idle
         [hosts, longest idle first], busy [hosts], members [hosts]}, store
         ("sqlite"|"etcd"), leader (the leading hub's name, None while
-        there is none), members [{name, endpoint, since}] (the hubs alive)}.
+        there is none), members [{name, endpoint, since}] (the hubs alive),
+        metrics_url (the hub's Prometheus endpoint, hub/metrics.py, or None)}.
         Raises: StoreUnavailable (etcd does not answer).
         """
         return {"version": HUB_VERSION, "name": self.name, "uptime_s": round(time.time() - self.started, 3),
                 "heartbeat_s": self.heartbeat_s, "missed_heartbeats": self.missed_heartbeats,
                 "hosts": len(self.store.hosts()), "containers": len(self.store.containers()),
                 "queue": self.workers.stats(), "store": self.store.kind, "leader": self.store.leader(),
-                "members": self.store.members()}
+                "members": self.store.members(), "metrics_url": self.metrics_url}

@@ -19,7 +19,7 @@ import dataclasses
 import os
 import re
 import shutil
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import gevent
 
@@ -262,8 +262,11 @@ class Lxc:
 
     def exec(self, name: str, command: Sequence[str], *, env: Mapping[str, str] | None = None,
              timeout_s: float = DEFAULT_TIMEOUT_SECONDS, max_output_bytes: int = 16 << 20,
-             input_bytes: bytes | None = None) -> dict:
+             input_bytes: bytes | None = None,
+             on_output: Callable[[str, bytes], None] | None = None) -> dict:
         """Run ``command`` (argv list) in the running container and capture it.
+        ``on_output(stream, chunk)`` sees the output as it comes (see
+        spawn.communicate).
 
         Output beyond ``max_output_bytes`` per stream is read and dropped, so a
         chatty command never blocks on a full pipe nor fills our memory.  The
@@ -292,7 +295,7 @@ class Lxc:
                                 setsid=True)
         except FileNotFoundError as exc:
             raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc
-        out = spawn.communicate(child, timeout_s, max_output_bytes, input_bytes)
+        out = spawn.communicate(child, timeout_s, max_output_bytes, input_bytes, on_output=on_output)
         duration = gevent.get_hub().loop.now() - started
         err, code = out["stderr"], out["returncode"]
         if code in (127, 1) and b"Failed to exec" in err and b"lxc_attach_run_command" in err:

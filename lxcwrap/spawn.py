@@ -167,15 +167,20 @@ _FINAL_READS = 16  # at most 1 MiB read in the last non-blocking sweep
 
 
 class _Sink:
-    """What a reader has read so far: kept even when the reader is cut short."""
+    """What a reader has read so far: kept even when the reader is cut short.
+    ``on_chunk(bytes)``, if given, sees every chunk as it is read (whatever
+    the cap)."""
 
-    def __init__(self, cap_bytes: int):
+    def __init__(self, cap_bytes: int, on_chunk: Callable[[bytes], None] | None = None):
         self.cap_bytes = cap_bytes
         self.buf = bytearray()
         self.truncated = False
         self.eof = False
+        self.on_chunk = on_chunk
 
     def add(self, chunk: bytes) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
         room = self.cap_bytes - len(self.buf)
         if room > 0:
             self.buf += chunk[:room]
@@ -243,14 +248,16 @@ def feed(fd: int, data: bytes) -> None:
 
 def communicate(child: Child, timeout_s: float, cap_bytes: int = 1 << 62,
                 input_bytes: bytes | None = None,
-                drain_s: float = DRAIN_AFTER_EXIT_SECONDS) -> dict:
+                drain_s: float = DRAIN_AFTER_EXIT_SECONDS,
+                on_output: Callable[[str, bytes], None] | None = None) -> dict:
     """Feed stdin, read stdout/stderr (each capped at ``cap_bytes``) and wait
     up to ``timeout_s``; a child past its time gets SIGTERM then SIGKILL.
 
     The call ends when the child ends: its pipes are read for ``drain_s``
     seconds more, then reading stops even if a process it left behind still
     holds them open (that process keeps running; what it writes later is not
-    captured).
+    captured).  ``on_output(stream, chunk)`` (stream "stdout" or "stderr"),
+    if given, is called with each chunk as it is read (a build's live log).
 
     Returns: {"returncode": int, "stdout": bytes, "stderr": bytes,
     "stdout_truncated": bool, "stderr_truncated": bool (output over
@@ -263,7 +270,8 @@ def communicate(child: Child, timeout_s: float, cap_bytes: int = 1 << 62,
         fd, child.stdin = child.stdin, None
         feeder = gevent.spawn(feed, fd, input_bytes or b"")
     pipes = [child.stdout, child.stderr]
-    sinks = [_Sink(cap_bytes), _Sink(cap_bytes)]
+    sinks = [_Sink(cap_bytes, None if on_output is None else (lambda c: on_output("stdout", c))),
+             _Sink(cap_bytes, None if on_output is None else (lambda c: on_output("stderr", c)))]
     readers = [gevent.spawn(_read_into, fd, sink) for fd, sink in zip(pipes, sinks)]
     timed_out = False
     try:

@@ -115,6 +115,11 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
             cmd.wide = True
         elif tok in ("-h", "--help"):
             cmd.help = True
+        elif tok == "-t" and cmd.words[:1] == ["build"]:  # dcctl build CONTEXT -t NAME, as docker's
+            if i >= len(argv):
+                raise UsageError("option -t needs a value", hint="dcctl build CONTEXT -t NAME[:TAG]")
+            cmd.flags.append(("t", argv[i]))
+            i += 1
         elif tok.startswith("-") and len(tok) > 1 and not _NUMBER_RE.match(tok):
             raise UsageError(f"unknown option {tok}",
                              hint="put -- before words that start with - (dcctl METHOD ARGS -- CMD -x)")

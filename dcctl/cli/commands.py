@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Mapping
 
 from dcctl import auth, errors, output, upload, wire
+from dcctl import build as dcbuild
 from dcctl.cli.args import (Command, UsageError, build_call, build_options, method_help, params_of,
                             parse_timeout)
 from dcctl.cli import progress
@@ -27,7 +28,8 @@ __all__ = ["METHOD_TIMEOUT_SECONDS", "TIMEOUT_MARGIN_SECONDS", "DEADLINE_METHODS
 #: Call timeouts for methods that run longer than the default by design
 #: (container_exec's own default timeout_s is 300 s).  --timeout wins.
 METHOD_TIMEOUT_SECONDS = {"container_exec": 330.0, "image_build": 1800.0, "image_pull": 600.0,
-                          "image_push": 600.0, "create_container": 660.0, "image_import": 600.0}
+                          "image_push": 600.0, "create_container": 660.0, "image_import": 600.0,
+                          "deploy": 3600.0, "rollback": 3600.0, "app_rm": 600.0}
 #: Extra seconds to wait beyond an options ``timeout_s`` the server honours.
 TIMEOUT_MARGIN_SECONDS = 30.0
 #: Hub fan-out methods: dcctl's --timeout is also their per-host deadline
@@ -195,6 +197,13 @@ def run_method(cmd: Command) -> int:
             code = _push_upload(client, cmd)
             if code is not None:
                 return code
+        if cmd.method == "build" and info is not None:  # the hub's build: pack, upload, stream (dcctl.build)
+            try:
+                return dcbuild.run_build(client, list(cmd.words), list(cmd.flags), cmd.json)
+            except errors.InvalidArgument as exc:
+                if exc.hint and "usage:" in exc.hint:
+                    raise UsageError(exc.message, hint=exc.hint) from exc
+                raise
         if cmd.method == "events" and "filters" in [a.get("name") for a in (info or {}).get("args") or []]:
             # the hub's events (dcctl/cli/events.py)
             return run_events(client, cmd)
@@ -214,6 +223,9 @@ def run_method(cmd: Command) -> int:
             code = handler(client, args, options or {})
             if code is not None:
                 return code
+        if cmd.method == "container_logs" and len(args) == 1 and not filters:  # text lines, --follow a stream
+            from dcctl.cli import logs
+            return logs.run(client, args[0], options or {}, cmd.json, call_timeout(cmd, options))
         result = client.call(cmd.method, *wire_args, timeout_s=call_timeout(cmd, options))
         if cmd.method in progress.PROGRESS_METHODS and output.is_stream(result) and not cmd.json:
             return progress.show(result)  # a progress bar (dcctl/cli/progress.py)

@@ -230,20 +230,39 @@ class Store(abc.ABC):
     def routes(self) -> list[dict]:
         """Every route row, by name, container, port."""
 
-    # ------------------------------------------------------------ fleet events (section of `events`)
-    # Fleet events (hub/events.py): JSON documents {at, type, ...} by a
-    # fleet index that is never reused (also once pruned); a per-host
-    # cursor of the agent events taken in, written with them.
+    # ------------------------------------------------------------ deploy: apps, releases, journal
+    # JSON documents by key (hub/apps.py, hub/deploy.py): apps/APP,
+    # releases/APP/NNNNNN, deploys/APP (the journal of a deploy under way).
+    @abc.abstractmethod
+    def deploy_doc_get(self, key: str) -> dict | None:
+        """The document at ``key``, or None."""
+
+    @abc.abstractmethod
+    def deploy_doc_put(self, key: str, doc: dict, create_only: bool = False) -> bool:
+        """Write ``doc`` at ``key``; with ``create_only`` only if there is
+        none (then False when one exists, atomically: two hubs starting a
+        deploy of one app, one wins).  Returns whether it was written."""
+
+    @abc.abstractmethod
+    def deploy_doc_delete(self, key: str) -> bool:
+        """Remove the document at ``key``; whether there was one."""
+
+    @abc.abstractmethod
+    def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
+        """Every (key, document) whose key starts with ``prefix``, by key."""
+
+    # ------------------------------------------------------------ fleet events (hub/events.py)
     @abc.abstractmethod
     def events_append(self, docs: list[dict], host: str | None = None,
                       agent_index: int | None = None) -> list[dict]:
-        """Append events, each given the next ``index``; with ``host`` and
-        ``agent_index``, that host's cursor becomes ``agent_index`` with
-        them.  Returns the documents with their index."""
+        """Append events ``{at, ...}``, each given the next fleet ``index``
+        (never reused, also after pruning); with ``host`` and
+        ``agent_index``, that host's event cursor becomes ``agent_index`` in
+        the same write.  Returns: the documents with their ``index``."""
 
     @abc.abstractmethod
     def events_after(self, index: int, limit: int) -> list[dict]:
-        """Events above ``index``, oldest first, at most ``limit``."""
+        """Events with a fleet index above ``index``, oldest first, at most ``limit``."""
 
     @abc.abstractmethod
     def events_index_at(self, at: float) -> int:
@@ -252,13 +271,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def events_bounds(self) -> dict:
-        """{first (oldest kept, or last + 1), last (newest given, 0 before
-        any), pruned_index, pruned_at}."""
+        """{first (oldest kept index, or last + 1), last (newest index
+        given, 0 before any), pruned_index, pruned_at (0 before any)}."""
 
     @abc.abstractmethod
     def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
-        """Drop the oldest beyond ``max_count`` and those older than
-        ``max_age_s``; returns how many went."""
+        """Drop the oldest events beyond ``max_count`` and those older than
+        ``max_age_s`` seconds; returns how many went."""
 
     @abc.abstractmethod
     def event_cursor(self, host: str) -> int:
@@ -266,5 +285,4 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_event_cursor(self, host: str, agent_index: int) -> None:
-        """Set ``host``'s cursor (0: its agent's journal started over)."""
-    # ------------------------------------------------------------ end of the `events` section
+        """Set ``host``'s event cursor (0 when its agent's journal started over)."""

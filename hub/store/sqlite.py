@@ -145,10 +145,41 @@ class _Connection:
         return getattr(self._conn, name)
 
 
-def _row(cur: sqlite3.Cursor, row: tuple) -> dict:
-    out = {}
-    for (name, *_), value in zip(cur.description, row):
-        out[name] = json.loads(value) if name in _JSON_COLS else value
+#: JSON text -> the flat map parsed from it (labels, capacity: scalar values);
+#: a placement reads every host row, and these rarely change between two reads
+_FLAT_MAPS: dict[str, dict] = {}
+_FLAT_MAPS_MAX = 8192
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json(text: str):
+    """``json.loads(text)``, a fresh value each call; a flat map (scalar
+    values only) is parsed once per distinct text and handed out as a copy."""
+    flat = _FLAT_MAPS.get(text)
+    if flat is not None:
+        return dict(flat)
+    if text == "[]":
+        return []
+    value = json.loads(text)
+    if type(value) is dict and all(type(v) in _SCALARS for v in value.values()):
+        if len(_FLAT_MAPS) >= _FLAT_MAPS_MAX:
+            _FLAT_MAPS.clear()
+        _FLAT_MAPS[text] = value
+        return dict(value)
+    return value
+
+
+def _rows(cur: sqlite3.Cursor, rows: list[tuple]) -> list[dict]:
+    """Rows as dicts by column name, JSON columns parsed (the column names
+    looked up once per query, not per row)."""
+    names = [d[0] for d in cur.description]
+    parsed = [(i, n) for i, n in enumerate(names) if n in _JSON_COLS]
+    out = []
+    for row in rows:
+        d = dict(zip(names, row))
+        for i, n in parsed:
+            d[n] = _json(row[i])
+        out.append(d)
     return out
 
 
@@ -235,7 +266,7 @@ class HubStore(Store):
 
     def _all(self, sql: str, args: tuple = ()) -> list[dict]:
         cur = self.db.execute(sql, args)
-        return [_row(cur, r) for r in cur.fetchall()]
+        return _rows(cur, cur.fetchall())
 
     # ------------------------------------------------------------ host keys
     def bind_key(self, name: str, key: str) -> dict:
@@ -530,6 +561,50 @@ class HubStore(Store):
         """Every route row: [{name, container, port, created_at}], by name."""
         return self._all("SELECT * FROM routes ORDER BY name, container, port")
 
+    # ------------------------------------------------------------ deploy: apps, releases, journal
+    # (owned by the deploy work, hub/apps.py and hub/deploy.py)  JSON
+    # documents by key, so that a key-value store (etcd) keeps them as is:
+    #   apps/APP                  {name, created, next_release, current}
+    #   releases/APP/NNNNNN       {app, release, image, config, state, ...}
+    #   deploys/APP               the journal of the deploy under way
+    _deploy_ready = False
+
+    def _deploy_docs(self) -> _Connection:
+        if not self._deploy_ready:
+            self.db.execute("CREATE TABLE IF NOT EXISTS deploy_docs (key TEXT PRIMARY KEY, doc TEXT NOT NULL,"
+                            " updated_at REAL NOT NULL)")
+            self._deploy_ready = True
+        return self.db
+
+    def deploy_doc_get(self, key: str) -> dict | None:
+        """The document at ``key``, or None."""
+        row = self._deploy_docs().execute("SELECT doc FROM deploy_docs WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def deploy_doc_put(self, key: str, doc: dict, create_only: bool = False) -> bool:
+        """Write ``doc`` at ``key``; with ``create_only``, only if there is
+        none (then False when one exists).  Returns whether it was written.
+        Raises: StoreError (the disk failed: nothing was written)."""
+        self._deploy_docs()
+        with self.write() as db:
+            if create_only and db.execute("SELECT 1 FROM deploy_docs WHERE key=?", (key,)).fetchone():
+                return False
+            db.execute("INSERT OR REPLACE INTO deploy_docs (key, doc, updated_at) VALUES (?, ?, ?)",
+                       (key, json.dumps(doc, sort_keys=True), time.time()))
+        return True
+
+    def deploy_doc_delete(self, key: str) -> bool:
+        """Remove the document at ``key``; whether there was one."""
+        self._deploy_docs()
+        with self.write() as db:
+            return bool(db.execute("DELETE FROM deploy_docs WHERE key=?", (key,)).rowcount)
+
+    def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
+        """Every (key, document) whose key starts with ``prefix``, by key."""
+        rows = self._deploy_docs().execute(
+            "SELECT key, doc FROM deploy_docs WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix)).fetchall()
+        return [(k, json.loads(d)) for k, d in rows]
     # ------------------------------------------------------------ fleet events (section of `events`)
     # Fleet events (hub/events.py) as JSON documents by fleet index; the
     # index is AUTOINCREMENT, never reused, also once old events are

@@ -69,7 +69,8 @@ def _down_once(prefix: str) -> list[str]:
     p, state = paths(prefix), load(prefix) or {}
     _stop(_pids(prefix))
     nets = set(_netns(prefix))
-    for lxc_path in sorted(glob.glob(f"{p['state']}/host-*/lxc")):
+    # each host's containers, and its build containers (agents/build.py: STATE/builds)
+    for lxc_path in sorted(glob.glob(f"{p['state']}/host-*/lxc") + glob.glob(f"{p['state']}/host-*/builds")):
         ns = f"{prefix}-{os.path.basename(os.path.dirname(lxc_path))}"
         for cfg in sorted(glob.glob(f"{lxc_path}/*/config")):
             name = os.path.basename(os.path.dirname(cfg))
@@ -127,7 +128,7 @@ def status(prefix: str) -> dict | None:
     state = load(prefix)
     if state is None:
         return None
-    for proc in [state["hub"], *state["hosts"]] if state["hub"] else state["hosts"]:
+    for proc in [*(state.get("hubs") or ([state["hub"]] if state["hub"] else [])), *state["hosts"]]:
         pid = proc.get("pid")
         proc["alive"] = bool(pid) and _alive(pid) and pid in _pids(prefix)
         proc["ping"] = ping(proc["ipc"]) if proc["alive"] else False

@@ -1,0 +1,113 @@
+"""``dcctl build CONTEXT -t NAME[:TAG]``: pack, upload, build, stream.
+
+The context directory (``.dockerignore`` honoured, symlinks out of it and
+an oversized context refused here before a byte is sent: dcctl.buildctx)
+is packed into a tar, uploaded to the hub in chunks (dcctl.upload's
+image_upload_begin/chunk, keyed and checked by its sha256) and built by the
+hub's ``build`` on one idle host.  The build's output is printed as it
+comes (stderr), then the image ref (stdout).  With ``--json`` each output
+line is a JSON line ``{"log": ...}`` on stdout and the last line is
+``{image, id, layer_bytes, ...}``.
+
+Options: ``--build-arg K=V`` (repeatable), ``--timeout-s S`` (the build's),
+``--host H`` (build there), ``--file PATH`` (the Dockerfile in the context).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+from dcctl import buildctx, errors, upload
+from dcctl.wire.client import RpcClient
+from dcctl.wire.refs import parse_ref
+
+__all__ = ["run_build", "BUILD_USAGE"]
+
+BUILD_USAGE = "dcctl build CONTEXT -t NAME[:TAG] [--build-arg K=V]... [--timeout-s S] [--host H] [--json]"
+#: With several hubs: seconds to wait for the build's first item (an idle
+#: host, the context fetched).
+FIRST_ITEM_TIMEOUT_SECONDS = 900.0
+_FLAGS = {"t": "name", "tag": "name", "build-arg": "build_args", "build_arg": "build_args",
+          "timeout-s": "timeout_s", "timeout_s": "timeout_s", "host": "host", "file": "dockerfile"}
+
+
+def parse_flags(flags: list[tuple[str, str]]) -> tuple[str, dict]:
+    """(image name with tag, the hub's build options) from ``--key value``
+    flags.  Raises: InvalidArgument (unknown flag, no -t, bad values)."""
+    name, opts, args = None, {}, {}
+    for key, value in flags:
+        target = _FLAGS.get(key)
+        if target is None:
+            raise errors.InvalidArgument(f"build takes no --{key}", hint=f"usage: {BUILD_USAGE}")
+        if target == "name":
+            name = value
+        elif target == "build_args":
+            k, sep, v = value.partition("=")
+            if not sep or not k:
+                raise errors.InvalidArgument(f"--build-arg {value!r}: want NAME=VALUE")
+            args[k] = v
+        elif target == "timeout_s":
+            try:
+                opts["timeout_s"] = float(value)
+            except ValueError:
+                raise errors.InvalidArgument(f"--timeout-s {value!r}: want seconds") from None
+        else:
+            opts[target] = value
+    if not name:
+        raise errors.InvalidArgument("build needs -t NAME[:TAG]", hint=f"usage: {BUILD_USAGE}")
+    if args:
+        opts["build_args"] = args
+    return name, opts
+
+
+def run_build(client: Any, words: list[str], flags: list[tuple[str, str]], as_json: bool,
+              out=None, err=None) -> int:
+    """Run ``dcctl build`` against the hub behind ``client`` (an RpcClient).
+
+    Returns: 0 once the image is built and in the registry.
+    Raises: InvalidArgument (usage, a bad context), and the hub's build
+    errors (BuildFailed, InvalidImage, ImageNotFound, ...)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    if len(words) != 1:
+        raise errors.InvalidArgument("build takes one CONTEXT directory", hint=f"usage: {BUILD_USAGE}")
+    name, opts = parse_flags(flags)
+    parsed = parse_ref(name)
+    if parsed.prefix:
+        raise errors.InvalidArgument(f"-t {name}: want NAME or NAME:TAG, no @id")
+    if parsed.tag:
+        opts["tag"] = parsed.tag
+    root = os.path.abspath(words[0])
+    fd, tar = tempfile.mkstemp(prefix="dcctl-build-", suffix=".tar")
+    os.close(fd)
+    try:
+        count = buildctx.pack_context(root, tar)
+        if not as_json:
+            err.write(f"sending context ({count} entries, {os.path.getsize(tar)} bytes)\n")
+        upload_id = upload.send_file(lambda m, *a: client.call(m, *a, timeout_s=120.0), tar)
+    finally:
+        os.unlink(tar)
+    result = None
+    if isinstance(client, RpcClient):
+        items = client.stream("build", upload_id, parsed.name, opts)  # waits as long as the build takes
+    else:  # several hubs (FailoverClient): a bounded wait for the first item
+        items = client.call("build", upload_id, parsed.name, opts, timeout_s=FIRST_ITEM_TIMEOUT_SECONDS)
+    for item in items:
+        if "result" in item:
+            result = item["result"]
+        elif "log" in item:
+            if as_json:
+                out.write(json.dumps({"log": item["log"]}, ensure_ascii=False) + "\n")
+                out.flush()
+            else:
+                err.write(item["log"] + "\n")
+                err.flush()
+    if result is None:
+        raise errors.InternalError("the hub's build ended without a result")
+    if as_json:
+        out.write(json.dumps(result, sort_keys=True) + "\n")
+    else:
+        out.write(f"{result['image']}\n")
+    return 0

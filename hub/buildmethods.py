@@ -1,0 +1,169 @@
+"""The hub's ``build`` method: a Dockerfile build on one idle host, streamed.
+
+``dcctl build DIR -t NAME`` packs the context (``.dockerignore`` honoured)
+into a tar, uploads it in chunks with image_upload_begin/chunk (hub/uploads:
+named and checked by its sha256), then calls ``build(upload_id, name,
+options)``.  The hub takes one idle host from its worker queue (the same
+FIFO as ``queue``: a host runs one queued job at a time), relays that
+host's ``image_build_dockerfile`` stream to the caller as it comes
+(hub/streams.relay), and once the host has committed the image copies it
+into the registry: only the layers the registry lacks move, which for a
+base already in the registry is the build's one new layer.  The context
+upload is removed whatever happens; the build log of a successful build is
+kept at REGISTRY/builds/<image id>.log.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import gevent
+
+from dcctl import errors, validate
+from dcctl.wire import expose
+from hub.streams import relay
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BuildMethods", "BUILD_OPTIONS"]
+
+#: How long a build waits for an idle host, seconds (default).
+IDLE_WAIT_SECONDS = 60.0
+LAYER_READ_TIMEOUT_SECONDS = 600.0
+#: The build log kept per image, bytes (its last part).
+LOG_KEEP_BYTES = 4 << 20
+BUILD_OPTIONS = {"tag": "image tag", "build_args": "{NAME: value}", "timeout_s": "build timeout, seconds",
+                 "dockerfile": "path of the Dockerfile in the context", "host": "build on this host",
+                 "wait_s": "seconds to wait for an idle host"}
+
+
+class BuildMethods:
+    """Build methods of HubService (a mixin); they use the hub's ``store``,
+    ``agents``, ``workers``, ``registry`` and ``uploads``."""
+
+    @expose(stream=True)
+    def build(self, upload_id: str, name: str, options: dict | None = None):
+        """Build an image from a Dockerfile on one idle host (see the module
+        doc); a stream.
+
+        Args:
+            upload_id: the sha256 of the context tar, uploaded with
+                image_upload_begin/image_upload_chunk.
+            name: the image name (``NAME``; a tag goes in options).
+            options: {tag, build_args {NAME: value}, timeout_s (the build's,
+                default 1800), dockerfile (default "Dockerfile"), host (build
+                there instead of on the longest-idle host), wait_s (for an
+                idle host, default 60)}.
+
+        Returns: a stream: {"log": line} items as the build runs, then
+        {"result": {image ("name@id12"), id, name, tag, layer, layer_bytes
+        (the new layer's tar), size_bytes (the image's), pushed_bytes
+        (what moved into the registry), host, duration_s}}.
+
+        Raises: InvalidArgument (bad option, or an upload not complete: before
+        any work), NoSuchUpload, StoreError (the upload's sha256 is wrong: dropped),
+        NoCapacity (no idle host within wait_s), NoSuchHost, and the
+        agent's image_build_dockerfile errors (InvalidImage naming the
+        Dockerfile line, BuildFailed with the log's tail, ImageNotFound for
+        the FROM image, StoreError); Unreachable when the host is lost
+        mid-build.  The upload is removed in every case; a failed build
+        leaves no container, layer or image.
+        """
+        opts = validate.options(options, BUILD_OPTIONS, "build")
+        wait = validate.number(opts.pop("wait_s", IDLE_WAIT_SECONDS), "wait_s", minimum=0.1, maximum=86400)
+        pinned = opts.pop("host", None)
+        if pinned is not None:
+            self.store.host(pinned)  # NoSuchHost
+        self.uploads.complete(upload_id)  # size and sha256 checked (NoSuchUpload...), before a host is taken
+        return self._build(upload_id, name, opts, pinned, wait)
+
+    @expose(access="read")
+    def build_log(self, ref: str, max_bytes: int = 1 << 20) -> dict:
+        """The kept log of the build that made an image of the registry.
+
+        Args: ref: ``name``, ``name:tag`` or ``name[:tag]@idprefix``;
+        max_bytes: at most this many bytes from the log's end (1 to 4 MiB).
+        Returns: {id, image ("name@id12"), log (text), truncated (bool)}.
+        Raises: InvalidArgument, ImageNotFound (no such image, or it was not
+        built here: imported or pushed images have no build log),
+        AmbiguousImageRef.
+        """
+        limit = validate.number(max_bytes, "max_bytes", minimum=1, maximum=LOG_KEEP_BYTES, integer=True)
+        m = self.registry.resolve(ref)
+        path = os.path.join(self.registry.root, "builds", f"{m['id']}.log")
+
+        def tail() -> tuple[bytes, bool]:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - limit))
+                return f.read(), size > limit
+
+        try:
+            data, cut = gevent.get_hub().threadpool.apply(tail)
+        except FileNotFoundError:
+            raise errors.ImageNotFound(f"image {m['name']}@{m['id'][:12]} has no build log "
+                                       "(it was imported or pushed, not built)") from None
+        return {"id": m["id"], "image": f"{m['name']}@{m['id'][:12]}", "log": data.decode("utf-8", "replace"),
+                "truncated": cut}
+
+    def _build(self, upload_id: str, name: str, opts: dict, pinned: str | None, wait_s: float):
+        host = None
+        try:
+            if pinned is None:
+                host = self.workers.acquire(wait_s)
+            lines: list[str] = []
+            kept = 0
+            result = None
+            for item in relay(self.agents, host or pinned, "image_build_dockerfile", upload_id, name, opts):
+                if isinstance(item, dict) and "result" in item:
+                    result = item["result"]
+                    continue
+                if isinstance(item, dict) and isinstance(item.get("log"), str):
+                    lines.append(item["log"])
+                    kept += len(item["log"]) + 1
+                    while kept > LOG_KEEP_BYTES and lines:
+                        kept -= len(lines.pop(0)) + 1
+                yield item
+            if result is None:
+                raise errors.InternalError(f"the build on {host or pinned} ended without a result")
+            yield {"result": self._push_built(host or pinned, result, lines)}
+        finally:
+            if host is not None:
+                self.workers.release(host)
+            self.uploads.remove(upload_id)
+
+    def _push_built(self, host: str, result: dict, lines: list[str]) -> dict:
+        """Copy the built image from ``host`` into the registry (its missing
+        layers only) and keep the log.  Returns the result with
+        pushed_bytes and host."""
+        ref = f"{result['name']}@{result['id']}"
+        info = self.agents.call(host, "image_manifest", ref)
+        manifest = info["manifest"]
+        moved = 0
+        for d in manifest["layers"]:
+            try:
+                self.registry.layer_size(d)
+            except errors.ImageNotFound:
+                moved += int(info["layer_sizes"].get(d, 0))
+        self.registry.receive(manifest, info["layer_sizes"],
+                              lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
+                                                                 timeout_s=LAYER_READ_TIMEOUT_SECONDS))
+        logs = os.path.join(self.registry.root, "builds")
+
+        def keep() -> None:
+            os.makedirs(logs, mode=0o700, exist_ok=True)
+            tmp = os.path.join(logs, f".{manifest['id']}.log")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+            os.replace(tmp, os.path.join(logs, f"{manifest['id']}.log"))
+
+        try:
+            gevent.get_hub().threadpool.apply(keep)
+        except OSError as exc:  # best effort: the image is in the registry
+            log.warning("build log of %s not kept: %s", ref, exc)
+        log.info("built %s on %s: %d bytes into the registry", ref[:80], host, moved)
+        return {"image": result["image"], "id": result["id"], "name": result["name"], "tag": result["tag"],
+                "layer": result["layer"], "layer_bytes": result["layer_bytes"],
+                "size_bytes": result["size_bytes"], "pushed_bytes": moved, "host": host,
+                "duration_s": result["duration_s"]}

@@ -1,0 +1,201 @@
+"""Dockerfile builds on a real agent and real LXC (agents/build.py): the
+result's container sees exactly the expected tree (a whiteout, an opaque
+directory, modes, owners, links), output streams as it comes, and a bad
+Dockerfile, a failed RUN, a hung RUN and a missing base each give their
+typed error and leave no build container, no layer and no image."""
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from dcctl import errors
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.lxc
+
+BASE = """FROM busybox
+RUN mkdir -p /srv/repl /srv/keep && echo old > /srv/repl/old && echo gone > /srv/gone \\
+    && echo before > /srv/chg && echo kept > /srv/keep/k && chmod 0600 /srv/keep/k
+"""
+CHILD = """FROM bldbase
+ARG WHO=world
+ENV GREETING="hello $WHO"
+RUN rm /srv/gone && rm -rf /srv/repl && mkdir /srv/repl && echo new > /srv/repl/new \\
+    && echo after > /srv/chg && chown 12:34 /srv/chg && chmod 4751 /srv/chg \\
+    && echo add > /srv/add && ln -s add /srv/link && ln /srv/add /srv/hard && echo "$GREETING" > /srv/greet
+COPY --chown=7:8 app/ /opt/app/
+WORKDIR /opt/app
+RUN pwd > /srv/wd
+EXPOSE 8080
+LABEL role=test
+VOLUME /data
+CMD ["httpd", "-f", "-p", "8080"]
+"""
+#: (path, type, mode, uid, gid) as `stat` in the container prints them
+EXPECTED = {
+    "/srv": ("directory", "755", "0", "0"),
+    "/srv/add": ("regular file", "644", "0", "0"),
+    "/srv/chg": ("regular file", "4751", "12", "34"),
+    "/srv/greet": ("regular file", "644", "0", "0"),
+    "/srv/hard": ("regular file", "644", "0", "0"),
+    "/srv/keep": ("directory", "755", "0", "0"),
+    "/srv/keep/k": ("regular file", "600", "0", "0"),
+    "/srv/link": ("symbolic link", "777", "0", "0"),
+    "/srv/repl": ("directory", "755", "0", "0"),
+    "/srv/repl/new": ("regular file", "644", "0", "0"),
+    "/srv/wd": ("regular file", "644", "0", "0"),
+}
+
+
+def build(agent, ctx: str, name: str, options=None) -> tuple[list[str], dict]:
+    lines, result = [], None
+    with agent.client(timeout_s=300) as c:
+        for item in c.call("image_build_dockerfile", ctx, name, options or {}):
+            if "log" in item:
+                lines.append(item["log"])
+            else:
+                result = item["result"]
+    return lines, result
+
+
+def context(tmp_path, text: str, files: dict | None = None) -> str:
+    ctx = tmp_path / f"ctx{len(os.listdir(tmp_path))}"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(text)
+    for rel, content in (files or {}).items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_text(content)
+    return str(ctx)
+
+
+def leftovers(agent) -> dict:
+    images = os.path.join(agent.state_dir, "images")
+    return {"builds": sorted(os.listdir(os.path.join(agent.state_dir, "builds"))),
+            "layers": sorted(e for e in os.listdir(os.path.join(images, "layers")) if e.endswith(".tar")),
+            "tmp": sorted(os.listdir(os.path.join(images, "tmp"))),
+            "images": sorted(i["id"] for i in agent.call("image_ls"))}
+
+
+@pytest.fixture
+def clean(shared_agent):
+    made: list[str] = []
+    yield made
+    for name in made:
+        try:
+            shared_agent.call("container_destroy", name, True)
+        except errors.NoSuchContainer:
+            pass
+    for image in sorted(shared_agent.call("image_ls"), key=lambda i: -len(i["layers"])):
+        if image["name"].startswith("bld"):
+            shared_agent.call("image_rm", f"{image['name']}@{image['id']}")
+
+
+def test_build_tree_whiteout_opaque_modes_owners(shared_agent, tmp_path, clean):
+    a = shared_agent
+    lines, base = build(a, context(tmp_path, BASE), "bldbase")
+    lines, res = build(a, context(tmp_path, CHILD, {"app/run.sh": "#!/bin/sh\necho run\n", "app/lib/x": "x"}),
+                       "bldchild", {"tag": "v1", "build_args": {"WHO": "fleet"}})
+    assert lines[0] == "Step 1/10 : ARG {'WHO': 'fleet'}" and any(ln.startswith("Step 10/10 : CMD") for ln in lines)
+    assert res["image"] == f"bldchild@{res['id'][:12]}" and res["tag"] == "v1" and res["base"] == base["id"]
+    manifests = {i["name"]: i for i in a.call("image_ls")}
+    assert manifests["bldchild"]["layers"] == [*manifests["bldbase"]["layers"], res["layer"]]
+    assert manifests["bldchild"]["command"] == ["httpd", "-f", "-p", "8080"]
+    assert {"proto": "tcp", "port": 8080} in manifests["bldchild"]["exposed_ports"]
+    full = a.call("image_manifest", "bldchild")["manifest"]
+    assert full["env"]["GREETING"] == "hello fleet"
+    assert full["config"]["labels"] == {"role": "test"} and full["config"]["volumes"] == ["/data"]
+    assert full["config"]["working_dir"] == "/opt/app"
+    # the layer itself: the deletion and the replaced directory in the store's (OCI) notation
+    layer = os.path.join(a.state_dir, "images", "layers", res["layer"] + ".tar")
+    assert os.path.getsize(layer) == res["layer_bytes"]
+    with tarfile.open(layer) as tar:
+        names = set(tar.getnames())
+    assert {"srv/.wh.gone", "srv/repl/.wh..wh..opq", "opt/app/run.sh", "opt/app/lib/x"} <= names
+    assert not any(n.startswith(("etc/dcfleet", "proc/", "sys/", "dev/")) for n in names), names
+    # a container of the result sees exactly the expected tree
+    clean.append("bldc1")
+    a.call("container_create", "bldchild:v1", "bldc1", {})
+    a.call("container_start", "bldc1")
+    script = "find /srv | sort | while read p; do stat -c '%n|%F|%a|%u|%g' \"$p\"; done"
+    out = wait_for(lambda: (lambda r: r["exit_code"] == 0 and r["stdout"])(
+        a.call("container_exec", "bldc1", ["sh", "-c", script])), 60, "exec in the built image",
+        ignore=(errors.ContainerNotRunning,))
+    seen = {}
+    for row in out.decode().splitlines():
+        path, kind, mode, uid, gid = row.split("|")
+        seen[path] = (kind, mode, uid, gid)
+    assert seen == EXPECTED
+    cat = a.call("container_exec", "bldc1", ["sh", "-c", "cat /srv/repl/new /srv/chg /srv/greet /srv/wd; "
+                                             "readlink /srv/link; stat -c '%i' /srv/add /srv/hard; "
+                                             "stat -c '%a %u %g' /opt/app/run.sh /opt/app/lib/x"])
+    text = cat["stdout"].decode().splitlines()
+    assert text[:5] == ["new", "after", "hello fleet", "/opt/app", "add"]
+    assert text[5] == text[6]  # one inode: the hard link kept
+    assert text[7:] == ["644 7 8", "644 7 8"]
+    assert leftovers(a)["builds"] == []
+
+
+def test_output_streams_before_the_run_ends(shared_agent, tmp_path, clean):
+    ctx = context(tmp_path, "FROM busybox\nRUN echo first; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second\n")
+    with shared_agent.client(timeout_s=120) as c:
+        it = iter(c.call("image_build_dockerfile", ctx, "bldstream", {"timeout_s": 60}))
+        assert next(it)["log"].startswith("Step 1/1 : RUN")
+        assert next(it) == {"log": "first"}  # while the RUN still waits
+        builds = os.path.join(shared_agent.state_dir, "builds")
+        (name,) = os.listdir(builds)
+        subprocess.run(["lxc-attach", "-P", builds, "-n", name, "--", "touch", "/tmp/go"], check=True, timeout=30)
+        rest = list(it)
+    assert rest[0] == {"log": "second"} and "result" in rest[-1]
+
+
+@pytest.mark.parametrize("text,options,error,words", [
+    ("FROM busybox\nHEALTHCHECK CMD true\n", {}, errors.InvalidImage, "line 2: HEALTHCHECK"),
+    ("FROM busybox\nRUN echo partial > /x; echo 'it broke' >&2; exit 3\n", {}, errors.BuildFailed,
+     "exit code 3"),
+    ("FROM busybox\nRUN echo waiting; sleep 600\n", {"timeout_s": 3}, errors.BuildFailed, "timeout of 3 s"),
+    ("FROM bldnosuchbase\nRUN true\n", {}, errors.ImageNotFound, "bldnosuchbase"),
+    ("FROM busybox\nCOPY missing /x\n", {}, errors.BuildFailed, "not in the build context"),
+])
+def test_bad_builds_typed_and_leave_nothing(shared_agent, tmp_path, clean, text, options, error, words):
+    before = leftovers(shared_agent)
+    with pytest.raises(error) as exc:
+        build(shared_agent, context(tmp_path, text), "bldbad", options)
+    assert words in str(exc.value)
+    if error is errors.BuildFailed and "exit code" in words:
+        assert "it broke" in str(exc.value)  # the log's tail
+    if "timeout" in words:
+        assert "waiting" in str(exc.value)
+    assert leftovers(shared_agent) == before
+
+
+def test_dir_context_honours_dockerignore(shared_agent, tmp_path, clean):
+    ctx = context(tmp_path, "FROM busybox\nCOPY . /ctx/\nRUN test -e /ctx/keep && test ! -e /ctx/drop.log\n",
+                  {"keep": "k", "drop.log": "d", ".dockerignore": "*.log\n"})
+    _lines, res = build(shared_agent, ctx, "bldignore")
+    assert res["name"] == "bldignore"
+
+
+def test_context_with_symlink_out_refused(shared_agent, tmp_path, clean):
+    ctx = context(tmp_path, "FROM busybox\nCOPY . /x\n")
+    os.symlink("/etc/shadow", os.path.join(ctx, "leak"))
+    before = leftovers(shared_agent)
+    with pytest.raises(errors.InvalidImage, match="out of the context"):
+        build(shared_agent, ctx, "bldbad")
+    assert leftovers(shared_agent) == before
+
+
+def test_build_container_left_by_a_dead_agent_is_removed_at_start(agent_factory, tmp_path):
+    a = agent_factory()
+    ctx = context(tmp_path, "FROM busybox\nRUN echo started; sleep 600\n")
+    with a.client(timeout_s=120) as c:
+        it = iter(c.call("image_build_dockerfile", ctx, "bldkilled", {}))
+        next(it), next(it)  # the RUN runs
+        a.kill9()
+    builds = os.path.join(a.state_dir, "builds")
+    assert len(os.listdir(builds)) == 1
+    a.start()
+    assert os.listdir(builds) == []
+    assert not [i for i in a.call("image_ls") if i["name"] == "bldkilled"]
