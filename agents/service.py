@@ -22,6 +22,7 @@ from agents import hostinfo
 from agents.build import Builder
 from agents.containers import ContainerManager
 from agents.errmap import translate
+from agents.progress import ProgressMethods
 from agents.enter import EnterRelay
 from agents.events import EventMethods
 from agents.transfer import Puller, fetch_upload
@@ -42,7 +43,7 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService(VolumeMethods, EventMethods):
+class AgentService(VolumeMethods, EventMethods, ProgressMethods):
     """The methods served by ``dc-agent`` (see the README's method reference;
     volumes: agents.volumes; container events: agents.events)."""
 

@@ -60,8 +60,12 @@ class Puller:
 
         return _blocking(read)
 
-    def pull(self, ref: str, source: str, keys=None) -> dict:
+    def pull(self, ref: str, source: str, keys=None, progress=None) -> dict:
         """Pull ``ref`` from ``source`` (an endpoint) unless present.
+
+        ``progress(bytes_done, bytes_total)``, if given, is told after each
+        chunk (bytes of the layers this pull moves; total 0 when the image
+        is here already or another pull of it is under way).
 
         Returns: {"manifest": ..., "pulled": bool, "bytes": int transferred}.
         Raises: ImageNotFound (the source lacks it), StoreError (digest
@@ -80,7 +84,7 @@ class Puller:
                 return {**waiter.get(), "pulled": False}
             waiter = self._inflight[image_id] = AsyncResult()
             try:
-                result = self._pull(client, manifest, info["layer_sizes"])
+                result = self._pull(client, manifest, info["layer_sizes"], progress)
                 waiter.set(result)
                 return result
             except BaseException as exc:
@@ -89,9 +93,11 @@ class Puller:
             finally:
                 del self._inflight[image_id]
 
-    def _pull(self, client: wire.RpcClient, manifest: dict, sizes: dict) -> dict:
+    def _pull(self, client: wire.RpcClient, manifest: dict, sizes: dict, progress=None) -> dict:
         moved = 0
         tmp_root = self.store.tmp_dir
+        total = sum(s for d, s in sizes.items() if d in manifest["layers"] and isinstance(s, int)
+                    and not self.store.has_layer(d))
         for digest in manifest["layers"]:
             if self.store.has_layer(digest):
                 continue
@@ -108,6 +114,8 @@ class Puller:
                             raise errors.StoreError(f"layer {digest[:12]} ended at {offset} of {size} bytes")
                         _blocking(out.write, chunk)
                         offset += len(chunk)
+                        if progress is not None:
+                            progress(moved + offset, total)
                 moved += size
                 with self.store_lock:
                     _blocking(self.store.import_layer, path, digest)

@@ -17,6 +17,7 @@ from dcctl import auth, errors, output, upload, wire
 from dcctl import build as dcbuild
 from dcctl.cli.args import (Command, UsageError, build_call, build_options, method_help, params_of,
                             parse_timeout)
+from dcctl.cli import progress
 from dcctl.cli.events import run_events
 from dcctl.wire import clientconfig, failover
 from dcctl.wire.refs import parse_ref
@@ -226,6 +227,8 @@ def run_method(cmd: Command) -> int:
             from dcctl.cli import logs
             return logs.run(client, args[0], options or {}, cmd.json, call_timeout(cmd, options))
         result = client.call(cmd.method, *wire_args, timeout_s=call_timeout(cmd, options))
+        if cmd.method in progress.PROGRESS_METHODS and output.is_stream(result) and not cmd.json:
+            return progress.show(result)  # a progress bar (dcctl/cli/progress.py)
         try:
             result = output.filter_result(cmd.method, result, filters)
         except output.FilterError as exc:

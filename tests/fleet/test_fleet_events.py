@@ -148,3 +148,28 @@ def test_dcctl_json_events_since_0_is_a_list(hub, fleet):
     done = subprocess.run([sys.executable, "-m", "dcctl.cli", "events", "--since", future], cwd=fleetmod.REPO,
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "in the future" in done.stderr
+
+
+def test_dcctl_image_pull_on_a_host_streams_progress_through_the_hub(hub, fleet):
+    env = {**os.environ, "DCCTL_HOST": fleet["hub"]["ipc"]}
+    done = subprocess.run([sys.executable, "-m", "dcctl.cli", "--json", "image_pull", "busybox", "--host", "host-1"],
+                          cwd=fleetmod.REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    items = [json.loads(line) for line in done.stdout.splitlines()]
+    assert items[-1]["phase"] == "done" and items[-1]["host"] == "host-1"
+    assert items[-1]["result"]["manifest"]["name"] == "busybox"
+    done = subprocess.run([sys.executable, "-m", "dcctl.cli", "image_pull", "busybox", "--host", "host-1"],
+                          cwd=fleetmod.REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "image: busybox" in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, "-m", "dcctl.cli", "image_pull", "nosuchimage", "--host", "host-1"],
+                          cwd=fleetmod.REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "ImageNotFound" in done.stderr
+
+
+def test_image_push_progress_streams_a_hosts_image_into_the_registry(hub):
+    items = list(hub.stream("image_push_progress", "host-1", "busybox"))
+    assert items[0]["phase"] == "running" and items[-1]["phase"] == "done" and items[-1]["host"] == "host-1"
+    assert items[-1]["result"]["name"] == "busybox"  # the registry has it already: nothing moved
+    assert items[-1]["bytes_done"] == items[-1]["bytes_total"] == 0
+    with pytest.raises(errors.ImageNotFound):
+        next(hub.stream("image_push_progress", "host-1", "nosuchimage"))

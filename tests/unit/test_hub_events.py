@@ -208,3 +208,12 @@ def test_events_and_host_events_over_the_wire(served_fleet):
         c.call("host_events", "nope", [])
     with pytest.raises(errors.InvalidArgument, match="unknown events filter"):
         next(c.stream("events_follow", "0", ["bogus=1"]))
+
+
+def test_without_an_event_store_events_are_kept_in_memory_once_each():
+    log = EventLog(None, max_events=100)
+    log.add("host_added", host="h1")
+    assert log.ingest("h1", [agent_event(1, "created", "evt.m"), agent_event(2, "started", "evt.m")], 2) == 2
+    assert log.ingest("h1", [agent_event(2, "started", "evt.m")], 2) == 2  # taken once
+    assert [(e["index"], e["type"]) for e in log.query("0")] == [(1, "host_added"), (2, "created"), (3, "started")]
+    assert [e["index"] for e in log.query("1", ["container=evt.m"])] == [2, 3]
