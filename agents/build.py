@@ -278,7 +278,7 @@ class _Job:
         finally:
             if fetched:
                 os.unlink(fetched)
-        dockerfile.context_files(ctx, self.cap)
+        _blocking(dockerfile.context_files, ctx, self.cap)  # a tree walk: off the loop
         return ctx
 
     def _base(self, ref: str) -> dict:
