@@ -26,7 +26,8 @@ reading (or disconnects) changes nothing about the clean-up:
    layer, the base's fields with the Dockerfile's config on top.
 
 The build container is destroyed whatever happens (error, timeout, a
-caller gone); a failed RUN raises BuildFailed with the tail of the log and
+caller gone: a caller that closes the stream or is lost stops the build at
+once, nothing is committed); a failed RUN raises BuildFailed with the tail of the log and
 leaves no layer.  An agent that dies mid-build leaves a directory under
 STATE/builds that ``recover()`` (at the next start) kills and removes.
 
@@ -212,13 +213,17 @@ class Builder:
         gevent.spawn(job.run)
 
         def items():
-            while True:
-                item = queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            try:
+                while True:
+                    item = queue.get()
+                    if item is _END:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                if not job.done:  # the caller went away (closed, lost): stop the build, clean up
+                    job.cancel()
 
         return items()
 
@@ -243,6 +248,27 @@ class _Job:
         self.workdir = "/"
         self.user = ""
         self.config: dict = {}
+        self.done = False
+        self.cancelled = False
+        self.started_container = False
+
+    def cancel(self) -> None:
+        """The caller is gone: no image is committed; a running step ends
+        at once (the build container is killed), and the usual clean-up runs."""
+        self.cancelled = True
+        log.info("build %s abandoned by its caller; stopping it", self.cname)
+        if self.started_container:
+            gevent.spawn(self._kill_quietly)
+
+    def _kill_quietly(self) -> None:
+        try:
+            self.b.lxc.stop(self.cname, kill=True)
+        except lxcerr.LxcError:
+            pass
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled:
+            raise errors.BuildFailed("the build was abandoned by its caller; nothing was kept")
 
     def left_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -256,6 +282,7 @@ class _Job:
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller, typed
             self.queue.put(_wire(exc))
         finally:
+            self.done = True
             self.queue.put(_END)
 
     # ------------------------------------------------------------ phases
@@ -317,6 +344,7 @@ class _Job:
             self._make_container(base)
             total = len(plan.steps)
             for i, step in enumerate(plan.steps, 1):
+                self._check_cancelled()
                 if self.left_s() <= 0:
                     raise errors.BuildFailed(self._fail_text(f"the build ran past its timeout of {self.timeout_s:g} s"))
                 self.log.line(f"Step {i}/{total} : {step.instruction} {_show(step.args)}")
@@ -347,6 +375,7 @@ class _Job:
                 elif ins == "VOLUME":
                     self.config["volumes"] = sorted(set(self.config.get("volumes") or []) | set(step.args))
             self.log.flush()
+            self._check_cancelled()
             self._stop()
             if entrypoint is not None or cmd is not None:
                 ep = entrypoint if entrypoint is not None else list(self.config.get("entrypoint") or [])
@@ -373,6 +402,8 @@ class _Job:
             init_cmd=f"{self.sleep} 2147483647", halt_signal="SIGKILL", no_network=True,
             rootfs_options=_OVERLAY_OPTIONS)
         lxc.write_config(self.cname, cfg, m.layout)
+        self._check_cancelled()
+        self.started_container = True
         lxc.start(self.cname)
 
     def _stop(self) -> None:
@@ -388,6 +419,7 @@ class _Job:
         return f"{why}; last lines of the build log:\n{tail}" if tail else why
 
     def _exec(self, argv: list[str], step, *, what: str, stdin: bytes | None = None, stream: bool = False) -> None:
+        self._check_cancelled()
         left = self.left_s()
         if left <= 0:
             raise errors.BuildFailed(self._fail_text(f"the build ran past its timeout of {self.timeout_s:g} s"))
@@ -399,6 +431,7 @@ class _Job:
                 if chunk:
                     self.log.output("stdout", chunk)
         self.log.flush()
+        self._check_cancelled()
         if out["timed_out"]:
             raise errors.BuildFailed(self._fail_text(
                 f"{what} (Dockerfile line {step.line}) ran past the build timeout of {self.timeout_s:g} s"))
@@ -444,6 +477,7 @@ class _Job:
         store = m.images
         upper = self.b.lxc.upper_dir(self.cname)
         with m.images_lock:
+            self._check_cancelled()
             layer_id, layer_bytes = _blocking(layerdiff.diff_layer, store, upper)
             try:
                 fields = {"exposed_ports": ports, "env": self.env, "command": command,

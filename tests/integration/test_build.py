@@ -187,6 +187,18 @@ def test_context_with_symlink_out_refused(shared_agent, tmp_path, clean):
     assert leftovers(shared_agent) == before
 
 
+def test_caller_that_goes_away_stops_the_build(shared_agent, tmp_path, clean):
+    before = leftovers(shared_agent)
+    ctx = context(tmp_path, "FROM busybox\nRUN echo started; sleep 600\nRUN echo never\n")
+    with shared_agent.client(timeout_s=120) as c:
+        it = c.call("image_build_dockerfile", ctx, "bldgone", {})
+        assert next(it)["log"].startswith("Step 1/2")
+        assert next(it) == {"log": "started"}
+        assert len(os.listdir(os.path.join(shared_agent.state_dir, "builds"))) == 1
+        it.close()
+    wait_for(lambda: leftovers(shared_agent) == before, 60, "the abandoned build cleaned up")
+
+
 def test_build_container_left_by_a_dead_agent_is_removed_at_start(agent_factory, tmp_path):
     a = agent_factory()
     ctx = context(tmp_path, "FROM busybox\nRUN echo started; sleep 600\n")
