@@ -464,6 +464,15 @@ class _Job:
                 raise errors.BuildFailed(self._fail_text(
                     f"{step.instruction} (Dockerfile line {step.line}): {src!r} is not in the build context"))
             sources += found
+        if step.instruction == "ADD":  # a local tar archive is unpacked into dest (as Docker's ADD)
+            archives = [src for src in sources if _blocking(_is_archive, src)]
+            for src in archives:
+                data = _blocking(_rebase_archive, src, os.path.normpath(dest), step.line)
+                self._exec(["mkdir", "-p", os.path.normpath(dest)], step, what="ADD")
+                self._exec(["tar", "-xf", "-", "-C", "/"], step, what="ADD", stdin=data)
+            sources = [src for src in sources if src not in archives]
+            if not sources:
+                return
         into_dir = dest.endswith("/") or len(sources) > 1 or any(os.path.isdir(s) and not os.path.islink(s)
                                                                   for s in sources)
         dest = os.path.normpath(dest)
@@ -521,6 +530,43 @@ def _show(args) -> str:
     if isinstance(args, list) and all(isinstance(a, str) for a in args):
         return args[2] if args[:2] == ["/bin/sh", "-c"] and len(args) == 3 else shlex.join(args)
     return str(args)
+
+
+def _is_archive(path: str) -> bool:
+    """Whether ``path`` is a regular file that is a tar archive (plain, gzip,
+    bzip2 or xz)."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return tar.next() is not None
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+
+
+def _rebase_archive(path: str, dest: str, line: int) -> bytes:
+    """The archive's members as a plain tar (in memory) placed under
+    ``dest``; owners and modes as the archive has them.
+
+    Raises: InvalidImage (an absolute member, one climbing out with
+    ``..``, a link pointing out of ``dest``, a device node)."""
+    buf = io.BytesIO()
+    with tarfile.open(path, "r:*") as src, tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as out:
+        for m in src:
+            name = os.path.normpath(m.name)
+            if m.name.startswith("/") or name == ".." or name.startswith("../"):
+                raise errors.InvalidImage(f"Dockerfile line {line}: ADD {os.path.basename(path)}: member "
+                                          f"{m.name!r} is outside the archive")
+            if m.isdev() or m.isfifo():
+                raise errors.InvalidImage(f"Dockerfile line {line}: ADD {os.path.basename(path)}: member "
+                                          f"{m.name!r} is a device node or fifo")
+            if m.islnk():
+                m.linkname = os.path.join(dest, os.path.normpath(m.linkname)).lstrip("/")
+            if name == ".":
+                continue
+            m.name = os.path.join(dest, name).lstrip("/")
+            out.addfile(m, src.extractfile(m) if m.isreg() else None)
+    return buf.getvalue()
 
 
 def _copy_tar(sources: list[str], dest: str, into_dir: bool, owner: tuple[int, int]) -> tuple[bytes, list[str]]:

@@ -171,6 +171,30 @@ def test_bad_builds_typed_and_leave_nothing(shared_agent, tmp_path, clean, text,
     assert leftovers(shared_agent) == before
 
 
+def test_add_unpacks_a_local_archive_and_copies_other_files(shared_agent, tmp_path, clean):
+    import io as _io
+    ctx = context(tmp_path, "FROM busybox\nADD app.tar.gz plain.txt /opt/add/\n"
+                  "RUN cat /opt/add/app/bin/run /opt/add/plain.txt && stat -c '%a %u %g' /opt/add/app/bin/run "
+                  "&& test ! -e /opt/add/app.tar.gz\n", {"plain.txt": "plain\n"})
+    with tarfile.open(os.path.join(ctx, "app.tar.gz"), "w:gz") as tar:
+        data = b"#!/bin/sh\necho run\n"
+        info = tarfile.TarInfo("app/bin/run")
+        info.size, info.mode, info.uid, info.gid = len(data), 0o750, 33, 44
+        tar.addfile(info, _io.BytesIO(data))
+    lines, res = build(shared_agent, ctx, "bldadd")
+    assert [ln for ln in lines if not ln.startswith(("Step", "built"))] == ["#!/bin/sh", "echo run", "plain",
+                                                                             "750 33 44"]
+    assert res["name"] == "bldadd"
+    bad = context(tmp_path, "FROM busybox\nADD evil.tar /x/\n")
+    with tarfile.open(os.path.join(bad, "evil.tar"), "w") as tar:
+        info = tarfile.TarInfo("../../etc/evil")
+        tar.addfile(info, _io.BytesIO(b""))
+    before = leftovers(shared_agent)
+    with pytest.raises(errors.InvalidImage, match="outside the archive"):
+        build(shared_agent, bad, "bldbad")
+    assert leftovers(shared_agent) == before
+
+
 def test_dir_context_honours_dockerignore(shared_agent, tmp_path, clean):
     ctx = context(tmp_path, "FROM busybox\nCOPY . /ctx/\nRUN test -e /ctx/keep && test ! -e /ctx/drop.log\n",
                   {"keep": "k", "drop.log": "d", ".dockerignore": "*.log\n"})
