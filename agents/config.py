@@ -43,6 +43,9 @@ class AgentConfig:
     hub_key: str | None = None
     # Seconds between heartbeats to the hub.
     heartbeat_s: float = 3.0
+    # Re-registration after a lost hub waits a random delay in [0, this]
+    # seconds (no stampede when a hub restarts); negative: one heartbeat_s.
+    rejoin_jitter_s: float = -1.0
     # Labels for placement constraints, {key: value}.
     labels: dict = dataclasses.field(default_factory=dict)
     # This host's name in the fleet.
@@ -66,12 +69,24 @@ class AgentConfig:
     # Benchmarks only: serve the real RPC surface but start no tool (no LXC,
     # no bridge, no netfilter), like kubemark's hollow nodes.
     hollow: bool = False
+    # Containers' logs (agents.logger: one dir per container); default STATE_DIR/logs.
+    log_dir: str = ""
+    # Rotation of each container's log (Docker json-file's max-size, max-file).
+    log_max_size_bytes: int = 10 << 20
+    log_max_files: int = 3
+    # Prometheus metrics endpoint (agents.metrics): "ADDR:PORT" (HTTP, GET
+    # /metrics); "" = 127.0.0.1:9323 (loopback only); port 0 picks a free
+    # one; "off" serves none.  A local fleet gives each agent its namespace
+    # address.
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         if not self.lxc_path:
             self.lxc_path = os.path.join(self.state_dir, "lxc")
         if not self.keys_dir:
             self.keys_dir = os.path.join(self.state_dir, "keys")
+        if not self.log_dir:
+            self.log_dir = os.path.join(self.state_dir, "logs")
         self.validate()
 
     def hub_endpoints(self) -> list[str]:
@@ -105,7 +120,13 @@ class AgentConfig:
             kinds = {parse_endpoint(ep).kind for ep in self.hub_endpoints()}
             if len(kinds) > 1:
                 raise InvalidArgument(f"hub: {self.hub!r} mixes endpoint kinds; give one kind")
-        for path in (self.state_dir, self.lxc_path):
+        if not (4096 <= self.log_max_size_bytes <= 1 << 40) or not (1 <= self.log_max_files <= 100):
+            raise InvalidArgument("log_max_size_bytes: 4096..1 TiB and log_max_files: 1..100")
+        if self.metrics_listen not in ("", "off"):
+            host, _, port = self.metrics_listen.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise InvalidArgument(f"metrics_listen: {self.metrics_listen!r} is not ADDR:PORT (or off)")
+        for path in (self.state_dir, self.lxc_path, self.log_dir):
             if not os.path.isabs(path):
                 raise InvalidArgument(f"{path!r} must be an absolute path")
 
@@ -137,9 +158,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise-address")
     p.add_argument("--max-containers", type=int)
     p.add_argument("--heartbeat-s", type=float)
+    p.add_argument("--rejoin-jitter-s", type=float,
+                   help="spread re-registration after a lost hub over [0, this] s (default: one heartbeat)")
     p.add_argument("--reservable-memory-bytes", type=int, help="memory container limits may reserve (0: 90%% of RAM)")
     p.add_argument("--label", action="append", help="KEY=VALUE placement label (repeatable)")
     p.add_argument("--log-level")
+    p.add_argument("--log-dir", help="containers' logs (default STATE_DIR/logs)")
+    p.add_argument("--log-max-size-bytes", type=int, help="rotate a container's log at this size")
+    p.add_argument("--log-max-files", type=int, help="log files kept per container (with the current one)")
+    p.add_argument("--metrics-listen", help="ADDR:PORT of the Prometheus endpoint (default 127.0.0.1:9323; off)")
     p.add_argument("--hollow", action="store_true", default=None,
                    help="benchmarks only: start no tool (no LXC, bridge or netfilter)")
     return p

@@ -34,7 +34,11 @@ import gevent.lock
 
 from agents import network as netmod
 from agents import supervisor
+from agents import volumes as volmod
 from agents.config import AgentConfig
+from agents.events import EventJournal
+from agents import logwriter
+from agents.logs import ContainerLogs
 from agents.state import StateStore
 from dcctl import errors, validate
 from images import appinit, busybox, rootfs, templates
@@ -59,6 +63,12 @@ def _policy_text(policy: dict | None) -> str:
     return policy["policy"]
 
 
+def mac_for(address: str) -> str:
+    """A container's MAC from its IPv4 address: ``02:dc:`` (locally
+    administered, unicast) and the address's four bytes."""
+    return "02:dc:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
+
+
 def _blocking(fn, *args):
     """Run blocking file work in gevent's thread pool (heartbeats go on)."""
     return gevent.get_hub().threadpool.apply(fn, args)
@@ -81,12 +91,16 @@ class ContainerManager:
         self.lxc = lxc
         self.layout = cgroup.detect()
         self.state = StateStore(config.state_dir)
+        self.events = EventJournal(config.state_dir, config.host_name)  # container events (agents.events)
         self.records: dict[str, dict] = {}
         self._unsaved: set[str] = set()  # names whose record in memory is newer than on disk
         self._disk_desired: dict[str, str] = {}  # name -> "desired" as last written
         self._locks: dict[str, gevent.lock.BoundedSemaphore] = {}
         self._alloc_lock = gevent.lock.BoundedSemaphore(1)  # addresses, host ports, names
         self.images_lock = gevent.lock.BoundedSemaphore(1)  # image store mutations
+        self.volumes = volmod.Volumes(os.path.join(config.state_dir, "volumes"))
+        self.log_store = ContainerLogs(config.log_dir, config.log_max_size_bytes, config.log_max_files,
+                                  hollow=config.hollow)
 
     # ------------------------------------------------------------ plumbing
     @contextlib.contextmanager
@@ -230,6 +244,12 @@ class ContainerManager:
         # containers that stopped while the agent was away (or a host reboot)
         # are left to the supervisor: their restart policy decides
         live = {c["name"]: c for c in self.lxc.ls()}
+        for n in self.records:  # a running container's log writer died with the host, or was killed
+            if live.get(n, {}).get("state") == "RUNNING" and not self.log_store.writer_pid(n):
+                try:
+                    self.log_store.ensure_writer(n)
+                except errors.DcError as exc:
+                    log.warning("container %s: %s", n, exc)
         restarted = [n for n, r in self.records.items()
                      if r["desired"] == "running" and live.get(n, {}).get("state") != "RUNNING"]
         log.info("recovered %d containers (rolled back %s, finished destroy of %s, restarted %s)",
@@ -248,6 +268,8 @@ class ContainerManager:
                 raise errors.ContainerExists(f"container {name!r} already exists on this host")
             if len(self.records) >= self.config.max_containers:
                 raise errors.NoCapacity(f"host holds its maximum of {self.config.max_containers} containers")
+            for v in opts.get("volumes") or []:  # a missing volume is made (as docker run -v does)
+                _blocking(self.volumes.create, v["name"])
             used = {r["address"] for r in self.records.values() if r.get("address")}
             address = self.network.allocate_address(used)
             rec = {"name": name, "image": manifest["id"], "image_name": manifest["name"],
@@ -257,7 +279,7 @@ class ContainerManager:
                    "cpu_shares": opts.get("cpu_shares"), "env": {**manifest.get("env", {}), **opts["env"]},
                    "command": opts.get("command") or manifest.get("command") or [],
                    "restart": supervisor.parse_policy(opts.get("restart")), "restart_count": 0,
-                   "events": []}
+                   "events": [], "volumes": opts.get("volumes") or []}
             self.records[name] = rec
         with self.locked(name):
             try:
@@ -268,6 +290,7 @@ class ContainerManager:
             except BaseException:
                 self._rollback_create(name)
                 raise
+            self.events.record("created", name, image=rec["image_name"])
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     def _create_options(self, options: dict | None) -> dict:
@@ -298,13 +321,19 @@ class ContainerManager:
             bridge=self.network.bridge, veth_name=rec["veth"], address=rec["address"],
             prefixlen=self.network.prefixlen, gateway=self.network.gateway,
             console_log=self.lxc.path(name, "console.log"), lxc_log=self.lxc.path(name, "lxc.log"),
+            log_fifos=self.log_store.prepare(name),
             init_cmd=manifest.get("init") or "/sbin/init", halt_signal=manifest.get("stop_signal") or "SIGPWR",
             memory_bytes=rec["memory_bytes"], cpus=rec["cpus"], cpu_shares=rec["cpu_shares"],
             # a system image's init (busybox's rcS, systemd) expects tmpfs /tmp,
             # /run, /run/lock and /dev/shm, and cannot mount them itself (no
             # CAP_SYS_ADMIN; systemd refuses to boot without /run/lock)
             tmpfs_dirs=(("/tmp", "/run", "/run/lock", "/dev/shm")
-                        if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()))
+                        if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()),
+            bind_mounts=tuple((self.volumes.data_dir(v["name"]), v["path"]) for v in rec.get("volumes") or []),
+            # the MAC follows the address: a container that gets the address of
+            # one just destroyed (a deploy's churn) is reached at once, not
+            # after the host's neighbour entry for the old MAC goes stale
+            hwaddr=mac_for(rec["address"]))
         self.lxc.write_config(name, cfg, self.layout)
 
     def _rollback_create(self, name: str) -> None:
@@ -318,7 +347,9 @@ class ContainerManager:
 
     def _remove_files(self, name: str) -> None:
         """Remove the container's directory (lxcwrap's ``destroy``, in the
-        thread pool).  Raises StoreError naming the file that stayed."""
+        thread pool), and its log dir (its log writer stopped first).
+        Raises StoreError naming the file that stayed."""
+        _blocking(self.log_store.remove, name)
         try:
             _blocking(self.lxc.destroy, name)
         except OSError as exc:
@@ -352,6 +383,7 @@ class ContainerManager:
                 os.unlink(os.path.join(self.upper_dir(name), "etc", "dcfleet", "exit"))
             except FileNotFoundError:
                 pass
+            self.log_store.ensure_writer(name)  # the command's output needs its reader first
             try:
                 pid = self.lxc.start(name)
             except lxcerr.LxcStartFailed as exc:
@@ -368,6 +400,7 @@ class ContainerManager:
                 self.save_soon(rec, critical=True)
             raise
         rec["started_at"] = time.time()
+        self.events.record("started", name, image=rec.get("image_name"))
         self.network.enable_hairpin(rec["veth"])
         for m in self._mappings(rec):
             self.network.add_mapping(m)
@@ -381,6 +414,7 @@ class ContainerManager:
             rec = self.record(name)
             self._set_desired(rec, "stopped")  # written before the stop: a failed write stops nothing
             self.lxc.stop(name, timeout_s=timeout)  # LxcNotRunning: ContainerNotRunning at the boundary
+            self.events.record("stopped", name, image=rec.get("image_name"))
             return self._view(rec, {"state": "STOPPED", "pid": None})
 
     # ------------------------------------------------------------ destroy
@@ -395,6 +429,7 @@ class ContainerManager:
                 raise errors.ContainerRunning(
                     f"container {name!r} is running", hint="stop it first, or destroy with force")
             self._destroy(rec)
+            self.events.record("destroyed", name, image=rec.get("image_name"))
         self._locks.pop(name, None)
         return {"name": name, "destroyed": True}
 
@@ -451,6 +486,24 @@ class ContainerManager:
         if not self.lxc.wait(name, "STOPPED", 10):
             raise errors.LxcFailure(f"container {name!r} did not stop when killed")
 
+    # ------------------------------------------------------------ volumes
+    def create_volume(self, name: str) -> dict:
+        """See agents.volumes.VolumeMethods.volume_create."""
+        validate.volume_name(name)
+        with self._alloc_lock:
+            return _blocking(self.volumes.create, name)
+
+    def remove_volume(self, name: str) -> dict:
+        """See agents.volumes.VolumeMethods.volume_rm (refused while a
+        container record names the volume; creates hold the same lock)."""
+        validate.volume_name(name)
+        with self._alloc_lock:
+            using = volmod.users(self.records, name)
+            if using:
+                raise errors.VolumeInUse(f"volume {name!r} is used by {', '.join(using)}",
+                                         hint="destroy those containers first")
+            return _blocking(self.volumes.remove, name)
+
     # ------------------------------------------------------------ exec
     def exec(self, name: str, command, options: dict | None) -> dict:
         """See AgentService.container_exec."""
@@ -460,8 +513,15 @@ class ContainerManager:
         env = {**DEFAULT_EXEC_ENV, **rec["env"], **opts["env"]}
         # LxcExecNotFound and LxcNotRunning become CommandNotFound and
         # ContainerNotRunning at the service boundary (agents.errmap)
-        return self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
-                             max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
+        self.events.record("exec_started", name, command=argv[:16])
+        result = None
+        try:
+            result = self.lxc.exec(name, argv, env=env, timeout_s=opts["timeout_s"],
+                                   max_output_bytes=opts["max_output_bytes"], input_bytes=opts["stdin"])
+            return result
+        finally:
+            self.events.record("exec_ended", name, exit_code=result.get("exit_code") if isinstance(result, dict)
+                               else None)
 
     # ------------------------------------------------------------ port mappings
     def connection_add(self, name: str, proto: str, container_port: int, host_port: int | None) -> dict:
@@ -581,26 +641,23 @@ class ContainerManager:
                      "env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
                      "veth": rec["veth"], "gateway": self.network.gateway,
                      "prefixlen": self.network.prefixlen, "host": self.config.host_name,
-                     "rootfs_upper": self.upper_dir(name),
+                     "rootfs_upper": self.upper_dir(name), "volumes": rec.get("volumes") or [],
                      "usage": self.usage(view)})
         return view
 
-    def logs(self, name: str, max_bytes: int) -> dict:
-        """See AgentService.container_logs."""
+    def logs(self, name: str, options: dict | None) -> dict:
+        """See AgentService.container_logs (not following)."""
+        opts = validate.log_options(options, time.time())
         self.record(name, ready=False)
-        path = self.lxc.path(name, "console.log")
+        return _blocking(self.log_store.read, name, opts["since"], opts["tail"])
 
-        def tail() -> tuple[int, bytes]:  # up to 4 MiB: in the thread pool
-            try:
-                with open(path, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    f.seek(max(0, size - max_bytes))
-                    return size, f.read(max_bytes)
-            except FileNotFoundError:
-                return 0, b""
-
-        size, data = _blocking(tail)
-        return {"name": name, "size_bytes": size, "data": data, "truncated": size > len(data)}
+    def logs_follow(self, name: str, options: dict | None):
+        """See AgentService.container_logs_follow: the stream's iterator
+        (arguments checked before the first item)."""
+        opts = validate.log_options(options, time.time())
+        self.record(name, ready=False)
+        return self.log_store.follow(name, opts["since"], opts["tail"],
+                                lambda: name in self.records and self.live_state(name) == "RUNNING", _blocking)
 
     def cleanup(self) -> dict:
         """See AgentService.ops_cleanup."""
@@ -643,6 +700,11 @@ class ContainerManager:
         return sorted(r["name"] for r in self.records.values() if r["image"] == image_id)
 
     def ensure_base_images(self) -> None:
-        """Build the busybox base image on first use (offline)."""
+        """Build the busybox base image on first use (offline), and the
+        compiled log writer (agents/logwriter.py; without a compiler the
+        containers' logs are written by agents/logger.py)."""
         with self.images_lock:
             _blocking(busybox.ensure_busybox, self.images)
+        self.log_store.writer_binary = _blocking(logwriter.build_writer, os.path.join(self.images.root, "tools"))
+        if self.log_store.writer_binary is None:
+            log.warning("no compiled log writer (gcc failed?): containers' logs go through agents/logger.py")

@@ -71,3 +71,16 @@ def capacity(memory_total_bytes: int | None, reservable_memory_bytes: int, limit
         "containers": len(limits),
         "container_slots_free": max(0, max_containers - len(limits)),
     }
+
+
+def veth_bytes(veth: str) -> tuple[int | None, int | None]:
+    """(bytes received by the container, bytes it sent), read from the host
+    side of its veth (whose tx is the container's rx); None when unknown."""
+    out = []
+    for key in ("tx_bytes", "rx_bytes"):
+        try:
+            with open(f"/sys/class/net/{veth}/statistics/{key}") as f:
+                out.append(int(f.read()))
+        except (OSError, ValueError):
+            out.append(None)
+    return out[0], out[1]

@@ -13,11 +13,19 @@ process starts: a hub that sees it change knows the calls it had in flight to
 this host died with the previous process, and fails them at once.
 
 Several hubs (``--hub A,B``, hubs sharing an etcd store): after
-``FAILOVER_AFTER`` beats in a row that got no answer (Unreachable,
-CallTimeout), the link moves to the next hub.  Whenever the link lost its
-hub (a restart, a failover), it waits a random delay of up to ``jitter_s``
-(default one heartbeat) before it registers again, so a thousand agents do
-not all register in the same instant (Salt's ``random_reauth_delay``).
+``FAILOVER_AFTER`` calls in a row that got no answer (Unreachable,
+CallTimeout), the link moves to the next hub.
+
+Rejoining without a stampede (Salt's ``random_reauth_delay``): a call that
+got no answer ends its connection, so the requests ZeroMQ queued for a hub
+that was gone are never delivered in one burst when it is back.  The link
+then pings the hub on a fresh connection until one answers (a ping costs
+the hub no store write; the next hub after FAILOVER_AFTER unanswered
+tries), waits a random delay in [0, ``jitter_s``] (default one heartbeat)
+and only then registers again.  A hub that answers NoSuchHost (it lost its
+store, or forgot the host) gets the same random delay before the
+registration.  So a hub restart with 1,000 agents sees their registrations
+spread evenly over the jitter window instead of all at once (bench/scale).
 """
 from __future__ import annotations
 
@@ -37,11 +45,8 @@ FAILOVER_AFTER = 2  # beats in a row without an answer before the next hub is tr
 
 
 class _Reconnect(Exception):
-    """Start over with a new connection (the hub refused our key)."""
-
-
-class _NextHub(Exception):
-    """Move to the next hub endpoint (this one stopped answering)."""
+    """Start over with a new connection (the hub refused our key, or a call
+    got no answer)."""
 
 
 class HubLink(BackgroundLoop):
@@ -57,7 +62,8 @@ class HubLink(BackgroundLoop):
         keys: CURVE ClientKeys for a tcp:// hub.
         boot_id: this process's boot id (default: a new random one).
         jitter_s: the longest random delay (seconds) before registering
-            again after the hub was lost (default heartbeat_s).
+            again after the hub was lost (None or negative: heartbeat_s,
+            which a hub's start-up grace of missed heartbeats covers).
     """
 
     def __init__(self, endpoint: str | list[str], identity: dict, summary, heartbeat_s: float = 3.0, keys=None,
@@ -66,10 +72,11 @@ class HubLink(BackgroundLoop):
         self.on_beat = on_beat  # called after each heartbeat the hub accepted
         self.endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         self._index = 0
-        self.jitter_s = heartbeat_s if jitter_s is None else jitter_s
+        self.jitter_s = heartbeat_s if jitter_s is None or jitter_s < 0 else jitter_s
+        self.rejoins = 0  # registrations after a lost hub (each after its random delay)
         self.unanswered = 0  # beats in a row that got no answer (Unreachable, CallTimeout)
         self.switches = 0  # moves to another hub
-        self.lost_hub = False  # the last call got no answer: jitter before registering again
+        self.lost_hub = False  # a call got no answer since the last accepted heartbeat
         self.keys = keys
         self.identity = identity
         self.summary = summary
@@ -92,30 +99,61 @@ class HubLink(BackgroundLoop):
             hint = f" (hint: {exc.hint})" if getattr(exc, "hint", None) else ""
             log.warning("hub %s: %s%s; retrying", self.endpoint, text, hint)
 
-    def _loop(self) -> None:
+    def _connect(self) -> wire.RpcClient:
+        return wire.connect(self.endpoint, timeout_s=max(2.0, self.heartbeat_s * 2), keys=self.keys)
+
+    def rejoin_delay(self) -> float:
+        """A random delay in [0, jitter_s] seconds before registering again
+        after a lost hub."""
+        return random.uniform(0.0, self.jitter_s)
+
+    def _next_hub(self) -> None:
+        old = self.endpoint
+        self._index = (self._index + 1) % len(self.endpoints)
+        self.switches += 1
+        self.unanswered = 0 if self._index else self.unanswered  # a full round keeps counting
+        log.warning("hub %s does not answer: moving to hub %s", old, self.endpoint)
+
+    def _rejoin(self) -> wire.RpcClient:
+        """A fresh connection to a hub that answers a ping (tried every
+        heartbeat_s; the next hub after FAILOVER_AFTER unanswered tries),
+        then the random delay.  Returns the connection; the registration is
+        the next beat's."""
         while True:
-            client = wire.connect(self.endpoint, timeout_s=max(2.0, self.heartbeat_s * 2), keys=self.keys)
+            if self.unanswered >= FAILOVER_AFTER and len(self.endpoints) > 1:
+                self._next_hub()
+            client = self._connect()
             try:
-                while True:
-                    if not self.registered and self.lost_hub:
-                        gevent.sleep(random.uniform(0, self.jitter_s))  # no stampede of registrations
-                    self.beat(client)
-                    if self.unanswered >= FAILOVER_AFTER and len(self.endpoints) > 1:
-                        raise _NextHub()
-                    gevent.sleep(self.heartbeat_s)
-            except _Reconnect:
-                continue
-            except _NextHub:
-                old = self.endpoint
-                self._index = (self._index + 1) % len(self.endpoints)
-                self.switches += 1
-                self.unanswered = 0 if self._index else self.unanswered  # a full round keeps counting
-                log.warning("hub %s does not answer: moving to hub %s", old, self.endpoint)
-            finally:
+                client.call("_zerorpc_ping")
+            except errors.DcError as exc:
                 client.close()
+                self._failed("ping", exc)
+                if isinstance(exc, (errors.Unreachable, errors.CallTimeout)):
+                    self.unanswered += 1
+                gevent.sleep(self.heartbeat_s * (5 if isinstance(exc, errors.Unauthorized) else 1))
+                continue
+            gevent.sleep(self.rejoin_delay())  # no stampede of registrations
+            self.rejoins += 1
+            return client
+
+    def _loop(self) -> None:
+        client = self._connect()
+        try:
+            while True:
+                try:
+                    while True:
+                        self.beat(client)
+                        gevent.sleep(self.heartbeat_s)
+                except _Reconnect:
+                    client.close()  # requests queued for a hub that is gone are dropped with it
+                    client = self._rejoin()
+        finally:
+            client.close()
 
     def beat(self, client: wire.RpcClient) -> None:
-        """One registration or heartbeat; errors are logged, not raised."""
+        """One registration or heartbeat; errors are logged, not raised,
+        except that a call with no answer (or a refused key) ends this
+        connection (_Reconnect)."""
         try:
             summary = self.summary()
         except errors.DcError as exc:
@@ -140,7 +178,9 @@ class HubLink(BackgroundLoop):
             if self.on_beat is not None:
                 self.on_beat()
         except errors.NoSuchHost:
-            self.registered = False  # the hub forgot us: register on the next beat
+            self.registered = False  # the hub forgot us: register after the random delay and the beat's sleep
+            gevent.sleep(self.rejoin_delay())
+            self.rejoins += 1
         except errors.Unauthorized as exc:
             self._failed(what, exc)
             self.registered = False
@@ -153,3 +193,4 @@ class HubLink(BackgroundLoop):
             if isinstance(exc, (errors.Unreachable, errors.CallTimeout)):
                 self.unanswered += 1
                 self.lost_hub = True
+                raise _Reconnect() from exc  # a fresh connection, once a hub answers, after the random delay

@@ -22,6 +22,7 @@ from agents import config as agent_config
 from agents import network as netmod
 from agents.containers import ContainerManager
 from agents.enter import EnterRelay
+from agents.events import EventShipper
 from agents.hubclient import HubLink
 from agents.service import AgentService, translate
 from agents.supervisor import Supervisor
@@ -120,12 +121,74 @@ def hub_link(cfg: agent_config.AgentConfig, service: Service, on_beat=None) -> H
 
     def summary() -> dict:
         info = agent.hostinfo()
-        return {"capacity": info["capacity"], "metrics": info["metrics"],
+        return {"capacity": info["capacity"], "metrics": info["metrics"], "metrics_url": info.get("metrics_url"),
                 "containers": [{"name": c["name"], "state": c["state"]} for c in info["containers"]]}
 
-    link = HubLink(cfg.hub_endpoints(), identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat)
+    link = HubLink(cfg.hub_endpoints(), identity, summary, cfg.heartbeat_s, keys=hub_keys(cfg), on_beat=on_beat,
+                   jitter_s=cfg.rejoin_jitter_s)
     agent.hub_link = link  # image pulls and uploads come from the hub the link uses now
     return link
+
+
+def start_metrics(cfg: agent_config.AgentConfig, service: Service):
+    """Serve the Prometheus endpoint (agents/metrics.py) at cfg.metrics_listen
+    and count every RPC call there; best effort: an address that cannot be
+    bound is logged, and the agent serves on without metrics.  Returns the
+    AgentMetrics, or None."""
+    if cfg.metrics_listen == "off":
+        return None
+    from agents.metrics import AgentMetrics
+    metrics = AgentMetrics(service.target.m, cfg.metrics_listen)
+    try:
+        service.target.metrics_url = metrics.start()
+    except OSError as exc:
+        log.error("metrics endpoint %s: %s; serving without metrics", cfg.metrics_listen or "default", exc)
+        return None
+    service.observer = metrics.observe
+    log.info("metrics at %s", service.target.metrics_url)
+    return metrics
+class Running:
+    """One agent serving in this process (``start``): ``service`` (its
+    wire.Service), ``task`` (ends when serving stops), ``link`` (its
+    HubLink, or None without a hub), ``supervisor`` and ``shipper`` (the
+    EventShipper; each None when not run)."""
+
+    def __init__(self, service: Service, task: gevent.Greenlet, link: HubLink | None, supervisor: Supervisor | None,
+                 shipper: EventShipper | None = None):
+        self.service, self.task, self.link, self.supervisor, self.shipper = service, task, link, supervisor, shipper
+
+    def stop(self) -> None:
+        """Stop the hub link, the supervisor, the event shipper and serving
+        (containers stay)."""
+        for loop in (self.link, self.supervisor, self.shipper):
+            if loop is not None:
+                loop.stop()
+        self.service.stop()
+
+
+def start(cfg: agent_config.AgentConfig, *, supervise: bool = True) -> Running:
+    """Build the agent (``build``), serve it, start its supervisor (unless
+    ``supervise`` is False: a hollow agent has no containers to watch) and
+    its hub link.  What ``main`` runs, and what bench/hollow.py runs many
+    times in one process for hollow fleets.
+
+    Raises: what ``build`` raises (DcError, or an untranslated exception)."""
+    service, _ = build(cfg)
+    task = service.start()
+    if not cfg.hollow:  # many hollow agents share a process and an address
+        start_metrics(cfg, service)
+    supervisor = None
+    if supervise:
+        supervisor = Supervisor(service.target.m, hold_s=cfg.heartbeat_s * 5 if cfg.hub else 0.0)
+        supervisor.start()
+    link = shipper = None
+    if cfg.hub:
+        link = hub_link(cfg, service, on_beat=supervisor.release if supervisor else None)
+        link.start()
+        if not cfg.hollow:  # container events go to the hub the link uses now (several hubs: the one answering)
+            shipper = EventShipper(service.target.m.events, lambda: link.endpoint, cfg.host_name, keys=hub_keys(cfg))
+            shipper.start()
+    return Running(service, task, link, supervisor, shipper)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        service, _ = build(cfg)
+        agent = start(cfg)
     except errors.DcError as exc:
         log.error("cannot start: %s: %s", type(exc).__name__, exc)
         return 1
@@ -153,16 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         log.error("cannot start: %s: %s", type(mapped).__name__, mapped)
         return 1
-    task = service.start()
-    supervisor = Supervisor(service.target.m, hold_s=cfg.heartbeat_s * 5 if cfg.hub else 0.0)
-    supervisor.start()
-    if cfg.hub:
-        link = hub_link(cfg, service, on_beat=supervisor.release)
-        link.start()
-    gevent.signal_handler(signal.SIGTERM, service.stop)
-    gevent.signal_handler(signal.SIGINT, service.stop)
+    gevent.signal_handler(signal.SIGTERM, agent.service.stop)
+    gevent.signal_handler(signal.SIGINT, agent.service.stop)
     log.info("serving on %s", ", ".join(cfg.listen))
-    task.join()
+    agent.task.join()
     log.info("stopped serving; containers keep running")
     return 0
 

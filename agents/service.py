@@ -23,7 +23,9 @@ from agents.build import Builder
 from agents.containers import ContainerManager
 from agents.errmap import translate
 from agents.enter import EnterRelay
+from agents.events import EventMethods
 from agents.transfer import Puller, fetch_upload
+from agents.volumes import VolumeMethods
 from images import oci
 from images.debootstrap import build_debian
 from images.errors import InvalidImage
@@ -40,8 +42,9 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService:
-    """The methods served by ``dc-agent`` (see the README's method reference)."""
+class AgentService(VolumeMethods, EventMethods):
+    """The methods served by ``dc-agent`` (see the README's method reference;
+    volumes: agents.volumes; container events: agents.events)."""
 
     #: the membership link (agents.hubclient.HubLink) once dc-agent runs one
     hub_link = None
@@ -64,6 +67,7 @@ class AgentService:
         left = self.builder.recover()
         if left:
             log.warning("removed build containers an earlier run left: %s", ", ".join(left))
+        self.metrics_url: str | None = None  # the Prometheus endpoint's URL (agents/metrics.py), once served
 
     # ------------------------------------------------------------ images
     @expose(access="read")
@@ -479,15 +483,39 @@ class AgentService:
                                via_tcp=opts.get("via") == "tcp")
 
     @expose(access="read")
-    def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
-        """The tail of the container's console log (lxc.console.logfile).
+    def container_logs(self, name: str, options: dict | None = None) -> dict:
+        """The container's log: its command's stdout and stderr, one record
+        per line, as its log writer (agents.logger, a process that outlives
+        the agent) wrote them, oldest first.
 
-        Args: max_bytes: how much of the log's end to return, 0..4 MiB.
-        Returns: {name, size_bytes (the whole log), data (bytes, the last
-        max_bytes), truncated (data is not the whole log)}.
-        Raises: NoSuchContainer, InvalidArgument (max_bytes over 4 MiB).
+        Args: options: {since: Unix s or an age "90s"/"10m"/"2h"/"1d" (only
+        records from then on), tail: 0..100000 (only the last N),
+        timestamps: bool (for dcctl's display), follow: bool (refused here:
+        use container_logs_follow, which dcctl calls for --follow)}.
+        Returns: {name, lines: [{at (Unix s), stream ("stdout"|"stderr"),
+        text}], truncated (more than 10000 matched: the newest are given),
+        dropped_records, dropped_bytes (lost by the writer: a full disk)}.
+        Raises: NoSuchContainer, InvalidArgument (an unknown option, a since
+        in the future, a tail out of range, follow).
         """
-        return self.m.logs(name, validate.log_bytes(max_bytes))
+        if (options or {}).get("follow"):
+            raise errors.InvalidArgument("container_logs does not follow; call container_logs_follow (a stream)",
+                                         hint="dcctl container_logs NAME --follow does")
+        return self.m.logs(name, options)
+
+    @expose(access="read", stream=True)
+    def container_logs_follow(self, name: str, options: dict | None = None):
+        """A stream of the container's log: the records on disk (as
+        container_logs selects them, in items of at most 500), then each
+        record as it is written, across rotations; it ends when the
+        container no longer runs, or is destroyed.
+
+        Args: options: as container_logs' (follow is implied).
+        Returns: a stream; each item {name, lines: [{at, stream, text}]}; the first at once
+        (maybe with no lines).
+        Raises: NoSuchContainer, InvalidArgument (before the first item).
+        """
+        return self.m.logs_follow(name, {k: v for k, v in (options or {}).items() if k != "follow"})
 
     @expose(shielded=True)
     def container_connection_add(self, name: str, proto: str, container_port: int,
@@ -548,10 +576,12 @@ class AgentService:
         cpu_percent, load_avg, memory_total_bytes, memory_available_bytes,
         memory_used_bytes, disk_total_bytes, disk_free_bytes, net_bytes_sent,
         net_bytes_recv, uptime_s, boot_time}, containers [{name, state,
-        address, memory_bytes, memory_limit_bytes, cpu_seconds}], capacity
+        address, memory_bytes, memory_limit_bytes, cpu_seconds, net_rx_bytes,
+        net_tx_bytes (received and sent by the container)}], capacity
         {memory_reservable_bytes, memory_reserved_bytes,
         memory_unreserved_bytes, container_slots, containers,
-        container_slots_free}}.  Sizes are bytes, cpu_percent a percentage
+        container_slots_free}, metrics_url (the Prometheus endpoint, or
+        None)}.  Sizes are bytes, cpu_percent a percentage
         of all CPUs, load_avg [1, 5, 15 min], uptime_s and agent_uptime_s
         seconds, boot_time Unix s, cpu_seconds CPU time used.
         """
@@ -559,14 +589,17 @@ class AgentService:
         metrics = hostinfo.host_metrics(cfg.state_dir)
         containers = []
         for view in self.m.ls():
+            rec = self.m.records.get(view["name"]) or {}
+            rx, tx = hostinfo.veth_bytes(rec["veth"]) if rec.get("veth") and view["pid"] else (None, None)
             containers.append({"name": view["name"], "state": view["state"], "address": view["address"],
-                               **self.m.usage(view)})
+                               **self.m.usage(view), "net_rx_bytes": rx, "net_tx_bytes": tx})
         limits = [r.get("memory_bytes") for r in self.m.records.values()]
         return {"host": cfg.host_name, "agent_version": AGENT_VERSION,
                 "agent_uptime_s": round(time.time() - self.started, 3), "metrics": metrics,
                 "containers": containers,
                 "capacity": hostinfo.capacity(metrics["memory_total_bytes"], cfg.reservable_memory_bytes,
-                                              limits, cfg.max_containers)}
+                                              limits, cfg.max_containers),
+                "metrics_url": self.metrics_url}
 
     @expose
     def ops_run(self, command: str, timeout_s: float = 30.0, max_output_bytes: int = 1 << 20) -> dict:

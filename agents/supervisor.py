@@ -114,6 +114,7 @@ class Supervisor(BackgroundLoop):
         """One pass: write records whose last write failed (a full disk),
         record exits, apply policies, start restarts that are due."""
         self.m.flush_unsaved()
+        self.m.events.flush()
         live = {c["name"]: c for c in self.m.lxc.ls()}
         now = time.monotonic()
         for name, rec in list(self.m.records.items()):
@@ -153,6 +154,9 @@ class Supervisor(BackgroundLoop):
             ran_s = max(0.0, time.time() - started)
             rec["last_exit"] = {"status": status, "oom_killed": oom, "at": time.time(), "ran_s": round(ran_s, 3)}
             add_event(rec, "oom" if oom else "exited", status=status)
+            if oom:
+                self.m.events.record("oom", name, image=rec.get("image_name"))
+            self.m.events.record("died", name, image=rec.get("image_name"), exit_code=status, oom_killed=oom)
             policy = rec.get("restart") or {"policy": "no", "max_retries": 0}
             failed = oom or status != 0
             if ran_s >= RESET_AFTER_SECONDS:
@@ -182,6 +186,7 @@ class Supervisor(BackgroundLoop):
                     return
                 rec["restart_count"] = rec.get("restart_count", 0) + 1
                 add_event(rec, "restarted", count=rec["restart_count"])
+                self.m.events.record("restarted", name, image=rec.get("image_name"), count=rec["restart_count"])
                 self.m.start_locked(rec)  # saves the record
         except Exception as exc:  # noqa: BLE001 - a failed restart is retried with backoff
             wire = exc if isinstance(exc, errors.DcError) else translate(exc)

@@ -3,10 +3,13 @@
 1. With 100 hosts: the hub's real decision path (scheduler ranking over 100
    hosts + the atomic SQLite claim of name and capacity), in process, with no
    agent calls: decisions per second, and the same with 4 concurrent callers.
+   ``--store etcd`` adds the same on a local etcd (hub/store/etcd.py: the
+   claim is a transaction on the name's create revision and the host's
+   reservation record), beside SQLite in the same run.
 2. End to end with 3 real hosts (a local fleet, real LXC): create_container
    with --no-start through the hub, sequentially and with 4 clients.
 
-Run as root:  python3 bench/placement.py [--decisions 2000] [--creates 30] [--quick]
+Run as root:  python3 bench/placement.py [--decisions 2000] [--creates 30] [--store etcd] [--quick]
 (``--quick``: 100 decisions, 2 creates, for the test suite).  The fleet is
 named by ``--prefix`` and is gone when this exits, also after SIGTERM or
 SIGINT.
@@ -14,6 +17,7 @@ SIGINT.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import sys
@@ -33,9 +37,13 @@ from ops import fleet as fleetmod  # noqa: E402
 GiB = 1 << 30
 
 
-def decisions(n_hosts: int, count: int, workers: int) -> float:
+def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = None) -> float:
     with tempfile.TemporaryDirectory() as d:
-        store = HubStore(d)
+        if etcd_url is None:
+            store = HubStore(d)
+        else:
+            from hub.store.etcd import EtcdStore
+            store = EtcdStore(etcd_url, f"/bench-{secrets.token_hex(4)}/")
         for i in range(n_hosts):
             store.upsert_host(f"h{i:03d}", f"ipc:///nonexistent/{i}", "", {"zone": "abc"[i % 3]},
                               {"memory_reservable_bytes": 64 * GiB, "container_slots": 10_000, "containers": 0})
@@ -51,6 +59,43 @@ def decisions(n_hosts: int, count: int, workers: int) -> float:
         elapsed = time.perf_counter() - started
         store.close()
     return count / elapsed
+
+
+def etcd_costs(etcd_url: str, n_hosts: int, n_containers: int) -> dict:
+    """What the fleet costs etcd (hub/store/etcd.py's keys): logical bytes
+    (keys + values) per host (row, beat, key binding, reservation record)
+    and per container (row, its share of the record), and one flush of
+    every host's heartbeat (requests, ms).  A beat is a summary the size of
+    a real agent's with 5 containers."""
+    from hub.store.etcd import EtcdStore
+    store = EtcdStore(etcd_url, f"/cost-{secrets.token_hex(4)}/")
+
+    def stored() -> int:
+        return sum(len(k) + len(json.dumps(v, sort_keys=True)) for k, v, _ in store.etcd.range(store.prefix))
+
+    summary = {"capacity": {"memory_reservable_bytes": 64 * GiB, "container_slots": 200},
+               "metrics": {"load1": 0.42, "cpu_percent": 12.5, "memory_used_bytes": 3 * GiB,
+                           "memory_total_bytes": 64 * GiB, "disk_free_bytes": 400 * GiB, "containers_running": 5},
+               "containers": [{"name": f"app{i}.web", "state": "running"} for i in range(5)],
+               "boot_id": secrets.token_hex(16)}
+    for i in range(n_hosts):
+        key = secrets.token_urlsafe(30)[:40]
+        store.bind_key(f"host-{i:04d}", key)
+        store.upsert_host(f"host-{i:04d}", f"tcp://10.{i // 250}.{i % 250}.1:7000", f"10.{i // 250}.{i % 250}.1",
+                          {"zone": "abc"[i % 3]}, summary["capacity"], key)
+    text, cap = json.dumps(summary), json.dumps(summary["capacity"])
+    before, started = store.etcd.requests, time.perf_counter()
+    store.record_beats({f"host-{i:04d}": (time.time(), text, cap) for i in range(n_hosts)})
+    flush_ms, flush_requests = (time.perf_counter() - started) * 1000, store.etcd.requests - before
+    hosts_bytes = stored()
+    for i in range(n_containers):
+        store.claim(f"app{i}.web", "4ff31ed5fc786ef04d3d0b6a85c9c9f128dbd2da5c54129d040dc0b98e0f1ec0", 256 << 20,
+                    {"options": {"memory_bytes": 256 << 20}, "image": "busybox", "labels": {}, "strategy": "spread"},
+                    scheduler.choose(store.hosts(), scheduler.Request(256 << 20)))
+    containers_bytes = stored() - hosts_bytes
+    store.close()
+    return {"host_bytes": hosts_bytes / n_hosts, "container_bytes": containers_bytes / max(1, n_containers),
+            "flush_requests": flush_requests, "flush_ms": flush_ms}
 
 
 def end_to_end(creates: int, workers: int, hub_ipc: str, tag: str) -> float:
@@ -75,11 +120,25 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--decisions", type=int, default=2000)
     p.add_argument("--creates", type=int, default=30)
+    p.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
+                   help="etcd: also measure decisions on a local etcd, beside SQLite")
     args = _common.parse(p, {"decisions": 100, "creates": 2}, "dbp" + secrets.token_hex(2))
     print("bench/placement")
     for workers in (1, 4):
         rate = decisions(100, args.decisions, workers)
         print(f"  100 hosts, decision + atomic claim, {workers} caller(s): {rate:8.1f} decisions/s")
+    if args.store == "etcd":
+        from ops.fleetlib.etcd import local_etcd
+        with tempfile.TemporaryDirectory() as d, local_etcd(d) as etcd:
+            for workers in (1, 4):
+                rate = decisions(100, args.decisions, workers, etcd.url)
+                print(f"  100 hosts, decision + atomic claim on etcd, {workers} caller(s): {rate:8.1f} decisions/s")
+            n_hosts = 100 if args.quick else 1000
+            cost = etcd_costs(etcd.url, n_hosts, n_hosts)
+            print(f"  etcd per host: {cost['host_bytes']:.0f} B stored (row, beat, key, reservation record); "
+                  f"per container: {cost['container_bytes']:.0f} B")
+            print(f"  etcd heartbeat flush of {n_hosts} hosts: {cost['flush_requests']} requests, "
+                  f"{cost['flush_ms']:.0f} ms")
     prefix = args.prefix
     try:
         state = fleetmod.up(prefix, 3, f"10.208.{secrets.randbelow(256)}.0/24")

@@ -7,6 +7,7 @@ A server raises one of these; the wire layer sends its class name and message
      +-- InvalidArgument (ValueError)     bad name, ref, port, type or arity
      |    +-- AmbiguousImageRef           an image id prefix matches several images
      |    +-- InvalidImage                a bad manifest, template or archive member
+     |    +-- EventsExpired               events after that index or time are gone (retention)
      +-- NotFound (LookupError)
      |    +-- NoSuchContainer
      |    +-- ImageNotFound
@@ -15,12 +16,17 @@ A server raises one of these; the wire layer sends its class name and message
      |    +-- NoSuchHost
      |    +-- NoSuchRoute                 no such (route name, backend)
      |    +-- NoSuchUpload                no (complete) image upload with that id on the hub
+     |    +-- NoSuchVolume                no volume of that name on the host
+     |    +-- NoSuchApp                   no app of that name in the fleet
+     |    +-- NoSuchRelease               the app has no such release
      +-- Conflict
      |    +-- ContainerExists
      |    +-- ImageExists
      |    +-- ImageInUse
      |    +-- PortInUse
  |    +-- RouteExists                 the route has that backend already
+     |    +-- VolumeInUse                 a container on the host mounts the volume
+     |    +-- DeployInProgress            the app has a deploy under way already
      +-- InvalidState                     the container is not in a state for this
      |    +-- ContainerRunning
      |    +-- ContainerNotRunning
@@ -42,6 +48,7 @@ A server raises one of these; the wire layer sends its class name and message
      |    +-- StoreUnavailable            the hub's shared fleet store (etcd) cannot be reached
      +-- NetworkError                     bridge / netfilter setup failed
      +-- BuildFailed                      a build step (RUN, COPY) failed or ran past the build timeout
+     +-- DeployFailed                     a deploy's new container failed its check (the old release serves)
      +-- InternalError                    a bug: details are in the server's log
 """
 from __future__ import annotations
@@ -72,6 +79,11 @@ class AmbiguousImageRef(InvalidArgument):
 
 class InvalidImage(InvalidArgument):
     """An image, its manifest, template or archive member is unacceptable."""
+
+
+class EventsExpired(InvalidArgument):
+    """Events after the index or time asked for were dropped by retention:
+    resuming from there would miss some; the hint names where to resume."""
 
 
 class NotFound(DcError, LookupError):
@@ -106,6 +118,18 @@ class NoSuchUpload(NotFound):
     """No image upload (dcctl image_push FILE) with that id on the hub."""
 
 
+class NoSuchVolume(NotFound):
+    pass
+
+
+class NoSuchApp(NotFound):
+    pass
+
+
+class NoSuchRelease(NotFound):
+    pass
+
+
 class Conflict(DcError):
     """The thing exists already or is used by something else."""
 
@@ -128,6 +152,14 @@ class PortInUse(Conflict):
 
 class RouteExists(Conflict):
     pass
+
+
+class VolumeInUse(Conflict):
+    """A volume is mounted by (configured into) a container on its host."""
+
+
+class DeployInProgress(Conflict):
+    """Another deploy, rollback or app_rm of the app is under way."""
 
 
 class InvalidState(DcError):
@@ -221,6 +253,12 @@ class BuildFailed(DcError):
     written) or the build ran past its timeout; the message ends with the
     tail of the build log.  Nothing of the build is left (no container, no
     layer, no image)."""
+
+
+class DeployFailed(DcError):
+    """A deploy was rolled back: a new container failed (its check, its
+    create or start); the previous release keeps serving and the new
+    containers are gone.  The message names the container and the check."""
 
 
 class InternalError(DcError):

@@ -310,6 +310,14 @@ def _col(header: str, key: str | None = None, fmt: Callable[[Any], str] | None =
     return Column(header, lambda row, now: fmt(row.get(key)), only_with, flexible)
 
 
+def _release_image(ref: Any) -> str:
+    """``name@id`` with the id cut to 12 hex digits."""
+    if isinstance(ref, str) and "@" in ref:
+        name, _, image_id = ref.partition("@")
+        return f"{name}@{image_id[:12]}"
+    return scalar_text(ref)
+
+
 def _hostinfo_fields(row: dict) -> tuple[dict, dict]:
     return row.get("metrics") or {}, row.get("capacity") or {}
 
@@ -372,6 +380,24 @@ VIEWS: dict[str, tuple[Column, ...]] = {
         _col("name", flexible=True), _col("container", flexible=True), _col("port", "container_port"),
         _col("host"), _col("address"),
         Column("health", lambda r, now: "healthy" if r.get("healthy") is True else scalar_text(r.get("status"))),
+    ),
+    # deploys (hub/apps.py) and volumes
+    "releases": (
+        _col("version"), _col("state"), _col("image", fmt=lambda v: _release_image(v)),
+        Column("replicas", lambda r, now: scalar_text((r.get("config") or {}).get("replicas"))),
+        Column("age", lambda r, now: _ago(r.get("created"), now)),
+        _col("deploy_s"), _col("rollback_of", fmt=lambda v: f"v{v}" if v else "-"),
+        _col("error", flexible=True, fmt=lambda v: scalar_text(v) if v else "-"),
+    ),
+    "apps": (
+        _col("app"), _col("version"), _col("image", fmt=lambda v: _release_image(v)),
+        _col("replicas"), _col("releases"), _col("deploying"),
+        _col("routes", fmt=lambda v: ",".join(v) if isinstance(v, list) else scalar_text(v), flexible=True),
+    ),
+    "volume_ls": (
+        _col("host", only_with="host"), _col("name"), _col("size", "size_bytes", size_text),
+        _col("used_by", fmt=lambda v: ",".join(v) if isinstance(v, list) and v else "-", flexible=True),
+        Column("age", lambda r, now: _ago(r.get("created"), now)),
     ),
 }
 #: route_ls --wide: every key of route_rows, uncut.

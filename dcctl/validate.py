@@ -142,6 +142,7 @@ CREATE_OPTIONS = {
     "env": "environment of the container's command, {NAME: value}",
     "command": "the command init runs (argv list, or a string for /bin/sh -c)",
     "restart": "restart policy: no (default), always, on-failure or on-failure:N",
+    "volumes": "named volumes to bind-mount, [\"NAME:/path\"] (a missing volume is created)",
 }
 EXEC_OPTIONS = {
     "timeout_s": "seconds before the command is killed (default 300)",
@@ -217,6 +218,8 @@ def create_options(value: Any, *, max_cpus: float = MAX_CPUS) -> dict:
     restart_policy(opts.get("restart"))
     if "command" in opts:
         opts["command"] = command(opts["command"])
+    if "volumes" in opts:
+        opts["volumes"] = volume_specs(opts["volumes"])
     return opts
 
 
@@ -260,3 +263,101 @@ def stop_timeout(value: Any) -> float | None:
 def log_bytes(value: Any) -> int:
     """container_logs' max_bytes: an integer from 0 to 4 MiB."""
     return int(number(value, "max_bytes", minimum=0, maximum=LOG_MAX_BYTES, integer=True))
+
+
+# ------------------------------------------------ volumes (agent and hub)
+VOLUMES_MAX = 16
+VOLUME_PATH_MAX_CHARS = 255
+_VOLUME_PATH_RE = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")
+#: Container paths a volume may not be mounted on (or under): the kernel's
+#: and LXC's own mounts, and dcfleet's files in the container.
+VOLUME_FORBIDDEN_PATHS = ("/proc", "/sys", "/dev", "/etc/dcfleet")
+
+
+def volume_name(name: Any) -> str:
+    """A volume name: the container-name rule (1-64 chars of
+    ``[A-Za-z0-9_.-]``, starting with a letter or digit, no ``..``)."""
+    if not isinstance(name, str) or not name or len(name) > NAME_MAX_CHARS or not _NAME_RE.match(name) \
+            or ".." in name or name.endswith("."):
+        raise InvalidArgument(f"bad volume name {name!r:.80}: use 1-{NAME_MAX_CHARS} letters, digits, '.', '_' "
+                              "and '-', starting with a letter or digit, without '..'")
+    return name
+
+
+def volume_spec(value: Any) -> dict:
+    """One volume of a container: ``"NAME:/path"`` (or {name, path}) ->
+    {name, path}.  The path is absolute, made of ``[A-Za-z0-9_.@+-]``
+    components (no ``.`` or ``..``), at most 255 chars, not ``/`` and not
+    on or under /proc, /sys, /dev or /etc/dcfleet.
+
+    Raises: InvalidArgument."""
+    if isinstance(value, dict) and set(value) == {"name", "path"}:
+        name, path = value["name"], value["path"]
+    elif isinstance(value, str) and ":" in value:
+        name, path = value.split(":", 1)
+    else:
+        raise InvalidArgument(f"a volume must be NAME:/path, got {value!r:.80}")
+    volume_name(name)
+    if not isinstance(path, str) or len(path) > VOLUME_PATH_MAX_CHARS or not _VOLUME_PATH_RE.match(path) \
+            or any(part in (".", "..") for part in path.split("/")):
+        raise InvalidArgument(f"bad volume path {path!r:.80}: want an absolute path of [A-Za-z0-9_.@+-] "
+                              "components, without . or ..")
+    if any(path == f or path.startswith(f + "/") for f in VOLUME_FORBIDDEN_PATHS):
+        raise InvalidArgument(f"volume path {path} is reserved (not on or under "
+                              f"{', '.join(VOLUME_FORBIDDEN_PATHS)})")
+    return {"name": name, "path": path}
+
+
+def volume_specs(value: Any) -> list[dict]:
+    """A container's volumes: a list (or one string) of volume_spec, at
+    most VOLUMES_MAX, each path once.  Returns [{name, path}].
+
+    Raises: InvalidArgument."""
+    items = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(items, list) or len(items) > VOLUMES_MAX:
+        raise InvalidArgument(f"volumes must be a list of at most {VOLUMES_MAX} NAME:/path")
+    specs = [volume_spec(v) for v in items]
+    paths = [s["path"] for s in specs]
+    if len(set(paths)) != len(paths):
+        raise InvalidArgument("volumes: a container path is given twice")
+    return specs
+LOG_OPTIONS = {"follow": "stream what is written as it comes (ends when the container stops)",
+               "since": "only records from then on: Unix seconds, or an age like 90s, 10m, 2h, 1d",
+               "tail": "only the last N records (0-100000)",
+               "timestamps": "dcctl prints each record's time (the JSON always has at)"}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+LOG_MAX_TAIL = 100000
+
+
+def since_time(value: Any, now: float, what: str = "since") -> float:
+    """A ``--since``: Unix seconds (a number, not in the future), or an age
+    ("90s", "10m", "2h", "1d", counted back from ``now``).  Returns Unix s.
+    Raises: InvalidArgument."""
+    if isinstance(value, str):
+        text = value.strip()
+        unit = _AGE_UNITS.get(text[-1:])
+        try:
+            amount = float(text[:-1]) if unit else float(text)
+        except ValueError:
+            amount = -1.0
+        if amount < 0 or amount != amount or amount == float("inf"):
+            raise InvalidArgument(f"{what} {value!r}: give Unix seconds or an age like 90s, 10m, 2h, 1d")
+        value = now - amount * unit if unit else amount
+    at = number(value, what, minimum=0, maximum=now + 1)  # a second's slack for clocks read apart
+    return float(at)
+
+
+def log_options(value: Any, now: float) -> dict:
+    """container_logs' options: {follow: bool, since: Unix s or None, tail:
+    int or None, timestamps: bool}.  Raises: InvalidArgument (an unknown
+    option, a since in the future, a tail out of 0..100000)."""
+    opts = options(value, LOG_OPTIONS, "container_logs")
+    for key in ("follow", "timestamps"):
+        if not isinstance(opts.get(key, False), bool):
+            raise InvalidArgument(f"{key} must be true or false, got {opts[key]!r}")
+    since = opts.get("since")
+    tail = opts.get("tail")
+    return {"follow": opts.get("follow", False), "timestamps": opts.get("timestamps", False),
+            "since": None if since is None else since_time(since, now),
+            "tail": None if tail is None else int(number(tail, "tail", minimum=0, maximum=LOG_MAX_TAIL,
+                                                         integer=True))}

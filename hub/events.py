@@ -1,27 +1,323 @@
-"""The hub's fleet events: the last MAX_EVENTS, in memory (a hub restart
-starts a new list)."""
+"""The hub's fleet events: one index over the hub's own events and every
+agent's container events, persisted in the store (HubStore's ``events``
+section), with bounded retention (count and age), and followers that wake
+as events are added.
+
+Event documents are ``{index, at (Unix s), type, ...}``; ``kind`` repeats
+``type`` (older callers read it).  The hub's own: host_added, host_lost,
+host_back, host_restarted, host_removed, placed, rescheduled,
+reschedule_waiting, reschedule_failed, reschedule_gave_up, adopted,
+destroy_finished, stale_copy_removed, route_added, route_removed (``host``,
+``name``/``container``, ...).  An agent's container events (agents.events)
+come with ``host``, ``container``, ``agent_index`` and ``source: "agent"``:
+each agent ships what its journal wrote (``host_events``), and the hub
+takes each agent index once (its per-host cursor is written in the same
+transaction as the events).
+
+``--since`` (``parse_since``): an index (digits: events after it), ``@UNIX``
+seconds, an ISO 8601 time, or a duration ago (``90s``, ``10m``, ``2h``,
+``1d``); a number (not a string) is Unix seconds, as the hub's old events
+method took.  0 is "from the oldest kept"; any other index or time before
+what retention kept is EventsExpired, one in the future InvalidArgument.  Filters (``parse_filters``): Docker's semantics, the same key
+ORs, different keys AND; keys container (or name), host, type (or event,
+kind), image.
+"""
 from __future__ import annotations
 
 import collections
+import datetime
+import logging
+import re
 import time
+from typing import Any, Iterator
 
-MAX_EVENTS = 500
+import gevent.event
+
+from dcctl import errors
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 100_000
+MAX_AGE_SECONDS = 7 * 86400.0
+#: Events read from the store per batch (a list answer's cap is MAX_LIST).
+BATCH = 500
+MAX_LIST = 10_000
+#: Appends between two retention passes.
+PRUNE_EVERY = 200
+#: Events kept in memory while the store refuses writes (a full disk).
+MAX_PENDING = 10_000
+
+FILTER_KEYS = {"container": "container", "name": "container", "host": "host", "type": "type",
+               "event": "type", "kind": "type", "image": "image"}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_filters(filters: Any) -> dict[str, set[str]]:
+    """``["container=web", "type=died", ...]`` or ``{key: value | [values]}``
+    -> {canonical key: {values}}.
+
+    Raises: InvalidArgument (an unknown key, a spec without ``=``, a value
+    that is not a string)."""
+    if filters is None:
+        return {}
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(filters, dict):
+        for key, value in filters.items():
+            pairs.extend((key, v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    elif isinstance(filters, (list, tuple)):
+        for spec in filters:
+            if not isinstance(spec, str) or "=" not in spec:
+                raise errors.InvalidArgument(f"filter {spec!r} is not KEY=VALUE",
+                                             hint=f"keys: {', '.join(sorted(FILTER_KEYS))}")
+            pairs.append(tuple(spec.split("=", 1)))
+    else:
+        raise errors.InvalidArgument("filters must be a list of KEY=VALUE strings or a map")
+    out: dict[str, set[str]] = {}
+    for key, value in pairs:
+        canon = FILTER_KEYS.get(key) if isinstance(key, str) else None
+        if canon is None:
+            raise errors.InvalidArgument(f"unknown events filter {key!r}",
+                                         hint=f"keys: {', '.join(sorted(FILTER_KEYS))}")
+        if not isinstance(value, str) or not value:
+            raise errors.InvalidArgument(f"filter {key}: the value must be a non-empty string")
+        out.setdefault(canon, set()).add(value)
+    return out
+
+
+def matches(event: dict, filters: dict[str, set[str]]) -> bool:
+    """Whether ``event`` passes every key of ``filters`` (any of its values)."""
+    for key, values in filters.items():
+        if key == "container":
+            have = {event.get("container"), event.get("name")}
+        elif key == "image":
+            image = event.get("image")
+            have = {image, image.split("@")[0].split(":")[0]} if isinstance(image, str) else set()
+        else:
+            have = {event.get(key)}
+        if not have & values:
+            return False
+    return True
 
 
 class EventLog:
-    """Fleet events, oldest first, at most ``max_events``."""
+    """Fleet events in ``store`` (see the module doc).
 
-    def __init__(self, max_events: int = MAX_EVENTS):
-        self._recent: collections.deque = collections.deque(maxlen=max_events)
+    Args:
+        store: the hub's store (its ``events`` section), or None for
+            events kept in memory only (tests of other parts).
+        max_events, max_age_s: retention (count; seconds).
+    """
 
-    def add(self, kind: str, **detail) -> None:
-        """Record an event {at (Unix s, now), kind, **detail}."""
-        self._recent.append({"at": time.time(), "kind": kind, **detail})
+    def __init__(self, store=None, *, max_events: int = MAX_EVENTS, max_age_s: float = MAX_AGE_SECONDS):
+        self.store = store
+        self.max_events = max_events
+        self.max_age_s = max_age_s
+        self._memory: collections.deque = collections.deque(maxlen=max_events)  # store None only
+        self._pending: collections.deque = collections.deque()  # refused by the store, oldest first
+        self.lost = 0  # dropped past MAX_PENDING
+        self._appends = 0
+        self._changed = gevent.event.Event()
+        if store is not None:
+            self._prune()
 
+    # ------------------------------------------------------------ writing
+    def add(self, kind: str, **detail) -> dict | None:
+        """Record a hub event {at (now), type, kind, **detail} (``name``
+        also as ``container``).  Best effort: a store that refuses it (a
+        full disk) keeps it pending, written with the next one that goes.
+        Returns: the stored event (with its index), or None when pending."""
+        doc = {"at": time.time(), "type": kind, "kind": kind, **detail}
+        if "name" in doc and "container" not in doc:
+            doc["container"] = doc["name"]
+        stored = self._append([doc])
+        return stored[-1] if stored else None
+
+    def ingest(self, host: str, events: list, head: int | None = None) -> int:
+        """Take an agent's container events (agents.events) in: those above
+        the host's cursor, once each, in its index order.  ``head`` is the
+        agent's newest index: one below the cursor means its journal started
+        over (a new state dir), and the cursor goes back to 0.
+
+        Returns: the host's cursor (the last agent index taken in).
+        Raises: InvalidArgument (an event without an integer index, at and
+        type), StoreError (nothing was taken)."""
+        if self.store is None:
+            raise errors.InvalidArgument("this hub keeps no event store")
+        cursor = self.store.event_cursor(host)
+        if head is not None and head < cursor:
+            log.warning("host %s: its event journal started over (head %d < %d)", host, head, cursor)
+            self.store.set_event_cursor(host, 0)
+            cursor = 0
+        docs, top = [], cursor
+        for event in sorted(events, key=lambda e: e.get("index", 0) if isinstance(e, dict) else 0):
+            if not (isinstance(event, dict) and isinstance(event.get("index"), int)
+                    and isinstance(event.get("at"), (int, float)) and isinstance(event.get("type"), str)):
+                raise errors.InvalidArgument("an agent event needs an integer index, at and type")
+            if event["index"] <= top:
+                continue
+            top = event["index"]
+            doc = {k: v for k, v in event.items() if k != "index"}
+            docs.append({**doc, "kind": doc["type"], "host": host, "agent_index": event["index"],
+                         "source": "agent"})
+        if docs:
+            self.store.events_append(docs, host=host, agent_index=top)
+            self._counted(len(docs))
+            self._wake()
+        return top
+
+    def _append(self, docs: list[dict]) -> list[dict]:
+        if self.store is None:
+            base = self._memory[-1]["index"] if self._memory else 0
+            out = [{**d, "index": base + i + 1} for i, d in enumerate(docs)]
+            self._memory.extend(out)
+            self._wake()
+            return out
+        self._pending.extend(docs)
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popleft()
+            self.lost += 1
+        batch = list(self._pending)
+        try:
+            out = self.store.events_append(batch)
+        except errors.StoreError as exc:
+            log.warning("fleet events: %d not written yet (%s)", len(batch), exc)
+            return []
+        self._pending.clear()
+        self._counted(len(out))
+        self._wake()
+        return out
+
+    def _counted(self, n: int) -> None:
+        self._appends += n
+        if self._appends >= PRUNE_EVERY:
+            self._appends = 0
+            self._prune()
+
+    def _prune(self) -> None:
+        try:
+            gone = self.store.events_prune(self.max_events, self.max_age_s)
+        except errors.StoreError as exc:
+            log.warning("fleet events: retention pass failed (%s)", exc)
+            return
+        if gone:
+            log.info("fleet events: %d past retention dropped", gone)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, gevent.event.Event()
+        changed.set()
+
+    # ------------------------------------------------------------ reading
+    def _bounds(self) -> dict:
+        if self.store is None:
+            last = self._memory[-1]["index"] if self._memory else 0
+            first = self._memory[0]["index"] if self._memory else last + 1
+            return {"first": first, "last": last, "pruned_index": first - 1, "pruned_at": 0.0}
+        return self.store.events_bounds()
+
+    def _after(self, index: int, limit: int) -> list[dict]:
+        if self.store is None:
+            return [e for e in self._memory if e["index"] > index][:limit]
+        return self.store.events_after(index, limit)
+
+    def parse_since(self, since: Any) -> int:
+        """The fleet index to read after, for ``since`` (see the module doc).
+
+        Raises: InvalidArgument (bad form, a time or index in the future),
+        EventsExpired (events after it were dropped by retention)."""
+        bounds = self._bounds()
+        if isinstance(since, bool) or not isinstance(since, (int, float, str)):
+            raise errors.InvalidArgument("since must be an index, a time or a duration")
+        if isinstance(since, str):
+            text = since.strip()
+            if text.isdigit():
+                index = int(text)
+                if index == 0:  # from the oldest kept
+                    return bounds["pruned_index"]
+                if index > bounds["last"]:
+                    raise errors.InvalidArgument(f"since index {index} is in the future (the newest is "
+                                                 f"{bounds['last']})")
+                if index < bounds["pruned_index"]:
+                    raise errors.EventsExpired(f"events after index {index} are gone (retention)",
+                                               hint=f"resume from {bounds['pruned_index']}")
+                return index
+            at = self._parse_time(text)
+        else:
+            at = float(since)
+        if at <= 0:  # from the oldest kept
+            return bounds["pruned_index"]
+        if at > time.time() + 1.0:
+            raise errors.InvalidArgument(f"since {since!r} is in the future")
+        return self._expired_or(at, bounds)
+
+    def _expired_or(self, at: float, bounds: dict) -> int:
+        if bounds["pruned_index"] and at < bounds["pruned_at"]:
+            raise errors.EventsExpired(f"events after {at:.3f} are gone (retention keeps events from "
+                                       f"{bounds['pruned_at']:.3f} on)", hint=f"resume from {bounds['pruned_index']}")
+        if self.store is None:
+            return max([e["index"] for e in self._memory if e["at"] <= at], default=0)
+        return self.store.events_index_at(at)
+
+    @staticmethod
+    def _parse_time(text: str) -> float:
+        m = _DURATION.match(text)
+        if m:
+            return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
+        if text.startswith("@"):
+            try:
+                return float(text[1:])
+            except ValueError:
+                pass
+        else:
+            try:
+                when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=datetime.timezone.utc)
+                return when.timestamp()
+            except ValueError:
+                pass
+        raise errors.InvalidArgument(f"since {text!r}: want an index, @UNIX seconds, an ISO 8601 time or a "
+                                     "duration like 10m")
+
+    def query(self, since: Any = 0, filters: Any = None, limit: int = MAX_LIST) -> list[dict]:
+        """The matching events after ``since``, oldest first, at most ``limit``
+        (the newest ones when more match).  Raises: as parse_since and parse_filters."""
+        want = parse_filters(filters)
+        cursor = self.parse_since(since)
+        out: collections.deque = collections.deque(maxlen=limit)
+        while True:
+            batch = self._after(cursor, BATCH)
+            if not batch:
+                return list(out)
+            out.extend(e for e in batch if matches(e, want))
+            cursor = batch[-1]["index"]
+
+    def follow(self, since: Any = 0, filters: Any = None) -> Iterator[dict]:
+        """The matching events after ``since``, then each as it is added.
+        Raises (also while iterating): as query; EventsExpired when the
+        follower fell so far behind that retention dropped what it had
+        not read yet."""
+        want = parse_filters(filters)
+        cursor = self.parse_since(since)
+        while True:
+            changed = self._changed
+            batch = self._after(cursor, BATCH)
+            if not batch:
+                changed.wait()
+                continue
+            if self._bounds()["pruned_index"] > cursor:
+                raise errors.EventsExpired(f"this follower fell behind retention after index {cursor}",
+                                           hint="read faster, or resume with --since")
+            for event in batch:
+                cursor = event["index"]
+                if matches(event, want):
+                    yield event
+
+    # ------------------------------------------------------------ older callers
     def since(self, at: float) -> list[dict]:
-        """The events after ``at`` (Unix s), oldest first."""
-        return [e for e in self._recent if e["at"] > at]
+        """The events after ``at`` (Unix s), oldest first (at most MAX_LIST)."""
+        return self.query(float(at))
 
     def kinds(self) -> list[str]:
-        """Every kept event's kind, oldest first."""
-        return [e["kind"] for e in self._recent]
+        """Every kept event's type, oldest first (at most MAX_LIST)."""
+        return [e["type"] for e in self.query(0)]

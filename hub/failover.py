@@ -56,9 +56,15 @@ class Healer:
 
     def host_lost(self, lost: str) -> None:
         """Re-create the lost host's containers that have a restart policy on
-        other hosts (names kept, exposed ports mapped anew)."""
+        other hosts (names kept, exposed ports mapped anew).  A container
+        with volumes stays (its data is on the lost host): event
+        reschedule_skipped."""
         for row in self.store.containers(lost):
             policy = str((row["spec"].get("options") or {}).get("restart") or "no")
+            if row["state"] == "placed" and policy != "no" and (row["spec"].get("options") or {}).get("volumes"):
+                self.events.add("reschedule_skipped", name=row["name"], host=lost,
+                                reason="its volumes are on the lost host")
+                continue
             if row["state"] == "placed" and policy != "no" and row["name"] not in self.moving:
                 self.moving.add(row["name"])
                 gevent.spawn(self._reschedule, row["name"], lost)

@@ -85,6 +85,11 @@ class WorkQueue:
         self._busy: set[str] = set()
         self._members: set[str] = set()
         self._changed = Event()
+        # for the hub's metrics (hub/metrics.py): callers waiting for an idle
+        # host now, hosts handed out, and the seconds callers waited in all
+        self.waiting = 0
+        self.acquired_total = 0
+        self.wait_seconds_total = 0.0
 
     def set_members(self, alive: set[str]) -> None:
         """Make the alive hosts the members (new ones join as idle)."""
@@ -103,19 +108,26 @@ class WorkQueue:
         """Take the host idle the longest (not in ``exclude``).
 
         Raises: NoCapacity when no host becomes idle within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for name in list(self._idle):
-                if name not in exclude:
-                    self._idle.remove(name)
-                    self._busy.add(name)
-                    return name
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise errors.NoCapacity(
-                    f"no idle host within {timeout_s:g} s ({len(self._busy)} busy, "
-                    f"{len(self._members)} in the fleet)")
-            self._changed.wait(left)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        self.waiting += 1
+        try:
+            while True:
+                for name in list(self._idle):
+                    if name not in exclude:
+                        self._idle.remove(name)
+                        self._busy.add(name)
+                        self.acquired_total += 1
+                        return name
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.NoCapacity(
+                        f"no idle host within {timeout_s:g} s ({len(self._busy)} busy, "
+                        f"{len(self._members)} in the fleet)")
+                self._changed.wait(left)
+        finally:
+            self.waiting -= 1
+            self.wait_seconds_total += time.monotonic() - started
 
     def release(self, name: str) -> None:
         """Give a host back (to the end of the idle line) if still a member."""

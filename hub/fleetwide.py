@@ -45,7 +45,7 @@ class FleetwideMethods:
     def _gather(self, method: str, *args) -> dict:
         hosts = self.store.hosts()
         return fanout.broadcast(hosts, lambda h: self.agents.call(h["name"], method, *args,
-                                                            timeout_s=VIEW_TIMEOUT_SECONDS),
+                                                            timeout_s=VIEW_TIMEOUT_SECONDS, row=h),
                                 VIEW_TIMEOUT_SECONDS + 0.5)
 
     @expose(access="read")
@@ -138,8 +138,8 @@ class FleetwideMethods:
                                     hint="see `dcctl hosts` for names and labels")
         args = self._coerce(method, list(args or []))
 
-        def call(h):
-            return self.agents.call(h["name"], method, *args, timeout_s=timeout)
+        def call(h):  # the row just read: no store read per host
+            return self.agents.call(h["name"], method, *args, timeout_s=timeout, row=h)
 
         if opts.get("fire_and_forget"):
             gevent.spawn(fanout.broadcast, hosts, call, timeout)

@@ -5,8 +5,11 @@ its records in step (destroy forgets, connection changes refresh ports).
 """
 from __future__ import annotations
 
+import time
+
 from dcctl import errors, validate, wire
 from dcctl.wire import expose
+from hub import streams
 from hub.agents import VIEW_TIMEOUT_SECONDS
 
 
@@ -126,16 +129,35 @@ class ForwardMethods:
         return {**session, "address": wire.parse_endpoint(host["endpoint"]).host}
 
     @expose(access="read")
-    def container_logs(self, name: str, max_bytes: int = 65536) -> dict:
-        """Forwarded to the owning host (see the agent's container_logs).
+    def container_logs(self, name: str, options: dict | None = None) -> dict:
+        """Forwarded to the owning host (see the agent's container_logs:
+        options since, tail, timestamps; follow is container_logs_follow).
 
-        Returns: the agent's answer, as it is.
+        Returns: the agent's answer plus ``host`` (the owner's name).
         Raises: the agent's errors; NoSuchContainer (not in the fleet);
         Unreachable (the owner missed its heartbeats, or does not answer);
         CallTimeout.
         """
-        validate.log_bytes(max_bytes)
-        return self._forward("container_logs", name, max_bytes)
+        validate.log_options(options, time.time())
+        if (options or {}).get("follow"):
+            raise errors.InvalidArgument("container_logs does not follow; call container_logs_follow (a stream)",
+                                         hint="dcctl container_logs NAME --follow does")
+        return {**self._forward("container_logs", name, options), "host": self._owner(name)}
+
+    @expose(access="read", stream=True)
+    def container_logs_follow(self, name: str, options: dict | None = None):
+        """The owning host's stream of the container's log, relayed (see the
+        agent's container_logs_follow).
+
+        Returns: a stream of the agent's items, each plus ``host``.
+        Raises: the agent's errors; NoSuchContainer (not in the fleet);
+        Unreachable (the owner missed its heartbeats, or does not answer);
+        CallTimeout (no first item in time).
+        """
+        validate.log_options(options, time.time())
+        host = self._owner(name)
+        return streams.relay(self.agents, host, "container_logs_follow", name, options,
+                             annotate=lambda item: {**item, "host": host})
 
     @expose(shielded=True)
     def container_connection_add(self, name: str, proto: str, container_port: int,

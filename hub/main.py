@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-s", type=int, default=5,
                    help="seconds of the hub's etcd lease: a dead leader is replaced within it (default %(default)s)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--metrics-listen", default="",
+                   help="ADDR:PORT of the Prometheus endpoint (default 127.0.0.1:9324; off for none)")
     return p
 
 
@@ -88,6 +90,9 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
     domain = routes.frontend(args.route_domain)
     if domain["kind"] != "http" or domain["name"].startswith("*."):
         raise errors.InvalidArgument(f"--route-domain {args.route_domain!r} must be a domain name")
+    if args.metrics_listen != "off":
+        from hub.metrics import parse_listen
+        parse_listen(args.metrics_listen)
     store = open_store(args)
     registry = Registry(os.path.join(args.state_dir, "registry"), index=store if store.kind == "etcd" else None)
     keys_dir = args.keys_dir or os.path.join(args.state_dir, "keys")
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     hub.start()
     task = service.start()
+    from hub import metrics
+    metrics.started(hub, service, args.metrics_listen)
     gevent.signal_handler(signal.SIGTERM, service.stop)
     gevent.signal_handler(signal.SIGINT, service.stop)
     log.info("serving on %s", ", ".join(args.listen + args.insecure_listen))

@@ -125,6 +125,12 @@ def _http_port(ports: list[dict]) -> int | None:
     return None
 
 
+def http_port(ports: list[dict]) -> int | None:
+    """The container port a container's routes point at: the first tcp
+    port among HTTP_PORTS in ``ports`` ([{proto, container_port}]), or None."""
+    return _http_port(ports)
+
+
 def resolve(store) -> list[dict]:
     """The route table from the store, resolved.
 
@@ -221,6 +227,7 @@ class RouteMethods:
         validate.port(port, "container port")
         self.store.add_route(name, container, port)
         self._routes_changed()
+        self.events_log.add("route_added", route=name, container=container, port=port)
         return self.route_get(name)
 
     @expose(shielded=True)
@@ -236,6 +243,7 @@ class RouteMethods:
         validate.port(port, "container port")
         self.store.remove_route(name, container, port)
         self._routes_changed()
+        self.events_log.add("route_removed", route=name, container=container, port=port)
         return {"name": name, "container": container, "port": port, "removed": True}
 
     @expose(access="routes")

@@ -42,27 +42,33 @@ def free_figures(host: dict, db_figures: dict[str, tuple[int, int]]) -> tuple[in
             int(cap.get("container_slots") or 0) - count)
 
 
-def place(hosts: list[dict], request: Request, db_figures: dict[str, tuple[int, int]]) -> tuple[list[str], dict]:
+def place(hosts: list[dict], request: Request, db_figures: dict[str, tuple[int, int]],
+          explain: bool = True) -> tuple[list[str], dict]:
     """Rank the hosts for ``request``.
 
+    Args: explain: False leaves the reasons out (every rejected host maps
+    to ""): a decision that finds a host never formats them.
     Returns: (feasible host names, best first; {host: why it was rejected}).
     """
     ranked, rejected = [], {}
+    wanted = request.labels.items()
+    pinned, memory = request.host, request.memory_bytes
     for h in hosts:
-        free_mem, free_slots = free_figures(h, db_figures)
-        if request.host is not None and h["name"] != request.host:
+        name = h["name"]
+        if pinned is not None and name != pinned:
             continue
+        free_mem, free_slots = free_figures(h, db_figures)
         if h["state"] != "alive":
-            rejected[h["name"]] = f"host is {h['state']}"
-        elif any((h.get("labels") or {}).get(k) != v for k, v in request.labels.items()):
-            rejected[h["name"]] = f"labels {h.get('labels') or {}} do not match {request.labels}"
+            rejected[name] = f"host is {h['state']}" if explain else ""
+        elif wanted and any((h.get("labels") or {}).get(k) != v for k, v in wanted):
+            rejected[name] = f"labels {h.get('labels') or {}} do not match {request.labels}" if explain else ""
         elif free_slots < 1:
-            rejected[h["name"]] = "no free container slot"
-        elif free_mem < request.memory_bytes:
-            rejected[h["name"]] = (f"needs {size_text(request.memory_bytes)} of memory, "
-                                   f"{size_text(max(0, free_mem))} unreserved")
+            rejected[name] = "no free container slot"
+        elif free_mem < memory:
+            rejected[name] = (f"needs {size_text(memory)} of memory, {size_text(max(0, free_mem))} unreserved"
+                              if explain else "")
         else:
-            ranked.append((free_mem - request.memory_bytes, free_slots, h["name"]))
+            ranked.append((free_mem - memory, free_slots, name))
     if request.strategy == "binpack":
         ranked.sort(key=lambda t: (t[0], t[1], t[2]))
     else:
@@ -75,10 +81,11 @@ def choose(hosts: list[dict], request: Request, exclude: set[str] = frozenset())
     ``exclude``, or raises NoCapacity naming each host's reason."""
 
     def pick(db_figures: dict[str, tuple[int, int]]) -> str:
-        ranked, rejected = place(hosts, request, db_figures)
+        ranked, _ = place(hosts, request, db_figures, explain=False)
         for name in ranked:
             if name not in exclude:
                 return name
+        ranked, rejected = place(hosts, request, db_figures)  # none fits: again, with every reason
         for name in exclude:
             rejected.setdefault(name, "already tried for this placement")
         if request.host is not None and not any(h["name"] == request.host for h in hosts):

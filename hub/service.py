@@ -11,7 +11,11 @@ own module, over the parts they share, which this module builds.
   image_layer_read (the registry itself is hub/registry.py);
 * hub/routes.py: the route table; hub/uploads.py: image uploads;
 * hub/buildmethods.py: build (a Dockerfile build on one idle host);
-* here: events and hub_info, start and stop.
+* hub/volumes.py: volume_ls and the volume placement rule;
+* hub/apps.py: deploy, releases, rollback, apps, app_rm (the deploy
+  orchestration and its journal: hub/deploy.py);
+* hub/eventmethods.py: events, events_follow, host_events (the log: hub/events.py);
+* here: hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
 ``agents`` (every agent call, hub/agents.py), ``placer``, ``healer``
@@ -36,7 +40,9 @@ from dcctl import auth
 from dcctl.wire import expose
 from hub import fanout, routes
 from hub.agents import Agents
+from hub.apps import AppMethods
 from hub.buildmethods import BuildMethods
+from hub.eventmethods import EventMethods
 from hub.events import EventLog
 from hub.failover import Healer
 from hub.fleetwide import FleetwideMethods
@@ -48,6 +54,7 @@ from hub.placement import PlacementMethods, Placer
 from hub.registry import Registry
 from hub.store import HubStore
 from hub.uploads import UploadMethods
+from hub.volumes import VolumeMethods
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,7 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods, BuildMethods):
+                 routes.RouteMethods, UploadMethods, BuildMethods, VolumeMethods, AppMethods, EventMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 
@@ -80,6 +87,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
                  server_pair: tuple[bytes, bytes] | None = None, allowlist: auth.Allowlist | None = None,
                  heartbeat_flush_s: float = DEFAULT_FLUSH_SECONDS):
         self.server_pair = server_pair
+        self.metrics_url: str | None = None  # set by hub.metrics.started once served
         self.allowlist = allowlist
         self.store = store
         self.registry = registry
@@ -88,7 +96,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.call_timeout_s = call_timeout_s
         self.workers = fanout.WorkQueue()
         self.beats = Heartbeats(store, heartbeat_flush_s)
-        self.events_log = EventLog()
+        self.events_log = EventLog(store)  # fleet events, persisted (hub/events.py, hub/eventmethods.py)
         self.agents = Agents(store, call_timeout_s=call_timeout_s, heartbeat_s=heartbeat_s, server_pair=server_pair,
                              on_event=self.events_log.add)
         self.placer = Placer(store, self.agents)
@@ -114,7 +122,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.store.join(self.name, self.endpoint)
         journal = set(self.store.orphaned_reservations()) if self.store.is_leader() else set()
         self._tasks = [gevent.spawn(self.monitor_hosts), gevent.spawn(self._recover, journal),
-                       gevent.spawn(self.beats.run)]
+                       gevent.spawn(self.beats.run), gevent.spawn(self.recover_deploys)]
 
     def stop(self) -> None:
         """Stop the hub's tasks, write the heartbeats not written yet and
@@ -133,18 +141,6 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
                             orphans=self.store.orphaned_reservations)
 
     @expose(access="read")
-    def events(self, since: float = 0.0) -> list:
-        """Fleet events after ``since`` (Unix s), oldest first.
-
-        Returns: [{at, kind
-        (host_lost, host_back, rescheduled, reschedule_failed,
-        reschedule_waiting, reschedule_gave_up, stale_copy_removed, adopted,
-        host_removed, host_restarted), host | name | ...}], at most the last
-        500, kept in memory (a hub restart starts a new list).
-        """
-        return self.events_log.since(since)
-
-    @expose(access="read")
     def hub_info(self) -> dict:
         """The hub's own state.
 
@@ -152,11 +148,12 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         missed_heartbeats, hosts (count), containers (count), queue {idle
         [hosts, longest idle first], busy [hosts], members [hosts]}, store
         ("sqlite"|"etcd"), leader (the leading hub's name, None while
-        there is none), members [{name, endpoint, since}] (the hubs alive)}.
+        there is none), members [{name, endpoint, since}] (the hubs alive),
+        metrics_url (the hub's Prometheus endpoint, hub/metrics.py, or None)}.
         Raises: StoreUnavailable (etcd does not answer).
         """
         return {"version": HUB_VERSION, "name": self.name, "uptime_s": round(time.time() - self.started, 3),
                 "heartbeat_s": self.heartbeat_s, "missed_heartbeats": self.missed_heartbeats,
                 "hosts": len(self.store.hosts()), "containers": len(self.store.containers()),
                 "queue": self.workers.stats(), "store": self.store.kind, "leader": self.store.leader(),
-                "members": self.store.members()}
+                "members": self.store.members(), "metrics_url": self.metrics_url}

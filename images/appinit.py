@@ -66,6 +66,10 @@ APP_RUN_SCRIPT = """\
 # /.dcfleet/init as PID 1.  /etc/dcfleet/image: DCF_WORKDIR, DCF_USER (uid:gid);
 # /etc/dcfleet/env: "export KEY='value'" lines; /etc/dcfleet/command: one
 # shell-quoted command line.
+# the agent's log writer (agents.logger) reads these FIFOs: stdout, stderr
+if [ -p /dev/dcfleet.stdout ] && [ -p /dev/dcfleet.stderr ]; then
+    exec >/dev/dcfleet.stdout 2>/dev/dcfleet.stderr
+fi
 . /etc/dcfleet/image
 if [ -r /etc/dcfleet/env ]; then
     . /etc/dcfleet/env

@@ -48,6 +48,10 @@ if [ -z "$cmd" ]; then
 fi
 cd /
 rm -f /etc/dcfleet/exit
+# the agent's log writer (agents.logger) reads these FIFOs: stdout, stderr
+if [ -p /dev/dcfleet.stdout ] && [ -p /dev/dcfleet.stderr ]; then
+    exec >/dev/dcfleet.stdout 2>/dev/dcfleet.stderr
+fi
 eval "$cmd"
 status=$?
 ooms=$(cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null \\

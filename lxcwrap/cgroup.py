@@ -178,3 +178,42 @@ def oom_kills(layout: Layout, pid: int) -> int | None:
         if key == "oom_kill" and value.strip().isdigit():
             return int(value)
     return None
+
+
+def figures(layout: Layout, pid: int, dirs: dict[str, str] | None = None) -> dict:
+    """Everything a metrics scrape wants of the cgroup of process ``pid`` (a
+    container's init), its whole subtree, read with one look at
+    /proc/PID/cgroup: ``usage``'s keys plus ``working_set_bytes`` (usage
+    less inactive file pages, as cAdvisor counts it) and ``oom_kills``
+    (``oom_kills``'s figure).  None where the kernel gave no figure.
+    ``dirs``: the process's ``cgroup_dirs``, when the caller kept them.
+
+    Raises: OSError when the process is gone."""
+    dirs = cgroup_dirs(layout, pid) if dirs is None else dirs
+    v2 = layout.version("memory") == 2 and "unified" in dirs
+    mem_dir = dirs.get("unified") if v2 else dirs.get("memory")
+    out = {"memory_bytes": None, "memory_limit_bytes": None, "cpu_seconds": None, "working_set_bytes": None,
+           "oom_kills": None}
+    if mem_dir:
+        mem = _read(os.path.join(mem_dir, "memory.current" if v2 else "memory.usage_in_bytes"))
+        lim = _read(os.path.join(mem_dir, "memory.max" if v2 else "memory.limit_in_bytes"))
+        out["memory_bytes"] = int(mem) if mem and mem.isdigit() else None
+        out["memory_limit_bytes"] = int(lim) if lim and lim.isdigit() and int(lim) < (1 << 62) else None
+        stat = dict(line.split(" ", 1) for line in (_read(os.path.join(mem_dir, "memory.stat")) or "").splitlines()
+                    if " " in line)
+        inactive = stat.get("inactive_file" if v2 else "total_inactive_file", "")
+        if out["memory_bytes"] is not None and inactive.isdigit():
+            out["working_set_bytes"] = max(0, out["memory_bytes"] - int(inactive))
+        events = _read(os.path.join(mem_dir, "memory.events" if v2 else "memory.oom_control")) or ""
+        for line in events.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                out["oom_kills"] = int(value)
+    if layout.version("cpu") == 2 and "unified" in dirs:
+        for line in (_read(os.path.join(dirs["unified"], "cpu.stat")) or "").splitlines():
+            if line.startswith("usage_usec "):
+                out["cpu_seconds"] = int(line.split()[1]) / 1e6
+    elif "cpuacct" in dirs:
+        ns = _read(os.path.join(dirs["cpuacct"], "cpuacct.usage"))
+        out["cpu_seconds"] = int(ns) / 1e9 if ns and ns.isdigit() else None
+    return out

@@ -25,6 +25,10 @@ DEFAULT_CAPS = ("chown", "dac_override", "fsetid", "fowner", "mknod", "net_raw",
 DEVICE_ALLOW = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
                 "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm")
 
+#: Where a container sees its log FIFOs (the run scripts of images/rootfs.py
+#: and images/appinit.py redirect the command's stdout and stderr there).
+LOG_FIFO_TARGETS = ("/dev/dcfleet.stdout", "/dev/dcfleet.stderr")
+
 
 @dataclasses.dataclass
 class ContainerConfig:
@@ -62,6 +66,14 @@ class ContainerConfig:
     #: overlay mount options (``lxc.rootfs.options``), e.g.
     #: "redirect_dir=off,metacopy=off" so that the upper dir is a plain diff
     rootfs_options: str | None = None
+    #: (host directory, absolute container path) pairs bind-mounted by LXC
+    #: before init starts (named volumes); the container path is made if
+    #: missing.  Neither may hold whitespace (lxc.mount.entry is fstab-like).
+    bind_mounts: tuple[tuple[str, str], ...] = ()
+    #: host paths of the FIFOs that the container's stdout and stderr go
+    #: into (agents.logger reads them), bind-mounted one file each at
+    #: LOG_FIFO_TARGETS (a file mount point cannot be removed from inside)
+    log_fifos: tuple[str, str] | None = None
 
     def items(self, layout: cgroup.Layout) -> list[tuple[str, str]]:
         """The config as ordered (key, value) pairs."""
@@ -104,6 +116,13 @@ class ContainerConfig:
             mode = "1777" if d in ("/tmp", "/run/lock", "/dev/shm") else "0755"
             items.append(("lxc.mount.entry",
                           f"tmpfs {d.lstrip('/')} tmpfs mode={mode},nosuid,nodev,create=dir 0 0"))
+        for source, dest in self.bind_mounts:
+            if not source.startswith("/") or not dest.startswith("/") or any(
+                    c.isspace() for c in source + dest):
+                raise ValueError(f"unsafe bind mount {source!r} -> {dest!r}")
+            items.append(("lxc.mount.entry", f"{source} {dest.lstrip('/')} none bind,create=dir 0 0"))
+        for src, target in zip(self.log_fifos or (), LOG_FIFO_TARGETS):
+            items.append(("lxc.mount.entry", f"{src} {target.lstrip('/')} none bind,create=file 0 0"))
         items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares))
         return items
 

@@ -52,10 +52,19 @@ __all__ = ["AGENT_PORT", "CONTAINER_BRIDGE", "LOG_ROOT", "MAX_HOSTS", "PORT_RANG
 
 
 def _print_up(state: dict) -> None:
-    """Shell that ``eval`` takes: the exports, then one comment per host."""
+    """Shell that ``eval`` takes: the exports, then one comment per host;
+    with ``--store etcd`` also a comment for etcd and one ``hub NAME PID
+    ENDPOINT`` line per hub (not shell: eval says "hub: command not found"
+    for them, after the exports)."""
     print(f"export DCCTL_HOST={state['dcctl_host']}")
     if state.get("router"):
         print(f"export DCF_ROUTER={state['router']['listen']}")
+    if state.get("prometheus"):
+        print(f"export DCF_PROMETHEUS={state['prometheus']['url']}")
+    if state.get("store") == "etcd":  # the acceptance interface: one "hub NAME PID ENDPOINT" line per hub
+        print(f"# etcd {state['etcd']['pid']} {state['etcd']['url']}")
+        for hd in state["hubs"]:
+            print(f"hub {hd['name']} {hd['pid']} {hd['tcp']}")
     for h in state["hosts"]:
         print(f"# {h['name']} {h['address']} {h['tcp']}")
 
@@ -66,7 +75,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM undoes like ^C
     try:
         state = up(args.prefix, args.n, args.fleet_subnet, args.hub_port, not args.no_hub,
-                   args.agent_arg, args.timeout, args.heartbeat_s, args.router, args.route_domain)
+                   args.agent_arg, args.timeout, args.heartbeat_s, args.router, args.route_domain,
+                   args.store, args.hubs, prometheus=args.prometheus)
     except (Exception, KeyboardInterrupt) as exc:
         why = str(exc) if isinstance(exc, FleetError) else "interrupted; everything made was removed" \
             if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -106,7 +116,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state is None:
         print(json.dumps(None) if args.json else f"fleet {args.prefix}: not up")
         return 1
-    procs = (([state["hub"]] if state["hub"] else []) + state["hosts"]
+    procs = ((state.get("hubs") or ([state["hub"]] if state["hub"] else [])) + state["hosts"]
              + ([state["router"]] if state.get("router") else []))
     if args.json:
         print(json.dumps(state, indent=1))
@@ -162,6 +172,11 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--heartbeat-s", type=float, default=2.0, help="seconds between agent heartbeats")
     u.add_argument("--router", action="store_true", help="also one dc-router (HAProxy) in its own namespace")
     u.add_argument("--route-domain", help="the hub's route domain (default <prefix>.test)")
+    u.add_argument("--prometheus", action="store_true",
+                   help="also Debian's Prometheus scraping the hub and every agent (export DCF_PROMETHEUS=...)")
+    u.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
+                   help="the hubs' store: sqlite (one hub, default) or etcd (a local etcd on the fleet bridge)")
+    u.add_argument("--hubs", type=int, default=1, help="how many hubs (more than 1 needs --store etcd)")
     sub.add_parser("status", parents=[common], help="hosts: pid alive, ping ok")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the fleet")
     k = sub.add_parser("kill", parents=[common], help="SIGKILL one host's agent (a fault drill)")

@@ -50,7 +50,7 @@ class AgentProcess:
         return [sys.executable, "-m", "agents.main", "--listen", self.endpoint,
                 "--state-dir", self.state_dir, "--lxc-path", self.lxc_path, "--bridge", self.bridge,
                 "--subnet", self.subnet, "--port-range", f"{self.port_range[0]}-{self.port_range[1]}",
-                "--host-name", self.prefix, *self.extra_args]
+                "--host-name", self.prefix, "--metrics-listen=127.0.0.1:0", *self.extra_args]
 
     def start(self, timeout_s: float = 60.0) -> "AgentProcess":
         os.makedirs(self.root, exist_ok=True)
@@ -123,6 +123,13 @@ def cleanup_prefix(prefix: str, root: str) -> None:
         for cdir in glob.glob(os.path.join(lxc_path, "*", "config")):
             name = os.path.basename(os.path.dirname(cdir))
             _quiet(["lxc-stop", "-P", lxc_path, "-n", name, "-k"])
+    from agents.logs import is_writer
+    for pid, args in procs.processes():  # containers' log writers (agents/logger.py, logwriter.py) under ROOT
+        if is_writer(args) and any(a.startswith(root.encode() + b"/") for a in args):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     from agents.network import Network
     try:
         Network(prefix, "10.213.0.0/24", (1, 2)).teardown()

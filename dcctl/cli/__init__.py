@@ -4,6 +4,8 @@
           METHOD [ARGS...] [--KEY VALUE...]
     dcctl [methods]                  list the server's methods (first doc line)
     dcctl help METHOD | dcctl METHOD --help
+    dcctl stats [NAME...] [--no-stream] [--interval SECONDS]
+                                     running containers' CPU, memory and network, live (dcctl.cli.stats)
     dcctl call ENDPOINT [METHOD [ARGS...]] [-j|--json] [-pj|--print-json] [--timeout S]
                     (the stock zerorpc CLI's syntax: string or -j JSON args, pprint or -pj JSON)
 
@@ -91,6 +93,13 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
         if argv[:1] == ["keygen"]:
             return run_keygen(argv[1:])
         cmd = split_argv(argv, environ)
+        if cmd.method == "stats" and not cmd.help:  # a client-side view over hostinfo (dcctl.cli.stats)
+            from dcctl.cli import stats
+            from dcctl.cli.commands import _connect
+            with _connect(cmd.endpoint, cmd.timeout_s or wire.DEFAULT_TIMEOUT_SECONDS, cmd.key,
+                          cmd.server_key) as client:
+                return stats.run(client, list(cmd.words), build_options("stats", cmd.flags), cmd.json,
+                                 cmd.timeout_s or 30.0)
         if (cmd.help and cmd.method is None) or (cmd.method == "help" and not cmd.words):
             print(__doc__.strip().replace("``", ""))
             return 0

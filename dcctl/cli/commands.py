@@ -26,7 +26,8 @@ __all__ = ["METHOD_TIMEOUT_SECONDS", "TIMEOUT_MARGIN_SECONDS", "DEADLINE_METHODS
 #: Call timeouts for methods that run longer than the default by design
 #: (container_exec's own default timeout_s is 300 s).  --timeout wins.
 METHOD_TIMEOUT_SECONDS = {"container_exec": 330.0, "image_build": 1800.0, "image_pull": 600.0,
-                          "image_push": 600.0, "create_container": 660.0, "image_import": 600.0}
+                          "image_push": 600.0, "create_container": 660.0, "image_import": 600.0,
+                          "deploy": 3600.0, "rollback": 3600.0, "app_rm": 600.0}
 #: Extra seconds to wait beyond an options ``timeout_s`` the server honours.
 TIMEOUT_MARGIN_SECONDS = 30.0
 #: Hub fan-out methods: dcctl's --timeout is also their per-host deadline
@@ -217,6 +218,9 @@ def run_method(cmd: Command) -> int:
             code = handler(client, args, options or {})
             if code is not None:
                 return code
+        if cmd.method == "container_logs" and len(args) == 1 and not filters:  # text lines, --follow a stream
+            from dcctl.cli import logs
+            return logs.run(client, args[0], options or {}, cmd.json, call_timeout(cmd, options))
         result = client.call(cmd.method, *wire_args, timeout_s=call_timeout(cmd, options))
         try:
             result = output.filter_result(cmd.method, result, filters)

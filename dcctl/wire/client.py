@@ -148,15 +148,16 @@ class RpcClient:
         return self._call(method, args, self.timeout_s if timeout_s is None else timeout_s)
 
     def stream(self, method: str, *args: Any) -> "StreamIter":
-        """Call the stream method ``method`` with ``args`` and return its
-        StreamIter, waiting for the first item as long as it takes (a dead
-        or frozen server is noticed by its heartbeat: Unreachable).  A
-        method that answers with a plain result gives a StreamIter of that
-        one item.  Raises: see the class doc (never CallTimeout)."""
-        result = self._call(method, args, None)
-        if isinstance(result, StreamIter):
-            return result
-        return StreamIter(self, method, iter([result]))
+        """Send a call of the stream method ``method`` with ``args`` and
+        return its StreamIter at once; its first ``next`` waits for the
+        first item as long as it takes (a dead or frozen server is noticed
+        by its heartbeat: Unreachable), and raises the call's own error if
+        the server refused it.  A method that answers with a plain result
+        gives a StreamIter of that one item.  Raises (from ``next``): see
+        the class doc (never CallTimeout)."""
+        if self._closed:
+            raise errors.Unreachable(f"{self.endpoint}: {self._closed}")
+        return StreamIter(self, method, gevent.spawn(self._call, method, args, None))
 
     def _call(self, method: str, args: tuple, timeout: float | None) -> Any:
         if self._closed:
@@ -251,8 +252,24 @@ class StreamIter:
     def __iter__(self) -> "StreamIter":
         return self
 
+    def _started(self) -> None:
+        """Wait for the answer of a call sent by RpcClient.stream."""
+        task, self._raw = self._raw, iter(())
+        try:
+            value = task.get()
+        except BaseException:
+            self.close()
+            raise
+        if isinstance(value, StreamIter):
+            self._client._streams.discard(value)
+            self._raw = value._raw
+        else:
+            self._raw = iter([value])
+
     def __next__(self) -> Any:
         client = self._client
+        if isinstance(self._raw, gevent.Greenlet):
+            self._started()
         while True:
             if client._closed:
                 self.close()
@@ -280,6 +297,10 @@ class StreamIter:
     def close(self) -> None:
         """Stop reading; idempotent."""
         self._client._streams.discard(self)
+        if isinstance(self._raw, gevent.Greenlet):  # the call not answered yet
+            self._raw.kill(block=True, timeout=zrpc.CLOSE_TIMEOUT_SECONDS)
+            self._raw = iter(())
+            return
         close = getattr(self._raw, "close", None)
         if close is not None:
             close()

@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any, Callable
 
@@ -136,6 +137,10 @@ class Service:
         self._servers: dict[str, zrpc.Server] = {}  # "local", "curve", "insecure"
         self._zap: auth.ZapHandler | None = None
         self._tasks: list[gevent.Greenlet] = []
+        #: ``observer(method, outcome, seconds)`` after each served call
+        #: (outcome "ok", a DcError's class name, or "error"); None: none.
+        #: Metrics set it (agents/metrics.py); it must not raise or block.
+        self.observer: Callable[[str, str, float], None] | None = None
 
     # -- builtins answered by our code, not zerorpc's
     def _builtins(self) -> dict[str, Any]:
@@ -247,7 +252,7 @@ class Service:
                 return value
             return body(*args)
 
-        def call(*args):
+        def served(*args):
             caller = self._authorize(spec.exposed.access, spec.name)
             spec.check(args)
             result = run(*args)
@@ -255,6 +260,20 @@ class Service:
                 if spec.exposed.stream:
                     return (auth.redact_env(item) for item in result)
                 return auth.redact_env(result)
+            return result
+
+        def call(*args):
+            observer = self.observer
+            if observer is None:
+                return served(*args)
+            started = time.monotonic()
+            try:
+                result = served(*args)
+            except BaseException as exc:
+                outcome = type(exc).__name__ if isinstance(exc, errors.DcError) else "error"
+                observer(spec.name, outcome, time.monotonic() - started)
+                raise
+            observer(spec.name, "ok", time.monotonic() - started)  # a stream: until its first item is due
             return result
 
         call.__name__ = spec.name

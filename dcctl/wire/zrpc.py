@@ -17,7 +17,9 @@ here, and why we touch it:
 - ``BufferedChannel._remote_queue_open_slots`` / ``_remote_can_recv`` (a
   stream's credit) and ``HeartBeatOnChannel._lost_remote`` /
   ``_heartbeat_freq``: bounded stream sends and readers that notice a dead
-  server (``bounded_stream``, ``ClientStream``; see "streams" below).
+  server (``bounded_stream``, ``ClientStream``; see "streams" below);
+- ``zerorpc.gevent_zmq.Socket``'s send, recv and state check: replaced on
+  import by the same logic on plain integers, for speed (dcctl.wire.zrpcfast).
 
 It also quiets zerorpc's own log lines that report no problem of ours
 (PITFALLS, "zerorpc's own log lines").
@@ -36,6 +38,9 @@ import zmq
 from zerorpc.exceptions import LostRemote, RemoteError, TimeoutExpired
 
 from dcctl import errors
+from dcctl.wire import zrpcfast
+
+zrpcfast.install_fast_sockets()  # zerorpc's gevent socket without pyzmq's enum arithmetic
 
 __all__ = ["Client", "Context", "Event", "LostRemote", "RemoteError", "Server", "TimeoutExpired",
            "ZERORPC_NOISE", "ZerorpcNoiseFilter", "abandon_call", "capture", "connect", "frame_buffer", "make_event", "frame_user_id", "intercept_recv",

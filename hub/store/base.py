@@ -229,3 +229,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def routes(self) -> list[dict]:
         """Every route row, by name, container, port."""
+
+    # ------------------------------------------------------------ deploy: apps, releases, journal
+    # JSON documents by key (hub/apps.py, hub/deploy.py): apps/APP,
+    # releases/APP/NNNNNN, deploys/APP (the journal of a deploy under way).
+    @abc.abstractmethod
+    def deploy_doc_get(self, key: str) -> dict | None:
+        """The document at ``key``, or None."""
+
+    @abc.abstractmethod
+    def deploy_doc_put(self, key: str, doc: dict, create_only: bool = False) -> bool:
+        """Write ``doc`` at ``key``; with ``create_only`` only if there is
+        none (then False when one exists, atomically: two hubs starting a
+        deploy of one app, one wins).  Returns whether it was written."""
+
+    @abc.abstractmethod
+    def deploy_doc_delete(self, key: str) -> bool:
+        """Remove the document at ``key``; whether there was one."""
+
+    @abc.abstractmethod
+    def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
+        """Every (key, document) whose key starts with ``prefix``, by key."""

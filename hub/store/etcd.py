@@ -36,6 +36,12 @@ anyway, at one request per host per beat.  Records let the hub batch every
 host's beats in a few transactions and let the leader judge with the same
 rule (and code) as SQLite.
 
+While etcd is unavailable, the reads that route calls (``host``,
+``host_state``, ``container``, and ``routes``, the route table) answer from
+the last rows this hub read (every read refreshes them), so calls to
+existing containers still reach their hosts and routers keep their table;
+every write, and every other listing, fails with StoreUnavailable.
+
 The store never fills: etcd runs with auto-compaction and an explicit
 backend quota (tests/etcdkit.py, ops/fleet), and the leader compacts the
 history itself every ``COMPACT_EVERY_SECONDS`` (keeping the last
@@ -44,8 +50,10 @@ history itself every ``COMPACT_EVERY_SECONDS`` (keeping the last
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
+import socket
 import random
 import threading
 import time
@@ -65,6 +73,7 @@ DEFAULT_LEASE_SECONDS = 5
 BREAKER_SECONDS = 1.0
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 CAS_ATTEMPTS = 200
+HOSTS_READ_SECONDS = 0.5  # hosts() reads etcd at most this often (this hub's own changes: at once)
 COMPACT_EVERY_SECONDS = 300.0
 KEEP_REVISIONS = 10000
 
@@ -84,6 +93,66 @@ def _prefix_end(prefix: str) -> str:
     """The range_end that makes a range over every key starting with ``prefix``."""
     raw = prefix.encode()
     return base64.b64encode(raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+IDLE_RECONNECT_SECONDS = 5.0  # a kept connection idle longer is replaced before the next request
+
+
+class _Response:
+    """What etcd3gw reads of a requests.Response."""
+
+    def __init__(self, status: int, reason: str, body: bytes):
+        self.status_code, self.reason, self._body = status, reason, body
+
+    @property
+    def text(self) -> str:
+        return self._body.decode(errors="replace")
+
+    def json(self):
+        return json.loads(self._body)
+
+
+class _KeptSession:
+    """``requests.Session.post`` as etcd3gw calls it, over one kept-alive
+    ``http.client`` connection (one session per thread): the same requests,
+    errors (requests' Timeout and ConnectionError, which etcd3gw maps to
+    its own) and answers, at a third of requests' cost per call.  A request
+    is never sent twice; a connection idle for IDLE_RECONNECT_SECONDS is
+    replaced before use, so a stale one is not the cause of a failure."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self._conn: http.client.HTTPConnection | None = None
+        self._used = 0.0
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def post(self, url: str, json=None, data=None, timeout=None) -> _Response:
+        body = data if data is not None else _json_dumps(json)
+        path = urllib.parse.urlsplit(url).path
+        if self._conn is not None and time.monotonic() - self._used > IDLE_RECONNECT_SECONDS:
+            self._close()
+        try:
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            self._conn.request("POST", path, body, {"Content-Type": "application/json"})
+            answer = self._conn.getresponse()
+            out = _Response(answer.status, answer.reason, answer.read())
+            self._used = time.monotonic()
+            return out
+        except socket.timeout as exc:
+            self._close()
+            raise requests.exceptions.Timeout(str(exc)) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self._close()
+            raise requests.exceptions.ConnectionError(str(exc)) from exc
+
+
+def _json_dumps(value) -> str:
+    return json.dumps(value)
 
 
 class EtcdClient:
@@ -112,7 +181,8 @@ class EtcdClient:
         if client is None:
             import etcd3gw  # imported here: a SQLite hub never needs it
             client = self._local.client = etcd3gw.Etcd3Client(self.host, self.port, timeout=self.timeout_s,
-                                                              api_path="/v3/")
+                                                              api_path="/v3/",
+                                                              session=_KeptSession(self.host, self.port))
         return client
 
     def post(self, path: str, body: dict) -> dict:
@@ -132,7 +202,12 @@ class EtcdClient:
         client = self._client()
         try:
             return client.post(client.get_url(path), json=body)
-        except (ex.ConnectionFailedError, ex.ConnectionTimeoutError, requests.RequestException) as exc:
+        except ex.ConnectionTimeoutError as exc:  # sent, no answer: a write may still be applied
+            raise errors.StoreUnavailable(
+                f"etcd at {self.url} did not answer within {self.timeout_s:g} s",
+                hint="a write may still be applied: a claim left \"reserved\" is decided by the leader's "
+                     "journal once etcd answers") from exc
+        except (ex.ConnectionFailedError, requests.RequestException) as exc:
             raise errors.StoreUnavailable(f"etcd at {self.url} is unreachable ({type(exc).__name__})",
                                           hint="start etcd (or fix its endpoint); nothing was changed") from exc
         except ex.Etcd3Exception as exc:
@@ -156,6 +231,15 @@ class EtcdClient:
         out = self.post("kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
         return [(_unb64(kv["key"]), json.loads(_unb64(kv.get("value"))), int(kv["mod_revision"]))
                 for kv in out.get("kvs") or []]
+
+    def ranges(self, *prefixes: str) -> list[list[tuple[str, dict, int]]]:
+        """``range`` of each prefix (a prefix ending in "/"; any other
+        string is one key), all read at one revision in one request."""
+        ops = [{"request_range": {"key": _b64(p), **({"range_end": _prefix_end(p)} if p.endswith("/") else {})}}
+               for p in prefixes]
+        _, out = self.txn([], ops)
+        return [[(_unb64(kv["key"]), json.loads(_unb64(kv.get("value"))), int(kv["mod_revision"]))
+                 for kv in (r.get("response_range") or {}).get("kvs") or []] for r in out.get("responses") or []]
 
     def count(self, prefix: str) -> int:
         """How many keys are under ``prefix``."""
@@ -228,6 +312,15 @@ class EtcdStore(Store):
         self._leading = False
         self._task: gevent.Greenlet | None = None
         self._compacted = time.monotonic()
+        #: the last host and container rows read: routing reads while etcd is away
+        self._seen_hosts: dict[str, dict] = {}
+        self._seen_containers: dict[str, dict] = {}
+        self._seen_routes: list[dict] | None = None
+        self._hosts_read: tuple[float, list[dict]] | None = None  # (monotonic time, rows): see hosts()
+        self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
+        self._resv_read_at: float | None = None
+        self._claiming: dict[str, dict[str, int]] = {}  # host -> {name: memory_bytes} claims in flight here
+        self._beats_written: dict[str, float] = {}  # host -> the last beat this hub wrote (record_beats)
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
 
     def _k(self, *parts: str) -> str:
@@ -368,6 +461,7 @@ class EtcdStore(Store):
 
     def upsert_host(self, name: str, endpoint: str, address: str, labels: dict, capacity: dict,
                     key: str = "") -> dict:
+        self._hosts_read = None
         hkey = self._k("hosts", name)
 
         def once():
@@ -394,6 +488,7 @@ class EtcdStore(Store):
         return self._cas(once)
 
     def heartbeat(self, name: str, summary: dict, key: str = "", at: float | None = None) -> str | None:
+        self._hosts_read = None
         hkey = self._k("hosts", name)
         at = time.time() if at is None else at
 
@@ -414,7 +509,22 @@ class EtcdStore(Store):
         return self._cas(once)[0]
 
     def host_state(self, name: str, key: str = "") -> str | None:
-        got = self.etcd.get(self._k("hosts", name))
+        """See Store.host_state: every heartbeat asks it, so it answers from
+        the hosts read within HOSTS_READ_SECONDS when there is such a read
+        (this hub's own changes clear it at once)."""
+        cached = self._hosts_read
+        if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
+            row = self._seen_hosts.get(name)
+            if row is not None:
+                if row["key"] and row["key"] != key:
+                    raise errors.Unauthorized(f"host {name!r} belongs to another key")
+                return row["state"]
+        try:
+            got = self.etcd.get(self._k("hosts", name))
+        except errors.StoreUnavailable:
+            if name not in self._seen_hosts:
+                raise
+            got = (self._seen_hosts[name], 0)
         if got is None:
             return None
         if got[0]["key"] and got[0]["key"] != key:
@@ -423,24 +533,25 @@ class EtcdStore(Store):
 
     def record_beats(self, beats: dict[str, tuple[float, str, str | None]]) -> None:
         """See Store.record_beats: puts of beats/<host>, MAX_TXN_OPS a
-        transaction (a beat of a host removed meanwhile is dropped by the
-        next registration or removal)."""
-        known = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in self.etcd.range(self._k("beats", ""))}
-        hosts = {k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("hosts", ""))}
-        ops = []
+        transaction, no read: the hub takes beats only from hosts it found
+        registered (Heartbeats.beat), and a host beats to one hub at a time,
+        so this hub's own last write per host keeps each one from going
+        back in time (a beat of a host removed meanwhile is dropped by the
+        next registration or removal, and hosts() ignores it)."""
+        ops, written = [], {}
         for name, (at, summary, capacity) in sorted(beats.items()):
-            if name not in hosts:
-                continue
-            old = known.get(name)
-            if old is not None and old[0]["at"] >= at:
+            if at <= self._beats_written.get(name, 0.0):
                 continue
             ops.append(self.etcd.put(self._k("beats", name), {
                 "at": at, "summary": json.loads(summary),
                 "capacity": json.loads(capacity) if capacity is not None else None}))
+            written[name] = at
         for i in range(0, len(ops), MAX_TXN_OPS):
             self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+        self._beats_written.update(written)
 
     def mark_unreachable(self, deadline: float, fresh: set[str] | frozenset = frozenset()) -> list[str]:
+        self._hosts_read = None
         beats = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in self.etcd.range(self._k("beats", ""))}
         out = []
         for key, row, rev in self.etcd.range(self._k("hosts", "")):
@@ -456,17 +567,36 @@ class EtcdStore(Store):
         return out
 
     def host(self, name: str) -> dict:
-        got = self.etcd.get(self._k("hosts", name))
+        try:
+            got = self.etcd.get(self._k("hosts", name))
+            beat = self.etcd.get(self._k("beats", name)) if got is not None else None
+        except errors.StoreUnavailable:
+            if name in self._seen_hosts:
+                return dict(self._seen_hosts[name])
+            raise
         if got is None:
+            self._seen_hosts.pop(name, None)
             raise errors.NoSuchHost(f"no host {name!r} in the fleet")
-        beat = self.etcd.get(self._k("beats", name))
-        return self._host_row(got[0], beat[0] if beat else None)
+        row = self._seen_hosts[name] = self._host_row(got[0], beat[0] if beat else None)
+        return dict(row)
 
     def hosts(self) -> list[dict]:
-        beats = {k.rsplit("/", 1)[1]: v for k, v, _ in self.etcd.range(self._k("beats", ""))}
-        return [self._host_row(v, beats.get(v["name"])) for _, v, _ in self.etcd.range(self._k("hosts", ""))]
+        """See Store.hosts: read at most every HOSTS_READ_SECONDS (a
+        placement reads them for each decision; its capacity check is the
+        reservation records', always fresh), and at once after this hub
+        changed a host."""
+        cached = self._hosts_read
+        if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
+            return [dict(r) for r in cached[1]]
+        hosts, beats = self.etcd.ranges(self._k("hosts", ""), self._k("beats", ""))
+        beats = {k.rsplit("/", 1)[1]: v for k, v, _ in beats}
+        rows = [self._host_row(v, beats.get(v["name"])) for _, v, _ in hosts]
+        self._seen_hosts = {r["name"]: r for r in rows}
+        self._hosts_read = (time.monotonic(), rows)
+        return [dict(r) for r in rows]
 
     def remove_host(self, name: str) -> None:
+        self._hosts_read = None
         binding = self.binding(name)
         ops = [self.etcd.delete(self._k(p, name)) for p in ("hosts", "beats", "keys", "resv")]
         if binding is not None:
@@ -480,14 +610,24 @@ class EtcdStore(Store):
         return self.etcd.get(self._k("containers", name))
 
     def container(self, name: str) -> dict:
-        got = self._row(name)
+        try:
+            got = self._row(name)
+        except errors.StoreUnavailable:
+            if name in self._seen_containers:
+                return dict(self._seen_containers[name])
+            raise
         if got is None:
+            self._seen_containers.pop(name, None)
             raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
-        return got[0]
+        self._seen_containers[name] = got[0]
+        return dict(got[0])
 
     def containers(self, host: str | None = None) -> list[dict]:
         rows = [v for _, v, _ in self.etcd.range(self._k("containers", ""))]
-        return rows if host is None else [r for r in rows if r["host"] == host]
+        if host is None:
+            self._seen_containers = {r["name"]: r for r in rows}
+            return rows
+        return [r for r in rows if r["host"] == host]
 
     def _reservations(self) -> dict[str, tuple[dict, int]]:
         """{host: (its reservation record's names {name: memory_bytes}, mod revision)}."""
@@ -509,40 +649,79 @@ class EtcdStore(Store):
             names.pop(drop, None)
         names.update(add or {})
         key = self._k("resv", host)
+        self._resv_read_at = None  # this hub changes a record: claims read them all again
         return self.etcd.at(key, rev), self.etcd.put(key, {"names": names})
 
     def _abandoned_of(self, name: str) -> list[str]:
         return sorted(k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("abandoned", name, "")))
 
+    def _claim_figures(self) -> dict[str, tuple[dict, int]]:
+        """The reservation records a claim decides on: read at most every
+        HOSTS_READ_SECONDS (a stale one only costs a lost compare, then a
+        fresh read of that record), with this hub's claims in flight added."""
+        if self._resv_read_at is None or time.monotonic() - self._resv_read_at >= HOSTS_READ_SECONDS:
+            self._resv_cache = self._reservations()
+            self._resv_read_at = time.monotonic()
+        resv = dict(self._resv_cache)
+        for host, names in self._claiming.items():
+            if names:
+                old, rev = resv.get(host, ({}, 0))
+                resv[host] = ({**old, **names}, rev)
+        return resv
+
     def claim(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
         """See Store.claim: one transaction compares the name's
-        create_revision (0) and the chosen host's reservation record's mod
-        revision, and writes the row, the record and the in-flight key (on
-        this hub's lease); a lost race reads again and chooses again."""
-        ckey = self._k("containers", name)
+        create_revision (0), that no abandoned copy holds the name, and the
+        chosen host's reservation record's mod revision, and writes the row,
+        the record and the in-flight key (on this hub's lease).  A lost race
+        reads that record again and chooses again.  Decisions read the
+        records this hub last saw (see _claim_figures), so a claim is
+        usually one request; claims in flight on this hub count, so
+        concurrent ones pick different hosts instead of racing for one."""
+        ckey, akey = self._k("containers", name), self._k("abandoned", name, "")
         if self._lease is None and self._member is not None:
             self._renew()
 
         def once():
-            if self._row(name) is not None:
-                raise errors.ContainerExists(f"container {name!r} already exists in the fleet")
-            left = self._abandoned_of(name)
-            if left:
-                raise errors.ContainerExists(
-                    f"container {name!r} is still claimed: a failed create may have left a copy on"
-                    f" {', '.join(left)}",
-                    hint=f"the hub destroys that copy once {', '.join(left)} answers; create it again then")
-            resv = self._reservations()
+            resv = self._claim_figures()
             host = choose(self._figures(resv))
             now = time.time()
             row = {"name": name, "host": host, "image": image, "memory_bytes": memory_bytes, "state": "reserved",
                    "spec": spec, "ports": [], "created_at": now, "updated_at": now}
-            cmp, put = self._resv_ops(resv, host, add={name: memory_bytes})
-            ops = [self.etcd.put(ckey, row), put]
+            names, rev = self._resv_cache.get(host, ({}, 0))
+            names = {**names, name: memory_bytes}
+            rkey = self._k("resv", host)
+            ops = [self.etcd.put(ckey, row), self.etcd.put(rkey, {"names": names})]
             if self._lease:
                 ops.append(self.etcd.put(self._k("inflight", name), self.hub_name, self._lease))
-            ok, _ = self.etcd.txn([self.etcd.at(ckey, 0), cmp], ops)
-            return row if ok else None
+            no_copy = {"key": _b64(akey), "range_end": _prefix_end(akey), "target": "CREATE", "result": "EQUAL",
+                       "create_revision": "0"}
+            self._claiming.setdefault(host, {})[name] = memory_bytes
+            try:
+                ok, out = self.etcd.txn([self.etcd.at(ckey, 0), no_copy, self.etcd.at(rkey, rev)], ops,
+                                        [self.etcd.read(ckey), {"request_range": {"key": _b64(akey),
+                                                                                  "range_end": _prefix_end(akey)}},
+                                         self.etcd.read(rkey)])
+            finally:
+                self._claiming[host].pop(name, None)
+            if ok:
+                self._resv_cache[host] = (names, int(out["header"]["revision"]))
+                return row
+            found = [r["response_range"].get("kvs") or [] for r in out["responses"]]
+            if found[0]:
+                raise errors.ContainerExists(f"container {name!r} already exists in the fleet")
+            if found[1]:
+                left = sorted(_unb64(kv["key"]).rsplit("/", 1)[1] for kv in found[1])
+                raise errors.ContainerExists(
+                    f"container {name!r} is still claimed: a failed create may have left a copy on"
+                    f" {', '.join(left)}",
+                    hint=f"the hub destroys that copy once {', '.join(left)} answers; create it again then")
+            if found[2]:  # the record changed: take the one read, choose again
+                self._resv_cache[host] = (json.loads(_unb64(found[2][0].get("value")))["names"],
+                                          int(found[2][0]["mod_revision"]))
+            else:
+                self._resv_cache.pop(host, None)
+            return None
 
         return self._cas(once)
 
@@ -659,17 +838,16 @@ class EtcdStore(Store):
         ckey = self._k("containers", name)
 
         def once():
-            got = self._row(name)
-            if got is None:
+            got, resv, routes = self.etcd.ranges(ckey, self._k("resv", ""), self._k("routes", ""))
+            if not got:
                 return (False,)
-            row, rev = got
-            resv = self._reservations()
+            _, row, rev = got[0]
+            resv = {k.rsplit("/", 1)[1]: (v["names"], r) for k, v, r in resv}
             cmps, ops = [self.etcd.at(ckey, rev)], [self.etcd.delete(ckey), self.etcd.delete(self._k("inflight", name))]
             if name in resv.get(row["host"], ({}, 0))[0]:
                 cmp, put = self._resv_ops(resv, row["host"], drop=name)
                 cmps.append(cmp), ops.append(put)
-            ops += [self.etcd.delete(self._route_key(r["name"], name, r["port"]))
-                    for r in self.routes() if r["container"] == name]
+            ops += [self.etcd.delete(k) for k, _, _ in routes if k.split("/")[-2] == name]
             ok, _ = self.etcd.txn(cmps, ops[:MAX_TXN_OPS])
             if ok and len(ops) > MAX_TXN_OPS:
                 for i in range(MAX_TXN_OPS, len(ops), MAX_TXN_OPS):
@@ -711,10 +889,17 @@ class EtcdStore(Store):
     def routes(self) -> list[dict]:
         rows = []
         base = self._k("routes", "")
-        for key, value, _ in self.etcd.range(base):
+        try:
+            found = self.etcd.range(base)
+        except errors.StoreUnavailable:
+            if self._seen_routes is None:
+                raise
+            return [dict(r) for r in self._seen_routes]
+        for key, value, _ in found:
             name, container, port = key[len(base):].split("/")
             rows.append({"name": name, "container": container, "port": int(port), "created_at": value["created_at"]})
-        return sorted(rows, key=lambda r: (r["name"], r["container"], r["port"]))
+        self._seen_routes = sorted(rows, key=lambda r: (r["name"], r["container"], r["port"]))
+        return [dict(r) for r in self._seen_routes]
 
     # ------------------------------------------------------------ the registry's index
     def registry_put(self, manifest: dict, sizes: dict[str, int], source: str | None) -> None:
@@ -735,3 +920,22 @@ class EtcdStore(Store):
     def registry_remove(self, image_id: str) -> None:
         """Drop ``image_id`` from the index."""
         self.etcd.txn([], [self.etcd.delete(self._k("registry", image_id))])
+
+    # ------------------------------------------------------------ deploy: apps, releases, journal
+    # (see Store: JSON documents by key, under PREFIX/deploy/)
+    def deploy_doc_get(self, key: str) -> dict | None:
+        got = self.etcd.get(self._k("deploy", key))
+        return got[0] if got else None
+
+    def deploy_doc_put(self, key: str, doc: dict, create_only: bool = False) -> bool:
+        k = self._k("deploy", key)
+        ok, _ = self.etcd.txn([self.etcd.at(k, 0)] if create_only else [], [self.etcd.put(k, doc)])
+        return ok
+
+    def deploy_doc_delete(self, key: str) -> bool:
+        out = self.etcd.post("kv/deleterange", {"key": _b64(self._k("deploy", key))})
+        return bool(int(out.get("deleted") or 0))
+
+    def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
+        base = self._k("deploy", "")
+        return [(key[len(base):], value) for key, value, _ in self.etcd.range(self._k("deploy", prefix))]

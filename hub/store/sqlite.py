@@ -145,10 +145,41 @@ class _Connection:
         return getattr(self._conn, name)
 
 
-def _row(cur: sqlite3.Cursor, row: tuple) -> dict:
-    out = {}
-    for (name, *_), value in zip(cur.description, row):
-        out[name] = json.loads(value) if name in _JSON_COLS else value
+#: JSON text -> the flat map parsed from it (labels, capacity: scalar values);
+#: a placement reads every host row, and these rarely change between two reads
+_FLAT_MAPS: dict[str, dict] = {}
+_FLAT_MAPS_MAX = 8192
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json(text: str):
+    """``json.loads(text)``, a fresh value each call; a flat map (scalar
+    values only) is parsed once per distinct text and handed out as a copy."""
+    flat = _FLAT_MAPS.get(text)
+    if flat is not None:
+        return dict(flat)
+    if text == "[]":
+        return []
+    value = json.loads(text)
+    if type(value) is dict and all(type(v) in _SCALARS for v in value.values()):
+        if len(_FLAT_MAPS) >= _FLAT_MAPS_MAX:
+            _FLAT_MAPS.clear()
+        _FLAT_MAPS[text] = value
+        return dict(value)
+    return value
+
+
+def _rows(cur: sqlite3.Cursor, rows: list[tuple]) -> list[dict]:
+    """Rows as dicts by column name, JSON columns parsed (the column names
+    looked up once per query, not per row)."""
+    names = [d[0] for d in cur.description]
+    parsed = [(i, n) for i, n in enumerate(names) if n in _JSON_COLS]
+    out = []
+    for row in rows:
+        d = dict(zip(names, row))
+        for i, n in parsed:
+            d[n] = _json(row[i])
+        out.append(d)
     return out
 
 
@@ -235,7 +266,7 @@ class HubStore(Store):
 
     def _all(self, sql: str, args: tuple = ()) -> list[dict]:
         cur = self.db.execute(sql, args)
-        return [_row(cur, r) for r in cur.fetchall()]
+        return _rows(cur, cur.fetchall())
 
     # ------------------------------------------------------------ host keys
     def bind_key(self, name: str, key: str) -> dict:
@@ -529,3 +560,151 @@ class HubStore(Store):
     def routes(self) -> list[dict]:
         """Every route row: [{name, container, port, created_at}], by name."""
         return self._all("SELECT * FROM routes ORDER BY name, container, port")
+
+    # ------------------------------------------------------------ deploy: apps, releases, journal
+    # (owned by the deploy work, hub/apps.py and hub/deploy.py)  JSON
+    # documents by key, so that a key-value store (etcd) keeps them as is:
+    #   apps/APP                  {name, created, next_release, current}
+    #   releases/APP/NNNNNN       {app, release, image, config, state, ...}
+    #   deploys/APP               the journal of the deploy under way
+    _deploy_ready = False
+
+    def _deploy_docs(self) -> _Connection:
+        if not self._deploy_ready:
+            self.db.execute("CREATE TABLE IF NOT EXISTS deploy_docs (key TEXT PRIMARY KEY, doc TEXT NOT NULL,"
+                            " updated_at REAL NOT NULL)")
+            self._deploy_ready = True
+        return self.db
+
+    def deploy_doc_get(self, key: str) -> dict | None:
+        """The document at ``key``, or None."""
+        row = self._deploy_docs().execute("SELECT doc FROM deploy_docs WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def deploy_doc_put(self, key: str, doc: dict, create_only: bool = False) -> bool:
+        """Write ``doc`` at ``key``; with ``create_only``, only if there is
+        none (then False when one exists).  Returns whether it was written.
+        Raises: StoreError (the disk failed: nothing was written)."""
+        self._deploy_docs()
+        with self.write() as db:
+            if create_only and db.execute("SELECT 1 FROM deploy_docs WHERE key=?", (key,)).fetchone():
+                return False
+            db.execute("INSERT OR REPLACE INTO deploy_docs (key, doc, updated_at) VALUES (?, ?, ?)",
+                       (key, json.dumps(doc, sort_keys=True), time.time()))
+        return True
+
+    def deploy_doc_delete(self, key: str) -> bool:
+        """Remove the document at ``key``; whether there was one."""
+        self._deploy_docs()
+        with self.write() as db:
+            return bool(db.execute("DELETE FROM deploy_docs WHERE key=?", (key,)).rowcount)
+
+    def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
+        """Every (key, document) whose key starts with ``prefix``, by key."""
+        rows = self._deploy_docs().execute(
+            "SELECT key, doc FROM deploy_docs WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix)).fetchall()
+        return [(k, json.loads(d)) for k, d in rows]
+    # ------------------------------------------------------------ fleet events (section of `events`)
+    # Fleet events (hub/events.py) as JSON documents by fleet index; the
+    # index is AUTOINCREMENT, never reused, also once old events are
+    # pruned.  ``event_cursors``: per host, the last agent event index
+    # taken in (written in the same transaction as those events, so each
+    # agent event is taken exactly once).  ``event_marks``: what pruning
+    # dropped last (pruned_index, pruned_at), to tell a resume from before
+    # retention.
+    _EVENTS_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS fleet_events (
+        idx INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS fleet_events_at ON fleet_events(at);
+    CREATE TABLE IF NOT EXISTS event_cursors (host TEXT PRIMARY KEY, agent_index INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS event_marks (name TEXT PRIMARY KEY, value REAL NOT NULL);
+    """
+
+    def _events_ready(self) -> None:
+        if not getattr(self, "_events_schema_done", False):
+            self.db.executescript(self._EVENTS_SCHEMA)
+            self._events_schema_done = True
+
+    def events_append(self, docs: list[dict], host: str | None = None,
+                      agent_index: int | None = None) -> list[dict]:
+        """Append fleet events in one transaction, each ``{at, ...}`` given
+        the next fleet ``index``; with ``host`` and ``agent_index``, that
+        host's event cursor becomes ``agent_index`` in the same transaction.
+
+        Returns: the documents with their ``index``.
+        Raises: StoreError (nothing was written)."""
+        self._events_ready()
+        out = []
+        with self.write() as db:
+            for doc in docs:
+                cur = db.execute("INSERT INTO fleet_events (at, doc) VALUES (?, '{}')", (float(doc["at"]),))
+                full = {**doc, "index": cur.lastrowid}
+                db.execute("UPDATE fleet_events SET doc=? WHERE idx=?", (json.dumps(full), cur.lastrowid))
+                out.append(full)
+            if host is not None and agent_index is not None:
+                db.execute("INSERT INTO event_cursors (host, agent_index) VALUES (?, ?) ON CONFLICT(host)"
+                           " DO UPDATE SET agent_index=excluded.agent_index", (host, agent_index))
+        return out
+
+    def events_after(self, index: int, limit: int) -> list[dict]:
+        """Events with a fleet index above ``index``, oldest first, at most ``limit``."""
+        self._events_ready()
+        rows = self.db.execute("SELECT doc FROM fleet_events WHERE idx > ? ORDER BY idx LIMIT ?",
+                               (index, limit)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def events_index_at(self, at: float) -> int:
+        """The newest fleet index of an event at or before ``at`` (Unix s);
+        the last pruned index when no kept event is that old."""
+        self._events_ready()
+        row = self.db.execute("SELECT MAX(idx) FROM fleet_events WHERE at <= ?", (at,)).fetchone()
+        return row[0] if row and row[0] is not None else int(self.events_bounds()["pruned_index"])
+
+    def events_bounds(self) -> dict:
+        """{first (oldest kept index, or last + 1), last (newest index
+        given, 0 before any), pruned_index, pruned_at (0 before any pruning)}."""
+        self._events_ready()
+        first = self.db.execute("SELECT MIN(idx) FROM fleet_events").fetchone()[0]
+        seq = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='fleet_events'").fetchone()
+        last = seq[0] if seq else 0
+        marks = dict(self.db.execute("SELECT name, value FROM event_marks").fetchall())
+        return {"first": first if first is not None else last + 1, "last": last,
+                "pruned_index": int(marks.get("pruned_index", 0)), "pruned_at": marks.get("pruned_at", 0.0)}
+
+    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
+        """Drop the oldest events beyond ``max_count`` and those older than
+        ``max_age_s``; returns how many went."""
+        self._events_ready()
+        now = time.time() if now is None else now
+        with self.write() as db:
+            row = db.execute("SELECT idx FROM fleet_events ORDER BY idx DESC LIMIT 1 OFFSET ?",
+                             (max_count,)).fetchone()
+            cut = row[0] if row else 0
+            old = db.execute("SELECT MAX(idx) FROM fleet_events WHERE at < ?", (now - max_age_s,)).fetchone()[0]
+            cut = max(cut, old or 0)
+            if not cut:
+                return 0
+            at = db.execute("SELECT MAX(at) FROM fleet_events WHERE idx <= ?", (cut,)).fetchone()[0]
+            gone = db.execute("DELETE FROM fleet_events WHERE idx <= ?", (cut,)).rowcount
+            for name, value in (("pruned_index", cut), ("pruned_at", at or 0.0)):
+                db.execute("INSERT INTO event_marks (name, value) VALUES (?, ?) ON CONFLICT(name)"
+                           " DO UPDATE SET value=MAX(value, excluded.value)", (name, value))
+        return gone
+
+    def event_cursor(self, host: str) -> int:
+        """The last agent event index taken in from ``host`` (0: none)."""
+        self._events_ready()
+        row = self.db.execute("SELECT agent_index FROM event_cursors WHERE host=?", (host,)).fetchone()
+        return row[0] if row else 0
+
+    def set_event_cursor(self, host: str, agent_index: int) -> None:
+        """Set ``host``'s event cursor (0 when its agent's journal started over)."""
+        self._events_ready()
+        with self.write() as db:
+            db.execute("INSERT INTO event_cursors (host, agent_index) VALUES (?, ?) ON CONFLICT(host)"
+                       " DO UPDATE SET agent_index=excluded.agent_index", (host, agent_index))
+    # ------------------------------------------------------------ end of the `events` section

@@ -128,7 +128,7 @@ def status(prefix: str) -> dict | None:
     state = load(prefix)
     if state is None:
         return None
-    for proc in [state["hub"], *state["hosts"]] if state["hub"] else state["hosts"]:
+    for proc in [*(state.get("hubs") or ([state["hub"]] if state["hub"] else [])), *state["hosts"]]:
         pid = proc.get("pid")
         proc["alive"] = bool(pid) and _alive(pid) and pid in _pids(prefix)
         proc["ping"] = ping(proc["ipc"]) if proc["alive"] else False

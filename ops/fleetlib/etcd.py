@@ -9,6 +9,8 @@ default.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -44,6 +46,40 @@ def port_free(address: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+LOCK_DIR = "/run/dcfleet/locks"
+#: dcfleet's own etcd ports on loopback (tests, benchmarks): client P, peer P + 5
+LOOPBACK_CLIENT_PORTS = range(23790, 23795)
+
+
+@contextlib.contextmanager
+def local_etcd(tmp_dir: str, address: str = "127.0.0.1", ports=LOOPBACK_CLIENT_PORTS):
+    """A started EtcdServer on ``address`` with a free port pair from
+    ``ports`` (client P, peer P + 5) and its data dir under ``tmp_dir``;
+    stopped and removed on exit.  A lock file holds the port pair while in
+    use, so parallel runs never share one.
+    Raises: RuntimeError (no free port pair; etcd did not start)."""
+    import uuid
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    for port in ports:
+        fd = os.open(os.path.join(LOCK_DIR, f"etcd-{port}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        if not (port_free(address, port) and port_free(address, port + 5)):
+            os.close(fd)
+            continue
+        server = EtcdServer(os.path.join(tmp_dir, f"etc-{uuid.uuid4().hex[:8]}"), address, port, port + 5)
+        try:
+            yield server.start()
+        finally:
+            server.remove()
+            os.close(fd)
+        return
+    raise RuntimeError(f"no free etcd port pair in {ports.start}-{ports.stop - 1} on {address}")
 
 
 class EtcdServer:

@@ -20,11 +20,17 @@ from dcctl.wire.endpoint import parse_endpoint
 from ops.fleetlib.base import (FleetError, REPO, _in_net, _last_line, _netns, _root_veths, _run,
                                ensure_forward_rule, forward_rule, load, paths, ping, plan, save)
 from ops.fleetlib.down import down
+from ops.fleetlib.hubs import hub_args, hub_endpoints, plan_hubs, share_keys, start_etcd
 
 # Runs inside the host's namespaces: a sysfs of the network namespace, with the
 # machine's cgroup mounts moved onto it, then exec of the command.
 _ENTER_SH = ('set -e; t=$1; shift; mkdir -p "$t"; mount --rbind /sys/fs/cgroup "$t"; umount -l /sys; '
              'mount -t sysfs sysfs /sys; mount --move "$t" /sys/fs/cgroup; rmdir "$t"; exec "$@"')
+
+
+#: Each agent's Prometheus endpoint, on its namespace address (agents/metrics.py).
+METRICS_PORT = 9323
+HUB_METRICS_PORT = 9324
 
 
 def _check_subnet_free(subnet: str) -> None:
@@ -49,10 +55,11 @@ def agent_argv(state: dict, h: dict, agent_args: list[str]) -> list[str]:
     """The command that runs host ``h``'s agent inside its namespaces."""
     cmd = [sys.executable, "-m", "agents.main", "--listen", h["tcp"], "--listen", h["ipc"],
            "--state-dir", h["state_dir"], "--bridge", h["bridge"], "--subnet", h["subnet"],
-           "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"]]
+           "--port-range", h["port_range"], "--host-name", h["name"], "--advertise-address", h["address"],
+           f"--metrics-listen={h['address']}:{METRICS_PORT}"]
     if state["hub"]:
         # --flag=VALUE: a Z85 key may start with "-"
-        cmd += ["--hub", state["hub"]["tcp"], f"--hub-key={state['hub']['public_key']}",
+        cmd += ["--hub", hub_endpoints(state), f"--hub-key={state['hub']['public_key']}",
                 "--heartbeat-s", str(state.get("heartbeat_s", 2.0))]
     tmp = f"{state['dirs']['run']}/{h['name']}.cgroup"
     return [*_in_net(h["netns"]), "unshare", "--mount", "--propagation", "slave", "--",
@@ -149,7 +156,7 @@ def _wait_ready(procs: dict, timeout_s: float) -> None:
 def router_argv(state: dict) -> list[str]:
     """The command that runs the fleet's router inside its namespace."""
     r, hub = state["router"], state["hub"]
-    return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub["tcp"],
+    return [*_in_net(r["netns"]), sys.executable, "-m", "router.main", "--hub", hub_endpoints(state),
             f"--hub-key={hub['public_key']}", "--key", r["key"], "--state-dir", r["state_dir"],
             "--listen", r["listen"]]
 
@@ -175,14 +182,29 @@ def _wait_router(state: dict, proc: subprocess.Popen, timeout_s: float) -> None:
 
 def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
        agent_args: list[str] = (), timeout_s: float = 60.0, heartbeat_s: float = 2.0,
-       router: bool = False, route_domain: str | None = None) -> dict:
-    """Bring a fleet up (see the module docstring) and return its state.
+       router: bool = False, route_domain: str | None = None, store: str = "sqlite", hubs: int = 1,
+       prometheus: bool = False) -> dict:
+    """Bring a fleet up (see the module docstring) and return its state;
+    ``store`` "etcd" runs a local etcd and ``hubs`` hubs on it
+    (ops.fleetlib.hubs); with ``prometheus``, Debian's Prometheus scraping
+    every hub and agent (ops/fleetlib/prometheus.py).
 
     Raises: FleetError (bad arguments, already up, a step failed); on failure
     after the first change everything made is undone."""
     state, p = plan(prefix, n, subnet, hub_port, hub, router, route_domain), paths(prefix)
+    plan_hubs(state, store, hubs, hub_port)
     state["heartbeat_s"] = heartbeat_s
     state["agent_args"] = list(agent_args)  # `ops/fleet start HOST` runs the agent with them again
+    for h in state["hosts"]:
+        h["metrics_url"] = f"http://{h['address']}:{METRICS_PORT}/metrics"
+    for i, hd in enumerate(state["hubs"]):
+        hd["metrics_url"] = f"http://{state['gateway']}:{HUB_METRICS_PORT + i}/metrics"
+    state["prometheus"] = None
+    if prometheus:
+        from ops.fleetlib import prometheus as prom
+        if not os.path.exists(prom.PROMETHEUS):
+            raise FleetError(f"--prometheus: {prom.PROMETHEUS} is not installed (ops/setup installs it)")
+        state["prometheus"] = prom.plan_prometheus(state)
     if load(prefix) or _netns(prefix) or os.path.exists(f"/sys/class/net/{p['bridge']}") or _root_veths(prefix):
         raise FleetError(f"a fleet with prefix {prefix!r} is already up (or left over): "
                          f"run `ops/fleet down --prefix {prefix}` first")
@@ -216,19 +238,28 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
                          ["link", "set", "eth0", "up"], ["route", "add", "default", "via", state["gateway"]]):
                 _run(["ip", "-n", r["netns"], *argv])
         setup_keys(state)
+        share_keys(state)
         save(state)
+        if state.get("etcd"):
+            start_etcd(state, timeout_s)
+            save(state)
         procs = {}
         if hub:
-            hd = state["hub"]
-            os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
-            argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
-                    "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
-                    "--route-domain", state["route_domain"]]
-            procs["hub"] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
-            hd["pid"] = procs["hub"][0].pid
-            save(state)
-            _wait_ready({"hub": procs["hub"]}, timeout_s)
-            add_hosts(state)  # before the agents start: they register at once
+            for i, hd in enumerate(state["hubs"]):
+                os.makedirs(hd["state_dir"], mode=0o700, exist_ok=True)
+                argv = [sys.executable, "-m", "hub.main", "--listen", hd["tcp"], "--listen", hd["ipc"],
+                        "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
+                        "--route-domain", state["route_domain"], *hub_args(state, hd),
+                        f"--metrics-listen={state['gateway']}:{HUB_METRICS_PORT + i}"]
+                key = "hub" if i == 0 else hd["name"]
+                procs[key] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
+                hd["pid"] = procs[key][0].pid
+                if i == 0:
+                    state["hub"]["pid"] = hd["pid"]
+                save(state)
+                _wait_ready({key: procs[key]}, timeout_s)
+                if i == 0:
+                    add_hosts(state)  # before the agents start: they register at once
         for h in state["hosts"]:
             procs[h["name"]] = (_spawn(agent_argv(state, h, list(agent_args)), h["log"], h["pid_file"]),
                                 h["ipc"], h["log"])
@@ -243,6 +274,14 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
             r["pid"] = proc.pid
             save(state)
             _wait_router(state, proc, timeout_s)
+        if state["prometheus"]:
+            from ops.fleetlib import prometheus as prom
+            pr = state["prometheus"]
+            prom.write_config(pr, state)
+            proc = _spawn(prom.prometheus_argv(pr), pr["log"], pr["pid_file"])
+            pr["pid"] = proc.pid
+            save(state)
+            prom.wait_ready(pr, proc, timeout_s)
         state["status"] = "up"
         save(state)
         return state

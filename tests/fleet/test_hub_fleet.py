@@ -267,7 +267,7 @@ def test_enter_through_the_hub_is_a_tty_on_the_owning_host(hub, fleet):
 
 def test_broadcast_and_queue_take_arguments_typed_as_text(hub, fleet):
     hub.call("create_container", "busybox", "typed.args", {"host": "host-1", "no_start": True})
-    out = hub.call("broadcast", "container_logs", ["typed.args", "100"], {"target": "host-1"})
+    out = hub.call("broadcast", "container_logs", ["typed.args", '{"tail": 100}'], {"target": "host-1"})
     assert out["results"]["host-1"]["status"] == "ok", out
     done = hub.call("queue", "ops_run", ["echo $DC_HOST_NAME", "5"])
     assert done["result"]["stdout"] == f"{done['host']}\n"

@@ -50,25 +50,3 @@ def test_image_rm_of_a_large_tree_never_stalls_the_agent(agent_factory, tmp_path
           f"({pings} pings)")
     assert worst < PING_BOUND_SECONDS
     assert pings >= 3, "the removal ended before the loop could be watched"
-
-
-def test_container_logs_tail_read_in_the_pool(agent_factory):
-    """container_logs reads the console log's tail (up to 4 MiB) in the
-    thread pool: the same answers, typed errors included.  The test writes
-    the log as LXC would (``lxc.console.logfile``), 5 MiB of it."""
-    agent = agent_factory()
-    agent.call("container_create", "busybox", "logs.one")
-    assert agent.call("container_logs", "logs.one") == {"name": "logs.one", "size_bytes": 0, "data": b"",
-                                                         "truncated": False}
-    body = b"".join(b"line %07d\n" % i for i in range(5 * (1 << 20) // 13 + 1))
-    with open(os.path.join(agent.lxc_path, "logs.one", "console.log"), "wb") as f:
-        f.write(body)
-    out = agent.call("container_logs", "logs.one", 4 << 20)
-    assert out["size_bytes"] == len(body) and out["truncated"] is True and out["data"] == body[-(4 << 20):]
-    out = agent.call("container_logs", "logs.one", 13)
-    assert out["data"] == body[-13:]
-    with pytest.raises(errors.NoSuchContainer):
-        agent.call("container_logs", "logs.none")
-    with pytest.raises(errors.InvalidArgument):
-        agent.call("container_logs", "logs.one", (4 << 20) + 1)
-    agent.call("container_destroy", "logs.one")

@@ -45,6 +45,25 @@ FIGURES = {
               (r"^  shipped into the registry: \d+ bytes; pulled by the other host: \d+ bytes; new layer \d+ bytes; "
                r"image \d+ bytes$", 1),
               (r"^  shipped / layer: (0\.9\d\d|1\.0\d\d|1\.100) \(target <= 1.10\); shipped / image: [\d.]+$", 1)],
+    "deploy": [(r"^  deploy v2: start -> switched [\d.]+ s, whole call [\d.]+ s \(retire [\d.]+ s\), \d+ requests, "
+                r"0 failed$", 1),
+               (r"^  deploy time start -> switched: median [\d.]+ s, max [\d.]+ s over 1 deploys$", 1),
+               (r"^  failed requests during deploys: 0 of \d+ \(target 0\)$", 1),
+               (r"^  volume app \(one writer, stop-first\): gap without a serving container [\d.]+ s, "
+                r"start -> switched [\d.]+ s$", 1)],
+    "observe": [(r"^  scrape /metrics with 3 running containers: median +[\d.]+ ms  p95 +[\d.]+ ms  max +[\d.]+ ms  "
+                 r"\(5 scrapes, \d+ bytes, \d+ samples; target < 100 ms\)$", 1),
+                (r"^  of which in the agent \(collect and format\): median [\d.]+ ms; load average [\d.]+$", 1),
+                (r"^  agent CPU idle: [\d.]+% of a CPU over 10 s$", 1),
+                (r"^  agent CPU with a scrape every 5 s: [\d.]+% of a CPU over 10 s$", 1),
+                (r"^  log writers: 3 processes, RSS median [\d.]+ MiB, total [\d.]+ MiB$", 1)],
+    "scale": [(r"^  hub CPU with 0 hosts: +[\d.]+% of a core over [\d.]+ s$", 1),
+              (r"^    20 hosts: hub CPU +[\d.]+% of a core over [\d.]+ s \(0 hosts: [\d.]+%; target < 25% at 1000\)$",
+               1),
+              (r"^    20 hosts: broadcast container_ls median +[\d.]+ ms p99 +[\d.]+ ms   raw fan-out median +[\d.]+ ms "
+               r"p99 +[\d.]+ ms   \(target < 1000 ms median\)$", 1),
+              (r"^  hub restart, (jitter 1 s|no jitter \(reference\)): 20 hosts registered again +[\d.]+ s to +[\d.]+ s "
+               r"after the start \(spread +[\d.]+ s\), peak \d+ registrations/s$", 2)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -60,7 +79,8 @@ def _prefix(bench: str) -> str:
     return {"lifecycle": TEST_PREFIX + secrets.token_hex(3), "fanout": "f" + secrets.token_hex(3),
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
             "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
-            "build": "bld" + secrets.token_hex(2)}[bench]
+            "build": "bld" + secrets.token_hex(2), "deploy": "dpl" + secrets.token_hex(2),
+            "observe": TEST_PREFIX + secrets.token_hex(3), "scale": "scl" + secrets.token_hex(3)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -83,9 +103,11 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcfan-{prefix}"]
     elif bench == "rpc":
         roots = [f"/tmp/dcrpc-{prefix}"]
-    elif bench == "lifecycle":
+    elif bench == "scale":
+        roots = [f"/tmp/dcscale-{prefix}"]
+    elif bench in ("lifecycle", "observe"):
         agents = [prefix]
-    elif bench in ("placement", "routing", "build"):
+    elif bench in ("placement", "routing", "build", "deploy"):
         fleets = [prefix]
         roots = [f"/tmp/dcbld-{prefix}"] if bench == "build" else []
     elif bench == "failover":
@@ -135,7 +157,7 @@ def bench_run(request):
 
 def _force_cleanup(bench: str, prefix: str) -> None:
     from tests.agentproc import cleanup_prefix
-    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}", f"/tmp/dcbld-{prefix}"):
+    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}", f"/tmp/dcbld-{prefix}", f"/tmp/dcscale-{prefix}"):
         for pid in _pids_with(marker):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(marker, ignore_errors=True)
@@ -168,12 +190,14 @@ def _made_something(bench: str, prefix: str):
     """A condition true once the run is in the middle of its work."""
     if bench == "fanout":  # the hub and both hollow agents run
         return lambda: len(_pids_with(f"/tmp/dcfan-{prefix}/")) >= 3
+    if bench == "scale":  # the hub and a hollow fleet process run
+        return lambda: len(_pids_with(f"/tmp/dcscale-{prefix}/")) >= 2
     if bench == "rpc":  # the hollow agent runs; the calls go on for minutes
         return lambda: bool(_pids_with(f"/tmp/dcrpc-{prefix}/"))
-    if bench == "lifecycle":  # the agent has made a container
+    if bench in ("lifecycle", "observe"):  # the agent has made a container
         root = _agent_root(prefix)
         return lambda: bool(glob.glob(f"{root}/lxc/*/config"))
-    fleet = prefix if bench in ("placement", "routing", "build") else prefix + "2"
+    fleet = prefix if bench in ("placement", "routing", "build", "deploy") else prefix + "2"
     state = fleetmod.paths(fleet)["state"]
     if bench == "build":  # the hub keeps the log of each build it finished
         return lambda: bool(glob.glob(f"{state}/*/registry/builds/*.log"))
@@ -183,7 +207,10 @@ def _made_something(bench: str, prefix: str):
 # long runs, so the signal comes mid-run; sizes as in --quick otherwise
 LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "--rounds", "1000000"),
         "placement": ("--quick", "--creates", "100000"), "rpc": ("--calls", "10000000"),
-        "failover": ("--quick", "--containers", "30"), "build": ("--quick", "--builds", "100000"), "routing": ("--quick", "--seconds", "100000")}
+        "failover": ("--quick", "--containers", "30"), "build": ("--quick", "--builds", "100000"),
+        "routing": ("--quick", "--seconds", "100000"), "deploy": ("--quick", "--deploys", "100000"),
+        "observe": ("--quick", "--containers", "30"),
+        "scale": ("--quick", "--rounds", "1000000")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])

@@ -219,7 +219,8 @@ def test_image_ls_hostinfo_network_and_events_fit():
 def test_empty_listings_print_their_header():
     for method in output.VIEWS:
         code, lines = view(method, [])
-        assert code == 0 and len(lines) == 1 and lines[0].split()[0] in ("name", "host", "at"), (method, lines)
+        assert code == 0 and len(lines) == 1 and lines[0].split()[0] in ("name", "host", "at", "version", "app"), (
+            method, lines)
         assert view(method, [], wide=True)[1] == lines
 
 

@@ -128,3 +128,22 @@ def test_a_bad_boot_id_is_refused_before_any_change(hub, agent, boot_id):
     register(hub, "host-1", agent, "boot-a")
     with pytest.raises(errors.InvalidArgument, match="boot_id"):
         hub.host_heartbeat("host-1", {"capacity": CAPACITY, "boot_id": boot_id})
+
+
+def test_the_queue_members_follow_joins_removals_and_losses_without_rereading_every_pass(hub, agent):
+    """The monitor re-reads the alive hosts only when membership changed
+    (and every MEMBERS_REFRESH_PASSES passes), yet the worker queue's
+    members still follow every join, removal and loss at the next pass."""
+    hub.start()
+    members = lambda: set(hub.hub_info()["queue"]["members"])  # noqa: E731
+    register(hub, "host-1", agent, "boot-1")
+    register(hub, "host-2", agent, "boot-2")
+    wait_for(lambda: members() == {"host-1", "host-2"}, 10, "both hosts in the queue")
+    hub.host_remove("host-2")
+    wait_for(lambda: members() == {"host-1"}, 10, "the removed host out of the queue")
+    # host-1 beats no more: lost after its grace, and out of the queue
+    wait_for(lambda: members() == set(), 20, "the lost host out of the queue")
+    assert hub.store.host("host-1")["state"] == "unreachable"
+    hub.host_heartbeat("host-1", {"capacity": CAPACITY, "boot_id": "boot-1"})  # back
+    wait_for(lambda: members() == {"host-1"}, 10, "the host back in the queue")
+    assert not hub.members_changed()  # the monitor took the note

@@ -230,3 +230,22 @@ def test_a_reservation_whose_hub_died_is_orphaned_for_the_leader(make_store):
     assert b.orphaned_reservations() == []
     a.close()
     assert b.orphaned_reservations() == ["o.1"]
+
+
+def test_deploy_documents_by_key_and_one_journal_per_app(make_store):
+    a, b = make_store(), make_store()
+    assert a.deploy_doc_get("apps/web") is None and a.deploy_docs("apps/") == []
+    assert a.deploy_doc_put("apps/web", {"name": "web", "current": None})
+    assert a.deploy_doc_put("releases/web/000002", {"release": 2})
+    assert a.deploy_doc_put("releases/web/000001", {"release": 1})
+    assert a.deploy_doc_put("releases/webx/000001", {"release": 1})
+    assert b.deploy_docs("releases/web/") == [("releases/web/000001", {"release": 1}),
+                                              ("releases/web/000002", {"release": 2})]
+    assert a.deploy_doc_put("apps/web", {"name": "web", "current": 2})
+    assert b.deploy_doc_get("apps/web") == {"name": "web", "current": 2}
+    # the journal: only one deploy of an app starts, whichever hub asks
+    assert a.deploy_doc_put("deploys/web", {"release": 3}, create_only=True)
+    assert not b.deploy_doc_put("deploys/web", {"release": 4}, create_only=True)
+    assert b.deploy_doc_get("deploys/web") == {"release": 3}
+    assert b.deploy_doc_delete("deploys/web") and not a.deploy_doc_delete("deploys/web")
+    assert b.deploy_doc_put("deploys/web", {"release": 4}, create_only=True)

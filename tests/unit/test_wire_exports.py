@@ -75,15 +75,16 @@ IMPORTS_ZERORPC = re.compile(r"^\s*(import|from) zerorpc\b", re.M)
 IMPORTS_ZMQ = re.compile(r"^\s*(import|from) zmq\b", re.M)
 #: pyzmq: the zerorpc compatibility module, the terminal relay's channel, and
 #: (outside the wire package) the ZAP handler and key files of dcctl.auth.
-ZMQ_ALLOWED = {"dcctl/wire/zrpc.py", "dcctl/wire/relay.py", "dcctl/auth.py"}
+ZMQ_ALLOWED = {"dcctl/wire/zrpc.py", "dcctl/wire/zrpcfast.py", "dcctl/wire/relay.py", "dcctl/auth.py"}
 
 
 def test_nothing_reaches_past_the_zerorpc_compatibility_module():
     private = [p for p, text in _sources() if PRIVATE.search(text) and p != "dcctl/wire/zrpc.py"]
     assert private == []
-    # the stock zerorpc client only in zrpc and as bench/fanout's raw baseline
+    # the stock zerorpc client only in zrpc and as the raw baseline of bench/fanout and bench/scale
     zerorpc_users = {p for p, text in _sources() if IMPORTS_ZERORPC.search(text)}
-    assert zerorpc_users <= {"dcctl/wire/zrpc.py", "bench/fanout.py"}, zerorpc_users
+    assert zerorpc_users <= {"dcctl/wire/zrpc.py", "dcctl/wire/zrpcfast.py", "bench/fanout.py", "bench/scale.py"}, \
+        zerorpc_users
     zmq_users = {p for p, text in _sources() if IMPORTS_ZMQ.search(text)}
     assert zmq_users <= ZMQ_ALLOWED, zmq_users - ZMQ_ALLOWED
 

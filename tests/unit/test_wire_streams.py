@@ -154,15 +154,22 @@ def test_stream_waits_for_a_first_item_longer_than_the_call_timeout(served):
         c.call("late", 1.5)
     assert list(c.stream("late", 1.5)) == [{"late": True}]
     assert list(c.stream("count", 2)) == [{"i": 0}, {"i": 1}]
+    # stream() returns at once: several followers open before any item exists
+    first, second = c.stream("late", 1.0), c.stream("late", 1.0)
+    assert next(second) == next(first) == {"late": True}
+    refused = c.stream("refuse", "x")
+    with pytest.raises(errors.InvalidArgument, match="bad name"):
+        next(refused)  # the server's refusal, at the first next
 
 
 def test_closing_the_client_ends_its_streams(served):
     _, client, _ = served
     c = client()
+    items = c.stream("late", 30)  # sent; the first next waits for the first item
     stopper = gevent.spawn_later(0.3, c.close, "closed by the test")
     with gevent.Timeout(20):
         with pytest.raises(errors.Unreachable, match="closed by the test"):
-            c.stream("late", 30)  # while it waits for the first item
+            next(items)
     stopper.join()
     c = client()
     items = c.stream("pause", 30)

@@ -1,0 +1,272 @@
+"""Containers' logs on the agent: each container's log writer (agents.logger,
+a detached process that outlives the agent) and the reading side of
+``container_logs`` (history, ``--tail``, ``--since``, and ``--follow`` as a
+stream that goes on across rotations).
+
+Layout: ``LOG_DIR/<name>/`` holds ``stdout.fifo`` and ``stderr.fifo`` (bind
+mounted into the container), ``container.log`` and its rotations
+``container.log.1`` ..., ``logger.pid`` and ``logger.status`` (agents.logger).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from typing import Callable, Iterator
+
+import gevent
+import gevent.subprocess
+
+from agents import logger as writer
+from dcctl import errors, procs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_RECORDS", "BATCH_RECORDS", "FOLLOW_POLL_SECONDS", "ContainerLogs", "is_writer", "parse_lines"]
+
+#: Most records one answer (or a follow's history) carries; the newest are kept.
+MAX_RECORDS = 10000
+#: Records per item of a follow stream.
+BATCH_RECORDS = 500
+FOLLOW_POLL_SECONDS = 0.1
+#: How often a follow asks whether the container still runs (it ends when not).
+FOLLOW_STATE_SECONDS = 2.0
+WRITER_START_TIMEOUT_SECONDS = 20.0
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def is_writer(argv: list[bytes]) -> bool:
+    """Whether a process's argv is a log writer's (compiled or Python)."""
+    return b"agents.logger" in argv or (bool(argv) and os.path.basename(argv[0]).startswith(b"dcfleet-logwriter"))
+
+
+def parse_lines(data: bytes) -> list[dict]:
+    """Records from complete JSON lines (a malformed line is skipped)."""
+    out = []
+    for line in data.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and {"at", "stream", "text"} <= rec.keys():
+            out.append({"at": rec["at"], "stream": rec["stream"], "text": rec["text"]})
+    return out
+
+
+def _select(records: list[dict], since: float | None, tail: int | None) -> list[dict]:
+    if since is not None:
+        records = [r for r in records if r["at"] >= since]
+    if tail is not None:
+        records = records[-tail:] if tail else []
+    return records
+
+
+class ContainerLogs:
+    """The log dirs and writers of one agent's containers.
+
+    Args: log_dir (the agent's LOG_DIR), max_size_bytes, max_files
+    (rotation), hollow (a hollow agent for benchmarks: no writer starts).
+    """
+
+    def __init__(self, log_dir: str, max_size_bytes: int, max_files: int, hollow: bool = False):
+        self.root, self.max_size, self.max_files, self.hollow = log_dir, max_size_bytes, max_files, hollow
+        #: the compiled writer (agents/logwriter.py), once built; None: agents/logger.py
+        self.writer_binary: str | None = None
+
+    def dir(self, name: str) -> str:
+        """The log dir of container ``name``."""
+        return os.path.join(self.root, name)
+
+    def prepare(self, name: str) -> tuple[str, str]:
+        """Make the container's log dir and FIFOs (at create).
+
+        Returns: the host paths of its (stdout, stderr) FIFOs.
+        Raises: OSError."""
+        d = self.dir(name)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        paths = tuple(writer.fifo_path(d, s) for s in writer.STREAMS)
+        for p in paths:
+            if not os.path.exists(p):
+                os.mkfifo(p, 0o622)
+        return paths  # type: ignore[return-value]
+
+    def writer_pid(self, name: str) -> int | None:
+        """The pid of the container's running log writer, or None."""
+        try:
+            with open(os.path.join(self.dir(name), writer.PID_NAME)) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+        words = procs.cmdline(pid)
+        if is_writer(words) and self.dir(name).encode() in words and procs.alive(pid):
+            return pid
+        return None
+
+    def ensure_writer(self, name: str) -> int:
+        """Start the container's log writer unless it runs (before every
+        start, and for running containers when the agent starts).
+
+        Returns: its pid.
+        Raises: StoreError (it could not start: the container must not
+        start, its output would have no reader)."""
+        pid = self.writer_pid(name)
+        if pid or self.hollow:
+            return pid or 0
+        self.prepare(name)
+        head = [self.writer_binary] if self.writer_binary else [sys.executable, "-m", "agents.logger"]
+        argv = [*head, self.dir(name), "--max-size-bytes", str(self.max_size), "--max-files", str(self.max_files)]
+        env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        try:
+            done = gevent.subprocess.run(argv, capture_output=True, text=True, timeout=WRITER_START_TIMEOUT_SECONDS,
+                                         env=env, stdin=gevent.subprocess.DEVNULL, cwd="/")
+        except (OSError, gevent.subprocess.TimeoutExpired) as exc:
+            raise errors.StoreError(f"container {name!r}: its log writer did not start: {exc}") from exc
+        pid = self.writer_pid(name)
+        if done.returncode != 0 or not pid:
+            raise errors.StoreError(f"container {name!r}: its log writer did not start: "
+                                    f"{(done.stderr or '').strip()[-300:] or 'exit ' + str(done.returncode)}",
+                                    hint=f"see {self.dir(name)}")
+        return pid
+
+    def remove(self, name: str) -> None:
+        """Stop the container's writer and remove its log dir (at destroy).
+        Blocking file work (the thread pool)."""
+        pid = self.writer_pid(name)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 5
+            while procs.alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if procs.alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.dir(name), ignore_errors=True)
+
+    def status_counts(self, name: str) -> dict:
+        """The writer's counters alone (one small file read): {records,
+        bytes, dropped_records, dropped_bytes}."""
+        st = writer.read_status(self.dir(name))
+        return {k: st.get(k, 0) for k in ("records", "bytes", "dropped_records", "dropped_bytes")}
+
+    def status(self, name: str) -> dict:
+        """{writer_pid (or None), records, bytes, dropped_records,
+        dropped_bytes, last_error, size_bytes (the log files on disk)}."""
+        st = writer.read_status(self.dir(name))
+        files = writer.log_files(self.dir(name), self.max_files + 1)
+        return {"writer_pid": self.writer_pid(name), "records": st.get("records", 0), "bytes": st.get("bytes", 0),
+                "dropped_records": st.get("dropped_records", 0), "dropped_bytes": st.get("dropped_bytes", 0),
+                "last_error": st.get("last_error"),
+                "size_bytes": sum(os.path.getsize(f) for f in files if os.path.exists(f))}
+
+    # ------------------------------------------------------------ reading
+    def _history(self, name: str) -> tuple[list[dict], int | None, int]:
+        """Every record on disk, oldest first, and the current file's open
+        fd and the offset read to (None, 0 without one).  Blocking."""
+        d = self.dir(name)
+        cur = os.path.join(d, writer.LOG_NAME)
+        try:
+            fd = os.open(cur, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None
+        inode = os.fstat(fd).st_ino if fd is not None else None
+        records: list[dict] = []
+        for path in writer.log_files(d, self.max_files + 1):
+            if path == cur:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    if os.fstat(f.fileno()).st_ino == inode:
+                        continue  # rotated after we opened it: read through fd below
+                    records.extend(parse_lines(f.read()))
+            except FileNotFoundError:
+                continue
+        offset = 0
+        if fd is not None:
+            data = _read_all(fd, 0)
+            complete = data[:data.rfind(b"\n") + 1]
+            records.extend(parse_lines(complete))
+            offset = len(complete)
+        return records, fd, offset
+
+    def read(self, name: str, since: float | None, tail: int | None) -> dict:
+        """The records of container ``name`` (see AgentService.container_logs).
+        Blocking: run it in the thread pool."""
+        records, fd, _ = self._history(name)
+        if fd is not None:
+            os.close(fd)
+        records = _select(records, since, tail)
+        out = {"name": name, "lines": records[-MAX_RECORDS:], "truncated": len(records) > MAX_RECORDS}
+        st = self.status(name)
+        out["dropped_records"], out["dropped_bytes"] = st["dropped_records"], st["dropped_bytes"]
+        return out
+
+    def follow(self, name: str, since: float | None, tail: int | None, running: Callable[[], bool],
+               blocking: Callable) -> Iterator[dict]:
+        """A stream of {name, lines: [{at, stream, text}]} items: the history
+        first (one item, maybe of no lines, then more if over BATCH_RECORDS),
+        then what is written, item by item, across rotations.  Ends when the
+        container no longer runs (and all it wrote was sent), or its log dir
+        is gone (destroyed)."""
+        records, fd, offset = blocking(self._history, name)
+        records = _select(records, since, tail)[-MAX_RECORDS:]
+        yield {"name": name, "lines": records[:BATCH_RECORDS]}
+        for i in range(BATCH_RECORDS, len(records), BATCH_RECORDS):
+            yield {"name": name, "lines": records[i:i + BATCH_RECORDS]}
+        cur = os.path.join(self.dir(name), writer.LOG_NAME)
+        pending, checked, stopped_polls = b"", time.monotonic(), 0
+        try:
+            while True:
+                if fd is None:
+                    try:
+                        fd, offset = os.open(cur, os.O_RDONLY | os.O_CLOEXEC), 0
+                    except FileNotFoundError:
+                        pass
+                data = b""
+                if fd is not None:
+                    data = os.pread(fd, 1 << 20, offset)
+                    offset += len(data)
+                if data:
+                    pending += data
+                    cut = pending.rfind(b"\n") + 1
+                    lines = parse_lines(pending[:cut])
+                    pending = pending[cut:]
+                    if since is not None:
+                        lines = [r for r in lines if r["at"] >= since]
+                    for i in range(0, len(lines), BATCH_RECORDS):
+                        yield {"name": name, "lines": lines[i:i + BATCH_RECORDS]}
+                    continue
+                try:
+                    now_inode = os.stat(cur).st_ino
+                except FileNotFoundError:
+                    now_inode = None
+                if fd is not None and now_inode != os.fstat(fd).st_ino:
+                    os.close(fd)  # rotated, and read to its end: on to the new file
+                    fd, pending = None, b""
+                    continue
+                if not os.path.isdir(self.dir(name)):
+                    return
+                if time.monotonic() - checked >= FOLLOW_STATE_SECONDS:
+                    checked = time.monotonic()
+                    stopped_polls = 0 if running() else stopped_polls + 1
+                    if stopped_polls >= 2:  # stopped, and a poll later still nothing new
+                        return
+                gevent.sleep(FOLLOW_POLL_SECONDS)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _read_all(fd: int, offset: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.pread(fd, 1 << 20, offset)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+        offset += len(b)

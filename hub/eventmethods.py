@@ -1,0 +1,72 @@
+"""The hub's event methods (a mixin of HubService): ``events`` (a list),
+``events_follow`` (a stream) and ``host_events`` (agents ship their
+container events).  The log itself is hub/events.py."""
+from __future__ import annotations
+
+from dcctl import errors, wire
+from dcctl.wire import expose
+from hub import events as fleet_events
+
+
+class EventMethods:
+    """Fleet event methods of HubService; they use the hub's ``events_log`` and ``store``."""
+
+    @expose(access="read")
+    def events(self, since: str | float | int = 0, filters: list | dict | None = None) -> list:
+        """Fleet events after ``since``, oldest first (at most the newest
+        10000 that match).
+
+        Args:
+            since: an index (digits, a string: the events after it), ``@UNIX``
+                seconds, an ISO 8601 time, a duration ago (``10m``, ``2h``),
+                or a number of Unix seconds; 0: from the oldest kept.
+            filters: ["KEY=VALUE", ...] or {KEY: VALUE | [VALUES]}; keys
+                container (name), host, type (event, kind), image; the same
+                key ORs, different keys AND (Docker's).
+
+        Returns: [{index, at, type, kind (= type), host?, container?, ...}]:
+        the hub's events (host_lost, host_back, placed, rescheduled,
+        stale_copy_removed, route_added, ...) and the agents' container
+        events (created, started, died {exit_code, oom_killed}, oom,
+        restarted, stopped, destroyed, exec_started, exec_ended; with
+        agent_index, source "agent").
+        Raises: InvalidArgument (an unknown filter key, a bad or future
+        since), EventsExpired (since is before what retention kept).
+        """
+        return self.events_log.query(since, filters)
+
+    @expose(stream=True, access="read")
+    def events_follow(self, since: str | float | int = 0, filters: list | dict | None = None) -> dict:
+        """A stream of the fleet events after ``since`` (those kept), then of
+        each as it happens; arguments and items as ``events``.  Resuming with
+        ``since`` = the last index seen gives every later event exactly once.
+
+        Returns (a stream): one event per item, as ``events`` lists them.
+
+        Raises: as ``events``; SlowConsumer (the reader took no events for
+        the hub's stall limit: resume from the last index seen);
+        EventsExpired (a follower so far behind that retention dropped what
+        it had not read).
+        """
+        return self.events_log.follow(since, filters)
+
+    @expose(access="agent")
+    def host_events(self, name: str, events: list, head: int | None = None) -> dict:
+        """Called by agents: their container events after the hub's cursor
+        for that host (agents.events.EventShipper); each agent index is
+        taken once.  ``events`` [] asks for the cursor only; ``head`` is the
+        agent's newest index (below the cursor: its journal started over).
+
+        Returns: {cursor} (the last agent index the hub has for the host).
+        Raises: NoSuchHost (not registered), Unauthorized (another host's
+        key), InvalidArgument (a malformed event, over 1000 at once).
+        """
+        if len(events) > 1000:
+            raise errors.InvalidArgument("at most 1000 events per call")
+        caller = wire.current_caller()
+        if self.store.host_state(name, caller.key if caller else "") is None:
+            raise errors.NoSuchHost(f"host {name!r} is not registered")
+        return {"cursor": self.events_log.ingest(name, events, head)}
+
+
+__all__ = ["EventMethods", "fleet_events"]

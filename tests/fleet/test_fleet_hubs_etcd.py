@@ -1,0 +1,63 @@
+"""The operator's flow of issue 15 on a real local fleet (real LXC, real
+etcd on the fleet bridge, two real hubs): ``ops/fleet up 3 --store etcd
+--hubs 2`` prints the exports and one ``hub NAME PID ENDPOINT`` line per
+hub; a create goes through either hub; kill -9 of the leader, and creates,
+forwarded calls and leadership go on through the other; ``down`` removes
+etcd too."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+
+import pytest
+
+from dcctl import errors
+from ops import fleet as fleetmod
+from ops.fleetlib.etcd import ETCD_BINARY
+from tests.waiting import wait_for
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _dcctl(env: dict, *args: str, timeout_s: float = 300) -> dict:
+    out = subprocess.run(["python3", "-m", "dcctl.cli", "--json", *args], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=timeout_s)
+    if out.returncode != 0:
+        raise errors.DcError(f"dcctl {' '.join(args)}: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def test_two_hubs_on_etcd_survive_the_leader_killed(tmp_path):
+    if os.geteuid() != 0 or not os.path.exists(ETCD_BINARY):
+        pytest.skip("needs root, LXC, network namespaces and etcd-server")
+    prefix = "etc" + secrets.token_hex(2)
+    up = subprocess.run([os.path.join(REPO, "ops", "fleet"), "up", "3", "--prefix", prefix, "--fleet-subnet",
+                         fleetmod.free_subnet(214), "--store", "etcd", "--hubs", "2"], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+    try:
+        assert up.returncode == 0, up.stderr
+        exports = re.findall(r"^export DCCTL_HOST=(\S+)$", up.stdout, re.M)
+        hubs = re.findall(r"^hub (\S+) (\d+) (\S+)$", up.stdout, re.M)
+        assert len(exports) == 1 and [h[0] for h in hubs] == ["hub-1", "hub-2"]
+        assert exports[0] == ",".join(h[2] for h in hubs)
+        env = {**os.environ, "DCCTL_HOST": exports[0]}
+        info = _dcctl(env, "hub_info")
+        assert info["store"] == "etcd" and info["leader"] in ("hub-1", "hub-2")
+        assert sorted(m["name"] for m in info["members"]) == ["hub-1", "hub-2"]
+        assert _dcctl(env, "create_container", "busybox", f"{prefix}.web")["state"] == "running"
+        leader = next(h for h in hubs if h[0] == info["leader"])
+        other = next(h for h in hubs if h[0] != info["leader"])
+        os.kill(int(leader[1]), signal.SIGKILL)
+        assert _dcctl(env, "create_container", "busybox", f"{prefix}.web2")["state"] == "running"
+        assert _dcctl(env, "container_inspect", f"{prefix}.web")["state"] == "running"  # routing goes on
+        wait_for(lambda: _dcctl(env, "hub_info")["leader"] == other[0], 30, "the other hub to lead",
+                 ignore=(errors.DcError,))
+        assert [h["state"] for h in _dcctl(env, "hosts")] == ["alive"] * 3
+    finally:
+        left = fleetmod.down(prefix)
+        assert not left, left
+    assert not subprocess.run(["pgrep", "-f", f"{fleetmod.paths(prefix)['state']}/etcd"]).returncode == 0

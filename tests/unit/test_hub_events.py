@@ -1,0 +1,207 @@
+"""The hub's fleet events on a real SQLite store and real sockets: the
+since grammar and its typed errors, Docker's filter semantics, agent events
+taken in exactly once, a restart that keeps the history, retention, and
+followers (resume with the last index: every event exactly once; a slow one
+dropped while the others go on)."""
+from __future__ import annotations
+
+import time
+
+import gevent
+import pytest
+
+from dcctl import errors, wire
+from hub.events import EventLog
+from hub.store import HubStore
+from tests.hubfakes import FakeFleet
+
+
+@pytest.fixture
+def log_(tmp_path):
+    store = HubStore(str(tmp_path / "hub"))
+    yield EventLog(store), store, tmp_path
+    store.close()
+
+
+def agent_event(index: int, type_: str, container: str, **extra) -> dict:
+    return {"index": index, "at": time.time(), "type": type_, "container": container, "host": "h1", **extra}
+
+
+def test_since_index_time_and_duration(log_):
+    log, _, _ = log_
+    first = log.add("host_added", host="h1")
+    second = log.add("host_lost", host="h1")
+    assert (first["index"], second["index"]) == (1, 2) and second["type"] == second["kind"] == "host_lost"
+    assert [e["index"] for e in log.query("0")] == [1, 2]
+    assert [e["index"] for e in log.query("1")] == [2]
+    assert log.query("2") == []
+    assert [e["index"] for e in log.query("10m")] == [1, 2]
+    assert [e["index"] for e in log.query(f"@{second['at'] - 0.0001}")] == [2]
+    assert [e["index"] for e in log.query(first["at"] - 1)] == [1, 2]  # a number: Unix s, as before
+    with pytest.raises(errors.InvalidArgument, match="in the future"):
+        log.query("3")
+    with pytest.raises(errors.InvalidArgument, match="in the future"):
+        log.query(f"@{time.time() + 3600}")
+    with pytest.raises(errors.InvalidArgument, match="want an index"):
+        log.query("yesterday")
+
+
+def test_filters_same_key_or_different_keys_and(log_):
+    log, _, _ = log_
+    log.ingest("h1", [agent_event(1, "created", "evt.web", image="busybox"),
+                      agent_event(2, "started", "evt.web", image="busybox"),
+                      agent_event(3, "created", "evt.db", image="debian")])
+    log.add("host_lost", host="h2")
+
+    def types(filters):
+        return [(e["type"], e.get("container")) for e in log.query(0, filters)]
+
+    assert types(["container=evt.web"]) == [("created", "evt.web"), ("started", "evt.web")]
+    assert types(["container=evt.web", "container=evt.db"]) == [("created", "evt.web"), ("started", "evt.web"),
+                                                                ("created", "evt.db")]
+    assert types(["container=evt.web", "type=started"]) == [("started", "evt.web")]
+    assert types({"event": ["created"], "image": "debian"}) == [("created", "evt.db")]
+    assert types(["host=h2"]) == [("host_lost", None)]
+    with pytest.raises(errors.InvalidArgument, match="unknown events filter 'colour'") as bad:
+        log.query(0, ["colour=red"])
+    assert "container" in bad.value.hint
+    with pytest.raises(errors.InvalidArgument, match="not KEY=VALUE"):
+        log.query(0, ["container"])
+
+
+def test_agent_events_are_taken_in_once_each(log_):
+    log, store, _ = log_
+    batch = [agent_event(1, "created", "evt.a"), agent_event(2, "started", "evt.a")]
+    assert log.ingest("h1", batch, head=2) == 2
+    assert log.ingest("h1", batch + [agent_event(3, "died", "evt.a", exit_code=3)], head=3) == 3
+    got = log.query(0)
+    assert [(e["index"], e["agent_index"], e["type"]) for e in got] == [(1, 1, "created"), (2, 2, "started"),
+                                                                         (3, 3, "died")]
+    assert got[2]["exit_code"] == 3 and got[2]["host"] == "h1" and got[2]["source"] == "agent"
+    assert store.event_cursor("h1") == 3
+    # an agent whose journal started over (head below the cursor) is taken in from its start
+    assert log.ingest("h1", [agent_event(1, "created", "evt.b")], head=1) == 1
+    assert log.query("3")[0]["container"] == "evt.b"
+    with pytest.raises(errors.InvalidArgument, match="integer index"):
+        log.ingest("h1", [{"type": "created"}])
+
+
+def test_a_restarted_hub_keeps_the_history_and_its_indexes(tmp_path):
+    store = HubStore(str(tmp_path / "hub"))
+    try:
+        log = EventLog(store)
+        for i in range(5):
+            log.add("placed", name=f"evt.c{i}", host="h1")
+        before = log.query(0)
+    finally:
+        store.close()
+    reopened = HubStore(str(tmp_path / "hub"))
+    try:
+        again = EventLog(reopened)
+        assert again.query(0) == before and before[0]["container"] == "evt.c0"
+        assert again.add("host_back", host="h1")["index"] == 6
+    finally:
+        reopened.close()
+
+
+def test_retention_drops_the_oldest_and_says_so(log_):
+    _, store, _ = log_
+    log = EventLog(store, max_events=50)
+    for i in range(450):
+        log.add("exec_ended", name="evt.a", n=i)
+    kept = log.query(0)
+    assert 50 <= len(kept) <= 50 + 200 and kept[-1]["index"] == 450  # pruned every PRUNE_EVERY appends
+    with pytest.raises(errors.EventsExpired, match="are gone") as gone:
+        log.query("5")
+    assert gone.value.hint == f"resume from {kept[0]['index'] - 1}"
+    assert log.query(str(kept[0]["index"] - 1)) == kept  # resuming right at the edge is fine
+    with pytest.raises(errors.EventsExpired):
+        log.query(f"@{kept[0]['at'] - 3600}")
+
+
+@pytest.fixture
+def served_fleet(tmp_path):
+    fleet = FakeFleet(tmp_path, {"h1": 4})
+    svc = wire.Service(fleet.hub, "hub", heartbeat_s=0.5, stream_stall_s=1.0)
+    endpoint = f"ipc://{tmp_path}/hub.sock"
+    svc.bind(endpoint)
+    svc.start()
+    clients = []
+
+    def client():
+        c = wire.RpcClient(endpoint, timeout_s=10, heartbeat_s=0.5)
+        clients.append(c)
+        return c
+
+    yield fleet, client
+    for c in clients:
+        c.close()
+    svc.stop()
+    fleet.close()
+
+
+def test_a_follower_that_resumes_from_its_last_index_gets_every_event_once(served_fleet):
+    fleet, client = served_fleet
+    log = fleet.hub.events_log
+    start = fleet.store.events_bounds()["last"]
+    for i in range(30):
+        log.add("exec_ended", name="evt.x", n=i)
+    seen = []
+    with client().stream("events_follow", str(start), ["container=evt.x"]) as items:
+        for event in items:
+            seen.append(event)
+            if len(seen) == 12:
+                break  # the client goes away
+    adder = gevent.spawn(lambda: [log.add("exec_ended", name="evt.x", n=30 + i) or gevent.sleep(0.001)
+                                  for i in range(30)])
+    with client().stream("events_follow", str(seen[-1]["index"]), ["container=evt.x"]) as items:
+        for event in items:
+            seen.append(event)
+            if len(seen) == 60:
+                break
+    adder.join()
+    assert [e["n"] for e in seen] == list(range(60))
+    assert len({e["index"] for e in seen}) == 60
+
+
+def test_a_slow_follower_is_dropped_and_the_others_go_on(served_fleet):
+    fleet, client = served_fleet
+    log = fleet.hub.events_log
+    start = fleet.store.events_bounds()["last"]
+    slow = client().stream("events_follow", str(start))
+    fast = client().stream("events_follow", str(start))
+    log.add("exec_ended", name="evt.y", n=0)
+    assert next(slow)["n"] == 0  # then it reads no more
+
+    def produce():
+        for i in range(1, 600):
+            log.add("exec_ended", name="evt.y", n=i)
+            if i % 50 == 0:
+                gevent.sleep(0.01)
+
+    producer = gevent.spawn(produce)
+    got = [next(fast)["n"] for _ in range(599)]
+    producer.join()
+    assert got == list(range(599))
+    taken = 1
+    with pytest.raises(errors.SlowConsumer):
+        for _ in slow:
+            taken += 1
+    assert taken < 600
+    # the dropped follower resumes from the last index it saw (n = taken - 1), nothing lost
+    with client().stream("events_follow", str(start + taken)) as items:
+        rest = [next(items)["n"] for _ in range(600 - taken)]
+    assert rest == list(range(taken, 600))
+
+
+def test_events_and_host_events_over_the_wire(served_fleet):
+    fleet, client = served_fleet
+    c = client()
+    assert c.call("host_events", "h1", [], 0) == {"cursor": 0}
+    assert c.call("host_events", "h1", [agent_event(1, "created", "evt.w")], 1) == {"cursor": 1}
+    got = c.call("events", "0", ["type=created"])
+    assert [e["container"] for e in got] == ["evt.w"]
+    with pytest.raises(errors.NoSuchHost):
+        c.call("host_events", "nope", [])
+    with pytest.raises(errors.InvalidArgument, match="unknown events filter"):
+        next(c.stream("events_follow", "0", ["bogus=1"]))
