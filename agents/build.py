@@ -158,8 +158,9 @@ class Builder:
 
     # ------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
-        """Kill and remove build containers an earlier agent left (it died
-        mid-build). Returns their names."""
+        """Kill and remove build containers no running build owns (an
+        earlier agent died mid-build, or a clean-up failed). Returns their
+        names. Raises: StoreError (a directory that cannot be removed)."""
         left = []
         for name in sorted(os.listdir(self.root)):
             if name in self.running:

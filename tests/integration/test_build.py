@@ -223,6 +223,21 @@ def test_caller_that_goes_away_stops_the_build(shared_agent, tmp_path, clean):
     wait_for(lambda: leftovers(shared_agent) == before, 60, "the abandoned build cleaned up")
 
 
+def test_ops_cleanup_removes_a_stray_build_container_only(shared_agent, tmp_path, clean):
+    builds = os.path.join(shared_agent.state_dir, "builds")
+    os.makedirs(os.path.join(builds, "bld-stray000000", "upper"))
+    ctx = context(tmp_path, "FROM busybox\nRUN echo started; while [ ! -e /tmp/go ]; do sleep 0.1; done\n")
+    with shared_agent.client(timeout_s=120) as c:
+        it = c.call("image_build_dockerfile", ctx, "bldrunning", {"timeout_s": 60})
+        next(it), next(it)  # the RUN runs
+        running = [n for n in os.listdir(builds) if n != "bld-stray000000"]
+        assert c.call("ops_cleanup")["builds_removed"] == ["bld-stray000000"]
+        assert os.listdir(builds) == running  # the running build is left alone
+        subprocess.run(["lxc-attach", "-P", builds, "-n", running[0], "--", "touch", "/tmp/go"], check=True, timeout=30)
+        assert "result" in list(it)[-1]
+    assert os.listdir(builds) == []
+
+
 def test_build_container_left_by_a_dead_agent_is_removed_at_start(agent_factory, tmp_path):
     a = agent_factory()
     ctx = context(tmp_path, "FROM busybox\nRUN echo started; sleep 600\n")
