@@ -52,7 +52,7 @@ import gevent.queue
 
 from agents.errmap import translate
 from dcctl import buildctx, errors, validate
-from images import dockerfile, layerdiff
+from images import appinit, dockerfile, layerdiff
 from images.errors import ImageNotFound as StoreImageNotFound
 from images.tarsafe import safe_extract
 from lxcwrap import errors as lxcerr
@@ -381,8 +381,12 @@ class _Job:
             if entrypoint is not None or cmd is not None:
                 ep = entrypoint if entrypoint is not None else list(self.config.get("entrypoint") or [])
                 cm = cmd if cmd is not None else ([] if entrypoint is not None else list(self.config.get("cmd") or []))
-                command = ep + cm
                 self.config["entrypoint"], self.config["cmd"] = ep, cm
+            if self.config.get("entrypoint") or self.config.get("cmd"):
+                command = list(self.config.get("entrypoint") or []) + list(self.config.get("cmd") or [])
+            if (base.get("init") or "/sbin/init") != appinit.INIT_PATH:
+                command = _runtime_command(command, self.config.get("working_dir") or "/",
+                                           self.config.get("user") or "")
             return self._commit(base, ports, command)
         finally:
             self.b.running.discard(self.cname)
@@ -506,6 +510,20 @@ class _Job:
                 "tag": manifest.get("tag") or "latest", "layer": layer_id, "layer_bytes": layer_bytes,
                 "size_bytes": manifest["size_bytes"], "base": base["id"],
                 "duration_s": round(time.monotonic() - self.started, 3), "log_bytes": self.log.total}
+
+
+def _runtime_command(command: list[str], workdir: str, user: str) -> list[str]:
+    """A system image's command (its init's run script starts it in / as
+    root) made to start in WORKDIR as USER, as Docker runs it: wrapped in
+    ``sh -c 'cd ...'`` and ``su`` only when they are not / and root."""
+    if not command:
+        return command
+    name = user.split(":")[0]
+    if name and name not in ("root", "0"):
+        command = ["su", "-s", "/bin/sh", name, "-c", "exec " + shlex.join(command)]
+    if workdir not in ("", "/"):
+        command = ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", workdir, *command]
+    return command
 
 
 def _find_sleep(store, manifest: dict, ref: str) -> str:

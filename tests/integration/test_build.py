@@ -102,7 +102,9 @@ def test_build_tree_whiteout_opaque_modes_owners(shared_agent, tmp_path, clean):
     assert res["image"] == f"bldchild@{res['id'][:12]}" and res["tag"] == "v1" and res["base"] == base["id"]
     manifests = {i["name"]: i for i in a.call("image_ls")}
     assert manifests["bldchild"]["layers"] == [*manifests["bldbase"]["layers"], res["layer"]]
-    assert manifests["bldchild"]["command"] == ["httpd", "-f", "-p", "8080"]
+    # a system image's init starts its command in /: the WORKDIR is kept by a wrapper
+    assert manifests["bldchild"]["command"] == ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", "/opt/app",
+                                                "httpd", "-f", "-p", "8080"]
     assert {"proto": "tcp", "port": 8080} in manifests["bldchild"]["exposed_ports"]
     full = a.call("image_manifest", "bldchild")["manifest"]
     assert full["env"]["GREETING"] == "hello fleet"
@@ -136,6 +138,22 @@ def test_build_tree_whiteout_opaque_modes_owners(shared_agent, tmp_path, clean):
     assert text[5] == text[6]  # one inode: the hard link kept
     assert text[7:] == ["644 7 8", "644 7 8"]
     assert leftovers(a)["builds"] == []
+
+
+def test_workdir_and_user_apply_at_run_time(shared_agent, tmp_path, clean):
+    a = shared_agent
+    ctx = context(tmp_path, "FROM busybox\nRUN echo svc:x:4321:4321::/srv/w:/bin/sh >> /etc/passwd && echo svc:x:4321: >> /etc/group "
+                  "&& mkdir -p /srv/w && chown svc /srv/w\n"
+                  "WORKDIR /srv/w\nUSER svc\nRUN id -u > mine && pwd >> mine\n"
+                  "CMD [\"sh\", \"-c\", \"id -u > out; pwd >> out; cat mine >> out\"]\n")
+    _lines, res = build(a, ctx, "bldrt")
+    clean.append("bldrt1")
+    a.call("container_create", f"bldrt@{res['id']}", "bldrt1", {})
+    a.call("container_start", "bldrt1")
+    text = wait_for(lambda: (lambda r: r["exit_code"] == 0 and r["stdout"])(
+        a.call("container_exec", "bldrt1", ["cat", "/srv/w/out"])), 60, "the command's output",
+        ignore=(errors.ContainerNotRunning,))
+    assert text.decode().split() == ["4321", "/srv/w", "4321", "/srv/w"]
 
 
 def test_output_streams_before_the_run_ends(shared_agent, tmp_path, clean):
