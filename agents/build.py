@@ -165,11 +165,13 @@ class Builder:
         for name in sorted(os.listdir(self.root)):
             if name in self.running:
                 continue
-            self._destroy(name)
+            self.destroy(name)
             left.append(name)
         return left
 
-    def _destroy(self, name: str) -> None:
+    def destroy(self, name: str) -> None:
+        """Kill build container ``name`` (if it runs) and remove its
+        directory. Raises: StoreError (it cannot be removed)."""
         try:
             self.lxc.stop(name, kill=True)
         except lxcerr.LxcError:
@@ -337,6 +339,8 @@ class _Job:
         self.env = dict(base.get("env") or {})
         self.config = dict(base.get("config") or {})
         self.config.setdefault("labels", {})
+        self.workdir = self.config.get("working_dir") or "/"  # a built base's WORKDIR and USER go on
+        self.user = self.config.get("user") or ""
         ports = list(base.get("exposed_ports") or [])
         command = list(base.get("command") or [])
         entrypoint, cmd = None, None
@@ -391,7 +395,7 @@ class _Job:
         finally:
             self.b.running.discard(self.cname)
             try:
-                self.b._destroy(self.cname)
+                self.b.destroy(self.cname)
             except Exception:  # noqa: BLE001 - logged; recover() at the next start finishes it
                 log.exception("build container %s not removed", self.cname)
 
