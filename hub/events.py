@@ -117,6 +117,7 @@ class EventLog:
         self._pending: collections.deque = collections.deque()  # refused by the store, oldest first
         self.lost = 0  # dropped past MAX_PENDING
         self._appends = 0
+        self.followers = 0  # follow() generators open now
         self._changed = gevent.event.Event()
         if store is not None:
             self._prune()
@@ -158,8 +159,8 @@ class EventLog:
                 continue
             top = event["index"]
             doc = {k: v for k, v in event.items() if k != "index"}
-            docs.append({**doc, "kind": doc["type"], "host": host, "agent_index": event["index"],
-                         "source": "agent"})
+            docs.append({**doc, "kind": doc["type"], "name": doc.get("container"), "host": host,
+                         "agent_index": event["index"], "source": "agent"})
         if docs:
             self.store.events_append(docs, host=host, agent_index=top)
             self._counted(len(docs))
@@ -299,19 +300,23 @@ class EventLog:
         not read yet."""
         want = parse_filters(filters)
         cursor = self.parse_since(since)
-        while True:
-            changed = self._changed
-            batch = self._after(cursor, BATCH)
-            if not batch:
-                changed.wait()
-                continue
-            if self._bounds()["pruned_index"] > cursor:
-                raise errors.EventsExpired(f"this follower fell behind retention after index {cursor}",
-                                           hint="read faster, or resume with --since")
-            for event in batch:
-                cursor = event["index"]
-                if matches(event, want):
-                    yield event
+        self.followers += 1
+        try:
+            while True:
+                changed = self._changed
+                batch = self._after(cursor, BATCH)
+                if not batch:
+                    changed.wait()
+                    continue
+                if self._bounds()["pruned_index"] > cursor:
+                    raise errors.EventsExpired(f"this follower fell behind retention after index {cursor}",
+                                               hint="read faster, or resume with --since")
+                for event in batch:
+                    cursor = event["index"]
+                    if matches(event, want):
+                        yield event
+        finally:
+            self.followers -= 1
 
     # ------------------------------------------------------------ older callers
     def since(self, at: float) -> list[dict]:

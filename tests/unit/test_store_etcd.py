@@ -127,3 +127,15 @@ def test_the_registry_index_is_shared_and_a_hub_fetches_the_layers_it_lacks(tmp_
         with pytest.raises(errors.ImageNotFound):
             a.resolve("busybox")
         sa.close(), sb.close()
+
+
+def test_a_restarted_etcd_is_reached_again_at_once(tmp_path):
+    """Kept connections to an etcd that restarted are replaced before use:
+    the first call after the restart works (no spurious StoreUnavailable)."""
+    with running_etcd(str(tmp_path)) as server:
+        store = EtcdStore(server.url, f"/etc-{uuid.uuid4().hex[:8]}/")
+        store.upsert_host("h1", "ipc:///x", "", {}, {})
+        server.stop()
+        server.start()
+        assert store.host("h1")["name"] == "h1"
+        store.close()
