@@ -643,12 +643,17 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         desired state is running but are stopped are reported; stale veths
         of stopped containers are removed.
 
+        Build containers no running build owns (a clean-up that failed) are
+        killed and removed.
+
         Returns: {host, dropped [names], destroy_finished [names],
         destroy_failed {name: "Error: message"} (still stuck; tried again
-        next time), stopped_unexpectedly [names], veths_removed [names]}.
-        Raises: NetworkError, LxcFailure.
+        next time), stopped_unexpectedly [names], veths_removed [names],
+        builds_removed [build container names]}.
+        Raises: NetworkError, LxcFailure, StoreError (a build container dir
+        that cannot be removed).
         """
-        return {"host": self.m.config.host_name, **self.m.cleanup()}
+        return {"host": self.m.config.host_name, **self.m.cleanup(), "builds_removed": self.builder.recover()}
 
     @expose(access="read")
     def ops_facts(self) -> dict:
