@@ -2,7 +2,8 @@
 etcd on the fleet bridge, two real hubs): ``ops/fleet up 3 --store etcd
 --hubs 2`` prints the exports and one ``hub NAME PID ENDPOINT`` line per
 hub; a create goes through either hub; a build through the hub the
-agents' links do not use fetches its context from that hub; kill -9 of the leader, and creates,
+agents' links do not use fetches its context from that hub, and so does
+an archive pushed through it; kill -9 of the leader, and creates,
 forwarded calls and leadership go on through the other; ``down`` removes
 etcd too."""
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from dcctl import errors
 from ops import fleet as fleetmod
 from ops.fleetlib.etcd import ETCD_BINARY
+from tests.ocikit import make_umoci_image, need_tools, run
 from tests.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,6 +66,13 @@ def test_two_hubs_on_etcd_survive_the_leader_killed(tmp_path):
         assert built.returncode == 0, built.stderr + built.stdout
         last = json.loads(built.stdout.strip().splitlines()[-1])
         assert last["image"].startswith(f"{prefix}img@")
+        # and so is an archive pushed through hub-2 alone (image_import_upload)
+        need_tools()
+        layout = make_umoci_image(str(tmp_path), tag="v1")
+        archive = str(tmp_path / "app-docker.tar")
+        run("skopeo", "copy", "-q", f"oci:{layout}:v1", f"docker-archive:{archive}:app:v1")
+        pushed = _dcctl({**env, "DCCTL_HOST": hubs[1][2]}, "image_push", archive, f"{prefix}oci:v1")
+        assert pushed["manifest"]["name"] == f"{prefix}oci"
         leader = next(h for h in hubs if h[0] == info["leader"])
         other = next(h for h in hubs if h[0] != info["leader"])
         os.kill(int(leader[1]), signal.SIGKILL)
