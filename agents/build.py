@@ -72,7 +72,8 @@ LOG_KEEP_BYTES = 4 << 20
 #: Items queued for a slow reader before log lines are dropped (counted).
 MAX_QUEUED_ITEMS = 10000
 BUILD_OPTIONS = {"tag": "image tag", "build_args": "{NAME: value}", "timeout_s": "build timeout, seconds",
-                 "dockerfile": "path of the Dockerfile in the context", "max_context_bytes": "context cap"}
+                 "dockerfile": "path of the Dockerfile in the context", "max_context_bytes": "context cap",
+                 "upload_hubs": "the endpoints of the hub holding the context upload (set by the hub)"}
 _OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off"
 #: Where the build container's init (sleep) may be, first found wins
 #: (merged-/usr images have /bin as a symlink).
@@ -155,6 +156,9 @@ class Builder:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.lxc = Lxc(self.root, tools=manager.lxc.tools)
         self.running: set[str] = set()
+        #: () -> the hub endpoint the agent's link uses now, or None (the
+        #: AgentService sets it; default the first of --hub)
+        self.current_hub = lambda: (manager.config.hub_endpoints() or [None])[0]
 
     # ------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
@@ -211,8 +215,13 @@ class Builder:
             raise errors.InvalidArgument("dockerfile must be a relative path inside the context")
         cap = validate.number(opts.get("max_context_bytes", dockerfile.DEFAULT_MAX_CONTEXT_BYTES),
                               "max_context_bytes", minimum=1, maximum=64 << 30, integer=True)
+        upload_from = None
+        if _is_sha(context):  # the hub holding the upload, one of --hub (InvalidArgument before any work)
+            from agents.transfer import upload_source  # noqa: PLC0415
+            upload_from = upload_source(opts.get("upload_hubs"), self.m.config.hub_endpoints(), self.current_hub())
         queue: gevent.queue.Queue = gevent.queue.Queue()
         job = _Job(self, queue, context, name, opts.get("tag"), args, dfile, timeout, cap)
+        job.upload_from = upload_from
         gevent.spawn(job.run)
 
         def items():
@@ -246,6 +255,7 @@ class _Job:
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
         self.cname = f"bld-{secrets.token_hex(6)}"
+        self.upload_from: str | None = None  # the hub endpoint an upload-id context comes from
         self.env: dict[str, str] = {}
         self.args_env: dict[str, str] = {}
         self.workdir = "/"
@@ -299,10 +309,10 @@ class _Job:
             fetched = src = os.path.join(stage, "ctx.tar")
             _blocking(buildctx.pack_context, self.context, src, self.cap, self.dfile)
         if _is_sha(src):
-            if not self.b.m.config.hub:
+            if not self.upload_from:
                 raise errors.InvalidArgument("an upload id needs a hub, and this agent has none")
             from agents.transfer import fetch_upload  # noqa: PLC0415
-            fetched = src = fetch_upload(self.b.m.config.hub, self.b.hub_keys, src, stage)
+            fetched = src = fetch_upload(self.upload_from, self.b.hub_keys, src, stage)
         try:
             _blocking(safe_extract, src, ctx, max_bytes=self.cap)
         finally:
@@ -317,7 +327,7 @@ class _Job:
             return store.resolve(ref)
         except StoreImageNotFound:
             pass
-        hub = self.b.m.config.hub
+        hub = self.b.current_hub()  # one endpoint (--hub may list several); every hub serves the registry
         if not hub:
             raise errors.ImageNotFound(f"base image {ref!r} is not on this host and this agent has no hub")
         self.log.line(f"pulling {ref} from the hub")

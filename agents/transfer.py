@@ -131,6 +131,44 @@ class Puller:
         return {"manifest": stored, "pulled": True, "bytes": moved}
 
 
+#: At most this many endpoints in an ``upload_hubs`` option.
+MAX_UPLOAD_HUBS = 16
+
+
+def upload_source(offered, configured: list[str], current: str | None) -> str:
+    """The hub endpoint to fetch an upload from.
+
+    With several hubs the hub that holds an upload (hub.uploads, on that
+    hub's disk) names its own endpoints with the call (``offered``); the
+    agent takes the first of them that is in its own ``--hub`` list, so a
+    caller can never point it at an arbitrary address.  Without an offer
+    (one hub, an older hub) it is ``current``, the hub its link uses now.
+    With one configured hub and no offered endpoint in it (the hub listens
+    on an address the agent spells otherwise) it is that one hub.
+
+    Args: offered: None or a list of endpoint strings (at most
+    MAX_UPLOAD_HUBS); configured: the agent's hub endpoints; current: the
+    endpoint its link uses now, or None.
+    Returns: one endpoint of ``configured``.
+    Raises: InvalidArgument (no hub; a malformed offer; several configured
+    hubs and none of them offered).
+    """
+    if not configured:
+        raise errors.InvalidArgument("this agent has no hub to fetch the upload from")
+    if offered is None:
+        return current if current in configured else configured[0]
+    if (not isinstance(offered, list) or not 0 < len(offered) <= MAX_UPLOAD_HUBS
+            or not all(isinstance(ep, str) for ep in offered)):
+        raise errors.InvalidArgument(f"upload_hubs: want a list of 1 to {MAX_UPLOAD_HUBS} endpoint strings")
+    for ep in offered:
+        if ep in configured:
+            return ep
+    if len(configured) == 1:
+        return configured[0]
+    raise errors.InvalidArgument(f"upload_hubs: none of {offered!r} is one of this agent's hubs "
+                                 f"({','.join(configured)}); an upload is fetched only from a configured hub")
+
+
 def fetch_upload(source: str, keys, upload_id: str, dest_dir: str) -> str:
     """Copy a complete image upload (hub.uploads) from ``source`` into a new
     file under ``dest_dir``, in CHUNK_BYTES calls, checking its size and its

@@ -108,6 +108,9 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         #: members) and the endpoint clients reach it at; dc-hub sets both
         self.name = "hub"
         self.endpoint = ""
+        #: every endpoint this hub listens on (dc-hub sets them): handed to an
+        #: agent with an upload this hub holds, so it fetches from this hub
+        self.endpoints: list[str] = []
         self._tasks: list[gevent.Greenlet] = []
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.started = time.time()

@@ -335,6 +335,8 @@ class EtcdStore(Store):
         self._seen_containers: dict[str, dict] = {}
         self._seen_routes: list[dict] | None = None
         self._hosts_read: tuple[float, list[dict]] | None = None  # (monotonic time, rows): see hosts()
+        #: (revision, {key: (record, mod rev)}, {host: (beat, mod rev)}) of the last read: see _read_hosts
+        self._hosts_inc: tuple[int, dict, dict] | None = None
         self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
         self._resv_read_at: float | None = None
         self._claiming: dict[str, dict[str, int]] = {}  # host -> {name: memory_bytes} claims in flight here
@@ -606,12 +608,53 @@ class EtcdStore(Store):
         cached = self._hosts_read
         if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
             return [dict(r) for r in cached[1]]
-        hosts, beats = self.etcd.ranges(self._k("hosts", ""), self._k("beats", ""))
-        beats = {k.rsplit("/", 1)[1]: v for k, v, _ in beats}
-        rows = [self._host_row(v, beats.get(v["name"])) for _, v, _ in hosts]
+        hosts, beats = self._read_hosts()
+        rows = [self._host_row(v, beats.get(v["name"], (None, 0))[0]) for v, _ in hosts.values()]
         self._seen_hosts = {r["name"]: r for r in rows}
         self._hosts_read = (time.monotonic(), rows)
         return [dict(r) for r in rows]
+
+    def _read_hosts(self) -> tuple[dict[str, tuple[dict, int]], dict[str, tuple[dict, int]]]:
+        """({key: (host record, mod revision)}, {host: (beat, mod revision)}),
+        all at one revision.  The first read takes every value; later ones
+        take the host keys with their mod revisions (no values) and only the
+        beats changed since the last read's revision (min_mod_revision),
+        in one transaction, and keep the rest from the last read
+        (bench/placement.py --store etcd measures the bytes).  A beat goes
+        only with its host's record (upsert_host, remove_host), so when any
+        host record changed, came or went, everything is read again."""
+        last = self._hosts_inc
+        hp, bp = self._k("hosts", ""), self._k("beats", "")
+
+        def rng(prefix: str, **extra) -> dict:
+            return {"request_range": {"key": _b64(prefix), "range_end": _prefix_end(prefix), **extra}}
+
+        def kvs(answer: dict) -> list[list[dict]]:
+            return [(r.get("response_range") or {}).get("kvs") or [] for r in answer.get("responses") or []]
+
+        def values(found: list[dict]) -> dict[str, tuple[dict, int]]:
+            return {_unb64(kv["key"]): (json.loads(_unb64(kv.get("value"))), int(kv["mod_revision"]))
+                    for kv in found}
+
+        if last is None:
+            _, out = self.etcd.txn([], [rng(hp), rng(bp)])
+            hosts, beats = kvs(out)
+            hmap = values(hosts)
+            bmap = {k.rsplit("/", 1)[1]: v for k, v in values(beats).items()}
+            self._hosts_inc = (int(out["header"]["revision"]), hmap, bmap)
+            return hmap, bmap
+        rev, hold, bold = last
+
+        _, out = self.etcd.txn([], [rng(hp, keys_only=True), rng(hp, min_mod_revision=str(rev + 1)),
+                                    rng(bp, min_mod_revision=str(rev + 1))])
+        hkeys, hnew, bnew = kvs(out)
+        now = {_unb64(kv["key"]): int(kv["mod_revision"]) for kv in hkeys}
+        if hnew or now != {k: r for k, (_, r) in hold.items()}:
+            self._hosts_inc = None  # a host registered, changed or left (a beat may be gone with it): read all
+            return self._read_hosts()
+        bmap = {**bold, **{k.rsplit("/", 1)[1]: v for k, v in values(bnew).items()}}
+        self._hosts_inc = (int(out["header"]["revision"]), hold, bmap)
+        return hold, bmap
 
     def remove_host(self, name: str) -> None:
         self._hosts_read = None
