@@ -26,7 +26,8 @@ reading (or disconnects) changes nothing about the clean-up:
    layer, the base's fields with the Dockerfile's config on top.
 
 The build container is destroyed whatever happens (error, timeout, a
-caller gone); a failed RUN raises BuildFailed with the tail of the log and
+caller gone: a caller that closes the stream or is lost stops the build at
+once, nothing is committed); a failed RUN raises BuildFailed with the tail of the log and
 leaves no layer.  An agent that dies mid-build leaves a directory under
 STATE/builds that ``recover()`` (at the next start) kills and removes.
 
@@ -51,7 +52,7 @@ import gevent.queue
 
 from agents.errmap import translate
 from dcctl import buildctx, errors, validate
-from images import dockerfile, layerdiff
+from images import appinit, dockerfile, layerdiff
 from images.errors import ImageNotFound as StoreImageNotFound
 from images.tarsafe import safe_extract
 from lxcwrap import errors as lxcerr
@@ -71,7 +72,8 @@ LOG_KEEP_BYTES = 4 << 20
 #: Items queued for a slow reader before log lines are dropped (counted).
 MAX_QUEUED_ITEMS = 10000
 BUILD_OPTIONS = {"tag": "image tag", "build_args": "{NAME: value}", "timeout_s": "build timeout, seconds",
-                 "dockerfile": "path of the Dockerfile in the context", "max_context_bytes": "context cap"}
+                 "dockerfile": "path of the Dockerfile in the context", "max_context_bytes": "context cap",
+                 "upload_hubs": "the endpoints of the hub holding the context upload (set by the hub)"}
 _OVERLAY_OPTIONS = "redirect_dir=off,metacopy=off"
 #: Where the build container's init (sleep) may be, first found wins
 #: (merged-/usr images have /bin as a symlink).
@@ -154,20 +156,26 @@ class Builder:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.lxc = Lxc(self.root, tools=manager.lxc.tools)
         self.running: set[str] = set()
+        #: () -> the hub endpoint the agent's link uses now, or None (the
+        #: AgentService sets it; default the first of --hub)
+        self.current_hub = lambda: (manager.config.hub_endpoints() or [None])[0]
 
     # ------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
-        """Kill and remove build containers an earlier agent left (it died
-        mid-build). Returns their names."""
+        """Kill and remove build containers no running build owns (an
+        earlier agent died mid-build, or a clean-up failed). Returns their
+        names. Raises: StoreError (a directory that cannot be removed)."""
         left = []
         for name in sorted(os.listdir(self.root)):
             if name in self.running:
                 continue
-            self._destroy(name)
+            self.destroy(name)
             left.append(name)
         return left
 
-    def _destroy(self, name: str) -> None:
+    def destroy(self, name: str) -> None:
+        """Kill build container ``name`` (if it runs) and remove its
+        directory. Raises: StoreError (it cannot be removed)."""
         try:
             self.lxc.stop(name, kill=True)
         except lxcerr.LxcError:
@@ -207,18 +215,27 @@ class Builder:
             raise errors.InvalidArgument("dockerfile must be a relative path inside the context")
         cap = validate.number(opts.get("max_context_bytes", dockerfile.DEFAULT_MAX_CONTEXT_BYTES),
                               "max_context_bytes", minimum=1, maximum=64 << 30, integer=True)
+        upload_from = None
+        if _is_sha(context):  # the hub holding the upload, one of --hub (InvalidArgument before any work)
+            from agents.transfer import upload_source  # noqa: PLC0415
+            upload_from = upload_source(opts.get("upload_hubs"), self.m.config.hub_endpoints(), self.current_hub())
         queue: gevent.queue.Queue = gevent.queue.Queue()
         job = _Job(self, queue, context, name, opts.get("tag"), args, dfile, timeout, cap)
+        job.upload_from = upload_from
         gevent.spawn(job.run)
 
         def items():
-            while True:
-                item = queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            try:
+                while True:
+                    item = queue.get()
+                    if item is _END:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                if not job.done:  # the caller went away (closed, lost): stop the build, clean up
+                    job.cancel()
 
         return items()
 
@@ -238,11 +255,33 @@ class _Job:
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
         self.cname = f"bld-{secrets.token_hex(6)}"
+        self.upload_from: str | None = None  # the hub endpoint an upload-id context comes from
         self.env: dict[str, str] = {}
         self.args_env: dict[str, str] = {}
         self.workdir = "/"
         self.user = ""
         self.config: dict = {}
+        self.done = False
+        self.cancelled = False
+        self.started_container = False
+
+    def cancel(self) -> None:
+        """The caller is gone: no image is committed; a running step ends
+        at once (the build container is killed), and the usual clean-up runs."""
+        self.cancelled = True
+        log.info("build %s abandoned by its caller; stopping it", self.cname)
+        if self.started_container:
+            gevent.spawn(self._kill_quietly)
+
+    def _kill_quietly(self) -> None:
+        try:
+            self.b.lxc.stop(self.cname, kill=True)
+        except lxcerr.LxcError:
+            pass
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled:
+            raise errors.BuildFailed("the build was abandoned by its caller; nothing was kept")
 
     def left_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -256,6 +295,7 @@ class _Job:
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller, typed
             self.queue.put(_wire(exc))
         finally:
+            self.done = True
             self.queue.put(_END)
 
     # ------------------------------------------------------------ phases
@@ -269,16 +309,16 @@ class _Job:
             fetched = src = os.path.join(stage, "ctx.tar")
             _blocking(buildctx.pack_context, self.context, src, self.cap, self.dfile)
         if _is_sha(src):
-            if not self.b.m.config.hub:
+            if not self.upload_from:
                 raise errors.InvalidArgument("an upload id needs a hub, and this agent has none")
             from agents.transfer import fetch_upload  # noqa: PLC0415
-            fetched = src = fetch_upload(self.b.m.config.hub, self.b.hub_keys, src, stage)
+            fetched = src = fetch_upload(self.upload_from, self.b.hub_keys, src, stage)
         try:
             _blocking(safe_extract, src, ctx, max_bytes=self.cap)
         finally:
             if fetched:
                 os.unlink(fetched)
-        dockerfile.context_files(ctx, self.cap)
+        _blocking(dockerfile.context_files, ctx, self.cap)  # a tree walk: off the loop
         return ctx
 
     def _base(self, ref: str) -> dict:
@@ -287,7 +327,7 @@ class _Job:
             return store.resolve(ref)
         except StoreImageNotFound:
             pass
-        hub = self.b.m.config.hub
+        hub = self.b.current_hub()  # one endpoint (--hub may list several); every hub serves the registry
         if not hub:
             raise errors.ImageNotFound(f"base image {ref!r} is not on this host and this agent has no hub")
         self.log.line(f"pulling {ref} from the hub")
@@ -309,6 +349,8 @@ class _Job:
         self.env = dict(base.get("env") or {})
         self.config = dict(base.get("config") or {})
         self.config.setdefault("labels", {})
+        self.workdir = self.config.get("working_dir") or "/"  # a built base's WORKDIR and USER go on
+        self.user = self.config.get("user") or ""
         ports = list(base.get("exposed_ports") or [])
         command = list(base.get("command") or [])
         entrypoint, cmd = None, None
@@ -317,6 +359,7 @@ class _Job:
             self._make_container(base)
             total = len(plan.steps)
             for i, step in enumerate(plan.steps, 1):
+                self._check_cancelled()
                 if self.left_s() <= 0:
                     raise errors.BuildFailed(self._fail_text(f"the build ran past its timeout of {self.timeout_s:g} s"))
                 self.log.line(f"Step {i}/{total} : {step.instruction} {_show(step.args)}")
@@ -347,17 +390,22 @@ class _Job:
                 elif ins == "VOLUME":
                     self.config["volumes"] = sorted(set(self.config.get("volumes") or []) | set(step.args))
             self.log.flush()
+            self._check_cancelled()
             self._stop()
             if entrypoint is not None or cmd is not None:
                 ep = entrypoint if entrypoint is not None else list(self.config.get("entrypoint") or [])
                 cm = cmd if cmd is not None else ([] if entrypoint is not None else list(self.config.get("cmd") or []))
-                command = ep + cm
                 self.config["entrypoint"], self.config["cmd"] = ep, cm
+            if self.config.get("entrypoint") or self.config.get("cmd"):
+                command = list(self.config.get("entrypoint") or []) + list(self.config.get("cmd") or [])
+            if (base.get("init") or "/sbin/init") != appinit.INIT_PATH:
+                command = _runtime_command(command, self.config.get("working_dir") or "/",
+                                           self.config.get("user") or "")
             return self._commit(base, ports, command)
         finally:
             self.b.running.discard(self.cname)
             try:
-                self.b._destroy(self.cname)
+                self.b.destroy(self.cname)
             except Exception:  # noqa: BLE001 - logged; recover() at the next start finishes it
                 log.exception("build container %s not removed", self.cname)
 
@@ -373,6 +421,8 @@ class _Job:
             init_cmd=f"{self.sleep} 2147483647", halt_signal="SIGKILL", no_network=True,
             rootfs_options=_OVERLAY_OPTIONS)
         lxc.write_config(self.cname, cfg, m.layout)
+        self._check_cancelled()
+        self.started_container = True
         lxc.start(self.cname)
 
     def _stop(self) -> None:
@@ -388,6 +438,7 @@ class _Job:
         return f"{why}; last lines of the build log:\n{tail}" if tail else why
 
     def _exec(self, argv: list[str], step, *, what: str, stdin: bytes | None = None, stream: bool = False) -> None:
+        self._check_cancelled()
         left = self.left_s()
         if left <= 0:
             raise errors.BuildFailed(self._fail_text(f"the build ran past its timeout of {self.timeout_s:g} s"))
@@ -399,6 +450,7 @@ class _Job:
                 if chunk:
                     self.log.output("stdout", chunk)
         self.log.flush()
+        self._check_cancelled()
         if out["timed_out"]:
             raise errors.BuildFailed(self._fail_text(
                 f"{what} (Dockerfile line {step.line}) ran past the build timeout of {self.timeout_s:g} s"))
@@ -431,6 +483,15 @@ class _Job:
                 raise errors.BuildFailed(self._fail_text(
                     f"{step.instruction} (Dockerfile line {step.line}): {src!r} is not in the build context"))
             sources += found
+        if step.instruction == "ADD":  # a local tar archive is unpacked into dest (as Docker's ADD)
+            archives = [src for src in sources if _blocking(_is_archive, src)]
+            for src in archives:
+                data = _blocking(_rebase_archive, src, os.path.normpath(dest), step.line)
+                self._exec(["mkdir", "-p", os.path.normpath(dest)], step, what="ADD")
+                self._exec(["tar", "-xf", "-", "-C", "/"], step, what="ADD", stdin=data)
+            sources = [src for src in sources if src not in archives]
+            if not sources:
+                return
         into_dir = dest.endswith("/") or len(sources) > 1 or any(os.path.isdir(s) and not os.path.islink(s)
                                                                   for s in sources)
         dest = os.path.normpath(dest)
@@ -444,6 +505,7 @@ class _Job:
         store = m.images
         upper = self.b.lxc.upper_dir(self.cname)
         with m.images_lock:
+            self._check_cancelled()
             layer_id, layer_bytes = _blocking(layerdiff.diff_layer, store, upper)
             try:
                 fields = {"exposed_ports": ports, "env": self.env, "command": command,
@@ -462,6 +524,20 @@ class _Job:
                 "tag": manifest.get("tag") or "latest", "layer": layer_id, "layer_bytes": layer_bytes,
                 "size_bytes": manifest["size_bytes"], "base": base["id"],
                 "duration_s": round(time.monotonic() - self.started, 3), "log_bytes": self.log.total}
+
+
+def _runtime_command(command: list[str], workdir: str, user: str) -> list[str]:
+    """A system image's command (its init's run script starts it in / as
+    root) made to start in WORKDIR as USER, as Docker runs it: wrapped in
+    ``sh -c 'cd ...'`` and ``su`` only when they are not / and root."""
+    if not command:
+        return command
+    name = user.split(":")[0]
+    if name and name not in ("root", "0"):
+        command = ["su", "-s", "/bin/sh", name, "-c", "exec " + shlex.join(command)]
+    if workdir not in ("", "/"):
+        command = ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", workdir, *command]
+    return command
 
 
 def _find_sleep(store, manifest: dict, ref: str) -> str:
@@ -487,6 +563,43 @@ def _show(args) -> str:
     if isinstance(args, list) and all(isinstance(a, str) for a in args):
         return args[2] if args[:2] == ["/bin/sh", "-c"] and len(args) == 3 else shlex.join(args)
     return str(args)
+
+
+def _is_archive(path: str) -> bool:
+    """Whether ``path`` is a regular file that is a tar archive (plain, gzip,
+    bzip2 or xz)."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return tar.next() is not None
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+
+
+def _rebase_archive(path: str, dest: str, line: int) -> bytes:
+    """The archive's members as a plain tar (in memory) placed under
+    ``dest``; owners and modes as the archive has them.
+
+    Raises: InvalidImage (an absolute member, one climbing out with
+    ``..``, a link pointing out of ``dest``, a device node)."""
+    buf = io.BytesIO()
+    with tarfile.open(path, "r:*") as src, tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as out:
+        for m in src:
+            name = os.path.normpath(m.name)
+            if m.name.startswith("/") or name == ".." or name.startswith("../"):
+                raise errors.InvalidImage(f"Dockerfile line {line}: ADD {os.path.basename(path)}: member "
+                                          f"{m.name!r} is outside the archive")
+            if m.isdev() or m.isfifo():
+                raise errors.InvalidImage(f"Dockerfile line {line}: ADD {os.path.basename(path)}: member "
+                                          f"{m.name!r} is a device node or fifo")
+            if m.islnk():
+                m.linkname = os.path.join(dest, os.path.normpath(m.linkname)).lstrip("/")
+            if name == ".":
+                continue
+            m.name = os.path.join(dest, name).lstrip("/")
+            out.addfile(m, src.extractfile(m) if m.isreg() else None)
+    return buf.getvalue()
 
 
 def _copy_tar(sources: list[str], dest: str, into_dir: bool, owner: tuple[int, int]) -> tuple[bytes, list[str]]:

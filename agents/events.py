@@ -97,6 +97,7 @@ class EventJournal:
         self.segment_bytes = segment_bytes
         self.max_unsaved = max_unsaved
         self._refused = False  # the last write failed (logged once until one succeeds)
+        self._flushing = False  # a greenlet is writing (flush)
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self._kept: collections.deque = collections.deque()  # retained events, oldest first
         self._segments: list[tuple[int, str]] = []  # (first index, path), oldest first
@@ -193,7 +194,18 @@ class EventJournal:
 
     def flush(self) -> int:
         """Write the events not written yet (the disk refused them before);
-        returns how many are still unsaved."""
+        returns how many are still unsaved.  One greenlet writes at a time
+        (a write yields to the thread pool): a flush called meanwhile
+        returns at once, the writing one takes its events too."""
+        if self._flushing:
+            return len(self._unsaved)
+        self._flushing = True
+        try:
+            return self._flush()
+        finally:
+            self._flushing = False
+
+    def _flush(self) -> int:
         while self._unsaved:
             batch = list(self._unsaved)[:BATCH]
             lines = [json.dumps(e, sort_keys=True).encode() + b"\n" for e in batch]
@@ -340,7 +352,9 @@ class EventShipper(BackgroundLoop):
             try:
                 with wire.connect(self.hub, timeout_s=10.0, keys=self.keys) as client:
                     self._ship(client)
-            except errors.DcError as exc:
+            except Exception as exc:  # noqa: BLE001 - best effort: retried (a bug is logged with its traceback)
+                if not isinstance(exc, errors.DcError):
+                    log.exception("events to hub %s failed; retrying", self.hub)
                 text = f"{type(exc).__name__}: {exc}"
                 if text != self._last_error:
                     log.warning("events to hub %s: %s; retrying", self.hub, text)

@@ -22,9 +22,10 @@ from agents import hostinfo
 from agents.build import Builder
 from agents.containers import ContainerManager
 from agents.errmap import translate
+from agents.progress import ProgressMethods
 from agents.enter import EnterRelay
 from agents.events import EventMethods
-from agents.transfer import Puller, fetch_upload
+from agents.transfer import Puller, fetch_upload, upload_source
 from agents.volumes import VolumeMethods
 from images import oci
 from images.debootstrap import build_debian
@@ -42,7 +43,7 @@ AGENT_VERSION = "0.1.0"
 LOG_MAX_BYTES = validate.LOG_MAX_BYTES
 
 
-class AgentService(VolumeMethods, EventMethods):
+class AgentService(VolumeMethods, EventMethods, ProgressMethods):
     """The methods served by ``dc-agent`` (see the README's method reference;
     volumes: agents.volumes; container events: agents.events)."""
 
@@ -64,6 +65,7 @@ class AgentService(VolumeMethods, EventMethods):
         self.puller = Puller(manager.images, manager.images_lock)
         self.hub_keys = hub_keys  # CURVE keys towards the hub (image pulls)
         self.builder = Builder(manager, self.puller, hub_keys)  # Dockerfile builds (agents/build.py)
+        self.builder.current_hub = self.current_hub  # uploads and base images come from the hubs
         left = self.builder.recover()
         if left:
             log.warning("removed build containers an earlier run left: %s", ", ".join(left))
@@ -144,18 +146,21 @@ class AgentService(VolumeMethods, EventMethods):
         image_import does, and remove the copy.
 
         Args: upload_id: the file's sha256; name: ``NAME[:TAG]``; options:
-        {select: the tag of one image in a layout holding several, format}.
+        {select: the tag of one image in a layout holding several, format,
+        upload_hubs: the calling hub's endpoints (several hubs: the upload
+        is fetched from the first of them in this agent's --hub list, see
+        agents.transfer.upload_source; default the hub the link uses)}.
         Returns: the manifest.
         Raises: InvalidArgument (no hub), NoSuchUpload, and image_import's errors.
         """
-        opts = validate.options(options, {"select": "tag in a layout", "format": "image format"},
+        opts = validate.options(options, {"select": "tag in a layout", "format": "image format",
+                                          "upload_hubs": "the endpoints of the hub holding the upload"},
                                 "image_import_upload")
         base, tag, prefix = parse_full_ref(name)
         if prefix:
             raise errors.InvalidArgument(f"image name {name!r}: want NAME or NAME:TAG, no @id")
-        if not self.m.config.hub:
-            raise errors.InvalidArgument("this agent has no hub to fetch the upload from")
-        path = fetch_upload(self.current_hub(), self.hub_keys, upload_id, self.m.images.tmp_dir)
+        source = upload_source(opts.get("upload_hubs"), self.m.config.hub_endpoints(), self.current_hub())
+        path = fetch_upload(source, self.hub_keys, upload_id, self.m.images.tmp_dir)
         try:
             with self.m.images_lock:
                 return gevent.get_hub().threadpool.apply(
@@ -286,7 +291,10 @@ class AgentService(VolumeMethods, EventMethods):
             name: the new image's name.
             options: {tag, build_args {NAME: value}, timeout_s (default
                 1800, the whole build), dockerfile (path in the context,
-                default "Dockerfile"), max_context_bytes (default 256 MiB)}.
+                default "Dockerfile"), max_context_bytes (default 256 MiB),
+                upload_hubs (the hub's endpoints: an upload-id context is
+                fetched from the first of them in --hub; see
+                agents.transfer.upload_source)}.
 
         Returns: a stream of {"log": line} items as the build runs (RUN output as it
         comes), then one {"result": {image ("name@id12"), id, name, tag,
@@ -642,12 +650,17 @@ class AgentService(VolumeMethods, EventMethods):
         desired state is running but are stopped are reported; stale veths
         of stopped containers are removed.
 
+        Build containers no running build owns (a clean-up that failed) are
+        killed and removed.
+
         Returns: {host, dropped [names], destroy_finished [names],
         destroy_failed {name: "Error: message"} (still stuck; tried again
-        next time), stopped_unexpectedly [names], veths_removed [names]}.
-        Raises: NetworkError, LxcFailure.
+        next time), stopped_unexpectedly [names], veths_removed [names],
+        builds_removed [build container names]}.
+        Raises: NetworkError, LxcFailure, StoreError (a build container dir
+        that cannot be removed).
         """
-        return {"host": self.m.config.host_name, **self.m.cleanup()}
+        return {"host": self.m.config.host_name, **self.m.cleanup(), "builds_removed": self.builder.recover()}
 
     @expose(access="read")
     def ops_facts(self) -> dict:

@@ -60,8 +60,12 @@ class Puller:
 
         return _blocking(read)
 
-    def pull(self, ref: str, source: str, keys=None) -> dict:
+    def pull(self, ref: str, source: str, keys=None, progress=None) -> dict:
         """Pull ``ref`` from ``source`` (an endpoint) unless present.
+
+        ``progress(bytes_done, bytes_total)``, if given, is told after each
+        chunk (bytes of the layers this pull moves; total 0 when the image
+        is here already or another pull of it is under way).
 
         Returns: {"manifest": ..., "pulled": bool, "bytes": int transferred}.
         Raises: ImageNotFound (the source lacks it), StoreError (digest
@@ -80,7 +84,7 @@ class Puller:
                 return {**waiter.get(), "pulled": False}
             waiter = self._inflight[image_id] = AsyncResult()
             try:
-                result = self._pull(client, manifest, info["layer_sizes"])
+                result = self._pull(client, manifest, info["layer_sizes"], progress)
                 waiter.set(result)
                 return result
             except BaseException as exc:
@@ -89,9 +93,11 @@ class Puller:
             finally:
                 del self._inflight[image_id]
 
-    def _pull(self, client: wire.RpcClient, manifest: dict, sizes: dict) -> dict:
+    def _pull(self, client: wire.RpcClient, manifest: dict, sizes: dict, progress=None) -> dict:
         moved = 0
         tmp_root = self.store.tmp_dir
+        total = sum(s for d, s in sizes.items() if d in manifest["layers"] and isinstance(s, int)
+                    and not self.store.has_layer(d))
         for digest in manifest["layers"]:
             if self.store.has_layer(digest):
                 continue
@@ -108,6 +114,8 @@ class Puller:
                             raise errors.StoreError(f"layer {digest[:12]} ended at {offset} of {size} bytes")
                         _blocking(out.write, chunk)
                         offset += len(chunk)
+                        if progress is not None:
+                            progress(moved + offset, total)
                 moved += size
                 with self.store_lock:
                     _blocking(self.store.import_layer, path, digest)
@@ -121,6 +129,44 @@ class Puller:
                 stored = self.store.get(manifest["id"])
         log.info("pulled %s@%s (%d bytes)", manifest["name"], manifest["id"][:12], moved)
         return {"manifest": stored, "pulled": True, "bytes": moved}
+
+
+#: At most this many endpoints in an ``upload_hubs`` option.
+MAX_UPLOAD_HUBS = 16
+
+
+def upload_source(offered, configured: list[str], current: str | None) -> str:
+    """The hub endpoint to fetch an upload from.
+
+    With several hubs the hub that holds an upload (hub.uploads, on that
+    hub's disk) names its own endpoints with the call (``offered``); the
+    agent takes the first of them that is in its own ``--hub`` list, so a
+    caller can never point it at an arbitrary address.  Without an offer
+    (one hub, an older hub) it is ``current``, the hub its link uses now.
+    With one configured hub and no offered endpoint in it (the hub listens
+    on an address the agent spells otherwise) it is that one hub.
+
+    Args: offered: None or a list of endpoint strings (at most
+    MAX_UPLOAD_HUBS); configured: the agent's hub endpoints; current: the
+    endpoint its link uses now, or None.
+    Returns: one endpoint of ``configured``.
+    Raises: InvalidArgument (no hub; a malformed offer; several configured
+    hubs and none of them offered).
+    """
+    if not configured:
+        raise errors.InvalidArgument("this agent has no hub to fetch the upload from")
+    if offered is None:
+        return current if current in configured else configured[0]
+    if (not isinstance(offered, list) or not 0 < len(offered) <= MAX_UPLOAD_HUBS
+            or not all(isinstance(ep, str) for ep in offered)):
+        raise errors.InvalidArgument(f"upload_hubs: want a list of 1 to {MAX_UPLOAD_HUBS} endpoint strings")
+    for ep in offered:
+        if ep in configured:
+            return ep
+    if len(configured) == 1:
+        return configured[0]
+    raise errors.InvalidArgument(f"upload_hubs: none of {offered!r} is one of this agent's hubs "
+                                 f"({','.join(configured)}); an upload is fetched only from a configured hub")
 
 
 def fetch_upload(source: str, keys, upload_id: str, dest_dir: str) -> str:

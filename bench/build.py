@@ -44,8 +44,13 @@ from dcctl import wire  # noqa: E402
 from images import ImageStore, build_debian  # noqa: E402
 from ops import fleet as fleetmod  # noqa: E402
 
-RUN = ("adduser -D -u 1234 app 2>/dev/null || useradd -u 1234 app; mkdir -p /srv/app "
-       "&& echo ok > /srv/app/index.html")
+#: The one RUN: a user added (useradd on Debian; busybox has none, so a
+#: passwd line), a directory and two files written, one of them unique to
+#: the run (else the registry would already hold an earlier build's layer:
+#: layers are content-addressed, and nothing would ship).
+RUN = ("(useradd -u 1234 app 2>/dev/null || echo app:x:1234:1234::/srv/app:/bin/sh >> /etc/passwd); "
+       "mkdir -p /srv/app && echo ok > /srv/app/index.html && cat /proc/sys/kernel/random/uuid > /srv/app/id "
+       "&& id app")
 
 
 def _build(hub, ctx: str, name: str) -> tuple[float, dict]:

@@ -158,27 +158,39 @@ class Fleet:
         return [f"ipc://{self.root}/a{i:04d}.sock" for i in range(n)]
 
 
-def broadcast_latency(fleet: Fleet, hub: wire.RpcClient, n: int, rounds: int) -> tuple:
-    """(raw median ms, raw p99, hub median, hub p99) over ``rounds``."""
+def broadcast_latency(fleet: Fleet, hub: wire.RpcClient, n: int, rounds: int) -> dict:
+    """Broadcast rounds through the hub beside raw fan-out rounds, in turns.
+
+    Returns: {raw: (median ms, p99 ms), hub: (median ms, p99 ms) or None
+    when no round answered, hub_cpu_ms (the hub's CPU per broadcast),
+    failed: {error name: rounds}}."""
     raw_clients = [zerorpc.Client(ep, timeout=30) for ep in fleet.endpoints(n)]
     pool = gevent.pool.Pool(256)
+    failed: dict[str, int] = {}
     try:
         def raw_round():
             gevent.joinall([pool.spawn(c, "container_ls") for c in raw_clients], raise_error=True)
 
         def hub_round():
             out = hub.call("broadcast", "container_ls", [], {"timeout_s": 30}, timeout_s=60)
-            assert out["summary"]["ok"] == n, out["summary"]
+            if out["summary"]["ok"] != n:
+                raise RuntimeError(f"only {out['summary']['ok']} of {n} hosts answered: {out['summary']}")
 
-        for fn in (raw_round, hub_round):  # warm up the connections
-            fn()
-        raw_t, hub_t = [], []
-        for _ in range(rounds):
+        raw_t, hub_t, hub_cpu = [], [], 0.0
+        for i in range(rounds + 1):  # the first round of each warms up the connections
             for fn, acc in ((raw_round, raw_t), (hub_round, hub_t)):
-                t = time.perf_counter()
-                fn()
-                acc.append(time.perf_counter() - t)
-        return (*percentiles(raw_t), *percentiles(hub_t))
+                before, t = cpu_seconds(fleet.hub_proc.pid), time.perf_counter()
+                try:
+                    fn()
+                except (errors.DcError, RuntimeError) as exc:
+                    failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+                    continue
+                if i:
+                    acc.append(time.perf_counter() - t)
+                    if fn is hub_round:
+                        hub_cpu += cpu_seconds(fleet.hub_proc.pid) - before
+        return {"raw": percentiles(raw_t), "hub": percentiles(hub_t) if hub_t else None,
+                "hub_cpu_ms": hub_cpu / max(1, len(hub_t)) * 1000, "failed": failed}
     finally:
         for c in raw_clients:
             c.close()
@@ -221,7 +233,7 @@ def main() -> int:
         fleet.start_hub()
         hub = wire.connect(fleet.hub_ep, timeout_s=60)
         print(f"bench/scale: hollow hosts at {args.heartbeat_s:g} s heartbeats, {args.per_process} per process, "
-              f"{os.cpu_count()} CPUs", flush=True)
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start", flush=True)
         idle = cpu_share(fleet.hub_proc.pid, args.window_s)
         print(f"  hub CPU with 0 hosts: {idle:5.1f}% of a core over {args.window_s:g} s", flush=True)
         for n in sizes:
@@ -231,9 +243,15 @@ def main() -> int:
             share = cpu_share(fleet.hub_proc.pid, args.window_s)
             print(f"  {n:4d} hosts: hub CPU {share:5.1f}% of a core over {args.window_s:g} s "
                   f"(0 hosts: {idle:.1f}%; target < 25% at 1000)", flush=True)
-            rm, rp, hm, hp = broadcast_latency(fleet, hub, n, args.rounds)
+            got = broadcast_latency(fleet, hub, n, args.rounds)
+            (rm, rp), (hm, hp) = got["raw"], got["hub"] or (float("nan"), float("nan"))
             print(f"  {n:4d} hosts: broadcast container_ls median {hm:7.1f} ms p99 {hp:7.1f} ms   "
                   f"raw fan-out median {rm:7.1f} ms p99 {rp:7.1f} ms   (target < 1000 ms median)", flush=True)
+            print(f"  {n:4d} hosts: hub CPU per broadcast {got['hub_cpu_ms']:7.1f} ms; rounds failed: "
+                  f"{', '.join(f'{k} {v}' for k, v in sorted(got['failed'].items())) or 'none'}", flush=True)
+            share = cpu_share(fleet.hub_proc.pid, args.window_s)
+            print(f"  {n:4d} hosts, the hub holding a client to every host: hub CPU {share:5.1f}% of a core "
+                  f"over {args.window_s:g} s", flush=True)
         hub.close()
         if args.restart == "yes":
             n = sizes[-1]

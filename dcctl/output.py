@@ -328,7 +328,11 @@ def _load_text(row: dict) -> str:
 
 
 def _event_detail(row: dict) -> str:
-    return " ".join(f"{k}={scalar_text(v)}" for k, v in row.items() if k not in ("at", "kind", "host", "name"))
+    return " ".join(f"{k}={scalar_text(v)}" for k, v in row.items() if k not in EVENT_COLUMNS)
+
+
+#: An event's keys shown in its own columns (or repeated: container = name, kind = type), not in its detail.
+EVENT_COLUMNS = ("index", "at", "kind", "type", "host", "name", "container", "source", "agent_index")
 
 
 #: Default views by method: the columns shown without --wide.
@@ -372,7 +376,8 @@ VIEWS: dict[str, tuple[Column, ...]] = {
         Column("uptime", lambda r, now: age_text(_hostinfo_fields(r)[0].get("uptime_s"))),
     ),
     "events": (
-        _col("at", fmt=lambda v: cell_text("at", v)), _col("kind"), _col("host"), _col("name"),
+        _col("index", only_with="index"), _col("at", fmt=lambda v: cell_text("at", v)), _col("kind"), _col("host"),
+        _col("name"),
         Column("detail", lambda r, now: _event_detail(r) or "-", flexible=True),
     ),
     # route_ls: one row per backend (route_rows flattens the answer first)
@@ -465,7 +470,9 @@ FILTERS: dict[str, dict[str, Callable[[dict, str], bool]]] = {
     "image_ls": {"name": _match_name, "id": _match_id},
     "network_ls": {"host": _match_exact("host")},
     "hostinfo": {"host": _match_exact("host"), "status": _match_exact("status")},
-    "events": {"kind": _match_exact("kind"), "host": _match_exact("host"), "name": _match_name},
+    "events": {"kind": _match_exact("kind"), "type": _match_exact("kind"), "event": _match_exact("kind"),
+               "host": _match_exact("host"), "name": _match_name, "container": _match_name,
+               "image": _match_exact("image")},
     "broadcast": {"host": _match_exact("host"), "status": _match_exact("status")},
 }
 

@@ -25,6 +25,7 @@ import logging
 import re
 import time
 
+import gevent
 import gevent.lock
 
 from dcctl import errors, validate
@@ -291,6 +292,39 @@ class AppMethods:
         """
         self._app(app)
         return [_release_row(d) for d in sorted(self._releases(app), key=lambda d: -d["release"])]
+
+    @expose(stream=True, access="read")
+    def deploy_follow(self, app: str, poll_s: float = 0.2):
+        """Follow an app's deploy as it happens (a stream): one item per
+        step of its journal, then the release as ``releases`` lists it.
+        With no deploy under way, only the latest release.
+
+        Args: poll_s: seconds between looks at the journal (0.05-5).
+        Yields: {app, release, phase, at (Unix s)} per step, then the
+        release row (``state`` active or failed, ``error``).
+        Raises: InvalidArgument, NoSuchApp.
+        """
+        self._app(app)
+        poll = validate.number(poll_s, "poll_s", minimum=0.05, maximum=5)
+
+        def items():
+            seen, release = 0, None
+            while True:
+                journal = self.store.deploy_doc_get(journal_key(app))
+                if journal is None:
+                    break
+                release = journal["release"]
+                steps = journal.get("steps") or []
+                for step in steps[seen:]:
+                    yield {"app": app, "release": release, **step}
+                seen = len(steps)
+                gevent.sleep(poll)
+            docs = self._releases(app)
+            if release is not None:
+                docs = [d for d in docs if d["release"] == release] or docs
+            if docs:
+                yield _release_row(max(docs, key=lambda d: d["release"]))
+        return items()
 
     @expose(access="read")
     def apps(self) -> list:

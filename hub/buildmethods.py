@@ -75,6 +75,8 @@ class BuildMethods:
         if pinned is not None:
             self.store.host(pinned)  # NoSuchHost
         self.uploads.complete(upload_id)  # size and sha256 checked (NoSuchUpload...), before a host is taken
+        if self.endpoints:  # several hubs: the agent fetches the context from this one, which holds it
+            opts["upload_hubs"] = list(self.endpoints)
         return self._build(upload_id, name, opts, pinned, wait)
 
     @expose(access="read")

@@ -105,7 +105,8 @@ class EventLog:
 
     Args:
         store: the hub's store (its ``events`` section), or None for
-            events kept in memory only (tests of other parts).
+            events kept in memory only (the last max_events; a store
+            without the events methods, e.g. etcd's until it has them).
         max_events, max_age_s: retention (count; seconds).
     """
 
@@ -117,6 +118,8 @@ class EventLog:
         self._pending: collections.deque = collections.deque()  # refused by the store, oldest first
         self.lost = 0  # dropped past MAX_PENDING
         self._appends = 0
+        self.followers = 0  # follow() generators open now
+        self._cursors: dict[str, int] = {}  # host -> agent index taken in (the store's, without a store)
         self._changed = gevent.event.Event()
         if store is not None:
             self._prune()
@@ -142,12 +145,11 @@ class EventLog:
         Returns: the host's cursor (the last agent index taken in).
         Raises: InvalidArgument (an event without an integer index, at and
         type), StoreError (nothing was taken)."""
-        if self.store is None:
-            raise errors.InvalidArgument("this hub keeps no event store")
-        cursor = self.store.event_cursor(host)
+        cursor = self.store.event_cursor(host) if self.store is not None else self._cursors.get(host, 0)
         if head is not None and head < cursor:
             log.warning("host %s: its event journal started over (head %d < %d)", host, head, cursor)
-            self.store.set_event_cursor(host, 0)
+            if self.store is not None:
+                self.store.set_event_cursor(host, 0)
             cursor = 0
         docs, top = [], cursor
         for event in sorted(events, key=lambda e: e.get("index", 0) if isinstance(e, dict) else 0):
@@ -158,12 +160,15 @@ class EventLog:
                 continue
             top = event["index"]
             doc = {k: v for k, v in event.items() if k != "index"}
-            docs.append({**doc, "kind": doc["type"], "host": host, "agent_index": event["index"],
-                         "source": "agent"})
-        if docs:
+            docs.append({**doc, "kind": doc["type"], "name": doc.get("container"), "host": host,
+                         "agent_index": event["index"], "source": "agent"})
+        if docs and self.store is None:
+            self._append(docs)
+        elif docs:
             self.store.events_append(docs, host=host, agent_index=top)
             self._counted(len(docs))
             self._wake()
+        self._cursors[host] = top
         return top
 
     def _append(self, docs: list[dict]) -> list[dict]:
@@ -299,19 +304,23 @@ class EventLog:
         not read yet."""
         want = parse_filters(filters)
         cursor = self.parse_since(since)
-        while True:
-            changed = self._changed
-            batch = self._after(cursor, BATCH)
-            if not batch:
-                changed.wait()
-                continue
-            if self._bounds()["pruned_index"] > cursor:
-                raise errors.EventsExpired(f"this follower fell behind retention after index {cursor}",
-                                           hint="read faster, or resume with --since")
-            for event in batch:
-                cursor = event["index"]
-                if matches(event, want):
-                    yield event
+        self.followers += 1
+        try:
+            while True:
+                changed = self._changed
+                batch = self._after(cursor, BATCH)
+                if not batch:
+                    changed.wait()
+                    continue
+                if self._bounds()["pruned_index"] > cursor:
+                    raise errors.EventsExpired(f"this follower fell behind retention after index {cursor}",
+                                               hint="read faster, or resume with --since")
+                for event in batch:
+                    cursor = event["index"]
+                    if matches(event, want):
+                        yield event
+        finally:
+            self.followers -= 1
 
     # ------------------------------------------------------------ older callers
     def since(self, at: float) -> list[dict]:

@@ -103,6 +103,7 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
     hub.name = args.hub_name or f"hub-{os.getpid()}"
     hub.endpoint = next((ep for ep in args.listen + args.insecure_listen if parse_endpoint(ep).is_tcp),
                         (args.listen + args.insecure_listen)[0])
+    hub.endpoints = list(args.listen + args.insecure_listen)
     service = Service(hub, name="dc-hub", keys_dir=keys_dir)
     for ep in args.listen:
         if parse_endpoint(ep).is_ipc:

@@ -225,7 +225,8 @@ class Registry:
             _blocking(_unlink_if_there, tmp)
 
     def remove(self, ref: str) -> dict:
-        """Remove an image and the layers no other manifest uses.
+        """Remove an image, the layers no other manifest uses and its build
+        log (REGISTRY/builds/<id>.log).
 
         Returns: the removed manifest. Raises: as resolve(); StoreError
         (I/O error)."""
@@ -238,6 +239,8 @@ class Registry:
             for d in m["layers"]:
                 if d not in used:
                     _blocking(_unlink_if_there, self._layer(d))
+            # the log of the build that made it (hub/buildmethods.py), if any
+            _blocking(_unlink_if_there, os.path.join(self.root, "builds", m["id"] + ".log"))
         except OSError as exc:
             raise errors.StoreError(f"cannot remove image {m['id'][:12]}: {exc}") from exc
         return m

@@ -15,6 +15,7 @@ own module, over the parts they share, which this module builds.
 * hub/apps.py: deploy, releases, rollback, apps, app_rm (the deploy
   orchestration and its journal: hub/deploy.py);
 * hub/eventmethods.py: events, events_follow, host_events (the log: hub/events.py);
+* hub/progressmethods.py: image_pull on a host, its progress as a stream;
 * here: hub_info, start and stop.
 
 The shared parts: ``store`` (SQLite, hub/store/sqlite.py), ``registry``,
@@ -43,6 +44,7 @@ from hub.agents import Agents
 from hub.apps import AppMethods
 from hub.buildmethods import BuildMethods
 from hub.eventmethods import EventMethods
+from hub.progressmethods import ProgressMethods
 from hub.events import EventLog
 from hub.failover import Healer
 from hub.fleetwide import FleetwideMethods
@@ -62,7 +64,8 @@ HUB_VERSION = "0.1.0"
 
 
 class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideMethods, ImageMethods,
-                 routes.RouteMethods, UploadMethods, BuildMethods, VolumeMethods, AppMethods, EventMethods):
+                 routes.RouteMethods, UploadMethods, BuildMethods, VolumeMethods, AppMethods, EventMethods,
+                 ProgressMethods):
     """The methods served by ``dc-hub`` (routes: hub.routes; image uploads:
     hub.uploads).
 
@@ -105,6 +108,9 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         #: members) and the endpoint clients reach it at; dc-hub sets both
         self.name = "hub"
         self.endpoint = ""
+        #: every endpoint this hub listens on (dc-hub sets them): handed to an
+        #: agent with an upload this hub holds, so it fetches from this hub
+        self.endpoints: list[str] = []
         self._tasks: list[gevent.Greenlet] = []
         self._agent_schema: dict | None = None  # an agent's _zerorpc_inspect methods
         self.started = time.time()

@@ -227,6 +227,8 @@ class UploadMethods:
                 raise errors.NoCapacity("no live host to import the archive")
             host = alive[0]
         try:
+            if self.endpoints:  # several hubs: the agent fetches from this one, which holds the upload
+                opts["upload_hubs"] = list(self.endpoints)
             manifest = self.agents.call(host, "image_import_upload", upload_id, name, opts,
                                   timeout_s=IMPORT_TIMEOUT_SECONDS)
         except _CONTENT_ERRORS:

@@ -5,10 +5,10 @@
 ``Step`` (instruction, argument, line number), with ``$VAR``/``${VAR}``
 substituted from ARG and ENV where Docker substitutes them (not in RUN,
 CMD or ENTRYPOINT: the shell does that).  Supported: FROM (one stage),
-RUN, COPY, ADD (local context files only), ENV, ARG, WORKDIR, EXPOSE, CMD,
+RUN, COPY, ADD (local context files only; a local tar archive is
+unpacked, as Docker does), ENV, ARG, WORKDIR, EXPOSE, CMD,
 ENTRYPOINT, USER, LABEL, VOLUME.  Anything else, a second FROM, a flag we
-do not implement (``--mount``, ``--platform``, ``--from``), ADD of a URL or
-of an archive, or a malformed argument is refused with its line number
+do not implement (``--mount``, ``--platform``, ``--from``), ADD of a URL, or a malformed argument is refused with its line number
 (``InvalidImage``, a wire ``InvalidArgument``).
 
 ``context_files(root, ...)`` lists a context directory as the build sees
@@ -34,7 +34,6 @@ SUPPORTED = ("FROM", "RUN", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "EXPOSE", "C
              "USER", "LABEL", "VOLUME")
 _MAX_DOCKERFILE_BYTES = 1 << 20
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
-_ARCHIVE = re.compile(r"\.(tar|tgz|tar\.gz|tar\.bz2|tbz2|tar\.xz|txz)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +140,6 @@ def _copy(instruction: str, value: str, line: int) -> dict:
     for src in srcs:
         if instruction == "ADD" and re.match(r"^[a-z][a-z0-9+.-]*://|^git@", src):
             raise _err(line, f"ADD {src}: only files of the build context can be added (no URLs)")
-        if instruction == "ADD" and _ARCHIVE.search(src):
-            raise _err(line, f"ADD {src}: unpacking archives is not supported; COPY it and RUN tar")
     return {"srcs": srcs, "dest": dest, "chown": _chown(flags.get("chown"), line)}
 
 

@@ -17,6 +17,8 @@ from dcctl import auth, errors, output, upload, wire
 from dcctl import build as dcbuild
 from dcctl.cli.args import (Command, UsageError, build_call, build_options, method_help, params_of,
                             parse_timeout)
+from dcctl.cli import progress
+from dcctl.cli.events import run_events
 from dcctl.wire import clientconfig, failover
 from dcctl.wire.refs import parse_ref
 
@@ -170,7 +172,7 @@ def call_timeout(cmd: Command, options: dict | None) -> float:
 
 def run_method(cmd: Command) -> int:
     """Run ``dcctl METHOD ...`` (or list/help) against cmd.endpoint."""
-    filters = _filters(cmd.method, cmd.filters) if cmd.method not in (None, "methods", "help") else {}
+    filters = _filters(cmd.method, cmd.filters) if cmd.method not in (None, "methods", "help", "events") else {}
     with _connect(cmd.endpoint, cmd.timeout_s or wire.DEFAULT_TIMEOUT_SECONDS, cmd.key, cmd.server_key) as client:
         schema = fetch_inspect(client)
         methods = schema.get("methods") or {}
@@ -202,6 +204,9 @@ def run_method(cmd: Command) -> int:
                 if exc.hint and "usage:" in exc.hint:
                     raise UsageError(exc.message, hint=exc.hint) from exc
                 raise
+        if cmd.method == "events" and "filters" in [a.get("name") for a in (info or {}).get("args") or []]:
+            # the hub's events (dcctl/cli/events.py)
+            return run_events(client, cmd)
         if info is None or info.get("args") is None:  # unknown: let the server say so
             args, options, wire_args = list(cmd.words), None, list(cmd.words)
             if cmd.flags:
@@ -222,6 +227,8 @@ def run_method(cmd: Command) -> int:
             from dcctl.cli import logs
             return logs.run(client, args[0], options or {}, cmd.json, call_timeout(cmd, options))
         result = client.call(cmd.method, *wire_args, timeout_s=call_timeout(cmd, options))
+        if cmd.method in progress.PROGRESS_METHODS and output.is_stream(result) and not cmd.json:
+            return progress.show(result)  # a progress bar (dcctl/cli/progress.py)
         try:
             result = output.filter_result(cmd.method, result, filters)
         except output.FilterError as exc:

@@ -250,3 +250,39 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
         """Every (key, document) whose key starts with ``prefix``, by key."""
+
+    # ------------------------------------------------------------ fleet events (hub/events.py)
+    @abc.abstractmethod
+    def events_append(self, docs: list[dict], host: str | None = None,
+                      agent_index: int | None = None) -> list[dict]:
+        """Append events ``{at, ...}``, each given the next fleet ``index``
+        (never reused, also after pruning); with ``host`` and
+        ``agent_index``, that host's event cursor becomes ``agent_index`` in
+        the same write.  Returns: the documents with their ``index``."""
+
+    @abc.abstractmethod
+    def events_after(self, index: int, limit: int) -> list[dict]:
+        """Events with a fleet index above ``index``, oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    def events_index_at(self, at: float) -> int:
+        """The newest index of an event at or before ``at`` (Unix s); the
+        last pruned index when no kept event is that old."""
+
+    @abc.abstractmethod
+    def events_bounds(self) -> dict:
+        """{first (oldest kept index, or last + 1), last (newest index
+        given, 0 before any), pruned_index, pruned_at (0 before any)}."""
+
+    @abc.abstractmethod
+    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
+        """Drop the oldest events beyond ``max_count`` and those older than
+        ``max_age_s`` seconds; returns how many went."""
+
+    @abc.abstractmethod
+    def event_cursor(self, host: str) -> int:
+        """The last agent event index taken in from ``host`` (0: none)."""
+
+    @abc.abstractmethod
+    def set_event_cursor(self, host: str, agent_index: int) -> None:
+        """Set ``host``'s event cursor (0 when its agent's journal started over)."""

@@ -26,6 +26,9 @@ Keys, under ``prefix`` (default ``/dcfleet/``), values JSON:
   routes/<route>/<container>/<port>   {created_at}
   registry/<image id>        {manifest, sizes, source}: the image registry's index
                              (layers stay on each hub's disk, see hub/registry.py)
+  events/<index, 12 digits>  a fleet event (hub/events.py); evseq: the last index given
+                             (compare-and-swap); evmarks: what pruning dropped last;
+                             evcursors/<host>: each host's agent event cursor
   members/<hub>              {name, endpoint, since}, on the hub's lease
   leader                     the leading hub's name, on its lease (election:
                              create_revision == 0, lost when the lease expires)
@@ -53,8 +56,9 @@ import base64
 import http.client
 import json
 import logging
-import socket
 import random
+import select
+import socket
 import threading
 import time
 import urllib.parse
@@ -117,8 +121,9 @@ class _KeptSession:
     ``http.client`` connection (one session per thread): the same requests,
     errors (requests' Timeout and ConnectionError, which etcd3gw maps to
     its own) and answers, at a third of requests' cost per call.  A request
-    is never sent twice; a connection idle for IDLE_RECONNECT_SECONDS is
-    replaced before use, so a stale one is not the cause of a failure."""
+    is never sent twice; a connection etcd closed (a restart), or idle for
+    IDLE_RECONNECT_SECONDS, is replaced before use, so a stale one is not
+    the cause of a failure."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
@@ -130,10 +135,23 @@ class _KeptSession:
             self._conn.close()
             self._conn = None
 
+    def _dropped(self) -> bool:
+        """True when etcd closed the kept connection (it restarted): with no
+        answer pending, a readable socket means its end of stream."""
+        sock = self._conn.sock
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def post(self, url: str, json=None, data=None, timeout=None) -> _Response:
         body = data if data is not None else _json_dumps(json)
         path = urllib.parse.urlsplit(url).path
-        if self._conn is not None and time.monotonic() - self._used > IDLE_RECONNECT_SECONDS:
+        if self._conn is not None and (time.monotonic() - self._used > IDLE_RECONNECT_SECONDS
+                                       or self._dropped()):
             self._close()
         try:
             if self._conn is None:
@@ -317,6 +335,8 @@ class EtcdStore(Store):
         self._seen_containers: dict[str, dict] = {}
         self._seen_routes: list[dict] | None = None
         self._hosts_read: tuple[float, list[dict]] | None = None  # (monotonic time, rows): see hosts()
+        #: (revision, {key: (record, mod rev)}, {host: (beat, mod rev)}) of the last read: see _read_hosts
+        self._hosts_inc: tuple[int, dict, dict] | None = None
         self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
         self._resv_read_at: float | None = None
         self._claiming: dict[str, dict[str, int]] = {}  # host -> {name: memory_bytes} claims in flight here
@@ -588,12 +608,53 @@ class EtcdStore(Store):
         cached = self._hosts_read
         if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
             return [dict(r) for r in cached[1]]
-        hosts, beats = self.etcd.ranges(self._k("hosts", ""), self._k("beats", ""))
-        beats = {k.rsplit("/", 1)[1]: v for k, v, _ in beats}
-        rows = [self._host_row(v, beats.get(v["name"])) for _, v, _ in hosts]
+        hosts, beats = self._read_hosts()
+        rows = [self._host_row(v, beats.get(v["name"], (None, 0))[0]) for v, _ in hosts.values()]
         self._seen_hosts = {r["name"]: r for r in rows}
         self._hosts_read = (time.monotonic(), rows)
         return [dict(r) for r in rows]
+
+    def _read_hosts(self) -> tuple[dict[str, tuple[dict, int]], dict[str, tuple[dict, int]]]:
+        """({key: (host record, mod revision)}, {host: (beat, mod revision)}),
+        all at one revision.  The first read takes every value; later ones
+        take the host keys with their mod revisions (no values) and only the
+        beats changed since the last read's revision (min_mod_revision),
+        in one transaction, and keep the rest from the last read
+        (bench/placement.py --store etcd measures the bytes).  A beat goes
+        only with its host's record (upsert_host, remove_host), so when any
+        host record changed, came or went, everything is read again."""
+        last = self._hosts_inc
+        hp, bp = self._k("hosts", ""), self._k("beats", "")
+
+        def rng(prefix: str, **extra) -> dict:
+            return {"request_range": {"key": _b64(prefix), "range_end": _prefix_end(prefix), **extra}}
+
+        def kvs(answer: dict) -> list[list[dict]]:
+            return [(r.get("response_range") or {}).get("kvs") or [] for r in answer.get("responses") or []]
+
+        def values(found: list[dict]) -> dict[str, tuple[dict, int]]:
+            return {_unb64(kv["key"]): (json.loads(_unb64(kv.get("value"))), int(kv["mod_revision"]))
+                    for kv in found}
+
+        if last is None:
+            _, out = self.etcd.txn([], [rng(hp), rng(bp)])
+            hosts, beats = kvs(out)
+            hmap = values(hosts)
+            bmap = {k.rsplit("/", 1)[1]: v for k, v in values(beats).items()}
+            self._hosts_inc = (int(out["header"]["revision"]), hmap, bmap)
+            return hmap, bmap
+        rev, hold, bold = last
+
+        _, out = self.etcd.txn([], [rng(hp, keys_only=True), rng(hp, min_mod_revision=str(rev + 1)),
+                                    rng(bp, min_mod_revision=str(rev + 1))])
+        hkeys, hnew, bnew = kvs(out)
+        now = {_unb64(kv["key"]): int(kv["mod_revision"]) for kv in hkeys}
+        if hnew or now != {k: r for k, (_, r) in hold.items()}:
+            self._hosts_inc = None  # a host registered, changed or left (a beat may be gone with it): read all
+            return self._read_hosts()
+        bmap = {**bold, **{k.rsplit("/", 1)[1]: v for k, v in values(bnew).items()}}
+        self._hosts_inc = (int(out["header"]["revision"]), hold, bmap)
+        return hold, bmap
 
     def remove_host(self, name: str) -> None:
         self._hosts_read = None
@@ -651,9 +712,6 @@ class EtcdStore(Store):
         key = self._k("resv", host)
         self._resv_read_at = None  # this hub changes a record: claims read them all again
         return self.etcd.at(key, rev), self.etcd.put(key, {"names": names})
-
-    def _abandoned_of(self, name: str) -> list[str]:
-        return sorted(k.rsplit("/", 1)[1] for k, _, _ in self.etcd.range(self._k("abandoned", name, "")))
 
     def _claim_figures(self) -> dict[str, tuple[dict, int]]:
         """The reservation records a claim decides on: read at most every
@@ -939,3 +997,77 @@ class EtcdStore(Store):
     def deploy_docs(self, prefix: str) -> list[tuple[str, dict]]:
         base = self._k("deploy", "")
         return [(key[len(base):], value) for key, value, _ in self.etcd.range(self._k("deploy", prefix))]
+
+    # ------------------------------------------------------------ fleet events (hub/events.py)
+    def _event_key(self, index: int) -> str:
+        return self._k("events", f"{index:012d}")
+
+    def events_append(self, docs: list[dict], host: str | None = None,
+                      agent_index: int | None = None) -> list[dict]:
+        """See Store.events_append: a compare-and-swap on ``evseq`` for each
+        MAX_TXN_OPS - 2 events; the cursor goes with the last of them."""
+        out: list[dict] = []
+        chunk, seq_key = MAX_TXN_OPS - 2, self._k("evseq")
+        for start in range(0, max(1, len(docs)), chunk):
+            part, last_part = docs[start:start + chunk], start + chunk >= len(docs)
+
+            def once(part=part, last_part=last_part):
+                got = self.etcd.get(seq_key)
+                last = got[0] if got else 0
+                full = [{**doc, "index": last + i + 1} for i, doc in enumerate(part)]
+                ops = [self.etcd.put(self._event_key(d["index"]), d) for d in full]
+                ops.append(self.etcd.put(seq_key, last + len(full)))
+                if last_part and host is not None and agent_index is not None:
+                    ops.append(self.etcd.put(self._k("evcursors", host), agent_index))
+                ok, _ = self.etcd.txn([self.etcd.at(seq_key, got[1] if got else 0)], ops)
+                return full if ok else None
+
+            out += self._cas(once)
+        return out
+
+    def _events_from(self, start: int, limit: int = 0) -> list[dict]:
+        body = {"key": _b64(self._event_key(start)), "range_end": _prefix_end(self._k("events", ""))}
+        if limit:
+            body["limit"] = str(limit)
+        return [json.loads(_unb64(kv.get("value"))) for kv in self.etcd.post("kv/range", body).get("kvs") or []]
+
+    def events_after(self, index: int, limit: int) -> list[dict]:
+        return self._events_from(max(0, index) + 1, limit) if limit > 0 else []
+
+    def _event_marks(self) -> dict:
+        got = self.etcd.get(self._k("evmarks"))
+        return got[0] if got else {"pruned_index": 0, "pruned_at": 0.0}
+
+    def events_index_at(self, at: float) -> int:
+        found = [d["index"] for d in self._events_from(0) if d["at"] <= at]
+        return max(found) if found else int(self._event_marks()["pruned_index"])
+
+    def events_bounds(self) -> dict:
+        first, seq = self._events_from(0, 1), self.etcd.get(self._k("evseq"))
+        last, marks = (seq[0] if seq else 0), self._event_marks()
+        return {"first": first[0]["index"] if first else last + 1, "last": last,
+                "pruned_index": int(marks["pruned_index"]), "pruned_at": marks["pruned_at"]}
+
+    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        kept = self._events_from(0)
+        cut = kept[-max_count - 1]["index"] if len(kept) > max_count else 0
+        old = [d["index"] for d in kept if d["at"] < now - max_age_s]
+        cut = max(cut, max(old) if old else 0)
+        if not cut:
+            return 0
+        gone = [d for d in kept if d["index"] <= cut]
+        marks = self._event_marks()
+        marks = {"pruned_index": max(int(marks["pruned_index"]), cut),
+                 "pruned_at": max(marks["pruned_at"], max(d["at"] for d in gone))}
+        self.etcd.txn([], [{"request_delete_range": {"key": _b64(self._event_key(0)),
+                                                     "range_end": _b64(self._event_key(cut + 1))}},
+                           self.etcd.put(self._k("evmarks"), marks)])
+        return len(gone)
+
+    def event_cursor(self, host: str) -> int:
+        got = self.etcd.get(self._k("evcursors", host))
+        return got[0] if got else 0
+
+    def set_event_cursor(self, host: str, agent_index: int) -> None:
+        self.etcd.txn([], [self.etcd.put(self._k("evcursors", host), agent_index)])

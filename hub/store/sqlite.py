@@ -640,11 +640,14 @@ class HubStore(Store):
         self._events_ready()
         out = []
         with self.write() as db:
+            seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name='fleet_events'").fetchone()
+            index = seq[0] if seq else 0
+            rows = []
             for doc in docs:
-                cur = db.execute("INSERT INTO fleet_events (at, doc) VALUES (?, '{}')", (float(doc["at"]),))
-                full = {**doc, "index": cur.lastrowid}
-                db.execute("UPDATE fleet_events SET doc=? WHERE idx=?", (json.dumps(full), cur.lastrowid))
-                out.append(full)
+                index += 1
+                out.append({**doc, "index": index})
+                rows.append((index, float(doc["at"]), json.dumps(out[-1])))
+            db.executemany("INSERT INTO fleet_events (idx, at, doc) VALUES (?, ?, ?)", rows)
             if host is not None and agent_index is not None:
                 db.execute("INSERT INTO event_cursors (host, agent_index) VALUES (?, ?) ON CONFLICT(host)"
                            " DO UPDATE SET agent_index=excluded.agent_index", (host, agent_index))

@@ -89,6 +89,8 @@ def test_build_through_the_hub_ships_only_the_new_layer(small_fleet, hub, tmp_pa
     assert kept["image"] == result["image"] and kept["log"].splitlines() == logs and not kept["truncated"]
     with pytest.raises(errors.ImageNotFound, match="no build log"):
         hub.call("build_log", "busybox")
+    log_path = os.path.join(small_fleet["hub"]["state_dir"], "registry", "builds", result["id"] + ".log")
+    assert os.path.isfile(log_path)
     text = dcctl(small_fleet, "build", str(ctx), "-t", "bldapp:v2")
     assert text.returncode == 0, text.stderr
     assert text.stdout.strip().startswith("bldapp@") and "Step 2/5 : COPY" in text.stderr

@@ -1,7 +1,9 @@
 """The operator's flow of issue 15 on a real local fleet (real LXC, real
 etcd on the fleet bridge, two real hubs): ``ops/fleet up 3 --store etcd
 --hubs 2`` prints the exports and one ``hub NAME PID ENDPOINT`` line per
-hub; a create goes through either hub; kill -9 of the leader, and creates,
+hub; a create goes through either hub; a build through the hub the
+agents' links do not use fetches its context from that hub, and so does
+an archive pushed through it; kill -9 of the leader, and creates,
 forwarded calls and leadership go on through the other; ``down`` removes
 etcd too."""
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from dcctl import errors
 from ops import fleet as fleetmod
 from ops.fleetlib.etcd import ETCD_BINARY
+from tests.ocikit import make_umoci_image, need_tools, run
 from tests.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,11 +47,32 @@ def test_two_hubs_on_etcd_survive_the_leader_killed(tmp_path):
         hubs = re.findall(r"^hub (\S+) (\d+) (\S+)$", up.stdout, re.M)
         assert len(exports) == 1 and [h[0] for h in hubs] == ["hub-1", "hub-2"]
         assert exports[0] == ",".join(h[2] for h in hubs)
+        lines = up.stdout.splitlines()  # the exports first, so `| grep ^export` or a cut-off eval gets them all
+        assert max(i for i, ln in enumerate(lines) if ln.startswith("export ")) < \
+            min(i for i, ln in enumerate(lines) if ln.startswith("hub "))
         env = {**os.environ, "DCCTL_HOST": exports[0]}
         info = _dcctl(env, "hub_info")
         assert info["store"] == "etcd" and info["leader"] in ("hub-1", "hub-2")
         assert sorted(m["name"] for m in info["members"]) == ["hub-1", "hub-2"]
         assert _dcctl(env, "create_container", "busybox", f"{prefix}.web")["state"] == "running"
+        # an upload is fetched from the hub that holds it: every agent's link
+        # uses hub-1 (the first of its --hub), and a build through hub-2 alone
+        # (its context uploaded to hub-2's disk) still gets its context
+        (tmp_path / "ctx").mkdir()
+        (tmp_path / "ctx" / "Dockerfile").write_text("FROM busybox\nRUN echo via-hub-2 > /built\n")
+        built = subprocess.run(["python3", "-m", "dcctl.cli", "--json", "build", str(tmp_path / "ctx"), "-t",
+                                f"{prefix}img:v1"], cwd=REPO, env={**env, "DCCTL_HOST": hubs[1][2]},
+                               capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr + built.stdout
+        last = json.loads(built.stdout.strip().splitlines()[-1])
+        assert last["image"].startswith(f"{prefix}img@")
+        # and so is an archive pushed through hub-2 alone (image_import_upload)
+        need_tools()
+        layout = make_umoci_image(str(tmp_path), tag="v1")
+        archive = str(tmp_path / "app-docker.tar")
+        run("skopeo", "copy", "-q", f"oci:{layout}:v1", f"docker-archive:{archive}:app:v1")
+        pushed = _dcctl({**env, "DCCTL_HOST": hubs[1][2]}, "image_push", archive, f"{prefix}oci:v1")
+        assert pushed["manifest"]["name"] == f"{prefix}oci"
         leader = next(h for h in hubs if h[0] == info["leader"])
         other = next(h for h in hubs if h[0] != info["leader"])
         os.kill(int(leader[1]), signal.SIGKILL)

@@ -34,7 +34,10 @@ FIGURES = {
                   (r"^  3 real hosts, create_container --no-start end to end, [14] client\(s\): +[\d.]+ creates/s$",
                    2)],
     "rpc": [(r"^  (plain|curve) callers=[18]: +\d+ calls/s  p50 +\d+ us  p99 +\d+ us$", 4),
-            (r"^  CURVE throughput cost at [18] caller\(s\): -?[\d.]+%$", 2)],
+            (r"^  CURVE throughput cost at [18] caller\(s\): -?[\d.]+%$", 2),
+            (r"^  bare zerorpc echo callers=[18]: +\d+ calls/s, server CPU +\d+ us/call; agent plain +\d+ calls/s, "
+             r"server CPU +\d+ us/call \(interleaved\)$", 2),
+            (r"^  bare zerorpc / agent plain at [18] caller\(s\): [\d.]+x \(target <= 1.2x\)$", 2)],
     "routing": [(r"^    (direct \(host mapping\)|via the router \(HAProxy\)) +\d+ req/s   p50 +[\d.]+ ms   "
                  r"p99 +[\d.]+ ms   \(\d+ requests, \d+ errors\)$", 4),
                 (r"^    router / direct throughput: [\d.]+x \(target >= 0.8x\)$", 2),
@@ -62,6 +65,8 @@ FIGURES = {
                1),
               (r"^    20 hosts: broadcast container_ls median +[\d.]+ ms p99 +[\d.]+ ms   raw fan-out median +[\d.]+ ms "
                r"p99 +[\d.]+ ms   \(target < 1000 ms median\)$", 1),
+              (r"^    20 hosts: hub CPU per broadcast +[\d.]+ ms; rounds failed: none$", 1),
+              (r"^    20 hosts, the hub holding a client to every host: hub CPU +[\d.]+% of a core over [\d.]+ s$", 1),
               (r"^  hub restart, (jitter 1 s|no jitter \(reference\)): 20 hosts registered again +[\d.]+ s to +[\d.]+ s "
                r"after the start \(spread +[\d.]+ s\), peak \d+ registrations/s$", 2)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),

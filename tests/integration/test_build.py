@@ -102,7 +102,9 @@ def test_build_tree_whiteout_opaque_modes_owners(shared_agent, tmp_path, clean):
     assert res["image"] == f"bldchild@{res['id'][:12]}" and res["tag"] == "v1" and res["base"] == base["id"]
     manifests = {i["name"]: i for i in a.call("image_ls")}
     assert manifests["bldchild"]["layers"] == [*manifests["bldbase"]["layers"], res["layer"]]
-    assert manifests["bldchild"]["command"] == ["httpd", "-f", "-p", "8080"]
+    # a system image's init starts its command in /: the WORKDIR is kept by a wrapper
+    assert manifests["bldchild"]["command"] == ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", "/opt/app",
+                                                "httpd", "-f", "-p", "8080"]
     assert {"proto": "tcp", "port": 8080} in manifests["bldchild"]["exposed_ports"]
     full = a.call("image_manifest", "bldchild")["manifest"]
     assert full["env"]["GREETING"] == "hello fleet"
@@ -138,6 +140,22 @@ def test_build_tree_whiteout_opaque_modes_owners(shared_agent, tmp_path, clean):
     assert leftovers(a)["builds"] == []
 
 
+def test_workdir_and_user_apply_at_run_time(shared_agent, tmp_path, clean):
+    a = shared_agent
+    ctx = context(tmp_path, "FROM busybox\nRUN echo svc:x:4321:4321::/srv/w:/bin/sh >> /etc/passwd && echo svc:x:4321: >> /etc/group "
+                  "&& mkdir -p /srv/w && chown svc /srv/w\n"
+                  "WORKDIR /srv/w\nUSER svc\nRUN id -u > mine && pwd >> mine\n"
+                  "CMD [\"sh\", \"-c\", \"id -u > out; pwd >> out; cat mine >> out\"]\n")
+    _lines, res = build(a, ctx, "bldrt")
+    clean.append("bldrt1")
+    a.call("container_create", f"bldrt@{res['id']}", "bldrt1", {})
+    a.call("container_start", "bldrt1")
+    text = wait_for(lambda: (lambda r: r["exit_code"] == 0 and r["stdout"])(
+        a.call("container_exec", "bldrt1", ["cat", "/srv/w/out"])), 60, "the command's output",
+        ignore=(errors.ContainerNotRunning,))
+    assert text.decode().split() == ["4321", "/srv/w", "4321", "/srv/w"]
+
+
 def test_output_streams_before_the_run_ends(shared_agent, tmp_path, clean):
     ctx = context(tmp_path, "FROM busybox\nRUN echo first; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second\n")
     with shared_agent.client(timeout_s=120) as c:
@@ -171,6 +189,30 @@ def test_bad_builds_typed_and_leave_nothing(shared_agent, tmp_path, clean, text,
     assert leftovers(shared_agent) == before
 
 
+def test_add_unpacks_a_local_archive_and_copies_other_files(shared_agent, tmp_path, clean):
+    import io as _io
+    ctx = context(tmp_path, "FROM busybox\nADD app.tar.gz plain.txt /opt/add/\n"
+                  "RUN cat /opt/add/app/bin/run /opt/add/plain.txt && stat -c '%a %u %g' /opt/add/app/bin/run "
+                  "&& test ! -e /opt/add/app.tar.gz\n", {"plain.txt": "plain\n"})
+    with tarfile.open(os.path.join(ctx, "app.tar.gz"), "w:gz") as tar:
+        data = b"#!/bin/sh\necho run\n"
+        info = tarfile.TarInfo("app/bin/run")
+        info.size, info.mode, info.uid, info.gid = len(data), 0o750, 33, 44
+        tar.addfile(info, _io.BytesIO(data))
+    lines, res = build(shared_agent, ctx, "bldadd")
+    assert [ln for ln in lines if not ln.startswith(("Step", "built"))] == ["#!/bin/sh", "echo run", "plain",
+                                                                             "750 33 44"]
+    assert res["name"] == "bldadd"
+    bad = context(tmp_path, "FROM busybox\nADD evil.tar /x/\n")
+    with tarfile.open(os.path.join(bad, "evil.tar"), "w") as tar:
+        info = tarfile.TarInfo("../../etc/evil")
+        tar.addfile(info, _io.BytesIO(b""))
+    before = leftovers(shared_agent)
+    with pytest.raises(errors.InvalidImage, match="outside the archive"):
+        build(shared_agent, bad, "bldbad")
+    assert leftovers(shared_agent) == before
+
+
 def test_dir_context_honours_dockerignore(shared_agent, tmp_path, clean):
     ctx = context(tmp_path, "FROM busybox\nCOPY . /ctx/\nRUN test -e /ctx/keep && test ! -e /ctx/drop.log\n",
                   {"keep": "k", "drop.log": "d", ".dockerignore": "*.log\n"})
@@ -185,6 +227,33 @@ def test_context_with_symlink_out_refused(shared_agent, tmp_path, clean):
     with pytest.raises(errors.InvalidImage, match="out of the context"):
         build(shared_agent, ctx, "bldbad")
     assert leftovers(shared_agent) == before
+
+
+def test_caller_that_goes_away_stops_the_build(shared_agent, tmp_path, clean):
+    before = leftovers(shared_agent)
+    ctx = context(tmp_path, "FROM busybox\nRUN echo started; sleep 600\nRUN echo never\n")
+    with shared_agent.client(timeout_s=120) as c:
+        it = c.call("image_build_dockerfile", ctx, "bldgone", {})
+        assert next(it)["log"].startswith("Step 1/2")
+        assert next(it) == {"log": "started"}
+        assert len(os.listdir(os.path.join(shared_agent.state_dir, "builds"))) == 1
+        it.close()
+    wait_for(lambda: leftovers(shared_agent) == before, 60, "the abandoned build cleaned up")
+
+
+def test_ops_cleanup_removes_a_stray_build_container_only(shared_agent, tmp_path, clean):
+    builds = os.path.join(shared_agent.state_dir, "builds")
+    os.makedirs(os.path.join(builds, "bld-stray000000", "upper"))
+    ctx = context(tmp_path, "FROM busybox\nRUN echo started; while [ ! -e /tmp/go ]; do sleep 0.1; done\n")
+    with shared_agent.client(timeout_s=120) as c:
+        it = c.call("image_build_dockerfile", ctx, "bldrunning", {"timeout_s": 60})
+        next(it), next(it)  # the RUN runs
+        running = [n for n in os.listdir(builds) if n != "bld-stray000000"]
+        assert c.call("ops_cleanup")["builds_removed"] == ["bld-stray000000"]
+        assert os.listdir(builds) == running  # the running build is left alone
+        subprocess.run(["lxc-attach", "-P", builds, "-n", running[0], "--", "touch", "/tmp/go"], check=True, timeout=30)
+        assert "result" in list(it)[-1]
+    assert os.listdir(builds) == []
 
 
 def test_build_container_left_by_a_dead_agent_is_removed_at_start(agent_factory, tmp_path):

@@ -244,6 +244,10 @@ def test_a_hub_killed_mid_deploy_rolls_back_before_the_switch_and_finishes_after
         hub.call("deploy", app, "busybox", {"env": {"REL": "v9"}})
     with pytest.raises(errors.DeployInProgress):
         hub.call("app_rm", app)
+    with wire.connect(fleet["hub"]["ipc"], timeout_s=60) as follower:  # the deploy's steps, live
+        items = follower.call("deploy_follow", app)
+        first = [next(items), next(items)]
+        assert [(i["release"], i["phase"]) for i in first] == [(2, "starting"), (2, "creating")]
     _restart_hub(fleet)
     with wire.connect(fleet["hub"]["ipc"], timeout_s=60) as again:
         wait_until(lambda: _journal_state(fleet, app).get(2) == "failed", 90, "v2 rolled back",
@@ -265,6 +269,44 @@ def test_a_hub_killed_mid_deploy_rolls_back_before_the_switch_and_finishes_after
         wait_release(fleet, route, "v3")
         (listed,) = [a for a in again.call("apps") if a["app"] == app]
         assert listed["deploying"] is False and listed["current"] == 3
+
+
+def test_a_host_lost_mid_deploy_rolls_back_and_the_rest_is_undone_when_it_returns(hub, fleet, app):
+    route = f"{app}.{fleet['route_domain']}"
+    v1 = hub.call("deploy", app, "busybox", {**FAST, "command": COMMAND, "env": {"REL": "v1"}}, timeout_s=300)
+    wait_release(fleet, route, "v1")
+    outcome = _deploy_in_background(fleet, app, {"env": {"REL": "v2"}, "check_wait_s": 8, "check_attempts": 2,
+                                                 "check_timeout_s": 2})
+    new = f"{app}.v2.1"
+    wait_until(lambda: _journal_state(fleet, app).get(2) == "deploying", 60, "v2 under way")
+    with wire.connect(fleet["hub"]["ipc"], timeout_s=60) as follower:  # until its containers are made
+        assert any(step.get("phase") == "checking" for step in follower.call("deploy_follow", app))
+    (row,) = [c for c in hub.call("container_ls") if c["name"] == new]
+    assert row["host"] != v1["hosts"][f"{app}.v1.1"]  # spread: the new container is on another host
+    victim = next(h for h in fleet["hosts"] if h["name"] == row["host"])
+    os.kill(victim["pid"], signal.SIGKILL)  # the host dies: agent gone, containers stopped dead
+    lxc_path = victim["lxc_path"]
+    import subprocess
+    stops = [subprocess.run(["nsenter", f"--net=/run/netns/{victim['netns']}", "lxc-stop", "-P", lxc_path, "-n",
+                             name, "-k"], capture_output=True, timeout=60, text=True) for name in os.listdir(lxc_path)]
+    assert all(s.returncode == 0 for s in stops), [(s.args, s.stderr) for s in stops]
+    try:
+        wait_until(lambda: "error" in outcome or "result" in outcome, 120, "the deploy to end")
+        assert isinstance(outcome.get("error"), errors.DeployFailed) and new in str(outcome["error"])
+        assert page(fleet, route) == "release v1"  # the old release never stopped serving
+        assert _journal_state(fleet, app)[2] == "failed"
+    finally:
+        proc = fleetmod._spawn(fleetmod.agent_argv(fleet, victim, []), victim["log"], victim["pid_file"])
+        victim["pid"] = proc.pid
+        fleetmod.save(fleet)
+    # the host is back: the rollback's destroy it could not do then is done now, and the journal goes
+    wait_until(lambda: names_of(hub, app) == [f"{app}.v1.1"], 90, "v2's container removed on the returned host",
+               ignore=(errors.Unreachable, errors.CallTimeout))
+    wait_until(lambda: [a["deploying"] for a in hub.call("apps") if a["app"] == app] == [False], 60,
+               "the journal gone")
+    with wire.connect(victim["ipc"], timeout_s=30) as agent:
+        assert new not in [c["name"] for c in agent.call("container_ls")]
+    assert page(fleet, route) == "release v1"
 
 
 def _rootfs_archive(tmp_path, i: int, base: str) -> str:
@@ -374,6 +416,9 @@ def test_the_dcctl_interface_of_deploys(hub, fleet, app):
     assert code == 0 and out.split("\n")[0].split()[:3] == ["version", "state", "image"] and "failed" in out
     code, out, err = _dcctl(fleet, "apps")
     assert code == 0 and app in out
+    # with no deploy under way, deploy_follow gives the latest release and ends
+    (latest,) = list(hub.call("deploy_follow", app))
+    assert latest["release"] == 2 and latest["state"] == "failed"
 
 
 def test_a_container_with_a_volume_stays_on_its_lost_host(hub, fleet, app):

@@ -131,3 +131,15 @@ def test_a_full_disk_loses_nothing_the_journal_can_keep(small_fs):
     assert j.flush() == 0
     kept = [e["index"] for e in EventJournal(root, "h1", segment_bytes=64 << 10).since(0, limit=5000)]
     assert kept == sorted(set(kept)) and kept[-1] == j.head() and len(kept) == j.head() - j.lost
+
+
+def test_events_recorded_while_another_greenlet_writes_are_written_once(tmp_path):
+    import gevent
+    j = EventJournal(str(tmp_path), "h1")
+    writers = [gevent.spawn(j.record, "exec_ended", "evt.a", n=i) for i in range(50)]
+    writers.append(gevent.spawn(j.flush))
+    gevent.joinall(writers, raise_error=True)
+    j.flush()
+    assert j.unsaved == 0
+    again = EventJournal(str(tmp_path), "h1")
+    assert [e["index"] for e in again.since(0, limit=100)] == list(range(1, 51))

@@ -62,7 +62,6 @@ def test_supported_instructions_become_steps_with_lines():
     ("FROM a\nFROM b\n", 2, "multi-stage"),
     ("FROM --platform=linux/arm64 a\n", 1, "--platform"),
     ("FROM a\nADD http://example.invalid/x /y\n", 2, "no URLs"),
-    ("FROM a\nADD app.tar.gz /y\n", 2, "archives"),
     ("FROM a\nCOPY --from=build /x /y\n", 2, "--from"),
     ("FROM a\nCOPY --chown=www:www x /y\n", 2, "numeric"),
     ("FROM a\nCOPY onlyone\n", 2, "a destination"),

@@ -249,3 +249,28 @@ def test_deploy_documents_by_key_and_one_journal_per_app(make_store):
     assert b.deploy_doc_get("deploys/web") == {"release": 3}
     assert b.deploy_doc_delete("deploys/web") and not a.deploy_doc_delete("deploys/web")
     assert b.deploy_doc_put("deploys/web", {"release": 4}, create_only=True)
+
+
+def test_fleet_events_keep_their_index_order_cursors_and_pruning(make_store):
+    a, b = make_store(), make_store()
+    assert a.events_bounds() == {"first": 1, "last": 0, "pruned_index": 0, "pruned_at": 0.0}
+    assert a.events_after(0, 10) == [] and a.event_cursor("h1") == 0
+    t = 1_000_000.0
+    got = a.events_append([{"at": t + i, "kind": "host_lost", "host": f"h{i}"} for i in range(3)], "h1", 7)
+    assert [e["index"] for e in got] == [1, 2, 3] and a.event_cursor("h1") == 7
+    assert [e["index"] for e in b.events_append([{"at": t + 10, "kind": "adopted"}])] == [4]  # another hub
+    assert [e["index"] for e in a.events_after(1, 2)] == [2, 3] and a.events_after(4, 5) == []
+    assert b.events_index_at(t + 1.5) == 2 and b.events_index_at(t + 99) == 4
+    many = a.events_append([{"at": t + 20, "kind": "x", "n": i} for i in range(200)])  # over 128 operations
+    assert [e["index"] for e in many] == list(range(5, 205))
+    assert b.events_bounds()["last"] == 204
+    assert a.events_prune(100, 3600.0, now=t + 30) == 104  # keeps the newest 100
+    bounds = b.events_bounds()
+    assert bounds["first"] == 105 and bounds["last"] == 204 and bounds["pruned_index"] == 104
+    assert bounds["pruned_at"] == t + 20
+    assert b.events_index_at(t) == 104  # older than every kept one: the last pruned index
+    assert [e["index"] for e in a.events_append([{"at": t + 40, "kind": "y"}])] == [205]  # never reused
+    b.set_event_cursor("h1", 0)
+    assert a.event_cursor("h1") == 0
+    assert a.events_prune(1000, 15.0, now=t + 40) == 100  # the age rule: everything before t + 25
+    assert [e["index"] for e in b.events_after(0, 10)] == [205]

@@ -127,3 +127,58 @@ def test_the_registry_index_is_shared_and_a_hub_fetches_the_layers_it_lacks(tmp_
         with pytest.raises(errors.ImageNotFound):
             a.resolve("busybox")
         sa.close(), sb.close()
+
+
+def test_a_restarted_etcd_is_reached_again_at_once(tmp_path):
+    """Kept connections to an etcd that restarted are replaced before use:
+    the first call after the restart works (no spurious StoreUnavailable)."""
+    with running_etcd(str(tmp_path)) as server:
+        store = EtcdStore(server.url, f"/etc-{uuid.uuid4().hex[:8]}/")
+        store.upsert_host("h1", "ipc:///x", "", {}, {})
+        server.stop()
+        server.start()
+        assert store.host("h1")["name"] == "h1"
+        store.close()
+
+
+def test_hosts_read_by_changes_agree_with_a_full_read_as_another_hub_changes_them(tmp_path):
+    """hosts() after its first read takes only what changed (keys with
+    their revisions, values changed since): what it returns must be what a
+    fresh full read returns, through registrations, beats, a host judged
+    unreachable, a removal and a name added again."""
+    with running_etcd(str(tmp_path)) as server:
+        prefix = f"/etc-{uuid.uuid4().hex[:8]}/"
+        reader, writer = EtcdStore(server.url, prefix), EtcdStore(server.url, prefix)
+
+        def agrees() -> bool:
+            fresh = EtcdStore(server.url, prefix)
+            try:
+                return reader.hosts() == fresh.hosts()
+            finally:
+                fresh.close()
+
+        try:
+            for i in range(5):
+                writer.upsert_host(f"h{i}", f"ipc:///h{i}", "", {"i": str(i)}, {"container_slots": 4})
+            assert _wait(agrees)
+            assert len(reader.hosts()) == 5
+            now = time.time()
+            writer.record_beats({"h1": (now + 60, '{"beat": 1}', None), "h3": (now + 60, '{"beat": 3}', None)})
+            assert _wait(agrees)
+            assert {h["name"]: h["summary"] for h in reader.hosts() if h["name"] in ("h1", "h3")} == \
+                {"h1": {"beat": 1}, "h3": {"beat": 3}}
+            assert sorted(writer.mark_unreachable(now + 30)) == ["h0", "h2", "h4"]
+            assert _wait(agrees)
+            writer.remove_host("h2")
+            writer.upsert_host("h5", "ipc:///h5", "", {}, {"container_slots": 4})
+            assert _wait(agrees)
+            assert [h["name"] for h in reader.hosts()] == ["h0", "h1", "h3", "h4", "h5"]
+            writer.remove_host("h1")
+            writer.upsert_host("h1", "ipc:///h1-again", "", {}, {"container_slots": 2})  # a beat gone, a row new
+            assert _wait(agrees)
+            again = next(h for h in reader.hosts() if h["name"] == "h1")
+            assert again["endpoint"] == "ipc:///h1-again" and again.get("summary") != {"beat": 1}
+        finally:
+            writer.etcd.txn([], [writer.etcd.delete(prefix, prefix=True)])
+            reader.close()
+            writer.close()

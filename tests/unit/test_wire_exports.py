@@ -83,7 +83,8 @@ def test_nothing_reaches_past_the_zerorpc_compatibility_module():
     assert private == []
     # the stock zerorpc client only in zrpc and as the raw baseline of bench/fanout and bench/scale
     zerorpc_users = {p for p, text in _sources() if IMPORTS_ZERORPC.search(text)}
-    assert zerorpc_users <= {"dcctl/wire/zrpc.py", "dcctl/wire/zrpcfast.py", "bench/fanout.py", "bench/scale.py"}, \
+    assert zerorpc_users <= {"dcctl/wire/zrpc.py", "dcctl/wire/zrpcfast.py", "bench/fanout.py", "bench/scale.py",
+                            "bench/rpc.py"}, \
         zerorpc_users
     zmq_users = {p for p, text in _sources() if IMPORTS_ZMQ.search(text)}
     assert zmq_users <= ZMQ_ALLOWED, zmq_users - ZMQ_ALLOWED

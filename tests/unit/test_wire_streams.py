@@ -71,14 +71,14 @@ class Streams:
 @pytest.fixture
 def served(tmp_path):
     target = Streams()
-    svc = wire.Service(target, "streams", heartbeat_s=0.5, stream_stall_s=1.0)
+    svc = wire.Service(target, "streams", heartbeat_s=1.0, stream_stall_s=2.0)
     endpoint = f"ipc://{tmp_path}/s.sock"
     svc.bind(endpoint)
     svc.start()
     clients = []
 
     def client(**kw):
-        c = wire.RpcClient(endpoint, timeout_s=kw.pop("timeout_s", 5), heartbeat_s=0.5)
+        c = wire.RpcClient(endpoint, timeout_s=kw.pop("timeout_s", 5), heartbeat_s=1.0)
         clients.append(c)
         return c
 

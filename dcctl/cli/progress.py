@@ -1,0 +1,67 @@
+"""dcctl's view of a progress stream (the hub's image_pull): a rich progress
+bar with bytes and rate on a terminal, one line per report otherwise (and
+one JSON object per line with --json, dcctl.output.render_json).  Items are
+{phase "running"|"done", bytes_done, bytes_total, rate_bytes_s, elapsed_s,
+host?, result? (with the last)}."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable, TextIO
+
+from dcctl import output
+
+__all__ = ["PROGRESS_METHODS", "is_progress", "show"]
+
+#: Methods whose stream is progress (the hub's).
+PROGRESS_METHODS = ("image_pull", "image_push_progress")
+
+
+def is_progress(item: Any) -> bool:
+    """Whether ``item`` is a progress report."""
+    return isinstance(item, dict) and "bytes_done" in item and "phase" in item
+
+
+def _size(n: Any) -> str:
+    return output.cell_text("x_bytes", n) if isinstance(n, (int, float)) else "?"
+
+
+def _line(item: dict) -> str:
+    total = item.get("bytes_total") or 0
+    pct = f" {100.0 * item['bytes_done'] / total:5.1f}%" if total else ""
+    where = f"{item['host']}: " if item.get("host") else ""
+    return (f"{where}{item['phase']} {_size(item['bytes_done'])} of {_size(total)}{pct} "
+            f"at {_size(item.get('rate_bytes_s', 0))}/s")
+
+
+def show(items: Iterable[dict], stdout: TextIO | None = None) -> int:
+    """Show a progress stream; the final item's result as key: value lines."""
+    stdout = stdout or sys.stdout
+    last: dict | None = None
+    if stdout.isatty():
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TransferSpeedColumn)
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      TimeElapsedColumn(), console=Console(file=stdout)) as bar:
+            task = None
+            for item in items:
+                last = item
+                if not is_progress(item):
+                    continue
+                if task is None:
+                    task = bar.add_task(f"{item.get('host', '')}".strip() or "progress",
+                                        total=item["bytes_total"] or None)
+                bar.update(task, completed=item["bytes_done"], total=item["bytes_total"] or None)
+    else:
+        for item in items:
+            last = item
+            if is_progress(item):
+                print(_line(item), file=stdout, flush=True)
+    result = (last or {}).get("result")
+    if isinstance(result, dict):
+        manifest = result.get("manifest") or (result if "layers" in result else {})
+        summary = {k: v for k, v in result.items() if k != "manifest"} if manifest is not result else {}
+        summary.update({"image": manifest.get("name"), "id": manifest.get("id")})
+        for line in output.kv_lines(summary):
+            print(line, file=stdout)
+    return 0

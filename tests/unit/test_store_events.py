@@ -1,0 +1,71 @@
+"""The fleet events section of both stores (real SQLite in a tmp dir, a real
+etcd on loopback): indexes never reused, cursors with their events, the
+since-time lookup, retention marks; and the hub's EventLog over each."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from dcctl import errors
+from hub.events import EventLog
+from hub.store import HubStore
+from tests.etcdkit import running_etcd
+
+
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory):
+    with running_etcd(str(tmp_path_factory.mktemp("etcd"))) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        made = HubStore(str(tmp_path / "hub"))
+    else:
+        from hub.store.etcd import EtcdStore
+        made = EtcdStore(request.getfixturevalue("etcd_server").url, f"/evt-test-{uuid.uuid4().hex[:8]}/", lease_s=2)
+    yield made
+    made.close()
+
+
+def test_append_read_and_cursor(store):
+    assert store.events_bounds() == {"first": 1, "last": 0, "pruned_index": 0, "pruned_at": 0.0}
+    now = time.time()
+    made = store.events_append([{"at": now - 10, "type": "a"}, {"at": now - 5, "type": "b"}])
+    assert [e["index"] for e in made] == [1, 2]
+    docs = [{"at": now, "type": "c", "agent_index": i} for i in range(1, 251)]  # past one etcd transaction
+    made = store.events_append(docs, host="h1", agent_index=250)
+    assert [e["index"] for e in made] == list(range(3, 253))
+    assert store.event_cursor("h1") == 250 and store.event_cursor("h2") == 0
+    assert [e["type"] for e in store.events_after(0, 3)] == ["a", "b", "c"]
+    assert store.events_after(252, 10) == []
+    assert store.events_index_at(now - 7) == 1 and store.events_index_at(now - 100) == 0
+    store.set_event_cursor("h1", 0)
+    assert store.event_cursor("h1") == 0
+    assert store.events_bounds()["last"] == 252
+
+
+def test_pruning_keeps_the_newest_and_never_reuses_an_index(store):
+    now = time.time()
+    store.events_append([{"at": now - 3600, "type": "old"}] + [{"at": now, "type": "x"} for _ in range(59)])
+    assert store.events_prune(1000, 600, now=now) == 1  # the old one, by age
+    assert store.events_prune(50, 3600 * 24, now=now) == 9  # beyond the count
+    bounds = store.events_bounds()
+    assert bounds["first"] == 11 and bounds["last"] == 60 and bounds["pruned_index"] == 10
+    assert store.events_after(0, 100)[0]["index"] == 11
+    assert store.events_append([{"at": now, "type": "y"}])[0]["index"] == 61
+
+
+def test_the_event_log_over_each_store(store):
+    log = EventLog(store, max_events=100)
+    log.add("host_added", host="h1")
+    ev = {"at": time.time(), "type": "died", "container": "evt.s", "exit_code": 3}
+    assert log.ingest("h1", [{**ev, "index": 1}], 1) == 1
+    assert log.ingest("h1", [{**ev, "index": 1}], 1) == 1  # taken once
+    got = log.query("0", ["type=died"])
+    assert len(got) == 1 and got[0]["exit_code"] == 3 and got[0]["host"] == "h1"
+    with pytest.raises(errors.InvalidArgument, match="in the future"):
+        log.query("99")
