@@ -300,7 +300,7 @@ class AppMethods:
         With no deploy under way, only the latest release.
 
         Args: poll_s: seconds between looks at the journal (0.05-5).
-        Yields: {app, release, phase, at (Unix s)} per step, then the
+        Returns (a stream): {app, release, phase, at (Unix s)} per step, then the
         release row (``state`` active or failed, ``error``).
         Raises: InvalidArgument, NoSuchApp.
         """
