@@ -54,6 +54,7 @@ from agents.errmap import translate
 from dcctl import buildctx, errors, validate
 from images import appinit, dockerfile, layerdiff
 from images.errors import ImageNotFound as StoreImageNotFound
+from images.errors import InvalidImage as StoreInvalidImage
 from images.tarsafe import safe_extract
 from lxcwrap import errors as lxcerr
 from lxcwrap.config import ContainerConfig
@@ -100,8 +101,10 @@ def _wire(exc: BaseException) -> errors.DcError:
 class _Log:
     """The build log: lines to the stream queue, the last LOG_KEEP_BYTES kept."""
 
-    def __init__(self, queue: gevent.queue.Queue):
+    def __init__(self, queue: gevent.queue.Queue, secrets_: list[str] | None = None):
         self.queue = queue
+        #: build-arg values: never written to the log (each shown as ***)
+        self.secrets = sorted({v for v in secrets_ or [] if v}, key=len, reverse=True)
         self.buf = bytearray()
         self.total = 0
         self.dropped = 0
@@ -125,6 +128,8 @@ class _Log:
             self._partial = b""
 
     def _emit(self, raw: bytes) -> None:
+        for value in self.secrets:
+            raw = raw.replace(value.encode("utf-8", "replace"), b"***")
         self.total += len(raw)
         self.buf += raw
         if len(self.buf) > LOG_KEEP_BYTES:
@@ -251,7 +256,7 @@ class _Job:
         self.b, self.queue = builder, queue
         self.context, self.name, self.tag = context, name, tag
         self.build_args, self.dfile, self.timeout_s, self.cap = build_args, dfile, timeout_s, cap
-        self.log = _Log(queue)
+        self.log = _Log(queue, list(build_args.values()))
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s
         self.cname = f"bld-{secrets.token_hex(6)}"
@@ -362,7 +367,7 @@ class _Job:
                 self._check_cancelled()
                 if self.left_s() <= 0:
                     raise errors.BuildFailed(self._fail_text(f"the build ran past its timeout of {self.timeout_s:g} s"))
-                self.log.line(f"Step {i}/{total} : {step.instruction} {_show(step.args)}")
+                self.log.line(f"Step {i}/{total} : {step.text or step.instruction + ' ' + _show(step.args)}")
                 ins = step.instruction
                 if ins == "RUN":
                     self._run(step)
@@ -506,7 +511,11 @@ class _Job:
         upper = self.b.lxc.upper_dir(self.cname)
         with m.images_lock:
             self._check_cancelled()
-            layer_id, layer_bytes = _blocking(layerdiff.diff_layer, store, upper)
+            try:
+                layer_id, layer_bytes = _blocking(layerdiff.diff_layer, store, upper)
+            except StoreInvalidImage as exc:  # naming a path: the image's, not this host's: the image's, not this host's
+                text = str(exc).replace(f"upper dir {upper}: ", "").replace(upper.rstrip("/") + "/", "/")
+                raise errors.InvalidImage(f"the built image's {text}") from exc
             try:
                 fields = {"exposed_ports": ports, "env": self.env, "command": command,
                           "stop_signal": base.get("stop_signal") or "SIGPWR", "init": base.get("init") or "/sbin/init",
@@ -519,7 +528,8 @@ class _Job:
                 store.drop_layer_if_unused(layer_id, {d for mm in store.ls() for d in mm["layers"]})
                 raise
             store.unpin(layer_id)
-        self.log.line(f"built {manifest['name']}@{manifest['id'][:12]} (layer {layer_id[:12]}, {layer_bytes} bytes)")
+        shown = manifest["name"] + (f":{self.tag}" if self.tag else "")
+        self.log.line(f"built {shown}@{manifest['id'][:12]} (layer {layer_id[:12]}, {layer_bytes} bytes)")
         return {"image": f"{manifest['name']}@{manifest['id'][:12]}", "id": manifest["id"], "name": manifest["name"],
                 "tag": manifest.get("tag") or "latest", "layer": layer_id, "layer_bytes": layer_bytes,
                 "size_bytes": manifest["size_bytes"], "base": base["id"],

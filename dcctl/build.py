@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from typing import Any
 
 from dcctl import buildctx, errors, upload
@@ -80,15 +82,61 @@ def run_build(client: Any, words: list[str], flags: list[tuple[str, str]], as_js
     if parsed.tag:
         opts["tag"] = parsed.tag
     root = os.path.abspath(words[0])
+    _check_dockerfile(root, opts)  # a bad Dockerfile is refused before a byte is sent
     fd, tar = tempfile.mkstemp(prefix="dcctl-build-", suffix=".tar")
     os.close(fd)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _interrupted(tar, err)) if main else None
     try:
-        count = buildctx.pack_context(root, tar)
-        if not as_json:
-            err.write(f"sending context ({count} entries, {os.path.getsize(tar)} bytes)\n")
-        upload_id = upload.send_file(lambda m, *a: client.call(m, *a, timeout_s=120.0), tar)
+        return _send_and_build(client, root, tar, parsed, opts, as_json, out, err)
     finally:
-        os.unlink(tar)
+        if main:
+            signal.signal(signal.SIGINT, previous)
+        if os.path.exists(tar):
+            os.unlink(tar)
+
+
+def _check_dockerfile(root: str, opts: dict) -> None:
+    """Parse the context's Dockerfile here (images.dockerfile, as the
+    builder will): an unsupported instruction, a COPY source that leaves the
+    context, an undeclared build arg give InvalidImage naming the line
+    before any upload.  A context without it is left to pack_context."""
+    path = os.path.join(root, opts.get("dockerfile", "Dockerfile"))
+    if not os.path.isfile(path):
+        return
+    from images import dockerfile  # noqa: PLC0415 - the builder's own parser
+    with open(path, "rb") as f:
+        text = f.read()
+    try:
+        dockerfile.parse(text, opts.get("build_args"))
+    except ValueError as exc:  # images.errors.InvalidImage
+        raise errors.InvalidImage(str(exc)) from None
+
+
+def _interrupted(tar: str, err):
+    """A SIGINT handler for a build under way: one line, exit 130 at once
+    (no traceback from the greenlet it lands in).  The hub sees this client
+    gone (its heartbeat stops) and stops the build on its host."""
+    def handler(_sig, _frame):
+        try:
+            os.unlink(tar)
+        except OSError:
+            pass
+        try:
+            err.write("dcctl: build interrupted; the hub stops it on its host\n")
+            err.flush()
+        finally:
+            os._exit(130)
+    return handler
+
+
+def _send_and_build(client: Any, root: str, tar: str, parsed, opts: dict, as_json: bool, out, err) -> int:
+    """Pack, upload, build and print (see run_build); ``tar`` is removed once sent."""
+    count = buildctx.pack_context(root, tar, dockerfile=opts.get("dockerfile", "Dockerfile"))
+    if not as_json:
+        err.write(f"sending context ({count} entries, {os.path.getsize(tar)} bytes)\n")
+    upload_id = upload.send_file(lambda m, *a: client.call(m, *a, timeout_s=120.0), tar)
+    os.unlink(tar)
     result = None
     if isinstance(client, RpcClient):
         items = client.stream("build", upload_id, parsed.name, opts)  # waits as long as the build takes
@@ -109,5 +157,6 @@ def run_build(client: Any, words: list[str], flags: list[tuple[str, str]], as_js
     if as_json:
         out.write(json.dumps(result, sort_keys=True) + "\n")
     else:
-        out.write(f"{result['image']}\n")
+        tag = f":{opts['tag']}" if opts.get("tag") else ""  # as -t named it: NAME[:TAG]@id
+        out.write(f"{result['name']}{tag}@{result['id'][:12]}\n")
     return 0

@@ -9,8 +9,13 @@ host's ``image_build_dockerfile`` stream to the caller as it comes
 (hub/streams.relay), and once the host has committed the image copies it
 into the registry: only the layers the registry lacks move, which for a
 base already in the registry is the build's one new layer.  The context
-upload is removed whatever happens; the build log of a successful build is
-kept at REGISTRY/builds/<image id>.log.
+upload is removed whatever happens (a hub killed mid-build removes it at its
+next start: REGISTRY/builds/contexts/ names the contexts of builds under
+way); the build log of a successful build is kept at
+REGISTRY/builds/<image id>.log.  A caller that goes away (or a hub that
+dies) stops the build on its host within a few heartbeats: the relayed
+stream is closed or lost, and the agent kills and removes the build
+container.
 """
 from __future__ import annotations
 
@@ -75,6 +80,7 @@ class BuildMethods:
         if pinned is not None:
             self.store.host(pinned)  # NoSuchHost
         self.uploads.complete(upload_id)  # size and sha256 checked (NoSuchUpload...), before a host is taken
+        self._mark_context(upload_id)  # a hub that dies mid-build removes it at its next start
         if self.endpoints:  # several hubs: the agent fetches the context from this one, which holds it
             opts["upload_hubs"] = list(self.endpoints)
         return self._build(upload_id, name, opts, pinned, wait)
@@ -134,6 +140,42 @@ class BuildMethods:
             if host is not None:
                 self.workers.release(host)
             self.uploads.remove(upload_id)
+            try:
+                os.unlink(os.path.join(self._contexts_dir(), upload_id))
+            except FileNotFoundError:
+                pass
+
+    def _contexts_dir(self) -> str:
+        return os.path.join(self.registry.root, "builds", "contexts")
+
+    def _mark_context(self, upload_id: str) -> None:
+        os.makedirs(self._contexts_dir(), mode=0o700, exist_ok=True)
+        with open(os.path.join(self._contexts_dir(), upload_id), "w"):
+            pass
+
+    def recover_builds(self) -> list[str]:
+        """At the hub's start: remove the context uploads of builds an
+        earlier run of this hub did not finish (it died mid-build; their
+        hosts stopped those builds once they lost its stream).  Uploads
+        that no build took (an image_push that may resume) are left.
+
+        Returns: the upload ids removed. Raises: nothing (a file that cannot
+        be removed is logged)."""
+        removed = []
+        try:
+            names = sorted(os.listdir(self._contexts_dir()))
+        except FileNotFoundError:
+            return removed
+        for upload_id in names:
+            try:
+                self.uploads.remove(upload_id)
+                os.unlink(os.path.join(self._contexts_dir(), upload_id))
+                removed.append(upload_id)
+            except (OSError, errors.DcError) as exc:
+                log.warning("stale build context %s not removed: %s", upload_id[:12], exc)
+        if removed:
+            log.info("removed %d build context(s) left by an earlier run of the hub", len(removed))
+        return removed
 
     def _push_built(self, host: str, result: dict, lines: list[str]) -> dict:
         """Copy the built image from ``host`` into the registry (its missing

@@ -125,6 +125,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         find it again.  With several hubs (an etcd store) only the leader
         judges hosts, fails containers over and runs the journal."""
         self._serving_since = time.monotonic()
+        self.recover_builds()  # context uploads of builds a dead run of this hub left (hub/buildmethods.py)
         self.store.join(self.name, self.endpoint)
         journal = set(self.store.orphaned_reservations()) if self.store.is_leader() else set()
         self._tasks = [gevent.spawn(self.monitor_hosts), gevent.spawn(self._recover, journal),

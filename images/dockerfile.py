@@ -9,7 +9,8 @@ RUN, COPY, ADD (local context files only; a local tar archive is
 unpacked, as Docker does), ENV, ARG, WORKDIR, EXPOSE, CMD,
 ENTRYPOINT, USER, LABEL, VOLUME.  Anything else, a second FROM, a flag we
 do not implement (``--mount``, ``--platform``, ``--from``), ADD of a URL, or a malformed argument is refused with its line number
-(``InvalidImage``, a wire ``InvalidArgument``).
+(``InvalidImage``, a wire ``InvalidArgument``); so is a COPY/ADD source that
+leaves the context (``../x``), before any upload or container.
 
 ``context_files(root, ...)`` lists a context directory as the build sees
 it: ``.dockerignore`` honoured (patterns as fnmatch globs on the path from
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import re
 import shlex
 
@@ -41,11 +43,15 @@ class Step:
     """One instruction: ``line`` is 1-based; ``args`` its parsed form:
     RUN/CMD/ENTRYPOINT: argv list; COPY/ADD: {"srcs", "dest", "chown"};
     ENV/LABEL: {K: V}; EXPOSE: [{proto, port}]; VOLUME: [paths];
-    FROM/WORKDIR/USER: str; ARG: {name: default or None}."""
+    FROM/WORKDIR/USER: str; ARG: {name: default or None}.  ``text`` is
+    the instruction as the Dockerfile writes it (before substitution, so
+    no build-arg value), an ARG by its name only: what a build's step line
+    shows."""
 
     instruction: str
     args: object
     line: int
+    text: str = dataclasses.field(default="", compare=False)
 
 
 @dataclasses.dataclass
@@ -138,6 +144,9 @@ def _copy(instruction: str, value: str, line: int) -> dict:
         raise _err(line, f"{instruction} needs at least one source and a destination")
     *srcs, dest = words
     for src in srcs:
+        inside = os.path.normpath(src.lstrip("/") or ".")  # "/x" is the context's x, as Docker reads it
+        if inside == ".." or inside.startswith("../"):
+            raise _err(line, f"{instruction} {src}: the source leaves the build context")
         if instruction == "ADD" and re.match(r"^[a-z][a-z0-9+.-]*://|^git@", src):
             raise _err(line, f"ADD {src}: only files of the build context can be added (no URLs)")
     return {"srcs": srcs, "dest": dest, "chown": _chown(flags.get("chown"), line)}
@@ -202,6 +211,7 @@ def parse(text: str | bytes, build_args: dict | None = None) -> Plan:
             raise _err(line, f"{ins} is not supported (supported: {', '.join(SUPPORTED)})")
         if not value.strip():
             raise _err(line, f"{ins} needs an argument")
+        shown = f"{ins} {value.strip()}"
         if ins == "ARG":
             name, sep, default = value.strip().partition("=")
             if not validate.is_env_key(name):
@@ -211,7 +221,7 @@ def parse(text: str | bytes, build_args: dict | None = None) -> Plan:
             if got is not None:
                 env.setdefault(name, got)
             if base is not None:
-                steps.append(Step("ARG", {name: got}, line))
+                steps.append(Step("ARG", {name: got}, line, f"ARG {name}"))
             continue
         if base is None and ins != "FROM":
             raise _err(line, f"{ins} before FROM")
@@ -231,11 +241,11 @@ def parse(text: str | bytes, build_args: dict | None = None) -> Plan:
             words = _words(value, line, "RUN") if not value.lstrip().startswith("[") else []
             if words and words[0].startswith("--"):
                 raise _err(line, f"RUN {words[0]} is not supported")
-            steps.append(Step("RUN", _argv(value, line, "RUN"), line))
+            steps.append(Step("RUN", _argv(value, line, "RUN"), line, shown))
         elif ins in ("CMD", "ENTRYPOINT"):
-            steps.append(Step(ins, _argv(value, line, ins), line))
+            steps.append(Step(ins, _argv(value, line, ins), line, shown))
         elif ins in ("COPY", "ADD"):
-            steps.append(Step(ins, _copy(ins, _subst(value, env, line), line), line))
+            steps.append(Step(ins, _copy(ins, _subst(value, env, line), line), line, shown))
         elif ins in ("ENV", "LABEL"):
             pairs = _pairs(_subst(value, env, line), line, ins)
             if ins == "ENV":
@@ -243,21 +253,21 @@ def parse(text: str | bytes, build_args: dict | None = None) -> Plan:
                     if not validate.is_env_key(k):
                         raise _err(line, f"ENV {k!r}: not a variable name")
                 env.update(pairs)
-            steps.append(Step(ins, pairs, line))
+            steps.append(Step(ins, pairs, line, shown))
         elif ins == "EXPOSE":
-            steps.append(Step(ins, _ports(_subst(value, env, line), line), line))
+            steps.append(Step(ins, _ports(_subst(value, env, line), line), line, shown))
         elif ins == "VOLUME":
             v = _subst(value, env, line)
             paths = _json_list(v, line, "VOLUME") or _words(v, line, "VOLUME")
             for p in paths:
                 if not p.startswith("/"):
                     raise _err(line, f"VOLUME {p!r}: want an absolute path")
-            steps.append(Step(ins, paths, line))
+            steps.append(Step(ins, paths, line, shown))
         elif ins in ("WORKDIR", "USER"):
             v = _subst(value, env, line).strip()
             if ins == "USER" and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", v):
                 raise _err(line, f"USER {v!r}: want USER or USER:GROUP")
-            steps.append(Step(ins, v, line))
+            steps.append(Step(ins, v, line, shown))
     if base is None:
         raise InvalidImage("Dockerfile has no FROM")
     unknown = sorted(set(build_args) - declared)

@@ -93,7 +93,7 @@ def test_build_through_the_hub_ships_only_the_new_layer(small_fleet, hub, tmp_pa
     assert os.path.isfile(log_path)
     text = dcctl(small_fleet, "build", str(ctx), "-t", "bldapp:v2")
     assert text.returncode == 0, text.stderr
-    assert text.stdout.strip().startswith("bldapp@") and "Step 2/5 : COPY" in text.stderr
+    assert text.stdout.strip().startswith("bldapp:v2@") and "Step 2/5 : COPY page.txt /srv/" in text.stderr
     # a FROM image the builder lacks comes through the hub
     with agent(small_fleet, other) as a:
         for i in a.call("image_ls"):
@@ -160,3 +160,115 @@ def test_host_lost_mid_build(small_fleet, hub, tmp_path):
     assert os.listdir(builds) == []
     wait_for(lambda: all(h["state"] == "alive" for h in hub.call("hosts")), 60, "the host back")
     assert not [i for i in hub.call("image_ls") if i["name"] == "bldlost"]
+
+
+def _hang_upload(hub, tmp_path) -> str:
+    from dcctl import buildctx, upload
+    ctx = tmp_path / "hang"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo started; sleep 3600\n")
+    tar = str(tmp_path / "hang.tar")
+    buildctx.pack_context(str(ctx), tar)
+    return upload.send_file(lambda m, *a: hub.call(m, *a, timeout_s=60), tar)
+
+
+def _build_procs(host: dict) -> list[str]:
+    """Command lines of processes still running for a build container of ``host``."""
+    builds = os.path.join(host["state_dir"], "builds")
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if builds in cmd:
+            out.append(cmd)
+    return out
+
+
+def test_caller_gone_stops_the_build_on_its_host(small_fleet, hub, tmp_path):
+    """A caller that stops reading a build through the hub (its client
+    closed, as a Ctrl-C'd dcctl) stops it on the host within seconds:
+    no build container, no lxc process left, the upload removed."""
+    host = small_fleet["hosts"][1]
+    upload_id = _hang_upload(hub, tmp_path)
+    builds = os.path.join(host["state_dir"], "builds")
+    caller = wire.connect(small_fleet["hub"]["ipc"], timeout_s=60)
+    items = caller.stream("build", upload_id, "bldgone", {"host": host["name"], "timeout_s": 600})
+    assert next(items)["log"].startswith("Step 1/1")
+    assert next(items) == {"log": "started"}
+    assert len(os.listdir(builds)) == 1
+    caller.close()  # the caller is gone (no STREAM close: its heartbeat stops)
+    wait_for(lambda: os.listdir(builds) == [] and not _build_procs(host), 30, "the abandoned build stopped")
+    wait_for(lambda: not os.path.exists(os.path.join(small_fleet["hub"]["state_dir"], "registry", "uploads",
+                                                     upload_id + ".tar")), 30, "the upload removed")
+
+
+def test_hub_killed_mid_build_stops_it_and_restart_cleans(small_fleet, hub, tmp_path):
+    """The hub is SIGKILLed during a build's RUN: the agent notices its
+    stream's caller lost (heartbeat) and stops the build within seconds;
+    the restarted hub removes the build's context upload at start and
+    every host is idle in its queue."""
+    host = small_fleet["hosts"][0]
+    upload_id = _hang_upload(hub, tmp_path)
+    builds = os.path.join(host["state_dir"], "builds")
+    caller = wire.connect(small_fleet["hub"]["ipc"], timeout_s=60)
+    uploads = os.path.join(small_fleet["hub"]["state_dir"], "registry", "uploads")
+    try:
+        items = caller.stream("build", upload_id, "bldorphan", {"timeout_s": 600})
+        assert next(items)["log"].startswith("Step 1/1")
+        assert next(items) == {"log": "started"}
+        built_on = [h for h in small_fleet["hosts"] if os.listdir(os.path.join(h["state_dir"], "builds"))]
+        assert len(built_on) == 1
+        host = built_on[0]
+        builds = os.path.join(host["state_dir"], "builds")
+        hd = small_fleet["hub"]
+        pid = int(open(hd["pid_file"]).read())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
+        os.kill(pid, 9)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}/cmdline") or
+                 open(f"/proc/{pid}/stat").read().split()[2] == "Z", 30, "the hub gone")
+        wait_for(lambda: os.listdir(builds) == [] and not _build_procs(host), 30, "the orphaned build stopped")
+        assert os.path.exists(os.path.join(uploads, upload_id + ".tar"))  # left by the dead hub
+    finally:
+        caller.close()
+    proc = fleetmod._spawn(argv, hd["log"], hd["pid_file"])
+    hd["pid"] = small_fleet["hub"]["pid"] = proc.pid
+    for h in small_fleet.get("hubs") or []:
+        if h.get("pid_file") == hd["pid_file"]:
+            h["pid"] = proc.pid
+    fleetmod.save(small_fleet)
+    with wire.connect(hd["ipc"], timeout_s=60) as again:
+        wait_for(lambda: len(again.call("hub_info")["queue"]["idle"]) == 2, 60, "both hosts idle in the queue")
+    assert not os.path.exists(os.path.join(uploads, upload_id + ".tar"))
+
+
+def test_ctrl_c_of_dcctl_build_is_one_line_and_stops_the_build(small_fleet, hub, tmp_path):
+    """SIGINT to ``dcctl build`` during a RUN: exit 130 with one line on
+    stderr (no traceback, no KeyboardInterrupt), and the build stops on
+    its host within seconds."""
+    host = small_fleet["hosts"][1]
+    ctx = tmp_path / "hangcli"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo started; sleep 3600\n")
+    env = {**os.environ, "PYTHONPATH": REPO, "DCCTL_HOST": small_fleet["hub"]["ipc"]}
+    proc = subprocess.Popen([sys.executable, "-m", "dcctl.cli", "build", str(ctx), "-t", "bldint",
+                             "--host", host["name"], "--timeout-s", "600"], stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
+    try:
+        seen = []
+        while "started" not in seen:
+            line = proc.stderr.readline()
+            assert line, seen
+            seen.append(line.rstrip("\n"))
+        proc.send_signal(2)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rest.splitlines() == ["dcctl: build interrupted; the hub stops it on its host"], rest
+    builds = os.path.join(host["state_dir"], "builds")
+    wait_for(lambda: os.listdir(builds) == [] and not _build_procs(host), 30, "the interrupted build stopped")

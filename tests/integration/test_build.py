@@ -98,7 +98,8 @@ def test_build_tree_whiteout_opaque_modes_owners(shared_agent, tmp_path, clean):
     lines, base = build(a, context(tmp_path, BASE), "bldbase")
     lines, res = build(a, context(tmp_path, CHILD, {"app/run.sh": "#!/bin/sh\necho run\n", "app/lib/x": "x"}),
                        "bldchild", {"tag": "v1", "build_args": {"WHO": "fleet"}})
-    assert lines[0] == "Step 1/10 : ARG {'WHO': 'fleet'}" and any(ln.startswith("Step 10/10 : CMD") for ln in lines)
+    assert lines[0] == "Step 1/10 : ARG WHO" and "Step 10/10 : CMD [\"httpd\", \"-f\", \"-p\", \"8080\"]" in lines
+    assert "Step 4/10 : COPY --chown=7:8 app/ /opt/app/" in lines and lines[-1].startswith("built bldchild:v1@")
     assert res["image"] == f"bldchild@{res['id'][:12]}" and res["tag"] == "v1" and res["base"] == base["id"]
     manifests = {i["name"]: i for i in a.call("image_ls")}
     assert manifests["bldchild"]["layers"] == [*manifests["bldbase"]["layers"], res["layer"]]
@@ -186,6 +187,29 @@ def test_bad_builds_typed_and_leave_nothing(shared_agent, tmp_path, clean, text,
         assert "it broke" in str(exc.value)  # the log's tail
     if "timeout" in words:
         assert "waiting" in str(exc.value)
+    assert leftovers(shared_agent) == before
+
+
+def test_build_arg_values_never_in_the_log(shared_agent, tmp_path, clean):
+    """A --build-arg value is used but never written to the build log: its
+    ARG step shows the name, a RUN that prints it shows ***; the step lines
+    are Dockerfile text; a tagged build's last line names NAME:TAG@id."""
+    ctx = context(tmp_path, "FROM busybox\nARG TOKEN\nRUN echo token=$TOKEN; test ${#TOKEN} = 12\n"
+                  "COPY index.html /www/index.html\n", {"index.html": "hi\n"})
+    lines, res = build(shared_agent, ctx, "bldsec", {"build_args": {"TOKEN": "s3cr3t-value"}, "tag": "v2"})
+    assert lines[:4] == ["Step 1/3 : ARG TOKEN", "Step 2/3 : RUN echo token=$TOKEN; test ${#TOKEN} = 12",
+                         "token=***", "Step 3/3 : COPY index.html /www/index.html"], lines
+    assert not [ln for ln in lines if "s3cr3t" in ln], lines
+    assert lines[-1].startswith(f"built bldsec:v2@{res['id'][:12]} ")
+
+
+def test_device_node_in_the_layer_refused_naming_the_image_path(shared_agent, tmp_path, clean):
+    before = leftovers(shared_agent)
+    ctx = context(tmp_path, "FROM busybox\nRUN mknod /blk c 1 3\n")
+    with pytest.raises(errors.InvalidImage) as exc:
+        build(shared_agent, ctx, "bldnode")
+    assert "/blk" in str(exc.value) and shared_agent.state_dir not in str(exc.value), str(exc.value)
+    assert "builds/" not in str(exc.value)
     assert leftovers(shared_agent) == before
 
 

@@ -41,3 +41,16 @@ def test_bad_context_refused_before_any_call(tmp_path):
         build.run_build(NoCalls(), [str(tmp_path)], [("t", "a")], False)
     with pytest.raises(errors.InvalidArgument, match="no @id"):
         build.run_build(NoCalls(), [str(tmp_path)], [("t", "a@1234")], False)
+
+
+def test_copy_out_of_the_context_refused_before_any_upload(tmp_path):
+    class NoCalls:
+        def call(self, *a, **k):
+            raise AssertionError("nothing may be sent")
+
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN true\nCOPY ../../etc/shadow /x\n")
+    with pytest.raises(errors.InvalidImage, match="line 3: COPY ../../etc/shadow: the source leaves"):
+        build.run_build(NoCalls(), [str(tmp_path)], [("t", "a")], False)
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nHEALTHCHECK CMD true\n")
+    with pytest.raises(errors.InvalidArgument, match="line 2: HEALTHCHECK"):
+        build.run_build(NoCalls(), [str(tmp_path)], [("t", "a")], False)

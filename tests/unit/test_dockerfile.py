@@ -120,3 +120,22 @@ def test_context_refuses_symlinks_out_and_honours_dockerignore_and_cap(tmp_path)
 def test_build_failed_is_a_wire_error():
     assert errors.BY_NAME["BuildFailed"] is errors.BuildFailed
     assert issubclass(errors.BuildFailed, errors.DcError)
+
+
+@pytest.mark.parametrize("src", ["../../etc/shadow", "/../etc/shadow", "a/../../x", "..", "../*"])
+def test_copy_source_leaving_the_context_refused_at_parse(src):
+    for ins in ("COPY", "ADD"):
+        with pytest.raises(InvalidImage) as exc:
+            dockerfile.parse(f"FROM a\n\n{ins} {src} /x\n")
+        assert "line 3:" in str(exc.value) and "leaves the build context" in str(exc.value)
+    plan = dockerfile.parse("FROM a\nCOPY /abs a/../b ./c /x/\n")  # inside: kept
+    assert plan.steps[0].args["srcs"] == ["/abs", "a/../b", "./c"]
+
+
+def test_step_text_is_dockerfile_text_without_build_arg_values():
+    plan = dockerfile.parse("FROM a\nARG TOKEN\nARG WHO=world\nENV T=$TOKEN\nCOPY index.html /www/index.html\n"
+                            "RUN echo $TOKEN \\\n  && true\nEXPOSE 80/udp\n", {"TOKEN": "s3cr3t-value"})
+    assert [s.text for s in plan.steps] == [
+        "ARG TOKEN", "ARG WHO", "ENV T=$TOKEN", "COPY index.html /www/index.html",
+        "RUN echo $TOKEN   && true", "EXPOSE 80/udp"]
+    assert plan.steps[2].args == {"T": "s3cr3t-value"}  # the value is used, only never shown
