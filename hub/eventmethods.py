@@ -17,9 +17,11 @@ class EventMethods:
         10000 that match).
 
         Args:
-            since: an index (digits, a string: the events after it), ``@UNIX``
-                seconds, an ISO 8601 time, a duration ago (``10m``, ``2h``),
-                or a number of Unix seconds; 0: from the oldest kept.
+            since: an index (a string of digits below 1000000000: the
+                events after it); Unix seconds (``@UNIX``, a string of 10
+                digits or more, 1000000000 and above, or with a fraction
+                such as ``1796131100.5``, or a JSON number); an ISO 8601
+                time; a duration ago (``10m``, ``2h``); 0: from the oldest kept.
             filters: ["KEY=VALUE", ...] or {KEY: VALUE | [VALUES]}; keys
                 container (name), host, type (event, kind), image; the same
                 key ORs, different keys AND (Docker's).

@@ -14,10 +14,12 @@ each agent ships what its journal wrote (``host_events``), and the hub
 takes each agent index once (its per-host cursor is written in the same
 transaction as the events).
 
-``--since`` (``parse_since``): an index (digits: events after it), ``@UNIX``
-seconds, an ISO 8601 time, or a duration ago (``90s``, ``10m``, ``2h``,
-``1d``); a number (not a string) is Unix seconds, as the hub's old events
-method took.  0 is "from the oldest kept"; any other index or time before
+``--since`` (``parse_since``): an index (digits below 1000000000: events
+after it), Unix seconds (``@UNIX``, or a bare number of 10 digits or more,
+1000000000 and above, or one with a fraction: Docker's ``--since
+1796131100``), an ISO 8601 time, or a duration ago (``90s``, ``10m``,
+``2h``, ``1d``); a number (not a string) is Unix seconds, as the hub's old
+events method took.  0 is "from the oldest kept"; any other index or time before
 what retention kept is EventsExpired, one in the future InvalidArgument.  Filters (``parse_filters``): Docker's semantics, the same key
 ORs, different keys AND; keys container (or name), host, type (or event,
 kind), image.
@@ -51,6 +53,10 @@ FILTER_KEYS = {"container": "container", "name": "container", "host": "host", "t
                "event": "type", "kind": "type", "image": "image"}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: A bare number of ``since`` from here on (10 digits: 2001-09-09 on) is Unix
+#: seconds, below it an index; a number with a fraction is Unix seconds too.
+UNIX_FROM = 1_000_000_000
+_DECIMAL = re.compile(r"^\d+\.\d*$")
 
 
 def parse_filters(filters: Any) -> dict[str, set[str]]:
@@ -235,6 +241,10 @@ class EventLog:
             raise errors.InvalidArgument("since must be an index, a time or a duration")
         if isinstance(since, str):
             text = since.strip()
+            if text.isdigit() and int(text) >= UNIX_FROM:
+                text = "@" + text  # 10 digits or more: Unix seconds (Docker's --since)
+            elif _DECIMAL.match(text):
+                text = "@" + text
             if text.isdigit():
                 index = int(text)
                 if index == 0:  # from the oldest kept

@@ -47,6 +47,21 @@ def test_since_index_time_and_duration(log_):
         log.query("yesterday")
 
 
+def test_a_bare_number_of_ten_digits_is_unix_seconds_a_smaller_one_an_index(log_):
+    log, _, _ = log_
+    first = log.add("host_added", host="h1")
+    second = log.add("host_lost", host="h1")
+    cut = int(second["at"]) - 1  # 10 digits: Unix seconds, as Docker's --since 1796131100
+    assert [e["index"] for e in log.query(str(cut))] == [e["index"] for e in log.query(f"@{cut}")] == [1, 2]
+    assert [e["index"] for e in log.query(f"{second['at'] - 0.0001:.4f}")] == [2]  # a fraction: Unix s
+    assert [e["index"] for e in log.query("1")] == [2]  # below 1000000000: an index
+    with pytest.raises(errors.InvalidArgument, match="since index 999999999 is in the future"):
+        log.query("999999999")
+    with pytest.raises(errors.InvalidArgument, match="in the future"):
+        log.query(str(int(time.time()) + 3600))  # read as a time, not as an index
+    assert first["index"] == 1
+
+
 def test_filters_same_key_or_different_keys_and(log_):
     log, _, _ = log_
     log.ingest("h1", [agent_event(1, "created", "evt.web", image="busybox"),
