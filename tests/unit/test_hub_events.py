@@ -5,9 +5,12 @@ followers (resume with the last index: every event exactly once; a slow one
 dropped while the others go on)."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import gevent
+import gevent.subprocess
 import pytest
 
 from dcctl import errors, wire
@@ -223,6 +226,19 @@ def test_events_and_host_events_over_the_wire(served_fleet):
         c.call("host_events", "nope", [])
     with pytest.raises(errors.InvalidArgument, match="unknown events filter"):
         next(c.stream("events_follow", "0", ["bogus=1"]))
+
+
+def test_dcctl_follow_refused_at_its_start_prints_one_line(served_fleet, tmp_path):
+    served_fleet[1]().call("events", "0")  # the hub answers (in this process: gevent's subprocess)
+    env = {**os.environ, "DCCTL_HOST": f"ipc://{tmp_path}/hub.sock"}
+    for args in (["--since", "2030-01-01T00:00:00"], ["--filter", "colour=red"]):
+        done = gevent.subprocess.run([sys.executable, "-m", "dcctl.cli", "events", "--follow", *args],
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done
+        lines = done.stderr.splitlines()  # dcctl's error line (and its hint), no greenlet traceback
+        assert lines[0].startswith("dcctl: InvalidArgument") and all(x.startswith("hint: ") for x in lines[1:])
+        assert len(lines) == (2 if "hint" in done.stderr else 1), done.stderr
 
 
 def test_without_an_event_store_events_are_kept_in_memory_once_each():
