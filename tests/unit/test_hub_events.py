@@ -248,3 +248,12 @@ def test_without_an_event_store_events_are_kept_in_memory_once_each():
     assert log.ingest("h1", [agent_event(2, "started", "evt.m")], 2) == 2  # taken once
     assert [(e["index"], e["type"]) for e in log.query("0")] == [(1, "host_added"), (2, "created"), (3, "started")]
     assert [e["index"] for e in log.query("1", ["container=evt.m"])] == [2, 3]
+
+
+def test_an_event_line_shows_the_hubs_time_and_keeps_agent_at_out_of_its_detail():
+    from dcctl.cli.events import event_line
+    line = event_line({"index": 7, "at": 1796131100.0, "agent_at": 1796127500.0, "type": "died", "host": "h1",
+                       "container": "evt.l", "source": "agent", "agent_index": 3, "exit_code": 3,
+                       "unknown_to_hub": True})
+    assert line.startswith("7  2026-") and "agent_at" not in line
+    assert line.endswith("exit_code=3 unknown_to_hub=true"), line
