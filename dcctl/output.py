@@ -332,7 +332,8 @@ def _event_detail(row: dict) -> str:
 
 
 #: An event's keys shown in its own columns (or repeated: container = name, kind = type), not in its detail.
-EVENT_COLUMNS = ("index", "at", "kind", "type", "host", "name", "container", "source", "agent_index")
+EVENT_COLUMNS = ("index", "at", "kind", "type", "host", "name", "container", "source", "agent_index",
+                 "agent_at")
 
 
 #: Default views by method: the columns shown without --wide.

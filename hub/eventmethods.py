@@ -17,9 +17,11 @@ class EventMethods:
         10000 that match).
 
         Args:
-            since: an index (digits, a string: the events after it), ``@UNIX``
-                seconds, an ISO 8601 time, a duration ago (``10m``, ``2h``),
-                or a number of Unix seconds; 0: from the oldest kept.
+            since: an index (a string of digits below 1000000000: the
+                events after it); Unix seconds (``@UNIX``, a string of 10
+                digits or more, 1000000000 and above, or with a fraction
+                such as ``1796131100.5``, or a JSON number); an ISO 8601
+                time; a duration ago (``10m``, ``2h``); 0: from the oldest kept.
             filters: ["KEY=VALUE", ...] or {KEY: VALUE | [VALUES]}; keys
                 container (name), host, type (event, kind), image; the same
                 key ORs, different keys AND (Docker's).
@@ -57,16 +59,39 @@ class EventMethods:
         taken once.  ``events`` [] asks for the cursor only; ``head`` is the
         agent's newest index (below the cursor: its journal started over).
 
+        The hub checks what a host sends (EventLog.ingest): container events
+        of the types agents emit, indexes that rise and stay at or below
+        ``head``; an event naming a container the hub places on another
+        host is not recorded (its index is passed), one naming a container
+        the hub does not know is recorded with ``unknown_to_hub: true``.
+        The event's ``at`` in the fleet log is the hub's receive time; the
+        agent's is kept as ``agent_at``.
+
         Returns: {cursor} (the last agent index the hub has for the host).
         Raises: NoSuchHost (not registered), Unauthorized (another host's
-        key), InvalidArgument (a malformed event, over 1000 at once).
+        key), InvalidArgument (a malformed event, a type no agent emits, an
+        index that does not rise or is past ``head``, over 1000 at once;
+        nothing is taken).
         """
-        if len(events) > 1000:
-            raise errors.InvalidArgument("at most 1000 events per call")
+        if not isinstance(events, list) or len(events) > fleet_events.MAX_INGEST:
+            raise errors.InvalidArgument(f"at most {fleet_events.MAX_INGEST} events per call")
         caller = wire.current_caller()
         if self.store.host_state(name, caller.key if caller else "") is None:
             raise errors.NoSuchHost(f"host {name!r} is not registered")
-        return {"cursor": self.events_log.ingest(name, events, head)}
+        here: set | None = None
+
+        def place_of(container: str) -> str | None:
+            nonlocal here
+            if here is None:  # one read of the host's rows per batch
+                here = {row["name"] for row in self.store.containers(name)}
+            if container in here:
+                return name
+            try:
+                return self.store.container(container).get("host") or None
+            except errors.NoSuchContainer:
+                return None
+
+        return {"cursor": self.events_log.ingest(name, events, head, place_of=place_of)}
 
 
 __all__ = ["EventMethods", "fleet_events"]

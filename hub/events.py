@@ -14,10 +14,12 @@ each agent ships what its journal wrote (``host_events``), and the hub
 takes each agent index once (its per-host cursor is written in the same
 transaction as the events).
 
-``--since`` (``parse_since``): an index (digits: events after it), ``@UNIX``
-seconds, an ISO 8601 time, or a duration ago (``90s``, ``10m``, ``2h``,
-``1d``); a number (not a string) is Unix seconds, as the hub's old events
-method took.  0 is "from the oldest kept"; any other index or time before
+``--since`` (``parse_since``): an index (digits below 1000000000: events
+after it), Unix seconds (``@UNIX``, or a bare number of 10 digits or more,
+1000000000 and above, or one with a fraction: Docker's ``--since
+1796131100``), an ISO 8601 time, or a duration ago (``90s``, ``10m``,
+``2h``, ``1d``); a number (not a string) is Unix seconds, as the hub's old
+events method took.  0 is "from the oldest kept"; any other index or time before
 what retention kept is EventsExpired, one in the future InvalidArgument.  Filters (``parse_filters``): Docker's semantics, the same key
 ORs, different keys AND; keys container (or name), host, type (or event,
 kind), image.
@@ -29,10 +31,11 @@ import datetime
 import logging
 import re
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gevent.event
 
+from agents.events import EVENT_TYPES as AGENT_EVENT_TYPES
 from dcctl import errors
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ BATCH = 500
 MAX_LIST = 10_000
 #: Appends between two retention passes.
 PRUNE_EVERY = 200
+#: Agent events per host_events call at most.
+MAX_INGEST = 1000
 #: Events kept in memory while the store refuses writes (a full disk).
 MAX_PENDING = 10_000
 
@@ -51,6 +56,10 @@ FILTER_KEYS = {"container": "container", "name": "container", "host": "host", "t
                "event": "type", "kind": "type", "image": "image"}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: A bare number of ``since`` from here on (10 digits: 2001-09-09 on) is Unix
+#: seconds, below it an index; a number with a fraction is Unix seconds too.
+UNIX_FROM = 1_000_000_000
+_DECIMAL = re.compile(r"^\d+\.\d*$")
 
 
 def parse_filters(filters: Any) -> dict[str, set[str]]:
@@ -121,8 +130,13 @@ class EventLog:
         self.followers = 0  # follow() generators open now
         self._cursors: dict[str, int] = {}  # host -> agent index taken in (the store's, without a store)
         self._changed = gevent.event.Event()
+        self.refused = 0  # agent events naming a container the hub places on another host (ingest)
+        self._last_at = 0.0  # the newest event's at (_now)
         if store is not None:
             self._prune()
+            last = self.store.events_bounds()["last"]
+            newest = self.store.events_after(last - 1, 1) if last else []
+            self._last_at = float(newest[0]["at"]) if newest else 0.0
 
     # ------------------------------------------------------------ writing
     def add(self, kind: str, **detail) -> dict | None:
@@ -130,46 +144,98 @@ class EventLog:
         also as ``container``).  Best effort: a store that refuses it (a
         full disk) keeps it pending, written with the next one that goes.
         Returns: the stored event (with its index), or None when pending."""
-        doc = {"at": time.time(), "type": kind, "kind": kind, **detail}
+        doc = {"at": self._now(), "type": kind, "kind": kind, **detail}
         if "name" in doc and "container" not in doc:
             doc["container"] = doc["name"]
         stored = self._append([doc])
         return stored[-1] if stored else None
 
-    def ingest(self, host: str, events: list, head: int | None = None) -> int:
+    def ingest(self, host: str, events: list, head: int | None = None,
+               place_of: Callable[[str], str | None] | None = None) -> int:
         """Take an agent's container events (agents.events) in: those above
         the host's cursor, once each, in its index order.  ``head`` is the
         agent's newest index: one below the cursor means its journal started
         over (a new state dir), and the cursor goes back to 0.
 
+        What a host sends is checked before anything is taken: at most
+        MAX_INGEST events, each a map with an integer index (above 0, each
+        above the one before it in the batch, none above ``head``), a
+        number ``at``, a type an agent emits (agents.events.EVENT_TYPES)
+        and a container name.  ``place_of(container)`` (the hub's placement:
+        the host it places the container on, None when it knows none) keeps
+        a host from speaking for another's containers: an event naming a
+        container the hub places on another host is not recorded (its index
+        is still passed, so the agent goes on; counted in ``refused``), one
+        naming a container unknown to the hub is recorded with
+        ``unknown_to_hub: true``.  An event's ``at`` in the log is the
+        hub's receive time (``_now``: the log's times rise with its index,
+        whatever the agents' clocks say); the agent's own is ``agent_at``.
+
         Returns: the host's cursor (the last agent index taken in).
-        Raises: InvalidArgument (an event without an integer index, at and
-        type), StoreError (nothing was taken)."""
+        Raises: InvalidArgument (a check above failed: nothing was taken),
+        StoreError (nothing was taken)."""
+        if not isinstance(events, list) or len(events) > MAX_INGEST:
+            raise errors.InvalidArgument(f"events must be a list of at most {MAX_INGEST}")
+        if head is not None and (isinstance(head, bool) or not isinstance(head, int) or head < 0):
+            raise errors.InvalidArgument(f"head must be an index (an integer from 0), not {head!r}")
+        previous = 0
+        for event in events:
+            if not (isinstance(event, dict) and isinstance(event.get("index"), int)
+                    and not isinstance(event.get("index"), bool)
+                    and isinstance(event.get("at"), (int, float)) and not isinstance(event.get("at"), bool)
+                    and isinstance(event.get("type"), str)):
+                raise errors.InvalidArgument("an agent event needs an integer index, at and type")
+            if event["type"] not in AGENT_EVENT_TYPES:
+                raise errors.InvalidArgument(f"event type {event['type']!r} is not an agent's",
+                                             hint=f"types: {', '.join(AGENT_EVENT_TYPES)}")
+            if not isinstance(event.get("container"), str) or not event["container"]:
+                raise errors.InvalidArgument("an agent event names its container (a non-empty string)")
+            if event["index"] <= previous:
+                raise errors.InvalidArgument(f"agent event indexes must rise in a batch "
+                                             f"({event['index']} after {previous})")
+            if head is not None and event["index"] > head:
+                raise errors.InvalidArgument(f"agent event index {event['index']} is past the head {head}")
+            previous = event["index"]
         cursor = self.store.event_cursor(host) if self.store is not None else self._cursors.get(host, 0)
         if head is not None and head < cursor:
             log.warning("host %s: its event journal started over (head %d < %d)", host, head, cursor)
             if self.store is not None:
                 self.store.set_event_cursor(host, 0)
             cursor = 0
-        docs, top = [], cursor
-        for event in sorted(events, key=lambda e: e.get("index", 0) if isinstance(e, dict) else 0):
-            if not (isinstance(event, dict) and isinstance(event.get("index"), int)
-                    and isinstance(event.get("at"), (int, float)) and isinstance(event.get("type"), str)):
-                raise errors.InvalidArgument("an agent event needs an integer index, at and type")
+        docs, top, places = [], cursor, {}
+        for event in events:
             if event["index"] <= top:
                 continue
             top = event["index"]
-            doc = {k: v for k, v in event.items() if k != "index"}
-            docs.append({**doc, "kind": doc["type"], "name": doc.get("container"), "host": host,
-                         "agent_index": event["index"], "source": "agent"})
-        if docs and self.store is None:
-            self._append(docs)
-        elif docs:
+            doc = {k: v for k, v in event.items() if k not in ("index", "at", "unknown_to_hub")}
+            name = doc["container"]
+            if place_of is not None:
+                if name not in places:
+                    places[name] = place_of(name)
+                if places[name] is None:
+                    doc["unknown_to_hub"] = True
+                elif places[name] != host:
+                    self.refused += 1
+                    log.warning("host %s sent a %s event of %s, which the hub places on %s: not recorded",
+                                host, doc["type"], name, places[name])
+                    continue
+            docs.append({**doc, "at": self._now(), "agent_at": event["at"], "kind": doc["type"], "name": name,
+                         "host": host, "agent_index": event["index"], "source": "agent"})
+        if self.store is None:
+            if docs:
+                self._append(docs)
+        elif docs or top != cursor:
             self.store.events_append(docs, host=host, agent_index=top)
             self._counted(len(docs))
             self._wake()
         self._cursors[host] = top
         return top
+
+    def _now(self) -> float:
+        """The hub's time for an event it records now: never before the
+        last one it recorded (a clock stepped back keeps the order)."""
+        self._last_at = max(time.time(), self._last_at)
+        return self._last_at
 
     def _append(self, docs: list[dict]) -> list[dict]:
         if self.store is None:
@@ -235,6 +301,10 @@ class EventLog:
             raise errors.InvalidArgument("since must be an index, a time or a duration")
         if isinstance(since, str):
             text = since.strip()
+            if text.isdigit() and int(text) >= UNIX_FROM:
+                text = "@" + text  # 10 digits or more: Unix seconds (Docker's --since)
+            elif _DECIMAL.match(text):
+                text = "@" + text
             if text.isdigit():
                 index = int(text)
                 if index == 0:  # from the oldest kept

@@ -4,10 +4,11 @@ the hub's fleet events (hub/events.py).
 Without --follow: the hub's ``events`` (a list): a table, or with --json
 one JSON list of ``{index, at, type, ...}``.  With --follow: the hub's
 ``events_follow`` stream, one line per event as it comes (a JSON object
-per line with --json) until interrupted.  --since: an index (events after
-it: give the last index seen to resume with nothing lost or repeated),
-``@UNIX`` seconds, an ISO 8601 time or a duration ago (``10m``); default:
-from the oldest kept.  --filter goes to the hub (keys container, host,
+per line with --json) until interrupted.  --since: an index (digits below
+1000000000: the events after it; give the last index seen to resume with
+nothing lost or repeated), Unix seconds (``@UNIX``, or a bare number of 10
+digits or more, or one with a fraction, as Docker's ``--since 1796131100``),
+an ISO 8601 time or a duration ago (``10m``); default: from the oldest kept.  --filter goes to the hub (keys container, host,
 type, image; the same key ORs, different keys AND).
 """
 from __future__ import annotations

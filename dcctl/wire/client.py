@@ -157,7 +157,8 @@ class RpcClient:
         the class doc (never CallTimeout)."""
         if self._closed:
             raise errors.Unreachable(f"{self.endpoint}: {self._closed}")
-        return StreamIter(self, method, gevent.spawn(self._call, method, args, None))
+        # capture: the call's error is the reader's to raise (StreamIter._started), not gevent's to print
+        return StreamIter(self, method, gevent.spawn(zrpc.capture, self._call, method, args, None))
 
     def _call(self, method: str, args: tuple, timeout: float | None) -> Any:
         if self._closed:
@@ -256,7 +257,9 @@ class StreamIter:
         """Wait for the answer of a call sent by RpcClient.stream."""
         task, self._raw = self._raw, iter(())
         try:
-            value = task.get()
+            ok, value = task.get()
+            if not ok:
+                raise value
         except BaseException:
             self.close()
             raise

@@ -266,8 +266,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def events_index_at(self, at: float) -> int:
-        """The newest index of an event at or before ``at`` (Unix s); the
-        last pruned index when no kept event is that old."""
+        """The index just before the first kept event after ``at`` (Unix s),
+        so that the events after it include every one later than ``at``
+        (whatever the order of their times); the newest index when no
+        kept event is later."""
 
     @abc.abstractmethod
     def events_bounds(self) -> dict:

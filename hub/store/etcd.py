@@ -1039,8 +1039,8 @@ class EtcdStore(Store):
         return got[0] if got else {"pruned_index": 0, "pruned_at": 0.0}
 
     def events_index_at(self, at: float) -> int:
-        found = [d["index"] for d in self._events_from(0) if d["at"] <= at]
-        return max(found) if found else int(self._event_marks()["pruned_index"])
+        later = [d["index"] for d in self._events_from(0) if d["at"] > at]
+        return min(later) - 1 if later else int(self.events_bounds()["last"])
 
     def events_bounds(self) -> dict:
         first, seq = self._events_from(0, 1), self.etcd.get(self._k("evseq"))

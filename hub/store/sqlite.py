@@ -661,11 +661,13 @@ class HubStore(Store):
         return [json.loads(r[0]) for r in rows]
 
     def events_index_at(self, at: float) -> int:
-        """The newest fleet index of an event at or before ``at`` (Unix s);
-        the last pruned index when no kept event is that old."""
+        """The index just before the first kept event after ``at`` (Unix s):
+        reading after it gives every event later than ``at`` even where
+        ``at`` does not rise with the index; the newest index when none is
+        later."""
         self._events_ready()
-        row = self.db.execute("SELECT MAX(idx) FROM fleet_events WHERE at <= ?", (at,)).fetchone()
-        return row[0] if row and row[0] is not None else int(self.events_bounds()["pruned_index"])
+        row = self.db.execute("SELECT MIN(idx) FROM fleet_events WHERE at > ?", (at,)).fetchone()
+        return row[0] - 1 if row and row[0] is not None else int(self.events_bounds()["last"])
 
     def events_bounds(self) -> dict:
         """{first (oldest kept index, or last + 1), last (newest index

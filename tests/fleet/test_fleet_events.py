@@ -11,11 +11,12 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 
 import gevent
 import pytest
 
-from dcctl import errors, wire
+from dcctl import auth, errors, wire
 from ops import fleet as fleetmod
 from tests.waiting import wait_for
 
@@ -173,3 +174,41 @@ def test_image_push_progress_streams_a_hosts_image_into_the_registry(hub):
     assert items[-1]["bytes_done"] == items[-1]["bytes_total"] == 0
     with pytest.raises(errors.ImageNotFound):
         next(hub.stream("image_push_progress", "host-1", "nosuchimage"))
+
+
+def _ev(index: int, type_: str, container: str, **extra) -> dict:
+    return {"index": index, "at": time.time(), "type": type_, "container": container, **extra}
+
+
+def test_a_host_key_cannot_forge_events_and_since_goes_by_the_hubs_time(hub, fleet):
+    """Last in this module: it takes host-1's next two agent indexes."""
+    victim, stray = f"evt.v{secrets.token_hex(2)}", f"evt.u{secrets.token_hex(2)}"
+    placed = hub.call("create_container", "busybox", victim, {"host": "host-2", "no_start": True, "no_route": True})
+    assert placed["host"] == "host-2"
+    wait_for(lambda: any(e.get("source") == "agent" for e in hub.call("events", "0", [f"container={victim}"])),
+             60, "host-2's created event")
+    h = fleet["hosts"][0]  # host-1's real key, as its agent holds it
+    keys = auth.ClientKeys.from_files(os.path.join(h["state_dir"], "keys", "server.key_secret"),
+                                      fleet["hub"]["public_key"])
+    with wire.connect(fleet["hub"]["tcp"], 30, keys) as h1:
+        cursor = h1.call("host_events", "host-1", [])["cursor"]
+        for batch, head, match in (
+                ([_ev(cursor + 1, "host_lost", victim)], cursor + 1, "not an agent's"),
+                ([_ev(cursor + 2, "died", stray), _ev(cursor + 1, "died", stray)], cursor + 2, "must rise"),
+                ([_ev(cursor + 5000, "oom", stray)], cursor + 1, "past the head"),
+                ([_ev(cursor + 1, "oom", "")], cursor + 1, "names its container"),
+                ([_ev(cursor + 1 + i, "oom", stray) for i in range(1001)], cursor + 1001, "at most 1000")):
+            with pytest.raises(errors.InvalidArgument, match=match):
+                h1.call("host_events", "host-1", batch, head)
+        assert h1.call("host_events", "host-1", [])["cursor"] == cursor  # nothing taken
+        an_hour_ago = time.time() - 3600  # an agent's clock (or a forger) an hour behind
+        got = h1.call("host_events", "host-1", [_ev(cursor + 1, "died", stray, at=an_hour_ago, exit_code=1),
+                                                _ev(cursor + 2, "oom", victim)], cursor + 2)
+        assert got == {"cursor": cursor + 2}  # the agent goes on; the oom of host-2's container is not recorded
+    recent = [e for e in hub.call("events", "5m") if e.get("source") == "agent"]
+    mine = [(e["type"], e["host"], e["container"], e.get("unknown_to_hub")) for e in recent
+            if e["container"] in (victim, stray)]
+    assert mine == [("created", "host-2", victim, None), ("died", "host-1", stray, True)]
+    died = next(e for e in recent if e["container"] == stray)
+    assert died["agent_at"] == an_hour_ago and died["at"] > an_hour_ago + 3000  # the hub's receive time
+    assert not [e for e in hub.call("events", "0", [f"container={victim}", "type=oom"])]

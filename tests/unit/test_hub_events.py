@@ -5,9 +5,12 @@ followers (resume with the last index: every event exactly once; a slow one
 dropped while the others go on)."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import gevent
+import gevent.subprocess
 import pytest
 
 from dcctl import errors, wire
@@ -45,6 +48,21 @@ def test_since_index_time_and_duration(log_):
         log.query(f"@{time.time() + 3600}")
     with pytest.raises(errors.InvalidArgument, match="want an index"):
         log.query("yesterday")
+
+
+def test_a_bare_number_of_ten_digits_is_unix_seconds_a_smaller_one_an_index(log_):
+    log, _, _ = log_
+    first = log.add("host_added", host="h1")
+    second = log.add("host_lost", host="h1")
+    cut = int(second["at"]) - 1  # 10 digits: Unix seconds, as Docker's --since 1796131100
+    assert [e["index"] for e in log.query(str(cut))] == [e["index"] for e in log.query(f"@{cut}")] == [1, 2]
+    assert [e["index"] for e in log.query(f"{second['at'] - 0.0001:.4f}")] == [2]  # a fraction: Unix s
+    assert [e["index"] for e in log.query("1")] == [2]  # below 1000000000: an index
+    with pytest.raises(errors.InvalidArgument, match="since index 999999999 is in the future"):
+        log.query("999999999")
+    with pytest.raises(errors.InvalidArgument, match="in the future"):
+        log.query(str(int(time.time()) + 3600))  # read as a time, not as an index
+    assert first["index"] == 1
 
 
 def test_filters_same_key_or_different_keys_and(log_):
@@ -210,6 +228,19 @@ def test_events_and_host_events_over_the_wire(served_fleet):
         next(c.stream("events_follow", "0", ["bogus=1"]))
 
 
+def test_dcctl_follow_refused_at_its_start_prints_one_line(served_fleet, tmp_path):
+    served_fleet[1]().call("events", "0")  # the hub answers (in this process: gevent's subprocess)
+    env = {**os.environ, "DCCTL_HOST": f"ipc://{tmp_path}/hub.sock"}
+    for args in (["--since", "2030-01-01T00:00:00"], ["--filter", "colour=red"]):
+        done = gevent.subprocess.run([sys.executable, "-m", "dcctl.cli", "events", "--follow", *args],
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done
+        lines = done.stderr.splitlines()  # dcctl's error line (and its hint), no greenlet traceback
+        assert lines[0].startswith("dcctl: InvalidArgument") and all(x.startswith("hint: ") for x in lines[1:])
+        assert len(lines) == (2 if "hint" in done.stderr else 1), done.stderr
+
+
 def test_without_an_event_store_events_are_kept_in_memory_once_each():
     log = EventLog(None, max_events=100)
     log.add("host_added", host="h1")
@@ -217,3 +248,12 @@ def test_without_an_event_store_events_are_kept_in_memory_once_each():
     assert log.ingest("h1", [agent_event(2, "started", "evt.m")], 2) == 2  # taken once
     assert [(e["index"], e["type"]) for e in log.query("0")] == [(1, "host_added"), (2, "created"), (3, "started")]
     assert [e["index"] for e in log.query("1", ["container=evt.m"])] == [2, 3]
+
+
+def test_an_event_line_shows_the_hubs_time_and_keeps_agent_at_out_of_its_detail():
+    from dcctl.cli.events import event_line
+    line = event_line({"index": 7, "at": 1796131100.0, "agent_at": 1796127500.0, "type": "died", "host": "h1",
+                       "container": "evt.l", "source": "agent", "agent_index": 3, "exit_code": 3,
+                       "unknown_to_hub": True})
+    assert line.startswith("7  2026-") and "agent_at" not in line
+    assert line.endswith("exit_code=3 unknown_to_hub=true"), line

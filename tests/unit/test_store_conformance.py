@@ -270,7 +270,9 @@ def test_fleet_events_keep_their_index_order_cursors_and_pruning(make_store):
     assert bounds["pruned_at"] == t + 20
     assert b.events_index_at(t) == 104  # older than every kept one: the last pruned index
     assert [e["index"] for e in a.events_append([{"at": t + 40, "kind": "y"}])] == [205]  # never reused
+    assert [e["index"] for e in a.events_append([{"at": t + 30, "kind": "z"}])] == [206]  # an older time later
+    assert b.events_index_at(t + 35) == 204 and b.events_index_at(t + 40) == 206  # 205 (t + 40) is not skipped
     b.set_event_cursor("h1", 0)
     assert a.event_cursor("h1") == 0
     assert a.events_prune(1000, 15.0, now=t + 40) == 100  # the age rule: everything before t + 25
-    assert [e["index"] for e in b.events_after(0, 10)] == [205]
+    assert [e["index"] for e in b.events_after(0, 10)] == [205, 206]
