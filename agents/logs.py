@@ -254,20 +254,14 @@ class ContainerLogs:
                         fd, offset = os.open(cur, os.O_RDONLY | os.O_CLOEXEC), 0
                     except FileNotFoundError:
                         pass
-                data = b""
-                if fd is not None:
-                    data = os.pread(fd, FOLLOW_READ_BYTES, offset)
-                    offset += len(data)
-                if data:
-                    pending += data
-                    cut = pending.rfind(b"\n") + 1
-                    lines = parse_lines(pending[:cut])
-                    pending = pending[cut:]
-                    if since is not None:
-                        lines = [r for r in lines if r["at"] >= since]
+                if fd is not None and os.fstat(fd).st_size > offset:
+                    # read and parse in the thread pool, a chunk at a time: a flood's
+                    # follower leaves the loop to other calls
+                    lines, pending, n = blocking(_read_new, fd, offset, pending, since)
+                    offset += n
                     for i in range(0, len(lines), BATCH_RECORDS):
                         yield {"name": name, "lines": lines[i:i + BATCH_RECORDS]}
-                    gevent.sleep(0)  # a flood is read chunk by chunk: other calls go on between
+                    gevent.sleep(0)
                     continue
                 try:
                     now_inode = os.stat(cur).st_ino
@@ -288,6 +282,19 @@ class ContainerLogs:
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+def _read_new(fd: int, offset: int, pending: bytes, since: float | None) -> tuple[list[dict], bytes, int]:
+    """A follow's next chunk: (the records of the complete lines of
+    ``pending`` + up to FOLLOW_READ_BYTES from ``offset`` at or after
+    ``since``, the unfinished rest, the bytes read).  Blocking."""
+    data = os.pread(fd, FOLLOW_READ_BYTES, offset)
+    pending += data
+    cut = pending.rfind(b"\n") + 1
+    lines = parse_lines(pending[:cut])
+    if since is not None:
+        lines = [r for r in lines if r["at"] >= since]
+    return lines, pending[cut:], len(data)
 
 
 def _complete_end(fd: int, size: int) -> int:
