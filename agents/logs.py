@@ -190,11 +190,11 @@ class ContainerLogs:
             sources = [(None, fd, offset)] if fd is not None else []
             older = [p for p in writer.log_files(d, self.max_files + 1) if p != cur]
             try:
-                for kind, src, end in sources + [(p, None, None) for p in reversed(older)]:
+                for path, src, end in sources + [(p, None, None) for p in reversed(older)]:
                     own = None
-                    if kind is not None:  # a rotated file, by path
+                    if path is not None:  # a rotated file, newest first
                         try:
-                            own = os.open(kind, os.O_RDONLY | os.O_CLOEXEC)
+                            own = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                         except FileNotFoundError:
                             continue
                         st = os.fstat(own)
