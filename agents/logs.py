@@ -33,6 +33,13 @@ MAX_RECORDS = 10000
 #: Records per item of a follow stream.
 BATCH_RECORDS = 500
 FOLLOW_POLL_SECONDS = 0.1
+#: Bytes a history read takes from a log file at once (backwards from its end).
+READ_CHUNK_BYTES = 256 * 1024
+#: Bytes a follow reads at once from the file being written (then yields).
+FOLLOW_READ_BYTES = 256 * 1024
+#: A history read with since stops at the first record this much older than
+#: since (records are in time order; the slack covers a clock step back).
+SINCE_SLACK_SECONDS = 1.0
 #: How often a follow asks whether the container still runs (it ends when not).
 FOLLOW_STATE_SECONDS = 2.0
 WRITER_START_TIMEOUT_SECONDS = 20.0
@@ -55,14 +62,6 @@ def parse_lines(data: bytes) -> list[dict]:
         if isinstance(rec, dict) and {"at", "stream", "text"} <= rec.keys():
             out.append({"at": rec["at"], "stream": rec["stream"], "text": rec["text"]})
     return out
-
-
-def _select(records: list[dict], since: float | None, tail: int | None) -> list[dict]:
-    if since is not None:
-        records = [r for r in records if r["at"] >= since]
-    if tail is not None:
-        records = records[-tail:] if tail else []
-    return records
 
 
 class ContainerLogs:
@@ -165,43 +164,69 @@ class ContainerLogs:
                 "size_bytes": sum(os.path.getsize(f) for f in files if os.path.exists(f))}
 
     # ------------------------------------------------------------ reading
-    def _history(self, name: str) -> tuple[list[dict], int | None, int]:
-        """Every record on disk, oldest first, and the current file's open
-        fd and the offset read to (None, 0 without one).  Blocking."""
+    def _history(self, name: str, since: float | None, tail: int | None) -> tuple[list[dict], bool, int | None, int]:
+        """The records ``since`` and ``tail`` select, oldest first, at most
+        MAX_RECORDS of them (the newest), whether more were selected, and the
+        current file's open fd and the offset read to (None, 0 without one).
+
+        Reads backwards from the end of the newest file, chunk by chunk, and
+        on into older files only as far as needed: the ``tail`` (or
+        MAX_RECORDS + 1) newest records, or back to the first record older
+        than ``since`` (less SINCE_SLACK_SECONDS); a rotated file last
+        written before that is not opened.  Memory and time are bounded by
+        what is selected, not by the log's size.  Blocking."""
         d = self.dir(name)
         cur = os.path.join(d, writer.LOG_NAME)
         try:
             fd = os.open(cur, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             fd = None
-        inode = os.fstat(fd).st_ino if fd is not None else None
-        records: list[dict] = []
-        for path in writer.log_files(d, self.max_files + 1):
-            if path == cur:
-                continue
+        offset = _complete_end(fd, os.fstat(fd).st_size) if fd is not None else 0
+        want = MAX_RECORDS + 1 if tail is None else min(tail, MAX_RECORDS + 1)
+        floor = None if since is None else since - SINCE_SLACK_SECONDS
+        newest_first: list[dict] = []
+        if want > 0:
+            inode = os.fstat(fd).st_ino if fd is not None else None
+            sources = [(None, fd, offset)] if fd is not None else []
+            older = [p for p in writer.log_files(d, self.max_files + 1) if p != cur]
             try:
-                with open(path, "rb") as f:
-                    if os.fstat(f.fileno()).st_ino == inode:
-                        continue  # rotated after we opened it: read through fd below
-                    records.extend(parse_lines(f.read()))
-            except FileNotFoundError:
-                continue
-        offset = 0
-        if fd is not None:
-            data = _read_all(fd, 0)
-            complete = data[:data.rfind(b"\n") + 1]
-            records.extend(parse_lines(complete))
-            offset = len(complete)
-        return records, fd, offset
+                for path, src, end in sources + [(p, None, None) for p in reversed(older)]:
+                    own = None
+                    if path is not None:  # a rotated file, newest first
+                        try:
+                            own = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                        except FileNotFoundError:
+                            continue
+                        st = os.fstat(own)
+                        if st.st_ino == inode:  # rotated after we opened it: read through fd already
+                            os.close(own)
+                            continue
+                        if floor is not None and st.st_mtime < floor:
+                            os.close(own)
+                            break  # all its records (and older files') are before since
+                        src, end = own, _complete_end(own, st.st_size)
+                    try:
+                        if _collect(src, end, since, floor, want, newest_first):
+                            break
+                    finally:
+                        if own is not None:
+                            os.close(own)
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                raise
+        newest_first.reverse()
+        return newest_first[-MAX_RECORDS:], len(newest_first) > MAX_RECORDS, fd, offset
 
     def read(self, name: str, since: float | None, tail: int | None) -> dict:
-        """The records of container ``name`` (see AgentService.container_logs).
+        """The records of container ``name`` (see AgentService.container_logs):
+        {name, lines (at most MAX_RECORDS, the newest), truncated (more were
+        selected), dropped_records, dropped_bytes}.
         Blocking: run it in the thread pool."""
-        records, fd, _ = self._history(name)
+        records, truncated, fd, _ = self._history(name, since, tail)
         if fd is not None:
             os.close(fd)
-        records = _select(records, since, tail)
-        out = {"name": name, "lines": records[-MAX_RECORDS:], "truncated": len(records) > MAX_RECORDS}
+        out = {"name": name, "lines": records, "truncated": truncated}
         st = self.status(name)
         out["dropped_records"], out["dropped_bytes"] = st["dropped_records"], st["dropped_bytes"]
         return out
@@ -209,13 +234,15 @@ class ContainerLogs:
     def follow(self, name: str, since: float | None, tail: int | None, running: Callable[[], bool],
                blocking: Callable) -> Iterator[dict]:
         """A stream of {name, lines: [{at, stream, text}]} items: the history
-        first (one item, maybe of no lines, then more if over BATCH_RECORDS),
+        first (one item, maybe of no lines, then more if over BATCH_RECORDS;
+        the first has truncated: true and history_records when the history
+        was cut to the newest MAX_RECORDS),
         then what is written, item by item, across rotations.  Ends when the
         container no longer runs (and all it wrote was sent), or its log dir
         is gone (destroyed)."""
-        records, fd, offset = blocking(self._history, name)
-        records = _select(records, since, tail)[-MAX_RECORDS:]
-        yield {"name": name, "lines": records[:BATCH_RECORDS]}
+        records, truncated, fd, offset = blocking(self._history, name, since, tail)
+        yield {"name": name, "lines": records[:BATCH_RECORDS],
+               **({"truncated": True, "history_records": len(records)} if truncated else {})}
         for i in range(BATCH_RECORDS, len(records), BATCH_RECORDS):
             yield {"name": name, "lines": records[i:i + BATCH_RECORDS]}
         cur = os.path.join(self.dir(name), writer.LOG_NAME)
@@ -227,19 +254,14 @@ class ContainerLogs:
                         fd, offset = os.open(cur, os.O_RDONLY | os.O_CLOEXEC), 0
                     except FileNotFoundError:
                         pass
-                data = b""
-                if fd is not None:
-                    data = os.pread(fd, 1 << 20, offset)
-                    offset += len(data)
-                if data:
-                    pending += data
-                    cut = pending.rfind(b"\n") + 1
-                    lines = parse_lines(pending[:cut])
-                    pending = pending[cut:]
-                    if since is not None:
-                        lines = [r for r in lines if r["at"] >= since]
+                if fd is not None and os.fstat(fd).st_size > offset:
+                    # read and parse in the thread pool, a chunk at a time: a flood's
+                    # follower leaves the loop to other calls
+                    lines, pending, n = blocking(_read_new, fd, offset, pending, since)
+                    offset += n
                     for i in range(0, len(lines), BATCH_RECORDS):
                         yield {"name": name, "lines": lines[i:i + BATCH_RECORDS]}
+                    gevent.sleep(0)
                     continue
                 try:
                     now_inode = os.stat(cur).st_ino
@@ -262,11 +284,63 @@ class ContainerLogs:
                 os.close(fd)
 
 
-def _read_all(fd: int, offset: int) -> bytes:
-    chunks = []
-    while True:
-        b = os.pread(fd, 1 << 20, offset)
-        if not b:
-            return b"".join(chunks)
-        chunks.append(b)
-        offset += len(b)
+def _read_new(fd: int, offset: int, pending: bytes, since: float | None) -> tuple[list[dict], bytes, int]:
+    """A follow's next chunk: (the records of the complete lines of
+    ``pending`` + up to FOLLOW_READ_BYTES from ``offset`` at or after
+    ``since``, the unfinished rest, the bytes read).  Blocking."""
+    data = os.pread(fd, FOLLOW_READ_BYTES, offset)
+    pending += data
+    cut = pending.rfind(b"\n") + 1
+    lines = parse_lines(pending[:cut])
+    if since is not None:
+        lines = [r for r in lines if r["at"] >= since]
+    return lines, pending[cut:], len(data)
+
+
+def _complete_end(fd: int, size: int) -> int:
+    """The offset just after the last newline of fd's first ``size`` bytes
+    (0 without one): a record being written is not read."""
+    pos = size
+    while pos > 0:
+        start = max(0, pos - READ_CHUNK_BYTES)
+        cut = os.pread(fd, pos - start, start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        pos = start
+    return 0
+
+
+def _lines_backward(fd: int, end: int) -> Iterator[bytes]:
+    """The lines of fd's first ``end`` bytes (``end`` just after a newline),
+    newest first, read in chunks of READ_CHUNK_BYTES from the end."""
+    pos, carry = end, b""
+    while pos > 0:
+        start = max(0, pos - READ_CHUNK_BYTES)
+        buf = os.pread(fd, pos - start, start) + carry
+        pos = start
+        if pos > 0:
+            cut = buf.find(b"\n")
+            if cut < 0:  # one line longer than the chunk: read further back
+                carry = buf
+                continue
+            carry, buf = buf[:cut + 1], buf[cut + 1:]
+        yield from reversed(buf.splitlines())
+
+
+def _collect(fd: int, end: int, since: float | None, floor: float | None, want: int, out: list[dict]) -> bool:
+    """Append to ``out`` the records of fd[:end], newest first, that are at or
+    after ``since``, until it holds ``want`` or a record before ``floor``
+    comes.  Returns: whether the reading is done (no older file needed)."""
+    for line in _lines_backward(fd, end):
+        recs = parse_lines(line)
+        if not recs:
+            continue
+        rec = recs[0]
+        if since is not None and rec["at"] < since:
+            if rec["at"] < floor:
+                return True
+            continue
+        out.append(rec)
+        if len(out) >= want:
+            return True
+    return False

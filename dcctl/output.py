@@ -519,8 +519,8 @@ def filter_result(method: str | None, result: Any, filters: dict[str, list[str]]
     if method == "broadcast" and is_fanout_result(result):
         kept = {h: r for h, r in result["results"].items() if _keep(method, {"host": h, **r}, filters)}
         return {**result, "results": kept}
-    if isinstance(result, list) and all(isinstance(r, dict) for r in result):
-        return [r for r in result if _keep(method, r, filters)]
+    if isinstance(result, list) and all(isinstance(r, dict) for r in result):  # hosts that did not answer stay
+        return [r for r in result if _is_unreachable_row(r) or _keep(method, r, filters)]
     raise FilterError(f"{method} here answers with one map, not a listing; drop --filter")
 
 
@@ -642,6 +642,19 @@ def network_text(result: dict, is_tty: bool = False, width: int = TABLE_WIDTH) -
     return "\n".join(lines) + "\n\n" + grid_text(headers, fit_cells(headers, rows, width, [2]), is_tty)
 
 
+def _is_unreachable_row(row: Any) -> bool:
+    return isinstance(row, dict) and row.get("unreachable") is True
+
+
+def unreachable_text(rows: list[dict], missing: str = "its rows are") -> str:
+    """The stderr line naming the hosts of a fleet listing that did not
+    answer (rows {host, status, message, unreachable: true}: the hub's
+    volume_ls, dcctl stats)."""
+    hosts = ", ".join(f"{r.get('host')} ({r.get('status', 'error')}: {r.get('message') or 'no answer'})"
+                      for r in rows)
+    return f"dcctl: no answer from {len(rows)} host(s), {missing} not shown: {hosts}"
+
+
 def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = None, *,
            method: str | None = None, wide: bool = False, now: float | None = None) -> int:
     """Print ``result`` readably; returns the exit code (0, or an exec
@@ -650,6 +663,12 @@ def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = No
     the clock) is what ages are counted from."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
+    if isinstance(result, list) and any(_is_unreachable_row(r) for r in result):
+        code = render([r for r in result if not _is_unreachable_row(r)], stdout, stderr, method=method, wide=wide,
+                      now=now)
+        stdout.flush()
+        print(unreachable_text([r for r in result if _is_unreachable_row(r)]), file=stderr)
+        return code
     if is_exec_result(result):
         return render_exec(result, stdout, stderr)
     if is_fanout_result(result):

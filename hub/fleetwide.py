@@ -93,9 +93,11 @@ class FleetwideMethods:
         """Every host's hostinfo, one row per host.
 
         Returns: [{host, status ("ok" | "error" | "timeout", within 5 s),
-        and the agent's hostinfo keys when ok}].
+        and the agent's hostinfo keys when ok, else message (why)}].
         """
-        return [{"host": host, "status": res["status"], **(res.get("result") or {})}
+        return [{"host": host, "status": res["status"],
+                 **(res["result"] if res["status"] == "ok" else
+                    {"message": res.get("message") or res.get("error") or "no answer within 5 s"})}
                 for host, res in self._gather("hostinfo")["results"].items()]
 
     @expose(access="read")

@@ -18,9 +18,10 @@ from hub.agents import VIEW_TIMEOUT_SECONDS
 class VolumeMethods:
     """The hub's volume methods (a mixin of HubService)."""
 
-    def _volume_rows(self) -> tuple[list[dict], list[str]]:
+    def _volume_rows(self, failures: dict | None = None) -> tuple[list[dict], list[str]]:
         """(every alive host's volumes [{host, ...volume_ls keys}], the
-        hosts that did not answer)."""
+        hosts that did not answer); ``failures``, when given, gets each of
+        those hosts' broadcast result ({status, error, message})."""
         gathered = fanout.broadcast(
             self.store.hosts(), lambda h: self.agents.call(h["name"], "volume_ls", timeout_s=VIEW_TIMEOUT_SECONDS),
             VIEW_TIMEOUT_SECONDS + 0.5)["results"]
@@ -30,6 +31,8 @@ class VolumeMethods:
                 rows.extend({"host": host, **v} for v in res["result"])
             else:
                 silent.append(host)
+                if failures is not None:
+                    failures[host] = res
         return rows, silent
 
     @expose(access="read")
@@ -37,11 +40,16 @@ class VolumeMethods:
         """Every host's volumes.
 
         Returns: [{host, name, created (Unix s), path, size_bytes, used_by
-        [containers]}] by name and host; hosts that do not answer within
-        5 s are left out.
+        [containers]}] by name and host, then a row {host, status ("error" |
+        "timeout"), message, unreachable: true} for each host that did not
+        answer within 5 s (its volumes are not listed; dcctl names it on
+        stderr).
         """
-        rows, _ = self._volume_rows()
-        return sorted(rows, key=lambda r: (r["name"], r["host"]))
+        failures: dict = {}
+        rows, _ = self._volume_rows(failures)
+        return sorted(rows, key=lambda r: (r["name"], r["host"])) + [
+            {"host": h, "status": res["status"], "message": res.get("message") or res.get("error") or "no answer",
+             "unreachable": True} for h, res in sorted(failures.items())]
 
     def volume_host(self, names: list[str], pinned: str | None = None) -> str | None:
         """The host a container using volumes ``names`` must go to: the one

@@ -4,6 +4,8 @@ stderr, as ``docker logs`` prints them), each after its time with
 --timestamps; with --follow the stream (``container_logs_follow``) until the
 container stops or ^C.  With --json: without --follow the answer as it is
 (``{lines: [{at, stream, text}], ...}``), with --follow one JSON record a line.
+An answer the agent cut to its newest 10,000 records (``truncated``) gets a
+notice on stderr in text mode.
 """
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ def _print(lines: list[dict], timestamps: bool, as_json: bool, out: TextIO, err:
     err.flush()
 
 
+def _cut_notice(shown: int, what: str = "") -> str:
+    """The stderr line of an answer cut to the agent's cap (MAX_RECORDS)."""
+    hint = "use --tail/--since" + ("" if what else " or --follow")
+    return f"dcctl: showing the last {shown} records{' ' + what if what else ''}; {hint}"
+
+
 def run(client: wire.RpcClient, name: str, options: dict, as_json: bool, timeout_s: float,
         out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Call container_logs (or container_logs_follow with ``follow``) and
@@ -50,6 +58,8 @@ def run(client: wire.RpcClient, name: str, options: dict, as_json: bool, timeout
             print(json.dumps(result, ensure_ascii=False), file=out)
             return 0
         _print(result["lines"], timestamps, False, out, err)
+        if result.get("truncated"):
+            print(_cut_notice(len(result["lines"])), file=err)
         if result.get("dropped_records"):
             print(f"dcctl: the log writer dropped {result['dropped_records']} records "
                   f"({result['dropped_bytes']} bytes; disk full?)", file=err)
@@ -59,6 +69,9 @@ def run(client: wire.RpcClient, name: str, options: dict, as_json: bool, timeout
         client.call("container_logs_follow", name, opts, timeout_s=timeout_s)
     try:
         for item in items:
+            if item.get("truncated") and not as_json:  # before the records, so it does not scroll away
+                print(_cut_notice(item.get("history_records", len(item["lines"])), "written so far, then what comes"),
+                      file=err)
             _print(item["lines"], timestamps, as_json, out, err)
     except KeyboardInterrupt:
         return 130

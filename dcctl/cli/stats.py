@@ -9,7 +9,10 @@ table refreshes in place (rich's Live) every --interval seconds (default 2)
 until ^C; with --no-stream or --json, or when stdout is not a terminal, one
 snapshot (two samples --interval apart, at most 1 s) is printed: a table, or
 with --json a list of {name, host, cpu_percent, memory_bytes,
-memory_limit_bytes, memory_percent, net_rx_bytes, net_tx_bytes}.
+memory_limit_bytes, memory_percent, net_rx_bytes, net_tx_bytes}.  A host that
+did not answer (through the hub) is named: a line on stderr (the live
+table's caption), and with --json a row {host, status ("error" |
+"timeout"), message, unreachable: true} after the containers' rows.
 """
 from __future__ import annotations
 
@@ -20,22 +23,43 @@ from typing import TextIO
 from dcctl import errors
 from dcctl.units import size_text
 
-__all__ = ["sample", "rows", "table", "run"]
+__all__ = ["sample", "rows", "table", "silent_text", "run"]
 
 COLUMNS = ("NAME", "HOST", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O")
 
 
-def sample(client, timeout_s: float) -> tuple[float, list[dict]]:
-    """(monotonic time, [{host, memory_total_bytes, containers [...]}]) of one
-    hostinfo call (the hub's: a list of hosts; an agent's: one)."""
+def sample(client, timeout_s: float) -> tuple[float, list[dict], list[dict]]:
+    """(monotonic time, [{host, memory_total_bytes, containers [...]}], the
+    hosts that did not answer [{host, status ("error" | "timeout"),
+    message}]) of one hostinfo call (the hub's: a list of hosts; an agent's:
+    one)."""
     info = client.call("hostinfo", timeout_s=timeout_s)
     hosts = info if isinstance(info, list) else [info]
-    out = []
+    out, silent = [], []
     for h in hosts:
         if isinstance(h, dict) and h.get("status", "ok") == "ok" and "containers" in h:
             out.append({"host": h.get("host"), "memory_total_bytes": (h.get("metrics") or {}).get("memory_total_bytes"),
                         "containers": h["containers"]})
-    return time.monotonic(), out
+        elif isinstance(h, dict):
+            silent.append({"host": h.get("host"), "status": h.get("status", "error"),
+                           "message": h.get("message") or h.get("error") or "no hostinfo"})
+    return time.monotonic(), out, silent
+
+
+def _silent(before: tuple, after: tuple) -> list[dict]:
+    """The hosts missing from either sample (their containers are not in
+    the rows), by host."""
+    seen: dict = {}
+    for s in (before, after):
+        for h in s[2] if len(s) > 2 else []:
+            seen.setdefault(h["host"], h)
+    return [seen[h] for h in sorted(seen, key=str)]
+
+
+def silent_text(silent: list[dict]) -> str:
+    """The stderr line naming the hosts that did not answer."""
+    from dcctl.output import unreachable_text
+    return unreachable_text(silent, "their containers are")
 
 
 def rows(before: tuple[float, list[dict]], after: tuple[float, list[dict]], names: list[str] | None = None) -> list[dict]:
@@ -87,7 +111,8 @@ def _plain(rs: list[dict], out: TextIO) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
 
 
-def run(client, names: list[str], flags: dict, as_json: bool, timeout_s: float, out: TextIO | None = None) -> int:
+def run(client, names: list[str], flags: dict, as_json: bool, timeout_s: float, out: TextIO | None = None,
+        err: TextIO | None = None) -> int:
     """``dcctl stats``; ``flags``: no_stream (bool), interval (seconds).
     Returns the exit code.  Raises: the calls' errors, UsageError."""
     from dcctl.cli.args import UsageError
@@ -106,12 +131,15 @@ def run(client, names: list[str], flags: dict, as_json: bool, timeout_s: float, 
     first = sample(client, timeout_s)
     if not live:
         time.sleep(min(1.0, interval))
-        rs = rows(first, sample(client, timeout_s), names)
+        second = sample(client, timeout_s)
+        rs, silent = rows(first, second, names), _silent(first, second)
         if as_json:
             import json
-            print(json.dumps(rs), file=out)
+            print(json.dumps(rs + [{**h, "unreachable": True} for h in silent]), file=out)
         else:
             _plain(rs, out)
+            if silent:
+                print(silent_text(silent), file=err or sys.stderr)
         return 0
     from rich.console import Console
     from rich.live import Live
@@ -124,7 +152,10 @@ def run(client, names: list[str], flags: dict, as_json: bool, timeout_s: float, 
                     now = sample(client, timeout_s)
                 except (errors.CallTimeout, errors.Unreachable):
                     continue  # best effort: the next refresh tries again
-                view.update(table(rows(before, now, names)), refresh=True)
+                t = table(rows(before, now, names))
+                if _silent(before, now):
+                    t.caption = silent_text(_silent(before, now)).removeprefix("dcctl: ")
+                view.update(t, refresh=True)
                 before = now
     except KeyboardInterrupt:
         return 0

@@ -95,6 +95,10 @@ def test_rotation_keeps_the_log_under_its_cap_and_follow_reads_across(agent_fact
     first = int(texts[0].split("-")[1])
     assert first > 0 and texts == [f"line-{i}-of-the-rotation-test" for i in range(first, 4000)]
     assert kept[-1]["text"] == "finished"
+    for tail in (1, 3, len(kept) // 2, len(kept) - 1, len(kept), len(kept) + 5):  # into the rotated file
+        assert agent.call("container_logs", name, {"tail": tail})["lines"] == kept[-tail:], tail
+    for since in (kept[1]["at"], kept[len(kept) // 3]["at"], kept[-2]["at"]):
+        assert agent.call("container_logs", name, {"since": since})["lines"] == [r for r in kept if r["at"] >= since]
     agent.call("container_destroy", name, True)
 
 
@@ -138,3 +142,36 @@ def test_bad_log_options_are_refused_typed(agent_factory):
         agent.call("container_logs", "logs.none")
     assert agent.call("container_logs", "logs.bad", {"since": "10m"})["lines"] == []
     agent.call("container_destroy", "logs.bad")
+
+
+def test_dcctl_says_on_stderr_when_the_answer_was_cut_to_the_cap(agent_factory):
+    """A container prints 10,050 lines: ``dcctl container_logs`` (text) prints
+    the newest 10,000 and a notice on stderr naming the cap and the ways
+    round it; with --tail 5 no notice; --follow's history says it too."""
+    agent = agent_factory()
+    name = "logs.cap"
+    agent.call("container_create", "busybox", name, {"command": ["sh", "-c", "seq 0 10049; sleep 600"]})
+    agent.call("container_start", name)
+    wait_for(lambda: [r["text"] for r in agent.call("container_logs", name, {"tail": 1})["lines"]] == ["10049"],
+             60, "the last line")
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "DCCTL_HOST": agent.endpoint}
+
+    def dcctl(*args, timeout=60):
+        return subprocess.run(["python3", "-m", "dcctl.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+
+    done = dcctl("container_logs", name)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(i) for i in range(50, 10050)]
+    assert "showing the last 10000 records; use --tail/--since or --follow" in done.stderr
+    done = dcctl("container_logs", name, "--tail", "5")
+    assert done.stdout.splitlines() == [str(i) for i in range(10045, 10050)] and "showing" not in done.stderr
+    proc = subprocess.Popen(["python3", "-m", "dcctl.cli", "container_logs", name, "--follow"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first_err = proc.stderr.readline()
+        assert "showing the last 10000 records" in first_err
+    finally:
+        proc.kill()
+        proc.wait()
+    agent.call("container_destroy", name, True)

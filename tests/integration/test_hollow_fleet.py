@@ -9,8 +9,10 @@ in its argv and is killed, and the directory removed, even when a test
 fails."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import sys
 
 import pytest
 
@@ -105,3 +107,48 @@ def test_after_a_hub_restart_registrations_spread_over_the_jitter_window(fleet_f
     with wire.connect(fleet.hub_ep, timeout_s=30) as hub:
         wait_for(lambda: sum(h["state"] == "alive" for h in _hosts(hub).values()) == n, 60,
                  "every host alive again")
+
+
+def test_fleet_listings_name_the_hosts_that_did_not_answer(fleet_factory):
+    """Four hollow hosts, two per process; one process is killed -9.  The
+    hub's volume_ls and hostinfo carry a row per silent host (status,
+    message; volume_ls's marked unreachable); ``dcctl volume_ls`` and
+    ``dcctl stats --no-stream`` name both silent hosts on stderr, and
+    ``dcctl --json stats --no-stream`` has a row {host, status, message,
+    unreachable: true} for each."""
+    _need_root()
+    fleet = fleet_factory(heartbeat_s=0.5, per_process=2)
+    fleet.start_hub()
+    fleet.grow(4, jitter_s=-1)
+    names = [host_name(fleet.prefix, i) for i in range(4)]
+    with wire.connect(fleet.hub_ep, timeout_s=30) as hub:
+        wait_for(lambda: (lambda h: set(h) == set(names) and all(x["state"] == "alive" for x in h.values()))(
+            _hosts(hub)), 60, "4 hollow hosts alive")
+        assert hub.call("volume_ls") == []
+        victim = fleet.hollows[1]  # hosts 2 and 3
+        victim.kill()
+        victim.wait()
+        silent = names[2:]
+        rows = hub.call("volume_ls")
+        assert [(r["host"], r["unreachable"]) for r in rows] == [(h, True) for h in silent]
+        assert all(r["status"] in ("error", "timeout") and r["message"] for r in rows)
+        info = {r["host"]: r for r in hub.call("hostinfo")}
+        assert all(info[h]["status"] != "ok" and info[h]["message"] for h in silent)
+        assert all(info[h]["status"] == "ok" for h in names[:2])
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "DCCTL_HOST": fleet.hub_ep}
+
+    def dcctl(*args):
+        import subprocess
+        return subprocess.run([sys.executable, "-m", "dcctl.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=120)
+
+    for argv in (("volume_ls",), ("stats", "--no-stream")):
+        done = dcctl(*argv)
+        assert done.returncode == 0, done.stderr
+        notice = [ln for ln in done.stderr.splitlines() if ln.startswith("dcctl: no answer from 2 host(s)")]
+        assert len(notice) == 1 and all(h in notice[0] for h in silent), (argv, done.stderr)
+        assert not any(h in done.stdout for h in silent)
+    done = dcctl("--json", "stats", "--no-stream")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert sorted(r["host"] for r in out if r.get("unreachable") is True) == silent
