@@ -478,6 +478,28 @@ def test_hub_volume_create_and_rm_on_a_host(hub, fleet, app):
         hub.call("volume_create", vol, {"host": "no-such-host"})
 
 
+def test_a_bare_image_name_is_latest_not_the_newest_tag(hub, fleet, app, tmp_path):
+    """An operator's trial: after ``build -t NAME:v2``, ``deploy APP NAME``
+    deployed NAME:v2 and ``create_container NAME`` took it too; NAME is
+    NAME:latest.  Two real builds through the hub's registry."""
+    import json
+    ids = {}
+    for ref, rel in ((app, "latest"), (f"{app}:v2", "v2")):  # v2 is the newer
+        ctx = tmp_path / rel
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM busybox\nRUN echo {rel} > /rel\n")
+        code, out, err = _dcctl(fleet, "--json", "build", str(ctx), "-t", ref)
+        assert code == 0, err
+        ids[rel] = json.loads(out.splitlines()[-1])["id"]
+    made = hub.call("deploy", app, app, {**FAST, "command": COMMAND, "env": {"REL": "v1"}}, timeout_s=300)
+    assert made["image"] == f"{app}@{ids['latest']}"
+    hub.call("create_container", app, f"{app}.bare", {"no_route": True, "command": "sleep 600"})
+    assert hub.call("container_inspect", f"{app}.bare")["image_id"] == ids["latest"]
+    assert hub.call("container_exec", f"{app}.bare", ["cat", "/rel"])["stdout"] == b"latest\n"
+    assert hub.call("deploy", app, f"{app}:v2", {"env": {"REL": "v2"}}, timeout_s=300)["image"] == \
+        f"{app}@{ids['v2']}"
+
+
 def test_a_container_with_a_volume_stays_on_its_lost_host(hub, fleet, app):
     """Last in the module: it takes a host down (and brings it back)."""
     victim = fleet["hosts"][2]
