@@ -268,10 +268,16 @@ class ContainerManager:
                 raise errors.ContainerExists(f"container {name!r} already exists on this host")
             if len(self.records) >= self.config.max_containers:
                 raise errors.NoCapacity(f"host holds its maximum of {self.config.max_containers} containers")
-            for v in opts.get("volumes") or []:  # a missing volume is made (as docker run -v does)
-                _blocking(self.volumes.create, v["name"])
-            used = {r["address"] for r in self.records.values() if r.get("address")}
-            address = self.network.allocate_address(used)
+            made = []  # volumes this create made: a failed create removes them again
+            try:
+                for v in opts.get("volumes") or []:  # a missing volume is made (as docker run -v does)
+                    if _blocking(self.volumes.create, v["name"])["created_now"]:
+                        made.append(v["name"])
+                used = {r["address"] for r in self.records.values() if r.get("address")}
+                address = self.network.allocate_address(used)
+            except BaseException:
+                self._drop_made_volumes(made, name, holding_alloc=True)
+                raise
             rec = {"name": name, "image": manifest["id"], "image_name": manifest["name"],
                    "created": time.time(), "address": address, "ports": [], "desired": "stopped",
                    "phase": "creating", "veth": self.network.veth_name(name),
@@ -279,7 +285,9 @@ class ContainerManager:
                    "cpu_shares": opts.get("cpu_shares"), "env": {**manifest.get("env", {}), **opts["env"]},
                    "command": opts.get("command") or manifest.get("command") or [],
                    "restart": supervisor.parse_policy(opts.get("restart")), "restart_count": 0,
-                   "events": [], "volumes": opts.get("volumes") or []}
+                   "events": [], "volumes": opts.get("volumes") or [],
+                   # until its first start: a destroy then removes them (see _drop_made_volumes)
+                   "volumes_made": made}
             self.records[name] = rec
         with self.locked(name):
             try:
@@ -341,9 +349,32 @@ class ContainerManager:
             self._remove_files(name)
         finally:
             self.state.delete(name)
-            self.records.pop(name, None)
+            made = (self.records.pop(name, None) or {}).get("volumes_made") or []
             self._unsaved.discard(name)
             self._disk_desired.pop(name, None)
+            self._drop_made_volumes(made, name)
+
+    def _drop_made_volumes(self, names: list[str], container: str, holding_alloc: bool = False) -> None:
+        """Remove the volumes a container's create made, once that create
+        failed or the container goes without ever having started (a hub
+        undoing a create whose start failed destroys it): only a volume no
+        other container is configured with and whose data dir is empty, so
+        a volume that existed before, or holds data, is never removed.
+        Best effort (logged): the create's own error is what the caller
+        sees.  Takes the allocation lock (creates hold it) unless the
+        caller holds it (``holding_alloc``)."""
+        if not names:
+            return
+        with contextlib.nullcontext() if holding_alloc else self._alloc_lock:
+            for vol in names:
+                try:
+                    if volmod.users(self.records, vol) or not self.volumes.exists(vol) \
+                            or _blocking(os.listdir, self.volumes.data_dir(vol)):
+                        continue
+                    _blocking(self.volumes.remove, vol)
+                    log.info("removed volume %s, made by the failed create of %s", vol, container)
+                except (OSError, errors.DcError) as exc:
+                    log.warning("could not remove volume %s made by %s: %s", vol, container, exc)
 
     def _remove_files(self, name: str) -> None:
         """Remove the container's directory (lxcwrap's ``destroy``, in the
@@ -400,6 +431,7 @@ class ContainerManager:
                 self.save_soon(rec, critical=True)
             raise
         rec["started_at"] = time.time()
+        rec["volumes_made"] = []  # it has run: its volumes are the operator's now
         self.events.record("started", name, image=rec.get("image_name"))
         self.network.enable_hairpin(rec["veth"])
         for m in self._mappings(rec):
@@ -463,6 +495,7 @@ class ContainerManager:
         self.records.pop(name, None)
         self._unsaved.discard(name)
         self._disk_desired.pop(name, None)
+        self._drop_made_volumes(rec.get("volumes_made") or [], name)  # never started: a create undone
 
     def _kill(self, name: str) -> None:
         """Stop a container at once: ``lxc-stop -k``, or if LXC's tool fails,

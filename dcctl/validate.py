@@ -5,6 +5,7 @@ argument and what it should be.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any
 
@@ -123,8 +124,12 @@ def options(value: Any, allowed: dict[str, str], what: str) -> dict:
         raise InvalidArgument(f"{what} options must be a map")
     unknown = sorted((k for k in value if k not in allowed), key=repr)
     if unknown:
+        near = [(k, difflib.get_close_matches(k, list(allowed), n=1, cutoff=0.75)) for k in unknown
+                if isinstance(k, str)]
+        hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in near if m) or None
         raise InvalidArgument(
-            f"unknown {what} option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(allowed))}")
+            f"unknown {what} option(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(allowed))}",
+            hint=hint)
     return dict(value)
 
 
@@ -271,7 +276,13 @@ VOLUME_PATH_MAX_CHARS = 255
 _VOLUME_PATH_RE = re.compile(r"^(/[A-Za-z0-9_.@+-]+)+$")
 #: Container paths a volume may not be mounted on (or under): the kernel's
 #: and LXC's own mounts, and dcfleet's files in the container.
-VOLUME_FORBIDDEN_PATHS = ("/proc", "/sys", "/dev", "/etc/dcfleet")
+VOLUME_FORBIDDEN_PATHS = ("/proc", "/sys", "/dev", "/etc/dcfleet", "/.dcfleet")
+#: Container paths a volume may not be mounted on as a whole: an empty
+#: volume there would hide the image's init, shell, libraries or config, and
+#: the container would not start (LXC's "Failed to exec /sbin/init").  A
+#: directory under them (/usr/local/data, /etc/myapp) is allowed.
+VOLUME_SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/usr/bin", "/usr/sbin",
+                      "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32", "/etc")
 
 
 def volume_name(name: Any) -> str:
@@ -287,8 +298,10 @@ def volume_name(name: Any) -> str:
 def volume_spec(value: Any) -> dict:
     """One volume of a container: ``"NAME:/path"`` (or {name, path}) ->
     {name, path}.  The path is absolute, made of ``[A-Za-z0-9_.@+-]``
-    components (no ``.`` or ``..``), at most 255 chars, not ``/`` and not
-    on or under /proc, /sys, /dev or /etc/dcfleet.
+    components (no ``.`` or ``..``), at most 255 chars, not ``/``, not on
+    or under /proc, /sys, /dev, /etc/dcfleet or /.dcfleet, and not a
+    system directory as a whole (VOLUME_SYSTEM_DIRS: /bin, /sbin, /lib*,
+    /usr, /usr/bin, /usr/sbin, /usr/lib*, /etc).
 
     Raises: InvalidArgument."""
     if isinstance(value, dict) and set(value) == {"name", "path"}:
@@ -305,6 +318,10 @@ def volume_spec(value: Any) -> dict:
     if any(path == f or path.startswith(f + "/") for f in VOLUME_FORBIDDEN_PATHS):
         raise InvalidArgument(f"volume path {path} is reserved (not on or under "
                               f"{', '.join(VOLUME_FORBIDDEN_PATHS)})")
+    if path in VOLUME_SYSTEM_DIRS:
+        raise InvalidArgument(f"volume path {path} would hide the image's {path} (its init, programs, libraries "
+                              "or config): the container could not start",
+                              hint="mount it on a directory of its own, e.g. /srv/data")
     return {"name": name, "path": path}
 
 

@@ -66,6 +66,8 @@ DEPLOY_OPTIONS = {
 _APP_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _CHECK_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,1023}$")
 _VERSION_RE = re.compile(r"^v?(\d{1,9})$")
+#: an app's container name, APP.vN.K (hub/deploy.py names them so)
+_APP_CONTAINER_RE = re.compile(r"^([a-z0-9-]{1,40})\.v\d{1,9}\.\d{1,9}$")
 
 
 def app_name(value) -> str:
@@ -213,8 +215,10 @@ class AppMethods:
         deploy_s (start to switched, seconds), gap_s (seconds without a
         serving container: apps with volumes; else 0.0)}.
 
-        Raises: InvalidArgument (bad app, option, route), ImageNotFound,
-        AmbiguousImageRef, DeployInProgress, DeployFailed (a new container
+        Raises: InvalidArgument (bad app, option, route), RouteExists (a
+        route is held by another app or by containers not of this app; the
+        message names the holder), ImageNotFound, AmbiguousImageRef,
+        DeployInProgress, DeployFailed (a new container
         failed its check or its create: it names them; the previous release
         keeps serving and the new containers are gone), StoreError.
         """
@@ -233,6 +237,7 @@ class AppMethods:
         if routes.http_port(exposed) is None and "route" not in (options or {}):
             config["routes"] = []  # nothing to route: no route unless one is asked for (refused below)
         routes.check_create(manifest, {"routes": config["routes"]})
+        self._check_routes_free(app, config["routes"])
         n = max(doc.get("next_release", 1), (latest or {}).get("release", 0) + 1)
         image = f"{manifest['name']}@{manifest['id']}"
         journal = self.deployer.begin(app, n, image, config, current)
@@ -248,6 +253,27 @@ class AppMethods:
             raise
         result = self.deployer.run(journal, config, self._prune)
         return {**result, "rollback_of": rollback_of}
+
+    def _check_routes_free(self, app: str, names: list[str]) -> None:
+        """Refuse route names whose backends are not all this app's
+        containers (another app's, or plain containers'): a deploy never
+        joins someone else's route.
+
+        Raises: RouteExists (naming the holder, with a hint)."""
+        wanted = set(names)
+        for row in self.store.routes():
+            if row["name"] not in wanted:
+                continue
+            m = _APP_CONTAINER_RE.match(row["container"])
+            if m and m.group(1) == app:
+                continue
+            holder = f"app {m.group(1)}" if m and self.store.deploy_doc_get(app_key(m.group(1))) is not None \
+                else f"container {row['container']}"
+            raise errors.RouteExists(
+                f"route {row['name']} is held by {holder} (backend {row['container']}:{row['port']}); "
+                f"app {app} would join it",
+                hint=f"pick another route (deploy {app} IMAGE --route NAME), or free it first "
+                     f"({'dcctl app_rm ' + m.group(1) if holder.startswith('app') else 'dcctl route_rm ' + row['name'] + ' ' + row['container'] + ' ' + str(row['port'])})")
 
     @expose(shielded=True)
     def rollback(self, app: str, release: str | None = None) -> dict:

@@ -88,15 +88,21 @@ class Registry:
         return sorted(out, key=lambda m: (m["name"], m.get("created") or 0))
 
     def resolve(self, ref: str) -> dict:
-        """``name`` (newest of that name), ``name:tag`` (newest of that name
-        and tag; an untagged image is "latest"), either with ``@idprefix``.
+        """``name`` (``name:latest``: an untagged image is "latest"; never
+        the newest of another tag), ``name:tag`` (the newest of that name
+        and tag), ``name@idprefix`` (that id, whatever its tag) or
+        ``name:tag@idprefix``.
 
-        Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef."""
-        parsed = refs.parse_ref(ref)
-        found = [m for m in self.ls() if parsed.matches(m)]
+        Raises: InvalidArgument, ImageNotFound (the hint lists the name's
+        other tags), AmbiguousImageRef."""
+        parsed = refs.parse_ref(ref).lookup()
+        every = self.ls()
+        found = [m for m in every if parsed.matches(m)]
         if not found:
-            raise errors.ImageNotFound(f"no image {ref!r} in the hub's registry",
-                                       hint="push it first: dcctl image_push HOST REF, or dcctl image_push FILE NAME")
+            tags = sorted({m.get("tag") or refs.DEFAULT_TAG for m in every if m["name"] == parsed.name})
+            hint = (f"{parsed.name} has the tags {', '.join(tags)}: name one ({parsed.name}:TAG)" if tags else
+                    "push it first: dcctl image_push HOST REF, or dcctl image_push FILE NAME")
+            raise errors.ImageNotFound(f"no image {str(parsed)!r} in the hub's registry", hint=hint)
         if parsed.prefix and len(found) > 1:
             raise errors.AmbiguousImageRef(
                 f"{ref!r} matches {len(found)} images: " + ", ".join(m["id"][:12] for m in found))

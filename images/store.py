@@ -23,6 +23,7 @@ import stat
 import time
 from typing import Any, Callable, Iterable, Mapping
 
+from dcctl.wire.refs import DEFAULT_TAG
 from images.errors import (AmbiguousImageRef, ImageExists, ImageInUse, ImageNotFound,
                            InvalidImage, StoreError)
 from images.fsutil import O_DIR_NOFOLLOW, atomic_write, fsync_dir, open_dir_beneath, split_path
@@ -135,10 +136,11 @@ class ImageStore(LayerStore):
         """The manifest an image ref names.
 
         Args:
-            ref: ``name`` (the newest image of that name), ``name:tag`` (the
-                newest of that name and tag; an untagged image is "latest"),
-                or either followed by ``@idprefix`` (an id prefix of at least
-                4 lowercase hex digits).
+            ref: ``name`` (``name:latest``: an untagged image is
+                "latest"; never the newest of another tag), ``name:tag``
+                (the newest of that name and tag), ``name@idprefix`` (that
+                id, whatever its tag; an id prefix of at least 4 lowercase
+                hex digits) or ``name:tag@idprefix``.
 
         Returns:
             the manifest dict.
@@ -149,9 +151,14 @@ class ImageStore(LayerStore):
                 are in the message and in ``.candidates``).
         """
         name, tag, prefix = parse_full_ref(ref)
-        found = [m for m in self.ls() if ref_matches(m, name, tag, prefix)]
+        if tag is None and not prefix:
+            tag = DEFAULT_TAG  # a bare name is name:latest
+        every = self.ls()
+        found = [m for m in every if ref_matches(m, name, tag, prefix)]
         if not found:
-            raise ImageNotFound(f"image {ref!r} not found")
+            tags = sorted({m.get("tag") or DEFAULT_TAG for m in every if m["name"] == name})
+            raise ImageNotFound(f"image {name}:{tag}{'@' + prefix if prefix else ''} not found"
+                                + (f" ({name} has the tags {', '.join(tags)})" if tags else ""))
         if prefix and len(found) > 1:
             refs = [short_ref(m) for m in found]
             raise AmbiguousImageRef(f"image ref {ref!r} is ambiguous: matches {', '.join(refs)}",

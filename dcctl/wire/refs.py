@@ -4,9 +4,10 @@ imports images/, so it lives in the wire layer).  Standard library only.
 
     name      ^[a-z0-9][a-z0-9._-]{0,63}$ without ".."      busybox, my.app-2
     tag       ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ (Docker's)  24.04, latest
-    ref       NAME[:TAG][@IDPREFIX]: the newest image of that name (and
-              tag: an untagged image answers to "latest"), the prefix 4-64
-              lowercase hex digits                            busybox@3f2a, ubuntu:24.04
+    ref       NAME[:TAG][@IDPREFIX]: the newest image of that name and
+              tag (NAME alone is NAME:latest; an untagged image answers to
+              "latest"); NAME@IDPREFIX that id whatever its tag, the prefix
+              4-64 lowercase hex digits                       busybox@3f2a, ubuntu:24.04
     digest    64 lowercase hex digits (a layer id, an image id)
     image id  the sha256 hex of the canonical JSON (sorted keys, compact,
               ASCII) of the manifest without its "id" key
@@ -50,6 +51,14 @@ class ImageRef:
         if manifest.get("name") != self.name or not str(manifest.get("id", "")).startswith(self.prefix):
             return False
         return self.tag is None or (manifest.get("tag") or DEFAULT_TAG) == self.tag
+
+    def lookup(self) -> "ImageRef":
+        """The ref as a lookup (resolve) reads it: a bare NAME (no tag, no
+        id prefix) is NAME:DEFAULT_TAG, never the newest of any tag; with a
+        tag or an id prefix, the ref itself."""
+        if self.tag is None and not self.prefix:
+            return dataclasses.replace(self, tag=DEFAULT_TAG)
+        return self
 
     def __str__(self) -> str:
         head = self.name if self.tag is None else f"{self.name}:{self.tag}"

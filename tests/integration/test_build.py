@@ -107,7 +107,7 @@ def test_build_tree_whiteout_opaque_modes_owners(shared_agent, tmp_path, clean):
     assert manifests["bldchild"]["command"] == ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", "/opt/app",
                                                 "httpd", "-f", "-p", "8080"]
     assert {"proto": "tcp", "port": 8080} in manifests["bldchild"]["exposed_ports"]
-    full = a.call("image_manifest", "bldchild")["manifest"]
+    full = a.call("image_manifest", "bldchild:v1")["manifest"]
     assert full["env"]["GREETING"] == "hello fleet"
     assert full["config"]["labels"] == {"role": "test"} and full["config"]["volumes"] == ["/data"]
     assert full["config"]["working_dir"] == "/opt/app"

@@ -56,6 +56,9 @@ def test_a_volume_outlives_its_container_and_the_agent(agent_factory):
 @pytest.mark.parametrize("volumes", [
     ["bad..name:/srv"], ["ok:relative/path"], ["ok:/"], ["ok:/proc/x"], ["ok:/srv/../etc"], ["ok:/a b"],
     ["ok:/srv", "other:/srv"], ["noseparator"], [7], ["ok:/etc/dcfleet"], "x" * 80 + ":/srv",
+    # a volume hiding the image's init or system dirs (was: NoCapacity "Failed to exec /sbin/init" at start)
+    ["ok:/bin"], ["ok:/sbin"], ["ok:/lib"], ["ok:/lib64"], ["ok:/usr"], ["ok:/usr/bin"], ["ok:/etc"],
+    ["ok:/.dcfleet"],
 ])
 def test_bad_volume_specs_are_refused_before_any_work(shared_agent, volumes):
     agent = shared_agent
@@ -64,3 +67,36 @@ def test_bad_volume_specs_are_refused_before_any_work(shared_agent, volumes):
     assert agent.call("container_ls") == [] and agent.call("volume_ls") == []
     with pytest.raises(errors.InvalidArgument):
         agent.call("volume_create", "../escape")
+
+
+def test_a_failed_create_removes_the_volume_it_made_never_one_that_existed(agent_factory):
+    """A create that fails (here: the /29's five addresses are taken) after
+    making a missing volume removes it again; a volume that existed stays.
+    A container destroyed before it ever started (how a hub undoes a create
+    whose start failed) takes the volumes its create made; one that ran
+    leaves them, as volumes outlive containers."""
+    from tests.agentproc import _unique_subnet
+    agent = agent_factory(extra_args=("--subnet", _unique_subnet().replace(".0/24", ".0/29")))
+    agent.call("volume_create", "vf.old")
+    with open(os.path.join(agent.call("volume_ls")[0]["path"], "keep"), "w") as f:
+        f.write("x")
+    for k in range(5):  # every address of the /29 but the gateway's
+        agent.call("container_create", "busybox", f"vf.fill{k}", {"volumes": ["vf.old:/srv/old"]})
+    with pytest.raises(errors.DcError) as err:
+        agent.call("container_create", "busybox", "vf.late", {"volumes": ["vf.old:/srv/old", "vf.new:/srv/new"]})
+    assert not isinstance(err.value, errors.InvalidArgument), err.value
+    assert [v["name"] for v in agent.call("volume_ls")] == ["vf.old"]  # vf.new went, vf.old stayed
+    for k in range(5):
+        agent.call("container_destroy", f"vf.fill{k}", True)
+    (old,) = agent.call("volume_ls")
+    assert old["name"] == "vf.old" and old["size_bytes"] == 1  # existed before: never removed
+
+    agent.call("container_create", "busybox", "vf.never", {"volumes": ["vf.made:/srv/m"]})
+    assert "vf.made" in [v["name"] for v in agent.call("volume_ls")]
+    agent.call("container_destroy", "vf.never", True)  # never started: the create is undone, with its volume
+    assert [v["name"] for v in agent.call("volume_ls")] == ["vf.old"]
+
+    agent.call("container_create", "busybox", "vf.ran", {"volumes": ["vf.kept:/srv/k"]})
+    agent.call("container_start", "vf.ran")
+    agent.call("container_destroy", "vf.ran", True)
+    assert [v["name"] for v in agent.call("volume_ls")] == ["vf.kept", "vf.old"]  # it ran: the volume is kept

@@ -421,6 +421,85 @@ def test_the_dcctl_interface_of_deploys(hub, fleet, app):
     assert latest["release"] == 2 and latest["state"] == "failed"
 
 
+def test_a_deploy_never_joins_another_apps_or_a_containers_route(hub, fleet, app):
+    """An operator's trial: ``deploy frhij busybox --route frapp.fr.test``
+    made frhij's container a third backend of frapp's route, and the same
+    with a plain container's route.  Both are refused, naming the holder;
+    the app's own route is still its own on its next deploy."""
+    domain = fleet["route_domain"]
+    mine = f"{app}.{domain}"
+    hub.call("deploy", app, "busybox", {**FAST, "command": COMMAND, "env": {"REL": "v1"}}, timeout_s=300)
+    other = app + "-hij"
+    try:
+        with pytest.raises(errors.RouteExists, match=f"app {app}") as err:
+            hub.call("deploy", other, "busybox", {**FAST, "command": COMMAND, "route": mine}, timeout_s=300)
+        assert f"app_rm {app}" in (err.value.hint or "")
+        plain_route = f"{app}-plain.{domain}"
+        hub.call("create_container", "busybox", f"{app}.plain", {"route": plain_route, "command": COMMAND})
+        with pytest.raises(errors.RouteExists, match=f"container {app}.plain"):
+            hub.call("deploy", other, "busybox", {**FAST, "command": COMMAND, "route": [f"{other}.{domain}",
+                                                                                     plain_route]}, timeout_s=300)
+        assert other not in [a["app"] for a in hub.call("apps")]  # nothing was made
+        backends = {r["name"]: sorted(b["container"] for b in r["backends"]) for r in hub.call("route_ls")}
+        assert backends[mine] == [f"{app}.v1.1"] and backends[plain_route] == [f"{app}.plain"]
+        v2 = hub.call("deploy", app, "busybox", {"env": {"REL": "v2"}}, timeout_s=300)  # its own route: fine
+        assert v2["routes"] == [mine]
+        wait_release(fleet, mine, "v2")
+    finally:
+        try:
+            hub.call("app_rm", other, timeout_s=300)
+        except errors.DcError:
+            pass
+
+
+def test_hub_volume_create_and_rm_on_a_host(hub, fleet, app):
+    """volume_create / volume_rm on the hub (were NoSuchMethod): made on the
+    host given, removed from the host that holds it; a volume mounted on
+    /bin is refused at the hub before any work."""
+    host = fleet["hosts"][0]["name"]
+    vol = f"{app}-vol"
+    with pytest.raises(errors.InvalidArgument, match="which host"):
+        hub.call("volume_create", vol)
+    made = hub.call("volume_create", vol, {"host": host})
+    assert made["host"] == host and made["name"] == vol and made["created_now"] is True
+    assert hub.call("volume_create", vol)["created_now"] is False  # the host holding it
+    with pytest.raises(errors.InvalidArgument, match=f"already on {host}"):
+        hub.call("volume_create", vol, {"host": fleet["hosts"][1]["name"]})
+    assert [(v["host"], v["name"]) for v in hub.call("volume_ls") if v["name"] == vol] == [(host, vol)]
+    with pytest.raises(errors.InvalidArgument, match="hide"):
+        hub.call("create_container", "busybox", f"{app}.bin", {"volumes": [f"{vol}:/bin"]})
+    assert f"{app}.bin" not in [c["name"] for c in hub.call("container_ls")]
+    gone = hub.call("volume_rm", vol)
+    assert gone["host"] == host and gone["removed"] is True
+    assert vol not in [v["name"] for v in hub.call("volume_ls")]
+    with pytest.raises(errors.NoSuchVolume):
+        hub.call("volume_rm", vol)
+    with pytest.raises(errors.NoSuchHost):
+        hub.call("volume_create", vol, {"host": "no-such-host"})
+
+
+def test_a_bare_image_name_is_latest_not_the_newest_tag(hub, fleet, app, tmp_path):
+    """An operator's trial: after ``build -t NAME:v2``, ``deploy APP NAME``
+    deployed NAME:v2 and ``create_container NAME`` took it too; NAME is
+    NAME:latest.  Two real builds through the hub's registry."""
+    import json
+    ids = {}
+    for ref, rel in ((app, "latest"), (f"{app}:v2", "v2")):  # v2 is the newer
+        ctx = tmp_path / rel
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM busybox\nRUN echo {rel} > /rel\n")
+        code, out, err = _dcctl(fleet, "--json", "build", str(ctx), "-t", ref)
+        assert code == 0, err
+        ids[rel] = json.loads(out.splitlines()[-1])["id"]
+    made = hub.call("deploy", app, app, {**FAST, "command": COMMAND, "env": {"REL": "v1"}}, timeout_s=300)
+    assert made["image"] == f"{app}@{ids['latest']}"
+    hub.call("create_container", app, f"{app}.bare", {"no_route": True, "command": "sleep 600"})
+    assert hub.call("container_inspect", f"{app}.bare")["image_id"] == ids["latest"]
+    assert hub.call("container_exec", f"{app}.bare", ["cat", "/rel"])["stdout"] == b"latest\n"
+    assert hub.call("deploy", app, f"{app}:v2", {"env": {"REL": "v2"}}, timeout_s=300)["image"] == \
+        f"{app}@{ids['v2']}"
+
+
 def test_a_container_with_a_volume_stays_on_its_lost_host(hub, fleet, app):
     """Last in the module: it takes a host down (and brings it back)."""
     victim = fleet["hosts"][2]

@@ -54,3 +54,27 @@ def test_volume_specs():
                 ["d:/a"] * 17, 5):
         with pytest.raises(errors.InvalidArgument):
             validate.volume_specs(bad)
+
+
+def test_volume_option_names_point_at_each_other():
+    """deploy's option is ``volume``, create_container's ``volumes``: a
+    wrong one is refused with a hint naming the right one."""
+    with pytest.raises(errors.InvalidArgument) as err:
+        validate.create_options({"volume": "d:/srv"})
+    assert "'volumes'" in (err.value.hint or "")
+    with pytest.raises(errors.InvalidArgument) as err:
+        apps.release_config("web", {"volumes": "d:/srv"}, None, "dcf.test")
+    assert "'volume'" in (err.value.hint or "")
+    with pytest.raises(errors.InvalidArgument) as err:
+        validate.create_options({"zzz": 1})
+    assert err.value.hint is None
+
+
+@pytest.mark.parametrize("path", ["/bin", "/sbin", "/lib", "/lib64", "/usr", "/usr/lib", "/etc", "/.dcfleet/x"])
+def test_volumes_may_not_hide_the_images_system_dirs(path):
+    with pytest.raises(errors.InvalidArgument, match="hide|reserved"):
+        validate.volume_specs(f"d:{path}")
+
+
+def test_volumes_under_system_dirs_are_allowed():
+    assert validate.volume_specs(["a:/usr/local/data", "b:/etc/myapp"])[1] == {"name": "b", "path": "/etc/myapp"}

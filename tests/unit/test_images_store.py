@@ -212,6 +212,23 @@ def test_resolve(store, tmp_path):
         store.get("0" * 64)
 
 
+def test_resolve_bare_name_is_latest(store, tmp_path):
+    """A bare name is name:latest, never the newest image of another tag
+    (an operator's trial: a later busybox:frevil build took busybox)."""
+    path = make_tar(tmp_path / "r.tar", ROOTFS)
+    latest = store.import_tar(path, "web")  # untagged: answers to latest
+    evil = store.import_tar(path, "web", tag="frevil")
+    assert evil["created"] >= latest["created"]
+    assert store.resolve("web")["id"] == latest["id"]
+    assert store.resolve("web:latest")["id"] == latest["id"]
+    assert store.resolve("web:frevil")["id"] == evil["id"]
+    assert store.resolve("web@" + evil["id"][:12])["id"] == evil["id"]  # an id, whatever its tag
+    only = store.import_tar(path, "app", tag="v2")
+    with pytest.raises(ImageNotFound, match="app:latest.*v2"):
+        store.resolve("app")
+    assert store.resolve("app:v2")["id"] == only["id"]
+
+
 def test_resolve_ambiguous_prefix(store, tmp_path):
     layers = store.import_tar(make_tar(tmp_path / "r.tar", ROOTFS), "seed")["layers"]
     base = store.commit("amb", layers, created=1.0)
