@@ -46,7 +46,8 @@ class ProgressMethods:
         import finishes even if the reader leaves.
         """
         work = self.prepare_import(path, name, options)
-        return progress_stream(lambda report: work(lambda step, done, total: report(done, total, step)))
+        return progress_stream(lambda report: work(lambda step, done, total: report(done, total, step)),
+                               step="unpack")
 
     @expose(stream=True)
     def image_import_upload_progress(self, upload_id: str, name: str, options: dict | None = None) -> dict:
@@ -59,4 +60,5 @@ class ProgressMethods:
         Raises: as image_import_upload.
         """
         work = self.import_upload_work(upload_id, name, options)
-        return progress_stream(lambda report: work(lambda step, done, total: report(done, total, step)))
+        return progress_stream(lambda report: work(lambda step, done, total: report(done, total, step)),
+                               step="copy")

@@ -13,16 +13,18 @@ __all__ = ["PROGRESS_EVERY_SECONDS", "progress_stream"]
 PROGRESS_EVERY_SECONDS = 0.2
 
 
-def progress_stream(work, total_hint: int = 0):
+def progress_stream(work, total_hint: int = 0, step: str | None = None):
     """Run ``work(report)`` in a greenlet (``report(done, total)`` as it
     goes, or ``report(done, total, step)`` for work in several steps, each
     counting its own bytes; ``report`` may be called from a thread of the
     pool) and yield {phase "running", bytes_done, bytes_total,
     rate_bytes_s, elapsed_s, step (when reported)} at most every
-    PROGRESS_EVERY_SECONDS, then {phase "done", ..., result}.  The rate is
-    of the current step since it began.  Raises: whatever ``work`` raises."""
+    PROGRESS_EVERY_SECONDS, then {phase "done", ..., result}.  ``step``
+    names the first step (the items before ``work`` reports one).  The rate
+    is of the current step since it began.  Raises: whatever ``work``
+    raises."""
     started = time.monotonic()
-    state = {"done": 0, "total": total_hint, "step": None, "since": started}
+    state = {"done": 0, "total": total_hint, "step": step, "since": started}
 
     def report(done: int, total: int, step: str | None = None) -> None:
         if step != state["step"]:

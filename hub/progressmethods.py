@@ -102,8 +102,8 @@ class ProgressMethods:
         return self._upload_finish_items(upload_id, name, opts, host)
 
     def _upload_finish_items(self, upload_id: str, name: str, opts: dict, host: str):
-        path = yield from _running(progress_stream(
-            lambda report: (report(0, 0, "verify"), self.uploads.complete(upload_id))[1]), host)
+        path = yield from _running(progress_stream(lambda report: self.uploads.complete(upload_id),
+                                                   step="verify"), host)
         size = os.path.getsize(path)
         try:
             manifest = yield from _running(
@@ -117,7 +117,6 @@ class ProgressMethods:
 
         def copy(report):
             moved = [0]
-            report(0, total, "registry")
 
             def fetch(digest: str, offset: int, length: int) -> bytes:
                 chunk = self.agents.call(host, "image_layer_read", digest, offset, length,
@@ -128,7 +127,7 @@ class ProgressMethods:
 
             return self.registry.receive(info["manifest"], layer_sizes, fetch, source=host)
 
-        for item in progress_stream(copy, total):
+        for item in progress_stream(copy, total, step="registry"):
             if item["phase"] == "done":
                 stored = item.pop("result")
                 self.uploads.remove(upload_id)

@@ -131,3 +131,25 @@ def test_dcctl_shows_import_progress_as_lines_and_json_lines(agent, big_tgz):
     assert len(docs) >= 3 and all(d["phase"] == "running" for d in docs[:-1])
     assert docs[-1]["phase"] == "done" and docs[-1]["result"]["name"] == f"{PREFIX}json"
     assert any(d.get("step") == "unpack" and 0 < d["bytes_done"] < d["bytes_total"] for d in docs)
+
+
+def test_a_long_import_keeps_a_one_second_callers_heartbeat(big_tgz):
+    """The hub calls its agents with the fleet's heartbeat (1 s in tests):
+    the agent must beat at least that often, or any call longer than about
+    4 s is lost ("no heartbeat": how a 154 MB rootfs import failed)."""
+    from dcctl import wire
+    from tests.agentproc import AgentProcess
+
+    proc = AgentProcess(extra_args=("--heartbeat-s", "1.0"))
+    try:
+        proc.start()
+        client = wire.RpcClient(proc.endpoint, timeout_s=600, heartbeat_s=1.0)
+        try:
+            items = list(client.stream("image_import_progress", big_tgz, f"{PREFIX}beat"))
+            assert items[-1]["phase"] == "done" and items[-1]["elapsed_s"] > 4.0, items[-1]
+            manifest = client.call("image_import", big_tgz, f"{PREFIX}beat2")  # the plain call too
+            assert manifest["name"] == f"{PREFIX}beat2"
+        finally:
+            client.close()
+    finally:
+        proc.cleanup()
