@@ -25,7 +25,7 @@ from dcctl import errors
 from dcctl.wire.endpoint import parse_endpoint
 from dcctl.wire.refs import parse_ref
 
-__all__ = ["looks_local", "push_file", "send_file", "absolute_paths", "user_path_error", "CHUNK_BYTES", "PUSH_OPTIONS",
+__all__ = ["looks_local", "push_file", "send_file", "TransferProgress", "absolute_paths", "user_path_error", "CHUNK_BYTES", "PUSH_OPTIONS",
            "PUSH_USAGE"]
 
 #: The options of the upload form, as image_upload_finish takes them
@@ -127,6 +127,10 @@ class _Progress:
     def note(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
+
+
+#: The public name of the upload's status line (dcctl build's context upload).
+TransferProgress = _Progress
 
 
 def send_file(call: Callable, file: str, progress: "_Progress | None" = None) -> str:
