@@ -27,7 +27,7 @@ from agents.hubclient import HubLink
 from agents.service import AgentService, translate
 from agents.supervisor import Supervisor
 from dcctl import auth, errors, files
-from dcctl.wire import DEFAULT_HEARTBEAT_SECONDS, Service, claim_ipc_path
+from dcctl.wire import Service, claim_ipc_path
 from dcctl.wire.endpoint import parse_endpoint
 from images.store import ImageStore
 from lxcwrap.lxc import Lxc
@@ -55,13 +55,8 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
     manager.recover()
     relay = EnterRelay(cfg.listen, os.path.join(cfg.state_dir, "run"), cfg.enter_accept_timeout_s,
                        curve=auth.ensure_server_pair(cfg.keys_dir))
-    # zerorpc's heartbeat: a client loses a call when no beat came for two of
-    # ITS intervals; the hub calls with --heartbeat-s (as the fleet's), so the
-    # agent beats at half that (a 5 s beat under a 1 s hub lost every call
-    # longer than ~4 s: a long import died with "no heartbeat").
     service = Service(AgentService(manager, relay, hub_keys(cfg)), name=f"dc-agent@{cfg.host_name}",
-                      translate=translate, keys_dir=cfg.keys_dir,
-                      heartbeat_s=min(DEFAULT_HEARTBEAT_SECONDS, max(0.5, cfg.heartbeat_s / 2)))
+                      translate=translate, keys_dir=cfg.keys_dir)
     for endpoint in cfg.listen:
         if parse_endpoint(endpoint).is_ipc:
             sock_dir = os.path.dirname(parse_endpoint(endpoint).path)

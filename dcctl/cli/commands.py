@@ -205,7 +205,9 @@ def run_method(cmd: Command) -> int:
             sys.stdout.write(text)
             return 0
         plain_method = cmd.method
-        if progress.STREAM_FORMS.get(cmd.method or "") in methods:  # its progress form (dcctl/cli/progress.py)
+        # its progress form (dcctl/cli/progress.py); with --json the plain answer, as callers parse it
+        # (JSON lines: dcctl --json image_import_progress ...)
+        if not cmd.json and progress.STREAM_FORMS.get(cmd.method or "") in methods:
             cmd.method = progress.STREAM_FORMS[cmd.method]
             info = methods[cmd.method]
         if cmd.method in DEADLINE_METHODS and cmd.timeout_s is not None:

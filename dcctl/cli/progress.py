@@ -14,8 +14,9 @@ __all__ = ["PROGRESS_METHODS", "STREAM_FORMS", "is_progress", "show", "track"]
 
 #: Methods whose stream is progress (the hub's; the agent's imports).
 PROGRESS_METHODS = ("image_pull", "image_push_progress", "image_import_progress", "image_upload_finish_progress")
-#: A method and its progress-stream form, taken when the server has it
-#: (same arguments; the last item's result is the method's answer).
+#: A method and its progress-stream form, taken (without --json: there the
+#: plain answer stays, and the stream is called by its own name) when the
+#: server has it (same arguments; the last item's result is the answer).
 STREAM_FORMS = {"image_import": "image_import_progress", "image_upload_finish": "image_upload_finish_progress"}
 
 

@@ -31,7 +31,7 @@ def one_host():
     if os.geteuid() != 0:
         pytest.skip("needs root, LXC and network namespaces")
     prefix = "evt" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 1, fleetmod.free_subnet(212), heartbeat_s=2.0)  # ops/fleet's default
+    state = fleetmod.up(prefix, 1, fleetmod.free_subnet(212), heartbeat_s=1.0)
     try:
         with wire.connect(state["hub"]["ipc"], timeout_s=60) as hub:
             wait_for(lambda: [h["state"] for h in hub.call("hosts")] == ["alive"], 60, "the host alive",

@@ -4,7 +4,7 @@ some incompressible data) reports its unpack as it goes (bytes of the
 archive read, its size, a rate), then its pack, then the manifest; the
 agent's loop keeps answering other calls (and heartbeats) during it; dcctl
 shows it as lines on stderr with the answer as image_import's on stdout,
-and as JSON lines with --json.  image_import itself answers as before."""
+and as JSON lines with --json image_import_progress.  image_import itself answers as before."""
 from __future__ import annotations
 
 import json
@@ -81,7 +81,7 @@ def test_an_import_streams_its_progress_and_the_loop_keeps_answering(agent, big_
     unpack = [i for i in running if i.get("step") == "unpack"]
     mid = [i for i in unpack if 0 < i["bytes_done"] < size]
     assert len(mid) >= 2, items  # progress arrived before the end, more than once
-    assert all(i["bytes_total"] == size for i in unpack)
+    assert all(i["bytes_total"] in (0, size) for i in unpack) and mid[0]["bytes_total"] == size
     assert [i["bytes_done"] for i in unpack] == sorted(i["bytes_done"] for i in unpack)
     assert any(i["rate_bytes_s"] > 0 for i in mid)
     steps = [i.get("step") for i in running if i.get("step")]
@@ -119,13 +119,16 @@ def _dcctl(agent, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_dcctl_shows_import_progress_as_lines_and_json_lines(agent, big_tgz):
+    """dcctl image_import: progress lines on stderr, the answer on stdout;
+    dcctl --json image_import_progress: JSON lines (dcctl --json
+    image_import keeps its one JSON answer: test_image_import_options)."""
     shown = _dcctl(agent, "image_import", big_tgz, f"{PREFIX}cli")
     assert shown.returncode == 0, shown.stderr
     lines = shown.stderr.splitlines()
     assert any(line.startswith("unpack running ") for line in lines), shown.stderr
     assert any(line.startswith("pack running ") or line.startswith("pack done ") for line in lines), shown.stderr
     assert f"{PREFIX}cli" in shown.stdout and "running" not in shown.stdout  # the answer, as image_import's
-    as_json = _dcctl(agent, "--json", "image_import", big_tgz, f"{PREFIX}json")
+    as_json = _dcctl(agent, "--json", "image_import_progress", big_tgz, f"{PREFIX}json")
     assert as_json.returncode == 0, as_json.stderr
     docs = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert len(docs) >= 3 and all(d["phase"] == "running" for d in docs[:-1])
@@ -133,23 +136,26 @@ def test_dcctl_shows_import_progress_as_lines_and_json_lines(agent, big_tgz):
     assert any(d.get("step") == "unpack" and 0 < d["bytes_done"] < d["bytes_total"] for d in docs)
 
 
-def test_a_long_import_keeps_a_one_second_callers_heartbeat(big_tgz):
-    """The hub calls its agents with the fleet's heartbeat (1 s in tests):
-    the agent must beat at least that often, or any call longer than about
-    4 s is lost ("no heartbeat": how a 154 MB rootfs import failed)."""
-    from dcctl import wire
-    from tests.agentproc import AgentProcess
+def test_a_hub_with_a_one_second_heartbeat_keeps_a_long_import(agent, big_tgz, tmp_path):
+    """The hub's client to an agent beats as the agent does (the wire's
+    default), whatever the fleet's heartbeat: with a 1 s hub, a call or a
+    relayed stream longer than about 4 s was lost ("no heartbeat": how a
+    154 MB rootfs import failed)."""
+    from hub.registry import Registry
+    from hub.service import HubService
+    from hub.store import HubStore
+    from hub.streams import relay
 
-    proc = AgentProcess(extra_args=("--heartbeat-s", "1.0"))
+    store = HubStore(str(tmp_path / "hub"))
+    hub = HubService(store, Registry(str(tmp_path / "hub" / "registry")), heartbeat_s=1.0,
+                     missed_heartbeats=100_000)
     try:
-        proc.start()
-        client = wire.RpcClient(proc.endpoint, timeout_s=600, heartbeat_s=1.0)
-        try:
-            items = list(client.stream("image_import_progress", big_tgz, f"{PREFIX}beat"))
-            assert items[-1]["phase"] == "done" and items[-1]["elapsed_s"] > 4.0, items[-1]
-            manifest = client.call("image_import", big_tgz, f"{PREFIX}beat2")  # the plain call too
-            assert manifest["name"] == f"{PREFIX}beat2"
-        finally:
-            client.close()
+        hub.host_register({"name": "evthost", "endpoint": agent.endpoint, "address": "127.0.0.1",
+                           "capacity": {"memory_reservable_bytes": 1 << 30, "container_slots": 10}, "boot_id": "boot-evt"})
+        items = list(relay(hub.agents, "evthost", "image_import_progress", big_tgz, f"{PREFIX}beat", None))
+        assert items[-1]["phase"] == "done" and items[-1]["elapsed_s"] > 4.0, items[-1]
+        manifest = hub.agents.call("evthost", "image_import", big_tgz, f"{PREFIX}beat2", timeout_s=600)
+        assert manifest["name"] == f"{PREFIX}beat2"
     finally:
-        proc.cleanup()
+        hub.stop()
+        store.close()
