@@ -114,6 +114,11 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         broken archive; nothing is kept), AmbiguousImageRef (several images
         and no :TAG), ImageNotFound (no such :TAG), StoreError (I/O, disk full).
         """
+        return self.prepare_import(path, name, options)(None)
+
+    def prepare_import(self, path: str, name: str, options: dict | None = None):
+        """image_import's arguments checked (InvalidArgument before any
+        work); its work as import_work's ``work(progress)``."""
         if not isinstance(path, str) or not os.path.isabs(path):
             raise errors.InvalidArgument(f"image path {path!r} must be an absolute path")
         real, select = oci.split_source(path)
@@ -134,10 +139,20 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         except InvalidImage as exc:
             raise errors.InvalidArgument(f"image_import option: {exc}") from exc
         opts = {k: fields[k] for k in opts}
-        with self.m.images_lock:
-            return gevent.get_hub().threadpool.apply(
-                lambda: oci.import_image(self.m.images, real, base, tag, select=select, fmt=fmt,
-                                         rootfs_options=opts))
+        return self.import_work(real, base, tag, select=select, fmt=fmt, rootfs_options=opts)
+
+    def import_work(self, path: str, name: str, tag: str | None, **kwargs):
+        """The work of an import whose arguments are checked: a function
+        ``work(progress)`` that takes the image lock and runs
+        images.oci.import_image in the thread pool (the loop and its
+        heartbeats go on), ``progress(step, done_bytes, total_bytes)`` being
+        import_image's callback (called from the pool's thread) or None.
+        Returns (of work): the manifest.  Raises: as image_import."""
+        def work(progress=None):
+            with self.m.images_lock:
+                return gevent.get_hub().threadpool.apply(
+                    lambda: oci.import_image(self.m.images, path, name, tag, progress=progress, **kwargs))
+        return work
 
     @expose(shielded=True)
     def image_import_upload(self, upload_id: str, name: str, options: dict | None = None) -> dict:
@@ -153,6 +168,14 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         Returns: the manifest.
         Raises: InvalidArgument (no hub), NoSuchUpload, and image_import's errors.
         """
+        return self.import_upload_work(upload_id, name, options)(None)
+
+    def import_upload_work(self, upload_id: str, name: str, options: dict | None):
+        """image_import_upload's arguments checked (InvalidArgument before
+        any work); its work as ``work(progress)``, ``progress(step,
+        done_bytes, total_bytes)`` being called with step "copy" as the
+        upload is copied from the hub, then as import_work's.  Returns (of
+        work): the manifest."""
         opts = validate.options(options, {"select": "tag in a layout", "format": "image format",
                                           "upload_hubs": "the endpoints of the hub holding the upload"},
                                 "image_import_upload")
@@ -160,14 +183,16 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         if prefix:
             raise errors.InvalidArgument(f"image name {name!r}: want NAME or NAME:TAG, no @id")
         source = upload_source(opts.get("upload_hubs"), self.m.config.hub_endpoints(), self.current_hub())
-        path = fetch_upload(source, self.hub_keys, upload_id, self.m.images.tmp_dir)
-        try:
-            with self.m.images_lock:
-                return gevent.get_hub().threadpool.apply(
-                    lambda: oci.import_image(self.m.images, path, base, tag, select=opts.get("select"),
-                                             fmt=opts.get("format")))
-        finally:
-            os.unlink(path)
+
+        def work(progress=None):
+            copied = None if progress is None else (lambda done, total: progress("copy", done, total))
+            path = fetch_upload(source, self.hub_keys, upload_id, self.m.images.tmp_dir, progress=copied)
+            try:
+                return self.import_work(path, base, tag, select=opts.get("select"),
+                                        fmt=opts.get("format"))(progress)
+            finally:
+                os.unlink(path)
+        return work
 
     @expose(shielded=True)
     def image_export(self, ref: str, path: str, options: dict | None = None) -> dict:

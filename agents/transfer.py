@@ -169,10 +169,11 @@ def upload_source(offered, configured: list[str], current: str | None) -> str:
                                  f"({','.join(configured)}); an upload is fetched only from a configured hub")
 
 
-def fetch_upload(source: str, keys, upload_id: str, dest_dir: str) -> str:
+def fetch_upload(source: str, keys, upload_id: str, dest_dir: str, progress=None) -> str:
     """Copy a complete image upload (hub.uploads) from ``source`` into a new
     file under ``dest_dir``, in CHUNK_BYTES calls, checking its size and its
-    sha256 (the upload id).
+    sha256 (the upload id); ``progress(done_bytes, total_bytes)`` after
+    each chunk if given.
 
     Returns: the file's path (the caller removes it).
     Raises: NoSuchUpload, StoreError (short or digest mismatch; no file is
@@ -191,6 +192,8 @@ def fetch_upload(source: str, keys, upload_id: str, dest_dir: str) -> str:
                         raise errors.StoreError(f"upload {upload_id[:12]} ended at {offset} of {size} bytes")
                     _blocking(lambda c: (sha.update(c), out.write(c)), chunk)
                     offset += len(chunk)
+                    if progress is not None:
+                        progress(offset, size)
             if sha.hexdigest() != upload_id:
                 raise errors.StoreError(f"upload {upload_id[:12]}: digest mismatch after transfer")
         except BaseException:

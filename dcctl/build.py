@@ -3,7 +3,9 @@
 The context directory (``.dockerignore`` honoured, symlinks out of it and
 an oversized context refused here before a byte is sent: dcctl.buildctx)
 is packed into a tar, uploaded to the hub in chunks (dcctl.upload's
-image_upload_begin/chunk, keyed and checked by its sha256) and built by the
+image_upload_begin/chunk, keyed and checked by its sha256; bytes sent of
+the total and the rate on stderr, redrawn in place on a terminal, without
+--json) and built by the
 hub's ``build`` on one idle host.  The build's output is printed as it
 comes (stderr), then the image ref (stdout).  With ``--json`` each output
 line is a JSON line ``{"log": ...}`` on stdout and the last line is
@@ -133,9 +135,11 @@ def _interrupted(tar: str, err):
 def _send_and_build(client: Any, root: str, tar: str, parsed, opts: dict, as_json: bool, out, err) -> int:
     """Pack, upload, build and print (see run_build); ``tar`` is removed once sent."""
     count = buildctx.pack_context(root, tar, dockerfile=opts.get("dockerfile", "Dockerfile"))
-    if not as_json:
+    progress = None
+    if not as_json:  # (--json keeps its contract: log lines, then the result)
         err.write(f"sending context ({count} entries, {os.path.getsize(tar)} bytes)\n")
-    upload_id = upload.send_file(lambda m, *a: client.call(m, *a, timeout_s=120.0), tar)
+        progress = upload.TransferProgress("sending context", os.path.getsize(tar), err)
+    upload_id = upload.send_file(lambda m, *a: client.call(m, *a, timeout_s=120.0), tar, progress)
     os.unlink(tar)
     result = None
     if isinstance(client, RpcClient):

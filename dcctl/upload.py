@@ -25,7 +25,7 @@ from dcctl import errors
 from dcctl.wire.endpoint import parse_endpoint
 from dcctl.wire.refs import parse_ref
 
-__all__ = ["looks_local", "push_file", "send_file", "absolute_paths", "user_path_error", "CHUNK_BYTES", "PUSH_OPTIONS",
+__all__ = ["looks_local", "push_file", "send_file", "TransferProgress", "absolute_paths", "user_path_error", "CHUNK_BYTES", "PUSH_OPTIONS",
            "PUSH_USAGE"]
 
 #: The options of the upload form, as image_upload_finish takes them
@@ -38,7 +38,7 @@ PUSH_USAGE = "dcctl image_push FILE[:TAG] NAME[:TAG] [--host HOST] [--format FOR
 _AGENT_COPY_RE = re.compile(r"(?:/[^\s'\":,()]+)*/upload-[A-Za-z0-9_]{8}\b")
 
 #: Methods whose argument at this index is a path on the server's host.
-HOST_PATH_ARGS = {"image_import": 0, "image_export": 1}
+HOST_PATH_ARGS = {"image_import": 0, "image_import_progress": 0, "image_export": 1}
 
 CHUNK_BYTES = 4 << 20
 FINISH_TIMEOUT_SECONDS = 1860.0
@@ -129,6 +129,10 @@ class _Progress:
         self.stream.flush()
 
 
+#: The public name of the upload's status line (dcctl build's context upload).
+TransferProgress = _Progress
+
+
 def send_file(call: Callable, file: str, progress: "_Progress | None" = None) -> str:
     """Upload ``file`` to the hub in CHUNK_BYTES chunks (image_upload_begin,
     image_upload_chunk), resuming where an earlier upload of the same
@@ -160,7 +164,8 @@ def send_file(call: Callable, file: str, progress: "_Progress | None" = None) ->
     return sha
 
 
-def push_file(call: Callable, word: str, name: str, *, stream=None, options: dict | None = None) -> dict:
+def push_file(call: Callable, word: str, name: str, *, stream=None, options: dict | None = None,
+              on_items: Callable[[Iterator[dict]], "dict | None"] | None = None) -> dict:
     """Upload ``word`` (FILE or FILE:TAG) as image ``name`` (NAME[:TAG]).
 
     Args:
@@ -170,6 +175,10 @@ def push_file(call: Callable, word: str, name: str, *, stream=None, options: dic
             grammar, dcctl.wire.refs.parse_ref, before anything is sent).
         stream: where progress goes (default stderr).
         options: image_upload_finish's options (PUSH_OPTIONS: host, format).
+        on_items: when given and the hub has image_upload_finish_progress,
+            the finish runs as that stream and ``on_items(items)`` renders
+            it (verify, copy, unpack, pack, registry) and returns its last
+            item, whose result is the answer; else image_upload_finish.
 
     Returns: image_upload_finish's result {manifest, host, bytes}.
     Raises: InvalidArgument (a bad NAME, no such file), and the hub's
@@ -186,6 +195,15 @@ def push_file(call: Callable, word: str, name: str, *, stream=None, options: dic
         progress.note("verifying and importing on the fleet...")
         options = {**(options or {}), **({"select": select} if select else {})}
         try:
+            if on_items is not None:
+                try:
+                    items = call("image_upload_finish_progress", sha, name, options,
+                                 timeout_s=FINISH_TIMEOUT_SECONDS)
+                except errors.NoSuchMethod:  # an older hub
+                    items = None
+                if items is not None:
+                    last = on_items(items if hasattr(items, "__next__") else iter([items]))
+                    return (last or {}).get("result")
             return call("image_upload_finish", sha, name, options, timeout_s=FINISH_TIMEOUT_SECONDS)
         except errors.DcError as exc:
             raise user_path_error(exc, path) from exc

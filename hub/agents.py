@@ -26,7 +26,8 @@ class Agents:
     Args:
         store: the fleet's store (host rows: endpoint, key, state).
         call_timeout_s: default timeout of a call, seconds.
-        heartbeat_s: zerorpc heartbeat of each client, seconds (at least 1).
+        heartbeat_s: the fleet's heartbeat, seconds (kept for callers; each
+            client's zerorpc heartbeat is the wire's default, the agents').
         server_pair: the hub's CURVE key pair (public, secret), its client
             key towards agents; None for a hub without keys.
         on_event: ``on_event(kind, **detail)``, told "host_restarted".
@@ -69,8 +70,13 @@ class Agents:
                 keys = auth.ClientKeys(self.server_pair[0], self.server_pair[1], row["key"].encode())
             elif not wire.parse_endpoint(endpoint).is_ipc:
                 raise errors.Unreachable(f"host {host} joined without a key at a non-local endpoint")
+            # zerorpc's peers must beat at the same interval: each side drops
+            # the other after two of ITS OWN intervals without a beat, so a 1 s
+            # (or 3 s) hub client under an agent's 5 s beat lost every call and
+            # stream longer than ~4 s ("no heartbeat": long imports).  The
+            # agents serve with the wire's default; the hub calls with it.
             cached = ((endpoint, row["key"]), wire.RpcClient(endpoint, timeout_s=self.call_timeout_s, keys=keys,
-                                                             heartbeat_s=max(1.0, self.heartbeat_s)))
+                                                             heartbeat_s=wire.DEFAULT_HEARTBEAT_SECONDS))
             self._clients[host] = cached
         return cached[1]
 
@@ -85,7 +91,7 @@ class Agents:
 
         However long ``timeout_s`` is (a pull's), a call to an agent that
         dies or freezes fails within two heartbeats (zerorpc's per-call
-        heartbeats), and one to an agent that restarts fails as soon as it
+        heartbeats, the wire's DEFAULT_HEARTBEAT_SECONDS), and one to an agent that restarts fails as soon as it
         reports its new boot id.
 
         Args: timeout_s: seconds to wait for the answer (None: the default);

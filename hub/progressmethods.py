@@ -1,13 +1,28 @@
 """The hub's long work with progress as a stream (a mixin of HubService):
 ``image_pull`` on a host, relayed from the agent's image_pull_progress
-(hub/streams.relay), and ``image_push_progress`` (image_push as a stream)."""
+(hub/streams.relay), ``image_push_progress`` (image_push as a stream) and
+``image_upload_finish_progress`` (image_upload_finish as a stream: the
+agent's image_import_upload_progress relayed, then the registry copy)."""
 from __future__ import annotations
 
-from dcctl import errors
+import os
+
+from dcctl import errors, validate
 from dcctl.progress import progress_stream
 from dcctl.wire import expose
 from hub.placement import PULL_TIMEOUT_SECONDS
 from hub.streams import relay
+from hub.uploads import _CONTENT_ERRORS, IMPORT_TIMEOUT_SECONDS
+
+
+def _running(items, host: str):
+    """Hand on a step's items as "running" ones (with the host); returns
+    the step's result (its "done" item's)."""
+    for item in items:
+        if item.get("phase") == "done":
+            return item.get("result")
+        yield {**item, "phase": "running", "host": host}
+    raise errors.Unreachable(f"host {host}: the stream ended without a result")
 
 
 class ProgressMethods:
@@ -60,3 +75,62 @@ class ProgressMethods:
             return self.registry.receive(manifest, sizes, fetch, source=host)
 
         return ({**item, "host": host} for item in progress_stream(work, total))
+
+    @expose(stream=True)
+    def image_upload_finish_progress(self, upload_id: str, name: str, options: dict | None = None) -> dict:
+        """image_upload_finish (dcctl image_push FILE NAME) as a stream of
+        its progress; image_upload_finish stays as it was.
+
+        Args: as image_upload_finish (upload_id: the file's sha256; name:
+        NAME[:TAG]; options {host, select, format}).
+
+        Returns (a stream): {phase "running", step, bytes_done, bytes_total,
+        rate_bytes_s (of the step), elapsed_s, host} about every 0.2 s, the
+        steps being "verify" (the upload's sha256 on the hub), "copy" (the
+        host copies the upload), "unpack" and "pack" (the host imports it:
+        the agent's image_import_upload_progress), "registry" (the layers
+        copied into the hub's registry); then {phase "done", ..., result
+        {manifest, host, bytes (archive size)}}.
+        Raises: as image_upload_finish (NoSuchUpload, InvalidArgument,
+        StoreError, NoCapacity, Unreachable, the agent's image_import
+        errors: InvalidImage... drop the upload).
+        """
+        opts = validate.options(options, {"host": "importing host", "select": "tag in a layout",
+                                          "format": "image format"}, "image_upload_finish_progress")
+        host = self.import_host(opts.pop("host", None))
+        self.store.host(host)  # NoSuchHost before any work
+        return self._upload_finish_items(upload_id, name, opts, host)
+
+    def _upload_finish_items(self, upload_id: str, name: str, opts: dict, host: str):
+        path = yield from _running(progress_stream(lambda report: self.uploads.complete(upload_id),
+                                                   step="verify"), host)
+        size = os.path.getsize(path)
+        try:
+            manifest = yield from _running(
+                relay(self.agents, host, "image_import_upload_progress", upload_id, name, opts), host)
+        except _CONTENT_ERRORS:
+            self.uploads.remove(upload_id)
+            raise
+        info = self.agents.call(host, "image_manifest", f"{manifest['name']}@{manifest['id']}")
+        layer_sizes = info["layer_sizes"]
+        total = sum(layer_sizes.get(d, 0) for d in self.registry.missing(info["manifest"]))
+
+        def copy(report):
+            moved = [0]
+
+            def fetch(digest: str, offset: int, length: int) -> bytes:
+                chunk = self.agents.call(host, "image_layer_read", digest, offset, length,
+                                         timeout_s=IMPORT_TIMEOUT_SECONDS)
+                moved[0] += len(chunk)
+                report(moved[0], total, "registry")
+                return chunk
+
+            return self.registry.receive(info["manifest"], layer_sizes, fetch, source=host)
+
+        for item in progress_stream(copy, total, step="registry"):
+            if item["phase"] == "done":
+                stored = item.pop("result")
+                self.uploads.remove(upload_id)
+                yield {**item, "host": host, "result": {"manifest": stored, "host": host, "bytes": size}}
+            else:
+                yield {**item, "host": host}

@@ -220,12 +220,7 @@ class UploadMethods:
         opts = validate.options(options, {"host": "importing host", "select": "tag in a layout",
                                           "format": "image format"}, "image_upload_finish")
         path = self.uploads.complete(upload_id)
-        host = opts.pop("host", None)
-        if host is None:
-            alive = sorted(h["name"] for h in self.store.hosts() if h["state"] == "alive")
-            if not alive:
-                raise errors.NoCapacity("no live host to import the archive")
-            host = alive[0]
+        host = self.import_host(opts.pop("host", None))
         try:
             if self.endpoints:  # several hubs: the agent fetches from this one, which holds the upload
                 opts["upload_hubs"] = list(self.endpoints)
@@ -244,6 +239,16 @@ class UploadMethods:
         self.uploads.remove(upload_id)
         log.info("upload %s imported on %s as %s", upload_id[:12], host, ref[:80])
         return {"manifest": stored, "host": host, "bytes": size}
+
+    def import_host(self, host: str | None) -> str:
+        """The host that imports an upload: ``host``, else the first live
+        host by name.  Raises: NoCapacity (no live host)."""
+        if host is not None:
+            return host
+        alive = sorted(h["name"] for h in self.store.hosts() if h["state"] == "alive")
+        if not alive:
+            raise errors.NoCapacity("no live host to import the archive")
+        return alive[0]
 
     @expose(access="pull")
     def image_upload_info(self, upload_id: str) -> dict:

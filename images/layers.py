@@ -18,7 +18,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator
 
 from images.errors import ImageNotFound, InvalidImage, StoreError
 from images.fsutil import fsync_dir, safe_rmtree
@@ -152,7 +152,8 @@ class LayerStore:
 
     def add_layer_from_tar(self, path: str, *, diff_id: str | None = None,
                            max_bytes: int = DEFAULT_MAX_LAYER_BYTES,
-                           max_members: int = 2_000_000, opener=None) -> str:
+                           max_members: int = 2_000_000, opener=None,
+                           progress: Callable[[int, int], None] | None = None) -> str:
         """Add an untrusted image layer tar (plain or gzip; an OCI or
         docker-save layer: whiteouts ``.wh.NAME`` and ``.wh..wh..opq``),
         re-packed into the canonical layer tar.
@@ -164,6 +165,8 @@ class LayerStore:
             max_members: cap on the number of members.
             opener: read the blob from this callable's file object instead
                 of opening ``path`` (a member of an archive).
+            progress: ``progress(members, stored_bytes)`` after each member
+                (tarsafe.safe_extract's).
 
         Returns:
             the layer id; the layer is pinned (gc and remove keep it) until
@@ -177,7 +180,8 @@ class LayerStore:
         with self.staging("oci-layer") as stage:
             unpacked = self._mkdir(os.path.join(stage, "rootfs"))
             info = safe_extract(path, unpacked, max_bytes=max_bytes, max_members=max_members,
-                                layer=True, sha256=diff_id is not None, opener=opener)
+                                layer=True, sha256=diff_id is not None, opener=opener,
+                                progress=progress)
             if diff_id is not None and info["sha256"] != diff_id:
                 raise InvalidImage(f"layer {path}: diff_id mismatch: the config says "
                                    f"sha256:{diff_id}, the tar is sha256:{info['sha256']}")

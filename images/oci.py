@@ -360,7 +360,11 @@ def import_image(store, path: str, name: str, tag: str | None = None, *, select:
         rootfs_options: manifest fields for a rootfs tarball (exposed_ports,
             env, command, templates, stop_signal, init: ImageStore.import_tar);
             refused for the other formats, whose config says them.
-        progress: called as progress(step, done, total) after each layer.
+        progress: called as ``progress(step, done_bytes, total_bytes)`` as
+            the work goes: "unpack" after each member of each layer (bytes
+            of the layer blobs as stored read so far, of their sum; for a
+            rootfs tarball, of the tarball: ImageStore.import_tar), "pack"
+            for a rootfs tarball's layer being written.
 
     Returns:
         the new manifest dict (with tag and config; init
@@ -384,7 +388,7 @@ def import_image(store, path: str, name: str, tag: str | None = None, *, select:
     if fmt == "rootfs":
         if select is not None:
             raise InvalidImage(f"{path}: a rootfs tarball holds one image; PATH:TAG is for layouts")
-        return store.import_tar(path, name, tag=tag, **dict(rootfs_options or {}))
+        return store.import_tar(path, name, tag=tag, progress=progress, **dict(rootfs_options or {}))
     if rootfs_options:
         raise InvalidImage(f"{path}: a {fmt} image brings its own config; options "
                            f"{', '.join(sorted(rootfs_options))} are for rootfs tarballs")
@@ -437,18 +441,24 @@ def _import_from(store, src: Source, fmt: str, name: str, tag: str | None, selec
             raise InvalidImage(f"{src.path}: layer {rel!r} is {src.size(rel)} bytes; its descriptor "
                                f"says {size}")
     made: list[str] = []
+    sizes = [src.size(rel) for rel, _c, _s, _d in layers]
+    total, base = sum(sizes), 0
     try:
         for i, (rel, _comp, size, digest) in enumerate(layers):
+            unpacked = None
+            if progress:
+                unpacked = lambda _members, done, base=base: progress("unpack", base + done, total)  # noqa: E731
             if digest is not None and not (digest == diff_ids[i] and
                                            detect_compression(rel, lambda rel=rel: src.open(rel)) == "none"):
                 # (an uncompressed blob's digest is its diff_id: the unpack
                 # below hashes it, one pass instead of two)
                 src.verify_blob(rel, digest, size, "layer")
             layer_id = store.add_layer_from_tar(f"{src.path}:{rel}", diff_id=diff_ids[i],
-                                                opener=lambda rel=rel: src.open(rel))
+                                                opener=lambda rel=rel: src.open(rel), progress=unpacked)
             made.append(layer_id)
+            base += sizes[i]
             if progress:
-                progress("layer", i + 1, len(layers))
+                progress("unpack", base, total)
         lower = {"layers": list(made)}
         user = fields["config"]["user"]
         user_ids = ""

@@ -303,7 +303,8 @@ class ImageStore(LayerStore):
     def import_tar(self, path: str, name: str, *, exposed_ports=(), env=None, command=None,
                    templates=(), stop_signal: str = "SIGPWR", init: str = "/sbin/init",
                    tag: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-                   max_members: int = DEFAULT_MAX_MEMBERS) -> dict:
+                   max_members: int = DEFAULT_MAX_MEMBERS,
+                   progress: Callable[[str, int, int], None] | None = None) -> dict:
         """Import a rootfs tarball (plain, gzip, xz or bzip2) as a one-layer
         image.  Members are re-packed into the canonical layer tar, so the
         same content always gives the same layer id.
@@ -315,6 +316,10 @@ class ImageStore(LayerStore):
                 manifest fields (see commit()).
             max_bytes: cap on the decompressed size, in bytes (bomb cap).
             max_members: cap on the number of archive members.
+            progress: called as ``progress(step, done_bytes, total_bytes)``:
+                step "unpack" after each member (bytes of the tarball as
+                stored read so far, of its size), then "pack" once
+                (the whole tarball read; the layer being written).
 
         Returns:
             the new manifest dict.
@@ -331,7 +336,13 @@ class ImageStore(LayerStore):
         normalize_fields(fields)  # refuse bad fields before the slow part
         with self.staging("import") as stage:
             rootfs = self._mkdir(os.path.join(stage, "rootfs"))
-            safe_extract(path, rootfs, max_bytes=max_bytes, max_members=max_members)
+            unpacked = None
+            if progress is not None:
+                size = os.path.getsize(path)
+                unpacked = lambda _members, done: progress("unpack", done, size)  # noqa: E731
+            safe_extract(path, rootfs, max_bytes=max_bytes, max_members=max_members, progress=unpacked)
+            if progress is not None:
+                progress("pack", size, size)
             return self.commit_dir(name, rootfs, consume=True, **fields)
 
     def commit_dir(self, name: str, src_dir: str, *, consume: bool = False, **fields: Any) -> dict:

@@ -47,6 +47,7 @@ import os
 import stat
 import tarfile
 import zlib
+from typing import Callable
 
 from images.errors import InvalidImage, StoreError
 from images.fsutil import open_dir_beneath, safe_rmtree, split_path, symlink_escapes
@@ -380,6 +381,31 @@ class _Extractor:
                 os.close(fd)
 
 
+class _Position:
+    """Where a reader stands in the archive as stored (compressed) bytes:
+    ``safe_extract``'s progress.  It holds the raw file object under the
+    decompressor (a gzip/xz/bzip2 wrapper given a file object closes
+    nothing, so the caller closes ``raw``)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def __call__(self) -> int:
+        try:
+            return int(self.raw.tell())
+        except (OSError, ValueError, AttributeError):
+            return 0
+
+
+def _open_counted(path: str, kind: str, opener=None):
+    """(stream, _Position): like _open_stream, the raw file kept in view."""
+    raw = opener() if opener is not None else open(path, "rb")
+    if kind == "none":
+        return raw, _Position(raw), raw
+    cls = next(c for _m, k, c in _MAGIC if k == kind)
+    return (gzip.GzipFile(fileobj=raw, mode="rb") if kind == "gzip" else cls(raw, "rb")), _Position(raw), raw
+
+
 def _open_stream(path: str, kind: str, opener=None):
     if opener is None:
         if kind == "none":
@@ -402,7 +428,8 @@ def _empty_dir(dest_dir: str) -> None:
 
 def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_members: int = DEFAULT_MAX_MEMBERS, layer: bool = False,
-                 sha256: bool = False, opener=None) -> dict:
+                 sha256: bool = False, opener=None,
+                 progress: Callable[[int, int], None] | None = None) -> dict:
     """Unpack a (plain, gzip, xz or bzip2) tarball into an empty directory.
 
     Args:
@@ -417,6 +444,10 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
         opener: a callable returning a fresh binary file object to read
             instead of opening archive_path (a member of a bigger archive);
             archive_path then only names it in messages.
+        progress: called as ``progress(members, stored_bytes)`` after each
+            member: the members unpacked so far and how far into the
+            archive as stored (compressed bytes; for an ``opener``, the
+            position of its file object) the reader stands.
 
     Returns:
         dict with keys ``members`` (int, count) and ``bytes`` (int, sum of
@@ -435,8 +466,13 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
     root_fd = os.open(dest_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     count = total = 0
     hashing = extractor = None
+    position = raw_file = None
     try:
-        with _open_stream(archive_path, kind, opener) as raw:
+        if progress is None:
+            opened = _open_stream(archive_path, kind, opener)
+        else:
+            opened, position, raw_file = _open_counted(archive_path, kind, opener)
+        with opened as raw:
             if sha256:
                 raw = hashing = _HashingStream(raw, archive_path)
             reader = _LimitedReader(raw, max_bytes + _HEADER_SLACK_BYTES, archive_path)
@@ -455,6 +491,8 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
                         raise InvalidImage(f"archive {archive_path}: member {member.name!r} takes "
                                            f"the content over {max_bytes} bytes (size cap)")
                     extractor.add(tar, member)
+                    if position is not None:
+                        progress(count, position())
             if count == 0 and not layer:  # an empty layer is a valid layer
                 raise InvalidImage(f"archive {archive_path}: no members")
             extractor.finish()
@@ -475,6 +513,8 @@ def safe_extract(archive_path: str, dest_dir: str, *, max_bytes: int = DEFAULT_M
     finally:
         if extractor is not None:
             extractor.close_cache()
+        if raw_file is not None:
+            raw_file.close()
         os.close(root_fd)
     out = {"members": count, "bytes": total, "compression": kind}
     if hashing is not None:

@@ -130,10 +130,23 @@ def _push(client: wire.RpcClient, args: list, options: dict, as_json: bool = Fal
         parse_ref(args[1])
     except errors.InvalidArgument as exc:
         raise UsageError(exc.message, hint=f"usage: {upload.PUSH_USAGE}", name="InvalidArgument") from exc
+    streamed: list = []
+
+    def on_items(items):  # the finish's progress: JSON lines with --json, else bars on stderr
+        streamed.append(True)
+        if not as_json:
+            return progress.track(items, sys.stderr)
+        last = None
+        for last in items:
+            print(output.dumps(last, indent=None), flush=True)
+        return last
+
     result = upload.push_file(
         lambda method, *a, timeout_s=120.0: client.call(method, *a, timeout_s=timeout_s), args[0], args[1],
-        options=options)
-    return output.render_json(result) if as_json else output.render(result)
+        options=options, on_items=on_items)
+    if as_json:
+        return 0 if streamed else output.render_json(result)
+    return output.render(result)
 
 
 def _push_upload(client: wire.RpcClient, cmd: Command) -> int | None:
@@ -191,6 +204,12 @@ def run_method(cmd: Command) -> int:
                 text = f"{first}\n   or: {upload.PUSH_USAGE}  (FILE: a local archive or layout to upload)\n{rest}"
             sys.stdout.write(text)
             return 0
+        plain_method = cmd.method
+        # its progress form (dcctl/cli/progress.py); with --json the plain answer, as callers parse it
+        # (JSON lines: dcctl --json image_import_progress ...)
+        if not cmd.json and progress.STREAM_FORMS.get(cmd.method or "") in methods:
+            cmd.method = progress.STREAM_FORMS[cmd.method]
+            info = methods[cmd.method]
         if cmd.method in DEADLINE_METHODS and cmd.timeout_s is not None:
             cmd.flags.append(("timeout-s", repr(cmd.timeout_s)))
         if cmd.method == "image_push":
@@ -227,6 +246,9 @@ def run_method(cmd: Command) -> int:
             from dcctl.cli import logs
             return logs.run(client, args[0], options or {}, cmd.json, call_timeout(cmd, options))
         result = client.call(cmd.method, *wire_args, timeout_s=call_timeout(cmd, options))
+        if plain_method != cmd.method and output.is_stream(result) and not cmd.json:
+            last = progress.track(result, sys.stderr)  # bars on stderr, the answer as the plain method's
+            return output.render((last or {}).get("result"), method=plain_method, wide=cmd.wide)
         if cmd.method in progress.PROGRESS_METHODS and output.is_stream(result) and not cmd.json:
             return progress.show(result)  # a progress bar (dcctl/cli/progress.py)
         try:
