@@ -15,6 +15,12 @@ from hub import scheduler
 
 log = logging.getLogger(__name__)
 
+#: Heartbeats a hub that takes the lead from a dead one waits, beyond the
+#: usual grace, before judging hosts: an agent beating to the dead hub moves
+#: on after 2 unanswered calls of 2 heartbeats each, a heartbeat's pause and
+#: up to a heartbeat of random delay (agents/hubclient.py), about 7.
+LEADER_TAKEOVER_BEATS = 8
+
 #: The monitor re-reads the alive hosts at least every this many passes (about seconds).
 MEMBERS_REFRESH_PASSES = 30
 
@@ -45,18 +51,23 @@ class MembershipMethods:
         grace from the start.  Keeps the worker queue's members (alive
         hosts) up to date.  With several hubs only the leader judges, and
         a hub that becomes the leader, like a store that comes back from
-        being unavailable, gives every host a full grace again (hosts that
-        beat to a dead hub need the time to find another; beats heard during
-        an etcd outage were not written)."""
+        being unavailable, gives every host a full grace again (beats heard
+        during an etcd outage were not written); one that takes the lead
+        from a dead hub adds LEADER_TAKEOVER_BEATS heartbeats (hosts that
+        beat to the dead hub need the time to find another)."""
         grace_s = self.heartbeat_s * self.missed_heartbeats
         leading = False
         passes = 0
+        wait_s = grace_s  # the grace now under way
         while True:
             now_leading = self.store.is_leader()
             if now_leading and not leading:
                 self._serving_since = time.monotonic()
+                # taking over from a leader that died (not at this hub's start): its agents first
+                # find it gone, then move here (LEADER_TAKEOVER_BEATS), so they get that time too
+                wait_s = grace_s + (self.heartbeat_s * LEADER_TAKEOVER_BEATS if passes else 0.0)
             leading = now_leading
-            judged = leading and time.monotonic() - self._serving_since >= grace_s  # else in a grace
+            judged = leading and time.monotonic() - self._serving_since >= wait_s  # else in a grace
             deadline = time.time() - grace_s
             try:
                 lost = self.store.mark_unreachable(deadline, self.beats.fresh(deadline)) if judged else []
