@@ -105,6 +105,8 @@ class ProgressMethods:
         path = yield from _running(progress_stream(lambda report: self.uploads.complete(upload_id),
                                                    step="verify"), host)
         size = os.path.getsize(path)
+        if self.endpoints:  # several hubs: the agent fetches from this one, which holds the upload
+            opts = {**opts, "upload_hubs": list(self.endpoints)}
         try:
             manifest = yield from _running(
                 relay(self.agents, host, "image_import_upload_progress", upload_id, name, opts), host)
