@@ -41,28 +41,17 @@ from typing import Iterator
 
 import gevent
 import psutil
-from gevent.pywsgi import WSGIServer
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agents import hostinfo
+from dcctl.metricsendpoint import MetricsEndpoint
 from lxcwrap import cgroup
 
 log = logging.getLogger(__name__)
 
-disable_created_metrics()  # no *_created series: half the RPC samples, and nothing reads them
-
-__all__ = ["DEFAULT_METRICS_LISTEN", "AgentCollector", "AgentMetrics", "parse_listen"]
+__all__ = ["DEFAULT_METRICS_LISTEN", "AgentCollector", "AgentMetrics"]
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9323"
-#: The RPC latency histogram's buckets, seconds.
-RPC_BUCKETS = (0.002, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 300)
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """"ADDR:PORT" -> (addr, port); "" is DEFAULT_METRICS_LISTEN."""
-    host, _, port = (text or DEFAULT_METRICS_LISTEN).rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class AgentCollector:
@@ -238,58 +227,27 @@ class AgentCollector:
         yield boot
 
 
-class AgentMetrics:
-    """The registry and HTTP endpoint of one agent.
+class AgentMetrics(MetricsEndpoint):
+    """The registry and HTTP endpoint of one agent (dcctl.metricsendpoint:
+    the RPC counters, ``observe`` the wire server's observer hook).
 
     Args: manager (ContainerManager), listen ("ADDR:PORT"; port 0 picks a
-    free one).  ``observe`` is the wire server's observer hook.
+    free one).
     """
 
     def __init__(self, manager, listen: str):
-        self.registry = CollectorRegistry(auto_describe=False)
+        super().__init__("dcfleet_agent", listen, DEFAULT_METRICS_LISTEN)
         self._last = [0.0]
         self.registry.register(AgentCollector(manager, self._last))
-        # by method and outcome; the histogram by method only (each series
-        # costs a dozen samples a scrape); the instance label tells agents apart
-        self.requests = Counter("dcfleet_agent_rpc_requests", "RPC calls served, by method and outcome",
-                                ["method", "outcome"], registry=self.registry)
-        self.latency = Histogram("dcfleet_agent_rpc_duration_seconds", "Time to answer an RPC call, seconds "
-                                 "(a stream: to its first item)", ["method"], buckets=RPC_BUCKETS,
-                                 registry=self.registry)
-        self.addr, self.port = parse_listen(listen)
-        self._app = make_wsgi_app(self.registry)
-        self._server: WSGIServer | None = None
 
-    def observe(self, method: str, outcome: str, seconds: float) -> None:
-        """The wire server's hook: count one served call."""
-        self.requests.labels(method, outcome).inc()
-        self.latency.labels(method).observe(seconds)
-
-    def _wsgi(self, environ, start_response):
+    def serve(self, environ, start_response):
+        """The WSGI app behind /metrics, run in gevent's thread pool."""
         # collecting and formatting is CPU work (about 1 ms per 15 samples):
         # in gevent's thread pool, so the agent's loop (calls, heartbeats)
         # goes on meanwhile; the collector only reads (the records' dict is
         # copied before it is walked)
         started = time.monotonic()
         try:
-            return gevent.get_hub().threadpool.apply(self._app, (environ, start_response))
+            return gevent.get_hub().threadpool.apply(self.app, (environ, start_response))
         finally:
             self._last[0] = time.monotonic() - started
-
-    def start(self) -> str:
-        """Bind and serve in a greenlet; returns the URL of /metrics.
-        Raises: OSError (the address cannot be bound)."""
-        self._server = WSGIServer((self.addr, self.port), self._wsgi, log=None, error_log=log)
-        self._server.start()
-        self.port = self._server.server_port
-        return self.url
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.addr}]" if ":" in self.addr else self.addr
-        return f"http://{host}:{self.port}/metrics"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(timeout=1)
-            gevent.sleep(0)

@@ -23,30 +23,22 @@ from __future__ import annotations
 
 import logging
 
-import gevent
-from gevent.pywsgi import WSGIServer
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, make_wsgi_app
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from dcctl import errors
+from dcctl import errors, metricsendpoint
 
 log = logging.getLogger(__name__)
-
-disable_created_metrics()  # no *_created series: half the RPC samples, and nothing reads them
 
 __all__ = ["DEFAULT_METRICS_LISTEN", "HubCollector", "HubMetrics"]
 
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9324"
-RPC_BUCKETS = (0.002, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30, 300)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
     """"ADDR:PORT" ("" is DEFAULT_METRICS_LISTEN) -> (addr, port).
     Raises: InvalidArgument."""
-    host, _, port = (text or DEFAULT_METRICS_LISTEN).rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise errors.InvalidArgument(f"--metrics-listen {text!r} is not ADDR:PORT (or off)")
-    return host.strip("[]"), int(port)
+    return metricsendpoint.parse_listen(text, DEFAULT_METRICS_LISTEN)
 
 
 class HubCollector:
@@ -89,35 +81,29 @@ class HubCollector:
             yield c
 
 
-class HubMetrics:
-    """The hub's registry and HTTP endpoint.
+class HubMetrics(metricsendpoint.MetricsEndpoint):
+    """The hub's registry and HTTP endpoint (dcctl.metricsendpoint: the RPC
+    counters; ``observe``, the wire server's observer hook, also counts
+    placements, refusals and broadcasts).
 
-    Args: hub (HubService), listen ("ADDR:PORT"; port 0 picks a free one).
-    ``observe`` is the wire server's observer hook."""
+    Args: hub (HubService), listen ("ADDR:PORT"; port 0 picks a free one)."""
 
     def __init__(self, hub, listen: str):
-        self.registry = CollectorRegistry(auto_describe=False)
+        super().__init__("dcfleet_hub", listen, DEFAULT_METRICS_LISTEN)
         self.registry.register(HubCollector(hub))
-        self.requests = Counter("dcfleet_hub_rpc_requests", "RPC calls served, by method and outcome",
-                                ["method", "outcome"], registry=self.registry)
-        self.latency = Histogram("dcfleet_hub_rpc_duration_seconds", "Time to answer an RPC call, seconds",
-                                 ["method"], buckets=RPC_BUCKETS, registry=self.registry)
         self.placements = Counter("dcfleet_hub_placements", "Containers placed by create_container",
                                   registry=self.registry)
         self.refusals = Counter("dcfleet_hub_placement_refusals", "create_container calls refused, by reason",
                                 ["reason"], registry=self.registry)
         self.broadcasts = Histogram("dcfleet_hub_broadcast_duration_seconds", "Time a broadcast took, seconds",
-                                    buckets=RPC_BUCKETS, registry=self.registry)
+                                    buckets=metricsendpoint.RPC_BUCKETS, registry=self.registry)
         self.placements.inc(0)
         self.refusals.labels("NoCapacity").inc(0)
-        self.addr, self.port = parse_listen(listen)
-        self._app = make_wsgi_app(self.registry)
-        self._server: WSGIServer | None = None
 
     def observe(self, method: str, outcome: str, seconds: float) -> None:
-        """The wire server's hook: count one served call."""
-        self.requests.labels(method, outcome).inc()
-        self.latency.labels(method).observe(seconds)
+        """The wire server's hook: count one served call (and placements,
+        refusals, broadcast latency)."""
+        super().observe(method, outcome, seconds)
         if method == "create_container":
             if outcome == "ok":
                 self.placements.inc()
@@ -125,24 +111,6 @@ class HubMetrics:
                 self.refusals.labels(outcome).inc()
         elif method == "broadcast" and outcome == "ok":
             self.broadcasts.observe(seconds)
-
-    def start(self) -> str:
-        """Bind and serve in a greenlet; returns the URL of /metrics.
-        Raises: OSError."""
-        self._server = WSGIServer((self.addr, self.port), self._app, log=None, error_log=log)
-        self._server.start()
-        self.port = self._server.server_port
-        return self.url
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.addr}]" if ":" in self.addr else self.addr
-        return f"http://{host}:{self.port}/metrics"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(timeout=1)
-            gevent.sleep(0)
 
 
 def started(hub, service, listen: str) -> HubMetrics | None:
