@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -19,20 +18,14 @@ import pytest
 from dcctl import errors, wire
 from ops import fleet as fleetmod
 from tests.agentproc import REPO
+from tests.fleet.conftest import local_fleet
 from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
 def small_fleet():
-    if os.geteuid() != 0:
-        pytest.skip("needs root, LXC and network namespaces")
-    prefix = "bld" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 2, fleetmod.free_subnet(210), heartbeat_s=1.0)
-    try:
+    with local_fleet("bld", 2, 210) as state:
         yield state
-    finally:
-        left = fleetmod.down(prefix)
-        assert not left, left
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 
 from dcctl import auth, errors, wire
 from ops import fleet as fleetmod
+from tests.fleet.conftest import hub_session, local_fleet
 from tests.waiting import wait_for
 
 HEARTBEAT_S = 1.0
@@ -25,33 +26,13 @@ HEARTBEAT_S = 1.0
 
 @pytest.fixture(scope="module")
 def fleet():
-    if os.geteuid() != 0:
-        pytest.skip("needs root, LXC and network namespaces")
-    prefix = "evt" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 2, fleetmod.free_subnet(212), heartbeat_s=HEARTBEAT_S,
-                        agent_args=[f"--reservable-memory-bytes={1 << 30}"])
-    try:
+    with local_fleet("evt", 2, 212, agent_args=[f"--reservable-memory-bytes={1 << 30}"]) as state:
         yield state
-    finally:
-        left = fleetmod.down(prefix)
-        assert not left, left
 
 
 @pytest.fixture
 def hub(fleet):
-    client = wire.connect(fleet["hub"]["ipc"], timeout_s=120)
-    wait_for(lambda: (lambda rows: len(rows) == 2 and all(h["state"] == "alive" for h in rows))(
-        client.call("hosts")), 60, "every host alive", ignore=(errors.Unreachable, errors.CallTimeout))
-    yield client
-    client.close()
-    with wire.connect(fleet["hub"]["ipc"], timeout_s=120) as again:
-        (listed,) = wait_for(lambda: (again.call("container_ls"),), 60, "the hub to answer",
-                             ignore=(errors.Unreachable, errors.CallTimeout))
-        for c in listed:
-            try:
-                again.call("container_destroy", c["name"], True)
-            except errors.DcError:
-                pass
+    yield from hub_session(fleet)
 
 
 def take(items, n: int, timeout_s: float = 120) -> list[dict]:

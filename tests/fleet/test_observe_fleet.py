@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from dcctl import errors, wire
 from ops import fleet as fleetmod
+from tests.fleet.conftest import local_fleet
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lxc
@@ -29,15 +29,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def fleet():
-    if os.geteuid() != 0 or not os.path.exists("/usr/bin/prometheus"):
-        pytest.skip("needs root, LXC, network namespaces and Debian's prometheus (ops/setup)")
-    prefix = "obs" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 2, fleetmod.free_subnet(213), heartbeat_s=1.0, prometheus=True)
-    try:
+    if not os.path.exists("/usr/bin/prometheus"):
+        pytest.skip("needs Debian's prometheus (ops/setup)")
+    with local_fleet("obs", 2, 213, prometheus=True) as state:
         yield state
-    finally:
-        left = fleetmod.down(prefix)
-        assert not left, left
 
 
 @pytest.fixture
