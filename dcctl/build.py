@@ -8,8 +8,8 @@ the total and the rate on stderr, redrawn in place on a terminal, without
 --json) and built by the
 hub's ``build`` on one idle host.  The build's output is printed as it
 comes (stderr), then the image ref (stdout).  With ``--json`` each output
-line is a JSON line ``{"log": ...}`` on stdout and the last line is
-``{image, id, layer_bytes, ...}``.
+line is a JSON line ``{"log": ...}`` on stderr, and stdout holds one JSON
+answer, ``{image, id, layer_bytes, ...}``.
 
 Options: ``--build-arg K=V`` (repeatable), ``--timeout-s S`` (the build's),
 ``--host H`` (build there), ``--file PATH`` (the Dockerfile in the context).
@@ -136,7 +136,7 @@ def _send_and_build(client: Any, root: str, tar: str, parsed, opts: dict, as_jso
     """Pack, upload, build and print (see run_build); ``tar`` is removed once sent."""
     count = buildctx.pack_context(root, tar, dockerfile=opts.get("dockerfile", "Dockerfile"))
     progress = None
-    if not as_json:  # (--json keeps its contract: log lines, then the result)
+    if not as_json:  # (--json keeps its contract: one answer on stdout)
         err.write(f"sending context ({count} entries, {os.path.getsize(tar)} bytes)\n")
         progress = upload.TransferProgress("sending context", os.path.getsize(tar), err)
     upload_id = upload.send_file(lambda m, *a: client.call(m, *a, timeout_s=120.0), tar, progress)
@@ -150,9 +150,9 @@ def _send_and_build(client: Any, root: str, tar: str, parsed, opts: dict, as_jso
         if "result" in item:
             result = item["result"]
         elif "log" in item:
-            if as_json:
-                out.write(json.dumps({"log": item["log"]}, ensure_ascii=False) + "\n")
-                out.flush()
+            if as_json:  # JSON lines on stderr: stdout holds the one answer, {image, id, layer_bytes, ...}
+                err.write(json.dumps({"log": item["log"]}, ensure_ascii=False) + "\n")
+                err.flush()
             else:
                 err.write(item["log"] + "\n")
                 err.flush()

@@ -60,8 +60,8 @@ def test_build_through_the_hub_ships_only_the_new_layer(small_fleet, hub, tmp_pa
     (ctx / ".dockerignore").write_text("*.key\n")
     done = dcctl(small_fleet, "build", str(ctx), "-t", "bldapp:v1", "--json")
     assert done.returncode == 0, done.stderr
-    rows = [json.loads(line) for line in done.stdout.splitlines()]
-    logs, result = [r["log"] for r in rows[:-1]], rows[-1]
+    result = json.loads(done.stdout)  # the one answer on stdout; the log as JSON lines on stderr
+    logs = [json.loads(line)["log"] for line in done.stderr.splitlines() if line.startswith("{")]
     assert logs[0].startswith("Step 1/5 : RUN") and "building" in logs
     assert {"image", "id", "layer_bytes"} <= set(result) and result["image"] == f"bldapp@{result['id'][:12]}"
     # only the new layer moved into the registry: within 10% of its size
