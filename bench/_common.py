@@ -18,6 +18,7 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -138,3 +139,22 @@ def teardown(procs: list[subprocess.Popen], root: str) -> None:
     reap(procs)
     kill_marked(root)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for(pred, timeout_s: float, what: str, procs: list[subprocess.Popen] = ()) -> None:
+    """Wait for ``pred()`` (polled every 0.2 s); fail at once when one of
+    ``procs`` exited.  Raises: RuntimeError (timed out, or a process died)."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"waiting for {what}: {' '.join(dead[0].args[:4])}... exited {dead[0].returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """(median, p99) of ``samples`` (seconds), in milliseconds."""
+    s = sorted(samples)
+    return statistics.median(s) * 1000, s[min(len(s) - 1, int(len(s) * 0.99))] * 1000

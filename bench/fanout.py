@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import time
@@ -29,25 +28,9 @@ import gevent.pool  # noqa: E402
 import zerorpc  # noqa: E402
 
 from bench import _common  # noqa: E402
+from bench._common import percentiles, wait_for  # noqa: E402
 from bench._common import spawn as start  # noqa: E402
 from dcctl import wire  # noqa: E402
-
-
-def wait_for(pred, timeout_s: float, what: str, procs: list[subprocess.Popen] = ()) -> None:
-    """Wait for ``pred()``; fail at once when one of ``procs`` exited."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"waiting for {what}: {' '.join(dead[0].args[:4])}... exited {dead[0].returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    s = sorted(samples)
-    return statistics.median(s) * 1000, s[min(len(s) - 1, int(len(s) * 0.99))] * 1000
 
 
 def main() -> int:

@@ -36,7 +36,6 @@ import datetime
 import os
 import re
 import secrets
-import statistics
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ import gevent.pool  # noqa: E402
 import zerorpc  # noqa: E402
 
 from bench import _common  # noqa: E402
+from bench._common import percentiles, wait_for  # noqa: E402
 from bench.hollow import host_name  # noqa: E402
 from dcctl import errors, wire  # noqa: E402
 from dcctl.wire.server import ipc_listening  # noqa: E402
@@ -68,23 +68,6 @@ def cpu_share(pid: int, window_s: float) -> float:
     before, started = cpu_seconds(pid), time.monotonic()
     time.sleep(window_s)
     return 100.0 * (cpu_seconds(pid) - before) / (time.monotonic() - started)
-
-
-def wait_for(pred, timeout_s: float, what: str, procs: list[subprocess.Popen] = ()) -> None:
-    """Wait for ``pred()``; fail at once when one of ``procs`` exited."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"waiting for {what}: {' '.join(dead[0].args[:4])}... exited {dead[0].returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    s = sorted(samples)
-    return statistics.median(s) * 1000, s[min(len(s) - 1, int(len(s) * 0.99))] * 1000
 
 
 def registrations(log: str, since: float) -> dict[str, float]:
