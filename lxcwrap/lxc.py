@@ -16,9 +16,11 @@ build; tests can hand a recording ``run`` and ``spawner``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
 import shutil
+import time
 from typing import Callable, Mapping, Sequence
 
 import gevent
@@ -38,6 +40,9 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UPPER_DIR = "delta0"
 WORK_DIR = "olwork"
 VERSION_TIMEOUT_SECONDS = 10.0
+#: Removals of a container directory tried before ``destroy`` gives up (a
+#: file written into it meanwhile makes it "not empty").
+DESTROY_ATTEMPTS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,13 +120,30 @@ class Lxc:
         the caller owns the lxcpath and its overlay storage.  Blocking file
         work (run it in a thread pool from a server).
 
+        A file written into it during the removal (the container's monitor
+        exiting after ``lxc-stop -k`` still appends to its log) makes a
+        directory "not empty": the removal is tried again, up to
+        DESTROY_ATTEMPTS times 0.1 s apart.
+
         Returns: whether there was a directory to remove.
         Raises: OSError (something under it could not be removed, say a
         mount; the rest is removed)."""
         cdir = self.path(name)
         if not os.path.isdir(cdir):
             return False
-        shutil.rmtree(cdir)
+        for attempt in range(DESTROY_ATTEMPTS):
+            try:
+                shutil.rmtree(cdir)
+                return True
+            except FileNotFoundError:
+                if not os.path.exists(cdir):
+                    return True
+                if attempt == DESTROY_ATTEMPTS - 1:
+                    raise
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY or attempt == DESTROY_ATTEMPTS - 1:
+                    raise
+            time.sleep(0.1)
         return True
 
     # -- helpers

@@ -177,3 +177,39 @@ def test_blocking_runner_prefixes_and_reports_like_run():
     assert done.stdout_text == "lxc-stop -P /p -n web -k\n"
     with pytest.raises(ToolNotFound):
         blocking_runner()(["/nonexistent/lxc-stop"], 10)
+
+
+def test_destroy_removes_a_directory_that_something_still_writes_into(tmp_path):
+    """The container's monitor can still append to its log as lxc-stop -k
+    returns: a file made during the removal must not leave the directory
+    (rmtree's "Directory not empty")."""
+    import threading
+    import time
+
+    lx = lxc.Lxc(str(tmp_path))
+    cdir = tmp_path / "web"
+    for i in range(200):
+        (cdir / f"sub{i % 20}").mkdir(parents=True, exist_ok=True)
+        (cdir / f"sub{i % 20}" / f"f{i}").write_bytes(b"x" * 100)
+    stop = time.monotonic() + 0.3
+
+    def writer():
+        n = 0
+        while time.monotonic() < stop:
+            try:
+                (cdir / f"web.log.{n}").write_bytes(b"late line\n")
+            except OSError:
+                pass
+            n += 1
+            time.sleep(0.002)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        time.sleep(0.01)
+        assert lx.destroy("web")
+    finally:
+        t.join()
+    # whatever the writer made after the last removal went with a later attempt, or none was left
+    assert not cdir.exists() or lx.destroy("web")
+    assert not cdir.exists()
