@@ -2,11 +2,13 @@
 its HAProxy in their own namespaces) and helpers that talk HTTP to it."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import secrets
 import time
+from typing import Iterator
 
 import pytest
 
@@ -16,18 +18,27 @@ from ops import fleet as fleetmod
 HEARTBEAT_S = 1.0
 
 
-@pytest.fixture(scope="module")
-def fleet():
+@contextlib.contextmanager
+def router_fleet(head: str, second_octet: int) -> Iterator[dict]:
+    """A local fleet of 3 hosts with a router, named ``head`` + 4 hex
+    digits on a free 10.<second_octet>.x.0/24; always brought down, checked
+    to leave nothing and no haproxy.  Skips without root or haproxy."""
     if os.geteuid() != 0 or not os.path.exists("/usr/sbin/haproxy"):
         pytest.skip("needs root, LXC, network namespaces and haproxy (ops/setup)")
-    prefix = "drt" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 3, fleetmod.free_subnet(209), heartbeat_s=HEARTBEAT_S, router=True)
+    prefix = head + secrets.token_hex(2)
+    state = fleetmod.up(prefix, 3, fleetmod.free_subnet(second_octet), heartbeat_s=HEARTBEAT_S, router=True)
     try:
         yield state
     finally:
         left = fleetmod.down(prefix)
         assert not left, left
         assert not haproxy_pids(state), "haproxy processes left"
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    with router_fleet("drt", 209) as state:
+        yield state
 
 
 @pytest.fixture

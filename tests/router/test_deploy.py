@@ -17,7 +17,7 @@ import pytest
 from dcctl import errors, wire
 from images.busybox import build_busybox_rootfs
 from ops import fleet as fleetmod
-from tests.router.conftest import get, haproxy_pids, wait_for
+from tests.router.conftest import get, router_fleet, wait_for
 from tests.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.lxc
@@ -33,16 +33,8 @@ FAST = {"check": "/health", "check_wait_s": 0.3, "check_timeout_s": 3, "check_at
 
 @pytest.fixture(scope="module")
 def fleet():
-    if os.geteuid() != 0 or not os.path.exists("/usr/sbin/haproxy"):
-        pytest.skip("needs root, LXC, network namespaces and haproxy (ops/setup)")
-    prefix = "dpl" + secrets.token_hex(2)
-    state = fleetmod.up(prefix, 3, fleetmod.free_subnet(211), heartbeat_s=HEARTBEAT_S, router=True)
-    try:
+    with router_fleet("dpl", 211) as state:
         yield state
-    finally:
-        left = fleetmod.down(prefix)
-        assert not left, left
-        assert not haproxy_pids(state), "haproxy processes left"
 
 
 @pytest.fixture
