@@ -41,7 +41,8 @@ def build(cfg: agent_config.AgentConfig) -> tuple[Service, ContainerManager]:
     for d in (cfg.state_dir, cfg.lxc_path):
         os.makedirs(d, mode=0o700, exist_ok=True)
     lock_state_dir(cfg.state_dir)
-    lock_bridge(cfg.bridge)
+    if not cfg.hollow:  # a hollow agent has no bridge and no netfilter chains (and leaves no lock file)
+        lock_bridge(cfg.bridge)
     for endpoint in cfg.listen:  # refuse a live local endpoint before touching anything
         if parse_endpoint(endpoint).is_ipc:
             claim_ipc_path(parse_endpoint(endpoint).path)
