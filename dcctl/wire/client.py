@@ -221,10 +221,10 @@ class RpcClient:
             zrpc.stop_call(task)
         for stream in list(self._streams):
             stream.close()
-        zrpc.set_linger(self._client, 0)
-        self._client.close()  # stops the socket's monitor too
         if self._monitor_task is not None:
-            self._monitor_task.kill(block=True, timeout=zrpc.CLOSE_TIMEOUT_SECONDS)
+            self._monitor_task.stop()  # before the socket closes: it unbinds the monitor
+        zrpc.set_linger(self._client, 0)
+        self._client.close()
 
     def __enter__(self) -> "RpcClient":
         return self

@@ -160,28 +160,11 @@ def connect(peer: Any, endpoint: str) -> None:
                                  hint="give the server's address, not a bind address") from exc
 
 
-def watch_handshake_failures(peer: Any, on_failure: Callable[[bool], None]) -> gevent.Greenlet:
-    """Watch the CURVE handshakes of ``peer``'s socket (ZeroMQ's socket
-    monitor) in a greenlet: each failed one calls ``on_failure(refused)``,
-    ``refused`` True when the server's ZAP handler refused our key (False:
-    a protocol failure, e.g. a wrong server key or a server without CURVE).
-    Kill the greenlet to stop watching; it closes its monitor socket."""
-    from zmq.utils.monitor import recv_monitor_message
-    mon = socket_of(peer).get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                                             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-    mon.linger = 0
-
-    def watch() -> None:
-        try:
-            while True:
-                on_failure(recv_monitor_message(mon)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-        except (zmq.ZMQError, gevent.GreenletExit):
-            pass
-        finally:
-            mon.linger = 0
-            mon.close()
-
-    return gevent.spawn(watch)
+def watch_handshake_failures(peer: Any, on_failure: Callable[[bool], None]) -> Any:
+    """A dcctl.wire.monitor.HandshakeWatch of ``peer``'s socket calling
+    ``on_failure(refused)``; call its ``stop()`` before closing the peer."""
+    from dcctl.wire.monitor import HandshakeWatch
+    return HandshakeWatch(socket_of(peer), on_failure)
 
 
 # ---------------------------------------------------------------- the reader

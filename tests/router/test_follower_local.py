@@ -18,14 +18,9 @@ import pytest
 
 from router import haproxy as hx
 from router.follower import Follower
+from tests.ports import free_port
 
 pytestmark = pytest.mark.skipif(not os.path.exists(hx.HAPROXY), reason="needs haproxy (ops/setup)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

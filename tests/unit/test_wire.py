@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from dcctl import errors, wire
+from tests.ports import free_port
 from tests.waiting import wait_for
 
 
@@ -177,7 +178,7 @@ def test_close_fails_the_calls_in_flight_at_once(served):
 
 
 def test_a_refused_strangers_close_never_hangs(tmp_path):
-    port = 20000 + uuid.uuid4().int % 20000
+    port = free_port()
     svc = wire.Service(Sample(), "curve", keys_dir=str(tmp_path / "keys"))
     svc.bind(f"tcp://127.0.0.1:{port}")
     svc.start()
@@ -189,6 +190,30 @@ def test_a_refused_strangers_close_never_hangs(tmp_path):
             closing = gevent.spawn(client.close)
             wait_for(closing.ready, 10, "close() to return")
             assert closing.successful()
+    finally:
+        svc.stop()
+
+
+def test_tcp_clients_opened_and_closed_leak_no_sockets(tmp_path):
+    """Each tcp:// client watches its handshakes with a socket monitor; a
+    client closed before the watch ever ran must still close the monitor's
+    sockets (the old code kept two per client: ZeroMQ's limit of 1,023
+    sockets after about 511 clients), and a new client whose socket reuses
+    a closed one's file descriptor must not find the monitor's inproc
+    address taken ('Address already in use')."""
+    port = free_port()
+    svc = wire.Service(Sample(), "many")
+    svc.bind(f"tcp://127.0.0.1:{port}", insecure=True)
+    svc.start()
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+        for i in range(1200):
+            client = wire.connect(f"tcp://127.0.0.1:{port}", timeout_s=10)
+            if i % 100 == 0:
+                assert client.call("add", i) == i + 2
+            client.close()
+        gevent.sleep(0.5)  # libzmq's reaper closes the sockets
+        assert len(os.listdir("/proc/self/fd")) < fds + 20
     finally:
         svc.stop()
 

@@ -73,9 +73,9 @@ PRIVATE = re.compile(r"\._events\b|_events\._recv|\._socket\b|_inject_builtins|_
                      r"get_pyzmq_frame_buffer|zerorpc\.events")
 IMPORTS_ZERORPC = re.compile(r"^\s*(import|from) zerorpc\b", re.M)
 IMPORTS_ZMQ = re.compile(r"^\s*(import|from) zmq\b", re.M)
-#: pyzmq: the zerorpc compatibility module, the terminal relay's channel, and
+#: pyzmq: the zerorpc compatibility module, the client handshake monitor, the terminal relay's channel, and
 #: (outside the wire package) the ZAP handler and key files of dcctl.auth.
-ZMQ_ALLOWED = {"dcctl/wire/zrpc.py", "dcctl/wire/zrpcfast.py", "dcctl/wire/relay.py", "dcctl/auth.py"}
+ZMQ_ALLOWED = {"dcctl/wire/zrpc.py", "dcctl/wire/monitor.py", "dcctl/wire/zrpcfast.py", "dcctl/wire/relay.py", "dcctl/auth.py"}
 
 
 def test_nothing_reaches_past_the_zerorpc_compatibility_module():
