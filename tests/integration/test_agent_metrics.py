@@ -90,7 +90,7 @@ def test_metrics_off_and_a_bad_address(agent_factory):
 
 def _dcctl(agent, *args):
     env = {**os.environ, "PYTHONPATH": REPO, "DCCTL_HOST": agent.endpoint}
-    return subprocess.run([sys.executable, "-m", "dcctl.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "dcctl.cli", *args], capture_output=True, text=True, timeout=180,
                           env=env, cwd=REPO)
 
 
@@ -122,7 +122,7 @@ def test_dcctl_stats_snapshot_and_live_table(agent_factory):
     os.close(slave)
     seen = b""
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while seen.count(b"st.busy") < 2 and time.monotonic() < deadline:
             if select.select([master], [], [], 1)[0]:
                 try:
