@@ -28,6 +28,7 @@ the LXC tool.  Blocking calls are tiny reads and writes of /proc and
 from __future__ import annotations
 
 import os
+import select
 import signal
 
 import gevent.socket
@@ -94,8 +95,9 @@ class Monitor:
 
     def exited(self) -> bool:
         """Whether the monitor has exited (its pidfd is readable)."""
-        import select
-        return bool(select.select([self.pidfd], [], [], 0)[0])
+        poller = select.poll()  # not select(): the caller may hold fds past 1024
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def wait_exit(self, timeout_s: float) -> bool:
         """Wait cooperatively, up to ``timeout_s`` seconds, for the monitor

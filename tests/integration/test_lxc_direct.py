@@ -135,3 +135,22 @@ def test_parse_signal_reads_lxc_halt_values():
     assert direct.parse_signal("15") == 15
     assert direct.parse_signal("SIGNOPE") is None
     assert direct.parse_signal("SIGRTMIN+99") is None
+
+
+def test_start_sets_hairpin_through_sysfs_and_destroy_stops_the_log_writer(agent):
+    """The agent's start turns hairpin on without ``ip`` (sysfs brport),
+    spawns the log writer without forking itself (the writer's daemon is in
+    "/", not the agent's cwd), and destroy leaves neither the writer nor
+    the veth."""
+    agent.call("container_create", "busybox", "lfc.pin")
+    agent.call("container_start", "lfc.pin")
+    veth = agent.call("container_inspect", "lfc.pin")["veth"]
+    with open(f"/sys/class/net/{veth}/brport/hairpin_mode") as f:
+        assert f.read().strip() == "1"
+    with open(os.path.join(agent.state_dir, "logs", "lfc.pin", "logger.pid")) as f:
+        writer = int(f.read())
+    assert procs.alive(writer) and os.readlink(f"/proc/{writer}/cwd") == "/"
+    agent.call("container_destroy", "lfc.pin", True)
+    assert not procs.alive(writer)
+    assert not os.path.lexists(f"/sys/class/net/{veth}")
+    assert not os.path.exists(os.path.join(agent.lxc_path, "lfc.pin"))
