@@ -5,12 +5,17 @@ containers.
 
 One cycle = create -> start -> exec (hostname) -> stop (kill) -> destroy.
 API: container_create, container_start, container_exec, container_stop
-(timeout 0: straight to SIGKILL), container_destroy.  Raw: lxc-copy -s -B
+(timeout 0: straight to SIGKILL), container_destroy.  The agent starts three
+processes per cycle (lxc-start, the container's log writer, lxc-attach): the
+stop is a write to the container's ``cgroup.kill`` and a wait on its
+monitor's pidfd, the destroy removes the directory itself.  Raw: lxc-copy -s -B
 overlay of a busybox base container (the same image layer), lxc-start -d,
 lxc-attach -- hostname, lxc-stop -k, lxc-destroy.
 
-Run as root:  python3 bench/lifecycle.py [--cycles 40] [--workers 4] [--idle-containers 50] [--quick]
-(``--quick``: 2 cycles, 2 workers, 2 idle containers, for the test suite).
+Run as root:  python3 bench/lifecycle.py [--cycles 40] [--workers 4] [--idle-containers 50] [--repeat 2] [--quick]
+(``--quick``: 2 cycles, 2 workers, 2 idle containers, 1 run, for the test suite).  Each run measures api
+then raw at 1 and at ``--workers`` workers; with ``--repeat`` N > 1 a last line per worker count gives
+the median ratio of the N runs and its spread, so a loaded machine's noise shows.
 The agent is named by ``--prefix`` (``dct`` + 6 hex, as the tests' agents:
 bridge PREFIX, root /tmp/dct-...); it, its containers and the raw ones are
 gone when this exits, also after SIGTERM or SIGINT.
@@ -21,6 +26,7 @@ import argparse
 import glob
 import os
 import secrets
+import statistics
 import sys
 import time
 
@@ -74,13 +80,13 @@ def make_raw_base(agent: AgentProcess, lxcpath: str) -> None:
                 f"lxc.net.0.type = veth\nlxc.net.0.link = {agent.bridge}\nlxc.net.0.flags = up\n")
 
 
-def measure(label: str, cycle, cycles: int, workers: int) -> float:
+def measure(label: str, cycle, cycles: int, workers: int, run: int = 0) -> float:
     """Run ``cycles`` cycles over ``workers`` greenlets; returns containers/min."""
     counter = iter(range(cycles))
 
     def worker(w: int) -> None:
         for i in counter:
-            cycle(w, f"b{label[0]}{w}x{i}")
+            cycle(w, f"b{label[0]}{run}r{w}x{i}")
 
     started = time.monotonic()
     gevent.joinall([gevent.spawn(worker, w) for w in range(workers)], raise_error=True)
@@ -99,7 +105,8 @@ def main() -> int:
     p.add_argument("--cycles", type=int, default=40)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--idle-containers", type=int, default=50)
-    args = _common.parse(p, {"cycles": 2, "workers": 2, "idle_containers": 2},
+    p.add_argument("--repeat", type=int, default=2, help="runs of each measurement, api and raw side by side")
+    args = _common.parse(p, {"cycles": 2, "workers": 2, "idle_containers": 2, "repeat": 1},
                          TEST_PREFIX + secrets.token_hex(3))
     agent = AgentProcess(args.prefix)
     lxcpath = os.path.join(agent.root, "raw")
@@ -108,12 +115,18 @@ def main() -> int:
         make_raw_base(agent, lxcpath)
         clients = [agent.client(120) for _ in range(args.workers)]
         print(f"bench/lifecycle: {args.cycles} cycles each, busybox, {os.cpu_count()} CPUs")
-        results = {}
-        for workers in (1, args.workers):
-            api = measure("api", lambda w, t: api_cycle(clients[w], t), args.cycles, workers)
-            raw = measure("raw", lambda w, t: raw_cycle(lxcpath, t), args.cycles, workers)
-            results[workers] = (api, raw)
-            print(f"  ratio api/raw at {workers} worker(s): {api / raw:.2f}x")
+        ratios: dict[int, list[float]] = {}
+        for run in range(args.repeat):  # api and raw side by side, run after run: the same load for both
+            for workers in (1, args.workers):
+                api = measure("api", lambda w, t: api_cycle(clients[w], t), args.cycles, workers, run)
+                raw = measure("raw", lambda w, t: raw_cycle(lxcpath, t), args.cycles, workers, run)
+                ratios.setdefault(workers, []).append(api / raw)
+                print(f"  ratio api/raw at {workers} worker(s): {api / raw:.2f}x")
+        if args.repeat > 1:
+            for workers, rs in ratios.items():
+                print(f"  median ratio api/raw at {workers} worker(s) over {len(rs)} runs: "
+                      f"{statistics.median(rs):.2f}x (from {min(rs):.2f}x to {max(rs):.2f}x); "
+                      f"loadavg {open('/proc/loadavg').read().split()[0]}")
         print(f"agent RSS idle: {rss_mib(agent.proc.pid):.1f} MiB")
         c = clients[0]
         for i in range(args.idle_containers):
