@@ -272,8 +272,11 @@ class Lxc:
 
         Raises: LxcNotRunning, LxcNotFound, LxcTimeout (the container was
         still up after the kill)."""
-        if self.direct and self._stop_direct(name, timeout_s, kill):
-            return
+        if self.direct:
+            done_direct = self._stop_direct(name, timeout_s, kill)
+            if done_direct is True:
+                return
+            kill = kill or done_direct == "kill"  # the graceful wait is spent: no second one
         # lxc-stop -t 0 asks for a halt and does not wait: a zero timeout
         # means kill here, as it does for docker stop -t 0.
         seconds = int(round(timeout_s))
@@ -282,10 +285,13 @@ class Lxc:
         if done.returncode != 0:
             raise self._fail(done, name, "lxc-stop")
 
-    def _stop_direct(self, name: str, timeout_s: float, kill: bool) -> bool:
-        """``stop`` without lxc-stop; False when the tool must do it (then
-        nothing was signalled, or the halt signal was and its wait ran
-        out without a kill path: lxc-stop -k finishes)."""
+    def _stop_direct(self, name: str, timeout_s: float, kill: bool) -> bool | str:
+        """``stop`` without lxc-stop.  Returns True when the container is
+        down, False when the tool must do the whole stop (nothing was
+        signalled), or "kill" when the halt signal was sent and its wait ran
+        out but no cgroup.kill is there: ``lxc-stop -k`` must finish.
+
+        Raises: LxcTimeout (still up KILL_WAIT_SECONDS after the kill)."""
         layout = self.layout()
         if not layout.v2:
             return False
@@ -295,8 +301,8 @@ class Lxc:
         with mon:
             found = mon.payload(layout.v2)
             if found is None:
-                return mon.wait_exit(0)  # already gone: stopped; else the tool decides
-            init_pid, init_fd, payload = found
+                return mon.wait_exit(0)  # already exited: stopped; else the tool decides
+            _init_pid, init_fd, payload = found
             try:
                 graceful = not kill and timeout_s >= 0.5
                 if graceful:
@@ -307,9 +313,8 @@ class Lxc:
                         return True
                 if not direct.kill_cgroup(payload):
                     if graceful:
-                        return False  # lxc-stop -k after the graceful wait that ran out
-                    if not direct.send_signal(init_fd, signal.SIGKILL):
-                        pass  # init is gone already: the monitor is tearing down
+                        return "kill"
+                    direct.send_signal(init_fd, signal.SIGKILL)  # False: init is gone, the monitor tears down
                 if mon.wait_exit(KILL_WAIT_SECONDS):
                     return True
             finally:
