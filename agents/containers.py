@@ -498,15 +498,16 @@ class ContainerManager:
         self._drop_made_volumes(rec.get("volumes_made") or [], name)  # never started: a create undone
 
     def _kill(self, name: str) -> None:
-        """Stop a container at once: ``lxc-stop -k``, or if LXC's tool fails,
-        SIGKILL to its init (its monitor then tears it down)."""
+        """Stop a container at once: ``Lxc.stop(kill=True)`` (its cgroup's
+        ``cgroup.kill``, or ``lxc-stop -k``), or if that fails, SIGKILL to
+        its init (its monitor then tears it down)."""
         try:
             self.lxc.stop(name, kill=True)
             return
         except lxcerr.LxcNotRunning:
             return
         except lxcerr.LxcError as exc:
-            log.warning("lxc-stop -k %s failed (%s); killing its init", name, exc)
+            log.warning("the kill of %s failed (%s); killing its init", name, exc)
         try:
             pid = self.lxc.info(name)["pid"]
         except lxcerr.LxcError:

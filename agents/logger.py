@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(0)  # the agent waits for this: the FIFOs are open
     if not args.foreground:
         os.setsid()
+        os.chdir("/")  # the agent spawns us in its own cwd: do not pin it
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import sys
@@ -19,10 +20,11 @@ import time
 from typing import Callable, Iterator
 
 import gevent
-import gevent.subprocess
 
 from agents import logger as writer
 from dcctl import errors, procs
+from lxcwrap.run import ToolError
+from lxcwrap.run import run as run_tool
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,27 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def is_writer(argv: list[bytes]) -> bool:
     """Whether a process's argv is a log writer's (compiled or Python)."""
     return b"agents.logger" in argv or (bool(argv) and os.path.basename(argv[0]).startswith(b"dcfleet-logwriter"))
+
+
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    """Wait (blocking: the thread pool's) up to ``timeout_s`` for ``pid``
+    to exit: on a pidfd, so the wait ends as the process does; polled
+    every 20 ms where pidfds are missing."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        fd = None
+    if fd is not None:
+        try:
+            poller = select.poll()  # not select(): the agent may hold fds past 1024
+            poller.register(fd, select.POLLIN)
+            poller.poll(timeout_s * 1000)
+        finally:
+            os.close(fd)
+        return
+    deadline = time.monotonic() + timeout_s
+    while procs.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def parse_lines(data: bytes) -> list[dict]:
@@ -119,15 +142,14 @@ class ContainerLogs:
         head = [self.writer_binary] if self.writer_binary else [sys.executable, "-m", "agents.logger"]
         argv = [*head, self.dir(name), "--max-size-bytes", str(self.max_size), "--max-files", str(self.max_files)]
         env = {**os.environ, "PYTHONPATH": _REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        try:
-            done = gevent.subprocess.run(argv, capture_output=True, text=True, timeout=WRITER_START_TIMEOUT_SECONDS,
-                                         env=env, stdin=gevent.subprocess.DEVNULL, cwd="/")
-        except (OSError, gevent.subprocess.TimeoutExpired) as exc:
+        try:  # posix_spawn (lxcwrap.run), not a fork of the agent; the writer's daemon does chdir("/")
+            done = run_tool(argv, WRITER_START_TIMEOUT_SECONDS, env=env)
+        except ToolError as exc:
             raise errors.StoreError(f"container {name!r}: its log writer did not start: {exc}") from exc
         pid = self.writer_pid(name)
         if done.returncode != 0 or not pid:
             raise errors.StoreError(f"container {name!r}: its log writer did not start: "
-                                    f"{(done.stderr or '').strip()[-300:] or 'exit ' + str(done.returncode)}",
+                                    f"{done.stderr_text[-300:] or 'exit ' + str(done.returncode)}",
                                     hint=f"see {self.dir(name)}")
         return pid
 
@@ -140,9 +162,7 @@ class ContainerLogs:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            deadline = time.monotonic() + 5
-            while procs.alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _wait_gone(pid, 5.0)
             if procs.alive(pid):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.dir(name), ignore_errors=True)

@@ -220,6 +220,7 @@ int main(int argc, char **argv) {
     }
     if (!foreground) {
         setsid();
+        if (chdir("/") != 0) { /* the agent's cwd is only not pinned then */ }
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) { dup2(null, 0); dup2(null, 1); dup2(null, 2); if (null > 2) close(null); }
     }

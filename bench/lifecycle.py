@@ -5,12 +5,19 @@ containers.
 
 One cycle = create -> start -> exec (hostname) -> stop (kill) -> destroy.
 API: container_create, container_start, container_exec, container_stop
-(timeout 0: straight to SIGKILL), container_destroy.  Raw: lxc-copy -s -B
+(timeout 0: straight to SIGKILL), container_destroy.  The agent starts three
+processes per cycle (lxc-start, the container's log writer, lxc-attach): the
+stop is a write to the container's ``cgroup.kill`` and a wait on its
+monitor's pidfd, the destroy removes the directory itself.  Raw: lxc-copy -s -B
 overlay of a busybox base container (the same image layer), lxc-start -d,
 lxc-attach -- hostname, lxc-stop -k, lxc-destroy.
 
-Run as root:  python3 bench/lifecycle.py [--cycles 40] [--workers 4] [--idle-containers 50] [--quick]
-(``--quick``: 2 cycles, 2 workers, 2 idle containers, for the test suite).
+Run as root:  python3 bench/lifecycle.py [--cycles 40] [--workers 4] [--idle-containers 50] [--repeat 2]
+[--slice 2] [--quick] (``--quick``: 2 cycles, 2 workers, 2 idle containers, 1 run, for the test suite).
+Each run measures api and raw at 1 and at ``--workers`` workers, in alternating turns of ``--slice``
+cycles per worker (api, raw, api, ...), so a load that changes during the run (other test runs on the
+machine) weighs on both alike; with ``--repeat`` N > 1 a last line per worker count gives the median
+ratio of the N runs and its spread.
 The agent is named by ``--prefix`` (``dct`` + 6 hex, as the tests' agents:
 bridge PREFIX, root /tmp/dct-...); it, its containers and the raw ones are
 gone when this exits, also after SIGTERM or SIGINT.
@@ -21,6 +28,7 @@ import argparse
 import glob
 import os
 import secrets
+import statistics
 import sys
 import time
 
@@ -74,20 +82,38 @@ def make_raw_base(agent: AgentProcess, lxcpath: str) -> None:
                 f"lxc.net.0.type = veth\nlxc.net.0.link = {agent.bridge}\nlxc.net.0.flags = up\n")
 
 
-def measure(label: str, cycle, cycles: int, workers: int) -> float:
-    """Run ``cycles`` cycles over ``workers`` greenlets; returns containers/min."""
-    counter = iter(range(cycles))
+def _turn(label: str, cycle, first: int, count: int, workers: int, run: int) -> float:
+    """Cycles ``first`` .. ``first + count - 1`` over ``workers`` greenlets;
+    returns the seconds they took."""
+    counter = iter(range(first, first + count))
 
     def worker(w: int) -> None:
         for i in counter:
-            cycle(w, f"b{label[0]}{w}x{i}")
+            cycle(w, f"b{label[0]}{run}r{w}x{i}")
 
     started = time.monotonic()
     gevent.joinall([gevent.spawn(worker, w) for w in range(workers)], raise_error=True)
-    elapsed = time.monotonic() - started
-    rate = cycles / elapsed * 60
-    print(f"  {label:4s} workers={workers}: {cycles} cycles in {elapsed:6.2f} s = {rate:7.1f} containers/min")
-    return rate
+    return time.monotonic() - started
+
+
+def measure_pair(api_cycle_fn, raw_cycle_fn, cycles: int, workers: int, slice_cycles: int,
+                 run: int = 0) -> tuple[float, float]:
+    """``cycles`` cycles each of api and raw over ``workers`` greenlets, in
+    alternating turns of ``slice_cycles`` (api, raw, api, ...), so a load
+    that changes during the run weighs on both alike; prints a line per
+    side and returns (api, raw) containers/min."""
+    spent = {"api": 0.0, "raw": 0.0}
+    done = 0
+    while done < cycles:
+        n = min(slice_cycles, cycles - done)
+        spent["api"] += _turn("api", api_cycle_fn, done, n, workers, run)
+        spent["raw"] += _turn("raw", raw_cycle_fn, done, n, workers, run)
+        done += n
+    rates = {}
+    for label, elapsed in spent.items():
+        rates[label] = cycles / elapsed * 60
+        print(f"  {label:4s} workers={workers}: {cycles} cycles in {elapsed:6.2f} s = {rates[label]:7.1f} containers/min")
+    return rates["api"], rates["raw"]
 
 
 def rss_mib(pid: int) -> float:
@@ -99,7 +125,9 @@ def main() -> int:
     p.add_argument("--cycles", type=int, default=40)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--idle-containers", type=int, default=50)
-    args = _common.parse(p, {"cycles": 2, "workers": 2, "idle_containers": 2},
+    p.add_argument("--repeat", type=int, default=2, help="runs of each measurement, api and raw side by side")
+    p.add_argument("--slice", type=int, default=2, help="cycles per worker in each alternating api/raw turn")
+    args = _common.parse(p, {"cycles": 2, "workers": 2, "idle_containers": 2, "repeat": 1},
                          TEST_PREFIX + secrets.token_hex(3))
     agent = AgentProcess(args.prefix)
     lxcpath = os.path.join(agent.root, "raw")
@@ -108,12 +136,18 @@ def main() -> int:
         make_raw_base(agent, lxcpath)
         clients = [agent.client(120) for _ in range(args.workers)]
         print(f"bench/lifecycle: {args.cycles} cycles each, busybox, {os.cpu_count()} CPUs")
-        results = {}
-        for workers in (1, args.workers):
-            api = measure("api", lambda w, t: api_cycle(clients[w], t), args.cycles, workers)
-            raw = measure("raw", lambda w, t: raw_cycle(lxcpath, t), args.cycles, workers)
-            results[workers] = (api, raw)
-            print(f"  ratio api/raw at {workers} worker(s): {api / raw:.2f}x")
+        ratios: dict[int, list[float]] = {}
+        for run in range(args.repeat):  # api and raw side by side, run after run: the same load for both
+            for workers in (1, args.workers):
+                api, raw = measure_pair(lambda w, t: api_cycle(clients[w], t), lambda w, t: raw_cycle(lxcpath, t),
+                                        args.cycles, workers, max(workers, args.slice * workers), run)
+                ratios.setdefault(workers, []).append(api / raw)
+                print(f"  ratio api/raw at {workers} worker(s): {api / raw:.2f}x")
+        if args.repeat > 1:
+            for workers, rs in ratios.items():
+                print(f"  median ratio api/raw at {workers} worker(s) over {len(rs)} runs: "
+                      f"{statistics.median(rs):.2f}x (from {min(rs):.2f}x to {max(rs):.2f}x); "
+                      f"loadavg {open('/proc/loadavg').read().split()[0]}")
         print(f"agent RSS idle: {rss_mib(agent.proc.pid):.1f} MiB")
         c = clients[0]
         for i in range(args.idle_containers):

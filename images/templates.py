@@ -16,6 +16,7 @@ dcfleet's own templates for /etc/hostname, /etc/hosts and
 """
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import stat
@@ -61,6 +62,40 @@ def _template_line(exc: BaseException, filename: str) -> int | None:
     return line
 
 
+def _no_loader(name: str) -> None:
+    return None  # {% include %}/{% extends %}/{% import %} find nothing
+
+
+#: One sandbox per autoescape setting; its loader finds nothing, so a
+#: template can include no other file (not even itself).
+_ENVS = {escape: _Sandbox(undefined=jinja2.StrictUndefined, autoescape=escape, keep_trailing_newline=True,
+                          cache_size=0, loader=jinja2.FunctionLoader(_no_loader))
+         for escape in (False, True)}
+
+
+#: Templates up to this size are kept compiled (at most _COMPILED_KEPT of
+#: them: a few MiB at worst); larger ones are compiled at each render.
+_COMPILED_MAX_SOURCE_CHARS = 16384
+_COMPILED_KEPT = 256
+
+
+def _compile(source: str, path: str, autoescape: bool) -> jinja2.Template:
+    env = _ENVS[autoescape]
+    return env.template_class.from_code(env, env.compile(source, path, path), env.make_globals(None), None)
+
+
+_compile_kept = functools.lru_cache(maxsize=_COMPILED_KEPT)(_compile)
+
+
+def _compiled(source: str, path: str, autoescape: bool) -> jinja2.Template:
+    """The template, compiled once per (text, path) when it is small: every
+    create renders the same few templates, and compiling one costs about a
+    millisecond.  A syntax error is raised each time (not kept)."""
+    if len(source) <= _COMPILED_MAX_SOURCE_CHARS:
+        return _compile_kept(source, path, autoescape)
+    return _compile(source, path, autoescape)
+
+
 def render_text(source: str, path: str, context: Mapping[str, Any]) -> str:
     """Render one template's text.
 
@@ -79,21 +114,10 @@ def render_text(source: str, path: str, context: Mapping[str, Any]) -> str:
             message names the file and the line.
     """
     autoescape = path.endswith((".html", ".htm", ".xml"))
-    loaded: list[str] = []
-
-    def load_once(name: str):
-        # The template itself, once: {% include %}/{% extends %} find nothing.
-        if loaded or name != path:
-            return None
-        loaded.append(name)
-        return source, path, lambda: True
-
-    env = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=autoescape,
-                   keep_trailing_newline=True, cache_size=0,
-                   loader=jinja2.FunctionLoader(load_once))
     out, size = [], 0
     try:
-        for chunk in env.get_template(path).generate(dict(context)):
+        template = _compiled(source, path, autoescape)
+        for chunk in template.generate(dict(context)):
             size += len(chunk)
             if size > MAX_OUTPUT_BYTES:
                 raise InvalidImage(f"template {path}: output over {MAX_OUTPUT_BYTES} bytes")

@@ -20,14 +20,17 @@ import errno
 import os
 import re
 import shutil
+import signal
 import time
 from typing import Callable, Mapping, Sequence
 
 import gevent
 
-from lxcwrap import cgroup, errors, spawn
+from lxcwrap import cgroup, direct, errors, spawn
 from lxcwrap.config import ContainerConfig
 from lxcwrap.run import DEFAULT_TIMEOUT_SECONDS, Completed, Runner, ToolNotFound, ToolTimeout, run
+
+_default_run = run
 
 #: Environment for processes started inside containers when the caller gives none.
 DEFAULT_EXEC_ENV = {
@@ -43,6 +46,8 @@ VERSION_TIMEOUT_SECONDS = 10.0
 #: Removals of a container directory tried before ``destroy`` gives up (a
 #: file written into it meanwhile makes it "not empty").
 DESTROY_ATTEMPTS = 10
+#: How long ``stop`` waits for the monitor to exit once the container is killed.
+KILL_WAIT_SECONDS = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +71,25 @@ class Lxc:
         tools: tool paths.
         spawner: the live-process seam for lxc-attach (default:
             lxcwrap.spawn.Child).
+        direct: do what needs no tool in process (``stop``; see
+            lxcwrap.direct); default: when ``run`` is lxcwrap's own.
     """
 
     def __init__(self, lxcpath: str, run: Runner = run, tools: Tools = Tools(),
-                 spawner: spawn.Spawner = spawn.Child):
+                 spawner: spawn.Spawner = spawn.Child, direct: bool | None = None):
         self.lxcpath = lxcpath
         self._run = run
         self.tools = tools
         self._spawn = spawner
+        # steps done in process only when the tools would run here, as ourselves
+        self.direct = (run is _default_run) if direct is None else direct
+        self._layout: cgroup.Layout | None = None
+
+    def layout(self) -> cgroup.Layout:
+        """This host's cgroup layout (detected once)."""
+        if self._layout is None:
+            self._layout = cgroup.detect()
+        return self._layout
 
     # -- the container's directory
     def path(self, name: str, *parts: str) -> str:
@@ -238,12 +254,29 @@ class Lxc:
         raise err
 
     def stop(self, name: str, timeout_s: float = 10.0, kill: bool = False) -> None:
-        """``lxc-stop``: send the halt signal (lxc.signal.halt), wait up to
-        ``timeout_s`` seconds (rounded), then SIGKILL; ``kill`` or a timeout
-        under half a second skips the graceful part.
+        """Stop the container: send the halt signal (lxc.signal.halt), wait
+        up to ``timeout_s`` seconds, then SIGKILL; ``kill`` or a timeout
+        under half a second skips the graceful part.  Returns once the
+        container's monitor has exited, so its veth, mounts and cgroups are
+        gone and nothing writes into its directory any more.
         Bounded: lxc-stop's own 60 s default never applies (lxc/lxc#2342).
 
-        Raises: LxcNotRunning, LxcNotFound."""
+        Without a process where it can (``direct``, see lxcwrap.direct): the
+        halt signal goes to init through a pidfd, the kill is a write to
+        the payload cgroup's ``cgroup.kill`` (every process of the
+        container, attached ones too), and the wait is on the monitor's
+        pidfd.  Otherwise (no pid file naming the monitor, no cgroup v2 or
+        no cgroup.kill, a halt signal we cannot read, or a runner that is
+        not lxcwrap's own) it runs ``lxc-stop`` (``-t`` rounded to whole
+        seconds, or ``-k``).
+
+        Raises: LxcNotRunning, LxcNotFound, LxcTimeout (the container was
+        still up after the kill)."""
+        if self.direct:
+            done_direct = self._stop_direct(name, timeout_s, kill)
+            if done_direct is True:
+                return
+            kill = kill or done_direct == "kill"  # the graceful wait is spent: no second one
         # lxc-stop -t 0 asks for a halt and does not wait: a zero timeout
         # means kill here, as it does for docker stop -t 0.
         seconds = int(round(timeout_s))
@@ -251,6 +284,43 @@ class Lxc:
         done = self._call(self.tools.stop, name, args, timeout_s + 30)
         if done.returncode != 0:
             raise self._fail(done, name, "lxc-stop")
+
+    def _stop_direct(self, name: str, timeout_s: float, kill: bool) -> bool | str:
+        """``stop`` without lxc-stop.  Returns True when the container is
+        down, False when the tool must do the whole stop (nothing was
+        signalled), or "kill" when the halt signal was sent and its wait ran
+        out but no cgroup.kill is there: ``lxc-stop -k`` must finish.
+
+        Raises: LxcTimeout (still up KILL_WAIT_SECONDS after the kill)."""
+        layout = self.layout()
+        if not layout.v2:
+            return False
+        mon = direct.monitor(self.lxcpath, name)
+        if mon is None:
+            return False
+        with mon:
+            found = mon.payload(layout.v2)
+            if found is None:
+                return mon.wait_exit(0)  # already exited: stopped; else the tool decides
+            _init_pid, init_fd, payload = found
+            try:
+                graceful = not kill and timeout_s >= 0.5
+                if graceful:
+                    sig = direct.halt_signal(self.path(name, "config"))
+                    if sig is None:
+                        return False
+                    if direct.send_signal(init_fd, sig) and mon.wait_exit(timeout_s):
+                        return True
+                if not direct.kill_cgroup(payload):
+                    if graceful:
+                        return "kill"
+                    direct.send_signal(init_fd, signal.SIGKILL)  # False: init is gone, the monitor tears down
+                if mon.wait_exit(KILL_WAIT_SECONDS):
+                    return True
+            finally:
+                os.close(init_fd)
+        raise errors.LxcTimeout(f"container {name!r} was still up {KILL_WAIT_SECONDS:g} s after SIGKILL",
+                                hint=f"see {self.path(name, 'lxc.log')}")
 
     def wait(self, name: str, state: str, timeout_s: float) -> bool:
         """``lxc-wait -s STATE -t T``: True once the container is in STATE."""

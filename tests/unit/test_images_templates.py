@@ -180,3 +180,19 @@ def test_defaults_never_shadow_a_symlinked_directory(store, tmp_path):
     dest.mkdir()
     assert render_templates(store, m, str(dest), CONTEXT, NETWORK_TEMPLATES) == []
     assert os.listdir(dest) == []
+
+
+def test_a_kept_compiled_template_renders_each_context_and_still_includes_nothing():
+    """Templates are compiled once and kept (a create renders the same few
+    each time): the kept one renders each call's own context, a template
+    that includes itself is refused on every render, and a large one is
+    not kept but renders the same."""
+    assert render_text("{{ hostname }}\n", "/etc/hostname", {"hostname": "a"}) == "a\n"
+    assert render_text("{{ hostname }}\n", "/etc/hostname", {"hostname": "b"}) == "b\n"
+    for _ in range(2):
+        with pytest.raises(InvalidImage, match="TemplateNotFound"):
+            render_text("{% include '/etc/self' %}", "/etc/self", {})
+    big = "{{ name }}" + "x" * 20000
+    assert render_text(big, "/etc/big", {"name": "n"}) == "n" + "x" * 20000
+    assert render_text("<{{ v }}>", "/var/www/i.html", {"v": "<b>"}) == "<&lt;b&gt;>"
+    assert render_text("<{{ v }}>", "/etc/i.conf", {"v": "<b>"}) == "<<b>>"

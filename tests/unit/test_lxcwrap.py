@@ -213,3 +213,45 @@ def test_destroy_removes_a_directory_that_something_still_writes_into(tmp_path):
     # whatever the writer made after the last removal went with a later attempt, or none was left
     assert not cdir.exists() or lx.destroy("web")
     assert not cdir.exists()
+
+
+def test_stop_is_done_in_process_only_with_lxcwraps_own_runner(tmp_path):
+    """Lxc.stop kills through cgroup.kill only when the tools would have
+    run here as ourselves: an injected runner (a recording, nsenter, a
+    hollow agent's) gets lxc-stop as before."""
+    from lxcwrap import direct
+    from lxcwrap.run import hollow_run
+
+    assert lxc.Lxc(str(tmp_path)).direct is True
+    assert lxc.Lxc(str(tmp_path), run=hollow_run).direct is False
+    assert lxc.Lxc(str(tmp_path), run=hollow_run, direct=True).direct is True
+    seen = []
+
+    def recorded(argv, timeout_s=0, **kw):
+        seen.append(list(argv))
+        return hollow_run(argv, timeout_s)
+
+    lxc.Lxc(str(tmp_path), run=recorded).stop("web", kill=True)
+    assert seen == [["lxc-stop", "-P", str(tmp_path), "-n", "web", "-k"]]
+    # no pid file, or one that is not a number, or names no LXC monitor: not ours
+    (tmp_path / "web").mkdir()
+    assert direct.monitor(str(tmp_path), "web") is None
+    (tmp_path / "web" / "init.pid").write_text("garbage\n")
+    assert direct.monitor(str(tmp_path), "web") is None
+    (tmp_path / "web" / "init.pid").write_text(f"{os.getpid()}\n")
+    assert direct.monitor(str(tmp_path), "web") is None
+
+
+def test_halt_signal_is_read_from_the_config(tmp_path):
+    import signal
+
+    from lxcwrap import direct
+
+    cfg = tmp_path / "config"
+    cfg.write_text("lxc.uts.name = web\n")
+    assert direct.halt_signal(str(cfg)) == signal.SIGPWR  # LXC's default
+    cfg.write_text("lxc.signal.halt = SIGUSR1\nlxc.signal.halt = SIGRTMIN+3\n")
+    assert direct.halt_signal(str(cfg)) == signal.SIGRTMIN + 3  # the last one counts, as for LXC
+    cfg.write_text("lxc.signal.halt = SIGWHAT\n")
+    assert direct.halt_signal(str(cfg)) is None
+    assert direct.halt_signal(str(tmp_path / "missing")) is None

@@ -1,0 +1,156 @@
+"""lxcwrap's in-process stop (lxcwrap.direct) on real LXC: the kill through
+``cgroup.kill``, the graceful stop through a pidfd, the wait on the
+monitor's pidfd, and what each leaves behind (nothing).  The containers are
+made by a real agent; the stops run here through ``Lxc`` with a runner that
+fails the test if any LXC tool is started."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from dcctl import procs
+from lxcwrap import cgroup, direct, errors
+from lxcwrap.lxc import Lxc
+
+pytestmark = pytest.mark.lxc
+
+
+def no_tool(argv, timeout_s=0, **kw):
+    raise AssertionError(f"a tool ran: {argv}")
+
+
+@pytest.fixture
+def agent(shared_agent):
+    """The module's agent; every container a test made is destroyed after it."""
+    before = {c["name"] for c in shared_agent.call("container_ls")}
+    yield shared_agent
+    for c in shared_agent.call("container_ls"):
+        if c["name"] not in before:
+            shared_agent.call("container_destroy", c["name"], True)
+
+
+def running(agent, name: str) -> dict:
+    """Start ``name`` and return what must be gone after its stop."""
+    agent.call("container_create", "busybox", name)
+    agent.call("container_start", name)
+    # a process attached from outside, in the .lxc sub-cgroup (lxc/lxc#3373), that outlives its exec
+    out = agent.call("container_exec", name, ["sh", "-c", "sleep 1000 >/dev/null 2>&1 & echo $!"])
+    assert out["exit_code"] == 0
+    layout = cgroup.detect()
+    mon = direct.monitor(agent.lxc_path, name)
+    assert mon is not None, "the pid file names the container's monitor"
+    with mon:
+        init_pid, fd, payload = mon.payload(layout.v2)
+        os.close(fd)
+        monitor_pid = mon.pid
+    pids = _subtree_procs(payload)
+    assert str(init_pid) in pids and len(set(pids)) >= 3  # init, its service, the attached sleep
+    veth = agent.call("container_inspect", name)["veth"]
+    assert os.path.lexists(f"/sys/class/net/{veth}")
+    return {"payload": payload, "procs": sorted(set(pids)), "monitor": monitor_pid, "veth": veth}
+
+
+def _subtree_procs(cg: str) -> list[str]:
+    out = []
+    for d, _subdirs, files in os.walk(cg):
+        if "cgroup.procs" in files:
+            out += open(os.path.join(d, "cgroup.procs")).read().split()
+    return out
+
+
+def assert_gone(agent, name: str, left: dict) -> None:
+    assert not os.path.exists(left["payload"]), "the payload cgroup is removed"
+    for pid in left["procs"] + [str(left["monitor"])]:
+        assert not procs.alive(int(pid)), f"pid {pid} of the container is gone (a zombie at most)"
+    assert not os.path.lexists(f"/sys/class/net/{left['veth']}"), "the host-side veth is gone"
+    mounts = open("/proc/self/mountinfo").read()
+    assert os.path.join(agent.lxc_path, name) not in mounts
+    state = subprocess.run(["lxc-info", "-P", agent.lxc_path, "-n", name, "-s"], capture_output=True, text=True)
+    assert re.search(r"State:\s+STOPPED", state.stdout), state.stdout + state.stderr
+
+
+def test_kill_goes_through_cgroup_kill_and_leaves_nothing(agent):
+    left = running(agent, "lfc.kill")
+    Lxc(agent.lxc_path, run=no_tool, direct=True).stop("lfc.kill", kill=True)
+    assert_gone(agent, "lfc.kill", left)
+    # and the container starts again (no veth, cgroup or lock left behind)
+    agent.call("container_start", "lfc.kill")
+    assert agent.call("container_exec", "lfc.kill", ["true"])["exit_code"] == 0
+
+
+def test_graceful_stop_uses_the_halt_signal(agent):
+    """busybox's init halts on the image's stop signal: the container is
+    down well before the timeout, without a kill."""
+    left = running(agent, "lfc.halt")
+    started = time.monotonic()
+    Lxc(agent.lxc_path, run=no_tool, direct=True).stop("lfc.halt", timeout_s=60)
+    assert time.monotonic() - started < 60, "halted by its signal, not killed after the 60 s timeout"
+    assert_gone(agent, "lfc.halt", left)
+
+
+def test_a_container_that_ignores_the_halt_signal_is_killed_after_the_timeout(agent):
+    left = running(agent, "lfc.deaf")
+    cfg = os.path.join(agent.lxc_path, "lfc.deaf", "config")
+    text = open(cfg).read()
+    # busybox init takes SIGHUP as "re-read inittab": it does not stop
+    with open(cfg, "w") as f:
+        f.write(re.sub(r"(?m)^lxc\.signal\.halt = .*$", "lxc.signal.halt = SIGHUP", text))
+    started = time.monotonic()
+    Lxc(agent.lxc_path, run=no_tool, direct=True).stop("lfc.deaf", timeout_s=1.5)
+    assert time.monotonic() - started >= 1.5, "the graceful timeout ran out before the kill"
+    assert_gone(agent, "lfc.deaf", left)
+
+
+def test_a_stopped_container_is_left_to_the_tool_and_says_not_running(agent):
+    agent.call("container_create", "busybox", "lfc.cold")
+    assert direct.monitor(agent.lxc_path, "lfc.cold") is None
+    with pytest.raises(errors.LxcNotRunning):
+        Lxc(agent.lxc_path).stop("lfc.cold", kill=True)
+
+
+def test_a_pid_file_naming_another_process_is_not_trusted(agent, tmp_path):
+    """A stale pid file (its pid now another process's) never gets that
+    process signalled: direct.monitor refuses it and the tool decides."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        cdir = tmp_path / "ghost"
+        cdir.mkdir()
+        (cdir / "init.pid").write_text(f"{sleeper.pid}\n")
+        assert direct.monitor(str(tmp_path), "ghost") is None
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_parse_signal_reads_lxc_halt_values():
+    import signal
+    assert direct.parse_signal("SIGPWR") == signal.SIGPWR
+    assert direct.parse_signal("USR1") == signal.SIGUSR1
+    assert direct.parse_signal("SIGRTMIN+3") == signal.SIGRTMIN + 3
+    assert direct.parse_signal("15") == 15
+    assert direct.parse_signal("SIGNOPE") is None
+    assert direct.parse_signal("SIGRTMIN+99") is None
+
+
+def test_start_sets_hairpin_through_sysfs_and_destroy_stops_the_log_writer(agent):
+    """The agent's start turns hairpin on without ``ip`` (sysfs brport),
+    spawns the log writer without forking itself (the writer's daemon is in
+    "/", not the agent's cwd), and destroy leaves neither the writer nor
+    the veth."""
+    agent.call("container_create", "busybox", "lfc.pin")
+    agent.call("container_start", "lfc.pin")
+    veth = agent.call("container_inspect", "lfc.pin")["veth"]
+    with open(f"/sys/class/net/{veth}/brport/hairpin_mode") as f:
+        assert f.read().strip() == "1"
+    with open(os.path.join(agent.state_dir, "logs", "lfc.pin", "logger.pid")) as f:
+        writer = int(f.read())
+    assert procs.alive(writer) and os.readlink(f"/proc/{writer}/cwd") == "/"
+    agent.call("container_destroy", "lfc.pin", True)
+    assert not procs.alive(writer)
+    assert not os.path.lexists(f"/sys/class/net/{veth}")
+    assert not os.path.exists(os.path.join(agent.lxc_path, "lfc.pin"))
