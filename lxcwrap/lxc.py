@@ -227,7 +227,7 @@ class Lxc:
         """``lxc-start -d -p PIDFILE``: the container's monitor daemonizes and
         outlives us.
 
-        Returns: the container init's pid (from the pid file), or None.
+        Returns: the container init's pid on the host (see _init_pid), or None.
 
         Raises: LxcAlreadyRunning, LxcNotFound, LxcStartFailed (with the LXC
         log's errors in the message; ``.log_errors`` has them alone)."""
@@ -237,11 +237,7 @@ class Lxc:
             raise errors.LxcAlreadyRunning(f"container {name!r} is already running", argv=done.argv,
                                            returncode=done.returncode, stderr=done.stderr_text)
         if done.returncode == 0:
-            try:
-                with open(pidfile) as f:
-                    return int(f.read().strip())
-            except (OSError, ValueError):
-                return None
+            return self._init_pid(name)
         err = self._fail(done, name, "lxc-start")
         if type(err) is errors.LxcError:
             cause = self.log_tail(name)
@@ -252,6 +248,23 @@ class Lxc:
             failed.log_errors = cause
             raise failed
         raise err
+
+    def _init_pid(self, name: str) -> int | None:
+        """The running container's init pid on the host: the monitor's child
+        in the payload cgroup (the pid file ``lxc-start -p`` writes names the
+        monitor, not init), else ``lxc-info``'s, else None."""
+        layout = self.layout()
+        mon = direct.monitor(self.lxcpath, name) if layout.v2 else None
+        if mon is not None:
+            with mon:
+                found = mon.payload(layout.v2)
+            if found is not None:
+                os.close(found[1])
+                return found[0]
+        try:
+            return self.info(name)["pid"]
+        except errors.LxcError:
+            return None
 
     def stop(self, name: str, timeout_s: float = 10.0, kill: bool = False) -> None:
         """Stop the container: send the halt signal (lxc.signal.halt), wait

@@ -154,3 +154,18 @@ def test_start_sets_hairpin_through_sysfs_and_destroy_stops_the_log_writer(agent
     assert not procs.alive(writer)
     assert not os.path.lexists(f"/sys/class/net/{veth}")
     assert not os.path.exists(os.path.join(agent.lxc_path, "lfc.pin"))
+
+
+def test_start_returns_the_containers_init_pid_not_its_monitors(agent):
+    """``container_start``'s pid is the container's init on the host (what
+    ``lxc-info`` and ``container_ls`` report), not the pid file's monitor."""
+    agent.call("container_create", "busybox", "lfc.pid")
+    started = agent.call("container_start", "lfc.pid")
+    info = subprocess.run(["lxc-info", "-P", agent.lxc_path, "-n", "lfc.pid", "-p", "-H"], capture_output=True,
+                          text=True)
+    assert started["pid"] == int(info.stdout.strip()), (started, info.stdout)
+    mon = direct.monitor(agent.lxc_path, "lfc.pid")
+    with mon:
+        assert started["pid"] != mon.pid
+    listed = [c for c in agent.call("container_ls") if c["name"] == "lfc.pid"]
+    assert listed[0]["pid"] == started["pid"]
