@@ -99,6 +99,12 @@ def _prefix_end(prefix: str) -> str:
     return base64.b64encode(raw[:-1] + bytes([raw[-1] + 1])).decode()
 
 
+def _own_rows(rows: list[dict]) -> list[dict]:
+    """Copies of host rows for a caller: each row and its labels and
+    capacity maps its own, the summary shared (see Store.hosts)."""
+    return [{**r, "labels": dict(r.get("labels") or {}), "capacity": dict(r.get("capacity") or {})} for r in rows]
+
+
 IDLE_RECONNECT_SECONDS = 5.0  # a kept connection idle longer is replaced before the next request
 
 
@@ -607,12 +613,12 @@ class EtcdStore(Store):
         changed a host."""
         cached = self._hosts_read
         if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
-            return [dict(r) for r in cached[1]]
+            return _own_rows(cached[1])
         hosts, beats = self._read_hosts()
         rows = [self._host_row(v, beats.get(v["name"], (None, 0))[0]) for v, _ in hosts.values()]
         self._seen_hosts = {r["name"]: r for r in rows}
         self._hosts_read = (time.monotonic(), rows)
-        return [dict(r) for r in rows]
+        return _own_rows(rows)
 
     def _read_hosts(self) -> tuple[dict[str, tuple[dict, int]], dict[str, tuple[dict, int]]]:
         """({key: (host record, mod revision)}, {host: (beat, mod revision)}),
