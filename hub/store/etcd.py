@@ -64,6 +64,7 @@ import time
 import urllib.parse
 
 import gevent
+import gevent.event
 import requests
 
 from dcctl import errors
@@ -305,6 +306,24 @@ class EtcdClient:
         return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
 
 
+#: claims of one group commit (EtcdStore.claim): with its row, in-flight key,
+#: two compares each and one record per host, within etcd's 128 operations
+CLAIM_GROUP_MAX = 32
+_ALONE = object()  # a grouped claim's outcome: run it alone
+
+
+class _Claim:
+    """One claim waiting in a group (EtcdStore.claim): its arguments, and
+    ``result`` (its row, its error, or _ALONE)."""
+
+    __slots__ = ("name", "image", "memory_bytes", "spec", "choose", "result", "cancelled")
+
+    def __init__(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser):
+        self.name, self.image, self.memory_bytes, self.spec, self.choose = name, image, memory_bytes, spec, choose
+        self.result = gevent.event.AsyncResult()
+        self.cancelled = False
+
+
 class EtcdStore(Store):
     """The fleet store in etcd (see the module doc).
 
@@ -346,6 +365,10 @@ class EtcdStore(Store):
         self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
         self._resv_read_at: float | None = None
         self._claiming: dict[str, dict[str, int]] = {}  # host -> {name: memory_bytes} claims in flight here
+        self._claims_in_flight = 0  # claim transactions of this hub under way (see claim)
+        self._claims_idle = gevent.event.Event()
+        self._claims_idle.set()
+        self._group: list[_Claim] | None = None  # the claims waiting to go as one transaction
         self._beats_written: dict[str, float] = {}  # host -> the last beat this hub wrote (record_beats)
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
 
@@ -734,7 +757,151 @@ class EtcdStore(Store):
         return resv
 
     def claim(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
-        """See Store.claim: one transaction compares the name's
+        """See Store.claim.  Claims go in groups (group commit): the claims
+        made while one of this hub's claim transactions is in flight wait
+        for it together, then go as one transaction for up to
+        CLAIM_GROUP_MAX of them (``_send_group``), with the compares of a
+        claim for each (its name's create_revision 0, no abandoned copy of
+        it, the mod revision of each host record written), so a group
+        commits whole or not at all; when it does not, each of its claims
+        runs alone (``_claim_one``).  A claim made while none is in flight
+        goes at once, a group of one.  Under concurrency one etcd request
+        carries several decisions."""
+        if self._lease is None and self._member is not None:
+            self._renew()
+        group = self._group
+        if group is not None and len(group) >= CLAIM_GROUP_MAX:  # full: go alone, beside it
+            return self._claim_alone(name, image, memory_bytes, spec, choose)
+        entry = _Claim(name, image, memory_bytes, spec, choose)
+        if group is None:
+            group = self._group = [entry]
+            self._send_group(group)
+        else:
+            group.append(entry)
+        try:
+            outcome = entry.result.get()
+        except BaseException as exc:
+            if not isinstance(exc, errors.DcError):  # killed while waiting: out of a group not sent yet
+                entry.cancelled = True
+            raise
+        if outcome is _ALONE:
+            return self._claim_alone(name, image, memory_bytes, spec, choose)
+        return outcome
+
+    def _claim_alone(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
+        self._claims_in_flight += 1
+        try:
+            return self._claim_one(name, image, memory_bytes, spec, choose)
+        finally:
+            self._claim_done()
+
+    def _claim_done(self) -> None:
+        self._claims_in_flight -= 1
+        if not self._claims_in_flight:
+            self._claims_idle.set()
+
+    def _send_group(self, group: list["_Claim"]) -> None:
+        """Wait until no claim of this hub is in flight, then send
+        ``group`` (claims joining meanwhile are in it) as one transaction
+        and give each claim its outcome: its row, its error (NoCapacity
+        from its chooser; StoreUnavailable / StoreError of the request, to
+        all), or _ALONE (the group's compares did not all hold, or the
+        name is twice in it: the claim runs alone).  Never returns before
+        every claim of the group has its outcome."""
+        sent = False
+        try:
+            while True:
+                while self._claims_in_flight:
+                    self._claims_idle.clear()
+                    self._claims_idle.wait()
+                gevent.sleep(0)  # the claims ready to run (e.g. woken by the last answer) join first
+                if not self._claims_in_flight:
+                    break
+            if self._group is group:
+                self._group = None
+            self._claims_in_flight += 1
+            try:
+                sent = True
+                self._commit_group([e for e in group if not e.cancelled])
+            finally:
+                self._claim_done()
+        except BaseException as exc:
+            for e in group:
+                if not e.result.ready():
+                    if sent and isinstance(exc, errors.DcError):
+                        e.result.set_exception(exc)
+                    elif sent:  # interrupted mid-request: the group may be written
+                        e.result.set_exception(errors.StoreUnavailable(
+                            "the claim's request to etcd was interrupted",
+                            hint="a write may still be applied: a claim left \"reserved\" is decided by the "
+                                 "leader's journal"))
+                    else:
+                        e.result.set(_ALONE)
+            if self._group is group:
+                self._group = None
+            if not isinstance(exc, errors.DcError):
+                raise
+
+    def _commit_group(self, group: list["_Claim"]) -> None:
+        """_send_group's transaction: each claim chooses its host on the
+        records last seen plus the group's claims before it."""
+        resv = self._claim_figures()
+        figures = self._figures(resv)
+        chosen, names_seen = [], set()
+        for e in group:
+            if e.name in names_seen:
+                e.result.set(_ALONE)  # decided once the first of the name is
+                continue
+            names_seen.add(e.name)
+            try:
+                host = e.choose(figures)
+            except errors.DcError as exc:
+                e.result.set_exception(exc)
+                continue
+            mem, count = figures.get(host, (0, 0))
+            figures[host] = (mem + e.memory_bytes, count + 1)
+            chosen.append((e, host))
+        if not chosen:
+            return
+        now = time.time()
+        compares, ops, records, rows = [], [], {}, []
+        for e, host in chosen:
+            ckey, akey = self._k("containers", e.name), self._k("abandoned", e.name, "")
+            row = {"name": e.name, "host": host, "image": e.image, "memory_bytes": e.memory_bytes,
+                   "state": "reserved", "spec": e.spec, "ports": [], "created_at": now, "updated_at": now}
+            rows.append(row)
+            compares += [self.etcd.at(ckey, 0), {"key": _b64(akey), "range_end": _prefix_end(akey),
+                                                 "target": "CREATE", "result": "EQUAL", "create_revision": "0"}]
+            ops.append(self.etcd.put(ckey, row))
+            if self._lease:
+                ops.append(self.etcd.put(self._k("inflight", e.name), self.hub_name, self._lease))
+            records.setdefault(host, {})[e.name] = e.memory_bytes
+        merged = {}
+        for host, add in records.items():
+            names, rev = self._resv_cache.get(host, ({}, 0))
+            merged[host] = {**names, **add}
+            compares.append(self.etcd.at(self._k("resv", host), rev))
+            ops.append(self.etcd.put(self._k("resv", host), {"names": merged[host]}))
+        ok, out = self.etcd.txn(compares, ops, [self.etcd.read(self._k("resv", h)) for h in records])
+        if ok:
+            revision = int(out["header"]["revision"])
+            for host, names in merged.items():
+                self._resv_cache[host] = (names, revision)
+            for (e, _), row in zip(chosen, rows):
+                e.result.set(row)
+            return
+        for host, r in zip(records, out.get("responses") or []):  # the records as they are: alone, each wins
+            found = (r.get("response_range") or {}).get("kvs") or []
+            if found:
+                self._resv_cache[host] = (json.loads(_unb64(found[0].get("value")))["names"],
+                                          int(found[0]["mod_revision"]))
+            else:
+                self._resv_cache.pop(host, None)
+        for e, _ in chosen:
+            e.result.set(_ALONE)
+
+    def _claim_one(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
+        """One claim, one transaction: it compares the name's
         create_revision (0), that no abandoned copy holds the name, and the
         chosen host's reservation record's mod revision, and writes the row,
         the record and the in-flight key (on this hub's lease).  A lost race
@@ -743,8 +910,6 @@ class EtcdStore(Store):
         usually one request; claims in flight on this hub count, so
         concurrent ones pick different hosts instead of racing for one."""
         ckey, akey = self._k("containers", name), self._k("abandoned", name, "")
-        if self._lease is None and self._member is not None:
-            self._renew()
 
         def once():
             resv = self._claim_figures()
