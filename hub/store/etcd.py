@@ -65,6 +65,7 @@ import urllib.parse
 
 import gevent
 import gevent.event
+import gevent.lock
 import requests
 
 from dcctl import errors
@@ -369,6 +370,7 @@ class EtcdStore(Store):
         self._claims_idle = gevent.event.Event()
         self._claims_idle.set()
         self._group: list[_Claim] | None = None  # the claims waiting to go as one transaction
+        self._alone_lock = gevent.lock.Semaphore()  # claims a group sent back run alone, one at a time
         self._beats_written: dict[str, float] = {}  # host -> the last beat this hub wrote (record_beats)
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
 
@@ -763,8 +765,10 @@ class EtcdStore(Store):
         CLAIM_GROUP_MAX of them (``_send_group``), with the compares of a
         claim for each (its name's create_revision 0, no abandoned copy of
         it, the mod revision of each host record written), so a group
-        commits whole or not at all; when it does not, each of its claims
-        runs alone (``_claim_one``).  A claim made while none is in flight
+        commits whole or not at all; when it does not, its claims run
+        alone (``_claim_one``), one after the other.  A claim refused
+        (NoCapacity) for the capacity its group's earlier claims take is
+        refused only once they commit, else it is tried alone too.  A claim made while none is in flight
         goes at once, a group of one.  Under concurrency one etcd request
         carries several decisions."""
         if self._lease is None and self._member is not None:
@@ -784,8 +788,9 @@ class EtcdStore(Store):
             if not isinstance(exc, errors.DcError):  # killed while waiting: out of a group not sent yet
                 entry.cancelled = True
             raise
-        if outcome is _ALONE:
-            return self._claim_alone(name, image, memory_bytes, spec, choose)
+        if outcome is _ALONE:  # one after the other: none is refused for another's claim that then fails
+            with self._alone_lock:
+                return self._claim_alone(name, image, memory_bytes, spec, choose)
         return outcome
 
     def _claim_alone(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
@@ -847,7 +852,7 @@ class EtcdStore(Store):
         records last seen plus the group's claims before it."""
         resv = self._claim_figures()
         figures = self._figures(resv)
-        chosen, names_seen = [], set()
+        chosen, names_seen, refused = [], set(), []
         for e in group:
             if e.name in names_seen:
                 e.result.set(_ALONE)  # decided once the first of the name is
@@ -856,7 +861,10 @@ class EtcdStore(Store):
             try:
                 host = e.choose(figures)
             except errors.DcError as exc:
-                e.result.set_exception(exc)
+                if chosen:  # the group's claims before it may be why: true only if they commit
+                    refused.append((e, exc))
+                else:
+                    e.result.set_exception(exc)
                 continue
             mem, count = figures.get(host, (0, 0))
             figures[host] = (mem + e.memory_bytes, count + 1)
@@ -889,6 +897,8 @@ class EtcdStore(Store):
                 self._resv_cache[host] = (names, revision)
             for (e, _), row in zip(chosen, rows):
                 e.result.set(row)
+            for e, exc in refused:
+                e.result.set_exception(exc)
             return
         for host, r in zip(records, out.get("responses") or []):  # the records as they are: alone, each wins
             found = (r.get("response_range") or {}).get("kvs") or []
@@ -897,7 +907,7 @@ class EtcdStore(Store):
                                           int(found[0]["mod_revision"]))
             else:
                 self._resv_cache.pop(host, None)
-        for e, _ in chosen:
+        for e in [e for e, _ in chosen] + [e for e, _ in refused]:
             e.result.set(_ALONE)
 
     def _claim_one(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:

@@ -289,3 +289,61 @@ def test_a_grouped_claim_that_fails_or_is_killed_leaves_the_others_whole(group_e
         assert {h: v for h, v in store.reserved_memory().items() if v != (0, 0)} == _summed(store)
     finally:
         store.close()
+
+
+def test_two_hubs_grouping_claims_on_one_host_at_once_never_over_commit_it(group_etcd):
+    import gevent
+    a = _fleet(group_etcd, hosts=1, slots=20, mem=15 * GiB)
+    b = EtcdStore(group_etcd.url, a.prefix)
+    try:
+        outcomes = {}
+
+        def one(store, name):
+            try:
+                outcomes[name] = _claim(store, name)["host"]
+            except errors.NoCapacity:
+                outcomes[name] = None
+
+        gevent.joinall([gevent.spawn(one, s, f"{tag}.{i}") for i in range(30) for s, tag in ((a, "a"), (b, "b"))],
+                       raise_error=True)
+        placed = sorted(n for n, h in outcomes.items() if h)
+        assert len(placed) == 15  # 15 GiB at 1 GiB each, before the 20 slots
+        assert a.reserved_memory() == b.reserved_memory() == {"h0": (15 * GiB, 15)}
+        assert sorted(r["name"] for r in b.containers()) == placed
+    finally:
+        a.close(), b.close()
+
+
+def test_a_claim_refused_for_its_group_mates_is_retried_when_their_group_does_not_commit(group_etcd):
+    import gevent
+    import gevent.event
+    a = _fleet(group_etcd, hosts=0)
+    a.upsert_host("h1", "ipc:///x/1", "", {}, {"memory_reservable_bytes": 8 * GiB, "container_slots": 1})
+    a.upsert_host("h2", "ipc:///x/2", "", {}, {"memory_reservable_bytes": 8 * GiB, "container_slots": 10})
+    b = EtcdStore(group_etcd.url, a.prefix)
+    try:
+        def pinned(store, name, host):
+            return store.claim(name, "img", GiB, {}, scheduler.choose(store.hosts(), scheduler.Request(GiB, host=host)))
+
+        pinned(b, "x.web", "h2")  # another hub holds the name x.web (not on h1)
+        release, held = gevent.event.Event(), gevent.event.Event()
+        first_pick = scheduler.choose(a.hosts(), scheduler.Request(GiB, host="h2"))
+
+        def slow_pick(figures):
+            held.set()
+            release.wait()
+            return first_pick(figures)
+
+        first = gevent.spawn(a.claim, "first.web", "img", GiB, {}, slow_pick)
+        held.wait()
+        x = gevent.spawn(pinned, a, "x.web", "h1")  # takes h1's one slot in the group, but its name is taken
+        y = gevent.spawn(pinned, a, "y.web", "h1")  # refused in the group for x.web's slot: not for real
+        gevent.sleep(0)
+        release.set()
+        gevent.joinall([first, x, y])
+        assert first.get()["host"] == "h2" and y.get()["host"] == "h1"
+        with pytest.raises(errors.ContainerExists):
+            x.get()
+        assert a.reserved_memory()["h1"] == (GiB, 1)
+    finally:
+        a.close(), b.close()
