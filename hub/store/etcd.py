@@ -2,8 +2,11 @@
 is the interface; docs/SCALING.md the design).
 
 It speaks etcd's v3 JSON gateway through ``etcd3gw``'s HTTP client: no
-grpc, and each request runs in gevent's thread pool, so a hub's loop keeps
-serving while etcd answers.  Every request has a timeout
+grpc, and each request runs in its calling greenlet over a kept-alive
+connection on gevent's own sockets (a pool of them, one per request in
+flight), so a hub's loop keeps serving while etcd answers, with no
+hand-off to a thread and back per request (a third less of the hub's CPU
+per request, bench/placement.py).  Every request has a timeout
 (``timeout_s``); a connection refused, a timeout or an etcd that has no
 leader becomes a typed StoreUnavailable at once, and for ``BREAKER_SECONDS``
 after one every call fails the same way without waiting again (fast
@@ -65,6 +68,7 @@ import urllib.parse
 
 import gevent
 import gevent.event
+import gevent.socket
 import gevent.lock
 import requests
 
@@ -126,47 +130,57 @@ class _Response:
 
 class _KeptSession:
     """``requests.Session.post`` as etcd3gw calls it, over one kept-alive
-    ``http.client`` connection (one session per thread): the same requests,
-    errors (requests' Timeout and ConnectionError, which etcd3gw maps to
-    its own) and answers, at a third of requests' cost per call.  A request
-    is never sent twice; a connection etcd closed (a restart), or idle for
+    connection on a gevent socket (a session serves one request at a time:
+    EtcdClient pools them): the same requests, errors (requests' Timeout
+    and ConnectionError, which etcd3gw maps to its own) and answers, at a
+    fraction of requests' cost per call.  Each request goes in one send
+    (http.client sends its headers and body in two, which wakes etcd
+    twice); ``http.client.HTTPResponse`` reads the answer.  A request is
+    never sent twice; a connection etcd closed (a restart), or idle for
     IDLE_RECONNECT_SECONDS, is replaced before use, so a stale one is not
     the cause of a failure."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
-        self._conn: http.client.HTTPConnection | None = None
+        self._host_header = f"{host}:{port}".encode()
+        self._sock = None  # a gevent socket, or None
         self._used = 0.0
 
     def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _dropped(self) -> bool:
         """True when etcd closed the kept connection (it restarted): with no
         answer pending, a readable socket means its end of stream."""
-        sock = self._conn.sock
-        if sock is None:
-            return True
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            readable, _, _ = select.select([self._sock], [], [], 0)
         except (OSError, ValueError):
             return True
         return bool(readable)
 
     def post(self, url: str, json=None, data=None, timeout=None) -> _Response:
         body = data if data is not None else _json_dumps(json)
-        path = urllib.parse.urlsplit(url).path
-        if self._conn is not None and (time.monotonic() - self._used > IDLE_RECONNECT_SECONDS
+        if isinstance(body, str):
+            body = body.encode()
+        path = urllib.parse.urlsplit(url).path.encode()
+        if self._sock is not None and (time.monotonic() - self._used > IDLE_RECONNECT_SECONDS
                                        or self._dropped()):
             self._close()
         try:
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-            self._conn.request("POST", path, body, {"Content-Type": "application/json"})
-            answer = self._conn.getresponse()
+            if self._sock is None:
+                self._sock = gevent.socket.create_connection((self.host, self.port), timeout)
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                self._sock.settimeout(timeout)
+            self._sock.sendall(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n%s" % (path, self._host_header, len(body), body))
+            answer = http.client.HTTPResponse(self._sock, method="POST")
+            answer.begin()
             out = _Response(answer.status, answer.reason, answer.read())
+            if answer.will_close:
+                self._close()
             self._used = time.monotonic()
             return out
         except socket.timeout as exc:
@@ -198,18 +212,31 @@ class EtcdClient:
             raise errors.InvalidArgument(f"etcd endpoint {url!r} must be http://HOST:PORT")
         self.url = f"http://{parts.hostname}:{parts.port}"
         self.host, self.port, self.timeout_s = parts.hostname, parts.port, timeout_s
-        self._local = threading.local()
+        self._local = threading.local()  # .idle: this thread's idle clients (sessions), see _post
         self._down_until = 0.0
         self.requests = 0  # requests sent (figures for bench and docs)
 
-    def _client(self):
-        client = getattr(self._local, "client", None)
-        if client is None:
-            import etcd3gw  # imported here: a SQLite hub never needs it
-            client = self._local.client = etcd3gw.Etcd3Client(self.host, self.port, timeout=self.timeout_s,
-                                                              api_path="/v3/",
-                                                              session=_KeptSession(self.host, self.port))
-        return client
+    #: idle clients kept per thread; more requests in flight at once open more connections
+    IDLE_CLIENTS = 16
+
+    def _take_client(self):
+        """An idle etcd3gw client of this thread (each with its own kept
+        connection), or a new one."""
+        idle = getattr(self._local, "idle", None)
+        if idle is None:
+            idle = self._local.idle = []
+        if idle:
+            return idle.pop()
+        import etcd3gw  # imported here: a SQLite hub never needs it
+        return etcd3gw.Etcd3Client(self.host, self.port, timeout=self.timeout_s, api_path="/v3/",
+                                   session=_KeptSession(self.host, self.port))
+
+    def _give_back(self, client) -> None:
+        idle = self._local.idle
+        if len(idle) < self.IDLE_CLIENTS:
+            idle.append(client)
+        else:
+            client.session._close()
 
     def post(self, path: str, body: dict) -> dict:
         """POST ``body`` to /v3/``path``; returns the decoded answer."""
@@ -218,14 +245,24 @@ class EtcdClient:
                                           hint="start etcd (or fix its endpoint); nothing was changed")
         self.requests += 1
         try:
-            return gevent.get_hub().threadpool.apply(self._post, (path, body))
+            return self._post(path, body)
         except errors.StoreUnavailable:
             self._down_until = time.monotonic() + BREAKER_SECONDS
             raise
 
     def _post(self, path: str, body: dict) -> dict:
+        client = self._take_client()
+        try:
+            return self._request(client, path, body)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # interrupted mid-request (a kill, a gevent Timeout):
+                client.session._close()  # its connection may hold half an answer
+            raise
+        finally:
+            self._give_back(client)
+
+    def _request(self, client, path: str, body: dict) -> dict:
         from etcd3gw import exceptions as ex
-        client = self._client()
         try:
             return client.post(client.get_url(path), json=body)
         except ex.ConnectionTimeoutError as exc:  # sent, no answer: a write may still be applied
