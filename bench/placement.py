@@ -2,7 +2,10 @@
 
 1. With 100 hosts: the hub's real decision path (scheduler ranking over 100
    hosts + the atomic SQLite claim of name and capacity), in process, with no
-   agent calls: decisions per second, and the same with 4 concurrent callers.
+   agent calls: decisions per second, and the same with 4 concurrent callers;
+   each also per CPU second of the bench process (the figure a loaded
+   machine changes least), and on etcd the requests and etcd's own CPU per
+   decision (concurrent claims share transactions: hub/store/etcd.py).
    ``--store etcd`` adds the same on a local etcd (hub/store/etcd.py: the
    claim is a transaction on the name's create revision and the host's
    reservation record), beside SQLite in the same run.
@@ -37,7 +40,14 @@ from ops import fleet as fleetmod  # noqa: E402
 GiB = 1 << 30
 
 
-def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = None) -> float:
+def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = None,
+              etcd_pid: int | None = None) -> dict:
+    """``count`` decisions by ``workers`` concurrent callers on a fresh
+    store of ``n_hosts`` hosts (SQLite, or etcd at ``etcd_url``).
+
+    Returns: {rate (decisions per wall second), cpu_rate (per CPU second
+    of this process), requests (etcd requests per decision), etcd_cpu_ms
+    (etcd's CPU per decision, when ``etcd_pid`` is given)}."""
     with tempfile.TemporaryDirectory() as d:
         if etcd_url is None:
             store = HubStore(d)
@@ -54,11 +64,23 @@ def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = Non
                 req = scheduler.Request(64 << 20, {"zone": "abc"[i % 3]})
                 store.claim(f"c{i}", "img", 64 << 20, {}, scheduler.choose(store.hosts(), req))
 
-        started = time.perf_counter()
+        requests = store.etcd.requests if etcd_url else 0
+        etcd_cpu = _cpu_seconds(etcd_pid) if etcd_pid else 0.0
+        started, cpu = time.perf_counter(), time.process_time()
         gevent.joinall([gevent.spawn(worker) for _ in range(workers)], raise_error=True)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        out = {"rate": count / elapsed, "cpu_rate": count / max(cpu, 1e-9),
+               "requests": (store.etcd.requests - requests) / count if etcd_url else 0.0,
+               "etcd_cpu_ms": (_cpu_seconds(etcd_pid) - etcd_cpu) * 1000 / count if etcd_pid else 0.0}
         store.close()
-    return count / elapsed
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def etcd_costs(etcd_url: str, n_hosts: int, n_containers: int) -> dict:
@@ -152,15 +174,21 @@ def main() -> int:
                    help="etcd: also measure decisions on a local etcd, beside SQLite")
     args = _common.parse(p, {"decisions": 100, "creates": 2}, "dbp" + secrets.token_hex(2))
     print("bench/placement")
+    print(f"  load average at start: {os.getloadavg()[0]:.2f}")
     for workers in (1, 4):
-        rate = decisions(100, args.decisions, workers)
-        print(f"  100 hosts, decision + atomic claim, {workers} caller(s): {rate:8.1f} decisions/s")
+        got = decisions(100, args.decisions, workers)
+        print(f"  100 hosts, decision + atomic claim, {workers} caller(s): {got['rate']:8.1f} decisions/s")
+        print(f"    per CPU second of the bench: {got['cpu_rate']:8.1f} decisions")
     if args.store == "etcd":
         from ops.fleetlib.etcd import local_etcd
         with tempfile.TemporaryDirectory() as d, local_etcd(d) as etcd:
             for workers in (1, 4):
-                rate = decisions(100, args.decisions, workers, etcd.url)
-                print(f"  100 hosts, decision + atomic claim on etcd, {workers} caller(s): {rate:8.1f} decisions/s")
+                got = decisions(100, args.decisions, workers, etcd.url, etcd.proc.pid)
+                print(f"  100 hosts, decision + atomic claim on etcd, {workers} caller(s): {got['rate']:8.1f} "
+                      "decisions/s")
+                print(f"    per CPU second of the bench: {got['cpu_rate']:8.1f} decisions; "
+                      f"{got['requests']:.2f} etcd requests and {got['etcd_cpu_ms']:.2f} ms of etcd's CPU "
+                      "per decision")
             n_hosts = 100 if args.quick else 1000
             cost = etcd_costs(etcd.url, n_hosts, n_hosts)
             print(f"  etcd per host: {cost['host_bytes']:.0f} B stored (row, beat, key, reservation record); "
