@@ -401,6 +401,7 @@ class EtcdStore(Store):
         #: (revision, {key: (record, mod rev)}, {host: (beat, mod rev)}) of the last read: see _read_hosts
         self._hosts_inc: tuple[int, dict, dict] | None = None
         self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
+        self._figures_memo: dict[str, tuple[dict, tuple[int, int]]] = {}  # host -> (names, their sums)
         self._resv_read_at: float | None = None
         self._claiming: dict[str, dict[str, int]] = {}  # host -> {name: memory_bytes} claims in flight here
         self._claims_in_flight = 0  # claim transactions of this hub under way (see claim)
@@ -762,9 +763,18 @@ class EtcdStore(Store):
         """{host: (its reservation record's names {name: memory_bytes}, mod revision)}."""
         return {k.rsplit("/", 1)[1]: (v["names"], rev) for k, v, rev in self.etcd.range(self._k("resv", ""))}
 
-    @staticmethod
-    def _figures(resv: dict[str, tuple[dict, int]]) -> dict[str, tuple[int, int]]:
-        return {h: (sum(names.values()), len(names)) for h, (names, _) in resv.items()}
+    def _figures(self, resv: dict[str, tuple[dict, int]]) -> dict[str, tuple[int, int]]:
+        """{host: (memory_bytes, count)} of reservation records: each record's
+        sum is kept with the names map it was taken of (maps are replaced,
+        never changed in place), so a decision sums only the records that
+        changed since the last one."""
+        memo, out = self._figures_memo, {}
+        for h, (names, _) in resv.items():
+            got = memo.get(h)
+            if got is None or got[0] is not names:
+                got = memo[h] = (names, (sum(names.values()), len(names)))
+            out[h] = got[1]
+        return out
 
     def reserved_memory(self, db=None) -> dict[str, tuple[int, int]]:
         return self._figures(self._reservations())
