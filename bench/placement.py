@@ -2,14 +2,22 @@
 
 1. With 100 hosts: the hub's real decision path (scheduler ranking over 100
    hosts + the atomic SQLite claim of name and capacity), in process, with no
-   agent calls: decisions per second, and the same with 4 concurrent callers.
+   agent calls: decisions per second, and the same with 4 concurrent callers;
+   each also per CPU second of the bench process (the figure a loaded
+   machine changes least), and on etcd the requests and etcd's own CPU per
+   decision (concurrent claims share transactions: hub/store/etcd.py).
    ``--store etcd`` adds the same on a local etcd (hub/store/etcd.py: the
    claim is a transaction on the name's create revision and the host's
    reservation record), beside SQLite in the same run.
 2. End to end with 3 real hosts (a local fleet, real LXC): create_container
    with --no-start through the hub, sequentially and with 4 clients.
 
-Run as root:  python3 bench/placement.py [--decisions 2000] [--creates 30] [--store etcd] [--quick]
+``--reference CHECKOUT`` adds the decisions of another checkout (e.g. a
+``git worktree`` of main) in alternating turns beside this one's, per
+store, with their ratio: the reference in the same run.
+
+Run as root:  python3 bench/placement.py [--decisions 2000] [--creates 30] [--store etcd]
+              [--reference DIR [--turns 4]] [--quick]
 (``--quick``: 100 decisions, 2 creates, for the test suite).  The fleet is
 named by ``--prefix`` and is gone when this exits, also after SIGTERM or
 SIGINT.
@@ -37,7 +45,14 @@ from ops import fleet as fleetmod  # noqa: E402
 GiB = 1 << 30
 
 
-def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = None) -> float:
+def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = None,
+              etcd_pid: int | None = None) -> dict:
+    """``count`` decisions by ``workers`` concurrent callers on a fresh
+    store of ``n_hosts`` hosts (SQLite, or etcd at ``etcd_url``).
+
+    Returns: {rate (decisions per wall second), cpu_rate (per CPU second
+    of this process), requests (etcd requests per decision), etcd_cpu_ms
+    (etcd's CPU per decision, when ``etcd_pid`` is given)}."""
     with tempfile.TemporaryDirectory() as d:
         if etcd_url is None:
             store = HubStore(d)
@@ -54,11 +69,23 @@ def decisions(n_hosts: int, count: int, workers: int, etcd_url: str | None = Non
                 req = scheduler.Request(64 << 20, {"zone": "abc"[i % 3]})
                 store.claim(f"c{i}", "img", 64 << 20, {}, scheduler.choose(store.hosts(), req))
 
-        started = time.perf_counter()
+        requests = store.etcd.requests if etcd_url else 0
+        etcd_cpu = _cpu_seconds(etcd_pid) if etcd_pid else 0.0
+        started, cpu = time.perf_counter(), time.process_time()
         gevent.joinall([gevent.spawn(worker) for _ in range(workers)], raise_error=True)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        out = {"rate": count / elapsed, "cpu_rate": count / max(cpu, 1e-9),
+               "requests": (store.etcd.requests - requests) / count if etcd_url else 0.0,
+               "etcd_cpu_ms": (_cpu_seconds(etcd_pid) - etcd_cpu) * 1000 / count if etcd_pid else 0.0}
         store.close()
-    return count / elapsed
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def etcd_costs(etcd_url: str, n_hosts: int, n_containers: int) -> dict:
@@ -126,6 +153,47 @@ def hosts_pass_bytes(store, n_hosts: int, text: str, cap: str) -> dict:
         store.etcd.post = post
 
 
+#: one decision turn in a subprocess of a checkout (its own bench/placement.decisions;
+#: an older one returns a bare rate): prints {rate, cpu_rate}
+_TURN = r"""
+import json, os, sys, time
+sys.path.insert(0, os.getcwd())
+from bench.placement import decisions
+count, workers, url = int(sys.argv[1]), int(sys.argv[2]), (sys.argv[3] if sys.argv[3] != "-" else None)
+cpu = time.process_time()
+got = decisions(100, count, workers, url)
+cpu = time.process_time() - cpu
+print(json.dumps({"rate": got["rate"] if isinstance(got, dict) else got, "cpu_rate": count / cpu}))
+"""
+
+
+def beside_reference(reference: str, count: int, turns: int, etcd_url: str | None) -> None:
+    """Decisions of this checkout and of ``reference`` (another checkout of
+    dcfleet, e.g. ``git worktree add /tmp/ref main``) in alternating
+    subprocess turns (this, reference, reference, this, ...), so both see
+    the same load: per store and caller count, each turn's decisions/s and
+    the ratio of the medians.  A turn's CPU figure counts its store's setup
+    too."""
+    import statistics
+    import subprocess
+    here = _common.REPO
+    for store, url in (("SQLite", None), ("etcd", etcd_url)):
+        if store == "etcd" and url is None:
+            continue
+        for workers in (1, 4):
+            got = {"this": [], "reference": []}
+            for turn in range(turns):
+                for who in (("this", "reference") if turn % 2 == 0 else ("reference", "this")):
+                    r = subprocess.run([sys.executable, "-c", _TURN, str(count), str(workers), url or "-"],
+                                       cwd=here if who == "this" else reference, capture_output=True, text=True,
+                                       timeout=600, check=True)
+                    got[who].append(json.loads(r.stdout.strip().splitlines()[-1])["rate"])
+            mine, ref = statistics.median(got["this"]), statistics.median(got["reference"])
+            print(f"  beside the reference, {store}, {workers} caller(s): "
+                  f"{' '.join(f'{x:.0f}' for x in got['this'])} vs {' '.join(f'{x:.0f}' for x in got['reference'])}"
+                  f" decisions/s ({mine / ref:.2f}x, medians; load average {os.getloadavg()[0]:.2f})")
+
+
 def end_to_end(creates: int, workers: int, hub_ipc: str, tag: str) -> float:
     clients = [wire.connect(hub_ipc, timeout_s=120) for _ in range(workers)]
     counter = iter(range(creates))
@@ -150,17 +218,28 @@ def main() -> int:
     p.add_argument("--creates", type=int, default=30)
     p.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
                    help="etcd: also measure decisions on a local etcd, beside SQLite")
+    p.add_argument("--reference", metavar="CHECKOUT",
+                   help="also run the decisions of another checkout (e.g. main) in alternating turns beside this one")
+    p.add_argument("--turns", type=int, default=4, help="--reference: turns of each checkout per figure")
     args = _common.parse(p, {"decisions": 100, "creates": 2}, "dbp" + secrets.token_hex(2))
     print("bench/placement")
+    print(f"  load average at start: {os.getloadavg()[0]:.2f}")
     for workers in (1, 4):
-        rate = decisions(100, args.decisions, workers)
-        print(f"  100 hosts, decision + atomic claim, {workers} caller(s): {rate:8.1f} decisions/s")
+        got = decisions(100, args.decisions, workers)
+        print(f"  100 hosts, decision + atomic claim, {workers} caller(s): {got['rate']:8.1f} decisions/s")
+        print(f"    per CPU second of the bench: {got['cpu_rate']:8.1f} decisions")
     if args.store == "etcd":
         from ops.fleetlib.etcd import local_etcd
         with tempfile.TemporaryDirectory() as d, local_etcd(d) as etcd:
             for workers in (1, 4):
-                rate = decisions(100, args.decisions, workers, etcd.url)
-                print(f"  100 hosts, decision + atomic claim on etcd, {workers} caller(s): {rate:8.1f} decisions/s")
+                got = decisions(100, args.decisions, workers, etcd.url, etcd.proc.pid)
+                print(f"  100 hosts, decision + atomic claim on etcd, {workers} caller(s): {got['rate']:8.1f} "
+                      "decisions/s")
+                print(f"    per CPU second of the bench: {got['cpu_rate']:8.1f} decisions; "
+                      f"{got['requests']:.2f} etcd requests and {got['etcd_cpu_ms']:.2f} ms of etcd's CPU "
+                      "per decision")
+            if args.reference:
+                beside_reference(args.reference, args.decisions, args.turns, etcd.url)
             n_hosts = 100 if args.quick else 1000
             cost = etcd_costs(etcd.url, n_hosts, n_hosts)
             print(f"  etcd per host: {cost['host_bytes']:.0f} B stored (row, beat, key, reservation record); "
@@ -170,6 +249,8 @@ def main() -> int:
             print(f"  etcd hosts list read by a hub ({n_hosts} hosts): full {cost['pass_full_bytes']} B; "
                   f"after a tenth beat, read by change: {cost['pass_changed_bytes']} B "
                   f"({cost['pass_full_bytes'] / max(1, cost['pass_changed_bytes']):.1f}x less)")
+    if args.reference and args.store != "etcd":
+        beside_reference(args.reference, args.decisions, args.turns, None)
     prefix = args.prefix
     try:
         state = fleetmod.up(prefix, 3, f"10.208.{secrets.randbelow(256)}.0/24")

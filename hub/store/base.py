@@ -132,7 +132,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def hosts(self) -> list[dict]:
-        """Every host row, by name."""
+        """Every host row, by name; each row and its labels and capacity
+        maps are the caller's own, its ``summary`` may be shared with
+        later reads (a placement reads the hosts for each decision): read
+        it, do not change it."""
 
     @abc.abstractmethod
     def remove_host(self, name: str) -> None:

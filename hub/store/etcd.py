@@ -2,8 +2,11 @@
 is the interface; docs/SCALING.md the design).
 
 It speaks etcd's v3 JSON gateway through ``etcd3gw``'s HTTP client: no
-grpc, and each request runs in gevent's thread pool, so a hub's loop keeps
-serving while etcd answers.  Every request has a timeout
+grpc, and each request runs in its calling greenlet over a kept-alive
+connection on gevent's own sockets (a pool of them, one per request in
+flight), so a hub's loop keeps serving while etcd answers, with no
+hand-off to a thread and back per request (a third less of the hub's CPU
+per request, bench/placement.py).  Every request has a timeout
 (``timeout_s``); a connection refused, a timeout or an etcd that has no
 leader becomes a typed StoreUnavailable at once, and for ``BREAKER_SECONDS``
 after one every call fails the same way without waiting again (fast
@@ -64,6 +67,9 @@ import time
 import urllib.parse
 
 import gevent
+import gevent.event
+import gevent.socket
+import gevent.lock
 import requests
 
 from dcctl import errors
@@ -99,6 +105,12 @@ def _prefix_end(prefix: str) -> str:
     return base64.b64encode(raw[:-1] + bytes([raw[-1] + 1])).decode()
 
 
+def _own_rows(rows: list[dict]) -> list[dict]:
+    """Copies of host rows for a caller: each row and its labels and
+    capacity maps its own, the summary shared (see Store.hosts)."""
+    return [{**r, "labels": dict(r.get("labels") or {}), "capacity": dict(r.get("capacity") or {})} for r in rows]
+
+
 IDLE_RECONNECT_SECONDS = 5.0  # a kept connection idle longer is replaced before the next request
 
 
@@ -118,47 +130,57 @@ class _Response:
 
 class _KeptSession:
     """``requests.Session.post`` as etcd3gw calls it, over one kept-alive
-    ``http.client`` connection (one session per thread): the same requests,
-    errors (requests' Timeout and ConnectionError, which etcd3gw maps to
-    its own) and answers, at a third of requests' cost per call.  A request
-    is never sent twice; a connection etcd closed (a restart), or idle for
+    connection on a gevent socket (a session serves one request at a time:
+    EtcdClient pools them): the same requests, errors (requests' Timeout
+    and ConnectionError, which etcd3gw maps to its own) and answers, at a
+    fraction of requests' cost per call.  Each request goes in one send
+    (http.client sends its headers and body in two, which wakes etcd
+    twice); ``http.client.HTTPResponse`` reads the answer.  A request is
+    never sent twice; a connection etcd closed (a restart), or idle for
     IDLE_RECONNECT_SECONDS, is replaced before use, so a stale one is not
     the cause of a failure."""
 
     def __init__(self, host: str, port: int):
         self.host, self.port = host, port
-        self._conn: http.client.HTTPConnection | None = None
+        self._host_header = f"{host}:{port}".encode()
+        self._sock = None  # a gevent socket, or None
         self._used = 0.0
 
     def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _dropped(self) -> bool:
         """True when etcd closed the kept connection (it restarted): with no
         answer pending, a readable socket means its end of stream."""
-        sock = self._conn.sock
-        if sock is None:
-            return True
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            readable, _, _ = select.select([self._sock], [], [], 0)
         except (OSError, ValueError):
             return True
         return bool(readable)
 
     def post(self, url: str, json=None, data=None, timeout=None) -> _Response:
         body = data if data is not None else _json_dumps(json)
-        path = urllib.parse.urlsplit(url).path
-        if self._conn is not None and (time.monotonic() - self._used > IDLE_RECONNECT_SECONDS
+        if isinstance(body, str):
+            body = body.encode()
+        path = urllib.parse.urlsplit(url).path.encode()
+        if self._sock is not None and (time.monotonic() - self._used > IDLE_RECONNECT_SECONDS
                                        or self._dropped()):
             self._close()
         try:
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-            self._conn.request("POST", path, body, {"Content-Type": "application/json"})
-            answer = self._conn.getresponse()
+            if self._sock is None:
+                self._sock = gevent.socket.create_connection((self.host, self.port), timeout)
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                self._sock.settimeout(timeout)
+            self._sock.sendall(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n%s" % (path, self._host_header, len(body), body))
+            answer = http.client.HTTPResponse(self._sock, method="POST")
+            answer.begin()
             out = _Response(answer.status, answer.reason, answer.read())
+            if answer.will_close:
+                self._close()
             self._used = time.monotonic()
             return out
         except socket.timeout as exc:
@@ -190,18 +212,31 @@ class EtcdClient:
             raise errors.InvalidArgument(f"etcd endpoint {url!r} must be http://HOST:PORT")
         self.url = f"http://{parts.hostname}:{parts.port}"
         self.host, self.port, self.timeout_s = parts.hostname, parts.port, timeout_s
-        self._local = threading.local()
+        self._local = threading.local()  # .idle: this thread's idle clients (sessions), see _post
         self._down_until = 0.0
         self.requests = 0  # requests sent (figures for bench and docs)
 
-    def _client(self):
-        client = getattr(self._local, "client", None)
-        if client is None:
-            import etcd3gw  # imported here: a SQLite hub never needs it
-            client = self._local.client = etcd3gw.Etcd3Client(self.host, self.port, timeout=self.timeout_s,
-                                                              api_path="/v3/",
-                                                              session=_KeptSession(self.host, self.port))
-        return client
+    #: idle clients kept per thread; more requests in flight at once open more connections
+    IDLE_CLIENTS = 16
+
+    def _take_client(self):
+        """An idle etcd3gw client of this thread (each with its own kept
+        connection), or a new one."""
+        idle = getattr(self._local, "idle", None)
+        if idle is None:
+            idle = self._local.idle = []
+        if idle:
+            return idle.pop()
+        import etcd3gw  # imported here: a SQLite hub never needs it
+        return etcd3gw.Etcd3Client(self.host, self.port, timeout=self.timeout_s, api_path="/v3/",
+                                   session=_KeptSession(self.host, self.port))
+
+    def _give_back(self, client) -> None:
+        idle = self._local.idle
+        if len(idle) < self.IDLE_CLIENTS:
+            idle.append(client)
+        else:
+            client.session._close()
 
     def post(self, path: str, body: dict) -> dict:
         """POST ``body`` to /v3/``path``; returns the decoded answer."""
@@ -210,14 +245,24 @@ class EtcdClient:
                                           hint="start etcd (or fix its endpoint); nothing was changed")
         self.requests += 1
         try:
-            return gevent.get_hub().threadpool.apply(self._post, (path, body))
+            return self._post(path, body)
         except errors.StoreUnavailable:
             self._down_until = time.monotonic() + BREAKER_SECONDS
             raise
 
     def _post(self, path: str, body: dict) -> dict:
+        client = self._take_client()
+        try:
+            return self._request(client, path, body)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # interrupted mid-request (a kill, a gevent Timeout):
+                client.session._close()  # its connection may hold half an answer
+            raise
+        finally:
+            self._give_back(client)
+
+    def _request(self, client, path: str, body: dict) -> dict:
         from etcd3gw import exceptions as ex
-        client = self._client()
         try:
             return client.post(client.get_url(path), json=body)
         except ex.ConnectionTimeoutError as exc:  # sent, no answer: a write may still be applied
@@ -299,6 +344,24 @@ class EtcdClient:
         return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
 
 
+#: claims of one group commit (EtcdStore.claim): with its row, in-flight key,
+#: two compares each and one record per host, within etcd's 128 operations
+CLAIM_GROUP_MAX = 32
+_ALONE = object()  # a grouped claim's outcome: run it alone
+
+
+class _Claim:
+    """One claim waiting in a group (EtcdStore.claim): its arguments, and
+    ``result`` (its row, its error, or _ALONE)."""
+
+    __slots__ = ("name", "image", "memory_bytes", "spec", "choose", "result", "cancelled")
+
+    def __init__(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser):
+        self.name, self.image, self.memory_bytes, self.spec, self.choose = name, image, memory_bytes, spec, choose
+        self.result = gevent.event.AsyncResult()
+        self.cancelled = False
+
+
 class EtcdStore(Store):
     """The fleet store in etcd (see the module doc).
 
@@ -338,8 +401,14 @@ class EtcdStore(Store):
         #: (revision, {key: (record, mod rev)}, {host: (beat, mod rev)}) of the last read: see _read_hosts
         self._hosts_inc: tuple[int, dict, dict] | None = None
         self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
+        self._figures_memo: dict[str, tuple[dict, tuple[int, int]]] = {}  # host -> (names, their sums)
         self._resv_read_at: float | None = None
         self._claiming: dict[str, dict[str, int]] = {}  # host -> {name: memory_bytes} claims in flight here
+        self._claims_in_flight = 0  # claim transactions of this hub under way (see claim)
+        self._claims_idle = gevent.event.Event()
+        self._claims_idle.set()
+        self._group: list[_Claim] | None = None  # the claims waiting to go as one transaction
+        self._alone_lock = gevent.lock.Semaphore()  # claims a group sent back run alone, one at a time
         self._beats_written: dict[str, float] = {}  # host -> the last beat this hub wrote (record_beats)
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
 
@@ -607,12 +676,12 @@ class EtcdStore(Store):
         changed a host."""
         cached = self._hosts_read
         if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
-            return [dict(r) for r in cached[1]]
+            return _own_rows(cached[1])
         hosts, beats = self._read_hosts()
         rows = [self._host_row(v, beats.get(v["name"], (None, 0))[0]) for v, _ in hosts.values()]
         self._seen_hosts = {r["name"]: r for r in rows}
         self._hosts_read = (time.monotonic(), rows)
-        return [dict(r) for r in rows]
+        return _own_rows(rows)
 
     def _read_hosts(self) -> tuple[dict[str, tuple[dict, int]], dict[str, tuple[dict, int]]]:
         """({key: (host record, mod revision)}, {host: (beat, mod revision)}),
@@ -694,9 +763,18 @@ class EtcdStore(Store):
         """{host: (its reservation record's names {name: memory_bytes}, mod revision)}."""
         return {k.rsplit("/", 1)[1]: (v["names"], rev) for k, v, rev in self.etcd.range(self._k("resv", ""))}
 
-    @staticmethod
-    def _figures(resv: dict[str, tuple[dict, int]]) -> dict[str, tuple[int, int]]:
-        return {h: (sum(names.values()), len(names)) for h, (names, _) in resv.items()}
+    def _figures(self, resv: dict[str, tuple[dict, int]]) -> dict[str, tuple[int, int]]:
+        """{host: (memory_bytes, count)} of reservation records: each record's
+        sum is kept with the names map it was taken of (maps are replaced,
+        never changed in place), so a decision sums only the records that
+        changed since the last one."""
+        memo, out = self._figures_memo, {}
+        for h, (names, _) in resv.items():
+            got = memo.get(h)
+            if got is None or got[0] is not names:
+                got = memo[h] = (names, (sum(names.values()), len(names)))
+            out[h] = got[1]
+        return out
 
     def reserved_memory(self, db=None) -> dict[str, tuple[int, int]]:
         return self._figures(self._reservations())
@@ -728,7 +806,159 @@ class EtcdStore(Store):
         return resv
 
     def claim(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
-        """See Store.claim: one transaction compares the name's
+        """See Store.claim.  Claims go in groups (group commit): the claims
+        made while one of this hub's claim transactions is in flight wait
+        for it together, then go as one transaction for up to
+        CLAIM_GROUP_MAX of them (``_send_group``), with the compares of a
+        claim for each (its name's create_revision 0, no abandoned copy of
+        it, the mod revision of each host record written), so a group
+        commits whole or not at all; when it does not, its claims run
+        alone (``_claim_one``), one after the other.  A claim refused
+        (NoCapacity) for the capacity its group's earlier claims take is
+        refused only once they commit, else it is tried alone too.  A claim made while none is in flight
+        goes at once, a group of one.  Under concurrency one etcd request
+        carries several decisions."""
+        if self._lease is None and self._member is not None:
+            self._renew()
+        group = self._group
+        if group is not None and len(group) >= CLAIM_GROUP_MAX:  # full: go alone, beside it
+            return self._claim_alone(name, image, memory_bytes, spec, choose)
+        entry = _Claim(name, image, memory_bytes, spec, choose)
+        if group is None:
+            group = self._group = [entry]
+            self._send_group(group)
+        else:
+            group.append(entry)
+        try:
+            outcome = entry.result.get()
+        except BaseException as exc:
+            if not isinstance(exc, errors.DcError):  # killed while waiting: out of a group not sent yet
+                entry.cancelled = True
+            raise
+        if outcome is _ALONE:  # one after the other: none is refused for another's claim that then fails
+            with self._alone_lock:
+                return self._claim_alone(name, image, memory_bytes, spec, choose)
+        return outcome
+
+    def _claim_alone(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
+        self._claims_in_flight += 1
+        try:
+            return self._claim_one(name, image, memory_bytes, spec, choose)
+        finally:
+            self._claim_done()
+
+    def _claim_done(self) -> None:
+        self._claims_in_flight -= 1
+        if not self._claims_in_flight:
+            self._claims_idle.set()
+
+    def _send_group(self, group: list["_Claim"]) -> None:
+        """Wait until no claim of this hub is in flight, then send
+        ``group`` (claims joining meanwhile are in it) as one transaction
+        and give each claim its outcome: its row, its error (NoCapacity
+        from its chooser; StoreUnavailable / StoreError of the request, to
+        all), or _ALONE (the group's compares did not all hold, or the
+        name is twice in it: the claim runs alone).  Never returns before
+        every claim of the group has its outcome."""
+        sent = False
+        try:
+            while True:
+                while self._claims_in_flight:
+                    self._claims_idle.clear()
+                    self._claims_idle.wait()
+                gevent.sleep(0)  # the claims ready to run (e.g. woken by the last answer) join first
+                if not self._claims_in_flight:
+                    break
+            if self._group is group:
+                self._group = None
+            self._claims_in_flight += 1
+            try:
+                sent = True
+                self._commit_group([e for e in group if not e.cancelled])
+            finally:
+                self._claim_done()
+        except BaseException as exc:
+            for e in group:
+                if not e.result.ready():
+                    if sent and isinstance(exc, errors.DcError):
+                        e.result.set_exception(exc)
+                    elif sent:  # interrupted mid-request: the group may be written
+                        e.result.set_exception(errors.StoreUnavailable(
+                            "the claim's request to etcd was interrupted",
+                            hint="a write may still be applied: a claim left \"reserved\" is decided by the "
+                                 "leader's journal"))
+                    else:
+                        e.result.set(_ALONE)
+            if self._group is group:
+                self._group = None
+            if not isinstance(exc, errors.DcError):
+                raise
+
+    def _commit_group(self, group: list["_Claim"]) -> None:
+        """_send_group's transaction: each claim chooses its host on the
+        records last seen plus the group's claims before it."""
+        resv = self._claim_figures()
+        figures = self._figures(resv)
+        chosen, names_seen, refused = [], set(), []
+        for e in group:
+            if e.name in names_seen:
+                e.result.set(_ALONE)  # decided once the first of the name is
+                continue
+            names_seen.add(e.name)
+            try:
+                host = e.choose(figures)
+            except errors.DcError as exc:
+                if chosen:  # the group's claims before it may be why: true only if they commit
+                    refused.append((e, exc))
+                else:
+                    e.result.set_exception(exc)
+                continue
+            mem, count = figures.get(host, (0, 0))
+            figures[host] = (mem + e.memory_bytes, count + 1)
+            chosen.append((e, host))
+        if not chosen:
+            return
+        now = time.time()
+        compares, ops, records, rows = [], [], {}, []
+        for e, host in chosen:
+            ckey, akey = self._k("containers", e.name), self._k("abandoned", e.name, "")
+            row = {"name": e.name, "host": host, "image": e.image, "memory_bytes": e.memory_bytes,
+                   "state": "reserved", "spec": e.spec, "ports": [], "created_at": now, "updated_at": now}
+            rows.append(row)
+            compares += [self.etcd.at(ckey, 0), {"key": _b64(akey), "range_end": _prefix_end(akey),
+                                                 "target": "CREATE", "result": "EQUAL", "create_revision": "0"}]
+            ops.append(self.etcd.put(ckey, row))
+            if self._lease:
+                ops.append(self.etcd.put(self._k("inflight", e.name), self.hub_name, self._lease))
+            records.setdefault(host, {})[e.name] = e.memory_bytes
+        merged = {}
+        for host, add in records.items():
+            names, rev = self._resv_cache.get(host, ({}, 0))
+            merged[host] = {**names, **add}
+            compares.append(self.etcd.at(self._k("resv", host), rev))
+            ops.append(self.etcd.put(self._k("resv", host), {"names": merged[host]}))
+        ok, out = self.etcd.txn(compares, ops, [self.etcd.read(self._k("resv", h)) for h in records])
+        if ok:
+            revision = int(out["header"]["revision"])
+            for host, names in merged.items():
+                self._resv_cache[host] = (names, revision)
+            for (e, _), row in zip(chosen, rows):
+                e.result.set(row)
+            for e, exc in refused:
+                e.result.set_exception(exc)
+            return
+        for host, r in zip(records, out.get("responses") or []):  # the records as they are: alone, each wins
+            found = (r.get("response_range") or {}).get("kvs") or []
+            if found:
+                self._resv_cache[host] = (json.loads(_unb64(found[0].get("value")))["names"],
+                                          int(found[0]["mod_revision"]))
+            else:
+                self._resv_cache.pop(host, None)
+        for e in [e for e, _ in chosen] + [e for e, _ in refused]:
+            e.result.set(_ALONE)
+
+    def _claim_one(self, name: str, image: str, memory_bytes: int, spec: dict, choose: Chooser) -> dict:
+        """One claim, one transaction: it compares the name's
         create_revision (0), that no abandoned copy holds the name, and the
         chosen host's reservation record's mod revision, and writes the row,
         the record and the in-flight key (on this hub's lease).  A lost race
@@ -737,8 +967,6 @@ class EtcdStore(Store):
         usually one request; claims in flight on this hub count, so
         concurrent ones pick different hosts instead of racing for one."""
         ckey, akey = self._k("containers", name), self._k("abandoned", name, "")
-        if self._lease is None and self._member is not None:
-            self._renew()
 
         def once():
             resv = self._claim_figures()

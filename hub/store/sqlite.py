@@ -96,6 +96,52 @@ CREATE TABLE host_keys (
 );
 """
 
+#: Per-host reservation figures and a version of the hosts table, kept by
+#: triggers in the same transaction as every write to ``containers`` and
+#: ``hosts`` (whatever the statement, also one of an older hub version):
+#: a placement reads one row per host instead of summing every container
+#: (bench/placement.py), and hosts() re-reads the hosts table only when its
+#: version moved.  ``host_reserved`` has a row per host with at least one
+#: container row, as ``SUM ... GROUP BY host`` over ``containers`` gives.
+TALLY_SCHEMA = """
+CREATE TABLE host_reserved (
+    host TEXT PRIMARY KEY,
+    memory_bytes INTEGER NOT NULL,
+    containers INTEGER NOT NULL
+);
+CREATE TRIGGER host_reserved_insert AFTER INSERT ON containers BEGIN
+    INSERT INTO host_reserved (host, memory_bytes, containers) VALUES (NEW.host, NEW.memory_bytes, 1)
+        ON CONFLICT(host) DO UPDATE SET memory_bytes = memory_bytes + excluded.memory_bytes,
+                                        containers = containers + 1;
+END;
+CREATE TRIGGER host_reserved_delete AFTER DELETE ON containers BEGIN
+    UPDATE host_reserved SET memory_bytes = memory_bytes - OLD.memory_bytes, containers = containers - 1
+        WHERE host = OLD.host;
+    DELETE FROM host_reserved WHERE host = OLD.host AND containers <= 0;
+END;
+CREATE TRIGGER host_reserved_update AFTER UPDATE OF host, memory_bytes ON containers BEGIN
+    UPDATE host_reserved SET memory_bytes = memory_bytes - OLD.memory_bytes, containers = containers - 1
+        WHERE host = OLD.host;
+    DELETE FROM host_reserved WHERE host = OLD.host AND containers <= 0;
+    INSERT INTO host_reserved (host, memory_bytes, containers) VALUES (NEW.host, NEW.memory_bytes, 1)
+        ON CONFLICT(host) DO UPDATE SET memory_bytes = memory_bytes + excluded.memory_bytes,
+                                        containers = containers + 1;
+END;
+INSERT INTO host_reserved (host, memory_bytes, containers)
+    SELECT host, SUM(memory_bytes), COUNT(*) FROM containers WHERE true GROUP BY host;
+CREATE TABLE hosts_version (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL);
+INSERT INTO hosts_version (id, version) VALUES (0, 0);
+CREATE TRIGGER hosts_version_insert AFTER INSERT ON hosts BEGIN
+    UPDATE hosts_version SET version = version + 1;
+END;
+CREATE TRIGGER hosts_version_update AFTER UPDATE ON hosts BEGIN
+    UPDATE hosts_version SET version = version + 1;
+END;
+CREATE TRIGGER hosts_version_delete AFTER DELETE ON hosts BEGIN
+    UPDATE hosts_version SET version = version + 1;
+END;
+"""
+
 _JSON_COLS = ("labels", "capacity", "summary", "spec", "ports")
 #: SQLite primary result codes that mean the store's disk failed us: SQLITE_READONLY,
 #: SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB.
@@ -169,6 +215,22 @@ def _json(text: str):
     return value
 
 
+def _copy(value):
+    """A copy of a flat map (labels, capacity), anything else as it is."""
+    return dict(value) if type(value) is dict else value
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of ``script`` (one ``;`` ends each, outside a trigger body)."""
+    out, part = [], ""
+    for line in script.strip().splitlines(keepends=True):
+        part += line
+        if sqlite3.complete_statement(part):
+            out.append(part.strip())
+            part = ""
+    return out
+
+
 def _rows(cur: sqlite3.Cursor, rows: list[tuple]) -> list[dict]:
     """Rows as dicts by column name, JSON columns parsed (the column names
     looked up once per query, not per row)."""
@@ -217,6 +279,11 @@ class HubStore(Store):
                 db.execute(KEYS_SCHEMA)
                 db.execute("INSERT OR IGNORE INTO host_keys (name, key, added_at)"
                            " SELECT name, key, registered_at FROM hosts WHERE key != '' ORDER BY registered_at")
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='host_reserved'").fetchone():
+            with self.write() as db:  # a new store, or one from before the tally: summed once here
+                for statement in _statements(TALLY_SCHEMA):
+                    db.execute(statement)
+        self._hosts_cache: tuple[int, list[dict]] | None = None  # (hosts_version, rows): see hosts()
         self._orphans: set[str] = set()  # rows reserved when the hub joined (orphaned_reservations)
 
     def close(self) -> None:
@@ -398,7 +465,16 @@ class HubStore(Store):
         return rows[0]
 
     def hosts(self) -> list[dict]:
-        return self._all("SELECT * FROM hosts ORDER BY name")
+        """Every host row, by name: read again only when the hosts table
+        changed (its version, kept by triggers, moved); otherwise copies of
+        the rows last read, each with its own labels and capacity maps (a
+        row's ``summary`` is shared with later reads, as EtcdStore's rows'
+        are: read it, do not change it)."""
+        version = self.db.execute("SELECT version FROM hosts_version").fetchone()[0]
+        cached = self._hosts_cache
+        if cached is None or cached[0] != version:
+            cached = self._hosts_cache = (version, self._all("SELECT * FROM hosts ORDER BY name"))
+        return [{**r, "labels": _copy(r["labels"]), "capacity": _copy(r["capacity"])} for r in cached[1]]
 
     def remove_host(self, name: str) -> None:
         """Forget host ``name``: its row and its key binding."""
@@ -423,7 +499,7 @@ class HubStore(Store):
         """{host: (memory_bytes reserved, container count)} from the rows
         (read in transaction ``db``, or outside one)."""
         return {h: (m or 0, n) for h, m, n in (db or self.db).execute(
-            "SELECT host, SUM(memory_bytes), COUNT(*) FROM containers GROUP BY host")}
+            "SELECT host, memory_bytes, containers FROM host_reserved")}
 
     def claim(self, name: str, image: str, memory_bytes: int, spec: dict, choose) -> dict:
         """Atomically claim ``name`` and reserve capacity on the host that
@@ -443,10 +519,13 @@ class HubStore(Store):
                     f" {', '.join(left)}",
                     hint=f"the hub destroys that copy once {', '.join(left)} answers; create it again then")
             host = choose(self.reserved_memory(db))
+            spec_text = json.dumps(spec)
             db.execute("INSERT INTO containers (name, host, image, memory_bytes, state, spec, created_at, updated_at)"
                        " VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?)",
-                       (name, host, image, memory_bytes, json.dumps(spec), now, now))
-        return self.container(name)
+                       (name, host, image, memory_bytes, spec_text, now, now))
+        # the row as written (container() would read it back the same)
+        return {"name": name, "host": host, "image": image, "memory_bytes": memory_bytes, "state": "reserved",
+                "spec": json.loads(spec_text), "ports": [], "created_at": now, "updated_at": now}
 
     def move(self, name: str, choose) -> str:
         """Move a reservation to the host ``choose(db_reservations)`` picks

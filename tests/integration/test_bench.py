@@ -31,6 +31,7 @@ FIGURES = {
     "fanout": [(r"^  N=  2  raw fan-out: median +[\d.]+ ms .* hub broadcast: median +[\d.]+ ms .* ratio [\d.]+x$",
                 1)],
     "placement": [(r"^  100 hosts, decision \+ atomic claim, [14] caller\(s\): +[\d.]+ decisions/s$", 2),
+                  (r"^    per CPU second of the bench: +[\d.]+ decisions$", 2),
                   (r"^  3 real hosts, create_container --no-start end to end, [14] client\(s\): +[\d.]+ creates/s$",
                    2)],
     "rpc": [(r"^  (plain|curve) callers=[18]: +\d+ calls/s  p50 +\d+ us  p99 +\d+ us$", 4),

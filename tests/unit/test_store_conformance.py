@@ -160,6 +160,56 @@ def test_move_assign_and_forget_keep_reservations_exact(store):
         store.container("m.1")
 
 
+def _summed(store) -> dict:
+    """{host: (memory_bytes, count)} summed over the container rows."""
+    out: dict = {}
+    for r in store.containers():
+        mem, n = out.get(r["host"], (0, 0))
+        out[r["host"]] = (mem + r["memory_bytes"], n + 1)
+    return out
+
+
+def test_reservations_always_equal_the_sum_of_the_container_rows(store):
+    _host(store, "h1", mem=64 * GiB, slots=100), _host(store, "h2", mem=64 * GiB, slots=100)
+    steps = [lambda: _claim(store, "r.1", GiB), lambda: _claim(store, "r.2", 2 * GiB),
+             lambda: _claim(store, "r.3", 0), lambda: store.move("r.1", scheduler.choose(
+                 store.hosts(), scheduler.Request(GiB), exclude={store.container("r.1")["host"]})),
+             lambda: store.assign("r.2", "h1"), lambda: store.set_placed("r.2", "img", []),
+             lambda: store.set_state("r.2", "destroying", "placed"), lambda: store.adopt("r.4", "h2", "img", [], GiB),
+             lambda: store.forget("r.3"), lambda: store.forget("r.1"), lambda: store.forget("r.2"),
+             lambda: store.forget("r.4")]
+    for step in steps:
+        step()
+        held = {h: v for h, v in store.reserved_memory().items() if v != (0, 0)}
+        assert held == _summed(store)
+    assert _summed(store) == {}
+
+
+def test_a_claim_returns_its_row_as_stored(store):
+    _host(store, "h1")
+    row = store.claim("c.1", "img", GiB, {"options": {"env": {"A": "1"}}, "labels": {}}, scheduler.choose(
+        store.hosts(), scheduler.Request(GiB)))
+    assert row == store.container("c.1")
+
+
+def test_host_rows_are_the_callers_own_and_follow_every_change(store):
+    _host(store, "h1", labels={"zone": "a"}), _host(store, "h2", labels={"zone": "a"})
+    first = store.hosts()
+    first[0]["labels"]["zone"] = "changed"
+    first[0]["capacity"]["container_slots"] = 0
+    first[1]["state"] = "gone"
+    again = store.hosts()
+    assert [h["labels"] for h in again] == [{"zone": "a"}, {"zone": "a"}]
+    assert [h["capacity"]["container_slots"] for h in again] == [10, 10] and again[1]["state"] == "alive"
+    _host(store, "h1", slots=3, labels={"zone": "b"})
+    assert [(h["labels"], h["capacity"]["container_slots"]) for h in store.hosts()] == [
+        ({"zone": "b"}, 3), ({"zone": "a"}, 10)]
+    store.heartbeat("h2", {"capacity": {"memory_reservable_bytes": GiB, "container_slots": 7}})
+    assert store.hosts()[1]["capacity"]["container_slots"] == 7
+    store.remove_host("h1")
+    assert [h["name"] for h in store.hosts()] == ["h2"]
+
+
 def test_states_ports_and_adoption(store):
     _host(store, "h1")
     _claim(store, "s.1")

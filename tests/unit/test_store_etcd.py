@@ -182,3 +182,168 @@ def test_hosts_read_by_changes_agree_with_a_full_read_as_another_hub_changes_the
             writer.etcd.txn([], [writer.etcd.delete(prefix, prefix=True)])
             reader.close()
             writer.close()
+
+
+# ------------------------------------------------------------ group commit of claims (EtcdStore.claim)
+@pytest.fixture(scope="module")
+def group_etcd(tmp_path_factory):
+    with running_etcd(str(tmp_path_factory.mktemp("etcd-groups"))) as server:
+        yield server
+
+
+def _fleet(server, hosts=4, slots=100, mem=64 * GiB):
+    store = EtcdStore(server.url, f"/etc-grp-{uuid.uuid4().hex[:8]}/")
+    for i in range(hosts):
+        store.upsert_host(f"h{i}", f"ipc:///x/{i}", "", {}, {"memory_reservable_bytes": mem, "container_slots": slots})
+    return store
+
+
+def _summed(store) -> dict:
+    out: dict = {}
+    for r in store.containers():
+        m, n = out.get(r["host"], (0, 0))
+        out[r["host"]] = (m + r["memory_bytes"], n + 1)
+    return out
+
+
+def test_concurrent_claims_on_one_hub_share_transactions_and_stay_exact(group_etcd):
+    import gevent
+    store = _fleet(group_etcd, hosts=3, slots=5)
+    try:
+        outcomes = {}
+
+        def one(i):
+            try:
+                outcomes[i] = _claim(store, f"g.{i}")["host"]
+            except errors.NoCapacity:
+                outcomes[i] = None
+
+        _claim(store, "g.warm")  # hosts and records read once: what follows counts the claims' requests
+        before = store.etcd.requests
+        gevent.joinall([gevent.spawn(one, i) for i in range(24)], raise_error=True)
+        used = store.etcd.requests - before
+        placed = [h for h in outcomes.values() if h]
+        assert len(placed) == 14 and sorted(placed + [store.container("g.warm")["host"]]) == [
+            "h0"] * 5 + ["h1"] * 5 + ["h2"] * 5  # 3 hosts x 5 slots
+        assert used < 14  # several decisions per request (one each before group commit)
+        assert {h: v for h, v in store.reserved_memory().items() if v != (0, 0)} == _summed(store)
+        assert sorted(r["name"] for r in store.containers()) == sorted(
+            [f"g.{i}" for i, h in outcomes.items() if h] + ["g.warm"])
+    finally:
+        store.close()
+
+
+def test_a_name_claimed_at_once_by_many_callers_is_claimed_once(group_etcd):
+    import gevent
+    store = _fleet(group_etcd)
+    try:
+        store.abandon("left.web", "h1")
+        results = []
+
+        def one(name):
+            try:
+                results.append((name, _claim(store, name)["host"]))
+            except errors.ContainerExists:
+                results.append((name, "exists"))
+
+        names = ["same.web"] * 6 + ["left.web"] * 2 + [f"other.{i}" for i in range(4)]
+        gevent.joinall([gevent.spawn(one, n) for n in names], raise_error=True)
+        same = [h for n, h in results if n == "same.web"]
+        assert len(same) == 6 and same.count("exists") == 5
+        assert [h for n, h in results if n == "left.web"] == ["exists", "exists"]  # its abandoned copy holds it
+        assert all(h not in ("exists",) for n, h in results if n.startswith("other."))
+        assert sorted(r["name"] for r in store.containers()) == ["other.0", "other.1", "other.2", "other.3",
+                                                                  "same.web"]
+        assert {h: v for h, v in store.reserved_memory().items() if v != (0, 0)} == _summed(store)
+    finally:
+        store.close()
+
+
+def test_a_grouped_claim_that_fails_or_is_killed_leaves_the_others_whole(group_etcd):
+    import gevent
+    import gevent.event
+    store = _fleet(group_etcd)
+    try:
+        release, held = gevent.event.Event(), gevent.event.Event()
+        first_pick = scheduler.choose(store.hosts(), scheduler.Request(GiB))
+
+        def slow_pick(figures):  # the first claim's decision holds its transaction until released
+            held.set()
+            release.wait()
+            return first_pick(figures)
+
+        first = gevent.spawn(store.claim, "k.first", "img", GiB, {}, slow_pick)
+        held.wait()
+        waiting = [gevent.spawn(_claim, store, f"k.{i}") for i in range(3)]
+        doomed = gevent.spawn(_claim, store, "k.killed")
+        pinned = gevent.spawn(store.claim, "k.pinned", "img", GiB, {}, scheduler.choose(
+            store.hosts(), scheduler.Request(GiB, host="nowhere")))
+        gevent.sleep(0)
+        doomed.kill()  # killed while its group waits: never claimed
+        release.set()
+        gevent.joinall([first, pinned, *waiting])
+        assert first.get()["name"] == "k.first" and [g.get()["name"] for g in waiting] == ["k.0", "k.1", "k.2"]
+        with pytest.raises(errors.NoSuchHost):
+            pinned.get()
+        assert sorted(r["name"] for r in store.containers()) == ["k.0", "k.1", "k.2", "k.first"]
+        assert {h: v for h, v in store.reserved_memory().items() if v != (0, 0)} == _summed(store)
+    finally:
+        store.close()
+
+
+def test_two_hubs_grouping_claims_on_one_host_at_once_never_over_commit_it(group_etcd):
+    import gevent
+    a = _fleet(group_etcd, hosts=1, slots=20, mem=15 * GiB)
+    b = EtcdStore(group_etcd.url, a.prefix)
+    try:
+        outcomes = {}
+
+        def one(store, name):
+            try:
+                outcomes[name] = _claim(store, name)["host"]
+            except errors.NoCapacity:
+                outcomes[name] = None
+
+        gevent.joinall([gevent.spawn(one, s, f"{tag}.{i}") for i in range(30) for s, tag in ((a, "a"), (b, "b"))],
+                       raise_error=True)
+        placed = sorted(n for n, h in outcomes.items() if h)
+        assert len(placed) == 15  # 15 GiB at 1 GiB each, before the 20 slots
+        assert a.reserved_memory() == b.reserved_memory() == {"h0": (15 * GiB, 15)}
+        assert sorted(r["name"] for r in b.containers()) == placed
+    finally:
+        a.close(), b.close()
+
+
+def test_a_claim_refused_for_its_group_mates_is_retried_when_their_group_does_not_commit(group_etcd):
+    import gevent
+    import gevent.event
+    a = _fleet(group_etcd, hosts=0)
+    a.upsert_host("h1", "ipc:///x/1", "", {}, {"memory_reservable_bytes": 8 * GiB, "container_slots": 1})
+    a.upsert_host("h2", "ipc:///x/2", "", {}, {"memory_reservable_bytes": 8 * GiB, "container_slots": 10})
+    b = EtcdStore(group_etcd.url, a.prefix)
+    try:
+        def pinned(store, name, host):
+            return store.claim(name, "img", GiB, {}, scheduler.choose(store.hosts(), scheduler.Request(GiB, host=host)))
+
+        pinned(b, "x.web", "h2")  # another hub holds the name x.web (not on h1)
+        release, held = gevent.event.Event(), gevent.event.Event()
+        first_pick = scheduler.choose(a.hosts(), scheduler.Request(GiB, host="h2"))
+
+        def slow_pick(figures):
+            held.set()
+            release.wait()
+            return first_pick(figures)
+
+        first = gevent.spawn(a.claim, "first.web", "img", GiB, {}, slow_pick)
+        held.wait()
+        x = gevent.spawn(pinned, a, "x.web", "h1")  # takes h1's one slot in the group, but its name is taken
+        y = gevent.spawn(pinned, a, "y.web", "h1")  # refused in the group for x.web's slot: not for real
+        gevent.sleep(0)
+        release.set()
+        gevent.joinall([first, x, y])
+        assert first.get()["host"] == "h2" and y.get()["host"] == "h1"
+        with pytest.raises(errors.ContainerExists):
+            x.get()
+        assert a.reserved_memory()["h1"] == (GiB, 1)
+    finally:
+        a.close(), b.close()
