@@ -19,7 +19,9 @@ here, and why we touch it:
   ``_heartbeat_freq``: bounded stream sends and readers that notice a dead
   server (``bounded_stream``, ``ClientStream``; see "streams" below);
 - ``zerorpc.gevent_zmq.Socket``'s send, recv and state check: replaced on
-  import by the same logic on plain integers, for speed (dcctl.wire.zrpcfast).
+  import by the same logic on plain integers, for speed (dcctl.wire.zrpcfast);
+- ``Server._async_task``, ``_methods``, ``_multiplexer._active_channels``:
+  plain calls served without a channel stack each (dcctl.wire.zrpcserve).
 
 It also quiets zerorpc's own log lines that report no problem of ours
 (PITFALLS, "zerorpc's own log lines").
@@ -38,7 +40,7 @@ import zmq
 from zerorpc.exceptions import LostRemote, RemoteError, TimeoutExpired
 
 from dcctl import errors
-from dcctl.wire import zrpcfast
+from dcctl.wire import zrpcfast, zrpcserve
 
 zrpcfast.install_fast_sockets()  # zerorpc's gevent socket without pyzmq's enum arithmetic
 
@@ -217,6 +219,12 @@ class Server(zerorpc.Server):
     def __init__(self, methods: dict, *, describe: Callable[[tuple], tuple[str, str, str]], **kw):
         super().__init__(methods, **kw)
         self._describe = describe
+        self._fast = zrpcserve.FastCalls(self, describe)
+
+    def _async_task(self, initial_event):
+        if self._fast.takes(initial_event):  # a plain call: no channel stack (dcctl.wire.zrpcserve)
+            return self._fast.serve(initial_event)
+        return super()._async_task(initial_event)
 
     def _inject_builtins(self):
         pass  # the Service puts its own in the table
