@@ -60,6 +60,16 @@ _MONITORED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTO
 _HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _ids = itertools.count(1)  # monitor addresses and message ids, unique in this process
+# plain integers: pyzmq's flag enums cost an enum operation per frame on the hot path
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+_MORE_NOW = _NOBLOCK | _SNDMORE
+
+
+def _send(sock: Any, rid: bytes, payload: bytes) -> None:
+    """One message [routing id, "", payload] without waiting (zmq.ZMQError if it cannot go now)."""
+    sock.send(rid, _MORE_NOW)
+    sock.send(b"", _MORE_NOW)
+    sock.send(payload, _NOBLOCK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +238,7 @@ class FanoutClient:
                     raise errors.Unreachable(f"no server at {t.endpoint} (socket missing)")
                 msgid = b"%s%08x" % (self._base, next(_ids))
                 payload = b"\x93" + msgpack.packb({"message_id": msgid, "v": 3}, use_bin_type=True) + tail
-                self._socks[conn.kind].send_multipart([conn.rid, b"", payload], zmq.NOBLOCK)
+                _send(self._socks[conn.kind], conn.rid, payload)
             except errors.DcError as exc:
                 out[t.name] = (False, exc)
                 continue
@@ -275,7 +285,11 @@ class FanoutClient:
         """The socket's reader: every answer to its call, the rest dropped."""
         while True:
             try:
-                frames = sock.recv_multipart()
+                frame = sock.recv(copy=False)  # waits; the rest of a message is there at once
+                frames = [frame.bytes]
+                while frame.more:
+                    frame = sock.recv(_NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
             except (zmq.ZMQError, gevent.GreenletExit):
                 return
             header, name, args, problem = codec.decode(frames[-1], request=False)
@@ -334,9 +348,8 @@ class FanoutClient:
                     continue
                 header = {"message_id": b"%s%08x" % (self._base, next(_ids)), "v": 3, "response_to": msgid}
                 try:
-                    self._socks[call.conn.kind].send_multipart(
-                        [call.conn.rid, b"", msgpack.packb((header, "_zpc_hb", (0,)), use_bin_type=True)],
-                        zmq.NOBLOCK)
+                    _send(self._socks[call.conn.kind], call.conn.rid,
+                          msgpack.packb((header, "_zpc_hb", (0,)), use_bin_type=True))
                 except zmq.ZMQError:
                     pass  # its connection is gone: the monitor or the deadline ends the call
 
