@@ -46,7 +46,7 @@ import msgpack
 import zmq
 
 from dcctl import errors
-from dcctl.wire import codec, zrpc
+from dcctl.wire import codec, zrpc, zrpcfast
 from dcctl.wire.client import remote_error
 from dcctl.wire.endpoint import parse_endpoint
 from dcctl.wire.server import DEFAULT_HEARTBEAT_SECONDS, ipc_listening
@@ -250,6 +250,7 @@ class FanoutClient:
             sent[msgid] = self._calls[msgid] = call
             conn.waiting += 1
             round_.left += 1
+        self._refresh()
         if round_.left:
             round_.done.clear()
             if self._beater is None or self._beater.dead:
@@ -266,6 +267,12 @@ class FanoutClient:
                         self._disconnect(call.conn.target.name)  # its queued request goes with it
                 out[call.conn.target.name] = call.outcome
         return out
+
+    def _refresh(self) -> None:
+        """After sends without waiting: wake the readers if a reply came meanwhile."""
+        for sock in self._socks.values():
+            if not sock.closed:
+                zrpcfast.refresh_state(sock)
 
     def _timed_out(self, call: _Call, timeout_s: float) -> errors.DcError:
         ep = parse_endpoint(call.conn.target.endpoint)
@@ -290,6 +297,7 @@ class FanoutClient:
                 while frame.more:
                     frame = sock.recv(_NOBLOCK, copy=False)
                     frames.append(frame.bytes)
+                zrpcfast.refresh_state(sock)  # what the NOBLOCK reads may have consumed
             except (zmq.ZMQError, gevent.GreenletExit):
                 return
             header, name, args, problem = codec.decode(frames[-1], request=False)
@@ -352,6 +360,7 @@ class FanoutClient:
                           msgpack.packb((header, "_zpc_hb", (0,)), use_bin_type=True))
                 except zmq.ZMQError:
                     pass  # its connection is gone: the monitor or the deadline ends the call
+            self._refresh()
 
     def close(self) -> None:
         """Fail the calls waiting (Unreachable), close the sockets; idempotent."""

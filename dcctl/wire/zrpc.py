@@ -197,11 +197,17 @@ def intercept_recv(peer: Any, read: Callable[[list], Any]) -> None:
     ``read``, which returns the Event to hand to zerorpc, or None to drop
     the message and read the next one."""
     events = peer._events
-    receive = events._recv
+    sock = events._socket
+    events._recv.close()  # zerorpc's reader greenlet and its queue: the multiplexer's reader reads itself
 
     def recv(timeout=None):
         while True:
-            event = read(receive(timeout=timeout))
+            if timeout is None:
+                parts = zrpcfast.read_message(sock)
+            else:
+                with gevent.Timeout(timeout, TimeoutExpired(timeout)):
+                    parts = zrpcfast.read_message(sock)
+            event = read(parts)
             if event is not None:
                 return event
 
@@ -220,6 +226,10 @@ class Server(zerorpc.Server):
         super().__init__(methods, **kw)
         self._describe = describe
         self._fast = zrpcserve.FastCalls(self, describe)
+        self._fast.spawn_from_dispatcher()
+
+    def _acceptor(self):
+        self._fast.accept()
 
     def _async_task(self, initial_event):
         if self._fast.takes(initial_event):  # a plain call: no channel stack (dcctl.wire.zrpcserve)

@@ -20,6 +20,8 @@ wire behaviour:
   (reported, not answered), as zerorpc's own heartbeat does.
 
 Streams, protocol v1 callers and unknown methods take zerorpc's own path.
+Requests also skip zerorpc's acceptor hop: the multiplexer's reader spawns
+each one's task itself (``spawn_from_dispatcher``).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import time
 from typing import Any, Callable
 
 import gevent
+import gevent.event
 from zerorpc import Event, LostRemote, ReqRep
 
 __all__ = ["FastCalls"]
@@ -64,6 +67,30 @@ class FastCalls:
         self._describe = describe
         self._running: dict[Any, _Running] = {}
         self._beater: gevent.Greenlet | None = None
+
+    def spawn_from_dispatcher(self) -> None:
+        """Requests go from the multiplexer's reader straight to a task
+        (zerorpc hands each through a queue to its acceptor greenlet, which
+        spawns it); none is taken once the server stopped."""
+        server = self._server
+        fast = self
+
+        class _Spawner:
+            def put(self, event: Any) -> None:
+                if not fast.stopped:
+                    server._task_pool.spawn(server._async_task, event)
+
+        self.stopped = False
+        server._multiplexer._broadcast_queue = _Spawner()
+
+    def accept(self) -> None:
+        """The acceptor's body: requests are spawned by the reader (above);
+        this waits until the server stops (zerorpc's run and stop kill it)."""
+        self.stopped = False
+        try:
+            gevent.event.Event().wait()
+        finally:
+            self.stopped = True
 
     def takes(self, event: Any) -> bool:
         """Whether the fast path serves this request."""
