@@ -9,8 +9,9 @@ here, and why we touch it:
 - ``obj._events._socket``: the pyzmq socket under a zerorpc Client or
   Server, for linger, CURVE keys, MAXMSGSIZE and the handshake monitor;
 - ``events._recv`` / ``events.recv``: the socket reader, replaced by ours
-  (``intercept_recv``) to decode messages tolerantly and to stamp requests
-  with the authenticated caller;
+  (``intercept_recv``: zerorpc's reader greenlet closed, the multiplexer
+  reads the socket itself) to decode messages tolerantly and to stamp
+  requests with the authenticated caller;
 - ``Server._inject_builtins`` and ``Server._print_traceback``: overridden
   (``Server``) so the ``_zerorpc_*`` builtins are ours and no traceback is
   ever sent;
@@ -20,8 +21,10 @@ here, and why we touch it:
   server (``bounded_stream``, ``ClientStream``; see "streams" below);
 - ``zerorpc.gevent_zmq.Socket``'s send, recv and state check: replaced on
   import by the same logic on plain integers, for speed (dcctl.wire.zrpcfast);
-- ``Server._async_task``, ``_methods``, ``_multiplexer._active_channels``:
-  plain calls served without a channel stack each (dcctl.wire.zrpcserve).
+- ``Server._async_task``, ``_acceptor``, ``_methods``, ``_task_pool``,
+  ``_multiplexer._active_channels`` / ``_broadcast_queue``: plain calls
+  served without a channel stack each, and requests spawned by the reader
+  (dcctl.wire.zrpcserve).
 
 It also quiets zerorpc's own log lines that report no problem of ours
 (PITFALLS, "zerorpc's own log lines").
