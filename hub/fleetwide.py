@@ -11,6 +11,7 @@ import gevent
 
 from dcctl import errors, validate, wire
 from dcctl.wire import coerce, expose
+from dcctl.wire.client import StreamIter
 from dcctl.wire.fanout import FanoutClient
 from hub import fanout
 from hub.agents import VIEW_TIMEOUT_SECONDS
@@ -183,7 +184,8 @@ class FleetwideMethods:
         Raises: InvalidArgument (bad option), NoCapacity (no idle host in
         time), CallTimeout (the call ran past timeout_s; it may still be
         running), HostLost (the host died mid-call; it may or may not have
-        run), or the method's own error.
+        run), InvalidArgument (a stream method: it may have started), or the
+        method's own error.
         """
         opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
         timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
@@ -198,6 +200,10 @@ class FleetwideMethods:
             tried.add(host)
             try:
                 result = self.agents.call(host, method, *args, timeout_s=timeout)
+                if isinstance(result, StreamIter):  # its answer could not be sent on: refused, typed
+                    result.close()
+                    raise errors.InvalidArgument(f"{method} is a stream method; the queue takes plain methods",
+                                                 hint="call it on one host directly")
                 return {"host": host, "result": result, "attempts": len(tried),
                         "duration_s": round(time.monotonic() - started, 6)}
             except errors.CallTimeout as exc:
