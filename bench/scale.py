@@ -13,7 +13,8 @@ process, registered with a real dc-hub over its local ipc endpoint.
 2. Broadcast latency: ``broadcast container_ls`` through the hub to every
    host, median and p99 over ROUNDS; beside it a plain gevent fan-out of raw
    zerorpc calls from this process to the same agents, and the target
-   (under 1 s median at 1,000 hosts).
+   (under 1 s median at 1,000 hosts); then the hub's file descriptors and
+   resident memory, holding a connection to every host.
 3. Hub restart: the hub is killed (SIGKILL), stays down for 3 heartbeats
    (every agent's call fails), and starts again on its store; the hub's log
    gives each re-registration's time: peak registrations per second, the
@@ -68,6 +69,13 @@ def cpu_share(pid: int, window_s: float) -> float:
     before, started = cpu_seconds(pid), time.monotonic()
     time.sleep(window_s)
     return 100.0 * (cpu_seconds(pid) - before) / (time.monotonic() - started)
+
+
+def fds_and_rss(pid: int) -> tuple[int, float]:
+    """(open file descriptors, resident MiB) of process ``pid``."""
+    with open(f"/proc/{pid}/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return len(os.listdir(f"/proc/{pid}/fd")), rss_kib / 1024
 
 
 def registrations(log: str, since: float) -> dict[str, float]:
@@ -235,6 +243,8 @@ def main() -> int:
             share = cpu_share(fleet.hub_proc.pid, args.window_s)
             print(f"  {n:4d} hosts, the hub holding a client to every host: hub CPU {share:5.1f}% of a core "
                   f"over {args.window_s:g} s", flush=True)
+            fds, rss = fds_and_rss(fleet.hub_proc.pid)
+            print(f"  {n:4d} hosts: hub {fds} fds, RSS {rss:.0f} MiB", flush=True)
         hub.close()
         if args.restart == "yes":
             n = sizes[-1]

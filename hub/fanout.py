@@ -2,7 +2,9 @@
 
 Broadcast: one greenlet per targeted host from a bounded pool, gathered with
 a deadline; a slow, frozen or dead host is reported as ``timeout`` and never
-delays the answer past it (the stragglers' greenlets are killed).
+delays the answer past it (the stragglers' greenlets are killed).  The hub's
+own broadcast and fleet views take ``lean_broadcast``: the same results over
+one dcctl.wire.fanout.FanoutClient (shared sockets, no client per host).
 
 Worker queue (the ZeroMQ guide's load-balancing broker, built at the hub):
 idle hosts wait in a FIFO; each call takes the host idle the longest, runs on
@@ -23,6 +25,7 @@ import gevent.pool
 from gevent.event import Event
 
 from dcctl import errors
+from dcctl.wire.fanout import FanoutClient, Target
 
 MAX_PARALLEL_CALLS = 256
 
@@ -69,6 +72,40 @@ def broadcast(hosts: list[dict], call: Callable[[dict], object], timeout_s: floa
     greenlets = [pool.spawn(one, h) for h in hosts]
     gevent.joinall(greenlets, timeout=timeout_s)
     gevent.killall([g for g in greenlets if not g.ready()], block=False)
+    return _gathered(hosts, results, started)
+
+
+def lean_broadcast(fan: FanoutClient, hosts: list[dict], method: str, args: list, timeout_s: float,
+                   server_pair: tuple[bytes, bytes] | None) -> dict:
+    """``broadcast`` of ``method(*args)`` to the agents of ``hosts`` (store
+    rows: name, state, endpoint, key) over the one FanoutClient ``fan``
+    (dcctl.wire.fanout: no zerorpc client per host), with the same results
+    and statuses: a host not alive, or whose row has a key but no tcp
+    endpoint (or no key and no ipc endpoint), is an Unreachable error, as
+    Agents.client makes it; a host that registered with a key is reached
+    over CURVE with that key as the expected server key."""
+    started = time.monotonic()
+    results: dict[str, dict] = {}
+    todo: list[Target] = []
+    for h in hosts:
+        if h.get("state") not in (None, "alive"):
+            results[h["name"]] = {"status": "error", "error": "Unreachable", "message": f"host is {h['state']}"}
+        elif h.get("key") and not server_pair:
+            results[h["name"]] = {"status": "error", "error": "Unreachable",
+                                  "message": f"host {h['name']} has a key but no CURVE endpoint the hub can verify"}
+        else:
+            todo.append(Target(h["name"], h["endpoint"], h["key"].encode() if h.get("key") else None))
+    for name, (ok, value) in fan.call_many(todo, method, args, timeout_s).items():
+        if ok:
+            results[name] = {"status": "ok", "result": value}
+        elif isinstance(value, errors.CallTimeout):
+            results[name] = {"status": "timeout"}
+        else:
+            results[name] = {"status": "error", "error": type(value).__name__, "message": str(value)}
+    return _gathered(hosts, results, started)
+
+
+def _gathered(hosts: list[dict], results: dict[str, dict], started: float) -> dict:
     for h in hosts:
         results.setdefault(h["name"], {"status": "timeout"})
     counts = collections.Counter(r["status"] for r in results.values())

@@ -11,6 +11,8 @@ import gevent
 
 from dcctl import errors, validate, wire
 from dcctl.wire import coerce, expose
+from dcctl.wire.client import StreamIter
+from dcctl.wire.fanout import FanoutClient
 from hub import fanout
 from hub.agents import VIEW_TIMEOUT_SECONDS
 
@@ -42,11 +44,30 @@ class FleetwideMethods:
                         continue
         return coerce.coerce_args(args, coerce.params_of((self._agent_schema or {}).get(method) or {}))
 
+    def fanout_client(self) -> FanoutClient:
+        """The hub's one FanoutClient (dcctl.wire.fanout), made on first use,
+        with the hub's key pair as its CURVE client keys towards agents."""
+        fan = self.__dict__.get("_fan")
+        if fan is None:
+            fan = self.__dict__["_fan"] = FanoutClient(self.server_pair, heartbeat_s=wire.DEFAULT_HEARTBEAT_SECONDS)
+        return fan
+
+    def close_fanout(self) -> None:
+        """Close the FanoutClient (its calls waiting fail with Unreachable)."""
+        fan = self.__dict__.pop("_fan", None)
+        if fan is not None:
+            fan.close()
+
+    def _fan_out(self, hosts: list[dict], every: list[dict], method: str, args: list, timeout_s: float) -> dict:
+        """fanout.lean_broadcast to ``hosts``; connections to hosts no longer
+        in ``every`` (the store's rows just read) are closed first."""
+        fan = self.fanout_client()
+        fan.retain(h["name"] for h in every)
+        return fanout.lean_broadcast(fan, hosts, method, args, timeout_s, self.server_pair)
+
     def _gather(self, method: str, *args) -> dict:
         hosts = self.store.hosts()
-        return fanout.broadcast(hosts, lambda h: self.agents.call(h["name"], method, *args,
-                                                            timeout_s=VIEW_TIMEOUT_SECONDS, row=h),
-                                VIEW_TIMEOUT_SECONDS + 0.5)
+        return self._fan_out(hosts, hosts, method, list(args), VIEW_TIMEOUT_SECONDS)
 
     @expose(access="read")
     def container_ls(self) -> list:
@@ -134,20 +155,17 @@ class FleetwideMethods:
             raise errors.InvalidArgument("method must be an agent method name")
         if not isinstance(opts.get("fire_and_forget", False), bool):
             raise errors.InvalidArgument("fire_and_forget must be true or false")
-        hosts = fanout.targets(self.store.hosts(), opts.get("target"))
+        every = self.store.hosts()
+        hosts = fanout.targets(every, opts.get("target"))
         if not hosts:
             raise errors.NoSuchHost(f"no host matches the target {opts.get('target') or '*'!r}",
                                     hint="see `dcctl hosts` for names and labels")
         args = self._coerce(method, list(args or []))
-
-        def call(h):  # the row just read: no store read per host
-            return self.agents.call(h["name"], method, *args, timeout_s=timeout, row=h)
-
         if opts.get("fire_and_forget"):
-            gevent.spawn(fanout.broadcast, hosts, call, timeout)
+            gevent.spawn(self._fan_out, hosts, every, method, args, timeout)
             return {"summary": {"targeted": len(hosts), "ok": 0, "error": 0, "timeout": 0, "duration_s": 0.0},
                     "results": {}, "fire_and_forget": True}
-        return fanout.broadcast(hosts, call, timeout)
+        return self._fan_out(hosts, every, method, args, timeout)
 
     @expose
     def queue(self, method: str, args: list | None = None, options: dict | None = None) -> dict:
@@ -166,7 +184,8 @@ class FleetwideMethods:
         Raises: InvalidArgument (bad option), NoCapacity (no idle host in
         time), CallTimeout (the call ran past timeout_s; it may still be
         running), HostLost (the host died mid-call; it may or may not have
-        run), or the method's own error.
+        run), InvalidArgument (a stream method: it may have started), or the
+        method's own error.
         """
         opts = validate.options(options, {"timeout_s": "", "idempotent": ""}, "queue")
         timeout = validate.number(opts.get("timeout_s", 60.0), "timeout_s", minimum=0.1, maximum=86400)
@@ -181,6 +200,10 @@ class FleetwideMethods:
             tried.add(host)
             try:
                 result = self.agents.call(host, method, *args, timeout_s=timeout)
+                if isinstance(result, StreamIter):  # its answer could not be sent on: refused, typed
+                    result.close()
+                    raise errors.InvalidArgument(f"{method} is a stream method; the queue takes plain methods",
+                                                 hint="call it on one host directly")
                 return {"host": host, "result": result, "attempts": len(tried),
                         "duration_s": round(time.monotonic() - started, 6)}
             except errors.CallTimeout as exc:

@@ -138,6 +138,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         gevent.killall(self._tasks)
         self.beats.flush()
         self.agents.close()
+        self.close_fanout()  # the broadcast's shared sockets (hub/fleetwide.py)
 
     def _recover(self, journal: set[str]) -> None:
         """The journal recovery (Placer.recover), once hosts have had two

@@ -10,6 +10,8 @@ Modules, by concern:
                   request size) and tolerant decoding
     server        ``Service``, its callers (``current_caller``), ``claim_ipc_path``
     client        ``RpcClient``, ``connect``; remote error names -> dcctl.errors
+    fanout        ``FanoutClient``: one request to many servers over shared
+                  ROUTER sockets (the hub's broadcast)
     zrpc          zerorpc's private attributes and ZeroMQ socket options: the
                   only module that touches either (nothing else reaches past it)
     relay         container_enter's terminal channel (a PAIR socket of msgpack lists)
@@ -41,8 +43,8 @@ _EXPORTS = {
     "DEFAULT_TIMEOUT_SECONDS": "client", "RpcClient": "client", "connect": "client",
     "ZERORPC_NOISE": "zrpc", "ZerorpcNoiseFilter": "zrpc", "quiet_zerorpc_noise": "zrpc",
 }
-_SUBMODULES = ("client", "clientconfig", "codec", "coerce", "endpoint", "methods", "refs", "relay", "server",
-               "zrpc")
+_SUBMODULES = ("client", "clientconfig", "codec", "coerce", "endpoint", "fanout", "methods", "refs", "relay",
+               "server", "zrpc")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

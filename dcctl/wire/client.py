@@ -37,13 +37,19 @@ class _ErrorMapper:
     """zerorpc middleware: remote error names become dcctl.errors classes."""
 
     def client_handle_remote_error(self, event):
-        name, msg, detail = "InternalError", "", ""
-        if isinstance(event.args, (list, tuple)) and len(event.args) >= 2:
-            name, msg = str(event.args[0]), str(event.args[1])
-            detail = str(event.args[2]) if len(event.args) > 2 and event.args[2] else ""
-        elif event.args:
-            msg = str(event.args[0])
-        return errors.from_wire(name, msg, _hint_of(detail))
+        return remote_error(event.args)
+
+
+def remote_error(args) -> errors.DcError:
+    """The dcctl.errors instance for the arguments of a zerorpc ERR event
+    ([name, message, detail]; detail's "hint: " line becomes the hint)."""
+    name, msg, detail = "InternalError", "", ""
+    if isinstance(args, (list, tuple)) and len(args) >= 2:
+        name, msg = str(args[0]), str(args[1])
+        detail = str(args[2]) if len(args) > 2 and args[2] else ""
+    elif args:
+        msg = str(args[0])
+    return errors.from_wire(name, msg, _hint_of(detail))
 
 
 def _hint_of(detail: str) -> str | None:

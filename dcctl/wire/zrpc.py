@@ -9,8 +9,9 @@ here, and why we touch it:
 - ``obj._events._socket``: the pyzmq socket under a zerorpc Client or
   Server, for linger, CURVE keys, MAXMSGSIZE and the handshake monitor;
 - ``events._recv`` / ``events.recv``: the socket reader, replaced by ours
-  (``intercept_recv``) to decode messages tolerantly and to stamp requests
-  with the authenticated caller;
+  (``intercept_recv``: zerorpc's reader greenlet closed, the multiplexer
+  reads the socket itself) to decode messages tolerantly and to stamp
+  requests with the authenticated caller;
 - ``Server._inject_builtins`` and ``Server._print_traceback``: overridden
   (``Server``) so the ``_zerorpc_*`` builtins are ours and no traceback is
   ever sent;
@@ -19,7 +20,11 @@ here, and why we touch it:
   ``_heartbeat_freq``: bounded stream sends and readers that notice a dead
   server (``bounded_stream``, ``ClientStream``; see "streams" below);
 - ``zerorpc.gevent_zmq.Socket``'s send, recv and state check: replaced on
-  import by the same logic on plain integers, for speed (dcctl.wire.zrpcfast).
+  import by the same logic on plain integers, for speed (dcctl.wire.zrpcfast);
+- ``Server._async_task``, ``_acceptor``, ``_methods``, ``_task_pool``,
+  ``_multiplexer._active_channels`` / ``_broadcast_queue``: plain calls
+  served without a channel stack each, and requests spawned by the reader
+  (dcctl.wire.zrpcserve).
 
 It also quiets zerorpc's own log lines that report no problem of ours
 (PITFALLS, "zerorpc's own log lines").
@@ -38,7 +43,7 @@ import zmq
 from zerorpc.exceptions import LostRemote, RemoteError, TimeoutExpired
 
 from dcctl import errors
-from dcctl.wire import zrpcfast
+from dcctl.wire import zrpcfast, zrpcserve
 
 zrpcfast.install_fast_sockets()  # zerorpc's gevent socket without pyzmq's enum arithmetic
 
@@ -195,11 +200,17 @@ def intercept_recv(peer: Any, read: Callable[[list], Any]) -> None:
     ``read``, which returns the Event to hand to zerorpc, or None to drop
     the message and read the next one."""
     events = peer._events
-    receive = events._recv
+    sock = events._socket
+    events._recv.close()  # zerorpc's reader greenlet and its queue: the multiplexer's reader reads itself
 
     def recv(timeout=None):
         while True:
-            event = read(receive(timeout=timeout))
+            if timeout is None:
+                parts = zrpcfast.read_message(sock)
+            else:
+                with gevent.Timeout(timeout, TimeoutExpired(timeout)):
+                    parts = zrpcfast.read_message(sock)
+            event = read(parts)
             if event is not None:
                 return event
 
@@ -217,6 +228,16 @@ class Server(zerorpc.Server):
     def __init__(self, methods: dict, *, describe: Callable[[tuple], tuple[str, str, str]], **kw):
         super().__init__(methods, **kw)
         self._describe = describe
+        self._fast = zrpcserve.FastCalls(self, describe)
+        self._fast.spawn_from_dispatcher()
+
+    def _acceptor(self):
+        self._fast.accept()
+
+    def _async_task(self, initial_event):
+        if self._fast.takes(initial_event):  # a plain call: no channel stack (dcctl.wire.zrpcserve)
+            return self._fast.serve(initial_event)
+        return super()._async_task(initial_event)
 
     def _inject_builtins(self):
         pass  # the Service puts its own in the table

@@ -19,7 +19,7 @@ import gevent
 import zmq
 from zerorpc import gevent_zmq
 
-__all__ = ["fast_sockets_installed", "install_fast_sockets"]
+__all__ = ["fast_sockets_installed", "install_fast_sockets", "read_message", "refresh_state"]
 
 _gevent_zmq_log = logging.getLogger("zerorpc.gevent_zmq")  # zerorpc's logger: its noise filter applies
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -96,6 +96,27 @@ def _fast_recv(self, flags=0, copy=True, track=False):
             except zmq.ZMQError as e:
                 if e.errno not in _RETRY:
                     raise
+
+
+def refresh_state(sock) -> None:
+    """The forced state check of zerorpc's gevent socket ``sock``, for a
+    caller that sent or read without waiting (``NOBLOCK``), which skips it:
+    ZeroMQ's edge-triggered fd may have signalled, and that call consumed,
+    a readable or writable change that a greenlet waiting on the socket
+    would otherwise see only at the 1 s catch-up."""
+    _fast_on_state_changed(sock)
+
+
+def read_message(sock) -> list:
+    """The next message on zerorpc's gevent socket ``sock``, its frames
+    (zmq.Frame) in a list: waits for the first; the rest of a multipart
+    message is there at once (read without waiting, then one state check).
+    What zerorpc's reader greenlet does, without that greenlet and its queue."""
+    parts = [sock.recv(copy=False)]
+    while parts[-1].more:
+        parts.append(_BASE.recv(sock, _NOBLOCK, False))
+    _fast_on_state_changed(sock)
+    return parts
 
 
 def fast_sockets_installed() -> bool:

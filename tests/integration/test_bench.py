@@ -68,6 +68,7 @@ FIGURES = {
                r"p99 +[\d.]+ ms   \(target < 1000 ms median\)$", 1),
               (r"^    20 hosts: hub CPU per broadcast +[\d.]+ ms; rounds failed: none$", 1),
               (r"^    20 hosts, the hub holding a client to every host: hub CPU +[\d.]+% of a core over [\d.]+ s$", 1),
+              (r"^    20 hosts: hub \d+ fds, RSS \d+ MiB$", 1),
               (r"^  hub restart, (jitter 1 s|no jitter \(reference\)): 20 hosts registered again +[\d.]+ s to +[\d.]+ s "
                r"after the start \(spread +[\d.]+ s\), peak \d+ registrations/s$", 2)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
