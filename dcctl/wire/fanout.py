@@ -4,8 +4,9 @@ handshake monitor) per server.
 
 ``FanoutClient.call_many(targets, method, args, timeout_s)`` sends one
 zerorpc request to each target and waits for every answer up to
-``timeout_s``.  Under it are at most two ZeroMQ ROUTER sockets (one plain,
-for ``ipc://``; one CURVE client, for ``tcp://`` servers with a key) that
+``timeout_s``.  Under it are two ZeroMQ ROUTER sockets (one plain,
+for ``ipc://``; one CURVE client, for ``tcp://`` servers with a key; one
+more of a kind only for a second target at an endpoint already held) that
 connect to every server with ``ZMQ_CONNECT_ROUTING_ID`` set per connect, so
 each reply's first frame names its connection; one reader greenlet per
 socket takes every reply.  CURVE's server key is a socket option read at
@@ -87,6 +88,7 @@ class _Conn:
     __slots__ = ("target", "kind", "rid", "refused", "waiting")
 
     def __init__(self, target: Target, kind: str, rid: bytes):
+        # kind: the key of its socket in FanoutClient._socks ("plain", "curve", "curve#1"...)
         self.target, self.kind, self.rid, self.refused = target, kind, rid, None
         self.waiting = 0  # calls sent on it and not over
 
@@ -128,7 +130,7 @@ class FanoutClient:
         self._monitors: dict[str, Any] = {}
         self._tasks: list[gevent.Greenlet] = []
         self._conns: dict[str, _Conn] = {}  # target name -> its connection
-        self._by_endpoint: dict[tuple[str, str], _Conn] = {}  # (kind, endpoint) -> connection
+        self._by_endpoint: dict[tuple[str, str], _Conn] = {}  # (socket key, endpoint) -> connection
         self._calls: dict[bytes, _Call] = {}  # message id -> call waiting for its answer
         self._rids = itertools.count(1)
         self._base = os.urandom(6).hex().encode()
@@ -141,13 +143,27 @@ class FanoutClient:
         return len(self._conns)
 
     # ------------------------------------------------------------ sockets
+    def _slot(self, kind: str, endpoint: str) -> str:
+        """The key of a socket of ``kind`` with no connection to
+        ``endpoint`` yet.  ZeroMQ's monitor names a connection by its
+        endpoint alone, and a disconnect closes every connection to it, so
+        two targets at one endpoint (a host that registered with another
+        host's endpoint) each get their own socket: neither's handshake
+        failure, loss or timeout touches the other's calls."""
+        slot, n = kind, 0
+        while (slot, endpoint) in self._by_endpoint:
+            n += 1
+            slot = f"{kind}#{n}"
+        self._sock(slot)
+        return slot
+
     def _sock(self, kind: str) -> Any:
         sock = self._socks.get(kind)
         if sock is None:
             sock = self._ctx.socket(zmq.ROUTER)
             sock.linger = 0
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            if kind == "curve":
+            if kind.partition("#")[0] == "curve":
                 sock.curve_publickey, sock.curve_secretkey = self._pair
             mon = sock.get_monitor_socket(_MONITORED, addr=f"inproc://dcfleet-fanout-{os.getpid()}-{next(_ids)}")
             mon.linger = 0
@@ -172,10 +188,11 @@ class FanoutClient:
             kind = "plain"
         else:
             raise errors.Unreachable(f"{target.name}: a tcp:// endpoint needs the server's key")
-        sock = self._sock(kind)
+        kind = self._slot(kind, target.endpoint)
+        sock = self._socks[kind]
         conn = _Conn(target, kind, b"fan-%d" % next(self._rids))
         try:
-            if kind == "curve":
+            if target.server_key is not None:
                 sock.curve_serverkey = target.server_key  # read by this connect
             sock.setsockopt(zmq.CONNECT_ROUTING_ID, conn.rid)
             sock.connect(target.endpoint)

@@ -169,3 +169,33 @@ def test_the_hub_broadcast_results_over_the_fanout_client(servers, fan):
     assert out["results"]["b0"] == {"status": "ok", "result": {"host": "b0", "tag": "b"}}
     assert out["results"]["lost"] == {"status": "error", "error": "Unreachable", "message": "host is unreachable"}
     assert out["results"]["keyed"]["error"] == "Unreachable"
+
+
+def test_a_host_claiming_another_hosts_endpoint_harms_only_itself(tmp_path):
+    """An insider host registers with its own key but the endpoint of an
+    honest host: its calls fail (the server there has another key), and
+    the honest host's calls, on the same shared socket, still answer, in
+    this round and the next ones (no shared monitor event or disconnect)."""
+    keys_dir = str(tmp_path / "keys")
+    svc = wire.Service(Echo("honest"), "honest", keys_dir=keys_dir)
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    svc.bind(ep)
+    svc.start()
+    _, ours = auth.keygen(str(tmp_path / "me"), "me")
+    pair = auth.load_pair(ours)
+    auth.Allowlist(keys_dir).add("admin", "me", pair[0].decode())
+    _, other = auth.keygen(str(tmp_path / "impostor"), "impostor")
+    honest = Target("honest", ep, svc.public_key.encode())
+    impostor = Target("a-impostor", ep, auth.load_pair(other)[0])
+    client = FanoutClient(pair)
+    try:
+        wait_for(lambda: client.call_many([honest], "who", ["w"], 10.0)["honest"][0], 30, "the honest host to answer")
+        for i in range(3):
+            out = client.call_many([impostor, honest], "who", [str(i)], 3.0)
+            assert out["honest"] == (True, {"host": "honest", "tag": str(i)}), (i, out)
+            assert not out["a-impostor"][0], out
+        assert client.call_many([honest], "who", ["after"], 10.0)["honest"] == (True, {"host": "honest",
+                                                                                     "tag": "after"})
+    finally:
+        client.close()
+        svc.stop()
