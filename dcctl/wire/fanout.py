@@ -29,7 +29,8 @@ request dropped: a server that never answered costs nothing afterwards;
 the next call connects again); a
 server that refuses our key (the socket monitor's HANDSHAKE_FAILED) fails
 its call at once with Unauthorized, one whose connection drops mid-call
-with Unreachable; nothing grows per call (``retain`` drops the connections
+(or that sends a message over MAX_RESULT_BYTES and its envelope: ZeroMQ
+drops it unread) with Unreachable; nothing grows per call (``retain`` drops the connections
 of servers no longer wanted).
 """
 from __future__ import annotations
@@ -64,6 +65,8 @@ _ids = itertools.count(1)  # monitor addresses and message ids, unique in this p
 # plain integers: pyzmq's flag enums cost an enum operation per frame on the hot path
 _NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 _MORE_NOW = _NOBLOCK | _SNDMORE
+#: room for an answer's header, name and the list around its result
+_ENVELOPE_BYTES = 64 * 1024
 
 
 def _send(sock: Any, rid: bytes, payload: bytes) -> None:
@@ -163,6 +166,9 @@ class FanoutClient:
             sock = self._ctx.socket(zmq.ROUTER)
             sock.linger = 0
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # an honest server's answer is at most MAX_RESULT_BYTES (check_result) and its
+            # envelope; ZeroMQ drops a peer sending more, before it is buffered
+            sock.setsockopt(zmq.MAXMSGSIZE, codec.MAX_RESULT_BYTES + _ENVELOPE_BYTES)
             if kind.partition("#")[0] == "curve":
                 sock.curve_publickey, sock.curve_secretkey = self._pair
             mon = sock.get_monitor_socket(_MONITORED, addr=f"inproc://dcfleet-fanout-{os.getpid()}-{next(_ids)}")

@@ -199,3 +199,46 @@ def test_a_host_claiming_another_hosts_endpoint_harms_only_itself(tmp_path):
     finally:
         client.close()
         svc.stop()
+
+
+def _rogue_server(endpoint, answer):
+    """A raw ROUTER at ``endpoint`` that answers every request with
+    ``answer(header) -> list of payload bytes`` (a rogue host's agent)."""
+    import msgpack
+    import zmq.green as zmq_green
+    ctx = zmq_green.Context()
+    sock = ctx.socket(zmq_green.ROUTER)
+    sock.linger = 0
+    sock.bind(endpoint)
+
+    def run():
+        while True:
+            frames = sock.recv_multipart()
+            header = msgpack.unpackb(frames[-1], raw=False)[0]
+            for payload in answer(header):
+                sock.send_multipart([frames[0], b"", payload])
+
+    task = gevent.spawn(run)
+
+    def stop():
+        task.kill()
+        sock.close()
+        ctx.term()
+    return stop
+
+
+def test_a_reply_over_the_result_cap_is_refused_not_buffered(tmp_path, fan):
+    """A host answering with more than MAX_RESULT_BYTES (no honest server
+    sends that: its results are capped) is dropped by ZeroMQ at the
+    socket, its call an error; the next round answers normally."""
+    import msgpack
+    from dcctl.wire import codec
+    ep = f"ipc://{tmp_path}/rogue.sock"
+    big = b"x" * (codec.MAX_RESULT_BYTES + (1 << 20))
+    stop = _rogue_server(ep, lambda h: [msgpack.packb([{"message_id": b"r1", "v": 3,
+                                                         "response_to": h["message_id"]}, "OK", [big]])])
+    try:
+        ok, value = fan.call_many([Target("rogue", ep)], "who", [], 20.0)["rogue"]
+        assert not ok and isinstance(value, (errors.Unreachable, errors.CallTimeout)), (ok, type(value))
+    finally:
+        stop()
