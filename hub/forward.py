@@ -63,12 +63,18 @@ class ForwardMethods:
 
         Returns: {name, destroyed: True}.
         Raises: the agent's errors (then the fleet record stays);
+        Busy (its create is still under way: the row is "reserved");
         NoSuchContainer (in neither the fleet nor on its host); Unreachable
         (the owner missed its heartbeats, or does not answer); CallTimeout.
         """
         marked = False
         try:
-            self._owner(name)
+            validate.container_name(name)
+            if self.store.container(name)["state"] == "reserved":
+                # its create is under way (or the journal has yet to decide it): forgetting
+                # the row under the create would leave its copy running unrecorded
+                raise errors.Busy(f"container {name!r} is being created",
+                                  hint="destroy it once create_container has answered")
             marked = self.store.set_state(name, "destroying", "placed")
             result = self._forward("container_destroy", name, force)
         except (errors.Unreachable, errors.CallTimeout):

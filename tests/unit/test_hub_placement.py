@@ -86,3 +86,33 @@ def test_the_journal_adopts_rolls_back_and_waits_for_hosts_that_do_not_answer(fl
     assert ("container_inspect", "later") not in fleet.agents["h2"].calls
     fleet.serve("h2")
     wait_for(lambda: fleet.store.container("later")["state"] == "placed", 10, "later to be adopted once h2 answers")
+
+
+def test_a_destroy_during_the_create_leaves_no_container_the_fleet_does_not_know(fleet):
+    """container_destroy of a name whose create is still under way (its row
+    "reserved") must not forget the reservation under the create: before,
+    the create went on, made and started the container on h1 and answered
+    success, while the fleet had no row (the name free for a second create
+    elsewhere, the capacity untallied)."""
+    import gevent
+    pulled, go = gevent.event.Event(), gevent.event.Event()
+
+    def hold():
+        pulled.set()
+        go.wait(30)
+    fleet.agents["h1"].before["image_pull"] = hold
+    create = gevent.spawn(fleet.hub.create_container, "busybox", "mid.web", {"memory_bytes": GiB})
+    try:
+        assert pulled.wait(30), "the create to reach h1"
+        with pytest.raises(errors.Busy):
+            fleet.hub.container_destroy("mid.web")
+    finally:
+        go.set()
+    result = create.get(timeout=30)
+    assert result["host"] == "h1"
+    row = fleet.store.container("mid.web")
+    assert (row["host"], row["state"]) == ("h1", "placed")
+    assert fleet.store.reserved_memory() == {"h1": (GiB, 1)}
+    # once made, the destroy goes through and both records go
+    assert fleet.hub.container_destroy("mid.web")["destroyed"] is True
+    assert fleet.agents["h1"].containers == {} and fleet.store.reserved_memory() == {}
