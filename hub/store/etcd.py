@@ -347,6 +347,10 @@ class EtcdClient:
 #: claims of one group commit (EtcdStore.claim): with its row, in-flight key,
 #: two compares each and one record per host, within etcd's 128 operations
 CLAIM_GROUP_MAX = 32
+#: the rows one group commit may carry, bytes of JSON: well under etcd's
+#: 1.5 MiB per request (--max-request-bytes), so big specs (a create's
+#: environment may reach MiBs) never make a group's request too large
+CLAIM_GROUP_BYTES = 512 * 1024
 _ALONE = object()  # a grouped claim's outcome: run it alone
 
 
@@ -813,7 +817,9 @@ class EtcdStore(Store):
         claim for each (its name's create_revision 0, no abandoned copy of
         it, the mod revision of each host record written), so a group
         commits whole or not at all; when it does not, its claims run
-        alone (``_claim_one``), one after the other.  A claim refused
+        alone (``_claim_one``), one after the other, as do the claims of a
+        group etcd refuses whole (StoreError, e.g. a request too large) and
+        a claim whose row would take its group past CLAIM_GROUP_BYTES.  A claim refused
         (NoCapacity) for the capacity its group's earlier claims take is
         refused only once they commit, else it is tried alone too.  A claim made while none is in flight
         goes at once, a group of one.  Under concurrency one etcd request
@@ -899,11 +905,16 @@ class EtcdStore(Store):
         records last seen plus the group's claims before it."""
         resv = self._claim_figures()
         figures = self._figures(resv)
-        chosen, names_seen, refused = [], set(), []
+        chosen, names_seen, refused, group_bytes = [], set(), [], 0
         for e in group:
             if e.name in names_seen:
                 e.result.set(_ALONE)  # decided once the first of the name is
                 continue
+            size = len(json.dumps(e.spec)) + len(e.name) + len(e.image)
+            if chosen and group_bytes + size > CLAIM_GROUP_BYTES:
+                e.result.set(_ALONE)  # too big to go with the others: its own request
+                continue
+            group_bytes += size
             names_seen.add(e.name)
             try:
                 host = e.choose(figures)
@@ -937,7 +948,17 @@ class EtcdStore(Store):
             merged[host] = {**names, **add}
             compares.append(self.etcd.at(self._k("resv", host), rev))
             ops.append(self.etcd.put(self._k("resv", host), {"names": merged[host]}))
-        ok, out = self.etcd.txn(compares, ops, [self.etcd.read(self._k("resv", h)) for h in records])
+        try:
+            ok, out = self.etcd.txn(compares, ops, [self.etcd.read(self._k("resv", h)) for h in records])
+        except errors.StoreUnavailable:
+            raise
+        except errors.StoreError as exc:  # refused whole, nothing written: each claim alone gets its own answer
+            if len(chosen) + len(refused) == 1:
+                raise
+            log.warning("a group of %d claims was refused (%s): each goes alone", len(chosen) + len(refused), exc)
+            for e in [e for e, _ in chosen] + [e for e, _ in refused]:
+                e.result.set(_ALONE)
+            return
         if ok:
             revision = int(out["header"]["revision"])
             for host, names in merged.items():

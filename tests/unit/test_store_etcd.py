@@ -347,3 +347,40 @@ def test_a_claim_refused_for_its_group_mates_is_retried_when_their_group_does_no
         assert a.reserved_memory()["h1"] == (GiB, 1)
     finally:
         a.close(), b.close()
+
+
+@pytest.mark.parametrize("group_bytes", [None, 1 << 30])
+def test_claims_too_big_to_go_together_are_each_claimed_alone(group_etcd, group_bytes, monkeypatch):
+    """Two creates whose specs (a careless operator's big environments, each
+    well under etcd's 1.5 MiB request limit alone) land in one group with
+    small ones: before, the group's one transaction was over the limit and
+    etcd's refusal (StoreError) failed every claim of the group."""
+    import gevent
+    import gevent.event
+    if group_bytes:  # no byte budget: etcd's own refusal of the group sends its claims alone
+        monkeypatch.setattr("hub.store.etcd.CLAIM_GROUP_BYTES", group_bytes)
+    store = _fleet(group_etcd)
+    try:
+        release, held = gevent.event.Event(), gevent.event.Event()
+        first_pick = scheduler.choose(store.hosts(), scheduler.Request(GiB))
+
+        def slow_pick(figures):  # holds the first transaction so the rest form one group behind it
+            held.set()
+            release.wait()
+            return first_pick(figures)
+
+        first = gevent.spawn(store.claim, "big.first", "img", GiB, {}, slow_pick)
+        held.wait()
+        big = {"options": {"env": {f"V{i}": "x" * 60000 for i in range(14)}}}  # about 0.8 MiB each
+        claims = [gevent.spawn(store.claim, f"big.{i}", "img", GiB, big,
+                               scheduler.choose(store.hosts(), scheduler.Request(GiB))) for i in range(2)]
+        claims += [gevent.spawn(_claim, store, f"small.{i}") for i in range(3)]
+        gevent.sleep(0)
+        release.set()
+        gevent.joinall([first, *claims])
+        assert first.get()["name"] == "big.first"
+        assert [g.get()["name"] for g in claims] == ["big.0", "big.1", "small.0", "small.1", "small.2"]
+        assert store.container("big.1")["spec"] == big
+        assert {h: v for h, v in store.reserved_memory().items() if v != (0, 0)} == _summed(store)
+    finally:
+        store.close()
