@@ -42,13 +42,17 @@ class _ErrorMapper:
 
 def remote_error(args) -> errors.DcError:
     """The dcctl.errors instance for the arguments of a zerorpc ERR event
-    ([name, message, detail]; detail's "hint: " line becomes the hint)."""
+    ([name, message, detail]; detail's "hint: " line becomes the hint).
+    Arguments of any other shape (a broken or hostile server's: a map, a
+    number, a short list) become InternalError, never an exception here."""
     name, msg, detail = "InternalError", "", ""
     if isinstance(args, (list, tuple)) and len(args) >= 2:
         name, msg = str(args[0]), str(args[1])
         detail = str(args[2]) if len(args) > 2 and args[2] else ""
-    elif args:
+    elif isinstance(args, (list, tuple)) and args:
         msg = str(args[0])
+    elif args is not None and not isinstance(args, (list, tuple)):
+        msg = f"a malformed error answer: {str(args)[:200]}"
     return errors.from_wire(name, msg, _hint_of(detail))
 
 

@@ -330,15 +330,24 @@ class FanoutClient:
                 self.late_replies += 1
                 continue
             call.seen = time.monotonic()
-            if problem and not isinstance(name, str):
-                self._finish(call, (False, errors.InternalError(f"the server's answer cannot be decoded: {problem}")))
-            elif name == "OK":
-                self._finish(call, (True, args[0] if isinstance(args, (list, tuple)) and args else None))
-            elif name == "ERR":
-                self._finish(call, (False, remote_error(args)))
-            elif name in ("STREAM", "STREAM_DONE"):
-                self._finish(call, (False, errors.InvalidArgument(
-                    f"{call.method} is a stream method; a fan-out takes plain methods")))
+            try:
+                self._answer(call, name, args, problem)
+            except Exception as exc:  # a bug here must not end the reader: every later call would time out
+                log.exception("the answer to %s from %s could not be taken", call.method, call.conn.target.endpoint)
+                self._finish(call, (False, errors.InternalError(
+                    f"the server's answer could not be taken: {type(exc).__name__}")))
+
+    def _answer(self, call: _Call, name: Any, args: Any, problem: str | None) -> None:
+        """Give ``call`` the outcome its answer (name, args) says, if it says one."""
+        if problem and not isinstance(name, str):
+            self._finish(call, (False, errors.InternalError(f"the server's answer cannot be decoded: {problem}")))
+        elif name == "OK":
+            self._finish(call, (True, args[0] if isinstance(args, (list, tuple)) and args else None))
+        elif name == "ERR":
+            self._finish(call, (False, remote_error(args)))
+        elif name in ("STREAM", "STREAM_DONE"):
+            self._finish(call, (False, errors.InvalidArgument(
+                f"{call.method} is a stream method; a fan-out takes plain methods")))
 
     def _watch(self, kind: str, mon: Any) -> None:
         """The socket monitor: a refused handshake or a dropped connection

@@ -242,3 +242,24 @@ def test_a_reply_over_the_result_cap_is_refused_not_buffered(tmp_path, fan):
         assert not ok and isinstance(value, (errors.Unreachable, errors.CallTimeout)), (ok, type(value))
     finally:
         stop()
+
+
+@pytest.mark.parametrize("err_args", [5, {"name": "x"}, None, [], ["only one"], [1, 2, {"not": "text"}], "str"])
+def test_a_garbled_error_reply_fails_its_call_and_the_reader_goes_on(servers, fan, tmp_path, err_args):
+    """A host answering ERR with arguments of any shape: its call is an
+    error and the fan-out's reader lives on, so the honest host beside it
+    (on the same socket) still answers this round and the next."""
+    import msgpack
+    serve, made = servers
+    honest = serve("honest")
+    ep = f"ipc://{tmp_path}/rogue-err.sock"
+    stop = _rogue_server(ep, lambda h: [msgpack.packb([{"message_id": b"r1", "v": 3,
+                                                         "response_to": h["message_id"]}, "ERR", err_args])])
+    try:
+        rogue = Target("rogue", ep)
+        out = fan.call_many([rogue, honest], "who", ["a"], 10.0)
+        assert not out["rogue"][0] and isinstance(out["rogue"][1], errors.DcError), out
+        assert out["honest"] == (True, {"host": "honest", "tag": "a"})
+        assert fan.call_many([honest], "who", ["b"], 10.0)["honest"] == (True, {"host": "honest", "tag": "b"})
+    finally:
+        stop()
