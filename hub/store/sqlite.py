@@ -529,9 +529,13 @@ class HubStore(Store):
 
     def move(self, name: str, choose) -> str:
         """Move a reservation to the host ``choose(db_reservations)`` picks
-        (its current row is left out of the figures)."""
+        (its current row is left out of the figures).
+
+        Raises: NoSuchContainer (no row: nothing moved), NoCapacity."""
         with self.write() as db:
             row = db.execute("SELECT host, memory_bytes FROM containers WHERE name=?", (name,)).fetchone()
+            if row is None:  # forgotten meanwhile (e.g. its host removed mid-create)
+                raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
             figures = self.reserved_memory(db)
             mem, count = figures.get(row[0], (0, 0))
             figures[row[0]] = (mem - (row[1] or 0), count - 1)

@@ -116,3 +116,29 @@ def test_a_destroy_during_the_create_leaves_no_container_the_fleet_does_not_know
     # once made, the destroy goes through and both records go
     assert fleet.hub.container_destroy("mid.web")["destroyed"] is True
     assert fleet.agents["h1"].containers == {} and fleet.store.reserved_memory() == {}
+
+
+def test_a_create_whose_row_goes_meanwhile_leaves_no_copy_on_its_host(fleet):
+    """host_remove of the chosen host while a create is under way there
+    forgets the reservation and fails the calls to it: the create must fail
+    with a typed error (before: TypeError in the SQLite store's move of the
+    row that is gone, an InternalError to the caller) and leave no row."""
+    import gevent
+    pulled, go = gevent.event.Event(), gevent.event.Event()
+
+    def hold():
+        pulled.set()
+        go.wait(30)
+    fleet.agents["h1"].before["image_pull"] = hold
+    create = gevent.spawn(fleet.hub.create_container, "busybox", "gone.web", {"memory_bytes": GiB})
+    try:
+        assert pulled.wait(30), "the create to reach h1"
+        assert fleet.hub.host_remove("h1")["containers_forgotten"] == 1
+    finally:
+        go.set()
+    with pytest.raises(errors.NoSuchContainer):
+        create.get(timeout=30)
+    assert fleet.agents["h1"].containers == {}, "the copy made on h1 was undone"
+    with pytest.raises(errors.NoSuchContainer):
+        fleet.store.container("gone.web")
+    assert fleet.store.reserved_memory() == {}
