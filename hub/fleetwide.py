@@ -22,6 +22,22 @@ READ_AGENT_METHODS = frozenset({"container_ls", "container_inspect", "network_ls
                                 "ops_facts"})
 
 
+def _listing(result) -> bool:
+    """Whether an agent's container_ls answer has the shape the fleet view
+    merges: a list of maps, each with a string ``name``."""
+    return isinstance(result, list) and all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in result)
+
+
+def _mappings_only(results: dict) -> dict:
+    """Broadcast results where an "ok" answer that is not a map (a broken
+    or hostile host's) becomes that host's error, so one host's answer
+    never fails the view of the others."""
+    return {host: res if res["status"] != "ok" or isinstance(res["result"], dict) else
+            {"status": "error", "error": "InternalError",
+             "message": f"a malformed answer ({type(res['result']).__name__}, not a map)"}
+            for host, res in results.items()}
+
+
 class FleetwideMethods:
     """Fleet-wide methods of HubService (a mixin); they use the hub's
     ``store``, ``agents`` and ``workers``, and keep an agent's method
@@ -82,9 +98,9 @@ class FleetwideMethods:
         gathered = self._gather("container_ls")["results"]
         seen, out = set(), []
         for host, res in gathered.items():
-            if res["status"] == "ok":
+            if res["status"] == "ok" and _listing(res["result"]):  # a malformed one: its rows come from the records
                 for c in res["result"]:
-                    out.append({"host": host, **c})
+                    out.append({**c, "host": host})  # the host column is the answering host's, whatever it says
                     seen.add(c["name"])
         for row in self.store.containers():
             if row["name"] not in seen:
@@ -103,9 +119,10 @@ class FleetwideMethods:
         """
         hosts = {h["name"]: h for h in self.store.hosts()}
         out = []
-        for host, res in self._gather("network_ls")["results"].items():
+        for host, res in _mappings_only(self._gather("network_ls")["results"]).items():
             row = {"host": host, "address": hosts[host]["address"]}
             row.update(res["result"] if res["status"] == "ok" else {"error": res.get("error", "timeout")})
+            row["host"] = host
             out.append(row)
         return out
 
@@ -116,10 +133,10 @@ class FleetwideMethods:
         Returns: [{host, status ("ok" | "error" | "timeout", within 5 s),
         and the agent's hostinfo keys when ok, else message (why)}].
         """
-        return [{"host": host, "status": res["status"],
+        return [{"status": res["status"],
                  **(res["result"] if res["status"] == "ok" else
-                    {"message": res.get("message") or res.get("error") or "no answer within 5 s"})}
-                for host, res in self._gather("hostinfo")["results"].items()]
+                    {"message": res.get("message") or res.get("error") or "no answer within 5 s"}), "host": host}
+                for host, res in _mappings_only(self._gather("hostinfo")["results"]).items()]
 
     @expose(access="read")
     def broadcast(self, method: str, args: list | None = None, options: dict | None = None) -> dict:
