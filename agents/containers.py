@@ -222,8 +222,13 @@ class ContainerManager:
         (host reboot, an exit while the agent was down) to the supervisor,
         whose restart policy decides ("restarted" lists them).
 
+        A container whose record says desired "stopped" but that runs (the
+        agent died during its stop) is stopped in the background
+        ("stopping" lists them).
+
         Returns: {"adopted": n, "rolled_back": [...], "destroyed": [...],
-                  "restarted": [...], "rules": {"added": n, "removed": n}}
+                  "restarted": [...], "stopping": [...],
+                  "rules": {"added": n, "removed": n}}
         """
         self.records = self.state.load_all()
         self._disk_desired = {name: rec["desired"] for name, rec in self.records.items()}
@@ -252,10 +257,34 @@ class ContainerManager:
                     log.warning("container %s: %s", n, exc)
         restarted = [n for n, r in self.records.items()
                      if r["desired"] == "running" and live.get(n, {}).get("state") != "RUNNING"]
-        log.info("recovered %d containers (rolled back %s, finished destroy of %s, restarted %s)",
-                 len(self.records), rolled, finished, restarted)
+        # a stop the agent's death cut short (its intent on disk, the container still up; the stop ran in
+        # the agent's own process, so nothing else finishes it): finished in the background, each under
+        # its container's lock, so serving starts now
+        stopping = [n for n, r in self.records.items()
+                    if r["phase"] == "ready" and r["desired"] == "stopped" and live.get(n, {}).get("state") == "RUNNING"]
+        for n in stopping:
+            gevent.spawn(self._finish_stop, n)
+        log.info("recovered %d containers (rolled back %s, finished destroy of %s, restarted %s, stopping %s)",
+                 len(self.records), rolled, finished, restarted, stopping)
         return {"adopted": len(self.records), "rolled_back": rolled, "destroyed": finished,
-                "restarted": restarted, "rules": rules}
+                "restarted": restarted, "stopping": stopping, "rules": rules}
+
+    def _finish_stop(self, name: str) -> None:
+        """recover's background stop of ``name`` (desired "stopped" but
+        running): a stop with the configured timeout, unless its intent
+        changed meanwhile (a start or a destroy came first)."""
+        try:
+            with self.locked(name):
+                rec = self.records.get(name)
+                if rec is None or rec["phase"] != "ready" or rec["desired"] != "stopped":
+                    return
+                self.lxc.stop(name, timeout_s=self.config.stop_timeout_s)
+                self.events.record("stopped", name, image=rec.get("image_name"))
+                log.info("finished the stop of %s that the agent's restart cut short", name)
+        except lxcerr.LxcNotRunning:
+            pass
+        except Exception:  # noqa: BLE001 - logged; a container_stop can still stop it
+            log.exception("finishing the stop of %s failed", name)
 
     # ------------------------------------------------------------ create
     def create(self, image_ref: str, name: str, options: dict | None) -> dict:

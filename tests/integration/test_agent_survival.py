@@ -182,3 +182,39 @@ def test_slow_work_never_stalls_the_agent(agent_factory, tmp_path):
         assert job.get()["name"] == "big"
     print(f"\nworst listing+ping round trip during a 64 MiB import: {worst * 1000:.0f} ms")
     assert worst < 1.0
+
+
+def test_a_stop_cut_short_by_kill9_is_finished_by_the_restarted_agent(agent_factory):
+    """The agent killed -9 while it waits for a container that ignores its
+    halt signal: the stop runs in the agent's process now (no lxc-stop
+    child left to finish it), so the restarted agent must finish it (its
+    intent, desired "stopped", is on disk): the container stops and leaves
+    no process, payload cgroup or veth behind.  Before, it ran on for ever."""
+    import re
+    import gevent
+    from dcctl import procs
+    from lxcwrap import cgroup, direct
+    from tests.waiting import wait_for
+    agent = agent_factory()
+    name = "deaf.stop"
+    agent.call("container_create", "busybox", name)
+    agent.call("container_start", name)
+    cfg = os.path.join(agent.lxc_path, name, "config")
+    with open(cfg) as f:
+        text = f.read()
+    with open(cfg, "w") as f:  # busybox init takes SIGHUP as "re-read inittab": it does not stop
+        f.write(re.sub(r"(?m)^lxc\.signal\.halt = .*$", "lxc.signal.halt = SIGHUP", text))
+    veth = agent.call("container_inspect", name)["veth"]
+    with direct.monitor(agent.lxc_path, name) as mon:
+        init_pid, fd, payload = mon.payload(cgroup.detect().v2)
+        os.close(fd)
+    stop = gevent.spawn(agent.call, "container_stop", name, 60.0, timeout_s=90)
+    wait_for(lambda: agent.call("container_inspect", name)["desired"] == "stopped", 30, "the stop to begin")
+    agent.kill9()
+    stop.join(30)
+    assert procs.alive(init_pid), "the container outlived the agent, its stop cut short"
+    agent.start()
+    wait_for(lambda: agent.call("container_inspect", name)["state"] == "stopped", 60,
+             "the restarted agent to finish the stop")
+    assert not procs.alive(init_pid)
+    assert not os.path.exists(payload) and not os.path.lexists(f"/sys/class/net/{veth}")
