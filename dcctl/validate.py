@@ -164,6 +164,11 @@ EXEC_MAX_TIMEOUT_SECONDS = 86400.0
 EXEC_MAX_OUTPUT_BYTES = 16 << 20
 STOP_MAX_TIMEOUT_SECONDS = 3600.0
 LOG_MAX_BYTES = 4 << 20
+#: A container's command and environment together, bytes (each string and
+#: its NUL): execve(2) refuses more than a quarter of the stack limit (2 MiB
+#: by default) with E2BIG, and the create's spec must also fit one fleet
+#: store row (hub.placement.SPEC_MAX_BYTES, under etcd's request limit).
+EXEC_ARGS_MAX_BYTES = 512 << 10
 RESTART_POLICIES = ("no", "always", "on-failure")
 _POLICY_RE = re.compile(r"^(no|always|on-failure)(?::(\d{1,4}))?$")
 
@@ -207,6 +212,7 @@ def create_options(value: Any, *, max_cpus: float = MAX_CPUS) -> dict:
     number from 0.01 to ``max_cpus`` (the agent passes its CPU count);
     cpu_shares an integer 2-262144; env (see ``env``, always present in the
     result, {} by default); command (see ``command``, as an argv list);
+    command and env together at most EXEC_ARGS_MAX_BYTES (512 KiB);
     restart (see ``restart_policy``, kept as given).  None values are
     dropped (as if absent).
 
@@ -223,6 +229,11 @@ def create_options(value: Any, *, max_cpus: float = MAX_CPUS) -> dict:
     restart_policy(opts.get("restart"))
     if "command" in opts:
         opts["command"] = command(opts["command"])
+    size = (sum(len(a.encode("utf-8", "surrogatepass")) + 1 for a in opts.get("command") or [])
+            + sum(len(k) + len(v.encode("utf-8", "surrogatepass")) + 2 for k, v in opts["env"].items()))
+    if size > EXEC_ARGS_MAX_BYTES:
+        raise InvalidArgument(f"command and env take {size} bytes, at most {_num(EXEC_ARGS_MAX_BYTES)}",
+                              hint="execve refuses more (E2BIG); put large data in a file or a volume")
     if "volumes" in opts:
         opts["volumes"] = volume_specs(opts["volumes"])
     return opts

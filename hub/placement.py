@@ -19,6 +19,7 @@ checked, then ``Placer.place``, then the container's routes.
 """
 from __future__ import annotations
 
+import json
 import logging
 
 import gevent
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 RETRYABLE = (errors.Unreachable, errors.CallTimeout, errors.NoCapacity, errors.LxcFailure,
              errors.StoreError, errors.NetworkError, errors.Busy)
 PULL_TIMEOUT_SECONDS = 600.0
+#: A create's spec (its options, image and labels) as the store keeps it,
+#: JSON bytes: one row of a claim, which on etcd shares a transaction with
+#: the host's reservation record under etcd's 1.5 MiB request limit
+#: (values travel base64-encoded through its gateway: 4/3 of their size).
+SPEC_MAX_BYTES = 768 * 1024
 CREATE_OPTIONS = {
     "memory_bytes": "memory limit and reservation, bytes",
     "cpus": "CPU quota", "cpu_shares": "CPU weight", "env": "{NAME: value}",
@@ -324,7 +330,8 @@ class PlacementMethods:
         answer), container_address, image, state, ports [{proto,
         container_port, host_port}], routes [names]}.
 
-        Raises: InvalidArgument, ImageNotFound, AmbiguousImageRef,
+        Raises: InvalidArgument (also options and labels over SPEC_MAX_BYTES
+        encoded, or a command and env over 512 KiB), ImageNotFound, AmbiguousImageRef,
         ContainerExists, NoCapacity (naming each host's reason, and the last
         failure when every feasible host failed), NoSuchHost (pinned host
         unknown), or the last host's own error when it is not one worth
@@ -357,6 +364,10 @@ class PlacementMethods:
             pin = self.volume_host([v["name"] for v in agent_opts["volumes"]], pin)
         request = scheduler.Request(memory, dict(labels), pin, strategy)
         spec = {"options": agent_opts, "image": image, "labels": request.labels, "strategy": strategy}
+        size = len(json.dumps(spec))
+        if size > SPEC_MAX_BYTES:
+            raise errors.InvalidArgument(f"the create's options and labels take {size} bytes encoded, "
+                                         f"at most {SPEC_MAX_BYTES}", hint="put large data in a file or a volume")
         result = self.placer.place(name, manifest, request, spec, agent_opts, bool(opts.get("no_start")))
         self.events_log.add("placed", name=name, host=result.get("host"), image=manifest.get("name"))
         return self.connect_routes(result, route_opts)

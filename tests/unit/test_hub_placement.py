@@ -142,3 +142,22 @@ def test_a_create_whose_row_goes_meanwhile_leaves_no_copy_on_its_host(fleet):
     with pytest.raises(errors.NoSuchContainer):
         fleet.store.container("gone.web")
     assert fleet.store.reserved_memory() == {}
+
+
+def test_a_create_too_large_to_start_or_to_store_is_refused_before_any_reservation(fleet):
+    """A command and env over their budget (512 KiB; execve's E2BIG past 2 MiB)
+    or labels past a store row's size (etcd refuses requests over 1.5 MiB)
+    are InvalidArgument before the claim: no row, no host asked."""
+    big_env = {f"V{i}": "x" * 60000 for i in range(10)}  # 600 kB: each value is allowed alone
+    with pytest.raises(errors.InvalidArgument, match="command and env take") as caught:
+        fleet.hub.create_container("busybox", "app.envy", {"env": big_env})
+    assert "E2BIG" in caught.value.hint
+    with pytest.raises(errors.InvalidArgument, match="options and labels take"):
+        fleet.hub.create_container("busybox", "app.tagged", {"label": {f"k{i}": "y" * 1000 for i in range(900)}})
+    for name in ("app.envy", "app.tagged"):
+        with pytest.raises(errors.NoSuchContainer):
+            fleet.store.container(name)
+    assert all(a.calls == [] for a in fleet.agents.values())
+    # just under the budget is fine
+    ok = fleet.hub.create_container("busybox", "app.fits", {"env": {f"V{i}": "x" * 60000 for i in range(8)}})
+    assert ok["state"] == "running"
