@@ -38,6 +38,11 @@ def _mappings_only(results: dict) -> dict:
             for host, res in results.items()}
 
 
+#: Fire-and-forget broadcasts a hub runs at once (each may wait up to its
+#: timeout_s, 3600 s at most, on hosts that never answer).
+FIRE_AND_FORGET_MAX = 16
+
+
 class FleetwideMethods:
     """Fleet-wide methods of HubService (a mixin); they use the hub's
     ``store``, ``agents`` and ``workers``, and keep an agent's method
@@ -156,7 +161,9 @@ class FleetwideMethods:
         agent method's declared types.
 
         Raises: NoSuchHost (the target matches no host), InvalidArgument
-        (bad method, target, timeout_s or option),
+        (bad method, target, timeout_s or option), Busy (FIRE_AND_FORGET_MAX
+        fire-and-forget broadcasts are still running: each holds its hosts'
+        calls until their timeout_s, so they are bounded),
         PermissionDenied (a read-only key broadcasting a method that is not
         read-only).
         """
@@ -179,7 +186,13 @@ class FleetwideMethods:
                                     hint="see `dcctl hosts` for names and labels")
         args = self._coerce(method, list(args or []))
         if opts.get("fire_and_forget"):
-            gevent.spawn(self._fan_out, hosts, every, method, args, timeout)
+            running = self.__dict__.setdefault("_fire_and_forget", set())
+            if len(running) >= FIRE_AND_FORGET_MAX:
+                raise errors.Busy(f"{len(running)} fire-and-forget broadcasts are still running on this hub",
+                                  hint="wait for them (each ends by its timeout_s), or broadcast and wait")
+            task = gevent.spawn(self._fan_out, hosts, every, method, args, timeout)
+            running.add(task)
+            task.link(running.discard)
             return {"summary": {"targeted": len(hosts), "ok": 0, "error": 0, "timeout": 0, "duration_s": 0.0},
                     "results": {}, "fire_and_forget": True}
         return self._fan_out(hosts, every, method, args, timeout)

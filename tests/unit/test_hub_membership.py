@@ -147,3 +147,18 @@ def test_the_queue_members_follow_joins_removals_and_losses_without_rereading_ev
     hub.host_heartbeat("host-1", {"capacity": CAPACITY, "boot_id": "boot-1"})  # back
     wait_for(lambda: members() == {"host-1"}, 10, "the host back in the queue")
     assert not hub.members_changed()  # the monitor took the note
+
+
+def test_fire_and_forget_broadcasts_are_bounded(hub, agent):
+    """Each fire-and-forget broadcast holds its hosts' calls until their
+    timeout_s: past FIRE_AND_FORGET_MAX still running, the next is Busy; once
+    they end (timed out here), broadcasts are taken again."""
+    from hub.fleetwide import FIRE_AND_FORGET_MAX
+    register(hub, "host-1", agent, "boot-a")
+    for _ in range(FIRE_AND_FORGET_MAX):
+        out = hub.broadcast("image_pull", [30], {"fire_and_forget": True, "timeout_s": 1})
+        assert out["fire_and_forget"] is True
+    with pytest.raises(errors.Busy, match="fire-and-forget broadcasts are still running"):
+        hub.broadcast("image_pull", [30], {"fire_and_forget": True, "timeout_s": 1})
+    wait_for(lambda: not hub._fire_and_forget, 30, "the broadcasts to time out")
+    assert hub.broadcast("image_pull", [30], {"fire_and_forget": True, "timeout_s": 1})["fire_and_forget"]
