@@ -133,7 +133,8 @@ class FastCalls:
             server._multiplexer.emit_event(reply)
             del exc_infos
         finally:
-            self._running.pop(running.msgid, None)
+            if self._running.get(running.msgid) is running:  # a reused id is another call's now
+                del self._running[running.msgid]
             if channels.get(running.msgid) is running:
                 del channels[running.msgid]
 
