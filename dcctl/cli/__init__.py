@@ -118,5 +118,12 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: ``sys.exit(run(argv))``."""
+    """Console entry point: ``sys.exit(run(argv))``.  Ctrl-C (SIGINT) ends
+    dcctl even when it was started with SIGINT ignored (a command started
+    in the background by a non-interactive shell inherits SIG_IGN, and
+    Python then never raises KeyboardInterrupt: a live ``stats``,
+    ``logs --follow`` or ``events --follow`` could not be stopped by it), as
+    Docker's CLI does."""
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(run(argv))

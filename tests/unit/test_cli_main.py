@@ -17,6 +17,7 @@ import pytest
 from gevent import subprocess as gsubprocess
 
 from dcctl import cli, errors, wire
+from tests.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -391,3 +392,28 @@ def test_main_exits_with_the_code(endpoint):
     with pytest.raises(SystemExit) as exc:
         cli.main(["-H", endpoint, "boom", "x"])
     assert exc.value.code == 1
+
+
+def test_ctrl_c_ends_dcctl_even_when_started_with_sigint_ignored(endpoint):
+    """A non-interactive shell starts background commands with SIGINT
+    ignored, which Python keeps (no KeyboardInterrupt ever): dcctl puts the
+    default handler back, so ^C ends a call (or a live view) with 130."""
+    import signal
+    env = {**os.environ, "PYTHONPATH": REPO, cli.HOST_ENV: endpoint}
+    proc = gsubprocess.Popen([sys.executable, "-c", "from dcctl.cli import main; main()", "slow", "600"],
+                             stdout=gsubprocess.PIPE, stderr=gsubprocess.PIPE, env=env, cwd=REPO,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        def catches_sigint() -> bool:  # dcctl's handler is in place (SigCgt has SIGINT's bit)
+            status = open(f"/proc/{proc.pid}/status").read()
+            return bool(int(status.split("SigCgt:")[1].split()[0], 16) & (1 << (signal.SIGINT - 1)))
+
+        wait_for(catches_sigint, 30, "dcctl to take SIGINT")
+        gevent.sleep(0.5)  # and on to its call
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
