@@ -46,16 +46,6 @@ def wait_http(url: str, timeout_s: float = 10.0) -> str:
             time.sleep(0.1)
 
 
-@pytest.fixture
-def agent(shared_agent):
-    """The module's agent; every container a test made is destroyed after it."""
-    before = {c["name"] for c in shared_agent.call("container_ls")}
-    yield shared_agent
-    for c in shared_agent.call("container_ls"):
-        if c["name"] not in before:
-            shared_agent.call("container_destroy", c["name"], True)
-
-
 def test_busybox_image_is_there(agent):
     images = agent.call("image_ls")
     assert [i["name"] for i in images] == ["busybox"]

@@ -23,16 +23,6 @@ def no_tool(argv, timeout_s=0, **kw):
     raise AssertionError(f"a tool ran: {argv}")
 
 
-@pytest.fixture
-def agent(shared_agent):
-    """The module's agent; every container a test made is destroyed after it."""
-    before = {c["name"] for c in shared_agent.call("container_ls")}
-    yield shared_agent
-    for c in shared_agent.call("container_ls"):
-        if c["name"] not in before:
-            shared_agent.call("container_destroy", c["name"], True)
-
-
 def running(agent, name: str) -> dict:
     """Start ``name`` and return what must be gone after its stop."""
     agent.call("container_create", "busybox", name)

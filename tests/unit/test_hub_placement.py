@@ -4,6 +4,8 @@ NoCapacity names each host's reason, and the journal of placements a hub
 restart interrupted is adopted or rolled back once each host answers."""
 from __future__ import annotations
 
+import gevent
+import gevent.event
 import pytest
 
 from dcctl import errors
@@ -88,19 +90,25 @@ def test_the_journal_adopts_rolls_back_and_waits_for_hosts_that_do_not_answer(fl
     wait_for(lambda: fleet.store.container("later")["state"] == "placed", 10, "later to be adopted once h2 answers")
 
 
+def hold_pulls(fleet, host: str):
+    """Make ``host``'s image_pull wait: (pulled, go) events, ``pulled`` set
+    once a pull reached the host, which then waits for ``go`` (30 s at most)."""
+    pulled, go = gevent.event.Event(), gevent.event.Event()
+
+    def hold():
+        pulled.set()
+        go.wait(30)
+    fleet.agents[host].before["image_pull"] = hold
+    return pulled, go
+
+
 def test_a_destroy_during_the_create_leaves_no_container_the_fleet_does_not_know(fleet):
     """container_destroy of a name whose create is still under way (its row
     "reserved") must not forget the reservation under the create: before,
     the create went on, made and started the container on h1 and answered
     success, while the fleet had no row (the name free for a second create
     elsewhere, the capacity untallied)."""
-    import gevent
-    pulled, go = gevent.event.Event(), gevent.event.Event()
-
-    def hold():
-        pulled.set()
-        go.wait(30)
-    fleet.agents["h1"].before["image_pull"] = hold
+    pulled, go = hold_pulls(fleet, "h1")
     create = gevent.spawn(fleet.hub.create_container, "busybox", "mid.web", {"memory_bytes": GiB})
     try:
         assert pulled.wait(30), "the create to reach h1"
@@ -123,13 +131,7 @@ def test_a_create_whose_row_goes_meanwhile_leaves_no_copy_on_its_host(fleet):
     forgets the reservation and fails the calls to it: the create must fail
     with a typed error (before: TypeError in the SQLite store's move of the
     row that is gone, an InternalError to the caller) and leave no row."""
-    import gevent
-    pulled, go = gevent.event.Event(), gevent.event.Event()
-
-    def hold():
-        pulled.set()
-        go.wait(30)
-    fleet.agents["h1"].before["image_pull"] = hold
+    pulled, go = hold_pulls(fleet, "h1")
     create = gevent.spawn(fleet.hub.create_container, "busybox", "gone.web", {"memory_bytes": GiB})
     try:
         assert pulled.wait(30), "the create to reach h1"
