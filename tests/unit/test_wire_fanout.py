@@ -115,14 +115,20 @@ def test_a_server_that_stops_mid_call_is_unreachable_before_the_deadline(servers
     assert not ok and isinstance(err, errors.Unreachable), err
 
 
-def test_curve_hosts_with_the_right_key_answer_and_a_refused_key_is_unauthorized(tmp_path):
+def curve_server(tmp_path, name: str):
+    """A started CURVE server Echo(name) on a free loopback port, and our own
+    key pair (not yet allowed): (keys_dir, service, endpoint, pair)."""
     keys_dir = str(tmp_path / "keys")
-    svc = wire.Service(Echo("curvy"), "curvy", keys_dir=keys_dir)
+    svc = wire.Service(Echo(name), name, keys_dir=keys_dir)
     ep = f"tcp://127.0.0.1:{free_port()}"
     svc.bind(ep)
     svc.start()
     _, ours = auth.keygen(str(tmp_path / "me"), "me")
-    pair = auth.load_pair(ours)
+    return keys_dir, svc, ep, auth.load_pair(ours)
+
+
+def test_curve_hosts_with_the_right_key_answer_and_a_refused_key_is_unauthorized(tmp_path):
+    keys_dir, svc, ep, pair = curve_server(tmp_path, "curvy")
     server_key = svc.public_key.encode()
     client = FanoutClient(pair)
     try:
@@ -176,13 +182,7 @@ def test_a_host_claiming_another_hosts_endpoint_harms_only_itself(tmp_path):
     honest host: its calls fail (the server there has another key), and
     the honest host's calls, on the same shared socket, still answer, in
     this round and the next ones (no shared monitor event or disconnect)."""
-    keys_dir = str(tmp_path / "keys")
-    svc = wire.Service(Echo("honest"), "honest", keys_dir=keys_dir)
-    ep = f"tcp://127.0.0.1:{free_port()}"
-    svc.bind(ep)
-    svc.start()
-    _, ours = auth.keygen(str(tmp_path / "me"), "me")
-    pair = auth.load_pair(ours)
+    keys_dir, svc, ep, pair = curve_server(tmp_path, "honest")
     auth.Allowlist(keys_dir).add("admin", "me", pair[0].decode())
     _, other = auth.keygen(str(tmp_path / "impostor"), "impostor")
     honest = Target("honest", ep, svc.public_key.encode())
