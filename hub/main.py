@@ -75,7 +75,9 @@ def open_store(args: argparse.Namespace):
     if not args.etcd:
         raise errors.InvalidArgument("--store etcd needs --etcd http://ADDR:PORT")
     if args.hub_name is not None:
-        validate.container_name(args.hub_name)  # same alphabet: it is a key in etcd
+        validate.container_name(args.hub_name, "hub name")  # same alphabet: it is a key in etcd
+    if args.lease_s < 2:
+        raise errors.InvalidArgument(f"--lease-s {args.lease_s}: a hub's etcd lease is at least 2 seconds")
     from hub.store.etcd import EtcdStore
     return EtcdStore(args.etcd, args.etcd_prefix, lease_s=args.lease_s)
 

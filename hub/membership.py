@@ -133,7 +133,7 @@ class MembershipMethods:
         Raises: InvalidArgument, Conflict (the name is bound to another key,
         or the key to another host: host_remove first).
         """
-        validate.container_name(name)  # same alphabet and length
+        validate.host_name(name)
         key = auth.public_key(key)
         binding = self.store.bind_key(name, key)
         if self.allowlist is not None:
@@ -168,7 +168,7 @@ class MembershipMethods:
         name = info.get("name")
         if not isinstance(name, str) or not name:
             raise errors.InvalidArgument("host name must be a non-empty string")
-        validate.container_name(name)  # same alphabet and length
+        validate.host_name(name)
         parsed = wire.parse_endpoint(info.get("endpoint"))
         endpoint = parsed.text
         labels = info.get("labels") or {}
