@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import gevent.event
+import gevent.lock
 
 from agents.events import EVENT_TYPES as AGENT_EVENT_TYPES
 from dcctl import errors
@@ -125,6 +126,11 @@ class EventLog:
         self.max_age_s = max_age_s
         self._memory: collections.deque = collections.deque(maxlen=max_events)  # store None only
         self._pending: collections.deque = collections.deque()  # refused by the store, oldest first
+        #: one append at a time: an etcd store's append yields, and a second
+        #: append sending the pending events the first is still writing
+        #: would write them twice
+        self._append_lock = gevent.lock.Semaphore()
+        self._stored: dict[int, dict] = {}  # id(sent doc) -> stored event, of the last append (see _append)
         self.lost = 0  # dropped past MAX_PENDING
         self._appends = 0
         self.followers = 0  # follow() generators open now
@@ -248,16 +254,27 @@ class EventLog:
         while len(self._pending) > MAX_PENDING:
             self._pending.popleft()
             self.lost += 1
-        batch = list(self._pending)
-        try:
-            out = self.store.events_append(batch)
-        except errors.StoreError as exc:
-            log.warning("fleet events: %d not written yet (%s)", len(batch), exc)
-            return []
-        self._pending.clear()
+        with self._append_lock:
+            mine = {id(d) for d in docs}
+            if not any(id(d) in mine for d in self._pending):
+                # an append that ran while this one waited wrote them (it
+                # sent everything pending): answer with what it stored
+                return [self._stored[i] for i in (id(d) for d in docs) if i in self._stored]
+            batch = list(self._pending)
+            try:
+                out = self.store.events_append(batch)
+            except errors.StoreError as exc:
+                log.warning("fleet events: %d not written yet (%s)", len(batch), exc)
+                return []
+            sent = {id(d) for d in batch}
+            while self._pending and id(self._pending[0]) in sent:
+                self._pending.popleft()
+            # the stored copies by the identity of what was sent, for the
+            # appends waiting on the lock (their docs are still referenced)
+            self._stored = {id(d): o for d, o in zip(batch, out)}
         self._counted(len(out))
         self._wake()
-        return out
+        return [self._stored[id(d)] for d in docs if id(d) in self._stored]
 
     def _counted(self, n: int) -> None:
         self._appends += n
