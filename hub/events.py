@@ -6,8 +6,9 @@ as events are added.
 Event documents are ``{index, at (Unix s), type, ...}``; ``kind`` repeats
 ``type`` (older callers read it).  The hub's own: host_added, host_lost,
 host_back, host_restarted, host_removed, placed, rescheduled,
-reschedule_waiting, reschedule_failed, reschedule_gave_up, adopted,
-destroy_finished, stale_copy_removed, route_added, route_removed (``host``,
+reschedule_waiting, reschedule_failed, reschedule_gave_up, adopted (``by:
+"journal"``: a create cut by its hub's death, with the state it was found
+in), create_rolled_back, destroy_finished, stale_copy_removed, route_added, route_removed (``host``,
 ``name``/``container``, ...).  An agent's container events (agents.events)
 come with ``host``, ``container``, ``agent_index`` and ``source: "agent"``:
 each agent ships what its journal wrote (``host_events``), and the hub

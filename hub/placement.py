@@ -58,6 +58,9 @@ class Placer:
     def __init__(self, store: HubStore, agents: Agents):
         self.store = store
         self.agents = agents
+        #: ``(type, **detail)``: where the journal records what it decided
+        #: (the hub's EventLog.add; None: nowhere)
+        self.on_event = None
         #: names of undecided "reserved" rows the journal pass (recover) decides
         self.journal: set[str] = set()
         self.placing: set[str] = set()  # names whose place() is under way
@@ -288,18 +291,26 @@ class Placer:
         try:
             info = self.agents.call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
             self.store.set_placed(name, row["image"], info.get("ports", []))
-            log.info("journal: adopted %s on %s", name, row["host"])
+            log.info("journal: adopted %s on %s (%s)", name, row["host"], info.get("state"))
             journal.discard(name)
+            # the create's caller got an error (its hub died): say what became of it
+            self._record("adopted", name=name, host=row["host"], by="journal", state=info.get("state"))
         except errors.NoSuchContainer:
             self.store.forget(name)
             log.info("journal: rolled back reservation of %s", name)
             journal.discard(name)
+            self._record("create_rolled_back", name=name, host=row["host"], by="journal")
         except errors.StoreError:
             raise
         except errors.DcError as exc:
             (log.debug if name in warned else log.warning)(
                 "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
             warned.add(name)
+
+
+    def _record(self, kind: str, **detail) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, **detail)
 
 
 class PlacementMethods:

@@ -103,6 +103,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.agents = Agents(store, call_timeout_s=call_timeout_s, heartbeat_s=heartbeat_s, server_pair=server_pair,
                              on_event=self.events_log.add)
         self.placer = Placer(store, self.agents)
+        self.placer.on_event = self.events_log.add
         self.healer = Healer(store, registry, self.agents, self.placer, self.events_log)
         #: this hub's name among the hubs of its store (hub_info's leader and
         #: members) and the endpoint clients reach it at; dc-hub sets both

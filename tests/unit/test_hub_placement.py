@@ -88,6 +88,12 @@ def test_the_journal_adopts_rolls_back_and_waits_for_hosts_that_do_not_answer(fl
     assert ("container_inspect", "later") not in fleet.agents["h2"].calls
     fleet.serve("h2")
     wait_for(lambda: fleet.store.container("later")["state"] == "placed", 10, "later to be adopted once h2 answers")
+    # the callers of those creates got an error: the fleet events say what became of each
+    said = {(e["type"], e["name"]): e for e in fleet.hub.events_log.query("0", ["type=adopted"])
+            + fleet.hub.events_log.query("0", ["type=create_rolled_back"])}
+    assert said[("adopted", "kept")]["by"] == "journal" and said[("adopted", "kept")]["state"] == "running"
+    assert said[("adopted", "later")]["host"] == "h2"
+    assert said[("create_rolled_back", "lost")]["host"] == "h1"
 
 
 def hold_pulls(fleet, host: str):
