@@ -39,6 +39,8 @@ __all__ = ["DEFAULT_HEARTBEAT_SECONDS", "Caller", "current_caller", "Service", "
 log = logging.getLogger("dcctl.wire")
 
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+#: how long Service.stop waits for its ipc:// paths to stop listening
+IPC_FREE_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,6 +313,7 @@ class Service:
             claim_ipc_path(ep.path)
             self._server("local").bind(endpoint)
             os.chmod(ep.path, 0o600)
+            self._ipc_paths = (*self._ipc_paths, ep.path)
         elif insecure:
             if not ep.is_loopback:
                 raise errors.InvalidArgument(f"refusing plain TCP on {endpoint}: only loopback may go without CURVE")
@@ -335,12 +338,26 @@ class Service:
         """Serve until stopped (blocks the calling greenlet)."""
         self.start().join()
 
-    def stop(self) -> None:
+    #: the ipc:// paths bound (stop waits until they are free)
+    _ipc_paths: tuple = ()
+
+    def stop(self, free_timeout_s: float = IPC_FREE_SECONDS) -> None:
+        """Stop serving and close the sockets; returns once each ipc:// path
+        bound no longer accepts connections (at most ``free_timeout_s``).
+        libzmq closes a listener in its I/O thread after close() returns,
+        and removes the socket file then: a server bound again at once found
+        the path still listening (Conflict), and one that took the path over
+        could lose its new socket file to the old listener's clean-up."""
         for srv in self._servers.values():
             srv.stop()
             srv.close()
         if self._zap is not None:
             self._zap.close()
+        deadline = time.monotonic() + free_timeout_s
+        for path in self._ipc_paths:
+            while os.path.exists(path) and ipc_listening(path) and time.monotonic() < deadline:
+                gevent.sleep(0.005)
+        self._ipc_paths = ()
 
 
 def ipc_listening(path: str) -> bool:
