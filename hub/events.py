@@ -6,7 +6,8 @@ as events are added.
 Event documents are ``{index, at (Unix s), type, ...}``; ``kind`` repeats
 ``type`` (older callers read it).  The hub's own: host_added, host_lost,
 host_back, host_restarted, host_removed, placed, rescheduled,
-reschedule_waiting, reschedule_failed, reschedule_gave_up, adopted,
+reschedule_waiting, reschedule_failed, reschedule_gave_up,
+reschedule_cancelled (the record removed during the move), adopted,
 destroy_finished, stale_copy_removed, route_added, route_removed (``host``,
 ``name``/``container``, ...).  An agent's container events (agents.events)
 come with ``host``, ``container``, ``agent_index`` and ``source: "agent"``:
