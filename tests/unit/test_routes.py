@@ -3,6 +3,7 @@ SQLite, resolution, and the HAProxy config the router writes (checked by
 the real ``haproxy -c`` when it is installed)."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -178,3 +179,17 @@ def test_the_written_config_is_valid_and_read_back(tmp_path):
     assert open(tmp_path / "wildcards.map").read() == ".w.test w_w.test\n"
     done = subprocess.run([hx.HAPROXY, "-c", "-f", proxy.config], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_route_ls_says_a_lost_hosts_backend_is_still_routed():
+    from dcctl import output
+    backend = {"container": "c1", "container_port": 80, "host": "h1", "address": "10.0.0.1", "port": 20001,
+               "healthy": False, "status": "host_unreachable"}
+    table = [{"name": "a.test", "kind": "http", "listen_port": None, "backends": [
+        {**backend, "routed": True}, {**backend, "container": "c2", "routed": False}, {**backend, "container": "c3"}]}]
+    out, err = io.StringIO(), io.StringIO()
+    assert output.render(table, out, err, method="route_ls") == 0 and err.getvalue() == ""
+    assert [line.split()[-2:] for line in out.getvalue().splitlines()[1:]] == [
+        ["host_unreachable", "(routed)"], ["10.0.0.1:20001", "host_unreachable"],
+        ["10.0.0.1:20001", "host_unreachable"]]
+    assert [r["routed"] for r in output.route_rows(table)] == [True, False, False]
