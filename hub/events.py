@@ -57,7 +57,8 @@ MAX_PENDING = 10_000
 #: integers (2**53 - 1), within SQLite's INTEGER and etcd's JSON values.
 MAX_AGENT_INDEX = 2 ** 53 - 1
 #: A host's floor is kept beside its cursor, under this suffix of its name
-#: (host names have no "/"): where its cursor stood before its last jump.
+#: (host names have no "/"): where its cursor stood before its first jump
+#: since its journal began (0: none; see EventLog.ingest).
 FLOOR_SUFFIX = "/floor"
 
 FILTER_KEYS = {"container": "container", "name": "container", "host": "host", "type": "type",
@@ -162,8 +163,8 @@ class EventLog:
                place_of: Callable[[str], str | None] | None = None) -> int:
         """Take an agent's container events (agents.events) in: those above
         the host's cursor, once each, in its index order.  ``head`` is the
-        agent's newest index: one below the cursor means its journal started
-        over (a new state dir), and the cursor goes back to 0.
+        agent's newest index: one below the cursor means a jump undone or a
+        journal that started over (see below).
 
         What a host sends is checked before anything is taken: at most
         MAX_INGEST events, each a map with an integer index (1 to
