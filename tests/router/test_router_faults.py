@@ -96,6 +96,41 @@ def test_a_lost_agents_running_containers_keep_serving_until_they_stop(hub, flee
     assert {served_by(get(fleet, pair)[1]) for _ in range(20)} == {"keep.1", "keep.2"}
 
 
+def test_a_lost_host_whose_network_is_gone_gets_no_requests_past_the_check_bound(hub, fleet):
+    """The agent dies and then the host's network goes (its forwarded
+    traffic dropped: a connect to its containers is never answered): HAProxy
+    marks the kept backend DOWN within its bound, and requests go to the
+    other backend."""
+    victim = fleet["hosts"][2]
+    name = f"gone.{domain(fleet)}"
+    hub.call("create_container", "busybox", "gone.1", {"route": name, "host": "host-1"})
+    hub.call("create_container", "busybox", "gone.2", {"route": name, "host": victim["name"]})
+    wait_converged(fleet, hub)
+    os.kill(victim["pid"], signal.SIGKILL)
+    rule = ["-m", "comment", "--comment", f"{fleet['prefix']}-blackhole", "-j", "DROP"]
+    netns = ["ip", "netns", "exec", victim["netns"], "iptables", "-w"]
+    try:
+        wait_for("the hub to lose the host",
+                 lambda: [b for b in backends(hub, name) if b["status"] == "host_unreachable" and b["routed"]], 30)
+        wait_converged(fleet, hub)
+        assert {served_by(get(fleet, name)[1]) for _ in range(20)} == {"gone.1", "gone.2"}
+        (old,) = [s for s in _servers(fleet, name) if s.name.startswith("gone.2_")]
+        subprocess.run([*netns, "-I", "FORWARD", "1", *rule], check=True, timeout=30)
+        cut = time.monotonic()
+        wait_for("HAProxy to mark gone.2 DOWN",
+                 lambda: all(s.status.startswith("DOWN") for s in _servers(fleet, name) if s.name == old.name),
+                 hx.CHECK_DOWN_BOUND_SECONDS + 5, 0.05)
+        print(f"\na lost host's network cut: DOWN in HAProxy after {time.monotonic() - cut:.2f} s "
+              f"(bound for a host that is gone 3.5 s)")
+        for _ in range(20):
+            status, body = get(fleet, name)
+            assert status == 200 and served_by(body) == "gone.1"
+    finally:
+        subprocess.run([*netns, "-D", "FORWARD", *rule], capture_output=True, timeout=30)
+        restart_agent(fleet, victim)
+    wait_for("gone.2 back", lambda: all(b["healthy"] for b in backends(hub, name)), 30)
+
+
 def test_a_container_moved_off_a_lost_agent_is_not_served_at_its_old_address(hub, fleet):
     """The agent dies, its container runs on; failover makes it again on
     another host: the route follows the record and the old copy, still
