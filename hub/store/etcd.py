@@ -1094,8 +1094,9 @@ class EtcdStore(Store):
 
         return self._cas(once)[0]
 
-    def set_placed(self, name: str, image: str, ports: list[dict]) -> None:
-        self._update(name, lambda r: {**r, "state": "placed", "image": image, "ports": ports})
+    def set_placed(self, name: str, image: str, ports: list[dict], host: str | None = None) -> bool:
+        return self._update(name, lambda r: None if host is not None and r.get("host") != host
+                            else {**r, "state": "placed", "image": image, "ports": ports})
 
     def set_state(self, name: str, state: str, was: str) -> bool:
         return self._update(name, lambda r: {**r, "state": state} if r["state"] == was else None)

@@ -152,6 +152,30 @@ def test_a_create_whose_row_goes_meanwhile_leaves_no_copy_on_its_host(fleet):
     assert fleet.store.reserved_memory() == {}
 
 
+@pytest.mark.parametrize("route", [True, False])
+def test_a_create_whose_row_goes_after_its_last_agent_call_fails_typed_and_undoes_its_copy(fleet, route):
+    """The row removed once the host made the container, before the hub
+    marks it placed (host_remove on another hub of the same store, as the
+    store's own forget): before, set_placed wrote nothing and said nothing;
+    create_container answered success without a record (no_route), or
+    failed on its default route with a bare NoSuchContainer, and the copy
+    ran on h1 unrecorded either way."""
+    def remove_row():
+        fleet.store.forget("late.web")
+    fleet.agents["h1"].before["container_connection_add"] = remove_row
+    options = {"memory_bytes": GiB, "host": "h1", **({} if route else {"no_route": True})}
+    with pytest.raises(errors.NoSuchContainer, match="removed from the fleet while it was being created on h1"):
+        fleet.hub.create_container("busybox", "late.web", options)
+    assert fleet.agents["h1"].containers == {}, "the copy made on h1 was undone"
+    with pytest.raises(errors.NoSuchContainer):
+        fleet.store.container("late.web")
+    assert fleet.store.reserved_memory() == {} and fleet.store.abandoned() == []
+    assert "placed" not in fleet.hub.events_log.kinds() and fleet.store.routes() == []
+    # the name is free again
+    del fleet.agents["h1"].before["container_connection_add"]
+    assert fleet.hub.create_container("busybox", "late.web", options)["host"] == "h1"
+
+
 def test_a_create_too_large_to_start_or_to_store_is_refused_before_any_reservation(fleet):
     """A command and env over their budget (512 KiB; execve's E2BIG past 2 MiB)
     or labels past a store row's size (etcd refuses requests over 1.5 MiB)
