@@ -6,7 +6,8 @@ containers.
 One cycle = create -> start -> exec (hostname) -> stop (kill) -> destroy.
 API: container_create, container_start, container_exec, container_stop
 (timeout 0: straight to SIGKILL), container_destroy.  The agent starts three
-processes per cycle (lxc-start, the container's log writer, lxc-attach): the
+processes per cycle (lxc-start, the container's log writer, lxc-attach, the last
+exec'ed once from a sealed in-memory copy, without its own per-call copy and re-exec): the
 stop is a write to the container's ``cgroup.kill`` and a wait on its
 monitor's pidfd, the destroy removes the directory itself.  Raw: lxc-copy -s -B
 overlay of a busybox base container (the same image layer), lxc-start -d,
