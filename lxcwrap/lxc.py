@@ -211,7 +211,16 @@ class Lxc:
         return (done.stdout_text.strip() or None) if done.returncode == 0 else None
 
     def ls(self, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> list[dict]:
-        """``lxc-ls --fancy``: [{"name", "state", "pid" (int or None)}]."""
+        """``lxc-ls --fancy``: [{"name", "state", "pid" (int or None)}].
+
+        Without a process where it can (``direct`` on cgroup v2, see
+        lxcwrap.direct.listing: the pid files, the monitors' cgroups and
+        command sockets); the tool whenever that cannot be sure of every
+        container (one starting or stopping, one started by hand)."""
+        if self.direct and self.layout().v2:
+            rows = direct.listing(self.lxcpath, self.layout().v2)
+            if rows is not None:
+                return rows
         done = self._call(self.tools.ls, None, ["-f", "-F", "NAME,STATE,PID"], timeout_s)
         if done.returncode != 0:
             raise self._fail(done, None, "lxc-ls")

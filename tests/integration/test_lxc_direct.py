@@ -16,6 +16,7 @@ import pytest
 from dcctl import procs
 from lxcwrap import cgroup, direct, errors
 from lxcwrap.lxc import Lxc
+from lxcwrap.run import run
 
 pytestmark = pytest.mark.lxc
 
@@ -242,3 +243,42 @@ def test_exec_runs_lxc_attach_from_one_sealed_copy_with_every_guarantee(agent):
             os.kill(sleeper, 9)
         out = job.get(timeout=60)
     assert out["exit_code"] == 0 and out["stdout"] == b"released\n", out
+
+
+def test_ls_without_a_process_says_what_lxc_ls_says(agent):
+    """``Lxc.ls`` lists in process (direct.listing) what ``lxc-ls -f``
+    reports: running containers with their init pid, stopped and never
+    started ones, and starts no tool."""
+    agent.call("container_create", "busybox", "lfc.ls1")
+    agent.call("container_start", "lfc.ls1")
+    agent.call("container_create", "busybox", "lfc.ls2")
+    agent.call("container_start", "lfc.ls2")
+    agent.call("container_stop", "lfc.ls2", 0.0)
+    agent.call("container_create", "busybox", "lfc.ls3")
+    by_tool = {r["name"]: r for r in Lxc(agent.lxc_path, direct=False).ls()}
+    mine = Lxc(agent.lxc_path, run=no_tool, direct=True).ls()
+    assert [r["name"] for r in mine] == sorted(by_tool)
+    for row in mine:
+        assert row == by_tool[row["name"]], row
+    assert {r["name"]: r["state"] for r in mine if r["name"].startswith("lfc.ls")} == \
+        {"lfc.ls1": "RUNNING", "lfc.ls2": "STOPPED", "lfc.ls3": "STOPPED"}
+
+
+def test_ls_asks_the_tool_for_a_container_started_without_our_pid_file(agent):
+    """A container started by hand (no pid file naming its monitor) is not
+    reported stopped: its command socket is seen and lxc-ls answers."""
+    agent.call("container_create", "busybox", "lfc.hand")
+    subprocess.run(["lxc-start", "-P", agent.lxc_path, "-n", "lfc.hand", "-d"], check=True, timeout=60)
+    try:
+        assert not os.path.exists(os.path.join(agent.lxc_path, "lfc.hand", "init.pid"))
+        assert direct.listing(agent.lxc_path, cgroup.detect().v2) is None
+        ran = []
+
+        def counting(argv, timeout_s=0, **kw):
+            ran.append(argv[0])
+            return run(argv, timeout_s, **kw)
+
+        rows = {r["name"]: r for r in Lxc(agent.lxc_path, run=counting, direct=True).ls()}
+        assert ran == ["lxc-ls"] and rows["lfc.hand"]["state"] == "RUNNING"
+    finally:
+        subprocess.run(["lxc-stop", "-P", agent.lxc_path, "-n", "lfc.hand", "-k"], timeout=60)
