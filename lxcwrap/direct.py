@@ -186,10 +186,11 @@ def _command_sockets() -> set[str] | None:
 
 def listing(lxcpath: str, unified_root: str) -> list[dict] | None:
     """What ``lxc-ls -f -F NAME,STATE,PID`` says of ``lxcpath``, without a
-    process: [{"name", "state": "RUNNING"|"FROZEN"|"STOPPED", "pid": the
-    init's host pid or None}] sorted by name, for every directory holding a
-    ``config``; or None when it cannot be sure of one of them (the caller
-    then runs the tool):
+    process: [{"name", "state": "RUNNING"|"FROZEN"|"STOPPED"|None, "pid":
+    the init's host pid or None}] sorted by name, for every directory
+    holding a ``config``; state None where this cannot be sure (the caller
+    asks the tool about that container), and None for the whole listing
+    when the directory or /proc/net/unix cannot be read:
 
     * a container whose pid file names its live monitor (see ``monitor``)
       is RUNNING (FROZEN when its payload cgroup says so) with the monitor's
@@ -215,13 +216,14 @@ def listing(lxcpath: str, unified_root: str) -> list[dict] | None:
         gevent.sleep(0)  # about 0.4 ms per container: other greenlets run between them
         mon = monitor(lxcpath, name)
         if mon is None:
-            unsure.append(name)
+            unsure.append(len(rows))
             rows.append({"name": name, "state": "STOPPED", "pid": None})
             continue
         with mon:
             found = mon.payload(unified_root)
         if found is None:
-            return None
+            rows.append({"name": name, "state": None, "pid": None})
+            continue
         pid, fd, cg = found
         os.close(fd)
         frozen = "frozen 1" in (_read(os.path.join(cg, "cgroup.events")) or "").splitlines()
@@ -230,10 +232,10 @@ def listing(lxcpath: str, unified_root: str) -> list[dict] | None:
         sockets = _command_sockets()
         if sockets is None:
             return None
-        for name in unsure:
-            sock = f"{lxcpath}/{name}/command"
+        for i in unsure:
+            sock = f"{lxcpath}/{rows[i]['name']}/command"
             if len(sock) > COMMAND_SOCKET_MAX or sock in sockets:
-                return None
+                rows[i]["state"] = None
     return rows
 
 

@@ -215,12 +215,21 @@ class Lxc:
 
         Without a process where it can (``direct`` on cgroup v2, see
         lxcwrap.direct.listing: the pid files, the monitors' cgroups and
-        command sockets); the tool whenever that cannot be sure of every
-        container (one starting or stopping, one started by hand)."""
+        command sockets); ``lxc-info`` for each container that cannot tell
+        for sure (one starting or stopping, one started by hand), and
+        ``lxc-ls`` when it cannot read them at all."""
         if self.direct and self.layout().v2:
             rows = direct.listing(self.lxcpath, self.layout().v2)
             if rows is not None:
-                return rows
+                known = []
+                for row in rows:
+                    if row["state"] is None:
+                        try:
+                            row.update(self.info(row["name"], timeout_s))
+                        except errors.LxcNotFound:
+                            continue  # destroyed meanwhile
+                    known.append(row)
+                return known
         done = self._call(self.tools.ls, None, ["-f", "-F", "NAME,STATE,PID"], timeout_s)
         if done.returncode != 0:
             raise self._fail(done, None, "lxc-ls")

@@ -266,12 +266,14 @@ def test_ls_without_a_process_says_what_lxc_ls_says(agent):
 
 def test_ls_asks_the_tool_for_a_container_started_without_our_pid_file(agent):
     """A container started by hand (no pid file naming its monitor) is not
-    reported stopped: its command socket is seen and lxc-ls answers."""
+    reported stopped: its command socket is seen and lxc-info answers for
+    it alone."""
     agent.call("container_create", "busybox", "lfc.hand")
     subprocess.run(["lxc-start", "-P", agent.lxc_path, "-n", "lfc.hand", "-d"], check=True, timeout=60)
     try:
         assert not os.path.exists(os.path.join(agent.lxc_path, "lfc.hand", "init.pid"))
-        assert direct.listing(agent.lxc_path, cgroup.detect().v2) is None
+        rows = {r["name"]: r for r in direct.listing(agent.lxc_path, cgroup.detect().v2)}
+        assert rows["lfc.hand"]["state"] is None
         ran = []
 
         def counting(argv, timeout_s=0, **kw):
@@ -279,6 +281,39 @@ def test_ls_asks_the_tool_for_a_container_started_without_our_pid_file(agent):
             return run(argv, timeout_s, **kw)
 
         rows = {r["name"]: r for r in Lxc(agent.lxc_path, run=counting, direct=True).ls()}
-        assert ran == ["lxc-ls"] and rows["lfc.hand"]["state"] == "RUNNING"
+        assert ran == ["lxc-info"] and rows["lfc.hand"]["state"] == "RUNNING"
+        assert rows["lfc.hand"]["pid"] == int(subprocess.run(
+            ["lxc-info", "-P", agent.lxc_path, "-n", "lfc.hand", "-p", "-H"], capture_output=True,
+            text=True).stdout)
     finally:
         subprocess.run(["lxc-stop", "-P", agent.lxc_path, "-n", "lfc.hand", "-k"], timeout=60)
+
+
+def test_ls_asks_the_tool_about_a_monitor_without_an_init(tmp_path):
+    """A live monitor with no init in its payload cgroup (a container
+    starting or stopping) is not guessed at: lxc-info answers for it."""
+    name = "lfc.between"
+    cdir = tmp_path / name
+    cdir.mkdir()
+    (cdir / "config").write_text(f"lxc.uts.name = lfcb\nlxc.rootfs.path = dir:{cdir}/rootfs\n")
+    # a process that looks like the container's monitor, as the pid file names it
+    fake = subprocess.Popen(["bash", "-c", f'exec -a "[lxc monitor] {tmp_path} {name}" sleep 60'])
+    try:
+        deadline = time.monotonic() + 10
+        while not open(f"/proc/{fake.pid}/cmdline").read().startswith("[lxc monitor]"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (cdir / "init.pid").write_text(f"{fake.pid}\n")
+        rows = direct.listing(str(tmp_path), cgroup.detect().v2)
+        assert rows == [{"name": name, "state": None, "pid": None}]
+        ran = []
+
+        def counting(argv, timeout_s=0, **kw):
+            ran.append(argv[0])
+            return run(argv, timeout_s, **kw)
+
+        assert Lxc(str(tmp_path), run=counting, direct=True).ls() == [{"name": name, "state": "STOPPED", "pid": None}]
+        assert ran == ["lxc-info"]
+    finally:
+        fake.kill()
+        fake.wait()
