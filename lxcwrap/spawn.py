@@ -168,8 +168,18 @@ class Child:
 #: The seals liblxc's tools look for on /proc/self/exe (is_memfd in LXC's
 #: rexec.c): with exactly these they skip their CVE-2019-5736 re-exec.
 SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-#: tool path -> (its file's (st_dev, st_ino, st_size, st_mtime_ns), the sealed copy's fd)
-_sealed: dict[str, tuple[tuple, int]] = {}
+#: tool -> (its file's (st_dev, st_ino, st_size, st_mtime_ns), the sealed copy's fd, the copy's (st_dev, st_ino))
+_sealed: dict[str, tuple[tuple, int, tuple]] = {}
+
+
+def _still_ours(fd: int, ident: tuple) -> bool:
+    """Whether ``fd`` is still the sealed copy (not closed and its number
+    reused by another file)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
 
 
 def sealed_exe(tool: str) -> str | None:
@@ -198,6 +208,9 @@ def sealed_exe(tool: str) -> str | None:
         return None
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     held = _sealed.get(tool)
+    if held is not None and not _still_ours(held[1], held[2]):
+        del _sealed[tool]  # someone closed it: never exec what took its number
+        held = None
     if held is not None and held[0] == key:
         return f"/proc/self/fd/{held[1]}"
     try:
@@ -220,7 +233,8 @@ def sealed_exe(tool: str) -> str | None:
         return None
     if held is not None:
         os.close(held[1])
-    _sealed[tool] = (key, fd)
+    copy = os.fstat(fd)
+    _sealed[tool] = (key, fd, (copy.st_dev, copy.st_ino))
     return f"/proc/self/fd/{fd}"
 
 
