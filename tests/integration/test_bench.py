@@ -27,7 +27,11 @@ FIGURES = {
     "lifecycle": [(r"^  (api|raw) +workers=\d+: 2 cycles in +[\d.]+ s = +[\d.]+ containers/min$", 4),
                   (r"^  ratio api/raw at \d worker\(s\): [\d.]+x$", 2),
                   (r"^agent RSS idle: [\d.]+ MiB$", 1),
-                  (r"^agent RSS with 2 running containers: [\d.]+ MiB$", 1)],
+                  (r"^agent RSS with 2 running containers: [\d.]+ MiB$", 1),
+                  (r"^  exec CPU per call: sealed lxc-attach copy [\d.]+ ms, lxc-attach's own copy and re-exec "
+                   r"[\d.]+ ms \(8 each, alternating\); loadavg [\d.]+$", 1),
+                  (r"^  listing 2 running containers, CPU per listing: in process [\d.]+ ms, lxc-ls [\d.]+ ms "
+                   r"\(8 each, alternating\)$", 1)],
     "fanout": [(r"^  N=  2  raw fan-out: median +[\d.]+ ms .* hub broadcast: median +[\d.]+ ms .* ratio [\d.]+x$",
                 1)],
     "placement": [(r"^  100 hosts, decision \+ atomic claim, [14] caller\(s\): +[\d.]+ decisions/s$", 2),
