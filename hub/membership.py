@@ -208,6 +208,9 @@ class MembershipMethods:
         The beat is taken in memory and written with every other host's
         within heartbeat_flush_s (one transaction, see hub/heartbeats.py);
         the first beat of a host that was unreachable is written at once.
+        While etcd is away a registered host's beats are still taken (the
+        hub knows it from its watched records; its containers are
+        reconciled at a beat after etcd is back).
 
         Returns: {ok: True}.
         Raises: InvalidArgument (no capacity {memory_reservable_bytes,
@@ -231,7 +234,10 @@ class MembershipMethods:
         self.agents.note_boot(name, boot_id)
         containers = summary.get("containers") if isinstance(summary, dict) else None
         if isinstance(containers, list):
-            self.healer.reconcile(name, containers)
+            try:
+                self.healer.reconcile(name, containers)
+            except errors.StoreUnavailable as exc:  # etcd away: the beat is taken, reconciled at a later one
+                log.debug("host %s not reconciled: %s", name, exc)
         return {"ok": True}
 
     @expose(shielded=True)

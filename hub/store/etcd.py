@@ -401,8 +401,14 @@ class PrefixIndex:
         self.changes = 0
         self.lists = 0  # full listings made (the first, and one after each compaction)
         self._sock = None
+        self._task: gevent.Greenlet | None = None
         self._list()
-        self._task = gevent.spawn(self._run)
+        self.start()
+
+    def start(self) -> None:
+        """Watch (again, after close()) from the revision after ``revision``."""
+        if self._task is None:
+            self._task = gevent.spawn(self._run)
 
     def get(self, name: str) -> tuple[object, int] | None:
         """(value, mod revision) of key PREFIX+``name``, or None."""
@@ -427,7 +433,11 @@ class PrefixIndex:
         self.changes += 1
 
     def close(self) -> None:
-        self._task.kill()
+        """Stop watching (what the index holds stays; start() resumes)."""
+        if self._task is not None:
+            self._task.kill()
+            self._task = None
+        self.live = False
         self._close_sock()
 
     def _close_sock(self) -> None:
