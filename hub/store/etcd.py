@@ -42,11 +42,20 @@ anyway, at one request per host per beat.  Records let the hub batch every
 host's beats in a few transactions and let the leader judge with the same
 rule (and code) as SQLite.
 
+Watched, not read: ``keyidx/`` (the hosts' CURVE keys, which ZAP and every
+call consult through ``agent_key_name``), ``hosts/`` and ``beats/`` (what
+``hosts``, ``host_state`` and the leader's ``mark_unreachable`` read) are
+kept in memory by one etcd watch each (PrefixIndex: listed once, then
+watched from the next revision; resumed from the last revision after a
+dropped stream, listed again after a compaction), with this hub's own
+writes applied at once.
+
 While etcd is unavailable, the reads that route calls (``host``,
 ``host_state``, ``container``, and ``routes``, the route table) answer from
-the last rows this hub read (every read refreshes them), so calls to
-existing containers still reach their hosts and routers keep their table;
-every write, and every other listing, fails with StoreUnavailable.
+the last rows this hub read or watched, and the key index admits the
+hosts it knew, so calls to existing containers still reach their hosts,
+known hosts keep beating and routers keep their table; every write, and
+every other listing (``hosts`` too), fails with StoreUnavailable.
 
 The store never fills: etcd runs with auto-compaction and an explicit
 backend quota (tests/etcdkit.py, ops/fleet), and the leader compacts the
