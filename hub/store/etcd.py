@@ -886,6 +886,14 @@ class EtcdStore(Store):
         return out
 
     def host(self, name: str) -> dict:
+        """See Store.host: from the watched records and beats while their
+        watches are open (every forwarded call asks it), else (or for a
+        name they lack) read from etcd."""
+        if self._hostidx.live and self._beatidx.live:
+            row = self._watched_row(name)
+            if row is not None:
+                self._seen_hosts[name] = row
+                return dict(row)
         try:
             got = self.etcd.get(self._k("hosts", name))
             beat = self.etcd.get(self._k("beats", name)) if got is not None else None
@@ -913,18 +921,30 @@ class EtcdStore(Store):
         else:  # a watch is down (etcd restarting?): read them, or fail as a listing does
             hosts, beats = self._read_hosts()
             records = {v["name"]: (v, rev) for v, rev in hosts.values()}
-        memo, rows = self._rows_memo, []
-        for name, (rec, rev) in sorted(records.items()):
-            beat, brev = beats.get(name, (None, 0))
-            got = memo.get(name)
-            if got is None or got[0] != (rev, brev):
-                got = memo[name] = ((rev, brev), self._host_row(rec, beat))
-            rows.append(got[1])
+        memo = self._rows_memo
+        rows = [self._memo_row(name, rec, rev, *beats.get(name, (None, 0)))
+                for name, (rec, rev) in sorted(records.items())]
         if len(memo) > len(records):
             for name in set(memo) - set(records):
                 del memo[name]
         self._seen_hosts = {r["name"]: r for r in rows}
         return _own_rows(rows)
+
+    def _memo_row(self, name: str, rec: dict, rev: int, beat: dict | None, brev: int) -> dict:
+        """The host row of record ``rec`` (at ``rev``) and ``beat`` (at
+        ``brev``), built once per pair of revisions (shared: callers copy)."""
+        got = self._rows_memo.get(name)
+        if got is None or got[0] != (rev, brev):
+            got = self._rows_memo[name] = ((rev, brev), self._host_row(rec, beat))
+        return got[1]
+
+    def _watched_row(self, name: str) -> dict | None:
+        """Host ``name``'s row from the watched indexes, or None."""
+        got = self._hostidx.get(name)
+        if got is None:
+            return None
+        beat = self._beatidx.get(name)
+        return self._memo_row(name, got[0], got[1], *(beat if beat is not None else (None, 0)))
 
     def _read_hosts(self) -> tuple[dict[str, tuple[dict, int]], dict[str, tuple[dict, int]]]:
         """({key: (host record, mod revision)}, {host: (beat, mod revision)}),

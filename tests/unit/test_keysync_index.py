@@ -145,3 +145,24 @@ def test_an_older_event_never_undoes_a_newer_change(etcd):
         assert index.get("k") == ("again", 13)
     finally:
         index.close()
+
+
+def test_a_hubs_reads_of_hosts_and_keys_ask_etcd_nothing_and_follow_another_hubs_changes(hubs):
+    a, b = hubs(), hubs()
+    for i in range(3):
+        a.bind_key(f"ksy-h{i}", "ABC"[i] * 40)
+        a.upsert_host(f"ksy-h{i}", f"tcp://127.0.0.1:{i + 1}", "", {}, CAP, "ABC"[i] * 40)
+    assert _within(lambda: len(b.hosts()) == 3, BOUND_SECONDS)
+    sent = b.etcd.requests
+    for _ in range(50):  # a placement's, a heartbeat's, a forwarded call's and ZAP's reads
+        assert [h["name"] for h in b.hosts()] == ["ksy-h0", "ksy-h1", "ksy-h2"]
+        assert b.host_state("ksy-h1", KEY_B) == "alive"
+        assert b.host("ksy-h2")["endpoint"] == "tcp://127.0.0.1:3"
+        assert b.agent_key_name(KEY_C) == "ksy-h2"
+    assert b.etcd.requests == sent, "reads of the watched hosts and keys went to etcd"
+    now = time.time()
+    a.record_beats({"ksy-h1": (now + 60, '{"beat": 1}', None)})  # another hub's beats and judgement
+    assert sorted(a.mark_unreachable(now + 30)) == ["ksy-h0", "ksy-h2"]
+    assert _within(lambda: [h["state"] for h in b.hosts()] == ["unreachable", "alive", "unreachable"]
+                   and b.host("ksy-h1")["summary"] == {"beat": 1}, BOUND_SECONDS)
+    assert b.etcd.requests == sent
