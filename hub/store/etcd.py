@@ -485,6 +485,8 @@ class PrefixIndex:
                 if self.live:
                     log.warning("etcd: the watch of %s dropped (%s); watching again from revision %d",
                                 self.prefix, exc, self.revision + 1)
+            except Exception:  # never leave the index unwatched for good
+                log.exception("etcd: the watch of %s failed; watching again", self.prefix)
             self.live = False
             self._close_sock()
             if not relist:
