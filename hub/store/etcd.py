@@ -380,7 +380,9 @@ class PrefixIndex:
     from the revision after the last one applied, so no change is missed;
     when etcd has compacted that revision away (its answer names a
     compact_revision), the index lists the prefix again and watches from
-    there.  While etcd is away the index keeps what it knew last.
+    there.  An etcd found behind the index's revision (a new one, its data
+    lost) is listed again from scratch.  While etcd is away the index keeps
+    what it knew last.
 
     This hub's own writes are applied at once with ``apply`` (their
     revision comes with the write's answer), so they are visible before
@@ -525,6 +527,11 @@ class PrefixIndex:
             if result.get("canceled"):
                 raise ConnectionError(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
             if result.get("created"):
+                if int(result["header"]["revision"]) < self.revision:  # a new, empty etcd (its data lost)
+                    log.warning("etcd: %s is at revision %s, behind this index (%d): listing %s again",
+                                self.etcd.url, result["header"]["revision"], self.revision, self.prefix)
+                    self._items, self._gone, self.revision = {}, {}, 0
+                    return True
                 self.live = True
                 continue
             events = result.get("events") or []

@@ -8,6 +8,7 @@ listing), and a compacted revision makes it list again.  Every test has
 its own key prefix, deleted at the end."""
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 
@@ -166,3 +167,22 @@ def test_a_hubs_reads_of_hosts_and_keys_ask_etcd_nothing_and_follow_another_hubs
     assert _within(lambda: [h["state"] for h in b.hosts()] == ["unreachable", "alive", "unreachable"]
                    and b.host("ksy-h1")["summary"] == {"beat": 1}, BOUND_SECONDS)
     assert b.etcd.requests == sent
+
+
+def test_an_etcd_that_lost_its_data_is_listed_again_not_waited_on(hubs, etcd):
+    a = hubs()
+    client = EtcdClient(etcd.url)
+    index = PrefixIndex(client, a._k("keyidx", ""))
+    try:
+        for i in range(20):  # this index's revision well past what a new etcd will have
+            client.txn([], [client.put(a._k("filler"), i)])
+        a.bind_key("ksy-h1", KEY_A)
+        assert _within(lambda: index.get(KEY_A) is not None, BOUND_SECONDS)
+        etcd.stop()
+        shutil.rmtree(etcd.data_dir)
+        etcd.start()
+        client.txn([], [client.put(a._k("keyidx", KEY_B), "ksy-h2")])  # the new store's first binding
+        assert _within(lambda: index.lists == 2 and index.live, 10.0), "the index waited for old revisions"
+        assert {k: v for k, (v, _) in index.items().items()} == {KEY_B: "ksy-h2"}  # the lost one is gone too
+    finally:
+        index.close()
