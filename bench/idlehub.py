@@ -131,7 +131,9 @@ def main() -> int:
             print(f"idle hub on etcd, another hub's beats at {HEARTBEAT_SECONDS} s heartbeats:", flush=True)
             for n in [int(x) for x in args.hosts.split(",")]:
                 for rnd in range(args.rounds):
-                    who = [("this checkout", _common.REPO)] + ([("reference", args.reference)] if args.reference else [])
+                    who = [("this checkout", _common.REPO)]
+                    if args.reference:
+                        who.append(("reference", args.reference))
                     for label, checkout in (who if rnd % 2 == 0 else who[::-1]):
                         rate, share = turn(root, etcd.url, checkout, n, args.seconds, procs)
                         load = open("/proc/loadavg").read().split()[0]
