@@ -99,6 +99,9 @@ class Service:
         heartbeat_s: zerorpc heartbeat interval in seconds.
         keys_dir: the server's keys and client allowlist (dcctl.auth);
             required to bind a tcp:// endpoint with CURVE.
+        allowlist: the client allowlist ZAP and every call consult
+            (dcctl.auth.Allowlist); default: one of ``keys_dir``'s files
+            (a hub on etcd passes one whose hosts' keys come from the store).
         stream_stall_s: how long a stream method's sender waits for a
             reader that takes no items (its window of
             zrpc.STREAM_WINDOW_ITEMS full) before it drops that reader with
@@ -121,14 +124,14 @@ class Service:
     def __init__(self, target: Any, name: str, *,
                  translate: Callable[[BaseException], errors.DcError | None] | None = None,
                  heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys_dir: str | None = None,
-                 stream_stall_s: float = zrpc.STREAM_STALL_SECONDS):
+                 stream_stall_s: float = zrpc.STREAM_STALL_SECONDS, allowlist: auth.Allowlist | None = None):
         zrpc.quiet_zerorpc_noise()
         self.name = name
         self.target = target
         self.table = method_table(target)
         self._translate = translate or (lambda exc: None)
         self.keys_dir = keys_dir
-        self.allowlist = auth.Allowlist(keys_dir) if keys_dir else None
+        self.allowlist = allowlist if allowlist is not None else auth.Allowlist(keys_dir) if keys_dir else None
         self._heartbeat_s = heartbeat_s
         self._functors: dict[str, Any] = {}
         for mname, spec in self.table.items():
