@@ -602,7 +602,6 @@ class EtcdStore(Store):
         self._compacted = time.monotonic()
         #: the last host and container rows read: routing reads while etcd is away
         self._seen_hosts: dict[str, dict] = {}
-        self._seen_containers: dict[str, dict] = {}
         self._seen_routes: list[dict] | None = None
         #: (revision, {key: (record, mod rev)}, {host: (beat, mod rev)}) of the last read: see _read_hosts
         self._hosts_inc: tuple[int, dict, dict] | None = None
@@ -621,13 +620,20 @@ class EtcdStore(Store):
         self._keyidx = PrefixIndex(self.etcd, self._k("keyidx", ""))
         self._hostidx = PrefixIndex(self.etcd, self._k("hosts", ""))
         self._beatidx = PrefixIndex(self.etcd, self._k("beats", ""))
+        #: and the container rows, read only while etcd does not answer: so
+        #: that calls to existing containers still reach their hosts through
+        #: any hub, one started just before the outage or one that never
+        #: read that container (reads otherwise go to etcd: a row's state
+        #: decides placement and destroy steps, and must not lag)
+        self._ctridx = PrefixIndex(self.etcd, self._k("containers", ""))
+        self._routeidx = PrefixIndex(self.etcd, self._k("routes", ""))  # the same, for routes (container_inspect)
         self._rows_memo: dict[str, tuple[tuple[int, int], dict]] = {}  # host -> ((record rev, beat rev), row)
 
     def _k(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
 
     def close(self) -> None:
-        for index in (self._keyidx, self._hostidx, self._beatidx):
+        for index in (self._keyidx, self._hostidx, self._beatidx, self._ctridx, self._routeidx):
             index.close()
         if self._task is not None:
             self._task.kill()
@@ -907,8 +913,11 @@ class EtcdStore(Store):
             got = self.etcd.get(self._k("hosts", name))
             beat = self.etcd.get(self._k("beats", name)) if got is not None else None
         except errors.StoreUnavailable:
-            if name in self._seen_hosts:
-                return dict(self._seen_hosts[name])
+            # what the watches last knew (a hub started just before the
+            # outage has read no host yet), else what this hub last read
+            row = self._watched_row(name) or self._seen_hosts.get(name)
+            if row is not None:
+                return dict(row)
             raise
         if got is None:
             self._seen_hosts.pop(name, None)
@@ -1020,22 +1029,28 @@ class EtcdStore(Store):
         return self.etcd.get(self._k("containers", name))
 
     def container(self, name: str) -> dict:
+        """See Store.container; while etcd does not answer, the row as the
+        watched index last knew it (StoreUnavailable if it knows none)."""
         try:
             got = self._row(name)
         except errors.StoreUnavailable:
-            if name in self._seen_containers:
-                return dict(self._seen_containers[name])
+            known = self._ctridx.get(name)
+            if known is not None:
+                return dict(known[0])
             raise
         if got is None:
-            self._seen_containers.pop(name, None)
             raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
-        self._seen_containers[name] = got[0]
         return dict(got[0])
 
     def containers(self, host: str | None = None) -> list[dict]:
-        rows = [v for _, v, _ in self.etcd.range(self._k("containers", ""))]
+        """See Store.containers; while etcd does not answer, the rows of the
+        watched index (what it last knew)."""
+        try:
+            rows = [v for _, v, _ in self.etcd.range(self._k("containers", ""))]
+        except errors.StoreUnavailable:
+            rows = [v for v, _ in self._ctridx.items().values()]
+            rows.sort(key=lambda r: r.get("name", ""))
         if host is None:
-            self._seen_containers = {r["name"]: r for r in rows}
             return rows
         return [r for r in rows if r["host"] == host]
 
@@ -1471,14 +1486,17 @@ class EtcdStore(Store):
             raise errors.NoSuchRoute(f"route {name} has no backend {container}:{port}")
 
     def routes(self) -> list[dict]:
+        """See Store.routes; while etcd does not answer, the rows this hub
+        read last, else those of the watched index."""
         rows = []
         base = self._k("routes", "")
         try:
             found = self.etcd.range(base)
         except errors.StoreUnavailable:
             if self._seen_routes is None:
-                raise
-            return [dict(r) for r in self._seen_routes]
+                found = [(base + name, value, rev) for name, (value, rev) in self._routeidx.items().items()]
+            else:
+                return [dict(r) for r in self._seen_routes]
         for key, value, _ in found:
             name, container, port = key[len(base):].split("/")
             rows.append({"name": name, "container": container, "port": int(port), "created_at": value["created_at"]})

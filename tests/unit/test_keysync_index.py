@@ -186,3 +186,28 @@ def test_an_etcd_that_lost_its_data_is_listed_again_not_waited_on(hubs, etcd):
         assert {k: v for k, (v, _) in index.items().items()} == {KEY_B: "ksy-h2"}  # the lost one is gone too
     finally:
         index.close()
+
+
+def test_a_hub_that_never_read_a_container_still_routes_to_it_while_etcd_is_stopped(hubs, etcd):
+    """Calls to existing containers go on while etcd is down through every
+    hub, also one started just before the outage that never read the
+    container or its host (before: StoreUnavailable from such a hub)."""
+    from hub import scheduler
+    a = hubs()
+    a.bind_key("ksy-h1", KEY_A)
+    a.upsert_host("ksy-h1", "tcp://127.0.0.1:1", "10.0.0.1", {}, CAP, KEY_A)
+    a.claim("ksy.web", "img", 1 << 20, {}, scheduler.choose(a.hosts(), scheduler.Request(1 << 20)))
+    a.set_placed("ksy.web", "img", [{"proto": "tcp", "container_port": 80, "host_port": 20001}])
+    a.add_route("web.ksy.test", "ksy.web", 80)
+    b = hubs()  # a new hub: its first reads of either come after etcd stopped
+    assert _within(lambda: b._ctridx.get("ksy.web") is not None and b._ctridx.get("ksy.web")[0]["state"] == "placed",
+                   BOUND_SECONDS)
+    etcd.stop()
+    assert _within(lambda: not b._ctridx.live, 5.0)
+    row = b.container("ksy.web")
+    assert (row["host"], row["state"]) == ("ksy-h1", "placed")
+    assert b.host("ksy-h1")["endpoint"] == "tcp://127.0.0.1:1"
+    assert [r["name"] for r in b.containers()] == ["ksy.web"]
+    assert [(r["name"], r["container"], r["port"]) for r in b.routes()] == [("web.ksy.test", "ksy.web", 80)]
+    with pytest.raises(errors.StoreUnavailable):
+        b.container("ksy.other")  # one it does not know: no guess
