@@ -602,6 +602,7 @@ class EtcdStore(Store):
         self._compacted = time.monotonic()
         #: the last host and container rows read: routing reads while etcd is away
         self._seen_hosts: dict[str, dict] = {}
+        self._seen_containers: dict[str, tuple[int, dict]] = {}  # name -> (mod revision, row) last read
         self._seen_routes: list[dict] | None = None
         #: (revision, {key: (record, mod rev)}, {host: (beat, mod rev)}) of the last read: see _read_hosts
         self._hosts_inc: tuple[int, dict, dict] | None = None
@@ -1029,28 +1030,32 @@ class EtcdStore(Store):
         return self.etcd.get(self._k("containers", name))
 
     def container(self, name: str) -> dict:
-        """See Store.container; while etcd does not answer, the row as the
-        watched index last knew it (StoreUnavailable if it knows none)."""
+        """See Store.container; while etcd does not answer, the newer of the
+        row this hub read last and the one the watched index last knew
+        (StoreUnavailable if neither knows it)."""
         try:
             got = self._row(name)
         except errors.StoreUnavailable:
-            known = self._ctridx.get(name)
-            if known is not None:
-                return dict(known[0])
+            known = [(rev, row) for rev, row in (self._seen_containers.get(name, (0, None)),
+                                                 tuple(reversed(self._ctridx.get(name) or (None, 0))))
+                     if row is not None]
+            if known:
+                return dict(max(known, key=lambda k: k[0])[1])
             raise
         if got is None:
+            self._seen_containers.pop(name, None)
             raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
+        self._seen_containers[name] = (got[1], got[0])
         return dict(got[0])
 
     def containers(self, host: str | None = None) -> list[dict]:
-        """See Store.containers; while etcd does not answer, the rows of the
-        watched index (what it last knew)."""
-        try:
-            rows = [v for _, v, _ in self.etcd.range(self._k("containers", ""))]
-        except errors.StoreUnavailable:
-            rows = [v for v, _ in self._ctridx.items().values()]
-            rows.sort(key=lambda r: r.get("name", ""))
+        """See Store.containers: always read from etcd (StoreUnavailable
+        while it does not answer): the healer and the journal decide on
+        these rows, and must not decide on what a watch last knew."""
+        found = self.etcd.range(self._k("containers", ""))
+        rows = [v for _, v, _ in found]
         if host is None:
+            self._seen_containers = {v["name"]: (rev, v) for _, v, rev in found}
             return rows
         return [r for r in rows if r["host"] == host]
 

@@ -207,7 +207,8 @@ def test_a_hub_that_never_read_a_container_still_routes_to_it_while_etcd_is_stop
     row = b.container("ksy.web")
     assert (row["host"], row["state"]) == ("ksy-h1", "placed")
     assert b.host("ksy-h1")["endpoint"] == "tcp://127.0.0.1:1"
-    assert [r["name"] for r in b.containers()] == ["ksy.web"]
+    with pytest.raises(errors.StoreUnavailable):
+        b.containers()  # a listing is never answered from memory: the healer decides on it
     assert [(r["name"], r["container"], r["port"]) for r in b.routes()] == [("web.ksy.test", "ksy.web", 80)]
     with pytest.raises(errors.StoreUnavailable):
         b.container("ksy.other")  # one it does not know: no guess
