@@ -128,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     except errors.DcError as exc:
         print(f"dc-hub: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    hub.start()
+    try:
+        hub.start()
+    except errors.DcError as exc:  # e.g. Conflict: another running hub has this --hub-name
+        print(f"dc-hub: {type(exc).__name__}: {exc}", file=sys.stderr)
+        service.stop()
+        hub.store.close()
+        return 1
     task = service.start()
     from hub import metrics
     metrics.started(hub, service, args.metrics_listen)

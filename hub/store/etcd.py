@@ -649,13 +649,31 @@ class EtcdStore(Store):
     # ------------------------------------------------------------ hubs
     def join(self, name: str, endpoint: str) -> None:
         """See Store.join; keeps the lease alive and campaigns every
-        lease_s/4 seconds in a greenlet until close()."""
+        lease_s/4 seconds in a greenlet until close().
+
+        The member key ``members/<name>`` is taken only when absent (a
+        transaction on create revision 0): a name another running hub
+        holds (its lease renewed) is refused, so two hubs never share a
+        name (before, the second took the key over and removed it when it
+        left, and the first vanished from ``members``).  A hub started again
+        right after a kill finds its old key until that lease expires, so
+        join waits up to lease_s + 1 seconds for it to go.
+
+        Raises: Conflict (the name is still held after that wait)."""
         self.hub_name = name
         self._member = {"name": name, "endpoint": endpoint, "since": time.time()}
-        try:
-            self._renew()
-        except errors.StoreError as exc:
-            log.warning("etcd: cannot join yet (%s); trying again", exc)
+        deadline = time.monotonic() + self.lease_s + 1
+        while True:
+            try:
+                self._renew()
+                break
+            except errors.Conflict:
+                if time.monotonic() > deadline:
+                    raise
+                gevent.sleep(0.25)
+            except errors.StoreError as exc:
+                log.warning("etcd: cannot join yet (%s); trying again", exc)
+                break
         if self._task is None:
             self._task = gevent.spawn(self._keep)
 
@@ -677,9 +695,23 @@ class EtcdStore(Store):
             if int((out.get("result") or {}).get("TTL") or 0) <= 0:
                 log.warning("etcd: this hub's lease expired: joining again")
                 self._lease, self._leading = None, False
+        member = self._k("members", self.hub_name)
         if self._lease is None:
-            self._lease = int(self.etcd.post("lease/grant", {"TTL": str(self.lease_s)})["ID"])
-            self.etcd.txn([], [self.etcd.put(self._k("members", self.hub_name), self._member, self._lease)])
+            lease = int(self.etcd.post("lease/grant", {"TTL": str(self.lease_s)})["ID"])
+            ok, out = self.etcd.txn([self.etcd.at(member, 0)], [self.etcd.put(member, self._member, lease)],
+                                    [self.etcd.read(member)])
+            if not ok:
+                kvs = out["responses"][0]["response_range"].get("kvs") or []
+                held = json.loads(_unb64(kvs[0].get("value"))) if kvs else {}
+                try:
+                    self.etcd.post("lease/revoke", {"ID": str(lease)})
+                except errors.StoreError:
+                    pass  # it expires by itself
+                raise errors.Conflict(
+                    f"hub name {self.hub_name!r} is held by a running hub (endpoint "
+                    f"{held.get('endpoint', '?')}, since {held.get('since', '?')})",
+                    hint="give this hub another --hub-name, or stop the other one")
+            self._lease = lease  # the key goes with the lease only: no other hub can take it meanwhile
         self._renewed = time.monotonic()
         key = self._k("leader")
         ok, out = self.etcd.txn([self.etcd.at(key, 0)], [self.etcd.put(key, self.hub_name, self._lease)],

@@ -386,3 +386,31 @@ def test_claims_too_big_to_go_together_are_each_claimed_alone(group_etcd, group_
         assert {h: v for h, v in store.reserved_memory().items() if v != (0, 0)} == _summed(store)
     finally:
         store.close()
+
+
+def test_a_second_hub_with_a_running_hubs_name_is_refused_and_the_first_stays_a_member(tmp_path):
+    """A fresh operator started a second hub with a live hub's --hub-name:
+    it took the member key over, both said they led, and when it left the
+    first vanished from ``members`` for good."""
+    with running_etcd(str(tmp_path)) as server:
+        prefix = f"/etc-{uuid.uuid4().hex[:8]}/"
+        first = EtcdStore(server.url, prefix, lease_s=2, timeout_s=1.0)
+        first.join("hub-a", "tcp://127.0.0.1:1")
+        assert first.is_leader()
+        second = EtcdStore(server.url, prefix, lease_s=2, timeout_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(errors.Conflict, match="hub name 'hub-a' is held by a running hub.*127.0.0.1:1"):
+            second.join("hub-a", "tcp://127.0.0.1:2")
+        assert time.monotonic() - started >= 2  # it waited a lease for a killed hub's key to expire
+        second.close()
+        assert [m["endpoint"] for m in first.members()] == ["tcp://127.0.0.1:1"] and first.is_leader()
+        assert first.leader() == "hub-a"
+        # a hub killed (its lease not revoked) and started again gets its name back once the lease expires
+        first._task.kill()  # as kill -9: no renewal, no revoke
+        first._lease = None
+        again = EtcdStore(server.url, prefix, lease_s=2, timeout_s=1.0)
+        again.join("hub-a", "tcp://127.0.0.1:3")
+        assert [m["endpoint"] for m in again.members()] == ["tcp://127.0.0.1:3"]
+        assert _wait(again.is_leader)
+        again.close()
+        first.close()
