@@ -181,6 +181,19 @@ class RpcClient:
         event, self._lost_event = self._lost_event, gevent.event.Event()
         event.set()
 
+    @property
+    def lost(self) -> str | None:
+        """Why the connection is known lost (the server closed it, or
+        nothing listens: a connect attempt refused), else None."""
+        return self._lost
+
+    def wait_lost(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` seconds for the connection to be lost
+        (see ``lost``); True if it was (already, or during the wait)."""
+        if self._lost:
+            return True
+        return self._lost_event.wait(timeout_s)
+
     def _reopen(self) -> None:
         """Replace the socket (closing it drops what ZeroMQ queued on it);
         the streams read on it end (Unreachable at their next read)."""
