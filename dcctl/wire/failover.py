@@ -117,8 +117,8 @@ class FailoverClient:
         connection fails at once; one that answers nothing, after
         ``probe_timeout_s``).  Raises: Unreachable (none answered), or the
         error that made a client impossible (e.g. InvalidArgument)."""
-        if self._client is not None and self._probed:
-            return self._client
+        if self._client is not None and self._probed and not getattr(self._client, "lost", None):
+            return self._client  # (a connection known lost is probed again: nothing was sent on it)
         if self._client is not None:
             self._client.close("probing again")
             self._client = None

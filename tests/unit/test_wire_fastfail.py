@@ -19,6 +19,7 @@ import pytest
 from dcctl import errors, wire
 from dcctl.wire.failover import FailoverClient
 from tests.ports import free_port
+from tests.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEARTBEAT_SECONDS = 30.0  # the fallback no test here may wait for
@@ -197,3 +198,23 @@ def test_dcctl_with_a_dead_first_hub_answers_from_the_second(servers, tmp_path):
                              capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_create_after_its_hub_died_between_calls_goes_to_the_next_hub(servers):
+    """The hub dies between two calls of a long-lived FailoverClient: the
+    next call, a change, is not lost with it (nothing was sent): the
+    endpoints are probed again and it runs once, on the live one."""
+    first = f"tcp://127.0.0.1:{free_port()}"
+    second = f"tcp://127.0.0.1:{free_port()}"
+    proc = servers.start(first, "first")
+    servers.start(second, "second")
+    client = FailoverClient([first, second], _client, probe_timeout_s=20.0)
+    try:
+        with gevent.Timeout(DEADLINE_SECONDS):
+            assert client.call("record", "one", 0)["seen"] == ["one"] and client.endpoint == first
+            _kill(proc)
+            wait_for(lambda: client._client.lost, 5, "the client saw its connection close")
+            assert client.call("record", "two", 0)["seen"] == ["two"]
+        assert client.endpoint == second
+    finally:
+        client.close()
