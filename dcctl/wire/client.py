@@ -114,8 +114,9 @@ class RpcClient:
     DISCONNECTED: a server killed, even with -9, closes its sockets) or a
     connect attempt was refused (nothing listens), after two heartbeats
     when it vanished without closing (power off, partition); a call that
-    changes something then has the hint that it may have run; InvalidArgument for an integer msgpack cannot carry.  Raises
-    (from the constructor): InvalidArgument (a bad endpoint or CURVE key),
+    changes something then has the hint that it may have run (not after a
+    refused connection: nothing was sent); InvalidArgument for an integer
+    msgpack cannot carry.  Raises (from the constructor): InvalidArgument (a bad endpoint or CURVE key),
     Unreachable (an endpoint ZeroMQ cannot connect to, e.g. ``tcp://*:PORT``).
     """
 

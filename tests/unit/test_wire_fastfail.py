@@ -104,7 +104,9 @@ def test_a_server_killed_mid_call_fails_the_call_at_once_with_the_may_have_run_h
         assert "may have run" in (caught.value.hint or "")
 
 
-def test_a_read_lost_mid_call_has_no_may_have_run_hint(servers):
+def test_over_ipc_too_and_a_call_refused_afterwards_has_no_may_have_run_hint(servers):
+    """A killed server's ipc socket file stays: the call in flight fails at
+    once (may have run); the next one is refused (nothing was sent)."""
     endpoint = f"ipc:///tmp/ffl-fastfail-{os.getpid()}-{free_port()}.sock"
     proc = servers.start(endpoint)
     try:
@@ -114,11 +116,12 @@ def test_a_read_lost_mid_call_has_no_may_have_run_hint(servers):
             gevent.sleep(0.3)
             _kill(proc)
             with gevent.Timeout(DEADLINE_SECONDS):
-                with pytest.raises(errors.Unreachable):
+                with pytest.raises(errors.Unreachable, match="lost the connection") as in_flight:
                     call.get()
-                with pytest.raises(errors.Unreachable) as caught:
-                    client.call("seen_tags")  # over ipc: the socket file is left, nothing listens
-            assert caught.value.hint is None or "may have run" not in caught.value.hint
+                with pytest.raises(errors.Unreachable, match="connection refused") as caught:
+                    client.call("record", "y", 0)  # over ipc: the socket file is left, nothing listens
+            assert "may have run" in (in_flight.value.hint or "")
+            assert caught.value.hint is None
     finally:
         if os.path.exists(endpoint[len("ipc://"):]):
             os.unlink(endpoint[len("ipc://"):])
