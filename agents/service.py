@@ -283,21 +283,12 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         return self.puller.pull(ref, source, keys)
 
     def _pull_from_hubs(self, ref: str) -> dict:
-        """image_pull from this agent's hubs: the current one first, then the
-        next when one cannot be reached (a hub just killed refuses at once;
-        a failed pull leaves nothing, so trying again is safe).
-        Raises: as image_pull; Unreachable (no hub reached, the last error)."""
+        """image_pull from this agent's hubs, the current one first
+        (Puller.pull_from_any)."""
         hubs = self.m.config.hub_endpoints()
         current = self.current_hub()
         order = [current] + [h for h in hubs if h != current] if current in hubs else hubs
-        for i, hub in enumerate(order):
-            try:
-                return self.puller.pull(ref, hub, self.hub_keys)
-            except errors.Unreachable as exc:
-                if i == len(order) - 1:
-                    raise
-                log.warning("image_pull %s: hub %s: %s; trying hub %s", ref, hub, exc, order[i + 1])
-        raise errors.InvalidArgument("this agent has no hub")  # not reached: order is never empty here
+        return self.puller.pull_from_any(ref, order, self.hub_keys)
 
     @expose(shielded=True)
     def image_build(self, kind: str, name: str | None = None, options: dict | None = None) -> dict:
