@@ -3,7 +3,7 @@
 A container lives as long as its command: the image's run script records
 ``STATUS OOM_KILLS`` in /etc/dcfleet/exit (in the container's own upper
 layer, readable from the host) and powers the container off.  Every
-``interval_s`` the supervisor lists the containers (one ``lxc-ls``) and, for
+``interval_s`` the supervisor lists the containers (in process, lxcwrap.direct.listing) and, for
 each one the agent started (desired "running") that has stopped, records the
 exit and applies the policy:
 

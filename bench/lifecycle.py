@@ -6,7 +6,8 @@ containers.
 One cycle = create -> start -> exec (hostname) -> stop (kill) -> destroy.
 API: container_create, container_start, container_exec, container_stop
 (timeout 0: straight to SIGKILL), container_destroy.  The agent starts three
-processes per cycle (lxc-start, the container's log writer, lxc-attach): the
+processes per cycle (lxc-start, the container's log writer, lxc-attach, the last
+exec'ed once from a sealed in-memory copy, without its own per-call copy and re-exec): the
 stop is a write to the container's ``cgroup.kill`` and a wait on its
 monitor's pidfd, the destroy removes the directory itself.  Raw: lxc-copy -s -B
 overlay of a busybox base container (the same image layer), lxc-start -d,
@@ -14,6 +15,8 @@ lxc-attach -- hostname, lxc-stop -k, lxc-destroy.
 
 Run as root:  python3 bench/lifecycle.py [--cycles 40] [--workers 4] [--idle-containers 50] [--repeat 2]
 [--slice 2] [--quick] (``--quick``: 2 cycles, 2 workers, 2 idle containers, 1 run, for the test suite).
+With the idle containers running it then prints the CPU of an exec and of a listing beside their
+references (see step_costs).
 Each run measures api and raw at 1 and at ``--workers`` workers, in alternating turns of ``--slice``
 cycles per worker (api, raw, api, ...), so a load that changes during the run (other test runs on the
 machine) weighs on both alike; with ``--repeat`` N > 1 a last line per worker count gives the median
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import resource
 import secrets
 import statistics
 import sys
@@ -116,6 +120,47 @@ def measure_pair(api_cycle_fn, raw_cycle_fn, cycles: int, workers: int, slice_cy
     return rates["api"], rates["raw"]
 
 
+def _cpu_s(fn, calls: int) -> float:
+    """CPU seconds (this process and its waited children) of ``calls`` calls of ``fn``."""
+    before = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    for _ in range(calls):
+        fn()
+    after = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
+
+
+def _hostname(lx: Lxc, name: str) -> None:
+    out = lx.exec(name, ["hostname"], timeout_s=30)
+    if out["exit_code"] != 0 or not out["stdout"].strip():
+        raise RuntimeError(f"exec hostname in {name}: {out}")
+
+
+def step_costs(lxcpath: str, name: str, running: int, calls: int, rounds: int = 4) -> None:
+    """Two steps beside their reference, in alternating turns of ``calls``
+    calls, ``rounds`` times: an exec from the sealed copy of lxc-attach
+    (what the agent does) beside lxc-attach's own copy and re-exec, and
+    the in-process listing beside lxc-ls (the supervisor lists every
+    second).  CPU of this process and its children per call (the
+    containers' monitors answering lxc-ls are not counted)."""
+    sealed, plain = Lxc(lxcpath), Lxc(lxcpath)
+    plain.sealed_attach = False
+    tool = Lxc(lxcpath, direct=False)
+    if sorted(r["name"] for r in sealed.ls()) != sorted(r["name"] for r in tool.ls()):
+        raise RuntimeError("the in-process listing differs from lxc-ls")
+    spent = {"sealed": 0.0, "plain": 0.0, "direct": 0.0, "lxc-ls": 0.0}
+    for _ in range(rounds):
+        for label, lx in (("plain", plain), ("sealed", sealed)):
+            spent[label] += _cpu_s(lambda: _hostname(lx, name), calls)
+        for label, lx in (("lxc-ls", tool), ("direct", sealed)):
+            spent[label] += _cpu_s(lx.ls, calls)
+    ms = {k: v / (calls * rounds) * 1000 for k, v in spent.items()}
+    load = open("/proc/loadavg").read().split()[0]
+    print(f"  exec CPU per call: sealed lxc-attach copy {ms['sealed']:.2f} ms, lxc-attach's own copy and re-exec "
+          f"{ms['plain']:.2f} ms ({calls * rounds} each, alternating); loadavg {load}")
+    print(f"  listing {running} running containers, CPU per listing: in process {ms['direct']:.2f} ms, "
+          f"lxc-ls {ms['lxc-ls']:.2f} ms ({calls * rounds} each, alternating)")
+
+
 def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / (1 << 20)
 
@@ -156,6 +201,7 @@ def main() -> int:
         c.call("container_ls")
         c.call("hostinfo")
         print(f"agent RSS with {args.idle_containers} running containers: {rss_mib(agent.proc.pid):.1f} MiB")
+        step_costs(agent.lxc_path, "rss.0", args.idle_containers, 2 if args.quick else 10)
         for cl in clients:
             cl.close()
         return 0

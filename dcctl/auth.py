@@ -16,8 +16,16 @@ Allowlist layout (a directory, re-read when it changes)::
     KEYS_DIR/server.key_secret      this server's own key pair (made on first start)
     KEYS_DIR/clients/admin/*.key    may call everything
     KEYS_DIR/clients/read/*.key     may list, inspect, read hostinfo and pull images
-    KEYS_DIR/clients/agent/*.key    hosts (on the hub): register, heartbeat, pull images; nothing else
+    KEYS_DIR/clients/agent/*.key    hosts (on a SQLite hub): register, heartbeat, pull images; nothing else
     KEYS_DIR/clients/router/*.key   routers (on the hub): read the route table, nothing else
+
+A hub on etcd takes its hosts' keys (the ``agent`` role) from the store
+instead (``Allowlist(agent_keys=...)``, the store's watched key index):
+``host_add`` on any hub of the store admits a host on all of them and
+``host_remove`` on any hub refuses its key on all of them, with no file on
+any machine; its ``clients/agent/`` files are then not read.  The server
+key pair and the admin, read and router keys stay in the keys dir (copied
+once to each hub machine).
 
 The local ``ipc://`` endpoint (mode 0600, root only) has no CURVE; its
 callers are the host's root and get the admin role.  ``admin`` covers every
@@ -35,6 +43,7 @@ import dataclasses
 import logging
 import os
 import threading
+from typing import Callable
 
 import gevent
 import zmq
@@ -147,9 +156,15 @@ def ensure_server_pair(keys_dir: str) -> tuple[bytes, bytes]:
 @dataclasses.dataclass
 class Allowlist:
     """Client public keys by role, read from KEYS_DIR/clients/<role>/*.key
-    and re-read whenever a role directory changes (mtime)."""
+    and re-read whenever a role directory changes (mtime).
+
+    ``agent_keys``: None (the ``agent`` role's keys are files too), or a
+    callable ``(z85 key) -> host name or None`` that alone answers for the
+    ``agent`` role (an etcd hub's watched key index, see the module doc);
+    it is asked on every lookup, so it must answer from memory."""
 
     keys_dir: str
+    agent_keys: Callable[[str], str | None] | None = None
     _stamp: tuple = ()
     _roles: dict = dataclasses.field(default_factory=dict)  # z85 key -> (role, file name)
 
@@ -157,6 +172,17 @@ class Allowlist:
         self._lock = threading.Lock()
         for role in ROLES:
             os.makedirs(os.path.join(self.keys_dir, "clients", role), mode=0o700, exist_ok=True)
+        if self.agent_keys is not None:
+            left = [e for e in os.listdir(os.path.join(self.keys_dir, "clients", "agent")) if e.endswith(".key")]
+            if left:
+                log.warning("the hosts' keys come from the fleet store: %d file(s) in %s/clients/agent are not "
+                            "read (host_add admits a host, host_remove refuses it, on every hub)",
+                            len(left), self.keys_dir)
+
+    @property
+    def agents_elsewhere(self) -> bool:
+        """True when the ``agent`` role's keys come from ``agent_keys``, not files."""
+        return self.agent_keys is not None
 
     def _dirs_stamp(self) -> tuple:
         out = []
@@ -177,6 +203,8 @@ class Allowlist:
             roles = {}
             for role in ROLES:
                 d = os.path.join(self.keys_dir, "clients", role)
+                if role == "agent" and self.agent_keys is not None:
+                    continue
                 for entry in sorted(os.listdir(d)) if os.path.isdir(d) else []:
                     if not entry.endswith(".key"):
                         continue
@@ -187,7 +215,11 @@ class Allowlist:
                         continue
                     roles[public.decode()] = (role, entry[:-4])
             self._roles, self._stamp = roles, stamp
-        return self._roles.get(key)
+        found = self._roles.get(key)
+        if self.agent_keys is None or (found is not None and found[0] != "agent"):
+            return found
+        name = self.agent_keys(key)
+        return ("agent", name) if name is not None else None
 
     def add(self, role: str, name: str, public_z85: str) -> str:
         """Write a client public key file for ``role``; returns its path."""

@@ -385,7 +385,7 @@ VIEWS: dict[str, tuple[Column, ...]] = {
     "route_ls": (
         _col("name", flexible=True), _col("container", flexible=True), _col("port", "container_port"),
         _col("host"), _col("address"),
-        Column("health", lambda r, now: "healthy" if r.get("healthy") is True else scalar_text(r.get("status"))),
+        Column("health", lambda r, now: "healthy" if r.get("healthy") is True else _unhealthy(r)),
     ),
     # deploys (hub/apps.py) and volumes
     "releases": (
@@ -408,7 +408,7 @@ VIEWS: dict[str, tuple[Column, ...]] = {
 }
 #: route_ls --wide: every key of route_rows, uncut.
 ROUTE_WIDE_HEADERS = ["name", "kind", "listen_port", "container", "container_port", "host", "address", "healthy",
-                      "status"]
+                      "status", "routed"]
 #: The columns of a broadcast's per-host table.
 FANOUT_HEADERS = ["host", "status", "answer"]
 
@@ -623,8 +623,17 @@ def route_rows(routes: list[dict]) -> list[dict]:
             rows.append({"name": r["name"], "kind": r.get("kind", "-"), "listen_port": r.get("listen_port"),
                          "container": b.get("container", "-"),
                          "container_port": b.get("container_port", "-"), "host": b.get("host") or "-",
-                         "address": addr, "healthy": b.get("healthy", False), "status": b.get("status", "-")})
+                         "address": addr, "healthy": b.get("healthy", False), "status": b.get("status", "-"),
+                         "routed": b.get("routed", b.get("healthy", False))})
     return rows
+
+
+def _unhealthy(row: dict) -> str:
+    """A backend's health cell when the hub does not vouch for it: its
+    status, and ``(routed)`` when the routers still serve it (a lost host's
+    backend: their health checks decide)."""
+    text = scalar_text(row.get("status"))
+    return f"{text} (routed)" if row.get("routed") is True else text
 
 
 def network_text(result: dict, is_tty: bool = False, width: int = TABLE_WIDTH) -> str:

@@ -20,21 +20,31 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROTOCOLS = ("tcp", "udp")
 
 
-def container_name(name: Any) -> str:
+def container_name(name: Any, what: str = "container name") -> str:
     """A fleet-unique container name: 1-64 chars of ``[A-Za-z0-9_.-]``,
     starting with a letter or digit, no ``..`` (dotted like
-    ``jerome.awesome.web``). It is also the container's hostname."""
+    ``jerome.awesome.web``). It is also the container's hostname.
+
+    ``what`` names the value in the error (host and hub names share the
+    alphabet: "host name", "hub name").
+    Raises: InvalidArgument."""
     if not isinstance(name, str):
-        raise InvalidArgument(f"container name must be a string, got {type(name).__name__}")
+        raise InvalidArgument(f"{what} must be a string, got {type(name).__name__}")
     if not name:
-        raise InvalidArgument("container name is empty")
+        raise InvalidArgument(f"{what} is empty")
     if len(name) > NAME_MAX_CHARS:
-        raise InvalidArgument(f"container name is {len(name)} chars; at most {NAME_MAX_CHARS}")
+        raise InvalidArgument(f"{what} is {len(name)} chars; at most {NAME_MAX_CHARS}")
     if not _NAME_RE.match(name) or ".." in name or name.endswith("."):
         raise InvalidArgument(
-            f"bad container name {name!r}: use letters, digits, '.', '_' and '-', "
+            f"bad {what} {name!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit, without '..'")
     return name
+
+
+def host_name(name: Any) -> str:
+    """A host's name (agent --host-name, host_add): the container name's
+    rules (it is a key in the store and in etcd). Raises: InvalidArgument."""
+    return container_name(name, "host name")
 
 
 def port(value: Any, what: str = "port") -> int:

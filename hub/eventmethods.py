@@ -65,13 +65,18 @@ class EventMethods:
         host is not recorded (its index is passed), one naming a container
         the hub does not know is recorded with ``unknown_to_hub: true``.
         The event's ``at`` in the fleet log is the hub's receive time; the
-        agent's is kept as ``agent_at``.
+        agent's is kept as ``agent_at``.  An index that jumps past the
+        cursor is taken and recorded (``agent_events_gap``); a later head
+        below the cursor puts it back where the host's events stood before
+        its first jump, or at 0 for a journal that started over
+        (EventLog.ingest), so a jump loses and repeats no real event.  A
+        key moves its own host's cursor only.
 
         Returns: {cursor} (the last agent index the hub has for the host).
         Raises: NoSuchHost (not registered), Unauthorized (another host's
         key), InvalidArgument (a malformed event, a type no agent emits, an
-        index that does not rise or is past ``head``, over 1000 at once;
-        nothing is taken).
+        index that does not rise or is past ``head``, an index or head past
+        2**53 - 1, over 1000 at once; nothing is taken).
         """
         if not isinstance(events, list) or len(events) > fleet_events.MAX_INGEST:
             raise errors.InvalidArgument(f"at most {fleet_events.MAX_INGEST} events per call")

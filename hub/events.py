@@ -6,8 +6,12 @@ as events are added.
 Event documents are ``{index, at (Unix s), type, ...}``; ``kind`` repeats
 ``type`` (older callers read it).  The hub's own: host_added, host_lost,
 host_back, host_restarted, host_removed, placed, rescheduled,
-reschedule_waiting, reschedule_failed, reschedule_gave_up, adopted,
-destroy_finished, stale_copy_removed, route_added, route_removed (``host``,
+reschedule_waiting, reschedule_failed, reschedule_gave_up,
+reschedule_cancelled (the record removed during the move),
+agent_events_gap (a host's events skipped indexes: see ingest), adopted
+(``by: "journal"``: a create cut by its hub's death, with the state it was
+found in), create_rolled_back, destroy_finished, stale_copy_removed,
+route_added, route_removed (``host``,
 ``name``/``container``, ...).  An agent's container events (agents.events)
 come with ``host``, ``container``, ``agent_index`` and ``source: "agent"``:
 each agent ships what its journal wrote (``host_events``), and the hub
@@ -34,6 +38,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import gevent.event
+import gevent.lock
 
 from agents.events import EVENT_TYPES as AGENT_EVENT_TYPES
 from dcctl import errors
@@ -51,6 +56,13 @@ PRUNE_EVERY = 200
 MAX_INGEST = 1000
 #: Events kept in memory while the store refuses writes (a full disk).
 MAX_PENDING = 10_000
+#: The largest agent index (and head) a host may send: JSON's exact
+#: integers (2**53 - 1), within SQLite's INTEGER and etcd's JSON values.
+MAX_AGENT_INDEX = 2 ** 53 - 1
+#: A host's floor is kept beside its cursor, under this suffix of its name
+#: (host names have no "/"): where its cursor stood before its first jump
+#: since its journal began (0: none; see EventLog.ingest).
+FLOOR_SUFFIX = "/floor"
 
 FILTER_KEYS = {"container": "container", "name": "container", "host": "host", "type": "type",
                "event": "type", "kind": "type", "image": "image"}
@@ -125,6 +137,11 @@ class EventLog:
         self.max_age_s = max_age_s
         self._memory: collections.deque = collections.deque(maxlen=max_events)  # store None only
         self._pending: collections.deque = collections.deque()  # refused by the store, oldest first
+        #: one append at a time: an etcd store's append yields, and a second
+        #: append sending the pending events the first is still writing
+        #: would write them twice
+        self._append_lock = gevent.lock.Semaphore()
+        self._stored: dict[int, dict] = {}  # id(sent doc) -> stored event, of the last append (see _append)
         self.lost = 0  # dropped past MAX_PENDING
         self._appends = 0
         self.followers = 0  # follow() generators open now
@@ -154,14 +171,29 @@ class EventLog:
                place_of: Callable[[str], str | None] | None = None) -> int:
         """Take an agent's container events (agents.events) in: those above
         the host's cursor, once each, in its index order.  ``head`` is the
-        agent's newest index: one below the cursor means its journal started
-        over (a new state dir), and the cursor goes back to 0.
+        agent's newest index: one below the cursor means a jump undone or a
+        journal that started over (see below).
 
         What a host sends is checked before anything is taken: at most
-        MAX_INGEST events, each a map with an integer index (above 0, each
-        above the one before it in the batch, none above ``head``), a
-        number ``at``, a type an agent emits (agents.events.EVENT_TYPES)
-        and a container name.  ``place_of(container)`` (the hub's placement:
+        MAX_INGEST events, each a map with an integer index (1 to
+        MAX_AGENT_INDEX, each above the one before it in the batch, none
+        above ``head``), a number ``at``, a type an agent emits
+        (agents.events.EVENT_TYPES) and a container name.
+
+        A jump (the first new index past cursor + 1) is taken: an agent's
+        journal retention may have dropped events the hub never got, and
+        refusing would stop that host's events for good.  It is recorded
+        (hub event ``agent_events_gap`` {host, after, first}), and the
+        cursor the first jump since the journal began jumped from is kept
+        as the host's floor (FLOOR_SUFFIX; 0: none).  A later head
+        below the cursor but at or above the floor is that jump undone (an
+        index a buggy or forged call sent past the agent's real journal):
+        the cursor goes back to the floor, so the host's real events are
+        neither lost nor taken twice (before, the cursor went to 0 and the
+        agent sent its whole journal again).  A head below the floor is a
+        journal that started over (a new state dir): cursor and floor go
+        to 0.  A host's key moves its own cursor only: the fleet index is
+        the hub's own sequence.  ``place_of(container)`` (the hub's placement:
         the host it places the container on, None when it knows none) keeps
         a host from speaking for another's containers: an event naming a
         container the hub places on another host is not recorded (its index
@@ -176,8 +208,10 @@ class EventLog:
         StoreError (nothing was taken)."""
         if not isinstance(events, list) or len(events) > MAX_INGEST:
             raise errors.InvalidArgument(f"events must be a list of at most {MAX_INGEST}")
-        if head is not None and (isinstance(head, bool) or not isinstance(head, int) or head < 0):
-            raise errors.InvalidArgument(f"head must be an index (an integer from 0), not {head!r}")
+        if head is not None and (isinstance(head, bool) or not isinstance(head, int)
+                                 or not 0 <= head <= MAX_AGENT_INDEX):
+            raise errors.InvalidArgument(f"head must be an index (an integer from 0 to {MAX_AGENT_INDEX}), "
+                                         f"not {head!r}")
         previous = 0
         for event in events:
             if not (isinstance(event, dict) and isinstance(event.get("index"), int)
@@ -190,18 +224,34 @@ class EventLog:
                                              hint=f"types: {', '.join(AGENT_EVENT_TYPES)}")
             if not isinstance(event.get("container"), str) or not event["container"]:
                 raise errors.InvalidArgument("an agent event names its container (a non-empty string)")
+            if event["index"] > MAX_AGENT_INDEX:
+                raise errors.InvalidArgument(f"agent event index {event['index']} is past {MAX_AGENT_INDEX}")
             if event["index"] <= previous:
                 raise errors.InvalidArgument(f"agent event indexes must rise in a batch "
                                              f"({event['index']} after {previous})")
             if head is not None and event["index"] > head:
                 raise errors.InvalidArgument(f"agent event index {event['index']} is past the head {head}")
             previous = event["index"]
-        cursor = self.store.event_cursor(host) if self.store is not None else self._cursors.get(host, 0)
+        cursor, floor = self._cursor(host), None  # the floor is read only when needed
         if head is not None and head < cursor:
-            log.warning("host %s: its event journal started over (head %d < %d)", host, head, cursor)
-            if self.store is not None:
-                self.store.set_event_cursor(host, 0)
-            cursor = 0
+            floor = self._cursor(host + FLOOR_SUFFIX)
+            if 0 < floor <= head:
+                log.warning("host %s: head %d is below its cursor %d, which jumped from %d: back to %d",
+                            host, head, cursor, floor, floor)
+                cursor = floor
+            else:
+                log.warning("host %s: its event journal started over (head %d < %d)", host, head, cursor)
+                cursor = floor = 0
+                self._set_cursor(host + FLOOR_SUFFIX, 0)
+            self._set_cursor(host, cursor)
+        first = next((e["index"] for e in events if e["index"] > cursor), None)
+        if first is not None and first > cursor + 1:
+            log.warning("host %s: its events jump from %d to %d", host, cursor, first)
+            if floor is None:
+                floor = self._cursor(host + FLOOR_SUFFIX)
+            if not floor:  # the first jump since the journal began: later ones keep it
+                self._set_cursor(host + FLOOR_SUFFIX, cursor)
+            self.add("agent_events_gap", host=host, after=cursor, first=first)
         docs, top, places = [], cursor, {}
         for event in events:
             if event["index"] <= top:
@@ -231,6 +281,14 @@ class EventLog:
         self._cursors[host] = top
         return top
 
+    def _cursor(self, key: str) -> int:
+        return self.store.event_cursor(key) if self.store is not None else self._cursors.get(key, 0)
+
+    def _set_cursor(self, key: str, value: int) -> None:
+        if self.store is not None:
+            self.store.set_event_cursor(key, value)
+        self._cursors[key] = value
+
     def _now(self) -> float:
         """The hub's time for an event it records now: never before the
         last one it recorded (a clock stepped back keeps the order)."""
@@ -248,16 +306,27 @@ class EventLog:
         while len(self._pending) > MAX_PENDING:
             self._pending.popleft()
             self.lost += 1
-        batch = list(self._pending)
-        try:
-            out = self.store.events_append(batch)
-        except errors.StoreError as exc:
-            log.warning("fleet events: %d not written yet (%s)", len(batch), exc)
-            return []
-        self._pending.clear()
+        with self._append_lock:
+            mine = {id(d) for d in docs}
+            if not any(id(d) in mine for d in self._pending):
+                # an append that ran while this one waited wrote them (it
+                # sent everything pending): answer with what it stored
+                return [self._stored[i] for i in (id(d) for d in docs) if i in self._stored]
+            batch = list(self._pending)
+            try:
+                out = self.store.events_append(batch)
+            except errors.StoreError as exc:
+                log.warning("fleet events: %d not written yet (%s)", len(batch), exc)
+                return []
+            sent = {id(d) for d in batch}
+            while self._pending and id(self._pending[0]) in sent:
+                self._pending.popleft()
+            # the stored copies by the identity of what was sent, for the
+            # appends waiting on the lock (their docs are still referenced)
+            self._stored = {id(d): o for d, o in zip(batch, out)}
         self._counted(len(out))
         self._wake()
-        return out
+        return [self._stored[id(d)] for d in docs if id(d) in self._stored]
 
     def _counted(self, n: int) -> None:
         self._appends += n

@@ -96,15 +96,26 @@ class Healer:
                     self.events.add("reschedule_waiting", name=name, reason=str(exc))
                     continue
                 tried.add(host)
+                # the row's ports are the lost host's: until the new ones are
+                # written, its routes must not point at the new host with them
+                # (another container there may map that port)
+                self.store.set_ports(name, [])
                 try:
                     result = self.placer.realize(host, manifest, name, opts, False)
                 except errors.DcError as exc:
                     if not self.placer.undo(host, name):
                         self.store.abandon(name, host)
                     self.store.assign(name, lost)
+                    self.store.set_ports(name, row["ports"] or [])
                     self.events.add("reschedule_failed", name=name, host=host, error=f"{type(exc).__name__}: {exc}")
                     continue
-                self.store.set_placed(name, manifest["id"], result["ports"])
+                if not self.store.set_placed(name, manifest["id"], result["ports"], host=host):
+                    # destroyed (or its host removed) while it was being made again
+                    self.placer.undo_or_abandon(host, name)
+                    self.events.add("reschedule_cancelled", name=name, host=host,
+                                    reason="its record was removed during the move")
+                    log.info("reschedule of %s cancelled: its record was removed meanwhile", name)
+                    return
                 self.events.add("rescheduled", name=name, from_host=lost, host=host,
                                 after_s=round(time.monotonic() - started, 3))
                 log.info("rescheduled %s from lost %s to %s", name, lost, host)

@@ -75,7 +75,9 @@ def open_store(args: argparse.Namespace):
     if not args.etcd:
         raise errors.InvalidArgument("--store etcd needs --etcd http://ADDR:PORT")
     if args.hub_name is not None:
-        validate.container_name(args.hub_name)  # same alphabet: it is a key in etcd
+        validate.container_name(args.hub_name, "hub name")  # same alphabet: it is a key in etcd
+    if args.lease_s < 2:
+        raise errors.InvalidArgument(f"--lease-s {args.lease_s}: a hub's etcd lease is at least 2 seconds")
     from hub.store.etcd import EtcdStore
     return EtcdStore(args.etcd, args.etcd_prefix, lease_s=args.lease_s)
 
@@ -96,15 +98,17 @@ def build(args: argparse.Namespace) -> tuple[Service, HubService]:
     store = open_store(args)
     registry = Registry(os.path.join(args.state_dir, "registry"), index=store if store.kind == "etcd" else None)
     keys_dir = args.keys_dir or os.path.join(args.state_dir, "keys")
+    # on etcd the hosts' keys come from the store's watched key index (every hub admits the same hosts)
+    allowlist = auth.Allowlist(keys_dir, agent_keys=store.agent_key_name if store.kind == "etcd" else None)
     hub = HubService(store, registry, heartbeat_s=args.heartbeat_s, missed_heartbeats=args.missed_heartbeats,
-                     server_pair=auth.ensure_server_pair(keys_dir), allowlist=auth.Allowlist(keys_dir),
+                     server_pair=auth.ensure_server_pair(keys_dir), allowlist=allowlist,
                      heartbeat_flush_s=args.heartbeat_flush_s)
     hub.route_domain = domain["name"]
     hub.name = args.hub_name or f"hub-{os.getpid()}"
     hub.endpoint = next((ep for ep in args.listen + args.insecure_listen if parse_endpoint(ep).is_tcp),
                         (args.listen + args.insecure_listen)[0])
     hub.endpoints = list(args.listen + args.insecure_listen)
-    service = Service(hub, name="dc-hub", keys_dir=keys_dir)
+    service = Service(hub, name="dc-hub", keys_dir=keys_dir, allowlist=allowlist)
     for ep in args.listen:
         if parse_endpoint(ep).is_ipc:
             os.makedirs(os.path.dirname(parse_endpoint(ep).path), mode=0o700, exist_ok=True)

@@ -120,8 +120,9 @@ class MembershipMethods:
     def host_add(self, name: str, key: str) -> dict:
         """Admit a new host (the operator's step, like accepting a key in
         Salt): bind the host ``name`` to its CURVE public ``key`` and allow
-        that key on the hub with the agent role.  Only then may the host
-        register, and under this name only.  Idempotent.
+        that key on the hub with the agent role (on etcd: on every hub of
+        the store, through the binding each hub watches).  Only then may
+        the host register, and under this name only.  Idempotent.
 
         Args:
             name: the host's name (its agent's --host-name).
@@ -131,12 +132,13 @@ class MembershipMethods:
 
         Returns: {name, key, added_at (Unix s)}.
         Raises: InvalidArgument, Conflict (the name is bound to another key,
-        or the key to another host: host_remove first).
+        or the key to another host: host_remove first), StoreUnavailable
+        (etcd does not answer: nothing was admitted).
         """
-        validate.container_name(name)  # same alphabet and length
+        validate.host_name(name)
         key = auth.public_key(key)
         binding = self.store.bind_key(name, key)
-        if self.allowlist is not None:
+        if self.allowlist is not None and not self.allowlist.agents_elsewhere:  # on etcd: the binding admits it
             self.allowlist.add("agent", name, key)
         log.info("host %s added with key %s", name, key)
         self.events_log.add("host_added", host=name)
@@ -168,7 +170,7 @@ class MembershipMethods:
         name = info.get("name")
         if not isinstance(name, str) or not name:
             raise errors.InvalidArgument("host name must be a non-empty string")
-        validate.container_name(name)  # same alphabet and length
+        validate.host_name(name)
         parsed = wire.parse_endpoint(info.get("endpoint"))
         endpoint = parsed.text
         labels = info.get("labels") or {}
@@ -206,6 +208,9 @@ class MembershipMethods:
         The beat is taken in memory and written with every other host's
         within heartbeat_flush_s (one transaction, see hub/heartbeats.py);
         the first beat of a host that was unreachable is written at once.
+        While etcd is away a registered host's beats are still taken (the
+        hub knows it from its watched records; its containers are
+        reconciled at a beat after etcd is back).
 
         Returns: {ok: True}.
         Raises: InvalidArgument (no capacity {memory_reservable_bytes,
@@ -229,14 +234,19 @@ class MembershipMethods:
         self.agents.note_boot(name, boot_id)
         containers = summary.get("containers") if isinstance(summary, dict) else None
         if isinstance(containers, list):
-            self.healer.reconcile(name, containers)
+            try:
+                self.healer.reconcile(name, containers)
+            except errors.StoreUnavailable as exc:  # etcd away: the beat is taken, reconciled at a later one
+                log.debug("host %s not reconciled: %s", name, exc)
         return {"ok": True}
 
     @expose(shielded=True)
     def host_remove(self, name: str) -> dict:
         """Forget a host (e.g. decommissioned, or registered by mistake): its
         membership, its key binding and the allowlist entry host_add made
-        (it must be added again to rejoin); the fleet's records of
+        (it must be added again to rejoin; on etcd every hub of the store
+        refuses its key, new connections and calls on open ones alike,
+        within the watch's delay); the fleet's records of
         containers placed there are dropped too (they are not touched on
         the host).
 
@@ -253,7 +263,7 @@ class MembershipMethods:
             self.store.forget(row["name"])
         self.store.remove_host(name)
         self.members_changed(True)
-        if binding is not None and self.allowlist is not None:
+        if binding is not None and self.allowlist is not None and not self.allowlist.agents_elsewhere:
             self.allowlist.remove("agent", name, binding["key"])
         self.agents.forget(name, "the host was removed")
         self.beats.forget(name)

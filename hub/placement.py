@@ -58,6 +58,9 @@ class Placer:
     def __init__(self, store: HubStore, agents: Agents):
         self.store = store
         self.agents = agents
+        #: ``(type, **detail)``: where the journal records what it decided
+        #: (the hub's EventLog.add; None: nowhere)
+        self.on_event = None
         #: names of undecided "reserved" rows the journal pass (recover) decides
         self.journal: set[str] = set()
         self.placing: set[str] = set()  # names whose place() is under way
@@ -85,7 +88,9 @@ class Placer:
         host's reason, and the last failure when every feasible host
         failed); the host's own error when it is not worth retrying
         elsewhere (the reservation is dropped in every failure; a copy an
-        undo could not reach is recorded as abandoned, see sweep).
+        undo could not reach is recorded as abandoned, see sweep);
+        NoSuchContainer (the row was removed while the create ran, e.g.
+        host_remove of its host: the copy made there is destroyed).
         """
         try:
             row = self.store.claim(name, manifest["id"], request.memory_bytes, spec,
@@ -123,12 +128,32 @@ class Placer:
                 self._drop(name)
                 raise
             try:
-                self.store.set_placed(name, manifest["id"], result["ports"])
+                placed = self.store.set_placed(name, manifest["id"], result["ports"], host=host)
             except errors.StoreError:  # made, but not recorded: the caller is told it failed, so undo it
                 self._leave(name, host)
                 self._drop(name)
                 raise
+            if not placed:  # the row went meanwhile: host_remove here or on another hub
+                self.undo_or_abandon(host, name)
+                raise errors.NoSuchContainer(
+                    f"container {name!r} was removed from the fleet while it was being created on {host} "
+                    "(host_remove?); the copy made there was destroyed",
+                    hint="create it again (on another host if that one was removed)")
             return result
+
+    def undo_or_abandon(self, host: str, name: str) -> None:
+        """Destroy the copy of ``name`` on ``host`` whose fleet record is
+        gone; when the host does not answer and is still a member, record
+        the copy as abandoned (destroyed once it answers, see sweep); a
+        host that was removed keeps it (host_remove leaves a host's
+        containers untouched).  Raises: StoreError (recording it)."""
+        if self.undo(host, name):
+            return
+        try:
+            self.store.host(host)
+        except errors.NoSuchHost:
+            return
+        self.store.abandon(name, host)
 
     def _leave(self, name: str, host: str) -> None:
         """Undo ``name`` on ``host``; when the host does not answer, record
@@ -287,19 +312,29 @@ class Placer:
             return
         try:
             info = self.agents.call(row["host"], "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
-            self.store.set_placed(name, row["image"], info.get("ports", []))
-            log.info("journal: adopted %s on %s", name, row["host"])
+            if self.store.set_placed(name, row["image"], info.get("ports", []), host=row["host"]):
+                log.info("journal: adopted %s on %s (%s)", name, row["host"], info.get("state"))
+                # the create's caller got an error (its hub died): say what became of it
+                self._record("adopted", name=name, host=row["host"], by="journal", state=info.get("state"))
+            else:  # its row went meanwhile (host_remove): its host's next heartbeat decides the copy
+                log.info("journal: %s was removed from the fleet meanwhile", name)
             journal.discard(name)
         except errors.NoSuchContainer:
             self.store.forget(name)
             log.info("journal: rolled back reservation of %s", name)
             journal.discard(name)
+            self._record("create_rolled_back", name=name, host=row["host"], by="journal")
         except errors.StoreError:
             raise
         except errors.DcError as exc:
             (log.debug if name in warned else log.warning)(
                 "journal: %s on %s undecided (asking again each heartbeat): %s", name, row["host"], exc)
             warned.add(name)
+
+
+    def _record(self, kind: str, **detail) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, **detail)
 
 
 class PlacementMethods:
@@ -334,8 +369,10 @@ class PlacementMethods:
         encoded, or a command and env over 512 KiB), ImageNotFound, AmbiguousImageRef,
         ContainerExists, NoCapacity (naming each host's reason, and the last
         failure when every feasible host failed), NoSuchHost (pinned host
-        unknown), or the last host's own error when it is not one worth
-        retrying elsewhere.
+        unknown), NoSuchContainer (its record was removed while it was being
+        created, e.g. host_remove of its host, here or on another hub: the
+        copy made there is destroyed, nothing is left recorded), or the last
+        host's own error when it is not one worth retrying elsewhere.
         """
         # every option the hub takes, its own and the routes', named in one error
         validate.options(options, {**CREATE_OPTIONS, **routes.CREATE_OPTIONS}, "create_container")

@@ -11,6 +11,16 @@ A route is a frontend and a set of backends:
   the backend is ``healthy`` as far as the hub knows (host alive, container
   placed and, by the host's last heartbeat, running).  So a route follows
   its containers as they stop, start, move by failover or go with a host.
+* ``routed`` says whether routers serve a backend: every healthy one, and
+  also one whose host the hub lost (``host_unreachable``) when the host's
+  last word was that the container runs.  The hub cannot tell a dead agent
+  (its containers run on: they outlive it by design) from a dead host, so
+  it does not vouch for such a backend, and the routers' own HAProxy health
+  checks decide whether it gets traffic (router/haproxy.py: a server that
+  stops answering is DOWN within CHECK_DOWN_BOUND_SECONDS there).  Once
+  failover moves the container, the backend follows the record (the new
+  host's address; the old one is drained), and once it is destroyed the
+  backend goes.
 
 ``RouteMethods`` is mixed into the hub's service: ``route_add``,
 ``route_rm``, ``route_ls`` and ``route_table`` (the long poll a router
@@ -136,9 +146,13 @@ def resolve(store) -> list[dict]:
 
     Returns: [{name, kind, listen_port, backends: [{container,
     container_port, host, address, port (the mapped host port), healthy,
-    status}]}] by name; ``status`` is "up", or why the backend is not
-    healthy: "no_container", "placing", "host_gone", "host_unreachable",
-    "not_mapped", "not_running"."""
+    status, routed}]}] by name; ``status`` is "up", or why the backend is
+    not healthy: "no_container", "placing", "host_gone", "host_unreachable"
+    (the hub lost the host: it cannot vouch for the backend), "not_mapped",
+    "not_running".  ``routed``: whether routers serve it (healthy, or
+    host_unreachable with an address, a mapped port and a last heartbeat
+    that had it running: HAProxy's checks then decide, see the module
+    doc)."""
     hosts = {h["name"]: h for h in store.hosts()}
     containers = {c["name"]: c for c in store.containers()}
     table: dict[str, dict] = {}
@@ -147,7 +161,7 @@ def resolve(store) -> list[dict]:
         if route is None:
             route = table[row["name"]] = {**frontend(row["name"]), "backends": []}
         b = {"container": row["container"], "container_port": row["port"], "host": None, "address": None,
-             "port": None, "healthy": False, "status": "no_container"}
+             "port": None, "healthy": False, "status": "no_container", "routed": False}
         route["backends"].append(b)
         c = containers.get(row["container"])
         if c is None:
@@ -165,12 +179,14 @@ def resolve(store) -> list[dict]:
             b["status"] = "host_gone"
         elif host["state"] != "alive":
             b["status"] = "host_unreachable"
+            # its containers may run on without their agent: HAProxy's checks decide
+            b["routed"] = bool(mapped and b["address"] and _running(host, c))
         elif not mapped or not b["address"]:
             b["status"] = "not_mapped"
         elif not _running(host, c):
             b["status"] = "not_running"
         else:
-            b["status"], b["healthy"] = "up", True
+            b["status"], b["healthy"], b["routed"] = "up", True, True
     return [table[n] for n in sorted(table)]
 
 
@@ -254,7 +270,9 @@ class RouteMethods:
         [{container, container_port, host, address, port (mapped host port:
         address:port is where it answers), healthy, status ("up", or why
         not: no_container, placing, host_gone, host_unreachable,
-        not_mapped, not_running)}]}], by name.
+        not_mapped, not_running), routed (whether routers serve it: healthy
+        ones, and those on a host the hub lost that last ran there, left
+        to the routers' health checks)}]}], by name.
         """
         return resolve(self.store)
 

@@ -37,7 +37,7 @@ import time
 
 import gevent
 
-from dcctl import auth
+from dcctl import auth, errors
 from dcctl.wire import expose
 from hub import fanout, routes
 from hub.agents import Agents
@@ -103,6 +103,7 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         self.agents = Agents(store, call_timeout_s=call_timeout_s, heartbeat_s=heartbeat_s, server_pair=server_pair,
                              on_event=self.events_log.add)
         self.placer = Placer(store, self.agents)
+        self.placer.on_event = self.events_log.add
         self.healer = Healer(store, registry, self.agents, self.placer, self.events_log)
         #: this hub's name among the hubs of its store (hub_info's leader and
         #: members) and the endpoint clients reach it at; dc-hub sets both
@@ -155,13 +156,22 @@ class HubService(MembershipMethods, PlacementMethods, ForwardMethods, FleetwideM
         Returns: {version, name (this hub's), uptime_s, heartbeat_s,
         missed_heartbeats, hosts (count), containers (count), queue {idle
         [hosts, longest idle first], busy [hosts], members [hosts]}, store
-        ("sqlite"|"etcd"), leader (the leading hub's name, None while
-        there is none), members [{name, endpoint, since}] (the hubs alive),
-        metrics_url (the hub's Prometheus endpoint, hub/metrics.py, or None)}.
-        Raises: StoreUnavailable (etcd does not answer).
+        ("sqlite"|"etcd"), store_ok (bool), leader (the leading hub's name,
+        None while there is none), members [{name, endpoint, since}] (the
+        hubs alive), metrics_url (the hub's Prometheus endpoint,
+        hub/metrics.py, or None)}.  While the store does not answer (etcd
+        down) it still answers, so that an operator sees the outage:
+        store_ok false, store_error (the StoreUnavailable message), and
+        hosts, containers, leader and members None.
+        Raises: nothing of its own.
         """
-        return {"version": HUB_VERSION, "name": self.name, "uptime_s": round(time.time() - self.started, 3),
+        info = {"version": HUB_VERSION, "name": self.name, "uptime_s": round(time.time() - self.started, 3),
                 "heartbeat_s": self.heartbeat_s, "missed_heartbeats": self.missed_heartbeats,
-                "hosts": len(self.store.hosts()), "containers": len(self.store.containers()),
-                "queue": self.workers.stats(), "store": self.store.kind, "leader": self.store.leader(),
-                "members": self.store.members(), "metrics_url": self.metrics_url}
+                "queue": self.workers.stats(), "store": self.store.kind, "metrics_url": self.metrics_url}
+        try:
+            info.update(hosts=len(self.store.hosts()), containers=len(self.store.containers()),
+                        leader=self.store.leader(), members=self.store.members(), store_ok=True)
+        except errors.StoreUnavailable as exc:
+            info.update(hosts=None, containers=None, leader=None, members=None, store_ok=False,
+                        store_error=str(exc))
+        return info

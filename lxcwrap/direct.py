@@ -24,6 +24,8 @@ Everything here answers None or False when it cannot be sure (no pidfile,
 another process, no cgroup v2, no ``cgroup.kill``): the caller then uses
 the LXC tool.  Blocking calls are tiny reads and writes of /proc and
 /sys/fs/cgroup; the only wait (``Monitor.wait_exit``) is cooperative.
+``listing`` replaces ``lxc-ls`` the same way (about 0.4 ms of our CPU per
+container where lxc-ls costs 2-3 ms and a wake-up of every monitor).
 """
 from __future__ import annotations
 
@@ -160,6 +162,81 @@ def monitor(lxcpath: str, name: str) -> Monitor | None:
         os.close(fd)
         return None
     return Monitor(pid, fd, lxcpath, name)
+
+
+#: The longest ``LXCPATH/NAME/command`` that LXC names its command socket by
+#: (an abstract unix socket "@LXCPATH/NAME/command"); past it LXC hashes the
+#: name and ``listing`` cannot look for it.
+COMMAND_SOCKET_MAX = 100
+
+
+def _command_sockets() -> set[str] | None:
+    """The abstract unix socket names in our network namespace
+    (/proc/net/unix), or None when it cannot be read."""
+    text = _read("/proc/net/unix")
+    if text is None:
+        return None
+    names = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split(None, 7)
+        if len(parts) == 8 and parts[7].startswith("@"):
+            names.add(parts[7][1:])
+    return names
+
+
+def listing(lxcpath: str, unified_root: str) -> list[dict] | None:
+    """What ``lxc-ls -f -F NAME,STATE,PID`` says of ``lxcpath``, without a
+    process: [{"name", "state": "RUNNING"|"FROZEN"|"STOPPED"|None, "pid":
+    the init's host pid or None}] sorted by name, for every directory
+    holding a ``config``; state None where this cannot be sure (the caller
+    asks the tool about that container), and None for the whole listing
+    when the directory or /proc/net/unix cannot be read:
+
+    * a container whose pid file names its live monitor (see ``monitor``)
+      is RUNNING (FROZEN when its payload cgroup says so) with the monitor's
+      child in the payload cgroup as its pid; a live monitor without one is
+      starting or stopping: None;
+    * one without such a monitor is STOPPED only if no process serves its
+      command socket (the abstract socket "@LXCPATH/NAME/command" every
+      monitor listens on, looked up in /proc/net/unix): a container started
+      without our pid file (by hand) is never reported stopped.
+
+    Cooperative: a directory listing, then a few small reads of /proc and
+    /sys/fs/cgroup per container, yielding to other greenlets between
+    containers."""
+    try:
+        names = sorted(e.name for e in os.scandir(lxcpath)
+                       if e.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(e.path, "config")))
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    rows, unsure = [], []
+    for name in names:
+        gevent.sleep(0)  # about 0.4 ms per container: other greenlets run between them
+        mon = monitor(lxcpath, name)
+        if mon is None:
+            unsure.append(len(rows))
+            rows.append({"name": name, "state": "STOPPED", "pid": None})
+            continue
+        with mon:
+            found = mon.payload(unified_root)
+        if found is None:
+            rows.append({"name": name, "state": None, "pid": None})
+            continue
+        pid, fd, cg = found
+        os.close(fd)
+        frozen = "frozen 1" in (_read(os.path.join(cg, "cgroup.events")) or "").splitlines()
+        rows.append({"name": name, "state": "FROZEN" if frozen else "RUNNING", "pid": pid})
+    if unsure:
+        sockets = _command_sockets()
+        if sockets is None:
+            return None
+        for i in unsure:
+            sock = f"{lxcpath}/{rows[i]['name']}/command"
+            if len(sock) > COMMAND_SOCKET_MAX or sock in sockets:
+                rows[i]["state"] = None
+    return rows
 
 
 def kill_cgroup(cgroup_dir: str) -> bool:

@@ -70,7 +70,8 @@ class Lxc:
         run: the tool-running seam (default: lxcwrap.run.run).
         tools: tool paths.
         spawner: the live-process seam for lxc-attach (default:
-            lxcwrap.spawn.Child).
+            lxcwrap.spawn.Child, which then runs lxc-attach from a sealed
+            in-memory copy made once, see spawn.sealed_exe).
         direct: do what needs no tool in process (``stop``; see
             lxcwrap.direct); default: when ``run`` is lxcwrap's own.
     """
@@ -84,6 +85,8 @@ class Lxc:
         # steps done in process only when the tools would run here, as ourselves
         self.direct = (run is _default_run) if direct is None else direct
         self._layout: cgroup.Layout | None = None
+        # lxc-attach from one sealed copy (its CVE-2019-5736 re-exec skipped) with the default spawner only
+        self.sealed_attach = spawner is spawn.Child
 
     def layout(self) -> cgroup.Layout:
         """This host's cgroup layout (detected once)."""
@@ -208,7 +211,25 @@ class Lxc:
         return (done.stdout_text.strip() or None) if done.returncode == 0 else None
 
     def ls(self, timeout_s: float = DEFAULT_TIMEOUT_SECONDS) -> list[dict]:
-        """``lxc-ls --fancy``: [{"name", "state", "pid" (int or None)}]."""
+        """``lxc-ls --fancy``: [{"name", "state", "pid" (int or None)}].
+
+        Without a process where it can (``direct`` on cgroup v2, see
+        lxcwrap.direct.listing: the pid files, the monitors' cgroups and
+        command sockets); ``lxc-info`` for each container that cannot tell
+        for sure (one starting or stopping, one started by hand), and
+        ``lxc-ls`` when it cannot read them at all."""
+        if self.direct and self.layout().v2:
+            rows = direct.listing(self.lxcpath, self.layout().v2)
+            if rows is not None:
+                known = []
+                for row in rows:
+                    if row["state"] is None:
+                        try:
+                            row.update(self.info(row["name"], timeout_s))
+                        except errors.LxcNotFound:
+                            continue  # destroyed meanwhile
+                    known.append(row)
+                return known
         done = self._call(self.tools.ls, None, ["-f", "-F", "NAME,STATE,PID"], timeout_s)
         if done.returncode != 0:
             raise self._fail(done, None, "lxc-ls")
@@ -351,6 +372,19 @@ class Lxc:
             argv += ["-v", f"{key}={value}"]
         return [*argv, "--", *command]
 
+    def _spawn_attach(self, argv: list[str], **kw) -> spawn.Child:
+        """Start the lxc-attach ``argv``: from its sealed copy when there is
+        one (``sealed_attach``), else by its name on PATH.
+
+        Raises: LxcToolMissing."""
+        exe = spawn.sealed_exe(argv[0]) if self.sealed_attach else None
+        try:
+            if exe is not None:
+                return self._spawn(argv, os.environ, executable=exe, **kw)
+            return self._spawn(argv, os.environ, **kw)
+        except FileNotFoundError as exc:
+            raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc
+
     def attach_tty(self, name: str, command: Sequence[str], env: Mapping[str, str] | None,
                    tty_path: str) -> spawn.Child:
         """Start ``lxc-attach`` for an interactive session on the terminal at
@@ -359,11 +393,7 @@ class Lxc:
 
         Returns: the running Child (wait/kill it).
         Raises: LxcToolMissing."""
-        argv = self.attach_argv(name, command, env)
-        try:
-            return self._spawn(argv, os.environ, ctty=tty_path)
-        except FileNotFoundError as exc:
-            raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc
+        return self._spawn_attach(self.attach_argv(name, command, env), ctty=tty_path)
 
     def exec(self, name: str, command: Sequence[str], *, env: Mapping[str, str] | None = None,
              timeout_s: float = DEFAULT_TIMEOUT_SECONDS, max_output_bytes: int = 16 << 20,
@@ -395,11 +425,7 @@ class Lxc:
         """
         argv = self.attach_argv(name, command, env)
         started = gevent.get_hub().loop.now()
-        try:
-            child = self._spawn(argv, os.environ, stdin="pipe" if input_bytes is not None else "null",
-                                setsid=True)
-        except FileNotFoundError as exc:
-            raise errors.LxcToolMissing(f"{argv[0]} is not installed", argv=argv) from exc
+        child = self._spawn_attach(argv, stdin="pipe" if input_bytes is not None else "null", setsid=True)
         out = spawn.communicate(child, timeout_s, max_output_bytes, input_bytes, on_output=on_output)
         duration = gevent.get_hub().loop.now() - started
         err, code = out["stderr"], out["returncode"]

@@ -17,7 +17,9 @@ hands ``lxcwrap.lxc.Lxc`` another one the same way it hands it a Runner
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
 from typing import Callable, Mapping, Sequence
 
@@ -54,12 +56,15 @@ class Child:
         ctty: path of a terminal to open as fds 0-2 in a new session (it
             becomes the controlling terminal, as for an interactive shell).
         setsid: start a new session (so a kill reaches the whole group).
+        executable: the file to execute instead of argv[0] looked up on PATH
+            (argv[0] is still the child's argv[0]): a ``sealed_exe`` path.
 
-    Raises: FileNotFoundError when argv[0] does not exist.
+    Raises: FileNotFoundError when argv[0] (or ``executable``) does not exist.
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], *, stdin: str = "null",
-                 capture: bool = True, setsid: bool = False, ctty: str | None = None):
+                 capture: bool = True, setsid: bool = False, ctty: str | None = None,
+                 executable: str | None = None):
         hub = gevent.get_hub()
         hub.loop.install_sigchld()
         ours: list[int] = []
@@ -88,7 +93,10 @@ class Child:
                             (os.POSIX_SPAWN_DUP2, 1, 2)]
         actions += _close_inheritable(set(ours))
         try:
-            self.pid = os.posix_spawnp(argv[0], list(argv), dict(env), file_actions=actions, setsid=setsid)
+            if executable is not None:
+                self.pid = os.posix_spawn(executable, list(argv), dict(env), file_actions=actions, setsid=setsid)
+            else:
+                self.pid = os.posix_spawnp(argv[0], list(argv), dict(env), file_actions=actions, setsid=setsid)
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -155,6 +163,79 @@ class Child:
                 except OSError:
                     pass
                 setattr(self, name, None)
+
+
+#: The seals liblxc's tools look for on /proc/self/exe (is_memfd in LXC's
+#: rexec.c): with exactly these they skip their CVE-2019-5736 re-exec.
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+#: tool -> (its file's (st_dev, st_ino, st_size, st_mtime_ns), the sealed copy's fd, the copy's (st_dev, st_ino))
+_sealed: dict[str, tuple[tuple, int, tuple]] = {}
+
+
+def _still_ours(fd: int, ident: tuple) -> bool:
+    """Whether ``fd`` is still the sealed copy (not closed and its number
+    reused by another file)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
+
+
+def sealed_exe(tool: str) -> str | None:
+    """A sealed in-memory copy of the program ``tool`` (a name on PATH or a
+    path), made once per process and kept: returns ``/proc/self/fd/N`` to
+    give ``Child`` as ``executable``, or None when it cannot be made (the
+    caller then runs the tool itself).
+
+    Why: ``lxc-attach`` (like runc, CVE-2019-5736) copies itself into a
+    sealed memfd and re-executes from it at every start, so that a process
+    in the container can never open the attaching program's
+    ``/proc/PID/exe`` for writing and replace the host's binary.  It skips
+    that copy when its /proc/self/exe is already a memfd sealed with
+    ``SEALS``: this copy, made once, keeps the guard and saves an exec
+    (and the dynamic linking of liblxc) per call.  The fd is close-on-exec:
+    ``posix_spawn`` opens ``/proc/self/fd/N`` in the child before exec
+    closes it, so no child inherits it.  When the file on disk changes (an
+    upgrade), a new copy is made.  Blocking file work (lxc-attach is about 1.1 MiB), once per process.
+    """
+    path = shutil.which(tool)
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    held = _sealed.get(tool)
+    if held is not None and not _still_ours(held[1], held[2]):
+        del _sealed[tool]  # someone closed it: never exec what took its number
+        held = None
+    if held is not None and held[0] == key:
+        return f"/proc/self/fd/{held[1]}"
+    try:
+        fd = os.memfd_create(os.path.basename(path), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except (OSError, AttributeError):
+        return None
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())  # the file read (replaced since the stat: the next call copies again)
+            data = f.read()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o500)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) != SEALS or os.fstat(fd).st_size != st.st_size:
+            raise OSError("seals not in force")
+    except OSError:
+        os.close(fd)
+        return None
+    if held is not None:
+        os.close(held[1])
+    copy = os.fstat(fd)
+    _sealed[tool] = (key, fd, (copy.st_dev, copy.st_ino))
+    return f"/proc/self/fd/{fd}"
 
 
 #: How long a child's pipes are still read after it exits.  A process the

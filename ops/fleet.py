@@ -128,6 +128,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(pr["alive"] and pr["ping"] for pr in procs) else 1
 
 
+def _what(out: dict) -> str:
+    return {"host": "agent"}.get(out.get("kind", "host"), out.get("kind", "host"))
+
+
 def cmd_kill(args: argparse.Namespace) -> int:
     """``ops/fleet kill HOST``: SIGKILL that host's agent (its containers run
     on); 1 when the fleet or host is unknown."""
@@ -137,7 +141,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
         print(f"fleet: kill: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(out) if args.json else
-          f"{out['host']}: agent pid {out['pid']} " + ("killed (SIGKILL)" if out["killed"] else "was not running"))
+          f"{out['host']}: {_what(out)} pid {out['pid']} " + ("killed (SIGKILL)" if out["killed"] else "was not running"))
     return 0
 
 
@@ -150,7 +154,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"fleet: start: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(out) if args.json else
-          f"{out['host']}: agent pid {out['pid']} " + ("started" if out["started"] else "was already running"))
+          f"{out['host']}: {_what(out)} pid {out['pid']} " + ("started" if out["started"] else "was already running"))
     return 0
 
 
@@ -179,10 +183,10 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--hubs", type=int, default=1, help="how many hubs (more than 1 needs --store etcd)")
     sub.add_parser("status", parents=[common], help="hosts: pid alive, ping ok")
     sub.add_parser("down", parents=[common], help="stop and remove everything of the fleet")
-    k = sub.add_parser("kill", parents=[common], help="SIGKILL one host's agent (a fault drill)")
-    k.add_argument("host", help="host-N (or N)")
-    st = sub.add_parser("start", parents=[common], help="start one host's agent again, as up did")
-    st.add_argument("host", help="host-N (or N)")
+    k = sub.add_parser("kill", parents=[common], help="SIGKILL one host's agent, a hub or etcd (a fault drill)")
+    k.add_argument("host", help="host-N (or N), hub-N (hub: the first), or etcd")
+    st = sub.add_parser("start", parents=[common], help="start one host's agent, a hub or etcd again, as up did")
+    st.add_argument("host", help="host-N (or N), hub-N (hub: the first), or etcd")
     st.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to answer")
     return ap
 

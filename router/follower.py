@@ -22,8 +22,11 @@ A pass:
    HTTP answer, or a TCP connect) and only then added (``add server``,
    ``enable health``, ``enable server``): a server counts as up as soon as
    it is enabled, so one that does not answer yet would fail requests.  A
-   backend that left the table (or is not healthy by the hub) is drained,
-   and deleted once it has no connection.  At most ``MAX_CHANGES_PER_PASS``
+   backend that left the table (or that the hub no longer routes) is
+   drained, and deleted once it has no connection.  A backend the hub
+   routes without vouching for it (``host_unreachable``: its agent is
+   gone, the container may run on) is kept, and HAProxy's own health
+   check decides whether it gets traffic (hx.CHECK_DOWN_BOUND_SECONDS).  At most ``MAX_CHANGES_PER_PASS``
    server changes per pass (heavy churn has crashed 2.6).
 4. The config and the server-state file are rewritten to match, and
    ``STATE/status.json`` says what was applied.
@@ -67,7 +70,8 @@ MANAGED_PREFIXES = ("h_", "w_", "t_")
 
 def desired(table: dict) -> tuple[hx.Layout, dict[str, dict[str, hx.Server]]]:
     """(layout, {backend: {server name: Server}}) for a hub route table:
-    every route, and its healthy backends with an address."""
+    every route, and its routed backends with an address (``routed``; a
+    hub that does not send it: its healthy ones)."""
     http, tcp, servers = [], [], {}
     for r in table.get("routes") or []:
         name = r["name"]
@@ -77,7 +81,7 @@ def desired(table: dict) -> tuple[hx.Layout, dict[str, dict[str, hx.Server]]]:
             http.append(name)
         wanted = servers.setdefault(hx.backend_name(name), {})
         for b in r.get("backends") or []:
-            if b.get("healthy") and b.get("address") and b.get("port"):
+            if b.get("routed", b.get("healthy")) and b.get("address") and b.get("port"):
                 s = hx.Server(b["container"], int(b["container_port"]), b["address"], int(b["port"]))
                 wanted[s.name] = s
     return hx.Layout(tuple(sorted(http)), tuple(sorted(set(tcp)))), servers

@@ -54,6 +54,16 @@ START_TIMEOUT_SECONDS = 15.0
 #: Keywords of every server (static and dynamic: dynamic servers do not
 #: inherit default-server).
 SERVER_KEYWORDS = "check inter 1s fastinter 500ms downinter 1s fall 2 rise 2"
+#: The longest a server that stopped answering stays UP (and gets traffic)
+#: with SERVER_KEYWORDS and the config's timeouts: up to ``inter`` (1 s) to
+#: the next check, then ``fall`` (2) failed checks ``fastinter`` (0.5 s)
+#: apart, each failing by its connect timeout (min(timeout connect, inter)
+#: = 1 s) or, for a server that accepts and never answers, after ``timeout
+#: check`` (2 s) more: 1 + 3 + 0.5 + 3.  A host that is gone (no answer to
+#: a connect) is DOWN within 1 + 1 + 0.5 + 1 = 3.5 s, a refused connect
+#: within about 1.5 s.  Meanwhile a request whose connect fails is sent to
+#: another server (retries 3, option redispatch).
+CHECK_DOWN_BOUND_SECONDS = 7.5
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.:-]")
 
 

@@ -39,6 +39,8 @@ __all__ = ["DEFAULT_HEARTBEAT_SECONDS", "Caller", "current_caller", "Service", "
 log = logging.getLogger("dcctl.wire")
 
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+#: how long Service.stop waits for its ipc:// paths to stop listening
+IPC_FREE_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +99,9 @@ class Service:
         heartbeat_s: zerorpc heartbeat interval in seconds.
         keys_dir: the server's keys and client allowlist (dcctl.auth);
             required to bind a tcp:// endpoint with CURVE.
+        allowlist: the client allowlist ZAP and every call consult
+            (dcctl.auth.Allowlist); default: one of ``keys_dir``'s files
+            (a hub on etcd passes one whose hosts' keys come from the store).
         stream_stall_s: how long a stream method's sender waits for a
             reader that takes no items (its window of
             zrpc.STREAM_WINDOW_ITEMS full) before it drops that reader with
@@ -119,14 +124,14 @@ class Service:
     def __init__(self, target: Any, name: str, *,
                  translate: Callable[[BaseException], errors.DcError | None] | None = None,
                  heartbeat_s: float = DEFAULT_HEARTBEAT_SECONDS, keys_dir: str | None = None,
-                 stream_stall_s: float = zrpc.STREAM_STALL_SECONDS):
+                 stream_stall_s: float = zrpc.STREAM_STALL_SECONDS, allowlist: auth.Allowlist | None = None):
         zrpc.quiet_zerorpc_noise()
         self.name = name
         self.target = target
         self.table = method_table(target)
         self._translate = translate or (lambda exc: None)
         self.keys_dir = keys_dir
-        self.allowlist = auth.Allowlist(keys_dir) if keys_dir else None
+        self.allowlist = allowlist if allowlist is not None else auth.Allowlist(keys_dir) if keys_dir else None
         self._heartbeat_s = heartbeat_s
         self._functors: dict[str, Any] = {}
         for mname, spec in self.table.items():
@@ -311,6 +316,7 @@ class Service:
             claim_ipc_path(ep.path)
             self._server("local").bind(endpoint)
             os.chmod(ep.path, 0o600)
+            self._ipc_paths = (*self._ipc_paths, ep.path)
         elif insecure:
             if not ep.is_loopback:
                 raise errors.InvalidArgument(f"refusing plain TCP on {endpoint}: only loopback may go without CURVE")
@@ -335,12 +341,26 @@ class Service:
         """Serve until stopped (blocks the calling greenlet)."""
         self.start().join()
 
-    def stop(self) -> None:
+    #: the ipc:// paths bound (stop waits until they are free)
+    _ipc_paths: tuple = ()
+
+    def stop(self, free_timeout_s: float = IPC_FREE_SECONDS) -> None:
+        """Stop serving and close the sockets; returns once each ipc:// path
+        bound no longer accepts connections (at most ``free_timeout_s``).
+        libzmq closes a listener in its I/O thread after close() returns,
+        and removes the socket file then: a server bound again at once found
+        the path still listening (Conflict), and one that took the path over
+        could lose its new socket file to the old listener's clean-up."""
         for srv in self._servers.values():
             srv.stop()
             srv.close()
         if self._zap is not None:
             self._zap.close()
+        deadline = time.monotonic() + free_timeout_s
+        for path in self._ipc_paths:
+            while os.path.exists(path) and ipc_listening(path) and time.monotonic() < deadline:
+                gevent.sleep(0.005)
+        self._ipc_paths = ()
 
 
 def ipc_listening(path: str) -> bool:

@@ -177,8 +177,13 @@ class Store(abc.ABC):
         """Point ``name``'s row (and its reservation) at ``host``."""
 
     @abc.abstractmethod
-    def set_placed(self, name: str, image: str, ports: list[dict]) -> None:
-        """Mark ``name`` placed, with its image id and port mappings."""
+    def set_placed(self, name: str, image: str, ports: list[dict], host: str | None = None) -> bool:
+        """Mark ``name`` placed, with its image id and port mappings; with
+        ``host``, only while its row is on that host.
+
+        Returns: True when written; False when there is no such row (it was
+        removed meanwhile: host_remove, a destroy, another hub) or it is on
+        another host (the name claimed again there); nothing is written."""
 
     @abc.abstractmethod
     def set_state(self, name: str, state: str, was: str) -> bool:

@@ -42,11 +42,20 @@ anyway, at one request per host per beat.  Records let the hub batch every
 host's beats in a few transactions and let the leader judge with the same
 rule (and code) as SQLite.
 
+Watched, not read: ``keyidx/`` (the hosts' CURVE keys, which ZAP and every
+call consult through ``agent_key_name``), ``hosts/`` and ``beats/`` (what
+``hosts``, ``host_state`` and the leader's ``mark_unreachable`` read) are
+kept in memory by one etcd watch each (PrefixIndex: listed once, then
+watched from the next revision; resumed from the last revision after a
+dropped stream, listed again after a compaction), with this hub's own
+writes applied at once.
+
 While etcd is unavailable, the reads that route calls (``host``,
 ``host_state``, ``container``, and ``routes``, the route table) answer from
-the last rows this hub read (every read refreshes them), so calls to
-existing containers still reach their hosts and routers keep their table;
-every write, and every other listing, fails with StoreUnavailable.
+the last rows this hub read or watched, and the key index admits the
+hosts it knew, so calls to existing containers still reach their hosts,
+known hosts keep beating and routers keep their table; every write, and
+every other listing (``hosts`` too), fails with StoreUnavailable.
 
 The store never fills: etcd runs with auto-compaction and an explicit
 backend quota (tests/etcdkit.py, ops/fleet), and the leader compacts the
@@ -83,7 +92,7 @@ DEFAULT_LEASE_SECONDS = 5
 BREAKER_SECONDS = 1.0
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 CAS_ATTEMPTS = 200
-HOSTS_READ_SECONDS = 0.5  # hosts() reads etcd at most this often (this hub's own changes: at once)
+HOSTS_READ_SECONDS = 0.5  # claims read the reservation records at most this often (this hub's own: at once)
 COMPACT_EVERY_SECONDS = 300.0
 KEEP_REVISIONS = 10000
 
@@ -103,6 +112,11 @@ def _prefix_end(prefix: str) -> str:
     """The range_end that makes a range over every key starting with ``prefix``."""
     raw = prefix.encode()
     return base64.b64encode(raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+def _revision(answer: dict) -> int:
+    """The store revision an etcd answer was made at (a write's: the revision it made)."""
+    return int(answer["header"]["revision"])
 
 
 def _own_rows(rows: list[dict]) -> list[dict]:
@@ -238,11 +252,16 @@ class EtcdClient:
         else:
             client.session._close()
 
-    def post(self, path: str, body: dict) -> dict:
-        """POST ``body`` to /v3/``path``; returns the decoded answer."""
+    def check_answering(self) -> None:
+        """Raises StoreUnavailable while the breaker is open (a request
+        failed so within BREAKER_SECONDS), as every request would."""
         if time.monotonic() < self._down_until:
             raise errors.StoreUnavailable(f"etcd at {self.url} did not answer just now",
                                           hint="start etcd (or fix its endpoint); nothing was changed")
+
+    def post(self, path: str, body: dict) -> dict:
+        """POST ``body`` to /v3/``path``; returns the decoded answer."""
+        self.check_answering()
         self.requests += 1
         try:
             return self._post(path, body)
@@ -344,6 +363,190 @@ class EtcdClient:
         return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
 
 
+WATCH_RETRY_SECONDS = (0.1, 2.0)  # a dropped watch connects again after this, doubling up to the second
+
+
+class PrefixIndex:
+    """Every key under ``prefix`` with its value and mod revision, in
+    memory, kept up to date by one etcd watch (``POST /v3/watch``, a
+    streamed HTTP answer of one JSON message per line), so that readers
+    never ask etcd: the CURVE key index ZAP consults on every handshake
+    and call, and the hosts and beats a hub reads for each placement and
+    heartbeat (EtcdStore).
+
+    The first listing is made at construction (a range read at one
+    revision), then a greenlet watches from the revision after it.  A
+    dropped stream (etcd restarted, a connection lost) is watched again
+    from the revision after the last one applied, so no change is missed;
+    when etcd has compacted that revision away (its answer names a
+    compact_revision), the index lists the prefix again and watches from
+    there.  An etcd found behind the index's revision (a new one, its data
+    lost) is listed again from scratch.  While etcd is away the index keeps
+    what it knew last.
+
+    This hub's own writes are applied at once with ``apply`` (their
+    revision comes with the write's answer), so they are visible before
+    the watch brings them back; each key keeps its mod revision and a
+    deletion its revision until the watch has passed it, so an older event
+    never undoes a newer change, whichever comes first.
+
+    Args:
+        etcd: the store's client (its url and timeout).
+        prefix: the key prefix watched, ending in "/".
+
+    Attributes:
+        revision: every change up to this revision is applied.
+        live: True while the watch stream is open (False: changes of
+            other hubs may be missing until it is open again).
+        changes: a count bumped at every applied change.
+
+    Raises (at construction): StoreUnavailable, StoreError.
+    """
+
+    def __init__(self, etcd: "EtcdClient", prefix: str):
+        self.etcd, self.prefix = etcd, prefix
+        self._items: dict[str, tuple[object, int]] = {}  # name (key without prefix) -> (value, mod revision)
+        self._gone: dict[str, int] = {}  # name -> revision of its deletion, until the watch passes it
+        self.revision = 0
+        self.live = False
+        self.changes = 0
+        self.lists = 0  # full listings made (the first, and one after each compaction)
+        self._sock = None
+        self._task: gevent.Greenlet | None = None
+        self._list()
+        self.start()
+
+    def start(self) -> None:
+        """Watch (again, after close()) from the revision after ``revision``."""
+        if self._task is None:
+            self._task = gevent.spawn(self._run)
+
+    def get(self, name: str) -> tuple[object, int] | None:
+        """(value, mod revision) of key PREFIX+``name``, or None."""
+        return self._items.get(name)
+
+    def items(self) -> dict[str, tuple[object, int]]:
+        """{name: (value, mod revision)} of every key (a copy)."""
+        return dict(self._items)
+
+    def apply(self, name: str, value, revision: int) -> None:
+        """Take a change of key PREFIX+``name`` at ``revision`` (``value``
+        None: deleted), unless the index already holds a later one."""
+        held = self._items.get(name)
+        if (held is not None and held[1] >= revision) or self._gone.get(name, 0) >= revision:
+            return
+        if value is None:
+            self._items.pop(name, None)
+            self._gone[name] = revision
+        else:
+            self._items[name] = (value, revision)
+            self._gone.pop(name, None)
+        self.changes += 1
+
+    def close(self) -> None:
+        """Stop watching (what the index holds stays; start() resumes)."""
+        if self._task is not None:
+            self._task.kill()
+            self._task = None
+        self.live = False
+        self._close_sock()
+
+    def _close_sock(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _list(self) -> None:
+        """Read every key under the prefix at one revision, keeping the
+        changes this index holds of later revisions."""
+        out = self.etcd.post("kv/range", {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)})
+        rev = int(out["header"]["revision"])
+        items = {_unb64(kv["key"])[len(self.prefix):]: (json.loads(_unb64(kv.get("value"))), int(kv["mod_revision"]))
+                 for kv in out.get("kvs") or []}
+        for name, held in self._items.items():
+            if held[1] > rev:
+                items[name] = held
+        self._gone = {n: r for n, r in self._gone.items() if r > rev}
+        for name in self._gone:
+            items.pop(name, None)
+        self._items, self.revision = items, max(self.revision, rev)
+        self.lists += 1
+        self.changes += 1
+
+    def _run(self) -> None:
+        delay = WATCH_RETRY_SECONDS[0]
+        relist = False
+        while True:
+            try:
+                if relist:
+                    self._list()
+                    relist = False
+                relist = self._watch()
+                delay = WATCH_RETRY_SECONDS[0]
+            except (OSError, http.client.HTTPException, ValueError, KeyError, errors.StoreError) as exc:
+                if self.live:
+                    log.warning("etcd: the watch of %s dropped (%s); watching again from revision %d",
+                                self.prefix, exc, self.revision + 1)
+            except Exception:  # never leave the index unwatched for good
+                log.exception("etcd: the watch of %s failed; watching again", self.prefix)
+            self.live = False
+            self._close_sock()
+            if not relist:
+                gevent.sleep(delay)
+                delay = min(WATCH_RETRY_SECONDS[1], delay * 2)
+
+    def _watch(self) -> bool:
+        """Watch from the revision after ``revision`` until the stream ends
+        (raises) or etcd cancels it; True when it was cancelled because
+        that revision is compacted (list again)."""
+        self._sock = sock = gevent.socket.create_connection((self.etcd.host, self.etcd.port), self.etcd.timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        body = json.dumps({"create_request": {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix),
+                                              "start_revision": str(self.revision + 1),
+                                              "progress_notify": True}}).encode()
+        sock.sendall(b"POST /v3/watch HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (self.etcd.host.encode(), self.etcd.port, len(body), body))
+        answer = http.client.HTTPResponse(sock, method="POST")
+        answer.begin()
+        if answer.status != 200:
+            raise http.client.HTTPException(f"etcd answered the watch with {answer.status} {answer.reason}")
+        sock.settimeout(None)  # the stream waits for changes as long as they take; a closed one ends it
+        while True:
+            line = answer.readline()
+            if not line:
+                raise ConnectionError("etcd closed the watch stream")
+            msg = json.loads(line)
+            if "error" in msg:
+                raise ConnectionError(f"etcd ended the watch: {str(msg['error'])[:200]}")
+            result = msg.get("result") or {}
+            if int(result.get("compact_revision") or 0) > 0:
+                log.warning("etcd: revision %d of %s is compacted (now %s): listing it again",
+                            self.revision + 1, self.prefix, result["compact_revision"])
+                return True
+            if result.get("canceled"):
+                raise ConnectionError(f"etcd cancelled the watch: {result.get('cancel_reason', '')}")
+            if result.get("created"):
+                if int(result["header"]["revision"]) < self.revision:  # a new, empty etcd (its data lost)
+                    log.warning("etcd: %s is at revision %s, behind this index (%d): listing %s again",
+                                self.etcd.url, result["header"]["revision"], self.revision, self.prefix)
+                    self._items, self._gone, self.revision = {}, {}, 0
+                    return True
+                self.live = True
+                continue
+            events = result.get("events") or []
+            for ev in events:
+                kv = ev["kv"]
+                name = _unb64(kv["key"])[len(self.prefix):]
+                value = None if ev.get("type") == "DELETE" else json.loads(_unb64(kv.get("value")))
+                self.apply(name, value, int(kv["mod_revision"]))
+            # every change up to the last event's revision (a progress notice: the header's) is in
+            top = int(events[-1]["kv"]["mod_revision"]) if events else int(result["header"]["revision"])
+            self.revision = max(self.revision, top)
+            if self._gone:
+                self._gone = {n: r for n, r in self._gone.items() if r > self.revision}
+
+
 #: claims of one group commit (EtcdStore.claim): with its row, in-flight key,
 #: two compares each and one record per host, within etcd's 128 operations
 CLAIM_GROUP_MAX = 32
@@ -399,9 +602,8 @@ class EtcdStore(Store):
         self._compacted = time.monotonic()
         #: the last host and container rows read: routing reads while etcd is away
         self._seen_hosts: dict[str, dict] = {}
-        self._seen_containers: dict[str, dict] = {}
+        self._seen_containers: dict[str, tuple[int, dict]] = {}  # name -> (mod revision, row) last read
         self._seen_routes: list[dict] | None = None
-        self._hosts_read: tuple[float, list[dict]] | None = None  # (monotonic time, rows): see hosts()
         #: (revision, {key: (record, mod rev)}, {host: (beat, mod rev)}) of the last read: see _read_hosts
         self._hosts_inc: tuple[int, dict, dict] | None = None
         self._resv_cache: dict[str, tuple[dict, int]] = {}  # reservation records last seen (claim)
@@ -415,11 +617,25 @@ class EtcdStore(Store):
         self._alone_lock = gevent.lock.Semaphore()  # claims a group sent back run alone, one at a time
         self._beats_written: dict[str, float] = {}  # host -> the last beat this hub wrote (record_beats)
         self.etcd.revision()  # StoreUnavailable now rather than at the first call
+        #: watched in memory (PrefixIndex): the CURVE key index (ZAP), the host records and their beats
+        self._keyidx = PrefixIndex(self.etcd, self._k("keyidx", ""))
+        self._hostidx = PrefixIndex(self.etcd, self._k("hosts", ""))
+        self._beatidx = PrefixIndex(self.etcd, self._k("beats", ""))
+        #: and the container rows, read only while etcd does not answer: so
+        #: that calls to existing containers still reach their hosts through
+        #: any hub, one started just before the outage or one that never
+        #: read that container (reads otherwise go to etcd: a row's state
+        #: decides placement and destroy steps, and must not lag)
+        self._ctridx = PrefixIndex(self.etcd, self._k("containers", ""))
+        self._routeidx = PrefixIndex(self.etcd, self._k("routes", ""))  # the same, for routes (container_inspect)
+        self._rows_memo: dict[str, tuple[tuple[int, int], dict]] = {}  # host -> ((record rev, beat rev), row)
 
     def _k(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
 
     def close(self) -> None:
+        for index in (self._keyidx, self._hostidx, self._beatidx, self._ctridx, self._routeidx):
+            index.close()
         if self._task is not None:
             self._task.kill()
             self._task = None
@@ -529,9 +745,10 @@ class EtcdStore(Store):
             if mine is not None and theirs is not None:
                 return mine[0]
             row = {"name": name, "key": key, "added_at": time.time()}
-            ok, _ = self.etcd.txn([self.etcd.at(kname, 0), self.etcd.at(kkey, 0)],
-                                  [self.etcd.put(kname, row), self.etcd.put(kkey, name)])
+            ok, out = self.etcd.txn([self.etcd.at(kname, 0), self.etcd.at(kkey, 0)],
+                                    [self.etcd.put(kname, row), self.etcd.put(kkey, name)])
             if ok:
+                self._keyidx.apply(key, name, _revision(out))  # admitted here at once, elsewhere by the watch
                 return row
 
     def binding(self, name: str) -> dict | None:
@@ -541,6 +758,16 @@ class EtcdStore(Store):
     def name_of_key(self, key: str) -> str | None:
         got = self.etcd.get(self._k("keyidx", key))
         return got[0] if got else None
+
+    def agent_key_name(self, key: str) -> str | None:
+        """The host name bound to CURVE public ``key`` (Z85), from this
+        hub's watched index of ``keyidx/`` (no etcd request: ZAP asks it at
+        every handshake and every call checks it).  A binding made or
+        removed by any hub shows here within the watch's delay (a few ms;
+        this hub's own at once); while etcd is away, the bindings known
+        last answer."""
+        got = self._keyidx.get(key)
+        return got[0] if got is not None else None
 
     # ------------------------------------------------------------ hosts
     def _host_row(self, rec: dict, beat: dict | None) -> dict:
@@ -554,7 +781,6 @@ class EtcdStore(Store):
 
     def upsert_host(self, name: str, endpoint: str, address: str, labels: dict, capacity: dict,
                     key: str = "") -> dict:
-        self._hosts_read = None
         hkey = self._k("hosts", name)
 
         def once():
@@ -574,14 +800,17 @@ class EtcdStore(Store):
             new = {"name": name, "endpoint": endpoint, "address": address, "key": key, "labels": labels,
                    "capacity": capacity, "summary": row["summary"] if row else {}, "state": "alive",
                    "registered_at": now, "last_heartbeat": now}
-            ok, _ = self.etcd.txn([self.etcd.at(hkey, got[1] if got else 0)],
-                                  [self.etcd.put(hkey, new), self.etcd.delete(self._k("beats", name))])
-            return ({**new, "previous_state": row["state"] if row else None}) if ok else None
+            ok, out = self.etcd.txn([self.etcd.at(hkey, got[1] if got else 0)],
+                                    [self.etcd.put(hkey, new), self.etcd.delete(self._k("beats", name))])
+            if not ok:
+                return None
+            self._hostidx.apply(name, new, _revision(out))
+            self._beatidx.apply(name, None, _revision(out))
+            return {**new, "previous_state": row["state"] if row else None}
 
         return self._cas(once)
 
     def heartbeat(self, name: str, summary: dict, key: str = "", at: float | None = None) -> str | None:
-        self._hosts_read = None
         hkey = self._k("hosts", name)
         at = time.time() if at is None else at
 
@@ -594,30 +823,32 @@ class EtcdStore(Store):
                 raise errors.Unauthorized(f"host {name!r} belongs to another key")
             beat = {"at": at, "summary": summary, "capacity": summary.get("capacity")}
             ops = [self.etcd.put(self._k("beats", name), beat)]
+            back = {**row, "state": "alive", "last_heartbeat": max(row["last_heartbeat"], at)}
             if row["state"] != "alive":
-                ops.append(self.etcd.put(hkey, {**row, "state": "alive", "last_heartbeat": max(row["last_heartbeat"], at)}))
-            ok, _ = self.etcd.txn([self.etcd.at(hkey, rev)], ops)
-            return (row["state"],) if ok else None
+                ops.append(self.etcd.put(hkey, back))
+            ok, out = self.etcd.txn([self.etcd.at(hkey, rev)], ops)
+            if not ok:
+                return None
+            self._beatidx.apply(name, beat, _revision(out))
+            if row["state"] != "alive":
+                self._hostidx.apply(name, back, _revision(out))
+            return (row["state"],)
 
         return self._cas(once)[0]
 
     def host_state(self, name: str, key: str = "") -> str | None:
         """See Store.host_state: every heartbeat asks it, so it answers from
-        the hosts read within HOSTS_READ_SECONDS when there is such a read
-        (this hub's own changes clear it at once)."""
-        cached = self._hosts_read
-        if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
-            row = self._seen_hosts.get(name)
-            if row is not None:
-                if row["key"] and row["key"] != key:
-                    raise errors.Unauthorized(f"host {name!r} belongs to another key")
-                return row["state"]
-        try:
-            got = self.etcd.get(self._k("hosts", name))
-        except errors.StoreUnavailable:
-            if name not in self._seen_hosts:
-                raise
-            got = (self._seen_hosts[name], 0)
+        the watched host records (no etcd request; while etcd is away, the
+        records known last).  A name the index lacks while its watch is
+        down is asked of etcd."""
+        got = self._hostidx.get(name)
+        if got is None and not self._hostidx.live:
+            try:
+                got = self.etcd.get(self._k("hosts", name))
+            except errors.StoreUnavailable:
+                if name not in self._seen_hosts:
+                    raise
+                got = (self._seen_hosts[name], 0)
         if got is None:
             return None
         if got[0]["key"] and got[0]["key"] != key:
@@ -635,37 +866,59 @@ class EtcdStore(Store):
         for name, (at, summary, capacity) in sorted(beats.items()):
             if at <= self._beats_written.get(name, 0.0):
                 continue
-            ops.append(self.etcd.put(self._k("beats", name), {
-                "at": at, "summary": json.loads(summary),
-                "capacity": json.loads(capacity) if capacity is not None else None}))
+            beat = {"at": at, "summary": json.loads(summary),
+                    "capacity": json.loads(capacity) if capacity is not None else None}
+            ops.append((name, beat, self.etcd.put(self._k("beats", name), beat)))
             written[name] = at
         for i in range(0, len(ops), MAX_TXN_OPS):
-            self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+            part = ops[i:i + MAX_TXN_OPS]
+            _, out = self.etcd.txn([], [op for _, _, op in part])
+            for name, beat, _ in part:
+                self._beatidx.apply(name, beat, _revision(out))
         self._beats_written.update(written)
 
     def mark_unreachable(self, deadline: float, fresh: set[str] | frozenset = frozenset()) -> list[str]:
-        self._hosts_read = None
-        beats = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in self.etcd.range(self._k("beats", ""))}
+        """See Store.mark_unreachable: judged on the watched records and
+        beats (no read of them all at each pass); each judgement is a
+        transaction that compares the record's and the beat's mod
+        revisions, so one the index had not seen yet is judged next round."""
+        if self._hostidx.live and self._beatidx.live:
+            beats, records = self._beatidx.items(), self._hostidx.items()
+        else:  # a watch is down (etcd restarting?): read them
+            beats = {k.rsplit("/", 1)[1]: (v, rev) for k, v, rev in self.etcd.range(self._k("beats", ""))}
+            records = {row["name"]: (row, rev) for _, row, rev in self.etcd.range(self._k("hosts", ""))}
         out = []
-        for key, row, rev in self.etcd.range(self._k("hosts", "")):
-            name = row["name"]
+        for name, (row, rev) in sorted(records.items()):
             beat, brev = beats.get(name, (None, 0))
             last = max(row["last_heartbeat"], beat["at"] if beat else 0.0)
             if row["state"] != "alive" or last >= deadline or name in fresh:
                 continue
-            ok, _ = self.etcd.txn([self.etcd.at(key, rev), self.etcd.at(self._k("beats", name), brev)],
-                                  [self.etcd.put(key, {**row, "state": "unreachable"})])
+            key, lost = self._k("hosts", name), {**row, "state": "unreachable"}
+            ok, answer = self.etcd.txn([self.etcd.at(key, rev), self.etcd.at(self._k("beats", name), brev)],
+                                       [self.etcd.put(key, lost)])
             if ok:  # else it changed meanwhile (a beat, a registration): judged next round
+                self._hostidx.apply(name, lost, _revision(answer))
                 out.append(name)
         return out
 
     def host(self, name: str) -> dict:
+        """See Store.host: from the watched records and beats while their
+        watches are open (every forwarded call asks it), else (or for a
+        name they lack) read from etcd."""
+        if self._hostidx.live and self._beatidx.live:
+            row = self._watched_row(name)
+            if row is not None:
+                self._seen_hosts[name] = row
+                return dict(row)
         try:
             got = self.etcd.get(self._k("hosts", name))
             beat = self.etcd.get(self._k("beats", name)) if got is not None else None
         except errors.StoreUnavailable:
-            if name in self._seen_hosts:
-                return dict(self._seen_hosts[name])
+            # what the watches last knew (a hub started just before the
+            # outage has read no host yet), else what this hub last read
+            row = self._watched_row(name) or self._seen_hosts.get(name)
+            if row is not None:
+                return dict(row)
             raise
         if got is None:
             self._seen_hosts.pop(name, None)
@@ -674,18 +927,43 @@ class EtcdStore(Store):
         return dict(row)
 
     def hosts(self) -> list[dict]:
-        """See Store.hosts: read at most every HOSTS_READ_SECONDS (a
-        placement reads them for each decision; its capacity check is the
-        reservation records', always fresh), and at once after this hub
-        changed a host."""
-        cached = self._hosts_read
-        if cached is not None and time.monotonic() - cached[0] < HOSTS_READ_SECONDS:
-            return _own_rows(cached[1])
-        hosts, beats = self._read_hosts()
-        rows = [self._host_row(v, beats.get(v["name"], (None, 0))[0]) for v, _ in hosts.values()]
+        """See Store.hosts: from the watched host records and beats (no
+        etcd request; this hub's own changes at once, other hubs' within
+        the watch's delay).  While etcd does not answer (the request
+        breaker is open, or a watch is down and a direct read fails), it
+        raises StoreUnavailable, as every listing does.  Rows are rebuilt
+        only for hosts whose record or beat changed."""
+        self.etcd.check_answering()
+        if self._hostidx.live and self._beatidx.live:
+            records = self._hostidx.items()
+            beats = self._beatidx.items()
+        else:  # a watch is down (etcd restarting?): read them, or fail as a listing does
+            hosts, beats = self._read_hosts()
+            records = {v["name"]: (v, rev) for v, rev in hosts.values()}
+        memo = self._rows_memo
+        rows = [self._memo_row(name, rec, rev, *beats.get(name, (None, 0)))
+                for name, (rec, rev) in sorted(records.items())]
+        if len(memo) > len(records):
+            for name in set(memo) - set(records):
+                del memo[name]
         self._seen_hosts = {r["name"]: r for r in rows}
-        self._hosts_read = (time.monotonic(), rows)
         return _own_rows(rows)
+
+    def _memo_row(self, name: str, rec: dict, rev: int, beat: dict | None, brev: int) -> dict:
+        """The host row of record ``rec`` (at ``rev``) and ``beat`` (at
+        ``brev``), built once per pair of revisions (shared: callers copy)."""
+        got = self._rows_memo.get(name)
+        if got is None or got[0] != (rev, brev):
+            got = self._rows_memo[name] = ((rev, brev), self._host_row(rec, beat))
+        return got[1]
+
+    def _watched_row(self, name: str) -> dict | None:
+        """Host ``name``'s row from the watched indexes, or None."""
+        got = self._hostidx.get(name)
+        if got is None:
+            return None
+        beat = self._beatidx.get(name)
+        return self._memo_row(name, got[0], got[1], *(beat if beat is not None else (None, 0)))
 
     def _read_hosts(self) -> tuple[dict[str, tuple[dict, int]], dict[str, tuple[dict, int]]]:
         """({key: (host record, mod revision)}, {host: (beat, mod revision)}),
@@ -730,36 +1008,54 @@ class EtcdStore(Store):
         return hold, bmap
 
     def remove_host(self, name: str) -> None:
-        self._hosts_read = None
+        """See Store.remove_host: its key binding goes in the same
+        transaction as its record, so every hub's watched key index refuses
+        its key within the watch's delay (this hub's at once)."""
         binding = self.binding(name)
         ops = [self.etcd.delete(self._k(p, name)) for p in ("hosts", "beats", "keys", "resv")]
         if binding is not None:
             ops.append(self.etcd.delete(self._k("keyidx", binding["key"])))
         ops += [self.etcd.delete(self._k("abandoned", r["name"], name)) for r in self.abandoned(name)]
         for i in range(0, len(ops), MAX_TXN_OPS):
-            self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+            _, out = self.etcd.txn([], ops[i:i + MAX_TXN_OPS])
+            if i == 0:
+                rev = _revision(out)
+                self._hostidx.apply(name, None, rev)
+                self._beatidx.apply(name, None, rev)
+                if binding is not None:
+                    self._keyidx.apply(binding["key"], None, rev)
 
     # ------------------------------------------------------------ containers
     def _row(self, name: str) -> tuple[dict, int] | None:
         return self.etcd.get(self._k("containers", name))
 
     def container(self, name: str) -> dict:
+        """See Store.container; while etcd does not answer, the newer of the
+        row this hub read last and the one the watched index last knew
+        (StoreUnavailable if neither knows it)."""
         try:
             got = self._row(name)
         except errors.StoreUnavailable:
-            if name in self._seen_containers:
-                return dict(self._seen_containers[name])
+            known = [(rev, row) for rev, row in (self._seen_containers.get(name, (0, None)),
+                                                 tuple(reversed(self._ctridx.get(name) or (None, 0))))
+                     if row is not None]
+            if known:
+                return dict(max(known, key=lambda k: k[0])[1])
             raise
         if got is None:
             self._seen_containers.pop(name, None)
             raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
-        self._seen_containers[name] = got[0]
+        self._seen_containers[name] = (got[1], got[0])
         return dict(got[0])
 
     def containers(self, host: str | None = None) -> list[dict]:
-        rows = [v for _, v, _ in self.etcd.range(self._k("containers", ""))]
+        """See Store.containers: always read from etcd (StoreUnavailable
+        while it does not answer): the healer and the journal decide on
+        these rows, and must not decide on what a watch last knew."""
+        found = self.etcd.range(self._k("containers", ""))
+        rows = [v for _, v, _ in found]
         if host is None:
-            self._seen_containers = {r["name"]: r for r in rows}
+            self._seen_containers = {v["name"]: (rev, v) for _, v, rev in found}
             return rows
         return [r for r in rows if r["host"] == host]
 
@@ -1094,8 +1390,9 @@ class EtcdStore(Store):
 
         return self._cas(once)[0]
 
-    def set_placed(self, name: str, image: str, ports: list[dict]) -> None:
-        self._update(name, lambda r: {**r, "state": "placed", "image": image, "ports": ports})
+    def set_placed(self, name: str, image: str, ports: list[dict], host: str | None = None) -> bool:
+        return self._update(name, lambda r: None if host is not None and r.get("host") != host
+                            else {**r, "state": "placed", "image": image, "ports": ports})
 
     def set_state(self, name: str, state: str, was: str) -> bool:
         return self._update(name, lambda r: {**r, "state": state} if r["state"] == was else None)
@@ -1194,14 +1491,17 @@ class EtcdStore(Store):
             raise errors.NoSuchRoute(f"route {name} has no backend {container}:{port}")
 
     def routes(self) -> list[dict]:
+        """See Store.routes; while etcd does not answer, the rows this hub
+        read last, else those of the watched index."""
         rows = []
         base = self._k("routes", "")
         try:
             found = self.etcd.range(base)
         except errors.StoreUnavailable:
             if self._seen_routes is None:
-                raise
-            return [dict(r) for r in self._seen_routes]
+                found = [(base + name, value, rev) for name, (value, rev) in self._routeidx.items().items()]
+            else:
+                return [dict(r) for r in self._seen_routes]
         for key, value, _ in found:
             name, container, port = key[len(base):].split("/")
             rows.append({"name": name, "container": container, "port": int(port), "created_at": value["created_at"]})

@@ -548,10 +548,12 @@ class HubStore(Store):
         with self.write() as db:
             db.execute("UPDATE containers SET host=?, updated_at=? WHERE name=?", (host, time.time(), name))
 
-    def set_placed(self, name: str, image: str, ports: list[dict]) -> None:
+    def set_placed(self, name: str, image: str, ports: list[dict], host: str | None = None) -> bool:
+        """See Store.set_placed (False: no such row, or on another host)."""
         with self.write() as db:
-            db.execute("UPDATE containers SET state='placed', image=?, ports=?, updated_at=? WHERE name=?",
-                       (image, json.dumps(ports), time.time(), name))
+            cur = db.execute("UPDATE containers SET state='placed', image=?, ports=?, updated_at=? WHERE name=?"
+                             " AND (? IS NULL OR host=?)", (image, json.dumps(ports), time.time(), name, host, host))
+        return cur.rowcount > 0
 
     def set_state(self, name: str, state: str, was: str) -> bool:
         """Set a container row's state to ``state`` if it is ``was``;

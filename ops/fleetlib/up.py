@@ -251,6 +251,7 @@ def up(prefix: str, n: int, subnet: str, hub_port: int = 7100, hub: bool = True,
                         "--state-dir", hd["state_dir"], "--heartbeat-s", str(heartbeat_s),
                         "--route-domain", state["route_domain"], *hub_args(state, hd),
                         f"--metrics-listen={state['gateway']}:{HUB_METRICS_PORT + i}"]
+                hd["argv"] = argv  # `ops/fleet start hub-N` runs it again with them
                 key = "hub" if i == 0 else hd["name"]
                 procs[key] = (_spawn(argv, hd["log"], hd["pid_file"]), hd["ipc"], hd["log"])
                 hd["pid"] = procs[key][0].pid

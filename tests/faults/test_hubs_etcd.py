@@ -228,6 +228,9 @@ def test_etcd_stopped_placement_fails_fast_existing_containers_answer_and_all_re
             before = len(hubs.agents[owner].calls)
             assert client.container_inspect("etc-keep")["name"] == "etc-keep"  # reached its host
             assert len(hubs.agents[owner].calls) == before + 1
+            info = client.hub_info()  # the operator sees the outage instead of an error
+            assert info["store"] == "etcd" and info["store_ok"] is False and info["leader"] is None
+            assert "etcd" in info["store_error"] or "answer" in info["store_error"]
         finally:
             hubs.etcd.start()
         created = wait_for(lambda: client.create_container("busybox", "etc-new"), 30,

@@ -12,13 +12,12 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import time
 
 import pytest
 
-from dcctl import errors
+from dcctl import errors, procs
 from ops import fleet as fleetmod
 from ops.fleetlib.etcd import ETCD_BINARY
 from tests.ocikit import make_umoci_image, need_tools, run
@@ -78,7 +77,10 @@ def test_two_hubs_on_etcd_survive_the_leader_killed(tmp_path):
         assert pushed["manifest"]["name"] == f"{prefix}oci"
         leader = next(h for h in hubs if h[0] == info["leader"])
         other = next(h for h in hubs if h[0] != info["leader"])
-        os.kill(int(leader[1]), signal.SIGKILL)
+        killed = subprocess.run([os.path.join(REPO, "ops", "fleet"), "kill", leader[0], "--prefix", prefix],
+                                capture_output=True, text=True, timeout=60)
+        assert killed.returncode == 0 and f"{leader[0]}: hub pid {leader[1]} killed" in killed.stdout, killed
+        assert not procs.alive(int(leader[1]))  # gone (a zombie until its parent reaps it)
         assert _dcctl(env, "create_container", "busybox", f"{prefix}.web2")["state"] == "running"
         assert _dcctl(env, "container_inspect", f"{prefix}.web")["state"] == "running"  # routing goes on
         wait_for(lambda: _dcctl(env, "hub_info")["leader"] == other[0], 30, "the other hub to lead",
@@ -89,6 +91,25 @@ def test_two_hubs_on_etcd_survive_the_leader_killed(tmp_path):
             assert [h["state"] for h in _dcctl(env, "hosts")] == ["alive"] * 3
             time.sleep(1)
         assert not [e for e in _dcctl(env, "events", "--since", "0") if e["type"] == "host_lost"]
+        # the drills the README gives: the killed hub started again joins; etcd killed and started again
+        fleet = [os.path.join(REPO, "ops", "fleet")]
+        started = subprocess.run(fleet + ["start", leader[0], "--prefix", prefix], capture_output=True, text=True,
+                                 timeout=120)
+        assert started.returncode == 0 and "hub pid" in started.stdout and "started" in started.stdout, started
+        wait_for(lambda: sorted(m["name"] for m in _dcctl(env, "hub_info")["members"]) == ["hub-1", "hub-2"], 30,
+                 "the restarted hub among the members", ignore=(errors.DcError,))
+        assert subprocess.run(fleet + ["kill", "etcd", "--prefix", prefix], capture_output=True,
+                              timeout=60).returncode == 0
+        refused = subprocess.run(["python3", "-m", "dcctl.cli", "create_container", "busybox", f"{prefix}.web3"],
+                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and "StoreUnavailable" in refused.stderr, refused
+        assert _dcctl(env, "container_inspect", f"{prefix}.web")["state"] == "running"
+        assert subprocess.run(fleet + ["start", "etcd", "--prefix", prefix], capture_output=True,
+                              timeout=120).returncode == 0
+        wait_for(lambda: _dcctl(env, "create_container", "busybox", f"{prefix}.web3")["state"] == "running", 60,
+                 "creates again once etcd is back", ignore=(errors.DcError, AssertionError, json.JSONDecodeError))
+        bad = subprocess.run(fleet + ["kill", "hub-9", "--prefix", prefix], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "no hub 'hub-9'" in bad.stderr and "hub-1, hub-2" in bad.stderr, bad
     finally:
         left = fleetmod.down(prefix)
         assert not left, left

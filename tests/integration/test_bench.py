@@ -27,7 +27,11 @@ FIGURES = {
     "lifecycle": [(r"^  (api|raw) +workers=\d+: 2 cycles in +[\d.]+ s = +[\d.]+ containers/min$", 4),
                   (r"^  ratio api/raw at \d worker\(s\): [\d.]+x$", 2),
                   (r"^agent RSS idle: [\d.]+ MiB$", 1),
-                  (r"^agent RSS with 2 running containers: [\d.]+ MiB$", 1)],
+                  (r"^agent RSS with 2 running containers: [\d.]+ MiB$", 1),
+                  (r"^  exec CPU per call: sealed lxc-attach copy [\d.]+ ms, lxc-attach's own copy and re-exec "
+                   r"[\d.]+ ms \(8 each, alternating\); loadavg [\d.]+$", 1),
+                  (r"^  listing 2 running containers, CPU per listing: in process [\d.]+ ms, lxc-ls [\d.]+ ms "
+                   r"\(8 each, alternating\)$", 1)],
     "fanout": [(r"^  N=  2  raw fan-out: median +[\d.]+ ms .* hub broadcast: median +[\d.]+ ms .* ratio [\d.]+x$",
                 1)],
     "placement": [(r"^  100 hosts, decision \+ atomic claim, [14] caller\(s\): +[\d.]+ decisions/s$", 2),
@@ -71,6 +75,8 @@ FIGURES = {
               (r"^    20 hosts: hub \d+ fds, RSS \d+ MiB$", 1),
               (r"^  hub restart, (jitter 1 s|no jitter \(reference\)): 20 hosts registered again +[\d.]+ s to +[\d.]+ s "
                r"after the start \(spread +[\d.]+ s\), peak \d+ registrations/s$", 2)],
+    "idlehub": [(r"^  10 hosts, this checkout: [\d.]+ etcd requests/s, hub CPU [\d.]+% of a core over 2 s; all 10 alive; "
+                 r"load average [\d.]+$", 1)],
     "failover": [(r"^   2 hosts: host death -> 1 --restart always containers answering elsewhere: +[\d.]+ s$", 1),
                  (r"^  agent restart with 2 running containers -> serving, all re-adopted: +[\d.]+ s$", 1)],
 }
@@ -87,7 +93,8 @@ def _prefix(bench: str) -> str:
             "placement": "dbp" + secrets.token_hex(2), "rpc": "r" + secrets.token_hex(3),
             "failover": "dbf" + secrets.token_hex(2), "routing": "dbr" + secrets.token_hex(2),
             "build": "bld" + secrets.token_hex(2), "deploy": "dpl" + secrets.token_hex(2),
-            "observe": TEST_PREFIX + secrets.token_hex(3), "scale": "scl" + secrets.token_hex(3)}[bench]
+            "observe": TEST_PREFIX + secrets.token_hex(3), "scale": "scl" + secrets.token_hex(3),
+            "idlehub": "idl" + secrets.token_hex(3)}[bench]
 
 
 def _start(bench: str, *args: str) -> subprocess.Popen:
@@ -112,6 +119,8 @@ def leftovers(bench: str, prefix: str) -> list[str]:
         roots = [f"/tmp/dcrpc-{prefix}"]
     elif bench == "scale":
         roots = [f"/tmp/dcscale-{prefix}"]
+    elif bench == "idlehub":
+        roots = [f"/tmp/dcidle-{prefix}"]
     elif bench in ("lifecycle", "observe"):
         agents = [prefix]
     elif bench in ("placement", "routing", "build", "deploy"):
@@ -164,7 +173,8 @@ def bench_run(request):
 
 def _force_cleanup(bench: str, prefix: str) -> None:
     from tests.agentproc import cleanup_prefix
-    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}", f"/tmp/dcbld-{prefix}", f"/tmp/dcscale-{prefix}"):
+    for marker in (f"/tmp/dcfan-{prefix}", f"/tmp/dcrpc-{prefix}", f"/tmp/dcbld-{prefix}", f"/tmp/dcscale-{prefix}",
+                   f"/tmp/dcidle-{prefix}"):
         for pid in _pids_with(marker):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(marker, ignore_errors=True)
@@ -199,6 +209,8 @@ def _made_something(bench: str, prefix: str):
         return lambda: len(_pids_with(f"/tmp/dcfan-{prefix}/")) >= 3
     if bench == "scale":  # the hub and a hollow fleet process run
         return lambda: len(_pids_with(f"/tmp/dcscale-{prefix}/")) >= 2
+    if bench == "idlehub":  # etcd and the hub run
+        return lambda: len(_pids_with(f"/tmp/dcidle-{prefix}/")) >= 2
     if bench == "rpc":  # the hollow agent runs; the calls go on for minutes
         return lambda: bool(_pids_with(f"/tmp/dcrpc-{prefix}/"))
     if bench in ("lifecycle", "observe"):  # the agent has made a container
@@ -217,7 +229,7 @@ LONG = {"lifecycle": ("--quick", "--cycles", "100000"), "fanout": ("--quick", "-
         "failover": ("--quick", "--containers", "30"), "build": ("--quick", "--builds", "100000"),
         "routing": ("--quick", "--seconds", "100000"), "deploy": ("--quick", "--deploys", "100000"),
         "observe": ("--quick", "--containers", "30"),
-        "scale": ("--quick", "--rounds", "1000000")}
+        "scale": ("--quick", "--rounds", "1000000"), "idlehub": ("--quick", "--seconds", "100000")}
 
 
 @pytest.mark.parametrize("bench,sig", [(b, signal.SIGTERM) for b in sorted(FIGURES)] + [("rpc", signal.SIGINT)])

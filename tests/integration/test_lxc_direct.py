@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -15,6 +16,7 @@ import pytest
 from dcctl import procs
 from lxcwrap import cgroup, direct, errors
 from lxcwrap.lxc import Lxc
+from lxcwrap.run import run
 
 pytestmark = pytest.mark.lxc
 
@@ -159,3 +161,159 @@ def test_start_returns_the_containers_init_pid_not_its_monitors(agent):
         assert started["pid"] != mon.pid
     listed = [c for c in agent.call("container_ls") if c["name"] == "lfc.pid"]
     assert listed[0]["pid"] == started["pid"]
+
+
+def _attach_children(name: str) -> list[int]:
+    """This process's lxc-attach children for container ``name``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and argv[0] == b"lxc-attach" and name.encode() in argv:
+            found.append(int(entry))
+    return found
+
+
+def _status_field(pid: int, key: str) -> str:
+    return [ln for ln in open(f"/proc/{pid}/status") if ln.startswith(key + ":")][0].split()[1]
+
+
+def test_exec_runs_lxc_attach_from_one_sealed_copy_with_every_guarantee(agent):
+    """lxc-attach runs from the one sealed memfd copy (spawn.sealed_exe):
+    its /proc/PID/exe is that copy (the same inode: no re-exec of its own
+    made another), it cannot be opened for writing, and the command still
+    runs in the container's namespaces and cgroup subtree, with the
+    container's capability bounding set and a cleared environment."""
+    import fcntl
+
+    import gevent
+
+    from lxcwrap import spawn
+
+    agent.call("container_create", "busybox", "lfc.seal")
+    agent.call("container_start", "lfc.seal")
+    layout = cgroup.detect()
+    mon = direct.monitor(agent.lxc_path, "lfc.seal")
+    with mon:
+        init_pid, fd, payload = mon.payload(layout.v2)
+        os.close(fd)
+    lxc = Lxc(agent.lxc_path)
+    assert lxc.sealed_attach
+    job = gevent.spawn(lxc.exec, "lfc.seal", ["sh", "-c", "sleep 31 || echo released"], timeout_s=60)
+    sleeper = None
+    try:
+        deadline = time.monotonic() + 30
+        while sleeper is None and time.monotonic() < deadline and not job.ready():
+            gevent.sleep(0.02)
+            for pid in _subtree_procs(payload):
+                try:
+                    if open(f"/proc/{pid}/cmdline", "rb").read() == b"sleep\x0031\x00":
+                        sleeper = int(pid)
+                except OSError:
+                    pass
+        assert sleeper is not None, "the command runs in the container's cgroup subtree"
+        # the command: in every namespace of the container's init, its capabilities, a cleared env
+        for kind in ("mnt", "pid", "net", "uts", "ipc", "cgroup", "user"):
+            assert os.readlink(f"/proc/{sleeper}/ns/{kind}") == os.readlink(f"/proc/{init_pid}/ns/{kind}"), kind
+        assert _status_field(sleeper, "CapBnd") == _status_field(init_pid, "CapBnd")
+        environ = open(f"/proc/{sleeper}/environ", "rb").read().split(b"\0")
+        assert {e.split(b"=", 1)[0].decode() for e in environ if e} <= {"PATH", "HOME", "TERM", "PWD", "SHLVL",
+                                                                    "container"}  # lxc-attach sets container=lxc
+        # lxc-attach itself: exec'ed once, from our sealed copy, not writable
+        pids = _attach_children("lfc.seal")
+        assert pids, "lxc-attach is running"
+        copy = spawn.sealed_exe("lxc-attach")
+        copy_fd = int(copy.rsplit("/", 1)[1])
+        for pid in pids:
+            assert os.readlink(f"/proc/{pid}/exe").startswith("/memfd:lxc-attach")
+            with open(f"/proc/{pid}/exe", "rb") as exe:
+                assert os.fstat(exe.fileno()).st_ino == os.fstat(copy_fd).st_ino, "exec'ed from our copy only"
+                assert fcntl.fcntl(exe.fileno(), fcntl.F_GET_SEALS) == spawn.SEALS
+                assert exe.read() == open(shutil.which("lxc-attach"), "rb").read()
+            for flags in (os.O_WRONLY, os.O_RDWR):
+                with pytest.raises(OSError):
+                    os.open(f"/proc/{pid}/exe", flags)
+    finally:
+        if sleeper is not None:
+            os.kill(sleeper, 9)
+        out = job.get(timeout=60)
+    assert out["exit_code"] == 0 and out["stdout"] == b"released\n", out
+
+
+def test_ls_without_a_process_says_what_lxc_ls_says(agent):
+    """``Lxc.ls`` lists in process (direct.listing) what ``lxc-ls -f``
+    reports: running containers with their init pid, stopped and never
+    started ones, and starts no tool."""
+    agent.call("container_create", "busybox", "lfc.ls1")
+    agent.call("container_start", "lfc.ls1")
+    agent.call("container_create", "busybox", "lfc.ls2")
+    agent.call("container_start", "lfc.ls2")
+    agent.call("container_stop", "lfc.ls2", 0.0)
+    agent.call("container_create", "busybox", "lfc.ls3")
+    by_tool = {r["name"]: r for r in Lxc(agent.lxc_path, direct=False).ls()}
+    mine = Lxc(agent.lxc_path, run=no_tool, direct=True).ls()
+    assert [r["name"] for r in mine] == sorted(by_tool)
+    for row in mine:
+        assert row == by_tool[row["name"]], row
+    assert {r["name"]: r["state"] for r in mine if r["name"].startswith("lfc.ls")} == \
+        {"lfc.ls1": "RUNNING", "lfc.ls2": "STOPPED", "lfc.ls3": "STOPPED"}
+
+
+def test_ls_asks_the_tool_for_a_container_started_without_our_pid_file(agent):
+    """A container started by hand (no pid file naming its monitor) is not
+    reported stopped: its command socket is seen and lxc-info answers for
+    it alone."""
+    agent.call("container_create", "busybox", "lfc.hand")
+    subprocess.run(["lxc-start", "-P", agent.lxc_path, "-n", "lfc.hand", "-d"], check=True, timeout=60)
+    try:
+        assert not os.path.exists(os.path.join(agent.lxc_path, "lfc.hand", "init.pid"))
+        rows = {r["name"]: r for r in direct.listing(agent.lxc_path, cgroup.detect().v2)}
+        assert rows["lfc.hand"]["state"] is None
+        ran = []
+
+        def counting(argv, timeout_s=0, **kw):
+            ran.append(argv[0])
+            return run(argv, timeout_s, **kw)
+
+        rows = {r["name"]: r for r in Lxc(agent.lxc_path, run=counting, direct=True).ls()}
+        assert ran == ["lxc-info"] and rows["lfc.hand"]["state"] == "RUNNING"
+        assert rows["lfc.hand"]["pid"] == int(subprocess.run(
+            ["lxc-info", "-P", agent.lxc_path, "-n", "lfc.hand", "-p", "-H"], capture_output=True,
+            text=True).stdout)
+    finally:
+        subprocess.run(["lxc-stop", "-P", agent.lxc_path, "-n", "lfc.hand", "-k"], timeout=60)
+
+
+def test_ls_asks_the_tool_about_a_monitor_without_an_init(tmp_path):
+    """A live monitor with no init in its payload cgroup (a container
+    starting or stopping) is not guessed at: lxc-info answers for it."""
+    name = "lfc.between"
+    cdir = tmp_path / name
+    cdir.mkdir()
+    (cdir / "config").write_text(f"lxc.uts.name = lfcb\nlxc.rootfs.path = dir:{cdir}/rootfs\n")
+    # a process that looks like the container's monitor, as the pid file names it
+    fake = subprocess.Popen(["bash", "-c", f'exec -a "[lxc monitor] {tmp_path} {name}" sleep 60'])
+    try:
+        deadline = time.monotonic() + 10
+        while not open(f"/proc/{fake.pid}/cmdline").read().startswith("[lxc monitor]"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (cdir / "init.pid").write_text(f"{fake.pid}\n")
+        rows = direct.listing(str(tmp_path), cgroup.detect().v2)
+        assert rows == [{"name": name, "state": None, "pid": None}]
+        ran = []
+
+        def counting(argv, timeout_s=0, **kw):
+            ran.append(argv[0])
+            return run(argv, timeout_s, **kw)
+
+        assert Lxc(str(tmp_path), run=counting, direct=True).ls() == [{"name": name, "state": "STOPPED", "pid": None}]
+        assert ran == ["lxc-info"]
+    finally:
+        fake.kill()
+        fake.wait()

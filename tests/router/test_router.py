@@ -34,7 +34,7 @@ def test_get_through_the_router_for_a_placed_container(hub, fleet):
     (backend,) = listed[name]["backends"]
     assert backend == {"container": "rt.web", "container_port": 80, "host": made["host"],
                        "address": made["address"], "port": made["ports"][0]["host_port"], "healthy": True,
-                       "status": "up"}
+                       "status": "up", "routed": True}
     # an unknown name: 404 from the router itself; a name of no host: 404 too
     status, body = get(fleet, f"nothing.{domain(fleet)}")
     assert status == 404 and "no route" in body

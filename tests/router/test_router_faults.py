@@ -1,5 +1,6 @@
-"""Routes through host faults: a frozen host's backends are drained, and a
-container moved by failover is routed at its new host."""
+"""Routes through host faults: a lost agent's running containers keep
+serving (HAProxy's checks decide) until they stop or move, and a container
+moved by failover is routed at its new host."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,8 @@ import pytest
 
 from dcctl import wire
 from ops import fleet as fleetmod
+from router import follower
+from router import haproxy as hx
 from tests.router.conftest import (HEARTBEAT_S, domain, get, router_status, served_by, wait_converged, wait_for,
                                    wait_page)
 
@@ -28,28 +31,140 @@ def restart_agent(fleet, host: dict) -> None:
     wait_for("the agent to answer", lambda: fleetmod.ping(host["ipc"]), 60, 0.2)
 
 
-def test_a_frozen_hosts_backends_are_never_reached(hub, fleet):
+def _servers(fleet, route: str) -> list[hx.ServerStat]:
+    """HAProxy's servers of ``route`` (through the router's admin socket)."""
+    rt = hx.Runtime(os.path.join(fleet["router"]["state_dir"], "admin.sock"))
+    return [s for s in rt.stats()[2] if s.backend == hx.backend_name(route)]
+
+
+def _kill_containers(host: dict, names: list[str]) -> None:
+    lxc_path = os.path.join(host["state_dir"], "lxc")
+    for c in names:
+        subprocess.run(["nsenter", f"--net=/run/netns/{host['netns']}", "lxc-stop", "-P", lxc_path,
+                        "-n", c, "-k"], capture_output=True, timeout=60, check=True)
+
+
+def test_a_lost_agents_running_containers_keep_serving_until_they_stop(hub, fleet):
+    """Only the agent dies: the hub loses the host, but its containers run
+    on, so the routers keep them and HAProxy's checks decide; once the
+    container dies too, HAProxy stops sending to it within its check bound;
+    the agent back, the backend is served once."""
     victim = fleet["hosts"][2]
-    name = f"ice.{domain(fleet)}"
-    for i, host in enumerate(("host-1", "host-2", victim["name"])):
-        hub.call("create_container", "busybox", f"ice.{i}", {"route": name, "host": host})
+    solo, pair = f"solo.{domain(fleet)}", f"pair.{domain(fleet)}"
+    hub.call("create_container", "busybox", "keep.1", {"route": pair, "host": "host-1"})
+    hub.call("create_container", "busybox", "keep.2", {"route": [solo, pair], "host": victim["name"]})
     wait_converged(fleet, hub)
-    os.kill(victim["pid"], signal.SIGSTOP)
+    assert served_by(wait_page(fleet, solo)) == "keep.2"
+    os.kill(victim["pid"], signal.SIGKILL)  # the agent only: keep.2 runs on
     try:
         wait_for("the hub to lose the host",
-                 lambda: [b for b in backends(hub, name) if b["container"] == "ice.2"
-                          and b["status"] == "host_unreachable"], 30)
+                 lambda: [b for b in backends(hub, solo) if b["status"] == "host_unreachable"], 30)
+        (b,) = backends(hub, solo)
+        assert not b["healthy"] and b["routed"]
         wait_converged(fleet, hub)
-        # its container still runs (containers outlive the agent), but no
-        # request sent from now on is routed there
-        for _ in range(30):
-            status, body = get(fleet, name)
-            assert status == 200 and served_by(body) in ("ice.0", "ice.1")
+        # the app whose only container is on the lost host is not down
+        for _ in range(20):
+            status, body = get(fleet, solo)
+            assert status == 200 and served_by(body) == "keep.2"
+        assert {served_by(get(fleet, pair)[1]) for _ in range(20)} == {"keep.1", "keep.2"}
+        # now the container dies too: HAProxy's checks take it out
+        (old,) = [s for s in _servers(fleet, pair) if s.name.startswith("keep.2_")]
+        _kill_containers(victim, ["keep.2"])
+        died = time.monotonic()
+        wait_for("HAProxy to mark keep.2 DOWN",
+                 lambda: all(s.status.startswith("DOWN") for s in _servers(fleet, pair) if s.name == old.name),
+                 hx.CHECK_DOWN_BOUND_SECONDS + 5, 0.05)
+        down_s = time.monotonic() - died
+        print(f"\nthe container of a lost agent killed: DOWN in HAProxy after {down_s:.2f} s "
+              f"(bound {hx.CHECK_DOWN_BOUND_SECONDS:g} s)")
+        for _ in range(20):
+            status, body = get(fleet, pair)
+            assert status == 200 and served_by(body) == "keep.1"
+        assert get(fleet, solo)[0] == 503
     finally:
-        os.kill(victim["pid"], signal.SIGCONT)
-    wait_for("the host back", lambda: all(b["healthy"] for b in backends(hub, name)), 30)
+        restart_agent(fleet, victim)
+    wait_for("the host back", lambda: all(h["state"] == "alive" for h in hub.call("hosts")), 30)
+    wait_for("keep.2 reported stopped", lambda: [b for b in backends(hub, pair)
+                                                 if b["container"] == "keep.2" and not b["routed"]], 30)
     wait_converged(fleet, hub)
-    assert {served_by(get(fleet, name)[1]) for _ in range(20)} == {"ice.0", "ice.1", "ice.2"}
+    assert [s.name for s in _servers(fleet, pair)] == [s.name for s in _servers(fleet, pair)
+                                                        if s.name.startswith("keep.1_")]
+    hub.call("container_start", "keep.2")
+    wait_for("keep.2 back", lambda: all(b["healthy"] for b in backends(hub, pair)), 30)
+    wait_converged(fleet, hub)
+    assert sorted(s.name.split("_")[0] for s in _servers(fleet, pair)) == ["keep.1", "keep.2"]  # once each
+    assert {served_by(get(fleet, pair)[1]) for _ in range(20)} == {"keep.1", "keep.2"}
+
+
+def test_a_lost_host_whose_network_is_gone_gets_no_requests_past_the_check_bound(hub, fleet):
+    """The agent dies and then the host's network goes (its forwarded
+    traffic dropped: a connect to its containers is never answered): HAProxy
+    marks the kept backend DOWN within its bound, and requests go to the
+    other backend."""
+    victim = fleet["hosts"][2]
+    name = f"gone.{domain(fleet)}"
+    hub.call("create_container", "busybox", "gone.1", {"route": name, "host": "host-1"})
+    hub.call("create_container", "busybox", "gone.2", {"route": name, "host": victim["name"]})
+    wait_converged(fleet, hub)
+    os.kill(victim["pid"], signal.SIGKILL)
+    rule = ["-m", "comment", "--comment", f"{fleet['prefix']}-blackhole", "-j", "DROP"]
+    netns = ["ip", "netns", "exec", victim["netns"], "iptables", "-w"]
+    try:
+        wait_for("the hub to lose the host",
+                 lambda: [b for b in backends(hub, name) if b["status"] == "host_unreachable" and b["routed"]], 30)
+        wait_converged(fleet, hub)
+        assert {served_by(get(fleet, name)[1]) for _ in range(20)} == {"gone.1", "gone.2"}
+        (old,) = [s for s in _servers(fleet, name) if s.name.startswith("gone.2_")]
+        subprocess.run([*netns, "-I", "FORWARD", "1", *rule], check=True, timeout=30)
+        cut = time.monotonic()
+        wait_for("HAProxy to mark gone.2 DOWN",
+                 lambda: all(s.status.startswith("DOWN") for s in _servers(fleet, name) if s.name == old.name),
+                 hx.CHECK_DOWN_BOUND_SECONDS + 5, 0.05)
+        print(f"\na lost host's network cut: DOWN in HAProxy after {time.monotonic() - cut:.2f} s "
+              f"(bound for a host that is gone 3.5 s)")
+        for _ in range(20):
+            status, body = get(fleet, name)
+            assert status == 200 and served_by(body) == "gone.1"
+    finally:
+        subprocess.run([*netns, "-D", "FORWARD", *rule], capture_output=True, timeout=30)
+        restart_agent(fleet, victim)
+    wait_for("gone.2 back", lambda: all(b["healthy"] for b in backends(hub, name)), 30)
+
+
+def test_a_container_moved_off_a_lost_agent_is_not_served_at_its_old_address(hub, fleet):
+    """The agent dies, its container runs on; failover makes it again on
+    another host: the route follows the record and the old copy, still
+    answering, gets no more requests; the agent back, the stale copy goes."""
+    victim = fleet["hosts"][1]
+    name = f"away.{domain(fleet)}"
+    hub.call("create_container", "busybox", "away.0", {"route": name, "restart": "always", "host": victim["name"]})
+    wait_converged(fleet, hub)
+    (before,) = backends(hub, name)
+    os.kill(victim["pid"], signal.SIGKILL)
+    routed = set()  # every (address, port) the hub gave routers meanwhile
+    try:
+        def moved():
+            (b,) = backends(hub, name)
+            if b["routed"]:
+                routed.add((b["address"], b["port"]))
+            return b["healthy"] and b["host"] != victim["name"] and b
+        after = wait_for("the route at the new host", moved, 60, 0.05)
+        wait_converged(fleet, hub)
+        assert after["address"] != before["address"]
+        # never the new host's address with the lost host's port (before: routed
+        # while the move ran; another container there may map that port)
+        assert routed <= {(before["address"], before["port"]), (after["address"], after["port"])}, routed
+        serving = [s for s in _servers(fleet, name) if not s.draining and not s.maint]
+        assert [s.address for s in serving] == [f"{after['address']}:{after['port']}"]
+        # the old copy still answers at its old address, but not through the router
+        assert follower.probe(hx.Server("away.0", 80, before["address"], before["port"]), True)
+        for _ in range(10):
+            assert get(fleet, name)[0] == 200
+    finally:
+        restart_agent(fleet, victim)
+    wait_for("the stale copy removed", lambda: all(c["name"] != "away.0" for c in _agent_ls(victim)), 30)
+    wait_converged(fleet, hub)
+    assert [s.address for s in _servers(fleet, name)] == [f"{after['address']}:{after['port']}"]
 
 
 def test_a_container_moved_by_failover_is_routed_at_its_new_host(hub, fleet):

@@ -63,3 +63,42 @@ def test_no_host_with_room_leaves_the_container_waiting_for_its_host(fleet):
     wait_for(lambda: not fleet.hub.healer.moving, 30, "the reschedule to stop")
     assert set(fleet.agents["h1"].containers) == {"app.big"}
     assert not fleet.agents["h2"].containers and not fleet.agents["h3"].containers
+
+
+def _hold(agent, method: str):
+    """Make ``agent``'s ``method`` wait: (reached, go) events."""
+    import gevent.event
+    reached, go = gevent.event.Event(), gevent.event.Event()
+
+    def hold():
+        reached.set()
+        go.wait(30)
+    agent.before[method] = hold
+    return reached, go
+
+
+def test_a_move_routes_nowhere_until_made_and_a_destroy_meanwhile_cancels_it(fleet):
+    """While failover makes a container again on another host, its routes
+    must not point at the new host with the lost host's port (before: the
+    row kept the old ports, so the backend was "up" at h2:<h1's port>, which
+    may be another container's there); a destroy during the move must not
+    leave the new copy running unrecorded (before: set_placed wrote nothing
+    and said nothing, "rescheduled" was logged, and h2's copy ran on)."""
+    from hub import routes
+    hub = fleet.hub
+    hub.create_container("busybox", "app.web", {"memory_bytes": GiB, "restart": "always", "host": "h1"})
+    reached, go = _hold(fleet.agents["h2"], "container_create")
+    fleet.start_beats()
+    hub.start()
+    fleet.silent.add("h1")
+    try:
+        assert reached.wait(15), "the move to reach h2"
+        (b,) = routes.resolve(fleet.store)[0]["backends"]
+        assert b["host"] == "h2" and not b["routed"] and b["status"] == "not_mapped", b
+        assert hub.container_destroy("app.web")["destroyed"] is True  # forwarded to h2: not made yet
+    finally:
+        go.set()
+    wait_for(lambda: "reschedule_cancelled" in kinds(fleet), 15, "the move to be cancelled")
+    assert "rescheduled" not in kinds(fleet)
+    assert fleet.agents["h2"].containers == {}, "the copy made on h2 was undone"
+    assert fleet.store.abandoned() == [] and fleet.store.reserved_memory().get("h2", (0, 0)) == (0, 0)

@@ -88,6 +88,12 @@ def test_the_journal_adopts_rolls_back_and_waits_for_hosts_that_do_not_answer(fl
     assert ("container_inspect", "later") not in fleet.agents["h2"].calls
     fleet.serve("h2")
     wait_for(lambda: fleet.store.container("later")["state"] == "placed", 10, "later to be adopted once h2 answers")
+    # the callers of those creates got an error: the fleet events say what became of each
+    said = {(e["type"], e["name"]): e for e in fleet.hub.events_log.query("0", ["type=adopted"])
+            + fleet.hub.events_log.query("0", ["type=create_rolled_back"])}
+    assert said[("adopted", "kept")]["by"] == "journal" and said[("adopted", "kept")]["state"] == "running"
+    assert said[("adopted", "later")]["host"] == "h2"
+    assert said[("create_rolled_back", "lost")]["host"] == "h1"
 
 
 def hold_pulls(fleet, host: str):
@@ -144,6 +150,30 @@ def test_a_create_whose_row_goes_meanwhile_leaves_no_copy_on_its_host(fleet):
     with pytest.raises(errors.NoSuchContainer):
         fleet.store.container("gone.web")
     assert fleet.store.reserved_memory() == {}
+
+
+@pytest.mark.parametrize("route", [True, False])
+def test_a_create_whose_row_goes_after_its_last_agent_call_fails_typed_and_undoes_its_copy(fleet, route):
+    """The row removed once the host made the container, before the hub
+    marks it placed (host_remove on another hub of the same store, as the
+    store's own forget): before, set_placed wrote nothing and said nothing;
+    create_container answered success without a record (no_route), or
+    failed on its default route with a bare NoSuchContainer, and the copy
+    ran on h1 unrecorded either way."""
+    def remove_row():
+        fleet.store.forget("late.web")
+    fleet.agents["h1"].before["container_connection_add"] = remove_row
+    options = {"memory_bytes": GiB, "host": "h1", **({} if route else {"no_route": True})}
+    with pytest.raises(errors.NoSuchContainer, match="removed from the fleet while it was being created on h1"):
+        fleet.hub.create_container("busybox", "late.web", options)
+    assert fleet.agents["h1"].containers == {}, "the copy made on h1 was undone"
+    with pytest.raises(errors.NoSuchContainer):
+        fleet.store.container("late.web")
+    assert fleet.store.reserved_memory() == {} and fleet.store.abandoned() == []
+    assert "placed" not in fleet.hub.events_log.kinds() and fleet.store.routes() == []
+    # the name is free again
+    del fleet.agents["h1"].before["container_connection_add"]
+    assert fleet.hub.create_container("busybox", "late.web", options)["host"] == "h1"
 
 
 def test_a_create_too_large_to_start_or_to_store_is_refused_before_any_reservation(fleet):

@@ -109,3 +109,26 @@ def test_an_unknown_create_option_names_every_option_the_hub_takes(hub):
     with pytest.raises(errors.InvalidArgument) as info:  # with a route option beside it too
         hub.call("create_container", "busybox", "fz.a", {"route": "a.dcf.test", "nosuchoption": 1})
     assert "'nosuchoption'" in str(info.value)
+
+
+@pytest.mark.parametrize("name, words", [("", "host name is empty"), ("h" * 65, "host name is 65 chars"),
+                                         ("bad/name", "bad host name")])
+def test_host_add_names_the_host_in_its_errors(hub, name, words):
+    with pytest.raises(errors.InvalidArgument) as got:
+        hub.call("host_add", name, "x" * 40)
+    assert words in str(got.value) and "container" not in str(got.value)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--hub-name", ""], "hub name is empty"),
+    (["--hub-name", "a" * 65], "hub name is 65 chars"),
+    (["--hub-name", "h1", "--lease-s", "0"], "--lease-s 0"),
+    (["--hub-name", "h1", "--lease-s", "-5"], "--lease-s -5"),
+])
+def test_dc_hub_refuses_bad_etcd_options_before_reaching_etcd(tmp_path, argv, words):
+    from hub.main import open_store, parser
+    args = parser().parse_args(["--state-dir", str(tmp_path), "--store", "etcd",
+                                "--etcd", "http://127.0.0.1:9", *argv])
+    with pytest.raises(errors.InvalidArgument) as got:
+        open_store(args)
+    assert words in str(got.value) and "container" not in str(got.value)

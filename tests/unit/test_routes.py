@@ -3,6 +3,7 @@ SQLite, resolution, and the HAProxy config the router writes (checked by
 the real ``haproxy -c`` when it is installed)."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -87,10 +88,14 @@ def test_store_routes_follow_their_containers(store):
         ("web.0", "10.0.0.11", 20080, True), ("web.1", "10.0.0.12", 20081, True)]
     v1 = routes.version_of(table)
     assert routes.version_of(routes.resolve(store)) == v1
-    # the host is lost: its backend is not healthy, and the version changes
+    assert all(b["routed"] for b in table[0]["backends"])
+    # the host is lost: the hub cannot vouch for its backends, and the version
+    # changes; they stay routed (their containers may run on without their
+    # agent): the routers' health checks decide
     store.mark_unreachable(time.time() + 1)
     table = routes.resolve(store)
-    assert {b["status"] for b in table[0]["backends"]} == {"host_unreachable"}
+    assert {(b["status"], b["healthy"], b["routed"]) for b in table[0]["backends"]} == {
+        ("host_unreachable", False, True)}
     assert routes.version_of(table) != v1
     # a heartbeat (well after the placement) that says the container stopped
     store.db.execute("UPDATE containers SET updated_at=updated_at-10")
@@ -98,6 +103,8 @@ def test_store_routes_follow_their_containers(store):
     store.heartbeat("h2", {"containers": [{"name": "web.1", "state": "running"}]})
     statuses = {b["container"]: b["status"] for b in routes.resolve(store)[0]["backends"]}
     assert statuses == {"web.0": "not_running", "web.1": "up"}
+    assert {b["container"]: b["routed"] for b in routes.resolve(store)[0]["backends"]} == {
+        "web.0": False, "web.1": True}
     # moved by failover: the same route, the new host's address and port
     store.assign("web.0", "h2")
     store.set_placed("web.0", "img", [{"proto": "tcp", "container_port": 80, "host_port": 20099}])
@@ -110,6 +117,34 @@ def test_store_routes_follow_their_containers(store):
     assert routes.resolve(store) == []
     with pytest.raises(errors.NoSuchRoute):
         store.remove_route("www.test", "web.1", 80)
+
+
+def test_a_lost_hosts_backend_is_routed_only_if_it_last_ran(store):
+    store.upsert_host("h1", "tcp://10.0.0.11:7000", "10.0.0.11", {}, {})
+    _place(store, "up.0", "h1")
+    _place(store, "down.0", "h1", ((80, 20081),))
+    _place(store, "bare.0", "h1", ())
+    for c in ("up.0", "down.0"):
+        store.add_route("www.test", c, 80)
+    store.db.execute("UPDATE containers SET updated_at=updated_at-10")
+    store.heartbeat("h1", {"containers": [{"name": "up.0", "state": "running"},
+                                          {"name": "down.0", "state": "stopped"}]})
+    store.mark_unreachable(time.time() + 1)
+    got = {b["container"]: (b["status"], b["healthy"], b["routed"]) for b in routes.resolve(store)[0]["backends"]}
+    assert got == {"up.0": ("host_unreachable", False, True), "down.0": ("host_unreachable", False, False)}
+    # the host removed (host_remove keeps no rows; a row left without its host): never routed
+    store.db.execute("DELETE FROM hosts WHERE name='h1'")
+    assert {(b["status"], b["routed"]) for b in routes.resolve(store)[0]["backends"]} == {("host_gone", False)}
+
+
+def test_desired_keeps_routed_backends_the_hub_cannot_vouch_for():
+    def table(**extra):
+        return {"version": "v", "routes": [{"name": "a.test", "kind": "http", "listen_port": None, "backends": [
+            {"container": "c1", "container_port": 80, "address": "10.0.0.1", "port": 20001, "healthy": False,
+             "status": "host_unreachable", **extra}]}]}
+    assert list(follower.desired(table(routed=True))[1]["h_a.test"]) == ["c1_80_10.0.0.1_20001"]
+    assert follower.desired(table(routed=False))[1]["h_a.test"] == {}
+    assert follower.desired(table())[1]["h_a.test"] == {}  # an older hub: healthy ones only
 
 
 def test_desired_takes_healthy_backends_only():
@@ -144,3 +179,17 @@ def test_the_written_config_is_valid_and_read_back(tmp_path):
     assert open(tmp_path / "wildcards.map").read() == ".w.test w_w.test\n"
     done = subprocess.run([hx.HAPROXY, "-c", "-f", proxy.config], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_route_ls_says_a_lost_hosts_backend_is_still_routed():
+    from dcctl import output
+    backend = {"container": "c1", "container_port": 80, "host": "h1", "address": "10.0.0.1", "port": 20001,
+               "healthy": False, "status": "host_unreachable"}
+    table = [{"name": "a.test", "kind": "http", "listen_port": None, "backends": [
+        {**backend, "routed": True}, {**backend, "container": "c2", "routed": False}, {**backend, "container": "c3"}]}]
+    out, err = io.StringIO(), io.StringIO()
+    assert output.render(table, out, err, method="route_ls") == 0 and err.getvalue() == ""
+    assert [line.split()[-2:] for line in out.getvalue().splitlines()[1:]] == [
+        ["host_unreachable", "(routed)"], ["10.0.0.1:20001", "host_unreachable"],
+        ["10.0.0.1:20001", "host_unreachable"]]
+    assert [r["routed"] for r in output.route_rows(table)] == [True, False, False]

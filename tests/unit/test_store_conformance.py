@@ -326,3 +326,20 @@ def test_fleet_events_keep_their_index_order_cursors_and_pruning(make_store):
     assert a.event_cursor("h1") == 0
     assert a.events_prune(1000, 15.0, now=t + 40) == 100  # the age rule: everything before t + 25
     assert [e["index"] for e in b.events_after(0, 10)] == [205, 206]
+
+
+def test_set_placed_says_whether_the_row_was_there(store):
+    """set_placed of a row removed meanwhile (host_remove or a destroy during
+    the create, another hub) or claimed again on another host writes nothing
+    and says so (before: silent, on both stores)."""
+    _host(store, "h1")
+    _host(store, "h2")
+    _claim(store, "p.1", request=scheduler.Request(GiB, {}, "h1"))
+    assert store.set_placed("p.1", "img", [], host="h1") is True
+    assert store.container("p.1")["state"] == "placed"
+    assert store.set_placed("p.1", "img2", [], host="h2") is False  # the row is on h1
+    assert store.container("p.1")["image"] == "img"
+    store.forget("p.1")
+    assert store.set_placed("p.1", "img", []) is False
+    with pytest.raises(errors.NoSuchContainer):
+        store.container("p.1")

@@ -63,7 +63,9 @@ def test_a_stopped_or_hung_etcd_is_store_unavailable_fast_and_then_recovers(tmp_
         with pytest.raises(errors.StoreUnavailable):
             store.hosts()
         server.start()
-        assert _wait(lambda: _try(lambda: store.container("u.1")["state"] == "reserved"))
+        # (container() answers from the watched rows meanwhile: wait for a listing, which only etcd answers)
+        assert _wait(lambda: _try(lambda: store.containers() is not None))
+        assert store.container("u.1")["state"] == "reserved"
         # the claim sent to the hung etcd may have been applied when it woke: then it is a whole
         # claim (row and reservation), "reserved" with no live hub: an orphan for the leader's journal
         applied = "u.2" in {r["name"] for r in store.containers()}

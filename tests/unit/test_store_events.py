@@ -69,3 +69,18 @@ def test_the_event_log_over_each_store(store):
     assert len(got) == 1 and got[0]["exit_code"] == 3 and got[0]["host"] == "h1"
     with pytest.raises(errors.InvalidArgument, match="in the future"):
         log.query("99")
+
+
+def test_concurrent_hub_events_are_written_once_each(store):
+    """Twenty creates recording "placed" at once: on etcd each append yields
+    on its request, and an append that sent what another was still writing
+    wrote it twice (a fresh operator saw 2-3 "placed" per create)."""
+    import gevent
+    log = EventLog(store, max_events=1000)
+    got = gevent.joinall([gevent.spawn(log.add, "placed", name=f"evt.c{i}", host="h1") for i in range(20)],
+                         raise_error=True)
+    stored = [g.value for g in got]
+    assert all(s is not None and s["name"] == f"evt.c{i}" for i, s in enumerate(stored))
+    assert len({s["index"] for s in stored}) == 20
+    written = [e["name"] for e in store.events_after(0, 1000) if e["type"] == "placed"]
+    assert sorted(written) == sorted(f"evt.c{i}" for i in range(20))
