@@ -12,9 +12,14 @@ Registration and every heartbeat carry a boot id, new each time the agent
 process starts: a hub that sees it change knows the calls it had in flight to
 this host died with the previous process, and fails them at once.
 
-Several hubs (``--hub A,B``, hubs sharing an etcd store): after
-``FAILOVER_AFTER`` calls in a row that got no answer (Unreachable,
-CallTimeout), the link moves to the next hub.
+Several hubs (``--hub A,B``, hubs sharing an etcd store): a hub whose
+connection closes (its process died: the wire's socket monitor sees it at
+once, between beats too) or refuses a connection (nothing listens) is left
+at once for the next hub; one that answers nothing (a host that vanished)
+after ``FAILOVER_AFTER`` calls in a row without an answer.  Only the
+registration waits for the random delay below, never the detection: with
+several hubs an agent is registered with the next one within about
+``jitter_s`` (plus a ping) of its hub's death.
 
 Rejoining without a stampede (Salt's ``random_reauth_delay``): a call that
 got no answer ends its connection, so the requests ZeroMQ queued for a hub
@@ -77,6 +82,7 @@ class HubLink(BackgroundLoop):
         self.unanswered = 0  # beats in a row that got no answer (Unreachable, CallTimeout)
         self.switches = 0  # moves to another hub
         self.lost_hub = False  # a call got no answer since the last accepted heartbeat
+        self.dropped = False  # the hub's connection closed or was refused: the next hub at once
         self.keys = keys
         self.identity = identity
         self.summary = summary
@@ -115,21 +121,32 @@ class HubLink(BackgroundLoop):
         log.warning("hub %s does not answer: moving to hub %s", old, self.endpoint)
 
     def _rejoin(self) -> wire.RpcClient:
-        """A fresh connection to a hub that answers a ping (tried every
-        heartbeat_s; the next hub after FAILOVER_AFTER unanswered tries),
-        then the random delay.  Returns the connection; the registration is
-        the next beat's."""
+        """A fresh connection to a hub that answers a ping, then the random
+        delay.  The next hub is tried at once after a hub whose connection
+        closed or was refused (one round of the hubs, then every
+        heartbeat_s), and after FAILOVER_AFTER unanswered tries; the same
+        hub is tried again every heartbeat_s.  Returns the connection; the
+        registration is the next beat's."""
+        fast_tries = 0  # hubs tried at once, without a sleep, in this round
         while True:
-            if self.unanswered >= FAILOVER_AFTER and len(self.endpoints) > 1:
+            if len(self.endpoints) > 1 and (self.dropped or self.unanswered >= FAILOVER_AFTER):
                 self._next_hub()
+            self.dropped = False
             client = self._connect()
             try:
                 client.call("_zerorpc_ping")
             except errors.DcError as exc:
+                dropped = client.lost is not None
                 client.close()
                 self._failed("ping", exc)
                 if isinstance(exc, (errors.Unreachable, errors.CallTimeout)):
                     self.unanswered += 1
+                if dropped and fast_tries < len(self.endpoints) - 1:
+                    fast_tries += 1
+                    self.dropped = True
+                    continue
+                fast_tries = 0
+                self.dropped = dropped
                 gevent.sleep(self.heartbeat_s * (5 if isinstance(exc, errors.Unauthorized) else 1))
                 continue
             gevent.sleep(self.rejoin_delay())  # no stampede of registrations
@@ -143,7 +160,10 @@ class HubLink(BackgroundLoop):
                 try:
                     while True:
                         self.beat(client)
-                        gevent.sleep(self.heartbeat_s)
+                        if client.wait_lost(self.heartbeat_s):  # the hub's connection closed between beats
+                            self.registered, self.lost_hub, self.dropped = False, True, True
+                            log.warning("hub %s: %s", self.endpoint, client.lost or "connection lost")
+                            raise _Reconnect()
                 except _Reconnect:
                     client.close()  # requests queued for a hub that is gone are dropped with it
                     client = self._rejoin()
@@ -193,4 +213,5 @@ class HubLink(BackgroundLoop):
             if isinstance(exc, (errors.Unreachable, errors.CallTimeout)):
                 self.unanswered += 1
                 self.lost_hub = True
+                self.dropped = client.lost is not None  # closed or refused: the next hub at once
                 raise _Reconnect() from exc  # a fresh connection, once a hub answers, after the random delay

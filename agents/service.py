@@ -273,12 +273,22 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         AmbiguousImageRef, StoreError (digest mismatch, I/O, disk full),
         Unreachable, CallTimeout.
         """
+        if source is None and len(self.m.config.hub_endpoints()) > 1:
+            return self._pull_from_hubs(ref)
         source = source or self.current_hub()
         if not source:
             raise errors.InvalidArgument("no source given and this agent has no hub")
         validate_endpoint(source)
         keys = self.hub_keys if source in self.m.config.hub_endpoints() else None
         return self.puller.pull(ref, source, keys)
+
+    def _pull_from_hubs(self, ref: str) -> dict:
+        """image_pull from this agent's hubs, the current one first
+        (Puller.pull_from_any)."""
+        hubs = self.m.config.hub_endpoints()
+        current = self.current_hub()
+        order = [current] + [h for h in hubs if h != current] if current in hubs else hubs
+        return self.puller.pull_from_any(ref, order, self.hub_keys)
 
     @expose(shielded=True)
     def image_build(self, kind: str, name: str | None = None, options: dict | None = None) -> dict:

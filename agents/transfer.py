@@ -93,6 +93,25 @@ class Puller:
             finally:
                 del self._inflight[image_id]
 
+    def pull_from_any(self, ref: str, sources: list[str], keys=None) -> dict:
+        """``pull`` from the first of ``sources`` (endpoints, in order: a
+        fleet's hubs, the current one first) that can be reached; the next
+        one when a source is Unreachable (a hub just killed refuses at
+        once; a failed pull leaves nothing, so trying again is safe).
+
+        Returns: as ``pull``.  Raises: as ``pull`` (the last source's
+        Unreachable when none could be reached); InvalidArgument (no source)."""
+        if not sources:
+            raise errors.InvalidArgument("no source to pull from")
+        for i, source in enumerate(sources):
+            try:
+                return self.pull(ref, source, keys)
+            except errors.Unreachable as exc:
+                if i == len(sources) - 1:
+                    raise
+                log.warning("pull %s: %s: %s; trying %s", ref, source, exc, sources[i + 1])
+        raise AssertionError("not reached")
+
     def _pull(self, client: wire.RpcClient, manifest: dict, sizes: dict, progress=None) -> dict:
         moved = 0
         tmp_root = self.store.tmp_dir

@@ -24,6 +24,7 @@ import gevent.event
 from dcctl import auth, errors
 from dcctl.wire import codec, zrpc
 from dcctl.wire.endpoint import parse_endpoint
+from dcctl.wire.failover import IDEMPOTENT
 from dcctl.wire.server import DEFAULT_HEARTBEAT_SECONDS, ipc_listening
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "RpcClient", "StreamIter", "connect"]
@@ -107,10 +108,15 @@ class RpcClient:
     Raises (from calls): the server's DcError subclass; Unauthorized as soon
     as the server refuses the handshake (ZeroMQ's socket monitor reports it)
     rather than after the timeout; CallTimeout when no answer comes in time;
-    Unreachable when the ipc socket does not exist, the server was lost
-    mid-call, or the client was closed (``close(reason)``) while the call
-    waited; InvalidArgument for an integer msgpack cannot carry.  Raises
-    (from the constructor): InvalidArgument (a bad endpoint or CURVE key),
+    Unreachable when the ipc socket does not exist, the client was closed
+    (``close(reason)``) while the call waited, or the server was lost
+    mid-call: at once when its connection closed (the monitor's
+    DISCONNECTED: a server killed, even with -9, closes its sockets) or a
+    connect attempt was refused (nothing listens), after two heartbeats
+    when it vanished without closing (power off, partition); a call that
+    changes something then has the hint that it may have run (not after a
+    refused connection: nothing was sent); InvalidArgument for an integer
+    msgpack cannot carry.  Raises (from the constructor): InvalidArgument (a bad endpoint or CURVE key),
     Unreachable (an endpoint ZeroMQ cannot connect to, e.g. ``tcp://*:PORT``).
     """
 
@@ -120,27 +126,87 @@ class RpcClient:
         self._endpoint = parse_endpoint(endpoint)
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self._client = zrpc.Client(context=_client_context(), timeout=timeout_s,
-                                      heartbeat=heartbeat_s)
+        self._heartbeat_s = heartbeat_s
+        self._keys = keys
         self._refused: str | None = None
         self._refused_event = gevent.event.Event()
         self._closed: str | None = None  # why, once closed
         self._closed_event = gevent.event.Event()
         self._calls: set[gevent.Greenlet] = set()  # in flight
         self._streams: set[StreamIter] = set()  # open
+        self._client = None
         self._monitor_task = None
+        self._lost: str | None = None  # the connection closed or was refused: why (see _open)
+        self._lost_after_up = False  # it was lost after it had been established
+        self._lost_event = gevent.event.Event()  # set (and replaced) each time it is lost
+        self.reopened = 0  # sockets replaced after a lost connection
+        self._open()
+
+    def _open(self) -> None:
+        """A new socket and its connection watch.  A lost connection (the
+        watch saw the established connection close, or a connect attempt
+        refused: nothing listens there) fails the calls waiting on it at
+        once, and the socket is then replaced (``_reopen``), so requests
+        ZeroMQ queued for the reconnect are dropped with it, never delivered
+        late to a restarted server.
+
+        Raises: InvalidArgument (a bad CURVE key), Unreachable (an endpoint
+        ZeroMQ cannot connect to)."""
+        self._lost = None
+        self._client = zrpc.Client(context=_client_context(), timeout=self.timeout_s,
+                                   heartbeat=self._heartbeat_s)
         zrpc.set_linger(self._client, 0)  # a close never waits for unsent messages
+        keys = self._keys
         try:
             if keys is not None:
                 zrpc.set_client_curve(self._client, keys.public, keys.secret, keys.server_public)
             zrpc.intercept_recv(self._client, _read_reply)
-            if self._endpoint.is_tcp:
-                self._monitor_task = zrpc.watch_handshake_failures(
-                    self._client, lambda refused: self._handshake_failed(refused, keys is not None))
-            zrpc.connect(self._client, endpoint)
+            self._monitor_task = zrpc.watch_connection(
+                self._client, lambda refused: self._handshake_failed(refused, keys is not None),
+                on_up=self._connection_up,
+                on_down=lambda: self._connection_lost("lost the connection (the server went away)", True),
+                on_refused=lambda: self._connection_lost("connection refused (nothing listens there)", False))
+            zrpc.connect(self._client, self.endpoint)
         except errors.DcError:
             self.close()
             raise
+
+    def _connection_up(self) -> None:
+        if not self._calls:  # no request is queued on this socket
+            self._lost = None
+
+    def _connection_lost(self, why: str, after_up: bool) -> None:
+        if self._lost and self._lost_after_up and not after_up and (self._calls or self._streams):
+            return  # the calls on the closed connection stay "may have run" (ZeroMQ is retrying)
+        self._lost, self._lost_after_up = why, after_up
+        event, self._lost_event = self._lost_event, gevent.event.Event()
+        event.set()
+
+    @property
+    def lost(self) -> str | None:
+        """Why the connection is known lost (the server closed it, or
+        nothing listens: a connect attempt refused), else None."""
+        return self._lost
+
+    def wait_lost(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` seconds for the connection to be lost
+        (see ``lost``); True if it was (already, or during the wait)."""
+        if self._lost:
+            return True
+        return self._lost_event.wait(timeout_s)
+
+    def _reopen(self) -> None:
+        """Replace the socket (closing it drops what ZeroMQ queued on it);
+        the streams read on it end (Unreachable at their next read)."""
+        for stream in list(self._streams):
+            stream.close()
+        if self._monitor_task is not None:
+            self._monitor_task.stop()
+            self._monitor_task = None
+        zrpc.set_linger(self._client, 0)
+        self._client.close()
+        self.reopened += 1
+        self._open()
 
     def _handshake_failed(self, refused: bool, with_keys: bool) -> None:
         if refused:
@@ -170,6 +236,12 @@ class RpcClient:
         # capture: the call's error is the reader's to raise (StreamIter._started), not gevent's to print
         return StreamIter(self, method, gevent.spawn(zrpc.capture, self._call, method, args, None))
 
+    def _lost_error(self, method: str, why: str) -> errors.Unreachable:
+        hint = None
+        if self._lost_after_up and method not in IDEMPOTENT:  # the request may have reached the server
+            hint = f"{method} may have run: check before calling it again"
+        return errors.Unreachable(f"{self.endpoint}: {why} during {method}", hint=hint)
+
     def _call(self, method: str, args: tuple, timeout: float | None) -> Any:
         if self._closed:
             raise errors.Unreachable(f"{self.endpoint}: {self._closed}")
@@ -179,18 +251,27 @@ class RpcClient:
         codec.check_request(method, args)
         if self._refused:
             raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
-        # The call runs in a task of its own, so that a refused handshake or a
-        # close() ends the wait at once, and stopping the task never throws
-        # into the caller's greenlet.
+        if self._lost:
+            if self._calls:  # calls on the lost connection are still being stopped
+                raise errors.Unreachable(f"{self.endpoint}: {self._lost}", hint="is the server running?")
+            self._reopen()  # a fresh socket: nothing queued for a reconnect
+        lost_event = self._lost_event
+        # The call runs in a task of its own, so that a refused handshake, a
+        # lost connection or a close() ends the wait at once, and stopping
+        # the task never throws into the caller's greenlet.
         task = gevent.spawn(zrpc.capture, self._client, method, *args, timeout=timeout)
         self._calls.add(task)
+        lost = False
         try:
-            gevent.wait([task, self._refused_event, self._closed_event], count=1)
+            gevent.wait([task, self._refused_event, self._closed_event, lost_event], count=1)
             if not task.ready():
                 zrpc.stop_call(task)
                 if self._closed:
                     raise errors.Unreachable(f"{self.endpoint}: {self._closed} during {method}")
-                raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
+                if self._refused:
+                    raise errors.Unauthorized(f"{self.endpoint}: {self._refused}")
+                lost = True
+                raise self._lost_error(method, self._lost or "lost the connection")
             ok, value = task.value
             if not ok:
                 raise value
@@ -213,6 +294,8 @@ class RpcClient:
             self._calls.discard(task)
             if not task.ready():  # the caller itself was killed
                 zrpc.abandon_call(task)
+            if lost and not self._calls and not self._closed and self._lost:
+                self._reopen()  # drop what ZeroMQ queued for the reconnect
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         if method.startswith("__"):
@@ -233,8 +316,10 @@ class RpcClient:
             stream.close()
         if self._monitor_task is not None:
             self._monitor_task.stop()  # before the socket closes: it unbinds the monitor
-        zrpc.set_linger(self._client, 0)
-        self._client.close()
+            self._monitor_task = None
+        if self._client is not None:
+            zrpc.set_linger(self._client, 0)
+            self._client.close()
 
     def __enter__(self) -> "RpcClient":
         return self
@@ -258,6 +343,7 @@ class StreamIter:
         self.method = method
         self._raw = raw
         self._poll_s = 0.5
+        self._lost_event = client._lost_event  # set when the connection it reads is lost
         client._streams.add(self)
 
     def __iter__(self) -> "StreamIter":
@@ -287,6 +373,9 @@ class StreamIter:
             if client._closed:
                 self.close()
                 raise errors.Unreachable(f"{client.endpoint}: {client._closed} during {self.method}")
+            if self._lost_event.is_set():
+                self.close()
+                raise client._lost_error(self.method, client._lost or "its connection closed")
             try:
                 if isinstance(self._raw, zrpc.ClientStream):
                     item = self._raw.next_item(self._poll_s)

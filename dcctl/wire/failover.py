@@ -3,10 +3,13 @@ sharing an etcd store): ``tcp://A:7100,tcp://B:7100``.
 
 It talks to one endpoint at a time and moves to the next when that one
 cannot be reached, with one rule: a call that may have run is never sent
-again.  Before the first call on an endpoint it probes it
-(``_zerorpc_ping``, which changes nothing); an endpoint that does not
-answer the probe is skipped, so a call goes out only to an endpoint that
-just answered.  When such a call then fails without an answer (the hub died
+again.  Before the first call, and after each move, it probes the
+endpoints (``_zerorpc_ping``, which changes nothing) at once, the current
+one with a head start of HEAD_START_SECONDS, and the first to answer wins
+(happy eyeballs): a dead endpoint costs about nothing
+while another answers, so a call goes out only to an endpoint that just
+answered.  A dead endpoint alone fails at once when its host refuses the
+connection (nothing listens), after the probe timeout when nothing answers.  When such a call then fails without an answer (the hub died
 under it, or the answer did not come in time):
 
 * a read (``IDEMPOTENT``) is sent to the next endpoint;
@@ -18,6 +21,8 @@ Every endpoint failing its probe is Unreachable naming each one.
 from __future__ import annotations
 
 from typing import Any, Callable
+
+import gevent
 
 from dcctl import errors
 from dcctl.wire.endpoint import validate_endpoint
@@ -31,6 +36,11 @@ IDEMPOTENT = frozenset({
     "hostinfo", "image_ls", "image_manifest", "image_layer_read", "image_upload_info", "route_ls",
     "route_table", "host_register", "host_heartbeat", "host_add"})
 PROBE_TIMEOUT_SECONDS = 3.0
+PROBE_CLOSE_SECONDS = 2.0  # a losing probe's end, once its client is closed
+#: the current endpoint's head start over the others (RFC 8305's "connection
+#: attempt delay"): the order is kept while it answers, and one that answers
+#: nothing costs this much, not a probe timeout
+HEAD_START_SECONDS = 0.25
 
 
 def split_endpoints(text: str) -> list[str]:
@@ -68,17 +78,12 @@ class FailoverClient:
         self._index = 0
         self._client = None
         self._probed = False
+        self._probing: dict[int, Any] = {}  # endpoint index -> its client while its probe runs
         self.switches = 0  # how many times it moved to another endpoint
 
     @property
     def endpoint(self) -> str:
         return self.endpoints[self._index]
-
-    def _current(self):
-        if self._client is None:
-            self._client = self._connect(self.endpoint)
-            self._probed = False
-        return self._client
 
     def _next(self, reason: str) -> None:
         if self._client is not None:
@@ -87,21 +92,78 @@ class FailoverClient:
         self._index = (self._index + 1) % len(self.endpoints)
         self.switches += 1
 
+    def _probe(self, index: int) -> Any:
+        """A client of endpoint ``index`` that answered its probe, or the
+        exception that ended the try (a probe's body: never raises)."""
+        client = None
+        try:
+            client = self._connect(self.endpoints[index])
+            self._probing[index] = client
+            client.call("_zerorpc_ping", timeout_s=self.probe_timeout_s)
+            return client
+        except Exception as exc:  # the caller sorts them out
+            if client is not None:
+                client.close(f"{type(exc).__name__}")
+            return exc
+        finally:
+            self._probing.pop(index, None)
+
     def _ready(self) -> Any:
-        """A client whose endpoint answered its probe; moves on past
-        endpoints that do not.  Raises: Unreachable (none answered)."""
-        failures = []
-        for _ in range(len(self.endpoints)):
-            try:
-                client = self._current()
-                if not self._probed:
-                    client.call("_zerorpc_ping", timeout_s=self.probe_timeout_s)
-                    self._probed = True
-                return client
-            except (errors.Unreachable, errors.CallTimeout, errors.Unauthorized) as exc:
-                failures.append(f"{self.endpoint}: {type(exc).__name__}: {exc.message}")
-                self._next(f"{type(exc).__name__}")
-        raise errors.Unreachable("no endpoint answered (" + "; ".join(failures) + ")",
+        """A client whose endpoint answered its probe.  The endpoints are
+        probed at once (happy eyeballs): the current one, then, unless it
+        answered within HEAD_START_SECONDS, the others; the first to answer
+        wins and the others are closed, so a dead endpoint
+        costs nothing while another answers (one that refuses the
+        connection fails at once; one that answers nothing, after
+        ``probe_timeout_s``).  Raises: Unreachable (none answered), or the
+        error that made a client impossible (e.g. InvalidArgument)."""
+        if self._client is not None and self._probed and not getattr(self._client, "lost", None):
+            return self._client  # (a connection known lost is probed again: nothing was sent on it)
+        if self._client is not None:
+            self._client.close("probing again")
+            self._client = None
+        n = len(self.endpoints)
+        order = [(self._index + i) % n for i in range(n)]
+        tasks = {gevent.spawn(self._probe, order[0]): order[0]}
+        gevent.wait(list(tasks), timeout=HEAD_START_SECONDS)  # the current one's head start
+        tasks.update({gevent.spawn(self._probe, i): i for i in order[1:]})
+        failures: dict[int, BaseException] = {}
+        winner = None
+        try:
+            for task in gevent.iwait(list(tasks)):
+                value = task.value
+                if isinstance(value, BaseException):
+                    failures[tasks[task]] = value
+                    continue
+                winner = tasks[task], value
+                break
+        finally:
+            for task in tasks:
+                if not task.ready():
+                    index = tasks[task]
+                    probing = self._probing.get(index)
+                    if probing is not None:
+                        probing.close("another endpoint answered first")  # its probe ends at once
+                    task.join(timeout=PROBE_CLOSE_SECONDS)
+                    if not task.ready():
+                        task.kill(block=False)
+                elif task.value is not None and not isinstance(task.value, BaseException) \
+                        and (winner is None or task.value is not winner[1]):
+                    task.value.close("another endpoint answered first")
+        if winner is not None:
+            index, self._client = winner
+            if index != self._index:
+                self._index = index
+                self.switches += 1
+            self._probed = True
+            return self._client
+        for index in order:
+            exc = failures.get(index)
+            if exc is not None and not isinstance(exc, (errors.Unreachable, errors.CallTimeout, errors.Unauthorized)):
+                raise exc
+        text = "; ".join(f"{self.endpoints[i]}: {type(failures[i]).__name__}: {getattr(failures[i], 'message', failures[i])}"
+                         for i in order if i in failures)
+        raise errors.Unreachable("no endpoint answered (" + text + ")",
                                  hint="are the hubs running? (DCCTL_HOST lists them, comma-separated)")
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:

@@ -50,7 +50,7 @@ zrpcfast.install_fast_sockets()  # zerorpc's gevent socket without pyzmq's enum 
 __all__ = ["Client", "Context", "Event", "LostRemote", "RemoteError", "Server", "TimeoutExpired",
            "ZERORPC_NOISE", "ZerorpcNoiseFilter", "abandon_call", "capture", "connect", "frame_buffer", "make_event", "frame_user_id", "intercept_recv",
            "quiet_zerorpc_noise", "rep", "set_client_curve", "set_linger", "set_max_message_bytes",
-           "set_server_curve", "socket_of", "stop_call", "stream", "watch_handshake_failures",
+           "set_server_curve", "socket_of", "stop_call", "stream", "watch_connection",
            "CLOSE_TIMEOUT_SECONDS", "STREAM_STALL_SECONDS", "STREAM_WINDOW_ITEMS", "NOTHING_YET", "ClientStream",
            "StreamPatterns", "bounded_stream"]
 
@@ -165,11 +165,12 @@ def connect(peer: Any, endpoint: str) -> None:
                                  hint="give the server's address, not a bind address") from exc
 
 
-def watch_handshake_failures(peer: Any, on_failure: Callable[[bool], None]) -> Any:
-    """A dcctl.wire.monitor.HandshakeWatch of ``peer``'s socket calling
-    ``on_failure(refused)``; call its ``stop()`` before closing the peer."""
-    from dcctl.wire.monitor import HandshakeWatch
-    return HandshakeWatch(socket_of(peer), on_failure)
+def watch_connection(peer: Any, on_failure: Callable[[bool], None], *, on_up: Callable[[], None],
+                     on_down: Callable[[], None], on_refused: Callable[[], None]) -> Any:
+    """A dcctl.wire.monitor.ConnectionWatch of ``peer``'s socket (see its
+    callbacks); call its ``stop()`` before closing the peer."""
+    from dcctl.wire.monitor import ConnectionWatch
+    return ConnectionWatch(socket_of(peer), on_failure, on_up=on_up, on_down=on_down, on_refused=on_refused)
 
 
 # ---------------------------------------------------------------- the reader
