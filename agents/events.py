@@ -349,15 +349,16 @@ class EventShipper(BackgroundLoop):
 
     def _loop(self) -> None:
         while True:
+            hub = self.hub  # the one this round uses: the log names it, not the one the link moved to since
             try:
-                with wire.connect(self.hub, timeout_s=10.0, keys=self.keys) as client:
+                with wire.connect(hub, timeout_s=10.0, keys=self.keys) as client:
                     self._ship(client)
             except Exception as exc:  # noqa: BLE001 - best effort: retried (a bug is logged with its traceback)
                 if not isinstance(exc, errors.DcError):
-                    log.exception("events to hub %s failed; retrying", self.hub)
+                    log.exception("events to hub %s failed; retrying", hub)
                 text = f"{type(exc).__name__}: {exc}"
                 if text != self._last_error:
-                    log.warning("events to hub %s: %s; retrying", self.hub, text)
+                    log.warning("events to hub %s: %s; retrying", hub, text)
                     self._last_error = text
             gevent.sleep(self.retry_s)
 
