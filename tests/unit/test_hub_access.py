@@ -5,22 +5,16 @@ which read and admin keys have too; every allowed key may call the
 introspection builtins."""
 from __future__ import annotations
 
-import socket
 
 import pytest
 
 from dcctl import auth, errors, wire
 from tests.hubfakes import FakeFleet, LAYER
+from tests.ports import free_port
 
 ROLES = ("admin", "read", "agent", "router")
 READS = [("container_ls",), ("container_inspect", "acc.web"), ("container_logs", "acc.web"), ("hosts",),
          ("events",), ("hub_info",), ("image_ls",), ("broadcast", "container_ls")]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -30,7 +24,7 @@ def served(tmp_path):
     fleet.hub.create_container("busybox", "acc.web", {"host": "h1"})
     keys_dir = tmp_path / "hub-keys"
     svc = wire.Service(fleet.hub, "dc-hub", keys_dir=str(keys_dir), heartbeat_s=1)
-    endpoint = f"tcp://127.0.0.1:{_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     svc.bind(endpoint)
     svc.start()
     server_pub = auth.ensure_server_pair(str(keys_dir))[0].decode()

@@ -6,7 +6,6 @@ lost or taken twice; indexes past JSON's exact integers are a typed
 refusal; another host's cursor and the fleet's index are untouched."""
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -14,14 +13,9 @@ import pytest
 from dcctl import auth, errors, wire
 from hub import events as fleet_events
 from tests.hubfakes import FakeFleet
+from tests.ports import free_port
 
 HOSTS = ("k1", "k2")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -31,7 +25,7 @@ def served(tmp_path):
     fleet = FakeFleet(tmp_path, {})
     keys_dir = tmp_path / "hub-keys"
     svc = wire.Service(fleet.hub, "dc-hub", keys_dir=str(keys_dir), heartbeat_s=1)
-    endpoint = f"tcp://127.0.0.1:{_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     svc.bind(endpoint)
     svc.start()
     server_pub = auth.ensure_server_pair(str(keys_dir))[0].decode()
@@ -41,7 +35,7 @@ def served(tmp_path):
         key = auth.load_public(pub).decode()
         svc.allowlist.add("agent", name, key)
         fleet.store.bind_key(name, key)
-        fleet.store.upsert_host(name, f"tcp://127.0.0.1:{_port()}", "127.0.0.1", {}, {}, key=key)
+        fleet.store.upsert_host(name, f"tcp://127.0.0.1:{free_port()}", "127.0.0.1", {}, {}, key=key)
         keys[name] = auth.ClientKeys.from_files(sec, server_pub)
     yield fleet, endpoint, keys
     svc.stop()
