@@ -78,6 +78,7 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
     cmd = Command(endpoint=environ.get(HOST_ENV) or DEFAULT_ENDPOINT, key=environ.get(KEY_ENV),
                   server_key=environ.get(SERVER_KEY_ENV))
     i = 0
+    endpoint_given: str | None = None  # the option that gave the endpoint on the command line
     while i < len(argv):
         tok = argv[i]
         i += 1
@@ -98,7 +99,10 @@ def split_argv(argv: list[str], environ: Mapping[str, str]) -> Command:
                 else:
                     inline, i = argv[i], i + 1
             if name == "-H" or (name in ("--host", "--hub") and not cmd.words):
-                cmd.endpoint = inline
+                if endpoint_given is not None:  # a second one silently winning would hide a typo
+                    raise UsageError(f"the endpoint is given twice ({endpoint_given} {cmd.endpoint}, {name} {inline})",
+                                     hint="give one -H/--hub; several hubs go in one value: -H A,B")
+                cmd.endpoint, endpoint_given = inline, name
             elif name == "--timeout":
                 cmd.timeout_s = parse_timeout(inline)
             elif name == "--key":

@@ -37,6 +37,18 @@ def test_split_argv_endpoint_from_env_and_default():
     assert cli.split_argv([], {}).method is None
 
 
+def test_an_endpoint_given_twice_is_a_usage_error_not_the_last_one_silently():
+    for argv in (["-H", "tcp://a:1", "-H", "tcp://b:1", "hub_info"],
+                 ["--hub", "tcp://a:1", "-H", "tcp://b:1", "hub_info"],
+                 ["--hub=tcp://a:1", "--host", "tcp://b:1", "hub_info"]):
+        with pytest.raises(UsageError, match="endpoint is given twice.*tcp://a:1.*tcp://b:1"):
+            cli.split_argv(argv, {})
+    # the environment's is overridden by one given on the command line, and --host after METHOD pins a host
+    cmd = cli.split_argv(["-H", "tcp://a:1", "create_container", "busybox", "x", "--host", "h2"],
+                         {cli.HOST_ENV: "ipc:///e"})
+    assert cmd.endpoint == "tcp://a:1" and cmd.flags == [("host", "h2")]
+
+
 def test_negative_numbers_are_words():
     assert cli.split_argv(["add", "-5", "-0.5"], {}).words == ["-5", "-0.5"]
 
