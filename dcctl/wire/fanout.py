@@ -58,7 +58,8 @@ __all__ = ["Target", "FanoutClient"]
 log = logging.getLogger("dcctl.wire")
 
 _MONITORED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_DISCONNECTED)
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_DISCONNECTED
+              | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECT_RETRIED)
 _HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _ids = itertools.count(1)  # monitor addresses and message ids, unique in this process
@@ -88,12 +89,13 @@ class Target:
 
 
 class _Conn:
-    __slots__ = ("target", "kind", "rid", "refused", "waiting")
+    __slots__ = ("target", "kind", "rid", "refused", "waiting", "up")
 
     def __init__(self, target: Target, kind: str, rid: bytes):
         # kind: the key of its socket in FanoutClient._socks ("plain", "curve", "curve#1"...)
         self.target, self.kind, self.rid, self.refused = target, kind, rid, None
         self.waiting = 0  # calls sent on it and not over
+        self.up = False  # a handshake succeeded on it (so a retried connect is a reconnect)
 
 
 class _Call:
@@ -363,14 +365,30 @@ class FanoutClient:
             conn = self._by_endpoint.get((kind, endpoint))
             if conn is None:
                 continue
-            if msg["event"] & _HANDSHAKE_FAILED:
-                conn.refused = ("the server refused this client's key" if msg["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            event = msg["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                conn.up = True
+                continue
+            if event & _HANDSHAKE_FAILED:
+                conn.refused = ("the server refused this client's key" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                 else "the CURVE handshake failed (wrong server key, or the server is not CURVE)")
                 error: errors.DcError = errors.Unauthorized(f"{endpoint}: {conn.refused}")
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                if conn.up:
+                    continue  # a reconnect after a loss: its calls were failed at the loss
+                # never connected and the connect is being retried: nothing
+                # listens there (a killed server's port or socket file)
+                error = errors.Unreachable(f"no server at {endpoint} (connection refused)")
             else:
                 error = errors.Unreachable(f"lost {endpoint} (its connection closed)")
             for call in [c for c in self._calls.values() if c.conn is conn]:
                 self._finish(call, (False, error))
+            if not event & _HANDSHAKE_FAILED and self._conns.get(conn.target.name) is conn:
+                # a lost or refused connection is made anew by the next call:
+                # a request sent on this one would wait in ZeroMQ's queue for a
+                # reconnect (and reach a restarted server late), so a call
+                # to a server killed since the last fan-out fails at once too
+                self._disconnect(conn.target.name)
 
     def _beat(self) -> None:
         """While calls wait: a heartbeat to each call older than an

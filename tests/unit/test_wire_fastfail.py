@@ -221,3 +221,38 @@ def test_a_create_after_its_hub_died_between_calls_goes_to_the_next_hub(servers)
         assert client.endpoint == second
     finally:
         client.close()
+
+
+def _fan_within(fan, targets) -> dict:
+    """One fan-out of seen_tags with a 60 s call deadline, which must end
+    within DEADLINE_SECONDS (gevent.Timeout otherwise)."""
+    with gevent.Timeout(DEADLINE_SECONDS):
+        return fan.call_many(targets, "seen_tags", timeout_s=60.0)
+
+
+def test_a_fanout_to_a_server_killed_before_or_between_broadcasts_is_unreachable_not_a_timeout(servers, tmp_path):
+    """The hub's fan-out client (broadcasts, fleet views): a host killed
+    after the last broadcast, or before the first (its ipc socket file left
+    behind), is Unreachable in the next one, where its request used to wait
+    in ZeroMQ's queue for a reconnect until the call's deadline (60 s
+    here: each broadcast must end within DEADLINE_SECONDS)."""
+    from dcctl.wire.fanout import FanoutClient, Target
+    eps = [f"ipc://{tmp_path}/fan{i}.sock" for i in range(3)]
+    procs = [servers.start(ep, f"fan{i}") for i, ep in enumerate(eps)]
+    targets = [Target(f"fan{i}", ep) for i, ep in enumerate(eps)]
+    _kill(procs[2])  # before any broadcast: its socket file stays, nothing listens
+    assert os.path.exists(eps[2][len("ipc://"):])
+    fan = FanoutClient(heartbeat_s=HEARTBEAT_SECONDS)
+    try:
+        out = _fan_within(fan, targets)
+        assert out["fan0"] == (True, []) and out["fan1"] == (True, [])
+        assert isinstance(out["fan2"][1], errors.Unreachable), out["fan2"]
+        _kill(procs[1])  # between two broadcasts
+        out = _fan_within(fan, targets)
+        assert out["fan0"] == (True, [])
+        assert not out["fan1"][0] and isinstance(out["fan1"][1], errors.Unreachable), out["fan1"]
+        procs[1] = servers.start(eps[1], "fan1")  # back: the next broadcast reaches it again
+        out = _fan_within(fan, targets)
+        assert out["fan1"] == (True, [])
+    finally:
+        fan.close()
