@@ -160,6 +160,18 @@ class FakeFleet:
         manifest["id"] = manifest_id(manifest)
         return self.registry.receive(manifest, {digest: len(LAYER)}, lambda d, off, n: LAYER[off:off + n])
 
+    def serve_hub_curve(self, keys_dir: str) -> tuple[wire.Service, str, str]:
+        """The hub served over CURVE on a free loopback port, its keys in
+        ``keys_dir``: (the service, its tcp:// endpoint, its public key
+        (Z85)); the caller stops the service."""
+        from dcctl import auth
+        from tests.ports import free_port
+        svc = wire.Service(self.hub, "dc-hub", keys_dir=keys_dir, heartbeat_s=1)
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        svc.bind(endpoint)
+        svc.start()
+        return svc, endpoint, auth.ensure_server_pair(keys_dir)[0].decode()
+
     def close(self) -> None:
         if self._beats is not None:
             self._beats.kill()

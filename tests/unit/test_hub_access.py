@@ -10,7 +10,6 @@ import pytest
 
 from dcctl import auth, errors, wire
 from tests.hubfakes import FakeFleet, LAYER
-from tests.ports import free_port
 
 ROLES = ("admin", "read", "agent", "router")
 READS = [("container_ls",), ("container_inspect", "acc.web"), ("container_logs", "acc.web"), ("hosts",),
@@ -22,12 +21,7 @@ def served(tmp_path):
     fleet = FakeFleet(tmp_path, {"h1": 4})
     manifest = fleet.push_image()
     fleet.hub.create_container("busybox", "acc.web", {"host": "h1"})
-    keys_dir = tmp_path / "hub-keys"
-    svc = wire.Service(fleet.hub, "dc-hub", keys_dir=str(keys_dir), heartbeat_s=1)
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    svc.bind(endpoint)
-    svc.start()
-    server_pub = auth.ensure_server_pair(str(keys_dir))[0].decode()
+    svc, endpoint, server_pub = fleet.serve_hub_curve(str(tmp_path / "hub-keys"))
     keys = {}
     for role in ROLES:
         pub, sec = auth.keygen(str(tmp_path / "clients"), f"acc-{role}")

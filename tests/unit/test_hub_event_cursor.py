@@ -23,12 +23,7 @@ def served(tmp_path):
     """(fleet, endpoint, {host: ClientKeys}): hosts k1 and k2, each bound to
     its own CURVE key, and the hub served over CURVE."""
     fleet = FakeFleet(tmp_path, {})
-    keys_dir = tmp_path / "hub-keys"
-    svc = wire.Service(fleet.hub, "dc-hub", keys_dir=str(keys_dir), heartbeat_s=1)
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    svc.bind(endpoint)
-    svc.start()
-    server_pub = auth.ensure_server_pair(str(keys_dir))[0].decode()
+    svc, endpoint, server_pub = fleet.serve_hub_curve(str(tmp_path / "hub-keys"))
     keys = {}
     for name in HOSTS:
         pub, sec = auth.keygen(str(tmp_path / "clients"), name)
