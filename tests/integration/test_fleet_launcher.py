@@ -343,7 +343,7 @@ def test_kill_and_start_one_host_keeps_its_containers_and_arguments(make_fleet):
 
     k = run_fleet("kill", "host-1", "--prefix", f.prefix, "--json")
     assert k.returncode == 0, k.stderr
-    assert json.loads(k.stdout) == {"host": "host-1", "pid": old, "killed": True}
+    assert json.loads(k.stdout) == {"host": "host-1", "pid": old, "killed": True, "kind": "host"}
     assert not procs.alive(old) and not fleetmod.ping(h1["ipc"], timeout_s=1)
     assert fleetmod.ping(h2["ipc"]) and procs.alive(h2["pid"])  # the other host is untouched
     lxc = subprocess.run(["nsenter", f"--net=/run/netns/{h1['netns']}", "lxc-info", "-P", h1["lxc_path"],
@@ -355,7 +355,8 @@ def test_kill_and_start_one_host_keeps_its_containers_and_arguments(make_fleet):
     s = run_fleet("start", "host-1", "--prefix", f.prefix, "--json")
     assert s.returncode == 0, s.stderr
     out = json.loads(s.stdout)
-    assert out["started"] is True and out["pid"] != old and f.state()["hosts"][0]["pid"] == out["pid"]
+    assert out["started"] is True and out["kind"] == "host" and out["pid"] != old
+    assert f.state()["hosts"][0]["pid"] == out["pid"]
     assert "--label=zone=obs" in [w.decode() for w in procs.cmdline(out["pid"])]
     assert [c["state"] for c in call(h1["ipc"], "container_ls") if c["name"] == name] == ["running"]
     assert json.loads(run_fleet("start", "host-1", "--prefix", f.prefix, "--json").stdout)["started"] is False
