@@ -602,7 +602,7 @@ class EtcdStore(Store):
         self._compacted = time.monotonic()
         #: the last host and container rows read: routing reads while etcd is away
         self._seen_hosts: dict[str, dict] = {}
-        self._seen_containers: dict[str, tuple[int, dict]] = {}  # name -> (mod revision, row) last read
+        self._seen_containers: dict[str, tuple[dict, int]] = {}  # name -> (row, mod revision) last read
         self._seen_routes: list[dict] | None = None
         #: (revision, {key: (record, mod rev)}, {host: (beat, mod rev)}) of the last read: see _read_hosts
         self._hosts_inc: tuple[int, dict, dict] | None = None
@@ -1068,16 +1068,14 @@ class EtcdStore(Store):
         try:
             got = self._row(name)
         except errors.StoreUnavailable:
-            known = [(rev, row) for rev, row in (self._seen_containers.get(name, (0, None)),
-                                                 tuple(reversed(self._ctridx.get(name) or (None, 0))))
-                     if row is not None]
+            known = [k for k in (self._seen_containers.get(name), self._ctridx.get(name)) if k is not None]
             if known:
-                return dict(max(known, key=lambda k: k[0])[1])
+                return dict(max(known, key=lambda k: k[1])[0])  # (row, mod revision): the newer
             raise
         if got is None:
             self._seen_containers.pop(name, None)
             raise errors.NoSuchContainer(f"no container {name!r} in the fleet")
-        self._seen_containers[name] = (got[1], got[0])
+        self._seen_containers[name] = got
         return dict(got[0])
 
     def containers(self, host: str | None = None) -> list[dict]:
@@ -1087,7 +1085,7 @@ class EtcdStore(Store):
         found = self.etcd.range(self._k("containers", ""))
         rows = [v for _, v, _ in found]
         if host is None:
-            self._seen_containers = {v["name"]: (rev, v) for _, v, rev in found}
+            self._seen_containers = {v["name"]: (v, rev) for _, v, rev in found}
             return rows
         return [r for r in rows if r["host"] == host]
 
