@@ -4,17 +4,20 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import subprocess
 from typing import Iterator
 
 import pytest
 
 from dcctl import errors, wire
 from ops import fleet as fleetmod
+from ops.fleetlib.etcd import ETCD_BINARY
 from tests.waiting import wait_for
 
 MiB = 1 << 20
 RESERVABLE = 1024 * MiB
 HEARTBEAT_S = 1.0
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @contextlib.contextmanager
@@ -30,6 +33,27 @@ def local_fleet(head: str, hosts: int, second_octet: int, **up_args) -> Iterator
     state = fleetmod.up(prefix, hosts, fleetmod.free_subnet(second_octet), **up_args)
     try:
         yield state
+    finally:
+        left = fleetmod.down(prefix)
+        assert not left, left
+
+
+@contextlib.contextmanager
+def cli_etcd_fleet(head: str, second_octet: int) -> Iterator[tuple[str, subprocess.CompletedProcess]]:
+    """``ops/fleet up 3 --store etcd --hubs 2`` run as an operator runs it
+    (the command line, its printed exports and ``hub`` lines kept for the
+    test), on a free 10.<second_octet>.x.0/24, prefix ``head`` + 4 hex
+    digits: yields (prefix, the finished command); always brought down
+    (and checked to leave nothing) after.  Skips without root or etcd."""
+    if os.geteuid() != 0 or not os.path.exists(ETCD_BINARY):
+        pytest.skip("needs root, LXC, network namespaces and etcd-server")
+    prefix = head + secrets.token_hex(2)
+    up = subprocess.run([os.path.join(REPO, "ops", "fleet"), "up", "3", "--prefix", prefix, "--fleet-subnet",
+                         fleetmod.free_subnet(second_octet), "--store", "etcd", "--hubs", "2"], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+    try:
+        assert up.returncode == 0, up.stderr
+        yield prefix, up
     finally:
         left = fleetmod.down(prefix)
         assert not left, left

@@ -9,17 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import signal
 import subprocess
 import time
 from collections import Counter
 
-import pytest
-
 from dcctl import errors
 from ops import fleet as fleetmod
-from ops.fleetlib.etcd import ETCD_BINARY
+from tests.fleet.conftest import cli_etcd_fleet
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CREATES = 20
@@ -40,14 +37,7 @@ def _json(env: dict, *args: str):
 
 
 def test_creates_across_a_leader_killed_succeed_once_or_fail_typed(tmp_path):
-    if os.geteuid() != 0 or not os.path.exists(ETCD_BINARY):
-        pytest.skip("needs root, LXC, network namespaces and etcd-server")
-    prefix = "ffl" + secrets.token_hex(2)
-    up = subprocess.run([os.path.join(REPO, "ops", "fleet"), "up", "3", "--prefix", prefix, "--fleet-subnet",
-                         fleetmod.free_subnet(232), "--store", "etcd", "--hubs", "2"], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
-    try:
-        assert up.returncode == 0, up.stderr
+    with cli_etcd_fleet("ffl", 232) as (prefix, up):
         host_list = re.findall(r"^export DCCTL_HOST=(\S+)$", up.stdout, re.M)[0]
         hubs = re.findall(r"^hub (\S+) (\d+) (\S+)$", up.stdout, re.M)
         env = {**os.environ, "DCCTL_HOST": host_list}
@@ -84,6 +74,3 @@ def test_creates_across_a_leader_killed_succeed_once_or_fail_typed(tmp_path):
             assert fleetmod.kill_host(prefix, host)["killed"]
             out = _dcctl(env, "container_inspect", victim["name"], timeout_s=120)
             assert out.returncode != 0 and "Unreachable" in out.stderr, out.stdout + out.stderr
-    finally:
-        left = fleetmod.down(prefix)
-        assert not left, left

@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import subprocess
 import time
 
-import pytest
-
 from dcctl import errors, procs
 from ops import fleet as fleetmod
-from ops.fleetlib.etcd import ETCD_BINARY
+from tests.fleet.conftest import cli_etcd_fleet
 from tests.ocikit import make_umoci_image, need_tools, run
 from tests.waiting import wait_for
 
@@ -37,14 +34,7 @@ def _dcctl(env: dict, *args: str, timeout_s: float = 300) -> dict:
 
 
 def test_two_hubs_on_etcd_survive_the_leader_killed(tmp_path):
-    if os.geteuid() != 0 or not os.path.exists(ETCD_BINARY):
-        pytest.skip("needs root, LXC, network namespaces and etcd-server")
-    prefix = "etc" + secrets.token_hex(2)
-    up = subprocess.run([os.path.join(REPO, "ops", "fleet"), "up", "3", "--prefix", prefix, "--fleet-subnet",
-                         fleetmod.free_subnet(214), "--store", "etcd", "--hubs", "2"], cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
-    try:
-        assert up.returncode == 0, up.stderr
+    with cli_etcd_fleet("etc", 214) as (prefix, up):
         exports = re.findall(r"^export DCCTL_HOST=(\S+)$", up.stdout, re.M)
         hubs = re.findall(r"^hub (\S+) (\d+) (\S+)$", up.stdout, re.M)
         assert len(exports) == 1 and [h[0] for h in hubs] == ["hub-1", "hub-2"]
@@ -110,7 +100,4 @@ def test_two_hubs_on_etcd_survive_the_leader_killed(tmp_path):
                  "creates again once etcd is back", ignore=(errors.DcError, AssertionError, json.JSONDecodeError))
         bad = subprocess.run(fleet + ["kill", "hub-9", "--prefix", prefix], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1 and "no hub 'hub-9'" in bad.stderr and "hub-1, hub-2" in bad.stderr, bad
-    finally:
-        left = fleetmod.down(prefix)
-        assert not left, left
     assert not subprocess.run(["pgrep", "-f", f"{fleetmod.paths(prefix)['state']}/etcd"]).returncode == 0
