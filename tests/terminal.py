@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 import pty
-import select
 import subprocess
 import time
+
+from tests.fdkit import readable
 
 #: ``ESC [ 6 n``: busybox's line editor asks where the cursor is and reads the
 #: terminal's answer (``ESC [ row ; col R``) from its input before the next line.
@@ -33,8 +34,7 @@ def run_in_pty(argv: list[str], env: dict, keystrokes: list[bytes], timeout_s: f
     quiet_since = time.monotonic()
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
+            if readable(master, 0.1):
                 try:
                     data = os.read(master, 65536)
                 except OSError:

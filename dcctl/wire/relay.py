@@ -14,7 +14,12 @@ that is not a non-empty msgpack list is read as ``["bad"]``.
 from __future__ import annotations
 
 import os
+import select
+import time
 from typing import Any, Iterable
+
+import gevent.select
+from gevent.monkey import get_original
 
 import msgpack
 import zmq
@@ -26,6 +31,8 @@ from dcctl.wire.endpoint import parse_endpoint
 __all__ = ["BAD", "Channel"]
 
 #: What recv returns for a frame that is not a non-empty msgpack list.
+_poll_now = get_original("select", "poll")  # poll(2) itself, even where select is monkey-patched
+
 BAD = ["bad"]
 
 
@@ -57,7 +64,7 @@ class Channel:
         if cls._green_context is None:
             Channel._green_context = zmq.green.Context()
         sock = cls._green_context.socket(zmq.PAIR)
-        chan = cls(sock, zmq.green.Poller, max_frame_bytes)
+        chan = cls(sock, None, max_frame_bytes)
         try:
             sock.setsockopt(zmq.LINGER, linger_ms)
             sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
@@ -109,7 +116,7 @@ class Channel:
         """The next message, waiting up to ``timeout_s`` seconds; None when
         none came; BAD for a frame that is not a non-empty msgpack list
         (or is over the bound end's max_frame_bytes)."""
-        if not self._sock.poll(int(timeout_s * 1000)):
+        if not self.wait((), timeout_s)[0]:
             return None
         frame = self._sock.recv()
         if self._max_frame_bytes is not None and len(frame) > self._max_frame_bytes:
@@ -122,13 +129,37 @@ class Channel:
 
     def wait(self, fds: Iterable[int], timeout_s: float) -> tuple[bool, set[int]]:
         """Wait up to ``timeout_s`` for a message or for one of ``fds`` to
-        be readable: (a message is waiting, the readable fds)."""
-        poller = self._poller_cls()
-        poller.register(self._sock, zmq.POLLIN)
-        for fd in fds:
-            poller.register(fd, zmq.POLLIN)
-        events = dict(poller.poll(int(timeout_s * 1000)))
-        return self._sock in events, {fd for fd in events if isinstance(fd, int)}
+        be readable: (a message is waiting, the readable fds).
+
+        Never select(2): the agent (the bound, green end) may hold file
+        descriptors past FD_SETSIZE (1024), where select() fails with
+        ValueError, and so may dcctl's caller.  The connected end uses
+        zmq_poll (poll(2) inside libzmq); the green end waits in gevent's
+        poll (a libev watcher per fd) on the socket's ZMQ_FD, checking
+        ZMQ_EVENTS each time it signals (its edge-triggered contract)."""
+        fds = list(fds)
+        if self._poller_cls is not None:
+            poller = self._poller_cls()
+            poller.register(self._sock, zmq.POLLIN)
+            for fd in fds:
+                poller.register(fd, zmq.POLLIN)
+            events = dict(poller.poll(int(timeout_s * 1000)))
+            return self._sock in events, {fd for fd in events if isinstance(fd, int)}
+        signal_fd = self._sock.getsockopt(zmq.FD)
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        while True:
+            now = _poll_now()  # poll(2) with no wait: what is ready already
+            for fd in fds:
+                now.register(fd, select.POLLIN)
+            ready = {fd for fd, _ in now.poll(0)}
+            waiting = bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+            left_s = deadline - time.monotonic()
+            if waiting or ready or left_s <= 0:
+                return waiting, ready
+            green = gevent.select.poll()  # yields to other greenlets until something signals
+            for fd in (signal_fd, *fds):
+                green.register(fd, gevent.select.POLLIN)
+            green.poll(left_s * 1000)
 
     def close(self) -> None:
         """Close the socket (pending messages get the linger given)."""

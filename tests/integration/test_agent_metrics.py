@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dcctl import errors
+from tests.fdkit import readable
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lxc
@@ -124,7 +124,7 @@ def test_dcctl_stats_snapshot_and_live_table(agent_factory):
     try:
         deadline = time.monotonic() + 180
         while seen.count(b"st.busy") < 2 and time.monotonic() < deadline:
-            if select.select([master], [], [], 1)[0]:
+            if readable(master, 1):
                 try:
                     seen += os.read(master, 65536)
                 except OSError:

@@ -414,3 +414,28 @@ def test_a_second_hub_with_a_running_hubs_name_is_refused_and_the_first_stays_a_
         assert _wait(again.is_leader)
         again.close()
         first.close()
+
+
+def test_a_hub_past_1024_fds_keeps_one_connection_to_etcd(tmp_path):
+    """A hub of 1,000 hosts holds 2,000 descriptors: its check that etcd
+    did not close the kept connection must not use select(2), whose
+    ValueError past FD_SETSIZE made every request open a new connection."""
+    import psutil
+    from hub.store.etcd import _KeptSession
+    from tests.fdkit import fds_past_select_limit
+
+    with running_etcd(str(tmp_path)) as server, fds_past_select_limit():
+        port = int(server.url.rsplit(":", 1)[1])
+        session = _KeptSession("127.0.0.1", port)
+
+        def local_ports():
+            return {c.laddr.port for c in psutil.Process().net_connections("tcp")
+                    if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED}
+
+        seen = []
+        for _ in range(3):
+            answer = session.post(f"{server.url}/v3/kv/range", json={"key": "eA=="}, timeout=5)
+            assert answer.status_code == 200
+            seen.append(local_ports())
+        session._close()
+        assert len(seen[0]) == 1 and seen[0] == seen[1] == seen[2]

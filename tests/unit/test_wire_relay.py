@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import stat
 
+import gevent
 import msgpack
 import pytest
 import zmq
 
 from dcctl import auth, errors
 from dcctl.wire.relay import BAD, Channel
+from tests.fdkit import FD_SETSIZE, fds_past_select_limit
 
 
 def test_a_session_over_ipc_carries_lists_both_ways(tmp_path):
@@ -33,6 +35,35 @@ def test_a_session_over_ipc_carries_lists_both_ways(tmp_path):
     finally:
         client.close()
         server.close()
+
+
+def test_both_ends_work_in_a_process_past_1024_fds_and_the_green_end_yields_while_it_waits(tmp_path):
+    """select(2) fails past FD_SETSIZE: the agent's end (green) and dcctl's
+    end (blocking, with a terminal fd) must wait some other way."""
+    with fds_past_select_limit():
+        server = Channel.bind(f"ipc://{tmp_path}/enter.sock", max_frame_bytes=1 << 10)
+        client = Channel.connect(f"ipc://{tmp_path}/enter.sock")
+        r, w = os.pipe()
+        try:
+            assert r > FD_SETSIZE
+            ticks = []
+            ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(20)])
+            assert server.recv(0.3) is None  # a wait that lets other greenlets run
+            assert len(ticks) >= 5
+            ticker.kill()
+            client.send("hello", "token", 24, 80)
+            assert server.recv(5) == ["hello", "token", 24, 80]
+            assert server.recv(0) is None
+            server.send("out", b"x")
+            assert client.wait([r], 5) == (True, set())  # zmq_poll with a terminal fd past 1024
+            assert client.recv(0) == ["out", b"x"]
+            os.write(w, b"x")
+            assert client.wait([r], 5) == (False, {r})
+            assert server.wait([r], 5) == (False, {r})  # the green end watches fds too
+        finally:
+            os.close(r), os.close(w)
+            client.close()
+            server.close()
 
 
 def test_frames_that_are_not_a_list_or_too_big_read_as_bad(tmp_path):
