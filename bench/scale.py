@@ -51,7 +51,7 @@ from bench import _common  # noqa: E402
 from bench._common import percentiles, wait_for  # noqa: E402
 from bench.hollow import host_name  # noqa: E402
 from dcctl import errors, wire  # noqa: E402
-from dcctl.wire.server import ipc_listening  # noqa: E402
+from dcctl.wire.ipcpath import ipc_listening  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REGISTERED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ INFO host (\S+) registered at ")

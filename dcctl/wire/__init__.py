@@ -8,7 +8,8 @@ Modules, by concern:
                   checks), ``method_table``, ``check_result`` (result checks)
     codec         what a message may carry (``wire_problem``, integer range,
                   request size) and tolerant decoding
-    server        ``Service``, its callers (``current_caller``), ``claim_ipc_path``
+    server        ``Service``, its callers (``current_caller``)
+    ipcpath       ipc:// paths: ``ipc_listening``, ``claim_ipc_path``
     client        ``RpcClient``, ``connect``; remote error names -> dcctl.errors
     fanout        ``FanoutClient``: one request to many servers over shared
                   ROUTER sockets (the hub's broadcast)
@@ -39,12 +40,12 @@ _EXPORTS = {
     "MAX_REQUEST_BYTES": "codec", "MAX_RESULT_BYTES": "codec", "MAX_NESTING": "codec", "MAX_VALUES": "codec",
     "WIRE_INT_MIN": "codec", "WIRE_INT_MAX": "codec", "wire_problem": "codec", "check_wire_ints": "codec",
     "DEFAULT_HEARTBEAT_SECONDS": "server", "Caller": "server", "current_caller": "server", "Service": "server",
-    "claim_ipc_path": "server",
+    "claim_ipc_path": "ipcpath",
     "DEFAULT_TIMEOUT_SECONDS": "client", "RpcClient": "client", "connect": "client",
     "ZERORPC_NOISE": "zrpc", "ZerorpcNoiseFilter": "zrpc", "quiet_zerorpc_noise": "zrpc",
 }
-_SUBMODULES = ("client", "clientconfig", "codec", "coerce", "endpoint", "fanout", "methods", "refs", "relay",
-               "server", "zrpc")
+_SUBMODULES = ("client", "clientconfig", "codec", "coerce", "endpoint", "fanout", "ipcpath", "methods", "refs",
+               "relay", "server", "zrpc")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

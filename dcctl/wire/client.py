@@ -25,7 +25,8 @@ from dcctl import auth, errors
 from dcctl.wire import codec, zrpc
 from dcctl.wire.endpoint import parse_endpoint
 from dcctl.wire.failover import IDEMPOTENT
-from dcctl.wire.server import DEFAULT_HEARTBEAT_SECONDS, ipc_listening
+from dcctl.wire.ipcpath import ipc_listening
+from dcctl.wire.server import DEFAULT_HEARTBEAT_SECONDS
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "RpcClient", "StreamIter", "connect"]
 

@@ -51,7 +51,8 @@ from dcctl import errors
 from dcctl.wire import codec, zrpc, zrpcfast
 from dcctl.wire.client import remote_error
 from dcctl.wire.endpoint import parse_endpoint
-from dcctl.wire.server import DEFAULT_HEARTBEAT_SECONDS, ipc_listening
+from dcctl.wire.ipcpath import ipc_listening
+from dcctl.wire.server import DEFAULT_HEARTBEAT_SECONDS
 
 __all__ = ["Target", "FanoutClient"]
 

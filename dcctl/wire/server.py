@@ -12,7 +12,7 @@ decoded tolerantly (dcctl.wire.codec): any request with a message id that
 cannot be served (non-string map keys, invalid UTF-8, extension types,
 nesting past MAX_NESTING, a broken tail) is answered with
 ``InvalidArgument``; garbage without a message id is logged and dropped,
-and the server goes on.  ``claim_ipc_path`` keeps a second server off a
+and the server goes on.  ``claim_ipc_path`` (dcctl.wire.ipcpath) keeps a second server off a
 live local endpoint.
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import time
 import uuid
 from typing import Any, Callable
@@ -31,15 +30,17 @@ from dcctl import auth, errors
 from dcctl.wire import codec, zrpc
 from dcctl.wire.codec import MAX_REQUEST_BYTES
 from dcctl.wire.endpoint import parse_endpoint
+from dcctl.wire.ipcpath import claim_ipc_path, ipc_listening
 from dcctl.wire.methods import MethodSpec, check_result, method_table
 
-__all__ = ["DEFAULT_HEARTBEAT_SECONDS", "Caller", "current_caller", "Service", "claim_ipc_path", "ipc_listening",
+__all__ = ["DEFAULT_HEARTBEAT_SECONDS", "Caller", "current_caller", "Service",
            "describe_failure"]
 
 log = logging.getLogger("dcctl.wire")
 
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 #: how long Service.stop waits for its ipc:// paths to stop listening
+CLOSE_LINGER_MS = 1000  # a stopped server's sockets send what they still hold for at most this
 IPC_FREE_SECONDS = 2.0
 
 
@@ -140,6 +141,7 @@ class Service:
                                      else zrpc.rep(wrapped))
         self._functors.update(self._builtins())
         self._servers: dict[str, zrpc.Server] = {}  # "local", "curve", "insecure"
+        self._contexts: dict[str, zrpc.Context] = {}  # each server's own, terminated by stop
         self._zap: auth.ZapHandler | None = None
         self._tasks: list[gevent.Greenlet] = []
         #: ``observer(method, outcome, seconds)`` after each served call
@@ -288,22 +290,25 @@ class Service:
     # -- lifecycle
     def _server(self, kind: str) -> zrpc.Server:
         server = self._servers.get(kind)
-        if server is None:
-            ctx = zrpc.Context()  # our own: its ZAP handler and middleware
-            ctx.register_middleware(_CallerMiddleware())
-            server = zrpc.Server(self._functors, name=self.name, heartbeat=self._heartbeat_s, context=ctx,
-                                 describe=describe_failure)
-            zrpc.set_max_message_bytes(server, MAX_REQUEST_BYTES)
-            if kind == "curve":
-                if self.keys_dir is None:
-                    raise errors.InvalidArgument("a tcp:// endpoint needs CURVE keys (keys_dir)",
-                                                 hint="or bind it insecure, on loopback only")
-                public, secret = auth.ensure_server_pair(self.keys_dir)
-                self._zap = auth.ZapHandler(ctx, self.allowlist)
-                zrpc.set_server_curve(server, public, secret)
-            _tag_callers(server, curve=(kind == "curve"),
-                         allowed=(lambda key: self.allowlist is not None and self.allowlist.lookup(key) is not None))
-            self._servers[kind] = server
+        if server is not None:
+            return server
+        if kind == "curve" and self.keys_dir is None:
+            raise errors.InvalidArgument("a tcp:// endpoint needs CURVE keys (keys_dir)",
+                                         hint="or bind it insecure, on loopback only")
+        ctx = zrpc.Context()  # our own: its ZAP handler and middleware
+        ctx.linger = CLOSE_LINGER_MS  # each socket made on it: what stop's close may still send
+        self._contexts[kind] = ctx
+        ctx.register_middleware(_CallerMiddleware())
+        server = zrpc.Server(self._functors, name=self.name, heartbeat=self._heartbeat_s, context=ctx,
+                             describe=describe_failure)
+        self._servers[kind] = server  # from here stop closes it, whatever fails next
+        zrpc.set_max_message_bytes(server, MAX_REQUEST_BYTES)
+        if kind == "curve":
+            public, secret = auth.ensure_server_pair(self.keys_dir)
+            self._zap = auth.ZapHandler(ctx, self.allowlist)
+            zrpc.set_server_curve(server, public, secret)
+        _tag_callers(server, curve=(kind == "curve"),
+                     allowed=(lambda key: self.allowlist is not None and self.allowlist.lookup(key) is not None))
         return server
 
     def bind(self, endpoint: str, *, insecure: bool = False) -> None:
@@ -356,40 +361,16 @@ class Service:
             srv.close()
         if self._zap is not None:
             self._zap.close()
+        for ctx in self._contexts.values():  # each server's own: an I/O thread and 5 descriptors
+            # zmq_ctx_term waits for the closed sockets' last messages (at
+            # most their linger): in a thread, so no other greenlet waits
+            gevent.get_hub().threadpool.spawn(ctx.term).wait(timeout=CLOSE_LINGER_MS / 1000 + 1)
+        self._contexts = {}
         deadline = time.monotonic() + free_timeout_s
         for path in self._ipc_paths:
             while os.path.exists(path) and ipc_listening(path) and time.monotonic() < deadline:
                 gevent.sleep(0.005)
         self._ipc_paths = ()
-
-
-def ipc_listening(path: str) -> bool:
-    """Whether anything accepts connections on the unix socket ``path``."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def claim_ipc_path(path: str) -> None:
-    """Make ``path`` free for a new ipc socket: a stale socket file (no one
-    accepts on it) is removed; a live one is refused, so a second server can
-    never silently take over another's local endpoint.
-
-    Raises: Conflict."""
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        return
-    if not ipc_listening(path):
-        os.unlink(path)  # stale: its server is gone
-        return
-    raise errors.Conflict(f"ipc://{path} is in use by another running server",
-                          hint="stop it, or give this one another --listen path")
 
 
 def _tag_callers(server: zrpc.Server, curve: bool, allowed: Callable[[str], bool]) -> None:

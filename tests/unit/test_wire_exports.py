@@ -17,7 +17,8 @@ EXPORTED = [
     "WIRE_INT_MIN", "ZERORPC_NOISE", "ZerorpcNoiseFilter", "check_result", "check_wire_ints", "claim_ipc_path",
     "connect", "current_caller", "expose", "ipc_endpoint", "method_table", "parse_endpoint",
     "quiet_zerorpc_noise", "tcp_endpoint", "validate_endpoint", "wire_problem",
-    "client", "clientconfig", "codec", "coerce", "endpoint", "fanout", "methods", "refs", "relay", "server", "zrpc",
+    "client", "clientconfig", "codec", "coerce", "endpoint", "fanout", "ipcpath", "methods", "refs", "relay", "server",
+    "zrpc",
 ]
 
 
