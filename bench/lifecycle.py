@@ -20,7 +20,9 @@ references (see step_costs).
 Each run measures api and raw at 1 and at ``--workers`` workers, in alternating turns of ``--slice``
 cycles per worker (api, raw, api, ...), so a load that changes during the run (other test runs on the
 machine) weighs on both alike; with ``--repeat`` N > 1 a last line per worker count gives the median
-ratio of the N runs and its spread.
+ratio of the N runs and its spread.  Each side's line also gives the whole machine's busy CPU per
+container in its turns (/proc/stat, so the kernel's share and its kworkers count) and the rate that
+cost allows with every CPU busy: the ceiling of that side on this machine.
 The agent is named by ``--prefix`` (``dct`` + 6 hex, as the tests' agents:
 bridge PREFIX, root /tmp/dct-...); it, its containers and the raw ones are
 gone when this exits, also after SIGTERM or SIGINT.
@@ -86,18 +88,29 @@ def make_raw_base(agent: AgentProcess, lxcpath: str) -> None:
                 f"lxc.net.0.type = veth\nlxc.net.0.link = {agent.bridge}\nlxc.net.0.flags = up\n")
 
 
-def _turn(label: str, cycle, first: int, count: int, workers: int, run: int) -> float:
+def _turn(label: str, cycle, first: int, count: int, workers: int, run: int) -> tuple[float, float]:
     """Cycles ``first`` .. ``first + count - 1`` over ``workers`` greenlets;
-    returns the seconds they took."""
+    returns (the seconds they took, the machine's busy CPU seconds meanwhile)."""
     counter = iter(range(first, first + count))
 
     def worker(w: int) -> None:
         for i in counter:
             cycle(w, f"b{label[0]}{run}r{w}x{i}")
 
-    started = time.monotonic()
+    started, busy = time.monotonic(), machine_busy_s()
     gevent.joinall([gevent.spawn(worker, w) for w in range(workers)], raise_error=True)
-    return time.monotonic() - started
+    return time.monotonic() - started, machine_busy_s() - busy
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy since boot, all CPUs
+    summed (/proc/stat's first line: user, nice, system, irq, softirq,
+    steal; not idle or iowait): it counts the kernel's work for a
+    container (namespaces, mounts, veths, its teardown in kworkers) that
+    no process's rusage shows."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_pair(api_cycle_fn, raw_cycle_fn, cycles: int, workers: int, slice_cycles: int,
@@ -107,16 +120,23 @@ def measure_pair(api_cycle_fn, raw_cycle_fn, cycles: int, workers: int, slice_cy
     that changes during the run weighs on both alike; prints a line per
     side and returns (api, raw) containers/min."""
     spent = {"api": 0.0, "raw": 0.0}
+    busy = {"api": 0.0, "raw": 0.0}
     done = 0
     while done < cycles:
         n = min(slice_cycles, cycles - done)
-        spent["api"] += _turn("api", api_cycle_fn, done, n, workers, run)
-        spent["raw"] += _turn("raw", raw_cycle_fn, done, n, workers, run)
+        for label, fn in (("api", api_cycle_fn), ("raw", raw_cycle_fn)):
+            elapsed, cpu = _turn(label, fn, done, n, workers, run)
+            spent[label] += elapsed
+            busy[label] += cpu
         done += n
     rates = {}
+    ncpu = os.cpu_count() or 1
     for label, elapsed in spent.items():
         rates[label] = cycles / elapsed * 60
-        print(f"  {label:4s} workers={workers}: {cycles} cycles in {elapsed:6.2f} s = {rates[label]:7.1f} containers/min")
+        per = busy[label] / cycles
+        print(f"  {label:4s} workers={workers}: {cycles} cycles in {elapsed:6.2f} s = {rates[label]:7.1f} containers/min;"
+              f" machine CPU {per * 1000:6.1f} ms per container ({busy[label] / elapsed / ncpu:4.0%} of {ncpu} CPUs busy),"
+              f" at most {ncpu * 60 / per if per else 0:7.1f}/min at that cost")
     return rates["api"], rates["raw"]
 
 

@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.lxc, pytest.mark.timeout(300)]
 
 # bench -> (figure line patterns, each with how many lines must match)
 FIGURES = {
-    "lifecycle": [(r"^  (api|raw) +workers=\d+: 2 cycles in +[\d.]+ s = +[\d.]+ containers/min$", 4),
+    "lifecycle": [(r"^  (api|raw) +workers=\d+: 2 cycles in +[\d.]+ s = +[\d.]+ containers/min; machine CPU +[\d.]+ ms "
+                   r"per container \( *\d+% of \d+ CPUs busy\), at most +[\d.]+/min at that cost$", 4),
                   (r"^  ratio api/raw at \d worker\(s\): [\d.]+x$", 2),
                   (r"^agent RSS idle: [\d.]+ MiB$", 1),
                   (r"^agent RSS with 2 running containers: [\d.]+ MiB$", 1),
