@@ -231,9 +231,11 @@ def test_agent_killed_and_restarted_during_creates_never_stalls_them(hub, fleet,
     outcome: dict[str, str] = {}
 
     def create(i):
+        # half pinned to the victim, so creates are surely in flight to it when it is killed (spread
+        # alone placed all twelve elsewhere in one suite run); the others are placed as spread likes
+        options = {"no_start": True, **({"host": victim["name"]} if i % 2 == 0 else {})}
         try:
-            outcome[f"restart.{i}"] = clients[i].call("create_container", image, f"restart.{i}",
-                                                           {"no_start": True})["host"]
+            outcome[f"restart.{i}"] = clients[i].call("create_container", image, f"restart.{i}", options)["host"]
         except errors.DcError as exc:
             outcome[f"restart.{i}"] = f"{type(exc).__name__}: {exc}"
 
