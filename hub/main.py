@@ -25,7 +25,7 @@ import sys
 
 import gevent
 
-from dcctl import auth, errors, validate
+from dcctl import auth, errors, procs, validate
 from dcctl.wire import Service, parse_endpoint, validate_endpoint
 from hub import routes
 from hub.heartbeats import DEFAULT_FLUSH_SECONDS
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log.info("open files limit %d (hard %d)", *procs.raise_open_files_limit())  # 2 per host connected
     try:
         service, hub = build(args)
     except errors.DcError as exc:
