@@ -362,9 +362,10 @@ class Service:
         if self._zap is not None:
             self._zap.close()
         for ctx in self._contexts.values():  # each server's own: an I/O thread and 5 descriptors
-            # zmq_ctx_term waits for the closed sockets' last messages (at
-            # most their linger): in a thread, so no other greenlet waits
-            gevent.get_hub().threadpool.spawn(ctx.term).wait(timeout=CLOSE_LINGER_MS / 1000 + 1)
+            # zmq_ctx_term waits for the closed sockets' last messages, at most
+            # their linger; here, not in gevent's thread pool, whose worker
+            # threads each open a loop's descriptors and close them when idle
+            ctx.term()
         self._contexts = {}
         deadline = time.monotonic() + free_timeout_s
         for path in self._ipc_paths:
