@@ -39,8 +39,9 @@ __all__ = ["DEFAULT_HEARTBEAT_SECONDS", "Caller", "current_caller", "Service",
 log = logging.getLogger("dcctl.wire")
 
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+#: how long a stopped server's sockets go on sending what they still hold
+CLOSE_LINGER_MS = 1000
 #: how long Service.stop waits for its ipc:// paths to stop listening
-CLOSE_LINGER_MS = 1000  # a stopped server's sockets send what they still hold for at most this
 IPC_FREE_SECONDS = 2.0
 
 
