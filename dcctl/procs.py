@@ -5,6 +5,7 @@ processes by their command line; and a process's own open-files limit
 from __future__ import annotations
 
 import os
+import resource
 from typing import Iterator
 
 __all__ = ["cmdline", "alive", "processes", "pids_with", "raise_open_files_limit"]
@@ -60,8 +61,6 @@ def raise_open_files_limit() -> tuple[int, int]:
     Returns: (soft, hard) as they are now.  Never raises (raising the
     soft limit up to the hard one needs no privilege; a failure leaves
     it as it was)."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import select
 
 FD_SETSIZE = 1024
 
@@ -35,8 +36,6 @@ def fds_past_select_limit(past: int = FD_SETSIZE + 64):
 def readable(fd: int, timeout_s: float) -> bool:
     """True when ``fd`` is readable within ``timeout_s``: poll(2), which
     takes any descriptor (select(2) refuses one past FD_SETSIZE)."""
-    import select
-
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(timeout_s * 1000))

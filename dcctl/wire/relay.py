@@ -19,7 +19,6 @@ import time
 from typing import Any, Iterable
 
 import gevent.select
-from gevent.monkey import get_original
 
 import msgpack
 import zmq
@@ -31,7 +30,6 @@ from dcctl.wire.endpoint import parse_endpoint
 __all__ = ["BAD", "Channel"]
 
 #: What recv returns for a frame that is not a non-empty msgpack list.
-_poll_now = get_original("select", "poll")  # poll(2) itself, even where select is monkey-patched
 
 BAD = ["bad"]
 
@@ -148,7 +146,7 @@ class Channel:
         signal_fd = self._sock.getsockopt(zmq.FD)
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
-            now = _poll_now()  # poll(2) with no wait: what is ready already
+            now = select.poll()  # poll(2) with no wait: what is ready already
             for fd in fds:
                 now.register(fd, select.POLLIN)
             ready = {fd for fd, _ in now.poll(0)}

@@ -356,7 +356,10 @@ class Service:
         libzmq closes a listener in its I/O thread after close() returns,
         and removes the socket file then: a server bound again at once found
         the path still listening (Conflict), and one that took the path over
-        could lose its new socket file to the old listener's clean-up."""
+        could lose its new socket file to the old listener's clean-up.
+        Each server's ZeroMQ context is then terminated (zmq_ctx_term): its
+        I/O thread and descriptors go; that blocks the process for at most
+        CLOSE_LINGER_MS while the closed sockets still send what they hold."""
         for srv in self._servers.values():
             srv.stop()
             srv.close()

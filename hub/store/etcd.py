@@ -80,7 +80,6 @@ import gevent.event
 import gevent.socket
 import gevent.lock
 import requests
-from gevent.monkey import get_original
 
 from dcctl import errors
 from hub.store.base import Chooser, Store
@@ -126,7 +125,6 @@ def _own_rows(rows: list[dict]) -> list[dict]:
     return [{**r, "labels": dict(r.get("labels") or {}), "capacity": dict(r.get("capacity") or {})} for r in rows]
 
 
-_poll_now = get_original("select", "poll")  # poll(2) itself, even where select is monkey-patched
 IDLE_RECONNECT_SECONDS = 5.0  # a kept connection idle longer is replaced before the next request
 
 
@@ -173,7 +171,7 @@ class _KeptSession:
         not select(2): a hub of 1,000 hosts holds 2,000 file descriptors,
         and select() refuses one past FD_SETSIZE (1024) with ValueError,
         which made every request open a new connection."""
-        poller = _poll_now()
+        poller = select.poll()
         poller.register(self._sock.fileno(), select.POLLIN)
         try:
             return bool(poller.poll(0))
