@@ -79,6 +79,10 @@ class AgentConfig:
     # one; "off" serves none.  A local fleet gives each agent its namespace
     # address.
     metrics_listen: str = ""
+    # ops_cleanup (about once a minute) removes LXC cgroups that hold no
+    # process and are at least this old, seconds: those of monitors that
+    # died without their teardown (lxcwrap.cgroup.remove_stale_lxc_cgroups).
+    stale_cgroup_age_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.lxc_path:
@@ -126,6 +130,8 @@ class AgentConfig:
             host, _, port = self.metrics_listen.rpartition(":")
             if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise InvalidArgument(f"metrics_listen: {self.metrics_listen!r} is not ADDR:PORT (or off)")
+        if not 1.0 <= self.stale_cgroup_age_s <= 86400.0:
+            raise InvalidArgument(f"stale_cgroup_age_s: {self.stale_cgroup_age_s} is not within 1..86400 s")
         for path in (self.state_dir, self.lxc_path, self.log_dir):
             if not os.path.isabs(path):
                 raise InvalidArgument(f"{path!r} must be an absolute path")
@@ -167,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-max-size-bytes", type=int, help="rotate a container's log at this size")
     p.add_argument("--log-max-files", type=int, help="log files kept per container (with the current one)")
     p.add_argument("--metrics-listen", help="ADDR:PORT of the Prometheus endpoint (default 127.0.0.1:9323; off)")
+    p.add_argument("--stale-cgroup-age-s", type=float,
+                   help="ops_cleanup removes empty LXC cgroups at least this old (default 60)")
     p.add_argument("--hollow", action="store_true", default=None,
                    help="benchmarks only: start no tool (no LXC, bridge or netfilter)")
     return p

@@ -756,8 +756,12 @@ class ContainerManager:
                     stopped.append(name)
                 if self.network.remove_stale_veth(rec["veth"]):
                     veths.append(rec["veth"])
+        cgroups = [] if self.config.hollow else _blocking(
+            cgroup.remove_stale_lxc_cgroups, None, self.config.stale_cgroup_age_s)
+        if cgroups:
+            log.info("removed %d cgroups left by dead LXC monitors: %s", len(cgroups), cgroups)
         return {"dropped": dropped, "stopped_unexpectedly": stopped, "veths_removed": veths,
-                "destroy_finished": finished, "destroy_failed": failed}
+                "destroy_finished": finished, "destroy_failed": failed, "cgroups_removed": cgroups}
 
     def images_in_use(self, image_id: str) -> list[str]:
         return sorted(r["name"] for r in self.records.values() if r["image"] == image_id)

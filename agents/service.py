@@ -685,12 +685,19 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         desired state is running but are stopped are reported; stale veths
         of stopped containers are removed.
 
+        Cgroups that LXC monitors which died without their teardown (``kill
+        -9``, the OOM killer) left behind are removed: ``lxc.monitor.*`` and
+        ``lxc.payload.*`` in every hierarchy holding no process and older
+        than the agent's ``stale_cgroup_age_s`` (60 s); each one left would
+        slow every later start (lxcwrap.cgroup.remove_stale_lxc_cgroups).
+
         Build containers no running build owns (a clean-up that failed) are
         killed and removed.
 
         Returns: {host, dropped [names], destroy_finished [names],
         destroy_failed {name: "Error: message"} (still stuck; tried again
         next time), stopped_unexpectedly [names], veths_removed [names],
+        cgroups_removed [cgroup names such as "lxc.monitor.web-1"],
         builds_removed [build container names]}.
         Raises: NetworkError, LxcFailure, StoreError (a build container dir
         that cannot be removed).

@@ -15,9 +15,22 @@ places processes in on v2 (lxc/lxc#3373).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import time
 
 MOUNTINFO = "/proc/self/mountinfo"
+#: Whose cgroups LXC's container cgroups go under when run as root without
+#: ``lxc.cgroup.relative``: init's (a trailing ``init.scope`` dropped).
+INIT_CGROUP = "/proc/1/cgroup"
+
+#: The cgroups LXC makes for a container (lxc.cgroup.dir unset): its
+#: monitor's ``lxc.monitor.NAME`` and the container's ``lxc.payload.NAME``,
+#: each with a ``-N`` suffix when the name is taken, in every hierarchy.
+LXC_CGROUP_PREFIXES = ("lxc.monitor.", "lxc.payload.")
+#: An empty LXC cgroup younger than this may be one a start has just made
+#: and not entered yet; an older one is left from a monitor that died.
+STALE_MIN_AGE_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +75,119 @@ def detect(mountinfo_text: str | None = None) -> Layout:
         with open(os.path.join(v2, "cgroup.controllers")) as f:
             controllers = frozenset(f.read().split())
     return Layout(v1, v2, controllers)
+
+
+def hierarchy_bases(mountinfo_text: str | None = None, init_cgroup_text: str | None = None) -> list[str]:
+    """The directory LXC makes containers' cgroups in, in every mounted
+    cgroup hierarchy (each v1 one, named ones such as ``name=systemd``
+    included, and the v2 one): init's cgroup there, less a trailing
+    ``init.scope``, which is where liblxc run as root puts
+    ``lxc.monitor.NAME`` and ``lxc.payload.NAME`` unless
+    ``lxc.cgroup.relative`` is set (dcfleet never sets it).  From
+    /proc/self/mountinfo (mount point, the mount's root in the hierarchy,
+    super options) and /proc/1/cgroup; a hierarchy mounted twice is
+    listed once."""
+    if mountinfo_text is None:
+        with open(MOUNTINFO) as f:
+            mountinfo_text = f.read()
+    if init_cgroup_text is None:
+        with open(INIT_CGROUP) as f:
+            init_cgroup_text = f.read()
+    ours: dict[frozenset[str], str] = {}
+    for line in init_cgroup_text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            path = parts[2]
+            if path.endswith("/init.scope"):
+                path = path[: -len("/init.scope")] or "/"
+            ours[frozenset(c for c in parts[1].split(",") if c)] = path
+    bases, seen = [], set()
+    for line in mountinfo_text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+            continue
+        root, mount = fields[3], fields[4]
+        if rfields[0] == "cgroup2":
+            key = frozenset()
+        else:
+            opts = set(rfields[2].split(","))
+            key = max((k for k in ours if k and k <= opts), key=len, default=None)
+            if key is None:
+                continue
+        path = ours.get(key)
+        if path is None or key in seen:
+            continue
+        rel = os.path.relpath(path, root) if path.startswith(root) else None
+        if rel is None or rel.startswith(".."):
+            continue  # our cgroup is outside what this mount shows
+        seen.add(key)
+        bases.append(os.path.normpath(os.path.join(mount, rel)))
+    return bases
+
+
+def _subtree_empty(path: str) -> list[str] | None:
+    """The directories of the cgroup at ``path`` and below, deepest first,
+    when no process is in any of them (every ``cgroup.procs`` empty); else
+    None (also when one cannot be read)."""
+    dirs = []
+    for top, subdirs, _files in os.walk(path, topdown=True):
+        procs = _read(os.path.join(top, "cgroup.procs"))
+        if procs is None or procs:
+            return None
+        dirs.append(top)
+    return dirs[::-1]
+
+
+def remove_stale_lxc_cgroups(bases: list[str] | None = None, min_age_s: float = STALE_MIN_AGE_SECONDS,
+                             now: float | None = None) -> list[str]:
+    """Remove the cgroups LXC left behind: ``lxc.monitor.*`` and
+    ``lxc.payload.*`` directories directly under each of ``bases``
+    (``hierarchy_bases()`` by default) that hold no process anywhere in
+    their subtree and were made at least ``min_age_s`` seconds ago (the
+    directory's mtime, which cgroupfs sets at mkdir only).
+
+    A monitor removes both when it exits, but a monitor that dies without
+    its teardown (``kill -9``, the OOM killer; the container's init dies
+    with it by its parent-death signal) and some failed starts leave them,
+    in every hierarchy, for good: LXC gives the next start of that name a
+    ``-N`` suffix, and each one left makes later cgroup work slower (on a
+    cgroup v1 host, the cgroup mounts of every start and the cpuset
+    scheduler-domain rebuilds walk them all).  A running container's two
+    always hold a process (its monitor, its init), and a start enters
+    them within milliseconds of making them, so an empty old one is
+    nobody's.  rmdir(2) is the kernel's own check: a cgroup that gained a
+    process meanwhile is refused (EBUSY) and kept.  Blocking (small reads
+    and rmdirs on cgroupfs).
+
+    Returns: the names removed (e.g. ``lxc.monitor.web-1``), sorted, once
+    each whatever the number of hierarchies they were in."""
+    now = time.time() if now is None else now
+    removed = set()
+    for base in hierarchy_bases() if bases is None else bases:
+        try:
+            entries = [e for e in os.scandir(base)
+                       if e.name.startswith(LXC_CGROUP_PREFIXES) and e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime < min_age_s:
+                    continue
+            except OSError:
+                continue
+            dirs = _subtree_empty(entry.path)
+            if dirs is None:
+                continue
+            try:
+                for d in dirs:
+                    os.rmdir(d)
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
+                    raise
+                continue
+            removed.add(entry.name)
+    return sorted(removed)
 
 
 def limit_config(layout: Layout, memory_bytes: int | None, cpus: float | None,

@@ -14,6 +14,7 @@ import sys
 import time
 
 from dcctl import errors, procs, wire
+from lxcwrap import cgroup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_PREFIX = "dct"  # bridges dctXXXX, chains DCF-dctXXXX-*, dirs /tmp/dct-*
@@ -158,7 +159,9 @@ def _owner_alive(root: str) -> bool:
 
 def sweep() -> None:
     """Remove leftovers of earlier runs that died before their cleanup
-    (roots whose owning test process is gone)."""
+    (roots whose owning test process is gone), and the cgroups that LXC
+    monitors killed by the fault tests left (empty, a minute old: what the
+    agents' own ops_cleanup removes, lxcwrap.cgroup)."""
     for root in glob.glob(f"/tmp/{TEST_PREFIX}-*"):
         if _owner_alive(root):
             continue
@@ -166,6 +169,10 @@ def sweep() -> None:
         for pid in _agent_pids(root):
             os.kill(pid, signal.SIGKILL)
         cleanup_prefix(prefix, root)
+    try:
+        cgroup.remove_stale_lxc_cgroups()
+    except OSError:
+        pass
 
 
 def _agent_pids(root: str) -> list[int]:
