@@ -189,6 +189,7 @@ class Builder:
         _blocking(shutil.rmtree, self.lxc.path(name), ignore_errors=True)
         if os.path.exists(self.lxc.path(name)):
             raise errors.StoreError(f"cannot remove build container dir {self.lxc.path(name)}")
+        self.lxc.remove_lock(name)
 
     # ------------------------------------------------------------ entry
     def start(self, context: str, name: str, options: dict | None):

@@ -48,6 +48,10 @@ VERSION_TIMEOUT_SECONDS = 10.0
 DESTROY_ATTEMPTS = 10
 #: How long ``stop`` waits for the monitor to exit once the container is killed.
 KILL_WAIT_SECONDS = 30.0
+#: Where liblxc run as root keeps a lock file per container,
+#: ``/run/lxc/lock/LXCPATH/.NAME`` (its "%s/lxc/lock/%s/.%s"): made on the
+#: container's first use by any tool and never removed by LXC.
+LOCK_ROOT = "/run/lxc/lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,17 +146,20 @@ class Lxc:
         A file written into it during the removal (the container's monitor
         exiting after ``lxc-stop -k`` still appends to its log) makes a
         directory "not empty": the removal is tried again, up to
-        DESTROY_ATTEMPTS times 0.1 s apart.
+        DESTROY_ATTEMPTS times 0.1 s apart.  liblxc's lock file of the name
+        goes too (``remove_lock``).
 
         Returns: whether there was a directory to remove.
         Raises: OSError (something under it could not be removed, say a
         mount; the rest is removed)."""
         cdir = self.path(name)
         if not os.path.isdir(cdir):
+            self.remove_lock(name)
             return False
         for attempt in range(DESTROY_ATTEMPTS):
             try:
                 shutil.rmtree(cdir)
+                self.remove_lock(name)
                 return True
             except FileNotFoundError:
                 if not os.path.exists(cdir):
@@ -163,7 +170,23 @@ class Lxc:
                 if exc.errno != errno.ENOTEMPTY or attempt == DESTROY_ATTEMPTS - 1:
                     raise
             time.sleep(0.1)
+        self.remove_lock(name)
         return True
+
+    def lock_path(self, name: str) -> str:
+        """liblxc's lock file for container ``name`` (see LOCK_ROOT)."""
+        return os.path.join(LOCK_ROOT, self.lxcpath.lstrip("/"), "." + name)
+
+    def remove_lock(self, name: str) -> None:
+        """Remove liblxc's lock file of a container that is gone (``destroy``
+        does): LXC leaves one per container name ever used, in /run (RAM),
+        so a host churning names (deploys, builds) would gather them without
+        end.  Best effort: a file already gone, or that cannot be removed,
+        is left."""
+        try:
+            os.unlink(self.lock_path(name))
+        except OSError:
+            pass
 
     # -- helpers
     def _call(self, tool: str, name: str | None, args: Sequence[str], timeout_s: float) -> Completed:

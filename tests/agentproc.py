@@ -15,6 +15,7 @@ import time
 
 from dcctl import errors, procs, wire
 from lxcwrap import cgroup
+from lxcwrap.lxc import LOCK_ROOT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_PREFIX = "dct"  # bridges dctXXXX, chains DCF-dctXXXX-*, dirs /tmp/dct-*
@@ -146,6 +147,8 @@ def cleanup_prefix(prefix: str, root: str) -> None:
     if os.path.ismount(state_dir):  # a small tmpfs of a disk-full test
         _quiet(["umount", "-l", state_dir])
     shutil.rmtree(root, ignore_errors=True)
+    # liblxc's lock files of those lxcpaths (lxcwrap.lxc.LOCK_ROOT/ROOT/...), one per container name used
+    shutil.rmtree(os.path.join(LOCK_ROOT, root.lstrip("/")), ignore_errors=True)
 
 
 def _owner_alive(root: str) -> bool:

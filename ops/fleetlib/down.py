@@ -17,6 +17,7 @@ import signal
 import time
 
 from agents.decommission import BRIDGE_LOCK_DIR  # agents.main.lock_bridge's lock dir
+from lxcwrap.lxc import LOCK_ROOT  # liblxc's lock files
 from ops.fleetlib.base import (_alive, _cmdline, _in_net, _netns, _pids, _root_veths, _run, forward_rule,
                                kill_container, load, paths, ping, remove_forward_rule)
 
@@ -106,6 +107,8 @@ def _down_once(prefix: str) -> list[str]:
             _run(["umount", "-l", m], ok=(0, 1, 32))
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)  # /run/dcfleet etc. stay: the system's dcfleet dirs
+    # liblxc's lock files of the hosts' lxcpaths (lxcwrap.lxc.LOCK_ROOT), one per container name used
+    shutil.rmtree(os.path.join(LOCK_ROOT, p["state"].lstrip("/")), ignore_errors=True)
     return leftovers(prefix)
 
 

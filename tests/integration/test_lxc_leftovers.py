@@ -1,4 +1,6 @@
-"""Cgroups a dead LXC monitor leaves behind (lxcwrap.cgroup.remove_stale_lxc_cgroups,
+"""What LXC leaves behind.  liblxc's lock file per container name
+(/run/lxc/lock/LXCPATH/.NAME), which LXC never removes: destroy does.
+Cgroups a dead LXC monitor leaves behind (lxcwrap.cgroup.remove_stale_lxc_cgroups,
 run by the agent's ops_cleanup): a monitor killed -9 takes its container down
 (the init's parent-death signal) but leaves ``lxc.monitor.NAME`` and
 ``lxc.payload.NAME`` in every hierarchy for good; each one left makes later
@@ -121,3 +123,23 @@ def test_ops_cleanup_removes_what_a_monitor_killed_9_left_and_keeps_running_ones
         assert f"lxc.monitor.{dead}" in names and not any(n.endswith("-1") for n in names), names
         for name in (dead, alive):
             c.call("container_destroy", name, True)
+
+
+def test_destroy_removes_liblxc_lock_file_of_the_name(agent_factory, tag):
+    from lxcwrap.lxc import Lxc
+    agent = agent_factory()
+    lx = Lxc(agent.lxc_path)
+    with agent.client(60) as c:
+        ran, never = f"{tag}r", f"{tag}n"
+        for name in (ran, never):
+            c.call("container_create", "busybox", name)
+        c.call("container_start", ran)
+        c.call("container_stop", ran, 0.0)
+        assert os.path.exists(lx.lock_path(ran))  # lxc-start took it
+        subprocess.run(["lxc-info", "-P", agent.lxc_path, "-n", never], capture_output=True)
+        assert os.path.exists(lx.lock_path(never))  # any tool's first look makes it
+        for name in (ran, never):
+            c.call("container_destroy", name)
+            assert not os.path.exists(lx.lock_path(name))
+    agent.cleanup()
+    assert not os.path.exists(os.path.dirname(lx.lock_path(ran)))  # the test's own clean-up: the lxcpath's lock dir
