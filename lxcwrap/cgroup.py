@@ -15,7 +15,6 @@ places processes in on v2 (lxc/lxc#3373).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import time
 
@@ -160,8 +159,14 @@ def remove_stale_lxc_cgroups(bases: list[str] | None = None, min_age_s: float = 
     process meanwhile is refused (EBUSY) and kept.  Blocking (small reads
     and rmdirs on cgroupfs).
 
+    Args:
+        bases: hierarchy directories to look in (``hierarchy_bases()``).
+        min_age_s: seconds since the cgroup's mkdir below which it is kept.
+        now: the time to age against (epoch seconds; default now).
+
     Returns: the names removed (e.g. ``lxc.monitor.web-1``), sorted, once
-    each whatever the number of hierarchies they were in."""
+    each whatever the number of hierarchies they were in.  Raises nothing
+    for a cgroup it cannot read or remove (skipped: EBUSY, EROFS, EPERM)."""
     now = time.time() if now is None else now
     removed = set()
     for base in hierarchy_bases() if bases is None else bases:
@@ -182,9 +187,7 @@ def remove_stale_lxc_cgroups(bases: list[str] | None = None, min_age_s: float = 
             try:
                 for d in dirs:
                     os.rmdir(d)
-            except OSError as exc:
-                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
-                    raise
+            except OSError:  # EBUSY: a process entered meanwhile; EROFS, EPERM: not ours to remove
                 continue
             removed.add(entry.name)
     return sorted(removed)
