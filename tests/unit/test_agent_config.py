@@ -17,6 +17,8 @@ def test_defaults_derive_their_paths():
     cfg = config.load(["--state-dir", "/srv/agent"], environ={})
     assert cfg.lxc_path == "/srv/agent/lxc" and cfg.keys_dir == "/srv/agent/keys"
     assert cfg.bridge == "dcbr0" and cfg.port_range == (20000, 29999) and cfg.stop_timeout_s == 10.0
+    assert cfg.stale_cgroup_age_s == 60.0
+    assert config.load(["--stale-cgroup-age-s", "5"], environ={}).stale_cgroup_age_s == 5.0
 
 
 def test_file_then_flags(tmp_path):
@@ -40,6 +42,8 @@ def test_file_then_flags(tmp_path):
     ('hub = "tcp://127.0.0.1:7100"\n', [], "hub_key"),
     ('not toml ==\n', [], "config file"),
     ('', ["--port-range", "20000"], "LOW-HIGH"),
+    ('stale_cgroup_age_s = 0.5\n', [], "stale_cgroup_age_s"),
+    ('', ["--stale-cgroup-age-s", "1e6"], "stale_cgroup_age_s"),
 ])
 def test_bad_settings_are_named(tmp_path, text, flags, match):
     with pytest.raises(errors.InvalidArgument, match=match):
