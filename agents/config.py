@@ -130,8 +130,8 @@ class AgentConfig:
             host, _, port = self.metrics_listen.rpartition(":")
             if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise InvalidArgument(f"metrics_listen: {self.metrics_listen!r} is not ADDR:PORT (or off)")
-        if not 1.0 <= self.stale_cgroup_age_s <= 86400.0:
-            raise InvalidArgument(f"stale_cgroup_age_s: {self.stale_cgroup_age_s} is not within 1..86400 s")
+        if not 5.0 <= self.stale_cgroup_age_s <= 86400.0:  # a start under load may take a second to enter its cgroups
+            raise InvalidArgument(f"stale_cgroup_age_s: {self.stale_cgroup_age_s} is not within 5..86400 s")
         for path in (self.state_dir, self.lxc_path, self.log_dir):
             if not os.path.isabs(path):
                 raise InvalidArgument(f"{path!r} must be an absolute path")

@@ -756,8 +756,12 @@ class ContainerManager:
                     stopped.append(name)
                 if self.network.remove_stale_veth(rec["veth"]):
                     veths.append(rec["veth"])
-        cgroups = [] if self.config.hollow else _blocking(
-            cgroup.remove_stale_lxc_cgroups, None, self.config.stale_cgroup_age_s)
+        cgroups = []
+        if not self.config.hollow:
+            try:
+                cgroups = _blocking(cgroup.remove_stale_lxc_cgroups, None, self.config.stale_cgroup_age_s)
+            except Exception as exc:  # noqa: BLE001 - the rest of the clean-up stands; tried again next pass
+                log.warning("could not sweep stale LXC cgroups: %s", exc)
         if cgroups:
             log.info("removed %d cgroups left by dead LXC monitors: %s", len(cgroups), cgroups)
         return {"dropped": dropped, "stopped_unexpectedly": stopped, "veths_removed": veths,

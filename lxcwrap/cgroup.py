@@ -15,7 +15,9 @@ places processes in on v2 (lxc/lxc#3373).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
+import re
 import time
 
 MOUNTINFO = "/proc/self/mountinfo"
@@ -30,6 +32,16 @@ LXC_CGROUP_PREFIXES = ("lxc.monitor.", "lxc.payload.")
 #: An empty LXC cgroup younger than this may be one a start has just made
 #: and not entered yet; an older one is left from a monitor that died.
 STALE_MIN_AGE_SECONDS = 60.0
+#: One sweep at a time on the host (every agent of a local fleet, an
+#: ops_cleanup call beside the supervisor's own, the tests' sweep): a second
+#: sweeper could remove, by its stale path, a cgroup a start just re-made.
+SWEEP_LOCK = "/run/dcfleet/cgroup-sweep.lock"
+_MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field with its octal escapes (``\\040`` for a space) decoded."""
+    return _MOUNTINFO_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +97,14 @@ def hierarchy_bases(mountinfo_text: str | None = None, init_cgroup_text: str | N
     ``lxc.cgroup.relative`` is set (dcfleet never sets it).  From
     /proc/self/mountinfo (mount point, the mount's root in the hierarchy,
     super options) and /proc/1/cgroup; a hierarchy mounted twice is
-    listed once."""
+    listed once, by a read-write mount if it has one.
+
+    Raises: OSError (either file cannot be read)."""
     if mountinfo_text is None:
-        with open(MOUNTINFO) as f:
+        with open(MOUNTINFO, errors="surrogateescape") as f:
             mountinfo_text = f.read()
     if init_cgroup_text is None:
-        with open(INIT_CGROUP) as f:
+        with open(INIT_CGROUP, errors="surrogateescape") as f:
             init_cgroup_text = f.read()
     ours: dict[frozenset[str], str] = {}
     for line in init_cgroup_text.splitlines():
@@ -100,13 +114,14 @@ def hierarchy_bases(mountinfo_text: str | None = None, init_cgroup_text: str | N
             if path.endswith("/init.scope"):
                 path = path[: -len("/init.scope")] or "/"
             ours[frozenset(c for c in parts[1].split(",") if c)] = path
-    bases, seen = [], set()
+    chosen: dict[frozenset[str], tuple[bool, str]] = {}  # hierarchy -> (read-only, base), first rw mount wins
     for line in mountinfo_text.splitlines():
         left, _, right = line.partition(" - ")
         fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+        if len(fields) < 6 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
             continue
-        root, mount = fields[3], fields[4]
+        root, mount = _unescape(fields[3]), _unescape(fields[4])
+        readonly = "ro" in fields[5].split(",")
         if rfields[0] == "cgroup2":
             key = frozenset()
         else:
@@ -115,27 +130,34 @@ def hierarchy_bases(mountinfo_text: str | None = None, init_cgroup_text: str | N
             if key is None:
                 continue
         path = ours.get(key)
-        if path is None or key in seen:
+        if path is None or (key in chosen and (readonly or not chosen[key][0])):
             continue
         rel = os.path.relpath(path, root) if path.startswith(root) else None
         if rel is None or rel.startswith(".."):
             continue  # our cgroup is outside what this mount shows
-        seen.add(key)
-        bases.append(os.path.normpath(os.path.join(mount, rel)))
-    return bases
+        chosen[key] = (readonly, os.path.normpath(os.path.join(mount, rel)))
+    return [base for _readonly, base in chosen.values()]
 
 
 def _subtree_empty(path: str) -> list[str] | None:
     """The directories of the cgroup at ``path`` and below, deepest first,
     when no process is in any of them (every ``cgroup.procs`` empty); else
-    None (also when one cannot be read)."""
+    None (also when one cannot be read or listed: nothing is removed from a
+    tree not seen whole)."""
     dirs = []
-    for top, subdirs, _files in os.walk(path, topdown=True):
-        procs = _read(os.path.join(top, "cgroup.procs"))
-        if procs is None or procs:
-            return None
-        dirs.append(top)
-    return dirs[::-1]
+
+    def unlistable(exc: OSError) -> None:
+        raise exc
+
+    try:
+        for top, _subdirs, _files in os.walk(path, topdown=True, onerror=unlistable):
+            procs = _read(os.path.join(top, "cgroup.procs"))
+            if procs is None or procs:
+                return None
+            dirs.append(top)
+    except OSError:
+        return None
+    return dirs[::-1] or None
 
 
 def remove_stale_lxc_cgroups(bases: list[str] | None = None, min_age_s: float = STALE_MIN_AGE_SECONDS,
@@ -144,7 +166,10 @@ def remove_stale_lxc_cgroups(bases: list[str] | None = None, min_age_s: float = 
     ``lxc.payload.*`` directories directly under each of ``bases``
     (``hierarchy_bases()`` by default) that hold no process anywhere in
     their subtree and were made at least ``min_age_s`` seconds ago (the
-    directory's mtime, which cgroupfs sets at mkdir only).
+    directory's mtime: its mkdir's, or later, so an old one is old).  The
+    whole host's, not only one agent's: any LXC monitor's leftovers are.
+    One sweep at a time (an flock on SWEEP_LOCK; a sweep that finds it held
+    removes nothing).
 
     A monitor removes both when it exits, but a monitor that dies without
     its teardown (``kill -9``, the OOM killer; the container's init dies
@@ -165,11 +190,26 @@ def remove_stale_lxc_cgroups(bases: list[str] | None = None, min_age_s: float = 
         now: the time to age against (epoch seconds; default now).
 
     Returns: the names removed (e.g. ``lxc.monitor.web-1``), sorted, once
-    each whatever the number of hierarchies they were in.  Raises nothing
-    for a cgroup it cannot read or remove (skipped: EBUSY, EROFS, EPERM)."""
+    each whatever the number of hierarchies they were in.  A cgroup it
+    cannot read or remove is skipped (EBUSY, EROFS, EPERM).
+    Raises: OSError (the lock file or /proc/self/mountinfo cannot be
+    opened)."""
     now = time.time() if now is None else now
+    os.makedirs(os.path.dirname(SWEEP_LOCK), mode=0o755, exist_ok=True)
+    lock = os.open(SWEEP_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the fd closes
+        except BlockingIOError:
+            return []  # another sweep runs
+        return _sweep(hierarchy_bases() if bases is None else bases, min_age_s, now)
+    finally:
+        os.close(lock)
+
+
+def _sweep(bases: list[str], min_age_s: float, now: float) -> list[str]:
     removed = set()
-    for base in hierarchy_bases() if bases is None else bases:
+    for base in bases:
         try:
             entries = [e for e in os.scandir(base)
                        if e.name.startswith(LXC_CGROUP_PREFIXES) and e.is_dir(follow_symlinks=False)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import os
 import re
 import shutil
@@ -181,12 +182,23 @@ class Lxc:
         """Remove liblxc's lock file of a container that is gone (``destroy``
         does): LXC leaves one per container name ever used, in /run (RAM),
         so a host churning names (deploys, builds) would gather them without
-        end.  Best effort: a file already gone, or that cannot be removed,
+        end.  Only while no one holds it: a non-blocking POSIX write lock is
+        taken first (liblxc locks it with fcntl(2), OFD or POSIX, which
+        conflict with it), so a tool holding it keeps the file it locked.
+        Best effort: a file already gone, held, or that cannot be removed,
         is left."""
+        path = self.lock_path(name)
         try:
-            os.unlink(self.lock_path(name))
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
         except OSError:
             pass
+        finally:
+            os.close(fd)
 
     # -- helpers
     def _call(self, tool: str, name: str | None, args: Sequence[str], timeout_s: float) -> Completed:

@@ -174,8 +174,8 @@ def sweep() -> None:
         cleanup_prefix(prefix, root)
     try:
         cgroup.remove_stale_lxc_cgroups()
-    except OSError:
-        pass
+    except Exception as exc:  # noqa: BLE001 - best effort, as the agents' own sweep
+        print(f"stale cgroup sweep: {exc}", file=sys.stderr)
 
 
 def _agent_pids(root: str) -> list[int]:

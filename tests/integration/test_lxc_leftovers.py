@@ -9,6 +9,7 @@ Real cgroupfs and real LXC containers; every cgroup a test makes is named by a
 unique tag and removed at the end, also when it fails."""
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import signal
@@ -62,15 +63,19 @@ def test_hierarchy_bases_follow_init_cgroup_and_mount_roots():
     # a v2-only host (Debian 12's default) under systemd
     assert cgroup.hierarchy_bases("30 23 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate",
                                   "0::/init.scope") == ["/sys/fs/cgroup"]
+    # a hierarchy mounted twice: the read-write mount, its octal escapes decoded
+    assert cgroup.hierarchy_bases("30 23 0:27 / /ro ro,relatime - cgroup2 cgroup2 rw\n"
+                                  "31 23 0:27 / /my\\040cg rw,relatime - cgroup2 cgroup2 rw", "0::/") == ["/my cg"]
     # our cgroup outside what a mount shows: not a base
     assert cgroup.hierarchy_bases("33 31 0:30 /a /m rw - cgroup cgroup rw,memory", "3:memory:/b") == []
 
 
 def test_only_old_empty_lxc_cgroups_are_removed_with_their_children(tag):
-    bases = cgroup.hierarchy_bases()
+    bases = [b for b in cgroup.hierarchy_bases() if b.endswith(("/unified", "/memory")) or b == "/sys/fs/cgroup"]
     if not bases:
-        pytest.skip("no cgroup hierarchy mounted")
-    base = bases[-1]
+        pytest.skip("no cgroup v2 or v1 memory hierarchy mounted")
+    base = os.path.join(bases[0], tag)  # a parent of our own: the sweep looks nowhere else
+    os.mkdir(base)
     stale_mon, stale_pay = f"lxc.monitor.{tag}", f"lxc.payload.{tag}"
     busy, other = f"lxc.payload.{tag}-busy", f"{tag}.not-lxc"
     for name in (stale_mon, stale_pay, busy, other):
@@ -85,9 +90,12 @@ def test_only_old_empty_lxc_cgroups_are_removed_with_their_children(tag):
         assert cgroup.remove_stale_lxc_cgroups([base]) == []
         assert os.path.isdir(os.path.join(base, stale_mon))
         later = time.time() + cgroup.STALE_MIN_AGE_SECONDS + 1
+        with open(cgroup.SWEEP_LOCK) as held:  # another sweep runs: this one removes nothing
+            fcntl.flock(held, fcntl.LOCK_EX)
+            assert cgroup.remove_stale_lxc_cgroups([base], now=later) == []
         assert cgroup.remove_stale_lxc_cgroups([base], now=later) == [stale_mon, stale_pay]
-        left = {os.path.basename(p) for p in _tagged(tag)}
-        assert left == {busy, other}
+        left = sorted(e for e in os.listdir(base) if os.path.isdir(os.path.join(base, e)))
+        assert left == sorted([busy, other])
         assert os.path.isdir(os.path.join(base, busy, "leaf"))  # a live cgroup's child is never touched
     finally:
         holder.kill()
@@ -95,7 +103,7 @@ def test_only_old_empty_lxc_cgroups_are_removed_with_their_children(tag):
 
 
 def test_ops_cleanup_removes_what_a_monitor_killed_9_left_and_keeps_running_ones(agent_factory, tag):
-    agent = agent_factory(extra_args=("--stale-cgroup-age-s", "1"))
+    agent = agent_factory(extra_args=("--stale-cgroup-age-s", "5"))
     dead, alive = f"{tag}d", f"{tag}a"
     with agent.client(60) as c:
         for name in (dead, alive):
@@ -110,7 +118,7 @@ def test_ops_cleanup_removes_what_a_monitor_killed_9_left_and_keeps_running_ones
         c.call("container_destroy", dead)
         left = {os.path.basename(p) for p in _tagged(dead)}
         assert left == {f"lxc.monitor.{dead}", f"lxc.payload.{dead}"}, left  # LXC's own teardown never ran
-        time.sleep(1.2)
+        time.sleep(5.2)
         found = c.call("ops_cleanup")
         assert {f"lxc.monitor.{dead}", f"lxc.payload.{dead}"} <= set(found["cgroups_removed"])
         assert _tagged(dead) == []
@@ -143,3 +151,31 @@ def test_destroy_removes_liblxc_lock_file_of_the_name(agent_factory, tag):
             assert not os.path.exists(lx.lock_path(name))
     agent.cleanup()
     assert not os.path.exists(os.path.dirname(lx.lock_path(ran)))  # the test's own clean-up: the lxcpath's lock dir
+
+
+def test_a_lock_file_another_process_holds_is_kept(tag):
+    """liblxc locks its file with fcntl(2): one held by another process stays, one free goes."""
+    import shutil
+    import sys
+    from lxcwrap.lxc import LOCK_ROOT, Lxc
+    lx = Lxc(f"/tmp/{tag}-lk/lxc")  # only its lock dir is made, and removed at the end
+    name = f"{tag}h"
+    path = lx.lock_path(name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").close()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)", path],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lx.remove_lock(name)
+        assert os.path.exists(path)  # held: kept
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    try:
+        lx.remove_lock(name)
+        assert not os.path.exists(path)
+    finally:
+        shutil.rmtree(os.path.join(LOCK_ROOT, "tmp", f"{tag}-lk"), ignore_errors=True)

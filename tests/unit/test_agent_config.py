@@ -42,7 +42,7 @@ def test_file_then_flags(tmp_path):
     ('hub = "tcp://127.0.0.1:7100"\n', [], "hub_key"),
     ('not toml ==\n', [], "config file"),
     ('', ["--port-range", "20000"], "LOW-HIGH"),
-    ('stale_cgroup_age_s = 0.5\n', [], "stale_cgroup_age_s"),
+    ('stale_cgroup_age_s = 4.5\n', [], "stale_cgroup_age_s"),
     ('', ["--stale-cgroup-age-s", "1e6"], "stale_cgroup_age_s"),
 ])
 def test_bad_settings_are_named(tmp_path, text, flags, match):
