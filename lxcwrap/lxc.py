@@ -153,14 +153,17 @@ class Lxc:
         Returns: whether there was a directory to remove.
         Raises: OSError (something under it could not be removed, say a
         mount; the rest is removed)."""
+        removed = self._remove_dir(name)
+        self.remove_lock(name)  # not when the directory stays (OSError): the container is still there
+        return removed
+
+    def _remove_dir(self, name: str) -> bool:
         cdir = self.path(name)
         if not os.path.isdir(cdir):
-            self.remove_lock(name)
             return False
         for attempt in range(DESTROY_ATTEMPTS):
             try:
                 shutil.rmtree(cdir)
-                self.remove_lock(name)
                 return True
             except FileNotFoundError:
                 if not os.path.exists(cdir):
@@ -171,7 +174,6 @@ class Lxc:
                 if exc.errno != errno.ENOTEMPTY or attempt == DESTROY_ATTEMPTS - 1:
                     raise
             time.sleep(0.1)
-        self.remove_lock(name)
         return True
 
     def lock_path(self, name: str) -> str:
