@@ -67,10 +67,8 @@ def store(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def no_fd_leak():
-    before = len(os.listdir("/proc/self/fd"))
-    yield
-    assert len(os.listdir("/proc/self/fd")) <= before, "test leaked file descriptors"
+def _fds(no_fd_leak):
+    """Every test here is checked for leaked file descriptors (tests/unit/conftest.py)."""
 
 
 # ---------------------------------------------------------------- API surface
