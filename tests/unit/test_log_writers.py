@@ -43,10 +43,16 @@ def start(argv, d, *args) -> int:
 
 
 def records(d) -> list[dict]:
+    """The records of every log file, oldest first.  While the writer runs,
+    a file listed may be rotated away before it is opened: it is skipped
+    (a wait_for predicate then looks again)."""
     out = []
     for path in logger.log_files(str(d)):
-        with open(path, "rb") as f:
-            out += [json.loads(line) for line in f]
+        try:
+            with open(path, "rb") as f:
+                out += [json.loads(line) for line in f]
+        except FileNotFoundError:
+            continue
     return out
 
 
