@@ -15,7 +15,7 @@ import pytest
 
 from dcctl import procs
 from lxcwrap import cgroup, direct, errors
-from lxcwrap.lxc import Lxc
+from lxcwrap.lxc import LOCK_ROOT, Lxc
 from lxcwrap.run import run
 
 pytestmark = pytest.mark.lxc
@@ -317,3 +317,4 @@ def test_ls_asks_the_tool_about_a_monitor_without_an_init(tmp_path):
     finally:
         fake.kill()
         fake.wait()
+        shutil.rmtree(os.path.join(LOCK_ROOT, str(tmp_path).lstrip("/")), ignore_errors=True)  # lxc-info's lock file
