@@ -68,12 +68,21 @@ def _kill_host(fleet, host: dict) -> None:
 
 
 def _restart_agent(fleet, host: dict) -> None:
+    """Start the host's agent again and wait until it answers and the hub
+    has heard it since (it registered again: until then the hub still
+    counts the beats of the agent that died, and judges it lost when they
+    run out, which would fail the next test's calls to it)."""
+    started = time.time()
     proc = fleetmod._spawn(fleetmod.agent_argv(fleet, host, []), host["log"], host["pid_file"])
     host["pid"] = proc.pid
     deadline = time.monotonic() + 60
     while not fleetmod.ping(host["ipc"]):
         assert time.monotonic() < deadline, "agent did not come back"
         time.sleep(0.2)
+    with wire.connect(fleet["hub"]["ipc"], 30) as hub:
+        wait_for(lambda: [h for h in hub.call("hosts") if h["name"] == host["name"] and h["state"] == "alive"
+                          and h["last_heartbeat"] >= started], 60, f"the hub to hear {host['name']} again",
+                 interval_s=0.2, ignore=(errors.Unreachable, errors.CallTimeout))
 
 
 def test_killed_host_containers_come_back_elsewhere(hub, fleet):

@@ -60,13 +60,17 @@ def cli_etcd_fleet(head: str, second_octet: int) -> Iterator[tuple[str, subproce
 
 
 def hub_session(fleet: dict) -> Iterator[wire.RpcClient]:
-    """A client of the fleet's hub, once every host is alive (a loaded
-    machine can delay a heartbeat past the deadline: tests start from a
-    whole fleet); the containers a test made are destroyed after it.  For a
-    fixture: ``yield from hub_session(fleet)``."""
+    """A client of the fleet's hub, once every host is alive and was heard
+    within the last two heartbeats (a loaded machine can delay a heartbeat
+    past the deadline, and an agent a test killed and restarted is still
+    "alive" to the hub until its grace ends, though it has not registered
+    again: tests start from a whole fleet); the containers a test made are
+    destroyed after it.  For a fixture: ``yield from hub_session(fleet)``."""
     client = wire.connect(fleet["hub"]["ipc"], timeout_s=120)
-    wait_for(lambda: (lambda rows: len(rows) == len(fleet["hosts"]) and all(h["state"] == "alive" for h in rows))(
-        client.call("hosts")), 60, "every host alive", ignore=(errors.Unreachable, errors.CallTimeout))
+    fresh_s = 2 * fleet.get("heartbeat_s", HEARTBEAT_S)
+    wait_for(lambda: (lambda rows: len(rows) == len(fleet["hosts"]) and all(
+        h["state"] == "alive" and h["heartbeat_age_s"] < fresh_s for h in rows))(client.call("hosts")),
+             60, "every host alive and heard lately", ignore=(errors.Unreachable, errors.CallTimeout))
     yield client
     client.close()
     # a test may have restarted the hub: a new client, once the hub answers
