@@ -71,8 +71,15 @@ class MetricsEndpoint:
 
     def start(self) -> str:
         """Bind and serve in a greenlet; returns the URL of /metrics.
+
+        SERVER_NAME is the bound address itself: without it gevent's
+        WSGIServer looks it up with ``socket.getfqdn`` (a reverse DNS
+        query) at start, which in a network namespace whose resolver does
+        not answer took 10 s, and delayed the agent's registration with the
+        hub past its heartbeat grace (a restarted agent was judged lost).
         Raises: OSError (the address cannot be bound)."""
-        self._server = WSGIServer((self.addr, self.port), self.serve, log=None, error_log=log)
+        self._server = WSGIServer((self.addr, self.port), self.serve, log=None, error_log=log,
+                                  environ={"SERVER_NAME": self.addr})
         self._server.start()
         self.port = self._server.server_port
         return self.url
