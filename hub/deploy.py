@@ -183,6 +183,10 @@ class Deployer:
                     self.store.deploy_doc_delete(journal_key(app))
                 except errors.DcError as undo:  # a host does not answer: recover() asks again
                     log.warning("rollback of %s v%s unfinished (%s); the journal stays for recovery", app, n, undo)
+                    try:  # so recovery records why the deploy failed, not "the hub restarted"
+                        self._journal(doc, error=_why(exc))
+                    except errors.DcError:
+                        pass
                 if isinstance(exc, errors.DeployFailed):
                     raise
                 if isinstance(exc, errors.DcError):
@@ -404,8 +408,11 @@ class Deployer:
             return
         log.info("deploy journal: rolling back %s v%s (phase %s)", app, n, doc["phase"])
         self.rollback(doc)
-        self._release(app, n, state="failed", error=f"the hub restarted during {doc['phase']}: rolled back",
-                      finished=time.time())
+        # a deploy that failed and could not finish its own rollback (a host did not answer) wrote its
+        # error in the journal; without one, the hub died under it
+        why = f"{doc['error']}; rolled back" if doc.get("error") else \
+            f"the hub restarted during {doc['phase']}: rolled back"
+        self._release(app, n, state="failed", error=why, finished=time.time())
         self.store.deploy_doc_delete(journal_key(app))
 
 

@@ -298,6 +298,9 @@ def test_a_host_lost_mid_deploy_rolls_back_and_the_rest_is_undone_when_it_return
                "the journal gone")
     with wire.connect(victim["ipc"], timeout_s=30) as agent:
         assert new not in [c["name"] for c in agent.call("container_ls")]
+    # the release says why it failed (the lost host), also after the recovery finished its rollback
+    (v2,) = [r for r in hub.call("releases", app) if r["release"] == 2]
+    assert v2["state"] == "failed" and "hub restarted" not in v2["error"] and new in v2["error"], v2["error"]
     assert page(fleet, route) == "release v1"
 
 
