@@ -17,6 +17,13 @@ reconciling what a host reports with the fleet store.
   could not undo on (an abandoned row, hub/placement.py).  A container the store
   does not know (made on the host directly, or a create the hub lost in a
   restart) is adopted after the host confirms it.
+* A container the store places on a host whose heartbeats no longer list
+  it, and which the host (asked directly) says it does not have, was
+  removed there behind the hub's back (a broadcast ``container_destroy``,
+  a host whose state was wiped): its row and routes are forgotten and
+  told as ``container_vanished``, so the name can be used again.  Checked
+  at most every VANISHED_CHECK_SECONDS per host, for rows placed at least
+  VANISHED_MIN_AGE_SECONDS ago.
 """
 from __future__ import annotations
 
@@ -37,6 +44,11 @@ log = logging.getLogger(__name__)
 
 RESCHEDULE_ATTEMPTS = 8
 RESCHEDULE_BACKOFF_MAX_SECONDS = 30.0
+#: A host's placed rows are checked against its heartbeats at most this often, seconds.
+VANISHED_CHECK_SECONDS = 30.0
+#: Rows placed (or changed) less than this many seconds ago are not checked:
+#: a heartbeat taken before the create may arrive after it.
+VANISHED_MIN_AGE_SECONDS = 10.0
 
 
 class Healer:
@@ -53,6 +65,7 @@ class Healer:
         self.events = events
         self.moving: set[str] = set()  # containers being re-created elsewhere
         self.reaping: set[tuple[str, str]] = set()  # (host, name) stale copies being removed or adopted
+        self._vanish_checked: dict[str, float] = {}  # host -> when its placed rows were last checked (monotonic)
 
     def host_lost(self, lost: str) -> None:
         """Re-create the lost host's containers that have a restart policy on
@@ -150,6 +163,46 @@ class Healer:
             if self._not_here(name, host):
                 self.reaping.add((host, name))
                 gevent.spawn(self._reap_one, host, name)
+        self._check_vanished(host, listed)
+
+    def _check_vanished(self, host: str, listed: set) -> None:
+        """reconcile's check for rows placed on ``host`` that its heartbeat
+        (``listed``: the names it reported) no longer lists: each is asked
+        of the host (``_forget_vanished``); at most every
+        VANISHED_CHECK_SECONDS per host."""
+        now = time.monotonic()
+        if now - self._vanish_checked.get(host, float("-inf")) < VANISHED_CHECK_SECONDS:
+            return
+        self._vanish_checked[host] = now
+        settled = time.time() - VANISHED_MIN_AGE_SECONDS
+        for row in self.store.containers(host):
+            name = row["name"]
+            if (row["state"] == "placed" and name not in listed and name not in self.moving
+                    and (host, name) not in self.reaping and (row.get("updated_at") or 0) < settled):
+                self.reaping.add((host, name))
+                gevent.spawn(self._forget_vanished, host, name)
+
+    def _forget_vanished(self, host: str, name: str) -> None:
+        """Forget ``name``'s row (and its routes) when ``host``, which the
+        row places it on, confirms it has no such container; the row must
+        still be placed there (changed meanwhile: left)."""
+        try:
+            self.agents.call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
+        except errors.NoSuchContainer:
+            try:
+                row = self.store.container(name)
+                if row["host"] == host and name not in self.moving and \
+                        self.store.set_state(name, "destroying", was="placed"):
+                    self.store.forget(name)
+                    self.events.add("container_vanished", name=name, host=host)
+                    log.warning("%s is gone from %s, which did not say so: its row and routes are forgotten",
+                                name, host)
+            except errors.DcError:
+                pass
+        except errors.DcError:
+            pass
+        finally:
+            self.reaping.discard((host, name))
 
     def _not_here(self, name: str, host: str) -> bool:
         """The one rule for removing a host's copy: True when the hub's own

@@ -4,6 +4,7 @@ kept), the others stay; when the lost host comes back, its stale copies are
 removed and nothing else is touched."""
 from __future__ import annotations
 
+import gevent
 import pytest
 
 from tests.hubfakes import GiB, FakeFleet
@@ -102,3 +103,33 @@ def test_a_move_routes_nowhere_until_made_and_a_destroy_meanwhile_cancels_it(fle
     assert "rescheduled" not in kinds(fleet)
     assert fleet.agents["h2"].containers == {}, "the copy made on h2 was undone"
     assert fleet.store.abandoned() == [] and fleet.store.reserved_memory().get("h2", (0, 0)) == (0, 0)
+
+
+def test_a_container_removed_behind_the_hubs_back_is_forgotten_once_its_host_confirms(fleet, monkeypatch):
+    from hub import failover
+    monkeypatch.setattr(failover, "VANISHED_MIN_AGE_SECONDS", 0.0)
+    monkeypatch.setattr(failover, "VANISHED_CHECK_SECONDS", 0.2)
+    hub = fleet.hub
+    for name in ("app.gone", "app.hidden", "app.kept"):
+        assert hub.create_container("busybox", name, {"memory_bytes": GiB, "host": "h1"})["host"] == "h1"
+    hub.route_add("gone.example", "app.gone", 80)
+    assert [b["container"] for r in hub.route_ls() if r["name"] == "gone.example" for b in r["backends"]] == ["app.gone"]
+    hidden = fleet.agents["h1"].container_ls
+
+    def container_ls():  # app.hidden is missing from h1's heartbeats, but h1 still has it
+        return [c for c in hidden() if c["name"] != "app.hidden"]
+    fleet.agents["h1"].container_ls = container_ls
+    del fleet.agents["h1"].containers["app.gone"]  # e.g. a broadcast container_destroy, or a wiped host
+    fleet.start_beats()
+    hub.start()
+    wait_for(lambda: "container_vanished" in kinds(fleet), 10, "app.gone to be found gone")
+    (vanished,) = [e for e in hub.events() if e["kind"] == "container_vanished"]
+    assert (vanished["name"], vanished["host"]) == ("app.gone", "h1")
+    assert sorted(c["name"] for c in hub.container_ls()) == ["app.hidden", "app.kept"]
+    assert not [r for r in hub.route_ls() if r["name"] == "gone.example"]  # its only backend went with it
+    # the name is free again, and the container its host still has stays recorded after more checks
+    assert hub.create_container("busybox", "app.gone", {"memory_bytes": GiB, "host": "h2"})["host"] == "h2"
+    checked = len([e for e in hub.events() if e["kind"] == "container_vanished"])
+    gevent.sleep(1.0)  # five more checks of h1
+    assert fleet.store.container("app.hidden")["state"] == "placed"
+    assert len([e for e in hub.events() if e["kind"] == "container_vanished"]) == checked
