@@ -43,6 +43,7 @@ import collections.abc
 import dataclasses
 import io
 import json
+import re
 import shlex
 import sys
 import time
@@ -98,20 +99,36 @@ def is_stream(value: Any) -> bool:
     return isinstance(value, collections.abc.Iterator)
 
 
+#: Characters a terminal acts on that text from a host or a container must
+#: not carry to the operator's screen: C0 controls but tab and newline, DEL,
+#: C1 controls (ESC and CSI start escape sequences), and the bidirectional
+#: overrides and isolates (text shown in another order than it is).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_text(text: str) -> str:
+    """``text`` with each terminal control character (_UNSAFE) shown as its
+    escape (``\\x1b``, ``\\u202e``), so a value a host or a container chose
+    (an event field, a name, an error message) cannot move the cursor,
+    clear the screen or set the title when dcctl prints it.  Bytes written
+    as they are (exec output, logs) are not touched: like ``docker logs``."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def scalar_text(value: Any) -> str:
-    """One value as short text: strings plain, None ``-``, bools lowercase,
-    containers as compact JSON."""
+    """One value as short text: strings plain (terminal controls escaped:
+    safe_text), None ``-``, bools lowercase, containers as compact JSON."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value
+        return safe_text(value)
     if isinstance(value, (bytes, bytearray)):
         plain = to_jsonable(value)
-        return plain if isinstance(plain, str) else dumps(plain, indent=None)
+        return safe_text(plain) if isinstance(plain, str) else dumps(plain, indent=None)
     if isinstance(value, (dict, list, tuple)):
-        return dumps(value, indent=None)
+        return safe_text(dumps(value, indent=None))
     return str(value)
 
 

@@ -64,6 +64,7 @@ from dcctl.cli.args import (LITERAL_AFTER_WORDS, MAP_OPTIONS, Command, Param, Us
 from dcctl.cli.commands import (DEADLINE_METHODS, INTERACTIVE_HANDLERS, METHOD_TIMEOUT_SECONDS,
                                 TIMEOUT_MARGIN_SECONDS, call_parser, call_timeout, client_keys, fetch_inspect,
                                 run_call, run_keygen, run_method)
+from dcctl.output import safe_text
 from dcctl.wire.clientconfig import (CONFIG_DIR_ENV, DEFAULT_ENDPOINT, HOST_ENV, KEY_ENV, SERVER_KEY_ENV,
                                      config_dir, known_server_key_path)
 
@@ -78,9 +79,11 @@ __all__ = ["run", "main", "UsageError", "Command", "Param", "split_argv", "param
 # ------------------------------------------------------------ entry points
 
 def _report(name: str, message: str, hint: str | None) -> None:
-    print(f"dcctl: {name}: {message}", file=sys.stderr)
+    """An error on stderr; a server's words with their terminal controls
+    escaped (dcctl.output.safe_text)."""
+    print(f"dcctl: {safe_text(str(name))}: {safe_text(str(message))}", file=sys.stderr)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"hint: {safe_text(str(hint))}", file=sys.stderr)
 
 
 def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

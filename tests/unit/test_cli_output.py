@@ -289,3 +289,34 @@ def test_bad_filters(method, specs, text):
 def test_filter_on_a_map_is_refused():
     with pytest.raises(output.FilterError, match="not a listing"):
         output.filter_result("network_ls", NETWORK_AGENT, {"host": ["h1"]})
+
+
+EVIL = "x\x1b[2J\x1b]0;owned\x07\u202ey\x9bz"
+
+
+def test_text_from_a_host_or_container_cannot_drive_the_terminal():
+    """Terminal controls in values a host or a container chose (event fields,
+    names, error messages) are printed as escapes, in every readable form;
+    bytes written as they are (exec output) are not touched."""
+    seen = []
+    _, lines = view("events", [{"index": 1, "at": 1796131100.0, "kind": "died", "host": "h1",
+                                "container": EVIL, "detail": EVIL}])
+    seen.append("\n".join(lines))
+    for result in ([{"name": EVIL, "state": "running"}], {"name": EVIL, "nested": {"k": EVIL}}, EVIL, [EVIL],
+                   iter([{"step": EVIL}]), {"list": [EVIL, {"a": EVIL}]}):
+        code, out, err = render(result)
+        assert code == 0 and err == ""
+        seen.append(out)
+    for text in seen:
+        assert not any(c in text for c in "\x1b\x07\u202e\x9b"), repr(text)
+        assert "\\x1b" in text or "\\u001b" in text, repr(text)
+    code, out, _ = render({"exit_code": 0, "stdout": b"\x1b[1mbold\x1b[0m\n", "stderr": b""})
+    assert out == "\x1b[1mbold\x1b[0m\n"  # a command's own output, as docker exec shows it
+    assert output.safe_text("tab\tand\nnewline") == "tab\tand\nnewline"
+
+
+def test_an_error_message_from_a_server_is_escaped(capsys):
+    from dcctl import cli
+    cli._report("NoSuchContainer", f"no container {EVIL!s}", f"try {EVIL}")
+    err = capsys.readouterr().err
+    assert not any(c in err for c in "\x1b\x07\u202e\x9b") and err.count("\\x1b") == 4, repr(err)
