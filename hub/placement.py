@@ -86,7 +86,9 @@ class Placer:
         Returns: realize's dict.
         Raises: ContainerExists; NoCapacity or NoSuchHost (naming each
         host's reason, and the last failure when every feasible host
-        failed); the host's own error when it is not worth retrying
+        failed); a create pinned to a host (``request.host``) that failed
+        there: that host's error (Unreachable, CallTimeout, LxcFailure,
+        ...), as no other host is tried; the host's own error when it is not worth retrying
         elsewhere (the reservation is dropped in every failure; a copy an
         undo could not reach is recorded as abandoned, see sweep);
         NoSuchContainer (the row was removed while the create ran, e.g.
@@ -117,6 +119,10 @@ class Placer:
                 log.warning("create %s on %s failed (%s: %s); trying another host", name, host,
                             type(exc).__name__, exc)
                 self._leave(name, host)
+                if request.host is not None:  # pinned: no other host to try, and the host's error is the answer
+                    self._drop(name)
+                    raise type(exc)(f"create of {name} on {host} (the host it is pinned to) failed: {exc}",
+                                    hint=exc.hint) from exc
                 try:
                     host = self.store.move(name, scheduler.choose(self.store.hosts(), request, exclude=tried))
                 except errors.DcError as nc:
@@ -369,7 +375,8 @@ class PlacementMethods:
         encoded, or a command and env over 512 KiB), ImageNotFound, AmbiguousImageRef,
         ContainerExists, NoCapacity (naming each host's reason, and the last
         failure when every feasible host failed), NoSuchHost (pinned host
-        unknown), NoSuchContainer (its record was removed while it was being
+        unknown), the pinned host's own error when the create failed there
+        (Unreachable, CallTimeout, LxcFailure: no other host is tried), NoSuchContainer (its record was removed while it was being
         created, e.g. host_remove of its host, here or on another hub: the
         copy made there is destroyed, nothing is left recorded), or the last
         host's own error when it is not one worth retrying elsewhere.

@@ -33,7 +33,7 @@ def lose_h1_mid_start(fleet) -> None:
 
 def test_a_copy_left_by_a_failed_create_is_destroyed_when_its_host_is_back_not_adopted(fleet):
     lose_h1_mid_start(fleet)
-    with pytest.raises(errors.NoCapacity, match="last failure on h1: Unreachable"):
+    with pytest.raises(errors.Unreachable, match="on h1 .the host it is pinned to. failed: lost h1"):
         fleet.hub.create_container("busybox", "kill.mid", {"host": "h1"})
     assert "kill.mid" in fleet.agents["h1"].containers  # made there; the undo did not reach h1
     with pytest.raises(errors.ContainerExists) as caught:  # undecided: the name stays claimed
