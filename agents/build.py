@@ -425,7 +425,9 @@ class _Job:
             bridge="", veth_name="", address="127.0.0.1", prefixlen=32, gateway="",
             console_log=lxc.path(self.cname, "console.log"), lxc_log=lxc.path(self.cname, "lxc.log"),
             init_cmd=f"{self.sleep} 2147483647", halt_signal="SIGKILL", no_network=True,
-            rootfs_options=_OVERLAY_OPTIONS)
+            rootfs_options=_OVERLAY_OPTIONS,
+            # a RUN step's fork loop must not use up the host's PIDs either
+            pids_limit=m.config.default_pids_limit)
         lxc.write_config(self.cname, cfg, m.layout)
         self._check_cancelled()
         self.started_container = True

@@ -14,8 +14,14 @@ import socket
 import tomllib
 from typing import Mapping, Sequence
 
+from dcctl import validate
 from dcctl.errors import InvalidArgument
 from dcctl.wire import parse_endpoint, validate_endpoint
+
+
+#: Bounds of the tmpfs size settings, bytes.
+MIN_TMPFS_SIZE_BYTES = 1 << 20
+MAX_TMPFS_SIZE_BYTES = 1 << 40
 
 
 @dataclasses.dataclass
@@ -83,6 +89,15 @@ class AgentConfig:
     # process and are at least this old, seconds: those of monitors that
     # died without their teardown (lxcwrap.cgroup.remove_stale_lxc_cgroups).
     stale_cgroup_age_s: float = 60.0
+    # Most processes and threads in a container (the pids cgroup's
+    # pids.max) unless its create gives pids_limit: one container's fork
+    # loop must not use up the host's PIDs (pid_max, 32768 by default).
+    default_pids_limit: int = 4096
+    # Sizes of the tmpfs mounts of a system image's container, bytes: /tmp,
+    # and each of /run, /run/lock and /dev/shm.  A container with a memory
+    # limit gets that limit instead (its tmpfs pages are charged to it).
+    tmpfs_tmp_size_bytes: int = 256 << 20
+    tmpfs_size_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         if not self.lxc_path:
@@ -132,6 +147,10 @@ class AgentConfig:
                 raise InvalidArgument(f"metrics_listen: {self.metrics_listen!r} is not ADDR:PORT (or off)")
         if not 5.0 <= self.stale_cgroup_age_s <= 86400.0:  # a start under load may take a second to enter its cgroups
             raise InvalidArgument(f"stale_cgroup_age_s: {self.stale_cgroup_age_s} is not within 5..86400 s")
+        validate.pids_limit_option(self.default_pids_limit, "default_pids_limit")
+        for key in ("tmpfs_tmp_size_bytes", "tmpfs_size_bytes"):
+            validate.number(getattr(self, key), key, minimum=MIN_TMPFS_SIZE_BYTES, maximum=MAX_TMPFS_SIZE_BYTES,
+                            integer=True)
         for path in (self.state_dir, self.lxc_path, self.log_dir):
             if not os.path.isabs(path):
                 raise InvalidArgument(f"{path!r} must be an absolute path")
@@ -175,6 +194,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", help="ADDR:PORT of the Prometheus endpoint (default 127.0.0.1:9323; off)")
     p.add_argument("--stale-cgroup-age-s", type=float,
                    help="ops_cleanup removes empty LXC cgroups at least this old (default 60)")
+    p.add_argument("--default-pids-limit", type=int,
+                   help="most processes and threads per container without pids_limit (16-4194304; default 4096)")
+    p.add_argument("--tmpfs-tmp-size-bytes", type=int,
+                   help="size of a container's /tmp tmpfs without a memory limit (default 256 MiB)")
+    p.add_argument("--tmpfs-size-bytes", type=int,
+                   help="size of each of /run, /run/lock, /dev/shm without a memory limit (default 64 MiB)")
     p.add_argument("--hollow", action="store_true", default=None,
                    help="benchmarks only: start no tool (no LXC, bridge or netfilter)")
     return p

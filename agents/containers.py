@@ -18,8 +18,10 @@ by the next destroy, ``ops_cleanup`` or the next agent start.
 
 Record keys (JSON, persisted by agents.state):
     name, image (id), image_name, created (Unix s), address, memory_bytes,
-    cpus, cpu_shares, env, command, ports [{proto, host_port, container_port,
-    dynamic}], desired ("running"|"stopped"), phase, veth.
+    cpus, cpu_shares, pids_limit (the create's or the agent's
+    default_pids_limit; absent from records written before PID limits, whose
+    LXC config has none), env, command, ports [{proto, host_port,
+    container_port, dynamic}], desired ("running"|"stopped"), phase, veth.
 """
 from __future__ import annotations
 
@@ -90,6 +92,9 @@ class ContainerManager:
         self.images = images
         self.lxc = lxc
         self.layout = cgroup.detect()
+        if not self.layout.has("pids") and not config.hollow:
+            log.warning("this host has no pids cgroup controller: containers get no PID limit "
+                        "(pids_limit and default_pids_limit are not applied)")
         self.state = StateStore(config.state_dir)
         self.events = EventJournal(config.state_dir, config.host_name)  # container events (agents.events)
         self.records: dict[str, dict] = {}
@@ -311,7 +316,8 @@ class ContainerManager:
                    "created": time.time(), "address": address, "ports": [], "desired": "stopped",
                    "phase": "creating", "veth": self.network.veth_name(name),
                    "memory_bytes": opts.get("memory_bytes"), "cpus": opts.get("cpus"),
-                   "cpu_shares": opts.get("cpu_shares"), "env": {**manifest.get("env", {}), **opts["env"]},
+                   "cpu_shares": opts.get("cpu_shares"),
+                   "pids_limit": opts.get("pids_limit") or self.config.default_pids_limit, "env": {**manifest.get("env", {}), **opts["env"]},
                    "command": opts.get("command") or manifest.get("command") or [],
                    "restart": supervisor.parse_policy(opts.get("restart")), "restart_count": 0,
                    "events": [], "volumes": opts.get("volumes") or [],
@@ -353,6 +359,8 @@ class ContainerManager:
         rootfs.write_file(upper, rootfs.COMMAND_PATH, rootfs.command_file_text(rec["command"]))
         if manifest.get("init") == appinit.INIT_PATH:  # an application image: dcfleet's init runs its command
             _blocking(appinit.install, upper, os.path.join(self.images.root, "tools"))
+        tmpfs_dirs = (("/tmp", "/run", "/run/lock", "/dev/shm")
+                      if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ())
         cfg = ContainerConfig(
             name=name, hostname=name, lower_dirs=self.images.layer_dirs(manifest), upper_dir=upper,
             bridge=self.network.bridge, veth_name=rec["veth"], address=rec["address"],
@@ -361,17 +369,30 @@ class ContainerManager:
             log_fifos=self.log_store.prepare(name),
             init_cmd=manifest.get("init") or "/sbin/init", halt_signal=manifest.get("stop_signal") or "SIGPWR",
             memory_bytes=rec["memory_bytes"], cpus=rec["cpus"], cpu_shares=rec["cpu_shares"],
+            pids_limit=rec["pids_limit"],
             # a system image's init (busybox's rcS, systemd) expects tmpfs /tmp,
             # /run, /run/lock and /dev/shm, and cannot mount them itself (no
             # CAP_SYS_ADMIN; systemd refuses to boot without /run/lock)
-            tmpfs_dirs=(("/tmp", "/run", "/run/lock", "/dev/shm")
-                        if (manifest.get("init") or "/sbin/init") == "/sbin/init" else ()),
+            tmpfs_dirs=tmpfs_dirs, tmpfs_size_bytes=self.tmpfs_sizes(tmpfs_dirs, rec["memory_bytes"]),
             bind_mounts=tuple((self.volumes.data_dir(v["name"]), v["path"]) for v in rec.get("volumes") or []),
             # the MAC follows the address: a container that gets the address of
             # one just destroyed (a deploy's churn) is reached at once, not
             # after the host's neighbour entry for the old MAC goes stale
             hwaddr=mac_for(rec["address"]))
         self.lxc.write_config(name, cfg, self.layout)
+
+    def tmpfs_sizes(self, dirs: tuple[str, ...], memory_bytes: int | None) -> dict[str, int]:
+        """The size of each of a container's tmpfs ``dirs``, bytes: its
+        memory limit when it has one (the tmpfs pages it writes are charged
+        to its memory cgroup, so the limit bounds them anyway), else the
+        agent's ``tmpfs_tmp_size_bytes`` for /tmp and ``tmpfs_size_bytes``
+        for every other (/run, /run/lock, /dev/shm).  Without a size a
+        tmpfs may hold half the host's RAM, and without a memory limit
+        nothing else bounds what a container writes there."""
+        if memory_bytes:
+            return {d: memory_bytes for d in dirs}
+        return {d: self.config.tmpfs_tmp_size_bytes if d == "/tmp" else self.config.tmpfs_size_bytes
+                for d in dirs}
 
     def _rollback_create(self, name: str) -> None:
         try:
@@ -702,6 +723,8 @@ class ContainerManager:
         view = self._view(rec, live)
         view.update({"events": rec.get("events", []),
                      "env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
+                     # None: a container made before PID limits (its config has none)
+                     "pids_limit": rec.get("pids_limit"),
                      "veth": rec["veth"], "gateway": self.network.gateway,
                      "prefixlen": self.network.prefixlen, "host": self.config.host_name,
                      "rootfs_upper": self.upper_dir(name), "volumes": rec.get("volumes") or [],

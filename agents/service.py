@@ -368,10 +368,18 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
                 like ``jerome.awesome.web``; also its hostname.
             options: {memory_bytes: int (LXC cgroup memory limit; v1
                 memory.limit_in_bytes or v2 memory.max, as the host runs),
-                cpus: float (CPU quota), cpu_shares: int, env: {K: V},
-                command: [argv] or "shell string", restart: "no" (default) |
-                "always" | "on-failure" | "on-failure:N" (Docker's names; the
-                container lives as long as its command, see agents.supervisor)}.
+                cpus: float (CPU quota), cpu_shares: int, pids_limit: int
+                (most processes and threads, 16-4194304: the pids cgroup's
+                pids.max; default the agent's default_pids_limit, 4096),
+                env: {K: V}, command: [argv] or "shell string", restart:
+                "no" (default) | "always" | "on-failure" | "on-failure:N"
+                (Docker's names; the container lives as long as its
+                command, see agents.supervisor)}.
+
+        A system image's container (init /sbin/init) gets tmpfs /tmp, /run,
+        /run/lock and /dev/shm, each as large as its memory_bytes when it
+        has one, else the agent's tmpfs_tmp_size_bytes (/tmp, 256 MiB) and
+        tmpfs_size_bytes (the others, 64 MiB each).
 
         The rootfs is an overlay of the image's layers with a per-container
         upper dir; the image's templates are rendered into it (Jinja2) with
@@ -467,7 +475,8 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
 
         Returns: container_ls's keys plus events [{at, kind
         (exited|oom|restarted|restart_gave_up|restart_failed), ...}], env,
-        command, cpu_shares, veth, gateway, prefixlen, host, rootfs_upper and
+        command, cpu_shares, pids_limit (None for a container made before
+        PID limits), veth, gateway, prefixlen, host, rootfs_upper and
         usage {memory_bytes, memory_limit_bytes, cpu_seconds} read from its
         cgroup (whole subtree; None when it does not run).
 

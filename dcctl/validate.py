@@ -154,6 +154,8 @@ CREATE_OPTIONS = {
     "memory_bytes": "hard memory limit, bytes (>= 4 MiB)",
     "cpus": "CPU quota as a count of CPUs, e.g. 0.5",
     "cpu_shares": "relative CPU weight, 2-262144 (1024 = normal)",
+    "pids_limit": "most processes and threads in the container, 16-4194304 (default: the agent's "
+                  "default_pids_limit, 4096)",
     "env": "environment of the container's command, {NAME: value}",
     "command": "the command init runs (argv list, or a string for /bin/sh -c)",
     "restart": "restart policy: no (default), always, on-failure or on-failure:N",
@@ -169,6 +171,11 @@ ENTER_OPTIONS = {"via": "relay transport: tcp or ipc"}
 MIN_MEMORY_BYTES = 4 << 20
 MAX_MEMORY_BYTES = 1 << 50
 MAX_CPUS = 4096
+#: Bounds of the ``pids_limit`` create option (the pids cgroup's
+#: ``pids.max``): 16 is about what a system image's init, a shell and a
+#: command need; 4194304 is the kernel's PID_MAX_LIMIT on 64-bit.
+MIN_PIDS_LIMIT = 16
+MAX_PIDS_LIMIT = 4 << 20
 EXEC_DEFAULT_TIMEOUT_SECONDS = 300.0
 EXEC_MAX_TIMEOUT_SECONDS = 86400.0
 EXEC_MAX_OUTPUT_BYTES = 16 << 20
@@ -216,11 +223,25 @@ def cpus_option(value: Any, max_cpus: float = MAX_CPUS) -> float:
     return value
 
 
+def pids_limit_option(value: Any, what: str = "pids_limit") -> int:
+    """A PID limit (the ``pids_limit`` create option, the agent's
+    ``default_pids_limit``): an integer from MIN_PIDS_LIMIT to
+    MAX_PIDS_LIMIT, a count of processes and threads (the pids cgroup's
+    ``pids.max``).
+
+    Raises: InvalidArgument naming ``what`` and the bounds."""
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_PIDS_LIMIT <= value <= MAX_PIDS_LIMIT:
+        raise InvalidArgument(f"{what} must be an integer from {MIN_PIDS_LIMIT} to {MAX_PIDS_LIMIT} "
+                              f"(processes and threads), got {value!r}")
+    return value
+
+
 def create_options(value: Any, *, max_cpus: float = MAX_CPUS) -> dict:
     """container_create's options map, checked and normalised: keys of
     CREATE_OPTIONS only; memory_bytes an integer from 4 MiB to 2^50; cpus a
     number from 0.01 to ``max_cpus`` (the agent passes its CPU count);
-    cpu_shares an integer 2-262144; env (see ``env``, always present in the
+    cpu_shares an integer 2-262144; pids_limit an integer from
+    MIN_PIDS_LIMIT to MAX_PIDS_LIMIT (16-4194304); env (see ``env``, always present in the
     result, {} by default); command (see ``command``, as an argv list);
     command and env together at most EXEC_ARGS_MAX_BYTES (512 KiB);
     restart (see ``restart_policy``, kept as given).  None values are
@@ -235,6 +256,8 @@ def create_options(value: Any, *, max_cpus: float = MAX_CPUS) -> dict:
         cpus_option(opts["cpus"], max_cpus)
     if "cpu_shares" in opts:
         number(opts["cpu_shares"], "cpu_shares", minimum=2, maximum=262144, integer=True)
+    if "pids_limit" in opts:
+        pids_limit_option(opts["pids_limit"])
     opts["env"] = env(opts.get("env"))
     restart_policy(opts.get("restart"))
     if "command" in opts:

@@ -55,6 +55,7 @@ DEPLOY_OPTIONS = {
     "volume": "NAME:/path (repeatable): named volumes; the app stays on their host",
     "command": "the containers' command (argv list or shell string)",
     "memory_bytes": "each container's memory limit",
+    "pids_limit": "each container's most processes and threads, 16-4194304 (default: its host's)",
     "check": "HTTP path checked before the switch, e.g. /health (default: a TCP connect)",
     "check_wait_s": f"seconds before the first check and between attempts (default {CHECK_WAIT_SECONDS:g})",
     "check_timeout_s": f"seconds each check may take (default {CHECK_TIMEOUT_SECONDS:g})",
@@ -93,7 +94,7 @@ def release_number(value) -> int:
 def release_config(app: str, options, previous: dict | None, domain: str) -> dict:
     """A release's config from deploy's options over the previous
     release's config.  Returns: {replicas, routes, env, volumes [{name,
-    path}], command, memory_bytes, check {path, wait_s, timeout_s,
+    path}], command, memory_bytes, pids_limit, check {path, wait_s, timeout_s,
     attempts}, settle_s, retire_s, keep}.  Raises: InvalidArgument."""
     opts = validate.options(options, DEPLOY_OPTIONS, "deploy")
     prev = previous or {}
@@ -115,6 +116,10 @@ def release_config(app: str, options, previous: dict | None, domain: str) -> dic
         validate.number(mem, "memory_bytes", minimum=validate.MIN_MEMORY_BYTES,
                         maximum=validate.MAX_MEMORY_BYTES, integer=True)
     cfg["memory_bytes"] = mem
+    pids = opts.get("pids_limit", prev.get("pids_limit"))
+    if pids is not None:
+        validate.pids_limit_option(pids)
+    cfg["pids_limit"] = pids
     pc = prev.get("check") or {}
     path = opts.get("check", pc.get("path"))
     if path is not None and (not isinstance(path, str) or not _CHECK_RE.match(path)):
@@ -205,7 +210,7 @@ class AppMethods:
             app: 1-40 chars of a-z, 0-9, '-'.
             image: a ref in the hub's registry (``name``, ``name@idprefix``).
             options: {replicas, route (name or list), env {K: V}, volume
-                ("NAME:/path" or a list), command, memory_bytes, check
+                ("NAME:/path" or a list), command, memory_bytes, pids_limit, check
                 (HTTP path), check_wait_s (5), check_timeout_s (30),
                 check_attempts (5), settle_s (2), retire_s (10), keep (5)};
                 keys not given are the previous release's.

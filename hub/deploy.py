@@ -217,7 +217,7 @@ class Deployer:
         names = [f"{doc['app']}.v{doc['release']}.{k}" for k in range(1, config["replicas"] + 1)]
         self._journal(doc, new=names)
         opts = {"env": config["env"], "no_route": True}
-        for key in ("command", "memory_bytes"):
+        for key in ("command", "memory_bytes", "pids_limit"):
             if config.get(key) is not None:
                 opts[key] = config[key]
         if config["volumes"]:

@@ -42,7 +42,9 @@ PULL_TIMEOUT_SECONDS = 600.0
 SPEC_MAX_BYTES = 768 * 1024
 CREATE_OPTIONS = {
     "memory_bytes": "memory limit and reservation, bytes",
-    "cpus": "CPU quota", "cpu_shares": "CPU weight", "env": "{NAME: value}",
+    "cpus": "CPU quota", "cpu_shares": "CPU weight",
+    "pids_limit": "most processes and threads, 16-4194304 (default: the host agent's default_pids_limit)",
+    "env": "{NAME: value}",
     "command": "argv list or shell string",
     "label": "placement constraints {key: value}", "host": "pin to this host",
     "no_start": "create only", "strategy": "spread (default) or binpack",
@@ -354,7 +356,7 @@ class PlacementMethods:
         Args:
             image: ref in the hub's registry, ``name`` or ``name@idprefix``.
             name: fleet-unique container name (see container_create).
-            options: {memory_bytes, cpus, cpu_shares, env, command (as the
+            options: {memory_bytes, cpus, cpu_shares, pids_limit, env, command (as the
                 agent's container_create), label {k: v} constraints, host
                 (pin), no_start (bool), strategy ("spread"|"binpack"),
                 volumes (["NAME:/path"]: placed on the host that holds

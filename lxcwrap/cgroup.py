@@ -61,6 +61,11 @@ class Layout:
             return 1
         return 2 if self.v2 else 1
 
+    def has(self, controller: str) -> bool:
+        """Whether ``controller`` is mounted at all: a v1 hierarchy of
+        its own, or listed in the v2 root's ``cgroup.controllers``."""
+        return controller in self.v1 or controller in self.v2_controllers
+
 
 def detect(mountinfo_text: str | None = None) -> Layout:
     """Parse mountinfo (this process's by default) into a Layout."""
@@ -234,7 +239,7 @@ def _sweep(bases: list[str], min_age_s: float, now: float) -> list[str]:
 
 
 def limit_config(layout: Layout, memory_bytes: int | None, cpus: float | None,
-                 cpu_shares: int | None) -> list[tuple[str, str]]:
+                 cpu_shares: int | None, pids_limit: int | None = None) -> list[tuple[str, str]]:
     """LXC config keys that apply the limits under ``layout``.
 
     Args:
@@ -244,6 +249,12 @@ def limit_config(layout: Layout, memory_bytes: int | None, cpus: float | None,
             v2 cpu.max), e.g. 0.5 for half a CPU.
         cpu_shares: relative weight, Docker's scale (1024 = normal; v1
             cpu.shares, v2 cpu.weight converted as runc does).
+        pids_limit: most tasks (processes and threads) in the container's
+            cgroup, ``pids.max`` on either version (``lxc.cgroup.pids.max``
+            or ``lxc.cgroup2.pids.max``); a fork past it fails with EAGAIN.
+            Left out when the host has no pids controller (``Layout.has``):
+            LXC would refuse to start the container (the agent logs that
+            the limit cannot be applied, agents.containers).
     """
     out: list[tuple[str, str]] = []
     period_us = 100_000
@@ -265,6 +276,9 @@ def limit_config(layout: Layout, memory_bytes: int | None, cpus: float | None,
             out.append(("lxc.cgroup2.cpu.weight", str(max(1, min(10000, weight)))))
         else:
             out.append(("lxc.cgroup.cpu.shares", str(cpu_shares)))
+    if pids_limit and layout.has("pids"):
+        prefix = "lxc.cgroup2" if layout.version("pids") == 2 else "lxc.cgroup"
+        out.append((f"{prefix}.pids.max", str(pids_limit)))
     return out
 
 

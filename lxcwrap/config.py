@@ -55,11 +55,19 @@ class ContainerConfig:
     memory_bytes: int | None = None
     cpus: float | None = None
     cpu_shares: int | None = None
+    #: most tasks (processes and threads) in the container: the pids
+    #: cgroup's pids.max (see lxcwrap.cgroup.limit_config); None: no limit
+    pids_limit: int | None = None
     hwaddr: str | None = None
     #: directories LXC mounts a fresh tmpfs on, in order (mode 1777 for /tmp,
     #: /run/lock and /dev/shm, else
     #: 0755) before init starts: init cannot mount without CAP_SYS_ADMIN
     tmpfs_dirs: tuple[str, ...] = ()
+    #: each tmpfs dir's size, bytes (the mount's ``size=``; the kernel
+    #: rounds it up to whole pages): a tmpfs without one may fill half the
+    #: host's RAM, charged to the writer's memory cgroup only.  Every dir
+    #: of ``tmpfs_dirs`` must have one (render raises ValueError).
+    tmpfs_size_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
     #: no network at all (``lxc.net.0.type = empty``: loopback only); the
     #: address, bridge and veth fields are then ignored (a build container)
     no_network: bool = False
@@ -76,7 +84,9 @@ class ContainerConfig:
     log_fifos: tuple[str, str] | None = None
 
     def items(self, layout: cgroup.Layout) -> list[tuple[str, str]]:
-        """The config as ordered (key, value) pairs."""
+        """The config as ordered (key, value) pairs.
+
+        Raises: ValueError (an unsafe bind mount, a tmpfs dir without a size)."""
         rootfs = "overlay:" + ":".join([*self.lower_dirs, self.upper_dir])
         items = [
             ("lxc.uts.name", self.hostname),
@@ -114,8 +124,11 @@ class ContainerConfig:
         items.extend((f"{prefix}.devices.allow", rule) for rule in DEVICE_ALLOW)
         for d in self.tmpfs_dirs:
             mode = "1777" if d in ("/tmp", "/run/lock", "/dev/shm") else "0755"
+            size = self.tmpfs_size_bytes.get(d)
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise ValueError(f"tmpfs {d} needs a size in bytes, got {size!r}")
             items.append(("lxc.mount.entry",
-                          f"tmpfs {d.lstrip('/')} tmpfs mode={mode},nosuid,nodev,create=dir 0 0"))
+                          f"tmpfs {d.lstrip('/')} tmpfs mode={mode},nosuid,nodev,size={size},create=dir 0 0"))
         for source, dest in self.bind_mounts:
             if not source.startswith("/") or not dest.startswith("/") or any(
                     c.isspace() for c in source + dest):
@@ -123,7 +136,7 @@ class ContainerConfig:
             items.append(("lxc.mount.entry", f"{source} {dest.lstrip('/')} none bind,create=dir 0 0"))
         for src, target in zip(self.log_fifos or (), LOG_FIFO_TARGETS):
             items.append(("lxc.mount.entry", f"{src} {target.lstrip('/')} none bind,create=file 0 0"))
-        items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares))
+        items.extend(cgroup.limit_config(layout, self.memory_bytes, self.cpus, self.cpu_shares, self.pids_limit))
         return items
 
     def ipv4_address_value(self) -> str:
@@ -140,7 +153,8 @@ class ContainerConfig:
         """The config file text.
 
         Raises:
-            ValueError: a value contains a newline or NUL (config injection).
+            ValueError: a value contains a newline or NUL (config injection),
+                or as ``items``.
         """
         lines = ["# Written by dcfleet's agent; edits are overwritten."]
         for key, value in self.items(layout):

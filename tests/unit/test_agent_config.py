@@ -44,6 +44,12 @@ def test_file_then_flags(tmp_path):
     ('', ["--port-range", "20000"], "LOW-HIGH"),
     ('stale_cgroup_age_s = 4.5\n', [], "stale_cgroup_age_s"),
     ('', ["--stale-cgroup-age-s", "1e6"], "stale_cgroup_age_s"),
+    ('default_pids_limit = 15\n', [], "default_pids_limit"),
+    ('', ["--default-pids-limit", "4194305"], "default_pids_limit"),
+    ('default_pids_limit = "4096"\n', [], "default_pids_limit"),
+    ('tmpfs_size_bytes = 1024\n', [], "tmpfs_size_bytes"),
+    ('', ["--tmpfs-tmp-size-bytes", "0"], "tmpfs_tmp_size_bytes"),
+    ('tmpfs_tmp_size_bytes = 1.5e8\n', [], "tmpfs_tmp_size_bytes"),
 ])
 def test_bad_settings_are_named(tmp_path, text, flags, match):
     with pytest.raises(errors.InvalidArgument, match=match):
@@ -53,3 +59,11 @@ def test_bad_settings_are_named(tmp_path, text, flags, match):
 def test_missing_file_is_invalid_argument(tmp_path):
     with pytest.raises(errors.InvalidArgument, match="config file"):
         config.load(["--config", str(tmp_path / "none.toml")], environ={})
+
+
+def test_pid_limit_and_tmpfs_size_settings(tmp_path):
+    cfg = config.load([], environ={})
+    assert (cfg.default_pids_limit, cfg.tmpfs_tmp_size_bytes, cfg.tmpfs_size_bytes) == (4096, 256 << 20, 64 << 20)
+    cfg = config.load(["--config", _toml(tmp_path, "default_pids_limit = 100\ntmpfs_size_bytes = 8388608\n"),
+                       "--default-pids-limit", "200", "--tmpfs-tmp-size-bytes", "33554432"], environ={})
+    assert (cfg.default_pids_limit, cfg.tmpfs_tmp_size_bytes, cfg.tmpfs_size_bytes) == (200, 32 << 20, 8 << 20)

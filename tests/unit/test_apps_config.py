@@ -28,6 +28,7 @@ def test_options_not_given_are_the_previous_releases_and_env_merges():
     {"replicas": 0}, {"replicas": 33}, {"replicas": "2"}, {"route": "Bad_Name"}, {"route": []},
     {"env": {"1X": "a"}}, {"check": "health"}, {"check": "/a b"}, {"check_attempts": 0}, {"retire_s": -1},
     {"volume": "x:/proc"}, {"volume": ["a:/srv", "b:/srv"]}, {"nonsense": 1}, {"memory_bytes": 1},
+    {"pids_limit": 8}, {"pids_limit": "100"},
 ])
 def test_bad_options_are_refused(options):
     with pytest.raises(errors.InvalidArgument):
@@ -78,3 +79,10 @@ def test_volumes_may_not_hide_the_images_system_dirs(path):
 
 def test_volumes_under_system_dirs_are_allowed():
     assert validate.volume_specs(["a:/usr/local/data", "b:/etc/myapp"])[1] == {"name": "b", "path": "/etc/myapp"}
+
+
+def test_pids_limit_is_kept_from_the_previous_release():
+    assert apps.release_config("web", None, None, "dcf.test")["pids_limit"] is None
+    v1 = apps.release_config("web", {"pids_limit": 100}, None, "dcf.test")
+    assert apps.release_config("web", {"replicas": 2}, v1, "dcf.test")["pids_limit"] == 100
+    assert apps.release_config("web", {"pids_limit": 200}, v1, "dcf.test")["pids_limit"] == 200

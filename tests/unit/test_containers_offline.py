@@ -17,6 +17,7 @@ from agents.network import Network
 from agents.supervisor import Supervisor
 from dcctl import errors
 from images import ImageStore, InvalidImage
+from lxcwrap import cgroup
 from lxcwrap.lxc import Lxc
 from lxcwrap.run import Completed
 from tests.waiting import wait_for
@@ -113,6 +114,40 @@ def test_a_create_that_fails_midway_leaves_nothing(host):
     config = open(os.path.join(manager.config.lxc_path, "off.good", "config")).read()
     assert "lxc.net.0.ipv4.address = 10.219.7.2/24 10.219.7.255\n" in config
     assert not any(c[0].startswith("lxc-") and c[0] != "lxc-ls" for c in tools.calls)  # create starts no tool
+
+
+def test_create_writes_the_pid_limit_and_bounded_tmpfs_sizes(host):
+    """The config a create writes: pids.max from the agent's default or the
+    create's pids_limit, for the host's pids hierarchy; each tmpfs with a
+    size= (the agent's settings, or the memory limit when there is one);
+    and what inspect reports, also for a record written before PID limits."""
+    manager, _tools = host
+    manager.layout = cgroup.Layout({"memory": "/m", "pids": "/p"}, None, frozenset())
+
+    def entries(name):
+        with open(os.path.join(manager.config.lxc_path, name, "config")) as f:
+            lines = f.read().splitlines()
+        pids = [ln for ln in lines if "pids" in ln]
+        tmpfs = {ln.split()[3]: ln.split()[5] for ln in lines if ln.startswith("lxc.mount.entry = tmpfs ")}
+        return pids, tmpfs
+
+    manager.create("good", "off.lim", None)
+    opts = "mode={},nosuid,nodev,size={},create=dir"
+    assert entries("off.lim") == (["lxc.cgroup.pids.max = 4096"], {
+        "tmp": opts.format("1777", 256 << 20), "run": opts.format("0755", 64 << 20),
+        "run/lock": opts.format("1777", 64 << 20), "dev/shm": opts.format("1777", 64 << 20)})
+    assert manager.inspect("off.lim")["pids_limit"] == 4096
+    manager.create("good", "off.mem", {"pids_limit": 50, "memory_bytes": 32 << 20})
+    pids, tmpfs = entries("off.mem")
+    assert pids == ["lxc.cgroup.pids.max = 50"] and manager.inspect("off.mem")["pids_limit"] == 50
+    assert all(f",size={32 << 20}," in o for o in tmpfs.values()) and len(tmpfs) == 4
+    manager.layout = cgroup.Layout({}, "/sys/fs/cgroup", frozenset({"memory", "pids"}))  # cgroup v2
+    manager.create("good", "off.v2", {"pids_limit": 100})
+    assert entries("off.v2")[0] == ["lxc.cgroup2.pids.max = 100"]
+    del manager.records["off.lim"]["pids_limit"]  # a record made before PID limits
+    assert manager.inspect("off.lim")["pids_limit"] is None
+    manager.start("off.lim")
+    assert manager.records["off.lim"]["desired"] == "running"
 
 
 def test_a_destroy_cut_short_stays_destroying_and_the_next_one_finishes(host):

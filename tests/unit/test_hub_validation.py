@@ -50,6 +50,8 @@ BAD_CALLS = [
     ("create_container", "busybox", "fz.a", {"cpu_shares": 1}),
     ("create_container", "busybox", "fz.a", {"memory_bytes": 1.5}),
     ("create_container", "busybox", "fz.a", {"memory_bytes": 1024}),
+    ("create_container", "busybox", "fz.a", {"pids_limit": 8}),
+    ("create_container", "busybox", "fz.a", {"pids_limit": 1 << 23}),
     ("create_container", "busybox", "fz.a", {"restart": "sometimes"}),
     ("create_container", "busybox", "fz.a", {"restart": ["always"]}),
     ("create_container", "busybox", "fz.a", {"command": []}),
@@ -94,7 +96,7 @@ def test_good_options_get_as_far_as_the_lookup(hub):
         hub.call("container_exec", "x", "true", {"timeout_s": 5, "env": {"A": "1"}, "stdin": "in",
                                                 "max_output_bytes": 10})
     with pytest.raises(errors.ImageNotFound):
-        hub.call("create_container", "busybox", "fz.a", {"memory_bytes": 64 << 20, "cpus": 0.5,
+        hub.call("create_container", "busybox", "fz.a", {"memory_bytes": 64 << 20, "cpus": 0.5, "pids_limit": 64,
                                                          "restart": "on-failure:3", "command": "sleep 1",
                                                          "env": {"A": "1"}, "label": {"zone": "a"}})
     with pytest.raises(errors.NoSuchContainer):
@@ -105,7 +107,7 @@ def test_an_unknown_create_option_names_every_option_the_hub_takes(hub):
     with pytest.raises(errors.InvalidArgument) as info:
         hub.call("create_container", "busybox", "fz.a", {"nosuchoption": 1})
     known = str(info.value).split("known: ", 1)[1].split(", ")
-    assert {"route", "no_route", "memory_bytes", "restart", "strategy"} <= set(known), known
+    assert {"route", "no_route", "memory_bytes", "pids_limit", "restart", "strategy"} <= set(known), known
     with pytest.raises(errors.InvalidArgument) as info:  # with a route option beside it too
         hub.call("create_container", "busybox", "fz.a", {"route": "a.dcf.test", "nosuchoption": 1})
     assert "'nosuchoption'" in str(info.value)

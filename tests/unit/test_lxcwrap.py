@@ -74,10 +74,32 @@ def test_config_keeps_docker_caps_and_device_rules_for_the_devices_hierarchy():
                     "setpcap net_bind_service sys_chroot kill audit_write sys_boot"]
     assert "lxc.cgroup.devices.deny = a\n" in v1 and "lxc.cgroup.devices.allow = b *:* m\n" in v1
     assert "lxc.cgroup.devices.allow = c 1:3 rwm\n" in v1 and "b 254" not in v1
-    v2 = _cfg(tmpfs_dirs=("/tmp", "/run")).render(cgroup.Layout({}, "/sys/fs/cgroup", frozenset({"memory"})))
+    v2 = _cfg(tmpfs_dirs=("/tmp", "/run"), tmpfs_size_bytes={"/tmp": 1 << 28, "/run": 1 << 26}).render(
+        cgroup.Layout({}, "/sys/fs/cgroup", frozenset({"memory"})))
     assert "lxc.cgroup2.devices.deny = a\n" in v2 and "lxc.cgroup.devices" not in v2
-    assert "lxc.mount.entry = tmpfs tmp tmpfs mode=1777,nosuid,nodev,create=dir 0 0\n" in v2
-    assert "lxc.mount.entry = tmpfs run tmpfs mode=0755,nosuid,nodev,create=dir 0 0\n" in v2
+    assert "lxc.mount.entry = tmpfs tmp tmpfs mode=1777,nosuid,nodev,size=268435456,create=dir 0 0\n" in v2
+    assert "lxc.mount.entry = tmpfs run tmpfs mode=0755,nosuid,nodev,size=67108864,create=dir 0 0\n" in v2
+
+
+@pytest.mark.parametrize("sizes", [{}, {"/tmp": 1 << 20}, {"/tmp": 1 << 20, "/dev/shm": 0},
+                                   {"/tmp": 1 << 20, "/dev/shm": None}, {"/tmp": 1 << 20, "/dev/shm": "64M"}])
+def test_every_tmpfs_needs_a_size(sizes):
+    """A tmpfs without size= may fill half the host's RAM: the config refuses one."""
+    with pytest.raises(ValueError, match="needs a size"):
+        _cfg(tmpfs_dirs=("/tmp", "/dev/shm"), tmpfs_size_bytes=sizes).render(cgroup.Layout({}, None, frozenset()))
+
+
+def test_pids_limit_key_follows_the_pids_controller():
+    v1 = cgroup.Layout({"memory": "/m", "pids": "/sys/fs/cgroup/pids"}, "/u", frozenset())
+    v2 = cgroup.Layout({}, "/sys/fs/cgroup", frozenset({"memory", "pids"}))
+    assert cgroup.limit_config(v1, None, None, None, 4096) == [("lxc.cgroup.pids.max", "4096")]
+    assert cgroup.limit_config(v2, None, None, None, 50) == [("lxc.cgroup2.pids.max", "50")]
+    assert "lxc.cgroup.pids.max = 64\n" in _cfg(pids_limit=64).render(v1)
+    # no pids controller: no key (LXC would refuse to start the container); none without a limit
+    assert cgroup.limit_config(cgroup.Layout({"memory": "/m"}, "/u", frozenset()), None, None, None, 64) == []
+    assert cgroup.limit_config(v1, None, None, None, None) == []
+    assert cgroup.detect(_read("mountinfo-hybrid.txt")).has("pids")
+    assert not cgroup.Layout({"memory": "/m"}, "/u", frozenset({"memory"})).has("pids")
 
 
 def test_config_refuses_injected_newlines():

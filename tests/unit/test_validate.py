@@ -33,3 +33,15 @@ def test_protocol_env_command_options():
         validate.command([])
     with pytest.raises(errors.InvalidArgument):
         validate.options({"nope": 1}, {"yes": ""}, "x")
+
+
+@pytest.mark.parametrize("value", [15, 0, -1, 4194305, 50.0, "50", True, [50]])
+def test_bad_pids_limits(value):
+    with pytest.raises(errors.InvalidArgument, match="pids_limit must be an integer from 16 to 4194304"):
+        validate.create_options({"pids_limit": value})
+
+
+def test_pids_limit_bounds_are_kept():
+    assert validate.create_options({"pids_limit": 16})["pids_limit"] == 16
+    assert validate.create_options({"pids_limit": 4194304})["pids_limit"] == 4194304
+    assert "pids_limit" not in validate.create_options({"pids_limit": None})
