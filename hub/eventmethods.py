@@ -14,7 +14,9 @@ class EventMethods:
     @expose(access="read")
     def events(self, since: str | float | int = 0, filters: list | dict | None = None) -> list:
         """Fleet events after ``since``, oldest first (at most the newest
-        10000 that match).
+        10000 that match, and the newest that fit 16 MB of JSON,
+        fleet_events.MAX_LIST_BYTES: the call never fails for its size;
+        events_follow from an index gives every event).
 
         Args:
             since: an index (a string of digits below 1000000000: the
@@ -64,7 +66,11 @@ class EventMethods:
         ``head``; an event naming a container the hub places on another
         host is not recorded (its index is passed), one naming a container
         the hub does not know is recorded with ``unknown_to_hub: true``.
-        The event's ``at`` in the fleet log is the hub's receive time; the
+        Only the fields agents send are kept (fleet_events.AGENT_FIELDS;
+        others dropped, strings cut to 256 chars, a command to 16 words);
+        ``at`` must be finite.  Each host's events are retained apart
+        (fleet_events.MAX_HOST_EVENTS), so a flood pushes out only that
+        host's own.  The event's ``at`` in the fleet log is the hub's receive time; the
         agent's is kept as ``agent_at``.  An index that jumps past the
         cursor is taken and recorded (``agent_events_gap``); a later head
         below the cursor puts it back where the host's events stood before
@@ -76,7 +82,8 @@ class EventMethods:
         Raises: NoSuchHost (not registered), Unauthorized (another host's
         key), InvalidArgument (a malformed event, a type no agent emits, an
         index that does not rise or is past ``head``, an index or head past
-        2**53 - 1, over 1000 at once; nothing is taken).
+        2**53 - 1, over 1000 at once, an at that is not finite, an invalid
+        container name, a known field of the wrong type; nothing is taken).
         """
         if not isinstance(events, list) or len(events) > fleet_events.MAX_INGEST:
             raise errors.InvalidArgument(f"at most {fleet_events.MAX_INGEST} events per call")

@@ -1,6 +1,7 @@
 """The hub's fleet events: one index over the hub's own events and every
 agent's container events, persisted in the store (HubStore's ``events``
-section), with bounded retention (count and age), and followers that wake
+section), with bounded retention (count per source: the hub's own and
+each host's apart, see EventLog; and age), and followers that wake
 as events are added.
 
 Event documents are ``{index, at (Unix s), type, ...}``; ``kind`` repeats
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import logging
+import math
 import re
 import time
 from typing import Any, Callable, Iterator
@@ -41,11 +44,27 @@ import gevent.event
 import gevent.lock
 
 from agents.events import EVENT_TYPES as AGENT_EVENT_TYPES
-from dcctl import errors
+from dcctl import errors, validate
 
 log = logging.getLogger(__name__)
 
+#: Retention of the hub's own events (count).
 MAX_EVENTS = 100_000
+#: Retention of each host's agent events (count), apart from the hub's own
+#: and from other hosts' (as many as an agent's own journal keeps,
+#: agents.events.MAX_EVENTS): a host that floods pushes out its own only.
+MAX_HOST_EVENTS = 10_000
+#: What an agent's event may carry (agents.events, agents.containers,
+#: agents.supervisor); other fields are dropped.  index, at, type and
+#: container are required; host is the caller's.
+AGENT_FIELDS = ("index", "at", "type", "container", "host", "image", "exit_code", "oom_killed", "count", "command")
+#: A string field of an agent event (image, each command word) past this is cut to it.
+MAX_FIELD_CHARS = 256
+#: Words of an exec_started command kept (the agent sends the first 16).
+MAX_COMMAND_WORDS = 16
+#: An ``events`` answer's size at most (JSON bytes of its events): the
+#: newest that fit are returned, far below the wire's MAX_RESULT_BYTES.
+MAX_LIST_BYTES = 16 << 20
 MAX_AGE_SECONDS = 7 * 86400.0
 #: Events read from the store per batch (a list answer's cap is MAX_LIST).
 BATCH = 500
@@ -66,12 +85,15 @@ FLOOR_SUFFIX = "/floor"
 
 FILTER_KEYS = {"container": "container", "name": "container", "host": "host", "type": "type",
                "event": "type", "kind": "type", "image": "image"}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_DURATION = re.compile(r"^(\d{1,15}(?:\.\d{1,15})?)(s|m|h|d)$", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: A bare number of ``since`` from here on (10 digits: 2001-09-09 on) is Unix
 #: seconds, below it an index; a number with a fraction is Unix seconds too.
 UNIX_FROM = 1_000_000_000
-_DECIMAL = re.compile(r"^\d+\.\d*$")
+_DECIMAL = re.compile(r"^\d+\.\d*$", re.ASCII)
+_DIGITS = re.compile(r"^\d+$", re.ASCII)
+#: Digits of a bare ``since`` at most (Unix seconds past that are centuries ahead).
+MAX_SINCE_DIGITS = 30
 
 
 def parse_filters(filters: Any) -> dict[str, set[str]]:
@@ -106,6 +128,32 @@ def parse_filters(filters: Any) -> dict[str, set[str]]:
     return out
 
 
+def _check_fields(event: dict) -> None:
+    """Refuse an agent event's known fields of a type no agent sends
+    (InvalidArgument); sizes are cut by _kept_fields."""
+    for key, ok in (("image", lambda v: v is None or isinstance(v, str)),
+                    ("exit_code", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                                          and -2 ** 31 <= v < 2 ** 31)),
+                    ("oom_killed", lambda v: isinstance(v, bool)),
+                    ("count", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 31),
+                    ("command", lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v))):
+        if key in event and not ok(event[key]):
+            raise errors.InvalidArgument(f"an agent event's {key} is not what an agent sends: {str(event[key])[:80]!r}")
+
+
+def _kept_fields(event: dict) -> dict:
+    """What the hub keeps of a checked agent event: the AGENT_FIELDS but
+    index and at (any other field is dropped), strings cut to
+    MAX_FIELD_CHARS, a command to MAX_COMMAND_WORDS words (so at most
+    about 5 KB an event)."""
+    doc = {k: event[k] for k in AGENT_FIELDS if k in event and k not in ("index", "at", "host")}
+    if isinstance(doc.get("image"), str):
+        doc["image"] = doc["image"][:MAX_FIELD_CHARS]
+    if "command" in doc:
+        doc["command"] = [w[:MAX_FIELD_CHARS] for w in doc["command"][:MAX_COMMAND_WORDS]]
+    return doc
+
+
 def matches(event: dict, filters: dict[str, set[str]]) -> bool:
     """Whether ``event`` passes every key of ``filters`` (any of its values)."""
     for key, values in filters.items():
@@ -128,12 +176,25 @@ class EventLog:
         store: the hub's store (its ``events`` section), or None for
             events kept in memory only (the last max_events; a store
             without the events methods, e.g. etcd's until it has them).
-        max_events, max_age_s: retention (count; seconds).
+        max_events, max_age_s: retention (count; seconds) of the hub's own
+            events (in memory: of all).
+        max_host_events: retention (count) of each host's agent events.
+
+    Retention is per source (store.event_source): the hub's own events
+    (host_added, placed, ...) keep ``max_events``, each host's agent
+    events ``max_host_events``, apart, and all go after ``max_age_s``; so
+    a host that floods (its key held by someone else, a buggy agent)
+    pushes out only its own older events.  The fleet index stays one
+    sequence (with holes where a source was pruned); ``since`` before the
+    newest index any source dropped is EventsExpired, and a follower is
+    EventsExpired when pruning drops an event it had not read yet.
     """
 
-    def __init__(self, store=None, *, max_events: int = MAX_EVENTS, max_age_s: float = MAX_AGE_SECONDS):
+    def __init__(self, store=None, *, max_events: int = MAX_EVENTS, max_age_s: float = MAX_AGE_SECONDS,
+                 max_host_events: int = MAX_HOST_EVENTS):
         self.store = store
         self.max_events = max_events
+        self.max_host_events = max_host_events
         self.max_age_s = max_age_s
         self._memory: collections.deque = collections.deque(maxlen=max_events)  # store None only
         self._pending: collections.deque = collections.deque()  # refused by the store, oldest first
@@ -177,8 +238,13 @@ class EventLog:
         What a host sends is checked before anything is taken: at most
         MAX_INGEST events, each a map with an integer index (1 to
         MAX_AGENT_INDEX, each above the one before it in the batch, none
-        above ``head``), a number ``at``, a type an agent emits
-        (agents.events.EVENT_TYPES) and a container name.
+        above ``head``), a finite number ``at``, a type an agent emits
+        (agents.events.EVENT_TYPES), a valid container name, and the
+        AGENT_FIELDS agents send of their types (_check_fields).  Only
+        AGENT_FIELDS are kept, strings cut (_kept_fields).  An event naming
+        a container unknown to the hub is still recorded (a ``destroyed``
+        arrives after the hub forgot the row): retention per host (see
+        EventLog) bounds what such events can push out.
 
         A jump (the first new index past cursor + 1) is taken: an agent's
         journal retention may have dropped events the hub never got, and
@@ -219,11 +285,15 @@ class EventLog:
                     and isinstance(event.get("at"), (int, float)) and not isinstance(event.get("at"), bool)
                     and isinstance(event.get("type"), str)):
                 raise errors.InvalidArgument("an agent event needs an integer index, at and type")
+            if not math.isfinite(event["at"]):
+                raise errors.InvalidArgument(f"an agent event's at must be a finite number, not {event['at']!r}")
             if event["type"] not in AGENT_EVENT_TYPES:
                 raise errors.InvalidArgument(f"event type {event['type']!r} is not an agent's",
                                              hint=f"types: {', '.join(AGENT_EVENT_TYPES)}")
             if not isinstance(event.get("container"), str) or not event["container"]:
                 raise errors.InvalidArgument("an agent event names its container (a non-empty string)")
+            validate.container_name(event["container"])
+            _check_fields(event)
             if event["index"] > MAX_AGENT_INDEX:
                 raise errors.InvalidArgument(f"agent event index {event['index']} is past {MAX_AGENT_INDEX}")
             if event["index"] <= previous:
@@ -257,7 +327,7 @@ class EventLog:
             if event["index"] <= top:
                 continue
             top = event["index"]
-            doc = {k: v for k, v in event.items() if k not in ("index", "at", "unknown_to_hub")}
+            doc = _kept_fields(event)
             name = doc["container"]
             if place_of is not None:
                 if name not in places:
@@ -336,7 +406,7 @@ class EventLog:
 
     def _prune(self) -> None:
         try:
-            gone = self.store.events_prune(self.max_events, self.max_age_s)
+            gone = self.store.events_prune(self.max_events, self.max_age_s, max_per_host=self.max_host_events)
         except errors.StoreError as exc:
             log.warning("fleet events: retention pass failed (%s)", exc)
             return
@@ -355,6 +425,12 @@ class EventLog:
             return {"first": first, "last": last, "pruned_index": first - 1, "pruned_at": 0.0}
         return self.store.events_bounds()
 
+    def _marks(self) -> dict[str, int]:
+        """{retention source: the newest index its pruning dropped}."""
+        if self.store is None:
+            return {"hub": self._bounds()["pruned_index"]}
+        return self.store.events_source_marks()
+
     def _after(self, index: int, limit: int) -> list[dict]:
         if self.store is None:
             return [e for e in self._memory if e["index"] > index][:limit]
@@ -370,14 +446,17 @@ class EventLog:
             raise errors.InvalidArgument("since must be an index, a time or a duration")
         if isinstance(since, str):
             text = since.strip()
-            if text.isdigit() and int(text) >= UNIX_FROM:
+            if len(text) > 64 or (_DIGITS.match(text) and len(text) > MAX_SINCE_DIGITS):
+                raise errors.InvalidArgument(f"since {text[:40]!r}... is too long: want an index, @UNIX "
+                                             "seconds, an ISO 8601 time or a duration like 10m")
+            if _DIGITS.match(text) and int(text) >= UNIX_FROM:
                 text = "@" + text  # 10 digits or more: Unix seconds (Docker's --since)
             elif _DECIMAL.match(text):
                 text = "@" + text
-            if text.isdigit():
+            if _DIGITS.match(text):
                 index = int(text)
-                if index == 0:  # from the oldest kept
-                    return bounds["pruned_index"]
+                if index == 0:  # from the oldest kept (of every source: see EventLog)
+                    return 0
                 if index > bounds["last"]:
                     raise errors.InvalidArgument(f"since index {index} is in the future (the newest is "
                                                  f"{bounds['last']})")
@@ -388,8 +467,10 @@ class EventLog:
             at = self._parse_time(text)
         else:
             at = float(since)
+        if not math.isfinite(at):
+            raise errors.InvalidArgument(f"since {since!r} is not a finite time")
         if at <= 0:  # from the oldest kept
-            return bounds["pruned_index"]
+            return 0
         if at > time.time() + 1.0:
             raise errors.InvalidArgument(f"since {since!r} is in the future")
         return self._expired_or(at, bounds)
@@ -408,32 +489,40 @@ class EventLog:
         if m:
             return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
         if text.startswith("@"):
-            try:
+            if re.fullmatch(r"[0-9]+(\.[0-9]*)?", text[1:], re.ASCII):
                 return float(text[1:])
-            except ValueError:
-                pass
         else:
             try:
                 when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
                 if when.tzinfo is None:
                     when = when.replace(tzinfo=datetime.timezone.utc)
                 return when.timestamp()
-            except ValueError:
+            except (ValueError, OverflowError):
                 pass
         raise errors.InvalidArgument(f"since {text!r}: want an index, @UNIX seconds, an ISO 8601 time or a "
                                      "duration like 10m")
 
-    def query(self, since: Any = 0, filters: Any = None, limit: int = MAX_LIST) -> list[dict]:
-        """The matching events after ``since``, oldest first, at most ``limit``
-        (the newest ones when more match).  Raises: as parse_since and parse_filters."""
+    def query(self, since: Any = 0, filters: Any = None, limit: int = MAX_LIST,
+              max_bytes: int = MAX_LIST_BYTES) -> list[dict]:
+        """The matching events after ``since``, oldest first, at most
+        ``limit`` of them and ``max_bytes`` of their JSON (the newest ones
+        when more match; an answer never fails for its size: page on with
+        events_follow from an index, which gives every event).
+        Raises: as parse_since and parse_filters."""
         want = parse_filters(filters)
         cursor = self.parse_since(since)
-        out: collections.deque = collections.deque(maxlen=limit)
+        out: collections.deque = collections.deque()
+        size = 0
         while True:
             batch = self._after(cursor, BATCH)
             if not batch:
-                return list(out)
-            out.extend(e for e in batch if matches(e, want))
+                return [e for e, _ in out]
+            for event in batch:
+                if matches(event, want):
+                    out.append((event, len(json.dumps(event, default=str)) + 2))
+                    size += out[-1][1]
+                    while len(out) > limit or size > max_bytes:
+                        size -= out.popleft()[1]
             cursor = batch[-1]["index"]
 
     def follow(self, since: Any = 0, filters: Any = None) -> Iterator[dict]:
@@ -443,6 +532,7 @@ class EventLog:
         not read yet."""
         want = parse_filters(filters)
         cursor = self.parse_since(since)
+        start = self._marks()  # what retention had dropped when it began (not missed: never readable)
         self.followers += 1
         try:
             while True:
@@ -451,7 +541,7 @@ class EventLog:
                 if not batch:
                     changed.wait()
                     continue
-                if self._bounds()["pruned_index"] > cursor:
+                if any(mark > cursor and mark > start.get(src, 0) for src, mark in self._marks().items()):
                     raise errors.EventsExpired(f"this follower fell behind retention after index {cursor}",
                                                hint="read faster, or resume with --since")
                 for event in batch:

@@ -43,6 +43,12 @@ from typing import Callable
 Chooser = Callable[[dict[str, tuple[int, int]]], str]
 
 
+def event_source(doc: dict) -> str:
+    """An event's retention source: "agent:<host>" for an agent's container
+    event (``source: "agent"``), "hub" for the hub's own."""
+    return f"agent:{doc.get('host')}" if doc.get("source") == "agent" else "hub"
+
+
 class Store(abc.ABC):
     """The fleet store (see the module doc for the row shapes)."""
 
@@ -285,9 +291,18 @@ class Store(abc.ABC):
         given, 0 before any), pruned_index, pruned_at (0 before any)}."""
 
     @abc.abstractmethod
-    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
-        """Drop the oldest events beyond ``max_count`` and those older than
-        ``max_age_s`` seconds; returns how many went."""
+    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None,
+                     max_per_host: int | None = None) -> int:
+        """Drop, per retention source (``event_source``), the oldest events
+        beyond its count (the hub's own: ``max_count``; each host's agent
+        events: ``max_per_host``, default ``max_count``) and every event
+        older than ``max_age_s`` seconds; ``pruned_index``/``pruned_at`` of
+        events_bounds are the newest over all sources.  Returns how many went."""
+
+    @abc.abstractmethod
+    def events_source_marks(self) -> dict[str, int]:
+        """{retention source: the newest index its pruning dropped} (a
+        source never pruned is absent)."""
 
     @abc.abstractmethod
     def event_cursor(self, host: str) -> int:

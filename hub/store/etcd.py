@@ -82,7 +82,7 @@ import gevent.lock
 import requests
 
 from dcctl import errors
-from hub.store.base import Chooser, Store
+from hub.store.base import Chooser, Store, event_source
 
 log = logging.getLogger(__name__)
 
@@ -1631,22 +1631,53 @@ class EtcdStore(Store):
         return {"first": first[0]["index"] if first else last + 1, "last": last,
                 "pruned_index": int(marks["pruned_index"]), "pruned_at": marks["pruned_at"]}
 
-    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
+    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None,
+                     max_per_host: int | None = None) -> int:
+        """See Store.events_prune: per source, its events at or below its cut
+        go (one delete per run of consecutive indexes, MAX_TXN_OPS - 1 a
+        transaction); the marks (``evmarks``: pruned_index, pruned_at and
+        ``sources``) with the first."""
         now = time.time() if now is None else now
+        per_host = max_count if max_per_host is None else max_per_host
         kept = self._events_from(0)
-        cut = kept[-max_count - 1]["index"] if len(kept) > max_count else 0
-        old = [d["index"] for d in kept if d["at"] < now - max_age_s]
-        cut = max(cut, max(old) if old else 0)
-        if not cut:
+        by_source: dict[str, list[dict]] = {}
+        for d in kept:
+            by_source.setdefault(event_source(d), []).append(d)
+        cuts: dict[str, int] = {}
+        for src, docs in by_source.items():
+            cap = max_count if src == "hub" else per_host
+            cut = docs[-cap - 1]["index"] if len(docs) > cap else 0
+            old = [d["index"] for d in docs if d["at"] < now - max_age_s]
+            cut = max(cut, max(old) if old else 0)
+            if cut:
+                cuts[src] = cut
+        gone = [d for d in kept if cuts.get(event_source(d), 0) >= d["index"]]
+        if not gone:
             return 0
-        gone = [d for d in kept if d["index"] <= cut]
         marks = self._event_marks()
-        marks = {"pruned_index": max(int(marks["pruned_index"]), cut),
-                 "pruned_at": max(marks["pruned_at"], max(d["at"] for d in gone))}
-        self.etcd.txn([], [{"request_delete_range": {"key": _b64(self._event_key(0)),
-                                                     "range_end": _b64(self._event_key(cut + 1))}},
-                           self.etcd.put(self._k("evmarks"), marks)])
+        sources = dict(marks.get("sources") or {})
+        for src, cut in cuts.items():
+            sources[src] = max(int(sources.get(src, 0)), cut)
+        marks = {"pruned_index": max(int(marks["pruned_index"]), max(cuts.values())),
+                 "pruned_at": max(marks["pruned_at"], max(d["at"] for d in gone)), "sources": sources}
+        runs: list[list[int]] = []
+        for d in gone:
+            if runs and runs[-1][1] + 1 == d["index"]:
+                runs[-1][1] = d["index"]
+            else:
+                runs.append([d["index"], d["index"]])
+        ops = [{"request_delete_range": {"key": _b64(self._event_key(a)), "range_end": _b64(self._event_key(b + 1))}}
+               for a, b in runs]
+        chunk = MAX_TXN_OPS - 1
+        for start in range(0, len(ops), chunk):
+            part = ops[start:start + chunk]
+            if start == 0:  # the marks first: a cut pass leaves them ahead, never behind
+                part = part + [self.etcd.put(self._k("evmarks"), marks)]
+            self.etcd.txn([], part)
         return len(gone)
+
+    def events_source_marks(self) -> dict[str, int]:
+        return {src: int(i) for src, i in (self._event_marks().get("sources") or {}).items()}
 
     def event_cursor(self, host: str) -> int:
         got = self.etcd.get(self._k("evcursors", host))

@@ -47,6 +47,7 @@ from typing import Iterator
 
 from dcctl import errors
 from hub.store.base import Store
+from hub.store.base import event_source as _event_source
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -697,7 +698,9 @@ class HubStore(Store):
     # taken in (written in the same transaction as those events, so each
     # agent event is taken exactly once).  ``event_marks``: what pruning
     # dropped last (pruned_index, pruned_at), to tell a resume from before
-    # retention.
+    # retention; per source too, as ``pruned_index/<source>``).  ``src``:
+    # the event's retention source (hub.events.source_of: "hub", or
+    # "agent:<host>"), each pruned apart.
     _EVENTS_SCHEMA = """
     CREATE TABLE IF NOT EXISTS fleet_events (
         idx INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -712,6 +715,13 @@ class HubStore(Store):
     def _events_ready(self) -> None:
         if not getattr(self, "_events_schema_done", False):
             self.db.executescript(self._EVENTS_SCHEMA)
+            columns = [r[1] for r in self.db.execute("PRAGMA table_info(fleet_events)").fetchall()]
+            if "src" not in columns:  # a store written before retention went per source
+                with self.write() as db:
+                    db.execute("ALTER TABLE fleet_events ADD COLUMN src TEXT NOT NULL DEFAULT 'hub'")
+                    db.execute("UPDATE fleet_events SET src = 'agent:' || json_extract(doc, '$.host')"
+                               " WHERE json_extract(doc, '$.source') = 'agent'")
+            self.db.execute("CREATE INDEX IF NOT EXISTS fleet_events_src ON fleet_events(src, idx)")
             self._events_schema_done = True
 
     def events_append(self, docs: list[dict], host: str | None = None,
@@ -731,8 +741,8 @@ class HubStore(Store):
             for doc in docs:
                 index += 1
                 out.append({**doc, "index": index})
-                rows.append((index, float(doc["at"]), json.dumps(out[-1])))
-            db.executemany("INSERT INTO fleet_events (idx, at, doc) VALUES (?, ?, ?)", rows)
+                rows.append((index, float(doc["at"]), json.dumps(out[-1]), _event_source(doc)))
+            db.executemany("INSERT INTO fleet_events (idx, at, doc, src) VALUES (?, ?, ?, ?)", rows)
             if host is not None and agent_index is not None:
                 db.execute("INSERT INTO event_cursors (host, agent_index) VALUES (?, ?) ON CONFLICT(host)"
                            " DO UPDATE SET agent_index=excluded.agent_index", (host, agent_index))
@@ -765,25 +775,40 @@ class HubStore(Store):
         return {"first": first if first is not None else last + 1, "last": last,
                 "pruned_index": int(marks.get("pruned_index", 0)), "pruned_at": marks.get("pruned_at", 0.0)}
 
-    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None) -> int:
-        """Drop the oldest events beyond ``max_count`` and those older than
+    def events_prune(self, max_count: int, max_age_s: float, now: float | None = None,
+                     max_per_host: int | None = None) -> int:
+        """Drop, per retention source, the oldest events beyond its count
+        (the hub's own: ``max_count``; each host's agent events:
+        ``max_per_host``, default ``max_count``) and every event older than
         ``max_age_s``; returns how many went."""
         self._events_ready()
         now = time.time() if now is None else now
+        per_host = max_count if max_per_host is None else max_per_host
         with self.write() as db:
-            row = db.execute("SELECT idx FROM fleet_events ORDER BY idx DESC LIMIT 1 OFFSET ?",
-                             (max_count,)).fetchone()
-            cut = row[0] if row else 0
-            old = db.execute("SELECT MAX(idx) FROM fleet_events WHERE at < ?", (now - max_age_s,)).fetchone()[0]
-            cut = max(cut, old or 0)
-            if not cut:
-                return 0
-            at = db.execute("SELECT MAX(at) FROM fleet_events WHERE idx <= ?", (cut,)).fetchone()[0]
-            gone = db.execute("DELETE FROM fleet_events WHERE idx <= ?", (cut,)).rowcount
-            for name, value in (("pruned_index", cut), ("pruned_at", at or 0.0)):
-                db.execute("INSERT INTO event_marks (name, value) VALUES (?, ?) ON CONFLICT(name)"
-                           " DO UPDATE SET value=MAX(value, excluded.value)", (name, value))
+            cuts: dict[str, int] = {}
+            for (src,) in db.execute("SELECT DISTINCT src FROM fleet_events").fetchall():
+                row = db.execute("SELECT idx FROM fleet_events WHERE src=? ORDER BY idx DESC LIMIT 1 OFFSET ?",
+                                 (src, max_count if src == "hub" else per_host)).fetchone()
+                old = db.execute("SELECT MAX(idx) FROM fleet_events WHERE src=? AND at < ?",
+                                 (src, now - max_age_s)).fetchone()[0]
+                cut = max(row[0] if row else 0, old or 0)
+                if cut:
+                    cuts[src] = cut
+            gone = 0
+            for src, cut in cuts.items():
+                at = db.execute("SELECT MAX(at) FROM fleet_events WHERE src=? AND idx <= ?", (src, cut)).fetchone()[0]
+                gone += db.execute("DELETE FROM fleet_events WHERE src=? AND idx <= ?", (src, cut)).rowcount
+                for name, value in (("pruned_index", cut), ("pruned_at", at or 0.0), (f"pruned_index/{src}", cut)):
+                    db.execute("INSERT INTO event_marks (name, value) VALUES (?, ?) ON CONFLICT(name)"
+                               " DO UPDATE SET value=MAX(value, excluded.value)", (name, value))
         return gone
+
+    def events_source_marks(self) -> dict[str, int]:
+        """{retention source: the newest index its pruning dropped} (sources
+        never pruned are absent)."""
+        self._events_ready()
+        rows = self.db.execute("SELECT name, value FROM event_marks WHERE name LIKE 'pruned_index/%'").fetchall()
+        return {name.split("/", 1)[1]: int(value) for name, value in rows}
 
     def event_cursor(self, host: str) -> int:
         """The last agent event index taken in from ``host`` (0: none)."""

@@ -5,6 +5,7 @@ followers (resume with the last index: every event exactly once; a slow one
 dropped while the others go on)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -257,3 +258,71 @@ def test_an_event_line_shows_the_hubs_time_and_keeps_agent_at_out_of_its_detail(
                        "unknown_to_hub": True})
     assert line.startswith("7  2026-") and "agent_at" not in line
     assert line.endswith("exit_code=3 unknown_to_hub=true"), line
+
+
+def test_an_agent_event_keeps_only_the_fields_agents_send_cut_to_size(served_fleet):
+    fleet, client = served_fleet
+    c = client()
+    padded = agent_event(1, "exec_started", "evx.pad", pad="x" * 10_000, image="i" * 5000,
+                         command=["sh", "-c", "y" * 5000] + ["z"] * 40)
+    assert c.call("host_events", "h1", [padded], 1) == {"cursor": 1}
+    got = c.call("events", "0", ["container=evx.pad"])[0]
+    assert "pad" not in got and len(got["image"]) == 256
+    assert got["command"][:2] == ["sh", "-c"] and len(got["command"]) == 16 and len(got["command"][2]) == 256
+    assert len(json.dumps(got)) < 8192
+    for bad, match in ((agent_event(2, "died", "evx.pad", at=float("nan")), "finite"),
+                       (agent_event(2, "died", "evx.pad", exit_code="a" * 9999), "exit_code"),
+                       (agent_event(2, "died", "evx.pad" * 20), "at most 64")):
+        with pytest.raises(errors.InvalidArgument, match=match):
+            c.call("host_events", "h1", [bad], 2)
+    assert c.call("host_events", "h1", [], 1) == {"cursor": 1}  # nothing taken
+
+
+def test_a_flooding_host_pushes_out_only_its_own_events(log_):
+    _, store, _ = log_
+    log = EventLog(store, max_events=100, max_host_events=50)
+    log.add("host_added", host="h1")
+    placed = log.add("placed", name="evx.real", host="h2")
+    log.ingest("h2", [agent_event(1, "created", "evx.real")], 1)
+    for start in range(1, 1001, 100):  # h1 floods: 1000 events of ghosts
+        log.ingest("h1", [agent_event(i, "died", f"evx.ghost{i % 7}") for i in range(start, start + 100)],
+                   start + 99)
+    kept = log.query("0")
+    assert [(e["type"], e.get("host")) for e in kept[:3]] == [("host_added", "h1"), ("placed", "h2"),
+                                                              ("created", "h2")]
+    assert 50 <= len([e for e in kept if e.get("host") == "h1" and e.get("source") == "agent"]) <= 250
+    with pytest.raises(errors.EventsExpired):
+        log.query(str(placed["index"]))  # h1's events after it are gone: said, not skipped
+
+
+def test_a_follower_from_the_oldest_kept_is_told_when_pruning_passes_it(log_):
+    _, store, _ = log_
+    log = EventLog(store, max_events=10, max_host_events=10)
+    for i in range(5):
+        log.add("placed", name=f"evx.f{i}", host="h1")
+    follower = log.follow("0")
+    assert next(follower)["container"] == "evx.f0"
+    for i in range(300):  # pruned at 200: past the follower's cursor
+        log.add("exec_ended", name="evx.f", n=i)
+    with pytest.raises(errors.EventsExpired, match="fell behind"):
+        list(follower)
+
+
+def test_an_answer_never_fails_for_its_size(log_):
+    log, _, _ = log_
+    for i in range(40):
+        log.add("placed", name="evx.big", host="h1", note="n" * 1000, n=i)
+    got = log.query("0", max_bytes=10_000)
+    assert 5 <= len(got) < 10 and [e["n"] for e in got] == list(range(40 - len(got), 40))  # the newest that fit
+    assert sum(len(json.dumps(e)) for e in got) <= 10_000
+
+
+@pytest.mark.parametrize("since", ["\u00b2", "9" * 5000, "@" + "9" * 400, "@nan", "\u0661\u0662", "1\u00b2m",
+                                   float("nan"), float("inf")],
+                         ids=["superscript", "5000-digits", "at-400-digits", "at-nan", "arabic-digits",
+                              "superscript-duration", "nan", "inf"])
+def test_a_strange_since_is_invalid_argument(log_, since):
+    log, _, _ = log_
+    log.add("host_added", host="h1")
+    with pytest.raises(errors.InvalidArgument):
+        log.query(since)

@@ -84,3 +84,16 @@ def test_concurrent_hub_events_are_written_once_each(store):
     assert len({s["index"] for s in stored}) == 20
     written = [e["name"] for e in store.events_after(0, 1000) if e["type"] == "placed"]
     assert sorted(written) == sorted(f"evt.c{i}" for i in range(20))
+
+
+def test_retention_is_per_source(store):
+    now = time.time()
+    store.events_append([{"at": now, "type": "host_added", "host": "h1"}])
+    store.events_append([{"at": now, "type": "died", "source": "agent", "host": "h2"}])
+    store.events_append([{"at": now, "type": "died", "source": "agent", "host": "h1"} for _ in range(300)])
+    store.events_append([{"at": now, "type": "placed", "host": "h2"}])
+    assert store.events_prune(10, 3600, now=now, max_per_host=20) == 280  # h1's oldest only
+    kept = store.events_after(0, 1000)
+    assert [e["index"] for e in kept[:2]] == [1, 2] and kept[-1]["index"] == 303 and len(kept) == 23
+    assert store.events_source_marks() == {"agent:h1": 282}
+    assert store.events_bounds()["pruned_index"] == 282
