@@ -185,9 +185,11 @@ class EventLog:
     events ``max_host_events``, apart, and all go after ``max_age_s``; so
     a host that floods (its key held by someone else, a buggy agent)
     pushes out only its own older events.  The fleet index stays one
-    sequence (with holes where a source was pruned); ``since`` before the
-    newest index any source dropped is EventsExpired, and a follower is
-    EventsExpired when pruning drops an event it had not read yet.
+    sequence (with holes where a source was pruned); ``since`` before
+    what the hub's own count or the age limit dropped is EventsExpired (a
+    host's events pushed out by its own count are that host's loss: they
+    do not fail others' queries), and a follower is EventsExpired when
+    pruning drops any event it had not read yet.
     """
 
     def __init__(self, store=None, *, max_events: int = MAX_EVENTS, max_age_s: float = MAX_AGE_SECONDS,

@@ -296,8 +296,12 @@ class Store(abc.ABC):
         """Drop, per retention source (``event_source``), the oldest events
         beyond its count (the hub's own: ``max_count``; each host's agent
         events: ``max_per_host``, default ``max_count``) and every event
-        older than ``max_age_s`` seconds; ``pruned_index``/``pruned_at`` of
-        events_bounds are the newest over all sources.  Returns how many went."""
+        older than ``max_age_s`` seconds.  ``pruned_index``/``pruned_at`` of
+        events_bounds are the newest the hub's own count or the age limit
+        dropped: a host's agent events pushed out by that host's own count
+        move only its source mark (events_source_marks), so a host that
+        floods cannot make other readers' ``since`` expire.  Returns how
+        many went."""
 
     @abc.abstractmethod
     def events_source_marks(self) -> dict[str, int]:

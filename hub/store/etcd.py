@@ -1644,13 +1644,15 @@ class EtcdStore(Store):
         for d in kept:
             by_source.setdefault(event_source(d), []).append(d)
         cuts: dict[str, int] = {}
+        fleet_cuts: dict[str, int] = {}  # the part that moves the fleet marks: not a host's own count
         for src, docs in by_source.items():
             cap = max_count if src == "hub" else per_host
             cut = docs[-cap - 1]["index"] if len(docs) > cap else 0
-            old = [d["index"] for d in docs if d["at"] < now - max_age_s]
-            cut = max(cut, max(old) if old else 0)
+            old = max([d["index"] for d in docs if d["at"] < now - max_age_s], default=0)
+            cut = max(cut, old)
             if cut:
                 cuts[src] = cut
+                fleet_cuts[src] = cut if src == "hub" else old
         gone = [d for d in kept if cuts.get(event_source(d), 0) >= d["index"]]
         if not gone:
             return 0
@@ -1658,8 +1660,9 @@ class EtcdStore(Store):
         sources = dict(marks.get("sources") or {})
         for src, cut in cuts.items():
             sources[src] = max(int(sources.get(src, 0)), cut)
-        marks = {"pruned_index": max(int(marks["pruned_index"]), max(cuts.values())),
-                 "pruned_at": max(marks["pruned_at"], max(d["at"] for d in gone)), "sources": sources}
+        fleet_gone = [d for d in gone if fleet_cuts.get(event_source(d), 0) >= d["index"]]
+        marks = {"pruned_index": max([int(marks["pruned_index"])] + [d["index"] for d in fleet_gone]),
+                 "pruned_at": max([marks["pruned_at"]] + [d["at"] for d in fleet_gone]), "sources": sources}
         runs: list[list[int]] = []
         for d in gone:
             if runs and runs[-1][1] + 1 == d["index"]:

@@ -785,20 +785,24 @@ class HubStore(Store):
         now = time.time() if now is None else now
         per_host = max_count if max_per_host is None else max_per_host
         with self.write() as db:
-            cuts: dict[str, int] = {}
+            cuts: dict[str, tuple[int, int]] = {}  # src -> (its cut, the part of it that moves the fleet marks)
             for (src,) in db.execute("SELECT DISTINCT src FROM fleet_events").fetchall():
                 row = db.execute("SELECT idx FROM fleet_events WHERE src=? ORDER BY idx DESC LIMIT 1 OFFSET ?",
                                  (src, max_count if src == "hub" else per_host)).fetchone()
                 old = db.execute("SELECT MAX(idx) FROM fleet_events WHERE src=? AND at < ?",
-                                 (src, now - max_age_s)).fetchone()[0]
-                cut = max(row[0] if row else 0, old or 0)
+                                 (src, now - max_age_s)).fetchone()[0] or 0
+                cut = max(row[0] if row else 0, old)
                 if cut:
-                    cuts[src] = cut
+                    cuts[src] = (cut, cut if src == "hub" else old)  # a host's own count: not the fleet's marks
             gone = 0
-            for src, cut in cuts.items():
-                at = db.execute("SELECT MAX(at) FROM fleet_events WHERE src=? AND idx <= ?", (src, cut)).fetchone()[0]
+            for src, (cut, fleet_cut) in cuts.items():
+                marks = [(f"pruned_index/{src}", cut)]
+                if fleet_cut:
+                    at = db.execute("SELECT MAX(at) FROM fleet_events WHERE src=? AND idx <= ?",
+                                    (src, fleet_cut)).fetchone()[0]
+                    marks += [("pruned_index", fleet_cut), ("pruned_at", at or 0.0)]
                 gone += db.execute("DELETE FROM fleet_events WHERE src=? AND idx <= ?", (src, cut)).rowcount
-                for name, value in (("pruned_index", cut), ("pruned_at", at or 0.0), (f"pruned_index/{src}", cut)):
+                for name, value in marks:
                     db.execute("INSERT INTO event_marks (name, value) VALUES (?, ?) ON CONFLICT(name)"
                                " DO UPDATE SET value=MAX(value, excluded.value)", (name, value))
         return gone

@@ -96,4 +96,6 @@ def test_retention_is_per_source(store):
     kept = store.events_after(0, 1000)
     assert [e["index"] for e in kept[:2]] == [1, 2] and kept[-1]["index"] == 303 and len(kept) == 23
     assert store.events_source_marks() == {"agent:h1": 282}
-    assert store.events_bounds()["pruned_index"] == 282
+    assert store.events_bounds()["pruned_index"] == 0  # a host's own count: not the fleet's marks
+    assert store.events_prune(10, 60, now=now + 3600, max_per_host=20) == 23  # the age limit: all sources
+    assert store.events_bounds()["pruned_index"] == 303
