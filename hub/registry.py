@@ -155,18 +155,33 @@ class Registry:
             raise errors.ImageNotFound(f"no layer {d[:12]} in the hub's registry") from exc
 
     def receive(self, manifest: dict, sizes: dict[str, int],
-                fetch: Callable[[str, int, int], bytes], source: str | None = None) -> dict:
+                fetch: Callable[[str, int, int], bytes], source: str | None = None, *,
+                expect: refs.ImageRef | None) -> dict:
         """Store ``manifest`` and fetch its missing layers with
         ``fetch(digest, offset, length)``; each is verified before it is
         kept. ``sizes`` gives each layer's size in bytes; ``source`` is the
         host they came from (kept in the shared index, for other hubs).
 
+        ``expect`` (required, keyword) is what the caller asked for: the
+        manifest must match it (``ImageRef.matches``: name, tag, id prefix)
+        before anything is fetched or written, since a manifest a host
+        answers is the host's word and a host's key may be a hostile
+        client's (it could otherwise replace ``busybox`` fleet-wide under
+        any push, upload or build).  None only for a manifest that did not
+        come from a host (the shared index's, hub/imagemethods.py).
+
         Returns: the manifest. Raises: InvalidArgument (bad manifest or
-        sizes), StoreError (digest mismatch, I/O error; nothing kept).
+        sizes), InvalidImage (the manifest is not ``expect``: nothing
+        kept), StoreError (digest mismatch, I/O error; nothing kept).
         """
         if not isinstance(manifest, dict) or manifest_id(manifest) != manifest.get("id"):
             raise errors.InvalidArgument("manifest id does not match its content")
         refs.image_name(manifest.get("name"))
+        if expect is not None and not expect.matches(manifest):
+            got = f"{manifest['name']}:{manifest.get('tag') or refs.DEFAULT_TAG}@{manifest['id'][:12]}"
+            raise errors.InvalidImage(f"{source or 'the source'} answered the image {got}, not {expect}: "
+                                      "nothing kept in the hub's registry",
+                                      hint="a host must return the image it was asked for; check that host")
         for d in manifest.get("layers", []):
             if os.path.exists(self._layer(d)):
                 continue

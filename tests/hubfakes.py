@@ -158,7 +158,8 @@ class FakeFleet:
         manifest = {"name": name, "created": time.time(), "layers": [digest], "size_bytes": len(LAYER),
                     "exposed_ports": exposed_ports if exposed_ports is not None else [{"proto": "tcp", "port": 80}]}
         manifest["id"] = manifest_id(manifest)
-        return self.registry.receive(manifest, {digest: len(LAYER)}, lambda d, off, n: LAYER[off:off + n])
+        return self.registry.receive(manifest, {digest: len(LAYER)}, lambda d, off, n: LAYER[off:off + n],
+                                     expect=None)
 
     def serve_hub_curve(self, keys_dir: str) -> tuple[wire.Service, str, str]:
         """The hub served over CURVE on a free loopback port, its keys in
