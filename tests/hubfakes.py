@@ -117,11 +117,16 @@ class FakeFleet:
         for name in memory_gib:
             self.agents[name] = FakeAgent(name)
             self.serve(name)
-            self.hub.host_register({"name": name, "endpoint": self.endpoint(name), "address": f"addr-{name}",
+            self.hub.host_register({"name": name, "endpoint": self.endpoint(name), "address": self.address(name),
                                     "capacity": self.capacity(name), "boot_id": f"boot-{name}"})
 
     def endpoint(self, name: str) -> str:
         return f"ipc://{self.root}/{name}.sock"
+
+    def address(self, name: str) -> str:
+        """Host ``name``'s address (an IP, as host_register wants): 10.99.0.N,
+        N its place in memory_gib from 1."""
+        return f"10.99.0.{list(self.memory_gib).index(name) + 1}"
 
     def capacity(self, name: str) -> dict:
         return {"memory_reservable_bytes": self.memory_gib[name] * GiB, "container_slots": 10}

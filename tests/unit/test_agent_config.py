@@ -44,6 +44,10 @@ def test_file_then_flags(tmp_path):
     ('', ["--port-range", "20000"], "LOW-HIGH"),
     ('stale_cgroup_age_s = 4.5\n', [], "stale_cgroup_age_s"),
     ('', ["--stale-cgroup-age-s", "1e6"], "stale_cgroup_age_s"),
+    ('', ["--label", "zone=a\nb"], "label"),  # what the hub's host_register would refuse
+    ('', ["--label", "k" * 64 + "=v"], "label"),
+    ('', ["--advertise-address", "host.example"], "advertise_address"),
+    ('', ["--advertise-address", "0.0.0.0"], "advertise_address"),
 ])
 def test_bad_settings_are_named(tmp_path, text, flags, match):
     with pytest.raises(errors.InvalidArgument, match=match):
