@@ -28,7 +28,7 @@ from typing import Callable
 
 import gevent
 
-from dcctl import errors
+from dcctl import errors, files
 from dcctl.wire import refs
 from dcctl.wire.refs import manifest_id
 
@@ -136,21 +136,15 @@ class Registry:
 
     def read_layer(self, d: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes (capped at CHUNK_BYTES) of a layer tar from
-        ``offset``; b"" at the end.
+        ``offset``; b"" at or past the end (any offset up to
+        dcctl.files.MAX_OFFSET, read by dcctl.files.read_range).
 
-        Raises: InvalidArgument (bad digest, negative offset or length),
-        ImageNotFound."""
-        if offset < 0 or length < 0:
-            raise errors.InvalidArgument("offset and length must be >= 0")
+        Raises: InvalidArgument (bad digest; offset or length not an
+        integer from 0 to MAX_OFFSET), ImageNotFound."""
+        files.check_range(offset, length)
         path = self._layer(d)
-
-        def read() -> bytes:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(min(length, CHUNK_BYTES))
-
         try:
-            return _blocking(read)
+            return _blocking(files.read_range, path, offset, length, CHUNK_BYTES)
         except FileNotFoundError as exc:
             raise errors.ImageNotFound(f"no layer {d[:12]} in the hub's registry") from exc
 

@@ -32,7 +32,7 @@ import re
 
 import gevent
 
-from dcctl import errors, validate
+from dcctl import errors, files, validate
 from dcctl.wire import expose, refs
 
 log = logging.getLogger(__name__)
@@ -155,13 +155,14 @@ class Uploads:
         return final
 
     def read(self, upload_id: str, offset: int, length: int) -> bytes:
-        """Up to ``length`` (<= CHUNK_BYTES) bytes of a complete upload."""
-        if offset < 0 or length < 0:
-            raise errors.InvalidArgument("offset and length must be >= 0")
+        """Up to ``length`` (<= CHUNK_BYTES) bytes of a complete upload from
+        ``offset``; b"" at or past its end (dcctl.files.read_range).
+
+        Raises: InvalidArgument (offset or length not an integer from 0 to
+        2**63-1), NoSuchUpload."""
+        files.check_range(offset, length)
         try:
-            with open(self._path(upload_id, "tar"), "rb") as f:
-                f.seek(offset)
-                return f.read(min(length, CHUNK_BYTES))
+            return files.read_range(self._path(upload_id, "tar"), offset, length, CHUNK_BYTES)
         except FileNotFoundError:
             raise errors.NoSuchUpload(f"no complete upload {upload_id[:12]} on the hub") from None
 

@@ -5,6 +5,7 @@ which read and admin keys have too; every allowed key may call the
 introspection builtins."""
 from __future__ import annotations
 
+import hashlib
 
 import pytest
 
@@ -141,3 +142,23 @@ def test_a_heartbeat_of_another_shape_is_refused_before_it_is_taken(insider, sum
         c.call("host_heartbeat", "h9", beat)  # the host is served as before
     fleet.hub.beats.flush()
     assert fleet.store.host("h9")["capacity"] == GOOD["capacity"]
+
+
+def test_a_hosts_key_reads_past_any_end_as_empty_and_a_bad_range_is_typed(insider):
+    """image_layer_read and image_upload_read: 2**62 was EINVAL from the
+    seek, an InternalError; the documented answer past the end is b""."""
+    fleet, endpoint, keys = insider
+    digest = fleet.push_image()["layers"][0]
+    blob = b"an uploaded archive"
+    sha = hashlib.sha256(blob).hexdigest()
+    fleet.hub.image_upload_begin(len(blob), sha)
+    fleet.hub.image_upload_chunk(sha, 0, blob)
+    fleet.hub.uploads.complete(sha)
+    with wire.connect(endpoint, 10, keys) as c:
+        for method, ident, data in (("image_layer_read", digest, LAYER), ("image_upload_read", sha, blob)):
+            assert c.call(method, ident, 0, 1 << 30) == data and c.call(method, ident, 3, 4) == data[3:7]
+            for offset in (len(data), 1 << 40, 2 ** 62, 2 ** 63 - 1):
+                assert c.call(method, ident, offset, 100) == b""
+            for offset, length in ((2 ** 63, 1), (2 ** 64 - 1, 1), (-1, 1), (0, -1), (0, 2 ** 64 - 1)):
+                with pytest.raises(errors.InvalidArgument, match="offset|length"):
+                    c.call(method, ident, offset, length)
