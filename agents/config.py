@@ -122,6 +122,9 @@ class AgentConfig:
             validate_endpoint(ep)
         if not self.listen and not self.insecure_listen:
             raise InvalidArgument("listen: give at least one endpoint")
+        # the hub refuses to register other labels or addresses (hub/membership.py): refused here first
+        validate.labels(self.labels, "labels (--label)")
+        validate.host_address(self.advertise_address, "advertise_address")
         if self.hub and parse_endpoint(self.hub_endpoints()[0]).is_tcp and not self.hub_key:
             raise InvalidArgument("hub_key: a tcp:// hub needs its CURVE public key (--hub-key FILE|Z85)")
         if not (1 <= len(self.bridge) <= 15) or not self.bridge.replace("-", "").replace("_", "").isalnum():

@@ -249,10 +249,12 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         """Up to ``length`` bytes (at most 4 MiB) of a layer tar from
         ``offset`` (bytes); b"" past the end.
 
-        Args: digest: the layer's sha256 (64 hex); offset, length: bytes, >= 0.
-        Returns: bytes.
-        Raises: ImageNotFound (no such layer), InvalidArgument (negative
-        offset or length).
+        Args: digest: the layer's sha256 (64 hex); offset, length: bytes,
+        integers from 0 to 2**63-1.
+        Returns: bytes (b"" at or past the end, however far: agents/
+        transfer.py, dcctl.files.read_range).
+        Raises: ImageNotFound (no such layer), InvalidArgument (an offset
+        or length outside 0 to 2**63-1).
         """
         return self.puller.read_layer(digest, offset, length)
 

@@ -19,7 +19,7 @@ import tempfile
 import gevent
 from gevent.event import AsyncResult
 
-from dcctl import errors, wire
+from dcctl import errors, files, wire
 from images.errors import ImageExists, ImageNotFound
 from images.store import ImageStore
 
@@ -48,17 +48,14 @@ class Puller:
         return {"manifest": m, "layer_sizes": sizes}
 
     def read_layer(self, digest: str, offset: int, length: int) -> bytes:
-        """Up to ``length`` (<= 4 MiB) bytes of a layer tar from ``offset``."""
-        if offset < 0 or length < 0:
-            raise errors.InvalidArgument("offset and length must be >= 0")
+        """Up to ``length`` (<= 4 MiB) bytes of a layer tar from ``offset``;
+        b"" at or past its end (dcctl.files.read_range).
+
+        Raises: InvalidArgument (offset or length not an integer from 0 to
+        2**63-1), ImageNotFound (the store's)."""
+        files.check_range(offset, length)
         path = self.store.export_layer(digest)
-
-        def read() -> bytes:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(min(length, CHUNK_BYTES))
-
-        return _blocking(read)
+        return _blocking(files.read_range, path, offset, length, CHUNK_BYTES)
 
     def pull(self, ref: str, source: str, keys=None, progress=None) -> dict:
         """Pull ``ref`` from ``source`` (an endpoint) unless present.

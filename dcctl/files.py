@@ -1,6 +1,7 @@
 """The file helpers the packages on top of the wire layer share (agents, ops,
-the hub, dcctl itself): one atomic write and one pid lock.  Standard library
-only; blocking (a server runs them in its thread pool when they may be slow).
+the hub, dcctl itself): one atomic write, one pid lock and one ranged read.
+Standard library only (and dcctl.errors, itself standard library only);
+blocking (a server runs them in its thread pool when they may be slow).
 
 * ``atomic_write(path, data)``: the file is either the old one or the new
   one, never a torn mix, also after a crash: a temp file beside it, written
@@ -8,6 +9,10 @@ only; blocking (a server runs them in its thread pool when they may be slow).
 * ``take_lock(path)``: an exclusive ``flock`` on a lock file, held as long
   as the returned fd is open (so it dies with the process, whatever kills
   it), with the holder's pid written in it for the next one to name.
+* ``read_range(path, offset, length, max_bytes)``: a chunk of a file as
+  the image protocol serves it (``image_layer_read``, ``image_upload_read``
+  on the hub and on agents); ``check_range(offset, length)`` checks the
+  two figures first (a caller's, over the wire).
 """
 from __future__ import annotations
 
@@ -15,7 +20,36 @@ import fcntl
 import os
 import threading
 
-__all__ = ["atomic_write", "fsync_dir", "lock_holder", "take_lock"]
+from dcctl.errors import InvalidArgument
+
+__all__ = ["MAX_OFFSET", "atomic_write", "check_range", "fsync_dir", "lock_holder", "read_range", "take_lock"]
+
+#: The largest offset or length ``read_range`` takes: a file offset is a
+#: signed 64-bit off_t (Python's seek raises OverflowError above it).
+MAX_OFFSET = (1 << 63) - 1
+
+
+def check_range(offset, length) -> None:
+    """Check a ranged read's ``offset`` and ``length`` (bytes): each an
+    integer (not a bool) from 0 to MAX_OFFSET.  Raises: InvalidArgument."""
+    for what, value in (("offset", offset), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_OFFSET:
+            raise InvalidArgument(f"{what} must be an integer from 0 to 2**63-1 (bytes), got {value!r:.40}")
+
+
+def read_range(path: str, offset: int, length: int, max_bytes: int) -> bytes:
+    """Up to ``min(length, max_bytes)`` bytes of the file at ``path`` from
+    ``offset``; b"" at or past its end, however far (the file's size is
+    read first: seeking far past it fails with EINVAL on some file
+    systems, e.g. 2**62 on ext4).
+
+    Raises: InvalidArgument (see check_range), FileNotFoundError, OSError."""
+    check_range(offset, length)
+    with open(path, "rb") as f:
+        if offset >= os.fstat(f.fileno()).st_size:
+            return b""
+        f.seek(offset)
+        return f.read(min(length, max_bytes))
 
 
 def fsync_dir(path: str) -> None:

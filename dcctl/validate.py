@@ -6,6 +6,7 @@ argument and what it should be.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from typing import Any
 
@@ -45,6 +46,53 @@ def host_name(name: Any) -> str:
     """A host's name (agent --host-name, host_add): the container name's
     rules (it is a key in the store and in etcd). Raises: InvalidArgument."""
     return container_name(name, "host name")
+
+
+#: A host's placement labels (agent --label, host_register): at most
+#: LABELS_MAX_COUNT of them, each key 1-63 characters of letters, digits and
+#: ``_.-/`` starting with a letter or digit, each value at most
+#: LABEL_VALUE_MAX_CHARS printable characters (they are shown in ``hosts``,
+#: matched by ``label:k=v`` targets and kept in every host row).
+LABELS_MAX_COUNT = 32
+LABEL_KEY_MAX_CHARS = 63
+LABEL_VALUE_MAX_CHARS = 255
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
+
+
+def labels(value: Any, what: str = "labels") -> dict[str, str]:
+    """A map of placement labels {key: value} (None: {}); see
+    LABELS_MAX_COUNT for the rules.  Raises: InvalidArgument."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidArgument(f"{what} must be a map of strings {{key: value}}")
+    if len(value) > LABELS_MAX_COUNT:
+        raise InvalidArgument(f"{what}: {len(value)} labels, at most {LABELS_MAX_COUNT}")
+    for k, v in value.items():
+        if not _LABEL_KEY_RE.match(k):
+            raise InvalidArgument(f"bad label key {k!r:.80} in {what}: 1 to {LABEL_KEY_MAX_CHARS} letters, "
+                                  "digits, '_', '.', '-' or '/', starting with a letter or digit")
+        if len(v) > LABEL_VALUE_MAX_CHARS or not v.isprintable():
+            raise InvalidArgument(f"bad value for label {k!r} in {what}: at most {LABEL_VALUE_MAX_CHARS} "
+                                  "printable characters")
+    return dict(value)
+
+
+def host_address(value: Any, what: str = "address") -> str:
+    """A host's address (where its mapped ports answer, the router's
+    backend address): an IPv4 or IPv6 address, not unspecified (0.0.0.0,
+    ::) nor multicast, returned in its normal form; "" or None (no address
+    advertised) is "".  Raises: InvalidArgument."""
+    if value is None or value == "":
+        return ""
+    try:
+        ip = ipaddress.ip_address(value) if isinstance(value, str) and len(value) <= 64 else None
+    except ValueError:
+        ip = None
+    if ip is None or ip.is_unspecified or ip.is_multicast:
+        raise InvalidArgument(f"{what} must be an IPv4 or IPv6 address (not unspecified or multicast), "
+                              f"got {value!r:.80}")
+    return str(ip)
 
 
 def port(value: Any, what: str = "port") -> int:

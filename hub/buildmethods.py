@@ -25,7 +25,7 @@ import os
 import gevent
 
 from dcctl import errors, validate
-from dcctl.wire import expose
+from dcctl.wire import expose, refs
 from hub.streams import relay
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ class BuildMethods:
 
         Raises: InvalidArgument (bad option, or an upload not complete: before
         any work), NoSuchUpload, StoreError (the upload's sha256 is wrong: dropped),
-        NoCapacity (no idle host within wait_s), NoSuchHost, and the
+        NoCapacity (no idle host within wait_s), NoSuchHost, InvalidImage
+        (the host answered an image of another name or tag than ``name``
+        and the tag option: nothing kept in the registry), and the
         agent's image_build_dockerfile errors (InvalidImage naming the
         Dockerfile line, BuildFailed with the log's tail, ImageNotFound for
         the FROM image, StoreError); Unreachable when the host is lost
@@ -75,6 +77,9 @@ class BuildMethods:
         leaves no container, layer or image.
         """
         opts = validate.options(options, BUILD_OPTIONS, "build")
+        refs.image_name(name)
+        if opts.get("tag") is not None:
+            refs.image_tag(opts["tag"])
         wait = validate.number(opts.pop("wait_s", IDLE_WAIT_SECONDS), "wait_s", minimum=0.1, maximum=86400)
         pinned = opts.pop("host", None)
         if pinned is not None:
@@ -135,7 +140,8 @@ class BuildMethods:
                 yield item
             if result is None:
                 raise errors.InternalError(f"the build on {host or pinned} ended without a result")
-            yield {"result": self._push_built(host or pinned, result, lines)}
+            wanted = refs.ImageRef(name, opts.get("tag") or refs.DEFAULT_TAG)
+            yield {"result": self._push_built(host or pinned, result, lines, wanted)}
         finally:
             if host is not None:
                 self.workers.release(host)
@@ -177,10 +183,13 @@ class BuildMethods:
             log.info("removed %d build context(s) left by an earlier run of the hub", len(removed))
         return removed
 
-    def _push_built(self, host: str, result: dict, lines: list[str]) -> dict:
+    def _push_built(self, host: str, result: dict, lines: list[str], wanted) -> dict:
         """Copy the built image from ``host`` into the registry (its missing
-        layers only) and keep the log.  Returns the result with
-        pushed_bytes and host."""
+        layers only) and keep the log.  ``wanted`` (a refs.ImageRef) is the
+        build's name and tag: the manifest the host answers must match it
+        (Registry.receive's ``expect``; InvalidImage, nothing kept).
+        Returns the result with pushed_bytes and host, its name and tag
+        the stored manifest's."""
         ref = f"{result['name']}@{result['id']}"
         info = self.agents.call(host, "image_manifest", ref)
         manifest = info["manifest"]
@@ -192,7 +201,8 @@ class BuildMethods:
                 moved += int(info["layer_sizes"].get(d, 0))
         self.registry.receive(manifest, info["layer_sizes"],
                               lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
-                                                                 timeout_s=LAYER_READ_TIMEOUT_SECONDS))
+                                                                 timeout_s=LAYER_READ_TIMEOUT_SECONDS),
+                              expect=wanted)
         logs = os.path.join(self.registry.root, "builds")
 
         def keep() -> None:
@@ -207,7 +217,7 @@ class BuildMethods:
         except OSError as exc:  # best effort: the image is in the registry
             log.warning("build log of %s not kept: %s", ref, exc)
         log.info("built %s on %s: %d bytes into the registry", ref[:80], host, moved)
-        return {"image": result["image"], "id": result["id"], "name": result["name"], "tag": result["tag"],
+        return {"image": f"{manifest['name']}@{manifest['id'][:12]}", "id": manifest["id"], "name": manifest["name"], "tag": result["tag"],
                 "layer": result["layer"], "layer_bytes": result["layer_bytes"],
                 "size_bytes": result["size_bytes"], "pushed_bytes": moved, "host": host,
                 "duration_s": result["duration_s"]}

@@ -4,7 +4,7 @@ agents pull (manifests and layer chunks); the storage is hub/registry.py.
 from __future__ import annotations
 
 from dcctl import errors
-from dcctl.wire import expose
+from dcctl.wire import expose, refs
 from hub.placement import PULL_TIMEOUT_SECONDS
 
 
@@ -30,18 +30,22 @@ class ImageMethods:
         (``dcctl image_push FILE NAME[:TAG]`` with a local file uploads it
         instead: see image_upload_begin.)
 
-        Args: host: a fleet host's name; ref: ``name`` or ``name@idprefix``
+        Args: host: a fleet host's name; ref: ``name[:tag][@idprefix]``
         in that host's store.
         Returns: the manifest.
-        Raises: NoSuchHost, ImageNotFound, AmbiguousImageRef, StoreError
-        (digest mismatch, I/O), Unreachable, CallTimeout.
+        Raises: InvalidArgument (bad ref), NoSuchHost, ImageNotFound,
+        AmbiguousImageRef, InvalidImage (the host answered an image ``ref``
+        does not name, as resolve reads it: another name, tag or id;
+        nothing kept), StoreError (digest mismatch, I/O), Unreachable,
+        CallTimeout.
         """
+        wanted = refs.parse_ref(ref).lookup()
         self.store.host(host)
         info = self.agents.call(host, "image_manifest", ref)
         return self.registry.receive(
             info["manifest"], info["layer_sizes"],
             lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
-                                               timeout_s=PULL_TIMEOUT_SECONDS), source=host)
+                                               timeout_s=PULL_TIMEOUT_SECONDS), source=host, expect=wanted)
 
     @expose(access="pull", redact_env=False)
     def image_manifest(self, ref: str) -> dict:
@@ -66,7 +70,8 @@ class ImageMethods:
                                        hint="push it again through this hub")
         self.registry.receive(m, entry.get("sizes") or {},
                               lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
-                                                                 timeout_s=PULL_TIMEOUT_SECONDS), source=host)
+                                                                 timeout_s=PULL_TIMEOUT_SECONDS), source=host,
+                              expect=None)  # the shared index's manifest (its id checked), not the host's
 
     @expose(access="pull")
     def image_layer_read(self, digest: str, offset: int, length: int) -> bytes:
@@ -74,7 +79,7 @@ class ImageMethods:
         tar from ``offset`` (bytes); b"" past the end.
 
         Returns: bytes.
-        Raises: InvalidArgument (bad digest, negative offset or length),
-        ImageNotFound (no such layer).
+        Raises: InvalidArgument (bad digest; offset or length not an
+        integer from 0 to 2**63-1), ImageNotFound (no such layer).
         """
         return self.registry.read_layer(digest, offset, length)

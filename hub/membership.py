@@ -4,7 +4,9 @@ after missed heartbeats (the monitor), removed, and listed (hosts).
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import time
 
 import gevent
@@ -25,15 +27,75 @@ LEADER_TAKEOVER_BEATS = 8
 MEMBERS_REFRESH_PASSES = 30
 
 
+#: Ceilings of a host's capacity figures (host_register, host_heartbeat):
+#: a figure in bytes (its name ends in ``_bytes``) at most 64 TiB (the
+#: largest servers have 24 to 32 TiB of memory), any other (a count:
+#: container_slots, containers...) at most 65,536; at most 16 figures, each
+#: named by 1 to 64 characters of ``a-z0-9_``.  A host's own word decides
+#: placement, so an absurd figure (1 << 50) would take every create.
+MAX_CAPACITY_BYTES = 1 << 46
+MAX_CAPACITY_COUNT = 1 << 16
+MAX_CAPACITY_FIGURES = 16
+#: At most this many containers in one heartbeat (MAX_CAPACITY_COUNT).
+MAX_REPORTED_CONTAINERS = MAX_CAPACITY_COUNT
+#: The longest metrics_url a heartbeat may carry (shown in ``hosts``).
+METRICS_URL_MAX_CHARS = 512
+_FIGURE_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
 def _capacity(value) -> dict:
-    """A host's capacity figures as registered: {NAME: integer} (None: {}).
-    Raises: InvalidArgument."""
+    """A host's capacity figures as registered or beaten: {NAME: integer
+    or None} (None: {}), each figure from 0 to its ceiling
+    (MAX_CAPACITY_BYTES for a NAME ending in ``_bytes``, else
+    MAX_CAPACITY_COUNT).  Raises: InvalidArgument."""
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) or v is None
                                               for v in value.values()):
         raise errors.InvalidArgument("capacity must be a map of figures {memory_reservable_bytes, "
                                      "container_slots, ...} (integers)")
+    if len(value) > MAX_CAPACITY_FIGURES:
+        raise errors.InvalidArgument(f"capacity has {len(value)} figures, at most {MAX_CAPACITY_FIGURES}")
+    for name, figure in value.items():
+        if not isinstance(name, str) or not _FIGURE_NAME.match(name):
+            raise errors.InvalidArgument(f"bad capacity figure name {name!r:.80}: 1 to 64 of a-z, 0-9, '_'")
+        ceiling = MAX_CAPACITY_BYTES if name.endswith("_bytes") else MAX_CAPACITY_COUNT
+        if figure is not None and not 0 <= figure <= ceiling:
+            raise errors.InvalidArgument(f"capacity {name} must be from 0 to {ceiling}, got {figure}")
+    return value
+
+
+def _endpoint(text) -> wire.Endpoint:
+    """A host's endpoint as it registers it: ``ipc://PATH``, or
+    ``tcp://IP:PORT`` with a specific IPv4 or IPv6 address (no name, no
+    ``*``, not 0.0.0.0 or ::, not multicast: the hub dials it) and a port
+    from 1 to 65535 (not 0 or ``*``).  Raises: InvalidArgument."""
+    parsed = wire.parse_endpoint(text)
+    if parsed.is_tcp:
+        try:
+            ip = ipaddress.ip_address(parsed.host)
+        except ValueError:
+            ip = None
+        if ip is None or ip.is_unspecified or ip.is_multicast or parsed.port is None or not 1 <= parsed.port <= 65535:
+            raise errors.InvalidArgument(f"a host's endpoint is tcp://IP:PORT with a specific address and a port "
+                                         f"from 1 to 65535, not {parsed.text!r:.120}",
+                                         hint="register the address the hub dials, e.g. tcp://10.0.0.2:7000")
+    return parsed
+
+
+def _containers(value) -> list | None:
+    """A heartbeat's containers: None, or a list of at most
+    MAX_REPORTED_CONTAINERS maps, each with a string ``name`` (and a
+    string ``state`` if any).  Raises: InvalidArgument."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_REPORTED_CONTAINERS:
+        raise errors.InvalidArgument(f"heartbeat containers must be a list of at most {MAX_REPORTED_CONTAINERS} "
+                                     "{name, state}")
+    for c in value:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or \
+                not isinstance(c.get("state", ""), str):
+            raise errors.InvalidArgument(f"each heartbeat container is {{name, state}} of strings, got {c!r:.80}")
     return value
 
 
@@ -159,11 +221,19 @@ class MembershipMethods:
         A new boot_id means the agent restarted: every call in flight to it
         is dead, and fails at once (Unreachable) so creates move on.
 
+        Every field is the host's own word, checked before anything is
+        kept: address an IPv4 or IPv6 address or "" (dcctl.validate.
+        host_address); endpoint ``tcp://IP:PORT`` with a specific address
+        and a port from 1 to 65535, or ``ipc://PATH`` (_endpoint); labels
+        as dcctl.validate.labels (at most 32, bounded keys and values);
+        capacity figures from 0 to MAX_CAPACITY_BYTES (``*_bytes``) or
+        MAX_CAPACITY_COUNT (_capacity).
+
         Returns: {name, heartbeat_s (seconds between heartbeats)}.
-        Raises: InvalidArgument (a bad name, endpoint or labels, or an
-        endpoint of the wrong kind), Unauthorized (the key is not bound to
-        this name).  A boot_id that is not a string of 1 to 128 characters
-        is InvalidArgument.
+        Raises: InvalidArgument (a bad name, address, endpoint, labels or
+        capacity, or an endpoint of the wrong kind), Unauthorized (the key
+        is not bound to this name).  A boot_id that is not a string of 1 to
+        128 characters is InvalidArgument.
         """
         validate.options(info, {"name": "", "endpoint": "", "address": "", "labels": "", "capacity": "",
                                 "boot_id": ""}, "host_register")
@@ -171,12 +241,10 @@ class MembershipMethods:
         if not isinstance(name, str) or not name:
             raise errors.InvalidArgument("host name must be a non-empty string")
         validate.host_name(name)
-        parsed = wire.parse_endpoint(info.get("endpoint"))
+        parsed = _endpoint(info.get("endpoint"))
         endpoint = parsed.text
-        labels = info.get("labels") or {}
-        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                   for k, v in labels.items()):
-            raise errors.InvalidArgument("labels must be a map of strings")
+        address = validate.host_address(info.get("address"))
+        labels = validate.labels(info.get("labels") or None)
         capacity = _capacity(info.get("capacity"))
         boot_id = self._valid_boot_id(info.get("boot_id"))
         caller = wire.current_caller()
@@ -187,8 +255,7 @@ class MembershipMethods:
         if not key and not parsed.is_ipc:
             raise errors.InvalidArgument(f"a host joining locally (no key) gives its ipc:// endpoint, not {endpoint}",
                                          hint="a tcp:// host joins over the hub's CURVE endpoint with its key")
-        row = self.store.upsert_host(name, endpoint, str(info.get("address") or ""), labels,
-                                     capacity, key)
+        row = self.store.upsert_host(name, endpoint, address, labels, capacity, key)
         self.members_changed(True)
         if row["previous_state"] == "unreachable":  # e.g. its beats failed to write and it registered again
             log.info("host %s is alive again (registered)", name)
@@ -212,16 +279,29 @@ class MembershipMethods:
         hub knows it from its watched records; its containers are
         reconciled at a beat after etcd is back).
 
+        The summary is checked before the beat is taken (a beat's capacity
+        replaces the registered one): capacity as host_register's
+        (_capacity: figures from 0 to their ceilings), containers None or a
+        list of {name, state} with string names (_containers), metrics_url
+        None or a string of at most METRICS_URL_MAX_CHARS.
+
         Returns: {ok: True}.
         Raises: InvalidArgument (no capacity {memory_reservable_bytes,
-        container_slots} of integers, or a summary JSON cannot hold, e.g.
-        bytes), NoSuchHost (not registered: register again), Unauthorized
-        (the name is bound to another host key).
+        container_slots} of integers, a figure out of bounds, containers
+        of another shape, or a summary JSON cannot hold, e.g. bytes),
+        NoSuchHost (not registered: register again), Unauthorized (the
+        name is bound to another host key).
         """
         cap = summary.get("capacity")
         if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)
                                                 for k in ("memory_reservable_bytes", "container_slots")):
             raise errors.InvalidArgument("heartbeat summary needs capacity {memory_reservable_bytes, container_slots}")
+        _capacity(cap)
+        containers = _containers(summary.get("containers"))
+        url = summary.get("metrics_url")
+        if url is not None and not (isinstance(url, str) and len(url) <= METRICS_URL_MAX_CHARS):
+            raise errors.InvalidArgument(f"metrics_url must be a string of at most {METRICS_URL_MAX_CHARS} "
+                                         "characters")
         boot_id = self._valid_boot_id(summary.get("boot_id"))
         caller = wire.current_caller()
         previous = self.beats.beat(name, summary, caller.key if caller else "")
@@ -232,8 +312,7 @@ class MembershipMethods:
             log.info("host %s is alive again", name)
             self.events_log.add("host_back", host=name)
         self.agents.note_boot(name, boot_id)
-        containers = summary.get("containers") if isinstance(summary, dict) else None
-        if isinstance(containers, list):
+        if containers is not None:
             try:
                 self.healer.reconcile(name, containers)
             except errors.StoreUnavailable as exc:  # etcd away: the beat is taken, reconciled at a later one

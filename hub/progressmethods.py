@@ -9,10 +9,10 @@ import os
 
 from dcctl import errors, validate
 from dcctl.progress import progress_stream
-from dcctl.wire import expose
+from dcctl.wire import expose, refs
 from hub.placement import PULL_TIMEOUT_SECONDS
 from hub.streams import relay
-from hub.uploads import _CONTENT_ERRORS, IMPORT_TIMEOUT_SECONDS
+from hub.uploads import _CONTENT_ERRORS, IMPORT_TIMEOUT_SECONDS, upload_name
 
 
 def _running(items, host: str):
@@ -54,9 +54,11 @@ class ProgressMethods:
         layers the registry lacks; 0 when it has them all), rate_bytes_s,
         elapsed_s, host} about every 0.2 s, then {phase "done", ..., result
         (the manifest)}.
-        Raises: as image_push (NoSuchHost, ImageNotFound, AmbiguousImageRef,
-        StoreError, Unreachable, CallTimeout).
+        Raises: as image_push (InvalidArgument, NoSuchHost, ImageNotFound,
+        AmbiguousImageRef, InvalidImage: the host answered another image
+        than ``ref`` names, StoreError, Unreachable, CallTimeout).
         """
+        wanted = refs.parse_ref(ref).lookup()
         self.store.host(host)
         info = self.agents.call(host, "image_manifest", ref)
         manifest, sizes = info["manifest"], info["layer_sizes"]
@@ -72,7 +74,7 @@ class ProgressMethods:
                 report(moved[0], total)
                 return chunk
 
-            return self.registry.receive(manifest, sizes, fetch, source=host)
+            return self.registry.receive(manifest, sizes, fetch, source=host, expect=wanted)
 
         return ({**item, "host": host} for item in progress_stream(work, total))
 
@@ -93,15 +95,19 @@ class ProgressMethods:
         {manifest, host, bytes (archive size)}}.
         Raises: as image_upload_finish (NoSuchUpload, InvalidArgument,
         StoreError, NoCapacity, Unreachable, the agent's image_import
-        errors: InvalidImage... drop the upload).
+        errors: InvalidImage... drop the upload; InvalidImage when the host
+        answers an image of another name or tag: nothing kept, the upload
+        stays).
         """
         opts = validate.options(options, {"host": "importing host", "select": "tag in a layout",
                                           "format": "image format"}, "image_upload_finish_progress")
+        upload_name(name)  # InvalidArgument before any work
         host = self.import_host(opts.pop("host", None))
         self.store.host(host)  # NoSuchHost before any work
         return self._upload_finish_items(upload_id, name, opts, host)
 
     def _upload_finish_items(self, upload_id: str, name: str, opts: dict, host: str):
+        wanted = upload_name(name)
         path = yield from _running(progress_stream(lambda report: self.uploads.complete(upload_id),
                                                    step="verify"), host)
         size = os.path.getsize(path)
@@ -127,7 +133,7 @@ class ProgressMethods:
                 report(moved[0], total, "registry")
                 return chunk
 
-            return self.registry.receive(info["manifest"], layer_sizes, fetch, source=host)
+            return self.registry.receive(info["manifest"], layer_sizes, fetch, source=host, expect=wanted)
 
         for item in progress_stream(copy, total, step="registry"):
             if item["phase"] == "done":

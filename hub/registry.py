@@ -28,7 +28,7 @@ from typing import Callable
 
 import gevent
 
-from dcctl import errors
+from dcctl import errors, files
 from dcctl.wire import refs
 from dcctl.wire.refs import manifest_id
 
@@ -136,37 +136,46 @@ class Registry:
 
     def read_layer(self, d: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes (capped at CHUNK_BYTES) of a layer tar from
-        ``offset``; b"" at the end.
+        ``offset``; b"" at or past the end (any offset up to
+        dcctl.files.MAX_OFFSET, read by dcctl.files.read_range).
 
-        Raises: InvalidArgument (bad digest, negative offset or length),
-        ImageNotFound."""
-        if offset < 0 or length < 0:
-            raise errors.InvalidArgument("offset and length must be >= 0")
+        Raises: InvalidArgument (bad digest; offset or length not an
+        integer from 0 to MAX_OFFSET), ImageNotFound."""
+        files.check_range(offset, length)
         path = self._layer(d)
-
-        def read() -> bytes:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return f.read(min(length, CHUNK_BYTES))
-
         try:
-            return _blocking(read)
+            return _blocking(files.read_range, path, offset, length, CHUNK_BYTES)
         except FileNotFoundError as exc:
             raise errors.ImageNotFound(f"no layer {d[:12]} in the hub's registry") from exc
 
     def receive(self, manifest: dict, sizes: dict[str, int],
-                fetch: Callable[[str, int, int], bytes], source: str | None = None) -> dict:
+                fetch: Callable[[str, int, int], bytes], source: str | None = None, *,
+                expect: refs.ImageRef | None) -> dict:
         """Store ``manifest`` and fetch its missing layers with
         ``fetch(digest, offset, length)``; each is verified before it is
         kept. ``sizes`` gives each layer's size in bytes; ``source`` is the
         host they came from (kept in the shared index, for other hubs).
 
+        ``expect`` (required, keyword) is what the caller asked for: the
+        manifest must match it (``ImageRef.matches``: name, tag, id prefix)
+        before anything is fetched or written, since a manifest a host
+        answers is the host's word and a host's key may be a hostile
+        client's (it could otherwise replace ``busybox`` fleet-wide under
+        any push, upload or build).  None only for a manifest that did not
+        come from a host (the shared index's, hub/imagemethods.py).
+
         Returns: the manifest. Raises: InvalidArgument (bad manifest or
-        sizes), StoreError (digest mismatch, I/O error; nothing kept).
+        sizes), InvalidImage (the manifest is not ``expect``: nothing
+        kept), StoreError (digest mismatch, I/O error; nothing kept).
         """
         if not isinstance(manifest, dict) or manifest_id(manifest) != manifest.get("id"):
             raise errors.InvalidArgument("manifest id does not match its content")
         refs.image_name(manifest.get("name"))
+        if expect is not None and not expect.matches(manifest):
+            got = f"{manifest['name']}:{manifest.get('tag') or refs.DEFAULT_TAG}@{manifest['id'][:12]}"
+            raise errors.InvalidImage(f"{source or 'the source'} answered the image {got}, not {expect}: "
+                                      "nothing kept in the hub's registry",
+                                      hint="a host must return the image it was asked for; check that host")
         for d in manifest.get("layers", []):
             if os.path.exists(self._layer(d)):
                 continue

@@ -32,12 +32,12 @@ import re
 
 import gevent
 
-from dcctl import errors, validate
-from dcctl.wire import expose
+from dcctl import errors, files, validate
+from dcctl.wire import expose, refs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Uploads", "UploadMethods", "MAX_UPLOAD_BYTES", "CHUNK_BYTES"]
+__all__ = ["Uploads", "UploadMethods", "MAX_UPLOAD_BYTES", "CHUNK_BYTES", "upload_name"]
 
 CHUNK_BYTES = 4 << 20
 MAX_UPLOAD_BYTES = 64 << 30
@@ -53,6 +53,18 @@ def _file_sha256(path: str) -> str:
         while chunk := f.read(1 << 20):
             sha.update(chunk)
     return sha.hexdigest()
+
+
+def upload_name(name: object) -> refs.ImageRef:
+    """The image an upload is imported as, from ``NAME[:TAG]`` (no
+    ``@id``): the ref the manifest the importing host answers must match
+    (a NAME alone is NAME:latest), before the registry keeps anything.
+
+    Raises: InvalidArgument."""
+    parsed = refs.parse_ref(name)
+    if parsed.prefix:
+        raise errors.InvalidArgument(f"image name {name!r}: want NAME or NAME:TAG, no @id")
+    return parsed.lookup()
 
 
 def _upload_id(value: object) -> str:
@@ -143,13 +155,14 @@ class Uploads:
         return final
 
     def read(self, upload_id: str, offset: int, length: int) -> bytes:
-        """Up to ``length`` (<= CHUNK_BYTES) bytes of a complete upload."""
-        if offset < 0 or length < 0:
-            raise errors.InvalidArgument("offset and length must be >= 0")
+        """Up to ``length`` (<= CHUNK_BYTES) bytes of a complete upload from
+        ``offset``; b"" at or past its end (dcctl.files.read_range).
+
+        Raises: InvalidArgument (offset or length not an integer from 0 to
+        2**63-1), NoSuchUpload."""
+        files.check_range(offset, length)
         try:
-            with open(self._path(upload_id, "tar"), "rb") as f:
-                f.seek(offset)
-                return f.read(min(length, CHUNK_BYTES))
+            return files.read_range(self._path(upload_id, "tar"), offset, length, CHUNK_BYTES)
         except FileNotFoundError:
             raise errors.NoSuchUpload(f"no complete upload {upload_id[:12]} on the hub") from None
 
@@ -215,10 +228,13 @@ class UploadMethods:
         Returns: {manifest, host (that imported it), bytes (archive size)}.
         Raises: NoSuchUpload, InvalidArgument, StoreError (sha256 mismatch),
         NoCapacity (no live host), and the agent's image_import errors
-        (InvalidImage...: the upload is dropped).
+        (InvalidImage...: the upload is dropped); InvalidImage too when the
+        host answers an image whose name or tag is not ``name`` (nothing
+        kept in the registry; the upload stays, for another host).
         """
         opts = validate.options(options, {"host": "importing host", "select": "tag in a layout",
                                           "format": "image format"}, "image_upload_finish")
+        wanted = upload_name(name)
         path = self.uploads.complete(upload_id)
         host = self.import_host(opts.pop("host", None))
         try:
@@ -234,7 +250,7 @@ class UploadMethods:
         stored = self.registry.receive(
             info["manifest"], info["layer_sizes"],
             lambda d, off, n: self.agents.call(host, "image_layer_read", d, off, n,
-                                               timeout_s=IMPORT_TIMEOUT_SECONDS), source=host)
+                                               timeout_s=IMPORT_TIMEOUT_SECONDS), source=host, expect=wanted)
         size = os.path.getsize(path)
         self.uploads.remove(upload_id)
         log.info("upload %s imported on %s as %s", upload_id[:12], host, ref[:80])

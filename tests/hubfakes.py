@@ -117,11 +117,16 @@ class FakeFleet:
         for name in memory_gib:
             self.agents[name] = FakeAgent(name)
             self.serve(name)
-            self.hub.host_register({"name": name, "endpoint": self.endpoint(name), "address": f"addr-{name}",
+            self.hub.host_register({"name": name, "endpoint": self.endpoint(name), "address": self.address(name),
                                     "capacity": self.capacity(name), "boot_id": f"boot-{name}"})
 
     def endpoint(self, name: str) -> str:
         return f"ipc://{self.root}/{name}.sock"
+
+    def address(self, name: str) -> str:
+        """Host ``name``'s address (an IP, as host_register wants): 10.99.0.N,
+        N its place in memory_gib from 1."""
+        return f"10.99.0.{list(self.memory_gib).index(name) + 1}"
 
     def capacity(self, name: str) -> dict:
         return {"memory_reservable_bytes": self.memory_gib[name] * GiB, "container_slots": 10}
@@ -158,7 +163,8 @@ class FakeFleet:
         manifest = {"name": name, "created": time.time(), "layers": [digest], "size_bytes": len(LAYER),
                     "exposed_ports": exposed_ports if exposed_ports is not None else [{"proto": "tcp", "port": 80}]}
         manifest["id"] = manifest_id(manifest)
-        return self.registry.receive(manifest, {digest: len(LAYER)}, lambda d, off, n: LAYER[off:off + n])
+        return self.registry.receive(manifest, {digest: len(LAYER)}, lambda d, off, n: LAYER[off:off + n],
+                                     expect=None)
 
     def serve_hub_curve(self, keys_dir: str) -> tuple[wire.Service, str, str]:
         """The hub served over CURVE on a free loopback port, its keys in

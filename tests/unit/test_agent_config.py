@@ -50,6 +50,10 @@ def test_file_then_flags(tmp_path):
     ('tmpfs_size_bytes = 1024\n', [], "tmpfs_size_bytes"),
     ('', ["--tmpfs-tmp-size-bytes", "0"], "tmpfs_tmp_size_bytes"),
     ('tmpfs_tmp_size_bytes = 1.5e8\n', [], "tmpfs_tmp_size_bytes"),
+    ('', ["--label", "zone=a\nb"], "label"),  # what the hub's host_register would refuse
+    ('', ["--label", "k" * 64 + "=v"], "label"),
+    ('', ["--advertise-address", "host.example"], "advertise_address"),
+    ('', ["--advertise-address", "0.0.0.0"], "advertise_address"),
 ])
 def test_bad_settings_are_named(tmp_path, text, flags, match):
     with pytest.raises(errors.InvalidArgument, match=match):

@@ -15,7 +15,7 @@ def test_registry_remove_takes_the_build_log(tmp_path):
     layer = hashlib.sha256(data).hexdigest()
     manifest = {"name": "app", "created": 1.0, "layers": [layer], "size_bytes": len(data)}
     manifest["id"] = manifest_id(manifest)
-    reg.receive(manifest, {layer: len(data)}, lambda d, off, n: data[off:off + n])
+    reg.receive(manifest, {layer: len(data)}, lambda d, off, n: data[off:off + n], expect=None)
     os.makedirs(tmp_path / "reg" / "builds")
     log = tmp_path / "reg" / "builds" / f"{manifest['id']}.log"
     other = tmp_path / "reg" / "builds" / f"{'0' * 64}.log"

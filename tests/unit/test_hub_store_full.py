@@ -64,7 +64,7 @@ def test_a_host_lost_while_the_store_failed_is_told_back_when_it_registers_again
         fleet.beat("h1")
     fleet.store.db.execute("PRAGMA query_only=0")
     # the agent, told of an error, registers again (agents/hubclient.py)
-    fleet.hub.host_register({"name": "h1", "endpoint": fleet.endpoint("h1"), "address": "addr-h1",
+    fleet.hub.host_register({"name": "h1", "endpoint": fleet.endpoint("h1"), "address": fleet.address("h1"),
                              "capacity": fleet.capacity("h1"), "boot_id": "boot-h1"})
     fleet.silent.discard("h1")
     wait_for(lambda: fleet.store.host("h1")["state"] == "alive", 10, "h1 to be alive")

@@ -91,3 +91,39 @@ def test_dcctl_shows_the_stream_as_lines_off_a_terminal(pair):
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("running ") and any(line.startswith("done ") and "100.0%" in line for line in lines)
     assert "pulled: true" in lines and any(line.startswith("image: evtblob") for line in lines)
+
+
+@pytest.fixture
+def source(tmp_path):
+    """A host's image protocol (the agent's Puller, its error table) over a
+    real ipc socket: (a client, a layer's digest, its size in bytes)."""
+    store = ImageStore(str(tmp_path / "src"))
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "file").write_bytes(b"some bytes of a layer")
+    tar_path = tmp_path / "rootfs.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    store.import_tar(str(tar_path), "small")
+    puller = Puller(store, gevent.lock.BoundedSemaphore(1))
+    digest = puller.manifest("small")["manifest"]["layers"][0]
+    endpoint = f"ipc://{tmp_path}/src.sock"
+    svc = wire.Service(Source(puller), "src", translate=translate)
+    svc.bind(endpoint)
+    svc.start()
+    client = wire.RpcClient(endpoint, timeout_s=30)
+    yield client, digest, puller.manifest("small")["layer_sizes"][digest]
+    client.close()
+    svc.stop()
+
+
+def test_a_layer_read_at_or_past_its_end_is_empty_and_a_bad_range_is_typed(source):
+    client, digest, size = source
+    assert len(client.call("image_layer_read", digest, 0, 1 << 30)) == size  # capped at 4 MiB, all of it here
+    for offset in (size, size + 1, 1 << 40, 2 ** 62, 2 ** 63 - 1):  # 2**62 was EINVAL: InternalError
+        assert client.call("image_layer_read", digest, offset, 100) == b""
+    for offset, length in ((2 ** 63, 1), (2 ** 64 - 1, 1), (-1, 1), (0, -1), (0, 2 ** 64 - 1)):
+        with pytest.raises(errors.InvalidArgument, match="offset|length"):
+            client.call("image_layer_read", digest, offset, length)
+    assert client.call("image_layer_read", digest, size - 3, 100) == client.call("image_layer_read", digest, 0,
+                                                                                    size)[-3:]

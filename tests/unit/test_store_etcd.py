@@ -117,12 +117,12 @@ def test_the_registry_index_is_shared_and_a_hub_fetches_the_layers_it_lacks(tmp_
         prefix = f"/etc-{uuid.uuid4().hex[:8]}/"
         sa, sb = EtcdStore(server.url, prefix), EtcdStore(server.url, prefix)
         a, b = Registry(str(tmp_path / "a"), index=sa), Registry(str(tmp_path / "b"), index=sb)
-        a.receive(manifest, {d: len(layer)}, lambda dd, off, n: layer[off:off + n], source="host-1")
+        a.receive(manifest, {d: len(layer)}, lambda dd, off, n: layer[off:off + n], source="host-1", expect=None)
         assert b.resolve("busybox")["id"] == manifest["id"] and b.get(manifest["id"])["layers"] == [d]
         assert b.missing(manifest) == [d] and a.missing(manifest) == []
         entry = b.entry(manifest["id"])
         assert entry["source"] == "host-1" and entry["sizes"] == {d: len(layer)}
-        b.receive(manifest, entry["sizes"], lambda dd, off, n: layer[off:off + n], source="host-1")
+        b.receive(manifest, entry["sizes"], lambda dd, off, n: layer[off:off + n], source="host-1", expect=None)
         assert b.missing(manifest) == [] and b.read_layer(d, 0, 100) == layer
         b.remove("busybox")
         assert a.ls() == [] and b.ls() == []
