@@ -58,13 +58,16 @@ def _file_sha256(path: str) -> str:
 def upload_name(name: object) -> refs.ImageRef:
     """The image an upload is imported as, from ``NAME[:TAG]`` (no
     ``@id``): the ref the manifest the importing host answers must match
-    (a NAME alone is NAME:latest), before the registry keeps anything.
+    before the registry keeps anything.  A NAME alone matches any tag:
+    the importer takes the tag from ``select`` or from the archive itself
+    (``docker save ubuntu:24.04`` pushed as ``ubuntu`` is ubuntu:24.04,
+    images/oci.py), else latest; the name must be NAME.
 
     Raises: InvalidArgument."""
     parsed = refs.parse_ref(name)
     if parsed.prefix:
         raise errors.InvalidArgument(f"image name {name!r}: want NAME or NAME:TAG, no @id")
-    return parsed.lookup()
+    return parsed
 
 
 def _upload_id(value: object) -> str:

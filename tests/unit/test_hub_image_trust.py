@@ -126,7 +126,7 @@ def build(fleet, sha, name, tag=None):
 @pytest.mark.parametrize("via", [finish, finish_progress])
 @pytest.mark.parametrize("asked, answered", [("myapp", ("busybox", None)),  # another name: busybox replaced
                                              ("busybox:1.0", ("busybox", None)),  # another tag
-                                             ("busybox", ("busybox", "1.0")),  # NAME is NAME:latest
+                                             ("busybox", ("myapp", "1.0")),  # NAME alone: any tag, not another name
                                              ("myapp:2", ("myapp", "3"))])
 def test_an_upload_keeps_nothing_when_the_host_answers_another_image(fleet, via, asked, answered):
     fleet.agents["h1"].answer(*answered)
@@ -175,3 +175,13 @@ def test_a_build_keeps_nothing_when_the_host_answers_another_image(fleet, name, 
     result = build(fleet, upload(fleet), name, tag)
     assert (result["name"], result["id"]) == (name, m["id"])
     assert m["id"] in {x["id"] for x in fleet.hub.image_ls()}
+
+
+def test_an_upload_named_without_a_tag_keeps_the_archives_own_tag(fleet):
+    """``docker save ubuntu:24.04 > u.tar; dcctl image_push u.tar ubuntu``:
+    the importer takes the tag from the archive, and the hub keeps it."""
+    fleet.agents["h1"].answer("busybox", "1.0")
+    sha = upload(fleet)
+    stored = finish(fleet, sha, "busybox")["manifest"]
+    assert (stored["name"], stored["tag"]) == ("busybox", "1.0")
+    assert stored["id"] in {m["id"] for m in fleet.hub.image_ls()}
