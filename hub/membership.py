@@ -45,9 +45,14 @@ _FIGURE_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 
 def _capacity(value) -> dict:
     """A host's capacity figures as registered or beaten: {NAME: integer
-    or None} (None: {}), each figure from 0 to its ceiling
+    or None} (None: {}), each figure clamped to 0 .. its ceiling
     (MAX_CAPACITY_BYTES for a NAME ending in ``_bytes``, else
-    MAX_CAPACITY_COUNT).  Raises: InvalidArgument."""
+    MAX_CAPACITY_COUNT): the host still registers and beats (refusing it
+    would have it judged lost while its containers run on, and
+    rescheduled elsewhere: a name running twice), but an absurd figure
+    cannot take every create.  Returns the clamped figures (a new dict).
+    Raises: InvalidArgument (not a map of integers, too many figures, a
+    bad figure name)."""
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, int) and not isinstance(v, bool) or v is None
@@ -59,10 +64,11 @@ def _capacity(value) -> dict:
     for name, figure in value.items():
         if not isinstance(name, str) or not _FIGURE_NAME.match(name):
             raise errors.InvalidArgument(f"bad capacity figure name {name!r:.80}: 1 to 64 of a-z, 0-9, '_'")
+    clamped = {}
+    for name, figure in value.items():
         ceiling = MAX_CAPACITY_BYTES if name.endswith("_bytes") else MAX_CAPACITY_COUNT
-        if figure is not None and not 0 <= figure <= ceiling:
-            raise errors.InvalidArgument(f"capacity {name} must be from 0 to {ceiling}, got {figure}")
-    return value
+        clamped[name] = None if figure is None else min(max(figure, 0), ceiling)
+    return clamped
 
 
 def _endpoint(text) -> wire.Endpoint:
@@ -287,7 +293,7 @@ class MembershipMethods:
 
         Returns: {ok: True}.
         Raises: InvalidArgument (no capacity {memory_reservable_bytes,
-        container_slots} of integers, a figure out of bounds, containers
+        container_slots} of integers (figures out of bounds are clamped: _capacity), containers
         of another shape, or a summary JSON cannot hold, e.g. bytes),
         NoSuchHost (not registered: register again), Unauthorized (the
         name is bound to another host key).
@@ -296,7 +302,7 @@ class MembershipMethods:
         if not isinstance(cap, dict) or not all(isinstance(cap.get(k, 0), int) and not isinstance(cap.get(k, 0), bool)
                                                 for k in ("memory_reservable_bytes", "container_slots")):
             raise errors.InvalidArgument("heartbeat summary needs capacity {memory_reservable_bytes, container_slots}")
-        _capacity(cap)
+        summary = {**summary, "capacity": _capacity(cap)}
         containers = _containers(summary.get("containers"))
         url = summary.get("metrics_url")
         if url is not None and not (isinstance(url, str) and len(url) <= METRICS_URL_MAX_CHARS):
