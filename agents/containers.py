@@ -460,10 +460,7 @@ class ContainerManager:
         was = rec["desired"]
         self._set_desired(rec, "running")
         try:
-            try:  # the previous run's exit record must not be taken for this run's
-                os.unlink(os.path.join(self.upper_dir(name), "etc", "dcfleet", "exit"))
-            except FileNotFoundError:
-                pass
+            supervisor.remove_exit(self.upper_dir(name))  # the previous run's must not be taken for this run's
             self.log_store.ensure_writer(name)  # the command's output needs its reader first
             try:
                 pid = self.lxc.start(name)

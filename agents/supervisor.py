@@ -23,8 +23,10 @@ a failed pass is logged and retried.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import time
 
 import gevent
@@ -52,17 +54,77 @@ def parse_policy(value) -> dict:
     return validate.restart_policy(value, DEFAULT_MAX_RETRIES)
 
 
+#: Where a container's run script records its command's exit, under its rootfs (upper dir).
+EXIT_RECORD = ("etc", "dcfleet", "exit")
+#: At most this many bytes of the exit record are read ("STATUS OOMS\n").
+EXIT_RECORD_MAX_BYTES = 64
+
+
+def _exit_record_dir(upper_dir: str) -> int:
+    """An fd of the exit record's directory under ``upper_dir``, each
+    component opened with O_NOFOLLOW: the container's root writes these
+    paths, and a symlink there must not lead the agent (in the host's
+    namespace) to a host file.  Raises: OSError."""
+    fd = os.open(upper_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in EXIT_RECORD[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_exit(upper_dir: str) -> tuple[int | None, bool]:
     """(exit status, oom_killed) from the container's /etc/dcfleet/exit, or
     (None, False) when its command did not record one (killed with the
-    container, or an image without the dcfleet run script)."""
+    container, or an image without the dcfleet run script) or the record
+    is not one the run script writes.  The container's root can write that
+    file: it is read only as a regular file reached without a symlink (no
+    FIFO that blocks, no host file), at most EXIT_RECORD_MAX_BYTES, and a
+    status outside 0..255 is None (an event with it would be refused)."""
     try:
-        with open(os.path.join(upper_dir, "etc", "dcfleet", "exit")) as f:
-            parts = f.read().split()
+        dir_fd = _exit_record_dir(upper_dir)
+        try:
+            fd = os.open(EXIT_RECORD[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, False
+            parts = os.read(fd, EXIT_RECORD_MAX_BYTES).split()
+        finally:
+            os.close(fd)
         status, ooms = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     except (OSError, ValueError, IndexError):
         return None, False
+    if not 0 <= status <= 255:
+        return None, False
     return status, status == 137 and ooms > 0
+
+
+def remove_exit(upper_dir: str) -> None:
+    """Remove the container's exit record (before a start: the previous
+    run's must not be taken for this run's), reached without a symlink
+    (see _exit_record_dir); a missing one, or a path that is not the run
+    script's, is left.  Raises: OSError (other than those)."""
+    try:
+        dir_fd = _exit_record_dir(upper_dir)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        del exc
+        return
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink where the run script keeps a directory: nothing of ours
+            return
+        raise
+    try:
+        os.unlink(EXIT_RECORD[-1], dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def add_event(rec: dict, kind: str, **detail) -> dict:

@@ -83,7 +83,8 @@ class EventMethods:
         key), InvalidArgument (a malformed event, a type no agent emits, an
         index that does not rise or is past ``head``, an index or head past
         2**53 - 1, over 1000 at once, an at that is not finite, an invalid
-        container name, a known field of the wrong type; nothing is taken).
+        container name; nothing is taken).  A known field of the wrong type
+        or range is dropped from its event (hub.events._check_fields).
         """
         if not isinstance(events, list) or len(events) > fleet_events.MAX_INGEST:
             raise errors.InvalidArgument(f"at most {fleet_events.MAX_INGEST} events per call")

@@ -128,9 +128,13 @@ def parse_filters(filters: Any) -> dict[str, set[str]]:
     return out
 
 
-def _check_fields(event: dict) -> None:
-    """Refuse an agent event's known fields of a type no agent sends
-    (InvalidArgument); sizes are cut by _kept_fields."""
+def _check_fields(event: dict) -> dict:
+    """``event`` without its known optional fields of a type or range no
+    agent sends (each logged and dropped, not refused: some come from
+    inside a container, e.g. an exit status its root wrote, and a refused
+    batch would be sent again for ever, holding back every later event of
+    the host); sizes are cut by _kept_fields."""
+    bad = []
     for key, ok in (("image", lambda v: v is None or isinstance(v, str)),
                     ("exit_code", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
                                                           and -2 ** 31 <= v < 2 ** 31)),
@@ -138,7 +142,12 @@ def _check_fields(event: dict) -> None:
                     ("count", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 31),
                     ("command", lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v))):
         if key in event and not ok(event[key]):
-            raise errors.InvalidArgument(f"an agent event's {key} is not what an agent sends: {str(event[key])[:80]!r}")
+            bad.append(key)
+    if not bad:
+        return event
+    log.warning("agent event %s of %s: dropped %s, not what an agent sends", event.get("index"),
+                event.get("container"), ", ".join(bad))
+    return {k: v for k, v in event.items() if k not in bad}
 
 
 def _kept_fields(event: dict) -> dict:
@@ -295,7 +304,6 @@ class EventLog:
             if not isinstance(event.get("container"), str) or not event["container"]:
                 raise errors.InvalidArgument("an agent event names its container (a non-empty string)")
             validate.container_name(event["container"])
-            _check_fields(event)
             if event["index"] > MAX_AGENT_INDEX:
                 raise errors.InvalidArgument(f"agent event index {event['index']} is past {MAX_AGENT_INDEX}")
             if event["index"] <= previous:
@@ -329,7 +337,7 @@ class EventLog:
             if event["index"] <= top:
                 continue
             top = event["index"]
-            doc = _kept_fields(event)
+            doc = _kept_fields(_check_fields(event))
             name = doc["container"]
             if place_of is not None:
                 if name not in places:
