@@ -23,7 +23,9 @@ reconciling what a host reports with the fleet store.
   a host whose state was wiped): its row and routes are forgotten and
   told as ``container_vanished``, so the name can be used again.  Checked
   at most every VANISHED_CHECK_SECONDS per host, for rows placed at least
-  VANISHED_MIN_AGE_SECONDS ago.
+  VANISHED_MIN_AGE_SECONDS ago, by the leading hub only (the one that
+  moves containers, so the one that knows which are moving; with several
+  hubs, hosts that beat to another hub are checked when they beat to it).
 """
 from __future__ import annotations
 
@@ -174,24 +176,27 @@ class Healer:
         if now - self._vanish_checked.get(host, float("-inf")) < VANISHED_CHECK_SECONDS:
             return
         self._vanish_checked[host] = now
+        if not self.store.is_leader():  # only the leader moves containers, so only it knows which are moving
+            return
         settled = time.time() - VANISHED_MIN_AGE_SECONDS
         for row in self.store.containers(host):
             name = row["name"]
             if (row["state"] == "placed" and name not in listed and name not in self.moving
                     and (host, name) not in self.reaping and (row.get("updated_at") or 0) < settled):
                 self.reaping.add((host, name))
-                gevent.spawn(self._forget_vanished, host, name)
+                gevent.spawn(self._forget_vanished, host, name, row.get("created_at"))
 
-    def _forget_vanished(self, host: str, name: str) -> None:
+    def _forget_vanished(self, host: str, name: str, created_at: float | None = None) -> None:
         """Forget ``name``'s row (and its routes) when ``host``, which the
         row places it on, confirms it has no such container; the row must
-        still be placed there (changed meanwhile: left)."""
+        still be the one checked (the same ``created_at``), placed there
+        and not moving (changed meanwhile: left)."""
         try:
             self.agents.call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
         except errors.NoSuchContainer:
             try:
                 row = self.store.container(name)
-                if row["host"] == host and name not in self.moving and \
+                if row["host"] == host and row.get("created_at") == created_at and name not in self.moving and \
                         self.store.set_state(name, "destroying", was="placed"):
                     self.store.forget(name)
                     self.events.add("container_vanished", name=name, host=host)
