@@ -54,6 +54,10 @@ MAX_EVENTS = 100_000
 #: and from other hosts' (as many as an agent's own journal keeps,
 #: agents.events.MAX_EVENTS): a host that floods pushes out its own only.
 MAX_HOST_EVENTS = 10_000
+#: Retention (count) of all hosts' agent events together, shared out so that
+#: the largest sources are cut first (hub.store.base.retention_keeps): a fleet
+#: of 1,000 hosts keeps at most this many, not 1,000 x MAX_HOST_EVENTS.
+MAX_AGENT_EVENTS = 200_000
 #: What an agent's event may carry (agents.events, agents.containers,
 #: agents.supervisor); other fields are dropped.  index, at, type and
 #: container are required; host is the caller's.
@@ -188,6 +192,8 @@ class EventLog:
         max_events, max_age_s: retention (count; seconds) of the hub's own
             events (in memory: of all).
         max_host_events: retention (count) of each host's agent events.
+        max_agent_events: retention (count) of all hosts' agent events
+            together (the largest sources cut first).
 
     Retention is per source (store.event_source): the hub's own events
     (host_added, placed, ...) keep ``max_events``, each host's agent
@@ -202,10 +208,11 @@ class EventLog:
     """
 
     def __init__(self, store=None, *, max_events: int = MAX_EVENTS, max_age_s: float = MAX_AGE_SECONDS,
-                 max_host_events: int = MAX_HOST_EVENTS):
+                 max_host_events: int = MAX_HOST_EVENTS, max_agent_events: int = MAX_AGENT_EVENTS):
         self.store = store
         self.max_events = max_events
         self.max_host_events = max_host_events
+        self.max_agent_events = max_agent_events
         self.max_age_s = max_age_s
         self._memory: collections.deque = collections.deque(maxlen=max_events)  # store None only
         self._pending: collections.deque = collections.deque()  # refused by the store, oldest first
@@ -416,7 +423,8 @@ class EventLog:
 
     def _prune(self) -> None:
         try:
-            gone = self.store.events_prune(self.max_events, self.max_age_s, max_per_host=self.max_host_events)
+            gone = self.store.events_prune(self.max_events, self.max_age_s, max_per_host=self.max_host_events,
+                                           max_agent_events=self.max_agent_events)
         except errors.StoreError as exc:
             log.warning("fleet events: retention pass failed (%s)", exc)
             return

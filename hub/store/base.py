@@ -49,6 +49,30 @@ def event_source(doc: dict) -> str:
     return f"agent:{doc.get('host')}" if doc.get("source") == "agent" else "hub"
 
 
+def retention_keeps(counts: dict[str, int], max_count: int, per_host: int, agents_total: int | None) -> dict[str, int]:
+    """How many of its newest events each retention source keeps, by count:
+    the hub's own ``max_count``; each host's agent events ``per_host``,
+    and all hosts' together at most ``agents_total`` (None: no bound),
+    shared out by water-filling (every host keeps up to the same level,
+    so a small host keeps all of its events and the largest are cut
+    first: a fleet of many hosts stays bounded, and one host's flood
+    pushes out its own).  ``counts``: {source: events kept now}."""
+    keeps = {src: min(n, max_count if src == "hub" else per_host) for src, n in counts.items()}
+    agents = sorted(n for src, n in keeps.items() if src != "hub")
+    if agents_total is None or sum(agents) <= agents_total:
+        return keeps
+    level, left, hosts = 0, agents_total, len(agents)
+    for n in agents:  # smallest first: each takes all it has while an equal share allows it
+        share = left // hosts
+        if n > share:
+            level = share
+            break
+        left -= n
+        hosts -= 1
+        level = n
+    return {src: (n if src == "hub" else min(n, level)) for src, n in keeps.items()}
+
+
 class Store(abc.ABC):
     """The fleet store (see the module doc for the row shapes)."""
 
@@ -292,10 +316,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def events_prune(self, max_count: int, max_age_s: float, now: float | None = None,
-                     max_per_host: int | None = None) -> int:
+                     max_per_host: int | None = None, max_agent_events: int | None = None) -> int:
         """Drop, per retention source (``event_source``), the oldest events
-        beyond its count (the hub's own: ``max_count``; each host's agent
-        events: ``max_per_host``, default ``max_count``) and every event
+        beyond its count (``retention_keeps``: the hub's own ``max_count``;
+        each host's agent events ``max_per_host``, default ``max_count``,
+        and all hosts' together ``max_agent_events``) and every event
         older than ``max_age_s`` seconds.  ``pruned_index``/``pruned_at`` of
         events_bounds are the newest the hub's own count or the age limit
         dropped: a host's agent events pushed out by that host's own count

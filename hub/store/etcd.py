@@ -82,7 +82,7 @@ import gevent.lock
 import requests
 
 from dcctl import errors
-from hub.store.base import Chooser, Store, event_source
+from hub.store.base import Chooser, Store, event_source, retention_keeps
 
 log = logging.getLogger(__name__)
 
@@ -1632,7 +1632,7 @@ class EtcdStore(Store):
                 "pruned_index": int(marks["pruned_index"]), "pruned_at": marks["pruned_at"]}
 
     def events_prune(self, max_count: int, max_age_s: float, now: float | None = None,
-                     max_per_host: int | None = None) -> int:
+                     max_per_host: int | None = None, max_agent_events: int | None = None) -> int:
         """See Store.events_prune: per source, its events at or below its cut
         go (one delete per run of consecutive indexes, MAX_TXN_OPS - 1 a
         transaction); the marks (``evmarks``: pruned_index, pruned_at and
@@ -1645,8 +1645,10 @@ class EtcdStore(Store):
             by_source.setdefault(event_source(d), []).append(d)
         cuts: dict[str, int] = {}
         fleet_cuts: dict[str, int] = {}  # the part that moves the fleet marks: not a host's own count
+        keeps = retention_keeps({src: len(docs) for src, docs in by_source.items()}, max_count, per_host,
+                                max_agent_events)
         for src, docs in by_source.items():
-            cap = max_count if src == "hub" else per_host
+            cap = keeps[src]
             cut = docs[-cap - 1]["index"] if len(docs) > cap else 0
             old = max([d["index"] for d in docs if d["at"] < now - max_age_s], default=0)
             cut = max(cut, old)

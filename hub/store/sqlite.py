@@ -48,6 +48,7 @@ from typing import Iterator
 from dcctl import errors
 from hub.store.base import Store
 from hub.store.base import event_source as _event_source
+from hub.store.base import retention_keeps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -699,7 +700,7 @@ class HubStore(Store):
     # agent event is taken exactly once).  ``event_marks``: what pruning
     # dropped last (pruned_index, pruned_at), to tell a resume from before
     # retention; per source too, as ``pruned_index/<source>``).  ``src``:
-    # the event's retention source (hub.events.source_of: "hub", or
+    # the event's retention source (hub.store.base.event_source: "hub", or
     # "agent:<host>"), each pruned apart.
     _EVENTS_SCHEMA = """
     CREATE TABLE IF NOT EXISTS fleet_events (
@@ -776,7 +777,7 @@ class HubStore(Store):
                 "pruned_index": int(marks.get("pruned_index", 0)), "pruned_at": marks.get("pruned_at", 0.0)}
 
     def events_prune(self, max_count: int, max_age_s: float, now: float | None = None,
-                     max_per_host: int | None = None) -> int:
+                     max_per_host: int | None = None, max_agent_events: int | None = None) -> int:
         """Drop, per retention source, the oldest events beyond its count
         (the hub's own: ``max_count``; each host's agent events:
         ``max_per_host``, default ``max_count``) and every event older than
@@ -786,9 +787,11 @@ class HubStore(Store):
         per_host = max_count if max_per_host is None else max_per_host
         with self.write() as db:
             cuts: dict[str, tuple[int, int]] = {}  # src -> (its cut, the part of it that moves the fleet marks)
-            for (src,) in db.execute("SELECT DISTINCT src FROM fleet_events").fetchall():
+            counts = dict(db.execute("SELECT src, COUNT(*) FROM fleet_events GROUP BY src").fetchall())
+            keeps = retention_keeps(counts, max_count, per_host, max_agent_events)
+            for src in counts:
                 row = db.execute("SELECT idx FROM fleet_events WHERE src=? ORDER BY idx DESC LIMIT 1 OFFSET ?",
-                                 (src, max_count if src == "hub" else per_host)).fetchone()
+                                 (src, keeps[src])).fetchone()
                 old = db.execute("SELECT MAX(idx) FROM fleet_events WHERE src=? AND at < ?",
                                  (src, now - max_age_s)).fetchone()[0] or 0
                 cut = max(row[0] if row else 0, old)

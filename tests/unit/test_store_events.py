@@ -99,3 +99,26 @@ def test_retention_is_per_source(store):
     assert store.events_bounds()["pruned_index"] == 0  # a host's own count: not the fleet's marks
     assert store.events_prune(10, 60, now=now + 3600, max_per_host=20) == 23  # the age limit: all sources
     assert store.events_bounds()["pruned_index"] == 303
+
+
+def test_all_hosts_events_together_are_bounded_the_largest_cut_first(store):
+    now = time.time()
+    store.events_append([{"at": now, "type": "host_added", "host": "h0"}])
+    for host, n in (("h1", 5), ("h2", 30), ("h3", 80)):
+        store.events_append([{"at": now, "type": "died", "source": "agent", "host": host} for _ in range(n)])
+    # each host may keep 60, all together 50: h1 keeps its 5, h2 and h3 share the rest equally
+    assert store.events_prune(10, 3600, now=now, max_per_host=60, max_agent_events=50) == 115 - 5 - 22 - 22
+    kept = store.events_after(0, 1000)
+    by_host = {h: len([e for e in kept if e.get("source") == "agent" and e["host"] == h]) for h in ("h1", "h2", "h3")}
+    assert by_host == {"h1": 5, "h2": 22, "h3": 22}
+    assert kept[0]["type"] == "host_added"  # the hub's own are apart
+    assert store.events_bounds()["pruned_index"] == 0  # hosts' counts: not the fleet's marks
+
+
+def test_retention_keeps_water_fills():
+    from hub.store.base import retention_keeps
+    assert retention_keeps({"hub": 5, "agent:a": 100, "agent:b": 10}, 3, 60, None) == {
+        "hub": 3, "agent:a": 60, "agent:b": 10}
+    assert retention_keeps({"hub": 5, "agent:a": 100, "agent:b": 10, "agent:c": 50}, 3, 60, 100) == {
+        "hub": 3, "agent:a": 45, "agent:b": 10, "agent:c": 45}
+    assert retention_keeps({"agent:a": 10, "agent:b": 10}, 3, 60, 100) == {"agent:a": 10, "agent:b": 10}
