@@ -170,7 +170,7 @@ def kv_lines(value: dict, indent: int = 0) -> list[str]:
         else:
             text = cell_text(key, item)
             out.append(f"{pad}{key}: {text.rstrip(chr(10))}".rstrip())
-    return out
+    return [safe_text(line) for line in out]  # keys and block lines too (values are already)
 
 
 def cell_text(column: str, value: Any) -> str:
@@ -239,9 +239,9 @@ def grid_text(headers: list[str], rows: list[list[str]], is_tty: bool = False) -
     ``is_tty``); lines carry no trailing spaces."""
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold" if is_tty else None)
     for col in headers:
-        table.add_column(escape(col), overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(c) for c in row))
+        table.add_column(escape(safe_text(col)), overflow="fold")
+    for row in rows:  # every cell, whichever view made it (image, ports, command, labels...): safe_text
+        table.add_row(*(escape(safe_text(c)) for c in row))
     buf = io.StringIO()
     # Never fold cells to the terminal's width: long lines wrap like docker ps's.
     console = Console(file=buf, width=100_000, force_terminal=is_tty, no_color=not is_tty,
@@ -724,7 +724,7 @@ def render(result: Any, stdout: TextIO | None = None, stderr: TextIO | None = No
     if is_stream(result):
         for item in result:
             if isinstance(item, dict):
-                print(" ".join(f"{k}={scalar_text(v)}" for k, v in item.items()), file=stdout)
+                print(safe_text(" ".join(f"{k}={scalar_text(v)}" for k, v in item.items())), file=stdout)
             else:
                 render(item, stdout, stderr)
             stdout.flush()

@@ -302,8 +302,14 @@ def test_text_from_a_host_or_container_cannot_drive_the_terminal():
     _, lines = view("events", [{"index": 1, "at": 1796131100.0, "kind": "died", "host": "h1",
                                 "container": EVIL, "detail": EVIL}])
     seen.append("\n".join(lines))
+    for method, rows in (("container_ls", [{"name": "c", "image": EVIL, "ports": [{"proto": EVIL}],
+                                            "command": [EVIL], "labels": {EVIL: EVIL}, "state": "running"}]),
+                         ("image_ls", [{"name": EVIL, "tag": EVIL, "id": "0" * 64, "command": [EVIL]}])):
+        _, lines = view(method, rows)
+        seen.append("\n".join(lines))
     for result in ([{"name": EVIL, "state": "running"}], {"name": EVIL, "nested": {"k": EVIL}}, EVIL, [EVIL],
-                   iter([{"step": EVIL}]), {"list": [EVIL, {"a": EVIL}]}):
+                   iter([{"step": EVIL}]), {"list": [EVIL, {"a": EVIL}]}, {EVIL: "key"},
+                   {"text": f"line one\n{EVIL}\nline three"}, [{EVIL: 1}], iter([{EVIL: 1}])):
         code, out, err = render(result)
         assert code == 0 and err == ""
         seen.append(out)
