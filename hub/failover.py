@@ -191,23 +191,31 @@ class Healer:
         row places it on, confirms it has no such container; the row must
         still be the one checked (the same ``created_at``), placed there
         and not moving (changed meanwhile: left)."""
+        def still_ours(row: dict) -> bool:
+            return (row["host"] == host and row.get("created_at") == created_at and name not in self.moving
+                    and self.store.set_state(name, "destroying", was="placed"))
+        if self._forget_if_gone(host, name, still_ours, "container_vanished"):
+            log.warning("%s is gone from %s, which did not say so: its row and routes are forgotten", name, host)
+
+    def _forget_if_gone(self, host: str, name: str, forgettable, kind: str) -> bool:
+        """Ask ``host`` for ``name``; on NoSuchContainer, forget its row
+        when ``forgettable(row)`` and tell it as event ``kind``.  Returns
+        whether it was forgotten; errors leave it for a later heartbeat."""
         try:
             self.agents.call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
         except errors.NoSuchContainer:
             try:
-                row = self.store.container(name)
-                if row["host"] == host and row.get("created_at") == created_at and name not in self.moving and \
-                        self.store.set_state(name, "destroying", was="placed"):
+                if forgettable(self.store.container(name)):
                     self.store.forget(name)
-                    self.events.add("container_vanished", name=name, host=host)
-                    log.warning("%s is gone from %s, which did not say so: its row and routes are forgotten",
-                                name, host)
+                    self.events.add(kind, name=name, host=host)
+                    return True
             except errors.DcError:
                 pass
         except errors.DcError:
             pass
         finally:
             self.reaping.discard((host, name))
+        return False
 
     def _not_here(self, name: str, host: str) -> bool:
         """The one rule for removing a host's copy: True when the hub's own
@@ -245,21 +253,9 @@ class Healer:
         """Forget ``name``'s "destroying" row when ``host`` (whose heartbeat
         no longer lists it) confirms it has no such container: the destroy
         the hub lost track of was finished there."""
-        try:
-            self.agents.call(host, "container_inspect", name, timeout_s=VIEW_TIMEOUT_SECONDS)
-        except errors.NoSuchContainer:
-            try:
-                row = self.store.container(name)
-                if row["host"] == host and row["state"] == "destroying":
-                    self.store.forget(name)
-                    self.events.add("destroy_finished", name=name, host=host)
-                    log.info("%s is gone from %s: its destroying row is forgotten", name, host)
-            except errors.DcError:
-                pass
-        except errors.DcError:
-            pass
-        finally:
-            self.reaping.discard((host, name))
+        if self._forget_if_gone(host, name, lambda row: row["host"] == host and row["state"] == "destroying",
+                                "destroy_finished"):
+            log.info("%s is gone from %s: its destroying row is forgotten", name, host)
 
     def _reap_one(self, host: str, name: str) -> None:
         """Destroy the stale copy of ``name`` on ``host`` (the host that
