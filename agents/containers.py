@@ -720,8 +720,9 @@ class ContainerManager:
         view = self._view(rec, live)
         view.update({"events": rec.get("events", []),
                      "env": rec["env"], "command": rec["command"], "cpu_shares": rec["cpu_shares"],
-                     # None: a container made before PID limits (its config has none)
-                     "pids_limit": rec.get("pids_limit"),
+                     # None: a container made before PID limits (its config has none), or a host
+                     # without a pids controller (none is applied)
+                     "pids_limit": rec.get("pids_limit") if self.layout.has("pids") else None,
                      "veth": rec["veth"], "gateway": self.network.gateway,
                      "prefixlen": self.network.prefixlen, "host": self.config.host_name,
                      "rootfs_upper": self.upper_dir(name), "volumes": rec.get("volumes") or [],

@@ -478,7 +478,7 @@ class AgentService(VolumeMethods, EventMethods, ProgressMethods):
         Returns: container_ls's keys plus events [{at, kind
         (exited|oom|restarted|restart_gave_up|restart_failed), ...}], env,
         command, cpu_shares, pids_limit (None for a container made before
-        PID limits), veth, gateway, prefixlen, host, rootfs_upper and
+        PID limits, or on a host without a pids controller), veth, gateway, prefixlen, host, rootfs_upper and
         usage {memory_bytes, memory_limit_bytes, cpu_seconds} read from its
         cgroup (whole subtree; None when it does not run).
 
