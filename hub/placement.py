@@ -396,9 +396,7 @@ class PlacementMethods:
         strategy = opts.get("strategy", "spread")
         if not isinstance(strategy, str) or strategy not in scheduler.STRATEGIES:
             raise errors.InvalidArgument(f"strategy must be one of {', '.join(scheduler.STRATEGIES)}")
-        labels = opts.get("label") or {}
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            raise errors.InvalidArgument("label must be a map {key: value} of strings")
+        labels = validate.labels(opts.get("label") or None, "label")  # the rules of a host's labels
         if opts.get("host") is not None and not isinstance(opts["host"], str):
             raise errors.InvalidArgument("host must be a host name")
         if not isinstance(opts.get("no_start", False), bool):
