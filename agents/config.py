@@ -127,6 +127,20 @@ class AgentConfig:
         validate.host_address(self.advertise_address, "advertise_address")
         if self.hub and parse_endpoint(self.hub_endpoints()[0]).is_tcp and not self.hub_key:
             raise InvalidArgument("hub_key: a tcp:// hub needs its CURVE public key (--hub-key FILE|Z85)")
+        if self.hub and parse_endpoint(self.hub_endpoints()[0]).is_tcp:
+            # the tcp endpoint registered with the hub (agents.main.hub_link) is one the hub dials: the
+            # hub refuses a wildcard or a name (hub/membership.py), so it is refused here, at start
+            registered = next((ep for ep in self.listen if parse_endpoint(ep).is_tcp), None)
+            if registered is not None:
+                host = parse_endpoint(registered).host
+                try:
+                    ip = ipaddress.ip_address(host)
+                except ValueError:
+                    ip = None
+                if ip is None or ip.is_unspecified or ip.is_multicast:
+                    raise InvalidArgument(f"listen: {registered} is the endpoint this agent registers with the "
+                                          "hub, which dials it: give a specific IP address (not *, 0.0.0.0, "
+                                          "or a name)")
         if not (1 <= len(self.bridge) <= 15) or not self.bridge.replace("-", "").replace("_", "").isalnum():
             raise InvalidArgument(f"bridge: {self.bridge!r} must be 1-15 letters, digits, '-' or '_'")
         try:

@@ -54,6 +54,8 @@ def test_file_then_flags(tmp_path):
     ('', ["--label", "k" * 64 + "=v"], "label"),
     ('', ["--advertise-address", "host.example"], "advertise_address"),
     ('', ["--advertise-address", "0.0.0.0"], "advertise_address"),
+    ('', ["--listen", "tcp://0.0.0.0:7000", "--hub", "tcp://10.0.0.1:7100", "--hub-key", "k" * 40], "registers"),
+    ('', ["--listen", "tcp://*:7000", "--hub", "tcp://10.0.0.1:7100", "--hub-key", "k" * 40], "registers"),
 ])
 def test_bad_settings_are_named(tmp_path, text, flags, match):
     with pytest.raises(errors.InvalidArgument, match=match):
