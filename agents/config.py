@@ -134,13 +134,13 @@ class AgentConfig:
             if registered is not None:
                 host = parse_endpoint(registered).host
                 try:
-                    ip = ipaddress.ip_address(host)
-                except ValueError:
-                    ip = None
-                if ip is None or ip.is_unspecified or ip.is_multicast:
+                    if not host:
+                        raise InvalidArgument("no address")
+                    validate.host_address(host)  # the hub's own check of a specific address
+                except InvalidArgument:
                     raise InvalidArgument(f"listen: {registered} is the endpoint this agent registers with the "
                                           "hub, which dials it: give a specific IP address (not *, 0.0.0.0, "
-                                          "or a name)")
+                                          "or a name)") from None
         if not (1 <= len(self.bridge) <= 15) or not self.bridge.replace("-", "").replace("_", "").isalnum():
             raise InvalidArgument(f"bridge: {self.bridge!r} must be 1-15 letters, digits, '-' or '_'")
         try:

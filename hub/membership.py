@@ -4,7 +4,6 @@ after missed heartbeats (the monitor), removed, and listed (hosts).
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import time
@@ -79,13 +78,13 @@ def _endpoint(text) -> wire.Endpoint:
     parsed = wire.parse_endpoint(text)
     if parsed.is_tcp:
         try:
-            ip = ipaddress.ip_address(parsed.host)
-        except ValueError:
-            ip = None
-        if ip is None or ip.is_unspecified or ip.is_multicast or parsed.port is None or not 1 <= parsed.port <= 65535:
+            if not parsed.host or parsed.port is None or not 1 <= parsed.port <= 65535:
+                raise errors.InvalidArgument("no specific address and port")
+            validate.host_address(parsed.host)  # the one check of a specific address
+        except errors.InvalidArgument:
             raise errors.InvalidArgument(f"a host's endpoint is tcp://IP:PORT with a specific address and a port "
                                          f"from 1 to 65535, not {parsed.text!r:.120}",
-                                         hint="register the address the hub dials, e.g. tcp://10.0.0.2:7000")
+                                         hint="register the address the hub dials, e.g. tcp://10.0.0.2:7000") from None
     return parsed
 
 
